@@ -1,0 +1,3 @@
+from heygemd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The Engine protocol: the one interface both lip-sync engines implement.
+
+An engine gets a batch of face crops (the tracked face box cut from each frame, any size), the 68 facial
+landmarks of each crop in crop coordinates, and the Wav2Lip mel window for each frame. It returns one
+image per crop, the same size as the crop, with the mouth re-rendered for that audio window.
+Pasting the result back into the frame (with a feathered mouth mask) is ``pipeline.render``'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FaceBatch:
+    crops: list[np.ndarray]
+    """BGR uint8 crops of the face box, each (h, w, 3); sizes may differ within a batch."""
+    landmarks: list[np.ndarray]
+    """(68, 2) float32 landmarks per crop, in crop pixel coordinates (iBUG 68-point layout)."""
+    mels: np.ndarray
+    """(B, 80, 16) float32 Wav2Lip mel windows, one per crop."""
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    """Short engine name as used in settings and status.json (``wav2lip``, ``mouthwarp``)."""
+    identity: str
+    """What produced the frames, for status.json: e.g. the checkpoint's sha256 prefix, or a version."""
+
+    def generate(self, batch: FaceBatch) -> list[np.ndarray]:
+        """Mouth-synced crops, one per input crop, same shape and dtype (uint8 BGR)."""
+        ...
+
+    def release(self) -> None:
+        """Free cached accelerator memory between jobs; the engine stays usable."""
+        ...
+
+    def close(self) -> None:
+        """Unload the model; the engine must not be used afterwards."""
+        ...

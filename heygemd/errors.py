@@ -1,0 +1,120 @@
+"""Typed errors: each knows its code, a message naming the file, and a hint for the user.
+
+Raise the most specific subclass where the problem is known. Only two places catch broadly:
+per video (the video fails, the job goes on) and per job (the job fails, the daemon goes on);
+both record ``code``, ``message`` and ``hint`` in status.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+
+class HeygemdError(Exception):
+    """Base of every error heygemd reports to a user."""
+
+    code: ClassVar[str] = "ERROR"
+    default_hint: ClassVar[str] = ""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.message = f"{self.path}: {message}" if self.path is not None else message
+        self.hint = hint if hint is not None else self.default_hint
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def info(self) -> "ErrorInfo":
+        return ErrorInfo(code=self.code, message=self.message, hint=self.hint)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What status.json and the CLI summary show of an error."""
+
+    code: str
+    message: str
+    hint: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> "ErrorInfo":
+        if isinstance(exc, HeygemdError):
+            return exc.info()
+        return cls(
+            code="INTERNAL",
+            message=f"{type(exc).__name__}: {exc}",
+            hint="This is a bug in heygemd; please report it with job.log attached.",
+        )
+
+
+class ConfigError(HeygemdError):
+    code = "BAD_CONFIG"
+    default_hint = "Fix the setting named above in the configuration file or HEYGEMD_* environment."
+
+
+class ToolMissing(HeygemdError):
+    code = "TOOL_MISSING"
+    default_hint = "Install ffmpeg (it provides ffprobe too): sudo apt-get install ffmpeg."
+
+
+class NotMedia(HeygemdError):
+    code = "NOT_MEDIA"
+    default_hint = "The file is not a readable audio/video/image file; re-export it (e.g. as MP4/H.264 or WAV)."
+
+
+class NoAudioStream(HeygemdError):
+    code = "NO_AUDIO_STREAM"
+    default_hint = "Provide a file with a sound track (WAV, MP3, M4A, FLAC, OGG, or a video with audio)."
+
+
+class NoVideoStream(HeygemdError):
+    code = "NO_VIDEO_STREAM"
+    default_hint = "Provide a video (MP4, MOV, MKV, WEBM) or a still image (JPG, PNG) of the presenter."
+
+
+class SilentAudio(HeygemdError):
+    code = "EMPTY_AUDIO"
+    default_hint = "The audio holds no samples; check the recording and export it again."
+
+
+class NoFace(HeygemdError):
+    code = "NO_FACE"
+    default_hint = "Use a video where the presenter's face is visible and frontal in most frames."
+
+
+class CheckpointError(HeygemdError):
+    code = "BAD_CHECKPOINT"
+    default_hint = (
+        "Place the official Wav2Lip checkpoint (wav2lip_gan.pth or wav2lip.pth, about 416 MB) in models/, "
+        "or choose engine = \"mouthwarp\", which needs no weights."
+    )
+
+
+class EncodeError(HeygemdError):
+    code = "ENCODE_FAILED"
+    default_hint = "ffmpeg could not write the output; check free disk space and write permission on the outbox."
+
+
+class DecodeError(HeygemdError):
+    code = "DECODE_FAILED"
+    default_hint = "ffmpeg could not decode the file; it may be truncated or still being copied. Copy it again."
+
+
+class JobError(HeygemdError):
+    code = "BAD_JOB"
+    default_hint = "A job folder holds one audio file, one or more videos or images, and optionally job.toml."
+
+
+class DiskFull(HeygemdError):
+    code = "DISK_FULL"
+    default_hint = "Free space on the outbox/work filesystem; the job resumes on the next start."
+
+
+class Interrupted(HeygemdError):
+    """The daemon is stopping; the current video will be redone on the next start."""
+
+    code = "INTERRUPTED"
+    default_hint = "heygemd was stopped; the video is redone when it starts again."

@@ -1,0 +1,204 @@
+"""All configuration: one pydantic-settings model.
+
+Sources, strongest first: ``HEYGEMD_*`` environment variables (nested with ``__``, e.g.
+``HEYGEMD_PATHS__INBOX``), then the TOML file, then the defaults below. The TOML file is chosen at run
+time: ``--config PATH``, else ``$HEYGEMD_CONFIG``, else ``/etc/heygemd/heygemd.toml``, else the repository's
+``config/heygemd.toml``. Relative paths are resolved against the directory of that file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from heygemd.errors import ConfigError
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
+SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
+
+EngineName = Literal["auto", "wav2lip", "mouthwarp"]
+LoopMode = Literal["pingpong", "loop"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsSettings(Section):
+    inbox: Path = Field(Path("../inbox"), description="Watched folder; each sub-folder is one job.")
+    outbox: Path = Field(Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log.")
+    models: Path = Field(Path("../models"), description="Model weights (wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
+    state: Path | None = Field(
+        None,
+        description="Claimed jobs and the input archive. Must be on the inbox's filesystem so claiming is an atomic "
+        "rename. Default: <inbox>/.heygemd",
+    )
+    cache: Path | None = Field(None, description="Face-track cache, keyed by video content. Default: <state>/cache")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state if self.state is not None else self.inbox / ".heygemd"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache if self.cache is not None else self.state_dir / "cache"
+
+
+class IntakeSettings(Section):
+    settle_seconds: float = Field(
+        75.0, ge=0, description="A job without a .ready marker is ready once nothing in it changed for this long. "
+        "Keep it above the NFS attribute-cache time (acregmax, 60 s by default).",
+    )
+    ready_marker: str = Field(".ready", description="File name that marks a job as completely copied.")
+    observer: Literal["auto", "inotify", "polling"] = Field(
+        "auto", description="How to watch the inbox; auto polls on NFS/SMB/CIFS mounts and uses inotify elsewhere."
+    )
+    poll_interval: float = Field(10.0, gt=0, description="Seconds between polls when polling.")
+    rescan_interval: float = Field(30.0, gt=0, description="Seconds between full rescans of the inbox (a safety net).")
+
+
+class EngineSettings(Section):
+    name: EngineName = Field("auto", description="auto: wav2lip when a checkpoint is in models/, else mouthwarp.")
+    checkpoint: Path | None = Field(
+        None, description="Wav2Lip checkpoint; default: models/wav2lip_gan.pth, then models/wav2lip.pth."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    batch_size: int = Field(64, ge=1, description="Frames per inference batch; halved automatically on out-of-memory.")
+    fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
+    idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
+
+
+class FacesSettings(Section):
+    detector: Literal["auto", "dlib", "s3fd"] = Field(
+        "auto", description="auto: S3FD when its weights are in models/, else dlib (offline, CPU)."
+    )
+    pads: tuple[int, int, int, int] = Field(
+        (0, 10, 0, 0), description="Pixels added to the face box: top, bottom, left, right (bottom covers the chin)."
+    )
+    smooth_window: int = Field(5, ge=1, description="Frames in the centred window that smooths face boxes.")
+    max_gap_frames: int = Field(
+        12, ge=0, description="Detection gaps up to this long are interpolated; longer ones pass frames through."
+    )
+    min_face_ratio: float = Field(
+        0.05, ge=0, le=1, description="Fail the video (NO_FACE) when fewer frames than this have a face."
+    )
+    detect_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longest side for detection.")
+
+
+class VideoSettings(Section):
+    loop_mode: LoopMode = Field(
+        "pingpong", description="When the audio is longer than the video: pingpong (forward, backward, ...) or loop."
+    )
+    still_fps: float = Field(25.0, gt=0, description="Frame rate of outputs made from still images.")
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality (lower is better and larger).")
+    preset: str = Field("fast", description="x264 preset.")
+    audio_bitrate: str = Field("192k", description="AAC bitrate of the output.")
+    poster: bool = Field(True, description="Write a poster JPEG next to each output.")
+
+
+class OutboxSettings(Section):
+    naming: str = Field("{stem}.mp4", description="Output file name; {stem} is the input video's name without suffix.")
+    inputs_after: Literal["archive", "delete", "keep"] = Field(
+        "archive", description="What happens to a job's inputs once its outputs are safe."
+    )
+    archive_retention_days: float = Field(
+        30.0, ge=0, description="Archived inputs older than this are removed (0 keeps them forever)."
+    )
+
+
+class LoggingSettings(Section):
+    format: Literal["auto", "journald", "json", "console"] = Field(
+        "auto", description="auto: journald under systemd, console on a terminal, else JSON lines on stderr."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+
+
+class Settings(BaseSettings):
+    """Every setting of heygemd. See config/heygemd.toml for the commented defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEYGEMD_", env_nested_delimiter="__", extra="forbid", frozen=True, nested_model_default_partial_update=True
+    )
+
+    paths: PathsSettings = PathsSettings()
+    intake: IntakeSettings = IntakeSettings()
+    engine: EngineSettings = EngineSettings()
+    faces: FacesSettings = FacesSettings()
+    video: VideoSettings = VideoSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """The TOML file to read, or None to run on defaults and environment alone."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("HEYGEMD_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (SYSTEM_CONFIG, REPO_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(config: Path | None = None) -> Settings:
+    """Read settings from ``config`` (or the default search) plus the environment.
+
+    Raises ConfigError naming the setting and the problem when the file or a value is invalid.
+    """
+    path = find_config(config)
+    base = Path.cwd()
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError("configuration file not found", path=path, hint="Pass an existing file to --config.")
+        base = path.resolve().parent
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FromFile()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}", path=path) from None
+    except ValueError as exc:  # TOML syntax errors surface as tomllib.TOMLDecodeError (a ValueError)
+        raise ConfigError(f"cannot parse the file: {exc}", path=path) from None
+    settings = Settings.model_validate(loaded.model_dump())
+    return _resolve_paths(settings, base)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    paths = settings.paths.model_copy(
+        update={name: absolute(getattr(settings.paths, name)) for name in PathsSettings.model_fields}
+    )
+    engine = settings.engine.model_copy(update={"checkpoint": absolute(settings.engine.checkpoint)})
+    return settings.model_copy(update={"paths": paths, "engine": engine})
