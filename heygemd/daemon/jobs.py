@@ -1,0 +1,197 @@
+"""A job folder -> :class:`JobSpec`: which file is the audio, which are the presenter videos/images, and the
+options from an optional ``job.toml``.
+
+A job folder holds one speech audio, one or more videos or still images, and optionally ``job.toml``::
+
+    engine = "mouthwarp"        # auto | wav2lip | mouthwarp
+    naming = "{stem}_synced.mp4"
+    loop_mode = "loop"          # pingpong | loop
+    crf = 20                    # 0..51, lower is better
+    audio = "voice take 2.wav"  # required when the folder holds several audio files
+
+Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
+in-flight names (see :func:`heygemd.daemon.intake.classify_name`) and the ready marker are skipped
+silently; everything else that is not used (other files, sub-folders, audio files not chosen) is listed in
+``JobSpec.ignored`` so status.json can show it. Problems raise :class:`~heygemd.errors.JobError` whose
+message names the file (and the job.toml field) and whose hint says what to change.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from heygemd.daemon.intake import NameKind, classify_name
+from heygemd.errors import JobError
+from heygemd.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from heygemd.settings import EngineName, LoopMode
+
+AUDIO_EXTENSIONS = AUDIO_SUFFIXES
+VIDEO_EXTENSIONS = VIDEO_SUFFIXES
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+JOB_TOML = "job.toml"
+
+
+def is_audio(path: Path) -> bool:
+    return path.suffix.casefold() in AUDIO_EXTENSIONS
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.casefold() in VIDEO_EXTENSIONS
+
+
+def is_image(path: Path) -> bool:
+    """A still image of the presenter (rendered as a video of the audio's length)."""
+    return path.suffix.casefold() in IMAGE_EXTENSIONS
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders ``clip2`` before ``clip10`` and ignores case."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name.casefold()) if part)
+
+
+class JobOptions(BaseModel):
+    """The options of ``job.toml``; None means "use the daemon's setting"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineName | None = Field(None, description="auto, wav2lip or mouthwarp.")
+    naming: str | None = Field(None, description="Output file name; {stem} is the input's name without suffix.")
+    loop_mode: LoopMode | None = Field(None, description="pingpong or loop, when the audio is longer than a video.")
+    crf: int | None = Field(None, ge=0, le=51, description="H.264 quality, 0..51 (lower is better and larger).")
+    audio: str | None = Field(None, description="File name of the audio, when the folder holds several.")
+
+    @field_validator("naming")
+    @classmethod
+    def _naming(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "/" in value or "\\" in value:
+            raise ValueError("must be a file name, not a path")
+        if "{stem}" not in value:
+            raise ValueError('must contain {stem}, e.g. "{stem}_synced.mp4", so outputs of different videos differ')
+        try:
+            name = value.format(stem="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only the placeholder {{stem}} is allowed ({exc})") from None
+        if not Path(name).suffix:
+            raise ValueError('needs a file extension, e.g. "{stem}.mp4"')
+        return value
+
+
+class JobSpec(BaseModel):
+    """A validated job: its id and name, the folder, the audio, the presenter inputs (videos and still
+    images, sorted by name), the names not used (``ignored``), and the job.toml options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    name: str
+    folder: Path
+    audio: Path
+    videos: list[Path]
+    ignored: list[str] = Field(default_factory=list)
+    options: JobOptions = JobOptions()
+
+
+def _toml_problem(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown option"
+        parts.append(f"field '{field}': {msg}")
+    return "; ".join(parts)
+
+
+def load_options(path: Path) -> JobOptions:
+    """Read and validate ``job.toml``; JobError names the file, the field and the problem."""
+    hint = (
+        f"Fix {path.name}: allowed options are {', '.join(JobOptions.model_fields)}; "
+        'values are TOML, e.g. crf = 20, engine = "mouthwarp". Leave an option out to use the daemon setting.'
+    )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise JobError(f"{JOB_TOML} is not UTF-8 text ({exc.reason})", path=path, hint=hint) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"{JOB_TOML} is not valid TOML: {exc}", path=path, hint=hint) from None
+    try:
+        return JobOptions.model_validate(data)
+    except ValidationError as exc:
+        raise JobError(f"{JOB_TOML}: {_toml_problem(exc)}", path=path, hint=hint) from None
+
+
+def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready") -> JobSpec:
+    """Read a job folder. ``job_id``/``name`` default to the folder's name (pass the claim's for a claimed job:
+    its folder is ``.../claimed/<id>/input``)."""
+    folder = Path(folder)
+    name = name if name is not None else folder.name
+    job_id = job_id if job_id is not None else name
+
+    audios: list[Path] = []
+    videos: list[Path] = []
+    ignored: list[str] = []
+    toml_path: Path | None = None
+    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        is_dir = entry.is_dir()
+        if entry.name == ready_marker or classify_name(entry.name, is_dir=is_dir) is not NameKind.NORMAL:
+            continue
+        if is_dir:
+            ignored.append(entry.name + "/")
+        elif entry.name.casefold() == JOB_TOML:
+            toml_path = entry
+        elif is_audio(entry):
+            audios.append(entry)
+        elif is_video(entry) or is_image(entry):
+            videos.append(entry)
+        else:
+            ignored.append(entry.name)
+
+    options = load_options(toml_path) if toml_path is not None else JobOptions()
+    audio = _pick_audio(folder, audios, options, toml_path)
+    ignored.extend(a.name for a in audios if a != audio)
+    if not videos:
+        raise JobError(
+            "no presenter video or image in the job folder",
+            path=folder,
+            hint="Add one or more videos (" + ", ".join(sorted(e[1:] for e in VIDEO_EXTENSIONS)) + ") or images ("
+            + ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ").",
+        )
+    return JobSpec(
+        job_id=job_id, name=name, folder=folder, audio=audio, videos=videos,
+        ignored=sorted(ignored, key=natural_key), options=options,
+    )
+
+
+def _pick_audio(folder: Path, audios: list[Path], options: JobOptions, toml_path: Path | None) -> Path:
+    listed = ", ".join(f'"{a.name}"' for a in audios)
+    if options.audio is not None:
+        wanted = options.audio
+        exact = [a for a in audios if a.name == wanted]
+        loose = [a for a in audios if a.name.casefold() == wanted.casefold()]
+        if exact or len(loose) == 1:
+            return (exact or loose)[0]
+        raise JobError(
+            f"{JOB_TOML}: field 'audio': \"{wanted}\" is not an audio file in the job folder"
+            + (f" (audio files: {listed})" if audios else ""),
+            path=toml_path or folder,
+            hint="Set audio to the exact file name of one of the audio files, e.g. audio = \"voice.wav\".",
+        )
+    if not audios:
+        raise JobError(
+            "no audio file in the job folder",
+            path=folder,
+            hint="Add the speech audio (" + ", ".join(sorted(e[1:] for e in AUDIO_EXTENSIONS)) + ").",
+        )
+    if len(audios) > 1:
+        raise JobError(
+            f"several audio files in the job folder: {listed}",
+            path=folder,
+            hint=f'Keep one, or say which to use in {JOB_TOML}: audio = "{audios[0].name}"',
+        )
+    return audios[0]

@@ -1,0 +1,122 @@
+"""The outbox side of a job: a folder of its own for the results, and what happens to the inputs afterwards.
+
+``outbox/<job-id>/`` holds the outputs, posters, status.json and job.log of one job. A folder is only
+reused for the same claim (a restart resuming the job); a folder that belongs to another job, or holds
+files of unknown origin, is never written into: the job gets ``<job-id>-2`` and so on.
+
+Once the outputs are safe, the claimed inputs (``<state>/claimed/<job-id>``) are archived to
+``<state>/archive/<YYYY-MM-DD>/<job-id>`` (pruned after the retention time), deleted, or kept in
+``<state>/kept/<job-id>`` (never pruned). Either way they leave ``claimed/``, so a restart does not resume them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from heygemd.daemon.intake import ClaimedJob
+from heygemd.daemon.status import fsync_dir, read_status, utc_now
+
+STATUS_FILE = "status.json"
+ARCHIVE = "archive"
+KEPT = "kept"
+InputsAfter = Literal["archive", "delete", "keep"]
+
+_DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _belongs_to(folder: Path, job_id: str, claimed_at: datetime) -> bool:
+    """Whether ``folder`` is free for this job: empty, or its status.json is this very claim."""
+    if not any(folder.iterdir()):
+        return True
+    try:
+        status = read_status(folder / STATUS_FILE)
+    except (FileNotFoundError, ValidationError):
+        return False
+    return status.job_id == job_id and status.claimed is not None and status.claimed == claimed_at
+
+
+def outbox_dir_for(outbox: Path, job_id: str, claimed_at: datetime) -> Path:
+    """Create (or find again, on resume) the outbox folder of the job claimed as ``job_id`` at ``claimed_at``.
+
+    ``outbox/<job_id>`` when it is new, empty, or its status.json has this job_id and claim time (the worker
+    must write ``claimed`` into status.json); otherwise the first free ``<job_id>-2``, ``-3``... The folder
+    is created with mkdir, so two daemons never get the same one.
+    """
+    outbox = Path(outbox)
+    outbox.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        name = job_id if n == 1 else f"{job_id}-{n}"
+        n += 1
+        folder = outbox / name
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            if folder.is_dir() and _belongs_to(folder, job_id, claimed_at):
+                return folder
+
+
+def _unique(target: Path) -> Path:
+    n, candidate = 2, target
+    while candidate.exists():
+        candidate = target.with_name(f"{target.name}-{n}")
+        n += 1
+    return candidate
+
+
+def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: datetime | None = None) -> Path | None:
+    """Move a finished job's claimed folder out of ``claimed/`` according to ``inputs_after``
+    (``settings.outbox.inputs_after``). Call only once the outputs and status.json are written.
+
+    Returns where the inputs went (None when deleted). Moves are renames within the state dir.
+    """
+    now = now or utc_now()
+    if inputs_after == "delete":
+        shutil.rmtree(claimed.path)
+        fsync_dir(claimed.path.parent)
+        return None
+    if inputs_after == "archive":
+        parent = claimed.state_dir / ARCHIVE / now.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    elif inputs_after == "keep":
+        parent = claimed.state_dir / KEPT
+    else:
+        raise ValueError(f"inputs_after must be archive, delete or keep, not {inputs_after!r}")
+    parent.mkdir(parents=True, exist_ok=True)
+    target = _unique(parent / claimed.job_id)
+    claimed.path.rename(target)
+    fsync_dir(parent)
+    fsync_dir(claimed.path.parent)
+    return target
+
+
+def prune_archive(state_dir: Path, retention_days: float, now: datetime | None = None) -> list[Path]:
+    """Delete archive day folders whose whole day lies more than ``retention_days`` before ``now``.
+
+    ``retention_days`` 0 keeps everything. Only folders named YYYY-MM-DD are touched. Returns what was removed.
+    """
+    if retention_days <= 0:
+        return []
+    root = Path(state_dir) / ARCHIVE
+    if not root.is_dir():
+        return []
+    now = now or utc_now()
+    removed: list[Path] = []
+    for day_dir in sorted(root.iterdir()):
+        if not (day_dir.is_dir() and _DATE_DIR.match(day_dir.name)):
+            continue
+        try:
+            day = date.fromisoformat(day_dir.name)
+        except ValueError:
+            continue
+        day_end = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+        if now - day_end >= timedelta(days=retention_days):
+            shutil.rmtree(day_dir)
+            removed.append(day_dir)
+    return removed

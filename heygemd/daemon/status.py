@@ -1,0 +1,344 @@
+"""The per-job ``status.json``: pydantic models, atomic writes, the JSON Schema, and the ``heygemd status`` table.
+
+``status.json`` is the public contract of a job in the outbox: people and scripts poll it, so it is always
+written whole (temp file in the same folder, fsync, ``os.replace``, fsync of the folder) and validated
+against ``status.schema.json``, shipped next to this module and generated from :class:`JobStatus`
+(regenerate with ``python -m heygemd.daemon.status``).
+
+States: a job is ``queued -> processing -> done | partial | failed``; a video is
+``pending -> processing -> done | failed``. ``partial`` means at least one video done and at least one failed.
+
+No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import socket
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from heygemd.errors import ErrorInfo
+
+SCHEMA_VERSION = 1
+"""Only ever increases; fields are added, never renamed."""
+
+SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
+
+JobState = Literal["queued", "processing", "done", "partial", "failed"]
+VideoState = Literal["pending", "processing", "done", "failed"]
+
+FINISHED_JOB_STATES: frozenset[str] = frozenset({"done", "partial", "failed"})
+FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed"})
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime (what every timestamp in status.json holds)."""
+    return datetime.now(timezone.utc)
+
+
+class _Model(BaseModel):
+    # "ignore": a status.json written by a newer heygemd (more fields) still reads with an older `heygemd status`.
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class ErrorStatus(_Model):
+    """Why a job or a video failed: a stable machine code, a message naming the file, and what to do about it."""
+
+    code: str = Field(description="Stable machine code, e.g. NO_FACE, BAD_JOB, DECODE_FAILED.")
+    message: str = Field(description="What went wrong, naming the file.")
+    hint: str = Field("", description="What the user can do about it.")
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> "ErrorStatus":
+        return cls(code=info.code, message=info.message, hint=info.hint)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> "ErrorStatus":
+        return cls.from_info(ErrorInfo.from_exception(exc))
+
+
+class AudioStatus(_Model):
+    """The job's speech audio."""
+
+    file: str = Field(description="File name of the audio inside the job folder.")
+    duration_s: float | None = Field(None, ge=0, description="Length in seconds, once decoded.")
+
+
+class VideoStatus(_Model):
+    """One presenter video (or still image) of the job and what became of it."""
+
+    input: str = Field(description="File name of the input video or image inside the job folder.")
+    state: VideoState = "pending"
+    progress: float = Field(0.0, ge=0, le=1, description="Fraction of this video's work done, 0..1.")
+    frames_done: int = Field(0, ge=0)
+    frames_total: int | None = Field(None, ge=0, description="Output frames (the audio's length at the video's fps).")
+    face_ratio: float | None = Field(None, ge=0, le=1, description="Fraction of frames in which a face was found.")
+    output: str | None = Field(None, description="Output file name, relative to the job's outbox folder.")
+    poster: str | None = Field(None, description="Poster JPEG name, relative to the job's outbox folder.")
+    started: AwareDatetime | None = None
+    finished: AwareDatetime | None = None
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per stage, free-form: decode, detect, infer, blend, encode, total.",
+    )
+    error: ErrorStatus | None = None
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in FINISHED_VIDEO_STATES
+
+
+class JobStatus(_Model):
+    """Everything ``status.json`` says about one job (the schema shipped as ``status.schema.json``)."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Format version of this file; only ever increases.")
+    job_id: str = Field(description="Unique id: the job folder's name, with -2, -3... when that name was taken.")
+    job_name: str = Field(description="The job folder's name as the user gave it.")
+    state: JobState = "queued"
+    attempt: int = Field(1, ge=1, description="How many times processing of this job has started (restarts add one).")
+    created: AwareDatetime | None = Field(None, description="When the job folder was found ready in the inbox.")
+    claimed: AwareDatetime | None = Field(None, description="When heygemd took the job out of the inbox.")
+    started: AwareDatetime | None = Field(None, description="When processing (last) started.")
+    finished: AwareDatetime | None = Field(None, description="When the job reached done, partial or failed.")
+    updated: AwareDatetime | None = Field(None, description="When this file was last written.")
+    host: str = Field(default_factory=socket.gethostname, description="Machine that runs the job.")
+    pid: int = Field(default_factory=os.getpid, description="Process id of the heygemd that runs the job.")
+    engine: str | None = Field(None, description="Lip-sync engine used: wav2lip or mouthwarp.")
+    engine_identity: str | None = Field(None, description="Identity of the engine's weights (checkpoint hash).")
+    audio: AudioStatus | None = None
+    videos: list[VideoStatus] = Field(default_factory=list)
+    ignored: list[str] = Field(default_factory=list, description="Files in the job folder that were not used.")
+    progress: float = Field(0.0, ge=0, le=1, description="Overall fraction done, 0..1.")
+    error: ErrorStatus | None = Field(None, description="Job-level failure (the job could not run at all).")
+
+    def counts(self) -> tuple[int, int, int]:
+        """(videos done, videos failed, videos in total)."""
+        done = sum(1 for v in self.videos if v.state == "done")
+        failed = sum(1 for v in self.videos if v.state == "failed")
+        return done, failed, len(self.videos)
+
+    def recomputed(self) -> "JobStatus":
+        """A copy whose ``progress`` (and, once every video has finished, ``state``) follow from the videos.
+
+        A job-level ``error`` keeps the job ``failed`` whatever the videos say.
+        """
+        update: dict[str, object] = {"progress": overall_progress(self.videos)}
+        if self.error is not None:
+            update["state"] = "failed"
+        elif self.videos and all(v.finished_state for v in self.videos):
+            update["state"] = job_state_from_videos(self.videos)
+            update["progress"] = 1.0
+        return self.model_copy(update=update)
+
+
+def job_state_from_videos(videos: Sequence[VideoStatus]) -> JobState:
+    """The job state the videos imply.
+
+    ``processing`` while any video is pending or processing; then ``done`` when all are done, ``failed``
+    when all failed (or there are none), ``partial`` when at least one is done and at least one failed.
+    """
+    if any(not v.finished_state for v in videos):
+        return "processing"
+    done = sum(1 for v in videos if v.state == "done")
+    if done == 0:
+        return "failed"
+    return "done" if done == len(videos) else "partial"
+
+
+def overall_progress(videos: Sequence[VideoStatus]) -> float:
+    """Mean progress over the videos; a finished video (done or failed) counts as 1.
+
+    Every output is as long as the one audio, so videos weigh the same.
+    """
+    if not videos:
+        return 0.0
+    total = sum(1.0 if v.finished_state else v.progress for v in videos)
+    return min(1.0, total / len(videos))
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EIO, errno.ESTALE}
+)
+"""Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
+
+ReplaceFn = Callable[[str | os.PathLike[str], str | os.PathLike[str]], None]
+
+
+def atomic_write_bytes(
+    path: Path,
+    data: bytes,
+    *,
+    attempts: int = 6,
+    backoff_s: float = 0.05,
+    replace: ReplaceFn = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The data goes to a hidden temp file in the same folder, is flushed and fsynced, then renamed over
+    ``path`` with ``replace``; the folder is fsynced so the rename survives a power cut. When ``replace``
+    fails with a retryable error (SMB refuses it while a client has the file open) it is retried up to
+    ``attempts`` times, waiting ``backoff_s``, doubling each time. On final failure the temp file is removed
+    and the last error raised. The file is never written in place.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        delay = backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                replace(tmp, path)
+                break
+            except OSError as exc:
+                if exc.errno not in RETRYABLE_REPLACE_ERRNOS or attempt == attempts:
+                    raise
+                sleep(delay)
+                delay *= 2
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory so a rename in it is durable. Filesystems that cannot fsync a directory (some
+    network shares answer EINVAL/EBADF/ENOTSUP) are accepted silently: the rename itself already happened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_status(
+    path: Path,
+    status: JobStatus,
+    *,
+    now: Callable[[], datetime] = utc_now,
+    replace: ReplaceFn = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+    attempts: int = 6,
+) -> JobStatus:
+    """Atomically write ``status`` (with ``updated`` set to ``now()``) as JSON to ``path``; returns what was written."""
+    stamped = status.model_copy(update={"updated": now()})
+    data = stamped.model_dump_json(indent=2).encode("utf-8") + b"\n"
+    atomic_write_bytes(Path(path), data, replace=replace, sleep=sleep, attempts=attempts)
+    return stamped
+
+
+def read_status(path: Path) -> JobStatus:
+    """Read a ``status.json``. Raises FileNotFoundError, or pydantic.ValidationError when it is not a status file."""
+    return JobStatus.model_validate_json(Path(path).read_bytes())
+
+
+# ---------------------------------------------------------------------------------------------- JSON Schema
+
+
+def schema_text() -> str:
+    """The JSON Schema of status.json as shipped in ``status.schema.json``."""
+    return json.dumps(JobStatus.model_json_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def export_schema(path: Path = SCHEMA_PATH) -> Path:
+    """(Re)write the shipped schema file from the model."""
+    Path(path).write_text(schema_text(), encoding="utf-8")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _width(text: str) -> int:
+    """Terminal columns ``text`` takes (CJK characters take two)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def _render(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts is not None else "-"
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.0f}%"
+
+
+def format_status_table(statuses: Iterable[JobStatus]) -> str:
+    """One row per job: id, state, progress %, videos done/failed/total, last update (UTC)."""
+    rows: list[list[str]] = [["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED"]]
+    for s in statuses:
+        done, failed, total = s.counts()
+        rows.append([s.job_id, s.state, _percent(s.progress), f"{done}/{failed}/{total}", _when(s.updated)])
+    if len(rows) == 1:
+        return "no jobs\n"
+    return _render(rows)
+
+
+def format_status_detail(status: JobStatus) -> str:
+    """One job in detail: header lines, then each video with its state, progress, output, and error + hint."""
+    done, failed, total = status.counts()
+    head = [
+        f"job       {status.job_id}" + (f"  ({status.job_name})" if status.job_name != status.job_id else ""),
+        f"state     {status.state}  {_percent(status.progress)}  videos {done} done, {failed} failed, {total} total",
+        f"audio     {status.audio.file if status.audio else '-'}"
+        + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
+        f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
+        f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
+        f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
+        f"updated   {_when(status.updated)}",
+    ]
+    if status.ignored:
+        head.append(f"ignored   {', '.join(status.ignored)}")
+    if status.error is not None:
+        head.append(f"error     [{status.error.code}] {status.error.message}")
+        if status.error.hint:
+            head.append(f"          hint: {status.error.hint}")
+    out = "\n".join(head) + "\n"
+    if status.videos:
+        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "OUTPUT"]]
+        notes: list[str] = []
+        for v in status.videos:
+            frames = f"{v.frames_done}/{v.frames_total}" if v.frames_total is not None else str(v.frames_done)
+            rows.append([v.input, v.state, _percent(1.0 if v.state == "done" else v.progress), frames, v.output or "-"])
+            if v.error is not None:
+                notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
+                if v.error.hint:
+                    notes.append(f"    hint: {v.error.hint}")
+        out += "\n" + _render(rows)
+        if notes:
+            out += "\n" + "\n".join(notes) + "\n"
+    return out
+
+
+if __name__ == "__main__":
+    print(export_schema())

@@ -1,0 +1,506 @@
+"""Intake: name rules, inbox scan, readiness (injectable clock), real watchdog observers, observer choice, claims."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from watchdog.events import FileCreatedEvent, FileMovedEvent
+
+from heygemd.daemon import intake
+from heygemd.daemon.intake import (
+    Candidate,
+    InboxWatcher,
+    NameKind,
+    ReadinessTracker,
+    ReadyReason,
+    choose_observer,
+    claim,
+    claimed_jobs,
+    classify_name,
+    find_mount,
+    parse_mountinfo,
+    read_claim,
+    remove_stale_reservations,
+    scan_inbox,
+    take_snapshot,
+)
+from heygemd.errors import ConfigError
+
+WAIT = 10.0  # generous deadline for conditions; tests finish as soon as the condition holds
+
+
+class FakeClock:
+    """Monotonic seconds that only move when the test says so."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def write(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def make_job(inbox: Path, name: str = "job", files: tuple[str, ...] = ("voice.wav", "a.mp4")) -> Candidate:
+    for f in files:
+        write(inbox / name / f, b"data-" + f.encode())
+    return Candidate(name=name, path=inbox / name)
+
+
+# ------------------------------------------------------------------------------------------ name rules
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["clip.mp4.part", "a.PARTIAL", "v.mp4.abc123.partial", "x.tmp", "dl.crdownload", ".syncthing.voice.wav.tmp",
+     "~syncthing~voice.wav.tmp", ".~lock.notes.odt#", "~$script.docx"],
+)
+def test_in_flight_names(name: str) -> None:
+    assert classify_name(name) is NameKind.IN_FLIGHT
+
+
+@pytest.mark.parametrize("name", [".DS_Store", "._clip.mp4", "Thumbs.db", "THUMBS.DB", "desktop.ini", ".hidden", ".ready"])
+def test_junk_names(name: str) -> None:
+    assert classify_name(name) is NameKind.JUNK
+
+
+@pytest.mark.parametrize("name", ["@eaDir", "__MACOSX", "$RECYCLE.BIN", ".Trashes"])
+def test_junk_dirs(name: str) -> None:
+    assert classify_name(name, is_dir=True) is NameKind.JUNK
+
+
+@pytest.mark.parametrize("name", ["voice.wav", "演讲 视频.mp4", "my job", "template.toml", "partial_take.mp4"])
+def test_normal_names(name: str) -> None:
+    assert classify_name(name) is NameKind.NORMAL
+
+
+# ------------------------------------------------------------------------------------------ scanning
+
+
+def test_scan_inbox_lists_job_folders_only(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    state = inbox / ".heygemd"
+    for d in ["b job", "a", "中文任务", "@eaDir", "__MACOSX", ".hidden", "upload.partial", "statedir"]:
+        (inbox / d).mkdir(parents=True)
+    state.mkdir()
+    write(inbox / "loose.mp4")
+    (inbox / "link").symlink_to(inbox / "a")
+    names = [c.name for c in scan_inbox(inbox, state)]
+    assert names == sorted(["a", "b job", "中文任务", "statedir"])
+    # a state dir that is not a dot dir is skipped too
+    assert "statedir" not in [c.name for c in scan_inbox(inbox, inbox / "statedir")]
+
+
+def test_scan_missing_inbox_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        scan_inbox(tmp_path / "not-mounted")
+
+
+# ------------------------------------------------------------------------------------------ readiness
+
+
+def test_settle_timer_and_reset_on_change(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=60, clock=clock)
+    cand = make_job(tmp_path)
+    r = tracker.observe(cand)
+    assert r.reason is ReadyReason.SETTLING and r.wait_s == pytest.approx(60)
+    clock.advance(59)
+    assert not tracker.observe(cand).ready
+    assert tracker.next_deadline() == pytest.approx(1)
+    # the file grows: the timer restarts
+    write(cand.path / "a.mp4", b"more data than before")
+    clock.advance(2)
+    r = tracker.observe(cand)
+    assert r.reason is ReadyReason.SETTLING and r.wait_s == pytest.approx(60)
+    clock.advance(59.5)
+    assert not tracker.observe(cand).ready
+    clock.advance(0.5)
+    assert tracker.observe(cand).reason is ReadyReason.SETTLED
+
+
+def test_mtime_change_alone_resets_timer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=10, clock=clock)
+    cand = make_job(tmp_path)
+    tracker.observe(cand)
+    clock.advance(9)
+    st = (cand.path / "a.mp4").stat()
+    os.utime(cand.path / "a.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    tracker.observe(cand)
+    clock.advance(9)
+    assert not tracker.observe(cand).ready
+    clock.advance(1)
+    assert tracker.observe(cand).ready
+
+
+def test_new_file_in_subfolder_resets_timer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=10, clock=clock)
+    cand = make_job(tmp_path)
+    tracker.observe(cand)
+    clock.advance(9)
+    write(cand.path / "extra" / "b.mp4")
+    clock.advance(1)
+    assert tracker.observe(cand).reason is ReadyReason.SETTLING
+
+
+def test_ready_marker_makes_ready_at_once(tmp_path: Path) -> None:
+    tracker = ReadinessTracker(settle_seconds=3600, clock=FakeClock())
+    cand = make_job(tmp_path)
+    assert not tracker.observe(cand).ready
+    write(cand.path / ".ready", b"")
+    assert tracker.observe(cand).reason is ReadyReason.MARKER
+
+
+def test_custom_marker_name(tmp_path: Path) -> None:
+    tracker = ReadinessTracker(settle_seconds=3600, ready_marker="READY.txt", clock=FakeClock())
+    cand = make_job(tmp_path, files=("voice.wav", "a.mp4", "READY.txt"))
+    assert tracker.observe(cand).reason is ReadyReason.MARKER
+
+
+def test_in_flight_file_blocks_even_with_marker(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=5, clock=clock)
+    cand = make_job(tmp_path, files=("voice.wav", "b.mp4.part", ".ready"))
+    r = tracker.observe(cand)
+    assert r.reason is ReadyReason.IN_FLIGHT and r.in_flight == ("b.mp4.part",)
+    clock.advance(1000)
+    assert tracker.observe(cand).reason is ReadyReason.IN_FLIGHT
+    assert tracker.next_deadline() is None  # nothing is settling: no busy wake-ups
+    # the producer finishes: renames b.mp4.part -> b.mp4
+    os.rename(cand.path / "b.mp4.part", cand.path / "b.mp4")
+    assert tracker.observe(cand).reason is ReadyReason.MARKER
+
+
+def test_in_flight_rename_restarts_settle(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=5, clock=clock)
+    cand = make_job(tmp_path, files=("voice.wav", "a.mp4", "nested/b.mp4.crdownload"))
+    tracker.observe(cand)
+    clock.advance(100)
+    assert tracker.observe(cand).in_flight == ("nested/b.mp4.crdownload",)
+    os.rename(cand.path / "nested/b.mp4.crdownload", cand.path / "nested/b.mp4")
+    assert tracker.observe(cand).reason is ReadyReason.SETTLING
+    clock.advance(5)
+    assert tracker.observe(cand).ready
+
+
+def test_junk_files_do_not_count(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=10, clock=clock)
+    cand = make_job(tmp_path)
+    tracker.observe(cand)
+    clock.advance(9)
+    # Finder / Explorer clutter appearing late neither resets the timer nor blocks
+    write(cand.path / ".DS_Store")
+    write(cand.path / "._a.mp4")
+    write(cand.path / "Thumbs.db")
+    write(cand.path / "@eaDir" / "a.mp4" / "SYNOFILE_THUMB_M.jpg")
+    clock.advance(1)
+    assert tracker.observe(cand).reason is ReadyReason.SETTLED
+
+
+def test_folder_with_only_junk_or_nothing_is_never_ready(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=0, clock=clock)
+    empty = Candidate("empty", tmp_path / "empty")
+    empty.path.mkdir()
+    junk = make_job(tmp_path, "junk", files=(".DS_Store", "Thumbs.db", ".ready", "sub/desktop.ini"))
+    for _ in range(3):
+        clock.advance(10_000)
+        assert tracker.observe(empty).reason is ReadyReason.EMPTY
+        assert tracker.observe(junk).reason is ReadyReason.EMPTY
+
+
+def test_gone_folder(tmp_path: Path) -> None:
+    tracker = ReadinessTracker(settle_seconds=0, clock=FakeClock())
+    cand = make_job(tmp_path)
+    tracker.observe(cand)
+    shutil.rmtree(cand.path)
+    assert tracker.observe(cand).reason is ReadyReason.GONE
+
+
+def test_snapshot_contents(tmp_path: Path) -> None:
+    cand = make_job(tmp_path, files=("voice.wav", "sub/a.mp4", "x.part", ".ready", ".DS_Store"))
+    snap = take_snapshot(cand.path)
+    assert [e[0] for e in snap.entries] == ["sub/", "sub/a.mp4", "voice.wav"]
+    assert snap.in_flight == ("x.part",) and snap.has_marker and snap.has_files
+    assert dict((e[0], e[1]) for e in snap.entries)["voice.wav"] == len(b"data-voice.wav")
+
+
+def test_retain_forgets_removed_jobs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = ReadinessTracker(settle_seconds=10, clock=clock)
+    a, b = make_job(tmp_path, "a"), make_job(tmp_path, "b")
+    tracker.observe(a)
+    tracker.observe(b)
+    clock.advance(10)
+    tracker.retain(["a"])
+    assert tracker.observe(a).ready
+    assert not tracker.observe(b).ready  # b starts over
+
+
+# ------------------------------------------------------------------------------------------ observer choice
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 27 0:45 / /mnt/nas rw,relatime shared:20 - nfs4 nas:/export/heygem rw,vers=4.2
+41 27 0:46 / /mnt/smb\\040share rw,relatime - cifs //nas/video rw,vers=3.1.1
+42 40 252:1 / /mnt/nas/local rw,relatime - xfs /dev/vdb rw
+43 27 0:47 / /mnt/rclone rw - fuse.rclone gdrive: rw
+"""
+
+
+def test_parse_mountinfo_unescapes() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert [m.mount_point for m in mounts][:4] == ["/proc", "/", "/mnt/nas", "/mnt/smb share"]
+    assert mounts[2].fstype == "nfs4" and mounts[2].source == "nas:/export/heygem"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "fstype"),
+    [
+        ("/mnt/nas/heygem/inbox", "polling", "nfs4"),
+        ("/mnt/nas", "polling", "nfs4"),
+        ("/mnt/smb share/inbox", "polling", "cifs"),
+        ("/mnt/rclone/in", "polling", "fuse.rclone"),
+        ("/mnt/nas/local/inbox", "inotify", "xfs"),
+        ("/srv/heygem/inbox", "inotify", "ext4"),
+        ("/mnt/nasty", "inotify", "ext4"),  # a prefix of the name is not a parent
+    ],
+)
+def test_auto_choice_from_mountinfo(path: str, kind: str, fstype: str) -> None:
+    choice = choose_observer(Path(path), "auto", mountinfo=MOUNTINFO)
+    assert (choice.kind, choice.fstype) == (kind, fstype)
+    assert fstype in choice.reason
+
+
+def test_explicit_setting_wins_and_unreadable_table_polls() -> None:
+    assert choose_observer(Path("/mnt/nas/x"), "inotify", mountinfo=MOUNTINFO).kind == "inotify"
+    assert choose_observer(Path("/srv/x"), "polling", mountinfo=MOUNTINFO).kind == "polling"
+    assert choose_observer(Path("/srv/x"), "auto", mountinfo="").kind == "polling"
+
+
+def test_find_mount_later_mount_on_same_point_wins() -> None:
+    text = MOUNTINFO + "50 27 0:60 / /mnt/nas rw - ext4 /dev/vdc rw\n"
+    assert find_mount(Path("/mnt/nas/x"), parse_mountinfo(text)).fstype == "ext4"
+
+
+def test_auto_choice_on_real_tmp_dir(tmp_path: Path) -> None:
+    choice = choose_observer(tmp_path)
+    if shutil.which("findmnt") is None:
+        pytest.skip("findmnt not installed")
+    expected = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert choice.fstype == expected
+    assert choice.kind == ("polling" if intake.is_network_fstype(expected) else "inotify")
+
+
+# ------------------------------------------------------------------------------------------ watching
+
+
+@pytest.mark.parametrize("kind", ["inotify", "polling"])
+def test_watcher_signals_new_job_and_file(tmp_path: Path, kind: str) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "existing").mkdir(parents=True)
+    with InboxWatcher(inbox, observer=kind, poll_interval=0.05) as watcher:
+        assert watcher.kind == kind and watcher.running
+        watcher.changed.clear()
+        write(inbox / "new job" / "voice.wav")
+        assert watcher.wait(WAIT), "no signal for a new job folder"
+        write(inbox / "existing" / "clip.mp4")  # a file deep in an existing job also signals
+        assert watcher.wait(WAIT), "no signal for a file inside a job"
+    assert not watcher.running
+
+
+def test_watcher_observer_types(tmp_path: Path) -> None:
+    from watchdog.observers.polling import PollingObserverVFS
+
+    with InboxWatcher(tmp_path, observer="polling", poll_interval=0.05) as w:
+        assert isinstance(w._observer, PollingObserverVFS)
+    with InboxWatcher(tmp_path, observer="inotify") as w:
+        assert type(w._observer).__name__ == "InotifyObserver"
+
+
+def test_watcher_missing_inbox(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        InboxWatcher(tmp_path / "missing", observer="inotify").start()
+
+
+def test_watcher_ignores_state_dir_events(tmp_path: Path) -> None:
+    state = tmp_path / ".heygemd"
+    changed = threading.Event()
+    handler = intake._Signal(changed, str(state))
+    handler.on_any_event(FileCreatedEvent(str(state / "cache" / "x.npz")))
+    handler.on_any_event(FileCreatedEvent(str(state)))
+    assert not changed.is_set()
+    handler.on_any_event(FileMovedEvent(str(tmp_path / "job"), str(state / "claimed" / "job" / "input")))
+    assert changed.is_set()  # a move out of the inbox counts
+    changed.clear()
+    handler.on_any_event(FileCreatedEvent(str(tmp_path / ".heygemd-other" / "x")))
+    assert changed.is_set()
+
+
+def test_polling_walk_skips_state_and_junk_dirs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for d in ["state/archive", "job", "@eaDir", ".Trashes"]:
+        (tmp_path / d).mkdir(parents=True)
+    w = InboxWatcher(tmp_path, state_dir=state, observer="polling")
+    assert sorted(e.name for e in w._scandir(str(tmp_path))) == ["job"]
+
+
+# ------------------------------------------------------------------------------------------ claiming
+
+
+def fixed_now(*stamps: datetime):
+    it = iter(stamps)
+    return lambda: next(it)
+
+
+def test_claim_is_a_rename(tmp_path: Path) -> None:
+    inbox, state = tmp_path / "inbox", tmp_path / "inbox" / ".heygemd"
+    cand = make_job(inbox, "我的 任务")
+    ino = cand.path.stat().st_ino
+    job = claim(cand, state)
+    assert job is not None and job.job_id == "我的 任务" and job.name == "我的 任务"
+    assert not cand.path.exists()
+    assert job.folder == state / "claimed" / "我的 任务" / "input"
+    assert job.folder.stat().st_ino == ino  # the same directory, moved, not copied
+    assert sorted(p.name for p in job.folder.iterdir()) == ["a.mp4", "voice.wav"]
+    rec = read_claim(job.path)
+    assert rec == job and job.claimed_at.tzinfo is not None
+    assert [p.name for p in job.path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_duplicate_names_get_distinct_ids(tmp_path: Path) -> None:
+    inbox, state, outbox = tmp_path / "inbox", tmp_path / "state", tmp_path / "outbox"
+    state.mkdir()
+    (outbox / "talk").mkdir(parents=True)  # results of an earlier job named "talk"
+    ids = []
+    for n in range(3):
+        cand = make_job(inbox, "talk", files=(f"v{n}.wav", "a.mp4"))
+        job = claim(cand, state, outbox=outbox)
+        assert job is not None
+        ids.append(job.job_id)
+    assert ids == ["talk-2", "talk-3", "talk-4"]
+    assert (state / "claimed" / "talk-3" / "input" / "v1.wav").is_file()
+
+
+def test_thread_race_has_one_winner(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for round_ in range(5):
+        cand = make_job(tmp_path / "inbox", f"job{round_}")
+        barrier = threading.Barrier(6)
+        results: list[object] = []
+        lock = threading.Lock()
+
+        def racer() -> None:
+            barrier.wait(WAIT)
+            r = claim(cand, state)
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=racer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        winners = [r for r in results if r is not None]
+        assert len(results) == 6 and len(winners) == 1
+    # losers released their reservations: only the five winners remain
+    assert len(list((state / "claimed").iterdir())) == 5
+    assert len(claimed_jobs(state)) == 5
+
+
+def _claim_in_process(inbox: str, state: str, barrier, queue) -> None:  # noqa: ANN001 - multiprocessing objects
+    barrier.wait(WAIT)
+    job = claim(Candidate("job", Path(inbox) / "job"), Path(state))
+    queue.put(None if job is None else (job.job_id, job.pid))
+
+
+def test_process_race_has_one_winner(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    cand = make_job(tmp_path / "inbox")
+    state = tmp_path / "state"
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(str(tmp_path / "inbox"), str(state), barrier, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=WAIT) for _ in procs]
+    for p in procs:
+        p.join(WAIT)
+        assert p.exitcode == 0
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and winners[0][1] in {p.pid for p in procs}
+    assert not cand.path.exists()
+    assert [j.job_id for j in claimed_jobs(state)] == [winners[0][0]]
+
+
+def test_claimed_jobs_in_claim_order_after_restart(tmp_path: Path) -> None:
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    order = [("zeta", t0), ("alpha", t0 + timedelta(seconds=1)), ("mid", t0 + timedelta(seconds=2))]
+    for name, when in order:
+        assert claim(make_job(inbox, name), state, now=fixed_now(when)) is not None
+    (state / "claimed" / "crashed-reservation").mkdir()  # mkdir happened, rename did not
+    jobs = claimed_jobs(state)  # what a fresh process sees
+    assert [(j.job_id, j.claimed_at) for j in jobs] == order
+    assert all(j.folder.is_dir() for j in jobs)
+
+
+def test_unreadable_claim_json_still_resumes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    job = claim(make_job(tmp_path / "inbox"), state)
+    (job.path / "claim.json").write_text("{not json")
+    again = claimed_jobs(state)
+    assert [j.job_id for j in again] == ["job"] and again[0].folder == job.folder
+
+
+def test_remove_stale_reservations(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    job = claim(make_job(tmp_path / "inbox"), state)
+    stale = state / "claimed" / "stale"
+    stale.mkdir()
+    (stale / "claim.json").write_text("{}")
+    now = stale.stat().st_mtime
+    assert remove_stale_reservations(state, older_than_s=60, now=now + 1) == []  # young: maybe mid-claim
+    assert remove_stale_reservations(state, older_than_s=60, now=now + 61) == [stale]
+    assert job.path.is_dir() and not stale.exists()
+
+
+def test_claim_of_vanished_folder_returns_none(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert claim(Candidate("ghost", tmp_path / "inbox" / "ghost"), state) is None
+    assert list((state / "claimed").iterdir()) == []
+
+
+def test_claim_across_filesystems_is_a_config_error(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second writable filesystem at /dev/shm")
+    state = Path(subprocess.run(["mktemp", "-d", "-p", str(shm)], capture_output=True, text=True, check=True).stdout.strip())
+    try:
+        cand = make_job(tmp_path / "inbox")
+        with pytest.raises(ConfigError, match="another filesystem"):
+            claim(cand, state)
+        assert cand.path.is_dir()  # nothing was copied or moved
+        assert list((state / "claimed").iterdir()) == []
+    finally:
+        shutil.rmtree(state)

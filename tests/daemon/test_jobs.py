@@ -1,0 +1,127 @@
+"""Job folder -> JobSpec: audio/video discovery, job.toml options and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heygemd.daemon.jobs import JobOptions, load_job
+from heygemd.errors import JobError
+
+
+def job(tmp_path: Path, *files: str, toml: str | None = None, name: str = "job") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for f in files:
+        p = folder / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    if toml is not None:
+        (folder / "job.toml").write_text(toml, encoding="utf-8")
+    return folder
+
+
+def test_basic_job(tmp_path: Path) -> None:
+    folder = job(tmp_path, "voice.WAV", "clip10.mp4", "clip2.MOV", "still.jpg", "notes.txt", ".DS_Store",
+                 "._clip2.MOV", "Thumbs.db", ".ready", "@eaDir/x", "extras/y.mp4")
+    spec = load_job(folder)
+    assert spec.job_id == spec.name == "job" and spec.folder == folder
+    assert spec.audio == folder / "voice.WAV"
+    assert [p.name for p in spec.videos] == ["clip2.MOV", "clip10.mp4", "still.jpg"]
+    assert spec.ignored == ["extras/", "notes.txt"]  # junk, marker and OS folders are not "unknown"
+    assert spec.options == JobOptions()
+
+
+def test_chinese_and_space_names(tmp_path: Path) -> None:
+    folder = job(tmp_path, "讲话 录音.mp3", "主持人 一.mp4", "主持人 二.webm", name="我的 任务")
+    spec = load_job(folder, job_id="我的 任务-2")
+    assert spec.name == "我的 任务" and spec.job_id == "我的 任务-2"
+    assert spec.audio.name == "讲话 录音.mp3"
+    assert [p.name for p in spec.videos] == ["主持人 一.mp4", "主持人 二.webm"]
+
+
+def test_all_extensions_recognised(tmp_path: Path) -> None:
+    audios = ["a.wav", "a.mp3", "a.m4a", "a.aac", "a.flac", "a.ogg", "a.opus", "a.wma"]
+    videos = ["v.mp4", "v.mov", "v.mkv", "v.webm", "v.avi", "v.m4v", "v.mpg", "v.mpeg", "v.3gp",
+              "i.jpg", "i.jpeg", "i.png", "i.bmp", "i.webp"]
+    folder = job(tmp_path, *audios, *videos, toml='audio = "a.opus"\n')
+    spec = load_job(folder)
+    assert spec.audio.name == "a.opus"
+    assert sorted(p.name for p in spec.videos) == sorted(videos)
+    assert sorted(spec.ignored) == sorted(a for a in audios if a != "a.opus")  # unused audios are listed
+
+
+def test_options_from_job_toml(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4",
+                 toml='engine = "mouthwarp"\nnaming = "{stem}_synced.mp4"\nloop_mode = "loop"\ncrf = 23\n')
+    opts = load_job(folder).options
+    assert (opts.engine, opts.naming, opts.loop_mode, opts.crf, opts.audio) == (
+        "mouthwarp", "{stem}_synced.mp4", "loop", 23, None)
+
+
+def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4")
+    (folder / "JOB.TOML").write_bytes("\ufeffcrf = 30\n".encode())
+    assert load_job(folder).options.crf == 30
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "words"),
+    [
+        ("crf = 99\n", "crf", "less than or equal to 51"),
+        ('crf = "high"\n', "crf", "integer"),
+        ('engine = "sadtalker"\n', "engine", "wav2lip"),
+        ('loop_mode = "bounce"\n', "loop_mode", "pingpong"),
+        ('naming = "out.mp4"\n', "naming", "{stem}"),
+        ('naming = "sub/{stem}.mp4"\n', "naming", "not a path"),
+        ('naming = "{stem}_{n}.mp4"\n', "naming", "only the placeholder"),
+        ("qualty = 3\n", "qualty", "unknown option"),
+    ],
+)
+def test_bad_job_toml_names_field(tmp_path: Path, toml: str, field: str, words: str) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4", toml=toml)
+    with pytest.raises(JobError) as info:
+        load_job(folder)
+    err = info.value
+    assert "job.toml" in err.message and f"'{field}'" in err.message and words in err.message
+    assert err.code == "BAD_JOB" and "allowed options" in err.hint
+
+
+def test_unparsable_job_toml(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4", toml="crf = = 3\n")
+    with pytest.raises(JobError, match="job.toml is not valid TOML"):
+        load_job(folder)
+
+
+def test_no_audio(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no audio file") as info:
+        load_job(job(tmp_path, "a.mp4", "b.mp4"))
+    assert "wav" in info.value.hint
+
+
+def test_no_videos(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no presenter video or image"):
+        load_job(job(tmp_path, "voice.wav", "readme.txt"))
+
+
+def test_several_audios_need_job_toml(tmp_path: Path) -> None:
+    folder = job(tmp_path, "take 1.wav", "take 2.mp3", "a.mp4")
+    with pytest.raises(JobError) as info:
+        load_job(folder)
+    assert '"take 1.wav"' in info.value.message and '"take 2.mp3"' in info.value.message
+    assert 'audio = "' in info.value.hint and "job.toml" in info.value.hint
+
+
+def test_audio_option_picks_and_validates(tmp_path: Path) -> None:
+    folder = job(tmp_path, "take 1.wav", "take 2.mp3", "a.mp4", toml='audio = "TAKE 2.mp3"\n')
+    assert load_job(folder).audio.name == "take 2.mp3"  # case-insensitive when unambiguous
+    (folder / "job.toml").write_text('audio = "take 3.wav"\n')
+    with pytest.raises(JobError) as info:
+        load_job(folder)
+    assert "'audio'" in info.value.message and "take 3.wav" in info.value.message and "take 1.wav" in info.value.message
+
+
+def test_in_flight_files_are_skipped(tmp_path: Path) -> None:
+    spec = load_job(job(tmp_path, "v.wav", "a.mp4", "b.mp4.part", "~$notes.docx"))
+    assert [p.name for p in spec.videos] == ["a.mp4"] and spec.ignored == []

@@ -1,0 +1,81 @@
+"""Outbox folders per job, and archiving / deleting / keeping inputs after a job."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from heygemd.daemon.intake import Candidate, claim, claimed_jobs
+from heygemd.daemon.outbox import finish_inputs, outbox_dir_for, prune_archive
+from heygemd.daemon.status import JobStatus, write_status
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def claimed(tmp_path: Path, name: str = "job", when: datetime = T0):
+    folder = tmp_path / "inbox" / name
+    folder.mkdir(parents=True)
+    (folder / "voice.wav").write_bytes(b"x")
+    job = claim(Candidate(name, folder), tmp_path / "state", now=lambda: when)
+    assert job is not None
+    return job
+
+
+def test_outbox_dir_new_and_resumed(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    first = outbox_dir_for(outbox, "talk", T0)
+    assert first == outbox / "talk" and first.is_dir()
+    assert outbox_dir_for(outbox, "talk", T0) == first  # still empty: reused
+    write_status(first / "status.json", JobStatus(job_id="talk", job_name="talk", claimed=T0))
+    (first / "talk.mp4").write_bytes(b"out")
+    assert outbox_dir_for(outbox, "talk", T0) == first  # same claim: a restart resumes into it
+
+
+def test_outbox_dir_never_reuses_another_jobs_folder(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    other = outbox_dir_for(outbox, "talk", T0)
+    write_status(other / "status.json", JobStatus(job_id="talk", job_name="talk", claimed=T0))
+    later = T0 + timedelta(hours=1)
+    second = outbox_dir_for(outbox, "talk", later)
+    assert second == outbox / "talk-2"
+    write_status(second / "status.json", JobStatus(job_id="talk", job_name="talk", claimed=later))
+    (outbox / "talk-3").mkdir()
+    (outbox / "talk-3" / "someone's file.mp4").write_bytes(b"?")  # unknown origin, no status.json
+    assert outbox_dir_for(outbox, "talk", later) == outbox / "talk-2"
+    assert outbox_dir_for(outbox, "talk", later + timedelta(hours=1)) == outbox / "talk-4"
+
+
+def test_finish_inputs_archive(tmp_path: Path) -> None:
+    job = claimed(tmp_path)
+    target = finish_inputs(job, "archive", now=T0)
+    assert target == tmp_path / "state" / "archive" / "2026-05-01" / "job"
+    assert (target / "input" / "voice.wav").is_file() and (target / "claim.json").is_file()
+    assert claimed_jobs(tmp_path / "state") == []
+    # a second job with the same id archived the same day does not overwrite the first
+    job2 = claimed(tmp_path, "job")
+    assert finish_inputs(job2, "archive", now=T0) == target.with_name("job-2")
+
+
+def test_finish_inputs_delete_and_keep(tmp_path: Path) -> None:
+    a, b = claimed(tmp_path, "a"), claimed(tmp_path, "b")
+    assert finish_inputs(a, "delete") is None and not a.path.exists()
+    kept = finish_inputs(b, "keep")
+    assert kept == tmp_path / "state" / "kept" / "b" and (kept / "input" / "voice.wav").is_file()
+    assert claimed_jobs(tmp_path / "state") == []
+    with pytest.raises(ValueError):
+        finish_inputs(claimed(tmp_path, "c"), "shred")  # type: ignore[arg-type]
+
+
+def test_prune_archive(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for day in ["2026-04-01", "2026-04-29", "2026-04-30", "not-a-date"]:
+        (state / "archive" / day / "job").mkdir(parents=True)
+    now = datetime(2026, 5, 2, 0, 0, tzinfo=timezone.utc)
+    assert prune_archive(state, 0, now) == []  # 0 keeps forever
+    removed = prune_archive(state, 2, now)
+    # 2026-04-29 ended 2026-04-30 00:00, two days before now; 2026-04-30 ended one day before
+    assert [p.name for p in removed] == ["2026-04-01", "2026-04-29"]
+    assert sorted(p.name for p in (state / "archive").iterdir()) == ["2026-04-30", "not-a-date"]
+    assert prune_archive(tmp_path / "no-state", 2, now) == []
