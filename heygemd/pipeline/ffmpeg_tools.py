@@ -1,0 +1,156 @@
+"""Finding ffmpeg/ffprobe and running them as well-behaved child processes.
+
+Every child is started with an argv list (never a shell string) in its own session
+(``start_new_session=True``), so a Ctrl-C or SIGTERM sent to the daemon's process group does not
+kill an encoder mid-write before heygemd has cleaned up; heygemd kills and reaps its children itself.
+stderr is drained by a small thread into a bounded tail, so a chatty ffmpeg can never block on a
+full pipe and error messages can quote the last lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO, Sequence
+
+from heygemd.errors import DecodeError, ToolMissing
+
+TAIL_LINES = 25
+"""How many of ffmpeg's last stderr lines an error message quotes."""
+
+_INSTALL_HINT = "Install ffmpeg (it provides ffprobe too): sudo apt-get install ffmpeg, then restart heygemd."
+
+
+def find_tool(name: str) -> str:
+    """The absolute path of the executable ``name`` (e.g. "ffmpeg", "ffprobe") on PATH.
+
+    Raises ToolMissing with an install hint when it is not there.
+    """
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(f"{name} was not found on PATH ({os.environ.get('PATH', '')})", hint=_INSTALL_HINT)
+    return found
+
+
+def media_url(path: Path) -> str:
+    """``path`` as an ffmpeg input/output argument that cannot be mistaken for an option or a protocol.
+
+    A name like ``-x.mp4`` or ``a:b.mp4`` would otherwise be read as an option or a URL scheme.
+    """
+    return "file:" + os.fspath(Path(path).absolute())
+
+
+def stderr_text(lines: Sequence[str]) -> str:
+    """Joined stderr lines for an error message, or a note that ffmpeg said nothing."""
+    text = "\n".join(line for line in lines if line.strip())
+    return text if text else "(ffmpeg printed no error message)"
+
+
+def is_disk_full(text: str) -> bool:
+    """Whether ffmpeg's stderr reports that the output filesystem is full."""
+    lowered = text.lower()
+    return "no space left on device" in lowered or "disk quota exceeded" in lowered
+
+
+class StderrTail:
+    """Drains a child's stderr on a daemon thread, keeping only the last ``TAIL_LINES`` lines."""
+
+    def __init__(self, stream: IO[bytes], max_lines: int = TAIL_LINES):
+        self._stream = stream
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self._stream:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                with self._lock:
+                    self._lines.append(line)
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait until the child closed stderr (it has exited) so the tail is complete."""
+        self._thread.join(timeout)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def text(self) -> str:
+        return stderr_text(self.lines())
+
+
+class ToolProcess:
+    """One running ffmpeg child: its pipes, its stderr tail, and kill/reap that are safe to repeat.
+
+    ``stdin``/``stdout`` are the Popen pipes (None unless requested). The child runs in its own
+    session; ``kill()`` sends SIGKILL if it is still running and always reaps it.
+    """
+
+    def __init__(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False):
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.proc.stderr is not None
+        self._tail = StderrTail(self.proc.stderr)
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None, "started without stdin=True"
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None, "started without stdout=True"
+        return self.proc.stdout
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit (raises subprocess.TimeoutExpired) and return its exit status."""
+        code = self.proc.wait(timeout)
+        self._tail.join()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the child if it still runs, close our pipe ends, reap it. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass  # closing flushes stdin; the child is gone, so its reader end is too
+        self.proc.wait()
+        self._tail.join()
+
+    def stderr_tail(self) -> str:
+        """ffmpeg's last stderr lines (complete once the child has exited)."""
+        return self._tail.text()
+
+
+def run_probe(argv: Sequence[str], path: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+    """Run a short-lived tool (ffprobe, ``ffmpeg -filters``) to completion in its own session.
+
+    Raises DecodeError naming ``path`` when it does not finish within ``timeout`` seconds (a hung
+    network mount, say); the child is killed and reaped in that case.
+    """
+    try:
+        return subprocess.run(
+            list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, start_new_session=True
+        )
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s", path=path) from None
