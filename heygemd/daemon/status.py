@@ -342,3 +342,19 @@ def format_status_detail(status: JobStatus) -> str:
 
 if __name__ == "__main__":
     print(export_schema())
+
+
+def show_status(outbox: Path, job_id: str | None = None) -> str:
+    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox``, or one job in detail."""
+    if job_id is not None:
+        path = Path(outbox) / job_id / "status.json"
+        if not path.is_file():
+            return f"no job {job_id!r} in {outbox}\n"
+        return format_status_detail(read_status(path))
+    statuses = []
+    for path in sorted(Path(outbox).glob("*/status.json")):
+        try:
+            statuses.append(read_status(path))
+        except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
+            continue
+    return format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or utc_now(), s.job_id)))

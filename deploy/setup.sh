@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up heygemd in this checkout: system packages, a virtual environment with PyTorch, heygemd itself.
+#   bash deploy/setup.sh          set up only
+#   bash deploy/setup.sh --demo   set up, put a generated demo job in inbox/ and process it (result in outbox/)
+# PyTorch: TORCH_SPEC (default torch==2.13.0, the CPU build here) and TORCH_INDEX_URL (e.g.
+# https://download.pytorch.org/whl/cu128 on a CUDA server) choose the build; it is installed first and kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo=0
+[[ "${1:-}" == "--demo" ]] && demo=1
+
+apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "==> apt-get install ${missing[*]}"
+    sudo_cmd=()
+    [[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    echo "==> creating .venv"
+    "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+index=()
+[[ -n "${TORCH_INDEX_URL:-}" ]] && index=(--index-url "$TORCH_INDEX_URL")
+echo "==> installing $torch_spec"
+"${pip[@]}" "${index[@]}" "$torch_spec"
+echo "==> installing heygemd and its dependencies"
+# Naming torch again with the same spec keeps pip from resolving a different (CUDA) build for dependents.
+"${pip[@]}" -e ".[journald,test,demo]" "$torch_spec"
+
+if ((demo)); then
+    .venv/bin/heygemd demo --name demo-lesson
+    .venv/bin/heygemd once
+    .venv/bin/heygemd status
+    echo "==> results:"
+    ls -l outbox/demo-lesson*/
+fi

@@ -1,0 +1,114 @@
+"""``heygemd single`` and ``heygemd batch``: one audio, one or many videos, rendered one after another.
+
+A failing video is reported and skipped; the others go on. The audio is decoded once for all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from heygemd.errors import ErrorInfo, HeygemdError, JobError
+from heygemd.lipsync import LipSyncSession
+from heygemd.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from heygemd.pipeline.run import RenderResult, VideoProgress
+
+log = structlog.get_logger("heygemd.batch")
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    video: Path
+    output: Path
+    result: RenderResult | None
+    error: ErrorInfo | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def videos_in(folder: Path) -> list[Path]:
+    """Videos and still images directly in ``folder``, sorted by name."""
+    if not folder.is_dir():
+        raise JobError("not a folder", path=folder, hint="Pass the folder that holds the presenter videos.")
+    found = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES
+    )
+    if not found:
+        raise JobError("no videos or images in this folder", path=folder)
+    return found
+
+
+def render_many(
+    session: LipSyncSession,
+    audio_path: Path,
+    jobs: Sequence[tuple[Path, Path]],
+    *,
+    progress_bar: bool | None = None,
+) -> list[VideoOutcome]:
+    """Render every (video, output) pair with ``audio_path``; one failure does not stop the rest."""
+    audio = session.audio(audio_path)
+    log.info("audio.ready", audio=str(audio_path), duration_s=round(audio.duration, 3))
+    show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+    outcomes: list[VideoOutcome] = []
+    for number, (video, output) in enumerate(jobs, start=1):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        label = f"[{number}/{len(jobs)}] {video.name}"
+        bar = _ProgressBar(label) if show_bar else None
+        try:
+            result = session.render(video, audio, output, on_progress=bar.update if bar else None)
+        except HeygemdError as exc:
+            outcomes.append(VideoOutcome(video, output, None, exc.info()))
+            log.error("video.failed", video=str(video), code=exc.code, error=exc.message, hint=exc.hint)
+        except Exception as exc:  # per-video boundary: the video fails, the batch goes on
+            info = ErrorInfo.from_exception(exc)
+            outcomes.append(VideoOutcome(video, output, None, info))
+            log.exception("video.crashed", video=str(video), code=info.code)
+        else:
+            outcomes.append(VideoOutcome(video, output, result, None))
+            log.info("video.done", video=str(video), output=str(output), seconds=round(result.timings["total"], 2),
+                     face_ratio=round(result.face_ratio, 3))
+        finally:
+            if bar:
+                bar.close()
+    return outcomes
+
+
+def summary(outcomes: Sequence[VideoOutcome]) -> str:
+    """A few lines a person reads at the end of a batch."""
+    lines = []
+    for outcome in outcomes:
+        if outcome.ok and outcome.result is not None:
+            r = outcome.result
+            lines.append(f"  ok      {outcome.video.name} -> {outcome.output}  "
+                         f"({r.frames} frames, face in {r.face_ratio:.0%}, {r.timings['total']:.1f} s)")
+        elif outcome.error is not None:
+            lines.append(f"  FAILED  {outcome.video.name}: [{outcome.error.code}] {outcome.error.message}")
+            if outcome.error.hint:
+                lines.append(f"          what to do: {outcome.error.hint}")
+    good = sum(o.ok for o in outcomes)
+    lines.append(f"{good} of {len(outcomes)} videos done" + (f", {len(outcomes) - good} failed" if good < len(outcomes) else ""))
+    return "\n".join(lines)
+
+
+class _ProgressBar:
+    """A tqdm bar per video, driven by render progress callbacks."""
+
+    def __init__(self, label: str):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=100, desc=label, unit="%", leave=True, dynamic_ncols=True,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def update(self, progress: VideoProgress) -> None:
+        self._bar.n = int(progress.fraction * 100)
+        self._bar.set_postfix_str(f"{progress.stage} {progress.frames_done}/{progress.frames_total}", refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,115 @@
+"""``heygemd check``: is this machine ready to run jobs? Each check says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, resolve_engine_name
+from heygemd.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+    """A failed optional check is a warning: heygemd still runs (e.g. without journald it logs to stderr)."""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [
+        *_tools(),
+        _engine(settings),
+        _faces(settings),
+        _device(settings),
+        _writable("inbox", settings.paths.inbox),
+        _writable("outbox", settings.paths.outbox),
+        _journald(),
+    ]
+
+
+def all_required_ok(checks: list[Check]) -> bool:
+    return all(check.ok for check in checks if check.required)
+
+
+def format_checks(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
+        lines.append(f"{mark}  {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"      fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def _tools() -> list[Check]:
+    checks = []
+    for tool in ("ffmpeg", "ffprobe"):
+        path = shutil.which(tool)
+        checks.append(Check(tool, path is not None, path or "not found on PATH",
+                            "sudo apt-get install ffmpeg (it provides ffprobe too)"))
+    return checks
+
+
+def _engine(settings: Settings) -> Check:
+    name = resolve_engine_name(settings.engine, settings.paths.models)
+    if name == "mouthwarp":
+        return Check("engine", True, "mouthwarp (weights-free; put wav2lip_gan.pth in models/ for Wav2Lip)")
+    checkpoint = find_checkpoint(settings.engine, settings.paths.models)
+    if checkpoint is None or not checkpoint.is_file():
+        return Check("engine", False, f"wav2lip selected but no checkpoint ({checkpoint or ', '.join(CHECKPOINT_NAMES)})",
+                     f"copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = \"mouthwarp\"")
+    size_mb = checkpoint.stat().st_size / 1e6
+    return Check("engine", True, f"wav2lip, checkpoint {checkpoint} ({size_mb:.0f} MB)")
+
+
+def _faces(settings: Settings) -> Check:
+    from heygemd.pipeline import faces
+
+    try:
+        detector = faces.make_detector(settings.faces.detector, settings.paths.models, settings.paths.cache_dir)
+    except Exception as exc:  # report any failure to build the detector as a failed check, with its message
+        return Check("face detector", False, str(exc), "pip install dlib-bin face-recognition-models, or put the "
+                     "S3FD weights (s3fd-619a316812.pth) in models/")
+    return Check("face detector", True, detector.name)
+
+
+def _device(settings: Settings) -> Check:
+    name = resolve_engine_name(settings.engine, settings.paths.models)
+    if name == "mouthwarp":
+        return Check("device", True, "cpu (mouthwarp runs on the CPU)")
+    from heygemd.engines.torch_device import describe_device
+
+    try:
+        return Check("device", True, describe_device(settings.engine.device))
+    except Exception as exc:  # any failure to open the device is the answer to this check
+        return Check("device", False, str(exc), "set engine.device = \"cpu\", or install the CUDA build of torch "
+                     "(see README: GPU servers)")
+
+
+def _writable(label: str, folder: Path) -> Check:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".heygemd-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return Check(label, False, f"{folder}: {exc.strerror or exc}",
+                     f"create {folder} and give the heygemd user write access (chown/chmod, or the share's ACL)")
+    return Check(label, True, f"{folder} is writable")
+
+
+def _journald() -> Check:
+    from heygemd.logs import journal_problem
+
+    problem = journal_problem()
+    if problem is not None:
+        return Check("journald", False, f"{problem}: logs go to stderr as JSON lines",
+                     "run heygemd under systemd (deploy/systemd/heygemd.service) to log to the journal",
+                     required=False)
+    return Check("journald", True, "reachable")

@@ -1,0 +1,119 @@
+"""Command line: parse arguments -> Settings -> logging -> the command. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from heygemd import __version__
+from heygemd.errors import HeygemdError
+from heygemd.settings import Settings, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heygemd", description="Lip-sync video daemon: one audio, many presenters.")
+    parser.add_argument("--config", type=Path, help="TOML configuration (default: /etc/heygemd/heygemd.toml, "
+                        "then the repository's config/heygemd.toml)")
+    parser.add_argument("--version", action="version", version=f"heygemd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def engine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--engine", choices=["auto", "wav2lip", "mouthwarp"], help="engine (default from config)")
+        p.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (default: models/wav2lip_gan.pth)")
+        p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from config)")
+
+    single = commands.add_parser("single", help="lip-sync one video (or still image) to one audio")
+    single.add_argument("--audio", type=Path, required=True)
+    single.add_argument("--video", type=Path, required=True)
+    single.add_argument("--out", type=Path, required=True, help="output .mp4")
+    engine_options(single)
+
+    batch = commands.add_parser("batch", help="lip-sync every video in a folder to one audio")
+    batch.add_argument("--audio", type=Path, required=True)
+    batch.add_argument("--videos", type=Path, required=True, help="folder of videos and still images")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    engine_options(batch)
+
+    commands.add_parser("run", help="run the daemon: watch the inbox and process jobs until stopped")
+    commands.add_parser("once", help="process every ready job in the inbox, then exit")
+    status = commands.add_parser("status", help="show jobs from the outbox's status files")
+    status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
+    commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
+    demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
+    demo.add_argument("--name", default="demo-lesson", help="job folder name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _with_overrides(load_settings(args.config), args)
+    except HeygemdError as exc:
+        print(f"heygemd: {exc.message}\n  what to do: {exc.hint}", file=sys.stderr)
+        return 2
+
+    from heygemd.logs import configure_logging
+
+    configure_logging(settings.logging)
+    try:
+        return _dispatch(args, settings)
+    except HeygemdError as exc:
+        print(f"heygemd: [{exc.code}] {exc.message}\n  what to do: {exc.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    updates = {
+        key: value
+        for key, value in (
+            ("name", getattr(args, "engine", None)),
+            ("checkpoint", getattr(args, "checkpoint", None)),
+            ("device", getattr(args, "device", None)),
+        )
+        if value is not None
+    }
+    if "checkpoint" in updates:
+        updates["checkpoint"] = updates["checkpoint"].resolve()
+        updates.setdefault("name", "wav2lip")
+    if not updates:
+        return settings
+    return settings.model_copy(update={"engine": settings.engine.model_copy(update=updates)})
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in ("single", "batch"):
+        from heygemd.batch import render_many, summary, videos_in
+        from heygemd.lipsync import LipSyncSession
+
+        if args.command == "single":
+            pairs = [(args.video, args.out)]
+        else:
+            pairs = [(video, args.out / settings.outbox.naming.format(stem=video.stem)) for video in videos_in(args.videos)]
+        outcomes = render_many(LipSyncSession(settings), args.audio, pairs)
+        print(summary(outcomes))
+        return 0 if all(o.ok for o in outcomes) else 1
+    if args.command in ("run", "once"):
+        from heygemd.daemon.service import run_service
+
+        return run_service(settings, once=args.command == "once")
+    if args.command == "status":
+        from heygemd.daemon.status import show_status
+
+        print(show_status(settings.paths.outbox, args.job))
+        return 0
+    if args.command == "check":
+        from heygemd.check import all_required_ok, format_checks, run_checks
+
+        checks = run_checks(settings)
+        print(format_checks(checks))
+        return 0 if all_required_ok(checks) else 1
+    if args.command == "demo":
+        from heygemd.demo import make_demo_job
+
+        job = make_demo_job(settings.paths.inbox / args.name)
+        print(f"demo job ready: {job}")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,250 @@
+"""The long-running process: resume claimed jobs, watch the inbox, claim ready jobs, run them one at a time.
+
+Signals only set flags: the first SIGTERM (or Ctrl-C) stops taking jobs and interrupts the current video at
+its next batch (it is redone on the next start); a second one stops at once. Either way every claimed job
+stays recoverable: the next start resumes it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import structlog
+
+from heygemd.daemon import intake
+from heygemd.daemon.outbox import prune_archive
+from heygemd.daemon.systemd import Notifier, watchdog_interval
+from heygemd.daemon.worker import JobContext, process_job
+from heygemd.lipsync import LipSyncSession
+from heygemd.settings import Settings
+
+log = structlog.get_logger("heygemd.service")
+
+
+class StopNow(BaseException):
+    """Raised by the second stop signal: leave whatever is running (the claimed job resumes on restart)."""
+
+
+class StopFlag:
+    """Set by the first SIGTERM/SIGINT; the second one raises StopNow in the main thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.wake: Callable[[], None] = lambda: None
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise StopNow(signal.Signals(signum).name)
+        self.event.set()
+        self.wake()
+
+
+class Heartbeat:
+    """Pings the systemd watchdog from a thread, but only while the work loop keeps reporting progress.
+
+    A wedged GPU call or a hung ffmpeg stops the beats, the pings stop, and systemd restarts the service.
+    """
+
+    def __init__(self, notifier: Notifier, interval: float | None):
+        self.notifier = notifier
+        self.interval = interval
+        self._last_beat = time.monotonic()
+        self._last_text = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, text: str = "") -> None:
+        self._last_beat = time.monotonic()
+        if text and text != self._last_text:
+            self._last_text = text
+            self.notifier.status(text)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self._thread = threading.Thread(target=self._run, name="heygemd-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval / 2):
+            if time.monotonic() - self._last_beat < self.interval:
+                self.notifier.watchdog()
+
+
+class Sessions:
+    """The warm engines: the configured one, plus any a job.toml asks for (loaded on demand)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.default = LipSyncSession(settings)
+        self._others: dict[str, LipSyncSession] = {}
+        self.last_used = time.monotonic()
+
+    def get(self, engine: str | None) -> LipSyncSession:
+        self.last_used = time.monotonic()
+        if engine in (None, "auto") or engine == self.default.engine_name:
+            return self.default
+        if engine not in self._others:
+            self._others[engine] = LipSyncSession(self.settings, engine)
+        return self._others[engine]
+
+    def after_job(self) -> None:
+        """Free accelerator memory; engines other than the default are unloaded."""
+        self.default.release()
+        for session in self._others.values():
+            session.unload()
+        self._others.clear()
+
+    def unload_if_idle(self) -> None:
+        idle = self.settings.engine.idle_unload_seconds
+        if idle and self.default.loaded and time.monotonic() - self.last_used > idle:
+            log.info("engine.unloaded", engine=self.default.engine_name, idle_s=round(idle))
+            self.default.unload()
+
+
+def run_service(settings: Settings, *, once: bool = False) -> int:
+    """``heygemd run`` (once=False) and ``heygemd once``. Returns the process exit status."""
+    paths = settings.paths
+    for folder in (paths.inbox, paths.outbox, paths.state_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    stop = StopFlag()
+    stop.install()
+    notifier = Notifier()
+    sessions = Sessions(settings)
+    log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), engine=sessions.default.engine_name,
+             mode="once" if once else "run")
+    notifier.extend_timeout(300)
+    sessions.default.warm_up()
+
+    with Heartbeat(notifier, watchdog_interval()) as heartbeat:
+        context = JobContext(
+            session_for=sessions.get,
+            should_stop=stop.__bool__,
+            heartbeat=heartbeat.beat,
+            inputs_after=settings.outbox.inputs_after,
+            naming=settings.outbox.naming,
+            ready_marker=settings.intake.ready_marker,
+        )
+
+        def run_job(claimed: intake.ClaimedJob) -> None:
+            heartbeat.beat(f"job {claimed.job_id}")
+            process_job(claimed, paths.outbox, context)
+            sessions.after_job()
+            heartbeat.beat("idle, watching the inbox")
+
+        try:
+            intake.remove_stale_reservations(paths.state_dir)
+            if once:
+                _resume_claimed(settings, stop, run_job)
+                _drain_ready(settings, stop, run_job)
+            else:
+                _watch(settings, stop, notifier, heartbeat, sessions, run_job)
+        except StopNow as exc:
+            log.warning("daemon.stopped_now", signal=str(exc))
+            notifier.stopping("stopped at once; the current job resumes on the next start")
+            return 1
+    notifier.stopping("stopped")
+    log.info("daemon.stopped")
+    return 0
+
+
+def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: Heartbeat, sessions: Sessions,
+           run_job: Callable[[intake.ClaimedJob], None]) -> None:
+    paths, intake_settings = settings.paths, settings.intake
+    tracker = intake.ReadinessTracker(intake_settings.settle_seconds, ready_marker=intake_settings.ready_marker)
+    watcher = intake.InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
+                                  poll_interval=intake_settings.poll_interval)
+    with watcher:
+        stop.wake = watcher.changed.set
+        log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
+        notifier.ready("idle, watching the inbox")
+        # Resume only after READY: a resumed job can outlast systemd's start timeout (TimeoutStartSec).
+        _resume_claimed(settings, stop, run_job)
+        while not stop:
+            heartbeat.beat()
+            claimed = _claim_next_ready(settings, tracker)
+            if claimed is not None:
+                run_job(claimed)
+                continue
+            sessions.unload_if_idle()
+            prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
+            deadline = tracker.next_deadline()  # 0.0 (settled just now) must not mean "no deadline"
+            wait = intake_settings.rescan_interval if deadline is None else min(intake_settings.rescan_interval, deadline)
+            watcher.wait(max(wait, 0.05))
+    notifier.stopping("finishing")
+
+
+def _resume_claimed(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
+    """Run the jobs a previous process claimed but did not finish, oldest claim first."""
+    for claimed in intake.claimed_jobs(settings.paths.state_dir):
+        if stop:
+            break
+        log.info("job.resuming", job_id=claimed.job_id)
+        run_job(claimed)
+
+
+def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> intake.ClaimedJob | None:
+    """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready)."""
+    paths = settings.paths
+    try:
+        candidates = intake.scan_inbox(paths.inbox, paths.state_dir)
+    except FileNotFoundError:
+        log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
+        return None
+    tracker.retain(c.name for c in candidates)
+    ready = [c for c in candidates if tracker.observe(c).ready]
+    for candidate in sorted(ready, key=_arrival):
+        try:
+            claimed = intake.claim(candidate, paths.state_dir, outbox=paths.outbox)
+        except PermissionError as exc:  # e.g. a client still holds a file open on the share: try again later
+            log.warning("job.claim_refused", job_name=candidate.name, error=str(exc))
+            continue
+        tracker.forget(candidate.name)
+        if claimed is not None:
+            log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
+            return claimed
+    return None
+
+
+def _drain_ready(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
+    """``heygemd once``: every job that is ready now (marker, or unchanged for settle_seconds by mtime)."""
+    paths, marker = settings.paths, settings.intake.ready_marker
+    settle_ns = settings.intake.settle_seconds * 1e9
+    while not stop:
+        ready = []
+        for candidate in intake.scan_inbox(paths.inbox, paths.state_dir):
+            snap = intake.take_snapshot(candidate.path, marker)
+            newest = max((mtime for _, _, mtime in snap.entries), default=0)
+            settled = snap.has_files and time.time_ns() - newest >= settle_ns
+            if not snap.in_flight and snap.has_files and (snap.has_marker or settled):
+                ready.append(candidate)
+        if not ready:
+            return
+        claimed = intake.claim(sorted(ready, key=_arrival)[0], paths.state_dir, outbox=paths.outbox)
+        if claimed is not None:
+            log.info("job.claimed", job_id=claimed.job_id, job_name=claimed.name)
+            run_job(claimed)
+
+
+def _arrival(candidate: intake.Candidate) -> tuple[float, str]:
+    try:
+        return candidate.path.stat().st_mtime, candidate.name
+    except FileNotFoundError:
+        return float("inf"), candidate.name

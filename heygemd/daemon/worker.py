@@ -1,0 +1,230 @@
+"""Process one claimed job: its outbox folder, a live status.json, every video in isolation, resume after a crash.
+
+Failure boundaries (the only broad catches): per video (the video fails, the job goes on) and per job
+(the job fails, the daemon goes on). A stop request interrupts the current video; the job stays claimed
+and the next start redoes only the videos that are not done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from heygemd.daemon.intake import ClaimedJob
+from heygemd.daemon.jobs import JobSpec, load_job
+from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
+from heygemd.daemon.status import (
+    AudioStatus,
+    ErrorStatus,
+    JobStatus,
+    VideoStatus,
+    read_status,
+    utc_now,
+    write_status,
+)
+from heygemd.errors import ErrorInfo, HeygemdError, Interrupted
+from heygemd.lipsync import LipSyncSession
+from heygemd.logs import job_log
+from heygemd.pipeline.run import VideoProgress
+
+log = structlog.get_logger("heygemd.worker")
+
+PROGRESS_WRITE_INTERVAL = 1.0
+"""Seconds between status.json rewrites for progress alone (state changes are written at once)."""
+
+
+@dataclass
+class JobContext:
+    """What a job needs from the daemon around it."""
+
+    session_for: Callable[[str | None], LipSyncSession]
+    """The warm session for a job.toml engine override (None: the daemon's engine)."""
+    should_stop: Callable[[], bool] = lambda: False
+    heartbeat: Callable[[str], None] = lambda _text: None
+    """Called as work progresses (the systemd watchdog and STATUS= follow it)."""
+    inputs_after: str = "archive"
+    naming: str = "{stem}.mp4"
+    ready_marker: str = ".ready"
+
+
+@dataclass
+class _StatusFile:
+    """status.json of one job: the current model, written atomically, progress writes throttled."""
+
+    path: Path
+    status: JobStatus
+    _last_write: float = field(default=0.0)
+
+    def save(self, *, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        self.status = write_status(self.path, self.status.recomputed())
+        self._last_write = now
+
+    def update(self, **fields: object) -> None:
+        self.status = self.status.model_copy(update=fields)
+
+    def update_video(self, index: int, **fields: object) -> None:
+        videos = list(self.status.videos)
+        videos[index] = videos[index].model_copy(update=fields)
+        self.status = self.status.model_copy(update={"videos": videos})
+
+
+def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobStatus | None:
+    """Run ``claimed`` to its end and return the final status, or None when a stop request interrupted it."""
+    out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
+    status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir))
+    status_file.save()
+    _remove_partial_outputs(out_dir)
+    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
+        log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
+        try:
+            finished = _run(claimed, out_dir, status_file, context)
+        except Interrupted:
+            finished = False
+        except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
+            info = ErrorInfo.from_exception(exc)
+            if isinstance(exc, HeygemdError):
+                log.error("job.failed", code=info.code, error=info.message, hint=info.hint)
+            else:
+                log.exception("job.crashed", code=info.code)
+            status_file.update(error=ErrorStatus.from_info(info))
+            finished = True
+        if not finished:
+            status_file.save()
+            log.warning("job.interrupted", progress=round(status_file.status.progress, 3))
+            return None
+        status_file.update(finished=utc_now())
+        status_file.save()
+        final = status_file.status
+        done, failed, total = final.counts()
+        level = log.info if final.state == "done" else log.warning
+        level(f"job.{final.state}", videos_done=done, videos_failed=failed, videos=total)
+    # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
+    # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
+    inputs_after = context.inputs_after if final.state == "done" else "archive"
+    finish_inputs(claimed, inputs_after)  # type: ignore[arg-type]
+    return final
+
+
+def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
+    path = out_dir / STATUS_FILE
+    if path.is_file():
+        previous = read_status(path)
+        # host/pid name the process running the job now (a restart resumes what a dead process left).
+        return previous.model_copy(update={"attempt": previous.attempt + 1, "state": "queued", "error": None,
+                                           "host": socket.gethostname(), "pid": os.getpid()})
+    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at)
+
+
+def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> bool:
+    """Process the job's videos; True when every video reached done or failed, False when stopped."""
+    spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=context.ready_marker)
+    session = context.session_for(spec.options.engine)
+    status_file.update(
+        state="processing",
+        started=utc_now(),
+        engine=session.engine_name,
+        ignored=spec.ignored,
+        audio=AudioStatus(file=spec.audio.name),
+        videos=_video_entries(spec, out_dir, status_file.status, spec.options.naming or context.naming),
+    )
+    status_file.save()
+    context.heartbeat(f"{claimed.job_id}: decoding audio")
+    audio = session.audio(spec.audio)
+    status_file.update(
+        audio=AudioStatus(file=spec.audio.name, duration_s=round(audio.duration, 3)),
+        engine_identity=session.engine.identity,
+    )
+    status_file.save()
+    log.info("audio.decoded", audio=spec.audio.name, duration_s=round(audio.duration, 3))
+
+    for index, video in enumerate(spec.videos):
+        entry = status_file.status.videos[index]
+        if entry.state in ("done", "failed"):
+            continue
+        if context.should_stop():
+            return False
+        output = out_dir / entry.output  # type: ignore[operator]
+        status_file.update_video(index, state="processing", started=utc_now(), progress=0.0, frames_done=0, error=None)
+        status_file.save()
+        bound = structlog.contextvars.bound_contextvars(video=video.name)
+        with bound:
+            log.info("video.started", output=output.name)
+
+            def on_progress(p: VideoProgress, index: int = index) -> None:
+                status_file.update_video(index, progress=round(p.fraction, 4), frames_done=p.frames_done,
+                                         frames_total=p.frames_total if p.stage == "render" else None)
+                status_file.save(force=False)
+                context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
+
+            try:
+                result = session.render(video, audio, output, loop_mode=spec.options.loop_mode, crf=spec.options.crf,
+                                        on_progress=on_progress, should_stop=context.should_stop)
+            except Interrupted:
+                status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
+                raise
+            except Exception as exc:  # per-video boundary: the video fails, the job goes on
+                info = ErrorInfo.from_exception(exc)
+                if isinstance(exc, HeygemdError):
+                    log.error("video.failed", code=info.code, error=info.message, hint=info.hint)
+                else:
+                    log.exception("video.crashed", code=info.code)
+                status_file.update_video(index, state="failed", finished=utc_now(), error=ErrorStatus.from_info(info))
+            else:
+                status_file.update_video(
+                    index,
+                    state="done",
+                    finished=utc_now(),
+                    progress=1.0,
+                    frames_done=result.frames,
+                    frames_total=result.frames,
+                    face_ratio=round(result.face_ratio, 4),
+                    poster=result.poster.name if result.poster and result.poster.is_file() else None,
+                    timings={k: round(v, 3) for k, v in result.timings.items()},
+                )
+                log.info("video.done", output=output.name, seconds=round(result.timings["total"], 2),
+                         face_ratio=round(result.face_ratio, 3), frames=result.frames)
+            status_file.save()
+    session.release()
+    return True
+
+
+def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
+    """One entry per input; a video already done in an earlier attempt, with its output present, stays done."""
+    earlier = {v.input: v for v in previous.videos}
+    used: set[str] = set()
+    entries = []
+    for video in spec.videos:
+        output = _unique_name(naming.format(stem=video.stem), used)
+        before = earlier.get(video.name)
+        if before is not None and before.state == "done" and before.output and (out_dir / before.output).is_file():
+            entries.append(before)
+            used.add(before.output)
+            continue
+        entries.append(VideoStatus(input=video.name, output=output))
+    return entries
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``stem-2.ext``... when two inputs share a stem (clip.mp4 and clip.mov)."""
+    candidate, n = name, 1
+    stem, dot, suffix = name.rpartition(".")
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _remove_partial_outputs(out_dir: Path) -> None:
+    """Temporary files a killed encoder left behind; they are never renamed into place, so never complete."""
+    for leftover in out_dir.glob(".*.partial*"):
+        leftover.unlink(missing_ok=True)

@@ -1,0 +1,96 @@
+"""A warm lip-sync session: one engine and one face detector, reused for every video it renders.
+
+Both the one-shot commands (``single``, ``batch``) and the daemon's worker render through this class,
+so a video renders the same whichever way it came in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from heygemd.engines import Engine, load_engine, resolve_engine_name
+from heygemd.pipeline import faces
+from heygemd.pipeline.audio import AudioFeatures, load_audio_features
+from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
+from heygemd.settings import Settings
+
+
+class LipSyncSession:
+    """Holds the engine and detector warm between videos and jobs; load lazily, release between jobs."""
+
+    def __init__(self, settings: Settings, engine_name: str | None = None):
+        self.settings = settings
+        self.engine_name = resolve_engine_name(settings.engine, settings.paths.models, engine_name)
+        self._engine: Engine | None = None
+        self._detector: faces.FaceDetector | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = load_engine(self.settings.engine, self.settings.paths.models, self.engine_name)
+        return self._engine
+
+    @property
+    def detector(self) -> faces.FaceDetector:
+        if self._detector is None:
+            self._detector = faces.make_detector(
+                self.settings.faces.detector, self.settings.paths.models, self.settings.paths.cache_dir
+            )
+        return self._detector
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    def warm_up(self) -> None:
+        """Load the engine and the detector now (the daemon does this before it reports READY)."""
+        _ = self.engine, self.detector
+
+    def audio(self, path: Path) -> AudioFeatures:
+        """Decode ``path`` once and compute the features every video of a job shares."""
+        return load_audio_features(path)
+
+    def render(
+        self,
+        video: Path,
+        audio: AudioFeatures,
+        output: Path,
+        *,
+        loop_mode: str | None = None,
+        crf: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RenderResult:
+        options = RenderOptions(
+            video=self.settings.video,
+            faces=self.settings.faces,
+            loop_mode=loop_mode,  # type: ignore[arg-type]
+            crf=crf,
+            batch_size=min(self.settings.engine.batch_size, 64),
+        )
+        with tempfile.TemporaryDirectory(prefix="heygemd-") as work:
+            return render_video(
+                video,
+                audio,
+                output,
+                self.engine,
+                self.detector,
+                options=options,
+                cache_dir=self.settings.paths.cache_dir,
+                work_dir=Path(work),
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+
+    def release(self) -> None:
+        """Free cached accelerator memory (between jobs); the model stays loaded."""
+        if self._engine is not None:
+            self._engine.release()
+
+    def unload(self) -> None:
+        """Drop the model entirely (after the idle timeout); the next render loads it again."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

@@ -1,0 +1,235 @@
+"""Render one video: audio features + presenter video + engine -> lip-synced mp4 (and a poster).
+
+The only module that knows the order of the stages; everything it calls knows one stage. No daemon knowledge:
+the CLI and the daemon's worker both call ``render_video``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heygemd.engines.base import Engine, FaceBatch
+from heygemd.errors import Interrupted, NoFace
+from heygemd.pipeline import faces, render, video
+from heygemd.pipeline.audio import AudioFeatures
+from heygemd.pipeline.timing import StageTimer
+from heygemd.settings import FacesSettings, LoopMode, VideoSettings
+
+DETECT_SHARE = 0.3
+"""Share of a video's progress bar given to face detection (the rest is rendering)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Everything that shapes one render besides its inputs."""
+
+    video: VideoSettings = field(default_factory=VideoSettings)
+    faces: FacesSettings = field(default_factory=FacesSettings)
+    loop_mode: LoopMode | None = None
+    """Overrides ``video.loop_mode`` (a job.toml option)."""
+    crf: int | None = None
+    """Overrides ``video.crf`` (a job.toml option)."""
+    batch_size: int = 32
+    """Frames held at once for the engine; bounds memory whatever the video's length."""
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    stage: str
+    """``detect`` or ``render``."""
+    frames_done: int
+    frames_total: int
+    fraction: float
+    """Overall progress of this video, 0..1."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    output: Path
+    poster: Path | None
+    frames: int
+    fps: float
+    face_ratio: float
+    detector: str
+    cached_faces: bool
+    timings: dict[str, float]
+    """Seconds per stage (decode, detect, infer, blend, encode) and ``total``."""
+
+
+ProgressCallback = Callable[[VideoProgress], None]
+
+
+def poster_path_for(output: Path) -> Path:
+    return output.with_suffix(".jpg")
+
+
+def render_video(
+    video_path: Path,
+    audio: AudioFeatures,
+    output: Path,
+    engine: Engine,
+    detector: faces.FaceDetector,
+    *,
+    options: RenderOptions,
+    cache_dir: Path,
+    work_dir: Path,
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RenderResult:
+    """Lip-sync ``video_path`` to ``audio`` into ``output`` (written under a temporary name, renamed when complete).
+
+    Raises a HeygemdError subclass naming the file for every known input problem, and Interrupted when
+    ``should_stop`` turns true (the partial output is removed).
+    """
+    import time
+
+    started = time.perf_counter()
+    timer = StageTimer()
+    report = on_progress or (lambda _p: None)
+    stop = should_stop or (lambda: False)
+
+    info = video.probe_video(video_path, still_fps=options.video.still_fps)
+    n_out = audio.frame_count(info.fps)
+    track, cached = _face_track(info, detector, options.faces, cache_dir, timer, report, stop)
+    if track.face_ratio < options.faces.min_face_ratio:
+        raise NoFace(
+            f"a face was found in {track.face_ratio:.0%} of the frames "
+            f"(at least {options.faces.min_face_ratio:.0%} needed)",
+            path=video_path,
+        )
+
+    mels = audio.chunks(info.fps)
+    poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
+    poster = poster_path_for(output) if options.video.poster else None
+    video_opts = options.video
+    loop_mode = options.loop_mode or video_opts.loop_mode
+    crf = options.crf if options.crf is not None else video_opts.crf
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        video.ScheduledFrames(info, n_out, loop_mode, work_dir) as scheduled,
+        timer.closing_in("encode", video.VideoWriter(
+            output, info.width, info.height, info.fps, audio.path, audio.duration,
+            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate,
+        )) as writer,
+    ):
+        done = 0
+        for batch in _batches(timer.timed("decode", scheduled), options.batch_size):
+            if stop():
+                raise Interrupted("stopped while rendering", path=video_path)
+            frames = _lip_sync_batch(batch, done, track, mels, engine, timer)
+            with timer.stage("encode"):
+                for offset, frame in enumerate(frames):
+                    writer.write(frame)
+                    if done + offset == poster_index and poster is not None:
+                        video.write_poster(frame, poster)
+            done += len(frames)
+            report(VideoProgress("render", done, n_out, DETECT_SHARE + (1 - DETECT_SHARE) * done / n_out))
+    timings = dict(timer.seconds)
+    timings["total"] = time.perf_counter() - started
+    return RenderResult(
+        output=output,
+        poster=poster,
+        frames=n_out,
+        fps=info.fps,
+        face_ratio=track.face_ratio,
+        detector=track.detector,
+        cached_faces=cached,
+        timings=timings,
+    )
+
+
+def _face_track(
+    info: video.VideoInfo,
+    detector: faces.FaceDetector,
+    settings: FacesSettings,
+    cache_dir: Path,
+    timer: StageTimer,
+    report: ProgressCallback,
+    stop: Callable[[], bool],
+) -> tuple[faces.FaceTrack, bool]:
+    computed = False
+
+    def progress(frames_done: int) -> None:
+        if stop():
+            raise Interrupted("stopped while detecting faces", path=info.path)
+        total = max(info.frame_count, 1)
+        report(VideoProgress("detect", frames_done, total, DETECT_SHARE * min(frames_done / total, 1.0)))
+
+    def compute() -> faces.FaceTrack:
+        nonlocal computed
+        computed = True
+        frames = timer.timed("decode", video.read_frames(info))
+        with timer.stage("detect"):
+            return faces.track_faces(
+                frames,
+                detector,
+                pads=settings.pads,
+                smooth_window=settings.smooth_window,
+                max_gap_frames=settings.max_gap_frames,
+                detect_max_side=settings.detect_max_side,
+                progress=progress,
+            )
+
+    fingerprint = faces.track_fingerprint(
+        detector.name, settings.pads, settings.smooth_window, settings.max_gap_frames, settings.detect_max_side
+    )
+    track = faces.cached_track(faces.video_content_key(info.path), cache_dir, fingerprint, compute)
+    if computed:
+        # detection time includes the decode pass it pulled frames from; keep the stages disjoint
+        timer.seconds["detect"] -= timer.seconds["decode"]
+    return track, not computed
+
+
+def _batches(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    batch: list[tuple[int, np.ndarray]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _lip_sync_batch(
+    batch: list[tuple[int, np.ndarray]],
+    first_out_index: int,
+    track: faces.FaceTrack,
+    mels: np.ndarray,
+    engine: Engine,
+    timer: StageTimer,
+) -> list[np.ndarray]:
+    """Frames of ``batch`` with the engine's mouth pasted in where the track has a face; others pass through."""
+    frames = [frame for _, frame in batch]
+    with timer.stage("blend"):
+        jobs: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
+        crops: list[np.ndarray] = []
+        for offset, (source_index, frame) in enumerate(batch):
+            if not track.has_face(source_index):
+                continue
+            ibox = render.crop_box(frame.shape, track.boxes[source_index])
+            x1, y1, x2, y2 = ibox
+            if x2 - x1 < 8 or y2 - y1 < 8:
+                continue
+            landmarks = track.landmarks[source_index] - np.array([x1, y1], dtype=np.float32)
+            jobs.append((offset, ibox, landmarks))
+            crops.append(render.cut(frame, ibox))
+    if not jobs:
+        return frames
+    face_batch = FaceBatch(
+        crops=crops,
+        landmarks=[landmarks for _, _, landmarks in jobs],
+        mels=np.stack([mels[first_out_index + offset] for offset, _, _ in jobs]),
+    )
+    with timer.stage("infer"):
+        generated = engine.generate(face_batch)
+    with timer.stage("blend"):
+        for (offset, ibox, landmarks), mouth in zip(jobs, generated, strict=True):
+            mask = render.mouth_mask(landmarks, mouth.shape[:2])
+            render.paste(frames[offset], ibox, mouth, mask)
+    return frames

@@ -1,0 +1,52 @@
+"""Wall-clock time per pipeline stage, summed over a video (decode, detect, infer, blend, encode)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import ContextManager, TypeVar
+
+T = TypeVar("T")
+
+STAGES = ("decode", "detect", "infer", "blend", "encode")
+
+
+@dataclass
+class StageTimer:
+    """Accumulates seconds per stage name; ``seconds`` is what status.json and the benchmark report."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {stage: 0.0 for stage in STAGES})
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def timed(self, name: str, items: Iterable[T]) -> Iterator[T]:
+        """Yield from ``items``, charging the time spent producing each item to stage ``name``."""
+        iterator = iter(items)
+        while True:
+            with self.stage(name):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
+    @contextmanager
+    def closing_in(self, name: str, manager: ContextManager[T]) -> Iterator[T]:
+        """Enter ``manager``; charge the time of its clean exit (e.g. an encoder's flush) to stage ``name``."""
+        value = manager.__enter__()
+        try:
+            yield value
+        except BaseException as exc:
+            if not manager.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            with self.stage(name):
+                manager.__exit__(None, None, None)
