@@ -118,3 +118,13 @@ class Interrupted(HeygemdError):
 
     code = "INTERRUPTED"
     default_hint = "heygemd was stopped; the video is redone when it starts again."
+
+
+class OutOfMemory(HeygemdError):
+    """The accelerator ran out of memory even for the smallest batch."""
+
+    code = "OUT_OF_MEMORY"
+    default_hint = (
+        "The GPU ran out of memory even one frame at a time; stop other programs using the GPU, "
+        "or set engine.device = \"cpu\"."
+    )

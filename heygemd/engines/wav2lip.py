@@ -1,0 +1,370 @@
+"""The Wav2Lip generator (Prajwal et al., 2020), state-dict compatible with the published checkpoints.
+
+The network is described by the layer tables below (one ``ConvSpec`` per conv -> BatchNorm -> ReLU unit), which
+reproduce the reference ``models/wav2lip.py`` layer for layer, so the parameter names and shapes are those of
+``wav2lip.pth`` / ``wav2lip_gan.pth``:
+
+* face encoder: 7 blocks, 6x96x96 (masked + reference face) down to 512x1x1, every block's output kept;
+* audio encoder: 1x80x16 mel window down to a 512x1x1 embedding;
+* face decoder: 7 blocks from the audio embedding back up to 96x96; after each block the output is
+  concatenated (channels) with the face-encoder output of the same size (U-Net skips, deepest first);
+* output block: conv unit 80->32, a plain 1x1 conv 32->3 and a sigmoid: BGR in [0, 1].
+
+``load_model`` validates a checkpoint file before using it; ``Wav2LipEngine`` runs the model on face crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import structlog
+import torch
+from torch import nn
+
+from heygemd.engines.base import FaceBatch
+from heygemd.engines.torch_device import resolve_device
+from heygemd.errors import CheckpointError, ConfigError, OutOfMemory
+
+IMG_SIZE = 96
+"""Side of the square face image the model sees and returns."""
+MEL_SHAPE = (80, 16)
+"""(mel bands, mel columns) of one audio window."""
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One conv unit: (transposed) convolution -> BatchNorm2d -> ReLU, optionally adding its input before the ReLU."""
+
+    cin: int
+    cout: int
+    kernel: int
+    stride: int | tuple[int, int]
+    padding: int
+    residual: bool = False
+    transpose: bool = False
+    output_padding: int = 0
+
+
+def _down(cin: int, cout: int, stride: int | tuple[int, int] = 2, kernel: int = 3, padding: int = 1) -> ConvSpec:
+    return ConvSpec(cin, cout, kernel, stride, padding)
+
+
+def _same(channels: int) -> ConvSpec:
+    """3x3, stride 1, padding 1, with the residual connection."""
+    return ConvSpec(channels, channels, 3, 1, 1, residual=True)
+
+
+def _up(cin: int, cout: int, stride: int = 2) -> ConvSpec:
+    """3x3 transposed conv; stride 2 doubles the size (padding 1, output padding 1), stride 1 grows 1x1 to 3x3."""
+    if stride == 1:
+        return ConvSpec(cin, cout, 3, 1, 0, transpose=True)
+    return ConvSpec(cin, cout, 3, 2, 1, transpose=True, output_padding=1)
+
+
+FACE_ENCODER: tuple[tuple[ConvSpec, ...], ...] = (
+    (ConvSpec(6, 16, 7, 1, 3),),                                   # 96x96
+    (_down(16, 32), _same(32), _same(32)),                         # 48x48
+    (_down(32, 64), _same(64), _same(64), _same(64)),              # 24x24
+    (_down(64, 128), _same(128), _same(128)),                      # 12x12
+    (_down(128, 256), _same(256), _same(256)),                     # 6x6
+    (_down(256, 512), _same(512)),                                 # 3x3
+    (ConvSpec(512, 512, 3, 1, 0), ConvSpec(512, 512, 1, 1, 0)),    # 1x1
+)
+"""Face encoder blocks; block i's output is the skip connection for decoder block 6 - i."""
+
+AUDIO_ENCODER: tuple[ConvSpec, ...] = (
+    ConvSpec(1, 32, 3, 1, 1), _same(32), _same(32),                # 80x16
+    _down(32, 64, stride=(3, 1)), _same(64), _same(64),            # 27x16
+    _down(64, 128, stride=3), _same(128), _same(128),              # 9x6
+    _down(128, 256, stride=(3, 2)), _same(256),                    # 3x3
+    ConvSpec(256, 512, 3, 1, 0), ConvSpec(512, 512, 1, 1, 0),      # 1x1
+)
+"""Audio encoder, one sequence: (1, 80, 16) -> (512, 1, 1)."""
+
+FACE_DECODER: tuple[tuple[ConvSpec, ...], ...] = (
+    (ConvSpec(512, 512, 1, 1, 0),),                                # 1x1, then + encoder 6 -> 1024
+    (_up(1024, 512, stride=1), _same(512)),                        # 3x3, + encoder 5 -> 1024
+    (_up(1024, 512), _same(512), _same(512)),                      # 6x6, + encoder 4 -> 768
+    (_up(768, 384), _same(384), _same(384)),                       # 12x12, + encoder 3 -> 512
+    (_up(512, 256), _same(256), _same(256)),                       # 24x24, + encoder 2 -> 320
+    (_up(320, 128), _same(128), _same(128)),                       # 48x48, + encoder 1 -> 160
+    (_up(160, 64), _same(64), _same(64)),                          # 96x96, + encoder 0 -> 80
+)
+"""Face decoder blocks; each output is concatenated with the matching face-encoder output."""
+
+OUTPUT_UNIT = ConvSpec(80, 32, 3, 1, 1)
+
+
+class ConvUnit(nn.Module):
+    """``conv_block`` = (ConvTranspose2d | Conv2d) + BatchNorm2d, then ReLU (after the residual add)."""
+
+    def __init__(self, spec: ConvSpec):
+        super().__init__()
+        if spec.transpose:
+            conv: nn.Module = nn.ConvTranspose2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding,
+                                                 spec.output_padding)
+        else:
+            conv = nn.Conv2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding)
+        self.conv_block = nn.Sequential(conv, nn.BatchNorm2d(spec.cout))
+        self.act = nn.ReLU()
+        self.residual = spec.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+def _units(specs: tuple[ConvSpec, ...]) -> nn.Sequential:
+    return nn.Sequential(*(ConvUnit(s) for s in specs))
+
+
+class Wav2Lip(nn.Module):
+    """The generator: ``forward(audio (B,1,80,16), face (B,6,96,96)) -> (B,3,96,96)`` in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.face_encoder_blocks = nn.ModuleList(_units(block) for block in FACE_ENCODER)
+        self.audio_encoder = _units(AUDIO_ENCODER)
+        self.face_decoder_blocks = nn.ModuleList(_units(block) for block in FACE_DECODER)
+        self.output_block = nn.Sequential(ConvUnit(OUTPUT_UNIT), nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0),
+                                          nn.Sigmoid())
+
+    def forward(self, audio: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        if audio.dim() != 4 or tuple(audio.shape[1:]) != (1, *MEL_SHAPE):
+            raise ValueError(f"audio must be (B, 1, 80, 16), got {tuple(audio.shape)}")
+        if face.dim() != 4 or tuple(face.shape[1:]) != (6, IMG_SIZE, IMG_SIZE):
+            raise ValueError(f"face must be (B, 6, 96, 96), got {tuple(face.shape)}")
+        if audio.shape[0] != face.shape[0]:
+            raise ValueError(f"batch sizes differ: audio {audio.shape[0]}, face {face.shape[0]}")
+        skips: list[torch.Tensor] = []
+        x = face
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            skips.append(x)
+        x = self.audio_encoder(audio)
+        for block in self.face_decoder_blocks:
+            x = torch.cat((block(x), skips.pop()), dim=1)
+        return self.output_block(x)
+
+
+# ---------------------------------------------------------------- checkpoint loading
+
+_MAX_LISTED = 5
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def _check_container(path: Path) -> bool:
+    """Refuse files that are not a PyTorch save before unpickling anything; True for the zip format."""
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path=path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"unreadable zip archive ({exc})", path=path) from None
+        if any(name.endswith("/constants.pkl") for name in names):
+            raise CheckpointError(
+                "this is a TorchScript archive, not a Wav2Lip checkpoint dict",
+                path=path,
+                hint="Use the original wav2lip.pth / wav2lip_gan.pth, which hold {'state_dict': ...}.",
+            )
+        if not any(name.endswith("data.pkl") for name in names):
+            raise CheckpointError("zip file without PyTorch data (not a checkpoint)", path=path)
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if len(head) < 2 or head[0] != 0x80:  # legacy torch.save files are pickles (protocol >= 2)
+        raise CheckpointError("not a PyTorch checkpoint (the file is truncated, or another kind of file)", path=path)
+    return False
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, keys without a ``module.`` prefix, on the CPU.
+
+    Accepts the official layout ``{"state_dict": {...}, "optimizer": ..., ...}`` and a bare state dict.
+    Raises CheckpointError naming the file for anything else.
+    """
+    path = Path(path)
+    is_zip = _check_container(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read the checkpoint, it may be truncated or corrupted ({detail})",
+                              path=path) from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"holds a {type(obj).__name__}, not a dict with a 'state_dict'", path=path)
+    if "state_dict" in obj:
+        state = obj["state_dict"]
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        keys = _listing([str(k) for k in obj.keys()]) or "none"
+        raise CheckpointError(f"no 'state_dict' entry (top-level keys: {keys})", path=path)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"'state_dict' is a {type(state).__name__}, not a dict", path=path)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {key!r} is not a named tensor", path=path)
+        tensors[key.removeprefix("module.")] = value
+    return tensors
+
+
+def _validate(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """CheckpointError for missing/unexpected keys, wrong shapes or non-finite weights."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CheckpointError(f"missing {len(missing)} key(s): {_listing(missing)}", path=path)
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)} "
+                              "(not a Wav2Lip generator checkpoint?)", path=path)
+    wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
+             for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise CheckpointError(f"wrong shape for {len(wrong)} tensor(s): {_listing(wrong)}", path=path)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"non-finite values (NaN/Inf) in {_listing(broken)}", path=path)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> Wav2Lip:
+    """A Wav2Lip generator with the weights of checkpoint ``path``, on ``device``, in eval mode.
+
+    Raises CheckpointError (naming the file) when the file is not a readable torch save, holds no state dict,
+    or its keys/shapes are not those of the Wav2Lip generator; ConfigError for an unusable ``device``.
+    """
+    path = Path(path)
+    target = resolve_device(device)
+    model = Wav2Lip()
+    state = read_state_dict(path)
+    _validate(path, state, model.state_dict())
+    # strict=False: only BatchNorm step counters may be absent (unused in eval mode); _validate checked the rest.
+    model.load_state_dict(state, strict=False)
+    return model.to(target).eval()
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the engine
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """cv2.resize with INTER_AREA when shrinking and INTER_LINEAR when enlarging."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def face_input(crops: list[np.ndarray]) -> np.ndarray:
+    """float32 (B, 6, 96, 96) model input: each crop resized to 96x96, BGR / 255, channels 0-2 the crop with
+    rows 48: (the lower half, where the mouth is) zeroed, channels 3-5 the unmasked crop."""
+    faces = np.empty((len(crops), IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+    for i, crop in enumerate(crops):
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8 or min(crop.shape[:2]) < 1:
+            raise ValueError(f"crop {i} must be a non-empty (h, w, 3) uint8 BGR image, got {crop.shape} {crop.dtype}")
+        faces[i] = _resize(crop, IMG_SIZE, IMG_SIZE)
+    masked = faces.copy()
+    masked[:, IMG_SIZE // 2:] = 0
+    stacked = np.concatenate([masked, faces], axis=3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+
+
+class Wav2LipEngine:
+    """The Wav2Lip engine (``heygemd.engines.base.Engine``): the model stays loaded until ``close()``.
+
+    ``batch_size`` is the current sub-batch size; on CUDA out-of-memory it is halved (down to 1) and stays
+    halved for the rest of the engine's life.
+    """
+
+    name = "wav2lip"
+
+    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True):
+        if batch_size < 1:
+            raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
+        self.checkpoint = Path(checkpoint)
+        self.device: torch.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.fp16 = bool(fp16) and self.device.type == "cuda"
+        self._model: Wav2Lip | None = load_model(self.checkpoint, self.device)
+        self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
+
+    def generate(self, batch: FaceBatch) -> list[np.ndarray]:
+        """Mouth-synced crops (uint8 BGR, each the size of its input crop), one per crop of ``batch``."""
+        model = self._model
+        if model is None:
+            raise RuntimeError("Wav2LipEngine.generate called after close()")
+        count = len(batch)
+        mels = np.asarray(batch.mels, dtype=np.float32)
+        if mels.shape != (count, *MEL_SHAPE):
+            raise ValueError(f"mels must be ({count}, 80, 16) for {count} crops, got {mels.shape}")
+        if count == 0:
+            return []
+        faces = face_input(batch.crops)
+        audio = np.ascontiguousarray(mels[:, None])
+        mouths = np.empty((count, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+        start = 0
+        while start < count:
+            size = min(self.batch_size, count - start)
+            out_of_memory = False
+            try:
+                mouths[start:start + size] = self._infer(model, audio[start:start + size], faces[start:start + size])
+            except torch.cuda.OutOfMemoryError as exc:
+                if size == 1:
+                    raise OutOfMemory(f"out of GPU memory on {self.device} for a single 96x96 face",
+                                      path=self.checkpoint) from exc
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the handler: the failed attempt's tensors, held by the traceback, are released by now.
+                torch.cuda.empty_cache()
+                self.batch_size = max(1, size // 2)
+                structlog.get_logger(__name__).warning("wav2lip.out_of_memory", device=str(self.device),
+                                                       failed_batch=size, batch_size=self.batch_size)
+                continue
+            start += size
+        return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
+
+    def _infer(self, model: Wav2Lip, audio: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """(n, 96, 96, 3) uint8 BGR predictions for one sub-batch."""
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                                                    enabled=self.fp16):
+            audio_t = torch.from_numpy(audio).to(self.device)
+            faces_t = torch.from_numpy(faces).to(self.device)
+            pred = model(audio_t, faces_t)
+            pixels = (pred.float().clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8)
+            return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    def release(self) -> None:
+        """Return cached GPU memory to the driver between jobs; the model stays loaded."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Drop the model (and its GPU memory); the engine is unusable afterwards."""
+        self._model = None
+        self.release()

@@ -1,0 +1,254 @@
+"""Audio in: decode any common audio with ffmpeg, and the exact Wav2Lip mel features.
+
+``wav2lip_mel`` and ``mel_chunks`` are a public contract (scripts outside the package use them): they
+reproduce the official Wav2Lip ``audio.melspectrogram`` and the ``inference.py`` chunking loop.
+``AudioFeatures`` is what the pipeline uses: the mel of the whole audio (padded with silence at the tail)
+and exactly one 16-column mel window per output video frame, so the output is as long as the audio.
+
+No torch here: the engines are the only modules that import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import scipy.signal
+
+from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio, ToolMissing
+
+SAMPLE_RATE = 16000
+"""Sample rate of every Wav2Lip feature (hparams.sample_rate)."""
+N_FFT = 800
+HOP_LENGTH = 200
+WIN_LENGTH = 800
+N_MELS = 80
+FMIN = 55.0
+FMAX = 7600.0
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0
+REF_LEVEL_DB = 20.0
+MAX_ABS_VALUE = 4.0
+MEL_STEP_SIZE = 16
+"""Mel columns in one window fed to the model (16 columns = 200 ms)."""
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 80.0
+
+TAIL_PAD_SECONDS = 0.5
+"""Silence appended before computing the mel, so every frame of the audio gets its own full window.
+
+A frame ``i < ceil(duration * fps)`` starts at mel column ``int(i * 80 / fps) <= 80 * duration`` and needs 16
+columns after it; 0.19 s of padding covers that at any frame rate, 0.5 s leaves a margin.
+"""
+
+
+def _tool(name: str) -> str:
+    """Absolute path of an ffmpeg tool, or ToolMissing."""
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(f"{name} not found on PATH")
+    return found
+
+
+def _probe_stream_types(path: Path) -> list[str]:
+    """Codec types (``audio``, ``video``, ...) of the streams in ``path``; NotMedia if ffprobe cannot read it."""
+    if not path.is_file():
+        raise NotMedia("no such file", path=path, hint="The file disappeared or is not a regular file.")
+    if path.stat().st_size == 0:
+        raise NotMedia("the file is empty (0 bytes)", path=path,
+                       hint="The file may still be copying, or the export failed; copy it again.")
+    cmd = [_tool("ffprobe"), "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        reason = _last_line(proc.stderr) or f"ffprobe exited with status {proc.returncode}"
+        raise NotMedia(f"not a readable media file ({reason})", path=path)
+    try:
+        streams = json.loads(proc.stdout or b"{}").get("streams", [])
+    except json.JSONDecodeError as exc:
+        raise NotMedia(f"ffprobe gave unreadable output ({exc})", path=path) from None
+    types = [str(s.get("codec_type", "")) for s in streams]
+    if not types:
+        raise NotMedia("the file holds no audio or video streams", path=path)
+    return types
+
+
+def _last_line(stderr: bytes) -> str:
+    """The last non-empty line of a tool's error output, for error messages."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the (first/best) audio stream of ``path`` to float32 mono samples at ``sample_rate``.
+
+    Works for any file ffmpeg reads: WAV, MP3, M4A/AAC, FLAC, OGG/Opus, or the sound track of a video.
+    NaN/Inf samples become 0. Raises NotMedia (not a media file), NoAudioStream (media without sound),
+    SilentAudio (zero samples), DecodeError (ffmpeg failed mid-way), ToolMissing (no ffmpeg/ffprobe).
+    """
+    path = Path(path)
+    types = _probe_stream_types(path)
+    if "audio" not in types:
+        kinds = ", ".join(sorted(set(types)))
+        raise NoAudioStream(f"the file has no audio stream (streams: {kinds})", path=path)
+    cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-sn", "-dn",
+           "-ac", "1", "-ar", str(int(sample_rate)), "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        reason = _last_line(proc.stderr) or f"ffmpeg exited with status {proc.returncode}"
+        raise DecodeError(f"could not decode the audio ({reason})", path=path)
+    usable = len(proc.stdout) - len(proc.stdout) % 4
+    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)
+    if samples.size == 0:
+        raise SilentAudio("the audio stream holds no samples", path=path)
+    return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_basis(sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False, norm='slaney')."""
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+    basis.setflags(write=False)
+    return basis
+
+
+def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
+    """The Wav2Lip mel spectrogram of 16 kHz mono ``wav``: float32 (80, 1 + len(wav) // 200) in [-4, 4].
+
+    Exactly the reference ``audio.melspectrogram``: pre-emphasis 0.97; STFT (n_fft 800, hop 200, Hann window
+    800, centred); magnitude; Slaney mel bank (80 bands, 55-7600 Hz); ``20*log10(max(1e-5, x)) - 20`` dB;
+    symmetric normalisation ``clip(8 * (S + 100) / 100 - 4, -4, 4)``.
+
+    The reference ran on librosa < 0.10, whose ``stft`` padded the centred frames with ``pad_mode='reflect'``;
+    librosa 0.10 changed the default to 'constant'. We pass 'reflect' explicitly so the edge columns match the
+    checkpoints' training features. Reflect padding needs more than 400 samples.
+    """
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if wav.size <= N_FFT // 2:
+        raise ValueError(f"wav2lip_mel needs more than {N_FFT // 2} samples, got {wav.size}")
+    emphasised = scipy.signal.lfilter([1.0, -PREEMPHASIS], [1.0], wav).astype(np.float32)
+    spectrum = librosa.stft(y=emphasised, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
+                            window="hann", center=True, pad_mode="reflect")
+    return normalize_mel(np.dot(_mel_basis(), np.abs(spectrum)))
+
+
+def normalize_mel(amplitude: np.ndarray) -> np.ndarray:
+    """Mel magnitudes -> Wav2Lip features: ``clip(8 * ((20*log10(max(1e-5, x)) - 20 + 100) / 100) - 4, -4, 4)``.
+
+    -100 dB and below (after the -20 dB reference) map to -4, 0 dB and above to +4; float32, same shape.
+    """
+    min_level = np.float32(10.0 ** (MIN_LEVEL_DB / 20.0))  # 1e-5
+    db = 20.0 * np.log10(np.maximum(min_level, amplitude)) - REF_LEVEL_DB
+    normalised = 2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+    return np.clip(normalised, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
+    """The reference inference chunking: float32 (N, 80, 16), one window per video frame.
+
+    For i = 0, 1, ...: ``start = int(i * 80 / fps)`` (computed as the reference does, ``i * (80 / fps)``);
+    when ``start + 16 > T`` the last 16 columns are appended and the loop stops, else ``mel[:, start:start + 16]``. (This yields ~3 fewer windows than the
+    audio has frames; ``AudioFeatures.chunks`` pads the audio to avoid that.)
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    n_cols = mel.shape[1]
+    if n_cols < MEL_STEP_SIZE:
+        raise ValueError(f"mel has {n_cols} columns, fewer than one window ({MEL_STEP_SIZE})")
+    multiplier = MEL_FRAMES_PER_SECOND / fps
+    chunks: list[np.ndarray] = []
+    i = 0
+    while True:
+        start = int(i * multiplier)
+        if start + MEL_STEP_SIZE > n_cols:
+            chunks.append(mel[:, n_cols - MEL_STEP_SIZE:])
+            break
+        chunks.append(mel[:, start:start + MEL_STEP_SIZE])
+        i += 1
+    return np.stack(chunks).astype(np.float32, copy=False)
+
+
+def window_starts(fps: float, start: int, stop: int) -> np.ndarray:
+    """First mel column of the windows of frames ``start..stop-1``: ``int(i * (80 / fps))``, as in ``mel_chunks``."""
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    frames = np.arange(start, stop, dtype=np.int64)
+    return np.floor(frames * (MEL_FRAMES_PER_SECOND / fps)).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class AudioFeatures:
+    """The speech audio of a job, ready for any frame rate.
+
+    ``duration`` is the length of the decoded audio in seconds (before padding); ``mel`` is the read-only
+    float32 (80, T) Wav2Lip mel of that audio followed by ``TAIL_PAD_SECONDS`` of silence.
+    """
+
+    path: Path
+    duration: float
+    mel: np.ndarray
+
+    def frame_count(self, fps: float) -> int:
+        """Video frames that cover the whole audio at ``fps``: ``max(1, ceil(duration * fps))``.
+
+        The encoder cuts the video at the audio's exact duration, so the last frame may show for less than 1/fps.
+        """
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return max(1, math.ceil(self.duration * fps - 1e-9))
+
+    def windows(self, fps: float, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 (stop - start, 80, 16) mel windows of frames ``start..stop-1`` (default: all frames).
+
+        Frame i gets the reference window ``mel[:, int(i*80/fps):+16]``; use this for batches of a long audio
+        instead of materialising every window at once.
+        """
+        count = self.frame_count(fps)
+        stop = count if stop is None else stop
+        if not 0 <= start <= stop <= count:
+            raise ValueError(f"frames {start}..{stop} outside 0..{count}")
+        starts = window_starts(fps, start, stop)
+        if starts.size and starts[-1] + MEL_STEP_SIZE > self.mel.shape[1]:
+            # Padding guarantees this never happens for a mel built by features_from_samples.
+            raise ValueError(f"mel of {self.mel.shape[1]} columns too short for frame {stop - 1} at {fps} fps")
+        offsets = np.arange(MEL_STEP_SIZE)
+        columns = starts[:, None] + offsets[None, :]  # (N, 16)
+        return np.ascontiguousarray(self.mel[:, columns].transpose(1, 0, 2), dtype=np.float32)
+
+    def chunks(self, fps: float) -> np.ndarray:
+        """float32 (frame_count(fps), 80, 16): the reference chunking of the padded mel, one window per frame."""
+        return self.windows(fps)
+
+    def loudness(self, fps: float) -> np.ndarray:
+        """float32 (frame_count(fps),) speech energy per frame in [0, 1].
+
+        The mean over the 80 bands of the two centre columns of each frame's window, mapped from the mel range
+        [-4, 4] to [0, 1]: silence is 0, loud speech approaches 1. Used to pick a poster frame with an open mouth.
+        """
+        starts = window_starts(fps, 0, self.frame_count(fps))
+        band_mean = self.mel.mean(axis=0)
+        centre = MEL_STEP_SIZE // 2
+        level = (band_mean[starts + centre - 1] + band_mean[starts + centre]) / 2.0
+        return np.clip((level + MAX_ABS_VALUE) / (2 * MAX_ABS_VALUE), 0.0, 1.0).astype(np.float32)
+
+
+def features_from_samples(path: Path, wav: np.ndarray) -> AudioFeatures:
+    """AudioFeatures of already decoded 16 kHz mono ``wav`` (``path`` only names where it came from)."""
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if wav.size == 0:
+        raise SilentAudio("the audio holds no samples", path=path)
+    padded = np.concatenate([wav, np.zeros(int(round(TAIL_PAD_SECONDS * SAMPLE_RATE)), dtype=np.float32)])
+    mel = wav2lip_mel(padded)
+    mel.setflags(write=False)
+    return AudioFeatures(path=Path(path), duration=wav.size / SAMPLE_RATE, mel=mel)
+
+
+def load_audio_features(path: Path) -> AudioFeatures:
+    """Decode ``path`` once (see ``decode_audio`` for the errors) and compute its padded Wav2Lip mel."""
+    path = Path(path)
+    return features_from_samples(path, decode_audio(path, SAMPLE_RATE))

@@ -1,0 +1,350 @@
+"""Audio decoding (real ffmpeg, real files) and the Wav2Lip mel features against independent computations."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygemd.demo import speech_wav
+from heygemd.errors import NoAudioStream, NotMedia, SilentAudio, ToolMissing
+from heygemd.pipeline.audio import (
+    AudioFeatures,
+    decode_audio,
+    features_from_samples,
+    load_audio_features,
+    mel_chunks,
+    normalize_mel,
+    wav2lip_mel,
+)
+
+SR = 16000
+FFMPEG = shutil.which("ffmpeg")
+pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+
+
+# ---------------------------------------------------------------- independent reference (numpy only)
+
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    """Slaney's auditory-toolbox mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+
+
+def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def _band_edges(n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0) -> np.ndarray:
+    """n_mels + 2 frequencies equally spaced on the Slaney mel scale: lower edge, centre, upper edge per band."""
+    mels = np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2)
+    return _mel_to_hz_slaney(mels)
+
+
+def _slaney_filterbank(sr: int = SR, n_fft: int = 800, n_mels: int = 80) -> np.ndarray:
+    """Triangular filters on the FFT bins, each scaled to unit area (norm='slaney'): (n_mels, n_fft//2 + 1)."""
+    edges = _band_edges(n_mels)
+    bins = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    bank = np.zeros((n_mels, bins.size))
+    for m in range(n_mels):
+        lo, centre, hi = edges[m], edges[m + 1], edges[m + 2]
+        rising = (bins - lo) / (centre - lo)
+        falling = (hi - bins) / (hi - centre)
+        bank[m] = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (hi - lo))
+    return bank
+
+
+def _reference_mel(wav: np.ndarray) -> np.ndarray:
+    """From scratch: pre-emphasis, reflect-padded periodic-Hann STFT, Slaney mel, dB, symmetric normalisation."""
+    x = wav.astype(np.float64)
+    y = np.empty_like(x)
+    y[0] = x[0]
+    y[1:] = x[1:] - 0.97 * x[:-1]
+    n_fft, hop = 800, 200
+    padded = np.pad(y, n_fft // 2, mode="reflect")
+    n_frames = 1 + (padded.size - n_fft) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    frames = np.stack([padded[i * hop:i * hop + n_fft] * window for i in range(n_frames)], axis=1)
+    magnitude = np.abs(np.fft.rfft(frames, axis=0))
+    mel = _slaney_filterbank() @ magnitude
+    db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
+    return np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
+
+
+def _tone(freq: float, seconds: float, amplitude: float = 0.5, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- wav2lip_mel
+
+@pytest.mark.parametrize("n_samples", [1001, 16000, 16123, 24199])
+def test_mel_has_80_bands_and_one_column_per_hop(n_samples: int) -> None:
+    rng = np.random.default_rng(n_samples)
+    mel = wav2lip_mel(rng.normal(0, 0.1, n_samples).astype(np.float32))
+    assert mel.dtype == np.float32
+    assert mel.shape == (80, 1 + n_samples // 200)
+
+
+@pytest.mark.parametrize("freq", [300.0, 1000.0, 3000.0])
+def test_pure_tone_peaks_in_the_band_centred_on_its_frequency(freq: float) -> None:
+    mel = wav2lip_mel(_tone(freq, 1.0))
+    centres = _band_edges()[1:-1]
+    expected = int(np.argmin(np.abs(centres - freq)))
+    loudest = int(np.argmax(mel[:, 5:-5].mean(axis=1)))  # skip edge columns
+    assert abs(loudest - expected) <= 1
+    # Far away bands are quiet compared with the peak.
+    assert mel[:, 5:-5].mean(axis=1)[loudest] - mel[(expected + 40) % 80, 5:-5].mean() > 2.0
+
+
+def test_mel_values_stay_in_range_and_silence_is_the_floor() -> None:
+    silence = wav2lip_mel(np.zeros(8000, dtype=np.float32))
+    assert np.all(silence == -4.0)
+    loud = wav2lip_mel(np.random.default_rng(1).uniform(-1, 1, 8000).astype(np.float32) * 30)
+    assert loud.min() >= -4.0 and loud.max() <= 4.0
+    assert loud.max() == 4.0  # very loud noise reaches the clip
+
+
+def test_normalise_formula_on_constructed_magnitudes() -> None:
+    # magnitude -> dB (20 log10 x - 20) -> 8 (dB + 100) / 100 - 4, clipped to [-4, 4]
+    amplitudes = np.array([0.0, 1e-6, 1e-5, 1e-3, 0.1, 1.0, 10.0, 1000.0], dtype=np.float32)
+    db = 20 * np.log10(np.maximum(1e-5, amplitudes.astype(np.float64))) - 20
+    expected = np.clip(8 * (db + 100) / 100 - 4, -4, 4)
+    got = normalize_mel(amplitudes)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got[0] == got[2] == -4.0  # below -100 dB is the floor
+    assert got[-1] == 4.0
+    assert got[5] == pytest.approx(8 * 0.8 - 4)  # x = 1 -> -20 dB -> 2.4
+
+
+def test_mel_matches_a_from_scratch_numpy_implementation() -> None:
+    rng = np.random.default_rng(7)
+    speechlike = (_tone(220, 1.2, 0.3) + _tone(1800, 1.2, 0.1)
+                  + rng.normal(0, 0.02, int(1.2 * SR)).astype(np.float32))
+    speechlike[: SR // 4] = 0  # a silent head, like a pause
+    ours = wav2lip_mel(speechlike)
+    reference = _reference_mel(speechlike)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-3)
+
+
+# ---------------------------------------------------------------- mel_chunks
+
+def _index_mel(n_cols: int) -> np.ndarray:
+    """A mel whose every value is its column index, so a window reveals where it starts."""
+    return np.tile(np.arange(n_cols, dtype=np.float32), (80, 1))
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_mel_chunks_follow_the_reference_loop_and_last_window_rule(fps: float) -> None:
+    n_cols = 101
+    chunks = mel_chunks(_index_mel(n_cols), fps)
+    expected_starts = []
+    i = 0
+    while int(i * 80 / fps) + 16 <= n_cols:
+        expected_starts.append(int(i * 80 / fps))
+        i += 1
+    expected_starts.append(n_cols - 16)  # the first window that would overrun becomes the last 16 columns
+    assert chunks.shape == (len(expected_starts), 80, 16)
+    assert chunks.dtype == np.float32
+    np.testing.assert_array_equal(chunks[:, 0, 0], expected_starts)
+    np.testing.assert_array_equal(chunks[:, 0, :], np.array(expected_starts)[:, None] + np.arange(16))
+    assert chunks[-1, 0, -1] == n_cols - 1
+
+
+def test_mel_chunks_step_is_80_over_fps() -> None:
+    starts_25 = mel_chunks(_index_mel(200), 25.0)[:6, 0, 0]
+    np.testing.assert_array_equal(starts_25, [0, 3, 6, 9, 12, 16])  # int(i * 3.2)
+    starts_30 = mel_chunks(_index_mel(200), 30.0)[:7, 0, 0]
+    np.testing.assert_array_equal(starts_30, [0, 2, 5, 8, 10, 13, 16])  # int(i * 2.666...)
+
+
+# ---------------------------------------------------------------- AudioFeatures
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.37])
+@pytest.mark.parametrize("fps", [12.5, 24.0, 25.0, 29.97, 30.0, 60.0])
+def test_chunks_give_one_window_per_frame_of_the_audio(seconds: float, fps: float) -> None:
+    wav = np.random.default_rng(3).normal(0, 0.1, int(seconds * SR)).astype(np.float32)
+    features = features_from_samples(Path("noise.wav"), wav)
+    assert features.duration == pytest.approx(seconds, abs=1 / SR)
+    n = features.frame_count(fps)
+    assert n == max(1, math.ceil(seconds * fps - 1e-9))
+    chunks = features.chunks(fps)
+    assert chunks.shape == (n, 80, 16)
+    # Reference chunking of the padded mel, truncated: never the "last 16 columns" fallback.
+    np.testing.assert_array_equal(chunks, mel_chunks(features.mel, fps)[:n])
+    # A batch slice equals the same frames of the whole.
+    np.testing.assert_array_equal(features.windows(fps, n // 3, n), chunks[n // 3:])
+    loudness = features.loudness(fps)
+    assert loudness.shape == (n,)
+    assert loudness.min() >= 0.0 and loudness.max() <= 1.0
+
+
+def test_padded_mel_keeps_the_audio_part_of_the_unpadded_mel() -> None:
+    wav = _tone(500, 1.0, 0.3)
+    features = features_from_samples(Path("tone.wav"), wav)
+    plain = wav2lip_mel(wav)
+    # Columns away from the tail are untouched by the padding.
+    np.testing.assert_allclose(features.mel[:, : plain.shape[1] - 3], plain[:, :-3], atol=1e-5)
+    assert features.mel.shape[1] >= plain.shape[1] + 0.25 * 80
+    assert not features.mel.flags.writeable
+
+
+def test_frame_count_is_at_least_one() -> None:
+    features = features_from_samples(Path("blip.wav"), _tone(440, 0.01))
+    assert features.frame_count(25) == 1
+    assert features.chunks(25).shape == (1, 80, 16)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    out = tmp_path_factory.mktemp("speech") / "speech.wav"
+    return speech_wav(out, sentences=("Hello and welcome.",), pause_seconds=0.6, lead_seconds=0.6)
+
+
+def test_loudness_is_low_in_pauses_and_high_in_speech(speech: Path) -> None:
+    features = load_audio_features(speech)
+    assert isinstance(features, AudioFeatures)
+    loudness = features.loudness(25)
+    lead = loudness[: int(0.6 * 25) - 4]  # the silent lead, away from the first word's window
+    tail = loudness[-int(0.6 * 25) + 4:]
+    assert lead.max() < 0.05 and tail.max() < 0.05
+    assert loudness.max() > 0.2
+    assert int(np.argmax(loudness)) in range(int(0.6 * 25), len(loudness) - int(0.6 * 25))
+
+
+# ---------------------------------------------------------------- decode_audio
+
+def _ffmpeg(*args: str) -> None:
+    assert FFMPEG is not None
+    subprocess.run([FFMPEG, "-v", "error", "-nostdin", "-y", *args], check=True, capture_output=True)
+
+
+def _dominant_frequency(samples: np.ndarray, sr: int = SR) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / sr)[np.argmax(spectrum)])
+
+
+TONE_SOURCE = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=1"]
+
+FORMATS = {
+    "wav": ["-ac", "2", "-c:a", "pcm_s16le"],
+    "mp3": ["-ac", "2", "-c:a", "libmp3lame", "-b:a", "64k"],
+    "m4a": ["-ac", "2", "-c:a", "aac", "-b:a", "64k"],
+    "flac": ["-ac", "1", "-c:a", "flac"],
+    "ogg": ["-ac", "2", "-ar", "48000", "-c:a", "libopus", "-b:a", "32k"],
+}
+
+
+def _has_encoder(name: str) -> bool:
+    assert FFMPEG is not None
+    listing = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    return any(line.split()[1:2] == [name] for line in listing.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_decode_common_audio_formats(tmp_path: Path, suffix: str) -> None:
+    encoder = FORMATS[suffix][FORMATS[suffix].index("-c:a") + 1]
+    if not _has_encoder(encoder):
+        pytest.skip(f"this ffmpeg has no {encoder} encoder")
+    path = tmp_path / f"my voice 语音.{suffix}"
+    _ffmpeg(*TONE_SOURCE, *FORMATS[suffix], str(path))
+    samples = decode_audio(path)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert samples.size / SR == pytest.approx(1.0, abs=0.03)
+    assert _dominant_frequency(samples) == pytest.approx(440, abs=3)
+    assert 0.05 < np.abs(samples).max() <= 1.01
+    assert np.isfinite(samples).all()
+
+
+def test_decode_the_sound_track_of_a_video(tmp_path: Path) -> None:
+    path = tmp_path / "presenter 视频.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=1", *TONE_SOURCE,
+            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(path))
+    samples = decode_audio(path)
+    assert samples.size / SR == pytest.approx(1.0, abs=0.05)
+    assert _dominant_frequency(samples) == pytest.approx(440, abs=3)
+
+
+def test_load_audio_features_from_a_compressed_file(tmp_path: Path) -> None:
+    path = tmp_path / "a b.m4a"
+    _ffmpeg(*TONE_SOURCE, "-c:a", "aac", str(path))
+    features = load_audio_features(path)
+    assert features.path == path
+    assert features.duration == pytest.approx(1.0, abs=0.03)
+    assert features.chunks(25).shape == (features.frame_count(25), 80, 16)
+
+
+def test_nan_and_inf_samples_become_zero(tmp_path: Path) -> None:
+    data = np.full(SR // 2, 0.25, dtype="<f4")
+    data[100:200] = np.nan
+    data[300] = np.inf
+    path = tmp_path / "bad floats.wav"
+    raw = tmp_path / "raw.f32"
+    raw.write_bytes(data.tobytes())
+    _ffmpeg("-f", "f32le", "-ar", str(SR), "-ac", "1", "-i", str(raw), "-c:a", "pcm_f32le", str(path))
+    samples = decode_audio(path)
+    assert np.isfinite(samples).all()
+    assert np.all(samples[100:200] == 0) and samples[300] == 0
+    assert samples[50] == pytest.approx(0.25)
+
+
+def test_text_file_is_not_media(tmp_path: Path) -> None:
+    path = tmp_path / "notes 笔记.wav"
+    path.write_text("this is not audio, just words\n" * 20)
+    with pytest.raises(NotMedia) as info:
+        decode_audio(path)
+    assert info.value.code == "NOT_MEDIA"
+    assert str(path) in info.value.message
+
+
+def test_missing_and_empty_files_are_not_media(tmp_path: Path) -> None:
+    with pytest.raises(NotMedia, match="no such file"):
+        decode_audio(tmp_path / "absent.wav")
+    empty = tmp_path / "empty.mp3"
+    empty.touch()
+    with pytest.raises(NotMedia, match="empty"):
+        decode_audio(empty)
+
+
+def test_video_without_sound_has_no_audio_stream(tmp_path: Path) -> None:
+    path = tmp_path / "silent film.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=0.5", "-c:v", "libx264",
+            "-preset", "ultrafast", str(path))
+    with pytest.raises(NoAudioStream) as info:
+        decode_audio(path)
+    assert info.value.code == "NO_AUDIO_STREAM"
+    assert str(path) in info.value.message
+
+
+def test_audio_with_zero_samples_is_silent_audio(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.wav"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", str(path))
+    with pytest.raises(SilentAudio) as info:
+        load_audio_features(path)
+    assert info.value.code == "EMPTY_AUDIO"
+    assert str(path) in info.value.message
+
+
+def test_missing_ffmpeg_is_tool_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tone.wav"
+    _ffmpeg(*TONE_SOURCE, str(path))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
+    with pytest.raises(ToolMissing):
+        decode_audio(path)
