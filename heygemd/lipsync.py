@@ -70,19 +70,19 @@ class LipSyncSession:
             crf=crf,
             batch_size=min(self.settings.engine.batch_size, 64),
         )
-        with tempfile.TemporaryDirectory(prefix="heygemd-") as work:
-            return render_video(
-                video,
-                audio,
-                output,
-                self.engine,
-                self.detector,
-                options=options,
-                cache_dir=self.settings.paths.cache_dir,
-                work_dir=Path(work),
-                on_progress=on_progress,
-                should_stop=should_stop,
-            )
+        # the ping-pong spool is an anonymous file there: nothing is left behind, even after SIGKILL
+        return render_video(
+            video,
+            audio,
+            output,
+            self.engine,
+            self.detector,
+            options=options,
+            cache_dir=self.settings.paths.cache_dir,
+            work_dir=Path(tempfile.gettempdir()),
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
 
     def release(self) -> None:
         """Free cached accelerator memory (between jobs); the model stays loaded."""

@@ -24,17 +24,23 @@ from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.service")
 
+STOP_POLL_SECONDS = 0.5
+"""Longest a wait goes without looking at the stop flag."""
+
 
 class StopNow(BaseException):
     """Raised by the second stop signal: leave whatever is running (the claimed job resumes on restart)."""
 
 
 class StopFlag:
-    """Set by the first SIGTERM/SIGINT; the second one raises StopNow in the main thread."""
+    """Set by the first SIGTERM/SIGINT; the second one raises StopNow in the main thread.
+
+    The handler touches nothing but this flag: setting another thread's Event from a signal handler can
+    deadlock when the main thread holds that Event's lock. Waits poll the flag instead (``STOP_POLL_SECONDS``).
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.wake: Callable[[], None] = lambda: None
 
     def __bool__(self) -> bool:
         return self.event.is_set()
@@ -47,7 +53,6 @@ class StopFlag:
         if self.event.is_set():
             raise StopNow(signal.Signals(signum).name)
         self.event.set()
-        self.wake()
 
 
 class Heartbeat:
@@ -127,6 +132,19 @@ def run_service(settings: Settings, *, once: bool = False) -> int:
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
+    try:
+        _serve(settings, stop, notifier, once)
+    except StopNow as exc:
+        log.warning("daemon.stopped_now", signal=str(exc))
+        notifier.stopping("stopped at once; the current job resumes on the next start")
+        return 1
+    notifier.stopping("stopped")
+    log.info("daemon.stopped")
+    return 0
+
+
+def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -> None:
+    paths = settings.paths
     sessions = Sessions(settings)
     log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), engine=sessions.default.engine_name,
              mode="once" if once else "run")
@@ -149,20 +167,12 @@ def run_service(settings: Settings, *, once: bool = False) -> int:
             sessions.after_job()
             heartbeat.beat("idle, watching the inbox")
 
-        try:
-            intake.remove_stale_reservations(paths.state_dir)
-            if once:
-                _resume_claimed(settings, stop, run_job)
-                _drain_ready(settings, stop, run_job)
-            else:
-                _watch(settings, stop, notifier, heartbeat, sessions, run_job)
-        except StopNow as exc:
-            log.warning("daemon.stopped_now", signal=str(exc))
-            notifier.stopping("stopped at once; the current job resumes on the next start")
-            return 1
-    notifier.stopping("stopped")
-    log.info("daemon.stopped")
-    return 0
+        intake.remove_stale_reservations(paths.state_dir)
+        if once:
+            _resume_claimed(settings, stop, run_job)
+            _drain_ready(settings, stop, run_job)
+        else:
+            _watch(settings, stop, notifier, heartbeat, sessions, run_job)
 
 
 def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: Heartbeat, sessions: Sessions,
@@ -172,7 +182,6 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
     watcher = intake.InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
                                   poll_interval=intake_settings.poll_interval)
     with watcher:
-        stop.wake = watcher.changed.set
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
         notifier.ready("idle, watching the inbox")
         # Resume only after READY: a resumed job can outlast systemd's start timeout (TimeoutStartSec).
@@ -187,8 +196,17 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
             prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
             deadline = tracker.next_deadline()  # 0.0 (settled just now) must not mean "no deadline"
             wait = intake_settings.rescan_interval if deadline is None else min(intake_settings.rescan_interval, deadline)
-            watcher.wait(max(wait, 0.05))
+            _wait_for_change(watcher, stop, max(wait, 0.05))
     notifier.stopping("finishing")
+
+
+def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, seconds: float) -> None:
+    """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS)."""
+    end = time.monotonic() + seconds
+    while not stop:
+        left = end - time.monotonic()
+        if left <= 0 or watcher.wait(min(left, STOP_POLL_SECONDS)):
+            return
 
 
 def _resume_claimed(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
