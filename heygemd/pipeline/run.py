@@ -6,6 +6,7 @@ the CLI and the daemon's worker both call ``render_video``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,6 @@ def render_video(
     Raises a HeygemdError subclass naming the file for every known input problem, and Interrupted when
     ``should_stop`` turns true (the partial output is removed).
     """
-    import time
-
     started = time.perf_counter()
     timer = StageTimer()
     report = on_progress or (lambda _p: None)
@@ -102,7 +101,6 @@ def render_video(
             path=video_path,
         )
 
-    mels = audio.chunks(info.fps)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
     video_opts = options.video
@@ -121,7 +119,8 @@ def render_video(
         for batch in _batches(timer.timed("decode", scheduled), options.batch_size):
             if stop():
                 raise Interrupted("stopped while rendering", path=video_path)
-            frames = _lip_sync_batch(batch, done, track, mels, engine, timer)
+            mels = audio.windows(info.fps, done, done + len(batch))  # per batch: memory stays flat for long audio
+            frames = _lip_sync_batch(batch, track, mels, engine, timer)
             with timer.stage("encode"):
                 for offset, frame in enumerate(frames):
                     writer.write(frame)
@@ -198,13 +197,15 @@ def _batches(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[lis
 
 def _lip_sync_batch(
     batch: list[tuple[int, np.ndarray]],
-    first_out_index: int,
     track: faces.FaceTrack,
     mels: np.ndarray,
     engine: Engine,
     timer: StageTimer,
 ) -> list[np.ndarray]:
-    """Frames of ``batch`` with the engine's mouth pasted in where the track has a face; others pass through."""
+    """Frames of ``batch`` with the engine's mouth pasted in where the track has a face; others pass through.
+
+    ``mels`` holds the audio window of each output frame of the batch, in order.
+    """
     frames = [frame for _, frame in batch]
     with timer.stage("blend"):
         jobs: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
@@ -224,7 +225,7 @@ def _lip_sync_batch(
     face_batch = FaceBatch(
         crops=crops,
         landmarks=[landmarks for _, _, landmarks in jobs],
-        mels=np.stack([mels[first_out_index + offset] for offset, _, _ in jobs]),
+        mels=np.stack([mels[offset] for offset, _, _ in jobs]),
     )
     with timer.stage("infer"):
         generated = engine.generate(face_batch)
