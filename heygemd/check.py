@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, resolve_engine_name
+from heygemd.errors import ConfigError, HeygemdError
 from heygemd.settings import Settings
 
 
@@ -73,9 +74,8 @@ def _faces(settings: Settings) -> Check:
 
     try:
         detector = faces.make_detector(settings.faces.detector, settings.paths.models, settings.paths.cache_dir)
-    except Exception as exc:  # report any failure to build the detector as a failed check, with its message
-        return Check("face detector", False, str(exc), "pip install dlib-bin face-recognition-models, or put the "
-                     "S3FD weights (s3fd-619a316812.pth) in models/")
+    except HeygemdError as exc:
+        return Check("face detector", False, exc.message, exc.hint)
     return Check("face detector", True, detector.name)
 
 
@@ -87,9 +87,8 @@ def _device(settings: Settings) -> Check:
 
     try:
         return Check("device", True, describe_device(settings.engine.device))
-    except Exception as exc:  # any failure to open the device is the answer to this check
-        return Check("device", False, str(exc), "set engine.device = \"cpu\", or install the CUDA build of torch "
-                     "(see README: GPU servers)")
+    except ConfigError as exc:
+        return Check("device", False, exc.message, exc.hint)
 
 
 def _writable(label: str, folder: Path) -> Check:

@@ -2,8 +2,8 @@
 
 Speech with silences (espeak-ng) drives a presenter photo, a presenter video longer than the audio and one
 shorter (ping-pong), plus a broken file. Checked: one mp4 per good input, as long as the audio, with AAC; the mouth
-moves where there is speech and stays as it was in silence; the upper face is untouched; the broken file fails
-alone with a message naming it; exit status 1 because one input failed.
+moves where there is speech and stays as it was in silence; the upper face is untouched; the broken file and a
+video without a face fail alone with messages naming them; exit status 1 because inputs failed.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def batch_run(tmp_path_factory, heygemd_bin):
     presenter_video(videos / "long.mp4", seconds=6.0, fps=FPS, size=(480, 270))
     presenter_video(videos / "short 短.mp4", seconds=1.2, fps=FPS, size=(320, 180))
     (videos / "broken.mp4").write_text("this is not a video")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=1",
+                    "-pix_fmt", "yuv420p", str(videos / "no face.mp4")], check=True)
     out = root / "out"
     proc = subprocess.run(
         [str(heygemd_bin), "batch", "--audio", str(audio), "--videos", str(videos), "--out", str(out),
@@ -93,9 +95,11 @@ def batch_run(tmp_path_factory, heygemd_bin):
 def test_batch_reports_the_broken_video_and_exits_1(batch_run):
     _, _, _, out, proc = batch_run
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "3 of 4 videos done, 1 failed" in proc.stdout
-    failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
-    assert len(failed) == 1 and "broken.mp4" in failed[0] and "[NOT_MEDIA]" in failed[0]
+    assert "3 of 5 videos done, 2 failed" in proc.stdout
+    failed = sorted(line for line in proc.stdout.splitlines() if "FAILED" in line)
+    assert len(failed) == 2
+    assert "broken.mp4" in failed[0] and "[NOT_MEDIA]" in failed[0]
+    assert "no face.mp4" in failed[1] and "[NO_FACE]" in failed[1]
     assert "what to do:" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(p.name for p in out.glob("*.mp4")) == ["long.mp4", "photo.mp4", "short 短.mp4"]

@@ -46,3 +46,12 @@ def resolve_device(spec: str | torch.device) -> torch.device:
                               hint="Use auto or cpu.")
         return device
     raise ConfigError(f"engine.device: {text!r} is not supported", hint="Use auto, cpu, cuda or cuda:N.")
+
+
+def describe_device(spec: str) -> str:
+    """``spec`` resolved, with the GPU's name and memory, for ``heygemd check`` (ConfigError when unusable)."""
+    device = resolve_device(spec)
+    if device.type != "cuda":
+        return f"{device} (torch {torch.__version__})"
+    props = torch.cuda.get_device_properties(device)
+    return f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA {torch.version.cuda})"

@@ -1,0 +1,79 @@
+"""The console script as people use it: check, status, bad configuration, bad audio."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from heygemd.daemon.status import AudioStatus, ErrorStatus, JobStatus, VideoStatus, write_status
+from heygemd.demo import presenter_video
+
+
+def run(heygemd_bin: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run([str(heygemd_bin), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", **(env or {})})
+
+
+def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -> None:
+    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": "/proc/heygemd-outbox",
+           "HEYGEMD_PATHS__MODELS": str(tmp_path / "models")}
+    proc = run(heygemd_bin, "check", env=env)
+    lines = proc.stdout.splitlines()
+    for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "journald"):
+        assert any(f"  {name}:" in line for line in lines), f"no line for {name}: {proc.stdout}"
+    assert any(line.startswith("ok    inbox:") for line in lines)
+    outbox_line = next(i for i, line in enumerate(lines) if "  outbox:" in line)
+    assert lines[outbox_line].startswith("FAIL") and lines[outbox_line + 1].strip().startswith("fix:")
+    assert proc.returncode == 1  # a required check failed
+
+
+def test_check_wants_a_checkpoint_when_wav2lip_is_asked_for(tmp_path: Path, heygemd_bin: Path) -> None:
+    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+           "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"), "HEYGEMD_ENGINE__NAME": "wav2lip"}
+    proc = run(heygemd_bin, "check", env=env)
+    engine = next(line for line in proc.stdout.splitlines() if "  engine:" in line)
+    assert engine.startswith("FAIL") and "wav2lip_gan.pth" in engine
+    assert proc.returncode == 1
+
+
+def test_invalid_configuration_stops_at_start_naming_the_setting(tmp_path: Path, heygemd_bin: Path) -> None:
+    cfg = tmp_path / "heygemd.toml"
+    cfg.write_text('[intake]\nsettle_seconds = -3\n', encoding="utf-8")
+    proc = run(heygemd_bin, "--config", str(cfg), "run")
+    assert proc.returncode == 2
+    assert "intake.settle_seconds" in proc.stderr and str(cfg) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_table_and_detail(tmp_path: Path, heygemd_bin: Path) -> None:
+    outbox = tmp_path / "outbox"
+    status = JobStatus(
+        job_id="lesson-01", job_name="lesson-01", state="partial", progress=1.0,
+        audio=AudioStatus(file="lesson.wav", duration_s=12.5),
+        videos=[
+            VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
+            VideoStatus(input="bob.mp4", state="failed", progress=1.0,
+                        error=ErrorStatus(code="NO_FACE", message="bob.mp4: a face was found in 0% of the frames",
+                                          hint="Use a video where the face is visible.")),
+        ],
+    )
+    (outbox / "lesson-01").mkdir(parents=True)
+    write_status(outbox / "lesson-01" / "status.json", status)
+    env = {"HEYGEMD_PATHS__OUTBOX": str(outbox)}
+    table = run(heygemd_bin, "status", env=env)
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if line.startswith("lesson-01"))
+    assert "partial" in row and "1/1/2" in row
+    detail = run(heygemd_bin, "status", "lesson-01", env=env)
+    assert "NO_FACE" in detail.stdout and "Use a video where the face is visible." in detail.stdout
+
+
+def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heygemd_bin: Path) -> None:
+    silent = presenter_video(tmp_path / "silent clip.mp4", seconds=1.0, size=(320, 180))
+    proc = run(heygemd_bin, "single", "--audio", str(silent), "--video", str(silent),
+               "--out", str(tmp_path / "out.mp4"), env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    assert proc.returncode == 1
+    assert "[NO_AUDIO_STREAM]" in proc.stderr and "silent clip.mp4" in proc.stderr
+    assert "what to do:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.mp4").exists()
