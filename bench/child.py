@@ -1,0 +1,194 @@
+"""One measurement in a fresh process: ``python -m bench.child {render,plain} ...``.
+
+(Also ``info``, ``speech``, ``presenter``, ``checkpoint``: input preparation, run here rather than in
+the parent so the parent never imports heygemd or torch. That matters: on Linux a child's ru_maxrss
+starts at the RSS its parent had when it forked, so a big parent would inflate every measurement.)
+
+Prints one JSON object as the last line of stdout: the stage timings, the frame count and this
+process's own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) plus the largest reaped child's
+(the ffmpeg processes, ``RUSAGE_CHILDREN``). Nothing else of the parent's state leaks in.
+
+``render``: settings -> LipSyncSession -> warm_up (timed as ``load_s``) -> audio features (``audio_s``)
+-> render; ``total_s`` is ``RenderResult.timings["total"]`` (probe to the last encoded frame).
+``plain``: probe + ``plain_transcode`` of the same input at the same encoder settings and length,
+timed the same way (perf_counter around the whole call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def _rss() -> dict[str, float]:
+    """Peak RSS in MiB of this process and of its largest reaped child (ffmpeg).
+
+    Linux caveat: a child's ru_maxrss starts at the RSS its forking parent had at fork/exec time, so
+    ``children_peak_rss_mib`` is an upper bound of ffmpeg's own peak, exact only when ffmpeg outgrows
+    this process (true for the small ``plain`` child, not for ``render``).
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"peak_rss_mib": round(own, 1), "children_peak_rss_mib": round(kids, 1)}
+
+
+def _settings(args: argparse.Namespace):
+    from heygemd.settings import load_settings
+
+    settings = load_settings(Path(args.config) if args.config else None)
+    engine_updates: dict[str, object] = {}
+    if getattr(args, "engine", None):
+        engine_updates["name"] = args.engine
+    if getattr(args, "checkpoint", None):
+        engine_updates["checkpoint"] = Path(args.checkpoint).resolve()
+    if getattr(args, "device", None):
+        engine_updates["device"] = args.device
+    updates: dict[str, object] = {"engine": settings.engine.model_copy(update=engine_updates)}
+    if getattr(args, "cache_dir", None):
+        updates["paths"] = settings.paths.model_copy(update={"cache": Path(args.cache_dir).resolve()})
+    return settings.model_copy(update=updates)
+
+
+def run_render(args: argparse.Namespace) -> dict[str, object]:
+    from heygemd.lipsync import LipSyncSession
+
+    settings = _settings(args)
+    session = LipSyncSession(settings)
+    started = time.perf_counter()
+    session.warm_up()
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    audio = session.audio(Path(args.audio))
+    audio_s = time.perf_counter() - started
+    result = session.render(Path(args.video), audio, Path(args.out))
+    engine = session.engine
+    device = str(getattr(engine, "device", "cpu"))
+    out: dict[str, object] = {
+        "kind": "render",
+        "engine": session.engine_name,
+        "device": device,
+        "detector": result.detector,
+        "cached_faces": result.cached_faces,
+        "frames": result.frames,
+        "fps": result.fps,
+        "output_seconds": result.frames / result.fps,
+        "audio_seconds": audio.duration,
+        "load_s": load_s,
+        "audio_s": audio_s,
+        "total_s": result.timings["total"],
+        "timings": {k: v for k, v in result.timings.items() if k != "total"},
+        "batch_size": settings.engine.batch_size,
+        "crf": settings.video.crf,
+        "preset": settings.video.preset,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and device.startswith("cuda"):
+        out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def run_plain(args: argparse.Namespace) -> dict[str, object]:
+    from heygemd.pipeline import video
+
+    settings = _settings(args)
+    # The output length is the audio's, as the parent measured it with load_audio_features (the
+    # render's own decode); not decoded here, so this process stays small (see _rss).
+    duration = float(args.duration)
+    started = time.perf_counter()
+    info = video.probe_video(Path(args.video), still_fps=settings.video.still_fps)
+    frames = max(1, round(duration * info.fps))
+    video.plain_transcode(
+        info, Path(args.out), Path(args.audio), duration,
+        crf=settings.video.crf, preset=settings.video.preset, audio_bitrate=settings.video.audio_bitrate,
+    )
+    total_s = time.perf_counter() - started
+    return {
+        "kind": "plain",
+        "frames": frames,
+        "fps": info.fps,
+        "output_seconds": frames / info.fps,
+        "total_s": total_s,
+        "crf": settings.video.crf,
+        "preset": settings.video.preset,
+    }
+
+
+def run_info(args: argparse.Namespace) -> dict[str, object]:
+    """What the parent needs to know of the inputs (probed here, so the parent never imports heygemd)."""
+    from heygemd.pipeline.audio import load_audio_features
+    from heygemd.pipeline.video import probe_video
+
+    info = probe_video(Path(args.video))
+    out: dict[str, object] = {
+        "width": info.width, "height": info.height, "fps": info.fps,
+        "video_seconds": round(info.duration, 3), "video_frames": info.frame_count,
+    }
+    if args.audio:
+        # The output length: the audio's duration as a render decodes it.
+        out["audio_seconds"] = load_audio_features(Path(args.audio)).duration
+    return out
+
+
+def run_prepare(args: argparse.Namespace) -> dict[str, object]:
+    from bench import inputs
+
+    out = Path(args.out)
+    if args.kind == "speech":
+        inputs.speech(out, args.seconds, Path(args.work))
+    elif args.kind == "presenter":
+        width, height = (int(v) for v in args.size.split("x"))
+        inputs.presenter(out, args.seconds, (width, height), args.fps)
+    else:
+        inputs.random_checkpoint(out)
+    return {"kind": args.kind, "path": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.child", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    p = sub.add_parser("info", help="probe the inputs")
+    p.add_argument("--video", required=True)
+    p.add_argument("--audio")
+    p = sub.add_parser("speech", help="make speech of an exact length")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--work", required=True)
+    p = sub.add_parser("presenter", help="make a presenter video")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--fps", type=float, default=25.0)
+    p = sub.add_parser("checkpoint", help="make a random Wav2Lip checkpoint")
+    p.add_argument("--out", required=True)
+    for name in ("render", "plain"):
+        p = sub.add_parser(name)
+        p.add_argument("--video", required=True)
+        p.add_argument("--audio", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--config")
+        if name == "plain":
+            p.add_argument("--duration", type=float, required=True, help="Output length in seconds.")
+        if name == "render":
+            p.add_argument("--engine", choices=("mouthwarp", "wav2lip", "auto"))
+            p.add_argument("--checkpoint")
+            p.add_argument("--device")
+            p.add_argument("--cache-dir")
+    args = parser.parse_args(argv)
+    if args.kind in ("render", "plain"):
+        result = run_render(args) if args.kind == "render" else run_plain(args)
+        result.update(_rss())
+    elif args.kind == "info":
+        result = run_info(args)
+    else:
+        result = run_prepare(args)
+    sys.stdout.flush()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

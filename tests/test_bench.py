@@ -1,0 +1,57 @@
+"""Smoke test of ``python -m bench``: a tiny generated input, JSON out, fields present and sane.
+
+No timing assertions here: speed and memory targets live in the benchmark's own ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None, reason="needs ffmpeg and espeak-ng"
+)
+
+
+def test_bench_json_on_a_tiny_input():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--engine", "mouthwarp", "--size", "320x180",
+         "--video-seconds", "1", "--audio-seconds", "1", "--json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+
+    assert result["mode"] == "single"
+    assert result["engine"] == "mouthwarp"
+    assert result["input"]["width"] == 320 and result["input"]["height"] == 180
+    render, plain = result["render"], result["plain"]
+    assert render["frames"] == 25 and render["output_frames"] == 25
+    assert result["frames_match"] is True
+    assert render["total_s"] > 0 and plain["total_s"] > 0
+    assert render["seconds_per_output_second"] > 0 and render["frames_per_second"] > 0
+    assert result["ratio_to_plain"] > 0
+    assert result["ratio_to_plain"] == pytest.approx(render["total_s"] / plain["total_s"], rel=0.02)
+
+    shares = render["stage_share_pct"]
+    assert set(shares) == {"decode", "detect", "infer", "blend", "encode", "other"}
+    assert sum(shares.values()) == pytest.approx(100.0, abs=0.1)
+    assert all(shares[s] >= 0 for s in ("decode", "detect", "infer", "blend", "encode"))
+    assert shares["detect"] > 0  # a fresh face cache: detection is measured
+    assert result["cached_faces"] is False
+
+    # Peak RSS comes from the child's own getrusage and is well above the small parent's floor.
+    assert render["peak_rss_mib"] > 50
+    assert render["peak_rss_mib"] > result["parent_rss_at_spawn_mib"]
+    assert plain["children_peak_rss_mib"] > 0
+    assert result["parent_rss_at_spawn_mib"] < 100
