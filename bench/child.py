@@ -92,16 +92,17 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_plain(args: argparse.Namespace) -> dict[str, object]:
-    from heygemd.pipeline import video
+    from heygemd.pipeline.encode import plain_transcode
+    from heygemd.pipeline.probe import probe_video
 
     settings = _settings(args)
     # The output length is the audio's, as the parent measured it with load_audio_features (the
     # render's own decode); not decoded here, so this process stays small (see _rss).
     duration = float(args.duration)
     started = time.perf_counter()
-    info = video.probe_video(Path(args.video), still_fps=settings.video.still_fps)
+    info = probe_video(Path(args.video), still_fps=settings.video.still_fps)
     frames = max(1, round(duration * info.fps))
-    video.plain_transcode(
+    plain_transcode(
         info, Path(args.out), Path(args.audio), duration,
         crf=settings.video.crf, preset=settings.video.preset, audio_bitrate=settings.video.audio_bitrate,
     )
@@ -120,7 +121,7 @@ def run_plain(args: argparse.Namespace) -> dict[str, object]:
 def run_info(args: argparse.Namespace) -> dict[str, object]:
     """What the parent needs to know of the inputs (probed here, so the parent never imports heygemd)."""
     from heygemd.pipeline.audio import load_audio_features
-    from heygemd.pipeline.video import probe_video
+    from heygemd.pipeline.probe import probe_video
 
     info = probe_video(Path(args.video))
     out: dict[str, object] = {

@@ -1,7 +1,7 @@
 """``python -m bench``: render speed, stage shares, peak RSS and the ratio to a plain ffmpeg transcode.
 
 Default mode: one render and one plain ffmpeg decode+encode of the same input at the same settings
-(``heygemd.pipeline.video.plain_transcode``), each in a fresh child process, reported side by side.
+(``heygemd.pipeline.encode.plain_transcode``), each in a fresh child process, reported side by side.
 ``--memory-scaling 10,60``: renders of those output lengths (a short presenter video looped), each
 in a fresh child; reports the peak RSS of each and the ratio of the longest to the shortest.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from heygemd.errors import ErrorInfo, HeygemdError, JobError
+from heygemd.errors import ErrorInfo, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from heygemd.pipeline.run import RenderResult, VideoProgress
@@ -63,13 +63,8 @@ def render_many(
         bar = _ProgressBar(label) if show_bar else None
         try:
             result = session.render(video, audio, output, on_progress=bar.update if bar else None)
-        except HeygemdError as exc:
-            outcomes.append(VideoOutcome(video, output, None, exc.info()))
-            log.error("video.failed", video=str(video), code=exc.code, error=exc.message, hint=exc.hint)
         except Exception as exc:  # per-video boundary: the video fails, the batch goes on
-            info = ErrorInfo.from_exception(exc)
-            outcomes.append(VideoOutcome(video, output, None, info))
-            log.exception("video.crashed", video=str(video), code=info.code)
+            outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))
         else:
             outcomes.append(VideoOutcome(video, output, result, None))
             log.info("video.done", video=str(video), output=str(output), seconds=round(result.timings["total"], 2),

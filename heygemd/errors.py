@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class HeygemdError(Exception):
@@ -48,6 +48,20 @@ class ErrorInfo:
             message=f"{type(exc).__name__}: {exc}",
             hint="This is a bug in heygemd; please report it with job.log attached.",
         )
+
+
+def report_failure(log: Any, subject: str, exc: BaseException) -> ErrorInfo:
+    """Log ``exc`` at a failure boundary and return what status.json and summaries show of it.
+
+    A HeygemdError is a known problem: ``<subject>.failed`` with its code, message and hint. Anything else is
+    a bug: ``<subject>.crashed`` with the traceback. ``log`` is a structlog logger.
+    """
+    info = ErrorInfo.from_exception(exc)
+    if isinstance(exc, HeygemdError):
+        log.error(f"{subject}.failed", code=info.code, error=info.message, hint=info.hint)
+    else:
+        log.exception(f"{subject}.crashed", code=info.code)
+    return info
 
 
 class ConfigError(HeygemdError):

@@ -10,9 +10,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from heygemd.engines import Engine, load_engine, resolve_engine_name
 from heygemd.pipeline import faces
-from heygemd.pipeline.audio import AudioFeatures, load_audio_features
+from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, load_audio_features, wav2lip_mel
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
 from heygemd.settings import Settings
 
@@ -45,8 +47,13 @@ class LipSyncSession:
         return self._engine is not None
 
     def warm_up(self) -> None:
-        """Load the engine and the detector now (the daemon does this before it reports READY)."""
+        """Load the engine, the detector and the audio maths now (the daemon does this before READY).
+
+        The first mel spectrogram of a process imports librosa's numerical back end (seconds); doing it on a
+        tenth of a second of silence here keeps that out of the first job.
+        """
         _ = self.engine, self.detector
+        wav2lip_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))
 
     def audio(self, path: Path) -> AudioFeatures:
         """Decode ``path`` once and compute the features every video of a job shares."""

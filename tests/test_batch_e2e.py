@@ -31,7 +31,8 @@ def ffprobe(path: Path) -> dict:
 
 
 def decode_all(path: Path) -> list[np.ndarray]:
-    from heygemd.pipeline.video import probe_video, read_frames
+    from heygemd.pipeline.frames import read_frames
+    from heygemd.pipeline.probe import probe_video
 
     return list(read_frames(probe_video(path)))
 

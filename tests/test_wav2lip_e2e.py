@@ -16,7 +16,8 @@ import numpy as np
 
 from heygemd.demo import portrait, speech_wav
 from heygemd.pipeline.audio import decode_audio
-from heygemd.pipeline.video import probe_video, read_frames
+from heygemd.pipeline.frames import read_frames
+from heygemd.pipeline.probe import probe_video
 from tests.engines.checkpoints import make_random_checkpoint
 from tests.test_batch_e2e import face_regions
 

@@ -28,7 +28,7 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import ErrorInfo, HeygemdError, Interrupted
+from heygemd.errors import Interrupted, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.pipeline.run import VideoProgress
@@ -90,12 +90,7 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
         except Interrupted:
             finished = False
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
-            info = ErrorInfo.from_exception(exc)
-            if isinstance(exc, HeygemdError):
-                log.error("job.failed", code=info.code, error=info.message, hint=info.hint)
-            else:
-                log.exception("job.crashed", code=info.code)
-            status_file.update(error=ErrorStatus.from_info(info))
+            status_file.update(error=ErrorStatus.from_info(report_failure(log, "job", exc)))
             finished = True
         if not finished:
             status_file.save()
@@ -172,11 +167,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                 status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
-                info = ErrorInfo.from_exception(exc)
-                if isinstance(exc, HeygemdError):
-                    log.error("video.failed", code=info.code, error=info.message, hint=info.hint)
-                else:
-                    log.exception("video.crashed", code=info.code)
+                info = report_failure(log, "video", exc)
                 status_file.update_video(index, state="failed", finished=utc_now(), error=ErrorStatus.from_info(info))
             else:
                 status_file.update_video(

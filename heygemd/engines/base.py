@@ -34,6 +34,13 @@ class Engine(Protocol):
     identity: str
     """What produced the frames, for status.json: e.g. the checkpoint's sha256 prefix, or a version."""
 
+    def prepare(self, mel: np.ndarray) -> None:
+        """Called once per audio, before its frames, with the whole (80, T) Wav2Lip mel of the recording.
+
+        Engines that adapt to the recording (e.g. to how loud it is) read it here; others do nothing.
+        """
+        ...
+
     def generate(self, batch: FaceBatch) -> list[np.ndarray]:
         """Mouth-synced crops, one per input crop, same shape and dtype (uint8 BGR)."""
         ...

@@ -11,7 +11,7 @@ the crop's border, and in silence the output is the input, bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -80,6 +80,12 @@ class MouthWarpParams:
     seam_ratio: float = 0.65
     """Where the lips part inside a mouth that is already open in the input: this fraction of the way from
     the upper to the lower inner lip. Upper teeth, which fill most of an open smile, stay with the upper lip."""
+    reference_peak_db: float = -22.0
+    """Speech-band level of the loud peaks (98th percentile of columns) of a normally levelled recording.
+    ``prepare`` lowers the gate and full-open levels by as much as a recording's peaks fall short of this
+    (up to ``max_boost_db``), so quiet recordings still open the mouth; loud ones are never turned down."""
+    max_boost_db: float = 24.0
+    """Most a quiet recording's levels are lifted by ``prepare``."""
     grid_ratio: float = 0.06
     """Spacing of the samples of the (smooth) displacement field, as a fraction of the mouth reference width
     (at least 2 pixels); bilinear in between. Keeps the cost per crop nearly independent of face size."""
@@ -133,6 +139,28 @@ class WarpResult:
     motion: MouthMotion
 
 
+def _to_power(mels: np.ndarray) -> np.ndarray:
+    """Power per band from Wav2Lip mel values: 10**(dB/10), dB = (m+4)*12.5-100."""
+    return 10.0 ** ((np.clip(mels, -4.0, 4.0) + 4.0) * 1.25 - 10.0)
+
+
+def _band_level(power: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """dB of the summed power of the bands centred in [lo, hi) Hz (band axis -2)."""
+    band = (BAND_HZ >= lo) & (BAND_HZ < hi)
+    return 10.0 * np.log10(power[..., band, :].sum(axis=-2) + 1e-12)
+
+
+def speech_peak_db(mel: np.ndarray) -> float:
+    """Speech-band (100-4000 Hz) level of a recording's loud peaks: the 98th percentile over its columns."""
+    return float(np.percentile(_band_level(_to_power(np.asarray(mel, dtype=np.float64)), 100.0, 4000.0), 98))
+
+
+def levelled(params: MouthWarpParams, mel: np.ndarray) -> MouthWarpParams:
+    """``params`` with gate and full-open levels lowered to suit a quiet recording (see ``reference_peak_db``)."""
+    boost = float(np.clip(params.reference_peak_db - speech_peak_db(mel), 0.0, params.max_boost_db))
+    return replace(params, gate_db=params.gate_db - boost, full_db=params.full_db - boost)
+
+
 def articulate(mels: np.ndarray, params: MouthWarpParams = MouthWarpParams()) -> list[Articulation]:
     """One ``Articulation`` per mel window of ``mels`` (B, 80, T) in Wav2Lip units ([-4, 4]).
 
@@ -143,12 +171,11 @@ def articulate(mels: np.ndarray, params: MouthWarpParams = MouthWarpParams()) ->
     mels = np.asarray(mels, dtype=np.float64)
     if mels.ndim != 3 or mels.shape[1] != BAND_HZ.size:
         raise ValueError(f"mel windows must be (B, 80, T), got {mels.shape}")
-    power = 10.0 ** ((np.clip(mels, -4.0, 4.0) + 4.0) * 1.25 - 10.0)  # 10**(dB/10), dB = (m+4)*12.5-100
+    power = _to_power(mels)
 
     def level(lo: float, hi: float) -> np.ndarray:
         """(B, T) dB of the summed power of the bands centred in [lo, hi) Hz."""
-        band = (BAND_HZ >= lo) & (BAND_HZ < hi)
-        return 10.0 * np.log10(power[:, band, :].sum(axis=1) + 1e-12)
+        return _band_level(power, lo, hi)
 
     raw = np.clip((level(100.0, 4000.0) - params.gate_db) / (params.full_db - params.gate_db), 0.0, 1.0)
     loud = raw * raw * (3.0 - 2.0 * raw)  # gentle onset above the gate, gentle saturation
@@ -427,7 +454,8 @@ def _paint_interior(crop: np.ndarray, motion: MouthMotion, window: tuple[int, in
 class MouthWarpEngine:
     """The default engine: needs no weights, runs on any CPU (see the module docstring).
 
-    Stateless between batches: each crop depends only on its own landmarks and mel window.
+    Between batches it holds only the levels ``prepare`` derived from the current recording; each crop
+    depends on its own landmarks and mel window.
     """
 
     name: str = "mouthwarp"
@@ -435,7 +463,12 @@ class MouthWarpEngine:
 
     def __init__(self, params: MouthWarpParams | None = None) -> None:
         self.params = params if params is not None else MouthWarpParams()
+        self._levels = self.params
         self._closed = False
+
+    def prepare(self, mel: np.ndarray) -> None:
+        """Adapt the loudness levels to this recording, so a quiet one still opens the mouth."""
+        self._levels = levelled(self.params, mel)
 
     def generate(self, batch: FaceBatch) -> list[np.ndarray]:
         """One output crop per input crop, same shape and dtype (uint8 BGR)."""
@@ -446,8 +479,8 @@ class MouthWarpEngine:
                              f"and {len(batch.mels)} mel windows")
         if len(batch) == 0:
             return []
-        moves = articulate(batch.mels, self.params)
-        return [warp_crop(crop, points, move, self.params).image
+        moves = articulate(batch.mels, self._levels)
+        return [warp_crop(crop, points, move, self._levels).image
                 for crop, points, move in zip(batch.crops, batch.landmarks, moves, strict=True)]
 
     def release(self) -> None:

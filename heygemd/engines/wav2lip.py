@@ -314,6 +314,9 @@ class Wav2LipEngine:
         self._model: Wav2Lip | None = load_model(self.checkpoint, self.device)
         self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
 
+    def prepare(self, mel: np.ndarray) -> None:
+        """Wav2Lip reads each frame's mel window as the reference does; nothing to adapt per recording."""
+
     def generate(self, batch: FaceBatch) -> list[np.ndarray]:
         """Mouth-synced crops (uint8 BGR, each the size of its input crop), one per crop of ``batch``."""
         model = self._model

@@ -14,10 +14,11 @@ import os
 import shutil
 import subprocess
 import threading
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Sequence
 
-from heygemd.errors import DecodeError, ToolMissing
+from heygemd.errors import DecodeError, DiskFull, EncodeError, ToolMissing
 
 TAIL_LINES = 25
 """How many of ffmpeg's last stderr lines an error message quotes."""
@@ -44,6 +45,12 @@ def media_url(path: Path) -> str:
     return "file:" + os.fspath(Path(path).absolute())
 
 
+def rate_arg(fps: float) -> str:
+    """An exact ffmpeg rate for ``fps`` (29.97002997 -> '30000/1001')."""
+    rate = Fraction(fps).limit_denominator(1001)
+    return f"{rate.numerator}/{rate.denominator}"
+
+
 def stderr_text(lines: Sequence[str]) -> str:
     """Joined stderr lines for an error message, or a note that ffmpeg said nothing."""
     text = "\n".join(line for line in lines if line.strip())
@@ -54,6 +61,13 @@ def is_disk_full(text: str) -> bool:
     """Whether ffmpeg's stderr reports that the output filesystem is full."""
     lowered = text.lower()
     return "no space left on device" in lowered or "disk quota exceeded" in lowered
+
+
+def disk_error(exc: OSError, path: Path, doing: str) -> Exception:
+    """The error for an OSError while writing under ``path``: DiskFull when the disk is full, else EncodeError."""
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        return DiskFull(f"no space left while {doing}", path=path)
+    return EncodeError(f"{doing} failed: {exc}", path=path)
 
 
 class StderrTail:

@@ -15,8 +15,11 @@ import numpy as np
 
 from heygemd.engines.base import Engine, FaceBatch
 from heygemd.errors import Interrupted, NoFace
-from heygemd.pipeline import faces, render, video
+from heygemd.pipeline import faces, render
 from heygemd.pipeline.audio import AudioFeatures
+from heygemd.pipeline.encode import VideoWriter, write_poster
+from heygemd.pipeline.frames import ScheduledFrames, read_frames
+from heygemd.pipeline.probe import VideoInfo, probe_video
 from heygemd.pipeline.timing import StageTimer
 from heygemd.settings import FacesSettings, LoopMode, VideoSettings
 
@@ -91,7 +94,7 @@ def render_video(
     report = on_progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
 
-    info = video.probe_video(video_path, still_fps=options.video.still_fps)
+    info = probe_video(video_path, still_fps=options.video.still_fps)
     n_out = audio.frame_count(info.fps)
     track, cached = _face_track(info, detector, options.faces, cache_dir, timer, report, stop)
     if track.face_ratio < options.faces.min_face_ratio:
@@ -101,6 +104,7 @@ def render_video(
             path=video_path,
         )
 
+    engine.prepare(audio.mel)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
     video_opts = options.video
@@ -109,8 +113,8 @@ def render_video(
 
     work_dir.mkdir(parents=True, exist_ok=True)
     with (
-        video.ScheduledFrames(info, n_out, loop_mode, work_dir) as scheduled,
-        timer.closing_in("encode", video.VideoWriter(
+        ScheduledFrames(info, n_out, loop_mode, work_dir) as scheduled,
+        timer.closing_in("encode", VideoWriter(
             output, info.width, info.height, info.fps, audio.path, audio.duration,
             crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate,
         )) as writer,
@@ -125,7 +129,7 @@ def render_video(
                 for offset, frame in enumerate(frames):
                     writer.write(frame)
                     if done + offset == poster_index and poster is not None:
-                        video.write_poster(frame, poster)
+                        write_poster(frame, poster)
             done += len(frames)
             report(VideoProgress("render", done, n_out, DETECT_SHARE + (1 - DETECT_SHARE) * done / n_out))
     timings = dict(timer.seconds)
@@ -143,7 +147,7 @@ def render_video(
 
 
 def _face_track(
-    info: video.VideoInfo,
+    info: VideoInfo,
     detector: faces.FaceDetector,
     settings: FacesSettings,
     cache_dir: Path,
@@ -162,7 +166,7 @@ def _face_track(
     def compute() -> faces.FaceTrack:
         nonlocal computed
         computed = True
-        frames = timer.timed("decode", video.read_frames(info))
+        frames = timer.timed("decode", read_frames(info))
         with timer.stage("detect"):
             return faces.track_faces(
                 frames,

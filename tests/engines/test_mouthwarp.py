@@ -17,8 +17,10 @@ from heygemd.engines.mouthwarp import (
     BAND_HZ,
     Articulation,
     MouthWarpEngine,
+    MouthWarpParams,
     articulate,
     inner_lip_gap,
+    levelled,
     plan_motion,
     warp_crop,
 )
@@ -119,6 +121,42 @@ def test_real_speech_opens_in_words_and_closes_in_pauses(tmp_path) -> None:
     assert speaking.size > 0.5 * openings.size
     assert np.mean(speaking > 0.2) > 0.5
     assert np.percentile(np.abs(np.diff(openings)), 95) < 0.35  # moves, but does not chatter
+
+
+def test_a_quiet_recording_is_levelled_to_open_like_a_normal_one(tmp_path) -> None:
+    audio = pytest.importorskip("heygemd.pipeline.audio")
+    wav = audio.decode_audio(demo.speech_wav(tmp_path / "speech.wav", pause_seconds=1.0, lead_seconds=0.5))
+
+    def openings(samples: np.ndarray, adapt: bool) -> np.ndarray:
+        features = audio.features_from_samples(Path("x.wav"), samples)
+        params = levelled(MouthWarpParams(), features.mel) if adapt else MouthWarpParams()
+        return np.array([m.opening for m in articulate(features.windows(25.0), params)])
+
+    normal = openings(wav, adapt=True)
+    quiet_raw = openings(wav * 0.05, adapt=False)  # 26 dB quieter
+    quiet = openings(wav * 0.05, adapt=True)
+    loud = openings(np.clip(wav * 3.0, -1, 1), adapt=True)
+    assert quiet_raw.mean() < 0.3 * normal.mean()  # without levelling it barely opens
+    assert quiet.mean() == pytest.approx(normal.mean(), rel=0.25)
+    assert np.all(quiet[:8] == 0.0)  # the lead-in silence stays shut
+    closed_runs = "".join("1" if o == 0.0 else "0" for o in quiet).split("0")
+    assert max(len(run) for run in closed_runs) >= 15  # and so does the pause between the sentences
+    assert loud.mean() >= normal.mean()  # a loud recording is never turned down
+
+
+def test_engine_prepare_levels_a_quiet_recording(face, tmp_path) -> None:
+    audio = pytest.importorskip("heygemd.pipeline.audio")
+    wav = audio.decode_audio(demo.speech_wav(tmp_path / "speech.wav", sentences=("Ah.",), lead_seconds=0.2))
+    features = audio.features_from_samples(Path("quiet.wav"), wav * 0.05)
+    crop, points, _ = face
+    loudest = features.windows(25.0)[[int(np.argmax(features.loudness(25.0)))]]
+    batch = FaceBatch(crops=[crop], landmarks=[points], mels=loudest)
+    engine = MouthWarpEngine()
+    unprepared = engine.generate(batch)[0]
+    engine.prepare(features.mel)
+    prepared = engine.generate(batch)[0]
+    change = lambda image: float(np.abs(image.astype(np.int16) - crop.astype(np.int16)).mean())  # noqa: E731
+    assert change(prepared) > 2 * change(unprepared) + 0.5
 
 
 # --- geometry ---------------------------------------------------------------------------------------------

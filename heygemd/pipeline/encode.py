@@ -1,0 +1,228 @@
+"""Frames out: the lip-synced video encoded with ffmpeg (``VideoWriter``, ``plain_transcode``) and its poster.
+
+``VideoWriter`` pipes frames into one ffmpeg process that also muxes the original audio. Every output
+is written under a temporary name in its final directory and renamed into place only when complete.
+
+Conventions
+-----------
+* Colours: the writer converts BGR to yuv420p with the BT.709 matrix (limited range) and tags the
+  stream so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from heygemd.errors import DiskFull, EncodeError, NoAudioStream
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
+from heygemd.pipeline.frames import decode_filters, input_args
+from heygemd.pipeline.probe import VideoInfo
+
+_ENCODE_COLOUR = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
+_ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,format=yuv420p"
+"""BGR -> yuv420p with the BT.709 matrix, limited range; accurate_rnd as in ``frames._DECODE_TO_BGR``."""
+
+
+def _partial_path(out_path: Path) -> Path:
+    """The temporary name an output is written under, in its final directory."""
+    suffix = out_path.suffix or ".mp4"
+    return out_path.with_name(f".{out_path.name}.partial{suffix}")
+
+
+def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float) -> list[str]:
+    return [
+        "-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf)), "-pix_fmt", "yuv420p", *_ENCODE_COLOUR,
+        "-c:a", "aac", "-b:a", str(audio_bitrate),
+        "-t", f"{duration:.6f}", "-movflags", "+faststart", "-map_metadata", "-1",
+    ]
+
+
+def _encode_failure(tail: str, out_path: Path, audio_path: Path) -> Exception:
+    if is_disk_full(tail):
+        return DiskFull(f"no space left while encoding: {tail}", path=out_path)
+    if "matches no streams" in tail and "1:a" in tail:
+        return NoAudioStream("the audio file has no audio stream", path=audio_path)
+    return EncodeError(f"ffmpeg failed: {tail}", path=out_path)
+
+
+def _publish(temp: Path, out_path: Path) -> None:
+    """fsync ``temp``, rename it to ``out_path`` and fsync the directory."""
+    try:
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, out_path)
+        dir_fd = os.open(out_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise disk_error(exc, out_path, "finishing the output") from exc
+
+
+class VideoWriter:
+    """Encode BGR frames to H.264 + the original audio with ONE ffmpeg process; atomic on success.
+
+    Frames go to ffmpeg's stdin as rawvideo bgr24 of ``width`` x ``height`` (both even) at ``fps``;
+    ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
+    input and is re-encoded to AAC. The output lasts ``duration`` seconds (write
+    ``output_frame_count(duration, fps)`` frames to cover it). It is written to
+    ``.{name}.partial{suffix}`` next to ``out_path``, fsynced and renamed into place when ffmpeg
+    exits 0. An exception in the with-block kills ffmpeg, deletes the partial file and propagates.
+    Raises EncodeError (stderr tail), DiskFull, or NoAudioStream (audio file without sound).
+    """
+
+    def __init__(self, out_path: Path, width: int, height: int, fps: float, audio_path: Path, duration: float, *,
+                 crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k"):
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"width and height must be positive and even for yuv420p, got {width}x{height}")
+        if duration <= 0:
+            raise ValueError(f"duration must be positive, got {duration}")
+        self.out_path = Path(out_path)
+        self.width, self.height, self.fps = int(width), int(height), float(fps)
+        self.audio_path = Path(audio_path)
+        self.duration = float(duration)
+        self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
+        self.temp_path = _partial_path(self.out_path)
+        self.frames_written = 0
+        self._proc: ToolProcess | None = None
+
+    def __enter__(self) -> "VideoWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        self.close()
+
+    def open(self) -> None:
+        """Start ffmpeg (done by ``with``)."""
+        if self._proc is not None:
+            raise RuntimeError("VideoWriter is already open")
+        ffmpeg = find_tool("ffmpeg")
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
+            "-r", rate_arg(self.fps), "-i", "pipe:0",
+            "-i", media_url(self.audio_path),
+            "-map", "0:v:0", "-map", "1:a:0", "-vf", _ENCODE_FILTER,
+            *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration),
+            media_url(self.temp_path),
+        ]
+        self._proc = ToolProcess(argv, stdin=True)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        """Append one frame: uint8 array of shape (height, width, 3), BGR."""
+        if self._proc is None:
+            raise RuntimeError("VideoWriter is not open; use it as a context manager")
+        if frame_bgr.shape != (self.height, self.width, 3) or frame_bgr.dtype != np.uint8:
+            raise ValueError(
+                f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame_bgr.shape} {frame_bgr.dtype}"
+            )
+        data = memoryview(np.ascontiguousarray(frame_bgr)).cast("B")
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError:
+            raise self._fail("ffmpeg stopped reading frames") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish: wait for ffmpeg, then fsync and rename the output into place (or clean up and raise)."""
+        if self._proc is None:
+            return
+        try:
+            if self.frames_written == 0:
+                raise EncodeError("no frames were written", path=self.out_path)
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                raise self._fail("ffmpeg stopped reading frames") from None
+            code = self._proc.wait()
+            if code != 0:
+                raise self._fail(f"ffmpeg exited with status {code}")
+            self._proc = None
+            _publish(self.temp_path, self.out_path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Kill ffmpeg and delete the partial file; nothing appears at ``out_path``."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc = None
+        self.temp_path.unlink(missing_ok=True)
+
+    def _fail(self, what: str) -> Exception:
+        assert self._proc is not None
+        self._proc.kill()
+        tail = self._proc.stderr_tail()
+        self._proc = None
+        self.temp_path.unlink(missing_ok=True)
+        return _encode_failure(f"{what}: {tail}", self.out_path, self.audio_path)
+
+
+def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration: float, *,
+                    crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k") -> Path:
+    """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
+
+    Same decode filters (CFR, upright, even crop) and the same encoder settings as
+    ``read_frames`` + ``VideoWriter``; the benchmark's baseline. Atomic like VideoWriter.
+    """
+    ffmpeg = find_tool("ffmpeg")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _partial_path(out_path)
+    loop = ["-loop", "1", "-framerate", rate_arg(info.fps)] if info.is_still else ["-stream_loop", "-1"]
+    argv = [
+        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y",
+        *input_args(info), *loop, "-i", media_url(info.path), "-i", media_url(Path(audio_path)),
+        "-map", f"0:{info.stream_index}", "-map", "1:a:0",
+        "-vf", decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
+        *_encode_args(crf, preset, audio_bitrate, duration), media_url(temp),
+    ]
+    proc = ToolProcess(argv)
+    try:
+        code = proc.wait()
+    finally:
+        proc.kill()
+    if code != 0:
+        temp.unlink(missing_ok=True)
+        raise _encode_failure(f"ffmpeg exited with status {code}: {proc.stderr_tail()}", out_path, Path(audio_path))
+    _publish(temp, out_path)
+    return out_path
+
+
+def write_poster(frame_bgr: np.ndarray, path: Path, max_side: int = 640) -> Path:
+    """Save ``frame_bgr`` as a JPEG no larger than ``max_side`` on its longer side, atomically."""
+    path = Path(path)
+    height, width = frame_bgr.shape[:2]
+    scale = max_side / max(height, width)
+    image = frame_bgr
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise EncodeError("could not encode the poster JPEG", path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial.jpg")
+    try:
+        with open(temp, "wb") as f:
+            f.write(encoded.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise disk_error(exc, path, "writing the poster") from exc
+    return path

@@ -1,0 +1,285 @@
+"""Frames in (heygemd.pipeline.frames) against the real ffmpeg, with tiny media made on the spot."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from heygemd.demo import presenter_video
+from heygemd.errors import DiskFull
+from heygemd.pipeline.frames import ScheduledFrames, frame_schedule, output_frame_count, read_frames
+from heygemd.pipeline.probe import probe_video
+from tests.pipeline.media import (
+    FFMPEG,
+    FPS,
+    H,
+    W,
+    ffmpeg,
+    ffmpeg_children,
+    ffprobe_json,
+    has_encoder,
+    lavfi_clip,
+    lavfi_reference,
+    mad,
+    requires_ffmpeg,
+)
+
+pytestmark = requires_ffmpeg
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def open_files_under(directory: Path) -> list[str]:
+    targets = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    return [t for t in targets if t.startswith(str(directory))]
+
+
+# --- read ------------------------------------------------------------------------------------------
+
+
+def test_odd_size_is_cropped_to_even(media):
+    clip = lavfi_clip(media / "odd.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p",
+                      size="322x242", vf="format=yuv444p,crop=321:241:0:0")  # testsrc2 itself only makes even sizes
+    assert (ffprobe_json(clip)["streams"][0]["width"], ffprobe_json(clip)["streams"][0]["height"]) == (321, 241)
+    info = probe_video(clip)
+    assert (info.width, info.height) == (320, 240)
+    frames = list(read_frames(info))
+    assert len(frames) == info.frame_count == FPS
+    reference = lavfi_reference(size="322x242")
+    assert frames[5].shape == (240, 320, 3)
+    assert mad(frames[5], reference[5][:240, :320]) < 10
+
+
+@pytest.mark.parametrize("tag", [90, 270])
+def test_rotated_phone_video_is_delivered_upright(tag, media, h264):
+    rotated = media / f"phone rot{tag}.mp4"
+    ffmpeg("-i", str(h264), "-c", "copy", "-metadata:s:v", f"rotate={tag}", str(rotated))
+    info = probe_video(rotated)
+    assert info.rotation in (90, 270)
+    assert (info.width, info.height) == (H, W)
+    upright = list(read_frames(info))
+    stored = list(read_frames(probe_video(h264)))
+    assert len(upright) == info.frame_count == len(stored)
+    k = -info.rotation // 90  # np.rot90 turns counter-clockwise; rotation is clockwise
+    for index in (0, 20):
+        assert upright[index].shape == (W, H, 3)
+        assert mad(upright[index], np.rot90(stored[index], k)) < 6  # chroma is resampled after turning
+        assert mad(upright[index], np.rot90(stored[index], -k)) > 20  # and not the other way round
+
+
+def test_vfr_phone_video_is_delivered_as_cfr(media):
+    # 25 fps for 2 s with frames 10..19 missing: the camera stalled for 0.4 s (avg 20 fps).
+    clip = media / "vfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25:duration=2,select='not(between(n,10,19))'",
+           "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", str(clip))
+    info = probe_video(clip)
+    assert info.is_vfr
+    assert info.fps == 20.0
+    assert info.frame_count == round(info.duration * info.fps) == 40
+    frames = list(read_frames(info))
+    assert len(frames) == info.frame_count
+    # Which stored frame each delivered frame shows: in time order, with the stall held, not squeezed out.
+    stored = subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-fps_mode", "passthrough", "-f", "rawvideo",
+                             "-pix_fmt", "bgr24", "-"], check=True, capture_output=True).stdout
+    stored = np.frombuffer(stored, np.uint8).reshape(-1, H, W, 3)
+    shown = []
+    for frame in frames:
+        (best, index), (second, _) = sorted((mad(frame, s), i) for i, s in enumerate(stored))[:2]
+        assert best < 0.5 * second  # clearly one stored frame (not a blend); colour rounding aside
+        shown.append(index)
+    assert shown[0] == 0 and shown[-1] == len(stored) - 1
+    assert shown == sorted(shown)
+    assert max(shown.count(i) for i in set(shown)) >= 4  # frame 9 is held for the 0.4 s stall
+
+
+def test_jpeg_exif_orientation_is_applied(media):
+    from PIL import Image
+
+    pixels = np.zeros((40, 80, 3), np.uint8)
+    pixels[:, :20] = 255  # white band on the left of the stored pixels
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    jpg = media / "phone photo.jpg"
+    image.save(jpg, exif=exif.tobytes(), quality=95)
+    info = probe_video(jpg)
+    assert info.is_still and info.rotation == 90 and (info.width, info.height) == (40, 80)
+    (frame,) = read_frames(info)
+    assert frame.shape == (80, 40, 3)
+    assert frame[:18].mean() > 240 and frame[22:].mean() < 15  # the band is now on top
+
+
+def test_hdr_input_is_tone_mapped_to_8bit(media, reference):
+    if not has_encoder("libx265"):
+        pytest.skip("this ffmpeg has no libx265 encoder")
+    clip = lavfi_clip(media / "hdr.mp4", "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
+                      "-pix_fmt", "yuv420p10le", "-color_primaries", "bt2020", "-color_trc", "smpte2084",
+                      "-colorspace", "bt2020nc")
+    info = probe_video(clip)
+    assert info.hdr and info.bit_depth == 10
+    frames = list(read_frames(info))
+    assert len(frames) == info.frame_count == FPS
+    assert 40 < frames[0].mean() < 220 and frames[0].std() > 20  # a picture, neither blank nor clipped
+
+
+def test_read_frames_pads_to_frame_count_and_truncates(h264):
+    info = probe_video(h264)
+    stored = list(read_frames(info))
+    longer = list(read_frames(dataclasses.replace(info, frame_count=info.frame_count + 2)))
+    assert len(longer) == info.frame_count + 2
+    assert np.array_equal(longer[-1], stored[-1]) and np.array_equal(longer[-2], stored[-1])
+    shorter = list(read_frames(dataclasses.replace(info, frame_count=10)))
+    assert len(shorter) == 10 and all(np.array_equal(a, b) for a, b in zip(shorter, stored))
+
+
+def test_abandoned_reader_kills_and_reaps_ffmpeg(media):
+    clip = lavfi_clip(media / "ten seconds.mp4", seconds=10)
+    frames = read_frames(probe_video(clip))
+    next(frames)
+    (child,) = ffmpeg_children()
+    session = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    assert session == child != os.getsid(0)  # its own session: a Ctrl-C to our group does not reach it
+    frames.close()
+    assert ffmpeg_children() == []
+
+
+# --- schedule --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_source", [1, 2, 3, 7])
+@pytest.mark.parametrize("n_out", [0, 1, 5, 6, 7, 30])
+@pytest.mark.parametrize("mode", ["pingpong", "loop"])
+def test_frame_schedule_properties(n_source, n_out, mode):
+    schedule = list(frame_schedule(n_source, n_out, mode))
+    assert len(schedule) == n_out
+    assert all(0 <= i < n_source for i in schedule)
+    if n_source == 1:
+        assert schedule == [0] * n_out
+        return
+    if n_out <= n_source:
+        assert schedule == list(range(n_out))  # trimmed
+        return
+    assert schedule[:n_source] == list(range(n_source))
+    steps = [b - a for a, b in zip(schedule, schedule[1:])]
+    if mode == "pingpong":
+        assert all(abs(s) == 1 for s in steps)  # never a repeated frame, never a jump
+        turns = [schedule[i] for i in range(1, n_out - 1) if steps[i - 1] != steps[i]]
+        assert set(turns) <= {0, n_source - 1}
+    else:
+        assert all(s == 1 or (a, b) == (n_source - 1, 0) for s, a, b in zip(steps, schedule, schedule[1:]))
+
+
+def test_frame_schedule_examples_and_errors():
+    assert list(frame_schedule(4, 11, "pingpong")) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]
+    assert list(frame_schedule(3, 7, "loop")) == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(ValueError):
+        frame_schedule(0, 3, "loop")
+    with pytest.raises(ValueError):
+        frame_schedule(3, 3, "bounce")  # type: ignore[arg-type]
+
+
+def test_output_frame_count_covers_the_audio():
+    assert output_frame_count(1.23, 25) == 31
+    assert output_frame_count(2.0, 25) == 50
+    assert output_frame_count(0.001, 25) == 1
+
+
+# --- scheduled frames with spool -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["pingpong", "loop"])
+@pytest.mark.parametrize("compression", ["none", "png"])
+def test_scheduled_frames_replay_bitwise_and_remove_spool(mode, compression, media, tmp_path):
+    clip = presenter_video(media / f"presenter {mode} {compression}.mp4", seconds=0.4, size=(W, H))
+    info = probe_video(clip)
+    forward = list(read_frames(info))
+    n_out = 3 * info.frame_count
+    work = tmp_path / "work"
+    expected = list(frame_schedule(info.frame_count, n_out, mode))
+    got = []
+    with ScheduledFrames(info, n_out, mode, work, compression=compression) as frames:
+        assert frames.needs_spool and len(frames) == n_out
+        for index, frame in frames:
+            frame[0, 0] = 255 - frame[0, 0]  # consumers may draw on frames; the spool must not see it
+            frame[0, 0] = 255 - frame[0, 0]
+            got.append((index, frame))
+            if len(got) == n_out - 1:
+                assert os.listdir(work) == []  # the spool is never visible by name...
+                assert len(open_files_under(work)) == 1  # ...but lives in work_dir
+                if compression == "none":
+                    assert frames.spool_bytes == info.frame_count * info.frame_bytes
+                else:
+                    assert 0 < frames.spool_bytes < info.frame_count * info.frame_bytes
+    assert [i for i, _ in got] == expected
+    assert all(np.array_equal(frame, forward[i]) for i, frame in got)
+    assert open_files_under(work) == [] and os.listdir(work) == []
+    assert ffmpeg_children() == []
+
+
+def test_scheduled_frames_forward_only_needs_no_spool(h264, tmp_path):
+    info = probe_video(h264)
+    forward = list(read_frames(info))
+    with ScheduledFrames(info, 10, "pingpong", tmp_path) as frames:
+        assert not frames.needs_spool
+        got = list(frames)
+        assert frames.spool_bytes == 0
+    assert [i for i, _ in got] == list(range(10))
+    assert all(np.array_equal(f, forward[i]) for i, f in got)
+    assert ffmpeg_children() == []
+
+
+def test_scheduled_frames_still_repeats_one_frame(media, tmp_path):
+    png = media / "still.png"
+    cv2.imwrite(str(png), np.full((40, 60, 3), 77, np.uint8))
+    with ScheduledFrames(probe_video(png), 5, "pingpong", tmp_path) as frames:
+        got = list(frames)
+    assert [i for i, _ in got] == [0] * 5 and all(f.shape == (40, 60, 3) and f[0, 0, 0] == 77 for _, f in got)
+    assert got[0][1] is not got[1][1]  # separate arrays: drawing on one leaves the others alone
+
+
+def test_abandoned_scheduled_frames_stop_ffmpeg_and_free_spool(h264, tmp_path):
+    info = probe_video(h264)
+    with ScheduledFrames(info, 100, "pingpong", tmp_path) as frames:
+        iterator = iter(frames)
+        next(iterator)
+        assert len(ffmpeg_children()) == 1 and len(open_files_under(tmp_path)) == 1
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+
+
+def test_spool_that_cannot_fit_fails_before_decoding(h264, tmp_path):
+    huge = dataclasses.replace(probe_video(h264), frame_count=10**9)
+    with ScheduledFrames(huge, 10**9 + 1, "pingpong", tmp_path) as frames:
+        with pytest.raises(DiskFull):
+            next(iter(frames))
+    assert ffmpeg_children() == []
+
+
+def vm_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_scheduled_frames_memory_does_not_grow_with_length(media, tmp_path):
+    clip = lavfi_clip(media / "rss.mp4", size="320x240", seconds=8)  # 200 frames = 46 MB of BGR
+    info = probe_video(clip)
+    baseline = vm_rss_kib()
+    peak = baseline
+    with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path) as frames:
+        for n, (_, frame) in enumerate(frames):
+            if n % 20 == 0:
+                peak = max(peak, vm_rss_kib())
+    assert (peak - baseline) < 20_000, f"RSS grew by {(peak - baseline) / 1024:.1f} MiB"
