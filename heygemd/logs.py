@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import json
 import os
 import re
@@ -139,7 +140,7 @@ def journal_problem(socket_path: Path = JOURNAL_SOCKET) -> str | None:
     Checked at start because libsystemd silently drops messages when the socket does not exist.
     """
     try:
-        import systemd.journal  # noqa: F401  (optional dependency: the "journald" extra)
+        importlib.import_module("systemd.journal")  # optional dependency: the "journald" extra
     except ImportError:
         return "systemd-python is not installed (pip install 'heygemd[journald]')"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:

@@ -110,11 +110,12 @@ preset = "ultrafast"
 
     # -- process
 
-    def start(self) -> "Daemon":
+    def start(self, extra_env: Mapping[str, str] | None = None) -> "Daemon":
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
+        env.update(extra_env or {})
         log = self.root / f"daemon-{len(self.logs) + 1}.log"
         self.logs.append(log)
         with open(log, "wb") as out:

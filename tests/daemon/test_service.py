@@ -1,0 +1,47 @@
+"""The daemon's warm engines: one per engine a job asks for, memory released after jobs, unloaded when idle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from heygemd.daemon.service import Sessions
+from heygemd.settings import EngineSettings, PathsSettings, Settings
+
+
+def settings(tmp_path: Path, idle: float) -> Settings:
+    return Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp", idle_unload_seconds=idle),
+    )
+
+
+def test_default_engine_unloads_only_after_the_idle_time(tmp_path: Path) -> None:
+    sessions = Sessions(settings(tmp_path, idle=60))
+    session = sessions.get(None)
+    assert session is sessions.default and session.engine.name == "mouthwarp" and session.loaded
+    sessions.unload_if_idle()
+    assert session.loaded  # used just now
+    sessions.last_used = time.monotonic() - 61
+    sessions.unload_if_idle()
+    assert not session.loaded
+    assert sessions.get("auto").engine.name == "mouthwarp"  # loads again on demand
+
+
+def test_idle_time_zero_keeps_the_engine(tmp_path: Path) -> None:
+    sessions = Sessions(settings(tmp_path, idle=0))
+    sessions.get(None).warm_up()
+    sessions.last_used = time.monotonic() - 10_000
+    sessions.unload_if_idle()
+    assert sessions.default.loaded
+
+
+def test_a_job_toml_engine_gets_its_own_session_dropped_after_the_job(tmp_path: Path) -> None:
+    sessions = Sessions(settings(tmp_path, idle=60))
+    assert sessions.get("mouthwarp") is sessions.default  # the same engine: no second model
+    (tmp_path / "models").mkdir()
+    other = sessions.get("wav2lip")
+    assert other is not sessions.default and other.engine_name == "wav2lip"
+    assert sessions.get("wav2lip") is other
+    sessions.after_job()
+    assert sessions.get("wav2lip") is not other  # unloaded and forgotten after the job
