@@ -123,8 +123,10 @@ class JobError(HeygemdError):
 
 
 class DiskFull(HeygemdError):
+    """Not the input's fault: the daemon keeps the job claimed and tries the video again later."""
+
     code = "DISK_FULL"
-    default_hint = "Free space on the outbox/work filesystem; the job resumes on the next start."
+    default_hint = "Free space on the outbox or temp filesystem; heygemd tries the video again every few minutes."
 
 
 class Interrupted(HeygemdError):

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -26,6 +27,10 @@ log = structlog.get_logger("heygemd.service")
 
 STOP_POLL_SECONDS = 0.5
 """Longest a wait goes without looking at the stop flag."""
+
+PAUSED_RETRY_SECONDS = 300.0
+"""A job that could not go on for a reason of the machine's (disk full, outbox unreachable) is tried again
+after this long; meanwhile other jobs run."""
 
 
 class StopNow(BaseException):
@@ -163,7 +168,11 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
 
         def run_job(claimed: intake.ClaimedJob) -> None:
             heartbeat.beat(f"job {claimed.job_id}")
-            process_job(claimed, paths.outbox, context)
+            try:
+                process_job(claimed, paths.outbox, context)
+            except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
+                log.error("job.paused", job_id=claimed.job_id, error=f"{exc.filename or paths.outbox}: {exc.strerror}",
+                          hint="Check the outbox's share and free space; the job is tried again later.")
             sessions.after_job()
             heartbeat.beat("idle, watching the inbox")
 
@@ -184,18 +193,25 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
         notifier.ready("idle, watching the inbox")
-        # Resume only after READY: a resumed job can outlast systemd's start timeout (TimeoutStartSec).
-        _resume_claimed(settings, stop, run_job)
+        # Claimed jobs first, oldest first: at start they are what a previous process left (resumed only after
+        # READY, as one can outlast systemd's start timeout); later, jobs paused on a full disk, after a backoff.
+        retry_at: dict[str, float] = {}
         while not stop:
             heartbeat.beat()
-            claimed = _claim_next_ready(settings, tracker)
+            claimed = _next_claimed(paths.state_dir, retry_at) or _claim_next_ready(settings, tracker)
             if claimed is not None:
                 run_job(claimed)
+                if not claimed.path.exists():  # finished: its inputs left claimed/
+                    retry_at.pop(claimed.job_id, None)
+                elif not stop:  # still claimed although not stopping: it paused
+                    retry_at[claimed.job_id] = time.monotonic() + PAUSED_RETRY_SECONDS
+                    log.warning("job.retry_later", job_id=claimed.job_id, after_s=PAUSED_RETRY_SECONDS)
                 continue
             sessions.unload_if_idle()
             prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
-            deadline = tracker.next_deadline()  # 0.0 (settled just now) must not mean "no deadline"
-            wait = intake_settings.rescan_interval if deadline is None else min(intake_settings.rescan_interval, deadline)
+            deadlines = [d for d in (tracker.next_deadline(), _next_retry(retry_at)) if d is not None]
+            # a deadline of 0.0 (settled just now) must not mean "no deadline"
+            wait = min([intake_settings.rescan_interval, *deadlines])
             _wait_for_change(watcher, stop, max(wait, 0.05))
     notifier.stopping("finishing")
 
@@ -207,6 +223,26 @@ def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, seconds: floa
         left = end - time.monotonic()
         if left <= 0 or watcher.wait(min(left, STOP_POLL_SECONDS)):
             return
+
+
+def _next_claimed(state_dir: Path, retry_at: dict[str, float]) -> intake.ClaimedJob | None:
+    """The oldest claimed job that is not waiting out a pause."""
+    now = time.monotonic()
+    for claimed in intake.claimed_jobs(state_dir):
+        if retry_at.get(claimed.job_id, 0.0) <= now:
+            if claimed.job_id in retry_at:
+                log.info("job.retrying", job_id=claimed.job_id)
+            else:
+                log.info("job.resuming", job_id=claimed.job_id)
+            return claimed
+    return None
+
+
+def _next_retry(retry_at: dict[str, float]) -> float | None:
+    """Seconds until the next paused job may be tried again, or None when none is paused."""
+    if not retry_at:
+        return None
+    return max(0.0, min(retry_at.values()) - time.monotonic())
 
 
 def _resume_claimed(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:

@@ -28,7 +28,7 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import Interrupted, report_failure
+from heygemd.errors import DiskFull, Interrupted, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.pipeline.run import VideoProgress
@@ -78,7 +78,8 @@ class _StatusFile:
 
 
 def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobStatus | None:
-    """Run ``claimed`` to its end and return the final status, or None when a stop request interrupted it."""
+    """Run ``claimed`` to its end and return the final status, or None when it did not end: a stop request
+    interrupted it, or the disk is full. Either way the job stays claimed and its unfinished videos pending."""
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir))
     status_file.save()
@@ -88,6 +89,9 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
         try:
             finished = _run(claimed, out_dir, status_file, context)
         except Interrupted:
+            finished = False
+        except DiskFull as exc:  # the machine's problem, not the job's: pause and try again later
+            log.error("job.paused", code=exc.code, error=exc.message, hint=exc.hint)
             finished = False
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
             status_file.update(error=ErrorStatus.from_info(report_failure(log, "job", exc)))
@@ -165,6 +169,10 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                                         on_progress=on_progress, should_stop=context.should_stop)
             except Interrupted:
                 status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
+                raise
+            except DiskFull as exc:
+                status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None,
+                                         error=ErrorStatus.from_info(exc.info()))
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
                 info = report_failure(log, "video", exc)

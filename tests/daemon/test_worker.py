@@ -1,0 +1,90 @@
+"""The worker's policy at its boundaries, with a stand-in renderer: what happens to a job when a video fails,
+when the disk is full, and when it is tried again. (The real renderer is exercised by test_daemon_process.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heygemd.daemon import intake
+from heygemd.daemon.status import read_status
+from heygemd.daemon.worker import JobContext, process_job
+from heygemd.errors import DiskFull, NoFace
+from heygemd.pipeline.run import RenderResult
+
+
+@dataclass
+class _Audio:
+    duration: float = 2.0
+
+
+@dataclass
+class _Engine:
+    identity: str = "stand-in-1"
+
+
+@dataclass
+class StandInSession:
+    """Renders by writing a small file; ``failures`` maps a video name to the errors its next renders raise."""
+
+    failures: dict[str, list[Exception]] = field(default_factory=dict)
+    rendered: list[str] = field(default_factory=list)
+    engine_name: str = "stand-in"
+    engine: _Engine = field(default_factory=_Engine)
+
+    def audio(self, path: Path) -> _Audio:
+        return _Audio()
+
+    def render(self, video: Path, audio: _Audio, output: Path, **_: object) -> RenderResult:
+        pending = self.failures.get(video.name)
+        if pending:
+            raise pending.pop(0)
+        output.write_bytes(b"video")
+        self.rendered.append(video.name)
+        return RenderResult(output=output, poster=None, frames=50, fps=25.0, face_ratio=1.0, detector="stand-in",
+                            cached_faces=False, timings={"total": 0.1})
+
+    def release(self) -> None:
+        pass
+
+
+def claim_job(tmp_path: Path, files: list[str]) -> intake.ClaimedJob:
+    folder = tmp_path / "inbox" / "lesson"
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_bytes(b"x")
+    claimed = intake.claim(intake.Candidate("lesson", folder), tmp_path / "inbox" / ".heygemd")
+    assert claimed is not None
+    return claimed
+
+
+def test_a_full_disk_pauses_the_job_and_a_retry_finishes_only_what_is_left(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
+    session = StandInSession(failures={"b.mp4": [DiskFull("no space left on device", path=tmp_path / "outbox")]})
+    context = JobContext(session_for=lambda _engine: session)  # type: ignore[arg-type, return-value]
+
+    assert process_job(claimed, tmp_path / "outbox", context) is None
+    status = read_status(tmp_path / "outbox" / "lesson" / "status.json")
+    assert status.state == "processing"
+    a, b = status.videos
+    assert a.state == "done" and b.state == "pending"
+    assert b.error is not None and b.error.code == "DISK_FULL"
+    assert claimed.folder.is_dir(), "inputs must stay claimed while the job is paused"
+
+    final = process_job(claimed, tmp_path / "outbox", context)
+    assert final is not None and final.state == "done" and final.attempt == 2
+    assert session.rendered == ["a.mp4", "b.mp4"]  # a.mp4 was not redone
+    assert final.videos[1].error is None
+    assert not claimed.path.exists(), "inputs leave claimed/ once the job is done"
+
+
+def test_a_failing_video_fails_alone_and_the_job_is_partial(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
+    session = StandInSession(failures={"a.mp4": [NoFace("no face in any frame", path="a.mp4")]})
+    context = JobContext(session_for=lambda _engine: session, inputs_after="delete")  # type: ignore[arg-type, return-value]
+    final = process_job(claimed, tmp_path / "outbox", context)
+    assert final is not None and final.state == "partial"
+    assert final.videos[0].state == "failed" and final.videos[0].error.code == "NO_FACE"
+    assert final.videos[1].state == "done"
+    archived = list((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson/input/a.mp4"))
+    assert archived, "inputs of a partial job are archived, never deleted, even with inputs_after = delete"
