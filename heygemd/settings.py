@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,7 @@ SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
 
 EngineName = Literal["auto", "wav2lip", "mouthwarp"]
 LoopMode = Literal["pingpong", "loop"]
+InputsAfter = Literal["archive", "delete", "keep"]
 
 
 class Section(BaseModel):
@@ -72,7 +73,10 @@ class EngineSettings(Section):
         None, description="Wav2Lip checkpoint; default: models/wav2lip_gan.pth, then models/wav2lip.pth."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    batch_size: int = Field(64, ge=1, description="Frames per inference batch; halved automatically on out-of-memory.")
+    batch_size: int = Field(
+        64, ge=1, description="Frames per inference batch (also the frames held in memory at once); halved "
+        "automatically on GPU out-of-memory.",
+    )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
     idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
 
@@ -107,12 +111,32 @@ class VideoSettings(Section):
 
 class OutboxSettings(Section):
     naming: str = Field("{stem}.mp4", description="Output file name; {stem} is the input video's name without suffix.")
-    inputs_after: Literal["archive", "delete", "keep"] = Field(
+    inputs_after: InputsAfter = Field(
         "archive", description="What happens to a job's inputs once its outputs are safe."
     )
     archive_retention_days: float = Field(
         30.0, ge=0, description="Archived inputs older than this are removed (0 keeps them forever)."
     )
+
+    @field_validator("naming")
+    @classmethod
+    def _naming(cls, value: str) -> str:
+        return check_naming(value)
+
+
+def check_naming(value: str) -> str:
+    """An output name template: a file name (not a path) with ``{stem}`` and an extension; ValueError if not."""
+    if "/" in value or "\\" in value:
+        raise ValueError("must be a file name, not a path")
+    if "{stem}" not in value:
+        raise ValueError('must contain {stem}, e.g. "{stem}_synced.mp4", so outputs of different videos differ')
+    try:
+        name = value.format(stem="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"only the placeholder {{stem}} is allowed ({exc})") from None
+    if not Path(name).suffix:
+        raise ValueError('needs a file extension, e.g. "{stem}.mp4"')
+    return value
 
 
 class LoggingSettings(Section):

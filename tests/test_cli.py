@@ -77,3 +77,19 @@ def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heyg
     assert "[NO_AUDIO_STREAM]" in proc.stderr and "silent clip.mp4" in proc.stderr
     assert "what to do:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_once_does_not_take_a_fresh_copy_that_kept_old_mtimes(tmp_path: Path, heygemd_bin: Path) -> None:
+    """`cp -p`, rsync -a, Explorer and Finder keep the source's mtimes: only the ctime says the copy is new."""
+    job = tmp_path / "inbox" / "copied with old dates"
+    job.mkdir(parents=True)
+    for name in ("voice.wav", "a.mp4"):
+        (job / name).write_bytes(b"still arriving")
+        os.utime(job / name, (0, 0))  # 1970, as an archive copy would keep
+    cfg = tmp_path / "heygemd.toml"
+    cfg.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
+                   '[intake]\nsettle_seconds = 600\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
+    proc = run(heygemd_bin, "--config", str(cfg), "once")
+    assert proc.returncode == 0, proc.stderr
+    assert (job / "a.mp4").is_file(), "a job copied a moment ago was taken before settle_seconds passed"
+    assert not (tmp_path / "outbox" / "copied with old dates").exists()

@@ -52,6 +52,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[engine]\nname = "magic"\n', {}, "engine.name"),
         ('[video]\ncrf = 99\n', {}, "video.crf"),
         ('[faces]\nunknown_key = 1\n', {}, "faces.unknown_key"),
+        ('[outbox]\nnaming = "{name}.mp4"\n', {}, "outbox.naming"),
+        ("", {"HEYGEMD_OUTBOX__NAMING": "sub/{stem}.mp4"}, "outbox.naming"),
         ("", {"HEYGEMD_INTAKE__OBSERVER": "carrier-pigeon"}, "intake.observer"),
     ],
 )

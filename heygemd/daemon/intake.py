@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from watchdog.events import (
     DirCreatedEvent,
@@ -49,6 +50,8 @@ from watchdog.observers.api import BaseObserver
 
 from heygemd.daemon.status import atomic_write_bytes, fsync_dir, utc_now
 from heygemd.errors import ConfigError
+
+log = structlog.get_logger("heygemd.intake")
 
 # ---------------------------------------------------------------------------------------------- name rules
 #
@@ -118,6 +121,15 @@ def _same_path(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def encodable_name(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8 (a name from an old system in another encoding is not)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
     """The job folders directly under ``inbox``, sorted by name.
 
@@ -132,6 +144,10 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:
+                continue
+            if not encodable_name(entry.name):
+                log.warning("inbox.bad_name", folder=os.fsencode(entry.name).decode("utf-8", "replace"),
+                            hint="The folder name is not valid UTF-8; rename it to take it as a job.")
                 continue
             if state_dir is not None and _same_path(Path(entry.path), Path(state_dir)):
                 continue
@@ -666,3 +682,48 @@ def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, 
             shutil.rmtree(p)
             removed.append(p)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------- ownership
+
+LEASE_SECONDS = 600.0
+"""A claim held by a process on another machine is taken over only when its claim.json has not been touched
+(``renew_lease``) for this long: that daemon is gone. On this machine, whether its pid is alive decides."""
+
+
+def renew_lease(claimed: ClaimedJob) -> None:
+    """Touch claim.json: "the job is being worked on", for daemons on other machines sharing the inbox."""
+    os.utime(claimed.path / CLAIM_FILE)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Whether another live process (here or on another machine) is working on ``claimed`` right now."""
+    if claimed.host == socket.gethostname():
+        return claimed.pid != os.getpid() and _pid_alive(claimed.pid)
+    if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
+        return False
+    try:
+        touched = (claimed.path / CLAIM_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return (time.time() if now is None else now) - touched < lease_seconds
+
+
+def take_over(claimed: ClaimedJob) -> ClaimedJob:
+    """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
+    record = ClaimRecord(job_id=claimed.job_id, name=claimed.name, claimed_at=claimed.claimed_at,
+                         host=socket.gethostname(), pid=os.getpid())
+    atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+    return ClaimedJob(record.job_id, record.name, claimed.path, record.claimed_at, record.host, record.pid)

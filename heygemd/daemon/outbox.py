@@ -15,17 +15,17 @@ import re
 import shutil
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
 
 from pydantic import ValidationError
 
 from heygemd.daemon.intake import ClaimedJob
 from heygemd.daemon.status import fsync_dir, read_status, utc_now
+from heygemd.settings import InputsAfter
 
 STATUS_FILE = "status.json"
 ARCHIVE = "archive"
 KEPT = "kept"
-InputsAfter = Literal["archive", "delete", "keep"]
+TRASH = "trash"
 
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -79,8 +79,14 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
     """
     now = now or utc_now()
     if inputs_after == "delete":
-        shutil.rmtree(claimed.path)
+        # Rename out of claimed/ first (atomic), then delete: a kill halfway through the delete must not leave a
+        # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
+        trash = claimed.state_dir / TRASH
+        trash.mkdir(parents=True, exist_ok=True)
+        target = _unique(trash / claimed.job_id)
+        claimed.path.rename(target)
         fsync_dir(claimed.path.parent)
+        shutil.rmtree(target)
         return None
     if inputs_after == "archive":
         parent = claimed.state_dir / ARCHIVE / now.astimezone(timezone.utc).strftime("%Y-%m-%d")
@@ -94,6 +100,14 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
     fsync_dir(parent)
     fsync_dir(claimed.path.parent)
     return target
+
+
+def empty_trash(state_dir: Path) -> None:
+    """Finish deletes that a kill interrupted (see ``finish_inputs``)."""
+    trash = Path(state_dir) / TRASH
+    if trash.is_dir():
+        for folder in trash.iterdir():
+            shutil.rmtree(folder, ignore_errors=True)  # what a share holds open now goes at the next start
 
 
 def prune_archive(state_dir: Path, retention_days: float, now: datetime | None = None) -> list[Path]:

@@ -7,6 +7,7 @@ stays recoverable: the next start resumes it.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -17,9 +18,10 @@ from types import FrameType
 import structlog
 
 from heygemd.daemon import intake
-from heygemd.daemon.outbox import prune_archive
+from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobContext, process_job
+from heygemd.errors import report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.settings import Settings
 
@@ -27,6 +29,11 @@ log = structlog.get_logger("heygemd.service")
 
 STOP_POLL_SECONDS = 0.5
 """Longest a wait goes without looking at the stop flag."""
+
+DEBOUNCE_SECONDS = 0.3
+DEBOUNCE_MAX_SECONDS = 2.0
+"""After an inbox event, wait until events pause for DEBOUNCE_SECONDS (at most DEBOUNCE_MAX_SECONDS) before
+rescanning."""
 
 PAUSED_RETRY_SECONDS = 300.0
 """A job that could not go on for a reason of the machine's (disk full, outbox unreachable) is tried again
@@ -173,10 +180,14 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
             except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
                 log.error("job.paused", job_id=claimed.job_id, error=f"{exc.filename or paths.outbox}: {exc.strerror}",
                           hint="Check the outbox's share and free space; the job is tried again later.")
+            except Exception as exc:  # per-job boundary around the worker's own: never take the daemon down
+                report_failure(log.bind(job_id=claimed.job_id), "job", exc)
+                _set_aside(claimed)
             sessions.after_job()
             heartbeat.beat("idle, watching the inbox")
 
         intake.remove_stale_reservations(paths.state_dir)
+        empty_trash(paths.state_dir)
         if once:
             _resume_claimed(settings, stop, run_job)
             _drain_ready(settings, stop, run_job)
@@ -198,7 +209,7 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
         retry_at: dict[str, float] = {}
         while not stop:
             heartbeat.beat()
-            claimed = _next_claimed(paths.state_dir, retry_at) or _claim_next_ready(settings, tracker)
+            claimed = _next_claimed(paths.state_dir, retry_at, stop) or _claim_next_ready(settings, tracker)
             if claimed is not None:
                 run_job(claimed)
                 if not claimed.path.exists():  # finished: its inputs left claimed/
@@ -208,33 +219,48 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
                     log.warning("job.retry_later", job_id=claimed.job_id, after_s=PAUSED_RETRY_SECONDS)
                 continue
             sessions.unload_if_idle()
-            prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
+            try:
+                prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
+            except OSError as exc:  # a file held open on the share: pruning waits for a later round
+                log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
             deadlines = [d for d in (tracker.next_deadline(), _next_retry(retry_at)) if d is not None]
             # a deadline of 0.0 (settled just now) must not mean "no deadline"
             wait = min([intake_settings.rescan_interval, *deadlines])
-            _wait_for_change(watcher, stop, max(wait, 0.05))
-    notifier.stopping("finishing")
+            _wait_for_change(watcher, stop, heartbeat, max(wait, 0.05))
 
 
-def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, seconds: float) -> None:
-    """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS)."""
+def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, heartbeat: Heartbeat, seconds: float) -> None:
+    """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS).
+
+    A change is followed by a short quiet spell (``DEBOUNCE_SECONDS``, at most ``DEBOUNCE_MAX_SECONDS``): a copy
+    makes thousands of events, and the caller rescans once for all of them. Waiting is alive and well: the
+    watchdog keeps being fed, whatever ``intake.rescan_interval`` is.
+    """
     end = time.monotonic() + seconds
     while not stop:
+        heartbeat.beat()
         left = end - time.monotonic()
-        if left <= 0 or watcher.wait(min(left, STOP_POLL_SECONDS)):
+        if left <= 0:
+            return
+        if watcher.wait(min(left, STOP_POLL_SECONDS)):
+            settle_until = time.monotonic() + DEBOUNCE_MAX_SECONDS
+            while not stop and time.monotonic() < settle_until and watcher.wait(DEBOUNCE_SECONDS):
+                pass
             return
 
 
-def _next_claimed(state_dir: Path, retry_at: dict[str, float]) -> intake.ClaimedJob | None:
-    """The oldest claimed job that is not waiting out a pause."""
+def _next_claimed(state_dir: Path, retry_at: dict[str, float], stop: StopFlag) -> intake.ClaimedJob | None:
+    """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause,
+    now owned by this process."""
     now = time.monotonic()
     for claimed in intake.claimed_jobs(state_dir):
-        if retry_at.get(claimed.job_id, 0.0) <= now:
-            if claimed.job_id in retry_at:
-                log.info("job.retrying", job_id=claimed.job_id)
-            else:
-                log.info("job.resuming", job_id=claimed.job_id)
-            return claimed
+        if stop:
+            return None
+        if retry_at.get(claimed.job_id, 0.0) > now or intake.held_elsewhere(claimed):
+            continue
+        log.info("job.retrying" if claimed.job_id in retry_at else "job.resuming", job_id=claimed.job_id,
+                 previous_owner=f"{claimed.host}:{claimed.pid}")
+        return intake.take_over(claimed)
     return None
 
 
@@ -246,12 +272,19 @@ def _next_retry(retry_at: dict[str, float]) -> float | None:
 
 
 def _resume_claimed(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
-    """Run the jobs a previous process claimed but did not finish, oldest claim first."""
-    for claimed in intake.claimed_jobs(settings.paths.state_dir):
-        if stop:
-            break
-        log.info("job.resuming", job_id=claimed.job_id)
+    """Run the jobs a previous process claimed but did not finish, oldest claim first, each once."""
+    tried: dict[str, float] = {}
+    while (claimed := _next_claimed(settings.paths.state_dir, tried, stop)) is not None:
+        tried[claimed.job_id] = float("inf")
         run_job(claimed)
+
+
+def _set_aside(claimed: intake.ClaimedJob) -> None:
+    """Archive the inputs of a job that failed outside the worker's own boundary, so it is not resumed forever."""
+    try:
+        finish_inputs(claimed, "archive")
+    except OSError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
 
 
 def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> intake.ClaimedJob | None:
@@ -263,12 +296,18 @@ def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> i
         log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
         return None
     tracker.retain(c.name for c in candidates)
-    ready = [c for c in candidates if tracker.observe(c).ready]
+    ready = []
+    for candidate in candidates:
+        try:
+            if tracker.observe(candidate).ready:
+                ready.append(candidate)
+        except OSError as exc:  # unreadable or stale on the share: look again at the next scan
+            log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
     for candidate in sorted(ready, key=_arrival):
         try:
             claimed = intake.claim(candidate, paths.state_dir, outbox=paths.outbox)
-        except PermissionError as exc:  # e.g. a client still holds a file open on the share: try again later
-            log.warning("job.claim_refused", job_name=candidate.name, error=str(exc))
+        except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
+            log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
             continue
         tracker.forget(candidate.name)
         if claimed is not None:
@@ -278,23 +317,46 @@ def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> i
 
 
 def _drain_ready(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
-    """``heygemd once``: every job that is ready now (marker, or unchanged for settle_seconds by mtime)."""
+    """``heygemd once``: every job that is ready now: it has the marker, or nothing in it changed for
+    settle_seconds. "Changed" reads each entry's ctime as well as its mtime: copies made with ``cp -p``,
+    ``rsync -a``, Explorer or Finder keep old mtimes, but the ctime is when the file arrived."""
     paths, marker = settings.paths, settings.intake.ready_marker
     settle_ns = settings.intake.settle_seconds * 1e9
+    refused: set[str] = set()
     while not stop:
         ready = []
         for candidate in intake.scan_inbox(paths.inbox, paths.state_dir):
+            if candidate.name in refused:
+                continue
             snap = intake.take_snapshot(candidate.path, marker)
-            newest = max((mtime for _, _, mtime in snap.entries), default=0)
-            settled = snap.has_files and time.time_ns() - newest >= settle_ns
+            settled = snap.has_files and time.time_ns() - _last_change_ns(candidate.path) >= settle_ns
             if not snap.in_flight and snap.has_files and (snap.has_marker or settled):
                 ready.append(candidate)
         if not ready:
             return
-        claimed = intake.claim(sorted(ready, key=_arrival)[0], paths.state_dir, outbox=paths.outbox)
+        candidate = sorted(ready, key=_arrival)[0]
+        try:
+            claimed = intake.claim(candidate, paths.state_dir, outbox=paths.outbox)
+        except OSError as exc:  # e.g. a client holds a file open on the share: left for a later run
+            log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
+            refused.add(candidate.name)
+            continue
         if claimed is not None:
             log.info("job.claimed", job_id=claimed.job_id, job_name=claimed.name)
             run_job(claimed)
+
+
+def _last_change_ns(folder: Path) -> int:
+    """The newest mtime or ctime of ``folder`` and everything in it."""
+    newest = 0
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files, "."]:
+            try:
+                st = os.stat(os.path.join(root, name), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    return newest
 
 
 def _arrival(candidate: intake.Candidate) -> tuple[float, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from heygemd.daemon.intake import ClaimedJob
+from heygemd.daemon.intake import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import JobSpec, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
@@ -28,7 +28,7 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import DiskFull, Interrupted, report_failure
+from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.pipeline.run import VideoProgress
@@ -59,13 +59,22 @@ class _StatusFile:
 
     path: Path
     status: JobStatus
+    claimed: ClaimedJob
     _last_write: float = field(default=0.0)
 
     def save(self, *, force: bool = True) -> None:
+        """Write status.json (and renew the claim's lease). ``force=False``: a progress update, skipped when the
+        last write is recent, and best effort: a share refusing one progress write does not fail the video."""
         now = time.monotonic()
         if not force and now - self._last_write < PROGRESS_WRITE_INTERVAL:
             return
-        self.status = write_status(self.path, self.status.recomputed())
+        try:
+            self.status = write_status(self.path, self.status.recomputed())
+            renew_lease(self.claimed)
+        except OSError as exc:
+            if force:
+                raise
+            log.warning("status.write_failed", path=str(self.path), error=exc.strerror or str(exc))
         self._last_write = now
 
     def update(self, **fields: object) -> None:
@@ -81,7 +90,7 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
     """Run ``claimed`` to its end and return the final status, or None when it did not end: a stop request
     interrupted it, or the disk is full. Either way the job stays claimed and its unfinished videos pending."""
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
-    status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir))
+    status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir), claimed)
     status_file.save()
     _remove_partial_outputs(out_dir)
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
@@ -94,7 +103,7 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
             log.error("job.paused", code=exc.code, error=exc.message, hint=exc.hint)
             finished = False
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
-            status_file.update(error=ErrorStatus.from_info(report_failure(log, "job", exc)))
+            status_file.update(error=_for_user(report_failure(log, "job", exc), claimed))
             finished = True
         if not finished:
             status_file.save()
@@ -119,7 +128,7 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
         previous = read_status(path)
         # host/pid name the process running the job now (a restart resumes what a dead process left).
         return previous.model_copy(update={"attempt": previous.attempt + 1, "state": "queued", "error": None,
-                                           "host": socket.gethostname(), "pid": os.getpid()})
+                                           "finished": None, "host": socket.gethostname(), "pid": os.getpid()})
     return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at)
 
 
@@ -172,11 +181,11 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                 raise
             except DiskFull as exc:
                 status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None,
-                                         error=ErrorStatus.from_info(exc.info()))
+                                         error=_for_user(exc.info(), claimed))
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
                 info = report_failure(log, "video", exc)
-                status_file.update_video(index, state="failed", finished=utc_now(), error=ErrorStatus.from_info(info))
+                status_file.update_video(index, state="failed", finished=utc_now(), error=_for_user(info, claimed))
             else:
                 status_file.update_video(
                     index,
@@ -197,30 +206,42 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
 
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
-    """One entry per input; a video already done in an earlier attempt, with its output present, stays done."""
+    """One entry per input. A video that finished in an earlier attempt keeps its result: done (when its output
+    is still there) or failed (its input is the same, so it would fail the same way)."""
     earlier = {v.input: v for v in previous.videos}
     used: set[str] = set()
     entries = []
     for video in spec.videos:
         output = _unique_name(naming.format(stem=video.stem), used)
         before = earlier.get(video.name)
-        if before is not None and before.state == "done" and before.output and (out_dir / before.output).is_file():
+        if before is not None and (
+            (before.state == "done" and before.output and (out_dir / before.output).is_file())
+            or before.state == "failed"
+        ):
             entries.append(before)
-            used.add(before.output)
+            used.add((before.output or output).casefold())
             continue
         entries.append(VideoStatus(input=video.name, output=output))
     return entries
 
 
 def _unique_name(name: str, used: set[str]) -> str:
-    """``name``, or ``stem-2.ext``... when two inputs share a stem (clip.mp4 and clip.mov)."""
+    """``name``, or ``stem-2.ext``... when two inputs share a stem (clip.mp4 and clip.mov). Compared without
+    case: on an SMB outbox Intro.mp4 and intro.mp4 are the same file."""
     candidate, n = name, 1
     stem, dot, suffix = name.rpartition(".")
-    while candidate in used:
+    while candidate.casefold() in used:
         n += 1
         candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
-    used.add(candidate)
+    used.add(candidate.casefold())
     return candidate
+
+
+def _for_user(info: ErrorInfo, claimed: ClaimedJob) -> ErrorStatus:
+    """The error as status.json shows it: files named inside the job as the user gave it (``lesson/a.mp4``), not
+    by heygemd's internal claimed/ path, which moves to the archive afterwards."""
+    inside = str(claimed.folder) + os.sep
+    return ErrorStatus(code=info.code, message=info.message.replace(inside, claimed.name + os.sep), hint=info.hint)
 
 
 def _remove_partial_outputs(out_dir: Path) -> None:

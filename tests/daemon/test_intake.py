@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from datetime import datetime, timedelta, timezone
@@ -16,6 +18,7 @@ from watchdog.events import FileCreatedEvent, FileMovedEvent
 from heygemd.daemon import intake
 from heygemd.daemon.intake import (
     Candidate,
+    ClaimedJob,
     InboxWatcher,
     NameKind,
     ReadinessTracker,
@@ -25,10 +28,13 @@ from heygemd.daemon.intake import (
     claimed_jobs,
     classify_name,
     find_mount,
+    held_elsewhere,
     parse_mountinfo,
     read_claim,
     remove_stale_reservations,
+    renew_lease,
     scan_inbox,
+    take_over,
     take_snapshot,
 )
 from heygemd.errors import ConfigError
@@ -504,3 +510,56 @@ def test_claim_across_filesystems_is_a_config_error(tmp_path: Path) -> None:
         assert list((state / "claimed").iterdir()) == []
     finally:
         shutil.rmtree(state)
+
+
+# ---------------------------------------------------------------------------------------------- ownership
+
+
+def _claimed(tmp_path: Path, name: str = "job") -> ClaimedJob:
+    folder = tmp_path / "inbox" / name
+    folder.mkdir(parents=True)
+    (folder / "a.wav").write_bytes(b"x")
+    claimed = claim(Candidate(name, folder), tmp_path / "inbox" / ".heygemd")
+    assert claimed is not None
+    return claimed
+
+
+def test_a_claim_of_a_live_process_on_this_host_is_held_elsewhere(tmp_path: Path) -> None:
+    claimed = _claimed(tmp_path)
+    assert not held_elsewhere(claimed)  # our own claim
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        other = dataclasses.replace(claimed, pid=child.pid)
+        assert held_elsewhere(other)
+    finally:
+        child.kill()
+        child.wait()
+    assert not held_elsewhere(dataclasses.replace(claimed, pid=child.pid))  # it died: free to resume
+
+
+def test_a_claim_from_another_host_is_held_while_its_lease_is_fresh(tmp_path: Path) -> None:
+    claimed = dataclasses.replace(_claimed(tmp_path), host="render-box-2", pid=4242)
+    touched = (claimed.path / "claim.json").stat().st_mtime
+    assert held_elsewhere(claimed, now=touched + 10)
+    assert not held_elsewhere(claimed, now=touched + 3600)
+    renew_lease(claimed)
+    assert (claimed.path / "claim.json").stat().st_mtime >= touched
+
+
+def test_take_over_records_the_new_owner_and_keeps_the_identity(tmp_path: Path) -> None:
+    original = _claimed(tmp_path)
+    stale = dataclasses.replace(original, host="gone-host", pid=1)
+    mine = take_over(stale)
+    again = read_claim(original.path)
+    assert again is not None
+    assert (again.host, again.pid) == (socket.gethostname(), os.getpid())
+    assert (again.job_id, again.name, again.claimed_at) == (original.job_id, original.name, original.claimed_at)
+    assert mine == again
+
+
+def test_a_folder_name_that_is_not_utf8_is_skipped(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    os.mkdir(os.path.join(os.fsencode(inbox), b"cl\xe9 lesson"))
+    (inbox / "good").mkdir()
+    assert [c.name for c in scan_inbox(inbox)] == ["good"]

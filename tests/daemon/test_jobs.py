@@ -90,7 +90,7 @@ def test_bad_job_toml_names_field(tmp_path: Path, toml: str, field: str, words: 
 
 def test_unparsable_job_toml(tmp_path: Path) -> None:
     folder = job(tmp_path, "v.wav", "a.mp4", toml="crf = = 3\n")
-    with pytest.raises(JobError, match="job.toml is not valid TOML"):
+    with pytest.raises(JobError, match=r"job\.toml: not valid TOML"):
         load_job(folder)
 
 

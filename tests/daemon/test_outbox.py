@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from heygemd.daemon.intake import Candidate, claim, claimed_jobs
-from heygemd.daemon.outbox import finish_inputs, outbox_dir_for, prune_archive
+from heygemd.daemon.outbox import empty_trash, finish_inputs, outbox_dir_for, prune_archive
 from heygemd.daemon.status import JobStatus, write_status
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -66,6 +67,23 @@ def test_finish_inputs_delete_and_keep(tmp_path: Path) -> None:
     assert claimed_jobs(tmp_path / "state") == []
     with pytest.raises(ValueError):
         finish_inputs(claimed(tmp_path, "c"), "shred")  # type: ignore[arg-type]
+
+
+def test_a_delete_cut_short_never_leaves_a_half_job_in_claimed(tmp_path: Path, monkeypatch) -> None:
+    job = claimed(tmp_path, "a")
+    real_rmtree = shutil.rmtree
+
+    def killed_halfway(path, *args, **kwargs):  # the process dies during the delete
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        finish_inputs(job, "delete")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert claimed_jobs(tmp_path / "state") == []  # nothing to "resume": it had left claimed/ first
+    assert list((tmp_path / "state" / "trash").iterdir())
+    empty_trash(tmp_path / "state")
+    assert not list((tmp_path / "state" / "trash").iterdir())
 
 
 def test_prune_archive(tmp_path: Path) -> None:

@@ -88,3 +88,21 @@ def test_a_failing_video_fails_alone_and_the_job_is_partial(tmp_path: Path) -> N
     assert final.videos[1].state == "done"
     archived = list((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson/input/a.mp4"))
     assert archived, "inputs of a partial job are archived, never deleted, even with inputs_after = delete"
+
+
+def test_outputs_differing_only_in_case_get_distinct_names(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, ["voice.wav", "Intro.mov", "intro.mp4"])
+    session = StandInSession()
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session))  # type: ignore[arg-type, return-value]
+    assert final is not None and final.state == "done"
+    outputs = [v.output for v in final.videos]
+    assert len({o.casefold() for o in outputs}) == 2, outputs  # one would overwrite the other on an SMB share
+
+
+def test_errors_name_files_inside_the_job_not_the_internal_claim_folder(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4"])
+    session = StandInSession(failures={"a.mp4": [NoFace("no face in any frame", path=claimed.folder / "a.mp4")]})
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session))  # type: ignore[arg-type, return-value]
+    assert final is not None
+    message = final.videos[0].error.message
+    assert message.startswith("lesson/a.mp4: ") and ".heygemd" not in message
