@@ -13,15 +13,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
 import numpy as np
 
-from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio, ToolMissing
+from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio
+from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe, stderr_text
 
 SAMPLE_RATE = 16000
 """Sample rate of every Wav2Lip feature (hparams.sample_rate)."""
@@ -39,6 +38,9 @@ MEL_STEP_SIZE = 16
 """Mel columns in one window fed to the model (16 columns = 200 ms)."""
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 80.0
 
+DECODE_TIMEOUT_S = 1800.0
+"""Longest an audio decode may take (hours of audio decode in well under a minute; a hung share does not)."""
+
 TAIL_PAD_SECONDS = 0.5
 """Silence appended before computing the mel, so every frame of the audio gets its own full window.
 
@@ -47,25 +49,18 @@ columns after it; 0.19 s of padding covers that at any frame rate, 0.5 s leaves 
 """
 
 
-def _tool(name: str) -> str:
-    """Absolute path of an ffmpeg tool, or ToolMissing."""
-    found = shutil.which(name)
-    if found is None:
-        raise ToolMissing(f"{name} not found on PATH")
-    return found
-
-
-def _probe_stream_types(path: Path) -> list[str]:
-    """Codec types (``audio``, ``video``, ...) of the streams in ``path``; NotMedia if ffprobe cannot read it."""
+def _probe_audio(path: Path) -> int:
+    """Channel count of the first audio stream of ``path``; NotMedia / NoAudioStream when there is none."""
     if not path.is_file():
         raise NotMedia("no such file", path=path, hint="The file disappeared or is not a regular file.")
     if path.stat().st_size == 0:
         raise NotMedia("the file is empty (0 bytes)", path=path,
                        hint="The file may still be copying, or the export failed; copy it again.")
-    cmd = [_tool("ffprobe"), "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    cmd = [find_tool("ffprobe"), "-v", "error", "-show_entries", "stream=codec_type,channels", "-of", "json",
+           media_url(path)]
+    proc = run_probe(cmd, path)
     if proc.returncode != 0:
-        reason = _last_line(proc.stderr) or f"ffprobe exited with status {proc.returncode}"
+        reason = _last_line(proc.stderr)
         raise NotMedia(f"not a readable media file ({reason})", path=path)
     try:
         streams = json.loads(proc.stdout or b"{}").get("streams", [])
@@ -74,35 +69,35 @@ def _probe_stream_types(path: Path) -> list[str]:
     types = [str(s.get("codec_type", "")) for s in streams]
     if not types:
         raise NotMedia("the file holds no audio or video streams", path=path)
-    return types
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not audio:
+        raise NoAudioStream(f"the file has no audio stream (streams: {', '.join(sorted(set(types)))})", path=path)
+    return max(1, int(audio[0].get("channels") or 1))
 
 
 def _last_line(stderr: bytes) -> str:
-    """The last non-empty line of a tool's error output, for error messages."""
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return stderr_text(stderr.decode("utf-8", "replace").splitlines()[-1:])
 
 
 def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the (first/best) audio stream of ``path`` to float32 mono samples at ``sample_rate``.
+    """Decode the first audio stream of ``path`` to float32 mono samples at ``sample_rate``.
 
-    Works for any file ffmpeg reads: WAV, MP3, M4A/AAC, FLAC, OGG/Opus, or the sound track of a video.
+    Works for any file ffmpeg reads: WAV, MP3, M4A/AAC, FLAC, OGG/Opus, or the sound track of a video. The first
+    audio stream is the one the output is muxed with, so mouth and sound come from the same track. Channels are
+    averaged, as the reference's librosa.load does (ffmpeg's own down-mix is louder by 3 dB for stereo).
     NaN/Inf samples become 0. Raises NotMedia (not a media file), NoAudioStream (media without sound),
     SilentAudio (zero samples), DecodeError (ffmpeg failed mid-way), ToolMissing (no ffmpeg/ffprobe).
     """
     path = Path(path)
-    types = _probe_stream_types(path)
-    if "audio" not in types:
-        kinds = ", ".join(sorted(set(types)))
-        raise NoAudioStream(f"the file has no audio stream (streams: {kinds})", path=path)
-    cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-sn", "-dn",
-           "-ac", "1", "-ar", str(int(sample_rate)), "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    channels = _probe_audio(path)
+    cmd = [find_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", media_url(path), "-map", "0:a:0",
+           "-ar", str(int(sample_rate)), "-f", "f32le", "-"]
+    proc = run_probe(cmd, path, timeout=DECODE_TIMEOUT_S)
     if proc.returncode != 0:
-        reason = _last_line(proc.stderr) or f"ffmpeg exited with status {proc.returncode}"
+        reason = _last_line(proc.stderr)
         raise DecodeError(f"could not decode the audio ({reason})", path=path)
-    usable = len(proc.stdout) - len(proc.stdout) % 4
-    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)
+    usable = len(proc.stdout) - len(proc.stdout) % (4 * channels)
+    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
     if samples.size == 0:
         raise SilentAudio("the audio stream holds no samples", path=path)
     return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)

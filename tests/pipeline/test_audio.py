@@ -348,3 +348,33 @@ def test_missing_ffmpeg_is_tool_missing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
     with pytest.raises(ToolMissing):
         decode_audio(path)
+
+
+def test_stereo_is_averaged_like_the_reference(tmp_path: Path) -> None:
+    """librosa.load(mono=True) averages channels; ffmpeg's -ac 1 would be 3 dB louder for one-sided stereo."""
+    stereo = tmp_path / "left only.wav"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1",
+            "-f", "lavfi", "-i", "anullsrc=channel_layout=mono:sample_rate=16000",
+            "-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]", "-t", "1", str(stereo))
+    mono = tmp_path / "mono.wav"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1", str(mono))
+    ratio = np.sqrt(np.mean(decode_audio(stereo) ** 2)) / np.sqrt(np.mean(decode_audio(mono) ** 2))
+    assert ratio == pytest.approx(0.5, abs=0.01)
+
+
+def test_the_first_audio_track_is_the_one_decoded(tmp_path: Path) -> None:
+    """The output is muxed with the first audio track, so the mouth must follow that one too."""
+    two = tmp_path / "two tracks.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=channel_layout=mono:sample_rate=16000",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1",
+            "-map", "0:a", "-map", "1:a", "-t", "1", "-disposition:a:1", "default", "-disposition:a:0", "0",
+            str(two))
+    assert np.abs(decode_audio(two)).max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["take:1.wav", "-dash.wav"])
+def test_names_that_look_like_options_or_protocols(tmp_path: Path, name: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=0.5", "file:" + str(tmp_path / name))
+    monkeypatch.chdir(tmp_path)
+    assert decode_audio(Path(name)).size == pytest.approx(8000, abs=200)  # relative, as the CLI passes it
