@@ -58,10 +58,10 @@ def render_many(
     show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
     outcomes: list[VideoOutcome] = []
     for number, (video, output) in enumerate(jobs, start=1):
-        output.parent.mkdir(parents=True, exist_ok=True)
         label = f"[{number}/{len(jobs)}] {video.name}"
         bar = _ProgressBar(label) if show_bar else None
         try:
+            output.parent.mkdir(parents=True, exist_ok=True)
             result = session.render(video, audio, output, on_progress=bar.update if bar else None)
         except Exception as exc:  # per-video boundary: the video fails, the batch goes on
             outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))

@@ -73,7 +73,8 @@ def _faces(settings: Settings) -> Check:
     from heygemd.pipeline import faces
 
     try:
-        detector = faces.make_detector(settings.faces.detector, settings.paths.models, settings.paths.cache_dir)
+        detector = faces.make_detector(settings.faces.detector, settings.paths.models, settings.paths.cache_dir,
+                                       device=settings.engine.device)
     except HeygemdError as exc:
         return Check("face detector", False, exc.message, exc.hint)
     return Check("face detector", True, detector.name)

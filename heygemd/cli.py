@@ -87,11 +87,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("single", "batch"):
         from heygemd.batch import render_many, summary, videos_in
         from heygemd.lipsync import LipSyncSession
+        from heygemd.media import unique_name
 
         if args.command == "single":
             pairs = [(args.video, args.out)]
         else:
-            pairs = [(video, args.out / settings.outbox.naming.format(stem=video.stem)) for video in videos_in(args.videos)]
+            used: set[str] = set()
+            pairs = [(video, args.out / unique_name(settings.outbox.naming.format(stem=video.stem), used))
+                     for video in videos_in(args.videos)]
         outcomes = render_many(LipSyncSession(settings), args.audio, pairs)
         print(summary(outcomes))
         return 0 if all(o.ok for o in outcomes) else 1

@@ -93,3 +93,18 @@ def test_once_does_not_take_a_fresh_copy_that_kept_old_mtimes(tmp_path: Path, he
     assert proc.returncode == 0, proc.stderr
     assert (job / "a.mp4").is_file(), "a job copied a moment ago was taken before settle_seconds passed"
     assert not (tmp_path / "outbox" / "copied with old dates").exists()
+
+
+def test_batch_gives_inputs_with_the_same_stem_distinct_outputs(tmp_path: Path, heygemd_bin: Path) -> None:
+    import cv2
+
+    from heygemd.demo import portrait, speech_wav
+
+    videos = tmp_path / "videos"
+    presenter_video(videos / "anna.mp4", seconds=0.6, size=(320, 180))
+    cv2.imwrite(str(videos / "anna.png"), portrait()[0:360, 60:420])
+    audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
+    proc = run(heygemd_bin, "batch", "--audio", str(audio), "--videos", str(videos), "--out", str(tmp_path / "out"),
+               "--engine", "mouthwarp", env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["anna-2.mp4", "anna.mp4"]

@@ -30,6 +30,7 @@ from heygemd.daemon.status import (
 )
 from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
 from heygemd.lipsync import LipSyncSession
+from heygemd.media import unique_name
 from heygemd.logs import job_log
 from heygemd.pipeline.run import VideoProgress
 
@@ -212,7 +213,7 @@ def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: st
     used: set[str] = set()
     entries = []
     for video in spec.videos:
-        output = _unique_name(naming.format(stem=video.stem), used)
+        output = unique_name(naming.format(stem=video.stem), used)
         before = earlier.get(video.name)
         if before is not None and (
             (before.state == "done" and before.output and (out_dir / before.output).is_file())
@@ -223,18 +224,6 @@ def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: st
             continue
         entries.append(VideoStatus(input=video.name, output=output))
     return entries
-
-
-def _unique_name(name: str, used: set[str]) -> str:
-    """``name``, or ``stem-2.ext``... when two inputs share a stem (clip.mp4 and clip.mov). Compared without
-    case: on an SMB outbox Intro.mp4 and intro.mp4 are the same file."""
-    candidate, n = name, 1
-    stem, dot, suffix = name.rpartition(".")
-    while candidate.casefold() in used:
-        n += 1
-        candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
-    used.add(candidate.casefold())
-    return candidate
 
 
 def _for_user(info: ErrorInfo, claimed: ClaimedJob) -> ErrorStatus:

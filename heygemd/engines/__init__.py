@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from heygemd.engines.base import Engine, FaceBatch
-from heygemd.errors import CheckpointError
+from heygemd.errors import CheckpointError, ConfigError
 from heygemd.settings import EngineSettings
 
 CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
@@ -54,4 +54,4 @@ def load_engine(settings: EngineSettings, models_dir: Path, requested: str | Non
         from heygemd.engines.wav2lip import Wav2LipEngine
 
         return Wav2LipEngine(checkpoint, device=settings.device, batch_size=settings.batch_size, fp16=settings.fp16)
-    raise CheckpointError(f"unknown engine {name!r}", hint="Use engine = \"auto\", \"wav2lip\" or \"mouthwarp\".")
+    raise ConfigError(f"unknown engine {name!r}", hint="Use engine = \"auto\", \"wav2lip\" or \"mouthwarp\".")

@@ -71,7 +71,7 @@ class VideoWriter:
     Frames go to ffmpeg's stdin as rawvideo bgr24 of ``width`` x ``height`` (both even) at ``fps``;
     ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
     input and is re-encoded to AAC. The output lasts ``duration`` seconds (write
-    ``output_frame_count(duration, fps)`` frames to cover it). It is written to
+    ``AudioFeatures.frame_count(fps)`` frames to cover it). It is written to
     ``.{name}.partial{suffix}`` next to ``out_path``, fsynced and renamed into place when ffmpeg
     exits 0. An exception in the with-block kills ffmpeg, deletes the partial file and propagates.
     Raises EncodeError (stderr tail), DiskFull, or NoAudioStream (audio file without sound).

@@ -151,14 +151,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class S3FDDetector:
     """S3FD boxes (as Wav2Lip detects them) with 2DFAN4 or dlib landmarks.
 
@@ -186,7 +178,9 @@ class S3FDDetector:
         if use_fan:
             _link_or_copy(fan_file, checkpoints / FAN_WEIGHTS)
 
-        self.device = _resolve_device(device)
+        from heygemd.engines.torch_device import resolve_device  # torch only once S3FD weights are in use
+
+        self.device = str(resolve_device(device))
         self._fan: Any = None
         self._dlib: DlibShapePredictor | None = None
         try:

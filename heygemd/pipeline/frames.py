@@ -13,7 +13,6 @@ Conventions
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 import subprocess
@@ -30,6 +29,7 @@ import structlog
 from heygemd.errors import DecodeError, DiskFull, EncodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, media_url, rate_arg, run_probe
 from heygemd.pipeline.probe import VideoInfo
+from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +55,12 @@ def _has_filter(ffmpeg: str, name: str, path: Path) -> bool:
 
 
 def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
-    """The -vf chain: (still rotation) -> (HDR tone-map) -> fps -> even crop."""
+    """The -vf chain: (still rotation) -> (square pixels) -> (HDR tone-map) -> fps -> even crop."""
     parts: list[str] = []
     if info.is_still and info.rotation in _TRANSPOSE:
         parts.append(_TRANSPOSE[info.rotation])
+    if info.square_size is not None:
+        parts.append(f"scale={info.square_size[0]}:{info.square_size[1]},setsar=1")
     if info.hdr and _has_filter(ffmpeg, "zscale", info.path):
         parts.append(
             "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=hable:desat=0,"
@@ -149,14 +151,6 @@ def _read_into(stream: BinaryIO, buffer: memoryview) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Output schedule
-
-
-LoopMode = Literal["pingpong", "loop"]
-
-
-def output_frame_count(duration: float, fps: float) -> int:
-    """Frames an output of ``duration`` seconds at ``fps`` needs so video covers all of the audio."""
-    return max(1, math.ceil(duration * fps - 1e-6))
 
 
 def frame_schedule(n_source: int, n_out: int, mode: LoopMode) -> Iterator[int]:

@@ -65,6 +65,8 @@ class VideoInfo:
     has_audio: bool
     stream_index: int = 0
     hdr: bool = False
+    square_size: tuple[int, int] | None = None
+    """(w, h) the upright frames are scaled to first when the source has non-square pixels (None: square)."""
 
     @property
     def frame_bytes(self) -> int:
@@ -118,6 +120,9 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     else:
         rotation = _stream_rotation(video)
     raw_w, raw_h = int(video.get("width") or 0), int(video.get("height") or 0)
+    sar = _sample_aspect(video.get("sample_aspect_ratio"))
+    if sar != 1:  # non-square pixels (anamorphic, DV): delivered stretched to square pixels, as players show them
+        raw_w = max(2, round(raw_w * sar))
     if rotation in (90, 270):
         raw_w, raw_h = raw_h, raw_w
     width, height = raw_w - raw_w % 2, raw_h - raw_h % 2
@@ -129,7 +134,7 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     common = dict(
         path=path, width=width, height=height, is_still=is_still, rotation=rotation, codec=codec,
         pix_fmt=pix_fmt, bit_depth=_bit_depth(video), has_audio=has_audio, stream_index=int(video.get("index", 0)),
-        hdr=video.get("color_transfer") in HDR_TRANSFERS,
+        hdr=video.get("color_transfer") in HDR_TRANSFERS, square_size=(raw_w, raw_h) if sar != 1 else None,
     )
     if is_still:
         fps = _clamp_fps(still_fps)
@@ -238,6 +243,16 @@ def _still_rotation(ffprobe: str, path: Path) -> int:
 
 def _normalise_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) * 90 % 360
+
+
+def _sample_aspect(text: object) -> Fraction:
+    """The stream's sample (pixel) aspect ratio; 1 when unset, "0:1" or malformed."""
+    try:
+        num, _, den = str(text or "1:1").partition(":")
+        value = Fraction(int(num), int(den or 1))
+    except (ValueError, ZeroDivisionError):
+        return Fraction(1)
+    return value if value > 0 else Fraction(1)
 
 
 def _bit_depth(stream: dict) -> int:

@@ -6,6 +6,7 @@ the CLI and the daemon's worker both call ``render_video``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ def render_video(
         )) as writer,
     ):
         done = 0
+        poster_frame: np.ndarray | None = None
         for batch in _batches(timer.timed("decode", scheduled), options.batch_size):
             if stop():
                 raise Interrupted("stopped while rendering", path=video_path)
@@ -128,10 +130,12 @@ def render_video(
             with timer.stage("encode"):
                 for offset, frame in enumerate(frames):
                     writer.write(frame)
-                    if done + offset == poster_index and poster is not None:
-                        write_poster(frame, poster)
+                    if done + offset == poster_index:
+                        poster_frame = frame.copy()
             done += len(frames)
             report(VideoProgress("render", done, n_out, DETECT_SHARE + (1 - DETECT_SHARE) * done / n_out))
+    if poster is not None and poster_frame is not None:  # only once the video itself is safely in place
+        write_poster(poster_frame, poster)
     timings = dict(timer.seconds)
     timings["total"] = time.perf_counter() - started
     return RenderResult(
@@ -166,10 +170,10 @@ def _face_track(
     def compute() -> faces.FaceTrack:
         nonlocal computed
         computed = True
-        frames = timer.timed("decode", read_frames(info))
-        with timer.stage("detect"):
+        with contextlib.closing(read_frames(info)) as source, timer.stage("detect"):
+            # closing(): an interruption mid-detection stops the decoding ffmpeg at once
             return faces.track_faces(
-                frames,
+                timer.timed("decode", source),
                 detector,
                 pads=settings.pads,
                 smooth_window=settings.smooth_window,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from heygemd.demo import presenter_frames
 from heygemd.errors import EncodeError, NoAudioStream
 from heygemd.pipeline.encode import VideoWriter, plain_transcode, write_poster
 from heygemd.pipeline.ffmpeg_tools import is_disk_full
-from heygemd.pipeline.frames import output_frame_count, read_frames
+from heygemd.pipeline.frames import read_frames
 from heygemd.pipeline.probe import probe_video, top_level_atoms
 from tests.pipeline.media import FPS, H, W, ffmpeg, ffmpeg_children, ffprobe_json, mad, requires_ffmpeg, sine
 
@@ -39,7 +41,7 @@ def test_video_writer_output(audio_kind, tmp_path):
         assert probe_video(audio).has_audio
     audio_duration = float(ffprobe_json(audio)["format"]["duration"])
     out = tmp_path / "输出 目录" / "讲话 视频 1.mp4"
-    n = output_frame_count(audio_duration, FPS)
+    n = math.ceil(audio_duration * FPS)  # frames that cover the audio
     written = list(presenter_frames(n / FPS, FPS, (W, H)))
     assert len(written) == n
     with VideoWriter(out, W, H, FPS, audio, audio_duration) as writer:
