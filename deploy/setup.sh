@@ -2,8 +2,9 @@
 # Set up heygemd in this checkout: system packages, a virtual environment with PyTorch, heygemd itself.
 #   bash deploy/setup.sh          set up only
 #   bash deploy/setup.sh --demo   set up, put a generated demo job in inbox/ and process it (result in outbox/)
-# PyTorch: TORCH_SPEC (default torch==2.13.0, the CPU build here) and TORCH_INDEX_URL (e.g.
-# https://download.pytorch.org/whl/cu128 on a CUDA server) choose the build; it is installed first and kept.
+# PyTorch: TORCH_SPEC (default torch==2.13.0) and TORCH_INDEX_URL choose the build: the CPU wheel where pip is
+# set up with it, else TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu; .../whl/cu128 on a CUDA server.
+# It is installed first and named again with heygemd, so no dependency pulls in another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

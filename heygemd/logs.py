@@ -306,7 +306,9 @@ class _JobLogFile:
                 return
             except OSError as exc:
                 error = exc
-                self._file = None  # stop writing (disk full, share gone); report once, below
+                broken, self._file = self._file, None  # stop writing (disk full, share gone); report once, below
+        with contextlib.suppress(OSError):  # its buffer cannot be flushed either; release the descriptor
+            broken.close()
         # Outside the lock: this event passes through write_job_log again and finds the file closed.
         structlog.get_logger().warning("job_log.write_failed", path=str(self.path), error=str(error))
 

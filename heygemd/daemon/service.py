@@ -160,7 +160,6 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
     sessions = Sessions(settings)
     log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), engine=sessions.default.engine_name,
              mode="once" if once else "run")
-    notifier.extend_timeout(300)
     sessions.default.warm_up()
 
     with Heartbeat(notifier, watchdog_interval()) as heartbeat:
@@ -227,6 +226,7 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
             # a deadline of 0.0 (settled just now) must not mean "no deadline"
             wait = min([intake_settings.rescan_interval, *deadlines])
             _wait_for_change(watcher, stop, heartbeat, max(wait, 0.05))
+        log.info("daemon.stopping")
 
 
 def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, heartbeat: Heartbeat, seconds: float) -> None:

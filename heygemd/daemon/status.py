@@ -37,7 +37,6 @@ SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
 JobState = Literal["queued", "processing", "done", "partial", "failed"]
 VideoState = Literal["pending", "processing", "done", "failed"]
 
-FINISHED_JOB_STATES: frozenset[str] = frozenset({"done", "partial", "failed"})
 FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed"})
 
 
@@ -340,17 +339,16 @@ def format_status_detail(status: JobStatus) -> str:
     return out
 
 
-if __name__ == "__main__":
-    print(export_schema())
-
-
 def show_status(outbox: Path, job_id: str | None = None) -> str:
     """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox``, or one job in detail."""
     if job_id is not None:
         path = Path(outbox) / job_id / "status.json"
         if not path.is_file():
             return f"no job {job_id!r} in {outbox}\n"
-        return format_status_detail(read_status(path))
+        try:
+            return format_status_detail(read_status(path))
+        except ValueError as exc:
+            return f"{path}: not a heygemd status file ({str(exc).splitlines()[0]})\n"
     statuses = []
     for path in sorted(Path(outbox).glob("*/status.json")):
         try:
@@ -358,3 +356,7 @@ def show_status(outbox: Path, job_id: str | None = None) -> str:
         except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
             continue
     return format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or utc_now(), s.job_id)))
+
+
+if __name__ == "__main__":
+    print(export_schema())
