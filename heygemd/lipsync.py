@@ -76,7 +76,7 @@ class LipSyncSession:
             faces=self.settings.faces,
             loop_mode=loop_mode,  # type: ignore[arg-type]
             crf=crf,
-            batch_size=min(self.settings.engine.batch_size, 64),
+            batch_size=self.settings.engine.batch_size,
         )
         # the ping-pong spool is an anonymous file there: nothing is left behind, even after SIGKILL
         return render_video(

@@ -12,6 +12,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -49,9 +50,15 @@ at ~2 ms per 720p frame."""
 # Reading frames
 
 
-def _has_filter(ffmpeg: str, name: str, path: Path) -> bool:
-    result = run_probe([ffmpeg, "-hide_banner", "-filters"], path, timeout=30.0)
-    return re.search(rf"^\s*\S+\s+{re.escape(name)}\s", result.stdout.decode(errors="replace"), re.M) is not None
+def _has_filter(ffmpeg: str, name: str) -> bool:
+    return name in _filters(ffmpeg)
+
+
+@functools.lru_cache(maxsize=4)
+def _filters(ffmpeg: str) -> frozenset[str]:
+    """The filter names this ffmpeg binary has (asked once per binary and process)."""
+    result = run_probe([ffmpeg, "-hide_banner", "-filters"], Path(ffmpeg), timeout=30.0)
+    return frozenset(re.findall(r"^\s*\S+\s+(\S+)\s", result.stdout.decode(errors="replace"), re.M))
 
 
 def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
@@ -61,7 +68,7 @@ def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
         parts.append(_TRANSPOSE[info.rotation])
     if info.square_size is not None:
         parts.append(f"scale={info.square_size[0]}:{info.square_size[1]},setsar=1")
-    if info.hdr and _has_filter(ffmpeg, "zscale", info.path):
+    if info.hdr and _has_filter(ffmpeg, "zscale"):
         parts.append(
             "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=hable:desat=0,"
             "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
