@@ -38,6 +38,9 @@ MEL_STEP_SIZE = 16
 """Mel columns in one window fed to the model (16 columns = 200 ms)."""
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 80.0
 
+STFT_BLOCK_FRAMES = 4800
+"""Mel columns computed at once (60 s of audio)."""
+
 DECODE_TIMEOUT_S = 1800.0
 """Longest an audio decode may take (hours of audio decode in well under a minute; a hung share does not)."""
 
@@ -130,10 +133,19 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
     emphasised = np.empty_like(wav)
     emphasised[:1] = wav[:1]
     emphasised[1:] = wav[1:] - PREEMPHASIS * wav[:-1]
-    emphasised = emphasised.astype(np.float32)
-    spectrum = librosa.stft(y=emphasised, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
-                            window="hann", center=True, pad_mode="reflect")
-    return normalize_mel(np.dot(_mel_basis(), np.abs(spectrum)))
+    # Centring = reflect-padding n_fft/2 on both sides; then frame t covers padded[t*hop : t*hop + n_fft]. Done in
+    # blocks of frames (each block is an uncentred STFT of its own slice, bit for bit the same frames), so memory
+    # stays flat however long the audio: the whole-file complex spectrum of a 10-minute lesson is 150 MB.
+    padded = np.pad(emphasised.astype(np.float32), N_FFT // 2, mode="reflect")
+    n_frames = 1 + wav.size // HOP_LENGTH
+    mel = np.empty((N_MELS, n_frames), dtype=np.float32)
+    for first in range(0, n_frames, STFT_BLOCK_FRAMES):
+        last = min(n_frames, first + STFT_BLOCK_FRAMES)
+        segment = padded[first * HOP_LENGTH:(last - 1) * HOP_LENGTH + N_FFT]
+        spectrum = librosa.stft(y=segment, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
+                                window="hann", center=False)
+        mel[:, first:last] = normalize_mel(np.dot(_mel_basis(), np.abs(spectrum)))
+    return mel
 
 
 def normalize_mel(amplitude: np.ndarray) -> np.ndarray:

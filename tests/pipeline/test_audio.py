@@ -378,3 +378,20 @@ def test_names_that_look_like_options_or_protocols(tmp_path: Path, name: str,
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=0.5", "file:" + str(tmp_path / name))
     monkeypatch.chdir(tmp_path)
     assert decode_audio(Path(name)).size == pytest.approx(8000, abs=200)  # relative, as the CLI passes it
+
+
+def test_mel_in_blocks_equals_the_whole_file_stft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long audio is transformed in blocks of frames (flat memory); the columns must be those of one centred STFT."""
+    import librosa
+
+    from heygemd.pipeline import audio
+
+    wav = np.random.default_rng(7).normal(0, 0.1, SR * 5 + 137).astype(np.float32)
+    emphasised = np.concatenate([wav[:1], wav[1:] - 0.97 * wav[:-1]]).astype(np.float32)
+    whole = librosa.stft(y=emphasised, n_fft=800, hop_length=200, win_length=800, window="hann", center=True,
+                         pad_mode="reflect")
+    expected = normalize_mel(np.dot(audio._mel_basis(), np.abs(whole)))
+    monkeypatch.setattr(audio, "STFT_BLOCK_FRAMES", 97)  # many blocks, a ragged last one
+    blocked = wav2lip_mel(wav)
+    assert blocked.shape == expected.shape
+    np.testing.assert_allclose(blocked, expected, atol=1e-5)
