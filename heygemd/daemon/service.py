@@ -206,9 +206,10 @@ def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: He
         # Claimed jobs first, oldest first: at start they are what a previous process left (resumed only after
         # READY, as one can outlast systemd's start timeout); later, jobs paused on a full disk, after a backoff.
         retry_at: dict[str, float] = {}
+        waiting: dict[str, tuple[str, ...]] = {}
         while not stop:
             heartbeat.beat()
-            claimed = _next_claimed(paths.state_dir, retry_at, stop) or _claim_next_ready(settings, tracker)
+            claimed = _next_claimed(paths.state_dir, retry_at, stop) or _claim_next_ready(settings, tracker, waiting)
             if claimed is not None:
                 run_job(claimed)
                 if not claimed.path.exists():  # finished: its inputs left claimed/
@@ -287,8 +288,13 @@ def _set_aside(claimed: intake.ClaimedJob) -> None:
         log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
 
 
-def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> intake.ClaimedJob | None:
-    """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready)."""
+def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker,
+                      waiting: dict[str, tuple[str, ...]]) -> intake.ClaimedJob | None:
+    """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready).
+
+    ``waiting`` remembers which in-flight files each job was last seen waiting for, so the log says once (not at
+    every scan) that a job waits, e.g. for a stale ``clip.mp4.part`` that someone must remove.
+    """
     paths = settings.paths
     try:
         candidates = intake.scan_inbox(paths.inbox, paths.state_dir)
@@ -296,10 +302,17 @@ def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker) -> i
         log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
         return None
     tracker.retain(c.name for c in candidates)
+    for gone in set(waiting) - {c.name for c in candidates}:
+        del waiting[gone]
     ready = []
     for candidate in candidates:
         try:
-            if tracker.observe(candidate).ready:
+            readiness = tracker.observe(candidate)
+            if readiness.in_flight and waiting.get(candidate.name) != readiness.in_flight:
+                log.info("job.waiting", job_name=candidate.name, in_flight=", ".join(readiness.in_flight),
+                         hint="The job is taken once these files are complete (renamed or removed).")
+            waiting[candidate.name] = readiness.in_flight
+            if readiness.ready:
                 ready.append(candidate)
         except OSError as exc:  # unreadable or stale on the share: look again at the next scan
             log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
