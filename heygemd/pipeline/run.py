@@ -183,7 +183,9 @@ def _face_track(
             )
 
     fingerprint = faces.track_fingerprint(
-        detector.name, settings.pads, settings.smooth_window, settings.max_gap_frames, settings.detect_max_side
+        detector.name, settings.pads, settings.smooth_window, settings.max_gap_frames, settings.detect_max_side,
+        # the frames the track indexes: a different decode (size, rate, count) must not reuse it
+        frames=[info.width, info.height, round(info.fps, 3), info.frame_count],
     )
     track = faces.cached_track(faces.video_content_key(info.path), cache_dir, fingerprint, compute)
     if computed:
