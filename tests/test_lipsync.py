@@ -1,0 +1,27 @@
+"""A warm session renders many videos; a presenter reused with a new audio skips face detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from heygemd.demo import presenter_video, speech_wav
+from heygemd.lipsync import LipSyncSession
+from heygemd.settings import EngineSettings, PathsSettings, Settings
+
+
+def test_a_presenter_reused_with_another_audio_skips_detection(tmp_path: Path) -> None:
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+    )
+    session = LipSyncSession(settings)
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=1.0, size=(320, 180))
+    first = speech_wav(tmp_path / "one.wav", sentences=("One.",), pause_seconds=0.1, lead_seconds=0.1)
+    second = speech_wav(tmp_path / "two.wav", sentences=("Two, three.",), pause_seconds=0.1, lead_seconds=0.1)
+
+    a = session.render(presenter, session.audio(first), tmp_path / "out" / "a.mp4")
+    b = session.render(presenter, session.audio(second), tmp_path / "out" / "b.mp4")
+    assert not a.cached_faces and a.timings["detect"] > 0
+    assert b.cached_faces and b.timings["detect"] == 0.0
+    assert b.face_ratio == a.face_ratio == 1.0
+    assert list((tmp_path / "inbox" / ".heygemd" / "cache" / "faces").glob("*.npz"))
