@@ -19,6 +19,8 @@
 4. **Gaps.** A run of at most ``max_gap_frames`` frames without the target between two frames with it gets
    linearly interpolated boxes and landmarks; longer runs and runs at the start or end stay NaN (the
    renderer passes those frames through unchanged).
+   Then every box is grown to contain its frame's 68 landmarks: dlib's HOG boxes stop above the chin, and the
+   crop must hold the whole mouth, jaw and chin (S3FD boxes mostly contain them already).
 5. **Smoothing.** Boxes get a centred moving average over ``smooth_window`` frames, within each run of
    frames with a face (never across a NaN gap); the window shrinks symmetrically at a run's ends so it stays
    centred. Landmarks are not smoothed (the mouth must keep its motion).
@@ -62,7 +64,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-TRACKER_VERSION = 1
+TRACKER_VERSION = 2
 """Bumped when the tracking algorithm changes, so cached tracks of older versions are recomputed."""
 CACHE_FORMAT = 1
 """Version of the .npz layout written by ``FaceTrack.save``."""
@@ -261,6 +263,7 @@ def track_faces(
     raw_marks = np.stack(marks).astype(np.float32)
     raw_boxes = _interpolate_predicted(raw_boxes, kind)
     raw_boxes, raw_marks = _fill_short_gaps(raw_boxes, raw_marks, kind != _MISSING, max_gap_frames)
+    raw_boxes = _cover_landmarks(raw_boxes, raw_marks)
     smoothed = _smooth(raw_boxes, smooth_window)
     final = _pad_and_clamp(smoothed, pads, frame_size, pad_reference_height)
     raw_marks[~np.isfinite(final).all(axis=1)] = np.nan
@@ -369,6 +372,18 @@ def _fill_short_gaps(boxes: np.ndarray, marks: np.ndarray, has_face: np.ndarray,
             boxes[start:stop] = _lerp(boxes[start - 1], boxes[stop], stop - start)
             marks[start:stop] = _lerp(marks[start - 1], marks[stop], stop - start)
     return boxes, marks
+
+
+def _cover_landmarks(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """Each box grown to the bounding box of its frame's landmarks (rows without landmarks unchanged)."""
+    grown = boxes.copy()
+    has = np.isfinite(marks).all(axis=(1, 2)) & np.isfinite(boxes).all(axis=1)
+    if has.any():
+        grown[has, 0] = np.minimum(boxes[has, 0], marks[has, :, 0].min(axis=1))
+        grown[has, 1] = np.minimum(boxes[has, 1], marks[has, :, 1].min(axis=1))
+        grown[has, 2] = np.maximum(boxes[has, 2], marks[has, :, 0].max(axis=1))
+        grown[has, 3] = np.maximum(boxes[has, 3], marks[has, :, 1].max(axis=1))
+    return grown
 
 
 def _smooth(boxes: np.ndarray, window: int) -> np.ndarray:

@@ -228,11 +228,24 @@ def test_a_far_away_other_face_is_not_taken_for_the_target(detector):
     only_other[:, :330] = 90
     frames = [with_both] * 4 + [only_other] * 3 + [with_both] * 3
     left = max(detector.detect(with_both), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    marks = detector.landmarks(with_both, left)  # the track's boxes are grown to hold the landmarks
+    left = np.array([min(left[0], marks[:, 0].min()), min(left[1], marks[:, 1].min()),
+                     max(left[2], marks[:, 0].max()), max(left[3], marks[:, 1].max())])
     track = track_faces(iter(frames), detector, detect_every=1, max_gap_frames=12, smooth_window=1,
                         pads=(0, 0, 0, 0))
     assert track.face_ratio == 1.0  # frames 4-6 are a short gap: interpolated left boxes
     for i in range(len(frames)):
         assert iou(track.boxes[i], left) > 0.9, f"frame {i} left the presenter"
+
+
+def test_boxes_hold_every_landmark_chin_included(detector, clip):
+    """dlib's HOG box stops above the chin; the crop the engines get must hold the whole mouth and jaw."""
+    track = track_faces(iter(clip[:20]), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
+    raw_box = detector.detect(clip[0])[0]
+    assert raw_box[3] < detector.landmarks(clip[0], raw_box)[8, 1]  # the raw box really misses the chin
+    for box, marks in zip(track.boxes, track.landmarks):
+        assert (marks[:, 0] >= box[0] - 0.5).all() and (marks[:, 0] <= box[2] + 0.5).all()
+        assert (marks[:, 1] >= box[1] - 0.5).all() and (marks[:, 1] <= box[3] + 0.5).all()
 
 
 def test_smoothing_reduces_box_jitter(detector, clip):
