@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, resolve_engine_name
-from heygemd.errors import ConfigError, HeygemdError
+from heygemd.errors import CheckpointError, ConfigError, HeygemdError
 from heygemd.settings import Settings
 
 
@@ -65,8 +65,14 @@ def _engine(settings: Settings) -> Check:
     if checkpoint is None or not checkpoint.is_file():
         return Check("engine", False, f"wav2lip selected but no checkpoint ({checkpoint or ', '.join(CHECKPOINT_NAMES)})",
                      f"copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = \"mouthwarp\"")
+    from heygemd.engines.wav2lip import load_model  # torch: only when the Wav2Lip engine is in use
+
+    try:
+        load_model(checkpoint, device="cpu")  # every key and shape checked, as the daemon will at start
+    except CheckpointError as exc:
+        return Check("engine", False, exc.message, exc.hint)
     size_mb = checkpoint.stat().st_size / 1e6
-    return Check("engine", True, f"wav2lip, checkpoint {checkpoint} ({size_mb:.0f} MB)")
+    return Check("engine", True, f"wav2lip, checkpoint {checkpoint} ({size_mb:.0f} MB) loads")
 
 
 def _faces(settings: Settings) -> Check:

@@ -37,6 +37,20 @@ def test_check_wants_a_checkpoint_when_wav2lip_is_asked_for(tmp_path: Path, heyg
     assert proc.returncode == 1
 
 
+def test_check_loads_the_checkpoint_and_names_a_broken_one(tmp_path: Path, heygemd_bin: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "wav2lip_gan.pth").write_bytes(b"<html>login required</html>")  # a failed download
+    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+           "HEYGEMD_PATHS__MODELS": str(models)}
+    proc = run(heygemd_bin, "check", env=env)
+    lines = proc.stdout.splitlines()
+    engine = next(i for i, line in enumerate(lines) if "  engine:" in line)
+    assert lines[engine].startswith("FAIL") and "wav2lip_gan.pth" in lines[engine]
+    assert lines[engine + 1].strip().startswith("fix:")
+    assert proc.returncode == 1
+
+
 def test_invalid_configuration_stops_at_start_naming_the_setting(tmp_path: Path, heygemd_bin: Path) -> None:
     cfg = tmp_path / "heygemd.toml"
     cfg.write_text('[intake]\nsettle_seconds = -3\n', encoding="utf-8")
