@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from heygemd.errors import ErrorInfo, JobError, report_failure
+from heygemd.errors import EncodeError, ErrorInfo, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from heygemd.pipeline.run import RenderResult, VideoProgress
@@ -61,7 +61,7 @@ def render_many(
         label = f"[{number}/{len(jobs)}] {video.name}"
         bar = _ProgressBar(label) if show_bar else None
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(output.parent)
             result = session.render(video, audio, output, on_progress=bar.update if bar else None)
         except Exception as exc:  # per-video boundary: the video fails, the batch goes on
             outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))
@@ -73,6 +73,14 @@ def render_many(
             if bar:
                 bar.close()
     return outcomes
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EncodeError(f"cannot create the output folder ({exc.strerror})", path=folder,
+                          hint="Choose an output folder you can write to (--out).") from None
 
 
 def summary(outcomes: Sequence[VideoOutcome]) -> str:

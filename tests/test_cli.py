@@ -122,3 +122,17 @@ def test_batch_gives_inputs_with_the_same_stem_distinct_outputs(tmp_path: Path, 
                "--engine", "mouthwarp", env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["anna-2.mp4", "anna.mp4"]
+
+
+def test_single_into_an_unusable_output_folder_fails_with_a_message(tmp_path: Path, heygemd_bin: Path) -> None:
+    from heygemd.demo import speech_wav
+
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=0.5, size=(320, 180))
+    audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
+    proc = run(heygemd_bin, "single", "--audio", str(audio), "--video", str(presenter),
+               "--out", str(blocker / "anna.mp4"), env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    assert proc.returncode == 1
+    assert "FAILED  anna.mp4: [ENCODE_FAILED]" in proc.stdout and "cannot create the output folder" in proc.stdout
+    assert "0 of 1 videos done" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr

@@ -25,3 +25,30 @@ def test_a_presenter_reused_with_another_audio_skips_detection(tmp_path: Path) -
     assert b.cached_faces and b.timings["detect"] == 0.0
     assert b.face_ratio == a.face_ratio == 1.0
     assert list((tmp_path / "inbox" / ".heygemd" / "cache" / "faces").glob("*.npz"))
+
+
+def test_an_interrupted_render_leaves_neither_video_nor_poster(tmp_path: Path) -> None:
+    import pytest
+
+    from heygemd.errors import Interrupted
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp", batch_size=4),
+    )
+    session = LipSyncSession(settings)
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=1.0, size=(320, 180))
+    speech = session.audio(speech_wav(tmp_path / "s.wav", sentences=("Hello there.",), pause_seconds=0.1,
+                                      lead_seconds=0.1))
+    rendered: list[int] = []
+
+    def stop_late() -> bool:  # after most frames, the loudest one (the poster) included, are written
+        return len(rendered) > 0 and rendered[-1] >= speech.frame_count(25.0) - 4
+
+    out = tmp_path / "out" / "anna.mp4"
+    out.parent.mkdir()
+    with pytest.raises(Interrupted):
+        session.render(presenter, speech, out, should_stop=stop_late,
+                       on_progress=lambda p: rendered.append(p.frames_done) if p.stage == "render" else None)
+    assert rendered and rendered[-1] > int(speech.loudness(25.0).argmax())  # the poster frame had been rendered
+    assert list(out.parent.iterdir()) == []  # no video, no poster, no partial file
