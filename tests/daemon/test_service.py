@@ -45,3 +45,43 @@ def test_a_job_toml_engine_gets_its_own_session_dropped_after_the_job(tmp_path: 
     assert sessions.get("wav2lip") is other
     sessions.after_job()
     assert sessions.get("wav2lip") is not other  # unloaded and forgotten after the job
+
+
+class _EventStorm:
+    """Stands in for InboxWatcher.wait: ``storm`` calls report a change, then the inbox is quiet."""
+
+    def __init__(self, storm: int):
+        self.storm = storm
+        self.calls = 0
+
+    def wait(self, timeout: float | None) -> bool:
+        self.calls += 1
+        return self.calls <= self.storm
+
+
+class _Beats:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def beat(self, text: str = "") -> None:
+        self.count += 1
+
+
+def test_a_burst_of_inbox_events_ends_in_one_wake_up() -> None:
+    from heygemd.daemon.service import StopFlag, _wait_for_change
+
+    storm = _EventStorm(storm=50)  # a copy: many events in a row
+    beats = _Beats()
+    _wait_for_change(storm, StopFlag(), beats, seconds=30)  # type: ignore[arg-type]
+    assert storm.calls == 51  # drained the burst, returned at the first quiet spell: one rescan for 50 events
+    assert beats.count >= 1  # the watchdog is fed while waiting
+
+
+def test_a_stop_request_ends_the_wait() -> None:
+    from heygemd.daemon.service import StopFlag, _wait_for_change
+
+    stop = StopFlag()
+    stop.event.set()
+    quiet = _EventStorm(storm=0)
+    _wait_for_change(quiet, stop, _Beats(), seconds=3600)  # type: ignore[arg-type]
+    assert quiet.calls == 0
