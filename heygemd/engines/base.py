@@ -22,6 +22,9 @@ class FaceBatch:
     """(68, 2) float32 landmarks per crop, in crop pixel coordinates (iBUG 68-point layout)."""
     mels: np.ndarray
     """(B, 80, 16) float32 Wav2Lip mel windows, one per crop."""
+    masks: list[np.ndarray] | None = None
+    """float32 (h, w) ``render.mouth_mask`` per crop when the caller has them: the region the result is pasted
+    back with. An engine that edits pixels itself reuses them instead of computing them again."""
 
     def __len__(self) -> int:
         return len(self.crops)

@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import cv2
+import librosa
 import numpy as np
 
 from heygemd.engines.base import FaceBatch
+from heygemd.pipeline.audio import FMAX, FMIN, N_MELS, mel_db
 from heygemd.pipeline.render import face_width, mouth_mask
 
 VERSION = "1"
@@ -42,21 +44,9 @@ LOWER_FIELD = np.setdiff1d(np.arange(68), np.concatenate([UPPER_LIP, np.arange(1
 """Points that steer the field below the lip seam: all but the upper lip (and the brows)."""
 
 
-def _slaney_band_centres(n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0) -> np.ndarray:
-    """Centre frequencies (Hz) of the Wav2Lip mel bands (Slaney mel scale, as librosa's default)."""
-    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, np.log(6.4) / 27.0
-
-    def to_mel(f: float) -> float:
-        return f / f_sp if f < min_log_hz else min_log_mel + np.log(f / min_log_hz) / logstep
-
-    mels = np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2)[1:-1]
-    hz = np.where(mels < min_log_mel, mels * f_sp, min_log_hz * np.exp(logstep * (mels - min_log_mel)))
-    hz.setflags(write=False)
-    return hz
-
-
-BAND_HZ = _slaney_band_centres()
-"""Read-only (80,) centre frequency of each mel band."""
+BAND_HZ = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=FMIN, fmax=FMAX)[1:-1]
+BAND_HZ.setflags(write=False)
+"""Read-only (80,) centre frequency (Hz) of each Wav2Lip mel band (Slaney scale, as the mel basis)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +130,8 @@ class WarpResult:
 
 
 def _to_power(mels: np.ndarray) -> np.ndarray:
-    """Power per band from Wav2Lip mel values: 10**(dB/10), dB = (m+4)*12.5-100."""
-    return 10.0 ** ((np.clip(mels, -4.0, 4.0) + 4.0) * 1.25 - 10.0)
+    """Power per band from Wav2Lip mel values: 10**(dB/10)."""
+    return 10.0 ** (mel_db(mels) / 10.0)
 
 
 def _band_level(power: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -282,8 +272,11 @@ def _poly_mask(points: np.ndarray, shape: tuple[int, int], origin: np.ndarray) -
 
 
 def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulation,
-              params: MouthWarpParams = MouthWarpParams()) -> WarpResult:
+              params: MouthWarpParams = MouthWarpParams(), mask: np.ndarray | None = None) -> WarpResult:
     """Open the mouth of one BGR uint8 crop for ``articulation``; same shape and dtype out.
+
+    ``mask``: the crop's ``render.mouth_mask`` when the caller already has it (the pipeline pastes with it);
+    computed here otherwise.
 
     Returns the input unchanged (a copy) when the loudness is 0, the landmarks are not finite, the mouth
     is narrower than 4 pixels or the crop smaller than 8.
@@ -295,7 +288,7 @@ def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulatio
     usable = bool(np.all(np.isfinite(motion.source))) and motion.mouth_width >= 4.0 and h >= 8 and w >= 8
     if articulation.loudness <= 0.0 or not usable:
         return WarpResult(out, motion)
-    envelope = mouth_mask(motion.source, (h, w))
+    envelope = mask if mask is not None else mouth_mask(motion.source, (h, w))
     rows = np.flatnonzero(envelope.any(axis=1))
     cols = np.flatnonzero(envelope.any(axis=0))
     if rows.size == 0:
@@ -480,8 +473,9 @@ class MouthWarpEngine:
         if len(batch) == 0:
             return []
         moves = articulate(batch.mels, self._levels)
-        return [warp_crop(crop, points, move, self._levels).image
-                for crop, points, move in zip(batch.crops, batch.landmarks, moves, strict=True)]
+        masks = batch.masks if batch.masks is not None else [None] * len(batch)
+        return [warp_crop(crop, points, move, self._levels, mask).image
+                for crop, points, move, mask in zip(batch.crops, batch.landmarks, moves, masks, strict=True)]
 
     def release(self) -> None:
         """Nothing is cached between batches; nothing to free."""

@@ -159,6 +159,12 @@ def normalize_mel(amplitude: np.ndarray) -> np.ndarray:
     return np.clip(normalised, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
 
 
+def mel_db(mel: np.ndarray) -> np.ndarray:
+    """The inverse of ``normalize_mel`` (within its clipping): each value's level in dB, -100 (silence) .. 0."""
+    m = np.clip(np.asarray(mel, dtype=np.float64), -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    return (m + MAX_ABS_VALUE) / (2 * MAX_ABS_VALUE) * -MIN_LEVEL_DB + MIN_LEVEL_DB
+
+
 def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
     """The reference inference chunking: float32 (N, 80, 16), one window per video frame.
 

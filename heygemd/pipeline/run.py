@@ -232,15 +232,17 @@ def _lip_sync_batch(
             crops.append(render.cut(frame, ibox))
     if not jobs:
         return frames
+    with timer.stage("blend"):
+        masks = [render.mouth_mask(landmarks, crop.shape[:2]) for (_, _, landmarks), crop in zip(jobs, crops)]
     face_batch = FaceBatch(
         crops=crops,
         landmarks=[landmarks for _, _, landmarks in jobs],
         mels=np.stack([mels[offset] for offset, _, _ in jobs]),
+        masks=masks,
     )
     with timer.stage("infer"):
         generated = engine.generate(face_batch)
     with timer.stage("blend"):
-        for (offset, ibox, landmarks), mouth in zip(jobs, generated, strict=True):
-            mask = render.mouth_mask(landmarks, mouth.shape[:2])
+        for (offset, ibox, _), mouth, mask in zip(jobs, generated, masks, strict=True):
             render.paste(frames[offset], ibox, mouth, mask)
     return frames

@@ -395,3 +395,12 @@ def test_mel_in_blocks_equals_the_whole_file_stft(monkeypatch: pytest.MonkeyPatc
     blocked = wav2lip_mel(wav)
     assert blocked.shape == expected.shape
     np.testing.assert_allclose(blocked, expected, atol=1e-5)
+
+
+def test_mel_db_inverts_the_normalisation() -> None:
+    from heygemd.pipeline.audio import mel_db
+
+    levels_db = np.array([-100.0, -62.5, -20.0, 0.0])  # after the -20 dB reference, inside the clip range
+    amplitude = 10.0 ** ((levels_db + 20.0) / 20.0)
+    np.testing.assert_allclose(mel_db(normalize_mel(amplitude)), levels_db, atol=1e-4)
+    assert mel_db(np.array([-9.0, 9.0])).tolist() == [-100.0, 0.0]  # clipped like the features
