@@ -14,7 +14,7 @@ import structlog
 
 from heygemd.errors import EncodeError, ErrorInfo, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
-from heygemd.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from heygemd.media import is_presenter
 from heygemd.pipeline.run import RenderResult, VideoProgress
 
 log = structlog.get_logger("heygemd.batch")
@@ -38,7 +38,7 @@ def videos_in(folder: Path) -> list[Path]:
         raise JobError("not a folder", path=folder, hint="Pass the folder that holds the presenter videos.")
     found = sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES
+        if p.is_file() and not p.name.startswith(".") and is_presenter(p)
     )
     if not found:
         raise JobError("no videos or images in this folder", path=folder)

@@ -27,23 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from heygemd.daemon.intake import NameKind, encodable_name, classify_name
 from heygemd.errors import JobError
-from heygemd.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from heygemd.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, is_presenter
 from heygemd.settings import EngineName, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
-
-
-def is_audio(path: Path) -> bool:
-    return path.suffix.casefold() in AUDIO_SUFFIXES
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.casefold() in VIDEO_SUFFIXES
-
-
-def is_image(path: Path) -> bool:
-    """A still image of the presenter (rendered as a video of the audio's length)."""
-    return path.suffix.casefold() in IMAGE_SUFFIXES
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -136,7 +123,7 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
             toml_path = entry
         elif is_audio(entry):
             audios.append(entry)
-        elif is_video(entry) or is_image(entry):
+        elif is_presenter(entry):
             videos.append(entry)
         else:
             ignored.append(entry.name)
