@@ -30,9 +30,10 @@ from heygemd.daemon.status import (
 )
 from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
 from heygemd.lipsync import LipSyncSession
-from heygemd.media import unique_name
 from heygemd.logs import job_log
+from heygemd.media import unique_name
 from heygemd.pipeline.run import VideoProgress
+from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
 
 log = structlog.get_logger("heygemd.worker")
 
@@ -49,9 +50,9 @@ class JobContext:
     should_stop: Callable[[], bool] = lambda: False
     heartbeat: Callable[[str], None] = lambda _text: None
     """Called as work progresses (the systemd watchdog and STATUS= follow it)."""
-    inputs_after: str = "archive"
-    naming: str = "{stem}.mp4"
-    ready_marker: str = ".ready"
+    inputs_after: InputsAfter = OutboxSettings.model_fields["inputs_after"].default
+    naming: str = OutboxSettings.model_fields["naming"].default
+    ready_marker: str = IntakeSettings.model_fields["ready_marker"].default
 
 
 @dataclass
@@ -119,7 +120,7 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
     # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
     # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
     inputs_after = context.inputs_after if final.state == "done" else "archive"
-    finish_inputs(claimed, inputs_after)  # type: ignore[arg-type]
+    finish_inputs(claimed, inputs_after)
     return final
 
 
