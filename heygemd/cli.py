@@ -87,7 +87,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("single", "batch"):
         from heygemd.batch import render_many, summary, videos_in
         from heygemd.lipsync import LipSyncSession
-        from heygemd.media import unique_name
+        from heygemd.names import unique_name
 
         if args.command == "single":
             pairs = [(args.video, args.out)]

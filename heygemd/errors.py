@@ -122,6 +122,13 @@ class JobError(HeygemdError):
     default_hint = "A job folder holds one audio file, one or more videos or images, and optionally job.toml."
 
 
+class UnsafePath(HeygemdError):
+    """A symbolic link in a job folder: never followed, so a link cannot leak a file from elsewhere on the server."""
+
+    code = "UNSAFE_PATH"
+    default_hint = "Copy the file itself into the job folder; heygemd does not follow links (or shortcuts) to files."
+
+
 class DiskFull(HeygemdError):
     """Not the input's fault: the daemon keeps the job claimed and tries the video again later."""
 

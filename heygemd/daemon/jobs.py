@@ -10,8 +10,9 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     audio = "voice take 2.wav"  # required when the folder holds several audio files
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
-in-flight names (see :func:`heygemd.daemon.intake.classify_name`) and the ready marker are skipped
-silently; everything else that is not used (other files, sub-folders, audio files not chosen) is listed in
+in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
+silently; symbolic links are never followed: a linked job.toml or audio fails the job and a linked video fails
+that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; everything else that is not used (other files, sub-folders, audio files not chosen) is listed in
 ``JobSpec.ignored`` so status.json can show it. Problems raise :class:`~heygemd.errors.JobError` whose
 message names the file (and the job.toml field) and whose hint says what to change.
 """
@@ -25,9 +26,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from heygemd.daemon.intake import NameKind, encodable_name, classify_name
-from heygemd.errors import JobError
-from heygemd.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, is_presenter
+from heygemd.errors import JobError, UnsafePath
+from heygemd.names import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    NameKind,
+    classify_name,
+    encodable_name,
+    is_audio,
+    is_presenter,
+    shown_name,
+)
 from heygemd.settings import EngineName, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
@@ -81,6 +91,12 @@ def _toml_problem(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def check_not_link(path: Path, folder: Path) -> None:
+    """Raise UnsafePath when ``path`` (a file of the job ``folder``) is a symbolic link, naming where it points."""
+    if path.is_symlink():
+        raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path)
+
+
 def load_options(path: Path) -> JobOptions:
     """Read and validate ``job.toml``; JobError names the file, the field and the problem."""
     hint = (
@@ -112,7 +128,7 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
     toml_path: Path | None = None
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if not encodable_name(entry.name):  # bytes no encoding maps (a copy from an old system): unusable in status.json
-            ignored.append(os.fsencode(entry.name).decode("utf-8", "replace"))
+            ignored.append(shown_name(entry.name))
             continue
         is_dir = entry.is_dir()
         if entry.name == ready_marker or classify_name(entry.name, is_dir=is_dir) is not NameKind.NORMAL:
@@ -128,8 +144,11 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
         else:
             ignored.append(entry.name)
 
+    if toml_path is not None:
+        check_not_link(toml_path, folder)
     options = load_options(toml_path) if toml_path is not None else JobOptions()
     audio = _pick_audio(folder, audios, options, toml_path)
+    check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)
     if not videos:
         raise JobError(

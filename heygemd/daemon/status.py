@@ -13,10 +13,8 @@ No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import secrets
 import socket
 import time
 import unicodedata
@@ -28,6 +26,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from heygemd.errors import ErrorInfo
+from heygemd.fsutil import ReplaceFn, atomic_write_bytes
 
 SCHEMA_VERSION = 1
 """Only ever increases; fields are added, never renamed."""
@@ -165,70 +164,7 @@ def overall_progress(videos: Sequence[VideoStatus]) -> float:
     return min(1.0, total / len(videos))
 
 
-# ---------------------------------------------------------------------------------------------- atomic writes
-
-RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
-    {errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EIO, errno.ESTALE}
-)
-"""Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
-
-ReplaceFn = Callable[[str | os.PathLike[str], str | os.PathLike[str]], None]
-
-
-def atomic_write_bytes(
-    path: Path,
-    data: bytes,
-    *,
-    attempts: int = 6,
-    backoff_s: float = 0.05,
-    replace: ReplaceFn = os.replace,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The data goes to a hidden temp file in the same folder, is flushed and fsynced, then renamed over
-    ``path`` with ``replace``; the folder is fsynced so the rename survives a power cut. When ``replace``
-    fails with a retryable error (SMB refuses it while a client has the file open) it is retried up to
-    ``attempts`` times, waiting ``backoff_s``, doubling each time. On final failure the temp file is removed
-    and the last error raised. The file is never written in place.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        delay = backoff_s
-        for attempt in range(1, attempts + 1):
-            try:
-                replace(tmp, path)
-                break
-            except OSError as exc:
-                if exc.errno not in RETRYABLE_REPLACE_ERRNOS or attempt == attempts:
-                    raise
-                sleep(delay)
-                delay *= 2
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename in it is durable. Filesystems that cannot fsync a directory (some
-    network shares answer EINVAL/EBADF/ENOTSUP) are accepted silently: the rename itself already happened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (PermissionError, IsADirectoryError):
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM):
-            raise
-    finally:
-        os.close(fd)
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def write_status(

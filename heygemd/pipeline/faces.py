@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import cv2
 import numpy as np
 import structlog
 
+from heygemd.fsutil import atomic_writer
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -120,25 +119,17 @@ class FaceTrack:
         return [(a, b - 1) for a, b in _runs(~self.face_mask)]
 
     def save(self, path: Path) -> None:
-        """Write the track to ``path`` (.npz) atomically: a temp file in the same folder, then os.replace."""
+        """Write the track to ``path`` (.npz) atomically (``fsutil.atomic_writer``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                np.savez(
-                    out,
-                    version=np.int64(CACHE_FORMAT),
-                    boxes=self.boxes.astype(np.float32),
-                    landmarks=self.landmarks.astype(np.float32),
-                    frame_size=np.asarray(self.frame_size, dtype=np.int64),
-                    detector=np.str_(self.detector),
-                )
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_writer(path) as out:
+            np.savez(
+                out,
+                version=np.int64(CACHE_FORMAT),
+                boxes=self.boxes.astype(np.float32),
+                landmarks=self.landmarks.astype(np.float32),
+                frame_size=np.asarray(self.frame_size, dtype=np.int64),
+                detector=np.str_(self.detector),
+            )
 
     @classmethod
     def load(cls, path: Path) -> FaceTrack:

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from heygemd.daemon.status import SCHEMA_PATH
+from heygemd.names import is_heygemd_temp
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, POLL_S, Daemon, Media, ffprobe, stop_daemon
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def job_files(folder: Path) -> set[str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob(".*partial*"))
+    return sorted(p.name for p in folder.iterdir() if is_heygemd_temp(p.name))
 
 
 def video_entry(status: dict[str, Any] | None, index: int) -> dict[str, Any] | None:

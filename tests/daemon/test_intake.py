@@ -15,28 +15,20 @@ from pathlib import Path
 import pytest
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from heygemd.daemon import intake
-from heygemd.daemon.intake import (
-    Candidate,
+from heygemd.daemon import watching
+from heygemd.daemon.claims import (
     ClaimedJob,
-    InboxWatcher,
-    NameKind,
-    ReadinessTracker,
-    ReadyReason,
-    choose_observer,
     claim,
     claimed_jobs,
-    classify_name,
-    find_mount,
     held_elsewhere,
-    parse_mountinfo,
     read_claim,
     remove_stale_reservations,
     renew_lease,
-    scan_inbox,
     take_over,
-    take_snapshot,
 )
+from heygemd.daemon.readiness import Candidate, ReadinessTracker, ReadyReason, scan_inbox, take_snapshot
+from heygemd.daemon.watching import InboxWatcher, choose_observer, find_mount, parse_mountinfo
+from heygemd.names import NameKind, classify_name
 from heygemd.errors import ConfigError
 
 WAIT = 10.0  # generous deadline for conditions; tests finish as soon as the condition holds
@@ -316,7 +308,7 @@ def test_auto_choice_on_real_tmp_dir(tmp_path: Path) -> None:
         ["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert choice.fstype == expected
-    assert choice.kind == ("polling" if intake.is_network_fstype(expected) else "inotify")
+    assert choice.kind == ("polling" if watching.is_network_fstype(expected) else "inotify")
 
 
 # ------------------------------------------------------------------------------------------ watching
@@ -353,7 +345,7 @@ def test_watcher_missing_inbox(tmp_path: Path) -> None:
 def test_watcher_ignores_state_dir_events(tmp_path: Path) -> None:
     state = tmp_path / ".heygemd"
     changed = threading.Event()
-    handler = intake._Signal(changed, str(state))
+    handler = watching._Signal(changed, str(state))
     handler.on_any_event(FileCreatedEvent(str(state / "cache" / "x.npz")))
     handler.on_any_event(FileCreatedEvent(str(state)))
     assert not changed.is_set()
