@@ -74,7 +74,8 @@ class Daemon:
     """
 
     def __init__(self, root: Path, *, settle_seconds: float = 600.0, observer: str = "inotify",
-                 poll_interval: float = 0.2, rescan_interval: float = 1.0, batch_size: int = 8) -> None:
+                 poll_interval: float = 0.2, rescan_interval: float = 1.0, batch_size: int = 8,
+                 incomplete_timeout: float = 1800.0) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
@@ -96,6 +97,7 @@ settle_seconds = {settle_seconds}
 observer = "{observer}"
 poll_interval = {poll_interval}
 rescan_interval = {rescan_interval}
+incomplete_timeout = {incomplete_timeout}
 
 [engine]
 name = "mouthwarp"
