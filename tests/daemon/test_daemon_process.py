@@ -231,7 +231,10 @@ def test_bad_jobs_fail_clearly_and_the_daemon_keeps_serving(shared: Daemon, medi
         assert status["error"]["code"] == "BAD_JOB", status
         assert status["error"]["hint"].strip()
         assert status["videos"] == []
-    assert "no audio file" in no_audio["error"]["message"], no_audio
+    assert no_audio["error"]["message"] == "no audio/: no audio file in the job folder", no_audio
+    assert two_audios["error"]["message"].startswith("two audios/: several audio files"), two_audios
+    assert not any(".heygemd" in s["error"]["message"] or "claimed" in s["error"]["message"]
+                   for s in (no_audio, two_audios))
     assert "several audio files" in two_audios["error"]["message"], two_audios
     assert '"one.wav"' in two_audios["error"]["message"] and '"two.wav"' in two_audios["error"]["message"]
     assert "job.toml" in two_audios["error"]["hint"]
@@ -283,6 +286,11 @@ def test_sigkill_mid_video_then_restart_resumes_without_redoing_done_videos(daem
     d.kill()  # SIGKILL
     assert d.proc is not None and d.proc.returncode == -signal.SIGKILL
     assert d.claimed(name) and not (out / "b.mp4").exists()
+    # A kill in the middle of a status write leaves its temp file (this version's name and the older one):
+    killed = d.proc.pid
+    (out / f".status.json.heygemd-{killed}-0a1b2c3d.json").write_bytes(b'{"half": ')
+    (out / f".status.json.tmp-{killed}-4e5f6a7b").write_bytes(b'{"half": ')
+    (d.state / "claimed" / name / f".claim.json.heygemd-{killed}-00ff00ff.json").write_bytes(b"{")
 
     d.start().wait_ready()
     status = d.wait_finished(name)
@@ -294,8 +302,9 @@ def test_sigkill_mid_video_then_restart_resumes_without_redoing_done_videos(daem
     assert a["state"] == b["state"] == "done"
     assert a["finished"] == before["videos"][0]["finished"], "a.mp4 was redone"
     assert (out / "a.mp4").stat().st_mtime_ns == a_mtime, "a.mp4 was rewritten"
-    assert job_files(out) == {"a.mp4", "a.jpg", "b.mp4", "b.jpg", "status.json", "job.log"}
+    assert job_files(out) == {"a.mp4", "a.jpg", "b.mp4", "b.jpg", "status.json", "job.log"}  # no temp file left
     assert leftovers(out) == []
+    assert not any(is_heygemd_temp(p.name) for p in (d.state / "archive").glob("*/*/*"))
     assert [p.name for p in d.outbox.iterdir()] == [name], "a second outbox folder appeared"
     assert_plays_with_audio(out / "a.mp4", media.long_speech)
     assert_plays_with_audio(out / "b.mp4", media.long_speech)
