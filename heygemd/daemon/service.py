@@ -23,6 +23,7 @@ from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
+from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import report_failure
@@ -196,11 +197,13 @@ class Service:
         self.retry_at: dict[str, float] = {}
         self.waiting: dict[str, tuple[str, ...]] = {}
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
+        self._waiting_written: dict[str, tuple[str, ...]] | None = None
 
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
         self._now = now
         claimed = self._next_claimed(now) or self._claim_next_ready()
+        self._publish_waiting()
         if claimed is None:
             deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now)) if d is not None]
             # a deadline of 0.0 (settled just now) must not mean "no deadline"
@@ -217,6 +220,18 @@ class Service:
         """One line on what the inbox's unready jobs wait for, e.g. for STATUS= ("" when none waits)."""
         parts = [f"{name}/{', '.join(files)}" for name, files in sorted(self.waiting.items()) if files]
         return "waiting for " + "; ".join(parts) if parts else ""
+
+    def _publish_waiting(self) -> None:
+        """Write ``waiting.json`` for ``heygemd status`` when what the inbox waits for changed."""
+        current = {name: files for name, files in self.waiting.items() if files}
+        if current == self._waiting_written:
+            return
+        try:
+            write_waiting(self.settings.paths.state_dir, current)
+        except OSError as exc:  # a share refusing one write: the log still says it, the next change retries
+            log.warning("waiting.write_failed", error=f"{exc.filename}: {exc.strerror}")
+            return
+        self._waiting_written = current
 
     def _next_claimed(self, now: float) -> ClaimedJob | None:
         """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause,

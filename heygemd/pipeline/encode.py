@@ -23,6 +23,10 @@ from heygemd.names import temp_path
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
 from heygemd.pipeline.frames import decode_filters, input_args
 from heygemd.pipeline.probe import VideoInfo
+from heygemd.settings import VideoSettings
+
+_VIDEO = VideoSettings.model_fields
+"""Encoder defaults are the settings' own (``video.crf``, ``video.preset``, ``video.audio_bitrate``)."""
 
 _ENCODE_COLOUR = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
 _ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,format=yuv420p"
@@ -66,7 +70,8 @@ class VideoWriter:
     """
 
     def __init__(self, out_path: Path, width: int, height: int, fps: float, audio_path: Path, duration: float, *,
-                 crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k"):
+                 crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
+                 audio_bitrate: str = _VIDEO["audio_bitrate"].default):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"width and height must be positive and even for yuv420p, got {width}x{height}")
         if duration <= 0:
@@ -160,7 +165,8 @@ class VideoWriter:
 
 
 def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration: float, *,
-                    crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k") -> Path:
+                    crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
+                    audio_bitrate: str = _VIDEO["audio_bitrate"].default) -> Path:
     """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
 
     Same decode filters (CFR, upright, even crop) and the same encoder settings as

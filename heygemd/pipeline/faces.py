@@ -46,6 +46,7 @@ import numpy as np
 import structlog
 
 from heygemd.fsutil import atomic_writer
+from heygemd.settings import FacesSettings
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -177,10 +178,10 @@ def track_faces(
     frames: Iterable[np.ndarray],
     detector: FaceDetector,
     *,
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0),
-    smooth_window: int = 5,
-    max_gap_frames: int = 12,
-    detect_max_side: int = 640,
+    pads: tuple[int, int, int, int] = FacesSettings.model_fields["pads"].default,
+    smooth_window: int = FacesSettings.model_fields["smooth_window"].default,
+    max_gap_frames: int = FacesSettings.model_fields["max_gap_frames"].default,
+    detect_max_side: int = FacesSettings.model_fields["detect_max_side"].default,
     detect_every: int = 2,
     pad_reference_height: float | None = None,
     progress: Callable[[int], None] | None = None,

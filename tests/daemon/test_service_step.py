@@ -163,3 +163,19 @@ def test_a_stalled_upload_is_claimed_after_the_timeout(tmp_path: Path) -> None:
     assert step.action == "idle" and step.wait_s == pytest.approx(min(30.0, 600.0 - SETTLE))
     assert svc.step(599.0).action == "idle"
     assert svc.step(600.0).job_id == "lesson-02"  # taken: bob.mp4 fails with its own error in the worker
+
+
+def test_status_shows_which_file_an_inbox_job_waits_for(tmp_path: Path) -> None:
+    from heygemd.status_view import show_status
+
+    settings = make_settings(tmp_path, incomplete_timeout=600.0)
+    job = make_job(settings, "lesson-01", files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})
+    svc = service(settings, Runner())
+    assert svc.step(0.0).action == "idle"
+    text = show_status(settings.paths.outbox, None, settings.paths.state_dir)
+    assert "lesson-01/" in text and "bob.mp4: 0 bytes so far" in text
+    assert show_status(settings.paths.outbox, "lesson-01", settings.paths.state_dir) == (
+        "lesson-01/ is still in the inbox, waiting for: bob.mp4: 0 bytes so far\n")
+    (job / "bob.mp4").write_bytes(b"video-bytes")
+    assert svc.step(1.0).job_id == "lesson-01"
+    assert "bob.mp4" not in show_status(settings.paths.outbox, None, settings.paths.state_dir)

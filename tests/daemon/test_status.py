@@ -18,14 +18,13 @@ from heygemd.daemon.status import (
     ErrorStatus,
     JobStatus,
     VideoStatus,
-    format_status_detail,
-    format_status_table,
     job_state_from_videos,
     overall_progress,
     read_status,
     write_status,
 )
 from heygemd.errors import NoFace
+from heygemd.status_view import format_status_detail, format_status_table
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
