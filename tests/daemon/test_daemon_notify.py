@@ -65,7 +65,10 @@ def test_ready_status_watchdog_and_stopping(daemon_factory, media: Media, tmp_pa
 
         d.send(signal.SIGTERM)
         assert d.wait_exit(20) == 0
-        assert notify.seen("STOPPING=1")
+        stopping = notify.seen("STOPPING=1")
+        # the first as soon as the loop sees the first SIGTERM (shutdown has begun), the last on the way out
+        statuses = notify.seen("STATUS=")
+        assert len(stopping) == 2 and statuses[-2].startswith("STATUS=stopping:") and statuses[-1] == "STATUS=stopped"
     finally:
         notify.close()
 
