@@ -26,7 +26,7 @@ def _pad(text: str, width: int) -> str:
 
 def _render(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +89,8 @@ def format_waiting(waiting: dict[str, list[str]]) -> str:
     """The inbox jobs not taken yet because of a file, one line each: ``lesson-01/  waiting for bob.mp4: ...``."""
     if not waiting:
         return ""
-    rows = [["WAITING IN THE INBOX", "FOR"]] + [[f"{name}/", "; ".join(files)] for name, files in sorted(waiting.items())]
+    rows = [["WAITING IN THE INBOX", "FOR"]]
+    rows += [[f"{name}/", "; ".join(files)] for name, files in sorted(waiting.items())]
     return _render(rows)
 
 

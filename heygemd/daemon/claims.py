@@ -109,7 +109,8 @@ def claim(
     claimed_root = Path(state_dir) / CLAIMED
     claimed_root.mkdir(parents=True, exist_ok=True)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
-    record = ClaimRecord(job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(), pid=os.getpid())
+    record = ClaimRecord(job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(),
+                         pid=os.getpid())
     try:
         atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
         os.rename(candidate.path, reservation / INPUT_DIR)

@@ -12,7 +12,8 @@ A job folder holds one speech audio, one or more videos or still images, and opt
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
 silently; symbolic links are never followed: a linked job.toml or audio fails the job and a linked video fails
-that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; everything else that is not used (other files, sub-folders, audio files not chosen) is listed in
+that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; everything else
+that is not used (other files, sub-folders, audio files not chosen) is listed in
 ``JobSpec.ignored`` so status.json can show it. Problems raise :class:`~heygemd.errors.JobError` whose
 message names the file (and the job.toml field) and whose hint says what to change.
 """
@@ -45,7 +46,8 @@ JOB_TOML = "job.toml"
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders ``clip2`` before ``clip10`` and ignores case."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name.casefold()) if part)
+    parts = re.split(r"(\d+)", name.casefold())
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts if part)
 
 
 class JobOptions(BaseModel):
@@ -115,7 +117,9 @@ def load_options(path: Path) -> JobOptions:
         raise JobError(_toml_problem(exc), path=path, hint=hint) from None
 
 
-def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready") -> JobSpec:
+def load_job(
+    folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready"
+) -> JobSpec:
     """Read a job folder. ``job_id``/``name`` default to the folder's name (pass the claim's for a claimed job:
     its folder is ``.../claimed/<id>/input``)."""
     folder = Path(folder)
@@ -127,7 +131,8 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
     ignored: list[str] = []
     toml_path: Path | None = None
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if not encodable_name(entry.name):  # bytes no encoding maps (a copy from an old system): unusable in status.json
+        # bytes no encoding maps (a copy from an old system): unusable in status.json
+        if not encodable_name(entry.name):
             ignored.append(shown_name(entry.name))
             continue
         is_dir = entry.is_dir()

@@ -74,7 +74,8 @@ class Snapshot:
     """What a job folder holds right now, recursively, junk excluded.
 
     entries: (relative path, size, mtime_ns) of every ordinary file and (relative path/, 0, 0) of every
-    ordinary folder, sorted (symlinks are recorded as entries too, never followed). in_flight: relative paths of in-flight names. has_marker: the ready marker is
+    ordinary folder, sorted (symlinks are recorded as entries too, never followed). in_flight: relative paths
+    of in-flight names. has_marker: the ready marker is
     in the folder itself. has_files: at least one ordinary file. gone: the folder vanished while scanning.
     """
 

@@ -295,7 +295,8 @@ class Service:
                 log.info("job.waiting", job_name=name, in_flight=", ".join(f"{name}/{f}" for f in readiness.in_flight),
                          hint="The job is taken once these files are complete (renamed or removed).")
             else:
-                log.info("job.waiting", job_name=name, incomplete=", ".join(f"{name}/{f}" for f in readiness.incomplete),
+                incomplete = ", ".join(f"{name}/{f}" for f in readiness.incomplete)
+                log.info("job.waiting", job_name=name, incomplete=incomplete,
                          hint="The job is taken once these files are completely uploaded, or after "
                          f"intake.incomplete_timeout ({self.settings.intake.incomplete_timeout:.0f} s) unchanged.")
         if readiness.reason is ReadyReason.TIMED_OUT:

@@ -124,7 +124,8 @@ def choose_observer(
     if mount is None:
         return ObserverChoice("polling", None, "mount table unreadable: polling is the safe choice")
     if is_network_fstype(mount.fstype):
-        return ObserverChoice("polling", fstype, f"inbox is on {fstype} ({mount.mount_point}): inotify misses remote changes")
+        why = f"inbox is on {fstype} ({mount.mount_point}): inotify misses remote changes"
+        return ObserverChoice("polling", fstype, why)
     return ObserverChoice("inotify", fstype, f"inbox is on local {fstype} ({mount.mount_point})")
 
 
@@ -144,8 +145,10 @@ class _Signal(FileSystemEventHandler):
         self._exclude = exclude
 
     def _excluded(self, p: str | bytes) -> bool:
-        p = os.fsdecode(p)
-        return bool(self._exclude) and (p == self._exclude or p.startswith(self._exclude + os.sep))
+        if not self._exclude:
+            return False
+        path = os.fsdecode(p)
+        return path == self._exclude or path.startswith(self._exclude + os.sep)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [event.src_path] + ([event.dest_path] if getattr(event, "dest_path", "") else [])

@@ -161,7 +161,8 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
         # host/pid name the process running the job now (a restart resumes what a dead process left).
         return previous.model_copy(update={"attempt": previous.attempt + 1, "state": "queued", "error": None,
                                            "finished": None, "host": socket.gethostname(), "pid": os.getpid()})
-    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at)
+    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at,
+                     created=claimed.claimed_at)
 
 
 def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> None:
@@ -199,7 +200,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
         with bound:
             log.info("video.started", output=output.name)
 
-            def on_progress(p: VideoProgress, index: int = index) -> None:
+            def on_progress(p: VideoProgress, index: int = index, video: Path = video) -> None:
                 status_file.update_video(index, progress=round(p.fraction, 4), frames_done=p.frames_done,
                                          frames_total=p.frames_total if p.stage == "render" else None)
                 status_file.save(force=False)

@@ -121,7 +121,7 @@ class VideoWriter:
             raise ValueError(
                 f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame_bgr.shape} {frame_bgr.dtype}"
             )
-        data = memoryview(np.ascontiguousarray(frame_bgr)).cast("B")
+        data = np.ascontiguousarray(frame_bgr).data.cast("B")
         try:
             self._proc.stdin.write(data)
         except BrokenPipeError:

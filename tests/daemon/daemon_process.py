@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 T = TypeVar("T")
 
 POLL_S = 0.05
@@ -150,7 +149,8 @@ preset = "ultrafast"
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}") from None
+            raise AssertionError(
+                f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}") from None
 
     # -- logs
 

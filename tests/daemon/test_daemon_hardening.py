@@ -68,7 +68,8 @@ def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(d
     videos = {v["input"]: v for v in status["videos"]}
     assert status["state"] == "partial", status
     assert videos["anna.mp4"]["state"] == "done"
-    assert videos["bob.mp4"]["state"] == "failed" and videos["bob.mp4"]["error"]["code"] in ("DECODE_FAILED", "NOT_MEDIA")
+    bob = videos["bob.mp4"]
+    assert bob["state"] == "failed" and bob["error"]["code"] in ("DECODE_FAILED", "NOT_MEDIA"), bob
     assert videos["bob.mp4"]["error"]["message"].startswith(f"{name}/bob.mp4: ")
 
 

@@ -122,7 +122,8 @@ def test_slow_copy_is_claimed_only_after_it_settles(shared: Daemon, media: Media
         time.sleep(POLL_S)
     thread.join()
     assert not writer_error, writer_error
-    assert time.monotonic() - began > 2 * SETTLE_S, "the copy must outlast the settle time for this test to mean anything"
+    assert time.monotonic() - began > 2 * SETTLE_S, \
+        "the copy must outlast the settle time for this test to mean anything"
     assert checks > 20
 
     status = d.wait_finished(name)

@@ -28,8 +28,8 @@ from heygemd.daemon.claims import (
 )
 from heygemd.daemon.readiness import Candidate, ReadinessTracker, ReadyReason, scan_inbox, take_snapshot
 from heygemd.daemon.watching import InboxWatcher, choose_observer, find_mount, parse_mountinfo
-from heygemd.names import NameKind, classify_name
 from heygemd.errors import ConfigError
+from heygemd.names import NameKind, classify_name
 
 WAIT = 10.0  # generous deadline for conditions; tests finish as soon as the condition holds
 
@@ -71,7 +71,9 @@ def test_in_flight_names(name: str) -> None:
     assert classify_name(name) is NameKind.IN_FLIGHT
 
 
-@pytest.mark.parametrize("name", [".DS_Store", "._clip.mp4", "Thumbs.db", "THUMBS.DB", "desktop.ini", ".hidden", ".ready"])
+@pytest.mark.parametrize(
+    "name", [".DS_Store", "._clip.mp4", "Thumbs.db", "THUMBS.DB", "desktop.ini", ".hidden", ".ready"]
+)
 def test_junk_names(name: str) -> None:
     assert classify_name(name) is NameKind.JUNK
 
@@ -238,7 +240,7 @@ def test_snapshot_contents(tmp_path: Path) -> None:
     snap = take_snapshot(cand.path)
     assert [e[0] for e in snap.entries] == ["sub/", "sub/a.mp4", "voice.wav"]
     assert snap.in_flight == ("x.part",) and snap.has_marker and snap.has_files
-    assert dict((e[0], e[1]) for e in snap.entries)["voice.wav"] == len(b"data-voice.wav")
+    assert {e[0]: e[1] for e in snap.entries}["voice.wav"] == len(b"data-voice.wav")
 
 
 def test_retain_forgets_removed_jobs(tmp_path: Path) -> None:
@@ -409,7 +411,8 @@ def test_thread_race_has_one_winner(tmp_path: Path) -> None:
         results: list[object] = []
         lock = threading.Lock()
 
-        def racer() -> None:
+        def racer(barrier: threading.Barrier = barrier, cand: Candidate = cand, lock: threading.Lock = lock,
+                  results: list[object] = results) -> None:
             barrier.wait(WAIT)
             r = claim(cand, state)
             with lock:
@@ -438,7 +441,8 @@ def test_process_race_has_one_winner(tmp_path: Path) -> None:
     cand = make_job(tmp_path / "inbox")
     state = tmp_path / "state"
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(str(tmp_path / "inbox"), str(state), barrier, queue)) for _ in range(2)]
+    args = (str(tmp_path / "inbox"), str(state), barrier, queue)
+    procs = [ctx.Process(target=_claim_in_process, args=args) for _ in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=WAIT) for _ in procs]
@@ -493,7 +497,8 @@ def test_claim_across_filesystems_is_a_config_error(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs a second writable filesystem at /dev/shm")
-    state = Path(subprocess.run(["mktemp", "-d", "-p", str(shm)], capture_output=True, text=True, check=True).stdout.strip())
+    made = subprocess.run(["mktemp", "-d", "-p", str(shm)], capture_output=True, text=True, check=True)
+    state = Path(made.stdout.strip())
     try:
         cand = make_job(tmp_path / "inbox")
         with pytest.raises(ConfigError, match="another filesystem"):

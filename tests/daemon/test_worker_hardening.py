@@ -43,10 +43,13 @@ def secret(tmp_path: Path) -> Path:
 
 
 def untouched(secret: Path) -> bool:
-    return secret.read_bytes() == b"their video" and (secret.parent / "assets" / "plan.txt").read_text() == "do not touch"
+    plan = secret.parent / "assets" / "plan.txt"
+    return secret.read_bytes() == b"their video" and plan.read_text() == "do not touch"
 
 
-def test_a_linked_video_is_refused_the_job_goes_on_and_archiving_leaves_the_target(tmp_path: Path, secret: Path) -> None:
+def test_a_linked_video_is_refused_the_job_goes_on_and_archiving_leaves_the_target(
+    tmp_path: Path, secret: Path
+) -> None:
     claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a", "talk.mp4": secret})
     session = StandInSession()
     result = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _e: session))  # type: ignore[arg-type, return-value]
@@ -132,5 +135,5 @@ def test_stale_temporaries_are_removed_on_resume_and_nothing_else(tmp_path: Path
     final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _e: session)).status  # type: ignore[arg-type, return-value]
     assert final is not None and final.state == "done"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".status.json.bak"]
-    assert sorted(set(p.name for p in out.iterdir()) & set(foreign)) == sorted(foreign)
+    assert sorted({p.name for p in out.iterdir()} & set(foreign)) == sorted(foreign)
     assert read_status(out / "status.json").attempt == 2
