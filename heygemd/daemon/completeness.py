@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from heygemd.errors import DecodeError
+from heygemd.errors import DecodeError, ToolMissing
 from heygemd.names import is_audio, is_mp4_family, is_presenter
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
 from heygemd.pipeline.probe import MP4_FIRST_BOXES, top_level_atoms
@@ -80,7 +80,11 @@ def content_problem(path: Path) -> str | None:
 
 
 def _duration_problem(path: Path) -> str | None:
-    argv = [find_tool("ffprobe"), "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+    try:
+        ffprobe = find_tool("ffprobe")
+    except ToolMissing:
+        return None  # cannot tell; the job fails with TOOL_MISSING and its fix (heygemd check says so too)
+    argv = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
             media_url(path)]
     try:
         result = run_probe(argv, path, timeout=60.0)
@@ -129,6 +133,8 @@ class CompletenessCheck:
                     why = self._content(path)
                 except FileNotFoundError:
                     continue  # renamed away since the snapshot: the next snapshot differs anyway
+                except PermissionError:
+                    why = None  # unreadable for heygemd: not an upload in progress; the job names it when it fails
                 self._cache[key] = (size, mtime_ns, why)
             if why is None and self._lease is not None and self._lease(path):
                 why = "open for writing by another program"

@@ -382,6 +382,7 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
         remove_stale_reservations(paths.state_dir)
         empty_trash(paths.state_dir)
         _remove_cache_temps(paths.cache_dir)
+        remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)  # waiting.json's, from a killed process
         service = Service(settings, run_job, once=once)
         if once:
             while not stopping() and service.step(time.monotonic()).action == "ran":
@@ -442,7 +443,7 @@ def _set_aside(claimed: ClaimedJob) -> None:
 
 
 CACHE_TEMP_MIN_AGE_S = 3600.0
-"""Temporary files in the shared face cache younger than this may belong to another daemon writing right now."""
+"""Temporary files in folders shared by daemons (face cache, state) younger than this may be another's, in use."""
 
 
 def _remove_cache_temps(cache_dir: Path) -> None:

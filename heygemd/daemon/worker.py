@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -121,6 +122,7 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
 def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     remove_leftovers(claimed, out_dir)
+
     status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir), claimed)
     status_file.save()
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
@@ -134,7 +136,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             log.error("job.paused", code=exc.code, error=_for_user(exc.info(), claimed).message, hint=exc.hint)
             outcome = JobOutcome.PAUSED
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
-            status_file.update(error=_for_user(report_failure(log, "job", exc), claimed))
+            status_file.update(error=_for_user(report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed)), claimed))
             outcome = JobOutcome.FAILED
         if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
             status_file.save()
@@ -218,7 +220,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                                          error=_for_user(exc.info(), claimed))
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
-                info = report_failure(log, "video", exc)
+                info = report_failure(log, "video", exc, shown=partial(for_user, claimed=claimed))
                 status_file.update_video(index, state="failed", finished=utc_now(), error=_for_user(info, claimed))
             else:
                 status_file.update_video(

@@ -240,6 +240,8 @@ def test_bad_jobs_fail_clearly_and_the_daemon_keeps_serving(shared: Daemon, medi
     assert '"one.wav"' in two_audios["error"]["message"] and '"two.wav"' in two_audios["error"]["message"]
     assert "job.toml" in two_audios["error"]["hint"]
     assert "job.failed" in (d.outbox / "two audios" / "job.log").read_text(encoding="utf-8")
+    no_audio_log = (d.outbox / "no audio" / "job.log").read_text(encoding="utf-8")
+    assert "no audio/: no audio file" in no_audio_log and "/.heygemd/claimed" not in no_audio_log
     # a failed job's inputs are archived, not lost
     assert list((d.state / "archive").glob("*/two audios/input/one.wav"))
 
