@@ -136,7 +136,8 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             log.error("job.paused", code=exc.code, error=_for_user(exc.info(), claimed).message, hint=exc.hint)
             outcome = JobOutcome.PAUSED
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
-            status_file.update(error=_for_user(report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed)), claimed))
+            info = report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed))
+            status_file.update(error=_for_user(info, claimed))
             outcome = JobOutcome.FAILED
         if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
             status_file.save()
