@@ -169,7 +169,8 @@ class Service:
     out a pause (at start these are what a previous process left; later, jobs paused on a full disk, retried
     ``paused_retry_s`` after the pause); else the earliest-arrived ready job in the inbox, claimed now. It runs
     to an outcome: paused jobs are retried later while other jobs go on; finished and failed ones are gone.
-    ``run_job`` runs one claimed job (the worker, in production).
+    ``run_job`` runs one claimed job (the worker, in production); ``clock`` (monotonic seconds) says when it
+    ended, as a job can run for a long time after the ``now`` of its step.
     """
 
     def __init__(
@@ -180,9 +181,11 @@ class Service:
         once: bool = False,
         paused_retry_s: float = PAUSED_RETRY_SECONDS,
         completeness: CompletenessCheck | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.run_job = run_job
+        self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
         self.paused_retry_s = float("inf") if once else paused_retry_s
         intake_settings = settings.intake
         self._now = 0.0
@@ -210,7 +213,7 @@ class Service:
             return Step("idle", wait_s=max(0.0, min([self.settings.intake.rescan_interval, *deadlines])))
         outcome = self.run_job(claimed)
         if outcome is JobOutcome.PAUSED:
-            self.retry_at[claimed.job_id] = now + self.paused_retry_s
+            self.retry_at[claimed.job_id] = self._clock() + self.paused_retry_s
             log.warning("job.retry_later", job_id=claimed.job_id, after_s=self.paused_retry_s)
         elif outcome is not JobOutcome.INTERRUPTED:
             self.retry_at.pop(claimed.job_id, None)

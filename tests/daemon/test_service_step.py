@@ -22,16 +22,31 @@ from heygemd.settings import IntakeSettings, PathsSettings, Settings
 SETTLE = 10.0
 
 
+class Clock:
+    """Monotonic seconds that move only when the test (or a stand-in job) says so."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class Runner:
     """Stands in for the worker: records the jobs it is given and ends each with the next scripted outcome
-    (FINISHED by default); finished and failed jobs leave claimed/ as the worker's do."""
+    (FINISHED by default), ``duration`` seconds of ``clock`` later; finished and failed jobs leave claimed/ as
+    the worker's do."""
 
-    def __init__(self, script: dict[str, list[JobOutcome]] | None = None) -> None:
+    def __init__(self, script: dict[str, list[JobOutcome]] | None = None, *, clock: Clock | None = None,
+                 duration: float = 0.0) -> None:
         self.script = script or {}
         self.ran: list[str] = []
+        self.clock, self.duration = clock, duration
 
     def __call__(self, claimed: ClaimedJob) -> JobOutcome:
         self.ran.append(claimed.job_id)
+        if self.clock is not None:
+            self.clock.t += self.duration
         outcomes = self.script.get(claimed.job_id)
         outcome = outcomes.pop(0) if outcomes else JobOutcome.FINISHED
         if outcome in (JobOutcome.FINISHED, JobOutcome.FAILED):
@@ -60,7 +75,9 @@ def make_job(settings: Settings, name: str, *, marker: bool = True, mtime: float
 
 
 def service(settings: Settings, runner: Callable[[ClaimedJob], JobOutcome], **options: object) -> Service:
-    return Service(settings, runner, completeness=CompletenessCheck(lease=None), **options)  # type: ignore[arg-type]
+    clock = getattr(runner, "clock", None) or Clock()
+    return Service(settings, runner, completeness=CompletenessCheck(lease=None), clock=clock,  # type: ignore[arg-type]
+                   **options)
 
 
 def test_ready_jobs_run_in_arrival_order_one_per_step(tmp_path: Path) -> None:
@@ -94,15 +111,16 @@ def test_a_paused_job_is_retried_after_the_pause_while_others_go_on(tmp_path: Pa
     settings = make_settings(tmp_path)
     make_job(settings, "disk-full", mtime=1_000)
     make_job(settings, "other", mtime=2_000)
-    runner = Runner({"disk-full": [JobOutcome.PAUSED]})
+    clock = Clock()
+    runner = Runner({"disk-full": [JobOutcome.PAUSED]}, clock=clock, duration=100.0)  # each job takes 100 s
     svc = service(settings, runner)
-    paused = svc.step(100.0)
-    assert (paused.job_id, paused.outcome) == ("disk-full", JobOutcome.PAUSED)
+    paused = svc.step(clock())
+    assert (paused.job_id, paused.outcome) == ("disk-full", JobOutcome.PAUSED)  # it ended at t=100
     assert [j.job_id for j in claimed_jobs(settings.paths.state_dir)] == ["disk-full"]  # stays claimed
-    assert svc.step(101.0).job_id == "other"  # meanwhile the next job runs
-    waiting = svc.step(102.0)
-    assert waiting.action == "idle" and waiting.wait_s == pytest.approx(min(30.0, PAUSED_RETRY_SECONDS - 2))
-    assert svc.step(100.0 + PAUSED_RETRY_SECONDS - 1).action == "idle"
+    assert svc.step(clock()).job_id == "other"  # meanwhile the next job runs, until t=200
+    waiting = svc.step(clock())
+    assert waiting.action == "idle" and waiting.wait_s == pytest.approx(min(30.0, PAUSED_RETRY_SECONDS - 100))
+    assert svc.step(100.0 + PAUSED_RETRY_SECONDS - 1).action == "idle"  # the pause counts from the job's end
     retried = svc.step(100.0 + PAUSED_RETRY_SECONDS)
     assert (retried.job_id, retried.outcome) == ("disk-full", JobOutcome.FINISHED)
     assert runner.ran == ["disk-full", "other", "disk-full"] and not svc.retry_at
