@@ -242,7 +242,9 @@ def test_the_daemon_runs_under_the_units_sandbox(unit: Unit, tmp_path: Path) -> 
     config.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
                       '[engine]\nname = "mouthwarp"\ndevice = "cpu"\n[video]\npreset = "ultrafast"\n')
     (tmp_path / "models").mkdir()
-    properties = [f"{key}={value}" for key, value in unit["Service"] if key in SANDBOX_KEYS]
+    # PrivateTmp= and ProtectHome= would hide this test's own files (pytest's tmp_path, a venv under /home)
+    properties = [f"{key}={value}" for key, value in unit["Service"]
+                  if key in SANDBOX_KEYS and key not in ("PrivateTmp", "ProtectHome")]
     properties.append(f"ReadWritePaths={tmp_path}")
     if os.geteuid() != 0:
         properties = [p for p in properties if not p.startswith(("Protect", "PrivateMounts", "PrivateTmp"))]
