@@ -216,6 +216,48 @@ SANDBOX_KEYS = (
 """The unit's sandbox settings that a transient unit (systemd-run -p) takes as they are."""
 
 
+SECCOMP_EXEC = Path(__file__).resolve().parent / "seccomp_exec.py"
+
+
+def demo_job(root: Path) -> Path:
+    """A config and one ready job (speech + one presenter) under ``root``, for ``heygemd once``."""
+    from heygemd.demo import presenter_video, speech_wav
+
+    job = root / "inbox" / "lesson"
+    job.mkdir(parents=True)
+    speech_wav(job / "voice.wav", sentences=("Hello.",), pause_seconds=0.2, lead_seconds=0.1)
+    presenter_video(job / "a.mp4", seconds=1.0, size=(320, 180))
+    (job / ".ready").touch()
+    (root / "models").mkdir()
+    config = root / "heygemd.toml"
+    config.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
+                      '[engine]\nname = "mouthwarp"\ndevice = "cpu"\n[video]\npreset = "ultrafast"\n')
+    return config
+
+
+def filtered(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` under the unit's system-call filter (tests/seccomp_exec.py); skip where it cannot be built."""
+    done = subprocess.run([sys.executable, str(SECCOMP_EXEC), *argv], capture_output=True, text=True, timeout=600,
+                          cwd=cwd, env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json"})
+    if done.returncode == 77:
+        pytest.skip(f"no seccomp binding for this Python (apt-get install python3-seccomp): {done.stderr.strip()}")
+    return done
+
+
+@needs_systemd_analyze
+def test_the_daemon_renders_under_the_units_syscall_filter(tmp_path: Path) -> None:
+    """`heygemd once` (torch, ffmpeg, face detection, atomic writes, leases) needs no system call outside
+    @system-service minus @privileged; the filter is really on: a privileged call fails with EPERM."""
+    probe = filtered(sys.executable, "-c", "import os\ntry:\n    os.setuid(os.getuid())\n"
+                     "except PermissionError:\n    print('refused')")
+    assert probe.stdout.strip() == "refused", probe.stderr
+    config = demo_job(tmp_path)
+    done = filtered(sys.executable, "-m", "heygemd", "--config", str(config), "once", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((tmp_path / "outbox" / "lesson" / "status.json").read_text())
+    assert status["state"] == "done", status
+
+
 def _systemd_run_unavailable() -> str | None:
     if shutil.which("systemd-run") is None:
         return "systemd-run is not installed"
@@ -231,17 +273,7 @@ def test_the_daemon_runs_under_the_units_sandbox(unit: Unit, tmp_path: Path) -> 
     reason = _systemd_run_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    from heygemd.demo import presenter_video, speech_wav
-
-    job = tmp_path / "inbox" / "lesson"
-    job.mkdir(parents=True)
-    speech_wav(job / "voice.wav", sentences=("Hello.",), pause_seconds=0.2, lead_seconds=0.1)
-    presenter_video(job / "a.mp4", seconds=1.0, size=(320, 180))
-    (job / ".ready").touch()
-    config = tmp_path / "heygemd.toml"
-    config.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
-                      '[engine]\nname = "mouthwarp"\ndevice = "cpu"\n[video]\npreset = "ultrafast"\n')
-    (tmp_path / "models").mkdir()
+    config = demo_job(tmp_path)
     # PrivateTmp= and ProtectHome= would hide this test's own files (pytest's tmp_path, a venv under /home)
     properties = [f"{key}={value}" for key, value in unit["Service"]
                   if key in SANDBOX_KEYS and key not in ("PrivateTmp", "ProtectHome")]
