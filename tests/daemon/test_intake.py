@@ -1,4 +1,5 @@
-"""Intake: name rules, inbox scan, readiness (injectable clock), real watchdog observers, observer choice, claims."""
+"""Intake: name rules (names), inbox scan and readiness with an injectable clock (readiness), real watchdog observers
+and observer choice (watching), claims and leases (claims)."""
 
 from __future__ import annotations
 
