@@ -85,8 +85,8 @@ class Snapshot:
     has_files: bool
     gone: bool = False
     newest_change_ns: int = 0
-    """The newest mtime or ctime of anything in the folder (copies made with ``cp -p``, ``rsync -a``, Explorer
-    or Finder keep old mtimes, but the ctime is when the file arrived)."""
+    """The newest mtime or ctime of the folder and anything in it (copies made with ``cp -p``, ``rsync -a``,
+    Explorer or Finder keep old mtimes, but the ctime is when the file arrived)."""
 
 
 def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
@@ -115,6 +115,8 @@ def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
                     continue
                 if is_dir:
                     entries.append((rel + "/", 0, 0))
+                    st = entry.stat(follow_symlinks=False)
+                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
                     walk(entry.path, rel + "/")
                 else:
                     st = entry.stat(follow_symlinks=False)
@@ -126,6 +128,8 @@ def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
                 continue
 
     try:
+        top = os.stat(folder, follow_symlinks=False)
+        newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
         walk(str(folder), "")
     except (FileNotFoundError, NotADirectoryError):
         return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
