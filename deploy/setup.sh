@@ -12,6 +12,7 @@ demo=0
 [[ "${1:-}" == "--demo" ]] && demo=1
 
 apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd python3-seccomp)
+apt_packages+=(redis-server)  # the farm's broker; the tests start their own on a free localhost port
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

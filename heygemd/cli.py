@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("run", help="run the daemon: watch the inbox and process jobs until stopped")
     commands.add_parser("once", help="process every ready job in the inbox, then exit")
+    worker = commands.add_parser("worker", help="farm: render the jobs the intake publishes (one per GPU; needs "
+                                 "[queue] broker)")
+    worker.add_argument("--device", help="cpu, cuda or cuda:N (default from config)")
+    worker.add_argument("--name", help="Celery node name (default: <device>@<host>)")
     status = commands.add_parser("status", help="show jobs from the outbox's status files")
     status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
@@ -102,6 +106,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from heygemd.daemon.service import run_service
 
         return run_service(settings, once=args.command == "once")
+    if args.command == "worker":
+        from heygemd.queue.worker import run_worker
+
+        return run_worker(settings, name=args.name)
     if args.command == "status":
         from heygemd.status_view import show_status
 

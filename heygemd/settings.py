@@ -151,6 +151,34 @@ class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
 
 
+class QueueSettings(Section):
+    broker: str = Field(
+        "", description="Redis URL of the farm's broker, e.g. redis://:PASSWORD@queue-host:6379/0. Empty: one host, "
+        "`heygemd run` renders the jobs itself. Set: `heygemd run` is the intake and publishes one task per job, "
+        "`heygemd worker` processes render them.",
+    )
+    queue: str = Field(
+        "heygemd", description="Name of the queue of jobs any worker takes; a job.toml engine sends the job to "
+        "<queue>.<engine>, taken only by workers that list that engine in `engines`.",
+    )
+    engines: list[str] = Field(
+        default_factory=list, description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
+        "empty: the engine it is configured with.",
+    )
+    visibility_timeout: float = Field(
+        86400.0, gt=0, description="Seconds before Redis hands an unacknowledged task to another worker. Keep it "
+        "above the longest job; a live worker's heartbeat keeps extending it anyway.",
+    )
+    heartbeat_interval: float = Field(
+        10.0, gt=0, description="Seconds between a worker's heartbeats for its current job (job lock, claim lease, "
+        "task visibility). A job whose worker missed 3 heartbeats is free for another worker.",
+    )
+    path_map: dict[str, str] = Field(
+        default_factory=dict, description="Shared storage mounted elsewhere on this host: intake path prefix -> "
+        'this host\'s, e.g. {"/mnt/nas" = "/srv/nas"}.',
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of heygemd. See config/heygemd.toml for the commented defaults."""
 
@@ -165,6 +193,7 @@ class Settings(BaseSettings):
     video: VideoSettings = VideoSettings()
     outbox: OutboxSettings = OutboxSettings()
     logging: LoggingSettings = LoggingSettings()
+    queue: QueueSettings = QueueSettings()
 
     @classmethod
     def settings_customise_sources(

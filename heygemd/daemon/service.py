@@ -182,9 +182,13 @@ class Service:
         paused_retry_s: float = PAUSED_RETRY_SECONDS,
         completeness: CompletenessCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resume_claimed: bool = True,
+        may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
         self.run_job = run_job
+        self.resume_claimed = resume_claimed  # False in a farm's intake: the workers resume claimed jobs
+        self.may_claim = may_claim  # a farm's intake claims only while the broker can take the job
         self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
         self.paused_retry_s = float("inf") if once else paused_retry_s
         intake_settings = settings.intake
@@ -205,7 +209,8 @@ class Service:
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
         self._now = now
-        claimed = self._next_claimed(now) or self._claim_next_ready()
+        claimed = (self._next_claimed(now) if self.resume_claimed else None) or \
+            (self._claim_next_ready() if self.may_claim() else None)
         self._publish_waiting()
         if claimed is None:
             deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now)) if d is not None]
@@ -325,7 +330,10 @@ def run_service(settings: Settings, *, once: bool = False) -> int:
     stop.install()
     notifier = Notifier()
     try:
-        _serve(settings, stop, notifier, once)
+        if settings.queue.broker and not once:
+            _serve_intake(settings, stop, notifier)
+        else:
+            _serve(settings, stop, notifier, once)
     except StopNow as exc:
         log.warning("daemon.stopped_now", signal=str(exc))
         notifier.stopping("stopped at once; the current job resumes on the next start")
@@ -415,6 +423,53 @@ def _watch(settings: Settings, service: Service, stopping: _Stopping, notifier: 
             except OSError as exc:  # a file held open on the share: pruning waits for a later round
                 log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
             _wait_for_change(watcher, stopping, heartbeat, max(step.wait_s, 0.05))
+
+
+def _serve_intake(settings: Settings, stop: StopFlag, notifier: Notifier) -> None:
+    """The farm's intake (``[queue] broker`` set): watch, settle and claim as :func:`_serve` does, but publish
+    each claimed job to the broker instead of rendering it; republish claimed jobs whose task was lost. While
+    the broker is unreachable nothing is claimed."""
+    from heygemd.queue.publish import Publisher, PublishError  # Celery and Redis: only in a farm
+
+    paths, intake_settings = settings.paths, settings.intake
+    publisher = Publisher(settings)
+    stopping = _Stopping(stop, notifier)
+    log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), mode="intake",
+             broker=publisher.shown_url)
+
+    def publish(claimed: ClaimedJob) -> JobOutcome:
+        # not published: the job stays claimed, and the rescan below publishes it once the broker is back
+        return JobOutcome.FINISHED if publisher.publish(claimed) else JobOutcome.INTERRUPTED
+
+    remove_stale_reservations(paths.state_dir)
+    remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
+    service = Service(settings, publish, resume_claimed=False, may_claim=publisher.reachable)
+    watcher = InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
+                           poll_interval=intake_settings.poll_interval)
+    with Heartbeat(notifier, watchdog_interval()) as heartbeat, watcher:
+        log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
+        notifier.ready("intake: watching the inbox")
+        next_rescan = 0.0
+        while not stopping():
+            heartbeat.beat()
+            now = time.monotonic()
+            if now >= next_rescan:
+                next_rescan = now + intake_settings.rescan_interval
+                try:
+                    if publisher.reachable():
+                        publisher.republish_lost(claimed_jobs(paths.state_dir))
+                except PublishError as exc:  # the broker went away between the ping and the rescan
+                    log.warning("queue.rescan_failed", error=str(exc))
+            step = service.step(now)
+            if step.action == "ran":
+                continue
+            heartbeat.beat(service.waiting_text() or "intake: watching the inbox")
+            try:
+                prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
+            except OSError as exc:  # a file held open on the share: pruning waits for a later round
+                log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
+            wait = min(step.wait_s, max(0.0, next_rescan - time.monotonic()))
+            _wait_for_change(watcher, stopping, heartbeat, max(wait, 0.05))
 
 
 def _wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: Heartbeat, seconds: float) -> None:

@@ -56,6 +56,9 @@ class JobContext:
     inputs_after: InputsAfter = OutboxSettings.model_fields["inputs_after"].default
     naming: str = OutboxSettings.model_fields["naming"].default
     ready_marker: str = IntakeSettings.model_fields["ready_marker"].default
+    worker: str | None = None
+    """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
+    device: str | None = None
 
 
 @dataclass
@@ -123,7 +126,10 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     remove_leftovers(claimed, out_dir)
 
-    status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir), claimed)
+    status = _initial_status(claimed, out_dir)
+    if context.worker is not None:
+        status = status.model_copy(update={"worker": context.worker, "device": context.device})
+    status_file = _StatusFile(out_dir / STATUS_FILE, status, claimed)
     status_file.save()
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)

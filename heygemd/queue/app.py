@@ -1,0 +1,52 @@
+"""The Celery app of the farm, the task's name and id, and the queue names (placement by engine)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from heygemd.settings import QueueSettings
+
+TASK_NAME = "heygemd.render_job"
+
+
+def task_id(job_id: str) -> str:
+    """The task id of a job: derived from the job id alone, so a job published twice is one task."""
+    return f"heygemd-job:{job_id}"
+
+
+def queue_for(settings: QueueSettings, engine: str | None) -> str:
+    """The queue a job goes to: ``<queue>`` when it does not ask for an engine, else ``<queue>.<engine>``."""
+    return settings.queue if engine in (None, "auto") else f"{settings.queue}.{engine}"
+
+
+def worker_queues(settings: QueueSettings, engine_name: str) -> list[str]:
+    """The queues a worker consumes: the common one, and one per engine it can load (``engines``, else its own)."""
+    engines = settings.engines or [engine_name]
+    return [settings.queue, *(queue_for(settings, engine) for engine in engines if engine != "auto")]
+
+
+def make_app(settings: QueueSettings) -> Celery:
+    """A Celery app on ``settings.broker``: one task at a time per worker, acknowledged only after the job,
+    redelivered when the worker is lost, no result backend (status.json is the result)."""
+    app = Celery("heygemd", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits for Redis to come back, however long
+        broker_connection_timeout=5.0,
+        worker_hijack_root_logger=False,  # heygemd's own logging (journald / JSON lines) stays in charge
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_send_task_events=True,  # Flower (and `celery events`) see the tasks
+        task_send_sent_event=True,
+    )
+    return app

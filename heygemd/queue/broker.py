@@ -1,0 +1,87 @@
+"""What heygemd asks Redis directly, besides Celery: is it reachable, which tasks wait in a queue, and the job
+locks that make sure one worker at a time runs a job (a duplicate task finds the lock taken and is dropped).
+
+Queued tasks are read from kombu's Redis layout: a queue is a list named after it, each entry a JSON message
+whose ``headers.id`` is the task id; a delivered, unacknowledged message sits in the ``unacked`` hash with its
+delivery time in the ``unacked_index`` sorted set (restored to its queue after ``visibility_timeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import redis
+
+LOCK_PREFIX = "heygemd:lock:"
+UNACKED_INDEX = "unacked_index"  # kombu's Channel.unacked_index_key
+
+BrokerError = (redis.exceptions.RedisError, OSError)
+"""What a call to an unreachable or failing Redis raises."""
+
+_RENEW = """
+local owner = redis.call('get', KEYS[1])
+if owner == false or owner == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Broker:
+    """A small Redis client on the broker URL (the same database Celery uses)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    def problem(self) -> str | None:
+        """None when Redis answers a PING, else what is wrong (for logs and ``heygemd check``)."""
+        try:
+            self.client.ping()
+        except BrokerError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def queued_task_ids(self, queues: Iterable[str]) -> set[str]:
+        """Ids of the tasks waiting in ``queues`` (not yet delivered to a worker)."""
+        ids: set[str] = set()
+        for queue in set(queues):
+            for raw in self.client.lrange(queue, 0, -1):
+                try:
+                    task = json.loads(raw).get("headers", {}).get("id")
+                except (ValueError, AttributeError):  # not a kombu message: not ours to read
+                    continue
+                if isinstance(task, str):
+                    ids.add(task)
+        return ids
+
+    # -- job locks: held by the worker running the job, renewed by its heartbeat, expiring when it dies
+
+    def acquire(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        return bool(self.client.set(LOCK_PREFIX + job_id, owner, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        """Extend the lock; also takes it again when it vanished (Redis restarted without persistence).
+        False: another worker holds it now."""
+        return bool(self.client.eval(_RENEW, 1, LOCK_PREFIX + job_id, owner, int(ttl_s * 1000)))
+
+    def release(self, job_id: str, owner: str) -> None:
+        self.client.eval(_RELEASE, 1, LOCK_PREFIX + job_id, owner)
+
+    def locked(self, job_id: str) -> bool:
+        return bool(self.client.exists(LOCK_PREFIX + job_id))
+
+    def extend_visibility(self, delivery_tag: str) -> None:
+        """Mark a delivered task as delivered now, so Redis does not hand it to another worker while this one
+        is alive (only if it is still unacknowledged)."""
+        self.client.zadd(UNACKED_INDEX, {delivery_tag: time.time()}, xx=True)

@@ -1,0 +1,159 @@
+"""The worker's side of the farm: one task runs one claimed job through the daemon's own worker code
+(:func:`heygemd.daemon.worker.process_job`: status.json, per-video isolation, resume of finished videos).
+
+A job runs on one worker at a time: the worker takes the job's lock in Redis (renewed by a heartbeat thread,
+with the claim's lease and the task's visibility) and checks claim.json names no other live owner. A duplicate
+task (published twice, or restored by Redis while the job was done elsewhere) finds the job gone or locked and
+is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from heygemd.daemon.claims import ClaimedJob, held_elsewhere, read_claim, renew_lease, take_over
+from heygemd.daemon.outbox import finish_inputs
+from heygemd.daemon.service import Sessions
+from heygemd.daemon.worker import JobContext, JobOutcome, process_job
+from heygemd.errors import report_failure
+from heygemd.queue.broker import Broker, BrokerError
+from heygemd.queue.ownership import disown
+from heygemd.settings import Settings
+
+log = structlog.get_logger("heygemd.queue")
+
+MISSED_HEARTBEATS = 3
+"""A job lock lives this many heartbeat intervals: a worker that stopped beating frees its job after that."""
+
+
+def map_path(path: str, path_map: dict[str, str]) -> Path:
+    """``path`` as the intake published it, on this host: the longest matching prefix of ``path_map`` replaced."""
+    pure = Path(path)
+    for prefix in sorted(path_map, key=len, reverse=True):
+        try:
+            rest = pure.relative_to(prefix)
+        except ValueError:
+            continue
+        return Path(path_map[prefix]) / rest
+    return pure
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one task did: ``ran`` (with the job's outcome), ``gone`` (finished already) or ``duplicate``."""
+
+    action: str
+    outcome: JobOutcome | None = None
+
+
+class _Beats:
+    """While a job runs: renew its lock, its claim lease and its task's visibility every ``interval`` s."""
+
+    def __init__(self, broker: Broker, claimed: ClaimedJob, owner: str, interval: float,
+                 delivery_tag: str | None) -> None:
+        self.broker, self.claimed, self.owner, self.interval = broker, claimed, owner, interval
+        self.delivery_tag = delivery_tag
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heygemd-job-heartbeat", daemon=True)
+        self._broker_ok = True
+
+    def __enter__(self) -> "_Beats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                renew_lease(self.claimed)
+            except OSError as exc:  # the share refusing one touch: status writes renew it too
+                log.warning("job.lease_renew_failed", job_id=self.claimed.job_id, error=exc.strerror or str(exc))
+            try:
+                if not self.broker.renew(self.claimed.job_id, self.owner, self.interval * MISSED_HEARTBEATS):
+                    log.error("job.lock_lost", job_id=self.claimed.job_id,
+                              hint="Another worker holds this job's lock; it stands back while claim.json names "
+                              "this worker.")
+                if self.delivery_tag:
+                    self.broker.extend_visibility(self.delivery_tag)
+            except BrokerError as exc:  # Redis away: the job goes on, the lock is taken again when it is back
+                if self._broker_ok:
+                    log.warning("queue.heartbeat_failed", job_id=self.claimed.job_id, error=str(exc))
+                self._broker_ok = False
+            else:
+                self._broker_ok = True
+
+
+class JobRunner:
+    """Runs the tasks of one worker process: its warm engines, its stop flag, its name in status.json."""
+
+    def __init__(self, settings: Settings, sessions: Sessions, *, should_stop: Callable[[], bool], worker: str,
+                 device: str) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.broker = Broker(settings.queue.broker)
+        self.owner = f"{worker} {socket.gethostname()}:{os.getpid()}"
+        self.context = JobContext(
+            session_for=sessions.get,
+            should_stop=should_stop,
+            inputs_after=settings.outbox.inputs_after,
+            naming=settings.outbox.naming,
+            ready_marker=settings.intake.ready_marker,
+            worker=worker,
+            device=device,
+        )
+
+    def run(self, job_id: str, claim_path: str, delivery_tag: str | None = None) -> TaskResult:
+        path = map_path(claim_path, self.settings.queue.path_map)
+        ttl = self.settings.queue.heartbeat_interval * MISSED_HEARTBEATS
+        if not self.broker.acquire(job_id, self.owner, ttl):
+            log.info("job.duplicate_task", job_id=job_id, why="another worker holds the job")
+            return TaskResult("duplicate")
+        try:
+            claimed = read_claim(path)
+            if claimed is None:
+                log.info("job.duplicate_task", job_id=job_id, why="the job is finished", claim=str(path))
+                return TaskResult("gone")
+            if held_elsewhere(claimed):
+                log.info("job.duplicate_task", job_id=job_id, why=f"{claimed.host}:{claimed.pid} runs it")
+                return TaskResult("duplicate")
+            claimed = take_over(claimed)
+            log.info("job.taken", job_id=job_id, worker=self.context.worker)
+            with _Beats(self.broker, claimed, self.owner, self.settings.queue.heartbeat_interval, delivery_tag):
+                outcome = self._process(claimed)
+            if outcome in (JobOutcome.PAUSED, JobOutcome.INTERRUPTED):
+                disown(claimed)  # still claimed: free for the next task of the job (requeued or republished)
+            return TaskResult("ran", outcome)
+        finally:
+            try:
+                self.broker.release(job_id, self.owner)
+            except BrokerError as exc:  # it expires by itself
+                log.warning("job.unlock_failed", job_id=job_id, error=str(exc))
+
+    def _process(self, claimed: ClaimedJob) -> JobOutcome:
+        try:
+            outcome = process_job(claimed, self.settings.paths.outbox, self.context).outcome
+        except Exception as exc:  # per-job boundary around the worker's own: never take the worker down
+            report_failure(log.bind(job_id=claimed.job_id), "job", exc)
+            _set_aside(claimed)
+            outcome = JobOutcome.FAILED
+        self.sessions.after_job()
+        return outcome
+
+
+def _set_aside(claimed: ClaimedJob) -> None:
+    """Archive the inputs of a job that failed outside the worker's own boundary, so it is not republished forever
+    (as the single-host daemon does)."""
+    try:
+        finish_inputs(claimed, "archive")
+    except OSError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
