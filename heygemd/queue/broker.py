@@ -12,6 +12,8 @@ import json
 import time
 from collections.abc import Iterable
 
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 
 LOCK_PREFIX = "heygemd:lock:"
@@ -35,6 +37,15 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def shown_url(url: str) -> str:
+    """The broker URL for logs and ``heygemd check``: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Broker:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import structlog
 from kombu.exceptions import OperationalError
-from kombu.utils.url import maskpass
 
 from heygemd.daemon.claims import ClaimedJob, held_elsewhere
 from heygemd.daemon.jobs import load_job
 from heygemd.errors import HeygemdError
 from heygemd.queue.app import TASK_NAME, make_app, queue_for, task_id
-from heygemd.queue.broker import Broker, BrokerError
+from heygemd.queue.broker import Broker, BrokerError, shown_url
 from heygemd.queue.ownership import disown
 from heygemd.settings import Settings
 
@@ -27,7 +26,7 @@ class Publisher:
         self.settings = settings
         self.app = make_app(settings.queue)
         self.broker = Broker(settings.queue.broker)
-        self.shown_url = maskpass(settings.queue.broker)
+        self.shown_url = shown_url(settings.queue.broker)
         self._problem: str | None = None
         self._suspects: set[str] = set()
 
