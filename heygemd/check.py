@@ -31,6 +31,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _writable("inbox", settings.paths.inbox),
         _writable("outbox", settings.paths.outbox),
         _journald(),
+        *([_broker(settings)] if settings.queue.broker else []),
     ]
 
 
@@ -119,3 +120,16 @@ def _journald() -> Check:
                      "run heygemd under systemd (deploy/systemd/heygemd.service) to log to the journal",
                      required=False)
     return Check("journald", True, "reachable")
+
+
+def _broker(settings: Settings) -> Check:
+    """The farm's Redis (only when ``queue.broker`` is set): the intake claims nothing while it is unreachable."""
+    from heygemd.queue.broker import Broker, shown_url
+
+    shown = shown_url(settings.queue.broker)
+    problem = Broker(settings.queue.broker).problem()
+    if problem is not None:
+        return Check("broker", False, f"{shown}: {problem}",
+                     "start redis-server on the queue host (systemctl start redis-server) and check queue.broker "
+                     "(host, port, password); jobs wait in the inbox meanwhile")
+    return Check("broker", True, f"{shown} answers")

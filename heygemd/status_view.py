@@ -40,13 +40,24 @@ def _percent(fraction: float) -> str:
 
 def format_status_table(statuses: Iterable[JobStatus]) -> str:
     """One row per job: id, state, progress %, videos done/failed/total, last update (UTC)."""
-    rows: list[list[str]] = [["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED"]]
+    statuses = list(statuses)
+    farm = any(s.worker for s in statuses)  # a farm's jobs also say which worker (host, GPU) runs them
+    rows: list[list[str]] = [["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED",
+                              *(["WORKER"] if farm else [])]]
     for s in statuses:
         done, failed, total = s.counts()
-        rows.append([s.job_id, s.state, _percent(s.progress), f"{done}/{failed}/{total}", _when(s.updated)])
+        rows.append([s.job_id, s.state, _percent(s.progress), f"{done}/{failed}/{total}", _when(s.updated),
+                     *([_runner(s)] if farm else [])])
     if len(rows) == 1:
         return "no jobs\n"
     return _render(rows)
+
+
+def _runner(status: JobStatus) -> str:
+    """Where a farm job runs (or ran): ``worker (device)``, e.g. ``cuda-0@gpu-2 (cuda:0)``."""
+    if not status.worker:
+        return "-"
+    return status.worker + (f" ({status.device})" if status.device else "")
 
 
 def format_status_detail(status: JobStatus) -> str:
@@ -59,6 +70,7 @@ def format_status_detail(status: JobStatus) -> str:
         + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
         f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
         f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
+        *([f"worker    {status.worker}  device {status.device or '-'}"] if status.worker else []),
         f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
         f"updated   {_when(status.updated)}",
     ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-
 from urllib.parse import urlsplit, urlunsplit
 
 import redis

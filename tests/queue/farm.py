@@ -130,7 +130,7 @@ class Farm(Daemon):
 
     def diagnostics(self) -> str:
         parts = [super().diagnostics()]
-        for name, logs in self.worker_logs.items():
+        for logs in self.worker_logs.values():
             for log in logs:
                 text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "(no log)"
                 parts.append(f"----- {log.name} (last 5000 chars) -----\n{text[-5000:]}")
