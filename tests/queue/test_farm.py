@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import signal
+import json
 from collections.abc import Callable
 
 import pytest
@@ -41,3 +41,86 @@ def test_two_workers_share_six_jobs_each_rendered_once(farm_factory: Callable[..
     ran_on = {farm.status(name)["worker"] for name in names}  # type: ignore[index]
     assert ran_on == {"w1@test", "w2@test"}, "both workers took jobs"
     assert farm.has_event("job.published", job_id=names[0])
+
+
+def test_sigkilled_worker_job_completes_on_the_other_once(farm_factory: Callable[..., Farm], media: Media) -> None:
+    farm = farm_factory()
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
+
+    def second_video_rendering() -> dict | None:
+        status = farm.status("long")
+        if status and [v["state"] for v in status["videos"]] == ["done", "processing"] \
+                and status["videos"][1]["frames_done"] > 0:
+            return status
+        return None
+
+    first = farm.wait_for(second_video_rendering, FARM_JOB_TIMEOUT_S, "the second video to be mid-render")
+    victim = first["worker"].split("@")[0]
+    survivor = "w2" if victim == "w1" else "w1"
+    farm.kill_worker(victim)
+
+    status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done", status
+    assert status["worker"] == f"{survivor}@test"
+    assert status["attempt"] == first["attempt"] + 1
+    assert status["videos"][0]["finished"] == first["videos"][0]["finished"], "the finished video was kept"
+    renders = farm.renders()
+    assert renders == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}, renders
+    assert farm.worker_has(survivor, "video.done", video="bob.mp4")
+    assert not farm.worker_has(survivor, "video.done", video="alice.mp4")
+
+
+def test_redis_restarted_mid_run_every_job_completes_once(farm_factory: Callable[..., Farm], media: Media,
+                                                          redis_server: RedisServer) -> None:
+    farm = farm_factory()
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    names = submit_jobs(farm, media, 4)
+    farm.wait_for(lambda: any((farm.status(n) or {}).get("state") == "processing" for n in names),
+                  FARM_JOB_TIMEOUT_S, "a job to be processing")
+
+    redis_server.stop()  # without persistence: every queued task and lock is lost
+    farm.wait_for(lambda: farm.has_event("queue.unreachable"), 60, "the intake to see the broker gone")
+    farm.submit("while-down", {"speech.wav": media.speech, "alice.mp4": media.face_a})
+    # a job that was running finishes meanwhile (its worker needs no broker to render)
+    farm.wait_for(lambda: any((farm.status(n) or {}).get("state") == "done" for n in names), FARM_JOB_TIMEOUT_S,
+                  "a running job to finish while Redis is down")
+    assert (farm.inbox / "while-down").is_dir() and not farm.claimed("while-down"), \
+        "nothing is claimed while the broker cannot queue it"
+
+    redis_server.start()
+    farm.wait_for(lambda: farm.has_event("queue.reachable"), 60, "the intake to see the broker back")
+    for name in [*names, "while-down"]:
+        status = farm.wait_finished(name, FARM_JOB_TIMEOUT_S)
+        assert status["state"] == "done", status
+    renders = farm.renders()
+    assert sorted(renders) == sorted((name, "alice.mp4") for name in [*names, "while-down"])
+    assert set(renders.values()) == {1}, renders
+
+
+def test_job_whose_task_was_dropped_is_republished(farm_factory: Callable[..., Farm], media: Media,
+                                                   redis_server: RedisServer) -> None:
+    farm = farm_factory()
+    farm.start().wait_ready()  # no worker yet: the task waits in its queue
+    farm.submit("dropped", {"speech.wav": media.speech, "alice.mp4": media.face_a})
+    farm.wait_for(lambda: farm.has_event("job.published", job_id="dropped"), 60, "the job to be published")
+    client = redis_server.client()
+
+    def queued_ids() -> list[str]:
+        return [json.loads(raw)["headers"]["id"] for raw in client.lrange("heygemd", 0, -1)]
+
+    assert queued_ids() == ["heygemd-job:dropped"]
+    client.delete("heygemd")  # the task is lost; claimed/ still holds the job
+    farm.wait_for(lambda: farm.has_event("job.task_lost", job_id="dropped"), 60, "the intake to notice")
+    assert queued_ids() == ["heygemd-job:dropped"], "published again, once"
+
+    farm.start_worker("w1")
+    status = farm.wait_finished("dropped", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done", status
+    assert farm.renders() == {("dropped", "alice.mp4"): 1}
