@@ -99,6 +99,7 @@ def test_redis_restarted_mid_run_every_job_completes_once(farm_factory: Callable
     for name in [*names, "while-down"]:
         status = farm.wait_finished(name, FARM_JOB_TIMEOUT_S)
         assert status["state"] == "done", status
+    assert farm.has_event("job.task_lost"), "the jobs queued when Redis went away were published again"
     renders = farm.renders()
     assert sorted(renders) == sorted((name, "alice.mp4") for name in [*names, "while-down"])
     assert set(renders.values()) == {1}, renders

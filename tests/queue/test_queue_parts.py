@@ -1,0 +1,103 @@
+"""The farm's parts against a real redis-server: task ids, queues, path mapping, job locks, queued-task lookup,
+the publisher's unreachable/reachable reports, `heygemd check`'s broker row and `heygemd status`'s worker column."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from heygemd.check import run_checks
+from heygemd.daemon.claims import claim, claimed_jobs, read_claim
+from heygemd.daemon.readiness import Candidate
+from heygemd.daemon.status import JobStatus
+from heygemd.queue.app import queue_for, task_id, worker_queues
+from heygemd.queue.broker import Broker, shown_url
+from heygemd.queue.publish import Publisher
+from heygemd.queue.task import map_path
+from heygemd.settings import QueueSettings, Settings
+from heygemd.status_view import format_status_detail, format_status_table
+from tests.queue.farm import RedisServer, free_port
+
+
+def test_task_id_is_the_job_id_and_queues_follow_the_engine() -> None:
+    q = QueueSettings(queue="lip")
+    assert task_id("lesson-01") == task_id("lesson-01") == "heygemd-job:lesson-01"
+    assert queue_for(q, None) == queue_for(q, "auto") == "lip"
+    assert queue_for(q, "wav2lip") == "lip.wav2lip"
+    assert worker_queues(q, "mouthwarp") == ["lip", "lip.mouthwarp"]
+    assert worker_queues(QueueSettings(queue="lip", engines=["wav2lip", "mouthwarp"]), "mouthwarp") == \
+        ["lip", "lip.wav2lip", "lip.mouthwarp"]
+
+
+def test_paths_are_mapped_by_the_longest_prefix() -> None:
+    mapping = {"/mnt/nas": "/srv/nas", "/mnt/nas/jobs": "/data/jobs"}
+    assert map_path("/mnt/nas/inbox/.heygemd/claimed/a", mapping) == Path("/srv/nas/inbox/.heygemd/claimed/a")
+    assert map_path("/mnt/nas/jobs/x", mapping) == Path("/data/jobs/x")
+    assert map_path("/mnt/nasty/x", mapping) == Path("/mnt/nasty/x")
+    assert map_path("/other/x", {}) == Path("/other/x")
+
+
+def test_broker_url_password_is_hidden() -> None:
+    assert shown_url("redis://:s3cret@queue-host:6379/0") == "redis://:***@queue-host:6379/0"
+    assert shown_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_job_lock_one_owner_renewed_and_retaken(redis_server: RedisServer) -> None:
+    broker = Broker(redis_server.url)
+    assert broker.acquire("job", "w1", 30)
+    assert not broker.acquire("job", "w2", 30)
+    assert broker.renew("job", "w1", 30) and not broker.renew("job", "w2", 30)
+    broker.release("job", "w2")  # not the owner: nothing happens
+    assert broker.locked("job")
+    broker.release("job", "w1")
+    assert not broker.locked("job")
+    assert broker.renew("job", "w1", 30), "a lock that vanished (Redis restarted) is taken again by its worker"
+
+
+def _claimed(tmp_path: Path, name: str) -> Settings:
+    inbox = tmp_path / "inbox"
+    (inbox / name).mkdir(parents=True)
+    (inbox / name / "speech.wav").write_bytes(b"RIFF")
+    claim(Candidate(name=name, path=inbox / name), inbox / ".heygemd", now=lambda: datetime.now(timezone.utc))
+    return Settings(paths={"inbox": inbox, "outbox": tmp_path / "outbox"})
+
+
+def test_publisher_publishes_once_per_task_id_and_disowns_the_claim(tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    base = _claimed(tmp_path, "lesson")
+    settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
+    publisher = Publisher(settings)
+    (job,) = claimed_jobs(settings.paths.state_dir)
+    assert publisher.reachable()
+    assert publisher.publish(job)
+    claim_now = read_claim(job.path)
+    assert claim_now is not None and (claim_now.host, claim_now.pid) == ("", 0), "no owner until a worker takes it"
+    assert publisher.broker.queued_task_ids(["heygemd"]) == {"heygemd-job:lesson"}
+    assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == []  # its task is queued
+
+
+def test_publisher_and_check_report_an_unreachable_broker(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = Settings(paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"},
+                        queue=QueueSettings(broker=url))
+    assert not Publisher(settings).reachable()
+    (row,) = [c for c in run_checks(settings) if c.name == "broker"]
+    assert not row.ok and url in row.detail and "redis-server" in row.fix
+    assert all(c.name != "broker" for c in run_checks(settings.model_copy(update={"queue": QueueSettings()})))
+
+
+def test_check_reports_a_reachable_broker(tmp_path: Path, redis_server: RedisServer) -> None:
+    settings = Settings(paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"},
+                        queue=QueueSettings(broker=redis_server.url))
+    (row,) = [c for c in run_checks(settings) if c.name == "broker"]
+    assert row.ok, row
+
+
+def test_status_shows_the_worker_and_device_of_farm_jobs() -> None:
+    farm_job = JobStatus(job_id="a", job_name="a", worker="cuda-1@gpu-2", device="cuda:1")
+    local_job = JobStatus(job_id="b", job_name="b")
+    table = format_status_table([farm_job, local_job])
+    assert "WORKER" in table and "cuda-1@gpu-2 (cuda:1)" in table
+    assert "WORKER" not in format_status_table([local_job]), "a single host's table is as before"
+    assert "worker    cuda-1@gpu-2  device cuda:1" in format_status_detail(farm_job)
+    assert "worker " not in format_status_detail(local_job)
