@@ -13,6 +13,7 @@ from celery import signals
 from celery.exceptions import Reject
 
 from heygemd.daemon.service import Sessions
+from heygemd.daemon.systemd import Notifier
 from heygemd.daemon.worker import JobOutcome
 from heygemd.errors import ConfigError
 from heygemd.queue.app import TASK_NAME, make_app, worker_queues
@@ -63,7 +64,13 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         delivery_tags[request.id] = request.message.delivery_tag
 
     signals.task_received.connect(remember_tag, weak=False)
-    signals.worker_ready.connect(lambda **_kw: log.info("worker.ready", worker=node), weak=False)
+    notifier = Notifier()
+
+    def ready(**_kwargs: Any) -> None:
+        log.info("worker.ready", worker=node, queues=", ".join(queues))
+        notifier.ready(f"{node}: consuming {', '.join(queues)}")
+
+    signals.worker_ready.connect(ready, weak=False)
     runner = JobRunner(settings, sessions, should_stop=stop, worker=node, device=settings.engine.device)
     app = make_app(settings.queue)
 
@@ -78,5 +85,6 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
                         without_mingle=True, without_gossip=True, optimization="fair", quiet=True,
                         loglevel=settings.logging.level.upper())
     worker.start()
+    notifier.stopping("stopped")
     log.info("worker.stopped", worker=node)
     return int(worker.exitcode or 0)
