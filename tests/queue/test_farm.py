@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -125,3 +126,31 @@ def test_job_whose_task_was_dropped_is_republished(farm_factory: Callable[..., F
     status = farm.wait_finished("dropped", FARM_JOB_TIMEOUT_S)
     assert status["state"] == "done", status
     assert farm.renders() == {("dropped", "alice.mp4"): 1}
+
+
+def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(farm_factory: Callable[..., Farm],
+                                                                       media: Media) -> None:
+    farm = farm_factory()
+    worker = farm.start_worker("w1")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
+
+    def second_video_rendering() -> dict | None:
+        status = farm.status("long")
+        if status and [v["state"] for v in status["videos"]] == ["done", "processing"]:
+            return status
+        return None
+
+    first = farm.wait_for(second_video_rendering, FARM_JOB_TIMEOUT_S, "the second video to be rendering")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=90) == 0
+    interrupted = farm.status("long")
+    assert interrupted is not None and [v["state"] for v in interrupted["videos"]] == ["done", "pending"]
+    assert farm.worker_has("w1", "job.interrupted")
+
+    farm.start_worker("w2")  # takes the requeued task and resumes the job
+    status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done" and status["worker"] == "w2@test", status
+    assert status["videos"][0]["finished"] == first["videos"][0]["finished"], "the finished video was kept"
+    assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
