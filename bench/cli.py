@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Peak RSS of renders of these output lengths, e.g. 10,60.")
     run.add_argument("--strict", action="store_true",
                      help=f"Exit 1 when --memory-scaling misses the {MEMORY_RATIO_TARGET}x target.")
+    run.add_argument("--scale-out", type=int, metavar="N",
+                     help="Farm throughput: N heygemd workers (Redis, intake, mouthwarp on CPU) vs one worker.")
+    run.add_argument("--jobs", type=int, help="Jobs per --scale-out round (default 3 x N).")
     run.add_argument("--keep", action="store_true", help="Keep the temp dir (inputs and outputs).")
     run.add_argument("--json", action="store_true", help="Print one JSON object instead of the text report.")
     return p
@@ -380,6 +383,17 @@ def _fmt_scaling(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _scale_out(args: argparse.Namespace, work: Path) -> dict:
+    from bench.scaleout import scale_out
+
+    if args.scale_out < 1:
+        raise SystemExit("bench: --scale-out must be >= 1")
+    args.size = args.size or (320, 180)
+    video = args.video.resolve() if args.video else make_presenter(args, work, args.size)
+    audio = args.audio.resolve() if args.audio else make_speech(args, work, args.audio_seconds)
+    return scale_out(args, work, video, audio)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
@@ -392,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="heygemd-bench-"))
     started = time.perf_counter()
     try:
-        result = memory_scaling(args, work) if args.memory_scaling else single(args, work)
+        if args.scale_out:
+            result = _scale_out(args, work)
+        else:
+            result = memory_scaling(args, work) if args.memory_scaling else single(args, work)
     except ChildFailed as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -405,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(_fmt_scaling(result) if args.memory_scaling else _fmt_single(result))
+        if args.scale_out:
+            from bench.scaleout import format_scale_out
+
+            print(format_scale_out(result))
+        else:
+            print(_fmt_scaling(result) if args.memory_scaling else _fmt_single(result))
         print(f"(bench wall time {result['bench_wall_s']:.0f} s)")
     if args.memory_scaling and args.strict and not result["passed"]:
         return 1
