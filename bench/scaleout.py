@@ -140,8 +140,8 @@ def scale_out(args: argparse.Namespace, work: Path, video: Path, audio: Path) ->
     """Rounds with 1 and with ``args.scale_out`` workers on the same batch; their throughput ratio."""
     n = args.scale_out
     jobs = args.jobs or 3 * n
-    one = _round(1, jobs, video, audio, work / "farm-1")
-    many = _round(n, jobs, video, audio, work / f"farm-{n}")
+    one = _round(1, jobs, video, audio, work / "farm-one")
+    many = _round(n, jobs, video, audio, work / "farm-many")
     speedup = many["jobs_per_min"] / one["jobs_per_min"]
     return {
         "mode": "scale-out",
