@@ -161,8 +161,8 @@ class QueueSettings(Section):
         "heygemd", description="Name of the queue of jobs any worker takes; a job.toml engine sends the job to "
         "<queue>.<engine>, taken only by workers that list that engine in `engines`.",
     )
-    engines: list[str] = Field(
-        default_factory=list, description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
+    engines: tuple[str, ...] = Field(
+        (), description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
         "empty: the engine it is configured with.",
     )
     visibility_timeout: float = Field(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from heygemd.check import run_checks
 from heygemd.daemon.claims import claim, claimed_jobs, read_claim
 from heygemd.daemon.readiness import Candidate
@@ -101,3 +103,13 @@ def test_status_shows_the_worker_and_device_of_farm_jobs() -> None:
     assert "WORKER" not in format_status_table([local_job]), "a single host's table is as before"
     assert "worker    cuda-1@gpu-2  device cuda:1" in format_status_detail(farm_job)
     assert "worker " not in format_status_detail(local_job)
+
+
+def test_worker_without_a_broker_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from heygemd.cli import main
+
+    config = tmp_path / "heygemd.toml"
+    config.write_text('[paths]\ninbox = "in"\noutbox = "out"\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
+    assert main(["--config", str(config), "worker"]) == 1
+    err = capsys.readouterr().err
+    assert "queue.broker is not set" in err and "HEYGEMD_QUEUE__BROKER" in err
