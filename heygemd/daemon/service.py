@@ -442,6 +442,7 @@ def _serve_intake(settings: Settings, stop: StopFlag, notifier: Notifier) -> Non
         return JobOutcome.FINISHED if publisher.publish(claimed) else JobOutcome.INTERRUPTED
 
     remove_stale_reservations(paths.state_dir)
+    empty_trash(paths.state_dir)  # deletes a killed worker left unfinished
     remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
     service = Service(settings, publish, resume_claimed=False, may_claim=publisher.reachable)
     watcher = InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,

@@ -3,10 +3,10 @@ the publisher's unreachable/reachable reports, `heygemd check`'s broker row and 
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-
-import pytest
 
 from heygemd.check import run_checks
 from heygemd.daemon.claims import claim, claimed_jobs, read_claim
@@ -18,6 +18,7 @@ from heygemd.queue.publish import Publisher
 from heygemd.queue.task import map_path
 from heygemd.settings import QueueSettings, Settings
 from heygemd.status_view import format_status_detail, format_status_table
+from tests.daemon.daemon_process import _heygemd_argv
 from tests.queue.farm import RedisServer, free_port
 
 
@@ -56,10 +57,13 @@ def test_job_lock_one_owner_renewed_and_retaken(redis_server: RedisServer) -> No
     assert broker.renew("job", "w1", 30), "a lock that vanished (Redis restarted) is taken again by its worker"
 
 
-def _claimed(tmp_path: Path, name: str) -> Settings:
+def _claimed(tmp_path: Path, name: str, job_toml: str | None = None) -> Settings:
     inbox = tmp_path / "inbox"
     (inbox / name).mkdir(parents=True)
     (inbox / name / "speech.wav").write_bytes(b"RIFF")
+    (inbox / name / "alice.mp4").write_bytes(b"\0" * 64)
+    if job_toml is not None:
+        (inbox / name / "job.toml").write_text(job_toml, encoding="utf-8")
     claim(Candidate(name=name, path=inbox / name), inbox / ".heygemd", now=lambda: datetime.now(timezone.utc))
     return Settings(paths={"inbox": inbox, "outbox": tmp_path / "outbox"})
 
@@ -105,11 +109,21 @@ def test_status_shows_the_worker_and_device_of_farm_jobs() -> None:
     assert "worker " not in format_status_detail(local_job)
 
 
-def test_worker_without_a_broker_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from heygemd.cli import main
-
+def test_worker_without_a_broker_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "heygemd.toml"
     config.write_text('[paths]\ninbox = "in"\noutbox = "out"\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
-    assert main(["--config", str(config), "worker"]) == 1
-    err = capsys.readouterr().err
-    assert "queue.broker is not set" in err and "HEYGEMD_QUEUE__BROKER" in err
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
+    done = subprocess.run([*_heygemd_argv(), "--config", str(config), "worker"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 1
+    assert "queue.broker is not set" in done.stderr and "HEYGEMD_QUEUE__BROKER" in done.stderr
+
+
+def test_a_job_asking_for_an_engine_goes_to_that_engines_queue(tmp_path: Path, redis_server: RedisServer) -> None:
+    base = _claimed(tmp_path, "lesson", 'engine = "wav2lip"\n')
+    settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
+    publisher = Publisher(settings)
+    (job,) = claimed_jobs(settings.paths.state_dir)
+    assert publisher.publish(job)
+    assert publisher.broker.queued_task_ids(["heygemd.wav2lip"]) == {"heygemd-job:lesson"}
+    assert publisher.broker.queued_task_ids(["heygemd"]) == set(), "not for workers without wav2lip"
