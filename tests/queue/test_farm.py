@@ -129,7 +129,8 @@ def test_job_whose_task_was_dropped_is_republished(farm_factory: Callable[..., F
 
 
 def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(farm_factory: Callable[..., Farm],
-                                                                       media: Media) -> None:
+                                                                       media: Media,
+                                                                       redis_server: RedisServer) -> None:
     farm = farm_factory()
     worker = farm.start_worker("w1")
     farm.start().wait_ready()
@@ -149,6 +150,8 @@ def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(farm_fact
     assert interrupted is not None and [v["state"] for v in interrupted["videos"]] == ["done", "pending"]
     assert farm.worker_has("w1", "job.interrupted")
 
+    queued = [json.loads(raw)["headers"]["id"] for raw in redis_server.client().lrange("heygemd", 0, -1)]
+    assert queued == ["heygemd-job:long"], "the worker put the task back itself (rejected, requeued)"
     farm.start_worker("w2")  # takes the requeued task and resumes the job
     status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
     assert status["state"] == "done" and status["worker"] == "w2@test", status
