@@ -54,11 +54,11 @@ FULL_WHISPER: dict[str, Any] = {
 
 TINY = MuseTalkConfigs(
     unet={
-        **FULL_UNET, "attention_head_dim": 2, "block_out_channels": [32, 64], "layers_per_block": 1,
+        **FULL_UNET, "attention_head_dim": 2, "block_out_channels": [16, 32], "layers_per_block": 1,
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
         "norm_num_groups": 8, "sample_size": 32,
     },
-    vae={**FULL_VAE, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4},
+    vae={**FULL_VAE, "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4},
     whisper={
         **FULL_WHISPER, "encoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_layers": 1,
         "decoder_attention_heads": 2, "decoder_ffn_dim": 32, "max_target_positions": 16, "vocab_size": 64,

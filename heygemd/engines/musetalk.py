@@ -21,6 +21,7 @@ prepared once per video (``prepare_presenter``) so a new audio only runs Whisper
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -58,10 +59,10 @@ class MuseTalkModel:
         self.files = require_files(self.folder)
         self.device = resolve_device(device)
         self.dtype = torch.float16 if fp16 and self.device.type == "cuda" else torch.float32
-        self.unet: UNet2DConditionModel = load_unet(self.files).to(self.device, self.dtype)
-        self.vae: AutoencoderKL = load_vae(self.files).to(self.device, self.dtype)
+        self.unet: UNet2DConditionModel = _placed(load_unet(self.files), self.device, self.dtype)
+        self.vae: AutoencoderKL = _placed(load_vae(self.files), self.device, self.dtype)
         encoder, self.extractor = load_whisper(self.files["whisper"].parent)
-        self.encoder = encoder.to(self.device, self.dtype)
+        self.encoder = _placed(encoder, self.device, self.dtype)
         self.scaling = float(self.vae.config.scaling_factor)
         self.pe = positional_encoding().to(self.device, self.dtype)  # same dtype as the prompts: no promotion
         self.timestep = torch.tensor([0], device=self.device)
@@ -112,6 +113,15 @@ class MuseTalkModel:
         for name in ("unet", "vae", "encoder", "pe"):
             if hasattr(self, name):
                 delattr(self, name)
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def _placed(model: M, device: torch.device, dtype: torch.dtype) -> M:
+    """``model`` on ``device``, cast to ``dtype`` only when that is not fp32 (fp16 on CUDA)."""
+    model = model.to(device)
+    return model.half() if dtype == torch.float16 else model
 
 
 def _check_crops(crops: np.ndarray) -> np.ndarray:
