@@ -235,3 +235,42 @@ def test_whisper_missing_preprocessor_is_named(broken_copy: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         audio_prompts(speechlike(1.0), broken_copy / "whisper", 25.0)
     assert "preprocessor_config.json" in info.value.message
+
+
+# ------------------------------------------------------------------ choosing it, and heygemd check
+
+def test_auto_prefers_musetalk_then_wav2lip_then_mouthwarp(musetalk_folder: Path, tmp_path: Path) -> None:
+    from heygemd.engines import resolve_engine_name
+    from heygemd.settings import EngineSettings
+
+    models = tmp_path / "models"
+    models.mkdir()
+    auto = EngineSettings()
+    assert resolve_engine_name(auto, models) == "mouthwarp"
+    (models / "wav2lip_gan.pth").write_bytes(b"x")
+    assert resolve_engine_name(auto, models) == "wav2lip"
+    shutil.copytree(musetalk_folder, models / "musetalk")
+    assert resolve_engine_name(auto, models) == "musetalk"
+    (models / "musetalk" / "whisper" / "preprocessor_config.json").unlink()  # incomplete: not chosen
+    assert resolve_engine_name(auto, models) == "wav2lip"
+    assert resolve_engine_name(EngineSettings(name="musetalk"), models) == "musetalk"
+
+
+def test_check_lists_the_musetalk_files(musetalk_folder: Path, tmp_path: Path) -> None:
+    from heygemd.check import run_checks
+    from heygemd.settings import Settings
+
+    models = tmp_path / "models"
+    shutil.copytree(musetalk_folder, models / "musetalk")
+    settings = Settings.model_validate({"paths": {"inbox": tmp_path / "in", "outbox": tmp_path / "out",
+                                                  "models": models}, "engine": {"device": "cpu"}})
+    checks = {c.name: c for c in run_checks(settings)}
+    assert checks["musetalk files"].ok and checks["musetalk files"].required
+    assert checks["engine"].ok and "musetalk" in checks["engine"].detail
+
+    (models / "musetalk" / "musetalkV15" / "unet.pth").unlink()
+    forced = settings.model_copy(update={"engine": settings.engine.model_copy(update={"name": "musetalk"})})
+    checks = {c.name: c for c in run_checks(forced)}
+    files = checks["musetalk files"]
+    assert not files.ok and files.required and "musetalkV15/unet.pth" in files.detail and "models/musetalk" in files.fix
+    assert not checks["engine"].ok and "unet.pth" in checks["engine"].detail
