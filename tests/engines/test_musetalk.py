@@ -274,3 +274,37 @@ def test_check_lists_the_musetalk_files(musetalk_folder: Path, tmp_path: Path) -
     files = checks["musetalk files"]
     assert not files.ok and files.required and "musetalkV15/unet.pth" in files.detail and "models/musetalk" in files.fix
     assert not checks["engine"].ok and "unet.pth" in checks["engine"].detail
+
+
+# ------------------------------------------------------------------ CUDA (run with -m gpu on a GPU machine)
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_is_close_to_fp32(musetalk_folder: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rng = np.random.default_rng(6)
+    crops = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    prompts = rng.standard_normal((4, 50, 384)).astype(np.float32)
+    fp32 = load_model(musetalk_folder, device="cpu").generate_crops(crops, prompts)
+    half = load_model(musetalk_folder, device="cuda", fp16=True)
+    assert half.dtype == torch.float16
+    fp16 = half.generate_crops(crops, prompts)
+    diff = np.abs(fp16.astype(int) - fp32.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), diff.max())
+    wav = speechlike(2.0)
+    with load_model(musetalk_folder).encode_audio(wav) as ref, half.encode_audio(wav) as ours:
+        np.testing.assert_allclose(ours.windows(25.0, 0, 50), ref.windows(25.0, 0, 50), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+def test_engine_releases_gpu_memory_on_close(musetalk_folder: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    engine = MuseTalkEngine(musetalk_folder, device="cuda", batch_size=4, fp16=True)
+    crops = [np.zeros((200, 180, 3), np.uint8)] * 5
+    out = engine.generate(FaceBatch(crops=crops, landmarks=[np.zeros((68, 2), np.float32)] * 5,
+                                    mels=np.zeros((5, 80, 16), np.float32),
+                                    prompts=np.zeros((5, 50, 384), np.float32)))
+    assert [o.shape for o in out] == [c.shape for c in crops]
+    engine.close()
+    assert torch.cuda.memory_allocated() < 16 * 2**20
