@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError
 from transformers import WhisperFeatureExtractor, WhisperModel
+from transformers.utils import logging as transformers_logging
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from heygemd.engines import musetalk_layout as layout
@@ -149,6 +150,7 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
         extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir, local_files_only=True)
     except _READ_ERRORS as exc:
         raise _fail(f"not a Whisper feature extractor config ({_detail(exc)})", preprocessor) from None
+    transformers_logging.disable_progress_bar()  # no progress bars in the daemon's log
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -220,11 +220,15 @@ def _crop_boxes(engine: Engine, track: faces.FaceTrack) -> np.ndarray:
     width, height = track.frame_size
     boxes = np.full_like(track.boxes, np.nan)
     for i in np.flatnonzero(track.face_mask):
-        boxes[i] = render.musetalk_box(track.landmarks[i], (height, width))
+        if np.isfinite(track.landmarks[i]).all():
+            boxes[i] = render.musetalk_box(track.landmarks[i], (height, width))
     return boxes
 
 
 def _usable_box(frame: np.ndarray, box: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The integer crop box, or None when there is no box or it is too small to render (the frame passes through)."""
+    if not np.isfinite(box).all():
+        return None
     ibox = render.crop_box(frame.shape, box)
     x1, y1, x2, y2 = ibox
     return ibox if x2 - x1 >= 8 and y2 - y1 >= 8 else None

@@ -308,3 +308,22 @@ def test_engine_releases_gpu_memory_on_close(musetalk_folder: Path) -> None:
     assert [o.shape for o in out] == [c.shape for c in crops]
     engine.close()
     assert torch.cuda.memory_allocated() < 16 * 2**20
+
+
+def test_loading_never_touches_the_network(musetalk_folder: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # local_files_only alone must keep it offline
+    model = load_model(musetalk_folder)
+    assert model.generate_crops(np.zeros((1, 256, 256, 3), np.uint8), np.zeros((1, 50, 384), np.float32)).shape == (1, 256, 256, 3)
+    copy = tmp_path / "musetalk"
+    shutil.copytree(musetalk_folder, copy)
+    (copy / "whisper" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="whisper/config.json"):
+        load_model(copy)
