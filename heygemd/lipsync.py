@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines import Engine, PromptEngine, load_engine, resolve_engine_name
+from heygemd.engines import Engine, PromptEngine, engine_needs, load_engine, resolve_engine_name
 from heygemd.pipeline import faces
 from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
@@ -63,8 +63,10 @@ class LipSyncSession:
         path = Path(path)
         wav = decode_audio(path, SAMPLE_RATE)
         features = features_from_samples(path, wav)
+        if engine_needs(self.engine_name).audio == "mel":
+            return features  # the engine is loaded by the first render, not here
         engine = self.engine
-        if engine.needs.audio != "mel" and isinstance(engine, PromptEngine):
+        if isinstance(engine, PromptEngine):
             features = dataclasses.replace(features, prompts=engine.encode_audio(wav))
         return features
 

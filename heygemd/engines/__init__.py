@@ -18,7 +18,8 @@ from heygemd.settings import EngineSettings
 CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
 
 __all__ = [
-    "Engine", "EngineNeeds", "FaceBatch", "FrameFeatures", "PresenterEngine", "PromptEngine", "find_checkpoint",
+    "Engine", "EngineNeeds", "FaceBatch", "FrameFeatures", "PresenterEngine", "PromptEngine", "engine_needs",
+    "find_checkpoint",
     "resolve_engine_name", "load_engine", "CHECKPOINT_NAMES",
 ]
 
@@ -43,6 +44,24 @@ def resolve_engine_name(settings: EngineSettings, models_dir: Path, requested: s
             return "musetalk"
         return "wav2lip" if find_checkpoint(settings, models_dir) is not None else "mouthwarp"
     return name
+
+
+def engine_needs(name: str) -> EngineNeeds:
+    """What engine ``name`` (not ``auto``) needs, read from its class without loading any weights."""
+    if name == "musetalk":
+        from heygemd.engines.musetalk import MuseTalkEngine
+
+        return MuseTalkEngine.needs
+    if name == "wav2lip":
+        from heygemd.engines.wav2lip import Wav2LipEngine
+
+        return Wav2LipEngine.needs
+    if name == "mouthwarp":
+        from heygemd.engines.mouthwarp import MouthWarpEngine
+
+        return MouthWarpEngine.needs
+    raise ConfigError(f"unknown engine {name!r}",
+                      hint="Use engine = \"auto\", \"musetalk\", \"wav2lip\" or \"mouthwarp\".")
 
 
 def load_engine(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> Engine:
