@@ -37,7 +37,7 @@ class Section(BaseModel):
 class PathsSettings(Section):
     inbox: Path = Field(Path("../inbox"), description="Watched folder; each sub-folder is one job.")
     outbox: Path = Field(Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log.")
-    models: Path = Field(Path("../models"), description="Model weights (wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
+    models: Path = Field(Path("../models"), description="Model weights (musetalk/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
     state: Path | None = Field(
         None,
         description="Claimed jobs and the input archive. Must be on the inbox's filesystem so claiming is an atomic "
