@@ -48,8 +48,13 @@ def _settings(args: argparse.Namespace):
     if getattr(args, "device", None):
         engine_updates["device"] = args.device
     updates: dict[str, object] = {"engine": settings.engine.model_copy(update=engine_updates)}
+    path_updates: dict[str, object] = {}
     if getattr(args, "cache_dir", None):
-        updates["paths"] = settings.paths.model_copy(update={"cache": Path(args.cache_dir).resolve()})
+        path_updates["cache"] = Path(args.cache_dir).resolve()
+    if getattr(args, "models", None):
+        path_updates["models"] = Path(args.models).resolve()
+    if path_updates:
+        updates["paths"] = settings.paths.model_copy(update=path_updates)
     return settings.model_copy(update=updates)
 
 
@@ -82,6 +87,7 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
         "total_s": result.timings["total"],
         "timings": {k: v for k, v in result.timings.items() if k != "total"},
         "batch_size": settings.engine.batch_size,
+        "identity": session.engine.identity,
         "crf": settings.video.crf,
         "preset": settings.video.preset,
     }
@@ -143,6 +149,10 @@ def run_prepare(args: argparse.Namespace) -> dict[str, object]:
     elif args.kind == "presenter":
         width, height = (int(v) for v in args.size.split("x"))
         inputs.presenter(out, args.seconds, (width, height), args.fps)
+    elif args.kind == "musetalk-weights":
+        from bench.musetalk_weights import FULL, build_folder
+
+        build_folder(out, FULL)
     else:
         inputs.random_checkpoint(out)
     return {"kind": args.kind, "path": str(out)}
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=25.0)
     p = sub.add_parser("checkpoint", help="make a random Wav2Lip checkpoint")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("musetalk-weights", help="make full-size random MuseTalk 1.5 weights (official layout)")
+    p.add_argument("--out", required=True)
     for name in ("render", "plain"):
         p = sub.add_parser(name)
         p.add_argument("--video", required=True)
@@ -174,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "plain":
             p.add_argument("--duration", type=float, required=True, help="Output length in seconds.")
         if name == "render":
-            p.add_argument("--engine", choices=("mouthwarp", "wav2lip", "auto"))
+            p.add_argument("--engine", choices=("mouthwarp", "wav2lip", "musetalk", "auto"))
             p.add_argument("--checkpoint")
+            p.add_argument("--models")
             p.add_argument("--device")
             p.add_argument("--cache-dir")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench import inputs  # stdlib-only at import time: the parent stays small
 from bench.inputs import REPO_ROOT
 
-STAGES = ("decode", "detect", "infer", "blend", "encode")
+STAGES = ("decode", "detect", "prepare", "infer", "blend", "encode")
 MEMORY_RATIO_TARGET = 1.2
 """Product target: the peak RSS of a 60 s output within 1.2x of a 10 s one."""
 
@@ -57,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark a heygemd render against a plain ffmpeg decode+encode of the same input.",
     )
     eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", choices=("mouthwarp", "wav2lip"), default="mouthwarp")
+    eng.add_argument("--engine", choices=("mouthwarp", "wav2lip", "musetalk"), default="mouthwarp")
     ck = eng.add_mutually_exclusive_group()
     ck.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (engine wav2lip).")
     ck.add_argument("--random-checkpoint", action="store_true",
                     help="Build a random Wav2Lip checkpoint (official layout) in the temp dir.")
+    ck.add_argument("--random-weights", action="store_true",
+                    help="engine musetalk: build full-size random MuseTalk 1.5 weights (~4 GB, the real configs, "
+                    "the official layout) in the temp dir and load them through the engine's loader.")
+    ck.add_argument("--models", type=Path, help="engine musetalk: a models/ folder holding musetalk/.")
     eng.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the settings').")
     eng.add_argument("--config", type=Path, help="heygemd TOML (default: the usual search).")
 
@@ -111,7 +115,7 @@ def run_child(kind: str, video: Path, audio: Path, out: Path, args: argparse.Nam
     if kind == "render":
         argv += ["--engine", args.engine]
         if checkpoint is not None:
-            argv += ["--checkpoint", str(checkpoint)]
+            argv += ["--models" if args.engine == "musetalk" else "--checkpoint", str(checkpoint)]
         if args.device:
             argv += ["--device", args.device]
         if cache_dir is not None:
@@ -214,6 +218,14 @@ def summarise_plain(runs: list[dict]) -> dict:
 
 
 def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path | None:
+    """The Wav2Lip checkpoint, or for musetalk the models/ folder holding musetalk/ (None: the settings')."""
+    if args.engine == "musetalk":
+        if args.random_weights:
+            _progress(args, "  building full-size random MuseTalk 1.5 weights (~4 GB) ...")
+            models = work / "models"
+            _child(["musetalk-weights", "--out", str(models / "musetalk")])
+            return models
+        return args.models.resolve() if args.models else None
     if args.engine != "wav2lip":
         return None
     if args.random_checkpoint:

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, resolve_engine_name
+from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, musetalk_layout, resolve_engine_name
 from heygemd.errors import CheckpointError, ConfigError, HeygemdError
 from heygemd.settings import Settings
 
@@ -26,6 +26,7 @@ def run_checks(settings: Settings) -> list[Check]:
     return [
         *_tools(),
         _engine(settings),
+        _musetalk_files(settings),
         _faces(settings),
         _device(settings),
         _writable("inbox", settings.paths.inbox),
@@ -62,6 +63,8 @@ def _engine(settings: Settings) -> Check:
     name = resolve_engine_name(settings.engine, settings.paths.models)
     if name == "mouthwarp":
         return Check("engine", True, "mouthwarp (weights-free; put wav2lip_gan.pth in models/ for Wav2Lip)")
+    if name == "musetalk":
+        return _musetalk_loads(settings)
     checkpoint = find_checkpoint(settings.engine, settings.paths.models)
     if checkpoint is None or not checkpoint.is_file():
         return Check("engine", False, f"wav2lip selected but no checkpoint ({checkpoint or ', '.join(CHECKPOINT_NAMES)})",
@@ -74,6 +77,31 @@ def _engine(settings: Settings) -> Check:
         return Check("engine", False, exc.message, exc.hint)
     size_mb = checkpoint.stat().st_size / 1e6
     return Check("engine", True, f"wav2lip, checkpoint {checkpoint} ({size_mb:.0f} MB) loads")
+
+
+def _musetalk_files(settings: Settings) -> Check:
+    """Which MuseTalk files are in models/musetalk/: required when musetalk is chosen, a note otherwise."""
+    folder = musetalk_layout.musetalk_folder(settings.paths.models)
+    files = musetalk_layout.find_files(folder)
+    chosen = resolve_engine_name(settings.engine, settings.paths.models) == "musetalk"
+    if files.complete:
+        return Check("musetalk files", True, f"{folder}: all {len(files.found)} files found", required=chosen)
+    found = ", ".join(str(p.relative_to(folder)) for p in files.found.values()) or "none"
+    return Check("musetalk files", False, f"{folder}: missing {', '.join(files.missing)} (found: {found})",
+                 musetalk_layout.HINT, required=chosen)
+
+
+def _musetalk_loads(settings: Settings) -> Check:
+    folder = musetalk_layout.musetalk_folder(settings.paths.models)
+    from heygemd.engines.musetalk import load_model  # torch, diffusers: only when MuseTalk is in use
+
+    try:
+        model = load_model(folder, device="cpu")  # every file opened, every UNet tensor checked, as at start
+    except CheckpointError as exc:
+        return Check("engine", False, exc.message, exc.hint)
+    size_gb = sum(p.stat().st_size for p in model.files.weights) / 1e9
+    model.close()
+    return Check("engine", True, f"musetalk, {folder} ({size_gb:.1f} GB of weights) loads")
 
 
 def _faces(settings: Settings) -> Check:

@@ -6,15 +6,16 @@ so a video renders the same whichever way it came in.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines import Engine, load_engine, resolve_engine_name
+from heygemd.engines import Engine, PromptEngine, engine_needs, load_engine, resolve_engine_name
 from heygemd.pipeline import faces
-from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, load_audio_features, wav2lip_mel
+from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
 from heygemd.settings import Settings
 
@@ -57,8 +58,17 @@ class LipSyncSession:
         wav2lip_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))
 
     def audio(self, path: Path) -> AudioFeatures:
-        """Decode ``path`` once and compute the features every video of a job shares."""
-        return load_audio_features(path)
+        """Decode ``path`` once and compute the features every video of a job shares: the Wav2Lip mel, and
+        the engine's own features (MuseTalk: Whisper prompts) when it needs them."""
+        path = Path(path)
+        wav = decode_audio(path, SAMPLE_RATE)
+        features = features_from_samples(path, wav)
+        if engine_needs(self.engine_name).audio == "mel":
+            return features  # the engine is loaded by the first render, not here
+        engine = self.engine
+        if isinstance(engine, PromptEngine):
+            features = dataclasses.replace(features, prompts=engine.encode_audio(wav))
+        return features
 
     def render(
         self,
@@ -77,6 +87,7 @@ class LipSyncSession:
             loop_mode=loop_mode,  # type: ignore[arg-type]
             crf=crf,
             batch_size=self.settings.engine.batch_size,
+            presenter_cache_gb=self.settings.engine.presenter_cache_gb,
         )
         # the ping-pong spool is an anonymous file there: nothing is left behind, even after SIGKILL
         return render_video(

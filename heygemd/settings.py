@@ -25,7 +25,7 @@ from heygemd.errors import ConfigError
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
 SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
 
-EngineName = Literal["auto", "wav2lip", "mouthwarp"]
+EngineName = Literal["auto", "musetalk", "wav2lip", "mouthwarp"]
 LoopMode = Literal["pingpong", "loop"]
 InputsAfter = Literal["archive", "delete", "keep"]
 
@@ -37,7 +37,7 @@ class Section(BaseModel):
 class PathsSettings(Section):
     inbox: Path = Field(Path("../inbox"), description="Watched folder; each sub-folder is one job.")
     outbox: Path = Field(Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log.")
-    models: Path = Field(Path("../models"), description="Model weights (wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
+    models: Path = Field(Path("../models"), description="Model weights (musetalk/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
     state: Path | None = Field(
         None,
         description="Claimed jobs and the input archive. Must be on the inbox's filesystem so claiming is an atomic "
@@ -73,7 +73,10 @@ class IntakeSettings(Section):
 
 
 class EngineSettings(Section):
-    name: EngineName = Field("auto", description="auto: wav2lip when a checkpoint is in models/, else mouthwarp.")
+    name: EngineName = Field(
+        "auto", description="auto: musetalk when models/musetalk/ is complete, else wav2lip when a checkpoint is in "
+        "models/, else mouthwarp.",
+    )
     checkpoint: Path | None = Field(
         None, description="Wav2Lip checkpoint; default: models/wav2lip_gan.pth, then models/wav2lip.pth."
     )
@@ -84,6 +87,10 @@ class EngineSettings(Section):
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
     idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
+    presenter_cache_gb: float = Field(
+        20.0, gt=0, description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
+        "every source frame, about 32 kB per frame); the least recently used presenters are evicted.",
+    )
 
 
 class FacesSettings(Section):

@@ -21,3 +21,18 @@ def heygemd_bin() -> Path:
         assert found, "heygemd is not installed in this environment (pip install -e .)"
         candidate = Path(found)
     return candidate
+
+
+# Nothing in the tests may reach the Hugging Face hub: the MuseTalk loaders read local files only.
+import os  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def musetalk_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random MuseTalk 1.5 model folder (``models/musetalk/`` layout, official file formats), built once."""
+    from bench.musetalk_weights import build_folder
+
+    return build_folder(tmp_path_factory.mktemp("models") / "musetalk")

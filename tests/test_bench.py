@@ -44,7 +44,7 @@ def test_bench_json_on_a_tiny_input():
     assert result["ratio_to_plain"] == pytest.approx(render["total_s"] / plain["total_s"], rel=0.02)
 
     shares = render["stage_share_pct"]
-    assert set(shares) == {"decode", "detect", "infer", "blend", "encode", "other"}
+    assert set(shares) == {"decode", "detect", "prepare", "infer", "blend", "encode", "other"}
     assert sum(shares.values()) == pytest.approx(100.0, abs=0.1)
     assert all(shares[s] >= 0 for s in ("decode", "detect", "infer", "blend", "encode"))
     assert shares["detect"] > 0  # a fresh face cache: detection is measured
@@ -55,3 +55,25 @@ def test_bench_json_on_a_tiny_input():
     assert render["peak_rss_mib"] > result["parent_rss_at_spawn_mib"]
     assert plain["children_peak_rss_mib"] > 0
     assert result["parent_rss_at_spawn_mib"] < 100
+
+
+def test_bench_musetalk_through_the_engine_loader(musetalk_folder: Path, tmp_path: Path) -> None:
+    """``--engine musetalk --models DIR``: the same loader as ``--random-weights`` (full size), tiny files here."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "musetalk").symlink_to(musetalk_folder, target_is_directory=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["HEYGEMD_ENGINE__BATCH_SIZE"] = "8"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--engine", "musetalk", "--models", str(models), "--device", "cpu",
+         "--size", "320x180", "--video-seconds", "1", "--audio-seconds", "1", "--json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["engine"] == "musetalk"
+    render = result["render"]
+    assert render["frames"] == 25 and render["output_frames"] == 25
+    assert render["stage_share_pct"]["prepare"] > 0 and render["stage_share_pct"]["infer"] > 0
+    assert result["runs"]["render"][0]["identity"].startswith("sha256:")

@@ -3,7 +3,7 @@ options from an optional ``job.toml``.
 
 A job folder holds one speech audio, one or more videos or still images, and optionally ``job.toml``::
 
-    engine = "mouthwarp"        # auto | wav2lip | mouthwarp
+    engine = "mouthwarp"        # auto | musetalk | wav2lip | mouthwarp
     naming = "{stem}_synced.mp4"
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
@@ -55,7 +55,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: EngineName | None = Field(None, description="auto, wav2lip or mouthwarp.")
+    engine: EngineName | None = Field(None, description="auto, musetalk, wav2lip or mouthwarp.")
     naming: str | None = Field(None, description="Output file name; {stem} is the input's name without suffix.")
     loop_mode: LoopMode | None = Field(None, description="pingpong or loop, when the audio is longer than a video.")
     crf: int | None = Field(None, ge=0, le=51, description="H.264 quality, 0..51 (lower is better and larger).")

@@ -1,21 +1,27 @@
 """Lip-sync engines behind one interface (see ``base.Engine``).
 
+``musetalk``: MuseTalk 1.5 (256x256 latent inpainting, Whisper features), files in ``models/musetalk/``.
 ``wav2lip``: the published Wav2Lip generator, checkpoint supplied by the user in ``models/``.
 ``mouthwarp``: weights-free, audio-driven mouth animation from face landmarks; runs on any CPU.
-Importing this package does not import torch: the Wav2Lip module is imported only when it is chosen.
+Importing this package does not import torch: the torch engines are imported only when chosen.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from heygemd.engines.base import Engine, FaceBatch
+from heygemd.engines import musetalk_layout
+from heygemd.engines.base import Engine, EngineNeeds, FaceBatch, FrameFeatures, PresenterEngine, PromptEngine
 from heygemd.errors import CheckpointError, ConfigError
 from heygemd.settings import EngineSettings
 
 CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
 
-__all__ = ["Engine", "FaceBatch", "find_checkpoint", "resolve_engine_name", "load_engine", "CHECKPOINT_NAMES"]
+__all__ = [
+    "Engine", "EngineNeeds", "FaceBatch", "FrameFeatures", "PresenterEngine", "PromptEngine", "engine_needs",
+    "find_checkpoint",
+    "resolve_engine_name", "load_engine", "CHECKPOINT_NAMES",
+]
 
 
 def find_checkpoint(settings: EngineSettings, models_dir: Path) -> Path | None:
@@ -30,11 +36,32 @@ def find_checkpoint(settings: EngineSettings, models_dir: Path) -> Path | None:
 
 
 def resolve_engine_name(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> str:
-    """``auto`` becomes ``wav2lip`` when a checkpoint is present, else ``mouthwarp``."""
+    """``auto`` becomes ``musetalk`` when ``models/musetalk/`` is complete, else ``wav2lip`` when a checkpoint is
+    present, else ``mouthwarp``."""
     name = requested or settings.name
     if name == "auto":
+        if musetalk_layout.find_files(musetalk_layout.musetalk_folder(models_dir)).complete:
+            return "musetalk"
         return "wav2lip" if find_checkpoint(settings, models_dir) is not None else "mouthwarp"
     return name
+
+
+def engine_needs(name: str) -> EngineNeeds:
+    """What engine ``name`` (not ``auto``) needs, read from its class without loading any weights."""
+    if name == "musetalk":
+        from heygemd.engines.musetalk import MuseTalkEngine
+
+        return MuseTalkEngine.needs
+    if name == "wav2lip":
+        from heygemd.engines.wav2lip import Wav2LipEngine
+
+        return Wav2LipEngine.needs
+    if name == "mouthwarp":
+        from heygemd.engines.mouthwarp import MouthWarpEngine
+
+        return MouthWarpEngine.needs
+    raise ConfigError(f"unknown engine {name!r}",
+                      hint="Use engine = \"auto\", \"musetalk\", \"wav2lip\" or \"mouthwarp\".")
 
 
 def load_engine(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> Engine:
@@ -54,4 +81,10 @@ def load_engine(settings: EngineSettings, models_dir: Path, requested: str | Non
         from heygemd.engines.wav2lip import Wav2LipEngine
 
         return Wav2LipEngine(checkpoint, device=settings.device, batch_size=settings.batch_size, fp16=settings.fp16)
-    raise ConfigError(f"unknown engine {name!r}", hint="Use engine = \"auto\", \"wav2lip\" or \"mouthwarp\".")
+    if name == "musetalk":
+        from heygemd.engines.musetalk import MuseTalkEngine
+
+        return MuseTalkEngine(musetalk_layout.musetalk_folder(models_dir), device=settings.device,
+                              batch_size=settings.batch_size, fp16=settings.fp16)
+    raise ConfigError(f"unknown engine {name!r}",
+                      hint="Use engine = \"auto\", \"musetalk\", \"wav2lip\" or \"mouthwarp\".")

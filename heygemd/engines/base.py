@@ -1,17 +1,49 @@
-"""The Engine protocol: the one interface both lip-sync engines implement.
+"""The Engine protocol: the one interface every lip-sync engine implements.
 
-An engine gets a batch of face crops (the tracked face box cut from each frame, any size), the 68 facial
-landmarks of each crop in crop coordinates, and the Wav2Lip mel window for each frame. It returns one
+An engine gets a batch of face crops (cut from each frame by the engine's crop rule, any size), the 68 facial
+landmarks of each crop in crop coordinates, and the audio features it asked for for each frame. It returns one
 image per crop, the same size as the crop, with the mouth re-rendered for that audio window.
 Pasting the result back into the frame (with a feathered mouth mask) is ``pipeline.render``'s job.
+
+What an engine needs is declared in its ``needs`` (``EngineNeeds``): which audio features (the Wav2Lip mel,
+which every job computes, or Whisper prompts, which a ``PromptEngine`` computes once per job), which crop
+rule, whether its output is colour-matched to the frame, and whether it keeps a per-presenter preparation
+(a ``PresenterEngine``: e.g. VAE latents of every source frame, cached by video content).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+AudioNeed = Literal["mel", "whisper"]
+CropRule = Literal["track", "musetalk_v15"]
+
+
+@dataclass(frozen=True)
+class EngineNeeds:
+    audio: AudioNeed = "mel"
+    """``mel``: the Wav2Lip mel windows only; ``whisper``: also per-frame prompts from ``PromptEngine.encode_audio``."""
+    crop: CropRule = "track"
+    """``track``: the tracked (padded, smoothed) face box; ``musetalk_v15``: MuseTalk 1.5's landmark box."""
+    colour_match: bool = False
+    """Match the generated crop's colours to the frame inside the mask before pasting."""
+    presenter_prep: bool = False
+    """The engine is a ``PresenterEngine``: per-frame preparation computed once per video and cached."""
+
+
+class FrameFeatures(Protocol):
+    """Per-frame audio conditioning of one recording, computed once per job (e.g. Whisper prompts)."""
+
+    def windows(self, fps: float, start: int, stop: int) -> np.ndarray:
+        """The features of frames ``start..stop-1`` at ``fps``, one row per frame."""
+        ...
+
+    def close(self) -> None:
+        """Free what the features hold (memory, a backing file)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -25,6 +57,10 @@ class FaceBatch:
     masks: list[np.ndarray] | None = None
     """float32 (h, w) ``render.mouth_mask`` per crop when the caller has them: the region the result is pasted
     back with. An engine that edits pixels itself reuses them instead of computing them again."""
+    prompts: np.ndarray | None = None
+    """Per-crop rows of the job's ``FrameFeatures`` when the engine needs more than the mel (e.g. (B, 50, 384))."""
+    prepared: np.ndarray | None = None
+    """Per-crop rows of the presenter preparation (``PresenterEngine.prepare_presenter``) when there is one."""
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -36,6 +72,8 @@ class Engine(Protocol):
     """Short engine name as used in settings and status.json (``wav2lip``, ``mouthwarp``)."""
     identity: str
     """What produced the frames, for status.json: e.g. the checkpoint's sha256 prefix, or a version."""
+    needs: EngineNeeds
+    """The features, crop rule and blend this engine wants (see ``EngineNeeds``)."""
 
     def prepare(self, mel: np.ndarray) -> None:
         """Called once per audio, before its frames, with the whole (80, T) Wav2Lip mel of the recording.
@@ -54,4 +92,29 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Unload the model; the engine must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class PromptEngine(Engine, Protocol):
+    """An engine whose audio features come from its own model (``needs.audio == "whisper"``)."""
+
+    def encode_audio(self, wav: np.ndarray) -> FrameFeatures:
+        """The per-frame features of a whole recording (16 kHz mono float32), computed once per job."""
+        ...
+
+
+@runtime_checkable
+class PresenterEngine(Engine, Protocol):
+    """An engine with a per-presenter preparation (``needs.presenter_prep``), cached by video content."""
+
+    prep_version: str
+    """Names everything that shapes the preparation (weights, precision); part of its cache key."""
+
+    def prep_shape(self) -> tuple[int, ...]:
+        """Shape of one frame's preparation (e.g. (8, 32, 32) latents)."""
+        ...
+
+    def prepare_presenter(self, crops: list[np.ndarray]) -> np.ndarray:
+        """float32 (len(crops), *prep_shape()) preparation of these face crops (cut by the crop rule)."""
         ...

@@ -17,7 +17,7 @@ import cv2
 import librosa
 import numpy as np
 
-from heygemd.engines.base import FaceBatch
+from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.pipeline.audio import FMAX, FMIN, N_MELS, mel_db
 from heygemd.pipeline.render import face_width, mouth_mask
 
@@ -453,6 +453,7 @@ class MouthWarpEngine:
 
     name: str = "mouthwarp"
     identity: str = f"mouthwarp-{VERSION}"
+    needs: EngineNeeds = EngineNeeds()
 
     def __init__(self, params: MouthWarpParams | None = None) -> None:
         self.params = params if params is not None else MouthWarpParams()

@@ -15,22 +15,18 @@ reproduce the reference ``models/wav2lip.py`` layer for layer, so the parameter 
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import structlog
 import torch
 from torch import nn
 
-from heygemd.engines.base import FaceBatch
+from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.torch_device import resolve_device
-from heygemd.errors import CheckpointError, ConfigError, OutOfMemory
+from heygemd.engines.torch_util import HalvingBatches, file_sha256, listing, read_state_dict
+from heygemd.errors import CheckpointError, ConfigError
 
 IMG_SIZE = 96
 """Side of the square face image the model sees and returns."""
@@ -158,91 +154,22 @@ class Wav2Lip(nn.Module):
 
 # ---------------------------------------------------------------- checkpoint loading
 
-_MAX_LISTED = 5
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return f"{shown} (and {more} more)" if more > 0 else shown
-
-
-def _check_container(path: Path) -> bool:
-    """Refuse files that are not a PyTorch save before unpickling anything; True for the zip format."""
-    if not path.is_file():
-        raise CheckpointError("checkpoint file not found", path=path)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"unreadable zip archive ({exc})", path=path) from None
-        if any(name.endswith("/constants.pkl") for name in names):
-            raise CheckpointError(
-                "this is a TorchScript archive, not a Wav2Lip checkpoint dict",
-                path=path,
-                hint="Use the original wav2lip.pth / wav2lip_gan.pth, which hold {'state_dict': ...}.",
-            )
-        if not any(name.endswith("data.pkl") for name in names):
-            raise CheckpointError("zip file without PyTorch data (not a checkpoint)", path=path)
-        return True
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    if len(head) < 2 or head[0] != 0x80:  # legacy torch.save files are pickles (protocol >= 2)
-        raise CheckpointError("not a PyTorch checkpoint (the file is truncated, or another kind of file)", path=path)
-    return False
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, keys without a ``module.`` prefix, on the CPU.
-
-    Accepts the official layout ``{"state_dict": {...}, "optimizer": ..., ...}`` and a bare state dict.
-    Raises CheckpointError naming the file for anything else.
-    """
-    path = Path(path)
-    is_zip = _check_container(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
-            TypeError, AttributeError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read the checkpoint, it may be truncated or corrupted ({detail})",
-                              path=path) from exc
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"holds a {type(obj).__name__}, not a dict with a 'state_dict'", path=path)
-    if "state_dict" in obj:
-        state = obj["state_dict"]
-    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state = obj
-    else:
-        keys = _listing([str(k) for k in obj.keys()]) or "none"
-        raise CheckpointError(f"no 'state_dict' entry (top-level keys: {keys})", path=path)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"'state_dict' is a {type(state).__name__}, not a dict", path=path)
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"state_dict entry {key!r} is not a named tensor", path=path)
-        tensors[key.removeprefix("module.")] = value
-    return tensors
-
-
 def _validate(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     """CheckpointError for missing/unexpected keys, wrong shapes or non-finite weights."""
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
-        raise CheckpointError(f"missing {len(missing)} key(s): {_listing(missing)}", path=path)
+        raise CheckpointError(f"missing {len(missing)} key(s): {listing(missing)}", path=path)
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise CheckpointError(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)} "
+        raise CheckpointError(f"{len(unexpected)} unexpected key(s): {listing(unexpected)} "
                               "(not a Wav2Lip generator checkpoint?)", path=path)
     wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
              for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
-        raise CheckpointError(f"wrong shape for {len(wrong)} tensor(s): {_listing(wrong)}", path=path)
+        raise CheckpointError(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)}", path=path)
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
-        raise CheckpointError(f"non-finite values (NaN/Inf) in {_listing(broken)}", path=path)
+        raise CheckpointError(f"non-finite values (NaN/Inf) in {listing(broken)}", path=path)
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> Wav2Lip:
@@ -259,15 +186,6 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Wav2Lip:
     # strict=False: only BatchNorm step counters may be absent (unused in eval mode); _validate checked the rest.
     model.load_state_dict(state, strict=False)
     return model.to(target).eval()
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the engine
@@ -303,16 +221,26 @@ class Wav2LipEngine:
     """
 
     name = "wav2lip"
+    needs = EngineNeeds()
 
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True):
         if batch_size < 1:
             raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
         self.checkpoint = Path(checkpoint)
         self.device: torch.device = resolve_device(device)
-        self.batch_size = batch_size
+        self._batches = HalvingBatches(batch_size, device=self.device, what="a single 96x96 face",
+                                       path=self.checkpoint)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         self._model: Wav2Lip | None = load_model(self.checkpoint, self.device)
         self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
+
+    @property
+    def batch_size(self) -> int:
+        return self._batches.size
+
+    @batch_size.setter
+    def batch_size(self, size: int) -> None:
+        self._batches.size = size
 
     def prepare(self, mel: np.ndarray) -> None:
         """Wav2Lip reads each frame's mel window as the reference does; nothing to adapt per recording."""
@@ -331,25 +259,11 @@ class Wav2LipEngine:
         faces = face_input(batch.crops)
         audio = np.ascontiguousarray(mels[:, None])
         mouths = np.empty((count, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
-        start = 0
-        while start < count:
-            size = min(self.batch_size, count - start)
-            out_of_memory = False
-            try:
-                mouths[start:start + size] = self._infer(model, audio[start:start + size], faces[start:start + size])
-            except torch.cuda.OutOfMemoryError as exc:
-                if size == 1:
-                    raise OutOfMemory(f"out of GPU memory on {self.device} for a single 96x96 face",
-                                      path=self.checkpoint) from exc
-                out_of_memory = True
-            if out_of_memory:
-                # Outside the handler: the failed attempt's tensors, held by the traceback, are released by now.
-                torch.cuda.empty_cache()
-                self.batch_size = max(1, size // 2)
-                structlog.get_logger(__name__).warning("wav2lip.out_of_memory", device=str(self.device),
-                                                       failed_batch=size, batch_size=self.batch_size)
-                continue
-            start += size
+
+        def infer(start: int, stop: int) -> None:
+            mouths[start:stop] = self._infer(model, audio[start:stop], faces[start:stop])
+
+        self._batches.run(count, infer)
         return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
 
     def _infer(self, model: Wav2Lip, audio: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
+from heygemd.engines.base import FrameFeatures
 from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe, stderr_text
 
@@ -209,6 +210,9 @@ class AudioFeatures:
     path: Path
     duration: float
     mel: np.ndarray
+    prompts: FrameFeatures | None = None
+    """Engine-specific per-frame features (e.g. MuseTalk's Whisper prompts), computed once per job by the engine
+    that needs them (``LipSyncSession.audio``); None for engines that read the mel only."""
 
     def frame_count(self, fps: float) -> int:
         """Video frames that cover the whole audio at ``fps``: ``max(1, ceil(duration * fps))``.

@@ -140,3 +140,56 @@ def paste(frame: np.ndarray, ibox: tuple[int, int, int, int], generated_crop: np
     new = generated_crop[rows, cols].astype(np.float32)
     blended = original + weight * (new - original)
     region[rows, cols] = np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
+
+
+MUSETALK_BOTTOM_MARGIN = 10
+"""MuseTalk 1.5 extends its landmark box this many pixels downwards (scripts/inference.py ``extra_margin``)."""
+
+
+def musetalk_box(landmarks: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """MuseTalk 1.5's face box (musetalk/utils/preprocessing.py ``get_landmark_and_bbox`` + the v1.5 margin).
+
+    From the 68 landmarks in frame pixels: x from the leftmost to the rightmost point; the bottom at the lowest
+    point plus ``MUSETALK_BOTTOM_MARGIN``; the top as far above point 29 (nose bridge) as the lowest point is
+    below it, so the box's vertical centre sits on point 29 before the margin. Clamped to the frame on every
+    side (the reference clamps only the bottom: a box past the right edge stretched its face). Float
+    ``(x1, y1, x2, y2)``; ``crop_box`` makes it integer.
+    """
+    height, width = int(frame_shape[0]), int(frame_shape[1])
+    points = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
+    bridge = points[29, 1]
+    lowest = float(points[:, 1].max())
+    top = max(0.0, bridge - (lowest - bridge))
+    x1 = min(max(float(points[:, 0].min()), 0.0), width)
+    x2 = min(max(float(points[:, 0].max()), x1), width)
+    y2 = min(lowest + MUSETALK_BOTTOM_MARGIN, height)
+    return np.array([x1, min(top, y2), x2, y2], dtype=np.float32)
+
+
+COLOUR_GAIN_LIMITS = (0.7, 1.4)
+"""Bounds of the per-channel contrast gain of ``match_colour`` (a wide-open mouth must not be flattened)."""
+
+
+def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``generated`` with its colours matched to ``original`` where ``mask`` weighs, so no box or seam shows.
+
+    In Lab, per channel: the mask-weighted mean of the generated crop is moved to the original's, and its
+    spread scaled to the original's (gain bounded by ``COLOUR_GAIN_LIMITS``). uint8 BGR, same shape.
+    """
+    weight = np.clip(mask.astype(np.float64), 0.0, 1.0)
+    total = float(weight.sum())
+    if total < 1.0:
+        return generated
+    gen = cv2.cvtColor(generated, cv2.COLOR_BGR2LAB).astype(np.float64)
+    ref = cv2.cvtColor(original, cv2.COLOR_BGR2LAB).astype(np.float64)
+    out = np.empty_like(gen)
+    for c in range(3):
+        g, r = gen[..., c], ref[..., c]
+        g_mean = float((g * weight).sum() / total)
+        r_mean = float((r * weight).sum() / total)
+        g_std = float(np.sqrt(((g - g_mean) ** 2 * weight).sum() / total))
+        r_std = float(np.sqrt(((r - r_mean) ** 2 * weight).sum() / total))
+        gain = float(np.clip(r_std / g_std, *COLOUR_GAIN_LIMITS)) if g_std > 1e-6 else 1.0
+        out[..., c] = (g - g_mean) * gain + r_mean
+    lab = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)

@@ -139,3 +139,51 @@ def test_paste_rejects_a_crop_of_the_wrong_size() -> None:
         render.paste(frame, (0, 0, 20, 20), np.zeros((21, 20, 3), np.uint8), np.ones((20, 20), np.float32))
     with pytest.raises(ValueError):
         render.paste(frame, (0, 0, 20, 20), np.zeros((20, 20, 3), np.uint8), np.ones((19, 20), np.float32))
+
+
+# ---------------------------------------------------------------- MuseTalk's crop box and the colour match
+
+def _face_marks(x0: float, y0: float, scale: float = 1.0) -> np.ndarray:
+    """A synthetic 68-point layout: jaw 0..16 on an arc, point 29 on the nose bridge, chin (8) lowest."""
+    marks = np.zeros((68, 2), np.float32)
+    angles = np.linspace(np.pi, 0, 17)
+    marks[:17, 0] = x0 + 50 * scale * np.cos(angles)
+    marks[:17, 1] = y0 + 40 * scale * np.sin(angles) + 10 * scale
+    marks[17:, 0] = x0
+    marks[17:, 1] = y0
+    marks[29] = (x0, y0)
+    return marks
+
+
+def test_musetalk_box_follows_the_v15_rule() -> None:
+    from heygemd.pipeline.render import musetalk_box
+
+    marks = _face_marks(200, 150)
+    x1, y1, x2, y2 = musetalk_box(marks, (480, 640))
+    lowest = marks[:, 1].max()
+    assert (x1, x2) == (marks[:, 0].min(), marks[:, 0].max())
+    assert y2 == lowest + 10  # extended 10 px down
+    assert abs(y1 - (150 - (lowest - 150))) < 1e-4  # centred on point 29 before the margin
+
+
+def test_musetalk_box_is_clamped_on_every_side() -> None:
+    from heygemd.pipeline.render import musetalk_box
+
+    marks = _face_marks(615, 20)  # past the right edge, top above the frame
+    x1, y1, x2, y2 = musetalk_box(marks, (70, 640))
+    assert x2 == 640 and y1 == 0 and y2 == 70 and 0 <= x1 < x2
+
+
+def test_match_colour_removes_a_colour_cast_inside_the_mask() -> None:
+    from heygemd.pipeline.render import match_colour
+
+    rng = np.random.default_rng(0)
+    original = np.clip(rng.normal(140, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    cast = np.clip(original.astype(int) + np.array([30, -20, 10]), 0, 255).astype(np.uint8)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1.0
+    fixed = match_colour(cast, original, mask)
+    before = np.abs(cast[16:48, 16:48].astype(int) - original[16:48, 16:48]).mean()
+    after = np.abs(fixed[16:48, 16:48].astype(int) - original[16:48, 16:48]).mean()
+    assert before > 15 and after < 4
+    assert fixed.shape == cast.shape and fixed.dtype == np.uint8

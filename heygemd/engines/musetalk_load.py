@@ -1,0 +1,169 @@
+"""Loading MuseTalk 1.5's three models from local files, refusing anything broken with BAD_CHECKPOINT.
+
+As the reference loads them (musetalk/models/unet.py, vae.py, scripts/realtime_inference.py): diffusers
+``UNet2DConditionModel(**musetalk.json)`` + a strict ``load_state_dict(unet.pth)``, diffusers
+``AutoencoderKL.from_pretrained(sd-vae/)``, transformers ``WhisperModel.from_pretrained(whisper/)`` (only its
+encoder is kept) and ``WhisperFeatureExtractor``. Everything is read with ``local_files_only=True``: no hub call,
+even when a file is missing (the layout is checked first). A file that is missing, truncated, of another kind,
+or whose tensors do not have the shapes its config promises, is a CheckpointError naming that file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import SafetensorError
+from transformers import WhisperFeatureExtractor, WhisperModel
+from transformers.utils import logging as transformers_logging
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from heygemd.engines import musetalk_layout as layout
+from heygemd.engines.torch_util import listing, read_state_dict
+from heygemd.errors import CheckpointError
+
+PROMPT_WIDTH = 384
+"""Width of one audio token: whisper-tiny's d_model, the UNet's cross_attention_dim."""
+HIDDEN_STATES = 5
+"""Whisper hidden states stacked per 20 ms step: the embedding output plus 4 encoder layers (whisper-tiny)."""
+LATENT_CHANNELS = 4
+
+_READ_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError,
+                SafetensorError)
+"""What diffusers / transformers raise on a truncated or foreign weights file."""
+
+
+def _fail(message: str, path: Path) -> CheckpointError:
+    return CheckpointError(message, path=path, hint=layout.HINT)
+
+
+def require_files(folder: Path) -> layout.MuseTalkFiles:
+    """The layout of ``folder``; CheckpointError naming the first missing file (and how many more)."""
+    files = layout.find_files(folder)
+    if files.missing:
+        more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})" if len(files.missing) > 1 else ""
+        raise _fail(f"MuseTalk file missing: {files.missing[0]}{more}", Path(folder) / files.missing[0].split(" or ")[0])
+    return files
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(f"not a readable JSON config ({exc})", path) from None
+    if not isinstance(value, dict):
+        raise _fail("the config is not a JSON object", path)
+    return value
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return text or type(exc).__name__
+
+
+def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
+    """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config."""
+    config_path, weights_path = files["unet_config"], files["unet"]
+    config = {k: v for k, v in _read_json(config_path).items() if not k.startswith("_")}
+    try:
+        unet = UNet2DConditionModel(**config)
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"not a UNet2DConditionModel config ({_detail(exc)})", config_path) from None
+    if unet.config.in_channels != 2 * LATENT_CHANNELS or unet.config.cross_attention_dim != PROMPT_WIDTH:
+        raise _fail(f"in_channels {unet.config.in_channels} / cross_attention_dim {unet.config.cross_attention_dim}: "
+                    f"MuseTalk 1.5 has 8 / 384 (is this the v1.5 musetalk.json?)", config_path)
+    state = read_state_dict(weights_path, hint=layout.HINT)
+    expected = unet.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)} key(s): {listing(missing)}"] if missing else []) + (
+            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else [])
+        raise _fail("; ".join(parts) + " (not the UNet of musetalk.json?)", weights_path)
+    wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
+             for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise _fail(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)}", weights_path)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise _fail(f"non-finite values (NaN/Inf) in {listing(broken)}", weights_path)
+    unet.load_state_dict(state, strict=True)
+    return unet.eval()
+
+
+def _loading_problems(info: dict[str, Any]) -> list[str]:
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        items = [str(item) for item in info.get(kind) or []]
+        if items:
+            problems.append(f"{kind.replace('_', ' ')}: {listing(items)}")
+    return problems
+
+
+def load_vae(files: layout.MuseTalkFiles) -> AutoencoderKL:
+    """sd-vae-ft-mse, fp32 on the CPU in eval mode (diffusers converts the 2022 attention names)."""
+    _read_json(files["vae_config"])
+    weights = files["vae"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vae, info = AutoencoderKL.from_pretrained(
+                files["vae_config"].parent, local_files_only=True, output_loading_info=True,
+                use_safetensors=weights.suffix == ".safetensors", low_cpu_mem_usage=False,
+            )
+    except _READ_ERRORS as exc:
+        raise _fail(f"cannot load the VAE, the file may be truncated or not sd-vae-ft-mse ({_detail(exc)})",
+                    weights) from None
+    problems = _loading_problems(info)
+    if problems:
+        raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
+    if vae.config.latent_channels != LATENT_CHANNELS:
+        raise _fail(f"latent_channels {vae.config.latent_channels}, MuseTalk needs 4", files["vae_config"])
+    return vae.eval()
+
+
+def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
+    """whisper-tiny's encoder (fp32, CPU, eval) and its feature extractor (80-bin log-mel, 30 s segments),
+    from ``models/musetalk/whisper/``."""
+    whisper_dir = Path(whisper_dir)
+
+    def needed(*names: str) -> Path:
+        for name in names:
+            if (whisper_dir / Path(name).name).is_file():
+                return whisper_dir / Path(name).name
+        raise _fail(f"MuseTalk file missing: {' or '.join(Path(n).name for n in names)}",
+                    whisper_dir / Path(names[-1]).name)
+
+    config_path, preprocessor = needed(layout.WHISPER_CONFIG), needed(layout.WHISPER_PREPROCESSOR)
+    weights = needed(*layout.WHISPER_WEIGHTS)
+    config = _read_json(config_path)
+    d_model, layers = config.get("d_model"), config.get("encoder_layers")
+    if d_model != PROMPT_WIDTH or layers != HIDDEN_STATES - 1:
+        raise _fail(f"d_model {d_model}, encoder_layers {layers}: MuseTalk 1.5 uses whisper-tiny (384, 4)",
+                    config_path)
+    try:
+        extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir, local_files_only=True)
+    except _READ_ERRORS as exc:
+        raise _fail(f"not a Whisper feature extractor config ({_detail(exc)})", preprocessor) from None
+    transformers_logging.disable_progress_bar()  # no progress bars in the daemon's log
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = WhisperModel.from_pretrained(
+                whisper_dir, local_files_only=True, output_loading_info=True,
+                use_safetensors=weights.suffix == ".safetensors",
+            )
+    except _READ_ERRORS as exc:
+        raise _fail(f"cannot load Whisper, the file may be truncated or not whisper-tiny ({_detail(exc)})",
+                    weights) from None
+    problems = [p for p in _loading_problems(info)]
+    if problems:
+        raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
+    encoder = model.get_encoder()
+    del model
+    return encoder.eval(), extractor

@@ -1,0 +1,134 @@
+"""Helpers every torch engine shares: reading checkpoint files safely, hashing weights, batches that halve on
+out-of-memory. One of each, used by the Wav2Lip and MuseTalk engines alike."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import structlog
+import torch
+
+from heygemd.errors import CheckpointError, OutOfMemory
+
+_MAX_LISTED = 5
+
+
+def listing(items: list[str]) -> str:
+    """The first few ``items`` joined, with "(and N more)" for the rest."""
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def check_container(path: Path, hint: str | None = None) -> bool:
+    """Refuse files that are not a PyTorch save before unpickling anything; True for the zip format."""
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path=path, hint=hint)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"unreadable zip archive ({exc})", path=path, hint=hint) from None
+        if any(name.endswith("/constants.pkl") for name in names):
+            raise CheckpointError(
+                "this is a TorchScript archive, not a checkpoint dict",
+                path=path,
+                hint=hint or "Use the original wav2lip.pth / wav2lip_gan.pth, which hold {'state_dict': ...}.",
+            )
+        if not any(name.endswith("data.pkl") for name in names):
+            raise CheckpointError("zip file without PyTorch data (not a checkpoint)", path=path, hint=hint)
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if len(head) < 2 or head[0] != 0x80:  # legacy torch.save files are pickles (protocol >= 2)
+        raise CheckpointError("not a PyTorch checkpoint (the file is truncated, or another kind of file)",
+                              path=path, hint=hint)
+    return False
+
+
+def read_state_dict(path: Path, hint: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, keys without a ``module.`` prefix, on the CPU.
+
+    Accepts ``{"state_dict": {...}, ...}`` (the Wav2Lip layout) and a bare state dict (MuseTalk's ``unet.pth``).
+    Raises CheckpointError naming the file (with ``hint`` when given) for anything else.
+    """
+    path = Path(path)
+    is_zip = check_container(path, hint)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read the checkpoint, it may be truncated or corrupted ({detail})",
+                              path=path, hint=hint) from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"holds a {type(obj).__name__}, not a dict with a 'state_dict'", path=path, hint=hint)
+    if "state_dict" in obj:
+        state = obj["state_dict"]
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        keys = listing([str(k) for k in obj.keys()]) or "none"
+        raise CheckpointError(f"no 'state_dict' entry (top-level keys: {keys})", path=path, hint=hint)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"'state_dict' is a {type(state).__name__}, not a dict", path=path, hint=hint)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {key!r} is not a named tensor", path=path, hint=hint)
+        tensors[key.removeprefix("module.")] = value
+    return tensors
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    return files_sha256([path], chunk_size)
+
+
+def files_sha256(paths: Iterable[Path], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of the contents of ``paths``, in order (one file: the same as ``sha256sum``)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with Path(path).open("rb") as handle:
+            while block := handle.read(chunk_size):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class HalvingBatches:
+    """Runs inference over sub-batches of ``size``; on CUDA out-of-memory the size is halved (down to 1) and
+    stays halved for the rest of the owner's life. ``OutOfMemory`` when even one item does not fit."""
+
+    def __init__(self, size: int, *, device: torch.device, what: str, path: Path):
+        self.size = size
+        self.device = device
+        self.what = what
+        """What one item is, for the error message (e.g. "a single 96x96 face")."""
+        self.path = path
+        """The weights file the error names."""
+
+    def run(self, count: int, infer: Callable[[int, int], None]) -> None:
+        """Call ``infer(start, stop)`` over consecutive slices covering ``0..count``."""
+        start = 0
+        while start < count:
+            size = min(self.size, count - start)
+            out_of_memory = False
+            try:
+                infer(start, start + size)
+            except torch.cuda.OutOfMemoryError as exc:
+                if size == 1:
+                    raise OutOfMemory(f"out of GPU memory on {self.device} for {self.what}", path=self.path) from exc
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the handler: the failed attempt's tensors, held by the traceback, are released by now.
+                torch.cuda.empty_cache()
+                self.size = max(1, size // 2)
+                structlog.get_logger(__name__).warning("engine.out_of_memory", device=str(self.device),
+                                                       failed_batch=size, batch_size=self.size)
+                continue
+            start += size

@@ -1,0 +1,133 @@
+"""The per-presenter preparation cache: what an engine derives from the presenter video alone (MuseTalk: the
+VAE latents of every source frame), stored next to the face-track cache and keyed the same way (video content
++ a fingerprint of everything that shapes it), so the same presenter with a new audio skips that work.
+
+One ``.npy`` file per presenter under ``<cache>/presenter/``, written under a temporary name and renamed when
+complete, read back memory-mapped (a long video's latents never sit in RAM at once). The folder is kept under a
+size limit: after each write the least recently used files (by modification time, refreshed on every hit) are
+removed until the total fits. A cache that cannot be written does not fail the video: the preparation is kept
+in an anonymous temporary file for this render only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+FOLDER = "presenter"
+"""Sub-folder of the cache directory (the face tracks live in ``faces/``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Preparation:
+    """One presenter's per-frame preparation, (frames, *shape) float32, read-only and usually memory-mapped."""
+
+    data: np.ndarray
+    cached: bool
+    """True when it came from the cache (nothing was computed)."""
+
+
+def fingerprint(**spec: object) -> str:
+    """16 hex characters naming everything that shapes a preparation (values must be JSON-representable)."""
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_path(key: str, cache_dir: Path, fp: str) -> Path:
+    return cache_dir / FOLDER / f"{key}-{fp}.npy"
+
+
+def cached_preparation(
+    key: str,
+    cache_dir: Path,
+    fp: str,
+    shape: tuple[int, ...],
+    compute: Callable[[np.ndarray], None],
+    limit_bytes: int,
+) -> Preparation:
+    """The cached preparation of video ``key`` with fingerprint ``fp``, or ``compute(out)`` filling a new one.
+
+    ``shape`` is the whole array's shape (frames first); ``compute`` writes every row of the writable float32
+    ``out`` it is given. A cache file of another shape, or unreadable, is logged and recomputed.
+    """
+    path = cache_path(key, cache_dir, fp)
+    if path.is_file():
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+            if data.shape == shape and data.dtype == np.float32:
+                os.utime(path)  # most recently used
+                return Preparation(data, cached=True)
+            log.warning("presenter_cache_mismatch", path=str(path), shape=list(data.shape), expected=list(shape))
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("presenter_cache_corrupt", path=str(path), error=str(exc))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        log.warning("presenter_cache_write_failed", path=str(path), error=str(exc))
+        return Preparation(_uncached(shape, compute), cached=False)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        compute(out)
+        out.flush()
+        del out
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full or the like: this render still gets its preparation
+        log.warning("presenter_cache_write_failed", path=str(path), error=str(exc))
+        return Preparation(_uncached(shape, compute), cached=False)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    evict(cache_dir, limit_bytes, keep=path)
+    return Preparation(np.load(path, mmap_mode="r", allow_pickle=False), cached=False)
+
+
+def _uncached(shape: tuple[int, ...], compute: Callable[[np.ndarray], None]) -> np.ndarray:
+    backing = tempfile.TemporaryFile(prefix="heygemd-presenter-")
+    out = np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
+    compute(out)
+    return out
+
+
+def evict(cache_dir: Path, limit_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used preparations until the folder holds at most ``limit_bytes``.
+
+    ``keep`` (the one just written) is never removed. Returns the removed files.
+    """
+    folder = cache_dir / FOLDER
+    entries: list[tuple[float, int, Path]] = []
+    for path in folder.glob("*.npy"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # another process evicted it
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed: list[Path] = []
+    for _, size, path in sorted(entries):
+        if total <= limit_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        total -= size
+        removed.append(path)
+    if removed:
+        log.info("presenter_cache_evicted", files=len(removed), limit_bytes=limit_bytes)
+    return removed
