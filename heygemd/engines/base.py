@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from heygemd.pipeline.mouth import MouthState
+
 
 @dataclass(frozen=True)
 class FaceBatch:
@@ -25,6 +27,10 @@ class FaceBatch:
     masks: list[np.ndarray] | None = None
     """float32 (h, w) ``render.mouth_mask`` per crop when the caller has them: the region the result is pasted
     back with. An engine that edits pixels itself reuses them instead of computing them again."""
+    mouth_rest: MouthState | None = None
+    """The presenter's closed mouth (``pipeline.mouth.rest_state`` of the whole face track) when the caller knows
+    it. An engine that sets the mouth (rather than adding to what the crop shows) first takes each crop's mouth
+    back to this state; None: each crop's mouth counts as at rest."""
 
     def __len__(self) -> int:
         return len(self.crops)

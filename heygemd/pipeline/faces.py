@@ -23,7 +23,13 @@
    crop must hold the whole mouth, jaw and chin (S3FD boxes mostly contain them already).
 5. **Smoothing.** Boxes get a centred moving average over ``smooth_window`` frames, within each run of
    frames with a face (never across a NaN gap); the window shrinks symmetrically at a run's ends so it stays
-   centred. Landmarks are not smoothed (the mouth must keep its motion).
+   centred. Landmarks get a centred quadratic Savitzky-Golay filter within each run of fitted frames
+   (before step 4 bridges the gaps, so a bridge stays a straight line between filtered ends): over
+   ``MOUTH_FILTER_FRAMES`` for the jaw line and the lips, which must keep the speech motion (at 25 fps it
+   keeps 93 % of a 4 Hz syllable rhythm and cuts frame-to-frame jitter to about a third), and over
+   ``HEAD_FILTER_FRAMES`` for the rest of the face, which only moves with the head. A quadratic fit follows
+   a mouth that opens and closes without flattening its peaks as a moving average would, and being centred
+   it adds no delay.
 6. **Pads and clamp.** ``pads`` = (top, bottom, left, right) pixels are added to the smoothed box (as
    Wav2Lip's ``--pads``), then the box is clamped to the frame. With ``pad_reference_height`` set, pads are
    scaled by face height / ``pad_reference_height`` instead (so they mean the same at any resolution).
@@ -34,6 +40,7 @@ content (``video_content_key``) and the settings that shape it (``track_fingerpr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +54,7 @@ import cv2
 import numpy as np
 import structlog
 
+from heygemd.pipeline import mouth
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -64,10 +72,16 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-TRACKER_VERSION = 2
+TRACKER_VERSION = 3
 """Bumped when the tracking algorithm changes, so cached tracks of older versions are recomputed."""
 CACHE_FORMAT = 1
 """Version of the .npz layout written by ``FaceTrack.save``."""
+MOUTH_FILTER_FRAMES = 5
+"""Window of the landmark filter for the jaw line (0-16) and the lips (48-67)."""
+HEAD_FILTER_FRAMES = 9
+"""Window of the landmark filter for the brows, nose and eyes."""
+MOVING_POINTS = np.concatenate([np.arange(0, 17), np.arange(48, 68)])
+"""Landmarks that move with speech (jaw line and lips)."""
 PROGRESS_EVERY = 25
 """``track_faces`` reports progress every this many frames (and once at the end)."""
 
@@ -114,6 +128,11 @@ class FaceTrack:
     def face_ratio(self) -> float:
         """Frames with a usable face / all frames (0.0 for an empty track)."""
         return float(self.face_mask.mean()) if len(self) else 0.0
+
+    @functools.cached_property
+    def mouth_rest(self) -> mouth.MouthState | None:
+        """The presenter's closed mouth over the whole track (``mouth.rest_state``); None without faces."""
+        return mouth.rest_state(self.landmarks)
 
     def missing_runs(self) -> list[tuple[int, int]]:
         """Runs of frames without a face as ``(first, last)`` indices, inclusive (for messages and status)."""
@@ -262,6 +281,7 @@ def track_faces(
     raw_boxes = np.stack(boxes).astype(np.float32)
     raw_marks = np.stack(marks).astype(np.float32)
     raw_boxes = _interpolate_predicted(raw_boxes, kind)
+    raw_marks = _filter_landmarks(raw_marks)  # the fitted points only: gaps are then bridged between filtered ends
     raw_boxes, raw_marks = _fill_short_gaps(raw_boxes, raw_marks, kind != _MISSING, max_gap_frames)
     raw_boxes = _cover_landmarks(raw_boxes, raw_marks)
     smoothed = _smooth(raw_boxes, smooth_window)
@@ -384,6 +404,36 @@ def _cover_landmarks(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
         grown[has, 2] = np.maximum(boxes[has, 2], marks[has, :, 0].max(axis=1))
         grown[has, 3] = np.maximum(boxes[has, 3], marks[has, :, 1].max(axis=1))
     return grown
+
+
+def _savgol_weights(half: int) -> np.ndarray:
+    """(2*half+1,) weights of the centre value of a least-squares quadratic through 2*half+1 points."""
+    k = np.arange(-half, half + 1, dtype=np.float64)
+    return np.linalg.pinv(np.stack([np.ones_like(k), k, k * k], axis=1))[0]
+
+
+def _savgol(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred quadratic Savitzky-Golay filter along axis 0 of finite ``values``; the window shrinks
+    symmetrically at the ends (3 points or fewer: unchanged, a quadratic passes through them)."""
+    out = values.astype(np.float64).copy()
+    n, half = len(values), window // 2
+    weights = {h: _savgol_weights(h) for h in range(2, half + 1)}
+    for j in range(n):
+        h = min(half, j, n - 1 - j)
+        if h >= 2:
+            out[j] = np.tensordot(weights[h], values[j - h:j + h + 1].astype(np.float64), axes=1)
+    return out
+
+
+def _filter_landmarks(marks: np.ndarray) -> np.ndarray:
+    """Landmarks filtered in time within each run of finite frames (see the module doc, step 5)."""
+    out = marks.copy()
+    head = np.setdiff1d(np.arange(68), MOVING_POINTS)
+    for start, stop in _runs(np.isfinite(marks).all(axis=(1, 2))):
+        run = marks[start:stop]
+        out[start:stop, MOVING_POINTS] = _savgol(run[:, MOVING_POINTS], MOUTH_FILTER_FRAMES)
+        out[start:stop, head] = _savgol(run[:, head], HEAD_FILTER_FRAMES)
+    return out
 
 
 def _smooth(boxes: np.ndarray, window: int) -> np.ndarray:

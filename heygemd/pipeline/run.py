@@ -239,6 +239,7 @@ def _lip_sync_batch(
         landmarks=[landmarks for _, _, landmarks in jobs],
         mels=np.stack([mels[offset] for offset, _, _ in jobs]),
         masks=masks,
+        mouth_rest=track.mouth_rest,
     )
     with timer.stage("infer"):
         generated = engine.generate(face_batch)
