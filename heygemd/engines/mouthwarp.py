@@ -84,7 +84,8 @@ class MouthWarpParams:
     (at least 2 pixels); bilinear in between. Keeps the cost per crop nearly independent of face size."""
     rest_tolerance: float = 0.03
     """How far (share of the eye distance) a crop's mouth may be from the presenter's rest state and still
-    count as at rest: landmark noise on a closed mouth is not "open" and is left alone."""
+    count as at rest: landmark noise on a closed mouth is not "open" and is left alone. From twice this
+    distance on, the whole difference is taken away; in between, a share rising linearly from 0 to all."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def excess(landmarks: np.ndarray, rest: MouthState | None,
     state, scale, tol = measure(points), face_frame(points).scale, params.rest_tolerance
 
     def beyond(value: float) -> float:
-        return float(np.sign(value) * max(abs(value) - tol, 0.0) * scale)
+        """``value`` in pixels, 0 within the tolerance, all of it from twice the tolerance, a ramp between."""
+        return float(value * np.clip(abs(value) / tol - 1.0, 0.0, 1.0) * scale)
 
     gap = max(beyond(state.gap - rest.gap), 0.0)
     jaw = float(np.clip(beyond(state.jaw - rest.jaw), 0.0, JAW_DROP.max() * 0.8 * gap))
