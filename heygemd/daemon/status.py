@@ -91,6 +91,10 @@ class VideoStatus(_Model):
         description="Seconds per stage, free-form: decode, detect, infer, blend, encode, total.",
     )
     error: ErrorStatus | None = None
+    warnings: list[ErrorStatus] = Field(
+        default_factory=list,
+        description="Problems that did not fail the video, e.g. MOUTH_COVERED, PROFILE_VIEW, FACE_TOO_SMALL.",
+    )
 
     @property
     def finished_state(self) -> bool:
@@ -333,6 +337,10 @@ def format_status_detail(status: JobStatus) -> str:
                 notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
                 if v.error.hint:
                     notes.append(f"    hint: {v.error.hint}")
+            for warning in v.warnings:
+                notes.append(f"{v.input}: warning [{warning.code}] {warning.message}")
+                if warning.hint:
+                    notes.append(f"    hint: {warning.hint}")
         out += "\n" + _render(rows)
         if notes:
             out += "\n" + "\n".join(notes) + "\n"

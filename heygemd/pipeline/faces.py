@@ -15,7 +15,8 @@
    ``max_gap_frames`` without the target the track is re-acquired with the first-frame rule, among faces
    at least a quarter of the last target's area (a small background face never takes over).
 3. **Landmarks** (68 points, iBUG layout) on every frame with a face, fitted on the full-resolution frame
-   with the unpadded box.
+   with the unpadded box; with them, how clearly the lips show (``mouth.lip_contrast``: a hand or a
+   phone in front of the mouth hides them), for ``footage.footage_warnings``.
 4. **Gaps.** A run of at most ``max_gap_frames`` frames without the target between two frames with it gets
    linearly interpolated boxes and landmarks; longer runs and runs at the start or end stay NaN (the
    renderer passes those frames through unchanged).
@@ -74,7 +75,7 @@ log = structlog.get_logger(__name__)
 
 TRACKER_VERSION = 3
 """Bumped when the tracking algorithm changes, so cached tracks of older versions are recomputed."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the .npz layout written by ``FaceTrack.save``."""
 MOUTH_FILTER_FRAMES = 5
 """Window of the landmark filter for the jaw line (0-16) and the lips (48-67)."""
@@ -106,11 +107,18 @@ class FaceTrack:
     """(width, height) of the frames."""
     detector: str
     """Name of the detector that made the track (``FaceDetector.name``)."""
+    lip_contrast: np.ndarray | None = None
+    """(N,) float32 ``mouth.lip_contrast`` of each frame whose landmarks were fitted on it (NaN elsewhere:
+    no face, bridged gaps); None: not measured (all NaN)."""
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
         if self.boxes.shape != (n, 4) or self.landmarks.shape != (n, 68, 2):
             raise ValueError(f"FaceTrack shapes disagree: boxes {self.boxes.shape}, landmarks {self.landmarks.shape}")
+        if self.lip_contrast is None:
+            object.__setattr__(self, "lip_contrast", np.full(n, np.nan, dtype=np.float32))
+        elif np.shape(self.lip_contrast) != (n,):
+            raise ValueError(f"FaceTrack lip_contrast has shape {np.shape(self.lip_contrast)}, expected ({n},)")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -151,6 +159,7 @@ class FaceTrack:
                     landmarks=self.landmarks.astype(np.float32),
                     frame_size=np.asarray(self.frame_size, dtype=np.int64),
                     detector=np.str_(self.detector),
+                    lip_contrast=np.asarray(self.lip_contrast, dtype=np.float32),
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -172,6 +181,7 @@ class FaceTrack:
                     landmarks=np.asarray(data["landmarks"], dtype=np.float32),
                     frame_size=(int(size[0]), int(size[1])),
                     detector=str(data["detector"]),
+                    lip_contrast=np.asarray(data["lip_contrast"], dtype=np.float32),
                 )
         except (OSError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as exc:
             if isinstance(exc, TrackFileError):
@@ -225,6 +235,7 @@ def track_faces(
     kinds: list[int] = []
     boxes: list[np.ndarray] = []
     marks: list[np.ndarray] = []
+    contrast: list[float] = []
     nan_box = np.full(4, np.nan, dtype=np.float32)
     nan_marks = np.full((68, 2), np.nan, dtype=np.float32)
     frame_size: tuple[int, int] | None = None
@@ -244,7 +255,7 @@ def track_faces(
             chosen = _choose(_detect_scaled(detector, frame, scale), state, frame_size, max_gap_frames)
             if chosen is None:
                 for j in state.predicted:  # the face may have left before this frame: don't trust predictions
-                    kinds[j], boxes[j], marks[j] = _MISSING, nan_box, nan_marks
+                    kinds[j], boxes[j], marks[j], contrast[j] = _MISSING, nan_box, nan_marks, np.nan
                 if state.predicted:
                     state.target = state.detections[-1][1]
                 state.missing += 1 + len(state.predicted)
@@ -252,6 +263,7 @@ def track_faces(
                 kinds.append(_MISSING)
                 boxes.append(nan_box)
                 marks.append(nan_marks)
+                contrast.append(np.nan)
             else:
                 state.target = chosen
                 state.target_area = _area(chosen)
@@ -261,6 +273,7 @@ def track_faces(
                 kinds.append(_DETECTED)
                 boxes.append(chosen)
                 marks.append(detector.landmarks(frame, chosen).astype(np.float32))
+                contrast.append(mouth.lip_contrast(frame, marks[-1]))
         else:
             predicted = _predict(state.detections, i, detect_every)
             state.target = predicted
@@ -268,6 +281,7 @@ def track_faces(
             kinds.append(_PREDICTED)
             boxes.append(predicted)
             marks.append(detector.landmarks(frame, predicted).astype(np.float32))
+            contrast.append(mouth.lip_contrast(frame, marks[-1]))
         if progress is not None and (i + 1) % PROGRESS_EVERY == 0:
             progress(i + 1)
 
@@ -286,8 +300,12 @@ def track_faces(
     raw_boxes = _cover_landmarks(raw_boxes, raw_marks)
     smoothed = _smooth(raw_boxes, smooth_window)
     final = _pad_and_clamp(smoothed, pads, frame_size, pad_reference_height)
-    raw_marks[~np.isfinite(final).all(axis=1)] = np.nan
-    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name)
+    lost = ~np.isfinite(final).all(axis=1)
+    raw_marks[lost] = np.nan
+    lips = np.asarray(contrast, dtype=np.float32)
+    lips[lost] = np.nan
+    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name,
+                     lip_contrast=lips)
 
 
 def _detect_scaled(detector: FaceDetector, frame: np.ndarray, scale: float) -> list[np.ndarray]:

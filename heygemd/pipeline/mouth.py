@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 LEFT_EYE = np.arange(36, 42)
@@ -104,3 +105,43 @@ def rest_state(landmarks: np.ndarray) -> MouthState | None:
     gap = float(np.quantile(states[:, 0], CLOSED_QUANTILE, method="lower"))
     closed = states[states[:, 0] <= gap + CLOSED_MARGIN]
     return MouthState(gap=max(gap, 0.0), jaw=float(np.median(closed[:, 1])), width=float(np.median(closed[:, 2])))
+
+
+OUTER_LIP = np.arange(48, 60)
+INNER_LIP = np.arange(60, 68)
+
+
+def _fill(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool mask of the polygon ``points`` (pixels of an array of ``shape``)."""
+    canvas = np.zeros(shape, dtype=np.uint8)
+    cv2.fillPoly(canvas, [np.round(points * 4.0).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+    return canvas.astype(bool)
+
+
+def lip_contrast(frame: np.ndarray, landmarks: np.ndarray) -> float:
+    """How much redder the lips are than the skin around them: median Cr (YCrCb, 0..255) of the lips minus
+    that of a band of skin around them, within a box of 0.35 mouth widths around the outer lip.
+
+    Lips show clearly (about 8 to 25 on uncovered faces); a hand, a phone or a microphone in front of the
+    mouth brings it near 0 or below. NaN when the landmarks are not finite or the box is off the frame.
+    """
+    points = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
+    if not np.isfinite(points).all():
+        return float("nan")
+    outer = points[OUTER_LIP]
+    pad = 0.35 * float(np.linalg.norm(points[54] - points[48])) + 2.0
+    h, w = frame.shape[:2]
+    x0, y0 = (int(np.clip(np.floor(v), 0, m)) for v, m in zip(outer.min(axis=0) - pad, (w, h)))
+    x1, y1 = (int(np.clip(np.ceil(v) + 1, 0, m)) for v, m in zip(outer.max(axis=0) + pad, (w, h)))
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return float("nan")
+    stride = max(int(pad) // 10, 1)  # ~30 samples across the mouth are plenty for two medians
+    roi = np.ascontiguousarray(frame[y0:y1:stride, x0:x1:stride])
+    local = (points - np.array([x0, y0])) / stride
+    mouth_area = _fill(local[OUTER_LIP], roi.shape[:2])
+    lips = mouth_area & ~_fill(local[INNER_LIP], roi.shape[:2])
+    skin = ~cv2.dilate(mouth_area.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if lips.sum() < 4 or skin.sum() < 4:
+        return float("nan")
+    cr = cv2.cvtColor(roi, cv2.COLOR_BGR2YCrCb)[..., 1].astype(np.float64)
+    return float(np.median(cr[lips]) - np.median(cr[skin]))

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from heygemd.engines.base import Engine, FaceBatch
-from heygemd.errors import Interrupted, NoFace
-from heygemd.pipeline import faces, render
+from heygemd.errors import ErrorInfo, Interrupted, NoFace
+from heygemd.pipeline import faces, footage, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
@@ -63,6 +63,8 @@ class RenderResult:
     cached_faces: bool
     timings: dict[str, float]
     """Seconds per stage (decode, detect, infer, blend, encode) and ``total``."""
+    warnings: tuple[ErrorInfo, ...] = ()
+    """Problems that did not stop the render (``footage.footage_warnings`` for the weights-free engine)."""
 
 
 ProgressCallback = Callable[[VideoProgress], None]
@@ -105,6 +107,7 @@ def render_video(
             path=video_path,
         )
 
+    warnings = footage.footage_warnings(track, video_path) if engine.name == "mouthwarp" else []
     engine.prepare(audio.mel)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
@@ -147,6 +150,7 @@ def render_video(
         detector=track.detector,
         cached_faces=cached,
         timings=timings,
+        warnings=tuple(warnings),
     )
 
 
