@@ -115,7 +115,8 @@ class Excess:
     jaw: float = 0.0
     """Chin dropped beyond rest (at most as far as opening the lips by ``gap`` drops it): raised with the lower lip."""
     width: float = 0.0
-    """Mouth wider (> 0) or narrower (< 0) than at rest: the corners are brought back."""
+    """Mouth wider (> 0) or narrower (< 0) than at rest, by at most ``gap``: the corners are brought back.
+    (A closed mouth that is wider or narrower than at rest, a smile or a pout, is the presenter's own.)"""
 
     @property
     def at_rest(self) -> bool:
@@ -140,7 +141,8 @@ def excess(landmarks: np.ndarray, rest: MouthState | None,
 
     gap = max(beyond(state.gap - rest.gap), 0.0)
     jaw = float(np.clip(beyond(state.jaw - rest.jaw), 0.0, JAW_DROP.max() * 0.8 * gap))
-    return Excess(gap=gap, jaw=jaw, width=beyond(state.width - rest.width))
+    width = float(np.clip(beyond(state.width - rest.width), -gap, gap))
+    return Excess(gap=gap, jaw=jaw, width=width)
 
 
 @dataclass(frozen=True)
