@@ -1,12 +1,17 @@
 """The weights-free engine: audio-driven mouth animation from face landmarks, numpy and OpenCV only.
 
 For each frame the Wav2Lip mel window is read as two numbers: how far the mouth opens (gated speech
-loudness times a vowel-height cue) and its shape (round "o/u" narrow, spread "i/e" wide). Those move the
-lip, mouth-corner and jaw landmarks; a smooth backward displacement field (normalised Gaussian weights of
-the moved points, split along the lip seam so the lips part) warps the crop with ``cv2.remap``, and the gap
-between the parted inner lips is painted as a mouth: a shadowed cavity, a band of upper teeth and a darker
-tongue. The field is multiplied by ``render.mouth_mask``, so nothing changes from the nose tip upwards or on
-the crop's border, and in silence the output is the input, bit for bit.
+loudness times a vowel-height cue) and its shape (round "o/u" narrow, spread "i/e" wide). The mouth is
+*set* to that, not added to what the frame shows: the crop's own mouth state (inner-lip gap, chin drop,
+lip width; ``pipeline.mouth``) is compared with the presenter's rest state (``FaceBatch.mouth_rest``), and
+what is open beyond rest is closed first: the lips meet and the band of the source opening between them
+(teeth, tongue, cavity) is cut out of the picture rather than squashed. Closing and the audio's opening
+together move the lip, mouth-corner and jaw landmarks; a smooth backward displacement field
+(normalised Gaussian weights of the moved points, split along the lip seam so the lips part) warps the
+crop with ``cv2.remap``, and the gap between the parted inner lips is painted as a mouth: a shadowed
+cavity, a band of upper teeth and a darker tongue. The field is multiplied by ``render.mouth_mask``, so
+nothing changes from the nose tip upwards or on the crop's border, and in silence over a mouth at rest the
+output is the input, bit for bit. A mouth at rest (or no rest given) moves exactly as in version 1.
 """
 
 from __future__ import annotations
