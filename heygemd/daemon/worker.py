@@ -203,6 +203,8 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                 )
                 log.info("video.done", output=output.name, seconds=round(result.timings["total"], 2),
                          face_ratio=round(result.face_ratio, 3), frames=result.frames)
+                for warning in status_file.status.videos[index].warnings:
+                    log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
             status_file.save()
     session.release()
     return True
