@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 demo=0
 [[ "${1:-}" == "--demo" ]] && demo=1
 
-apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd)
+apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd python3-seccomp)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -14,7 +14,7 @@ import structlog
 
 from heygemd.errors import EncodeError, ErrorInfo, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
-from heygemd.media import is_presenter
+from heygemd.names import is_presenter
 from heygemd.pipeline.run import RenderResult, VideoProgress
 
 log = structlog.get_logger("heygemd.batch")

@@ -87,7 +87,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("single", "batch"):
         from heygemd.batch import render_many, summary, videos_in
         from heygemd.lipsync import LipSyncSession
-        from heygemd.media import unique_name
+        from heygemd.names import unique_name
 
         if args.command == "single":
             pairs = [(args.video, args.out)]
@@ -103,9 +103,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_service(settings, once=args.command == "once")
     if args.command == "status":
-        from heygemd.daemon.status import show_status
+        from heygemd.status_view import show_status
 
-        print(show_status(settings.paths.outbox, args.job))
+        print(show_status(settings.paths.outbox, args.job, settings.paths.state_dir))
         return 0
     if args.command == "check":
         from heygemd.check import all_required_ok, format_checks, run_checks

@@ -7,6 +7,7 @@ both record ``code``, ``message`` and ``hint`` in status.json.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,13 +51,17 @@ class ErrorInfo:
         )
 
 
-def report_failure(log: Any, subject: str, exc: BaseException) -> ErrorInfo:
+def report_failure(log: Any, subject: str, exc: BaseException, *,
+                   shown: Callable[[str], str] | None = None) -> ErrorInfo:
     """Log ``exc`` at a failure boundary and return what status.json and summaries show of it.
 
     A HeygemdError is a known problem: ``<subject>.failed`` with its code, message and hint. Anything else is
-    a bug: ``<subject>.crashed`` with the traceback. ``log`` is a structlog logger.
+    a bug: ``<subject>.crashed`` with the traceback. ``log`` is a structlog logger. ``shown`` rewrites message
+    and hint as the user should read them (the daemon names files inside the job folder as the user dropped it).
     """
     info = ErrorInfo.from_exception(exc)
+    if shown is not None:
+        info = ErrorInfo(code=info.code, message=shown(info.message), hint=shown(info.hint))
     if isinstance(exc, HeygemdError):
         log.error(f"{subject}.failed", code=info.code, error=info.message, hint=info.hint)
     else:
@@ -120,6 +125,13 @@ class DecodeError(HeygemdError):
 class JobError(HeygemdError):
     code = "BAD_JOB"
     default_hint = "A job folder holds one audio file, one or more videos or images, and optionally job.toml."
+
+
+class UnsafePath(HeygemdError):
+    """A symbolic link in a job folder: never followed, so a link cannot leak a file from elsewhere on the server."""
+
+    code = "UNSAFE_PATH"
+    default_hint = "Copy the file itself into the job folder; heygemd does not follow links (or shortcuts) to files."
 
 
 class DiskFull(HeygemdError):

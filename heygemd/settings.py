@@ -65,6 +65,11 @@ class IntakeSettings(Section):
     )
     poll_interval: float = Field(10.0, gt=0, description="Seconds between polls when polling.")
     rescan_interval: float = Field(30.0, gt=0, description="Seconds between full rescans of the inbox (a safety net).")
+    incomplete_timeout: float = Field(
+        1800.0, ge=0, description="A settled job whose audio or presenter files still look incomplete (0 bytes, "
+        "zero-filled, an MP4/MOV without its index, open for writing) is taken anyway after this long unchanged, "
+        "and those files fail with their errors. 0 takes them at once.",
+    )
 
 
 class EngineSettings(Section):

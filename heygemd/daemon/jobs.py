@@ -10,8 +10,10 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     audio = "voice take 2.wav"  # required when the folder holds several audio files
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
-in-flight names (see :func:`heygemd.daemon.intake.classify_name`) and the ready marker are skipped
-silently; everything else that is not used (other files, sub-folders, audio files not chosen) is listed in
+in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
+silently; symbolic links are never followed: a linked job.toml or audio fails the job and a linked video fails
+that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; everything else
+that is not used (other files, sub-folders, audio files not chosen) is listed in
 ``JobSpec.ignored`` so status.json can show it. Problems raise :class:`~heygemd.errors.JobError` whose
 message names the file (and the job.toml field) and whose hint says what to change.
 """
@@ -25,9 +27,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from heygemd.daemon.intake import NameKind, encodable_name, classify_name
-from heygemd.errors import JobError
-from heygemd.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, is_presenter
+from heygemd.errors import JobError, UnsafePath
+from heygemd.names import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    NameKind,
+    classify_name,
+    encodable_name,
+    is_audio,
+    is_presenter,
+    shown_name,
+)
 from heygemd.settings import EngineName, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
@@ -35,7 +46,8 @@ JOB_TOML = "job.toml"
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders ``clip2`` before ``clip10`` and ignores case."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name.casefold()) if part)
+    parts = re.split(r"(\d+)", name.casefold())
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts if part)
 
 
 class JobOptions(BaseModel):
@@ -81,6 +93,12 @@ def _toml_problem(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def check_not_link(path: Path, folder: Path) -> None:
+    """Raise UnsafePath when ``path`` (a file of the job ``folder``) is a symbolic link, naming where it points."""
+    if path.is_symlink():
+        raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path)
+
+
 def load_options(path: Path) -> JobOptions:
     """Read and validate ``job.toml``; JobError names the file, the field and the problem."""
     hint = (
@@ -99,7 +117,9 @@ def load_options(path: Path) -> JobOptions:
         raise JobError(_toml_problem(exc), path=path, hint=hint) from None
 
 
-def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready") -> JobSpec:
+def load_job(
+    folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready"
+) -> JobSpec:
     """Read a job folder. ``job_id``/``name`` default to the folder's name (pass the claim's for a claimed job:
     its folder is ``.../claimed/<id>/input``)."""
     folder = Path(folder)
@@ -111,8 +131,9 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
     ignored: list[str] = []
     toml_path: Path | None = None
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if not encodable_name(entry.name):  # bytes no encoding maps (a copy from an old system): unusable in status.json
-            ignored.append(os.fsencode(entry.name).decode("utf-8", "replace"))
+        # bytes no encoding maps (a copy from an old system): unusable in status.json
+        if not encodable_name(entry.name):
+            ignored.append(shown_name(entry.name))
             continue
         is_dir = entry.is_dir()
         if entry.name == ready_marker or classify_name(entry.name, is_dir=is_dir) is not NameKind.NORMAL:
@@ -128,8 +149,11 @@ def load_job(folder: Path, *, job_id: str | None = None, name: str | None = None
         else:
             ignored.append(entry.name)
 
+    if toml_path is not None:
+        check_not_link(toml_path, folder)
     options = load_options(toml_path) if toml_path is not None else JobOptions()
     audio = _pick_audio(folder, audios, options, toml_path)
+    check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)
     if not videos:
         raise JobError(

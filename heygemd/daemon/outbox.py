@@ -18,8 +18,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.intake import ClaimedJob
-from heygemd.daemon.status import fsync_dir, read_status, utc_now
+from heygemd.daemon.claims import ClaimedJob
+from heygemd.daemon.status import read_status, utc_now
+from heygemd.fsutil import fsync_dir
+from heygemd.names import free_path, numbered
 from heygemd.settings import InputsAfter
 
 STATUS_FILE = "status.json"
@@ -50,25 +52,16 @@ def outbox_dir_for(outbox: Path, job_id: str, claimed_at: datetime) -> Path:
     """
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
-    n = 1
+    n = 0
     while True:
-        name = job_id if n == 1 else f"{job_id}-{n}"
         n += 1
-        folder = outbox / name
+        folder = outbox / numbered(job_id, n, keep_suffix=False)
         try:
             folder.mkdir()
             return folder
         except FileExistsError:
             if folder.is_dir() and _belongs_to(folder, job_id, claimed_at):
                 return folder
-
-
-def _unique(target: Path) -> Path:
-    n, candidate = 2, target
-    while candidate.exists():
-        candidate = target.with_name(f"{target.name}-{n}")
-        n += 1
-    return candidate
 
 
 def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: datetime | None = None) -> Path | None:
@@ -83,7 +76,7 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
         # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
         trash = claimed.state_dir / TRASH
         trash.mkdir(parents=True, exist_ok=True)
-        target = _unique(trash / claimed.job_id)
+        target = free_path(trash / claimed.job_id)
         claimed.path.rename(target)
         fsync_dir(claimed.path.parent)
         shutil.rmtree(target)
@@ -95,7 +88,7 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
     else:
         raise ValueError(f"inputs_after must be archive, delete or keep, not {inputs_after!r}")
     parent.mkdir(parents=True, exist_ok=True)
-    target = _unique(parent / claimed.job_id)
+    target = free_path(parent / claimed.job_id)
     claimed.path.rename(target)
     fsync_dir(parent)
     fsync_dir(claimed.path.parent)

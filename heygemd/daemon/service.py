@@ -7,21 +7,27 @@ stays recoverable: the next start resumes it.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import structlog
 
-from heygemd.daemon import intake
+from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_elsewhere, remove_stale_reservations, take_over
+from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
+from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
-from heygemd.daemon.worker import JobContext, process_job
+from heygemd.daemon.waiting import write_waiting
+from heygemd.daemon.watching import InboxWatcher
+from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import report_failure
+from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.settings import Settings
 
@@ -55,6 +61,9 @@ class StopFlag:
         self.event = threading.Event()
 
     def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def __call__(self) -> bool:
         return self.event.is_set()
 
     def install(self) -> None:
@@ -136,6 +145,177 @@ class Sessions:
             self.default.unload()
 
 
+StepAction = Literal["ran", "idle"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one :meth:`Service.step` did: ran a job (its id and outcome), or found nothing to run (``wait_s``:
+    how long until something may become ready by time alone, capped at the rescan interval)."""
+
+    action: StepAction
+    job_id: str | None = None
+    outcome: JobOutcome | None = None
+    wait_s: float = 0.0
+
+
+RunJob = Callable[[ClaimedJob], JobOutcome]
+
+
+class Service:
+    """The service loop's decisions, one :meth:`step` at a time; time comes in as ``now`` (monotonic seconds).
+
+    Policy of a step: first the oldest claimed job that no other live daemon holds and that is not waiting
+    out a pause (at start these are what a previous process left; later, jobs paused on a full disk, retried
+    ``paused_retry_s`` after the pause); else the earliest-arrived ready job in the inbox, claimed now. It runs
+    to an outcome: paused jobs are retried later while other jobs go on; finished and failed ones are gone.
+    ``run_job`` runs one claimed job (the worker, in production); ``clock`` (monotonic seconds) says when it
+    ended, as a job can run for a long time after the ``now`` of its step.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_job: RunJob,
+        *,
+        once: bool = False,
+        paused_retry_s: float = PAUSED_RETRY_SECONDS,
+        completeness: CompletenessCheck | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.run_job = run_job
+        self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
+        self.paused_retry_s = float("inf") if once else paused_retry_s
+        intake_settings = settings.intake
+        self._now = 0.0
+        self.tracker = ReadinessTracker(
+            intake_settings.settle_seconds,
+            ready_marker=intake_settings.ready_marker,
+            completeness=completeness if completeness is not None else CompletenessCheck(),
+            incomplete_timeout=intake_settings.incomplete_timeout,
+            trust_file_times=once,  # a one-shot process has no history of the folders: their file times are it
+            clock=lambda: self._now,
+        )
+        self.retry_at: dict[str, float] = {}
+        self.waiting: dict[str, tuple[str, ...]] = {}
+        """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
+        self._waiting_written: dict[str, tuple[str, ...]] | None = None
+
+    def step(self, now: float) -> Step:
+        """Run the next job, if any (see the class docstring), and say what was done."""
+        self._now = now
+        claimed = self._next_claimed(now) or self._claim_next_ready()
+        self._publish_waiting()
+        if claimed is None:
+            deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now)) if d is not None]
+            # a deadline of 0.0 (settled just now) must not mean "no deadline"
+            return Step("idle", wait_s=max(0.0, min([self.settings.intake.rescan_interval, *deadlines])))
+        outcome = self.run_job(claimed)
+        if outcome is JobOutcome.PAUSED:
+            self.retry_at[claimed.job_id] = self._clock() + self.paused_retry_s
+            log.warning("job.retry_later", job_id=claimed.job_id, after_s=self.paused_retry_s)
+        elif outcome is not JobOutcome.INTERRUPTED:
+            self.retry_at.pop(claimed.job_id, None)
+        return Step("ran", job_id=claimed.job_id, outcome=outcome)
+
+    def waiting_text(self) -> str:
+        """One line on what the inbox's unready jobs wait for, e.g. for STATUS= ("" when none waits)."""
+        parts = [f"{name}/{', '.join(files)}" for name, files in sorted(self.waiting.items()) if files]
+        return "waiting for " + "; ".join(parts) if parts else ""
+
+    def _publish_waiting(self) -> None:
+        """Write ``waiting.json`` for ``heygemd status`` when what the inbox waits for changed."""
+        current = {name: files for name, files in self.waiting.items() if files}
+        if current == self._waiting_written:
+            return
+        try:
+            write_waiting(self.settings.paths.state_dir, current)
+        except OSError as exc:  # a share refusing one write: the log still says it, the next change retries
+            log.warning("waiting.write_failed", error=f"{exc.filename}: {exc.strerror}")
+            return
+        self._waiting_written = current
+
+    def _next_claimed(self, now: float) -> ClaimedJob | None:
+        """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause,
+        now owned by this process."""
+        for claimed in claimed_jobs(self.settings.paths.state_dir):
+            if self.retry_at.get(claimed.job_id, -float("inf")) > now or held_elsewhere(claimed):
+                continue
+            log.info("job.retrying" if claimed.job_id in self.retry_at else "job.resuming", job_id=claimed.job_id,
+                     previous_owner=f"{claimed.host}:{claimed.pid}")
+            return take_over(claimed)
+        return None
+
+    def _next_retry(self, now: float) -> float | None:
+        """Seconds until the next paused job may be tried again, or None when none is paused."""
+        pending = [t for t in self.retry_at.values() if t != float("inf")]
+        return max(0.0, min(pending) - now) if pending else None
+
+    def _claim_next_ready(self) -> ClaimedJob | None:
+        """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready).
+
+        ``waiting`` remembers what each job was last seen waiting for, so the log says once (not at every scan)
+        that a job waits, e.g. for a stale ``clip.mp4.part`` that someone must remove, or a presenter still at 0
+        bytes.
+        """
+        paths = self.settings.paths
+        try:
+            candidates = scan_inbox(paths.inbox, paths.state_dir)
+        except FileNotFoundError:
+            log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
+            return None
+        self.tracker.retain(c.name for c in candidates)
+        for gone in set(self.waiting) - {c.name for c in candidates}:
+            del self.waiting[gone]
+        ready = []
+        for candidate in candidates:
+            try:
+                readiness = self.tracker.observe(candidate)
+            except OSError as exc:  # unreadable or stale on the share: look again at the next scan
+                log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
+                continue
+            self._note_waiting(candidate.name, readiness)
+            if readiness.ready:
+                ready.append(candidate)
+        for candidate in sorted(ready, key=_arrival):
+            try:
+                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
+            except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
+                log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
+                continue
+            self.tracker.forget(candidate.name)
+            self.waiting.pop(candidate.name, None)
+            if claimed is not None:
+                log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
+                return claimed
+        return None
+
+    def _note_waiting(self, name: str, readiness: Readiness) -> None:
+        waiting_for = () if readiness.ready else readiness.waiting_for
+        if waiting_for and self.waiting.get(name) != waiting_for:
+            if readiness.in_flight:
+                log.info("job.waiting", job_name=name, in_flight=", ".join(f"{name}/{f}" for f in readiness.in_flight),
+                         hint="The job is taken once these files are complete (renamed or removed).")
+            else:
+                incomplete = ", ".join(f"{name}/{f}" for f in readiness.incomplete)
+                log.info("job.waiting", job_name=name, incomplete=incomplete,
+                         hint="The job is taken once these files are completely uploaded, or after "
+                         f"intake.incomplete_timeout ({self.settings.intake.incomplete_timeout:.0f} s) unchanged.")
+        if readiness.reason is ReadyReason.TIMED_OUT:
+            log.warning("job.incomplete_timeout", job_name=name,
+                        incomplete=", ".join(f"{name}/{f}" for f in readiness.incomplete),
+                        hint="Taken although these files look incomplete; they fail with their own errors.")
+        self.waiting[name] = waiting_for
+
+
+def _arrival(candidate: Candidate) -> tuple[float, str]:
+    try:
+        return candidate.path.stat().st_mtime, candidate.name
+    except FileNotFoundError:
+        return float("inf"), candidate.name
+
+
 def run_service(settings: Settings, *, once: bool = False) -> int:
     """``heygemd run`` (once=False) and ``heygemd once``. Returns the process exit status."""
     paths = settings.paths
@@ -155,82 +335,89 @@ def run_service(settings: Settings, *, once: bool = False) -> int:
     return 0
 
 
+class _Stopping:
+    """``should_stop`` for the loop and the worker: the stop flag, announcing ``STOPPING=1`` the first time it is
+    seen set (the signal handler itself only sets the flag)."""
+
+    def __init__(self, stop: StopFlag, notifier: Notifier) -> None:
+        self._stop = stop
+        self._notifier = notifier
+        self._announced = False
+
+    def __call__(self) -> bool:
+        if self._stop and not self._announced:
+            self._announced = True
+            self._notifier.stopping("stopping: the current video is redone on the next start")
+            log.info("daemon.stopping")
+        return bool(self._stop)
+
+
 def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -> None:
     paths = settings.paths
     sessions = Sessions(settings)
     log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), engine=sessions.default.engine_name,
              mode="once" if once else "run")
     sessions.default.warm_up()
+    stopping = _Stopping(stop, notifier)
 
     with Heartbeat(notifier, watchdog_interval()) as heartbeat:
         context = JobContext(
             session_for=sessions.get,
-            should_stop=stop.__bool__,
+            should_stop=stopping,
             heartbeat=heartbeat.beat,
             inputs_after=settings.outbox.inputs_after,
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
         )
 
-        def run_job(claimed: intake.ClaimedJob) -> None:
+        def run_job(claimed: ClaimedJob) -> JobOutcome:
             heartbeat.beat(f"job {claimed.job_id}")
             try:
-                process_job(claimed, paths.outbox, context)
-            except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
-                log.error("job.paused", job_id=claimed.job_id, error=f"{exc.filename or paths.outbox}: {exc.strerror}",
-                          hint="Check the outbox's share and free space; the job is tried again later.")
+                outcome = process_job(claimed, paths.outbox, context).outcome
             except Exception as exc:  # per-job boundary around the worker's own: never take the daemon down
                 report_failure(log.bind(job_id=claimed.job_id), "job", exc)
                 _set_aside(claimed)
+                outcome = JobOutcome.FAILED
             sessions.after_job()
             heartbeat.beat("idle, watching the inbox")
+            return outcome
 
-        intake.remove_stale_reservations(paths.state_dir)
+        remove_stale_reservations(paths.state_dir)
         empty_trash(paths.state_dir)
+        _remove_cache_temps(paths.cache_dir)
+        remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)  # waiting.json's, from a killed process
+        service = Service(settings, run_job, once=once)
         if once:
-            _resume_claimed(settings, stop, run_job)
-            _drain_ready(settings, stop, run_job)
+            while not stopping() and service.step(time.monotonic()).action == "ran":
+                pass
         else:
-            _watch(settings, stop, notifier, heartbeat, sessions, run_job)
+            _watch(settings, service, stopping, notifier, heartbeat, sessions)
 
 
-def _watch(settings: Settings, stop: StopFlag, notifier: Notifier, heartbeat: Heartbeat, sessions: Sessions,
-           run_job: Callable[[intake.ClaimedJob], None]) -> None:
+def _watch(settings: Settings, service: Service, stopping: _Stopping, notifier: Notifier, heartbeat: Heartbeat,
+           sessions: Sessions) -> None:
     paths, intake_settings = settings.paths, settings.intake
-    tracker = intake.ReadinessTracker(intake_settings.settle_seconds, ready_marker=intake_settings.ready_marker)
-    watcher = intake.InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
-                                  poll_interval=intake_settings.poll_interval)
+    watcher = InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
+                           poll_interval=intake_settings.poll_interval)
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
         notifier.ready("idle, watching the inbox")
-        # Claimed jobs first, oldest first: at start they are what a previous process left (resumed only after
-        # READY, as one can outlast systemd's start timeout); later, jobs paused on a full disk, after a backoff.
-        retry_at: dict[str, float] = {}
-        waiting: dict[str, tuple[str, ...]] = {}
-        while not stop:
+        # Claimed jobs are resumed only after READY, as one can outlast systemd's start timeout.
+        while not stopping():
             heartbeat.beat()
-            claimed = _next_claimed(paths.state_dir, retry_at, stop) or _claim_next_ready(settings, tracker, waiting)
-            if claimed is not None:
-                run_job(claimed)
-                if not claimed.path.exists():  # finished: its inputs left claimed/
-                    retry_at.pop(claimed.job_id, None)
-                elif not stop:  # still claimed although not stopping: it paused
-                    retry_at[claimed.job_id] = time.monotonic() + PAUSED_RETRY_SECONDS
-                    log.warning("job.retry_later", job_id=claimed.job_id, after_s=PAUSED_RETRY_SECONDS)
+            step = service.step(time.monotonic())
+            if step.action == "ran":
                 continue
+            heartbeat.beat(service.waiting_text() or "idle, watching the inbox")
             sessions.unload_if_idle()
             try:
                 prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
             except OSError as exc:  # a file held open on the share: pruning waits for a later round
                 log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
-            deadlines = [d for d in (tracker.next_deadline(), _next_retry(retry_at)) if d is not None]
-            # a deadline of 0.0 (settled just now) must not mean "no deadline"
-            wait = min([intake_settings.rescan_interval, *deadlines])
-            _wait_for_change(watcher, stop, heartbeat, max(wait, 0.05))
-        log.info("daemon.stopping")
+            _wait_for_change(watcher, stopping, heartbeat, max(step.wait_s, 0.05))
 
 
-def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, heartbeat: Heartbeat, seconds: float) -> None:
+def _wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: Heartbeat, seconds: float) -> None:
     """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS).
 
     A change is followed by a short quiet spell (``DEBOUNCE_SECONDS``, at most ``DEBOUNCE_MAX_SECONDS``): a copy
@@ -238,49 +425,19 @@ def _wait_for_change(watcher: intake.InboxWatcher, stop: StopFlag, heartbeat: He
     watchdog keeps being fed, whatever ``intake.rescan_interval`` is.
     """
     end = time.monotonic() + seconds
-    while not stop:
+    while not stop():
         heartbeat.beat()
         left = end - time.monotonic()
         if left <= 0:
             return
         if watcher.wait(min(left, STOP_POLL_SECONDS)):
             settle_until = time.monotonic() + DEBOUNCE_MAX_SECONDS
-            while not stop and time.monotonic() < settle_until and watcher.wait(DEBOUNCE_SECONDS):
+            while not stop() and time.monotonic() < settle_until and watcher.wait(DEBOUNCE_SECONDS):
                 pass
             return
 
 
-def _next_claimed(state_dir: Path, retry_at: dict[str, float], stop: StopFlag) -> intake.ClaimedJob | None:
-    """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause,
-    now owned by this process."""
-    now = time.monotonic()
-    for claimed in intake.claimed_jobs(state_dir):
-        if stop:
-            return None
-        if retry_at.get(claimed.job_id, 0.0) > now or intake.held_elsewhere(claimed):
-            continue
-        log.info("job.retrying" if claimed.job_id in retry_at else "job.resuming", job_id=claimed.job_id,
-                 previous_owner=f"{claimed.host}:{claimed.pid}")
-        return intake.take_over(claimed)
-    return None
-
-
-def _next_retry(retry_at: dict[str, float]) -> float | None:
-    """Seconds until the next paused job may be tried again, or None when none is paused."""
-    if not retry_at:
-        return None
-    return max(0.0, min(retry_at.values()) - time.monotonic())
-
-
-def _resume_claimed(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
-    """Run the jobs a previous process claimed but did not finish, oldest claim first, each once."""
-    tried: dict[str, float] = {}
-    while (claimed := _next_claimed(settings.paths.state_dir, tried, stop)) is not None:
-        tried[claimed.job_id] = float("inf")
-        run_job(claimed)
-
-
-def _set_aside(claimed: intake.ClaimedJob) -> None:
+def _set_aside(claimed: ClaimedJob) -> None:
     """Archive the inputs of a job that failed outside the worker's own boundary, so it is not resumed forever."""
     try:
         finish_inputs(claimed, "archive")
@@ -288,92 +445,13 @@ def _set_aside(claimed: intake.ClaimedJob) -> None:
         log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
 
 
-def _claim_next_ready(settings: Settings, tracker: intake.ReadinessTracker,
-                      waiting: dict[str, tuple[str, ...]]) -> intake.ClaimedJob | None:
-    """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready).
-
-    ``waiting`` remembers which in-flight files each job was last seen waiting for, so the log says once (not at
-    every scan) that a job waits, e.g. for a stale ``clip.mp4.part`` that someone must remove.
-    """
-    paths = settings.paths
-    try:
-        candidates = intake.scan_inbox(paths.inbox, paths.state_dir)
-    except FileNotFoundError:
-        log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
-        return None
-    tracker.retain(c.name for c in candidates)
-    for gone in set(waiting) - {c.name for c in candidates}:
-        del waiting[gone]
-    ready = []
-    for candidate in candidates:
-        try:
-            readiness = tracker.observe(candidate)
-            if readiness.in_flight and waiting.get(candidate.name) != readiness.in_flight:
-                log.info("job.waiting", job_name=candidate.name, in_flight=", ".join(readiness.in_flight),
-                         hint="The job is taken once these files are complete (renamed or removed).")
-            waiting[candidate.name] = readiness.in_flight
-            if readiness.ready:
-                ready.append(candidate)
-        except OSError as exc:  # unreadable or stale on the share: look again at the next scan
-            log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
-    for candidate in sorted(ready, key=_arrival):
-        try:
-            claimed = intake.claim(candidate, paths.state_dir, outbox=paths.outbox)
-        except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
-            log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
-            continue
-        tracker.forget(candidate.name)
-        if claimed is not None:
-            log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
-            return claimed
-    return None
+CACHE_TEMP_MIN_AGE_S = 3600.0
+"""Temporary files in folders shared by daemons (face cache, state) younger than this may be another's, in use."""
 
 
-def _drain_ready(settings: Settings, stop: StopFlag, run_job: Callable[[intake.ClaimedJob], None]) -> None:
-    """``heygemd once``: every job that is ready now: it has the marker, or nothing in it changed for
-    settle_seconds. "Changed" reads each entry's ctime as well as its mtime: copies made with ``cp -p``,
-    ``rsync -a``, Explorer or Finder keep old mtimes, but the ctime is when the file arrived."""
-    paths, marker = settings.paths, settings.intake.ready_marker
-    settle_ns = settings.intake.settle_seconds * 1e9
-    refused: set[str] = set()
-    while not stop:
-        ready = []
-        for candidate in intake.scan_inbox(paths.inbox, paths.state_dir):
-            if candidate.name in refused:
-                continue
-            snap = intake.take_snapshot(candidate.path, marker)
-            settled = snap.has_files and time.time_ns() - _last_change_ns(candidate.path) >= settle_ns
-            if not snap.in_flight and snap.has_files and (snap.has_marker or settled):
-                ready.append(candidate)
-        if not ready:
-            return
-        candidate = sorted(ready, key=_arrival)[0]
-        try:
-            claimed = intake.claim(candidate, paths.state_dir, outbox=paths.outbox)
-        except OSError as exc:  # e.g. a client holds a file open on the share: left for a later run
-            log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
-            refused.add(candidate.name)
-            continue
-        if claimed is not None:
-            log.info("job.claimed", job_id=claimed.job_id, job_name=claimed.name)
-            run_job(claimed)
-
-
-def _last_change_ns(folder: Path) -> int:
-    """The newest mtime or ctime of ``folder`` and everything in it."""
-    newest = 0
-    for root, dirs, files in os.walk(folder):
-        for name in [*dirs, *files, "."]:
-            try:
-                st = os.stat(os.path.join(root, name), follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-    return newest
-
-
-def _arrival(candidate: intake.Candidate) -> tuple[float, str]:
-    try:
-        return candidate.path.stat().st_mtime, candidate.name
-    except FileNotFoundError:
-        return float("inf"), candidate.name
+def _remove_cache_temps(cache_dir: Path) -> None:
+    """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old."""
+    folders = [cache_dir, *(p for p in cache_dir.iterdir() if p.is_dir() and not p.is_symlink())] \
+        if cache_dir.is_dir() else []
+    for folder in folders:
+        remove_temps(folder, min_age_s=CACHE_TEMP_MIN_AGE_S)

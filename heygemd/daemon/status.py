@@ -1,4 +1,4 @@
-"""The per-job ``status.json``: pydantic models, atomic writes, the JSON Schema, and the ``heygemd status`` table.
+"""The per-job ``status.json``: pydantic models, atomic writes and the JSON Schema (tables: ``heygemd.status_view``).
 
 ``status.json`` is the public contract of a job in the outbox: people and scripts poll it, so it is always
 written whole (temp file in the same folder, fsync, ``os.replace``, fsync of the folder) and validated
@@ -13,14 +13,11 @@ No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import secrets
 import socket
 import time
-import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -28,6 +25,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from heygemd.errors import ErrorInfo
+from heygemd.fsutil import ReplaceFn, atomic_write_bytes
 
 SCHEMA_VERSION = 1
 """Only ever increases; fields are added, never renamed."""
@@ -169,70 +167,7 @@ def overall_progress(videos: Sequence[VideoStatus]) -> float:
     return min(1.0, total / len(videos))
 
 
-# ---------------------------------------------------------------------------------------------- atomic writes
-
-RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
-    {errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EIO, errno.ESTALE}
-)
-"""Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
-
-ReplaceFn = Callable[[str | os.PathLike[str], str | os.PathLike[str]], None]
-
-
-def atomic_write_bytes(
-    path: Path,
-    data: bytes,
-    *,
-    attempts: int = 6,
-    backoff_s: float = 0.05,
-    replace: ReplaceFn = os.replace,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The data goes to a hidden temp file in the same folder, is flushed and fsynced, then renamed over
-    ``path`` with ``replace``; the folder is fsynced so the rename survives a power cut. When ``replace``
-    fails with a retryable error (SMB refuses it while a client has the file open) it is retried up to
-    ``attempts`` times, waiting ``backoff_s``, doubling each time. On final failure the temp file is removed
-    and the last error raised. The file is never written in place.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        delay = backoff_s
-        for attempt in range(1, attempts + 1):
-            try:
-                replace(tmp, path)
-                break
-            except OSError as exc:
-                if exc.errno not in RETRYABLE_REPLACE_ERRNOS or attempt == attempts:
-                    raise
-                sleep(delay)
-                delay *= 2
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename in it is durable. Filesystems that cannot fsync a directory (some
-    network shares answer EINVAL/EBADF/ENOTSUP) are accepted silently: the rename itself already happened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (PermissionError, IsADirectoryError):
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM):
-            raise
-    finally:
-        os.close(fd)
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def write_status(
@@ -268,102 +203,6 @@ def export_schema(path: Path = SCHEMA_PATH) -> Path:
     """(Re)write the shipped schema file from the model."""
     Path(path).write_text(schema_text(), encoding="utf-8")
     return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def _width(text: str) -> int:
-    """Terminal columns ``text`` takes (CJK characters take two)."""
-    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
-
-
-def _render(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _when(ts: datetime | None) -> str:
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts is not None else "-"
-
-
-def _percent(fraction: float) -> str:
-    return f"{fraction * 100:.0f}%"
-
-
-def format_status_table(statuses: Iterable[JobStatus]) -> str:
-    """One row per job: id, state, progress %, videos done/failed/total, last update (UTC)."""
-    rows: list[list[str]] = [["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED"]]
-    for s in statuses:
-        done, failed, total = s.counts()
-        rows.append([s.job_id, s.state, _percent(s.progress), f"{done}/{failed}/{total}", _when(s.updated)])
-    if len(rows) == 1:
-        return "no jobs\n"
-    return _render(rows)
-
-
-def format_status_detail(status: JobStatus) -> str:
-    """One job in detail: header lines, then each video with its state, progress, output, and error + hint."""
-    done, failed, total = status.counts()
-    head = [
-        f"job       {status.job_id}" + (f"  ({status.job_name})" if status.job_name != status.job_id else ""),
-        f"state     {status.state}  {_percent(status.progress)}  videos {done} done, {failed} failed, {total} total",
-        f"audio     {status.audio.file if status.audio else '-'}"
-        + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
-        f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
-        f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
-        f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
-        f"updated   {_when(status.updated)}",
-    ]
-    if status.ignored:
-        head.append(f"ignored   {', '.join(status.ignored)}")
-    if status.error is not None:
-        head.append(f"error     [{status.error.code}] {status.error.message}")
-        if status.error.hint:
-            head.append(f"          hint: {status.error.hint}")
-    out = "\n".join(head) + "\n"
-    if status.videos:
-        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "OUTPUT"]]
-        notes: list[str] = []
-        for v in status.videos:
-            frames = f"{v.frames_done}/{v.frames_total}" if v.frames_total is not None else str(v.frames_done)
-            rows.append([v.input, v.state, _percent(1.0 if v.state == "done" else v.progress), frames, v.output or "-"])
-            if v.error is not None:
-                notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
-                if v.error.hint:
-                    notes.append(f"    hint: {v.error.hint}")
-            for warning in v.warnings:
-                notes.append(f"{v.input}: warning [{warning.code}] {warning.message}")
-                if warning.hint:
-                    notes.append(f"    hint: {warning.hint}")
-        out += "\n" + _render(rows)
-        if notes:
-            out += "\n" + "\n".join(notes) + "\n"
-    return out
-
-
-def show_status(outbox: Path, job_id: str | None = None) -> str:
-    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox``, or one job in detail."""
-    if job_id is not None:
-        path = Path(outbox) / job_id / "status.json"
-        if not path.is_file():
-            return f"no job {job_id!r} in {outbox}\n"
-        try:
-            return format_status_detail(read_status(path))
-        except ValueError as exc:
-            return f"{path}: not a heygemd status file ({str(exc).splitlines()[0]})\n"
-    statuses = []
-    for path in sorted(Path(outbox).glob("*/status.json")):
-        try:
-            statuses.append(read_status(path))
-        except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
-            continue
-    return format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or utc_now(), s.job_id)))
 
 
 if __name__ == "__main__":

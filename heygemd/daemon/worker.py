@@ -7,17 +7,19 @@ and the next start redoes only the videos that are not done.
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import structlog
 
-from heygemd.daemon.intake import ClaimedJob, renew_lease
-from heygemd.daemon.jobs import JobSpec, load_job
+from heygemd.daemon.claims import ClaimedJob, renew_lease
+from heygemd.daemon.jobs import JobSpec, check_not_link, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
@@ -29,9 +31,10 @@ from heygemd.daemon.status import (
     write_status,
 )
 from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
+from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
-from heygemd.media import unique_name
+from heygemd.names import unique_name
 from heygemd.pipeline.run import VideoProgress
 from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
 
@@ -88,29 +91,58 @@ class _StatusFile:
         self.status = self.status.model_copy(update={"videos": videos})
 
 
-def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobStatus | None:
-    """Run ``claimed`` to its end and return the final status, or None when it did not end: a stop request
-    interrupted it, or the disk is full. Either way the job stays claimed and its unfinished videos pending."""
+class JobOutcome(enum.Enum):
+    """How :func:`process_job` ended, which decides what the service loop does with the claim next."""
+
+    FINISHED = "finished"  # every video reached done or failed; the inputs left claimed/
+    FAILED = "failed"  # the job could not run (a job-level error is in status.json); the inputs were archived
+    PAUSED = "paused"  # the machine's problem (disk full, outbox unreachable): still claimed, try again later
+    INTERRUPTED = "interrupted"  # a stop request: still claimed, its unfinished videos pending, resumed later
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The outcome and the last status written (None when not even status.json could be written)."""
+
+    outcome: JobOutcome
+    status: JobStatus | None = None
+
+
+def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
+    """Run ``claimed`` and say how it ended (:class:`JobOutcome`). Finished and failed jobs leave claimed/;
+    paused and interrupted ones stay claimed with their unfinished videos pending."""
+    try:
+        return _process(claimed, outbox, context)
+    except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
+        log.error("job.paused", job_id=claimed.job_id, error=f"{exc.filename or outbox}: {exc.strerror}",
+                  hint="Check the outbox's share and free space; the job is tried again later.")
+        return JobResult(JobOutcome.PAUSED)
+
+
+def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
+    remove_leftovers(claimed, out_dir)
+
     status_file = _StatusFile(out_dir / STATUS_FILE, _initial_status(claimed, out_dir), claimed)
     status_file.save()
-    _remove_partial_outputs(out_dir)
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
+        outcome = JobOutcome.FINISHED
         try:
-            finished = _run(claimed, out_dir, status_file, context)
+            _run(claimed, out_dir, status_file, context)
         except Interrupted:
-            finished = False
+            outcome = JobOutcome.INTERRUPTED
         except DiskFull as exc:  # the machine's problem, not the job's: pause and try again later
-            log.error("job.paused", code=exc.code, error=exc.message, hint=exc.hint)
-            finished = False
+            log.error("job.paused", code=exc.code, error=_for_user(exc.info(), claimed).message, hint=exc.hint)
+            outcome = JobOutcome.PAUSED
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
-            status_file.update(error=_for_user(report_failure(log, "job", exc), claimed))
-            finished = True
-        if not finished:
+            info = report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed))
+            status_file.update(error=_for_user(info, claimed))
+            outcome = JobOutcome.FAILED
+        if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
             status_file.save()
             log.warning("job.interrupted", progress=round(status_file.status.progress, 3))
-            return None
+            return JobResult(outcome, status_file.status)
         status_file.update(finished=utc_now())
         status_file.save()
         final = status_file.status
@@ -120,8 +152,9 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobSt
     # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
     # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
     inputs_after = context.inputs_after if final.state == "done" else "archive"
+    remove_leftovers(claimed, out_dir)
     finish_inputs(claimed, inputs_after)
-    return final
+    return JobResult(outcome, final)
 
 
 def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
@@ -131,11 +164,12 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
         # host/pid name the process running the job now (a restart resumes what a dead process left).
         return previous.model_copy(update={"attempt": previous.attempt + 1, "state": "queued", "error": None,
                                            "finished": None, "host": socket.gethostname(), "pid": os.getpid()})
-    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at)
+    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at,
+                     created=claimed.claimed_at)
 
 
-def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> bool:
-    """Process the job's videos; True when every video reached done or failed, False when stopped."""
+def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> None:
+    """Process the job's videos until every one reached done or failed; raises Interrupted when stopped."""
     spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=context.ready_marker)
     session = context.session_for(spec.options.engine)
     status_file.update(
@@ -161,7 +195,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
         if entry.state in ("done", "failed"):
             continue
         if context.should_stop():
-            return False
+            raise Interrupted("stopped before the next video")
         output = out_dir / entry.output  # type: ignore[operator]
         status_file.update_video(index, state="processing", started=utc_now(), progress=0.0, frames_done=0, error=None)
         status_file.save()
@@ -169,13 +203,14 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
         with bound:
             log.info("video.started", output=output.name)
 
-            def on_progress(p: VideoProgress, index: int = index) -> None:
+            def on_progress(p: VideoProgress, index: int = index, video: Path = video) -> None:
                 status_file.update_video(index, progress=round(p.fraction, 4), frames_done=p.frames_done,
                                          frames_total=p.frames_total if p.stage == "render" else None)
                 status_file.save(force=False)
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
+                check_not_link(video, claimed.folder)
                 result = session.render(video, audio, output, loop_mode=spec.options.loop_mode, crf=spec.options.crf,
                                         on_progress=on_progress, should_stop=context.should_stop)
             except Interrupted:
@@ -186,7 +221,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                                          error=_for_user(exc.info(), claimed))
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
-                info = report_failure(log, "video", exc)
+                info = report_failure(log, "video", exc, shown=partial(for_user, claimed=claimed))
                 status_file.update_video(index, state="failed", finished=utc_now(), error=_for_user(info, claimed))
             else:
                 status_file.update_video(
@@ -207,7 +242,6 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                     log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
             status_file.save()
     session.release()
-    return True
 
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
@@ -230,14 +264,26 @@ def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: st
     return entries
 
 
+def for_user(text: str, claimed: ClaimedJob) -> str:
+    """``text`` with heygemd's internal claim paths replaced by the job folder as the user dropped it:
+    ``<state>/claimed/<id>/input/bob.mp4`` -> ``lesson-01/bob.mp4``, the folder itself -> ``lesson-01/``."""
+    shown = claimed.name + "/"
+    for internal in (str(claimed.folder), str(claimed.path)):
+        text = text.replace(internal + os.sep, shown).replace(internal, shown)
+    return text
+
+
 def _for_user(info: ErrorInfo, claimed: ClaimedJob) -> ErrorStatus:
     """The error as status.json shows it: files named inside the job as the user gave it (``lesson/a.mp4``), not
     by heygemd's internal claimed/ path, which moves to the archive afterwards."""
-    inside = str(claimed.folder) + os.sep
-    return ErrorStatus(code=info.code, message=info.message.replace(inside, claimed.name + os.sep), hint=info.hint)
+    return ErrorStatus(code=info.code, message=for_user(info.message, claimed), hint=for_user(info.hint, claimed))
 
 
-def _remove_partial_outputs(out_dir: Path) -> None:
-    """Temporary files a killed encoder left behind; they are never renamed into place, so never complete."""
-    for leftover in out_dir.glob(".*.partial*"):
-        leftover.unlink(missing_ok=True)
+def remove_leftovers(claimed: ClaimedJob, out_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed heygemd left in this job's outbox and claim folders (status.json,
+    outputs, posters, claim.json): only names heygemd makes (``names.is_heygemd_temp``). The job is held by this
+    process, so nothing else writes there."""
+    removed = remove_temps(out_dir) + remove_temps(claimed.path)
+    if removed:
+        log.info("job.leftovers_removed", job_id=claimed.job_id, files=", ".join(p.name for p in removed))
+    return removed

@@ -11,7 +11,6 @@ Conventions
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import TracebackType
 
@@ -19,19 +18,19 @@ import cv2
 import numpy as np
 
 from heygemd.errors import DiskFull, EncodeError, NoAudioStream
+from heygemd.fsutil import atomic_writer, publish_written
+from heygemd.names import temp_path
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
 from heygemd.pipeline.frames import decode_filters, input_args
 from heygemd.pipeline.probe import VideoInfo
+from heygemd.settings import VideoSettings
+
+_VIDEO = VideoSettings.model_fields
+"""Encoder defaults are the settings' own (``video.crf``, ``video.preset``, ``video.audio_bitrate``)."""
 
 _ENCODE_COLOUR = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
 _ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,format=yuv420p"
 """BGR -> yuv420p with the BT.709 matrix, limited range; accurate_rnd as in ``frames._DECODE_TO_BGR``."""
-
-
-def _partial_path(out_path: Path) -> Path:
-    """The temporary name an output is written under, in its final directory."""
-    suffix = out_path.suffix or ".mp4"
-    return out_path.with_name(f".{out_path.name}.partial{suffix}")
 
 
 def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float) -> list[str]:
@@ -51,16 +50,9 @@ def _encode_failure(tail: str, out_path: Path, audio_path: Path) -> Exception:
 
 
 def _publish(temp: Path, out_path: Path) -> None:
-    """fsync ``temp``, rename it to ``out_path`` and fsync the directory."""
+    """fsync ``temp``, rename it to ``out_path`` and fsync the directory (tolerant of shares that refuse that)."""
     try:
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, out_path)
-        dir_fd = os.open(out_path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        publish_written(temp, out_path)
     except OSError as exc:
         raise disk_error(exc, out_path, "finishing the output") from exc
 
@@ -72,13 +64,14 @@ class VideoWriter:
     ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
     input and is re-encoded to AAC. The output lasts ``duration`` seconds (write
     ``AudioFeatures.frame_count(fps)`` frames to cover it). It is written to
-    ``.{name}.partial{suffix}`` next to ``out_path``, fsynced and renamed into place when ffmpeg
+    a temporary name next to ``out_path`` (``names.temp_path``), fsynced and renamed into place when ffmpeg
     exits 0. An exception in the with-block kills ffmpeg, deletes the partial file and propagates.
     Raises EncodeError (stderr tail), DiskFull, or NoAudioStream (audio file without sound).
     """
 
     def __init__(self, out_path: Path, width: int, height: int, fps: float, audio_path: Path, duration: float, *,
-                 crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k"):
+                 crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
+                 audio_bitrate: str = _VIDEO["audio_bitrate"].default):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"width and height must be positive and even for yuv420p, got {width}x{height}")
         if duration <= 0:
@@ -88,7 +81,7 @@ class VideoWriter:
         self.audio_path = Path(audio_path)
         self.duration = float(duration)
         self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
-        self.temp_path = _partial_path(self.out_path)
+        self.temp_path = temp_path(self.out_path)
         self.frames_written = 0
         self._proc: ToolProcess | None = None
 
@@ -128,7 +121,7 @@ class VideoWriter:
             raise ValueError(
                 f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame_bgr.shape} {frame_bgr.dtype}"
             )
-        data = memoryview(np.ascontiguousarray(frame_bgr)).cast("B")
+        data = np.ascontiguousarray(frame_bgr).data.cast("B")
         try:
             self._proc.stdin.write(data)
         except BrokenPipeError:
@@ -172,7 +165,8 @@ class VideoWriter:
 
 
 def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration: float, *,
-                    crf: int = 18, preset: str = "fast", audio_bitrate: str = "192k") -> Path:
+                    crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
+                    audio_bitrate: str = _VIDEO["audio_bitrate"].default) -> Path:
     """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
 
     Same decode filters (CFR, upright, even crop) and the same encoder settings as
@@ -181,7 +175,7 @@ def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration:
     ffmpeg = find_tool("ffmpeg")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _partial_path(out_path)
+    temp = temp_path(out_path)
     loop = ["-loop", "1", "-framerate", rate_arg(info.fps)] if info.is_still else ["-stream_loop", "-1"]
     argv = [
         ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y",
@@ -215,14 +209,9 @@ def write_poster(frame_bgr: np.ndarray, path: Path, max_side: int = 640) -> Path
     if not ok:
         raise EncodeError("could not encode the poster JPEG", path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial.jpg")
     try:
-        with open(temp, "wb") as f:
+        with atomic_writer(path) as f:
             f.write(encoded.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise disk_error(exc, path, "writing the poster") from exc
     return path

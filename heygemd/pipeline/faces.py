@@ -44,8 +44,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,7 +53,9 @@ import cv2
 import numpy as np
 import structlog
 
+from heygemd.fsutil import atomic_writer
 from heygemd.pipeline import mouth
+from heygemd.settings import FacesSettings
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -147,26 +147,18 @@ class FaceTrack:
         return [(a, b - 1) for a, b in _runs(~self.face_mask)]
 
     def save(self, path: Path) -> None:
-        """Write the track to ``path`` (.npz) atomically: a temp file in the same folder, then os.replace."""
+        """Write the track to ``path`` (.npz) atomically (``fsutil.atomic_writer``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                np.savez(
-                    out,
-                    version=np.int64(CACHE_FORMAT),
-                    boxes=self.boxes.astype(np.float32),
-                    landmarks=self.landmarks.astype(np.float32),
-                    frame_size=np.asarray(self.frame_size, dtype=np.int64),
-                    detector=np.str_(self.detector),
-                    lip_contrast=np.asarray(self.lip_contrast, dtype=np.float32),
-                )
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_writer(path) as out:
+            np.savez(
+                out,
+                version=np.int64(CACHE_FORMAT),
+                boxes=self.boxes.astype(np.float32),
+                landmarks=self.landmarks.astype(np.float32),
+                frame_size=np.asarray(self.frame_size, dtype=np.int64),
+                detector=np.str_(self.detector),
+                lip_contrast=np.asarray(self.lip_contrast, dtype=np.float32),
+            )
 
     @classmethod
     def load(cls, path: Path) -> FaceTrack:
@@ -215,10 +207,10 @@ def track_faces(
     frames: Iterable[np.ndarray],
     detector: FaceDetector,
     *,
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0),
-    smooth_window: int = 5,
-    max_gap_frames: int = 12,
-    detect_max_side: int = 640,
+    pads: tuple[int, int, int, int] = FacesSettings.model_fields["pads"].default,
+    smooth_window: int = FacesSettings.model_fields["smooth_window"].default,
+    max_gap_frames: int = FacesSettings.model_fields["max_gap_frames"].default,
+    detect_max_side: int = FacesSettings.model_fields["detect_max_side"].default,
     detect_every: int = 2,
     pad_reference_height: float | None = None,
     progress: Callable[[int], None] | None = None,

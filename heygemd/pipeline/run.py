@@ -22,7 +22,7 @@ from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
 from heygemd.pipeline.probe import VideoInfo, probe_video
 from heygemd.pipeline.timing import StageTimer
-from heygemd.settings import FacesSettings, LoopMode, VideoSettings
+from heygemd.settings import EngineSettings, FacesSettings, LoopMode, VideoSettings
 
 DETECT_SHARE = 0.3
 """Share of a video's progress bar given to face detection (the rest is rendering)."""
@@ -38,7 +38,7 @@ class RenderOptions:
     """Overrides ``video.loop_mode`` (a job.toml option)."""
     crf: int | None = None
     """Overrides ``video.crf`` (a job.toml option)."""
-    batch_size: int = 32
+    batch_size: int = EngineSettings.model_fields["batch_size"].default
     """Frames held at once for the engine; bounds memory whatever the video's length."""
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 T = TypeVar("T")
 
 POLL_S = 0.05
@@ -74,7 +73,8 @@ class Daemon:
     """
 
     def __init__(self, root: Path, *, settle_seconds: float = 600.0, observer: str = "inotify",
-                 poll_interval: float = 0.2, rescan_interval: float = 1.0, batch_size: int = 8) -> None:
+                 poll_interval: float = 0.2, rescan_interval: float = 1.0, batch_size: int = 8,
+                 incomplete_timeout: float = 1800.0) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
@@ -96,6 +96,7 @@ settle_seconds = {settle_seconds}
 observer = "{observer}"
 poll_interval = {poll_interval}
 rescan_interval = {rescan_interval}
+incomplete_timeout = {incomplete_timeout}
 
 [engine]
 name = "mouthwarp"
@@ -148,7 +149,8 @@ preset = "ultrafast"
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}") from None
+            raise AssertionError(
+                f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}") from None
 
     # -- logs
 

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from heygemd.daemon.status import SCHEMA_PATH
+from heygemd.names import is_heygemd_temp
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, POLL_S, Daemon, Media, ffprobe, stop_daemon
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def job_files(folder: Path) -> set[str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob(".*partial*"))
+    return sorted(p.name for p in folder.iterdir() if is_heygemd_temp(p.name))
 
 
 def video_entry(status: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
@@ -121,7 +122,8 @@ def test_slow_copy_is_claimed_only_after_it_settles(shared: Daemon, media: Media
         time.sleep(POLL_S)
     thread.join()
     assert not writer_error, writer_error
-    assert time.monotonic() - began > 2 * SETTLE_S, "the copy must outlast the settle time for this test to mean anything"
+    assert time.monotonic() - began > 2 * SETTLE_S, \
+        "the copy must outlast the settle time for this test to mean anything"
     assert checks > 20
 
     status = d.wait_finished(name)
@@ -230,11 +232,16 @@ def test_bad_jobs_fail_clearly_and_the_daemon_keeps_serving(shared: Daemon, medi
         assert status["error"]["code"] == "BAD_JOB", status
         assert status["error"]["hint"].strip()
         assert status["videos"] == []
-    assert "no audio file" in no_audio["error"]["message"], no_audio
+    assert no_audio["error"]["message"] == "no audio/: no audio file in the job folder", no_audio
+    assert two_audios["error"]["message"].startswith("two audios/: several audio files"), two_audios
+    assert not any(".heygemd" in s["error"]["message"] or "claimed" in s["error"]["message"]
+                   for s in (no_audio, two_audios))
     assert "several audio files" in two_audios["error"]["message"], two_audios
     assert '"one.wav"' in two_audios["error"]["message"] and '"two.wav"' in two_audios["error"]["message"]
     assert "job.toml" in two_audios["error"]["hint"]
     assert "job.failed" in (d.outbox / "two audios" / "job.log").read_text(encoding="utf-8")
+    no_audio_log = (d.outbox / "no audio" / "job.log").read_text(encoding="utf-8")
+    assert "no audio/: no audio file" in no_audio_log and "/.heygemd/claimed" not in no_audio_log
     # a failed job's inputs are archived, not lost
     assert list((d.state / "archive").glob("*/two audios/input/one.wav"))
 
@@ -282,6 +289,11 @@ def test_sigkill_mid_video_then_restart_resumes_without_redoing_done_videos(daem
     d.kill()  # SIGKILL
     assert d.proc is not None and d.proc.returncode == -signal.SIGKILL
     assert d.claimed(name) and not (out / "b.mp4").exists()
+    # A kill in the middle of a status write leaves its temp file (this version's name and the older one):
+    killed = d.proc.pid
+    (out / f".status.json.heygemd-{killed}-0a1b2c3d.json").write_bytes(b'{"half": ')
+    (out / f".status.json.tmp-{killed}-4e5f6a7b").write_bytes(b'{"half": ')
+    (d.state / "claimed" / name / f".claim.json.heygemd-{killed}-00ff00ff.json").write_bytes(b"{")
 
     d.start().wait_ready()
     status = d.wait_finished(name)
@@ -293,8 +305,9 @@ def test_sigkill_mid_video_then_restart_resumes_without_redoing_done_videos(daem
     assert a["state"] == b["state"] == "done"
     assert a["finished"] == before["videos"][0]["finished"], "a.mp4 was redone"
     assert (out / "a.mp4").stat().st_mtime_ns == a_mtime, "a.mp4 was rewritten"
-    assert job_files(out) == {"a.mp4", "a.jpg", "b.mp4", "b.jpg", "status.json", "job.log"}
+    assert job_files(out) == {"a.mp4", "a.jpg", "b.mp4", "b.jpg", "status.json", "job.log"}  # no temp file left
     assert leftovers(out) == []
+    assert not any(is_heygemd_temp(p.name) for p in (d.state / "archive").glob("*/*/*"))
     assert [p.name for p in d.outbox.iterdir()] == [name], "a second outbox folder appeared"
     assert_plays_with_audio(out / "a.mp4", media.long_speech)
     assert_plays_with_audio(out / "b.mp4", media.long_speech)

@@ -1,4 +1,5 @@
-"""Intake: name rules, inbox scan, readiness (injectable clock), real watchdog observers, observer choice, claims."""
+"""Intake: name rules (names), inbox scan and readiness with an injectable clock (readiness), real watchdog observers
+and observer choice (watching), claims and leases (claims)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,21 @@ from pathlib import Path
 import pytest
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from heygemd.daemon import intake
-from heygemd.daemon.intake import (
-    Candidate,
+from heygemd.daemon import watching
+from heygemd.daemon.claims import (
     ClaimedJob,
-    InboxWatcher,
-    NameKind,
-    ReadinessTracker,
-    ReadyReason,
-    choose_observer,
     claim,
     claimed_jobs,
-    classify_name,
-    find_mount,
     held_elsewhere,
-    parse_mountinfo,
     read_claim,
     remove_stale_reservations,
     renew_lease,
-    scan_inbox,
     take_over,
-    take_snapshot,
 )
+from heygemd.daemon.readiness import Candidate, ReadinessTracker, ReadyReason, scan_inbox, take_snapshot
+from heygemd.daemon.watching import InboxWatcher, choose_observer, find_mount, parse_mountinfo
 from heygemd.errors import ConfigError
+from heygemd.names import NameKind, classify_name
 
 WAIT = 10.0  # generous deadline for conditions; tests finish as soon as the condition holds
 
@@ -79,7 +72,9 @@ def test_in_flight_names(name: str) -> None:
     assert classify_name(name) is NameKind.IN_FLIGHT
 
 
-@pytest.mark.parametrize("name", [".DS_Store", "._clip.mp4", "Thumbs.db", "THUMBS.DB", "desktop.ini", ".hidden", ".ready"])
+@pytest.mark.parametrize(
+    "name", [".DS_Store", "._clip.mp4", "Thumbs.db", "THUMBS.DB", "desktop.ini", ".hidden", ".ready"]
+)
 def test_junk_names(name: str) -> None:
     assert classify_name(name) is NameKind.JUNK
 
@@ -246,7 +241,7 @@ def test_snapshot_contents(tmp_path: Path) -> None:
     snap = take_snapshot(cand.path)
     assert [e[0] for e in snap.entries] == ["sub/", "sub/a.mp4", "voice.wav"]
     assert snap.in_flight == ("x.part",) and snap.has_marker and snap.has_files
-    assert dict((e[0], e[1]) for e in snap.entries)["voice.wav"] == len(b"data-voice.wav")
+    assert {e[0]: e[1] for e in snap.entries}["voice.wav"] == len(b"data-voice.wav")
 
 
 def test_retain_forgets_removed_jobs(tmp_path: Path) -> None:
@@ -316,7 +311,7 @@ def test_auto_choice_on_real_tmp_dir(tmp_path: Path) -> None:
         ["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert choice.fstype == expected
-    assert choice.kind == ("polling" if intake.is_network_fstype(expected) else "inotify")
+    assert choice.kind == ("polling" if watching.is_network_fstype(expected) else "inotify")
 
 
 # ------------------------------------------------------------------------------------------ watching
@@ -353,7 +348,7 @@ def test_watcher_missing_inbox(tmp_path: Path) -> None:
 def test_watcher_ignores_state_dir_events(tmp_path: Path) -> None:
     state = tmp_path / ".heygemd"
     changed = threading.Event()
-    handler = intake._Signal(changed, str(state))
+    handler = watching._Signal(changed, str(state))
     handler.on_any_event(FileCreatedEvent(str(state / "cache" / "x.npz")))
     handler.on_any_event(FileCreatedEvent(str(state)))
     assert not changed.is_set()
@@ -417,7 +412,8 @@ def test_thread_race_has_one_winner(tmp_path: Path) -> None:
         results: list[object] = []
         lock = threading.Lock()
 
-        def racer() -> None:
+        def racer(barrier: threading.Barrier = barrier, cand: Candidate = cand, lock: threading.Lock = lock,
+                  results: list[object] = results) -> None:
             barrier.wait(WAIT)
             r = claim(cand, state)
             with lock:
@@ -446,7 +442,8 @@ def test_process_race_has_one_winner(tmp_path: Path) -> None:
     cand = make_job(tmp_path / "inbox")
     state = tmp_path / "state"
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(str(tmp_path / "inbox"), str(state), barrier, queue)) for _ in range(2)]
+    args = (str(tmp_path / "inbox"), str(state), barrier, queue)
+    procs = [ctx.Process(target=_claim_in_process, args=args) for _ in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=WAIT) for _ in procs]
@@ -501,7 +498,8 @@ def test_claim_across_filesystems_is_a_config_error(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs a second writable filesystem at /dev/shm")
-    state = Path(subprocess.run(["mktemp", "-d", "-p", str(shm)], capture_output=True, text=True, check=True).stdout.strip())
+    made = subprocess.run(["mktemp", "-d", "-p", str(shm)], capture_output=True, text=True, check=True)
+    state = Path(made.stdout.strip())
     try:
         cand = make_job(tmp_path / "inbox")
         with pytest.raises(ConfigError, match="another filesystem"):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from heygemd.daemon.intake import Candidate, claim, claimed_jobs
+from heygemd.daemon.claims import claim, claimed_jobs
 from heygemd.daemon.outbox import empty_trash, finish_inputs, outbox_dir_for, prune_archive
+from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus, write_status
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)

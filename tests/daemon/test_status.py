@@ -18,14 +18,13 @@ from heygemd.daemon.status import (
     ErrorStatus,
     JobStatus,
     VideoStatus,
-    format_status_detail,
-    format_status_table,
     job_state_from_videos,
     overall_progress,
     read_status,
     write_status,
 )
 from heygemd.errors import NoFace
+from heygemd.status_view import format_status_detail, format_status_table
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -43,7 +42,8 @@ def sample() -> JobStatus:
         videos=[
             VideoStatus(input="a.mp4", state="done", progress=1.0, frames_done=300, frames_total=300, face_ratio=0.98,
                         output="a.mp4", poster="a.jpg", timings={"detect": 1.5, "total": 9.0}),
-            VideoStatus(input="b.mp4", state="failed", error=ErrorStatus.from_exception(NoFace("no face found", path="b.mp4"))),
+            VideoStatus(input="b.mp4", state="failed",
+                        error=ErrorStatus.from_exception(NoFace("no face found", path="b.mp4"))),
             VideoStatus(input="c.png", state="processing", progress=0.5, frames_done=150, frames_total=300),
         ],
         ignored=["notes.txt"],

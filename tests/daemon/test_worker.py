@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heygemd.daemon import intake
+from heygemd.daemon import claims, readiness
 from heygemd.daemon.status import read_status
-from heygemd.daemon.worker import JobContext, process_job
+from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import DiskFull, NoFace
 from heygemd.pipeline.run import RenderResult
 
@@ -48,12 +48,12 @@ class StandInSession:
         pass
 
 
-def claim_job(tmp_path: Path, files: list[str]) -> intake.ClaimedJob:
+def claim_job(tmp_path: Path, files: list[str]) -> claims.ClaimedJob:
     folder = tmp_path / "inbox" / "lesson"
     folder.mkdir(parents=True)
     for name in files:
         (folder / name).write_bytes(b"x")
-    claimed = intake.claim(intake.Candidate("lesson", folder), tmp_path / "inbox" / ".heygemd")
+    claimed = claims.claim(readiness.Candidate("lesson", folder), tmp_path / "inbox" / ".heygemd")
     assert claimed is not None
     return claimed
 
@@ -63,7 +63,7 @@ def test_a_full_disk_pauses_the_job_and_a_retry_finishes_only_what_is_left(tmp_p
     session = StandInSession(failures={"b.mp4": [DiskFull("no space left on device", path=tmp_path / "outbox")]})
     context = JobContext(session_for=lambda _engine: session)  # type: ignore[arg-type, return-value]
 
-    assert process_job(claimed, tmp_path / "outbox", context) is None
+    assert process_job(claimed, tmp_path / "outbox", context).outcome is JobOutcome.PAUSED
     status = read_status(tmp_path / "outbox" / "lesson" / "status.json")
     assert status.state == "processing"
     a, b = status.videos
@@ -71,7 +71,9 @@ def test_a_full_disk_pauses_the_job_and_a_retry_finishes_only_what_is_left(tmp_p
     assert b.error is not None and b.error.code == "DISK_FULL"
     assert claimed.folder.is_dir(), "inputs must stay claimed while the job is paused"
 
-    final = process_job(claimed, tmp_path / "outbox", context)
+    result = process_job(claimed, tmp_path / "outbox", context)
+    final = result.status
+    assert result.outcome is JobOutcome.FINISHED
     assert final is not None and final.state == "done" and final.attempt == 2
     assert session.rendered == ["a.mp4", "b.mp4"]  # a.mp4 was not redone
     assert final.videos[1].error is None
@@ -82,7 +84,7 @@ def test_a_failing_video_fails_alone_and_the_job_is_partial(tmp_path: Path) -> N
     claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
     session = StandInSession(failures={"a.mp4": [NoFace("no face in any frame", path="a.mp4")]})
     context = JobContext(session_for=lambda _engine: session, inputs_after="delete")  # type: ignore[arg-type, return-value]
-    final = process_job(claimed, tmp_path / "outbox", context)
+    final = process_job(claimed, tmp_path / "outbox", context).status
     assert final is not None and final.state == "partial"
     assert final.videos[0].state == "failed" and final.videos[0].error.code == "NO_FACE"
     assert final.videos[1].state == "done"
@@ -93,7 +95,7 @@ def test_a_failing_video_fails_alone_and_the_job_is_partial(tmp_path: Path) -> N
 def test_outputs_differing_only_in_case_get_distinct_names(tmp_path: Path) -> None:
     claimed = claim_job(tmp_path, ["voice.wav", "Intro.mov", "intro.mp4"])
     session = StandInSession()
-    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session))  # type: ignore[arg-type, return-value]
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session)).status  # type: ignore[arg-type, return-value]
     assert final is not None and final.state == "done"
     outputs = [v.output for v in final.videos]
     assert len({o.casefold() for o in outputs}) == 2, outputs  # one would overwrite the other on an SMB share
@@ -102,7 +104,7 @@ def test_outputs_differing_only_in_case_get_distinct_names(tmp_path: Path) -> No
 def test_errors_name_files_inside_the_job_not_the_internal_claim_folder(tmp_path: Path) -> None:
     claimed = claim_job(tmp_path, ["voice.wav", "a.mp4"])
     session = StandInSession(failures={"a.mp4": [NoFace("no face in any frame", path=claimed.folder / "a.mp4")]})
-    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session))  # type: ignore[arg-type, return-value]
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session)).status  # type: ignore[arg-type, return-value]
     assert final is not None
     message = final.videos[0].error.message
     assert message.startswith("lesson/a.mp4: ") and ".heygemd" not in message
@@ -120,7 +122,7 @@ def test_render_warnings_reach_status_json_naming_files_inside_the_job(tmp_path:
             return RenderResult(**{**result.__dict__, "warnings": (warning,)})
 
     session = WarningSession()
-    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session))  # type: ignore[arg-type, return-value]
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session)).status  # type: ignore[arg-type, return-value]
     assert final is not None and final.state == "done"
     (warning,) = final.videos[0].warnings
     assert warning.code == "PROFILE_VIEW" and warning.hint == "use wav2lip"

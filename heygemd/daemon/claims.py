@@ -1,0 +1,215 @@
+"""Claims and leases: taking a ready job out of the inbox (an atomic rename, never a copy), the claims a restart
+resumes, and who owns a claim (host and pid, with a lease renewed as the job progresses), so two daemons
+sharing an inbox, or a restart, never process a job twice.
+
+Claimed jobs live in ``<state>/claimed/<job-id>/`` as ``claim.json`` plus ``input/`` (the user's folder,
+renamed there whole); :func:`claimed_jobs` lists what a restart must resume.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from heygemd.daemon.readiness import Candidate
+from heygemd.daemon.status import utc_now
+from heygemd.errors import ConfigError
+from heygemd.fsutil import atomic_write_bytes, fsync_dir
+from heygemd.names import numbered
+
+CLAIMED = "claimed"
+CLAIM_FILE = "claim.json"
+INPUT_DIR = "input"
+
+
+class ClaimRecord(BaseModel):
+    """``claim.json``: who took which inbox folder when, so a restart knows the job's identity and order."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_id: str
+    name: str
+    claimed_at: AwareDatetime
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job taken out of the inbox.
+
+    path: ``<state>/claimed/<job_id>`` (holds claim.json); folder: ``path/input``, the user's job folder
+    (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC.
+    """
+
+    job_id: str
+    name: str
+    path: Path
+    claimed_at: datetime
+    host: str
+    pid: int
+
+    @property
+    def folder(self) -> Path:
+        return self.path / INPUT_DIR
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path.parent.parent
+
+
+def _reserve(claimed_root: Path, name: str, outbox: Path | None) -> tuple[str, Path]:
+    """Atomically create ``claimed/<id>`` for the first free id among name, name-2, name-3...
+
+    An id is taken when ``claimed/<id>`` exists (mkdir fails: that is the atomic reservation, also between
+    processes) or ``outbox/<id>`` exists (an earlier job's results, never overwritten).
+    """
+    n = 0
+    while True:
+        n += 1
+        job_id = numbered(name, n, keep_suffix=False)
+        if outbox is not None and (outbox / job_id).exists():
+            continue
+        try:
+            (claimed_root / job_id).mkdir()
+        except FileExistsError:
+            continue
+        return job_id, claimed_root / job_id
+
+
+def _release(reservation: Path) -> None:
+    (reservation / CLAIM_FILE).unlink(missing_ok=True)
+    reservation.rmdir()
+
+
+def claim(
+    candidate: Candidate,
+    state_dir: Path,
+    *,
+    outbox: Path | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> ClaimedJob | None:
+    """Take ``candidate`` out of the inbox by renaming it to ``<state>/claimed/<job-id>/input``.
+
+    Steps: reserve a unique job id (mkdir), write claim.json there (atomic), rename the folder (atomic,
+    never a copy). Returns None when the folder is gone, i.e. another process claimed it first; of several
+    racers exactly one wins. Raises ConfigError when the state dir is on another filesystem (EXDEV); any
+    other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised as is,
+    after releasing the reservation: the folder stays in the inbox and a later scan tries again.
+    """
+    claimed_root = Path(state_dir) / CLAIMED
+    claimed_root.mkdir(parents=True, exist_ok=True)
+    job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
+    record = ClaimRecord(job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(),
+                         pid=os.getpid())
+    try:
+        atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+        os.rename(candidate.path, reservation / INPUT_DIR)
+    except FileNotFoundError:
+        _release(reservation)
+        return None
+    except OSError as exc:
+        _release(reservation)
+        if exc.errno == errno.EXDEV:
+            raise ConfigError(
+                f"cannot claim job by rename: {claimed_root} is on another filesystem than {candidate.path}",
+                path=claimed_root,
+                hint="Put paths.state on the inbox's share (the default <inbox>/.heygemd is); jobs are never copied.",
+            ) from exc
+        raise
+    fsync_dir(claimed_root)
+    fsync_dir(candidate.path.parent)
+    return ClaimedJob(job_id, candidate.name, reservation, record.claimed_at, record.host, record.pid)
+
+
+def read_claim(path: Path) -> ClaimedJob | None:
+    """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/``:
+    a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json is rebuilt
+    from the folder name and its mtime, so a job is never lost over its bookkeeping."""
+    path = Path(path)
+    if not (path / INPUT_DIR).is_dir():
+        return None
+    try:
+        rec = ClaimRecord.model_validate_json((path / CLAIM_FILE).read_bytes())
+    except (FileNotFoundError, ValidationError):
+        st = path.stat()
+        return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(st.st_mtime, timezone.utc), "", 0)
+    return ClaimedJob(rec.job_id, rec.name, path, rec.claimed_at, rec.host, rec.pid)
+
+
+def claimed_jobs(state_dir: Path) -> list[ClaimedJob]:
+    """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first."""
+    root = Path(state_dir) / CLAIMED
+    if not root.is_dir():
+        return []
+    jobs = [job for p in root.iterdir() if p.is_dir() and (job := read_claim(p)) is not None]
+    return sorted(jobs, key=lambda j: (j.claimed_at, j.job_id))
+
+
+def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, now: float | None = None) -> list[Path]:
+    """Delete reservations (``claimed/<id>`` without ``input/``) older than ``older_than_s``: left by a crash
+    between reserving and renaming. Young ones are left alone, another process may be mid-claim."""
+    root = Path(state_dir) / CLAIMED
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    for p in root.iterdir():
+        if p.is_dir() and not (p / INPUT_DIR).exists() and now - p.stat().st_mtime >= older_than_s:
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- ownership
+
+LEASE_SECONDS = 600.0
+"""A claim held by a process on another machine is taken over only when its claim.json has not been touched
+(``renew_lease``) for this long: that daemon is gone. On this machine, whether its pid is alive decides."""
+
+
+def renew_lease(claimed: ClaimedJob) -> None:
+    """Touch claim.json: "the job is being worked on", for daemons on other machines sharing the inbox."""
+    os.utime(claimed.path / CLAIM_FILE)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Whether another live process (here or on another machine) is working on ``claimed`` right now."""
+    if claimed.host == socket.gethostname():
+        return claimed.pid != os.getpid() and _pid_alive(claimed.pid)
+    if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
+        return False
+    try:
+        touched = (claimed.path / CLAIM_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return (time.time() if now is None else now) - touched < lease_seconds
+
+
+def take_over(claimed: ClaimedJob) -> ClaimedJob:
+    """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
+    record = ClaimRecord(job_id=claimed.job_id, name=claimed.name, claimed_at=claimed.claimed_at,
+                         host=socket.gethostname(), pid=os.getpid())
+    atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+    return ClaimedJob(record.job_id, record.name, claimed.path, record.claimed_at, record.host, record.pid)

@@ -1,0 +1,271 @@
+"""Readiness: which inbox entries are jobs, and when a job folder is completely copied.
+
+A job is ready when its ``.ready`` marker exists (at once), or when nothing in it changed for
+``settle_seconds``; never while a file that means "copy in flight" is present, never when it holds no real
+file, and not while one of its audio or presenter files is still incomplete (:mod:`completeness`: empty,
+zero-filled, an MP4/MOV without its index or an unreadable duration, or open for writing by a local
+process) -- unless it stayed so, unchanged, for ``incomplete_timeout``: then it is taken and the broken file
+fails with its own clear error. :class:`ReadinessTracker` is the one place this rule lives; ``heygemd run``
+and ``heygemd once`` both use it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from heygemd.daemon.completeness import CompletenessCheck
+from heygemd.names import NameKind, classify_name, encodable_name, shown_name
+
+log = structlog.get_logger("heygemd.intake")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A folder in the inbox that may be a job: its name and full path."""
+
+    name: str
+    path: Path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
+    """The job folders directly under ``inbox``, sorted by name.
+
+    Skipped: files, symlinks, the state directory, dot/junk folders, and folders whose own name says they
+    are still being uploaded (``JOB.partial``). A missing inbox raises FileNotFoundError (the share is not
+    mounted: the caller should pause, not conclude the inbox is empty).
+    """
+    inbox = Path(inbox)
+    found: list[Candidate] = []
+    with os.scandir(inbox) as it:
+        for entry in it:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:
+                continue
+            if not encodable_name(entry.name):
+                log.warning("inbox.bad_name", folder=shown_name(entry.name),
+                            hint="The folder name is not valid UTF-8; rename it to take it as a job.")
+                continue
+            if state_dir is not None and _same_path(Path(entry.path), Path(state_dir)):
+                continue
+            found.append(Candidate(name=entry.name, path=Path(entry.path)))
+    return sorted(found, key=lambda c: c.name)
+
+
+# ---------------------------------------------------------------------------------------------- readiness
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a job folder holds right now, recursively, junk excluded.
+
+    entries: (relative path, size, mtime_ns) of every ordinary file and (relative path/, 0, 0) of every
+    ordinary folder, sorted (symlinks are recorded as entries too, never followed). in_flight: relative paths
+    of in-flight names. has_marker: the ready marker is
+    in the folder itself. has_files: at least one ordinary file. gone: the folder vanished while scanning.
+    """
+
+    entries: tuple[tuple[str, int, int], ...]
+    in_flight: tuple[str, ...]
+    has_marker: bool
+    has_files: bool
+    gone: bool = False
+    newest_change_ns: int = 0
+    """The newest mtime or ctime of the folder and anything in it (copies made with ``cp -p``, ``rsync -a``,
+    Explorer or Finder keep old mtimes, but the ctime is when the file arrived)."""
+
+
+def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
+    """Walk ``folder`` and record names, sizes and mtimes (see :class:`Snapshot`)."""
+    entries: list[tuple[str, int, int]] = []
+    in_flight: list[str] = []
+    has_marker = False
+    newest = 0
+
+    def walk(directory: str, prefix: str) -> None:
+        nonlocal has_marker, newest
+        with os.scandir(directory) as it:
+            children = list(it)
+        for entry in children:
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not prefix and entry.name == ready_marker and not is_dir:
+                    has_marker = True
+                    continue
+                kind = classify_name(entry.name, is_dir=is_dir)
+                if kind is NameKind.IN_FLIGHT:
+                    in_flight.append(rel)
+                    continue
+                if kind is NameKind.JUNK:
+                    continue
+                if is_dir:
+                    entries.append((rel + "/", 0, 0))
+                    st = entry.stat(follow_symlinks=False)
+                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+                    walk(entry.path, rel + "/")
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((rel, st.st_size, st.st_mtime_ns))
+                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+            except FileNotFoundError:
+                # Deleted or renamed between listing and stat (a producer renaming x.part -> x):
+                # the next snapshot sees the new name; this one simply differs from it.
+                continue
+
+    try:
+        top = os.stat(folder, follow_symlinks=False)
+        newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
+        walk(str(folder), "")
+    except (FileNotFoundError, NotADirectoryError):
+        return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
+    return Snapshot(
+        entries=tuple(sorted(entries)),
+        in_flight=tuple(sorted(in_flight)),
+        has_marker=has_marker,
+        has_files=any(not rel.endswith("/") for rel, _, _ in entries),
+        newest_change_ns=newest,
+    )
+
+
+class ReadyReason(enum.Enum):
+    """Why a job folder is or is not ready."""
+
+    MARKER = "marker"  # ready: the ready marker is present
+    SETTLED = "settled"  # ready: nothing changed for settle_seconds
+    TIMED_OUT = "timed_out"  # ready: incomplete files, but unchanged for incomplete_timeout: taken, they fail
+    SETTLING = "settling"  # not yet: changed less than settle_seconds ago
+    IN_FLIGHT = "in_flight"  # not yet: a temp/partial file says a copy is running
+    INCOMPLETE = "incomplete"  # not yet: an audio or presenter file is not complete (see completeness)
+    EMPTY = "empty"  # not yet: no ordinary file at all
+    GONE = "gone"  # the folder disappeared (claimed by another process, or deleted)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The verdict on one job folder: ``ready``, the reason, the files it waits for, and seconds left to wait.
+
+    in_flight: in-flight names seen. incomplete: ``"file: why"`` for each incomplete audio/presenter file.
+    """
+
+    reason: ReadyReason
+    in_flight: tuple[str, ...] = ()
+    incomplete: tuple[str, ...] = ()
+    wait_s: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.reason in (ReadyReason.MARKER, ReadyReason.SETTLED, ReadyReason.TIMED_OUT)
+
+    @property
+    def waiting_for(self) -> tuple[str, ...]:
+        """What the job waits for, for the log and STATUS= (empty when it waits for nothing in particular)."""
+        return self.in_flight + self.incomplete
+
+
+@dataclass
+class _Seen:
+    entries: tuple[tuple[str, int, int], ...]
+    since: float  # clock time from which these entries count as unchanged
+    deadline: float | None = field(default=None)  # clock time the verdict may change without any file change
+
+
+class ReadinessTracker:
+    """Decides when job folders are completely copied, from successive snapshots.
+
+    Holds, per candidate name, the last snapshot's entries and the clock time from which they count as
+    unchanged. A change of any name, size or mtime restarts that job's settle timer. By default the timer
+    starts at the first observation, so jobs found at start-up also wait ``settle_seconds`` (a clock on a NAS
+    may be off). ``trust_file_times=True`` (``heygemd once``, which has no history) starts it at the newest
+    mtime/ctime in the folder instead. ``completeness`` checks the media files of a settled job;
+    ``incomplete_timeout`` (seconds, None = forever) ends the wait for files that never complete.
+    ``clock`` is injectable (monotonic seconds); ``wall_clock`` is compared with file times.
+    """
+
+    def __init__(
+        self,
+        settle_seconds: float,
+        *,
+        ready_marker: str = ".ready",
+        completeness: CompletenessCheck | None = None,
+        incomplete_timeout: float | None = None,
+        trust_file_times: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settle_seconds = settle_seconds
+        self.ready_marker = ready_marker
+        self.completeness = completeness
+        self.incomplete_timeout = incomplete_timeout
+        self.trust_file_times = trust_file_times
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(self, candidate: Candidate) -> Readiness:
+        """Snapshot ``candidate`` now and judge it."""
+        snap = take_snapshot(candidate.path, self.ready_marker)
+        return self.judge(candidate.name, snap, candidate.path)
+
+    def judge(self, name: str, snap: Snapshot, folder: Path | None = None) -> Readiness:
+        """Judge job ``name`` from a snapshot of ``folder`` taken now (updates its settle timer). Without
+        ``folder`` (or a completeness check) the files' completeness is not looked at."""
+        now = self._clock()
+        if snap.gone:
+            self._seen.pop(name, None)
+            return Readiness(ReadyReason.GONE)
+        seen = self._seen.get(name)
+        if seen is None or seen.entries != snap.entries:
+            since = now
+            if seen is None and self.trust_file_times and snap.newest_change_ns:
+                since = now - max(0.0, self._wall_clock() - snap.newest_change_ns / 1e9)
+            seen = self._seen[name] = _Seen(entries=snap.entries, since=since)
+        seen.deadline = None
+        if snap.in_flight:
+            return Readiness(ReadyReason.IN_FLIGHT, in_flight=snap.in_flight)
+        if not snap.has_files:
+            return Readiness(ReadyReason.EMPTY)
+        unchanged = now - seen.since
+        if not snap.has_marker and unchanged < self.settle_seconds:
+            seen.deadline = seen.since + self.settle_seconds
+            return Readiness(ReadyReason.SETTLING, wait_s=self.settle_seconds - unchanged)
+        incomplete = self.completeness.incomplete(folder, snap.entries) if self.completeness and folder else ()
+        if incomplete:
+            if self.incomplete_timeout is None or unchanged < self.incomplete_timeout:
+                seen.deadline = None if self.incomplete_timeout is None else seen.since + self.incomplete_timeout
+                left = float("inf") if seen.deadline is None else seen.deadline - now
+                return Readiness(ReadyReason.INCOMPLETE, incomplete=incomplete, wait_s=left)
+            return Readiness(ReadyReason.TIMED_OUT, incomplete=incomplete)
+        return Readiness(ReadyReason.MARKER if snap.has_marker else ReadyReason.SETTLED)
+
+    def forget(self, name: str) -> None:
+        """Drop what is known about ``name`` (after claiming it)."""
+        self._seen.pop(name, None)
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Forget every job not in ``names`` (call with the current scan so removed folders do not linger)."""
+        keep = set(names)
+        for name in [n for n in self._seen if n not in keep]:
+            del self._seen[name]
+
+    def next_deadline(self) -> float | None:
+        """Seconds until the earliest waiting job's verdict changes by time alone (settled, or timed out while
+        incomplete), or None when none has such a deadline."""
+        deadlines = [s.deadline for s in self._seen.values() if s.deadline is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - self._clock())

@@ -1,0 +1,143 @@
+"""Atomic publish, in one place: write under a temporary name, fsync, rename into place, fsync the folder.
+
+Readers (people on an SMB share, ``heygemd status``, the web pages) see the old file or the new one, never a
+half-written one. Every file heygemd publishes goes through here: status.json, claim.json, encoded outputs,
+posters and face tracks. Temporary names come from :func:`heygemd.names.temp_path`, so a kill between
+writing and renaming leaves a name that :func:`remove_temps` recognises and removes later.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from heygemd.names import is_heygemd_temp, temp_path
+
+RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EIO, errno.ESTALE}
+)
+"""Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
+
+DIR_FSYNC_REFUSALS: frozenset[int] = frozenset({errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM})
+"""Errors of fsync on a folder from filesystems that cannot do it (some network shares): the rename already
+happened, so they are accepted."""
+
+ReplaceFn = Callable[[str | os.PathLike[str], str | os.PathLike[str]], None]
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory so a rename in it is durable; tolerant of shares that refuse it (see DIR_FSYNC_REFUSALS)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in DIR_FSYNC_REFUSALS:
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file someone else wrote (ffmpeg), by path."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def publish(
+    temp: Path,
+    final: Path,
+    *,
+    attempts: int = 6,
+    backoff_s: float = 0.05,
+    replace: ReplaceFn = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Rename the complete, fsynced ``temp`` over ``final`` and fsync the folder.
+
+    A retryable error of ``replace`` (SMB refuses it while a client has ``final`` open) is retried up to
+    ``attempts`` times, waiting ``backoff_s``, doubling each time; then the last error is raised. ``temp`` is
+    left for the caller to remove on failure.
+    """
+    delay = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            replace(temp, final)
+            break
+        except OSError as exc:
+            if exc.errno not in RETRYABLE_REPLACE_ERRNOS or attempt == attempts:
+                raise
+            sleep(delay)
+            delay *= 2
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_writer(final: Path, **publish_options: object) -> Iterator[BinaryIO]:
+    """Write ``final`` atomically: the with-block writes to the yielded binary file (a temp file next to
+    ``final``); on normal exit it is fsynced and published, on an exception removed. The file is never
+    written in place."""
+    final = Path(final)
+    tmp = temp_path(final)
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        publish(tmp, final, **publish_options)  # type: ignore[arg-type]
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(
+    path: Path,
+    data: bytes,
+    *,
+    attempts: int = 6,
+    backoff_s: float = 0.05,
+    replace: ReplaceFn = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer` and :func:`publish`)."""
+    with atomic_writer(Path(path), attempts=attempts, backoff_s=backoff_s, replace=replace, sleep=sleep) as fh:
+        fh.write(data)
+
+
+def publish_written(temp: Path, final: Path) -> None:
+    """Publish a temp file another process wrote (ffmpeg): fsync it, then :func:`publish`."""
+    fsync_file(temp)
+    publish(temp, final)
+
+
+def remove_temps(folder: Path, *, min_age_s: float = 0.0, now: float | None = None) -> list[Path]:
+    """Remove heygemd's own temporary files directly in ``folder`` (only names :func:`heygemd.names.is_heygemd_temp`
+    recognises; a link is removed itself, never its target). Returns what was removed. A missing folder is fine.
+
+    ``min_age_s``: leave temps modified more recently than this (a folder other processes may write in, such
+    as the shared face cache); 0 removes all (a job's own folders, while this process holds the job).
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not is_heygemd_temp(entry.name) or entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if min_age_s and now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(entry.path))
+    return removed

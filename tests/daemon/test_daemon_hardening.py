@@ -1,0 +1,98 @@
+"""The real daemon against stalled uploads and symbolic links: a presenter at 0 bytes or an MP4 without its index
+is not taken until complete, or until intake.incomplete_timeout (then it fails alone); a link is refused and its
+target never read or touched. Synchronisation by polling the daemon's own files and log, never by sleeps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heygemd.pipeline.probe import top_level_atoms
+from tests.daemon.daemon_process import JOB_TIMEOUT_S, Daemon, Media, stop_daemon
+
+pytestmark = pytest.mark.slow
+
+INCOMPLETE_TIMEOUT_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("hardening"), settle_seconds=0.5, rescan_interval=0.5,
+               incomplete_timeout=INCOMPLETE_TIMEOUT_S)
+    d.start()
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        stop_daemon(d)
+
+
+def without_index(clip: Path, out: Path) -> Path:
+    """``clip`` without its moov box (cut at it, or right after ftyp when it comes first: +faststart)."""
+    atoms = top_level_atoms(clip)
+    moov = next(offset for name, offset, _ in atoms if name == "moov")
+    data = clip.read_bytes()
+    if moov < next(offset for name, offset, _ in atoms if name == "mdat"):  # faststart: drop the moov box itself
+        size = next(size for name, _, size in atoms if name == "moov")
+        out.write_bytes(data[:moov] + data[moov + size:])
+    else:
+        out.write_bytes(data[:moov])
+    return out
+
+
+def test_a_presenter_at_zero_bytes_is_taken_only_once_complete(daemon: Daemon, media: Media) -> None:
+    d, name = daemon, "zero bytes"
+    job = d.submit(name, {"voice.wav": media.speech, "bob.mp4": b""})  # .ready is there, bob.mp4 is not
+    d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
+    waiting = next(e for e in d.events() if e.get("event") == "job.waiting" and e.get("job_name") == name)
+    assert waiting["incomplete"] == f"{name}/bob.mp4: 0 bytes so far", waiting
+    assert not d.claimed(name) and job.is_dir()
+    shutil.copyfile(media.face_a, job / "bob.mp4")  # then the client writes it at once
+    status = d.wait_finished(name)
+    assert status["state"] == "done", status
+
+
+def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(daemon: Daemon, media: Media,
+                                                                               tmp_path: Path) -> None:
+    d, name = daemon, "no index"
+    d.submit(name, {"voice.wav": media.speech, "anna.mp4": media.face_a,
+                    "bob.mp4": without_index(media.face_b, tmp_path / "bob.mp4")})
+    d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
+    assert not d.claimed(name)
+    status = d.wait_finished(name, timeout=INCOMPLETE_TIMEOUT_S + JOB_TIMEOUT_S)
+    assert d.has_event("job.incomplete_timeout", job_name=name)
+    videos = {v["input"]: v for v in status["videos"]}
+    assert status["state"] == "partial", status
+    assert videos["anna.mp4"]["state"] == "done"
+    bob = videos["bob.mp4"]
+    assert bob["state"] == "failed" and bob["error"]["code"] in ("DECODE_FAILED", "NOT_MEDIA"), bob
+    assert videos["bob.mp4"]["error"]["message"].startswith(f"{name}/bob.mp4: ")
+
+
+def test_a_linked_presenter_is_refused_and_its_target_untouched(daemon: Daemon, media: Media) -> None:
+    d, name = daemon, "linked"
+    secret = d.root / "other-team" / "secret.mp4"
+    secret.parent.mkdir()
+    shutil.copyfile(media.face_b, secret)
+    before = secret.read_bytes()
+    folder = d.staging / name
+    folder.mkdir(parents=True)
+    shutil.copyfile(media.speech, folder / "voice.wav")
+    shutil.copyfile(media.face_a, folder / "a.mp4")
+    os.symlink(secret, folder / "talk.mp4")
+    (folder / ".ready").touch()
+    os.rename(folder, d.inbox / name)
+    status = d.wait_finished(name)
+    videos = {v["input"]: v for v in status["videos"]}
+    assert status["state"] == "partial" and videos["a.mp4"]["state"] == "done", status
+    error = videos["talk.mp4"]["error"]
+    assert error["code"] == "UNSAFE_PATH" and error["message"] == f"{name}/talk.mp4: is a symbolic link to {secret}; " \
+        "it is not followed", error
+    assert not (d.outbox / name / "talk.mp4").exists()
+    assert secret.read_bytes() == before
+    archived = next((d.state / "archive").glob(f"*/{name}/input/talk.mp4"))
+    assert archived.is_symlink() and os.readlink(archived) == str(secret)

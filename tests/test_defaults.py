@@ -1,0 +1,26 @@
+"""Each default is given once, in the settings model: the pipeline's keyword defaults are the settings' own."""
+
+from __future__ import annotations
+
+import inspect
+
+from heygemd.pipeline.encode import VideoWriter, plain_transcode
+from heygemd.pipeline.faces import track_faces
+from heygemd.pipeline.run import RenderOptions
+from heygemd.settings import EngineSettings, FacesSettings, VideoSettings
+
+
+def defaults(fn: object) -> dict[str, object]:
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()  # type: ignore[arg-type]
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_pipeline_defaults_are_the_settings_defaults() -> None:
+    assert RenderOptions().batch_size == EngineSettings().batch_size
+    faces = FacesSettings()
+    for name in ("pads", "smooth_window", "max_gap_frames", "detect_max_side"):
+        assert defaults(track_faces)[name] == getattr(faces, name), name
+    video = VideoSettings()
+    for fn in (VideoWriter, plain_transcode):
+        for name in ("crf", "preset", "audio_bitrate"):
+            assert defaults(fn)[name] == getattr(video, name), (fn, name)

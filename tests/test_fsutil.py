@@ -1,0 +1,99 @@
+"""One atomic publish for every file heygemd writes, and the one set of temp-name rules: a share that refuses to
+fsync a folder does not fail a file already renamed into place (status.json, outputs, posters, face tracks)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygemd import fsutil
+from heygemd.names import free_path, is_heygemd_temp, numbered, temp_name, unique_name
+from heygemd.pipeline.encode import VideoWriter, write_poster
+from heygemd.pipeline.faces import FaceTrack
+from tests.pipeline.media import requires_ffmpeg, sine
+
+
+@pytest.fixture
+def share_refusing_folder_fsync(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """os.fsync as some SMB/NFS mounts answer it: EINVAL for a folder, fine for a file. Returns the refusals."""
+    real = os.fsync
+    refused: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return refused
+
+
+def only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@requires_ffmpeg
+def test_every_publisher_tolerates_a_share_that_refuses_folder_fsync(tmp_path: Path,
+                                                                    share_refusing_folder_fsync: list[int]) -> None:
+    audio = sine(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "out"
+    out.mkdir()
+    with VideoWriter(out / "clip.mp4", 64, 48, 25, audio, 0.4, preset="ultrafast") as writer:
+        for _ in range(10):
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    write_poster(np.zeros((48, 64, 3), np.uint8), out / "clip.jpg")
+    track = FaceTrack(boxes=np.zeros((2, 4), np.float32), landmarks=np.zeros((2, 68, 2), np.float32),
+                      frame_size=(64, 48), detector="dlib")
+    track.save(out / "track.npz")
+    fsutil.atomic_write_bytes(out / "status.json", b"{}")
+    assert only(out) == ["clip.jpg", "clip.mp4", "status.json", "track.npz"]
+    assert len(share_refusing_folder_fsync) >= 4  # each publish asked, each refusal was accepted
+
+
+def test_a_failed_write_leaves_neither_temp_nor_target(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), fsutil.atomic_writer(tmp_path / "x.json") as fh:
+        fh.write(b"half")
+        raise RuntimeError("killed halfway")
+    assert only(tmp_path) == []
+
+
+def test_remove_temps_removes_only_heygemd_temps_and_links_not_their_targets(tmp_path: Path) -> None:
+    target = tmp_path / "target.json"
+    target.write_text("keep")
+    job = tmp_path / "job"
+    job.mkdir()
+    ours = [temp_name("status.json"), ".status.json.tmp-77-deadbeef", ".a.mp4.partial.mp4", ".t.npz.abcd_123.tmp"]
+    for name in ours:
+        (job / name).write_bytes(b"")
+    link = job / temp_name("claim.json")
+    os.symlink(target, link)
+    theirs = ["status.json", "a.mp4", ".DS_Store", "a.mp4.part", "notes.tmp", ".hidden.tmp"]
+    for name in theirs:
+        (job / name).write_bytes(b"")
+    removed = fsutil.remove_temps(job)
+    assert sorted(p.name for p in removed) == sorted([*ours, link.name])
+    assert only(job) == sorted(theirs) and target.read_text() == "keep"
+    assert not any(is_heygemd_temp(n) for n in theirs)
+
+
+def test_remove_temps_leaves_young_ones_in_a_shared_folder(tmp_path: Path) -> None:
+    young = tmp_path / temp_name("k.npz")
+    young.write_bytes(b"")
+    assert fsutil.remove_temps(tmp_path, min_age_s=3600) == []
+    assert fsutil.remove_temps(tmp_path, min_age_s=3600, now=young.stat().st_mtime + 3600) == [young]
+
+
+def test_one_numbering_rule_for_files_folders_and_ids(tmp_path: Path) -> None:
+    used: set[str] = set()
+    assert [unique_name(n, used) for n in ("clip.mp4", "Clip.mp4", "clip.mp4")] == ["clip.mp4", "Clip-2.mp4",
+                                                                                     "clip-3.mp4"]
+    assert numbered("lesson.01", 2, keep_suffix=False) == "lesson.01-2"
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job-2").mkdir()
+    assert free_path(tmp_path / "job") == tmp_path / "job-3"
