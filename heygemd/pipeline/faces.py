@@ -55,7 +55,6 @@ import structlog
 
 from heygemd.fsutil import atomic_writer
 from heygemd.pipeline import mouth
-from heygemd.settings import FacesSettings
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -64,6 +63,7 @@ from heygemd.pipeline.face_detectors import (
     make_detector,
     shape_predictor_path,
 )
+from heygemd.settings import FacesSettings
 
 __all__ = [
     "DetectorKind", "DlibDetector", "FaceDetector", "FaceTrack", "S3FDDetector", "TrackFileError",

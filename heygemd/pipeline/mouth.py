@@ -131,8 +131,8 @@ def lip_contrast(frame: np.ndarray, landmarks: np.ndarray) -> float:
     outer = points[OUTER_LIP]
     pad = 0.35 * float(np.linalg.norm(points[54] - points[48])) + 2.0
     h, w = frame.shape[:2]
-    x0, y0 = (int(np.clip(np.floor(v), 0, m)) for v, m in zip(outer.min(axis=0) - pad, (w, h)))
-    x1, y1 = (int(np.clip(np.ceil(v) + 1, 0, m)) for v, m in zip(outer.max(axis=0) + pad, (w, h)))
+    x0, y0 = (int(np.clip(np.floor(v), 0, m)) for v, m in zip(outer.min(axis=0) - pad, (w, h), strict=True))
+    x1, y1 = (int(np.clip(np.ceil(v) + 1, 0, m)) for v, m in zip(outer.max(axis=0) + pad, (w, h), strict=True))
     if x1 - x0 < 4 or y1 - y0 < 4:
         return float("nan")
     stride = max(int(pad) // 10, 1)  # ~30 samples across the mouth are plenty for two medians

@@ -8,7 +8,6 @@ landmark pipeline measures the output's inner-lip gap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
