@@ -401,3 +401,26 @@ def test_real_s3fd_finds_the_presenter(tmp_path, clip):
     assert_sane_landmarks(s3fd.landmarks(clip[0], boxes[0]), boxes[0])
     track = track_faces(iter(clip[:4]), s3fd)
     assert track.face_ratio == 1.0
+
+
+def test_landmarks_follow_the_talking_mouth_with_less_jitter(tmp_path, monkeypatch) -> None:
+    """The portrait made to speak by the engine: filtered points keep the mouth's motion and lose jitter."""
+    from heygemd.pipeline import faces, mouth
+    from tests.engines import talking
+
+    detector = DlibDetector()
+    voice = talking.speech(tmp_path / "a.wav", ("One, two, three, four.",))
+    frames = talking.talking_frames(detector, voice)
+    filtered = track_faces(iter(frames), detector)
+    monkeypatch.setattr(faces, "_filter_landmarks", lambda marks: marks)
+    raw = track_faces(iter(frames), detector)
+    assert filtered.face_ratio == raw.face_ratio == 1.0
+
+    moving = np.concatenate([np.arange(0, 17), np.arange(48, 68)])
+    assert jerk(filtered.landmarks[:, moving].reshape(len(frames), -1)) \
+        < 0.8 * jerk(raw.landmarks[:, moving].reshape(len(frames), -1))
+    gap_filtered = mouth.measure_track(filtered.landmarks)[:, 0]
+    gap_raw = mouth.measure_track(raw.landmarks)[:, 0]
+    assert gap_filtered.std() > 0.85 * gap_raw.std()
+    assert np.corrcoef(gap_filtered, gap_raw)[0, 1] > 0.95
+    assert np.corrcoef(gap_filtered, voice.loudness(len(frames)))[0, 1] > 0.8
