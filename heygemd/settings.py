@@ -149,7 +149,7 @@ class LoggingSettings(Section):
 class WebSettings(Section):
     enabled: bool = Field(False, description="Serve the web dashboard and HTTP API inside `heygemd run`.")
     host: str = Field("127.0.0.1", description="Address the web server binds; any non-loopback address needs a token.")
-    port: int = Field(7860, ge=1, le=65535, description="TCP port of the web server.")
+    port: int = Field(7860, ge=0, le=65535, description="TCP port of the web server (0: any free port, logged).")
     token: SecretStr | None = Field(
         None, description="Access token: a bearer header for the API, a login form for the pages. Set it with "
         "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host.",
