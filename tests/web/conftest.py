@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from heygemd.settings import Settings
 from heygemd.web.app import create_app
-from tests.daemon.daemon_process import Media
+from tests.daemon.conftest import daemon_factory, media, pytest_runtest_makereport  # noqa: F401  (shared)
 from tests.web.webserver import WebProcess, settings_for
 
 
@@ -52,23 +52,6 @@ def web_process() -> Iterator[Callable[..., WebProcess]]:
     yield start
     for proc in started:
         proc.stop()
-
-
-@pytest.fixture(scope="session")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
-    from heygemd.demo import presenter_video, speech_wav
-
-    root = tmp_path_factory.mktemp("web-media")
-    return Media(
-        speech=speech_wav(root / "speech.wav", sentences=("Hello there, this is a test.",),
-                          pause_seconds=0.3, lead_seconds=0.2),
-        long_speech=speech_wav(root / "long.wav", sentences=("Hello there, this is a test.",
-                                                              "The mouth follows every word.",
-                                                              "Then it stops."),
-                               pause_seconds=0.3, lead_seconds=0.2),
-        face_a=presenter_video(root / "face_a.mp4", seconds=1.0, size=(320, 180)),
-        face_b=presenter_video(root / "face_b.mp4", seconds=1.2, size=(320, 180)),
-    )
 
 
 @pytest.fixture(scope="session")
