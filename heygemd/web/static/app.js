@@ -78,7 +78,7 @@ function liveJob(root) {
     }
     setBadge(summary, job.state);
     setBar(field(summary, "progress"), job.progress);
-    field(summary, "counts").textContent = done + " done, " + failed + " failed, " + total + " videos";
+    field(summary, "counts").textContent = done + " done, " + failed + " failed, of " + total;
     for (const v of job.videos) {
       const card = [...document.querySelectorAll("article[data-video]")].find(a => a.dataset.video === v.input);
       if (!card) continue;
