@@ -80,6 +80,8 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
     if folder is None or status.audio is None:
         raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
     inputs = folder / INPUT_DIR
+    if inputs.is_symlink():
+        raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
     names = [status.audio.file, *failed] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
     missing = [n for n in names if not plain_name(n) or not (inputs / n).is_file()]
     if missing:

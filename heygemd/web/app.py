@@ -29,7 +29,7 @@ from heygemd.web import actions
 from heygemd.web.auth import COOKIE, Gate, Via, check_same_origin
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
-from heygemd.web.problems import NotFound, Problem, TooLarge, Unauthorized, WebError, http_status, problem
+from heygemd.web.problems import Problem, TooLarge, Unauthorized, WebError, http_status, problem
 from heygemd.web.staging import clean_stale, discard, disk_full, is_disk_full, mark_ready, new_staging, publish, \
     safe_basename
 from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
