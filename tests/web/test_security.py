@@ -3,7 +3,6 @@ pages), cross-site requests refused, no token -> no non-loopback bind, a full di
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
