@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -35,6 +36,7 @@ from heygemd.web.staging import clean_stale, discard, disk_full, is_disk_full, m
 from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
 
 STATIC = Path(__file__).with_name("static")
+log = structlog.get_logger("heygemd.web")
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -205,11 +207,14 @@ def create_app(settings: Settings) -> FastAPI:
                 raise
             received, options = receiver.finish()
             job_id = await run_in_threadpool(complete, staging, received, options)
-        except BaseException:
+        except BaseException as exc:
             if receiver is not None:
                 receiver.close()
             await run_in_threadpool(discard, staging)
+            if isinstance(exc, HeygemdError):
+                log.warning("web.upload_refused", code=exc.code, error=exc.message)
             raise
+        log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
         return Submitted(job_id=job_id, status_url=f"/api/jobs/{urllib.parse.quote(job_id, safe='')}")
 
     def complete(staging: Path, received: Received, options: Any) -> str:
@@ -249,11 +254,13 @@ def create_app(settings: Settings) -> FastAPI:
     @api.post("/jobs/{job_id}/retry", status_code=201, summary="Submit the job's failed videos again, as a new job")
     def retry(job_id: str) -> Submitted:
         new_id = actions.retry(settings, catalog, job_id)
+        log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
         return Submitted(job_id=new_id, status_url=f"/api/jobs/{urllib.parse.quote(new_id, safe='')}")
 
     @api.delete("/jobs/{job_id}", summary="Delete a finished job: its outbox folder and archived inputs")
     def delete(job_id: str) -> Deleted:
         actions.delete(settings, catalog, job_id)
+        log.info("web.job_deleted", job_id=job_id)
         return Deleted(deleted=job_id)
 
     @api.get("/events", summary="Server-Sent Events: 'job' (a status document), 'removed', 'machine'",
