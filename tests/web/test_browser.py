@@ -72,6 +72,14 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
     assert "mouthwarp" in driver.find_element(By.ID, "machine").text  # type: ignore[attr-defined]
 
     driver.get(url + "/new")  # type: ignore[attr-defined]
+    chosen = driver.execute_script(  # type: ignore[attr-defined]
+        """const dt = new DataTransfer();
+           for (const name of ['voice.wav', 'anna.mp4', 'photo.jpg', 'notes.txt']) dt.items.add(new File(['x'], name));
+           document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+           return document.getElementById('chosen').innerText;""")
+    assert chosen.splitlines() == ["audio: voice.wav (0.0 MiB)", "presenter: anna.mp4 (0.0 MiB)",
+                                   "presenter: photo.jpg (0.0 MiB)"]
+    driver.get(url + "/new")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "audio").send_keys(str(media.long_speech))  # type: ignore[attr-defined]
     driver.find_element(By.ID, "videos").send_keys(str(media.face_a))  # type: ignore[attr-defined]
     driver.find_element(By.ID, "name").send_keys("browser lesson")  # type: ignore[attr-defined]
