@@ -62,7 +62,15 @@ def test_submit_render_follow_download_retry_delete(daemon_factory: Callable[...
         job = response.json()["job_id"]
         assert job == "lesson-01"
 
-        seen = sse_events(client, f"/api/events?job={job}", lambda s: s["state"] in ("done", "partial", "failed"))
+        while_busy: list[dict] = []
+
+        def finished(status: dict) -> bool:
+            if status["state"] == "processing" and not while_busy:  # the API answers while the worker renders
+                while_busy.append(client.get("/api/health", headers=AUTH).json())
+            return status["state"] in ("done", "partial", "failed")
+
+        seen = sse_events(client, f"/api/events?job={job}", finished)
+        assert while_busy and while_busy[0]["status"] == "ok" and while_busy[0]["current"] in (job, None)
         states = [s["state"] for s in seen]
         assert "processing" in states and states[-1] == "partial", states
         progress = [s["progress"] for s in seen]
