@@ -159,3 +159,26 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_job(tmp_path: Path) -> 
     assert status_line.startswith("507 "), result.stdout
     assert '"code":"DISK_FULL"' in status_line and "b.mp4" in status_line and "Free space" in status_line
     assert left_line == "LEFT []"
+
+
+def test_an_upload_cut_off_midway_leaves_nothing(tmp_path: Path, web_process) -> None:
+    """The client goes away halfway through its body: the staging folder goes, nothing reaches the inbox."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from tests.daemon.daemon_process import wait_until
+
+    config = write_config(tmp_path, "port = 0\n")
+    server = web_process(config).wait_ready()
+    uploads = tmp_path / "inbox" / ".heygemd" / "uploads"
+    address = urlsplit(server.url)
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"lesson.wav\"\r\n\r\n" + WAV +
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"videos\"; filename=\"anna.mp4\"\r\n\r\n" + b"v" * 50_000)
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 1000000\r\n\r\n" + head)
+        wait_until(lambda: any(p.is_file() and p.stat().st_size > 0 for p in uploads.glob("*/anna.mp4")), 30,
+                   "the upload to be written into its staging folder")
+    wait_until(lambda: uploads.is_dir() and not any(uploads.iterdir()), 30, "the staging folder to be removed")
+    assert [p.name for p in (tmp_path / "inbox").iterdir()] == [".heygemd"]
+    assert httpx.get(f"{server.url}/api/jobs").json()["total"] == 0
