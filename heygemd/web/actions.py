@@ -23,7 +23,7 @@ from heygemd.daemon.status import JobStatus, fsync_dir
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog, plain_name
 from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
-from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish
+from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
 
 FINISHED = frozenset({"done", "partial", "failed"})
 
@@ -105,8 +105,7 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
 
 def _trash(folder: Path, trash: Path) -> None:
     """Rename ``folder`` into ``trash`` (same filesystem), then remove it; a crash in between leaves only trash."""
-    trash.mkdir(parents=True, exist_ok=True)
-    target = trash / f"{folder.name}.{secrets.token_hex(4)}"
+    target = own_dir(trash) / f"{folder.name}.{secrets.token_hex(4)}"
     os.rename(folder, target)
     fsync_dir(folder.parent)
     shutil.rmtree(target)

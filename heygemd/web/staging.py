@@ -15,7 +15,7 @@ from pathlib import Path
 
 from heygemd.daemon.intake import CLAIMED, NameKind, classify_name
 from heygemd.daemon.status import fsync_dir
-from heygemd.errors import DiskFull
+from heygemd.errors import ConfigError, DiskFull
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"
@@ -53,11 +53,19 @@ def disk_full(what: str) -> DiskFull:
                     hint="Free space on the inbox share (or raise its quota), then submit the job again.")
 
 
+def own_dir(path: Path) -> Path:
+    """``path`` as a real folder of heygemd's (created if missing); a symlink there is refused, never followed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise ConfigError(f"{path.name} is a symlink or not a folder; heygemd writes only inside the inbox and outbox",
+                          path=path, hint="Remove the symlink; heygemd creates the folder itself.")
+    return path
+
+
 def new_staging(state_dir: Path) -> Path:
     """A fresh, empty staging folder under ``<state>/uploads``."""
-    root = state_dir / UPLOADS
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root = own_dir(state_dir / UPLOADS)
         folder = root / secrets.token_hex(8)
         folder.mkdir()
     except OSError as exc:
@@ -75,7 +83,7 @@ def discard(staging: Path) -> None:
 def clean_stale(state_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
     """Remove staging folders a crash left behind (only old ones: another server may be uploading now)."""
     root = state_dir / UPLOADS
-    if not root.is_dir():
+    if root.is_symlink() or not root.is_dir():
         return
     now = time.time()
     for folder in root.iterdir():

@@ -268,3 +268,16 @@ def test_openapi_description_lists_every_endpoint(make_client) -> None:
     page = client.get("/docs")
     assert page.status_code == 200 and "/api/jobs/{job_id}/outputs.zip" in page.text
     assert "cdn" not in page.text.casefold()
+
+
+def test_heygemd_never_writes_through_a_symlinked_staging_or_trash_folder(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    (settings.paths.state_dir / "uploads").symlink_to(elsewhere)
+    assert_problem(upload(client), 500, "BAD_CONFIG")
+    finished_job(settings.paths.outbox, "lesson")
+    (settings.paths.outbox / ".heygemd-trash").symlink_to(elsewhere)
+    assert_problem(client.delete("/api/jobs/lesson"), 500, "BAD_CONFIG")
+    assert list(elsewhere.iterdir()) == [] and (settings.paths.outbox / "lesson" / "status.json").is_file()
