@@ -134,6 +134,8 @@ def test_one_job_is_its_status_document_and_its_files_download(make_client) -> N
     video = client.get("/api/jobs/lesson-01/files/anna.mp4")
     assert video.status_code == 200 and video.content == (settings.paths.outbox / "lesson-01" / "anna.mp4").read_bytes()
     assert video.headers["content-type"] == "video/mp4"
+    part = client.get("/api/jobs/lesson-01/files/anna.mp4", headers={"Range": "bytes=4-11"})
+    assert part.status_code == 206 and part.content == video.content[4:12]  # the player can seek
     attachment = client.get("/api/jobs/lesson-01/files/anna.mp4", params={"download": "true"})
     assert attachment.headers["content-disposition"].startswith("attachment")
     assert client.get("/api/jobs/lesson-01/files/job.log").text.startswith('{"event": "job.started"')
