@@ -127,7 +127,7 @@ class Catalog:
         folder = self.job_dir(job_id)
         path = folder / name
         if not plain_name(name) or not _real_file(path) or not contained(path, folder):
-            raise NotFound(f"no file {name!r} in job {job_id!r}", path=None)
+            raise NotFound(f"no file {name!r} in job {job_id!r}")
         return path
 
     def files(self, job_id: str) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from heygemd.daemon.jobs import JOB_TOML, JobOptions
+from heygemd.daemon.jobs import JobOptions
 from heygemd.media import is_audio, is_presenter, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
@@ -122,10 +122,8 @@ class MultipartJob:
         kind_ok = is_audio(Path(base)) if field_name == "audio" else is_presenter(Path(base))
         if not base or not kind_ok:
             wanted = "an audio file" if field_name == "audio" else "a video or a still photo"
-            raise BadUpload(f"{filename!r} is not {wanted} (by its name)", path=None)
+            raise BadUpload(f"{filename!r} is not {wanted} (by its name)")
         stored = unique_name(base, self._used)
-        if stored.casefold() == JOB_TOML:
-            raise BadUpload("job.toml is written from the form's options, not uploaded")
         try:
             fd = os.open(self.staging / stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
         except OSError as exc:

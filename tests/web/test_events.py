@@ -71,3 +71,23 @@ def test_one_job_stream_sends_only_that_job(tmp_path: Path, web_process) -> None
             write_status(outbox / "mine" / "status.json", status.model_copy(update={"progress": 0.7}))
             name, doc = next(stream)
             assert (name, doc["job_id"], doc["progress"]) == ("job", "mine", 0.7)
+
+
+def test_a_job_missing_from_one_look_only_is_not_removed(tmp_path: Path) -> None:
+    """A claim renames the job from the inbox into the claim folder; one listing can fall in between."""
+    from heygemd.web.catalog import Catalog
+    from heygemd.web.events import ChangeFeed
+    from tests.web.webserver import settings_for
+
+    settings = settings_for(tmp_path)
+    finished_job(settings.paths.outbox, "lesson")
+    feed = ChangeFeed(Catalog(settings), "lesson")
+    assert [e.split("\n")[0] for e in feed.poll()] == ["event: job", "event: machine"]
+    hidden = tmp_path / "hidden"
+    (settings.paths.outbox / "lesson").rename(hidden)
+    assert feed.poll() == []  # gone for one look: maybe a rename in flight
+    hidden.rename(settings.paths.outbox / "lesson")
+    assert feed.poll() == []  # back, unchanged: nothing to say
+    shutil.rmtree(settings.paths.outbox / "lesson")
+    assert feed.poll() == []
+    assert feed.poll() == ['event: removed\ndata: {"job_id":"lesson"}\n\n']
