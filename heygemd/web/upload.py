@@ -145,7 +145,8 @@ class MultipartJob:
         self._file_bytes += size
         self._total += size
         if self._file_bytes > self.limits.max_file_bytes:
-            raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {self.limits.max_file_bytes / MiB:g} MiB")
+            limit = self.limits.max_file_bytes / MiB
+            raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {limit:g} MiB")
         if self._total > self.limits.max_total_bytes:
             raise TooLarge(f"the upload is larger than web.max_total_mb = {self.limits.max_total_bytes / MiB:g} MiB")
         try:

@@ -38,7 +38,8 @@ def finished_job(outbox: Path, job_id: str, *, state: str = "done", files: Mappi
 
     folder = outbox / job_id
     folder.mkdir(parents=True)
-    for name, data in (files or {"anna.mp4": b"\x00\x00\x00\x18ftypmp42 not really", "anna.jpg": b"\xff\xd8jpg"}).items():
+    default = {"anna.mp4": b"\x00\x00\x00\x18ftypmp42 not really", "anna.jpg": b"\xff\xd8jpg"}
+    for name, data in (files or default).items():
         (folder / name).write_bytes(data)
     (folder / "job.log").write_text(f'{{"event": "job.started", "job_id": "{job_id}"}}\n', encoding="utf-8")
     claimed = utc_now() - timedelta(minutes=claimed_minutes_ago)
