@@ -71,7 +71,7 @@ class MultipartJob:
         self._used: set[str] = set()
         self._total = 0
         self._files = 0
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._hname = bytearray()
         self._hvalue = bytearray()
         self._file: BinaryIO | None = None
@@ -97,12 +97,13 @@ class MultipartJob:
         self._headers = {}
 
     def _header_end(self) -> None:
-        self._headers[_decode(bytes(self._hname)).strip().casefold()] = _decode(bytes(self._hvalue)).strip()
+        # Values stay bytes: browsers send file names as raw UTF-8, which parse_options_header keeps as bytes.
+        self._headers[_decode(bytes(self._hname)).strip().casefold()] = bytes(self._hvalue).strip()
         self._hname.clear()
         self._hvalue.clear()
 
     def _headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        _, params = parse_options_header(self._headers.get("content-disposition", b""))
         name = _decode(params.get(b"name", b""))
         if b"filename" in params:
             self._open_file(name, _decode(params[b"filename"]))
