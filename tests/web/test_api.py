@@ -290,7 +290,8 @@ def test_names_in_any_script_work_end_to_end(make_client) -> None:
     response = upload(client, audio=("讲座.wav", WAV), videos=(("Ana María.mp4", MP4),), name="课程 01")
     assert response.status_code == 201, response.text
     assert response.json() == {"job_id": "课程 01", "status_url": "/api/jobs/%E8%AF%BE%E7%A8%8B%2001"}
-    assert sorted(p.name for p in (settings.paths.inbox / "课程 01").iterdir()) == [".ready", "Ana María.mp4", "讲座.wav"]
+    stored = sorted(p.name for p in (settings.paths.inbox / "课程 01").iterdir())
+    assert stored == [".ready", "Ana María.mp4", "讲座.wav"]
     assert client.get(response.json()["status_url"]).json()["audio"]["file"] == "讲座.wav"
     finished_job(settings.paths.outbox, "课程 00")
     zipped = client.get("/api/jobs/课程 00/outputs.zip")
