@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.intake import CLAIM_FILE, INPUT_DIR, ClaimRecord
+from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
-from heygemd.daemon.status import JobStatus, fsync_dir
+from heygemd.daemon.status import JobStatus
+from heygemd.fsutil import fsync_dir
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog, plain_name
 from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry

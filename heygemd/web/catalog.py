@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.intake import ClaimedJob, NameKind, claimed_jobs, classify_name, scan_inbox
+from heygemd.daemon.claims import ClaimedJob, claimed_jobs
+from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
-from heygemd.media import is_audio, is_presenter
+from heygemd.names import NameKind, classify_name, is_audio, is_presenter
 from heygemd.settings import Settings
 from heygemd.web.problems import BadStatus, NotFound
 

@@ -13,9 +13,10 @@ import time
 import unicodedata
 from pathlib import Path
 
-from heygemd.daemon.intake import CLAIMED, NameKind, classify_name
-from heygemd.daemon.status import fsync_dir
+from heygemd.daemon.claims import CLAIMED
 from heygemd.errors import ConfigError, DiskFull
+from heygemd.fsutil import fsync_dir
+from heygemd.names import NameKind, classify_name
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
-from heygemd.media import is_audio, is_presenter, unique_name
+from heygemd.names import is_audio, is_presenter, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
 from heygemd.web.staging import disk_full, is_disk_full, safe_basename

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from heygemd.daemon.intake import CLAIM_FILE, CLAIMED, INPUT_DIR, ClaimRecord
+from heygemd.daemon.claims import CLAIM_FILE, CLAIMED, INPUT_DIR, ClaimRecord
 from heygemd.daemon.status import VideoStatus
 from tests.web.webserver import finished_job, tree
 
