@@ -240,8 +240,8 @@ def articulate(mels: np.ndarray, params: MouthWarpParams = MouthWarpParams()) ->
     loudness = loud @ weights
     opening = (loud * height) @ weights
     shape = np.divide((loud * spread) @ weights, loudness, out=np.zeros_like(loudness), where=loudness > 0)
-    return [Articulation(loudness=float(l), opening=float(o), shape=float(s))
-            for l, o, s in zip(loudness, opening, shape)]
+    return [Articulation(loudness=float(ld), opening=float(op), shape=float(sh))
+            for ld, op, sh in zip(loudness, opening, shape, strict=True)]
 
 
 def plan_motion(landmarks: np.ndarray, articulation: Articulation,

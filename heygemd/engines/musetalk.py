@@ -30,7 +30,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
-from heygemd.engines.musetalk_load import LATENT_CHANNELS, PROMPT_WIDTH, load_unet, load_vae, load_whisper, require_files
+from heygemd.engines.musetalk_load import (
+    LATENT_CHANNELS,
+    PROMPT_WIDTH,
+    load_unet,
+    load_vae,
+    load_whisper,
+    require_files,
+)
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 from heygemd.errors import ConfigError
@@ -191,7 +198,10 @@ class MuseTalkEngine:
 
     def prepare_presenter(self, crops: list[np.ndarray]) -> np.ndarray:
         """float32 (B, 8, 32, 32) latents of face crops (any size; stretched to 256x256)."""
-        faces = np.stack([to_model_size(c) for c in crops]) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        if crops:
+            faces = np.stack([to_model_size(c) for c in crops])
+        else:
+            faces = np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         latents = np.empty((len(faces), *self.prep_shape()), dtype=np.float32)
 
         def infer(start: int, stop: int) -> None:

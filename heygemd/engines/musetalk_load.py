@@ -20,8 +20,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError
 from transformers import WhisperFeatureExtractor, WhisperModel
-from transformers.utils import logging as transformers_logging
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging as transformers_logging
 
 from heygemd.engines import musetalk_layout as layout
 from heygemd.engines.torch_util import listing, read_state_dict
@@ -46,8 +46,11 @@ def require_files(folder: Path) -> layout.MuseTalkFiles:
     """The layout of ``folder``; CheckpointError naming the first missing file (and how many more)."""
     files = layout.find_files(folder)
     if files.missing:
-        more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})" if len(files.missing) > 1 else ""
-        raise _fail(f"MuseTalk file missing: {files.missing[0]}{more}", Path(folder) / files.missing[0].split(" or ")[0])
+        more = ""
+        if len(files.missing) > 1:
+            more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})"
+        first = files.missing[0]
+        raise _fail(f"MuseTalk file missing: {first}{more}", Path(folder) / first.split(" or ")[0])
     return files
 
 

@@ -185,7 +185,9 @@ class S3FDDetector:
         self._dlib: DlibShapePredictor | None = None
         try:
             self._build(checkpoints, use_fan, threshold, cache_dir / "torch-home")
-        except (RuntimeError, pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, AttributeError) as exc:
+        except (
+            RuntimeError, pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, AttributeError,
+        ) as exc:
             raise CheckpointError(
                 f"cannot load the S3FD/2DFAN4 weights: {str(exc).strip().splitlines()[0][:200]}", path=models_dir,
                 hint=f"Replace {S3FD_WEIGHTS} (and {FAN_WEIGHTS} if present) with intact copies from "

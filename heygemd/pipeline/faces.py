@@ -238,7 +238,9 @@ def track_faces(
             frame_size = (int(frame.shape[1]), int(frame.shape[0]))
             scale = min(1.0, detect_max_side / max(frame_size))
         elif (frame.shape[1], frame.shape[0]) != frame_size:
-            raise ValueError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, expected {frame_size[0]}x{frame_size[1]}")
+            raise ValueError(
+                f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, expected {frame_size[0]}x{frame_size[1]}"
+            )
 
         last_detection = state.detections[-1][0] if state.detections else None
         must_detect = state.target is None or state.missing > 0 or last_detection is None \
@@ -375,7 +377,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Half-open ``(start, stop)`` runs where ``mask`` is True."""
     padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
     edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+    # the padding makes every run start and stop inside ``padded``: the edges come in pairs
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2], strict=True)]
 
 
 def _interpolate_predicted(boxes: np.ndarray, kind: np.ndarray) -> np.ndarray:

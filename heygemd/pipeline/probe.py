@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from heygemd.errors import DecodeError, NoVideoStream, NotMedia
+from heygemd.errors import DecodeError, NotMedia, NoVideoStream
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
 
 MIN_FPS = 1.0

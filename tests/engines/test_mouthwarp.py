@@ -248,7 +248,8 @@ def test_mouth_interior_is_darker_than_the_lips(face) -> None:
     assert cavity < 0.5 * lips
     # ...but not a flat black hole: the painted opening has light and dark parts.
     opening = np.zeros(crop.shape[:2], np.uint8)
-    cv2.fillPoly(opening, [np.round(np.vstack([motion.opening_top, motion.opening_bottom[3:0:-1]])).astype(np.int32)], 1)
+    outline = np.vstack([motion.opening_top, motion.opening_bottom[3:0:-1]])
+    cv2.fillPoly(opening, [np.round(outline).astype(np.int32)], 1)
     inside = luminance(result.image[opening.astype(bool)])
     assert inside.std() > 5.0 and inside.min() > 3.0
 
@@ -276,7 +277,9 @@ def test_landmarks_off_the_crop_or_degenerate_do_not_fail(face) -> None:
     flat = np.full((68, 2), 40.0, dtype=np.float32)
     lost = points.copy()
     lost[:] = np.nan
-    same = MouthWarpEngine().generate(FaceBatch(crops=[crop, crop], landmarks=[flat, lost], mels=np.stack([LOUD, LOUD])))
+    same = MouthWarpEngine().generate(
+        FaceBatch(crops=[crop, crop], landmarks=[flat, lost], mels=np.stack([LOUD, LOUD]))
+    )
     assert all(np.array_equal(image, crop) for image in same)
 
 

@@ -243,7 +243,7 @@ def test_boxes_hold_every_landmark_chin_included(detector, clip):
     track = track_faces(iter(clip[:20]), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
     raw_box = detector.detect(clip[0])[0]
     assert raw_box[3] < detector.landmarks(clip[0], raw_box)[8, 1]  # the raw box really misses the chin
-    for box, marks in zip(track.boxes, track.landmarks):
+    for box, marks in zip(track.boxes, track.landmarks, strict=True):
         assert (marks[:, 0] >= box[0] - 0.5).all() and (marks[:, 0] <= box[2] + 0.5).all()
         assert (marks[:, 1] >= box[1] - 0.5).all() and (marks[:, 1] <= box[3] + 0.5).all()
 
@@ -252,7 +252,7 @@ def test_smoothing_reduces_box_jitter(detector, clip):
     rng = np.random.default_rng(7)
     shifts = rng.uniform(-6, 6, size=(len(clip[:30]), 2))
     frames = [cv2.warpAffine(f, np.float32([[1, 0, dx], [0, 1, dy]]), (640, 360), borderMode=cv2.BORDER_REFLECT)
-              for f, (dx, dy) in zip(clip[:30], shifts)]
+              for f, (dx, dy) in zip(clip[:30], shifts, strict=True)]
     raw = track_faces(iter(frames), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
     smooth = track_faces(iter(frames), detector, smooth_window=7, detect_every=1, pads=(0, 0, 0, 0))
     assert jerk(smooth.boxes) < 0.4 * jerk(raw.boxes)
