@@ -26,7 +26,8 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
@@ -70,7 +71,7 @@ class MuseTalkModel:
         self.vae: AutoencoderKL = _placed(load_vae(self.files), self.device, self.dtype)
         encoder, self.extractor = load_whisper(self.files["whisper"].parent)
         self.encoder = _placed(encoder, self.device, self.dtype)
-        self.scaling = float(self.vae.config.scaling_factor)
+        self.scaling = float(self.vae.config["scaling_factor"])  # a FrozenDict, typed as a plain dict
         self.pe = positional_encoding().to(self.device, self.dtype)  # same dtype as the prompts: no promotion
         self.timestep = torch.tensor([0], device=self.device)
 

@@ -115,7 +115,7 @@ class DlibDetector:
         rects, scores, _ = self._detector.run(rgb, self.upsample, 0.0)
         if len(rects) == 0 and self.retry_upsampled:
             rects, scores, _ = self._detector.run(rgb, self.upsample + 1, 0.0)
-        order = np.argsort(-np.asarray(scores, dtype=np.float64)) if len(rects) else []
+        order: np.ndarray | list[int] = np.argsort(-np.asarray(scores, dtype=np.float64)) if len(rects) else []
         return [
             np.array([rects[i].left(), rects[i].top(), rects[i].right(), rects[i].bottom()], dtype=np.float32)
             for i in order
