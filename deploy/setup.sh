@@ -14,7 +14,8 @@ demo=0
 apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd python3-seccomp)
 apt_packages+=(redis-server)  # the farm's broker; the tests start their own on a free localhost port
 missing=()
-for pkg in "${apt_packages[@]}"; do
+# chromium + chromium-driver: the web dashboard's browser test drives Debian's headless chromium (never downloaded).
+for pkg in "${apt_packages[@]}" chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

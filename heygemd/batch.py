@@ -96,7 +96,8 @@ def summary(outcomes: Sequence[VideoOutcome]) -> str:
             if outcome.error.hint:
                 lines.append(f"          what to do: {outcome.error.hint}")
     good = sum(o.ok for o in outcomes)
-    lines.append(f"{good} of {len(outcomes)} videos done" + (f", {len(outcomes) - good} failed" if good < len(outcomes) else ""))
+    failed = f", {len(outcomes) - good} failed" if good < len(outcomes) else ""
+    lines.append(f"{good} of {len(outcomes)} videos done{failed}")
     return "\n".join(lines)
 
 

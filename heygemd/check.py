@@ -67,7 +67,8 @@ def _engine(settings: Settings) -> Check:
         return _musetalk_loads(settings)
     checkpoint = find_checkpoint(settings.engine, settings.paths.models)
     if checkpoint is None or not checkpoint.is_file():
-        return Check("engine", False, f"wav2lip selected but no checkpoint ({checkpoint or ', '.join(CHECKPOINT_NAMES)})",
+        wanted = checkpoint or ", ".join(CHECKPOINT_NAMES)
+        return Check("engine", False, f"wav2lip selected but no checkpoint ({wanted})",
                      f"copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = \"mouthwarp\"")
     from heygemd.engines.wav2lip import load_model  # torch: only when the Wav2Lip engine is in use
 

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show jobs from the outbox's status files")
     status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
+    commands.add_parser("web", help="serve the web dashboard and HTTP API (web.host:web.port)")
     demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
     demo.add_argument("--name", default="demo-lesson", help="job folder name")
     return parser
@@ -105,6 +106,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("run", "once"):
         from heygemd.daemon.service import run_service
 
+        if args.command == "run" and settings.web.enabled:
+            from heygemd.web.server import start_in_thread
+
+            start_in_thread(settings)
         return run_service(settings, once=args.command == "once")
     if args.command == "worker":
         from heygemd.queue.worker import run_worker
@@ -121,6 +126,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         checks = run_checks(settings)
         print(format_checks(checks))
         return 0 if all_required_ok(checks) else 1
+    if args.command == "web":
+        from heygemd.web.server import serve
+
+        return serve(settings)
     if args.command == "demo":
         from heygemd.demo import make_demo_job
 

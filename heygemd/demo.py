@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def portrait() -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def presenter_frames(seconds: float, fps: float = 25.0, size: tuple[int, int] = (640, 360)):
+def presenter_frames(seconds: float, fps: float = 25.0, size: tuple[int, int] = (640, 360)) -> Iterator[np.ndarray]:
     """Yield BGR frames of the portrait with gentle sway and zoom, as a phone on a tripod would see it."""
     import cv2
 
@@ -80,7 +81,7 @@ def presenter_frames(seconds: float, fps: float = 25.0, size: tuple[int, int] = 
         scale = height / win_h
         x0 = cx + dx - win_w / 2
         y0 = cy + dy - win_h / 2
-        matrix = np.float32([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+        matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float32)
         yield cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -158,6 +159,20 @@ class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
 
 
+class WebSettings(Section):
+    enabled: bool = Field(False, description="Serve the web dashboard and HTTP API inside `heygemd run`.")
+    host: str = Field("127.0.0.1", description="Address the web server binds; any non-loopback address needs a token.")
+    port: int = Field(7860, ge=0, le=65535, description="TCP port of the web server (0: any free port, logged).")
+    token: SecretStr | None = Field(
+        None, description="Access token: a bearer header for the API, a login form for the pages. Set it with "
+        "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host.",
+    )
+    max_file_mb: float = Field(4096.0, gt=0, description="Largest uploaded file, in MiB.")
+    max_files: int = Field(50, ge=2, description="Most files in one uploaded job (the audio included).")
+    max_total_mb: float = Field(16384.0, gt=0, description="Largest upload of one job, all files together, in MiB.")
+    page_size: int = Field(20, ge=1, le=500, description="Jobs per page in the job list (pages and API).")
+
+
 class QueueSettings(Section):
     broker: str = Field(
         "", description="Redis URL of the farm's broker, e.g. redis://:PASSWORD@queue-host:6379/0. Empty: one host, "
@@ -200,6 +215,7 @@ class Settings(BaseSettings):
     video: VideoSettings = VideoSettings()
     outbox: OutboxSettings = OutboxSettings()
     logging: LoggingSettings = LoggingSettings()
+    web: WebSettings = WebSettings()
     queue: QueueSettings = QueueSettings()
 
     @classmethod

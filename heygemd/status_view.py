@@ -91,6 +91,10 @@ def format_status_detail(status: JobStatus) -> str:
                 notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
                 if v.error.hint:
                     notes.append(f"    hint: {v.error.hint}")
+            for warning in v.warnings:
+                notes.append(f"{v.input}: warning [{warning.code}] {warning.message}")
+                if warning.hint:
+                    notes.append(f"    hint: {warning.hint}")
         out += "\n" + _render(rows)
         if notes:
             out += "\n" + "\n".join(notes) + "\n"

@@ -49,7 +49,10 @@ def face_regions(image: np.ndarray) -> tuple[tuple[slice, slice], tuple[slice, s
     brows = marks[17:27]
     eyes_bottom = marks[36:48, 1].max()
     mouth_region = (slice(int(my1), int(my2) + 1), slice(int(mx1), int(mx2) + 1))
-    upper = (slice(int(brows[:, 1].min()), int(eyes_bottom) + 1), slice(int(brows[:, 0].min()), int(brows[:, 0].max()) + 1))
+    upper = (
+        slice(int(brows[:, 1].min()), int(eyes_bottom) + 1),
+        slice(int(brows[:, 0].min()), int(brows[:, 0].max()) + 1),
+    )
     return mouth_region, upper
 
 

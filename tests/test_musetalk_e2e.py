@@ -41,7 +41,9 @@ def models_with(musetalk_folder: Path, root: Path) -> Path:
     return models
 
 
-def test_session_renders_and_reuses_the_presenter(musetalk_folder: Path, media: dict[str, Path], tmp_path: Path) -> None:
+def test_session_renders_and_reuses_the_presenter(
+    musetalk_folder: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
     settings = Settings.model_validate({
         "paths": {"inbox": tmp_path / "inbox", "outbox": tmp_path / "outbox",
                   "models": models_with(musetalk_folder, tmp_path)},

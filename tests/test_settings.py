@@ -80,7 +80,7 @@ def test_shipped_config_documents_every_setting_with_its_default() -> None:
     shipped = tomllib.loads(REPO_CONFIG.read_text(encoding="utf-8"))
     text = REPO_CONFIG.read_text(encoding="utf-8")
     defaults = Settings.model_construct()
-    for section_name, section_field in Settings.model_fields.items():
+    for section_name in Settings.model_fields:
         section = getattr(defaults, section_name)
         for key, field in type(section).model_fields.items():
             assert f"{key} =" in text, f"{section_name}.{key} is not in config/heygemd.toml"

@@ -89,6 +89,10 @@ class VideoStatus(_Model):
         description="Seconds per stage, free-form: decode, detect, infer, blend, encode, total.",
     )
     error: ErrorStatus | None = None
+    warnings: list[ErrorStatus] = Field(
+        default_factory=list,
+        description="Problems that did not fail the video, e.g. MOUTH_COVERED, PROFILE_VIEW, FACE_TOO_SMALL.",
+    )
 
     @property
     def finished_state(self) -> bool:

@@ -240,9 +240,12 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                     face_ratio=round(result.face_ratio, 4),
                     poster=result.poster.name if result.poster and result.poster.is_file() else None,
                     timings={k: round(v, 3) for k, v in result.timings.items()},
+                    warnings=[_for_user(warning, claimed) for warning in result.warnings],
                 )
                 log.info("video.done", output=output.name, seconds=round(result.timings["total"], 2),
                          face_ratio=round(result.face_ratio, 3), frames=result.frames)
+                for warning in status_file.status.videos[index].warnings:
+                    log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
             status_file.save()
     session.release()
 

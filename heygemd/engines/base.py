@@ -18,6 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from heygemd.pipeline.mouth import MouthState
+
 AudioNeed = Literal["mel", "whisper"]
 CropRule = Literal["track", "musetalk_v15"]
 
@@ -61,6 +63,10 @@ class FaceBatch:
     """Per-crop rows of the job's ``FrameFeatures`` when the engine needs more than the mel (e.g. (B, 50, 384))."""
     prepared: np.ndarray | None = None
     """Per-crop rows of the presenter preparation (``PresenterEngine.prepare_presenter``) when there is one."""
+    mouth_rest: MouthState | None = None
+    """The presenter's closed mouth (``pipeline.mouth.rest_state`` of the whole face track) when the caller knows
+    it. An engine that sets the mouth (rather than adding to what the crop shows) first takes each crop's mouth
+    back to this state; None: each crop's mouth counts as at rest."""
 
     def __len__(self) -> int:
         return len(self.crops)

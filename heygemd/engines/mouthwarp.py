@@ -1,12 +1,17 @@
 """The weights-free engine: audio-driven mouth animation from face landmarks, numpy and OpenCV only.
 
 For each frame the Wav2Lip mel window is read as two numbers: how far the mouth opens (gated speech
-loudness times a vowel-height cue) and its shape (round "o/u" narrow, spread "i/e" wide). Those move the
-lip, mouth-corner and jaw landmarks; a smooth backward displacement field (normalised Gaussian weights of
-the moved points, split along the lip seam so the lips part) warps the crop with ``cv2.remap``, and the gap
-between the parted inner lips is painted as a mouth: a shadowed cavity, a band of upper teeth and a darker
-tongue. The field is multiplied by ``render.mouth_mask``, so nothing changes from the nose tip upwards or on
-the crop's border, and in silence the output is the input, bit for bit.
+loudness times a vowel-height cue) and its shape (round "o/u" narrow, spread "i/e" wide). The mouth is
+*set* to that, not added to what the frame shows: the crop's own mouth state (inner-lip gap, chin drop,
+lip width; ``pipeline.mouth``) is compared with the presenter's rest state (``FaceBatch.mouth_rest``), and
+what is open beyond rest is closed first: the lips meet and the band of the source opening between them
+(teeth, tongue, cavity) is cut out of the picture rather than squashed. Closing and the audio's opening
+together move the lip, mouth-corner and jaw landmarks; a smooth backward displacement field
+(normalised Gaussian weights of the moved points, split along the lip seam so the lips part) warps the
+crop with ``cv2.remap``, and the gap between the parted inner lips is painted as a mouth: a shadowed
+cavity, a band of upper teeth and a darker tongue. The field is multiplied by ``render.mouth_mask``, so
+nothing changes from the nose tip upwards or on the crop's border, and in silence over a mouth at rest the
+output is the input, bit for bit. A mouth at rest (or no rest given) moves exactly as in version 1.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import numpy as np
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.pipeline.audio import FMAX, FMIN, N_MELS, mel_db
+from heygemd.pipeline.mouth import MouthState, face_frame, measure
 from heygemd.pipeline.render import face_width, mouth_mask
 
-VERSION = "1"
+VERSION = "2"
 
 UPPER_LIP = np.array([49, 50, 51, 52, 53, 61, 62, 63])
 """Upper lip, outer and inner, without the corners."""
@@ -36,6 +42,8 @@ INNER_LOWER = np.array([60, 67, 66, 65, 64])
 JAW = np.arange(2, 15)
 JAW_DROP = np.array([0.0, 0.1, 0.25, 0.45, 0.65, 0.8, 0.85, 0.8, 0.65, 0.45, 0.25, 0.1, 0.0])
 """Share of the lower lip's drop that jaw points 2..14 follow (the chin, point 8, most)."""
+JAW_RISE = JAW_DROP / JAW_DROP.max()
+"""Share of the chin's measured drop that jaw points 2..14 rise by when a dropped jaw is closed."""
 NECK = np.arange(4, 13)
 """Jaw points whose copies below the chin hold the neck still while the chin drops over it."""
 UPPER_FIELD = np.setdiff1d(np.arange(68), np.concatenate([LOWER_LIP, np.arange(17, 27)]))
@@ -55,7 +63,13 @@ class MouthWarpParams:
 
     centre_column: float = 5.0
     """Mel column (0..15) the frame listens to. In the pipeline's windows column 0 is the frame's own time
-    (12.5 ms per column), so 5 makes the mouth lead the sound by ~60 ms, as real articulation does."""
+    (12.5 ms per column), so 5 makes the mouth lead the sound by ~60 ms, as real articulation does.
+    Accepted offset: the picture may lead the sound by at most 80 ms and never trail it. Source: ITU-R
+    BT.1359-1 (1998) puts the detectability threshold of sound delayed behind vision at about 125 ms and of
+    sound ahead of vision at about 45 ms (acceptability: 185 ms / 90 ms); film practice (cited in ITU-R
+    Report BS.1204) allows picture ahead of sound by two frames (83 ms), behind it by one (42 ms). Measured
+    on a voiced burst (tests/engines/test_mouthwarp.py): the mouth opens 66-78 ms before the sound starts
+    and closes 48-63 ms before it stops, at 24 to 50 fps."""
     column_sigma: float = 3.5
     """Width (columns) of the Gaussian weighting around ``centre_column``; neighbouring frames (3.2 columns
     apart at 25 fps) share most of their weight, so the mouth does not chatter."""
@@ -79,6 +93,10 @@ class MouthWarpParams:
     grid_ratio: float = 0.06
     """Spacing of the samples of the (smooth) displacement field, as a fraction of the mouth reference width
     (at least 2 pixels); bilinear in between. Keeps the cost per crop nearly independent of face size."""
+    rest_tolerance: float = 0.03
+    """How far (share of the eye distance) a crop's mouth may be from the presenter's rest state and still
+    count as at rest: landmark noise on a closed mouth is not "open" and is left alone. From twice this
+    distance on, the whole difference is taken away; in between, a share rising linearly from 0 to all."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,45 @@ class Articulation:
     """Vertical opening in [0, 1]: loudness times the vowel-height cue (open "a" more than "i"/"u")."""
     shape: float
     """Lip shape in [-1, 1]: negative round/tall ("o", "u", "a"), positive spread ("i", "e")."""
+
+
+@dataclass(frozen=True)
+class Excess:
+    """How far one crop's mouth is from the presenter's rest state, in crop pixels (0 = at rest)."""
+
+    gap: float = 0.0
+    """Inner lips open beyond rest (>= 0): closed by the warp before the audio opens them again."""
+    jaw: float = 0.0
+    """Chin dropped beyond rest (at most as far as opening the lips by ``gap`` drops it): raised with the lower lip."""
+    width: float = 0.0
+    """Mouth wider (> 0) or narrower (< 0) than at rest, by at most ``gap``: the corners are brought back.
+    (A closed mouth that is wider or narrower than at rest, a smile or a pout, is the presenter's own.)"""
+
+    @property
+    def at_rest(self) -> bool:
+        return self.gap == 0.0 and self.jaw == 0.0 and self.width == 0.0
+
+
+def excess(landmarks: np.ndarray, rest: MouthState | None,
+           params: MouthWarpParams = MouthWarpParams()) -> Excess:
+    """How far the mouth of ``landmarks`` (68, 2) is from ``rest`` (``pipeline.mouth.rest_state``).
+
+    Differences within ``params.rest_tolerance`` count as none; None (no rest known) or landmarks that are
+    not finite give ``Excess()``: the crop's mouth is taken as it is, as before this engine knew of rest.
+    """
+    points = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
+    if rest is None or not np.isfinite(points).all():
+        return Excess()
+    state, scale, tol = measure(points), face_frame(points).scale, params.rest_tolerance
+
+    def beyond(value: float) -> float:
+        """``value`` in pixels, 0 within the tolerance, all of it from twice the tolerance, a ramp between."""
+        return float(value * np.clip(abs(value) / tol - 1.0, 0.0, 1.0) * scale)
+
+    gap = max(beyond(state.gap - rest.gap), 0.0)
+    jaw = float(np.clip(beyond(state.jaw - rest.jaw), 0.0, JAW_DROP.max() * 0.8 * gap))
+    width = float(np.clip(beyond(state.width - rest.width), -gap, gap))
+    return Excess(gap=gap, jaw=jaw, width=width)
 
 
 @dataclass(frozen=True)
@@ -109,8 +166,12 @@ class MouthMotion:
     """Corner-to-corner distance in pixels."""
     reference: float
     """Mouth reference width (pixels) that all motion is scaled by: mean of mouth width and 0.45 face width."""
-    seam: np.ndarray
-    """(5, 2) where the lips part, from corner 60 to corner 64: between the inner lips as given (``seam_ratio``)."""
+    seam_top: np.ndarray
+    """(5, 2) corner 60 to 64: the lowest source pixels that stay with the upper lip."""
+    seam_bottom: np.ndarray
+    """(5, 2) corner 60 to 64: the highest source pixels that stay with the lower lip. Equal to ``seam_top``
+    (between the inner lips, ``seam_ratio``) for a mouth at rest; for a mouth open beyond rest the band in
+    between (the part of its opening beyond rest: teeth, tongue, cavity) is cut out as the lips meet."""
     opening_top: np.ndarray
     """(5, 2) upper edge of the new opening (the seam moved with the upper lip), corner 60 to 64."""
     opening_bottom: np.ndarray
@@ -179,13 +240,17 @@ def articulate(mels: np.ndarray, params: MouthWarpParams = MouthWarpParams()) ->
     loudness = loud @ weights
     opening = (loud * height) @ weights
     shape = np.divide((loud * spread) @ weights, loudness, out=np.zeros_like(loudness), where=loudness > 0)
-    return [Articulation(loudness=float(l), opening=float(o), shape=float(s))
-            for l, o, s in zip(loudness, opening, shape)]
+    return [Articulation(loudness=float(ld), opening=float(op), shape=float(sh))
+            for ld, op, sh in zip(loudness, opening, shape, strict=True)]
 
 
 def plan_motion(landmarks: np.ndarray, articulation: Articulation,
-                params: MouthWarpParams = MouthWarpParams()) -> MouthMotion:
-    """Move the lip, corner and jaw landmarks for ``articulation``; every other point stays."""
+                params: MouthWarpParams = MouthWarpParams(), beyond_rest: Excess = Excess()) -> MouthMotion:
+    """Move the lip, corner and jaw landmarks from the mouth as given to rest plus ``articulation``.
+
+    ``beyond_rest`` (see ``excess``) is taken away first: the lips meet, the chin rises, the corners come
+    back; then the audio's opening and rounding are applied. Every other point stays.
+    """
     source = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
     across = source[54] - source[48]
     mouth_width = float(np.linalg.norm(across))
@@ -197,9 +262,10 @@ def plan_motion(landmarks: np.ndarray, articulation: Articulation,
     loud, opening, shape = articulation.loudness, articulation.opening, articulation.shape
 
     gap = opening * params.open_ratio * reference * (1.0 - 0.3 * max(shape, 0.0))
-    lower_drop, upper_lift = 0.8 * gap, 0.2 * gap
+    lips = gap - beyond_rest.gap  # the lips' net move: negative closes a mouth open beyond rest
+    lower_drop, upper_lift = 0.8 * lips, 0.2 * lips
     corner_drop = 0.25 * lower_drop
-    corner_out = loud * reference * (0.06 * max(shape, 0.0) - 0.10 * max(-shape, 0.0))
+    corner_out = loud * reference * (0.06 * max(shape, 0.0) - 0.10 * max(-shape, 0.0)) - 0.5 * beyond_rest.width
 
     half = max(mouth_width / 2.0, 1e-6)
     u = (source - (source[48] + source[54]) / 2.0) @ across
@@ -210,13 +276,20 @@ def plan_motion(landmarks: np.ndarray, articulation: Articulation,
     move_down[LOWER_LIP] = corner_drop + (lower_drop - corner_drop) * (1.0 - r2[LOWER_LIP])
     move_down[UPPER_LIP] = corner_drop * r2[UPPER_LIP] - upper_lift * (1.0 - r2[UPPER_LIP])
     move_down[CORNERS] = corner_drop
-    move_down[JAW] = JAW_DROP * lower_drop
+    move_down[JAW] = JAW_DROP * 0.8 * gap - JAW_RISE * beyond_rest.jaw
     target = source + move_across[:, None] * across + move_down[:, None] * down
-    seam = source[INNER_UPPER] + params.seam_ratio * (source[INNER_LOWER] - source[INNER_UPPER])
+
+    # The source opening, upper to lower inner lip, parts at seam_ratio; the share of it beyond rest is cut out.
+    source_gap = inner_lip_gap(source, down)
+    cut = float(np.clip(beyond_rest.gap / source_gap, 0.0, 1.0)) if source_gap > 0 else 0.0
+    top_share = params.seam_ratio * (1.0 - cut)
+    span = source[INNER_LOWER] - source[INNER_UPPER]
+    seam_top = source[INNER_UPPER] + top_share * span
+    seam_bottom = source[INNER_UPPER] + (top_share + cut) * span
     return MouthMotion(source=source, target=target, across=across, down=down,
-                       mouth_width=mouth_width, reference=reference, seam=seam,
-                       opening_top=seam + target[INNER_UPPER] - source[INNER_UPPER],
-                       opening_bottom=seam + target[INNER_LOWER] - source[INNER_LOWER])
+                       mouth_width=mouth_width, reference=reference, seam_top=seam_top, seam_bottom=seam_bottom,
+                       opening_top=seam_top + target[INNER_UPPER] - source[INNER_UPPER],
+                       opening_bottom=seam_bottom + target[INNER_LOWER] - source[INNER_LOWER])
 
 
 def inner_lip_gap(points: np.ndarray, down: np.ndarray) -> float:
@@ -246,13 +319,13 @@ def _neck_anchors(motion: MouthMotion) -> np.ndarray:
     return motion.source[NECK] + motion.down * (0.22 * width)
 
 
-def _field(motion: MouthMotion, members: np.ndarray, edge: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-           sigma: float) -> np.ndarray:
-    """Backward offsets (source minus output position) from the moved ``members``, the moved seam points
-    ``edge`` (the opening's top or bottom) and the still neck."""
+def _field(motion: MouthMotion, members: np.ndarray, seam: np.ndarray, edge: np.ndarray, xs: np.ndarray,
+           ys: np.ndarray, sigma: float) -> np.ndarray:
+    """Backward offsets (source minus output position) from the moved ``members``, the seam points ``seam``
+    moved to ``edge`` (the opening's top or bottom) and the still neck."""
     neck = _neck_anchors(motion)
     points = np.vstack([motion.target[members], edge[1:4], neck])
-    values = np.vstack([motion.source[members] - motion.target[members], motion.seam[1:4] - edge[1:4],
+    values = np.vstack([motion.source[members] - motion.target[members], seam[1:4] - edge[1:4],
                         np.zeros_like(neck)])
     return _shepard(points, values, xs, ys, sigma)
 
@@ -272,21 +345,24 @@ def _poly_mask(points: np.ndarray, shape: tuple[int, int], origin: np.ndarray) -
 
 
 def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulation,
-              params: MouthWarpParams = MouthWarpParams(), mask: np.ndarray | None = None) -> WarpResult:
-    """Open the mouth of one BGR uint8 crop for ``articulation``; same shape and dtype out.
+              params: MouthWarpParams = MouthWarpParams(), mask: np.ndarray | None = None,
+              rest: MouthState | None = None) -> WarpResult:
+    """Set the mouth of one BGR uint8 crop for ``articulation``; same shape and dtype out.
 
     ``mask``: the crop's ``render.mouth_mask`` when the caller already has it (the pipeline pastes with it);
-    computed here otherwise.
+    computed here otherwise. ``rest``: the presenter's closed mouth (``pipeline.mouth.rest_state``); a mouth
+    open beyond it is closed first (see ``plan_motion``). None: the crop's mouth is taken as at rest.
 
-    Returns the input unchanged (a copy) when the loudness is 0, the landmarks are not finite, the mouth
-    is narrower than 4 pixels or the crop smaller than 8.
+    Returns the input unchanged (a copy) when the loudness is 0 and the mouth is at rest, the landmarks
+    are not finite, the mouth is narrower than 4 pixels or the crop smaller than 8.
     """
-    motion = plan_motion(landmarks, articulation, params)
+    beyond_rest = excess(landmarks, rest, params)
+    motion = plan_motion(landmarks, articulation, params, beyond_rest)
     crop = np.ascontiguousarray(crop)
     out = crop.copy()
     h, w = crop.shape[:2]
     usable = bool(np.all(np.isfinite(motion.source))) and motion.mouth_width >= 4.0 and h >= 8 and w >= 8
-    if articulation.loudness <= 0.0 or not usable:
+    if (articulation.loudness <= 0.0 and beyond_rest.at_rest) or not usable:
         return WarpResult(out, motion)
     envelope = mask if mask is not None else mouth_mask(motion.source, (h, w))
     rows = np.flatnonzero(envelope.any(axis=1))
@@ -303,8 +379,10 @@ def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulatio
     gy = y0 + step * np.arange((rh - 1) // step + 2, dtype=np.float32)
     cx, cy = np.meshgrid(gx, gy)
     flat_x, flat_y = cx.ravel(), cy.ravel()
-    coarse_up = _field(motion, UPPER_FIELD, motion.opening_top, flat_x, flat_y, sigma).reshape(*cx.shape, 2)
-    coarse_low = _field(motion, LOWER_FIELD, motion.opening_bottom, flat_x, flat_y, sigma).reshape(*cx.shape, 2)
+    coarse_up = _field(motion, UPPER_FIELD, motion.seam_top, motion.opening_top, flat_x, flat_y,
+                       sigma).reshape(*cx.shape, 2)
+    coarse_low = _field(motion, LOWER_FIELD, motion.seam_bottom, motion.opening_bottom, flat_x, flat_y,
+                        sigma).reshape(*cx.shape, 2)
     px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
     grid_x, grid_y = (px - x0) / step, (py - y0) / step
     field_up = cv2.remap(coarse_up, grid_x, grid_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -432,8 +510,9 @@ def _paint_interior(crop: np.ndarray, motion: MouthMotion, window: tuple[int, in
     tongue_w = np.clip((v - 0.45) / 0.45, 0.0, 1.0)
     tongue_w = (tongue_w * tongue_w * (3.0 - 2.0 * tongue_w) * (1.0 - across**2) * 0.85)[..., None]
     colour += (palette.tongue - colour) * tongue_w
-    # Upper teeth show at the top of a new opening, unless the mouth as given already shows them.
-    shown = inner_lip_gap(motion.source, motion.down) / max(0.12 * motion.mouth_width, 1e-6)
+    # Upper teeth show at the top of a new opening, unless the part of the mouth as given that is kept shows them.
+    kept = inner_lip_gap(motion.source, motion.down) - float((motion.seam_bottom[2] - motion.seam_top[2]) @ motion.down)
+    shown = kept / max(0.12 * motion.mouth_width, 1e-6)
     band = np.minimum(0.4 * gap, 0.1 * motion.mouth_width) * float(np.clip(1.0 - shown, 0.0, 1.0))
     teeth_w = np.clip((band - depth) / 1.2 + 0.5, 0.0, 1.0) * np.clip(band / 1.5, 0.0, 1.0)
     teeth_w *= np.clip(1.0 - across**2, 0.0, 1.0) ** 1.5
@@ -475,7 +554,7 @@ class MouthWarpEngine:
             return []
         moves = articulate(batch.mels, self._levels)
         masks = batch.masks if batch.masks is not None else [None] * len(batch)
-        return [warp_crop(crop, points, move, self._levels, mask).image
+        return [warp_crop(crop, points, move, self._levels, mask, batch.mouth_rest).image
                 for crop, points, move, mask in zip(batch.crops, batch.landmarks, moves, masks, strict=True)]
 
     def release(self) -> None:

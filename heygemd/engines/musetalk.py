@@ -26,11 +26,19 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
-from heygemd.engines.musetalk_load import LATENT_CHANNELS, PROMPT_WIDTH, load_unet, load_vae, load_whisper, require_files
+from heygemd.engines.musetalk_load import (
+    LATENT_CHANNELS,
+    PROMPT_WIDTH,
+    load_unet,
+    load_vae,
+    load_whisper,
+    require_files,
+)
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 from heygemd.errors import ConfigError
@@ -63,7 +71,7 @@ class MuseTalkModel:
         self.vae: AutoencoderKL = _placed(load_vae(self.files), self.device, self.dtype)
         encoder, self.extractor = load_whisper(self.files["whisper"].parent)
         self.encoder = _placed(encoder, self.device, self.dtype)
-        self.scaling = float(self.vae.config.scaling_factor)
+        self.scaling = float(self.vae.config["scaling_factor"])  # a FrozenDict, typed as a plain dict
         self.pe = positional_encoding().to(self.device, self.dtype)  # same dtype as the prompts: no promotion
         self.timestep = torch.tensor([0], device=self.device)
 
@@ -191,7 +199,10 @@ class MuseTalkEngine:
 
     def prepare_presenter(self, crops: list[np.ndarray]) -> np.ndarray:
         """float32 (B, 8, 32, 32) latents of face crops (any size; stretched to 256x256)."""
-        faces = np.stack([to_model_size(c) for c in crops]) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        if crops:
+            faces = np.stack([to_model_size(c) for c in crops])
+        else:
+            faces = np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         latents = np.empty((len(faces), *self.prep_shape()), dtype=np.float32)
 
         def infer(start: int, stop: int) -> None:

@@ -14,14 +14,15 @@ import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from safetensors import SafetensorError
 from transformers import WhisperFeatureExtractor, WhisperModel
-from transformers.utils import logging as transformers_logging
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging as transformers_logging
 
 from heygemd.engines import musetalk_layout as layout
 from heygemd.engines.torch_util import listing, read_state_dict
@@ -46,8 +47,11 @@ def require_files(folder: Path) -> layout.MuseTalkFiles:
     """The layout of ``folder``; CheckpointError naming the first missing file (and how many more)."""
     files = layout.find_files(folder)
     if files.missing:
-        more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})" if len(files.missing) > 1 else ""
-        raise _fail(f"MuseTalk file missing: {files.missing[0]}{more}", Path(folder) / files.missing[0].split(" or ")[0])
+        more = ""
+        if len(files.missing) > 1:
+            more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})"
+        first = files.missing[0]
+        raise _fail(f"MuseTalk file missing: {first}{more}", Path(folder) / first.split(" or ")[0])
     return files
 
 
@@ -154,14 +158,16 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, info = WhisperModel.from_pretrained(
+            loaded = WhisperModel.from_pretrained(
                 whisper_dir, local_files_only=True, output_loading_info=True,
                 use_safetensors=weights.suffix == ".safetensors",
             )
     except _READ_ERRORS as exc:
         raise _fail(f"cannot load Whisper, the file may be truncated or not whisper-tiny ({_detail(exc)})",
                     weights) from None
-    problems = [p for p in _loading_problems(info)]
+    # transformers annotates from_pretrained as returning the model; output_loading_info=True returns (model, info)
+    model, info = cast(tuple[WhisperModel, dict[str, Any]], loaded)
+    problems = _loading_problems(info)
     if problems:
         raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
     encoder = model.get_encoder()

@@ -54,4 +54,5 @@ def describe_device(spec: str) -> str:
     if device.type != "cuda":
         return f"{device} (torch {torch.__version__})"
     props = torch.cuda.get_device_properties(device)
-    return f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return (f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda})")

@@ -170,8 +170,8 @@ def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
     """The reference inference chunking: float32 (N, 80, 16), one window per video frame.
 
     For i = 0, 1, ...: ``start = int(i * 80 / fps)`` (computed as the reference does, ``i * (80 / fps)``);
-    when ``start + 16 > T`` the last 16 columns are appended and the loop stops, else ``mel[:, start:start + 16]``. (This yields ~3 fewer windows than the
-    audio has frames; ``AudioFeatures.chunks`` pads the audio to avoid that.)
+    when ``start + 16 > T`` the last 16 columns are appended and the loop stops, else ``mel[:, start:start + 16]``.
+    (This yields ~3 fewer windows than the audio has frames; ``AudioFeatures.chunks`` pads the audio to avoid that.)
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")

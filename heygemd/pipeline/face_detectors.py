@@ -115,7 +115,7 @@ class DlibDetector:
         rects, scores, _ = self._detector.run(rgb, self.upsample, 0.0)
         if len(rects) == 0 and self.retry_upsampled:
             rects, scores, _ = self._detector.run(rgb, self.upsample + 1, 0.0)
-        order = np.argsort(-np.asarray(scores, dtype=np.float64)) if len(rects) else []
+        order: np.ndarray | list[int] = np.argsort(-np.asarray(scores, dtype=np.float64)) if len(rects) else []
         return [
             np.array([rects[i].left(), rects[i].top(), rects[i].right(), rects[i].bottom()], dtype=np.float32)
             for i in order
@@ -185,7 +185,9 @@ class S3FDDetector:
         self._dlib: DlibShapePredictor | None = None
         try:
             self._build(checkpoints, use_fan, threshold, cache_dir / "torch-home")
-        except (RuntimeError, pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, AttributeError) as exc:
+        except (
+            RuntimeError, pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, AttributeError,
+        ) as exc:
             raise CheckpointError(
                 f"cannot load the S3FD/2DFAN4 weights: {str(exc).strip().splitlines()[0][:200]}", path=models_dir,
                 hint=f"Replace {S3FD_WEIGHTS} (and {FAN_WEIGHTS} if present) with intact copies from "

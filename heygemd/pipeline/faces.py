@@ -15,7 +15,8 @@
    ``max_gap_frames`` without the target the track is re-acquired with the first-frame rule, among faces
    at least a quarter of the last target's area (a small background face never takes over).
 3. **Landmarks** (68 points, iBUG layout) on every frame with a face, fitted on the full-resolution frame
-   with the unpadded box.
+   with the unpadded box; with them, how clearly the lips show (``mouth.lip_contrast``: a hand or a
+   phone in front of the mouth hides them), for ``footage.footage_warnings``.
 4. **Gaps.** A run of at most ``max_gap_frames`` frames without the target between two frames with it gets
    linearly interpolated boxes and landmarks; longer runs and runs at the start or end stay NaN (the
    renderer passes those frames through unchanged).
@@ -23,7 +24,13 @@
    crop must hold the whole mouth, jaw and chin (S3FD boxes mostly contain them already).
 5. **Smoothing.** Boxes get a centred moving average over ``smooth_window`` frames, within each run of
    frames with a face (never across a NaN gap); the window shrinks symmetrically at a run's ends so it stays
-   centred. Landmarks are not smoothed (the mouth must keep its motion).
+   centred. Landmarks get a centred quadratic Savitzky-Golay filter within each run of fitted frames
+   (before step 4 bridges the gaps, so a bridge stays a straight line between filtered ends): over
+   ``MOUTH_FILTER_FRAMES`` for the jaw line and the lips, which must keep the speech motion (at 25 fps it
+   keeps 93 % of a 4 Hz syllable rhythm and cuts frame-to-frame jitter to about a third), and over
+   ``HEAD_FILTER_FRAMES`` for the rest of the face, which only moves with the head. A quadratic fit follows
+   a mouth that opens and closes without flattening its peaks as a moving average would, and being centred
+   it adds no delay.
 6. **Pads and clamp.** ``pads`` = (top, bottom, left, right) pixels are added to the smoothed box (as
    Wav2Lip's ``--pads``), then the box is clamped to the frame. With ``pad_reference_height`` set, pads are
    scaled by face height / ``pad_reference_height`` instead (so they mean the same at any resolution).
@@ -34,6 +41,7 @@ content (``video_content_key``) and the settings that shape it (``track_fingerpr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zipfile
@@ -46,7 +54,7 @@ import numpy as np
 import structlog
 
 from heygemd.fsutil import atomic_writer
-from heygemd.settings import FacesSettings
+from heygemd.pipeline import mouth
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
     DlibDetector,
@@ -55,6 +63,7 @@ from heygemd.pipeline.face_detectors import (
     make_detector,
     shape_predictor_path,
 )
+from heygemd.settings import FacesSettings
 
 __all__ = [
     "DetectorKind", "DlibDetector", "FaceDetector", "FaceTrack", "S3FDDetector", "TrackFileError",
@@ -64,10 +73,16 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-TRACKER_VERSION = 2
+TRACKER_VERSION = 3
 """Bumped when the tracking algorithm changes, so cached tracks of older versions are recomputed."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the .npz layout written by ``FaceTrack.save``."""
+MOUTH_FILTER_FRAMES = 5
+"""Window of the landmark filter for the jaw line (0-16) and the lips (48-67)."""
+HEAD_FILTER_FRAMES = 9
+"""Window of the landmark filter for the brows, nose and eyes."""
+MOVING_POINTS = np.concatenate([np.arange(0, 17), np.arange(48, 68)])
+"""Landmarks that move with speech (jaw line and lips)."""
 PROGRESS_EVERY = 25
 """``track_faces`` reports progress every this many frames (and once at the end)."""
 
@@ -92,11 +107,18 @@ class FaceTrack:
     """(width, height) of the frames."""
     detector: str
     """Name of the detector that made the track (``FaceDetector.name``)."""
+    lip_contrast: np.ndarray | None = None
+    """(N,) float32 ``mouth.lip_contrast`` of each frame whose landmarks were fitted on it (NaN elsewhere:
+    no face, bridged gaps); None: not measured (all NaN)."""
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
         if self.boxes.shape != (n, 4) or self.landmarks.shape != (n, 68, 2):
             raise ValueError(f"FaceTrack shapes disagree: boxes {self.boxes.shape}, landmarks {self.landmarks.shape}")
+        if self.lip_contrast is None:
+            object.__setattr__(self, "lip_contrast", np.full(n, np.nan, dtype=np.float32))
+        elif np.shape(self.lip_contrast) != (n,):
+            raise ValueError(f"FaceTrack lip_contrast has shape {np.shape(self.lip_contrast)}, expected ({n},)")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -115,6 +137,11 @@ class FaceTrack:
         """Frames with a usable face / all frames (0.0 for an empty track)."""
         return float(self.face_mask.mean()) if len(self) else 0.0
 
+    @functools.cached_property
+    def mouth_rest(self) -> mouth.MouthState | None:
+        """The presenter's closed mouth over the whole track (``mouth.rest_state``); None without faces."""
+        return mouth.rest_state(self.landmarks)
+
     def missing_runs(self) -> list[tuple[int, int]]:
         """Runs of frames without a face as ``(first, last)`` indices, inclusive (for messages and status)."""
         return [(a, b - 1) for a, b in _runs(~self.face_mask)]
@@ -130,6 +157,7 @@ class FaceTrack:
                 landmarks=self.landmarks.astype(np.float32),
                 frame_size=np.asarray(self.frame_size, dtype=np.int64),
                 detector=np.str_(self.detector),
+                lip_contrast=np.asarray(self.lip_contrast, dtype=np.float32),
             )
 
     @classmethod
@@ -145,6 +173,7 @@ class FaceTrack:
                     landmarks=np.asarray(data["landmarks"], dtype=np.float32),
                     frame_size=(int(size[0]), int(size[1])),
                     detector=str(data["detector"]),
+                    lip_contrast=np.asarray(data["lip_contrast"], dtype=np.float32),
                 )
         except (OSError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as exc:
             if isinstance(exc, TrackFileError):
@@ -198,6 +227,7 @@ def track_faces(
     kinds: list[int] = []
     boxes: list[np.ndarray] = []
     marks: list[np.ndarray] = []
+    contrast: list[float] = []
     nan_box = np.full(4, np.nan, dtype=np.float32)
     nan_marks = np.full((68, 2), np.nan, dtype=np.float32)
     frame_size: tuple[int, int] | None = None
@@ -208,7 +238,9 @@ def track_faces(
             frame_size = (int(frame.shape[1]), int(frame.shape[0]))
             scale = min(1.0, detect_max_side / max(frame_size))
         elif (frame.shape[1], frame.shape[0]) != frame_size:
-            raise ValueError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, expected {frame_size[0]}x{frame_size[1]}")
+            raise ValueError(
+                f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, expected {frame_size[0]}x{frame_size[1]}"
+            )
 
         last_detection = state.detections[-1][0] if state.detections else None
         must_detect = state.target is None or state.missing > 0 or last_detection is None \
@@ -217,7 +249,7 @@ def track_faces(
             chosen = _choose(_detect_scaled(detector, frame, scale), state, frame_size, max_gap_frames)
             if chosen is None:
                 for j in state.predicted:  # the face may have left before this frame: don't trust predictions
-                    kinds[j], boxes[j], marks[j] = _MISSING, nan_box, nan_marks
+                    kinds[j], boxes[j], marks[j], contrast[j] = _MISSING, nan_box, nan_marks, np.nan
                 if state.predicted:
                     state.target = state.detections[-1][1]
                 state.missing += 1 + len(state.predicted)
@@ -225,6 +257,7 @@ def track_faces(
                 kinds.append(_MISSING)
                 boxes.append(nan_box)
                 marks.append(nan_marks)
+                contrast.append(np.nan)
             else:
                 state.target = chosen
                 state.target_area = _area(chosen)
@@ -234,6 +267,7 @@ def track_faces(
                 kinds.append(_DETECTED)
                 boxes.append(chosen)
                 marks.append(detector.landmarks(frame, chosen).astype(np.float32))
+                contrast.append(mouth.lip_contrast(frame, marks[-1]))
         else:
             predicted = _predict(state.detections, i, detect_every)
             state.target = predicted
@@ -241,6 +275,7 @@ def track_faces(
             kinds.append(_PREDICTED)
             boxes.append(predicted)
             marks.append(detector.landmarks(frame, predicted).astype(np.float32))
+            contrast.append(mouth.lip_contrast(frame, marks[-1]))
         if progress is not None and (i + 1) % PROGRESS_EVERY == 0:
             progress(i + 1)
 
@@ -254,12 +289,17 @@ def track_faces(
     raw_boxes = np.stack(boxes).astype(np.float32)
     raw_marks = np.stack(marks).astype(np.float32)
     raw_boxes = _interpolate_predicted(raw_boxes, kind)
+    raw_marks = _filter_landmarks(raw_marks)  # the fitted points only: gaps are then bridged between filtered ends
     raw_boxes, raw_marks = _fill_short_gaps(raw_boxes, raw_marks, kind != _MISSING, max_gap_frames)
     raw_boxes = _cover_landmarks(raw_boxes, raw_marks)
     smoothed = _smooth(raw_boxes, smooth_window)
     final = _pad_and_clamp(smoothed, pads, frame_size, pad_reference_height)
-    raw_marks[~np.isfinite(final).all(axis=1)] = np.nan
-    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name)
+    lost = ~np.isfinite(final).all(axis=1)
+    raw_marks[lost] = np.nan
+    lips = np.asarray(contrast, dtype=np.float32)
+    lips[lost] = np.nan
+    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name,
+                     lip_contrast=lips)
 
 
 def _detect_scaled(detector: FaceDetector, frame: np.ndarray, scale: float) -> list[np.ndarray]:
@@ -337,7 +377,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Half-open ``(start, stop)`` runs where ``mask`` is True."""
     padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
     edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+    # the padding makes every run start and stop inside ``padded``: the edges come in pairs
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2], strict=True)]
 
 
 def _interpolate_predicted(boxes: np.ndarray, kind: np.ndarray) -> np.ndarray:
@@ -376,6 +417,36 @@ def _cover_landmarks(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
         grown[has, 2] = np.maximum(boxes[has, 2], marks[has, :, 0].max(axis=1))
         grown[has, 3] = np.maximum(boxes[has, 3], marks[has, :, 1].max(axis=1))
     return grown
+
+
+def _savgol_weights(half: int) -> np.ndarray:
+    """(2*half+1,) weights of the centre value of a least-squares quadratic through 2*half+1 points."""
+    k = np.arange(-half, half + 1, dtype=np.float64)
+    return np.linalg.pinv(np.stack([np.ones_like(k), k, k * k], axis=1))[0]
+
+
+def _savgol(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred quadratic Savitzky-Golay filter along axis 0 of finite ``values``; the window shrinks
+    symmetrically at the ends (3 points or fewer: unchanged, a quadratic passes through them)."""
+    out = values.astype(np.float64).copy()
+    n, half = len(values), window // 2
+    weights = {h: _savgol_weights(h) for h in range(2, half + 1)}
+    for j in range(n):
+        h = min(half, j, n - 1 - j)
+        if h >= 2:
+            out[j] = np.tensordot(weights[h], values[j - h:j + h + 1].astype(np.float64), axes=1)
+    return out
+
+
+def _filter_landmarks(marks: np.ndarray) -> np.ndarray:
+    """Landmarks filtered in time within each run of finite frames (see the module doc, step 5)."""
+    out = marks.copy()
+    head = np.setdiff1d(np.arange(68), MOVING_POINTS)
+    for start, stop in _runs(np.isfinite(marks).all(axis=(1, 2))):
+        run = marks[start:stop]
+        out[start:stop, MOVING_POINTS] = _savgol(run[:, MOVING_POINTS], MOUTH_FILTER_FRAMES)
+        out[start:stop, head] = _savgol(run[:, head], HEAD_FILTER_FRAMES)
+    return out
 
 
 def _smooth(boxes: np.ndarray, window: int) -> np.ndarray:

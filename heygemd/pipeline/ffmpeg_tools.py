@@ -14,9 +14,10 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from heygemd.errors import DecodeError, DiskFull, EncodeError, ToolMissing
 

@@ -16,8 +16,9 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypedDict
 
-from heygemd.errors import DecodeError, NoVideoStream, NotMedia
+from heygemd.errors import DecodeError, NotMedia, NoVideoStream
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
 
 MIN_FPS = 1.0
@@ -72,6 +73,23 @@ class VideoInfo:
     def frame_bytes(self) -> int:
         """Bytes of one delivered BGR frame."""
         return self.width * self.height * 3
+
+
+class _CommonFields(TypedDict):
+    """The ``VideoInfo`` fields that a still and a video fill in alike."""
+
+    path: Path
+    width: int
+    height: int
+    is_still: bool
+    rotation: int
+    codec: str
+    pix_fmt: str
+    bit_depth: int
+    has_audio: bool
+    stream_index: int
+    hdr: bool
+    square_size: tuple[int, int] | None
 
 
 def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
@@ -131,7 +149,7 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
 
     codec = str(video.get("codec_name", "unknown"))
     pix_fmt = str(video.get("pix_fmt", ""))
-    common = dict(
+    common = _CommonFields(
         path=path, width=width, height=height, is_still=is_still, rotation=rotation, codec=codec,
         pix_fmt=pix_fmt, bit_depth=_bit_depth(video), has_audio=has_audio, stream_index=int(video.get("index", 0)),
         hdr=video.get("color_transfer") in HDR_TRANSFERS, square_size=(raw_w, raw_h) if sar != 1 else None,

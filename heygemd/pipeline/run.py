@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from heygemd.engines.base import Engine, FaceBatch, PresenterEngine
-from heygemd.errors import Interrupted, NoFace
-from heygemd.pipeline import faces, presenter_cache, render
+from heygemd.errors import ErrorInfo, Interrupted, NoFace
+from heygemd.pipeline import faces, footage, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
@@ -67,6 +67,8 @@ class RenderResult:
     """Seconds per stage (decode, detect, prepare, infer, blend, encode) and ``total``."""
     cached_presenter: bool | None = None
     """For engines with a per-presenter preparation: True when it came from the cache (no VAE encoding)."""
+    warnings: tuple[ErrorInfo, ...] = ()
+    """Problems that did not stop the render (``footage.footage_warnings`` for the weights-free engine)."""
 
 
 ProgressCallback = Callable[[VideoProgress], None]
@@ -118,6 +120,7 @@ def render_video(
         raise ValueError(f"engine {engine.name} needs {engine.needs.audio} features; compute them with "
                          "LipSyncSession.audio")
 
+    warnings = footage.footage_warnings(track, video_path) if engine.name == "mouthwarp" else []
     engine.prepare(audio.mel)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
@@ -162,6 +165,7 @@ def render_video(
         cached_faces=cached,
         timings=timings,
         cached_presenter=prep.cached if prep is not None else None,
+        warnings=tuple(warnings),
     )
 
 
@@ -326,6 +330,7 @@ def _lip_sync_batch(
         masks=masks,
         prompts=np.stack([prompts[offset] for offset, _, _ in jobs]) if prompts is not None else None,
         prepared=np.stack([prep.data[i] for i in sources]) if prep is not None else None,
+        mouth_rest=track.mouth_rest,
     )
     with timer.stage("infer"):
         generated = engine.generate(face_batch)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import ContextManager, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -17,7 +17,7 @@ STAGES = ("decode", "detect", "infer", "blend", "encode")
 class StageTimer:
     """Accumulates seconds per stage name; ``seconds`` is what status.json and the benchmark report."""
 
-    seconds: dict[str, float] = field(default_factory=lambda: {stage: 0.0 for stage in STAGES})
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -39,7 +39,7 @@ class StageTimer:
             yield item
 
     @contextmanager
-    def closing_in(self, name: str, manager: ContextManager[T]) -> Iterator[T]:
+    def closing_in(self, name: str, manager: AbstractContextManager[T]) -> Iterator[T]:
         """Enter ``manager``; charge the time of its clean exit (e.g. an encoder's flush) to stage ``name``."""
         value = manager.__enter__()
         try:

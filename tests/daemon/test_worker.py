@@ -108,3 +108,24 @@ def test_errors_name_files_inside_the_job_not_the_internal_claim_folder(tmp_path
     assert final is not None
     message = final.videos[0].error.message
     assert message.startswith("lesson/a.mp4: ") and ".heygemd" not in message
+
+
+def test_render_warnings_reach_status_json_naming_files_inside_the_job(tmp_path: Path) -> None:
+    from heygemd.errors import ErrorInfo
+
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4"])
+
+    class WarningSession(StandInSession):
+        def render(self, video: Path, audio: _Audio, output: Path, **kwargs: object) -> RenderResult:
+            result = super().render(video, audio, output, **kwargs)
+            warning = ErrorInfo("PROFILE_VIEW", f"{video}: the face is turned to the side", "use wav2lip")
+            return RenderResult(**{**result.__dict__, "warnings": (warning,)})
+
+    session = WarningSession()
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session)).status  # type: ignore[arg-type, return-value]
+    assert final is not None and final.state == "done"
+    (warning,) = final.videos[0].warnings
+    assert warning.code == "PROFILE_VIEW" and warning.hint == "use wav2lip"
+    assert warning.message == "lesson/a.mp4: the face is turned to the side"
+    on_disk = read_status(tmp_path / "outbox" / final.job_id / "status.json")
+    assert on_disk.videos[0].warnings == final.videos[0].warnings

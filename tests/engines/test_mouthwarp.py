@@ -248,7 +248,8 @@ def test_mouth_interior_is_darker_than_the_lips(face) -> None:
     assert cavity < 0.5 * lips
     # ...but not a flat black hole: the painted opening has light and dark parts.
     opening = np.zeros(crop.shape[:2], np.uint8)
-    cv2.fillPoly(opening, [np.round(np.vstack([motion.opening_top, motion.opening_bottom[3:0:-1]])).astype(np.int32)], 1)
+    outline = np.vstack([motion.opening_top, motion.opening_bottom[3:0:-1]])
+    cv2.fillPoly(opening, [np.round(outline).astype(np.int32)], 1)
     inside = luminance(result.image[opening.astype(bool)])
     assert inside.std() > 5.0 and inside.min() > 3.0
 
@@ -276,7 +277,9 @@ def test_landmarks_off_the_crop_or_degenerate_do_not_fail(face) -> None:
     flat = np.full((68, 2), 40.0, dtype=np.float32)
     lost = points.copy()
     lost[:] = np.nan
-    same = MouthWarpEngine().generate(FaceBatch(crops=[crop, crop], landmarks=[flat, lost], mels=np.stack([LOUD, LOUD])))
+    same = MouthWarpEngine().generate(
+        FaceBatch(crops=[crop, crop], landmarks=[flat, lost], mels=np.stack([LOUD, LOUD]))
+    )
     assert all(np.array_equal(image, crop) for image in same)
 
 
@@ -311,3 +314,34 @@ def test_masks_given_in_the_batch_give_the_same_mouth(face) -> None:
     first, second = engine.generate(plain)[0], engine.generate(with_mask)[0]
     assert not np.array_equal(first, crop)  # the window is loud: the mouth opened
     assert np.array_equal(first, second)
+
+
+# --- timing -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fps", [24.0, 25.0, 30.0, 50.0])
+@pytest.mark.parametrize("level", [0.3, 0.05])
+def test_the_mouth_leads_the_sound_by_at_most_80_ms_and_never_lags(fps: float, level: float) -> None:
+    """Accepted offset (README, "Timing"): the picture may lead the sound by up to 80 ms, never trail it.
+
+    A voiced burst (150 Hz and its harmonics) starts and stops at times that fall between frames; the mouth's
+    times are where its opening crosses half its peak, interpolated between frames. The lead at the start and
+    at the end of the sound must both lie in [0, 80] ms.
+    """
+    from heygemd.pipeline.audio import SAMPLE_RATE, features_from_samples
+
+    t = np.arange(int(3.0 * SAMPLE_RATE)) / SAMPLE_RATE
+    start, stop = 1.013, 1.817
+    voiced = sum(np.sin(2 * np.pi * 150.0 * k * t) / k for k in range(1, 20))
+    wav = np.where((t >= start) & (t < stop), level * voiced / np.abs(voiced).max(), 0.0).astype(np.float32)
+    features = features_from_samples(Path("burst.wav"), wav)
+    opening = np.array([m.opening for m in articulate(features.windows(fps))])
+    half = opening.max() / 2.0
+    assert half > 0.0
+    above = np.flatnonzero(opening >= half)
+    first, last = int(above[0]), int(above[-1])
+    assert np.all(opening[first:last + 1] >= half)  # one opening, no chatter
+    opens_at = (first - 1 + (half - opening[first - 1]) / (opening[first] - opening[first - 1])) / fps
+    closes_at = (last + (opening[last] - half) / (opening[last] - opening[last + 1])) / fps
+    for lead in (start - opens_at, stop - closes_at):
+        assert 0.0 <= lead <= 0.080

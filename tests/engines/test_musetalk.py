@@ -44,7 +44,9 @@ def reference_prompts(wav: np.ndarray, whisper_dir: Path, fps: float) -> np.ndar
     actual = math.floor(len(wav) / 16000 * 50)
     feature = feature[:, :actual]
     pad = math.ceil(multiplier)
-    feature = torch.cat([torch.zeros_like(feature[:, :pad * 2]), feature, torch.zeros_like(feature[:, :pad * 3 * 2])], 1)
+    feature = torch.cat(
+        [torch.zeros_like(feature[:, :pad * 2]), feature, torch.zeros_like(feature[:, :pad * 3 * 2])], 1
+    )
     clips = []
     for i in range(num_frames):
         index = math.floor(i * multiplier)
@@ -69,7 +71,7 @@ def reference_generate(folder: Path, crops: np.ndarray, prompts: np.ndarray) -> 
     """VAE.get_latents_for_unet (mean instead of sample) per crop, UNet at t=0 with pe(prompts), decode_latents."""
     import json
 
-    config = {k: v for k, v in json.loads((folder / "musetalkV15/musetalk.json").read_text()).items()}
+    config = json.loads((folder / "musetalkV15/musetalk.json").read_text())
     unet = UNet2DConditionModel(**config)
     unet.load_state_dict(torch.load(folder / "musetalkV15/unet.pth", map_location="cpu"))
     unet.eval()
@@ -89,7 +91,7 @@ def reference_generate(folder: Path, crops: np.ndarray, prompts: np.ndarray) -> 
 
     outputs = []
     with torch.no_grad():
-        for crop, prompt in zip(crops, prompts):
+        for crop, prompt in zip(crops, prompts, strict=True):
             masked = sf * vae.encode(preprocess(crop, True)).latent_dist.mean
             ref = sf * vae.encode(preprocess(crop, False)).latent_dist.mean
             latent = torch.cat([masked, ref], dim=1)
@@ -178,7 +180,7 @@ def test_engine_resizes_crops_and_uses_prepared_latents(musetalk_folder: Path) -
     assert engine.encoder_calls == 6
     again = engine.generate(FaceBatch(crops=crops, landmarks=marks, mels=mels, prompts=prompts, prepared=prepared))
     assert engine.encoder_calls == 6  # prepared latents: no VAE encoding
-    for x, y in zip(out, again):
+    for x, y in zip(out, again, strict=True):
         np.testing.assert_array_equal(x, y)
     assert engine.identity.startswith("sha256:")
     engine.close()
@@ -202,7 +204,9 @@ def test_missing_file_is_named(broken_copy: Path) -> None:
     assert "models/musetalk" in info.value.hint
 
 
-@pytest.mark.parametrize("name", ["musetalkV15/unet.pth", "sd-vae/diffusion_pytorch_model.bin", "whisper/pytorch_model.bin"])
+@pytest.mark.parametrize(
+    "name", ["musetalkV15/unet.pth", "sd-vae/diffusion_pytorch_model.bin", "whisper/pytorch_model.bin"]
+)
 def test_truncated_file_is_named(broken_copy: Path, name: str) -> None:
     path = broken_copy / name
     data = path.read_bytes()
@@ -324,7 +328,8 @@ def test_loading_never_touches_the_network(musetalk_folder: Path, tmp_path: Path
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # local_files_only alone must keep it offline
     model = load_model(musetalk_folder)
-    assert model.generate_crops(np.zeros((1, 256, 256, 3), np.uint8), np.zeros((1, 50, 384), np.float32)).shape == (1, 256, 256, 3)
+    crops = model.generate_crops(np.zeros((1, 256, 256, 3), np.uint8), np.zeros((1, 50, 384), np.float32))
+    assert crops.shape == (1, 256, 256, 3)
     copy = tmp_path / "musetalk"
     shutil.copytree(musetalk_folder, copy)
     (copy / "whisper" / "config.json").unlink()

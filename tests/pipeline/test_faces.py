@@ -243,7 +243,7 @@ def test_boxes_hold_every_landmark_chin_included(detector, clip):
     track = track_faces(iter(clip[:20]), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
     raw_box = detector.detect(clip[0])[0]
     assert raw_box[3] < detector.landmarks(clip[0], raw_box)[8, 1]  # the raw box really misses the chin
-    for box, marks in zip(track.boxes, track.landmarks):
+    for box, marks in zip(track.boxes, track.landmarks, strict=True):
         assert (marks[:, 0] >= box[0] - 0.5).all() and (marks[:, 0] <= box[2] + 0.5).all()
         assert (marks[:, 1] >= box[1] - 0.5).all() and (marks[:, 1] <= box[3] + 0.5).all()
 
@@ -252,7 +252,7 @@ def test_smoothing_reduces_box_jitter(detector, clip):
     rng = np.random.default_rng(7)
     shifts = rng.uniform(-6, 6, size=(len(clip[:30]), 2))
     frames = [cv2.warpAffine(f, np.float32([[1, 0, dx], [0, 1, dy]]), (640, 360), borderMode=cv2.BORDER_REFLECT)
-              for f, (dx, dy) in zip(clip[:30], shifts)]
+              for f, (dx, dy) in zip(clip[:30], shifts, strict=True)]
     raw = track_faces(iter(frames), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
     smooth = track_faces(iter(frames), detector, smooth_window=7, detect_every=1, pads=(0, 0, 0, 0))
     assert jerk(smooth.boxes) < 0.4 * jerk(raw.boxes)
@@ -401,3 +401,26 @@ def test_real_s3fd_finds_the_presenter(tmp_path, clip):
     assert_sane_landmarks(s3fd.landmarks(clip[0], boxes[0]), boxes[0])
     track = track_faces(iter(clip[:4]), s3fd)
     assert track.face_ratio == 1.0
+
+
+def test_landmarks_follow_the_talking_mouth_with_less_jitter(tmp_path, monkeypatch) -> None:
+    """The portrait made to speak by the engine: filtered points keep the mouth's motion and lose jitter."""
+    from heygemd.pipeline import faces, mouth
+    from tests.engines import talking
+
+    detector = DlibDetector()
+    voice = talking.speech(tmp_path / "a.wav", ("One, two, three, four.",))
+    frames = talking.talking_frames(detector, voice)
+    filtered = track_faces(iter(frames), detector)
+    monkeypatch.setattr(faces, "_filter_landmarks", lambda marks: marks)
+    raw = track_faces(iter(frames), detector)
+    assert filtered.face_ratio == raw.face_ratio == 1.0
+
+    moving = np.concatenate([np.arange(0, 17), np.arange(48, 68)])
+    assert jerk(filtered.landmarks[:, moving].reshape(len(frames), -1)) \
+        < 0.8 * jerk(raw.landmarks[:, moving].reshape(len(frames), -1))
+    gap_filtered = mouth.measure_track(filtered.landmarks)[:, 0]
+    gap_raw = mouth.measure_track(raw.landmarks)[:, 0]
+    assert gap_filtered.std() > 0.85 * gap_raw.std()
+    assert np.corrcoef(gap_filtered, gap_raw)[0, 1] > 0.95
+    assert np.corrcoef(gap_filtered, voice.loudness(len(frames)))[0, 1] > 0.8

@@ -1,0 +1,134 @@
+"""What the dashboard's buttons do besides reading: retry failed videos, delete a job.
+
+Retry submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...) holding the original audio, the presenters
+whose videos failed, and the original job.toml, copied from the archived inputs; the original job is left as it
+is. Delete removes the job's outbox folder and its archived inputs, each renamed into a trash folder first and
+then removed (symlinks are removed, never followed). Neither acts on a job that is queued or rendering.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
+from heygemd.daemon.jobs import JOB_TOML
+from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
+from heygemd.daemon.status import JobStatus
+from heygemd.fsutil import fsync_dir
+from heygemd.settings import Settings
+from heygemd.web.catalog import TRASH_DIR, Catalog, plain_name
+from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
+from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
+
+FINISHED = frozenset({"done", "partial", "failed"})
+
+
+def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
+    """The folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is this job's claim."""
+    state = settings.paths.state_dir
+    candidates: list[Path] = []
+    archive = state / ARCHIVE
+    if archive.is_dir():
+        for day in sorted(archive.iterdir()):
+            if day.is_dir() and not day.is_symlink():
+                candidates.extend(p for p in day.iterdir() if p.name.startswith(status.job_id))
+    kept = state / KEPT
+    if kept.is_dir():
+        candidates.extend(p for p in kept.iterdir() if p.name.startswith(status.job_id))
+    for folder in candidates:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            record = ClaimRecord.model_validate_json((folder / CLAIM_FILE).read_bytes())
+        except (OSError, ValidationError):
+            continue
+        if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
+            return folder
+    return None
+
+
+def _require_finished(status: JobStatus) -> None:
+    if status.state not in FINISHED:
+        raise JobBusy(f"job {status.job_id!r} is {status.state}")
+
+
+def _copy_regular(src: Path, dst: Path) -> None:
+    """Copy one regular file without following a symlink (a symlink in the inputs is refused)."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise InputsGone(f"{src.name} in the archived inputs is not a regular file", path=None)
+        with open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1024 * 1024)
+            fout.flush()
+            os.fsync(fout.fileno())
+
+
+def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
+    """Submit the failed videos of ``job_id`` again as a new job; returns the new job's id."""
+    status = catalog.status(job_id)
+    _require_finished(status)
+    failed = [v.input for v in status.videos if v.state == "failed"]
+    if not failed:
+        raise NothingToRetry(f"job {job_id!r} has no failed video")
+    folder = archived_inputs(settings, status)
+    if folder is None or status.audio is None:
+        raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
+    inputs = folder / INPUT_DIR
+    if inputs.is_symlink():
+        raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
+    names = [status.audio.file, *failed] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
+    missing = [n for n in names if not plain_name(n) or not (inputs / n).is_file()]
+    if missing:
+        raise InputsGone(f"archived inputs of job {job_id!r} lack {', '.join(missing)}")
+    staging = new_staging(settings.paths.state_dir)
+    try:
+        for name in names:
+            try:
+                _copy_regular(inputs / name, staging / name)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full(f"{job_id}/{name}") from None
+                raise
+        mark_ready(staging, settings.intake.ready_marker)
+        return publish(staging, name=f"{status.job_name}-retry", inbox=settings.paths.inbox,
+                       outbox=settings.paths.outbox, state_dir=settings.paths.state_dir)
+    except BaseException:
+        discard(staging)
+        raise
+
+
+def _trash(folder: Path, trash: Path) -> None:
+    """Rename ``folder`` into ``trash`` (same filesystem), then remove it; a crash in between leaves only trash."""
+    target = own_dir(trash) / f"{folder.name}.{secrets.token_hex(4)}"
+    os.rename(folder, target)
+    fsync_dir(folder.parent)
+    shutil.rmtree(target)
+
+
+def delete(settings: Settings, catalog: Catalog, job_id: str) -> None:
+    """Remove a finished job: its outbox folder and its archived inputs."""
+    status = catalog.status(job_id)
+    _require_finished(status)
+    folder = catalog.job_dir(job_id)
+    inputs = archived_inputs(settings, status)
+    if inputs is not None:
+        _trash(inputs, settings.paths.state_dir / TRASH)
+    _trash(folder, settings.paths.outbox / TRASH_DIR)
+
+
+def empty_outbox_trash(outbox: Path) -> None:
+    """Finish deletes a crash interrupted."""
+    trash = outbox / TRASH_DIR
+    if trash.is_dir() and not trash.is_symlink():
+        for folder in trash.iterdir():
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)

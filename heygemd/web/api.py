@@ -1,0 +1,199 @@
+"""The HTTP API under /api: submit, list, read, download, retry, delete, health, events.
+
+Routes only translate HTTP to the web layer's functions (``upload``/``staging`` to write the inbox, ``catalog``
+to read, ``actions`` for retry and delete) and back; errors are raised as typed errors and answered as JSON
+by the app.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from heygemd import __version__
+from heygemd.daemon.jobs import JOB_TOML, JobOptions
+from heygemd.daemon.status import JobStatus
+from heygemd.errors import HeygemdError
+from heygemd.settings import Settings
+from heygemd.web import actions
+from heygemd.web.catalog import Catalog
+from heygemd.web.events import event_stream
+from heygemd.web.problems import Problem, TooLarge, WebError
+from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish, safe_basename
+from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
+from heygemd.web.zipstream import stream_zip
+
+log = structlog.get_logger("heygemd.web")
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["audio", "videos"],
+            "properties": {
+                "audio": {"type": "string", "format": "binary", "description": "The speech (wav, mp3, m4a, ...)."},
+                "videos": {"type": "array", "items": {"type": "string", "format": "binary"},
+                           "description": "Presenter videos or still photos; repeat the field for each file."},
+                "name": {"type": "string", "description": "Job name (default: the audio's name)."},
+                "engine": {"type": "string", "enum": ["auto", "wav2lip", "mouthwarp"]},
+                "loop_mode": {"type": "string", "enum": ["pingpong", "loop"]},
+                "crf": {"type": "integer", "minimum": 0, "maximum": 51},
+            },
+        }}},
+    }
+}
+ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 410, 413, 507)
+}
+
+
+class Submitted(BaseModel):
+    """A job written into the inbox: its id (the outbox folder it will get) and where to poll it."""
+
+    job_id: str
+    status_url: str
+
+    @classmethod
+    def of(cls, job_id: str) -> "Submitted":
+        return cls(job_id=job_id, status_url=f"/api/jobs/{urllib.parse.quote(job_id, safe='')}")
+
+
+class JobPage(BaseModel):
+    """One page of the job list, newest first."""
+
+    jobs: list[JobStatus]
+    page: int
+    page_size: int
+    pages: int
+    total: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    engine: str
+    busy: bool
+    current: str | None
+    queued: int
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+def pages_of(total: int, page_size: int) -> int:
+    return max(1, math.ceil(total / page_size))
+
+
+def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object]) -> APIRouter:
+    web = settings.web
+    limits = Limits.from_settings(web)
+    state = settings.paths.state_dir
+    api = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=ERROR_ANSWERS)
+
+    @api.get("/health", summary="Is the server up; the active engine and whether the worker is busy")
+    def health() -> Health:
+        m = catalog.machine()
+        return Health(status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current,
+                      queued=m.queued)
+
+    @api.get("/jobs", summary="Every job, newest first, one page at a time")
+    def list_jobs(page: Annotated[int, Query(ge=1)] = 1) -> JobPage:
+        jobs, total = catalog.page(page, web.page_size)
+        return JobPage(jobs=jobs, page=page, page_size=web.page_size, total=total,
+                       pages=pages_of(total, web.page_size))
+
+    @api.post("/jobs", status_code=201, summary="Submit a job: one audio, one or more videos, options",
+              openapi_extra=UPLOAD_BODY)
+    async def submit(request: Request) -> Submitted:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_total_bytes + MULTIPART_OVERHEAD:
+            raise TooLarge(f"the upload ({int(length) / 2**20:.0f} MiB) is larger than web.max_total_mb = "
+                           f"{web.max_total_mb:g} MiB")
+        staging = await run_in_threadpool(new_staging, state)
+        receiver: MultipartJob | None = None
+        try:
+            receiver = MultipartJob(staging, limits, request.headers.get("content-type"))
+            stream = request.stream()
+            try:
+                async for chunk in stream:
+                    if chunk:
+                        await run_in_threadpool(receiver.feed, chunk)
+            except WebError:
+                async for _ in stream:  # read the rest so the client sees the answer, store nothing
+                    pass
+                raise
+            received, options = receiver.finish()
+            job_id = await run_in_threadpool(complete, staging, received, options)
+        except BaseException as exc:
+            if receiver is not None:
+                receiver.close()
+            await run_in_threadpool(discard, staging)
+            if isinstance(exc, HeygemdError):
+                log.warning("web.upload_refused", code=exc.code, error=exc.message)
+            raise
+        log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
+        return Submitted.of(job_id)
+
+    def complete(staging: Path, received: Received, options: JobOptions) -> str:
+        """job.toml, the ready marker last, then one rename into the inbox."""
+        name = safe_basename(received.fields.get("name", "")) or safe_basename(Path(received.audio[0]).stem)
+        try:
+            if text := job_toml(options):
+                (staging / JOB_TOML).write_text(text, encoding="utf-8")
+            mark_ready(staging, settings.intake.ready_marker)
+            return publish(staging, name=name or "job", inbox=settings.paths.inbox, outbox=settings.paths.outbox,
+                           state_dir=state)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(f"job {name!r}") from None
+            raise
+
+    @api.get("/jobs/{job_id}", summary="One job: its status.json document")
+    def get_job(job_id: str) -> JobStatus:
+        return catalog.status(job_id)
+
+    @api.get("/jobs/{job_id}/files/{name}", summary="One file of the job's outbox folder (an output, a poster, "
+             "job.log, status.json)", response_class=FileResponse)
+    def get_file(job_id: str, name: str, download: bool = False) -> FileResponse:
+        path = catalog.file(job_id, name)
+        return FileResponse(path, filename=name if download else None,
+                            content_disposition_type="attachment" if download else "inline")
+
+    @api.get("/jobs/{job_id}/outputs.zip", summary="Every file of the job's outbox folder as one ZIP (streamed)",
+             response_class=StreamingResponse)
+    def get_zip(job_id: str) -> StreamingResponse:
+        files = catalog.files(job_id)
+        quoted = urllib.parse.quote(f"{job_id}.zip", safe="")
+        return StreamingResponse(stream_zip(files), media_type="application/zip",
+                                 headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"})
+
+    @api.post("/jobs/{job_id}/retry", status_code=201, summary="Submit the job's failed videos again, as a new job")
+    def retry(job_id: str) -> Submitted:
+        new_id = actions.retry(settings, catalog, job_id)
+        log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
+        return Submitted.of(new_id)
+
+    @api.delete("/jobs/{job_id}", summary="Delete a finished job: its outbox folder and archived inputs")
+    def delete(job_id: str) -> Deleted:
+        actions.delete(settings, catalog, job_id)
+        log.info("web.job_deleted", job_id=job_id)
+        return Deleted(deleted=job_id)
+
+    @api.get("/events", summary="Server-Sent Events: 'job' (a status document), 'removed', 'machine'",
+             response_class=StreamingResponse)
+    async def events(request: Request, job: str | None = None) -> StreamingResponse:
+        return StreamingResponse(event_stream(catalog, job, request.is_disconnected), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return api

@@ -1,0 +1,115 @@
+"""The FastAPI application: the HTTP API under /api (``api``), the pages (``pages``), static files from the
+package.
+
+Every request except the static files and the login form passes the token gate (``auth``); state-changing
+ones also the same-origin check. Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
+page (the pages).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from heygemd import __version__
+from heygemd.errors import HeygemdError
+from heygemd.settings import Settings
+from heygemd.web import actions
+from heygemd.web.api import api_router
+from heygemd.web.auth import COOKIE, Gate, Via, check_same_origin
+from heygemd.web.catalog import Catalog
+from heygemd.web.pages import Renderer, pages_router
+from heygemd.web.problems import Problem, Unauthorized, http_status, problem
+from heygemd.web.staging import clean_stale
+
+STATIC = Path(__file__).with_name("static")
+
+
+class LoginNeeded(Exception):
+    """A page was asked for without a session: answered with a redirect to the login form."""
+
+    def __init__(self, next_url: str) -> None:
+        self.next_url = next_url
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The application for ``settings`` (paths, web limits and token)."""
+    gate = Gate(settings.web.token)
+    catalog = Catalog(settings)
+    clean_stale(settings.paths.state_dir)
+    actions.empty_outbox_trash(settings.paths.outbox)
+
+    app = FastAPI(title="heygemd", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
+                  "download the results. Authenticate with 'Authorization: Bearer <web.token>'.")
+    render = Renderer(catalog, gate)
+
+    # -- guards
+
+    def admit(request: Request) -> Via:
+        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE))
+
+    def same_origin(request: Request, via: Via) -> None:
+        check_same_origin(request.method, via, request.headers.get("host"), request.headers.get("origin"),
+                          request.headers.get("referer"))
+
+    def api_guard(request: Request) -> Via:
+        via = admit(request)
+        same_origin(request, via)
+        return via
+
+    def page_guard(request: Request) -> Via:
+        try:
+            via = admit(request)
+        except Unauthorized:
+            raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else "")) from None
+        same_origin(request, via)
+        return via
+
+    # -- error answers
+
+    def wants_json(request: Request) -> bool:
+        return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+
+    @app.exception_handler(HeygemdError)
+    async def on_error(request: Request, exc: HeygemdError) -> Response:
+        status = http_status(exc)
+        if wants_json(request):
+            headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+            return JSONResponse(problem(exc).model_dump(), status_code=status, headers=headers)
+        return render(request, "error.html", status_code=status, error=problem(exc))
+
+    @app.exception_handler(LoginNeeded)
+    async def on_login_needed(request: Request, exc: LoginNeeded) -> Response:
+        return RedirectResponse(f"/login?next={urllib.parse.quote(exc.next_url, safe='')}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        body = Problem(code="NOT_FOUND" if exc.status_code == 404 else f"HTTP_{exc.status_code}",
+                       message=str(exc.detail), hint="See /docs for the API's paths.")
+        return JSONResponse(body.model_dump(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        body = Problem(code="BAD_REQUEST", message=problems, hint="See /docs for the parameters.")
+        return JSONResponse(body.model_dump(), status_code=400)
+
+    # -- routes
+
+    app.include_router(api_router(settings, catalog, api_guard))
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,234 @@
+"""Reading jobs for the pages and the API: status.json from the outbox, queued jobs from the inbox and the
+claim folder, one job's files, and what the machine is doing.
+
+Every name that comes from a request is checked here: a job id is a plain folder name directly in the outbox
+(or inbox, or claim folder), a file name a plain regular file directly in that job's outbox folder; symlinks
+are never followed, so nothing outside the inbox and outbox is ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from heygemd.daemon.claims import ClaimedJob, claimed_jobs
+from heygemd.daemon.readiness import scan_inbox
+from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
+from heygemd.engines import resolve_engine_name
+from heygemd.names import NameKind, classify_name, is_audio, is_presenter
+from heygemd.settings import Settings
+from heygemd.web.problems import BadStatus, NotFound
+
+STATUS_FILE = "status.json"
+LOG_FILE = "job.log"
+TRASH_DIR = ".heygemd-trash"
+"""Where deleted outbox folders go for a moment (renamed, then removed) so a half-done delete is never a job."""
+
+
+def plain_name(name: str) -> bool:
+    """A single path component that is an ordinary (non-hidden, non-junk) name."""
+    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name \
+        and name not in (".", "..") and classify_name(name) is NameKind.NORMAL
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc)
+
+
+def contained(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to somewhere inside ``root``."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the header of every page says: the active engine, and whether the worker has a job."""
+
+    engine: str
+    busy: bool
+    current: str | None
+    queued: int
+
+
+class Catalog:
+    """The jobs as the inbox, the claim folder and the outbox show them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.inbox = settings.paths.inbox
+        self.outbox = settings.paths.outbox
+        self.state = settings.paths.state_dir
+
+    # -- one job
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's outbox folder (NotFound when the id is not a plain folder there)."""
+        folder = self.outbox / job_id
+        if not plain_name(job_id) or not _real_dir(folder) or not contained(folder, self.outbox):
+            raise NotFound(f"no job {job_id!r} in the outbox")
+        return folder
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's status.json, or a ``queued`` status made from its folder while it waits in the inbox."""
+        if not plain_name(job_id):
+            raise NotFound(f"no job {job_id!r}")
+        path = self.outbox / job_id / STATUS_FILE
+        if _real_dir(self.outbox / job_id) and _real_file(path):
+            try:
+                return read_status(path)
+            except (ValidationError, ValueError) as exc:
+                raise BadStatus(f"status.json is not readable ({str(exc).splitlines()[0]})", path=job_id) from None
+        for job in claimed_jobs(self.state):
+            if job.job_id == job_id:
+                return self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+        folder = self.inbox / job_id
+        if _real_dir(folder):
+            return self._queued(job_id, job_id, folder, _mtime(folder))
+        raise NotFound(f"no job {job_id!r}")
+
+    def _queued(self, job_id: str, name: str, folder: Path, created: datetime) -> JobStatus:
+        audio: str | None = None
+        videos: list[VideoStatus] = []
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            names = []
+        for fname in names:
+            if not plain_name(fname) or not _real_file(folder / fname):
+                continue
+            if is_audio(Path(fname)) and audio is None:
+                audio = fname
+            elif is_presenter(Path(fname)):
+                videos.append(VideoStatus(input=fname))
+        return JobStatus(job_id=job_id, job_name=name, state="queued", created=created, updated=created,
+                         host="", pid=0, audio=AudioStatus(file=audio) if audio else None, videos=videos)
+
+    def file(self, job_id: str, name: str) -> Path:
+        """A file of the job's outbox folder, for download (NotFound unless a plain regular file there)."""
+        folder = self.job_dir(job_id)
+        path = folder / name
+        if not plain_name(name) or not _real_file(path) or not contained(path, folder):
+            raise NotFound(f"no file {name!r} in job {job_id!r}")
+        return path
+
+    def files(self, job_id: str) -> list[Path]:
+        """Every plain regular file of the job's outbox folder (outputs, posters, status.json, job.log), by name."""
+        folder = self.job_dir(job_id)
+        return [folder / n for n in sorted(os.listdir(folder)) if plain_name(n) and _real_file(folder / n)]
+
+    def log_text(self, job_id: str, limit: int = 200_000) -> str:
+        """The end of the job's job.log ('' when there is none yet)."""
+        try:
+            path = self.file(job_id, LOG_FILE)
+        except NotFound:
+            return ""
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace")
+
+    # -- every job
+
+    def all_statuses(self) -> list[JobStatus]:
+        """Every job, newest first: finished and running ones from the outbox, waiting ones from the claim
+        folder and the inbox."""
+        found: dict[str, JobStatus] = {}
+        try:
+            entries = sorted(os.listdir(self.outbox))
+        except FileNotFoundError:
+            entries = []
+        for name in entries:
+            path = self.outbox / name / STATUS_FILE
+            if plain_name(name) and _real_dir(self.outbox / name) and _real_file(path):
+                try:
+                    found[name] = read_status(path)
+                except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
+                    continue
+        for job in claimed_jobs(self.state):
+            if job.job_id not in found:
+                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+        try:
+            candidates = scan_inbox(self.inbox, self.state)
+        except FileNotFoundError:
+            candidates = []
+        for cand in candidates:
+            if cand.name not in found:
+                found[cand.name] = self._queued(cand.name, cand.name, cand.path, _mtime(cand.path))
+        return sorted(found.values(), key=sort_key, reverse=True)
+
+    def page(self, page: int, page_size: int) -> tuple[list[JobStatus], int]:
+        """One page (1-based) of jobs, newest first, and the total number of jobs."""
+        statuses = self.all_statuses()
+        start = (max(1, page) - 1) * page_size
+        return statuses[start:start + page_size], len(statuses)
+
+    def signatures(self, job_id: str | None = None) -> dict[str, tuple[int, int]]:
+        """A cheap fingerprint per job (status.json mtime and size; inbox/claim folders by mtime) to notice changes."""
+        sigs: dict[str, tuple[int, int]] = {}
+
+        def add(name: str, path: Path) -> None:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return
+            sigs.setdefault(name, (st.st_mtime_ns, st.st_size))
+
+        if job_id is not None:
+            if not plain_name(job_id):
+                return sigs
+            add(job_id, self.outbox / job_id / STATUS_FILE)
+            add(job_id, self.state / "claimed" / job_id)
+            add(job_id, self.inbox / job_id)
+            return sigs
+        try:
+            for name in os.listdir(self.outbox):
+                if plain_name(name):
+                    add(name, self.outbox / name / STATUS_FILE)
+        except FileNotFoundError:
+            pass
+        for job in claimed_jobs(self.state):
+            add(job.job_id, job.path)
+        try:
+            for cand in scan_inbox(self.inbox, self.state):
+                add(cand.name, cand.path)
+        except FileNotFoundError:
+            pass
+        return sigs
+
+    def machine(self) -> Machine:
+        claimed: list[ClaimedJob] = claimed_jobs(self.state)
+        try:
+            queued = len(scan_inbox(self.inbox, self.state))
+        except FileNotFoundError:
+            queued = 0
+        return Machine(
+            engine=resolve_engine_name(self.settings.engine, self.settings.paths.models),
+            busy=bool(claimed),
+            current=claimed[0].job_id if claimed else None,
+            queued=queued,
+        )
+
+
+def sort_key(status: JobStatus) -> tuple[datetime, str]:
+    when = status.claimed or status.created or status.updated or datetime.min.replace(tzinfo=timezone.utc)
+    return when, status.job_id

@@ -1,0 +1,109 @@
+"""The server-rendered pages: the job list, one job, the upload form, the API description, the login form.
+
+Templates and static files ship in the package; the pages' live parts (static/app.js) use the API.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from heygemd.settings import Settings
+from heygemd.web.api import pages_of
+from heygemd.web.auth import COOKIE, Gate, Via
+from heygemd.web.catalog import Catalog
+
+
+class Renderer:
+    """Renders a template with what every page shows in its header (the engine, busy or idle)."""
+
+    def __init__(self, catalog: Catalog, gate: Gate) -> None:
+        self.catalog = catalog
+        self.gate = gate
+        self.env = Environment(loader=PackageLoader("heygemd.web", "templates"), autoescape=select_autoescape())
+        self.env.filters["percent"] = lambda f: f"{(f or 0) * 100:.0f}%"
+        self.env.filters["age"] = age
+        self.env.filters["when"] = when
+        self.env.filters["quote"] = lambda s: urllib.parse.quote(s, safe="")
+
+    def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(
+            request=request, machine=self.catalog.machine(), token_required=self.gate.required, **context)
+        return HTMLResponse(html, status_code=status_code)
+
+
+def pages_router(settings: Settings, catalog: Catalog, gate: Gate, render: Renderer, app: FastAPI,
+                 guard: Callable[..., object], same_origin: Callable[[Request, Via], None]) -> APIRouter:
+    web = settings.web
+    pages = APIRouter(include_in_schema=False)
+
+    @pages.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return render(request, "login.html", next=local(next), failed=False)
+
+    @pages.post("/login")
+    def login(request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/") -> Response:
+        same_origin(request, Via.OPEN)
+        if not gate.required:
+            return RedirectResponse(local(next), status_code=303)
+        if not gate.token_matches(token):
+            return render(request, "login.html", status_code=401, next=local(next), failed=True)
+        response = RedirectResponse(local(next), status_code=303)
+        response.set_cookie(COOKIE, gate.session_value(), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
+    @pages.post("/logout", dependencies=[Depends(guard)])
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @pages.get("/", response_class=HTMLResponse, dependencies=[Depends(guard)])
+    def jobs_page(request: Request, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
+        jobs, total = catalog.page(page, web.page_size)
+        return render(request, "jobs.html", jobs=jobs, page=page, pages=pages_of(total, web.page_size), total=total,
+                      now=now())
+
+    @pages.get("/jobs/{job_id}", response_class=HTMLResponse, dependencies=[Depends(guard)])
+    def job_page(request: Request, job_id: str) -> HTMLResponse:
+        return render(request, "job.html", job=catalog.status(job_id), log=catalog.log_text(job_id), now=now())
+
+    @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard)])
+    def new_page(request: Request) -> HTMLResponse:
+        return render(request, "new.html", limits=web)
+
+    @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
+    def docs_page(request: Request) -> HTMLResponse:
+        return render(request, "docs.html", spec=app.openapi())
+
+    return pages
+
+
+def local(url: str) -> str:
+    """Only same-site paths as a redirect target after login."""
+    return url if url.startswith("/") and not url.startswith("//") and "\\" not in url else "/"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def when(ts: datetime | None) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def age(ts: datetime | None, at: datetime | None = None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, int(((at or now()) - ts).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"

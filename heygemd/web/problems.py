@@ -1,0 +1,96 @@
+"""Errors the web layer answers with: an HTTP status plus the code/message/hint of status.json's errors."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from heygemd.errors import DiskFull, HeygemdError
+
+
+class Problem(BaseModel):
+    """The JSON body of every error answer: the same fields as an error in status.json."""
+
+    code: str
+    message: str
+    hint: str = ""
+
+
+class WebError(HeygemdError):
+    """A request the web server refuses; ``status`` is the HTTP status code."""
+
+    status: ClassVar[int] = 400
+
+
+class Unauthorized(WebError):
+    code = "UNAUTHORIZED"
+    status = 401
+    default_hint = "Send the token as 'Authorization: Bearer <token>' (web.token / HEYGEMD_WEB__TOKEN), or log in."
+
+
+class CrossSite(WebError):
+    code = "CROSS_SITE"
+    status = 403
+    default_hint = "State-changing requests must come from the dashboard's own pages, or carry the bearer token."
+
+
+class NotFound(WebError):
+    code = "NOT_FOUND"
+    status = 404
+    default_hint = "Check the job id (GET /api/jobs lists them) and the file name (listed in the job's status)."
+
+
+class BadUpload(WebError):
+    code = "BAD_UPLOAD"
+    status = 400
+    default_hint = (
+        "Send multipart/form-data with one 'audio' file (wav, mp3, m4a, flac, ogg, ...) and one or more "
+        "'videos' files (mp4, mov, mkv, webm, ... or jpg/png photos); optional fields: name, engine, loop_mode, crf."
+    )
+
+
+class TooLarge(WebError):
+    code = "UPLOAD_TOO_LARGE"
+    status = 413
+    default_hint = "Upload fewer or smaller files, or raise web.max_file_mb / web.max_files / web.max_total_mb."
+
+
+class JobBusy(WebError):
+    code = "JOB_BUSY"
+    status = 409
+    default_hint = "The job is queued or rendering; wait until it is done, partial or failed."
+
+
+class NothingToRetry(WebError):
+    code = "NOTHING_TO_RETRY"
+    status = 409
+    default_hint = "Only failed videos are retried; this job has none."
+
+
+class InputsGone(WebError):
+    code = "INPUTS_GONE"
+    status = 410
+    default_hint = (
+        "The job's inputs are no longer archived (outbox.inputs_after = \"delete\", or older than "
+        "outbox.archive_retention_days); submit the files again."
+    )
+
+
+class BadStatus(WebError):
+    code = "BAD_STATUS"
+    status = 500
+    default_hint = "The job's status.json is not readable as a heygemd status file; look at it on the outbox share."
+
+
+def http_status(exc: HeygemdError) -> int:
+    """The HTTP status for an error: the WebError's own, 507 for a full disk, else 500."""
+    if isinstance(exc, WebError):
+        return exc.status
+    if isinstance(exc, DiskFull):
+        return 507
+    return 500
+
+
+def problem(exc: HeygemdError) -> Problem:
+    return Problem(code=exc.code, message=exc.message, hint=exc.hint)

@@ -1,0 +1,138 @@
+"""Putting a job into the inbox the way a careful NAS user does: build it in a staging folder the intake never
+looks at (``<state>/uploads/<random>/``, inside the inbox's hidden state folder, so on the inbox's filesystem),
+create the ready marker last, then one rename into ``inbox/<job>/``. A failed upload only ever leaves its
+staging folder, which is removed at once (or, after a crash, by ``clean_stale``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import time
+import unicodedata
+from pathlib import Path
+
+from heygemd.daemon.claims import CLAIMED
+from heygemd.errors import ConfigError, DiskFull
+from heygemd.fsutil import fsync_dir
+from heygemd.names import NameKind, classify_name
+from heygemd.web.problems import BadUpload
+
+UPLOADS = "uploads"
+STALE_SECONDS = 24 * 3600.0
+MAX_NAME_BYTES = 180
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def safe_basename(raw: str) -> str:
+    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
+    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes. '' when nothing is left."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
+    name = name.strip().lstrip(".").strip()
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or len(suffix) > 10:
+            stem, suffix = name, ""
+        keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
+        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
+        name = f"{stem}.{suffix}" if suffix else stem
+    if name and classify_name(name) is not NameKind.NORMAL:
+        raise BadUpload(f"the name {raw!r} is reserved for files still being copied or for system clutter",
+                        hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).")
+    return name
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in NO_SPACE_ERRNOS
+
+
+def disk_full(what: str) -> DiskFull:
+    return DiskFull(f"no space left on the inbox's filesystem while storing {what}; nothing was queued",
+                    hint="Free space on the inbox share (or raise its quota), then submit the job again.")
+
+
+def own_dir(path: Path) -> Path:
+    """``path`` as a real folder of heygemd's (created if missing); a symlink there is refused, never followed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise ConfigError(f"{path.name} is a symlink or not a folder; heygemd writes only inside the inbox and outbox",
+                          path=path, hint="Remove the symlink; heygemd creates the folder itself.")
+    return path
+
+
+def new_staging(state_dir: Path) -> Path:
+    """A fresh, empty staging folder under ``<state>/uploads``."""
+    try:
+        root = own_dir(state_dir / UPLOADS)
+        folder = root / secrets.token_hex(8)
+        folder.mkdir()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full("the upload") from None
+        raise
+    return folder
+
+
+def discard(staging: Path) -> None:
+    """Remove a staging folder and what it holds (never following symlinks)."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def clean_stale(state_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
+    """Remove staging folders a crash left behind (only old ones: another server may be uploading now)."""
+    root = state_dir / UPLOADS
+    if root.is_symlink() or not root.is_dir():
+        return
+    now = time.time()
+    for folder in root.iterdir():
+        try:
+            if now - folder.lstat().st_mtime >= older_than_s:
+                discard(folder)
+        except FileNotFoundError:
+            continue
+
+
+def mark_ready(staging: Path, marker: str) -> None:
+    """Create the ready marker: the last file written into a staging folder."""
+    try:
+        (staging / marker).touch()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full("the ready marker") from None
+        raise
+    fsync_dir(staging)
+
+
+def _taken(name: str, inbox: Path, outbox: Path, state_dir: Path) -> bool:
+    return any(os.path.lexists(p) for p in (inbox / name, outbox / name, state_dir / CLAIMED / name))
+
+
+def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: Path) -> str:
+    """Rename ``staging`` into the inbox as the first free job name among name, name-2, ... (free in the inbox,
+    the claim folder and the outbox, so the daemon gives the job this very id). Returns the job id.
+
+    The name is reserved with mkdir (an empty folder is never a job), then the staging folder is renamed over
+    it in one step: the intake sees nothing, or the whole job with its ready marker.
+    """
+    inbox.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        job_id = name if n == 1 else f"{name}-{n}"
+        n += 1
+        if _taken(job_id, inbox, outbox, state_dir):
+            continue
+        target = inbox / job_id
+        try:
+            target.mkdir()
+        except FileExistsError:
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError:
+            target.rmdir()
+            raise
+        fsync_dir(inbox)
+        return job_id

@@ -1,0 +1,219 @@
+"""One uploaded job: a multipart/form-data body streamed straight into a staging folder, with the limits
+checked as the bytes arrive (nothing is spooled anywhere else, nothing is held whole in memory).
+
+Fields: ``audio`` (one file), ``videos`` (one or more files: videos or still photos), and the optional
+text fields ``name`` (the job's name), ``engine``, ``loop_mode`` and ``crf`` (written to job.toml).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import ValidationError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from heygemd.daemon.jobs import JobOptions
+from heygemd.names import is_audio, is_presenter, unique_name
+from heygemd.settings import WebSettings
+from heygemd.web.problems import BadUpload, TooLarge
+from heygemd.web.staging import disk_full, is_disk_full, safe_basename
+
+MiB = 1024 * 1024
+FILE_FIELDS = frozenset({"audio", "videos"})
+TEXT_FIELDS = frozenset({"name", "engine", "loop_mode", "crf"})
+MAX_TEXT_BYTES = 1024
+MULTIPART_OVERHEAD = 64 * 1024
+"""Allowance for part headers and boundaries when judging a Content-Length against web.max_total_mb."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int
+    max_files: int
+    max_total_bytes: int
+
+    @classmethod
+    def from_settings(cls, web: WebSettings) -> "Limits":
+        return cls(int(web.max_file_mb * MiB), web.max_files, int(web.max_total_mb * MiB))
+
+
+@dataclass
+class Received:
+    """What the body held once it is complete: stored file names, the text fields."""
+
+    audio: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    kind, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise BadUpload("the request body is not multipart/form-data")
+    return boundary
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+class MultipartJob:
+    """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder."""
+
+    def __init__(self, staging: Path, limits: Limits, content_type: str | None) -> None:
+        self.staging = staging
+        self.limits = limits
+        self.received = Received()
+        self._used: set[str] = set()
+        self._total = 0
+        self._files = 0
+        self._headers: dict[str, bytes] = {}
+        self._hname = bytearray()
+        self._hvalue = bytearray()
+        self._file: BinaryIO | None = None
+        self._file_name = ""
+        self._file_bytes = 0
+        self._text_name: str | None = None
+        self._text = bytearray()
+        self._ended = False
+        self._parser = MultipartParser(boundary_of(content_type), callbacks={
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._hname.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._hvalue.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        })
+
+    # -- parser callbacks
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_end(self) -> None:
+        # Values stay bytes: browsers send file names as raw UTF-8, which parse_options_header keeps as bytes.
+        self._headers[_decode(bytes(self._hname)).strip().casefold()] = bytes(self._hvalue).strip()
+        self._hname.clear()
+        self._hvalue.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition", b""))
+        name = _decode(params.get(b"name", b""))
+        if b"filename" in params:
+            self._open_file(name, _decode(params[b"filename"]))
+        elif name in TEXT_FIELDS:
+            self._text_name = name
+            self._text.clear()
+        else:
+            raise BadUpload(f"unknown form field {name!r}")
+
+    def _open_file(self, field_name: str, filename: str) -> None:
+        if field_name not in FILE_FIELDS:
+            raise BadUpload(f"unknown file field {field_name!r} (file {filename!r})")
+        self._files += 1
+        if self._files > self.limits.max_files:
+            raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
+        base = safe_basename(filename)
+        kind_ok = is_audio(Path(base)) if field_name == "audio" else is_presenter(Path(base))
+        if not base or not kind_ok:
+            wanted = "an audio file" if field_name == "audio" else "a video or a still photo"
+            raise BadUpload(f"{filename!r} is not {wanted} (by its name)")
+        stored = unique_name(base, self._used)
+        try:
+            fd = os.open(self.staging / stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(stored) from None
+            raise
+        self._file = os.fdopen(fd, "wb")
+        self._file_name = stored
+        self._file_bytes = 0
+        (self.received.audio if field_name == "audio" else self.received.videos).append(stored)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        size = end - start
+        if self._file is None:
+            if len(self._text) + size > MAX_TEXT_BYTES:
+                raise BadUpload(f"the field {self._text_name!r} is longer than {MAX_TEXT_BYTES} bytes")
+            self._text.extend(data[start:end])
+            return
+        self._file_bytes += size
+        self._total += size
+        if self._file_bytes > self.limits.max_file_bytes:
+            limit = self.limits.max_file_bytes / MiB
+            raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {limit:g} MiB")
+        if self._total > self.limits.max_total_bytes:
+            raise TooLarge(f"the upload is larger than web.max_total_mb = {self.limits.max_total_bytes / MiB:g} MiB")
+        try:
+            self._file.write(data[start:end])
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self._file_name) from None
+            raise
+
+    def _part_end(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full(self._file_name) from None
+                raise
+            finally:
+                self._file = None
+        elif self._text_name is not None:
+            self.received.fields[self._text_name] = _decode(bytes(self._text)).strip()
+            self._text_name = None
+
+    def _end(self) -> None:
+        self._ended = True
+
+    # -- driving
+
+    def feed(self, chunk: bytes) -> None:
+        self._parser.write(chunk)
+
+    def close(self) -> None:
+        """Close a file left open by an aborted body."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> tuple[Received, JobOptions]:
+        """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
+        self.close()
+        if not self._ended:
+            raise BadUpload("the request body ended before its last part")
+        got = self.received
+        if len(got.audio) != 1:
+            raise BadUpload(f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}")
+        if not got.videos:
+            raise BadUpload("a job needs at least one file in 'videos'")
+        return got, parse_options(got.fields)
+
+
+def parse_options(fields: dict[str, str]) -> JobOptions:
+    """The job.toml options from the form's text fields (empty means "the daemon's setting")."""
+    values = {k: v for k, v in fields.items() if k in ("engine", "loop_mode", "crf") and v}
+    try:
+        return JobOptions.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise BadUpload(f"invalid job options: {problems}",
+                        hint="engine: auto, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51.") from None
+
+
+def job_toml(options: JobOptions) -> str:
+    """job.toml text for the options that are set (values are validated literals and integers)."""
+    lines = []
+    for key, value in options.model_dump(exclude_none=True).items():
+        lines.append(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"')
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,299 @@
+"""The HTTP API with the real app over real folders: submit writes a job as a NAS user would, reads follow the
+outbox, ZIP/retry/delete act on real files, and every error is JSON {code, message, hint}."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from heygemd.daemon.claims import CLAIM_FILE, CLAIMED, INPUT_DIR, ClaimRecord
+from heygemd.daemon.status import VideoStatus
+from tests.web.webserver import finished_job, tree
+
+WAV = b"RIFF....WAVEfmt fake audio bytes"
+MP4 = b"\x00\x00\x00\x18ftypmp42 fake video bytes" * 10
+
+
+def upload(client, audio=("lesson.wav", WAV), videos=(("anna.mp4", MP4), ("bob.mov", MP4)), **fields):
+    files = [("audio", audio)] if audio else []
+    files += [("videos", v) for v in videos]
+    return client.post("/api/jobs", files=files, data=fields)
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code
+    assert body["message"] and isinstance(body["hint"], str) and body["hint"]
+    return body
+
+
+def test_submit_writes_a_complete_job_folder_into_the_inbox(make_client) -> None:
+    client, settings = make_client()
+    response = upload(client, name="lesson 01", engine="mouthwarp", loop_mode="loop", crf="20")
+    assert response.status_code == 201, response.text
+    assert response.json() == {"job_id": "lesson 01", "status_url": "/api/jobs/lesson%2001"}
+    job = settings.paths.inbox / "lesson 01"
+    assert sorted(p.name for p in job.iterdir()) == [".ready", "anna.mp4", "bob.mov", "job.toml", "lesson.wav"]
+    assert (job / "anna.mp4").read_bytes() == MP4 and (job / "lesson.wav").read_bytes() == WAV
+    assert (job / "job.toml").read_text() == 'engine = "mouthwarp"\nloop_mode = "loop"\ncrf = 20\n'
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []  # staging renamed away, nothing left
+
+    status = client.get("/api/jobs/lesson 01").json()
+    assert status["state"] == "queued" and status["audio"]["file"] == "lesson.wav"
+    assert [v["input"] for v in status["videos"]] == ["anna.mp4", "bob.mov"]
+
+
+def test_submit_picks_a_name_free_in_inbox_claims_and_outbox(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson")
+    (settings.paths.state_dir / CLAIMED / "lesson-2").mkdir(parents=True)
+    ids = [upload(client).json()["job_id"] for _ in range(2)]
+    assert ids == ["lesson-3", "lesson-4"]  # default name: the audio's stem
+    assert (settings.paths.inbox / "lesson-3" / ".ready").is_file()
+
+
+def test_upload_names_are_reduced_to_safe_basenames(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    before = set(tree(tmp_path))
+    response = upload(client, audio=("../../../etc/passwd.wav", WAV),
+                      videos=(("../../outbox/evil.mp4", MP4), ("..\\..\\win.mp4", MP4), ("/abs/.hidden.mp4", MP4),
+                              ("anna.mp4", MP4), ("anna.mp4", MP4)), name="../../outbox/x")
+    assert response.status_code == 201, response.text
+    assert response.json()["job_id"] == "x"
+    job = settings.paths.inbox / "x"
+    assert sorted(p.name for p in job.iterdir()) == [".ready", "anna-2.mp4", "anna.mp4", "evil.mp4", "hidden.mp4",
+                                                     "passwd.wav", "win.mp4"]
+    new = set(tree(tmp_path)) - before
+    assert all(p.startswith("inbox/") for p in new), sorted(new)  # nothing written anywhere else
+
+
+@pytest.mark.parametrize(("kwargs", "what"), [
+    ({"audio": None}, "exactly one 'audio'"),
+    ({"videos": ()}, "at least one"),
+    ({"audio": ("notes.txt", b"hello")}, "not an audio file"),
+    ({"videos": (("slides.pdf", b"%PDF"),)}, "not a video"),
+    ({"videos": (("clip.mp4.part", MP4),)}, "reserved"),
+    ({"crf": "99"}, "crf"),
+    ({"engine": "magic"}, "engine"),
+])
+def test_bad_uploads_get_a_json_error_and_leave_nothing(make_client, kwargs, what) -> None:
+    client, settings = make_client()
+    body = assert_problem(upload(client, **kwargs), 400, "BAD_UPLOAD")
+    assert what in body["message"]
+    assert [p.name for p in settings.paths.inbox.iterdir()] == [".heygemd"]
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []
+
+
+def test_unknown_form_fields_and_non_multipart_bodies_are_refused(make_client) -> None:
+    client, _ = make_client()
+    assert_problem(client.post("/api/jobs", files=[("audio", ("a.wav", WAV)), ("script", ("x.mp4", MP4))]),
+                   400, "BAD_UPLOAD")
+    assert_problem(client.post("/api/jobs", json={"audio": "a.wav"}), 400, "BAD_UPLOAD")
+
+
+def test_oversize_uploads_are_refused_and_leave_nothing(make_client) -> None:
+    client, settings = make_client("max_file_mb = 0.001\nmax_total_mb = 0.002\nmax_files = 3\n")
+    body = assert_problem(upload(client, videos=(("anna.mp4", b"x" * 2000),)), 413, "UPLOAD_TOO_LARGE")
+    assert "anna.mp4" in body["message"] and "max_file_mb" in body["message"]
+    body = assert_problem(upload(client, videos=(("a.mp4", b"x" * 900), ("b.mp4", b"x" * 900), ("c.mp4", b"x" * 900))),
+                          413, "UPLOAD_TOO_LARGE")
+    assert "more than 3 files" in body["message"] or "max_total_mb" in body["message"]
+    assert_problem(upload(client, videos=(("a.mp4", b"x" * 800), ("b.mp4", b"x" * 800), ("c.mp4", b"x" * 800))),
+                   413, "UPLOAD_TOO_LARGE")
+    assert_problem(upload(client, audio=("a.wav", b"x"), videos=(("b.mp4", b"x"),) * 3), 413, "UPLOAD_TOO_LARGE")
+    big = client.post("/api/jobs", content=b"x" * 200_000,
+                      headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert_problem(big, 413, "UPLOAD_TOO_LARGE")  # refused from its Content-Length, before reading it
+    assert [p.name for p in settings.paths.inbox.iterdir()] == [".heygemd"]
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []
+
+
+def test_job_list_is_paged_newest_first_and_includes_queued_jobs(make_client) -> None:
+    client, settings = make_client("page_size = 2\n")
+    for n, minutes in ((1, 30), (2, 20), (3, 10)):
+        finished_job(settings.paths.outbox, f"job-{n}", claimed_minutes_ago=minutes)
+    assert upload(client, name="fresh").status_code == 201
+    first = client.get("/api/jobs").json()
+    assert (first["total"], first["pages"], first["page"]) == (4, 2, 1)
+    assert [j["job_id"] for j in first["jobs"]] == ["fresh", "job-3"]
+    assert first["jobs"][0]["state"] == "queued"
+    second = client.get("/api/jobs", params={"page": 2}).json()
+    assert [j["job_id"] for j in second["jobs"]] == ["job-2", "job-1"]
+    assert_problem(client.get("/api/jobs", params={"page": 0}), 400, "BAD_REQUEST")
+
+
+def test_one_job_is_its_status_document_and_its_files_download(make_client) -> None:
+    client, settings = make_client()
+    written = finished_job(settings.paths.outbox, "lesson-01")
+    assert client.get("/api/jobs/lesson-01").json() == written.model_dump(mode="json")
+    video = client.get("/api/jobs/lesson-01/files/anna.mp4")
+    assert video.status_code == 200 and video.content == (settings.paths.outbox / "lesson-01" / "anna.mp4").read_bytes()
+    assert video.headers["content-type"] == "video/mp4"
+    part = client.get("/api/jobs/lesson-01/files/anna.mp4", headers={"Range": "bytes=4-11"})
+    assert part.status_code == 206 and part.content == video.content[4:12]  # the player can seek
+    attachment = client.get("/api/jobs/lesson-01/files/anna.mp4", params={"download": "true"})
+    assert attachment.headers["content-disposition"].startswith("attachment")
+    assert client.get("/api/jobs/lesson-01/files/job.log").text.startswith('{"event": "job.started"')
+    assert_problem(client.get("/api/jobs/nope"), 404, "NOT_FOUND")
+    assert_problem(client.get("/api/jobs/lesson-01/files/nope.mp4"), 404, "NOT_FOUND")
+    assert_problem(client.get("/api/no/such/route"), 404, "NOT_FOUND")
+
+
+def test_no_path_outside_the_outbox_is_served_not_even_through_symlinks(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    outbox = settings.paths.outbox
+    finished_job(outbox, "lesson-01")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    (outbox / "lesson-01" / "link.mp4").symlink_to(secret)
+    (outbox / "lesson-01" / ".hidden.mp4").write_text("tmp")
+    (outbox / "linked-job").symlink_to(tmp_path)
+    (outbox / "evil").mkdir()
+    for path in ("/api/jobs/lesson-01/files/link.mp4", "/api/jobs/lesson-01/files/.hidden.mp4",
+                 "/api/jobs/lesson-01/files/..%2F..%2Fsecret.txt", "/api/jobs/lesson-01/files/%2E%2E",
+                 "/api/jobs/..%2Fsecret.txt", "/api/jobs/linked-job/files/secret.txt", "/api/jobs/linked-job",
+                 "/api/jobs/linked-job/outputs.zip", "/api/jobs/%2E%2E/files/secret.txt"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "top secret" not in response.text
+    names = zipfile.ZipFile(io.BytesIO(client.get("/api/jobs/lesson-01/outputs.zip").content)).namelist()
+    assert "link.mp4" not in names and ".hidden.mp4" not in names
+
+
+def test_outputs_zip_holds_exactly_the_outbox_files(make_client) -> None:
+    client, settings = make_client()
+    big = os.urandom(3 * 1024 * 1024 + 17)  # several streamed chunks
+    finished_job(settings.paths.outbox, "lesson-01", files={"anna.mp4": big, "anna.jpg": b"\xff\xd8poster"})
+    with client.stream("GET", "/api/jobs/lesson-01/outputs.zip") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/zip"
+        assert "lesson-01.zip" in response.headers["content-disposition"]
+        assert "content-length" not in response.headers  # streamed, not built first
+        data = b"".join(response.iter_bytes())
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    folder = settings.paths.outbox / "lesson-01"
+    assert sorted(archive.namelist()) == sorted(p.name for p in folder.iterdir())
+    for name in archive.namelist():
+        assert archive.read(name) == (folder / name).read_bytes(), name
+
+
+def _archive_inputs(settings, status, files: dict[str, bytes]) -> Path:
+    """The inputs as finish_inputs archives them: <state>/archive/<day>/<id>/{claim.json,input/}."""
+    folder = settings.paths.state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / status.job_id
+    (folder / INPUT_DIR).mkdir(parents=True)
+    record = ClaimRecord(job_id=status.job_id, name=status.job_name, claimed_at=status.claimed, host="h", pid=1)
+    (folder / CLAIM_FILE).write_text(record.model_dump_json())
+    for name, data in files.items():
+        (folder / INPUT_DIR / name).write_bytes(data)
+    return folder
+
+
+def test_retry_submits_the_failed_videos_again_as_a_new_job(make_client) -> None:
+    client, settings = make_client()
+    videos = [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
+              VideoStatus(input="bob.mov", state="failed", progress=0.3)]
+    status = finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
+    _archive_inputs(settings, status, {"lesson.wav": WAV, "anna.mp4": MP4, "bob.mov": MP4 + b"bob",
+                                       "job.toml": b"crf = 20\n"})
+    response = client.post("/api/jobs/lesson/retry")
+    assert response.status_code == 201, response.text
+    assert response.json()["job_id"] == "lesson-retry"
+    job = settings.paths.inbox / "lesson-retry"
+    assert sorted(p.name for p in job.iterdir()) == [".ready", "bob.mov", "job.toml", "lesson.wav"]
+    assert (job / "bob.mov").read_bytes() == MP4 + b"bob"
+    assert client.post("/api/jobs/lesson/retry").json()["job_id"] == "lesson-retry-2"
+
+
+def test_retry_refuses_without_failed_videos_or_archived_inputs(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "good")
+    assert_problem(client.post("/api/jobs/good/retry"), 409, "NOTHING_TO_RETRY")
+    finished_job(settings.paths.outbox, "gone", state="failed",
+                 videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)])
+    assert_problem(client.post("/api/jobs/gone/retry"), 410, "INPUTS_GONE")
+    finished_job(settings.paths.outbox, "busy", state="processing",
+                 videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)])
+    assert_problem(client.post("/api/jobs/busy/retry"), 409, "JOB_BUSY")
+
+
+def test_delete_removes_the_outbox_folder_and_archived_inputs(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    status = finished_job(settings.paths.outbox, "lesson")
+    archived = _archive_inputs(settings, status, {"lesson.wav": WAV, "anna.mp4": MP4})
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    (settings.paths.outbox / "lesson" / "link.txt").symlink_to(outside)
+    other = finished_job(settings.paths.outbox, "other")
+    response = client.delete("/api/jobs/lesson")
+    assert response.status_code == 200 and response.json() == {"deleted": "lesson"}
+    assert not (settings.paths.outbox / "lesson").exists() and not archived.exists()
+    assert outside.read_text() == "keep me"  # the symlink was removed, not followed
+    assert (settings.paths.outbox / ".heygemd-trash").is_dir()
+    assert list((settings.paths.outbox / ".heygemd-trash").iterdir()) == []
+    assert [j["job_id"] for j in client.get("/api/jobs").json()["jobs"]] == [other.job_id]
+    assert_problem(client.delete("/api/jobs/lesson"), 404, "NOT_FOUND")
+
+
+def test_delete_refuses_queued_and_running_jobs(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "running", state="processing")
+    assert_problem(client.delete("/api/jobs/running"), 409, "JOB_BUSY")
+    assert upload(client, name="waiting").status_code == 201
+    assert_problem(client.delete("/api/jobs/waiting"), 409, "JOB_BUSY")
+    assert (settings.paths.outbox / "running").is_dir() and (settings.paths.inbox / "waiting").is_dir()
+
+
+def test_health_says_which_engine_and_whether_busy(make_client) -> None:
+    client, settings = make_client()
+    assert client.get("/api/health").json() | {"version": "x"} == {
+        "status": "ok", "version": "x", "engine": "mouthwarp", "busy": False, "current": None, "queued": 0}
+    upload(client, name="waiting")
+    claim = settings.paths.state_dir / CLAIMED / "running"
+    (claim / INPUT_DIR).mkdir(parents=True)
+    health = client.get("/api/health").json()
+    assert (health["busy"], health["current"], health["queued"]) == (True, "running", 1)
+
+
+def test_openapi_description_lists_every_endpoint(make_client) -> None:
+    client, _ = make_client()
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) >= {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/files/{name}",
+                                  "/api/jobs/{job_id}/outputs.zip", "/api/jobs/{job_id}/retry", "/api/health",
+                                  "/api/events"}
+    assert "multipart/form-data" in spec["paths"]["/api/jobs"]["post"]["requestBody"]["content"]
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/api/jobs/{job_id}/outputs.zip" in page.text
+    assert "cdn" not in page.text.casefold()
+
+
+def test_heygemd_never_writes_through_a_symlinked_staging_or_trash_folder(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    (settings.paths.state_dir / "uploads").symlink_to(elsewhere)
+    assert_problem(upload(client), 500, "BAD_CONFIG")
+    finished_job(settings.paths.outbox, "lesson")
+    (settings.paths.outbox / ".heygemd-trash").symlink_to(elsewhere)
+    assert_problem(client.delete("/api/jobs/lesson"), 500, "BAD_CONFIG")
+    assert list(elsewhere.iterdir()) == [] and (settings.paths.outbox / "lesson" / "status.json").is_file()
+
+
+def test_names_in_any_script_work_end_to_end(make_client) -> None:
+    client, settings = make_client()
+    response = upload(client, audio=("讲座.wav", WAV), videos=(("Ana María.mp4", MP4),), name="课程 01")
+    assert response.status_code == 201, response.text
+    assert response.json() == {"job_id": "课程 01", "status_url": "/api/jobs/%E8%AF%BE%E7%A8%8B%2001"}
+    stored = sorted(p.name for p in (settings.paths.inbox / "课程 01").iterdir())
+    assert stored == [".ready", "Ana María.mp4", "讲座.wav"]
+    assert client.get(response.json()["status_url"]).json()["audio"]["file"] == "讲座.wav"
+    finished_job(settings.paths.outbox, "课程 00")
+    zipped = client.get("/api/jobs/课程 00/outputs.zip")
+    assert zipped.headers["content-disposition"] == "attachment; filename*=UTF-8''%E8%AF%BE%E7%A8%8B%2000.zip"
+    assert 'href="/jobs/%E8%AF%BE%E7%A8%8B%2000"' in client.get("/").text

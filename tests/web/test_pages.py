@@ -1,0 +1,61 @@
+"""The server-rendered pages: what each shows, from real status files (the browser test drives them live)."""
+
+from __future__ import annotations
+
+from heygemd.daemon.status import ErrorStatus, VideoStatus
+from tests.web.test_api import upload
+from tests.web.webserver import finished_job
+
+
+def test_jobs_page_lists_jobs_with_state_progress_counts_and_pages(make_client) -> None:
+    client, settings = make_client("page_size = 2\n")
+    for n in range(3):
+        finished_job(settings.paths.outbox, f"job-{n}", claimed_minutes_ago=30 - n)
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert 'data-job="job-2"' in html and 'data-job="job-1"' in html and 'data-job="job-0"' not in html
+    assert 'aria-valuenow="100"' in html and "1 / 0 / 1" in html and "mouthwarp" in html
+    assert "Page 1 of 2" in html and 'href="/?page=2"' in html
+    assert "Idle" in html and "0 waiting in the inbox" in html
+    assert 'data-job="job-0"' in client.get("/?page=2").text
+    assert "cdn" not in html.casefold() and "https://" not in html  # everything from the package
+
+
+def test_job_page_shows_videos_players_errors_and_the_log(make_client) -> None:
+    client, settings = make_client()
+    videos = [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4", poster="anna.jpg",
+                          face_ratio=0.96, frames_done=50, frames_total=50, timings={"total": 3.5}),
+              VideoStatus(input="bob.mov", state="failed", progress=0.2, error=ErrorStatus(
+                  code="NO_FACE", message="lesson/bob.mov: a face was found in 0% of the frames",
+                  hint="Use a video where the presenter's face is visible."))]
+    finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
+    html = client.get("/jobs/lesson").text
+    assert '<video controls preload="metadata" src="/api/jobs/lesson/files/anna.mp4"' in html
+    assert 'poster="/api/jobs/lesson/files/anna.jpg"' in html
+    assert "96%" in html and "50 / 50" in html and "total 3.5 s" in html
+    assert "NO_FACE" in html and "a face was found in 0%" in html and "presenter&#39;s face is visible" in html
+    assert "/api/jobs/lesson/outputs.zip" in html and 'data-action="retry"' in html and 'data-action="delete"' in html
+    assert "job.started" in html  # the job log
+
+
+def test_queued_job_page_and_new_job_form(make_client) -> None:
+    client, _ = make_client()
+    upload(client, name="waiting")
+    html = client.get("/jobs/waiting").text
+    assert "queued" in html and "anna.mp4" in html and 'data-action="delete"' not in html
+    form = client.get("/new").text
+    assert 'name="audio"' in form and 'name="videos"' in form and "multiple" in form
+    assert 'name="engine"' in form and 'name="loop_mode"' in form and 'name="crf"' in form
+
+
+def test_unknown_job_page_is_an_error_page_with_a_hint(make_client) -> None:
+    client, _ = make_client()
+    page = client.get("/jobs/nope")
+    assert page.status_code == 404 and "NOT_FOUND" in page.text and "GET /api/jobs lists them" in page.text
+
+
+def test_static_files_come_from_the_package(make_client) -> None:
+    client, _ = make_client()
+    assert "EventSource" in client.get("/static/app.js").text
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
