@@ -109,8 +109,13 @@ def run_plain(args: argparse.Namespace) -> dict[str, object]:
     info = probe_video(Path(args.video), still_fps=settings.video.still_fps)
     frames = max(1, round(duration * info.fps))
     plain_transcode(
-        info, Path(args.out), Path(args.audio), duration,
-        crf=settings.video.crf, preset=settings.video.preset, audio_bitrate=settings.video.audio_bitrate,
+        info,
+        Path(args.out),
+        Path(args.audio),
+        duration,
+        crf=settings.video.crf,
+        preset=settings.video.preset,
+        audio_bitrate=settings.video.audio_bitrate,
     )
     total_s = time.perf_counter() - started
     return {
@@ -131,8 +136,11 @@ def run_info(args: argparse.Namespace) -> dict[str, object]:
 
     info = probe_video(Path(args.video))
     out: dict[str, object] = {
-        "width": info.width, "height": info.height, "fps": info.fps,
-        "video_seconds": round(info.duration, 3), "video_frames": info.frame_count,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "video_seconds": round(info.duration, 3),
+        "video_frames": info.frame_count,
     }
     if args.audio:
         # The output length: the audio's duration as a render decodes it.

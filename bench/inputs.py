@@ -26,8 +26,22 @@ def speech(out: Path, seconds: float, work: Path) -> Path:
         demo.speech_wav(base)
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(base),
-         "-t", f"{seconds:.6f}", "-c:a", "pcm_s16le", str(out)],
+        [
+            _ffmpeg(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-stream_loop",
+            "-1",
+            "-i",
+            str(base),
+            "-t",
+            f"{seconds:.6f}",
+            "-c:a",
+            "pcm_s16le",
+            str(out),
+        ],
         check=True,
     )
     return out
@@ -53,8 +67,21 @@ def count_frames(path: Path) -> int:
     """Video frames actually in ``path`` (ffprobe packet count)."""
     ffprobe = shutil.which("ffprobe") or "ffprobe"
     result = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets",
-         "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_packets",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(result.stdout.strip().splitlines()[0].strip(","))

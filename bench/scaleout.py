@@ -60,7 +60,8 @@ def _round(workers: int, jobs: int, video: Path, audio: Path, root: Path) -> dic
     root.mkdir(parents=True)
     port = _free_port()
     config = root / "heygemd.toml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 [paths]
 inbox = "inbox"
 outbox = "outbox"
@@ -74,7 +75,9 @@ device = "cpu"
 [queue]
 broker = "redis://127.0.0.1:{port}/0"
 heartbeat_interval = 2.0
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     for folder in ("inbox", "outbox", "models", "staging"):
         (root / folder).mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
@@ -84,19 +87,47 @@ heartbeat_interval = 2.0
 
     def spawn(argv: list[str], log: Path) -> None:
         with open(log, "wb") as out:
-            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          cwd=root, env=env, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=root,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
 
     try:
-        spawn([redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-               "--dir", str(root)], root / "redis.log")
+        spawn(
+            [
+                redis_server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(root),
+            ],
+            root / "redis.log",
+        )
         spawn([*heygemd, "run"], root / "intake.log")
         logs = [root / f"worker-{i}.log" for i in range(workers)]
         for i, log in enumerate(logs):
             spawn([*heygemd, "worker", "--name", f"w{i}@bench"], log)
-        _wait(lambda: all(any(e.get("event") == "worker.ready" for e in _events(log)) for log in logs)
-              and any(e.get("event") == "daemon.ready" for e in _events(root / "intake.log")),
-              START_TIMEOUT_S, "the intake and the workers to be ready")
+        _wait(
+            lambda: (
+                all(any(e.get("event") == "worker.ready" for e in _events(log)) for log in logs)
+                and any(e.get("event") == "daemon.ready" for e in _events(root / "intake.log"))
+            ),
+            START_TIMEOUT_S,
+            "the intake and the workers to be ready",
+        )
         names = [f"job-{n:02d}" for n in range(jobs)]
         for name in names:
             folder = root / "staging" / name
@@ -132,8 +163,14 @@ heartbeat_interval = 2.0
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return {"workers": workers, "jobs": jobs, "seconds": round(seconds, 2),
-            "jobs_per_min": round(60.0 * jobs / seconds, 2), "states": sorted(set(states)), "ran_on": ran_on}
+    return {
+        "workers": workers,
+        "jobs": jobs,
+        "seconds": round(seconds, 2),
+        "jobs_per_min": round(60.0 * jobs / seconds, 2),
+        "states": sorted(set(states)),
+        "ran_on": ran_on,
+    }
 
 
 def scale_out(args: argparse.Namespace, work: Path, video: Path, audio: Path) -> dict:
@@ -157,8 +194,12 @@ def format_scale_out(r: dict) -> str:
     one, many = r["rounds"]
     lines = [f"scale-out: {one['jobs']} jobs, mouthwarp on CPU ({r['cpu_count']} cores)"]
     for row in r["rounds"]:
-        lines.append(f"  {row['workers']} worker(s): {row['seconds']:.1f} s, {row['jobs_per_min']:.1f} jobs/min "
-                     f"(states {', '.join(row['states'])}; ran on {', '.join(row['ran_on'])})")
-    lines.append(f"  speedup {r['speedup']:.2f}x with {many['workers']} workers = {r['efficiency']:.2f} per worker "
-                 f"(goal >= {r['target_efficiency']} per worker, on as many free cores plus ffmpeg's)")
+        lines.append(
+            f"  {row['workers']} worker(s): {row['seconds']:.1f} s, {row['jobs_per_min']:.1f} jobs/min "
+            f"(states {', '.join(row['states'])}; ran on {', '.join(row['ran_on'])})"
+        )
+    lines.append(
+        f"  speedup {r['speedup']:.2f}x with {many['workers']} workers = {r['efficiency']:.2f} per worker "
+        f"(goal >= {r['target_efficiency']} per worker, on as many free cores plus ffmpeg's)"
+    )
     return "\n".join(lines)

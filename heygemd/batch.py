@@ -36,10 +36,7 @@ def videos_in(folder: Path) -> list[Path]:
     """Videos and still images directly in ``folder``, sorted by name."""
     if not folder.is_dir():
         raise JobError("not a folder", path=folder, hint="Pass the folder that holds the presenter videos.")
-    found = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and is_presenter(p)
-    )
+    found = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_presenter(p))
     if not found:
         raise JobError("no videos or images in this folder", path=folder)
     return found
@@ -67,8 +64,13 @@ def render_many(
             outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))
         else:
             outcomes.append(VideoOutcome(video, output, result, None))
-            log.info("video.done", video=str(video), output=str(output), seconds=round(result.timings["total"], 2),
-                     face_ratio=round(result.face_ratio, 3))
+            log.info(
+                "video.done",
+                video=str(video),
+                output=str(output),
+                seconds=round(result.timings["total"], 2),
+                face_ratio=round(result.face_ratio, 3),
+            )
         finally:
             if bar:
                 bar.close()
@@ -79,8 +81,11 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EncodeError(f"cannot create the output folder ({exc.strerror})", path=folder,
-                          hint="Choose an output folder you can write to (--out).") from None
+        raise EncodeError(
+            f"cannot create the output folder ({exc.strerror})",
+            path=folder,
+            hint="Choose an output folder you can write to (--out).",
+        ) from None
 
 
 def summary(outcomes: Sequence[VideoOutcome]) -> str:
@@ -89,8 +94,10 @@ def summary(outcomes: Sequence[VideoOutcome]) -> str:
     for outcome in outcomes:
         if outcome.ok and outcome.result is not None:
             r = outcome.result
-            lines.append(f"  ok      {outcome.video.name} -> {outcome.output}  "
-                         f"({r.frames} frames, face in {r.face_ratio:.0%}, {r.timings['total']:.1f} s)")
+            lines.append(
+                f"  ok      {outcome.video.name} -> {outcome.output}  "
+                f"({r.frames} frames, face in {r.face_ratio:.0%}, {r.timings['total']:.1f} s)"
+            )
         elif outcome.error is not None:
             lines.append(f"  FAILED  {outcome.video.name}: [{outcome.error.code}] {outcome.error.message}")
             if outcome.error.hint:
@@ -107,8 +114,14 @@ class _ProgressBar:
     def __init__(self, label: str):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=100, desc=label, unit="%", leave=True, dynamic_ncols=True,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self._bar = tqdm(
+            total=100,
+            desc=label,
+            unit="%",
+            leave=True,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+        )
 
     def update(self, progress: VideoProgress) -> None:
         self._bar.n = int(progress.fraction * 100)

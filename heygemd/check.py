@@ -54,8 +54,14 @@ def _tools() -> list[Check]:
     checks = []
     for tool in ("ffmpeg", "ffprobe"):
         path = shutil.which(tool)
-        checks.append(Check(tool, path is not None, path or "not found on PATH",
-                            "sudo apt-get install ffmpeg (it provides ffprobe too)"))
+        checks.append(
+            Check(
+                tool,
+                path is not None,
+                path or "not found on PATH",
+                "sudo apt-get install ffmpeg (it provides ffprobe too)",
+            )
+        )
     return checks
 
 
@@ -68,8 +74,12 @@ def _engine(settings: Settings) -> Check:
     checkpoint = find_checkpoint(settings.engine, settings.paths.models)
     if checkpoint is None or not checkpoint.is_file():
         wanted = checkpoint or ", ".join(CHECKPOINT_NAMES)
-        return Check("engine", False, f"wav2lip selected but no checkpoint ({wanted})",
-                     f"copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = \"mouthwarp\"")
+        return Check(
+            "engine",
+            False,
+            f"wav2lip selected but no checkpoint ({wanted})",
+            f'copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = "mouthwarp"',
+        )
     from heygemd.engines.wav2lip import load_model  # torch: only when the Wav2Lip engine is in use
 
     try:
@@ -88,8 +98,13 @@ def _musetalk_files(settings: Settings) -> Check:
     if files.complete:
         return Check("musetalk files", True, f"{folder}: all {len(files.found)} files found", required=chosen)
     found = ", ".join(str(p.relative_to(folder)) for p in files.found.values()) or "none"
-    return Check("musetalk files", False, f"{folder}: missing {', '.join(files.missing)} (found: {found})",
-                 musetalk_layout.HINT, required=chosen)
+    return Check(
+        "musetalk files",
+        False,
+        f"{folder}: missing {', '.join(files.missing)} (found: {found})",
+        musetalk_layout.HINT,
+        required=chosen,
+    )
 
 
 def _musetalk_loads(settings: Settings) -> Check:
@@ -109,8 +124,9 @@ def _faces(settings: Settings) -> Check:
     from heygemd.pipeline import faces
 
     try:
-        detector = faces.make_detector(settings.faces.detector, settings.paths.models, settings.paths.cache_dir,
-                                       device=settings.engine.device)
+        detector = faces.make_detector(
+            settings.faces.detector, settings.paths.models, settings.paths.cache_dir, device=settings.engine.device
+        )
     except HeygemdError as exc:
         return Check("face detector", False, exc.message, exc.hint)
     return Check("face detector", True, detector.name)
@@ -135,8 +151,12 @@ def _writable(label: str, folder: Path) -> Check:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        return Check(label, False, f"{folder}: {exc.strerror or exc}",
-                     f"create {folder} and give the heygemd user write access (chown/chmod, or the share's ACL)")
+        return Check(
+            label,
+            False,
+            f"{folder}: {exc.strerror or exc}",
+            f"create {folder} and give the heygemd user write access (chown/chmod, or the share's ACL)",
+        )
     return Check(label, True, f"{folder} is writable")
 
 
@@ -145,9 +165,13 @@ def _journald() -> Check:
 
     problem = journal_problem()
     if problem is not None:
-        return Check("journald", False, f"{problem}: logs go to stderr as JSON lines",
-                     "run heygemd under systemd (deploy/systemd/heygemd.service) to log to the journal",
-                     required=False)
+        return Check(
+            "journald",
+            False,
+            f"{problem}: logs go to stderr as JSON lines",
+            "run heygemd under systemd (deploy/systemd/heygemd.service) to log to the journal",
+            required=False,
+        )
     return Check("journald", True, "reachable")
 
 
@@ -158,7 +182,11 @@ def _broker(settings: Settings) -> Check:
     shown = shown_url(settings.queue.broker)
     problem = Broker(settings.queue.broker).problem()
     if problem is not None:
-        return Check("broker", False, f"{shown}: {problem}",
-                     "start redis-server on the queue host (systemctl start redis-server) and check queue.broker "
-                     "(host, port, password); jobs wait in the inbox meanwhile")
+        return Check(
+            "broker",
+            False,
+            f"{shown}: {problem}",
+            "start redis-server on the queue host (systemctl start redis-server) and check queue.broker "
+            "(host, port, password); jobs wait in the inbox meanwhile",
+        )
     return Check("broker", True, f"{shown} answers")

@@ -13,13 +13,18 @@ from heygemd.settings import Settings, load_settings
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heygemd", description="Lip-sync video daemon: one audio, many presenters.")
-    parser.add_argument("--config", type=Path, help="TOML configuration (default: /etc/heygemd/heygemd.toml, "
-                        "then the repository's config/heygemd.toml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration (default: /etc/heygemd/heygemd.toml, then the repository's config/heygemd.toml)",
+    )
     parser.add_argument("--version", action="version", version=f"heygemd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def engine_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--engine", choices=["auto", "musetalk", "wav2lip", "mouthwarp"], help="engine (default from config)")
+        p.add_argument(
+            "--engine", choices=["auto", "musetalk", "wav2lip", "mouthwarp"], help="engine (default from config)"
+        )
         p.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (default: models/wav2lip_gan.pth)")
         p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from config)")
 
@@ -37,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("run", help="run the daemon: watch the inbox and process jobs until stopped")
     commands.add_parser("once", help="process every ready job in the inbox, then exit")
-    worker = commands.add_parser("worker", help="farm: render the jobs the intake publishes (one per GPU; needs "
-                                 "[queue] broker)")
+    worker = commands.add_parser(
+        "worker", help="farm: render the jobs the intake publishes (one per GPU; needs [queue] broker)"
+    )
     worker.add_argument("--device", help="cpu, cuda or cuda:N (default from config)")
     worker.add_argument("--name", help="Celery node name (default: <device>@<host>)")
     status = commands.add_parser("status", help="show jobs from the outbox's status files")
@@ -98,8 +104,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             pairs = [(args.video, args.out)]
         else:
             used: set[str] = set()
-            pairs = [(video, args.out / unique_name(settings.outbox.naming.format(stem=video.stem), used))
-                     for video in videos_in(args.videos)]
+            pairs = [
+                (video, args.out / unique_name(settings.outbox.naming.format(stem=video.stem), used))
+                for video in videos_in(args.videos)
+            ]
         outcomes = render_many(LipSyncSession(settings), args.audio, pairs)
         print(summary(outcomes))
         return 0 if all(o.ok for o in outcomes) else 1

@@ -24,8 +24,9 @@ DEMO_SENTENCES = (
 )
 
 
-def speech_wav(out: Path, sentences: tuple[str, ...] = DEMO_SENTENCES, pause_seconds: float = 1.0,
-               lead_seconds: float = 0.5) -> Path:
+def speech_wav(
+    out: Path, sentences: tuple[str, ...] = DEMO_SENTENCES, pause_seconds: float = 1.0, lead_seconds: float = 0.5
+) -> Path:
     """Speak ``sentences`` with espeak-ng into a 16-bit mono WAV, with silence before, between and after."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
@@ -82,12 +83,16 @@ def presenter_frames(seconds: float, fps: float = 25.0, size: tuple[int, int] = 
         x0 = cx + dx - win_w / 2
         y0 = cy + dy - win_h / 2
         matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float32)
-        yield cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REFLECT)
+        yield cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def presenter_video(out: Path, seconds: float = 4.0, fps: float = 25.0, size: tuple[int, int] = (640, 360),
-                    extra_args: tuple[str, ...] = ()) -> Path:
+def presenter_video(
+    out: Path,
+    seconds: float = 4.0,
+    fps: float = 25.0,
+    size: tuple[int, int] = (640, 360),
+    extra_args: tuple[str, ...] = (),
+) -> Path:
     """Encode ``presenter_frames`` to ``out`` with ffmpeg (H.264 unless ``extra_args`` say otherwise)."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -95,8 +100,24 @@ def presenter_video(out: Path, seconds: float = 4.0, fps: float = 25.0, size: tu
     width, height = size
     out.parent.mkdir(parents=True, exist_ok=True)
     codec = list(extra_args) or ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"]
-    cmd = [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-           "-r", str(fps), "-i", "-", *codec, str(out)]
+    cmd = [
+        ffmpeg,
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        *codec,
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     assert proc.stdin is not None
     for frame in presenter_frames(seconds, fps, size):

@@ -51,8 +51,9 @@ class ErrorInfo:
         )
 
 
-def report_failure(log: Any, subject: str, exc: BaseException, *,
-                   shown: Callable[[str], str] | None = None) -> ErrorInfo:
+def report_failure(
+    log: Any, subject: str, exc: BaseException, *, shown: Callable[[str], str] | None = None
+) -> ErrorInfo:
     """Log ``exc`` at a failure boundary and return what status.json and summaries show of it.
 
     A HeygemdError is a known problem: ``<subject>.failed`` with its code, message and hint. Anything else is
@@ -108,7 +109,7 @@ class CheckpointError(HeygemdError):
     code = "BAD_CHECKPOINT"
     default_hint = (
         "Place the official Wav2Lip checkpoint (wav2lip_gan.pth or wav2lip.pth, about 416 MB) in models/, "
-        "or choose engine = \"mouthwarp\", which needs no weights."
+        'or choose engine = "mouthwarp", which needs no weights.'
     )
 
 
@@ -154,5 +155,5 @@ class OutOfMemory(HeygemdError):
     code = "OUT_OF_MEMORY"
     default_hint = (
         "The GPU ran out of memory even one frame at a time; stop other programs using the GPU, "
-        "or set engine.device = \"cpu\"."
+        'or set engine.device = "cpu".'
     )

@@ -39,7 +39,9 @@ class LipSyncSession:
     def detector(self) -> faces.FaceDetector:
         if self._detector is None:
             self._detector = faces.make_detector(
-                self.settings.faces.detector, self.settings.paths.models, self.settings.paths.cache_dir,
+                self.settings.faces.detector,
+                self.settings.paths.models,
+                self.settings.paths.cache_dir,
                 device=self.settings.engine.device,
             )
         return self._detector

@@ -58,9 +58,7 @@ SYSLOG_IDENTIFIER = "heygemd"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
 #: syslog priorities of the log levels (structlog's level names).
-PRIORITIES: Mapping[str, int] = MappingProxyType(
-    {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
-)
+PRIORITIES: Mapping[str, int] = MappingProxyType({"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2})
 
 #: Stable journal MESSAGE_IDs of the important state transitions, by event name. Query one kind of event
 #: across jobs with ``journalctl -u heygemd MESSAGE_ID=<hex>``. Never change a value; add new ones with
@@ -319,9 +317,7 @@ class _JobLogFile:
             file.close()
 
 
-_ACTIVE_JOB_LOG: contextvars.ContextVar[_JobLogFile | None] = contextvars.ContextVar(
-    "heygemd_job_log", default=None
-)
+_ACTIVE_JOB_LOG: contextvars.ContextVar[_JobLogFile | None] = contextvars.ContextVar("heygemd_job_log", default=None)
 
 
 @contextlib.contextmanager

@@ -42,12 +42,21 @@ def format_status_table(statuses: Iterable[JobStatus]) -> str:
     """One row per job: id, state, progress %, videos done/failed/total, last update (UTC)."""
     statuses = list(statuses)
     farm = any(s.worker for s in statuses)  # a farm's jobs also say which worker (host, GPU) runs them
-    rows: list[list[str]] = [["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED",
-                              *(["WORKER"] if farm else [])]]
+    rows: list[list[str]] = [
+        ["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED", *(["WORKER"] if farm else [])]
+    ]
     for s in statuses:
         done, failed, total = s.counts()
-        rows.append([s.job_id, s.state, _percent(s.progress), f"{done}/{failed}/{total}", _when(s.updated),
-                     *([_runner(s)] if farm else [])])
+        rows.append(
+            [
+                s.job_id,
+                s.state,
+                _percent(s.progress),
+                f"{done}/{failed}/{total}",
+                _when(s.updated),
+                *([_runner(s)] if farm else []),
+            ]
+        )
     if len(rows) == 1:
         return "no jobs\n"
     return _render(rows)

@@ -25,8 +25,12 @@ FPS = 25.0
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -64,10 +68,10 @@ def speech_and_silence_frames(audio: Path, n_frames: int) -> tuple[list[int], li
     for i in range(n_frames):
         lo, hi = int(max(0, (i - 5) * per_frame)), int(min(len(wav), (i + 6) * per_frame))
         window = np.abs(wav[lo:hi])
-        centre = np.abs(wav[int(i * per_frame): int((i + 1) * per_frame)])
+        centre = np.abs(wav[int(i * per_frame) : int((i + 1) * per_frame)])
         if window.size and window.max() < 1e-4:
             quiet.append(i)
-        elif centre.size and np.sqrt(np.mean(centre ** 2)) > 0.05:
+        elif centre.size and np.sqrt(np.mean(centre**2)) > 0.05:
             loud.append(i)
     return loud, quiet
 
@@ -75,23 +79,56 @@ def speech_and_silence_frames(audio: Path, n_frames: int) -> tuple[list[int], li
 @pytest.fixture(scope="module")
 def batch_run(tmp_path_factory, heygemd_bin):
     root = tmp_path_factory.mktemp("batch e2e 批处理")
-    audio = speech_wav(root / "讲话 speech.wav", sentences=("Hello everyone, welcome to the lesson.",),
-                       pause_seconds=0.8, lead_seconds=0.8)
+    audio = speech_wav(
+        root / "讲话 speech.wav",
+        sentences=("Hello everyone, welcome to the lesson.",),
+        pause_seconds=0.8,
+        lead_seconds=0.8,
+    )
     videos = root / "presenters"
     videos.mkdir()
     cv2.imwrite(str(videos / "photo.png"), portrait()[0:360, 60:420])
     presenter_video(videos / "long.mp4", seconds=6.0, fps=FPS, size=(480, 270))
     presenter_video(videos / "short 短.mp4", seconds=1.2, fps=FPS, size=(320, 180))
     (videos / "broken.mp4").write_text("this is not a video")
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=1",
-                    "-pix_fmt", "yuv420p", str(videos / "no face.mp4")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25:duration=1",
+            "-pix_fmt",
+            "yuv420p",
+            str(videos / "no face.mp4"),
+        ],
+        check=True,
+    )
     out = root / "out"
     proc = subprocess.run(
-        [str(heygemd_bin), "batch", "--audio", str(audio), "--videos", str(videos), "--out", str(out),
-         "--engine", "mouthwarp"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json",
-             "HEYGEMD_PATHS__INBOX": str(root / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(root / "outbox")},
+        [
+            str(heygemd_bin),
+            "batch",
+            "--audio",
+            str(audio),
+            "--videos",
+            str(videos),
+            "--out",
+            str(out),
+            "--engine",
+            "mouthwarp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "HEYGEMD_LOGGING__FORMAT": "json",
+            "HEYGEMD_PATHS__INBOX": str(root / "inbox"),
+            "HEYGEMD_PATHS__OUTBOX": str(root / "outbox"),
+        },
     )
     return root, audio, videos, out, proc
 

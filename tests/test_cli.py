@@ -11,13 +11,21 @@ from heygemd.demo import presenter_video
 
 
 def run(heygemd_bin: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
-    return subprocess.run([str(heygemd_bin), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", **(env or {})})
+    return subprocess.run(
+        [str(heygemd_bin), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", **(env or {})},
+    )
 
 
 def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -> None:
-    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": "/proc/heygemd-outbox",
-           "HEYGEMD_PATHS__MODELS": str(tmp_path / "models")}
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": "/proc/heygemd-outbox",
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+    }
     proc = run(heygemd_bin, "check", env=env)
     lines = proc.stdout.splitlines()
     for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "journald"):
@@ -29,8 +37,12 @@ def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -
 
 
 def test_check_wants_a_checkpoint_when_wav2lip_is_asked_for(tmp_path: Path, heygemd_bin: Path) -> None:
-    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
-           "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"), "HEYGEMD_ENGINE__NAME": "wav2lip"}
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+        "HEYGEMD_ENGINE__NAME": "wav2lip",
+    }
     proc = run(heygemd_bin, "check", env=env)
     engine = next(line for line in proc.stdout.splitlines() if "  engine:" in line)
     assert engine.startswith("FAIL") and "wav2lip_gan.pth" in engine
@@ -41,8 +53,11 @@ def test_check_loads_the_checkpoint_and_names_a_broken_one(tmp_path: Path, heyge
     models = tmp_path / "models"
     models.mkdir()
     (models / "wav2lip_gan.pth").write_bytes(b"<html>login required</html>")  # a failed download
-    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
-           "HEYGEMD_PATHS__MODELS": str(models)}
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(models),
+    }
     proc = run(heygemd_bin, "check", env=env)
     lines = proc.stdout.splitlines()
     engine = next(i for i, line in enumerate(lines) if "  engine:" in line)
@@ -53,7 +68,7 @@ def test_check_loads_the_checkpoint_and_names_a_broken_one(tmp_path: Path, heyge
 
 def test_invalid_configuration_stops_at_start_naming_the_setting(tmp_path: Path, heygemd_bin: Path) -> None:
     cfg = tmp_path / "heygemd.toml"
-    cfg.write_text('[intake]\nsettle_seconds = -3\n', encoding="utf-8")
+    cfg.write_text("[intake]\nsettle_seconds = -3\n", encoding="utf-8")
     proc = run(heygemd_bin, "--config", str(cfg), "run")
     assert proc.returncode == 2
     assert "intake.settle_seconds" in proc.stderr and str(cfg) in proc.stderr
@@ -63,13 +78,23 @@ def test_invalid_configuration_stops_at_start_naming_the_setting(tmp_path: Path,
 def test_status_table_and_detail(tmp_path: Path, heygemd_bin: Path) -> None:
     outbox = tmp_path / "outbox"
     status = JobStatus(
-        job_id="lesson-01", job_name="lesson-01", state="partial", progress=1.0,
+        job_id="lesson-01",
+        job_name="lesson-01",
+        state="partial",
+        progress=1.0,
         audio=AudioStatus(file="lesson.wav", duration_s=12.5),
         videos=[
             VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
-            VideoStatus(input="bob.mp4", state="failed", progress=1.0,
-                        error=ErrorStatus(code="NO_FACE", message="bob.mp4: a face was found in 0% of the frames",
-                                          hint="Use a video where the face is visible.")),
+            VideoStatus(
+                input="bob.mp4",
+                state="failed",
+                progress=1.0,
+                error=ErrorStatus(
+                    code="NO_FACE",
+                    message="bob.mp4: a face was found in 0% of the frames",
+                    hint="Use a video where the face is visible.",
+                ),
+            ),
         ],
     )
     (outbox / "lesson-01").mkdir(parents=True)
@@ -85,8 +110,17 @@ def test_status_table_and_detail(tmp_path: Path, heygemd_bin: Path) -> None:
 
 def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heygemd_bin: Path) -> None:
     silent = presenter_video(tmp_path / "silent clip.mp4", seconds=1.0, size=(320, 180))
-    proc = run(heygemd_bin, "single", "--audio", str(silent), "--video", str(silent),
-               "--out", str(tmp_path / "out.mp4"), env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    proc = run(
+        heygemd_bin,
+        "single",
+        "--audio",
+        str(silent),
+        "--video",
+        str(silent),
+        "--out",
+        str(tmp_path / "out.mp4"),
+        env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
+    )
     assert proc.returncode == 1
     assert "[NO_AUDIO_STREAM]" in proc.stderr and "silent clip.mp4" in proc.stderr
     assert "what to do:" in proc.stderr and "Traceback" not in proc.stderr
@@ -101,8 +135,11 @@ def test_once_does_not_take_a_fresh_copy_that_kept_old_mtimes(tmp_path: Path, he
         (job / name).write_bytes(b"still arriving")
         os.utime(job / name, (0, 0))  # 1970, as an archive copy would keep
     cfg = tmp_path / "heygemd.toml"
-    cfg.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
-                   '[intake]\nsettle_seconds = 600\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
+    cfg.write_text(
+        '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
+        '[intake]\nsettle_seconds = 600\n[engine]\nname = "mouthwarp"\n',
+        encoding="utf-8",
+    )
     proc = run(heygemd_bin, "--config", str(cfg), "once")
     assert proc.returncode == 0, proc.stderr
     assert (job / "a.mp4").is_file(), "a job copied a moment ago was taken before settle_seconds passed"
@@ -118,8 +155,19 @@ def test_batch_gives_inputs_with_the_same_stem_distinct_outputs(tmp_path: Path, 
     presenter_video(videos / "anna.mp4", seconds=0.6, size=(320, 180))
     cv2.imwrite(str(videos / "anna.png"), portrait()[0:360, 60:420])
     audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
-    proc = run(heygemd_bin, "batch", "--audio", str(audio), "--videos", str(videos), "--out", str(tmp_path / "out"),
-               "--engine", "mouthwarp", env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    proc = run(
+        heygemd_bin,
+        "batch",
+        "--audio",
+        str(audio),
+        "--videos",
+        str(videos),
+        "--out",
+        str(tmp_path / "out"),
+        "--engine",
+        "mouthwarp",
+        env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["anna-2.mp4", "anna.mp4"]
 
@@ -131,8 +179,17 @@ def test_single_into_an_unusable_output_folder_fails_with_a_message(tmp_path: Pa
     blocker.write_text("a file where the output folder should be")
     presenter = presenter_video(tmp_path / "anna.mp4", seconds=0.5, size=(320, 180))
     audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
-    proc = run(heygemd_bin, "single", "--audio", str(audio), "--video", str(presenter),
-               "--out", str(blocker / "anna.mp4"), env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")})
+    proc = run(
+        heygemd_bin,
+        "single",
+        "--audio",
+        str(audio),
+        "--video",
+        str(presenter),
+        "--out",
+        str(blocker / "anna.mp4"),
+        env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
+    )
     assert proc.returncode == 1
     assert "FAILED  anna.mp4: [ENCODE_FAILED]" in proc.stdout and "cannot create the output folder" in proc.stdout
     assert "0 of 1 videos done" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr

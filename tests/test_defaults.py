@@ -11,8 +11,11 @@ from heygemd.settings import EngineSettings, FacesSettings, VideoSettings
 
 
 def defaults(fn: object) -> dict[str, object]:
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()  # type: ignore[arg-type]
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()  # type: ignore[arg-type]
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def test_pipeline_defaults_are_the_settings_defaults() -> None:

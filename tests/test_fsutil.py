@@ -39,8 +39,9 @@ def only(folder: Path) -> list[str]:
 
 
 @requires_ffmpeg
-def test_every_publisher_tolerates_a_share_that_refuses_folder_fsync(tmp_path: Path,
-                                                                    share_refusing_folder_fsync: list[int]) -> None:
+def test_every_publisher_tolerates_a_share_that_refuses_folder_fsync(
+    tmp_path: Path, share_refusing_folder_fsync: list[int]
+) -> None:
     audio = sine(tmp_path / "a.wav", 0.4)
     out = tmp_path / "out"
     out.mkdir()
@@ -48,8 +49,12 @@ def test_every_publisher_tolerates_a_share_that_refuses_folder_fsync(tmp_path: P
         for _ in range(10):
             writer.write(np.zeros((48, 64, 3), np.uint8))
     write_poster(np.zeros((48, 64, 3), np.uint8), out / "clip.jpg")
-    track = FaceTrack(boxes=np.zeros((2, 4), np.float32), landmarks=np.zeros((2, 68, 2), np.float32),
-                      frame_size=(64, 48), detector="dlib")
+    track = FaceTrack(
+        boxes=np.zeros((2, 4), np.float32),
+        landmarks=np.zeros((2, 68, 2), np.float32),
+        frame_size=(64, 48),
+        detector="dlib",
+    )
     track.save(out / "track.npz")
     fsutil.atomic_write_bytes(out / "status.json", b"{}")
     assert only(out) == ["clip.jpg", "clip.mp4", "status.json", "track.npz"]
@@ -91,8 +96,11 @@ def test_remove_temps_leaves_young_ones_in_a_shared_folder(tmp_path: Path) -> No
 
 def test_one_numbering_rule_for_files_folders_and_ids(tmp_path: Path) -> None:
     used: set[str] = set()
-    assert [unique_name(n, used) for n in ("clip.mp4", "Clip.mp4", "clip.mp4")] == ["clip.mp4", "Clip-2.mp4",
-                                                                                     "clip-3.mp4"]
+    assert [unique_name(n, used) for n in ("clip.mp4", "Clip.mp4", "clip.mp4")] == [
+        "clip.mp4",
+        "Clip-2.mp4",
+        "clip-3.mp4",
+    ]
     assert numbered("lesson.01", 2, keep_suffix=False) == "lesson.01-2"
     (tmp_path / "job").mkdir()
     (tmp_path / "job-2").mkdir()

@@ -38,8 +38,9 @@ def test_an_interrupted_render_leaves_neither_video_nor_poster(tmp_path: Path) -
     )
     session = LipSyncSession(settings)
     presenter = presenter_video(tmp_path / "anna.mp4", seconds=1.0, size=(320, 180))
-    speech = session.audio(speech_wav(tmp_path / "s.wav", sentences=("Hello there.",), pause_seconds=0.1,
-                                      lead_seconds=0.1))
+    speech = session.audio(
+        speech_wav(tmp_path / "s.wav", sentences=("Hello there.",), pause_seconds=0.1, lead_seconds=0.1)
+    )
     rendered: list[int] = []
 
     def stop_late() -> bool:  # after most frames, the loudest one (the poster) included, are written
@@ -48,7 +49,12 @@ def test_an_interrupted_render_leaves_neither_video_nor_poster(tmp_path: Path) -
     out = tmp_path / "out" / "anna.mp4"
     out.parent.mkdir()
     with pytest.raises(Interrupted):
-        session.render(presenter, speech, out, should_stop=stop_late,
-                       on_progress=lambda p: rendered.append(p.frames_done) if p.stage == "render" else None)
+        session.render(
+            presenter,
+            speech,
+            out,
+            should_stop=stop_late,
+            on_progress=lambda p: rendered.append(p.frames_done) if p.stage == "render" else None,
+        )
     assert rendered and rendered[-1] > int(speech.loudness(25.0).argmax())  # the poster frame had been rendered
     assert list(out.parent.iterdir()) == []  # no video, no poster, no partial file

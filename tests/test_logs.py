@@ -128,9 +128,19 @@ def _run_child(fake_run: Path, fmt: str, job_log_path: Path, stderr: int | io.IO
     sender is made to talk to the test's socket.
     """
     command = [
-        "unshare", "--user", "--map-root-user", "--mount",
-        "sh", "-c", 'mount --bind "$0" /run && exec "$@"', str(fake_run),
-        sys.executable, "-c", _CHILD, fmt, str(job_log_path),
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        'mount --bind "$0" /run && exec "$@"',
+        str(fake_run),
+        sys.executable,
+        "-c",
+        _CHILD,
+        fmt,
+        str(job_log_path),
     ]
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, timeout=60)
 
@@ -174,7 +184,9 @@ def test_journald_native_fields(fake_run: Path, tmp_path: Path) -> None:
     assert stderr_path.read_text() == ""  # nothing went to the stderr stream
     lines = (tmp_path / "out" / "job.log").read_text().splitlines()
     assert [line.split()[2] for line in lines if not line.startswith(" ")] == [
-        "video.done", "frames.read", "video.failed"
+        "video.done",
+        "frames.read",
+        "video.failed",
     ]
 
 

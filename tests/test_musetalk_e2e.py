@@ -44,12 +44,17 @@ def models_with(musetalk_folder: Path, root: Path) -> Path:
 def test_session_renders_and_reuses_the_presenter(
     musetalk_folder: Path, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = Settings.model_validate({
-        "paths": {"inbox": tmp_path / "inbox", "outbox": tmp_path / "outbox",
-                  "models": models_with(musetalk_folder, tmp_path)},
-        "engine": {"device": "cpu", "batch_size": 8},
-        "video": {"preset": "ultrafast"},
-    })
+    settings = Settings.model_validate(
+        {
+            "paths": {
+                "inbox": tmp_path / "inbox",
+                "outbox": tmp_path / "outbox",
+                "models": models_with(musetalk_folder, tmp_path),
+            },
+            "engine": {"device": "cpu", "batch_size": 8},
+            "video": {"preset": "ultrafast"},
+        }
+    )
     session = LipSyncSession(settings)
     assert session.engine_name == "musetalk"  # auto: the files are complete
     photo = tmp_path / "photo.png"

@@ -50,15 +50,16 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     [
         ('[intake]\nsettle_seconds = "soon"\n', {}, "intake.settle_seconds"),
         ('[engine]\nname = "magic"\n', {}, "engine.name"),
-        ('[video]\ncrf = 99\n', {}, "video.crf"),
-        ('[faces]\nunknown_key = 1\n', {}, "faces.unknown_key"),
+        ("[video]\ncrf = 99\n", {}, "video.crf"),
+        ("[faces]\nunknown_key = 1\n", {}, "faces.unknown_key"),
         ('[outbox]\nnaming = "{name}.mp4"\n', {}, "outbox.naming"),
         ("", {"HEYGEMD_OUTBOX__NAMING": "sub/{stem}.mp4"}, "outbox.naming"),
         ("", {"HEYGEMD_INTAKE__OBSERVER": "carrier-pigeon"}, "intake.observer"),
     ],
 )
-def test_invalid_values_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
-                                         env: dict[str, str], named: str) -> None:
+def test_invalid_values_name_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict[str, str], named: str
+) -> None:
     cfg = write(tmp_path / "heygemd.toml", text)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -109,7 +109,10 @@ def test_hardening_keeps_the_gpu_usable(unit: Unit) -> None:
     }.items():
         assert one(unit, "Service", key) == expected, key
     assert set(values(unit, "Service", "DeviceAllow")) >= {
-        "char-nvidia* rw", "/dev/nvidiactl rw", "/dev/nvidia-uvm rw", "char-drm rw"
+        "char-nvidia* rw",
+        "/dev/nvidiactl rw",
+        "/dev/nvidia-uvm rw",
+        "char-drm rw",
     }
     assert not any(key == "MemoryDenyWriteExecute" for section in unit.values() for key, _ in section)
     assert service.get("PrivateDevices", "no") == "no"
@@ -167,8 +170,9 @@ EXPOSURE_LIMIT = 4.0
 
 def exposure(unit_path: Path) -> float:
     """The overall exposure level `systemd-analyze security --offline=true` gives a unit file."""
-    done = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit_path)], capture_output=True, text=True, timeout=120
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", done.stdout + done.stderr)
     if match is None:
         pytest.skip(f"systemd-analyze security --offline is not supported here: {(done.stderr or done.stdout)[-300:]}")
@@ -185,8 +189,11 @@ def test_unit_exposure_is_at_most_4() -> None:
 def test_exposure_check_notices_a_loosened_unit(tmp_path: Path) -> None:
     """Without the syscall filter and the empty capability set the same check fails: it measures something."""
     loose = tmp_path / "heygemd.service"
-    loose.write_text(re.sub(r"^(SystemCallFilter|CapabilityBoundingSet|RestrictAddressFamilies)=.*$", "",
-                            UNIT.read_text(), flags=re.M))
+    loose.write_text(
+        re.sub(
+            r"^(SystemCallFilter|CapabilityBoundingSet|RestrictAddressFamilies)=.*$", "", UNIT.read_text(), flags=re.M
+        )
+    )
     assert exposure(loose) > EXPOSURE_LIMIT
 
 
@@ -207,10 +214,27 @@ def test_sandbox_keeps_what_cuda_and_the_network_need(unit: Unit) -> None:
 
 
 SANDBOX_KEYS = (
-    "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ProtectKernelTunables", "ProtectKernelModules",
-    "ProtectKernelLogs", "ProtectControlGroups", "ProtectHostname", "ProtectClock", "RestrictSUIDSGID",
-    "RestrictRealtime", "RestrictNamespaces", "LockPersonality", "CapabilityBoundingSet", "SystemCallFilter",
-    "SystemCallErrorNumber", "SystemCallArchitectures", "RestrictAddressFamilies", "PrivateMounts", "RemoveIPC",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectHostname",
+    "ProtectClock",
+    "RestrictSUIDSGID",
+    "RestrictRealtime",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "CapabilityBoundingSet",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "SystemCallArchitectures",
+    "RestrictAddressFamilies",
+    "PrivateMounts",
+    "RemoveIPC",
     "ProtectProc",
 )
 """The unit's sandbox settings that a transient unit (systemd-run -p) takes as they are."""
@@ -230,15 +254,23 @@ def demo_job(root: Path) -> Path:
     (job / ".ready").touch()
     (root / "models").mkdir()
     config = root / "heygemd.toml"
-    config.write_text('[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
-                      '[engine]\nname = "mouthwarp"\ndevice = "cpu"\n[video]\npreset = "ultrafast"\n')
+    config.write_text(
+        '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
+        '[engine]\nname = "mouthwarp"\ndevice = "cpu"\n[video]\npreset = "ultrafast"\n'
+    )
     return config
 
 
 def filtered(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` under the unit's system-call filter (tests/seccomp_exec.py); skip where it cannot be built."""
-    done = subprocess.run([sys.executable, str(SECCOMP_EXEC), *argv], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json"})
+    done = subprocess.run(
+        [sys.executable, str(SECCOMP_EXEC), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json"},
+    )
     if done.returncode == 77:
         pytest.skip(f"no seccomp binding for this Python (apt-get install python3-seccomp): {done.stderr.strip()}")
     return done
@@ -248,8 +280,11 @@ def filtered(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_the_daemon_renders_under_the_units_syscall_filter(tmp_path: Path) -> None:
     """`heygemd once` (torch, ffmpeg, face detection, atomic writes, leases) needs no system call outside
     @system-service minus @privileged; the filter is really on: a privileged call fails with EPERM."""
-    probe = filtered(sys.executable, "-c", "import os\ntry:\n    os.setuid(os.getuid())\n"
-                     "except PermissionError:\n    print('refused')")
+    probe = filtered(
+        sys.executable,
+        "-c",
+        "import os\ntry:\n    os.setuid(os.getuid())\nexcept PermissionError:\n    print('refused')",
+    )
     assert probe.stdout.strip() == "refused", probe.stderr
     config = demo_job(tmp_path)
     done = filtered(sys.executable, "-m", "heygemd", "--config", str(config), "once", cwd=tmp_path)
@@ -275,15 +310,32 @@ def test_the_daemon_runs_under_the_units_sandbox(unit: Unit, tmp_path: Path) -> 
         pytest.skip(reason)
     config = demo_job(tmp_path)
     # PrivateTmp= and ProtectHome= would hide this test's own files (pytest's tmp_path, a venv under /home)
-    properties = [f"{key}={value}" for key, value in unit["Service"]
-                  if key in SANDBOX_KEYS and key not in ("PrivateTmp", "ProtectHome")]
+    properties = [
+        f"{key}={value}"
+        for key, value in unit["Service"]
+        if key in SANDBOX_KEYS and key not in ("PrivateTmp", "ProtectHome")
+    ]
     properties.append(f"ReadWritePaths={tmp_path}")
     if os.geteuid() != 0:
         properties = [p for p in properties if not p.startswith(("Protect", "PrivateMounts", "PrivateTmp"))]
-    argv = ["systemd-run", *([] if os.geteuid() == 0 else ["--user"]), "--wait", "--pipe", "--collect", "--quiet",
-            f"--working-directory={tmp_path}", "-E", "HEYGEMD_LOGGING__FORMAT=json",
-            *(arg for p in properties for arg in ("-p", p)),
-            sys.executable, "-m", "heygemd", "--config", str(config), "once"]
+    argv = [
+        "systemd-run",
+        *([] if os.geteuid() == 0 else ["--user"]),
+        "--wait",
+        "--pipe",
+        "--collect",
+        "--quiet",
+        f"--working-directory={tmp_path}",
+        "-E",
+        "HEYGEMD_LOGGING__FORMAT=json",
+        *(arg for p in properties for arg in ("-p", p)),
+        sys.executable,
+        "-m",
+        "heygemd",
+        "--config",
+        str(config),
+        "once",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     status = json.loads((tmp_path / "outbox" / "lesson" / "status.json").read_text())

@@ -29,9 +29,23 @@ def test_single_with_a_wav2lip_checkpoint(tmp_path: Path, heygemd_bin: Path) -> 
     cv2.imwrite(str(photo), portrait()[0:360, 60:420])
     out = tmp_path / "out" / "talking.mp4"
     proc = subprocess.run(
-        [str(heygemd_bin), "single", "--audio", str(audio), "--video", str(photo), "--out", str(out),
-         "--checkpoint", str(checkpoint), "--device", "cpu"],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(heygemd_bin),
+            "single",
+            "--audio",
+            str(audio),
+            "--video",
+            str(photo),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -56,9 +70,21 @@ def test_a_broken_checkpoint_fails_with_a_clear_message(tmp_path: Path, heygemd_
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), portrait())
     proc = subprocess.run(
-        [str(heygemd_bin), "single", "--audio", str(audio), "--video", str(photo), "--out", str(tmp_path / "o.mp4"),
-         "--checkpoint", str(bad)],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(heygemd_bin),
+            "single",
+            "--audio",
+            str(audio),
+            "--video",
+            str(photo),
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--checkpoint",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
     )
     assert proc.returncode == 1

@@ -109,8 +109,9 @@ def claim(
     claimed_root = Path(state_dir) / CLAIMED
     claimed_root.mkdir(parents=True, exist_ok=True)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
-    record = ClaimRecord(job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(),
-                         pid=os.getpid())
+    record = ClaimRecord(
+        job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(), pid=os.getpid()
+    )
     try:
         atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
         os.rename(candidate.path, reservation / INPUT_DIR)
@@ -209,7 +210,12 @@ def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_secon
 
 def take_over(claimed: ClaimedJob) -> ClaimedJob:
     """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
-    record = ClaimRecord(job_id=claimed.job_id, name=claimed.name, claimed_at=claimed.claimed_at,
-                         host=socket.gethostname(), pid=os.getpid())
+    record = ClaimRecord(
+        job_id=claimed.job_id,
+        name=claimed.name,
+        claimed_at=claimed.claimed_at,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
     atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
     return ClaimedJob(record.job_id, record.name, claimed.path, record.claimed_at, record.host, record.pid)

@@ -84,8 +84,7 @@ def _duration_problem(path: Path) -> str | None:
         ffprobe = find_tool("ffprobe")
     except ToolMissing:
         return None  # cannot tell; the job fails with TOOL_MISSING and its fix (heygemd check says so too)
-    argv = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-            media_url(path)]
+    argv = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", media_url(path)]
     try:
         result = run_probe(argv, path, timeout=60.0)
     except DecodeError:  # ffprobe hung (a stalled share): not readable yet

@@ -159,12 +159,20 @@ def load_job(
         raise JobError(
             "no presenter video or image in the job folder",
             path=folder,
-            hint="Add one or more videos (" + ", ".join(sorted(e[1:] for e in VIDEO_SUFFIXES)) + ") or images ("
-            + ", ".join(sorted(e[1:] for e in IMAGE_SUFFIXES)) + ").",
+            hint="Add one or more videos ("
+            + ", ".join(sorted(e[1:] for e in VIDEO_SUFFIXES))
+            + ") or images ("
+            + ", ".join(sorted(e[1:] for e in IMAGE_SUFFIXES))
+            + ").",
         )
     return JobSpec(
-        job_id=job_id, name=name, folder=folder, audio=audio, videos=videos,
-        ignored=sorted(ignored, key=natural_key), options=options,
+        job_id=job_id,
+        name=name,
+        folder=folder,
+        audio=audio,
+        videos=videos,
+        ignored=sorted(ignored, key=natural_key),
+        options=options,
     )
 
 
@@ -180,7 +188,7 @@ def _pick_audio(folder: Path, audios: list[Path], options: JobOptions, toml_path
             f"{JOB_TOML}: field 'audio': \"{wanted}\" is not an audio file in the job folder"
             + (f" (audio files: {listed})" if audios else ""),
             path=toml_path or folder,
-            hint="Set audio to the exact file name of one of the audio files, e.g. audio = \"voice.wav\".",
+            hint='Set audio to the exact file name of one of the audio files, e.g. audio = "voice.wav".',
         )
     if not audios:
         raise JobError(

@@ -57,8 +57,11 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
             if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:
                 continue
             if not encodable_name(entry.name):
-                log.warning("inbox.bad_name", folder=shown_name(entry.name),
-                            hint="The folder name is not valid UTF-8; rename it to take it as a job.")
+                log.warning(
+                    "inbox.bad_name",
+                    folder=shown_name(entry.name),
+                    hint="The folder name is not valid UTF-8; rename it to take it as a job.",
+                )
                 continue
             if state_dir is not None and _same_path(Path(entry.path), Path(state_dir)):
                 continue

@@ -209,8 +209,9 @@ class Service:
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
         self._now = now
-        claimed = (self._next_claimed(now) if self.resume_claimed else None) or \
-            (self._claim_next_ready() if self.may_claim() else None)
+        claimed = (self._next_claimed(now) if self.resume_claimed else None) or (
+            self._claim_next_ready() if self.may_claim() else None
+        )
         self._publish_waiting()
         if claimed is None:
             deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now)) if d is not None]
@@ -247,8 +248,11 @@ class Service:
         for claimed in claimed_jobs(self.settings.paths.state_dir):
             if self.retry_at.get(claimed.job_id, -float("inf")) > now or held_elsewhere(claimed):
                 continue
-            log.info("job.retrying" if claimed.job_id in self.retry_at else "job.resuming", job_id=claimed.job_id,
-                     previous_owner=f"{claimed.host}:{claimed.pid}")
+            log.info(
+                "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",
+                job_id=claimed.job_id,
+                previous_owner=f"{claimed.host}:{claimed.pid}",
+            )
             return take_over(claimed)
         return None
 
@@ -300,17 +304,28 @@ class Service:
         waiting_for = () if readiness.ready else readiness.waiting_for
         if waiting_for and self.waiting.get(name) != waiting_for:
             if readiness.in_flight:
-                log.info("job.waiting", job_name=name, in_flight=", ".join(f"{name}/{f}" for f in readiness.in_flight),
-                         hint="The job is taken once these files are complete (renamed or removed).")
+                log.info(
+                    "job.waiting",
+                    job_name=name,
+                    in_flight=", ".join(f"{name}/{f}" for f in readiness.in_flight),
+                    hint="The job is taken once these files are complete (renamed or removed).",
+                )
             else:
                 incomplete = ", ".join(f"{name}/{f}" for f in readiness.incomplete)
-                log.info("job.waiting", job_name=name, incomplete=incomplete,
-                         hint="The job is taken once these files are completely uploaded, or after "
-                         f"intake.incomplete_timeout ({self.settings.intake.incomplete_timeout:.0f} s) unchanged.")
+                log.info(
+                    "job.waiting",
+                    job_name=name,
+                    incomplete=incomplete,
+                    hint="The job is taken once these files are completely uploaded, or after "
+                    f"intake.incomplete_timeout ({self.settings.intake.incomplete_timeout:.0f} s) unchanged.",
+                )
         if readiness.reason is ReadyReason.TIMED_OUT:
-            log.warning("job.incomplete_timeout", job_name=name,
-                        incomplete=", ".join(f"{name}/{f}" for f in readiness.incomplete),
-                        hint="Taken although these files look incomplete; they fail with their own errors.")
+            log.warning(
+                "job.incomplete_timeout",
+                job_name=name,
+                incomplete=", ".join(f"{name}/{f}" for f in readiness.incomplete),
+                hint="Taken although these files look incomplete; they fail with their own errors.",
+            )
         self.waiting[name] = waiting_for
 
 
@@ -363,8 +378,13 @@ class _Stopping:
 def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -> None:
     paths = settings.paths
     sessions = Sessions(settings)
-    log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), engine=sessions.default.engine_name,
-             mode="once" if once else "run")
+    log.info(
+        "daemon.starting",
+        inbox=str(paths.inbox),
+        outbox=str(paths.outbox),
+        engine=sessions.default.engine_name,
+        mode="once" if once else "run",
+    )
     sessions.default.warm_up()
     stopping = _Stopping(stop, notifier)
 
@@ -402,11 +422,21 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
             _watch(settings, service, stopping, notifier, heartbeat, sessions)
 
 
-def _watch(settings: Settings, service: Service, stopping: _Stopping, notifier: Notifier, heartbeat: Heartbeat,
-           sessions: Sessions) -> None:
+def _watch(
+    settings: Settings,
+    service: Service,
+    stopping: _Stopping,
+    notifier: Notifier,
+    heartbeat: Heartbeat,
+    sessions: Sessions,
+) -> None:
     paths, intake_settings = settings.paths, settings.intake
-    watcher = InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
-                           poll_interval=intake_settings.poll_interval)
+    watcher = InboxWatcher(
+        paths.inbox,
+        state_dir=paths.state_dir,
+        observer=intake_settings.observer,
+        poll_interval=intake_settings.poll_interval,
+    )
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
         notifier.ready("idle, watching the inbox")
@@ -434,8 +464,9 @@ def _serve_intake(settings: Settings, stop: StopFlag, notifier: Notifier) -> Non
     paths, intake_settings = settings.paths, settings.intake
     publisher = Publisher(settings)
     stopping = _Stopping(stop, notifier)
-    log.info("daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), mode="intake",
-             broker=publisher.shown_url)
+    log.info(
+        "daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), mode="intake", broker=publisher.shown_url
+    )
 
     def publish(claimed: ClaimedJob) -> JobOutcome:
         # not published: the job stays claimed, and the rescan below publishes it once the broker is back
@@ -445,8 +476,12 @@ def _serve_intake(settings: Settings, stop: StopFlag, notifier: Notifier) -> Non
     empty_trash(paths.state_dir)  # deletes a killed worker left unfinished
     remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
     service = Service(settings, publish, resume_claimed=False, may_claim=publisher.reachable)
-    watcher = InboxWatcher(paths.inbox, state_dir=paths.state_dir, observer=intake_settings.observer,
-                           poll_interval=intake_settings.poll_interval)
+    watcher = InboxWatcher(
+        paths.inbox,
+        state_dir=paths.state_dir,
+        observer=intake_settings.observer,
+        poll_interval=intake_settings.poll_interval,
+    )
     with Heartbeat(notifier, watchdog_interval()) as heartbeat, watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
         notifier.ready("intake: watching the inbox")
@@ -507,7 +542,10 @@ CACHE_TEMP_MIN_AGE_S = 3600.0
 
 def _remove_cache_temps(cache_dir: Path) -> None:
     """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old."""
-    folders = [cache_dir, *(p for p in cache_dir.iterdir() if p.is_dir() and not p.is_symlink())] \
-        if cache_dir.is_dir() else []
+    folders = (
+        [cache_dir, *(p for p in cache_dir.iterdir() if p.is_dir() and not p.is_symlink())]
+        if cache_dir.is_dir()
+        else []
+    )
     for folder in folders:
         remove_temps(folder, min_age_s=CACHE_TEMP_MIN_AGE_S)

@@ -35,8 +35,26 @@ from heygemd.names import NameKind, classify_name
 ObserverKind = Literal["inotify", "polling"]
 
 NETWORK_FSTYPES: frozenset[str] = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "smb2", "9p", "ceph", "afs", "ncpfs", "lustre", "gpfs", "glusterfs",
-     "virtiofs", "vboxsf", "vmhgfs", "davfs", "sshfs"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "smb2",
+        "9p",
+        "ceph",
+        "afs",
+        "ncpfs",
+        "lustre",
+        "gpfs",
+        "glusterfs",
+        "virtiofs",
+        "vboxsf",
+        "vmhgfs",
+        "davfs",
+        "sshfs",
+    }
 )
 """Filesystems where inotify misses changes made by other machines (plus every ``fuse``/``fuse.*`` type)."""
 
@@ -132,8 +150,15 @@ def choose_observer(
 # ---------------------------------------------------------------------------------------------- watching
 
 _WATCHED_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
-    DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
 ]  # not opened/closed-no-write: reading the inbox must not wake the loop that reads it
 
 
@@ -254,5 +279,3 @@ class InboxWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

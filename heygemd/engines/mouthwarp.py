@@ -128,8 +128,7 @@ class Excess:
         return self.gap == 0.0 and self.jaw == 0.0 and self.width == 0.0
 
 
-def excess(landmarks: np.ndarray, rest: MouthState | None,
-           params: MouthWarpParams = MouthWarpParams()) -> Excess:
+def excess(landmarks: np.ndarray, rest: MouthState | None, params: MouthWarpParams = MouthWarpParams()) -> Excess:
     """How far the mouth of ``landmarks`` (68, 2) is from ``rest`` (``pipeline.mouth.rest_state``).
 
     Differences within ``params.rest_tolerance`` count as none; None (no rest known) or landmarks that are
@@ -240,12 +239,18 @@ def articulate(mels: np.ndarray, params: MouthWarpParams = MouthWarpParams()) ->
     loudness = loud @ weights
     opening = (loud * height) @ weights
     shape = np.divide((loud * spread) @ weights, loudness, out=np.zeros_like(loudness), where=loudness > 0)
-    return [Articulation(loudness=float(ld), opening=float(op), shape=float(sh))
-            for ld, op, sh in zip(loudness, opening, shape, strict=True)]
+    return [
+        Articulation(loudness=float(ld), opening=float(op), shape=float(sh))
+        for ld, op, sh in zip(loudness, opening, shape, strict=True)
+    ]
 
 
-def plan_motion(landmarks: np.ndarray, articulation: Articulation,
-                params: MouthWarpParams = MouthWarpParams(), beyond_rest: Excess = Excess()) -> MouthMotion:
+def plan_motion(
+    landmarks: np.ndarray,
+    articulation: Articulation,
+    params: MouthWarpParams = MouthWarpParams(),
+    beyond_rest: Excess = Excess(),
+) -> MouthMotion:
     """Move the lip, corner and jaw landmarks from the mouth as given to rest plus ``articulation``.
 
     ``beyond_rest`` (see ``excess``) is taken away first: the lips meet, the chin rises, the corners come
@@ -286,10 +291,18 @@ def plan_motion(landmarks: np.ndarray, articulation: Articulation,
     span = source[INNER_LOWER] - source[INNER_UPPER]
     seam_top = source[INNER_UPPER] + top_share * span
     seam_bottom = source[INNER_UPPER] + (top_share + cut) * span
-    return MouthMotion(source=source, target=target, across=across, down=down,
-                       mouth_width=mouth_width, reference=reference, seam_top=seam_top, seam_bottom=seam_bottom,
-                       opening_top=seam_top + target[INNER_UPPER] - source[INNER_UPPER],
-                       opening_bottom=seam_bottom + target[INNER_LOWER] - source[INNER_LOWER])
+    return MouthMotion(
+        source=source,
+        target=target,
+        across=across,
+        down=down,
+        mouth_width=mouth_width,
+        reference=reference,
+        seam_top=seam_top,
+        seam_bottom=seam_bottom,
+        opening_top=seam_top + target[INNER_UPPER] - source[INNER_UPPER],
+        opening_bottom=seam_bottom + target[INNER_LOWER] - source[INNER_LOWER],
+    )
 
 
 def inner_lip_gap(points: np.ndarray, down: np.ndarray) -> float:
@@ -299,8 +312,7 @@ def inner_lip_gap(points: np.ndarray, down: np.ndarray) -> float:
     return float(np.mean((points[pairs[:, 1]] - points[pairs[:, 0]]) @ down))
 
 
-def _shepard(points: np.ndarray, values: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-             sigma: float) -> np.ndarray:
+def _shepard(points: np.ndarray, values: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> np.ndarray:
     """Normalised Gaussian interpolation of ``values`` (n, 2) at ``points`` (n, 2), sampled at (xs, ys).
 
     A background weight (a virtual point 3 sigma away with value 0) lets the field fade to 0 far from
@@ -319,14 +331,20 @@ def _neck_anchors(motion: MouthMotion) -> np.ndarray:
     return motion.source[NECK] + motion.down * (0.22 * width)
 
 
-def _field(motion: MouthMotion, members: np.ndarray, seam: np.ndarray, edge: np.ndarray, xs: np.ndarray,
-           ys: np.ndarray, sigma: float) -> np.ndarray:
+def _field(
+    motion: MouthMotion,
+    members: np.ndarray,
+    seam: np.ndarray,
+    edge: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    sigma: float,
+) -> np.ndarray:
     """Backward offsets (source minus output position) from the moved ``members``, the seam points ``seam``
     moved to ``edge`` (the opening's top or bottom) and the still neck."""
     neck = _neck_anchors(motion)
     points = np.vstack([motion.target[members], edge[1:4], neck])
-    values = np.vstack([motion.source[members] - motion.target[members], seam[1:4] - edge[1:4],
-                        np.zeros_like(neck)])
+    values = np.vstack([motion.source[members] - motion.target[members], seam[1:4] - edge[1:4], np.zeros_like(neck)])
     return _shepard(points, values, xs, ys, sigma)
 
 
@@ -344,9 +362,14 @@ def _poly_mask(points: np.ndarray, shape: tuple[int, int], origin: np.ndarray) -
     return canvas.astype(np.float32) / 255.0
 
 
-def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulation,
-              params: MouthWarpParams = MouthWarpParams(), mask: np.ndarray | None = None,
-              rest: MouthState | None = None) -> WarpResult:
+def warp_crop(
+    crop: np.ndarray,
+    landmarks: np.ndarray,
+    articulation: Articulation,
+    params: MouthWarpParams = MouthWarpParams(),
+    mask: np.ndarray | None = None,
+    rest: MouthState | None = None,
+) -> WarpResult:
     """Set the mouth of one BGR uint8 crop for ``articulation``; same shape and dtype out.
 
     ``mask``: the crop's ``render.mouth_mask`` when the caller already has it (the pipeline pastes with it);
@@ -379,10 +402,12 @@ def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulatio
     gy = y0 + step * np.arange((rh - 1) // step + 2, dtype=np.float32)
     cx, cy = np.meshgrid(gx, gy)
     flat_x, flat_y = cx.ravel(), cy.ravel()
-    coarse_up = _field(motion, UPPER_FIELD, motion.seam_top, motion.opening_top, flat_x, flat_y,
-                       sigma).reshape(*cx.shape, 2)
-    coarse_low = _field(motion, LOWER_FIELD, motion.seam_bottom, motion.opening_bottom, flat_x, flat_y,
-                        sigma).reshape(*cx.shape, 2)
+    coarse_up = _field(motion, UPPER_FIELD, motion.seam_top, motion.opening_top, flat_x, flat_y, sigma).reshape(
+        *cx.shape, 2
+    )
+    coarse_low = _field(motion, LOWER_FIELD, motion.seam_bottom, motion.opening_bottom, flat_x, flat_y, sigma).reshape(
+        *cx.shape, 2
+    )
     px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
     grid_x, grid_y = (px - x0) / step, (py - y0) / step
     field_up = cv2.remap(coarse_up, grid_x, grid_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -410,16 +435,14 @@ def warp_crop(crop: np.ndarray, landmarks: np.ndarray, articulation: Articulatio
     offset = ((1.0 - below) * field_up + below * field_low) * weight
     map_x = (px + offset[..., 0]).astype(np.float32)
     map_y = (py + offset[..., 1]).astype(np.float32)
-    warped = cv2.remap(crop, map_x, map_y, cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
+    warped = cv2.remap(crop, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     changed = weight[..., 0] > 0
     window = _interior_window(motion, (y0, y1, x0, x1))
     if window is not None:
         wy0, wy1, wx0, wx1 = window
         inner = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
-        colour, alpha = _paint_interior(crop, motion, window, u[inner], t[inner], upper[inner], gap[inner],
-                                        inner_half)
+        colour, alpha = _paint_interior(crop, motion, window, u[inner], t[inner], upper[inner], gap[inner], inner_half)
         alpha *= changed[inner]
         part = warped[inner].astype(np.float32)
         part += (colour - part) * alpha[..., None]
@@ -481,14 +504,23 @@ def mouth_palette(crop: np.ndarray, landmarks: np.ndarray) -> MouthPalette:
         lip = _median_colour(roi, lips, fallback_lip)
         skin = _median_colour(roi, mouth == 0.0, lip)
     light = float(np.clip((0.114 * skin[0] + 0.587 * skin[1] + 0.299 * skin[2]) / 170.0, 0.35, 1.1))
-    return MouthPalette(cavity=lip * np.array([0.16, 0.17, 0.26], dtype=np.float32),
-                        tongue=lip * np.array([0.40, 0.42, 0.62], dtype=np.float32),
-                        teeth=np.array([196.0, 206.0, 214.0], dtype=np.float32) * light)
+    return MouthPalette(
+        cavity=lip * np.array([0.16, 0.17, 0.26], dtype=np.float32),
+        tongue=lip * np.array([0.40, 0.42, 0.62], dtype=np.float32),
+        teeth=np.array([196.0, 206.0, 214.0], dtype=np.float32) * light,
+    )
 
 
-def _paint_interior(crop: np.ndarray, motion: MouthMotion, window: tuple[int, int, int, int], u: np.ndarray,
-                    t: np.ndarray, upper: np.ndarray, gap: np.ndarray,
-                    inner_half: float) -> tuple[np.ndarray, np.ndarray]:
+def _paint_interior(
+    crop: np.ndarray,
+    motion: MouthMotion,
+    window: tuple[int, int, int, int],
+    u: np.ndarray,
+    t: np.ndarray,
+    upper: np.ndarray,
+    gap: np.ndarray,
+    inner_half: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Colour (wh, ww, 3 float32) and coverage (wh, ww float32) of the new opening inside ``window``.
 
     ``u``/``t`` are the window's pixels in mouth coordinates, ``upper`` the opening's top edge and ``gap``
@@ -548,14 +580,18 @@ class MouthWarpEngine:
         if self._closed:
             raise RuntimeError("MouthWarpEngine used after close()")
         if len(batch.landmarks) != len(batch) or len(batch.mels) != len(batch):
-            raise ValueError(f"batch of {len(batch)} crops has {len(batch.landmarks)} landmark sets "
-                             f"and {len(batch.mels)} mel windows")
+            raise ValueError(
+                f"batch of {len(batch)} crops has {len(batch.landmarks)} landmark sets "
+                f"and {len(batch.mels)} mel windows"
+            )
         if len(batch) == 0:
             return []
         moves = articulate(batch.mels, self._levels)
         masks = batch.masks if batch.masks is not None else [None] * len(batch)
-        return [warp_crop(crop, points, move, self._levels, mask, batch.mouth_rest).image
-                for crop, points, move, mask in zip(batch.crops, batch.landmarks, moves, masks, strict=True)]
+        return [
+            warp_crop(crop, points, move, self._levels, mask, batch.mouth_rest).image
+            for crop, points, move, mask in zip(batch.crops, batch.landmarks, moves, masks, strict=True)
+        ]
 
     def release(self) -> None:
         """Nothing is cached between batches; nothing to free."""

@@ -85,7 +85,7 @@ class MuseTalkModel:
             rgb = torch.from_numpy(np.ascontiguousarray(pixels[..., ::-1])).to(self.device)
             x = rgb.permute(0, 3, 1, 2).float() / 255.0
             masked = x.clone()
-            masked[:, :, CROP_SIZE // 2:, :] = 0.0  # before Normalize: the lower half becomes -1 (black)
+            masked[:, :, CROP_SIZE // 2 :, :] = 0.0  # before Normalize: the lower half becomes -1 (black)
             both = torch.cat([masked, x], dim=0)
             both = ((both - 0.5) / 0.5).to(self.dtype)
             mean = self.vae.encode(both).latent_dist.mean * self.scaling
@@ -169,8 +169,9 @@ class MuseTalkEngine:
         self.device = self._model.device
         self.identity = self._model.identity()
         self.prep_version = f"musetalk-v15-{self.identity}-{str(self._model.dtype).removeprefix('torch.')}"
-        self._batches = HalvingBatches(batch_size, device=self.device, what="a single 256x256 face",
-                                       path=self._model.files["unet"])
+        self._batches = HalvingBatches(
+            batch_size, device=self.device, what="a single 256x256 face", path=self._model.files["unet"]
+        )
         self.encoder_calls = 0
         """Crops VAE-encoded so far (a reused presenter's cached preparation adds none)."""
 
@@ -227,8 +228,10 @@ class MuseTalkEngine:
             faces[start:stop] = self.model.generate_from_latents(np.asarray(latents[start:stop]), prompts[start:stop])
 
         self._batches.run(count, infer)
-        return [cv2.resize(faces[i], (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
-                for i, crop in enumerate(batch.crops)]
+        return [
+            cv2.resize(faces[i], (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for i, crop in enumerate(batch.crops)
+        ]
 
     def release(self) -> None:
         """Return cached GPU memory to the driver between jobs; the model stays loaded."""
@@ -241,4 +244,3 @@ class MuseTalkEngine:
             self._model.close()
         self._model = None
         self.release()
-

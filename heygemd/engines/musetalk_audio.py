@@ -61,8 +61,14 @@ class WhisperFeatures:
     Computed once per job and shared by every video of it. ``close`` frees the backing file.
     """
 
-    def __init__(self, wav: np.ndarray, encoder: WhisperEncoder, extractor: WhisperFeatureExtractor,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        wav: np.ndarray,
+        encoder: WhisperEncoder,
+        extractor: WhisperFeatureExtractor,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
         self.samples = int(wav.size)
         self.steps = math.floor(self.samples / SAMPLE_RATE * STEPS_PER_SECOND)
@@ -73,13 +79,13 @@ class WhisperFeatures:
         for first in range(0, self.samples, SEGMENT_SAMPLES):
             if done >= self.steps:
                 break
-            segment = wav[first:first + SEGMENT_SAMPLES]
+            segment = wav[first : first + SEGMENT_SAMPLES]
             mel = extractor(segment, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
             with torch.inference_mode():
                 hidden = encoder(torch.from_numpy(mel).to(device, dtype), output_hidden_states=True).hidden_states
                 stacked = torch.stack(hidden, dim=2)[0].float().cpu().numpy()  # (1500, 5, 384)
             take = min(stacked.shape[0], self.steps - done)
-            self._states[done:done + take] = stacked[:take]
+            self._states[done : done + take] = stacked[:take]
             done += take
         self._states.flush()
 
@@ -113,9 +119,13 @@ class WhisperFeatures:
         self.close()
 
 
-def audio_prompts_with(wav: np.ndarray, encoder: WhisperEncoder, extractor: WhisperFeatureExtractor,
-                       fps: float, device: torch.device | None = None) -> np.ndarray:
+def audio_prompts_with(
+    wav: np.ndarray,
+    encoder: WhisperEncoder,
+    extractor: WhisperFeatureExtractor,
+    fps: float,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """The reference's (floor(seconds * fps), 50, 384) prompts of ``wav`` with an already loaded Whisper."""
     with WhisperFeatures(wav, encoder, extractor, device or torch.device("cpu"), torch.float32) as features:
         return features.windows(fps, 0, frames_in(features.samples, fps))
-

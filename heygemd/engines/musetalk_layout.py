@@ -32,7 +32,7 @@ HINT = (
     "Copy MuseTalk's model folders into models/musetalk/ as its download_weights.sh lays them out: "
     "musetalkV15/ (musetalk.json, unet.pth) from huggingface.co/TMElyralab/MuseTalk, sd-vae/ (config.json, "
     "diffusion_pytorch_model.bin) from stabilityai/sd-vae-ft-mse, whisper/ (config.json, pytorch_model.bin, "
-    "preprocessor_config.json) from openai/whisper-tiny; or choose engine = \"wav2lip\" or \"mouthwarp\"."
+    'preprocessor_config.json) from openai/whisper-tiny; or choose engine = "wav2lip" or "mouthwarp".'
 )
 """What to do about a missing or broken MuseTalk file (the hint of its BAD_CHECKPOINT)."""
 

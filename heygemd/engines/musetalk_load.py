@@ -34,8 +34,16 @@ HIDDEN_STATES = 5
 """Whisper hidden states stacked per 20 ms step: the embedding output plus 4 encoder layers (whisper-tiny)."""
 LATENT_CHANNELS = 4
 
-_READ_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError,
-                SafetensorError)
+_READ_ERRORS = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
 """What diffusers / transformers raise on a truncated or foreign weights file."""
 
 
@@ -79,18 +87,25 @@ def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
     except (TypeError, ValueError) as exc:
         raise _fail(f"not a UNet2DConditionModel config ({_detail(exc)})", config_path) from None
     if unet.config.in_channels != 2 * LATENT_CHANNELS or unet.config.cross_attention_dim != PROMPT_WIDTH:
-        raise _fail(f"in_channels {unet.config.in_channels} / cross_attention_dim {unet.config.cross_attention_dim}: "
-                    f"MuseTalk 1.5 has 8 / 384 (is this the v1.5 musetalk.json?)", config_path)
+        raise _fail(
+            f"in_channels {unet.config.in_channels} / cross_attention_dim {unet.config.cross_attention_dim}: "
+            f"MuseTalk 1.5 has 8 / 384 (is this the v1.5 musetalk.json?)",
+            config_path,
+        )
     state = read_state_dict(weights_path, hint=layout.HINT)
     expected = unet.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = ([f"missing {len(missing)} key(s): {listing(missing)}"] if missing else []) + (
-            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else [])
+            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else []
+        )
         raise _fail("; ".join(parts) + " (not the UNet of musetalk.json?)", weights_path)
-    wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
-             for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    wrong = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if wrong:
         raise _fail(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)}", weights_path)
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -117,12 +132,16 @@ def load_vae(files: layout.MuseTalkFiles) -> AutoencoderKL:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             vae, info = AutoencoderKL.from_pretrained(
-                files["vae_config"].parent, local_files_only=True, output_loading_info=True,
-                use_safetensors=weights.suffix == ".safetensors", low_cpu_mem_usage=False,
+                files["vae_config"].parent,
+                local_files_only=True,
+                output_loading_info=True,
+                use_safetensors=weights.suffix == ".safetensors",
+                low_cpu_mem_usage=False,
             )
     except _READ_ERRORS as exc:
-        raise _fail(f"cannot load the VAE, the file may be truncated or not sd-vae-ft-mse ({_detail(exc)})",
-                    weights) from None
+        raise _fail(
+            f"cannot load the VAE, the file may be truncated or not sd-vae-ft-mse ({_detail(exc)})", weights
+        ) from None
     problems = _loading_problems(info)
     if problems:
         raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
@@ -140,16 +159,16 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
         for name in names:
             if (whisper_dir / Path(name).name).is_file():
                 return whisper_dir / Path(name).name
-        raise _fail(f"MuseTalk file missing: {' or '.join(Path(n).name for n in names)}",
-                    whisper_dir / Path(names[-1]).name)
+        raise _fail(
+            f"MuseTalk file missing: {' or '.join(Path(n).name for n in names)}", whisper_dir / Path(names[-1]).name
+        )
 
     config_path, preprocessor = needed(layout.WHISPER_CONFIG), needed(layout.WHISPER_PREPROCESSOR)
     weights = needed(*layout.WHISPER_WEIGHTS)
     config = _read_json(config_path)
     d_model, layers = config.get("d_model"), config.get("encoder_layers")
     if d_model != PROMPT_WIDTH or layers != HIDDEN_STATES - 1:
-        raise _fail(f"d_model {d_model}, encoder_layers {layers}: MuseTalk 1.5 uses whisper-tiny (384, 4)",
-                    config_path)
+        raise _fail(f"d_model {d_model}, encoder_layers {layers}: MuseTalk 1.5 uses whisper-tiny (384, 4)", config_path)
     try:
         extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir, local_files_only=True)
     except _READ_ERRORS as exc:
@@ -159,12 +178,15 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded = WhisperModel.from_pretrained(
-                whisper_dir, local_files_only=True, output_loading_info=True,
+                whisper_dir,
+                local_files_only=True,
+                output_loading_info=True,
                 use_safetensors=weights.suffix == ".safetensors",
             )
     except _READ_ERRORS as exc:
-        raise _fail(f"cannot load Whisper, the file may be truncated or not whisper-tiny ({_detail(exc)})",
-                    weights) from None
+        raise _fail(
+            f"cannot load Whisper, the file may be truncated or not whisper-tiny ({_detail(exc)})", weights
+        ) from None
     # transformers annotates from_pretrained as returning the model; output_loading_info=True returns (model, info)
     model, info = cast(tuple[WhisperModel, dict[str, Any]], loaded)
     problems = _loading_problems(info)

@@ -6,9 +6,7 @@ import torch
 
 from heygemd.errors import ConfigError
 
-_CUDA_HINT = (
-    "Set engine.device = \"auto\" or \"cpu\"; \"cuda\" needs an NVIDIA GPU, its driver and a CUDA build of torch"
-)
+_CUDA_HINT = 'Set engine.device = "auto" or "cpu"; "cuda" needs an NVIDIA GPU, its driver and a CUDA build of torch'
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -25,25 +23,30 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ConfigError(f"engine.device: {spec!r} is not a device name",
-                          hint="Use auto, cpu, cuda or cuda:N.") from None
+        raise ConfigError(
+            f"engine.device: {spec!r} is not a device name", hint="Use auto, cpu, cuda or cuda:N."
+        ) from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = torch.version.cuda or "none (CPU-only build)"
-            raise ConfigError(f"engine.device: {text!r} requested but CUDA is not available (torch CUDA: {build})",
-                              hint=_CUDA_HINT)
+            raise ConfigError(
+                f"engine.device: {text!r} requested but CUDA is not available (torch CUDA: {build})", hint=_CUDA_HINT
+            )
         index = 0 if device.index is None else device.index
         count = torch.cuda.device_count()
         if index >= count:
-            raise ConfigError(f"engine.device: {text!r} requested but only {count} CUDA device(s) exist",
-                              hint=f"Use cuda:0 .. cuda:{count - 1}.")
+            raise ConfigError(
+                f"engine.device: {text!r} requested but only {count} CUDA device(s) exist",
+                hint=f"Use cuda:0 .. cuda:{count - 1}.",
+            )
         return torch.device("cuda", index)
     if device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(f"engine.device: {text!r} requested but Apple MPS is not available",
-                              hint="Use auto or cpu.")
+            raise ConfigError(
+                f"engine.device: {text!r} requested but Apple MPS is not available", hint="Use auto or cpu."
+            )
         return device
     raise ConfigError(f"engine.device: {text!r} is not supported", hint="Use auto, cpu, cuda or cuda:N.")
 
@@ -54,5 +57,7 @@ def describe_device(spec: str) -> str:
     if device.type != "cuda":
         return f"{device} (torch {torch.__version__})"
     props = torch.cuda.get_device_properties(device)
-    return (f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB "
-            f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+    return (
+        f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB "
+        f"(torch {torch.__version__}, CUDA {torch.version.cuda})"
+    )

@@ -58,10 +58,21 @@ def _probe_audio(path: Path) -> int:
     if not path.is_file():
         raise NotMedia("no such file", path=path, hint="The file disappeared or is not a regular file.")
     if path.stat().st_size == 0:
-        raise NotMedia("the file is empty (0 bytes)", path=path,
-                       hint="The file may still be copying, or the export failed; copy it again.")
-    cmd = [find_tool("ffprobe"), "-v", "error", "-show_entries", "stream=codec_type,channels", "-of", "json",
-           media_url(path)]
+        raise NotMedia(
+            "the file is empty (0 bytes)",
+            path=path,
+            hint="The file may still be copying, or the export failed; copy it again.",
+        )
+    cmd = [
+        find_tool("ffprobe"),
+        "-v",
+        "error",
+        "-show_entries",
+        "stream=codec_type,channels",
+        "-of",
+        "json",
+        media_url(path),
+    ]
     proc = run_probe(cmd, path)
     if proc.returncode != 0:
         reason = _last_line(proc.stderr)
@@ -94,8 +105,21 @@ def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """
     path = Path(path)
     channels = _probe_audio(path)
-    cmd = [find_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", media_url(path), "-map", "0:a:0",
-           "-ar", str(int(sample_rate)), "-f", "f32le", "-"]
+    cmd = [
+        find_tool("ffmpeg"),
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        media_url(path),
+        "-map",
+        "0:a:0",
+        "-ar",
+        str(int(sample_rate)),
+        "-f",
+        "f32le",
+        "-",
+    ]
     proc = run_probe(cmd, path, timeout=DECODE_TIMEOUT_S)
     if proc.returncode != 0:
         reason = _last_line(proc.stderr)
@@ -142,9 +166,10 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
     mel = np.empty((N_MELS, n_frames), dtype=np.float32)
     for first in range(0, n_frames, STFT_BLOCK_FRAMES):
         last = min(n_frames, first + STFT_BLOCK_FRAMES)
-        segment = padded[first * HOP_LENGTH:(last - 1) * HOP_LENGTH + N_FFT]
-        spectrum = librosa.stft(y=segment, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
-                                window="hann", center=False)
+        segment = padded[first * HOP_LENGTH : (last - 1) * HOP_LENGTH + N_FFT]
+        spectrum = librosa.stft(
+            y=segment, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window="hann", center=False
+        )
         mel[:, first:last] = normalize_mel(np.dot(_mel_basis(), np.abs(spectrum)))
     return mel
 
@@ -184,9 +209,9 @@ def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
     while True:
         start = int(i * multiplier)
         if start + MEL_STEP_SIZE > n_cols:
-            chunks.append(mel[:, n_cols - MEL_STEP_SIZE:])
+            chunks.append(mel[:, n_cols - MEL_STEP_SIZE :])
             break
-        chunks.append(mel[:, start:start + MEL_STEP_SIZE])
+        chunks.append(mel[:, start : start + MEL_STEP_SIZE])
         i += 1
     return np.stack(chunks).astype(np.float32, copy=False)
 

@@ -168,7 +168,7 @@ class S3FDDetector:
                 "S3FD face-detector weights not found",
                 path=s3fd_file,
                 hint=f"Put {S3FD_WEIGHTS} (from {FAN_URL_SOURCE}) in the models folder, "
-                "or set faces.detector = \"dlib\", which needs no weights.",
+                'or set faces.detector = "dlib", which needs no weights.',
             )
         fan_file = models_dir / FAN_WEIGHTS
         checkpoints = cache_dir / "torch-home" / "hub" / "checkpoints"
@@ -186,12 +186,19 @@ class S3FDDetector:
         try:
             self._build(checkpoints, use_fan, threshold, cache_dir / "torch-home")
         except (
-            RuntimeError, pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, AttributeError,
+            RuntimeError,
+            pickle.UnpicklingError,
+            EOFError,
+            IndexError,
+            KeyError,
+            ValueError,
+            AttributeError,
         ) as exc:
             raise CheckpointError(
-                f"cannot load the S3FD/2DFAN4 weights: {str(exc).strip().splitlines()[0][:200]}", path=models_dir,
+                f"cannot load the S3FD/2DFAN4 weights: {str(exc).strip().splitlines()[0][:200]}",
+                path=models_dir,
                 hint=f"Replace {S3FD_WEIGHTS} (and {FAN_WEIGHTS} if present) with intact copies from "
-                f"{FAN_URL_SOURCE}, or set faces.detector = \"dlib\".",
+                f'{FAN_URL_SOURCE}, or set faces.detector = "dlib".',
             ) from exc
         if not use_fan:
             self._dlib = DlibShapePredictor()
@@ -204,24 +211,30 @@ class S3FDDetector:
             from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
             if not use_fan:
-                self._sfd = SFDDetector(self.device, path_to_detector=str(checkpoints / S3FD_WEIGHTS),
-                                        filter_threshold=threshold)
+                self._sfd = SFDDetector(
+                    self.device, path_to_detector=str(checkpoints / S3FD_WEIGHTS), filter_threshold=threshold
+                )
             else:
                 # face_alignment would download a file missing from the hub folder; make sure it is there.
                 expected = Path(torch.hub.get_dir()) / "checkpoints" / FAN_WEIGHTS
                 if not expected.is_file():
                     raise CheckpointError(
                         "2DFAN4 weights are not where face_alignment looks for them (torch.hub.set_dir was "
-                        "called elsewhere?)", path=expected,
+                        "called elsewhere?)",
+                        path=expected,
                         hint="Remove 2DFAN4-11f355bf06.pth.tar from the models folder to use dlib landmarks.",
                     )
                 import face_alignment
 
                 self._fan = face_alignment.FaceAlignment(
-                    face_alignment.LandmarksType.TWO_D, device=self.device, flip_input=False,
+                    face_alignment.LandmarksType.TWO_D,
+                    device=self.device,
+                    flip_input=False,
                     face_detector="sfd",
-                    face_detector_kwargs={"path_to_detector": str(checkpoints / S3FD_WEIGHTS),
-                                          "filter_threshold": threshold},
+                    face_detector_kwargs={
+                        "path_to_detector": str(checkpoints / S3FD_WEIGHTS),
+                        "filter_threshold": threshold,
+                    },
                     compile=False,
                 )
                 self._sfd = self._fan.face_detector

@@ -66,8 +66,17 @@ from heygemd.pipeline.face_detectors import (
 from heygemd.settings import FacesSettings
 
 __all__ = [
-    "DetectorKind", "DlibDetector", "FaceDetector", "FaceTrack", "S3FDDetector", "TrackFileError",
-    "cached_track", "make_detector", "shape_predictor_path", "track_faces", "track_fingerprint",
+    "DetectorKind",
+    "DlibDetector",
+    "FaceDetector",
+    "FaceTrack",
+    "S3FDDetector",
+    "TrackFileError",
+    "cached_track",
+    "make_detector",
+    "shape_predictor_path",
+    "track_faces",
+    "track_fingerprint",
     "video_content_key",
 ]
 
@@ -243,8 +252,9 @@ def track_faces(
             )
 
         last_detection = state.detections[-1][0] if state.detections else None
-        must_detect = state.target is None or state.missing > 0 or last_detection is None \
-            or i - last_detection >= detect_every
+        must_detect = (
+            state.target is None or state.missing > 0 or last_detection is None or i - last_detection >= detect_every
+        )
         if must_detect:
             chosen = _choose(_detect_scaled(detector, frame, scale), state, frame_size, max_gap_frames)
             if chosen is None:
@@ -298,16 +308,18 @@ def track_faces(
     raw_marks[lost] = np.nan
     lips = np.asarray(contrast, dtype=np.float32)
     lips[lost] = np.nan
-    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name,
-                     lip_contrast=lips)
+    return FaceTrack(boxes=final, landmarks=raw_marks, frame_size=frame_size, detector=detector.name, lip_contrast=lips)
 
 
 def _detect_scaled(detector: FaceDetector, frame: np.ndarray, scale: float) -> list[np.ndarray]:
     """Detect on a copy downscaled by ``scale``; boxes come back in full-resolution pixels."""
     if scale >= 1.0:
         return [np.asarray(b, dtype=np.float32) for b in detector.detect(frame)]
-    small = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        frame,
+        (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
     return [np.asarray(b, dtype=np.float32) / scale for b in detector.detect(small)]
 
 
@@ -338,8 +350,9 @@ def _select_initial(faces: list[np.ndarray], frame_size: tuple[int, int], min_ar
     return min(tied, key=lambda f: float(np.linalg.norm(_centre(f) - centre)))
 
 
-def _choose(faces: list[np.ndarray], state: _TrackerState, frame_size: tuple[int, int],
-            max_gap_frames: int) -> np.ndarray | None:
+def _choose(
+    faces: list[np.ndarray], state: _TrackerState, frame_size: tuple[int, int], max_gap_frames: int
+) -> np.ndarray | None:
     """The target among this frame's faces, or None when it is not there."""
     if state.target is None:
         return _select_initial(faces, frame_size, 0.0)
@@ -356,7 +369,8 @@ def _choose(faces: list[np.ndarray], state: _TrackerState, frame_size: tuple[int
     reach = size * min(1.5, 0.75 + 0.1 * state.missing)
     ref_area = max(_area(ref), 1.0)
     near = [
-        (float(np.linalg.norm(_centre(f) - _centre(ref))), k) for k, f in enumerate(faces)
+        (float(np.linalg.norm(_centre(f) - _centre(ref))), k)
+        for k, f in enumerate(faces)
         if 0.4 <= _area(f) / ref_area <= 2.5
     ]
     near = [(d, k) for d, k in near if d <= reach]
@@ -396,8 +410,9 @@ def _lerp(a: np.ndarray, b: np.ndarray, count: int) -> np.ndarray:
     return (a[None] * (1 - t) + b[None] * t).astype(np.float32)
 
 
-def _fill_short_gaps(boxes: np.ndarray, marks: np.ndarray, has_face: np.ndarray,
-                     max_gap_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _fill_short_gaps(
+    boxes: np.ndarray, marks: np.ndarray, has_face: np.ndarray, max_gap_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Interpolate runs of at most ``max_gap_frames`` missing frames between two frames with a face."""
     boxes, marks = boxes.copy(), marks.copy()
     for start, stop in _runs(~has_face):
@@ -434,7 +449,7 @@ def _savgol(values: np.ndarray, window: int) -> np.ndarray:
     for j in range(n):
         h = min(half, j, n - 1 - j)
         if h >= 2:
-            out[j] = np.tensordot(weights[h], values[j - h:j + h + 1].astype(np.float64), axes=1)
+            out[j] = np.tensordot(weights[h], values[j - h : j + h + 1].astype(np.float64), axes=1)
     return out
 
 
@@ -464,8 +479,9 @@ def _smooth(boxes: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def _pad_and_clamp(boxes: np.ndarray, pads: tuple[int, int, int, int], frame_size: tuple[int, int],
-                   pad_reference_height: float | None) -> np.ndarray:
+def _pad_and_clamp(
+    boxes: np.ndarray, pads: tuple[int, int, int, int], frame_size: tuple[int, int], pad_reference_height: float | None
+) -> np.ndarray:
     """Add (top, bottom, left, right) pads, clamp to the frame; boxes under 2 px become NaN."""
     top, bottom, left, right = (float(p) for p in pads)
     factor = np.ones(len(boxes), dtype=np.float64)
@@ -507,8 +523,14 @@ def video_content_key(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def track_fingerprint(detector_name: str, pads: tuple[int, int, int, int], smooth_window: int,
-                      max_gap_frames: int, detect_max_side: int, **extra: object) -> str:
+def track_fingerprint(
+    detector_name: str,
+    pads: tuple[int, int, int, int],
+    smooth_window: int,
+    max_gap_frames: int,
+    detect_max_side: int,
+    **extra: object,
+) -> str:
     """16 hex characters naming everything that shapes a track, so changed settings recompute it.
 
     ``extra``: any further keyword that changes the result (e.g. ``detect_every``, ``pad_reference_height``);

@@ -15,8 +15,10 @@ import numpy as np
 from heygemd.errors import ErrorInfo
 from heygemd.pipeline.faces import FaceTrack
 
-HINT = ("The weights-free engine cannot draw a credible mouth in this footage; render it with engine "
-        "'musetalk' or 'wav2lip': engine = \"wav2lip\" in the job's job.toml, or engine.name in the configuration.")
+HINT = (
+    "The weights-free engine cannot draw a credible mouth in this footage; render it with engine "
+    "'musetalk' or 'wav2lip': engine = \"wav2lip\" in the job's job.toml, or engine.name in the configuration."
+)
 
 COVERED_CONTRAST = 3.0
 """A frame's mouth counts as covered when its lips are redder than the skin around them by less than this
@@ -60,17 +62,32 @@ def footage_warnings(track: FaceTrack, path: Path) -> list[ErrorInfo]:
     if measured.size:
         covered = float(np.mean(measured < COVERED_CONTRAST))
         if covered >= COVERED_SHARE:
-            warnings.append(ErrorInfo(COVERED, f"{path}: the mouth is hidden (a hand, a phone or a microphone in "
-                                               f"front of it?) in {covered:.0%} of the frames", HINT))
+            warnings.append(
+                ErrorInfo(
+                    COVERED,
+                    f"{path}: the mouth is hidden (a hand, a phone or a microphone in "
+                    f"front of it?) in {covered:.0%} of the frames",
+                    HINT,
+                )
+            )
 
     turned = float(np.mean(profile_balance(marks) < PROFILE_BALANCE))
     if turned >= PROFILE_SHARE:
-        warnings.append(ErrorInfo(PROFILE, f"{path}: the face is turned to the side (profile view) in "
-                                           f"{turned:.0%} of the frames", HINT))
+        warnings.append(
+            ErrorInfo(
+                PROFILE, f"{path}: the face is turned to the side (profile view) in {turned:.0%} of the frames", HINT
+            )
+        )
 
     mouth_px = float(np.median(np.linalg.norm(marks[:, 54] - marks[:, 48], axis=-1)))
     if mouth_px < MIN_MOUTH_PX:
-        warnings.append(ErrorInfo(TOO_SMALL, f"{path}: the face is too small for its mouth to be seen: the mouth "
-                                             f"is about {mouth_px:.0f} px wide (at least {MIN_MOUTH_PX:.0f} px "
-                                             f"needed)", HINT))
+        warnings.append(
+            ErrorInfo(
+                TOO_SMALL,
+                f"{path}: the face is too small for its mouth to be seen: the mouth "
+                f"is about {mouth_px:.0f} px wide (at least {MIN_MOUTH_PX:.0f} px "
+                f"needed)",
+                HINT,
+            )
+        )
     return warnings

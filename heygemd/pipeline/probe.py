@@ -150,9 +150,18 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     codec = str(video.get("codec_name", "unknown"))
     pix_fmt = str(video.get("pix_fmt", ""))
     common = _CommonFields(
-        path=path, width=width, height=height, is_still=is_still, rotation=rotation, codec=codec,
-        pix_fmt=pix_fmt, bit_depth=_bit_depth(video), has_audio=has_audio, stream_index=int(video.get("index", 0)),
-        hdr=video.get("color_transfer") in HDR_TRANSFERS, square_size=(raw_w, raw_h) if sar != 1 else None,
+        path=path,
+        width=width,
+        height=height,
+        is_still=is_still,
+        rotation=rotation,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        bit_depth=_bit_depth(video),
+        has_audio=has_audio,
+        stream_index=int(video.get("index", 0)),
+        hdr=video.get("color_transfer") in HDR_TRANSFERS,
+        square_size=(raw_w, raw_h) if sar != 1 else None,
     )
     if is_still:
         fps = _clamp_fps(still_fps)
@@ -169,8 +178,11 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     nb_frames = _int_or_none(video.get("nb_frames"))
     if nb_frames == 0:
         raise DecodeError("the video stream holds no frames", path=path)
-    if nb_frames is not None and not is_vfr and fps == nominal and (
-        duration is None or abs(nb_frames - duration * fps) <= 1.0
+    if (
+        nb_frames is not None
+        and not is_vfr
+        and fps == nominal
+        and (duration is None or abs(nb_frames - duration * fps) <= 1.0)
     ):
         frame_count = nb_frames  # exact; but an MP4 edit list (a trimmed copy) hides some samples: use duration
     elif duration is not None:
@@ -246,13 +258,27 @@ def _stream_rotation(stream: dict) -> int:
 def _still_rotation(ffprobe: str, path: Path) -> int:
     """Clockwise degrees to make an image upright, from the decoded frame's EXIF display matrix."""
     result = run_probe(
-        [ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1", "-show_frames",
-         "-show_entries", "frame_side_data", "-of", "json", media_url(path)],
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            "%+#1",
+            "-show_frames",
+            "-show_entries",
+            "frame_side_data",
+            "-of",
+            "json",
+            media_url(path),
+        ],
         path,
     )
     if result.returncode != 0:
-        raise DecodeError(f"the image cannot be decoded: {_last_line(result.stderr.decode(errors='replace'))}",
-                          path=path)
+        raise DecodeError(
+            f"the image cannot be decoded: {_last_line(result.stderr.decode(errors='replace'))}", path=path
+        )
     frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
     if not frames:
         raise DecodeError("the image holds no picture", path=path)
@@ -358,4 +384,3 @@ def _check_mp4_complete(path: Path) -> None:
                 f"the file is truncated: its '{name}' box needs {offset + size} bytes but the file has {file_size}",
                 path=path,
             )
-

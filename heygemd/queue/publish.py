@@ -35,9 +35,13 @@ class Publisher:
         cannot be queued would wait unseen, while one left in the inbox is still the user's."""
         problem = self.broker.problem()
         if problem is not None and problem != self._problem:
-            log.warning("queue.unreachable", broker=self.shown_url, error=problem,
-                        hint="Jobs stay in the inbox until Redis answers again; check redis-server and "
-                        "queue.broker (heygemd check).")
+            log.warning(
+                "queue.unreachable",
+                broker=self.shown_url,
+                error=problem,
+                hint="Jobs stay in the inbox until Redis answers again; check redis-server and "
+                "queue.broker (heygemd check).",
+            )
         elif problem is None and self._problem is not None:
             log.info("queue.reachable", broker=self.shown_url)
         self._problem = problem
@@ -47,8 +51,9 @@ class Publisher:
         """The job's queue: by the engine its job.toml asks for (a job that cannot be read goes to the common
         queue, and the worker records why it fails)."""
         try:
-            engine = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name,
-                              ready_marker=self.settings.intake.ready_marker).options.engine
+            engine = load_job(
+                claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=self.settings.intake.ready_marker
+            ).options.engine
         except (HeygemdError, OSError):
             engine = None
         return queue_for(self.settings.queue, engine)
@@ -59,16 +64,30 @@ class Publisher:
         try:
             disown(claimed)
         except OSError as exc:  # claim.json refused by the share: a worker would take the intake for its owner
-            log.warning("job.publish_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}",
-                        hint="The job stays claimed and is published at a later rescan.")
+            log.warning(
+                "job.publish_failed",
+                job_id=claimed.job_id,
+                error=f"{exc.filename}: {exc.strerror}",
+                hint="The job stays claimed and is published at a later rescan.",
+            )
             return False
         queue = self.queue_of(claimed)
         try:
-            self.app.send_task(TASK_NAME, kwargs={"job_id": claimed.job_id, "claim_path": str(claimed.path)},
-                               task_id=task_id(claimed.job_id), queue=queue, retry=False)
+            self.app.send_task(
+                TASK_NAME,
+                kwargs={"job_id": claimed.job_id, "claim_path": str(claimed.path)},
+                task_id=task_id(claimed.job_id),
+                queue=queue,
+                retry=False,
+            )
         except PublishError as exc:
-            log.warning("job.publish_failed", job_id=claimed.job_id, broker=self.shown_url, error=str(exc),
-                        hint="The job stays claimed and is published when the broker is back.")
+            log.warning(
+                "job.publish_failed",
+                job_id=claimed.job_id,
+                broker=self.shown_url,
+                error=str(exc),
+                hint="The job stays claimed and is published when the broker is back.",
+            )
             return False
         log.info("job.published", job_id=claimed.job_id, queue=queue, task_id=task_id(claimed.job_id))
         return True
@@ -78,15 +97,21 @@ class Publisher:
         owner in claim.json, at two checks in a row (a worker may be between taking a task and locking the
         job). Returns the republished job ids."""
         queued = self.broker.queued_task_ids(self.queue_of(job) for job in claimed)
-        lost = [job for job in claimed
-                if task_id(job.job_id) not in queued and not self.broker.locked(job.job_id) and not held_elsewhere(job)]
+        lost = [
+            job
+            for job in claimed
+            if task_id(job.job_id) not in queued and not self.broker.locked(job.job_id) and not held_elsewhere(job)
+        ]
         republished = []
         for job in lost:
             if job.job_id in self._suspects:
-                log.warning("job.task_lost", job_id=job.job_id, hint="Its task is not in the broker (flushed, or "
-                            "Redis restarted without persistence): published again.")
+                log.warning(
+                    "job.task_lost",
+                    job_id=job.job_id,
+                    hint="Its task is not in the broker (flushed, or "
+                    "Redis restarted without persistence): published again.",
+                )
                 if self.publish(job):
                     republished.append(job.job_id)
         self._suspects = {job.job_id for job in lost} - set(republished)
         return republished
-

@@ -56,8 +56,9 @@ class TaskResult:
 class _Beats:
     """While a job runs: renew its lock, its claim lease and its task's visibility every ``interval`` s."""
 
-    def __init__(self, broker: Broker, claimed: ClaimedJob, owner: str, interval: float,
-                 delivery_tag: str | None) -> None:
+    def __init__(
+        self, broker: Broker, claimed: ClaimedJob, owner: str, interval: float, delivery_tag: str | None
+    ) -> None:
         self.broker, self.claimed, self.owner, self.interval = broker, claimed, owner, interval
         self.delivery_tag = delivery_tag
         self._stop = threading.Event()
@@ -80,9 +81,11 @@ class _Beats:
                 log.warning("job.lease_renew_failed", job_id=self.claimed.job_id, error=exc.strerror or str(exc))
             try:
                 if not self.broker.renew(self.claimed.job_id, self.owner, self.interval * MISSED_HEARTBEATS):
-                    log.error("job.lock_lost", job_id=self.claimed.job_id,
-                              hint="Another worker holds this job's lock; it stands back while claim.json names "
-                              "this worker.")
+                    log.error(
+                        "job.lock_lost",
+                        job_id=self.claimed.job_id,
+                        hint="Another worker holds this job's lock; it stands back while claim.json names this worker.",
+                    )
                 if self.delivery_tag:
                     self.broker.extend_visibility(self.delivery_tag)
             except BrokerError as exc:  # Redis away: the job goes on, the lock is taken again when it is back
@@ -96,8 +99,9 @@ class _Beats:
 class JobRunner:
     """Runs the tasks of one worker process: its warm engines, its stop flag, its name in status.json."""
 
-    def __init__(self, settings: Settings, sessions: Sessions, *, should_stop: Callable[[], bool], worker: str,
-                 device: str) -> None:
+    def __init__(
+        self, settings: Settings, sessions: Sessions, *, should_stop: Callable[[], bool], worker: str, device: str
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.broker = Broker(settings.queue.broker)

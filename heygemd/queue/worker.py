@@ -46,14 +46,22 @@ def default_node_name(device: str) -> str:
 def run_worker(settings: Settings, *, name: str | None = None) -> int:
     """Serve the farm's tasks until stopped. Returns the process exit status."""
     if not settings.queue.broker:
-        raise ConfigError("queue.broker is not set: a worker needs the farm's Redis",
-                          hint='Set [queue] broker = "redis://:PASSWORD@HOST:6379/0" (or HEYGEMD_QUEUE__BROKER).')
+        raise ConfigError(
+            "queue.broker is not set: a worker needs the farm's Redis",
+            hint='Set [queue] broker = "redis://:PASSWORD@HOST:6379/0" (or HEYGEMD_QUEUE__BROKER).',
+        )
     settings.paths.outbox.mkdir(parents=True, exist_ok=True)
     sessions = Sessions(settings)
     node = name or default_node_name(settings.engine.device)
     queues = worker_queues(settings.queue, sessions.default.engine_name)
-    log.info("worker.starting", worker=node, engine=sessions.default.engine_name, device=settings.engine.device,
-             queues=", ".join(queues), outbox=str(settings.paths.outbox))
+    log.info(
+        "worker.starting",
+        worker=node,
+        engine=sessions.default.engine_name,
+        device=settings.engine.device,
+        queues=", ".join(queues),
+        outbox=str(settings.paths.outbox),
+    )
     sessions.default.warm_up()
 
     stop = ShutdownFlag()
@@ -81,9 +89,18 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             raise Reject("stopped: the job goes back to its queue", requeue=True)
         return result.action if result.outcome is None else result.outcome.value
 
-    worker = app.Worker(hostname=node, concurrency=1, pool_cls="solo", queues=queues, prefetch_multiplier=1,
-                        without_mingle=True, without_gossip=True, optimization="fair", quiet=True,
-                        loglevel=settings.logging.level.upper())
+    worker = app.Worker(
+        hostname=node,
+        concurrency=1,
+        pool_cls="solo",
+        queues=queues,
+        prefetch_multiplier=1,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+        quiet=True,
+        loglevel=settings.logging.level.upper(),
+    )
     worker.start()
     notifier.stopping("stopped")
     log.info("worker.stopped", worker=node)

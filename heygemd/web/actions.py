@@ -97,8 +97,13 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
                     raise disk_full(f"{job_id}/{name}") from None
                 raise
         mark_ready(staging, settings.intake.ready_marker)
-        return publish(staging, name=f"{status.job_name}-retry", inbox=settings.paths.inbox,
-                       outbox=settings.paths.outbox, state_dir=settings.paths.state_dir)
+        return publish(
+            staging,
+            name=f"{status.job_name}-retry",
+            inbox=settings.paths.inbox,
+            outbox=settings.paths.outbox,
+            state_dir=settings.paths.state_dir,
+        )
     except BaseException:
         discard(staging)
         raise

@@ -37,19 +37,30 @@ log = structlog.get_logger("heygemd.web")
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["audio", "videos"],
-            "properties": {
-                "audio": {"type": "string", "format": "binary", "description": "The speech (wav, mp3, m4a, ...)."},
-                "videos": {"type": "array", "items": {"type": "string", "format": "binary"},
-                           "description": "Presenter videos or still photos; repeat the field for each file."},
-                "name": {"type": "string", "description": "Job name (default: the audio's name)."},
-                "engine": {"type": "string", "enum": ["auto", "wav2lip", "mouthwarp"]},
-                "loop_mode": {"type": "string", "enum": ["pingpong", "loop"]},
-                "crf": {"type": "integer", "minimum": 0, "maximum": 51},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["audio", "videos"],
+                    "properties": {
+                        "audio": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The speech (wav, mp3, m4a, ...).",
+                        },
+                        "videos": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Presenter videos or still photos; repeat the field for each file.",
+                        },
+                        "name": {"type": "string", "description": "Job name (default: the audio's name)."},
+                        "engine": {"type": "string", "enum": ["auto", "wav2lip", "mouthwarp"]},
+                        "loop_mode": {"type": "string", "enum": ["pingpong", "loop"]},
+                        "crf": {"type": "integer", "minimum": 0, "maximum": 51},
+                    },
+                }
+            }
+        },
     }
 }
 ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -104,22 +115,27 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     @api.get("/health", summary="Is the server up; the active engine and whether the worker is busy")
     def health() -> Health:
         m = catalog.machine()
-        return Health(status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current,
-                      queued=m.queued)
+        return Health(
+            status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current, queued=m.queued
+        )
 
     @api.get("/jobs", summary="Every job, newest first, one page at a time")
     def list_jobs(page: Annotated[int, Query(ge=1)] = 1) -> JobPage:
         jobs, total = catalog.page(page, web.page_size)
-        return JobPage(jobs=jobs, page=page, page_size=web.page_size, total=total,
-                       pages=pages_of(total, web.page_size))
+        return JobPage(jobs=jobs, page=page, page_size=web.page_size, total=total, pages=pages_of(total, web.page_size))
 
-    @api.post("/jobs", status_code=201, summary="Submit a job: one audio, one or more videos, options",
-              openapi_extra=UPLOAD_BODY)
+    @api.post(
+        "/jobs",
+        status_code=201,
+        summary="Submit a job: one audio, one or more videos, options",
+        openapi_extra=UPLOAD_BODY,
+    )
     async def submit(request: Request) -> Submitted:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_total_bytes + MULTIPART_OVERHEAD:
-            raise TooLarge(f"the upload ({int(length) / 2**20:.0f} MiB) is larger than web.max_total_mb = "
-                           f"{web.max_total_mb:g} MiB")
+            raise TooLarge(
+                f"the upload ({int(length) / 2**20:.0f} MiB) is larger than web.max_total_mb = {web.max_total_mb:g} MiB"
+            )
         staging = await run_in_threadpool(new_staging, state)
         receiver: MultipartJob | None = None
         try:
@@ -152,8 +168,9 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
             if text := job_toml(options):
                 (staging / JOB_TOML).write_text(text, encoding="utf-8")
             mark_ready(staging, settings.intake.ready_marker)
-            return publish(staging, name=name or "job", inbox=settings.paths.inbox, outbox=settings.paths.outbox,
-                           state_dir=state)
+            return publish(
+                staging, name=name or "job", inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
+            )
         except OSError as exc:
             if is_disk_full(exc):
                 raise disk_full(f"job {name!r}") from None
@@ -163,20 +180,30 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     def get_job(job_id: str) -> JobStatus:
         return catalog.status(job_id)
 
-    @api.get("/jobs/{job_id}/files/{name}", summary="One file of the job's outbox folder (an output, a poster, "
-             "job.log, status.json)", response_class=FileResponse)
+    @api.get(
+        "/jobs/{job_id}/files/{name}",
+        summary="One file of the job's outbox folder (an output, a poster, job.log, status.json)",
+        response_class=FileResponse,
+    )
     def get_file(job_id: str, name: str, download: bool = False) -> FileResponse:
         path = catalog.file(job_id, name)
-        return FileResponse(path, filename=name if download else None,
-                            content_disposition_type="attachment" if download else "inline")
+        return FileResponse(
+            path, filename=name if download else None, content_disposition_type="attachment" if download else "inline"
+        )
 
-    @api.get("/jobs/{job_id}/outputs.zip", summary="Every file of the job's outbox folder as one ZIP (streamed)",
-             response_class=StreamingResponse)
+    @api.get(
+        "/jobs/{job_id}/outputs.zip",
+        summary="Every file of the job's outbox folder as one ZIP (streamed)",
+        response_class=StreamingResponse,
+    )
     def get_zip(job_id: str) -> StreamingResponse:
         files = catalog.files(job_id)
         quoted = urllib.parse.quote(f"{job_id}.zip", safe="")
-        return StreamingResponse(stream_zip(files), media_type="application/zip",
-                                 headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"})
+        return StreamingResponse(
+            stream_zip(files),
+            media_type="application/zip",
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"},
+        )
 
     @api.post("/jobs/{job_id}/retry", status_code=201, summary="Submit the job's failed videos again, as a new job")
     def retry(job_id: str) -> Submitted:
@@ -190,10 +217,16 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
         log.info("web.job_deleted", job_id=job_id)
         return Deleted(deleted=job_id)
 
-    @api.get("/events", summary="Server-Sent Events: 'job' (a status document), 'removed', 'machine'",
-             response_class=StreamingResponse)
+    @api.get(
+        "/events",
+        summary="Server-Sent Events: 'job' (a status document), 'removed', 'machine'",
+        response_class=StreamingResponse,
+    )
     async def events(request: Request, job: str | None = None) -> StreamingResponse:
-        return StreamingResponse(event_stream(catalog, job, request.is_disconnected), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            event_stream(catalog, job, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     return api

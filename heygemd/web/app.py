@@ -46,9 +46,15 @@ def create_app(settings: Settings) -> FastAPI:
     clean_stale(settings.paths.state_dir)
     actions.empty_outbox_trash(settings.paths.outbox)
 
-    app = FastAPI(title="heygemd", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
-                  "download the results. Authenticate with 'Authorization: Bearer <web.token>'.")
+    app = FastAPI(
+        title="heygemd",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
+        "download the results. Authenticate with 'Authorization: Bearer <web.token>'.",
+    )
     render = Renderer(catalog, gate)
 
     # -- guards
@@ -57,8 +63,13 @@ def create_app(settings: Settings) -> FastAPI:
         return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE))
 
     def same_origin(request: Request, via: Via) -> None:
-        check_same_origin(request.method, via, request.headers.get("host"), request.headers.get("origin"),
-                          request.headers.get("referer"))
+        check_same_origin(
+            request.method,
+            via,
+            request.headers.get("host"),
+            request.headers.get("origin"),
+            request.headers.get("referer"),
+        )
 
     def api_guard(request: Request) -> Via:
         via = admit(request)
@@ -92,8 +103,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
-        body = Problem(code="NOT_FOUND" if exc.status_code == 404 else f"HTTP_{exc.status_code}",
-                       message=str(exc.detail), hint="See /docs for the API's paths.")
+        body = Problem(
+            code="NOT_FOUND" if exc.status_code == 404 else f"HTTP_{exc.status_code}",
+            message=str(exc.detail),
+            hint="See /docs for the API's paths.",
+        )
         return JSONResponse(body.model_dump(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)

@@ -43,7 +43,7 @@ def check_bind(web: WebSettings) -> None:
         raise ConfigError(
             f"web.host = {web.host!r} is reachable from other machines, but no web.token is set; refusing to start",
             hint="Set a long random token in HEYGEMD_WEB__TOKEN (e.g. from `openssl rand -hex 32`), "
-            "or bind web.host = \"127.0.0.1\" behind a reverse proxy.",
+            'or bind web.host = "127.0.0.1" behind a reverse proxy.',
         )
 
 

@@ -32,8 +32,14 @@ TRASH_DIR = ".heygemd-trash"
 
 def plain_name(name: str) -> bool:
     """A single path component that is an ordinary (non-hidden, non-junk) name."""
-    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name \
-        and name not in (".", "..") and classify_name(name) is NameKind.NORMAL
+    return (
+        bool(name)
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and name not in (".", "..")
+        and classify_name(name) is NameKind.NORMAL
+    )
 
 
 def _real_dir(path: Path) -> bool:
@@ -120,8 +126,17 @@ class Catalog:
                 audio = fname
             elif is_presenter(Path(fname)):
                 videos.append(VideoStatus(input=fname))
-        return JobStatus(job_id=job_id, job_name=name, state="queued", created=created, updated=created,
-                         host="", pid=0, audio=AudioStatus(file=audio) if audio else None, videos=videos)
+        return JobStatus(
+            job_id=job_id,
+            job_name=name,
+            state="queued",
+            created=created,
+            updated=created,
+            host="",
+            pid=0,
+            audio=AudioStatus(file=audio) if audio else None,
+            videos=videos,
+        )
 
     def file(self, job_id: str, name: str) -> Path:
         """A file of the job's outbox folder, for download (NotFound unless a plain regular file there)."""
@@ -180,7 +195,7 @@ class Catalog:
         """One page (1-based) of jobs, newest first, and the total number of jobs."""
         statuses = self.all_statuses()
         start = (max(1, page) - 1) * page_size
-        return statuses[start:start + page_size], len(statuses)
+        return statuses[start : start + page_size], len(statuses)
 
     def signatures(self, job_id: str | None = None) -> dict[str, tuple[int, int]]:
         """A cheap fingerprint per job (status.json mtime and size; inbox/claim folders by mtime) to notice changes."""

@@ -69,8 +69,9 @@ class ChangeFeed:
         return out
 
 
-async def event_stream(catalog: Catalog, job_id: str | None,
-                       disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
+async def event_stream(
+    catalog: Catalog, job_id: str | None, disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
     """The event stream for one client: every job (``job_id`` None) or one job."""
     yield "retry: 1000\n\n"
     feed = ChangeFeed(catalog, job_id)

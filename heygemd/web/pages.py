@@ -34,12 +34,20 @@ class Renderer:
 
     def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(template).render(
-            request=request, machine=self.catalog.machine(), token_required=self.gate.required, **context)
+            request=request, machine=self.catalog.machine(), token_required=self.gate.required, **context
+        )
         return HTMLResponse(html, status_code=status_code)
 
 
-def pages_router(settings: Settings, catalog: Catalog, gate: Gate, render: Renderer, app: FastAPI,
-                 guard: Callable[..., object], same_origin: Callable[[Request, Via], None]) -> APIRouter:
+def pages_router(
+    settings: Settings,
+    catalog: Catalog,
+    gate: Gate,
+    render: Renderer,
+    app: FastAPI,
+    guard: Callable[..., object],
+    same_origin: Callable[[Request, Via], None],
+) -> APIRouter:
     web = settings.web
     pages = APIRouter(include_in_schema=False)
 
@@ -55,8 +63,14 @@ def pages_router(settings: Settings, catalog: Catalog, gate: Gate, render: Rende
         if not gate.token_matches(token):
             return render(request, "login.html", status_code=401, next=local(next), failed=True)
         response = RedirectResponse(local(next), status_code=303)
-        response.set_cookie(COOKIE, gate.session_value(), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
+        response.set_cookie(
+            COOKIE,
+            gate.session_value(),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
         return response
 
     @pages.post("/logout", dependencies=[Depends(guard)])
@@ -68,8 +82,9 @@ def pages_router(settings: Settings, catalog: Catalog, gate: Gate, render: Rende
     @pages.get("/", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def jobs_page(request: Request, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
         jobs, total = catalog.page(page, web.page_size)
-        return render(request, "jobs.html", jobs=jobs, page=page, pages=pages_of(total, web.page_size), total=total,
-                      now=now())
+        return render(
+            request, "jobs.html", jobs=jobs, page=page, pages=pages_of(total, web.page_size), total=total, now=now()
+        )
 
     @pages.get("/jobs/{job_id}", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def job_page(request: Request, job_id: str) -> HTMLResponse:

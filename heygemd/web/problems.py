@@ -72,7 +72,7 @@ class InputsGone(WebError):
     code = "INPUTS_GONE"
     status = 410
     default_hint = (
-        "The job's inputs are no longer archived (outbox.inputs_after = \"delete\", or older than "
+        'The job\'s inputs are no longer archived (outbox.inputs_after = "delete", or older than '
         "outbox.archive_retention_days); submit the files again."
     )
 

@@ -28,8 +28,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                          hint="Choose a free web.port, or stop the program that uses it.") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="Choose a free web.port, or stop the program that uses it.",
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -41,11 +43,11 @@ def prepare(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
     from heygemd.web.app import create_app
 
     sock = bind_socket(settings.web.host, settings.web.port)
-    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        create_app(settings), log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+    )
     host, port = sock.getsockname()[:2]
-    log.info("web.ready", url=f"http://{host}:{port}/", host=host, port=port,
-             token=settings.web.token is not None)
+    log.info("web.ready", url=f"http://{host}:{port}/", host=host, port=port, token=settings.web.token is not None)
     return uvicorn.Server(config), sock
 
 

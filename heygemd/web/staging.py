@@ -40,8 +40,10 @@ def safe_basename(raw: str) -> str:
         stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
         name = f"{stem}.{suffix}" if suffix else stem
     if name and classify_name(name) is not NameKind.NORMAL:
-        raise BadUpload(f"the name {raw!r} is reserved for files still being copied or for system clutter",
-                        hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).")
+        raise BadUpload(
+            f"the name {raw!r} is reserved for files still being copied or for system clutter",
+            hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).",
+        )
     return name
 
 
@@ -50,16 +52,21 @@ def is_disk_full(exc: OSError) -> bool:
 
 
 def disk_full(what: str) -> DiskFull:
-    return DiskFull(f"no space left on the inbox's filesystem while storing {what}; nothing was queued",
-                    hint="Free space on the inbox share (or raise its quota), then submit the job again.")
+    return DiskFull(
+        f"no space left on the inbox's filesystem while storing {what}; nothing was queued",
+        hint="Free space on the inbox share (or raise its quota), then submit the job again.",
+    )
 
 
 def own_dir(path: Path) -> Path:
     """``path`` as a real folder of heygemd's (created if missing); a symlink there is refused, never followed."""
     path.mkdir(parents=True, exist_ok=True)
     if path.is_symlink() or not path.is_dir():
-        raise ConfigError(f"{path.name} is a symlink or not a folder; heygemd writes only inside the inbox and outbox",
-                          path=path, hint="Remove the symlink; heygemd creates the folder itself.")
+        raise ConfigError(
+            f"{path.name} is a symlink or not a folder; heygemd writes only inside the inbox and outbox",
+            path=path,
+            hint="Remove the symlink; heygemd creates the folder itself.",
+        )
     return path
 
 

@@ -80,16 +80,19 @@ class MultipartJob:
         self._text_name: str | None = None
         self._text = bytearray()
         self._ended = False
-        self._parser = MultipartParser(boundary_of(content_type), callbacks={
-            "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._hname.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._hvalue.extend(d[s:e]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        })
+        self._parser = MultipartParser(
+            boundary_of(content_type),
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda d, s, e: self._hname.extend(d[s:e]),
+                "on_header_value": lambda d, s, e: self._hvalue.extend(d[s:e]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
 
     # -- parser callbacks
 
@@ -207,8 +210,10 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise BadUpload(f"invalid job options: {problems}",
-                        hint="engine: auto, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51.") from None
+        raise BadUpload(
+            f"invalid job options: {problems}",
+            hint="engine: auto, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51.",
+        ) from None
 
 
 def job_toml(options: JobOptions) -> str:

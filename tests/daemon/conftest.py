@@ -17,12 +17,15 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
 
     root = tmp_path_factory.mktemp("media")
     return Media(
-        speech=speech_wav(root / "speech.wav", sentences=("Hello there, this is a test.",),
-                          pause_seconds=0.3, lead_seconds=0.2),
-        long_speech=speech_wav(root / "long.wav", sentences=("Hello there, this is a test.",
-                                                              "The mouth follows every word.",
-                                                              "Then it stops."),
-                               pause_seconds=0.3, lead_seconds=0.2),
+        speech=speech_wav(
+            root / "speech.wav", sentences=("Hello there, this is a test.",), pause_seconds=0.3, lead_seconds=0.2
+        ),
+        long_speech=speech_wav(
+            root / "long.wav",
+            sentences=("Hello there, this is a test.", "The mouth follows every word.", "Then it stops."),
+            pause_seconds=0.3,
+            lead_seconds=0.2,
+        ),
         face_a=presenter_video(root / "face_a.mp4", seconds=1.0, size=(320, 180)),
         face_b=presenter_video(root / "face_b.mp4", seconds=1.2, size=(320, 180)),
     )

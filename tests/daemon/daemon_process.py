@@ -24,8 +24,9 @@ JOB_TIMEOUT_S = 90.0
 # ---------------------------------------------------------------------------------------------- polling
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, *,
-               diagnostics: Callable[[], str] | None = None) -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float, what: str, *, diagnostics: Callable[[], str] | None = None
+) -> T:
     """Poll ``predicate`` every 50 ms until it returns something truthy (returned), or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -51,9 +52,18 @@ class Media:
 
 def ffprobe(path: Path) -> dict[str, Any]:
     result = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries",
-         "format=duration:stream=codec_type,codec_name,duration,r_frame_rate,nb_frames", "-of", "json", str(path)],
-        capture_output=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_type,codec_name,duration,r_frame_rate,nb_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        check=True,
     )
     return json.loads(result.stdout)
 
@@ -72,9 +82,17 @@ class Daemon:
     Every start gets its own log file (stdout+stderr, JSON lines). Restarts reuse inbox, outbox and state.
     """
 
-    def __init__(self, root: Path, *, settle_seconds: float = 600.0, observer: str = "inotify",
-                 poll_interval: float = 0.2, rescan_interval: float = 1.0, batch_size: int = 8,
-                 incomplete_timeout: float = 1800.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        settle_seconds: float = 600.0,
+        observer: str = "inotify",
+        poll_interval: float = 0.2,
+        rescan_interval: float = 1.0,
+        batch_size: int = 8,
+        incomplete_timeout: float = 1800.0,
+    ) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
@@ -113,16 +131,25 @@ preset = "ultrafast"
 
     def start(self, extra_env: Mapping[str, str] | None = None) -> "Daemon":
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
+        }
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
         env.update(extra_env or {})
         log = self.root / f"daemon-{len(self.logs) + 1}.log"
         self.logs.append(log)
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([*_heygemd_argv(), "--config", str(self.config), "run"],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=self.root, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*_heygemd_argv(), "--config", str(self.config), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=env,
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> "Daemon":
@@ -150,7 +177,8 @@ preset = "ultrafast"
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}") from None
+                f"daemon still running {timeout:.0f} s after the signal\n{self.diagnostics()}"
+            ) from None
 
     # -- logs
 
@@ -169,8 +197,7 @@ preset = "ultrafast"
         return events
 
     def has_event(self, name: str, run: int = -1, **fields: Any) -> bool:
-        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-                   for e in self.events(run))
+        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items()) for e in self.events(run))
 
     def diagnostics(self) -> str:
         parts = []
@@ -179,8 +206,10 @@ preset = "ultrafast"
         for log in self.logs:
             text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "(no log)"
             parts.append(f"----- {log.name} (last 6000 chars) -----\n{text[-6000:]}")
-        parts.append("----- files -----\n" + "\n".join(
-            str(p.relative_to(self.root)) for p in sorted(self.root.rglob("*")) if "cache" not in p.parts))
+        parts.append(
+            "----- files -----\n"
+            + "\n".join(str(p.relative_to(self.root)) for p in sorted(self.root.rglob("*")) if "cache" not in p.parts)
+        )
         return "\n".join(parts)
 
     def wait_for(self, predicate: Callable[[], T], timeout: float, what: str, *, alive: bool = True) -> T:
@@ -227,8 +256,12 @@ preset = "ultrafast"
 
         def finished() -> dict[str, Any] | None:
             status = self.status(job)
-            if status and status["state"] in ("done", "partial", "failed") and status.get("finished") \
-                    and not (self.state / "claimed" / job).exists():
+            if (
+                status
+                and status["state"] in ("done", "partial", "failed")
+                and status.get("finished")
+                and not (self.state / "claimed" / job).exists()
+            ):
                 return status
             return None
 

@@ -102,8 +102,9 @@ def test_content_checks_run_once_per_unchanged_file(clip: Path, tmp_path: Path) 
 
 
 def _tracker(clock: FakeClock, timeout: float) -> ReadinessTracker:
-    return ReadinessTracker(settle_seconds=10, completeness=CompletenessCheck(lease=None), incomplete_timeout=timeout,
-                            clock=clock)
+    return ReadinessTracker(
+        settle_seconds=10, completeness=CompletenessCheck(lease=None), incomplete_timeout=timeout, clock=clock
+    )
 
 
 def test_a_presenter_at_zero_bytes_waits_past_the_settle_time_until_complete(clip: Path, tmp_path: Path) -> None:

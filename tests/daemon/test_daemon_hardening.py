@@ -21,8 +21,12 @@ INCOMPLETE_TIMEOUT_S = 8.0
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("hardening"), settle_seconds=0.5, rescan_interval=0.5,
-               incomplete_timeout=INCOMPLETE_TIMEOUT_S)
+    d = Daemon(
+        tmp_path_factory.mktemp("hardening"),
+        settle_seconds=0.5,
+        rescan_interval=0.5,
+        incomplete_timeout=INCOMPLETE_TIMEOUT_S,
+    )
     d.start()
     try:
         d.wait_ready()
@@ -38,7 +42,7 @@ def without_index(clip: Path, out: Path) -> Path:
     data = clip.read_bytes()
     if moov < next(offset for name, offset, _ in atoms if name == "mdat"):  # faststart: drop the moov box itself
         size = next(size for name, _, size in atoms if name == "moov")
-        out.write_bytes(data[:moov] + data[moov + size:])
+        out.write_bytes(data[:moov] + data[moov + size :])
     else:
         out.write_bytes(data[:moov])
     return out
@@ -56,11 +60,18 @@ def test_a_presenter_at_zero_bytes_is_taken_only_once_complete(daemon: Daemon, m
     assert status["state"] == "done", status
 
 
-def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(daemon: Daemon, media: Media,
-                                                                               tmp_path: Path) -> None:
+def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(
+    daemon: Daemon, media: Media, tmp_path: Path
+) -> None:
     d, name = daemon, "no index"
-    d.submit(name, {"voice.wav": media.speech, "anna.mp4": media.face_a,
-                    "bob.mp4": without_index(media.face_b, tmp_path / "bob.mp4")})
+    d.submit(
+        name,
+        {
+            "voice.wav": media.speech,
+            "anna.mp4": media.face_a,
+            "bob.mp4": without_index(media.face_b, tmp_path / "bob.mp4"),
+        },
+    )
     d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
     assert not d.claimed(name)
     status = d.wait_finished(name, timeout=INCOMPLETE_TIMEOUT_S + JOB_TIMEOUT_S)
@@ -90,8 +101,10 @@ def test_a_linked_presenter_is_refused_and_its_target_untouched(daemon: Daemon, 
     videos = {v["input"]: v for v in status["videos"]}
     assert status["state"] == "partial" and videos["a.mp4"]["state"] == "done", status
     error = videos["talk.mp4"]["error"]
-    assert error["code"] == "UNSAFE_PATH" and error["message"] == f"{name}/talk.mp4: is a symbolic link to {secret}; " \
-        "it is not followed", error
+    assert (
+        error["code"] == "UNSAFE_PATH"
+        and error["message"] == f"{name}/talk.mp4: is a symbolic link to {secret}; it is not followed"
+    ), error
     assert not (d.outbox / name / "talk.mp4").exists()
     assert secret.read_bytes() == before
     archived = next((d.state / "archive").glob(f"*/{name}/input/talk.mp4"))

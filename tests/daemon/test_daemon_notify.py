@@ -75,8 +75,9 @@ def test_ready_status_watchdog_and_stopping(daemon_factory, media: Media, tmp_pa
 
 def test_a_job_waits_for_an_in_flight_file_and_says_so_once(daemon_factory, media: Media) -> None:
     d = daemon_factory("inflight", settle_seconds=600.0).start().wait_ready()
-    job = d.submit("lesson 8", {"voice.wav": media.speech, "a.mp4": media.face_a,
-                                "b.mp4.part": media.face_b})  # .ready is there, b is not
+    job = d.submit(
+        "lesson 8", {"voice.wav": media.speech, "a.mp4": media.face_a, "b.mp4.part": media.face_b}
+    )  # .ready is there, b is not
     d.wait_for(lambda: d.has_event("job.waiting", job_name="lesson 8"), 30, "job.waiting in the log")
     assert (job / "a.mp4").is_file() and not d.claimed("lesson 8")
     (job / "b.mp4.part").rename(job / "b.mp4")  # the upload completes

@@ -32,8 +32,13 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the tests whose jobs do not interfere: settle 1 s, polling observer (0.2 s)."""
-    daemon = Daemon(tmp_path_factory.mktemp("shared"), settle_seconds=SETTLE_S, observer="polling",
-                    poll_interval=0.2, rescan_interval=1.0)
+    daemon = Daemon(
+        tmp_path_factory.mktemp("shared"),
+        settle_seconds=SETTLE_S,
+        observer="polling",
+        poll_interval=0.2,
+        rescan_interval=1.0,
+    )
     daemon.start()
     try:
         daemon.wait_ready()
@@ -122,8 +127,9 @@ def test_slow_copy_is_claimed_only_after_it_settles(shared: Daemon, media: Media
         time.sleep(POLL_S)
     thread.join()
     assert not writer_error, writer_error
-    assert time.monotonic() - began > 2 * SETTLE_S, \
+    assert time.monotonic() - began > 2 * SETTLE_S, (
         "the copy must outlast the settle time for this test to mean anything"
+    )
     assert checks > 20
 
     status = d.wait_finished(name)
@@ -197,8 +203,10 @@ def test_results_outputs_posters_status_and_log(shared: Daemon, media: Media) ->
 
 def test_one_broken_video_makes_a_partial_job(shared: Daemon, media: Media) -> None:
     d, name = shared, "mixed"
-    d.submit(name, {"voice.wav": media.speech, "good.mp4": media.face_a,
-                    "broken.mp4": b"this is a text file, not a video\n" * 20})
+    d.submit(
+        name,
+        {"voice.wav": media.speech, "good.mp4": media.face_a, "broken.mp4": b"this is a text file, not a video\n" * 20},
+    )
     status = d.wait_finished(name)
     out = d.outbox / name
 
@@ -234,8 +242,9 @@ def test_bad_jobs_fail_clearly_and_the_daemon_keeps_serving(shared: Daemon, medi
         assert status["videos"] == []
     assert no_audio["error"]["message"] == "no audio/: no audio file in the job folder", no_audio
     assert two_audios["error"]["message"].startswith("two audios/: several audio files"), two_audios
-    assert not any(".heygemd" in s["error"]["message"] or "claimed" in s["error"]["message"]
-                   for s in (no_audio, two_audios))
+    assert not any(
+        ".heygemd" in s["error"]["message"] or "claimed" in s["error"]["message"] for s in (no_audio, two_audios)
+    )
     assert "several audio files" in two_audios["error"]["message"], two_audios
     assert '"one.wav"' in two_audios["error"]["message"] and '"two.wav"' in two_audios["error"]["message"]
     assert "job.toml" in two_audios["error"]["hint"]

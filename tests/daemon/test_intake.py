@@ -65,8 +65,17 @@ def make_job(inbox: Path, name: str = "job", files: tuple[str, ...] = ("voice.wa
 
 @pytest.mark.parametrize(
     "name",
-    ["clip.mp4.part", "a.PARTIAL", "v.mp4.abc123.partial", "x.tmp", "dl.crdownload", ".syncthing.voice.wav.tmp",
-     "~syncthing~voice.wav.tmp", ".~lock.notes.odt#", "~$script.docx"],
+    [
+        "clip.mp4.part",
+        "a.PARTIAL",
+        "v.mp4.abc123.partial",
+        "x.tmp",
+        "dl.crdownload",
+        ".syncthing.voice.wav.tmp",
+        "~syncthing~voice.wav.tmp",
+        ".~lock.notes.odt#",
+        "~$script.docx",
+    ],
 )
 def test_in_flight_names(name: str) -> None:
     assert classify_name(name) is NameKind.IN_FLIGHT
@@ -412,8 +421,12 @@ def test_thread_race_has_one_winner(tmp_path: Path) -> None:
         results: list[object] = []
         lock = threading.Lock()
 
-        def racer(barrier: threading.Barrier = barrier, cand: Candidate = cand, lock: threading.Lock = lock,
-                  results: list[object] = results) -> None:
+        def racer(
+            barrier: threading.Barrier = barrier,
+            cand: Candidate = cand,
+            lock: threading.Lock = lock,
+            results: list[object] = results,
+        ) -> None:
             barrier.wait(WAIT)
             r = claim(cand, state)
             with lock:

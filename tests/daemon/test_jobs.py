@@ -23,8 +23,20 @@ def job(tmp_path: Path, *files: str, toml: str | None = None, name: str = "job")
 
 
 def test_basic_job(tmp_path: Path) -> None:
-    folder = job(tmp_path, "voice.WAV", "clip10.mp4", "clip2.MOV", "still.jpg", "notes.txt", ".DS_Store",
-                 "._clip2.MOV", "Thumbs.db", ".ready", "@eaDir/x", "extras/y.mp4")
+    folder = job(
+        tmp_path,
+        "voice.WAV",
+        "clip10.mp4",
+        "clip2.MOV",
+        "still.jpg",
+        "notes.txt",
+        ".DS_Store",
+        "._clip2.MOV",
+        "Thumbs.db",
+        ".ready",
+        "@eaDir/x",
+        "extras/y.mp4",
+    )
     spec = load_job(folder)
     assert spec.job_id == spec.name == "job" and spec.folder == folder
     assert spec.audio == folder / "voice.WAV"
@@ -43,8 +55,22 @@ def test_chinese_and_space_names(tmp_path: Path) -> None:
 
 def test_all_extensions_recognised(tmp_path: Path) -> None:
     audios = ["a.wav", "a.mp3", "a.m4a", "a.aac", "a.flac", "a.ogg", "a.opus", "a.wma"]
-    videos = ["v.mp4", "v.mov", "v.mkv", "v.webm", "v.avi", "v.m4v", "v.mpg", "v.mpeg", "v.3gp",
-              "i.jpg", "i.jpeg", "i.png", "i.bmp", "i.webp"]
+    videos = [
+        "v.mp4",
+        "v.mov",
+        "v.mkv",
+        "v.webm",
+        "v.avi",
+        "v.m4v",
+        "v.mpg",
+        "v.mpeg",
+        "v.3gp",
+        "i.jpg",
+        "i.jpeg",
+        "i.png",
+        "i.bmp",
+        "i.webp",
+    ]
     folder = job(tmp_path, *audios, *videos, toml='audio = "a.opus"\n')
     spec = load_job(folder)
     assert spec.audio.name == "a.opus"
@@ -53,11 +79,20 @@ def test_all_extensions_recognised(tmp_path: Path) -> None:
 
 
 def test_options_from_job_toml(tmp_path: Path) -> None:
-    folder = job(tmp_path, "v.wav", "a.mp4",
-                 toml='engine = "mouthwarp"\nnaming = "{stem}_synced.mp4"\nloop_mode = "loop"\ncrf = 23\n')
+    folder = job(
+        tmp_path,
+        "v.wav",
+        "a.mp4",
+        toml='engine = "mouthwarp"\nnaming = "{stem}_synced.mp4"\nloop_mode = "loop"\ncrf = 23\n',
+    )
     opts = load_job(folder).options
     assert (opts.engine, opts.naming, opts.loop_mode, opts.crf, opts.audio) == (
-        "mouthwarp", "{stem}_synced.mp4", "loop", 23, None)
+        "mouthwarp",
+        "{stem}_synced.mp4",
+        "loop",
+        23,
+        None,
+    )
 
 
 def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:

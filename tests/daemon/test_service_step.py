@@ -37,8 +37,9 @@ class Runner:
     (FINISHED by default), ``duration`` seconds of ``clock`` later; finished and failed jobs leave claimed/ as
     the worker's do."""
 
-    def __init__(self, script: dict[str, list[JobOutcome]] | None = None, *, clock: Clock | None = None,
-                 duration: float = 0.0) -> None:
+    def __init__(
+        self, script: dict[str, list[JobOutcome]] | None = None, *, clock: Clock | None = None, duration: float = 0.0
+    ) -> None:
         self.script = script or {}
         self.ran: list[str] = []
         self.clock, self.duration = clock, duration
@@ -61,8 +62,14 @@ def make_settings(tmp_path: Path, **intake: float) -> Settings:
     )
 
 
-def make_job(settings: Settings, name: str, *, marker: bool = True, mtime: float | None = None,
-             files: dict[str, bytes] | None = None) -> Path:
+def make_job(
+    settings: Settings,
+    name: str,
+    *,
+    marker: bool = True,
+    mtime: float | None = None,
+    files: dict[str, bytes] | None = None,
+) -> Path:
     folder = settings.paths.inbox / name
     folder.mkdir(parents=True)
     for fname, data in (files or {"voice.wav": b"RIFF-voice", "a.mp4": b"video-bytes"}).items():
@@ -76,8 +83,13 @@ def make_job(settings: Settings, name: str, *, marker: bool = True, mtime: float
 
 def service(settings: Settings, runner: Callable[[ClaimedJob], JobOutcome], **options: object) -> Service:
     clock = getattr(runner, "clock", None) or Clock()
-    return Service(settings, runner, completeness=CompletenessCheck(lease=None), clock=clock,  # type: ignore[arg-type]
-                   **options)
+    return Service(
+        settings,
+        runner,
+        completeness=CompletenessCheck(lease=None),
+        clock=clock,  # type: ignore[arg-type]
+        **options,
+    )
 
 
 def test_ready_jobs_run_in_arrival_order_one_per_step(tmp_path: Path) -> None:
@@ -193,7 +205,8 @@ def test_status_shows_which_file_an_inbox_job_waits_for(tmp_path: Path) -> None:
     text = show_status(settings.paths.outbox, None, settings.paths.state_dir)
     assert "lesson-01/" in text and "bob.mp4: 0 bytes so far" in text
     assert show_status(settings.paths.outbox, "lesson-01", settings.paths.state_dir) == (
-        "lesson-01/ is still in the inbox, waiting for: bob.mp4: 0 bytes so far\n")
+        "lesson-01/ is still in the inbox, waiting for: bob.mp4: 0 bytes so far\n"
+    )
     (job / "bob.mp4").write_bytes(b"video-bytes")
     assert svc.step(1.0).job_id == "lesson-01"
     assert "bob.mp4" not in show_status(settings.paths.outbox, None, settings.paths.state_dir)

@@ -40,10 +40,20 @@ def sample() -> JobStatus:
         engine_identity="sha256:abc",
         audio=AudioStatus(file="讲话.wav", duration_s=12.5),
         videos=[
-            VideoStatus(input="a.mp4", state="done", progress=1.0, frames_done=300, frames_total=300, face_ratio=0.98,
-                        output="a.mp4", poster="a.jpg", timings={"detect": 1.5, "total": 9.0}),
-            VideoStatus(input="b.mp4", state="failed",
-                        error=ErrorStatus.from_exception(NoFace("no face found", path="b.mp4"))),
+            VideoStatus(
+                input="a.mp4",
+                state="done",
+                progress=1.0,
+                frames_done=300,
+                frames_total=300,
+                face_ratio=0.98,
+                output="a.mp4",
+                poster="a.jpg",
+                timings={"detect": 1.5, "total": 9.0},
+            ),
+            VideoStatus(
+                input="b.mp4", state="failed", error=ErrorStatus.from_exception(NoFace("no face found", path="b.mp4"))
+            ),
             VideoStatus(input="c.png", state="processing", progress=0.5, frames_done=150, frames_total=300),
         ],
         ignored=["notes.txt"],
@@ -101,8 +111,12 @@ def test_job_state_from_videos(states: list[str], expected: str) -> None:
 
 
 def test_overall_progress_and_recomputed() -> None:
-    vids = [VideoStatus(input="a", state="done"), VideoStatus(input="b", state="failed"),
-            VideoStatus(input="c", state="processing", progress=0.5), VideoStatus(input="d")]
+    vids = [
+        VideoStatus(input="a", state="done"),
+        VideoStatus(input="b", state="failed"),
+        VideoStatus(input="c", state="processing", progress=0.5),
+        VideoStatus(input="d"),
+    ]
     assert overall_progress(vids) == pytest.approx(2.5 / 4)
     s = JobStatus(job_id="j", job_name="j", state="processing", videos=vids).recomputed()
     assert s.state == "processing" and s.progress == pytest.approx(0.625)
@@ -202,8 +216,14 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
 
 def test_table_has_the_numbers() -> None:
     a = sample().model_copy(update={"updated": T0})
-    b = JobStatus(job_id="second", job_name="second", state="done", progress=1.0, updated=T0,
-                  videos=[VideoStatus(input="x.mp4", state="done")])
+    b = JobStatus(
+        job_id="second",
+        job_name="second",
+        state="done",
+        progress=1.0,
+        updated=T0,
+        videos=[VideoStatus(input="x.mp4", state="done")],
+    )
     text = format_status_table([a, b])
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["JOB", "STATE"]

@@ -41,8 +41,16 @@ class StandInSession:
             raise pending.pop(0)
         output.write_bytes(b"video")
         self.rendered.append(video.name)
-        return RenderResult(output=output, poster=None, frames=50, fps=25.0, face_ratio=1.0, detector="stand-in",
-                            cached_faces=False, timings={"total": 0.1})
+        return RenderResult(
+            output=output,
+            poster=None,
+            frames=50,
+            fps=25.0,
+            face_ratio=1.0,
+            detector="stand-in",
+            cached_faces=False,
+            timings={"total": 0.1},
+        )
 
     def release(self) -> None:
         pass

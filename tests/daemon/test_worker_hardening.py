@@ -66,8 +66,9 @@ def test_a_linked_video_is_refused_the_job_goes_on_and_archiving_leaves_the_targ
 
 
 def test_delete_removes_links_never_their_targets(tmp_path: Path, secret: Path) -> None:
-    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a", "notes.txt": secret,
-                                   "assets": secret.parent / "assets"})
+    claimed = claim_job(
+        tmp_path, {"voice.wav": b"v", "a.mp4": b"a", "notes.txt": secret, "assets": secret.parent / "assets"}
+    )
     session = StandInSession()
     context = JobContext(session_for=lambda _e: session, inputs_after="delete")  # type: ignore[arg-type, return-value]
     final = process_job(claimed, tmp_path / "outbox", context).status
@@ -98,8 +99,10 @@ def test_a_linked_audio_or_job_toml_fails_the_job_naming_the_link_and_target(tmp
     [
         ({"a.mp4": b"a"}, "lesson-01/: no audio file in the job folder"),
         ({"voice.wav": b"v"}, "lesson-01/: no presenter video or image in the job folder"),
-        ({"one.wav": b"1", "two.wav": b"2", "a.mp4": b"a"}, 'lesson-01/: several audio files in the job folder: '
-                                                            '"one.wav", "two.wav"'),
+        (
+            {"one.wav": b"1", "two.wav": b"2", "a.mp4": b"a"},
+            'lesson-01/: several audio files in the job folder: "one.wav", "two.wav"',
+        ),
         ({"voice.wav": b"v", "a.mp4": b"a", "job.toml": b"crf = 99\n"}, "lesson-01/job.toml: field 'crf': "),
     ],
 )
@@ -120,8 +123,13 @@ def test_stale_temporaries_are_removed_on_resume_and_nothing_else(tmp_path: Path
     stopped = JobContext(session_for=lambda _e: StandInSession(), should_stop=lambda: True)  # type: ignore[arg-type, return-value]
     assert process_job(claimed, tmp_path / "outbox", stopped).outcome is JobOutcome.INTERRUPTED
     # What a SIGKILL in the middle of writes leaves: this and older heygemd versions' temp names ...
-    stale = [".status.json.tmp-4242-0a1b2c3d", temp_name("status.json"), temp_name("a.mp4"), ".a.jpg.partial.jpg",
-             ".b.mp4.partial.mp4"]
+    stale = [
+        ".status.json.tmp-4242-0a1b2c3d",
+        temp_name("status.json"),
+        temp_name("a.mp4"),
+        ".a.jpg.partial.jpg",
+        ".b.mp4.partial.mp4",
+    ]
     for name in stale:
         (out / name).write_bytes(b"half")
     (claimed.path / temp_name("claim.json")).write_bytes(b"{")

@@ -60,8 +60,9 @@ def _is_transposed(key: str, shapes: dict[str, tuple[int, ...]]) -> bool:
     return parts[0] == "face_decoder_blocks" and parts[1] != "0" and parts[2] == "0"
 
 
-def wrap_checkpoint(state: dict[str, torch.Tensor], prefix: str = "module.",
-                    with_optimizer: bool = True) -> dict[str, object]:
+def wrap_checkpoint(
+    state: dict[str, torch.Tensor], prefix: str = "module.", with_optimizer: bool = True
+) -> dict[str, object]:
     """The dict ``wav2lip_train.save_checkpoint`` writes: state_dict (prefixed keys), optimizer, step, epoch."""
     checkpoint: dict[str, object] = {
         "state_dict": {prefix + key: value for key, value in state.items()},
@@ -72,8 +73,9 @@ def wrap_checkpoint(state: dict[str, torch.Tensor], prefix: str = "module.",
         # The real files hold Adam moments for every parameter; a small stand-in keeps test files light.
         checkpoint["optimizer"] = {
             "state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}},
-            "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False,
-                              "params": [0]}],
+            "param_groups": [
+                {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False, "params": [0]}
+            ],
         }
     return checkpoint
 

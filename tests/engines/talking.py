@@ -24,12 +24,8 @@ from heygemd.pipeline.probe import probe_video
 
 FPS = 25.0
 
-SCRIPT_A = (
-    "Hello and welcome back. Yesterday we painted the old fence by the river, and it took all afternoon.",
-)
-SCRIPT_B = (
-    "Numbers matter. Seven, twelve, forty. Please write them down now, slowly, one after another.",
-)
+SCRIPT_A = ("Hello and welcome back. Yesterday we painted the old fence by the river, and it took all afternoon.",)
+SCRIPT_B = ("Numbers matter. Seven, twelve, forty. Please write them down now, slowly, one after another.",)
 
 
 @dataclass(frozen=True)
@@ -50,9 +46,32 @@ def speech(out: Path, sentences: tuple[str, ...]) -> Speech:
 def encode(frames: list[np.ndarray], out: Path, fps: float = FPS) -> Path:
     """H.264 (crf 12, close to lossless) of BGR ``frames`` with the real ffmpeg."""
     height, width = frames[0].shape[:2]
-    cmd = [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo",
-           "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", "12", "-pix_fmt", "yuv420p", str(out)]
+    cmd = [
+        shutil.which("ffmpeg") or "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "12",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
+    ]
     subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True)
     return out
 
@@ -70,7 +89,7 @@ def talking_frames(detector: faces.FaceDetector, voice: Speech) -> list[np.ndarr
     windows = voice.features.windows(FPS)
     out: list[np.ndarray] = []
     for start in range(0, len(windows), 32):
-        part = windows[start:start + 32]
+        part = windows[start : start + 32]
         out += engine.generate(FaceBatch(crops=[image] * len(part), landmarks=[points] * len(part), mels=part))
     return out
 

@@ -44,13 +44,14 @@ def face(predictor) -> tuple[np.ndarray, np.ndarray, "dlib.rectangle"]:
     points = np.array([[p.x, p.y] for p in predictor(rgb, rect).parts()], dtype=np.float32)
     margin = int(0.2 * rect.width())
     x0, y0 = rect.left() - margin, rect.top() - margin
-    crop = image[y0:rect.bottom() + margin, x0:rect.right() + margin].copy()
+    crop = image[y0 : rect.bottom() + margin, x0 : rect.right() + margin].copy()
     in_crop = dlib.rectangle(margin, margin, margin + rect.width(), margin + rect.height())
     return crop, points - np.array([x0, y0], dtype=np.float32), in_crop
 
 
-def mel_window(level: float, bands_hz: tuple[tuple[float, float], ...] = ((100.0, 4000.0),),
-               columns: slice = slice(None)) -> np.ndarray:
+def mel_window(
+    level: float, bands_hz: tuple[tuple[float, float], ...] = ((100.0, 4000.0),), columns: slice = slice(None)
+) -> np.ndarray:
     """(80, 16) Wav2Lip mel window: ``level`` (mel units) in the given bands and columns, silence (-4) elsewhere."""
     window = np.full((80, 16), -4.0, dtype=np.float32)
     band = np.zeros(80, dtype=bool)
@@ -210,7 +211,7 @@ def test_speech_changes_the_mouth_and_nothing_above_the_nose(face) -> None:
     x0, y0 = np.floor(points[48:68].min(axis=0)).astype(int)
     x1, y1 = np.ceil(points[48:68].max(axis=0)).astype(int)
     diff = np.abs(out.astype(np.int16) - crop.astype(np.int16))
-    assert diff[y0:y1 + 1, x0:x1 + 1].mean() > 15
+    assert diff[y0 : y1 + 1, x0 : x1 + 1].mean() > 15
     nose_row = int(np.floor(points[30, 1] - 0.05 * np.linalg.norm(points[8] - points[27])))
     assert np.array_equal(out[:nose_row], crop[:nose_row])
     assert np.array_equal(out[[0, -1]], crop[[0, -1]]) and np.array_equal(out[:, [0, -1]], crop[:, [0, -1]])
@@ -227,7 +228,8 @@ def test_dlib_sees_the_mouth_open_wider_for_louder_audio(face, predictor) -> Non
         return float(np.hypot(shape.part(66).x - shape.part(62).x, shape.part(66).y - shape.part(62).y))
 
     outputs = MouthWarpEngine().generate(
-        FaceBatch(crops=[crop] * 3, landmarks=[points] * 3, mels=np.stack([SILENCE, MEDIUM, LOUD])))
+        FaceBatch(crops=[crop] * 3, landmarks=[points] * 3, mels=np.stack([SILENCE, MEDIUM, LOUD]))
+    )
     shut, medium, loud = (gap_62_66(image) for image in outputs)
     assert shut < medium < loud
     assert loud - shut >= 0.08 * np.linalg.norm(points[54] - points[48])
@@ -240,7 +242,7 @@ def test_mouth_interior_is_darker_than_the_lips(face) -> None:
     motion = result.motion
     centre = (motion.opening_top[2] + motion.opening_bottom[2]) / 2.0
     x, y = np.round(centre).astype(int)
-    cavity = luminance(result.image[y - 1:y + 2, x - 1:x + 2]).mean()
+    cavity = luminance(result.image[y - 1 : y + 2, x - 1 : x + 2]).mean()
     ring = np.zeros(crop.shape[:2], np.uint8)
     cv2.fillPoly(ring, [np.round(points[48:60]).astype(np.int32)], 1)
     cv2.fillPoly(ring, [np.round(points[60:68]).astype(np.int32)], 0)
@@ -261,8 +263,9 @@ def test_a_batch_of_different_sizes(face) -> None:
         size = (int(round(crop.shape[1] * scale)), int(round(crop.shape[0] * scale)))
         crops.append(cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC))
         landmarks.append(points * np.float32(scale))
-    outputs = MouthWarpEngine().generate(FaceBatch(crops=crops, landmarks=landmarks,
-                                                   mels=np.stack([LOUD, MEDIUM, SILENCE])))
+    outputs = MouthWarpEngine().generate(
+        FaceBatch(crops=crops, landmarks=landmarks, mels=np.stack([LOUD, MEDIUM, SILENCE]))
+    )
     assert [o.shape for o in outputs] == [c.shape for c in crops]
     assert all(o.dtype == np.uint8 for o in outputs)
     assert not np.array_equal(outputs[0], crops[0]) and not np.array_equal(outputs[1], crops[1])
@@ -308,8 +311,9 @@ def test_masks_given_in_the_batch_give_the_same_mouth(face) -> None:
     crop, points, _ = face
     window = mel_window(-1.0)
     plain = FaceBatch(crops=[crop], landmarks=[points], mels=window[None])
-    with_mask = FaceBatch(crops=[crop], landmarks=[points], mels=window[None],
-                          masks=[render.mouth_mask(points, crop.shape[:2])])
+    with_mask = FaceBatch(
+        crops=[crop], landmarks=[points], mels=window[None], masks=[render.mouth_mask(points, crop.shape[:2])]
+    )
     engine = MouthWarpEngine()
     first, second = engine.generate(plain)[0], engine.generate(with_mask)[0]
     assert not np.array_equal(first, crop)  # the window is loud: the mouth opened
@@ -340,7 +344,7 @@ def test_the_mouth_leads_the_sound_by_at_most_80_ms_and_never_lags(fps: float, l
     assert half > 0.0
     above = np.flatnonzero(opening >= half)
     first, last = int(above[0]), int(above[-1])
-    assert np.all(opening[first:last + 1] >= half)  # one opening, no chatter
+    assert np.all(opening[first : last + 1] >= half)  # one opening, no chatter
     opens_at = (first - 1 + (half - opening[first - 1]) / (opening[first] - opening[first - 1])) / fps
     closes_at = (last + (opening[last] - half) / (opening[last] - opening[last + 1])) / fps
     for lead in (start - opens_at, stop - closes_at):

@@ -41,12 +41,23 @@ def redriven(tmp_path_factory: pytest.TempPathFactory, detector: DlibDetector) -
     voice_a = talking.speech(tmp / "a.wav", talking.SCRIPT_A)
     voice_b = talking.speech(tmp / "b.wav", talking.SCRIPT_B)
     source = talking.encode(talking.talking_frames(detector, voice_a), tmp / "presenter.mp4")
-    result = render_video(source, voice_b.features, tmp / "out.mp4", MouthWarpEngine(), detector,
-                          options=RenderOptions(), cache_dir=tmp / "cache", work_dir=tmp / "work")
+    result = render_video(
+        source,
+        voice_b.features,
+        tmp / "out.mp4",
+        MouthWarpEngine(),
+        detector,
+        options=RenderOptions(),
+        cache_dir=tmp / "cache",
+        work_dir=tmp / "work",
+    )
     n = min(voice_a.features.frame_count(talking.FPS), voice_b.features.frame_count(talking.FPS))
-    return Redriven(source_gap=talking.inner_lip_gaps(source, detector)[:n],
-                    output_gap=talking.inner_lip_gaps(result.output, detector)[:n],
-                    loudness_a=voice_a.loudness(n), loudness_b=voice_b.loudness(n))
+    return Redriven(
+        source_gap=talking.inner_lip_gaps(source, detector)[:n],
+        output_gap=talking.inner_lip_gaps(result.output, detector)[:n],
+        loudness_a=voice_a.loudness(n),
+        loudness_b=voice_b.loudness(n),
+    )
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -92,8 +103,9 @@ def portrait(detector: DlibDetector) -> tuple[np.ndarray, np.ndarray]:
 def test_a_closed_source_in_silence_stays_bit_for_bit_with_its_rest(portrait) -> None:
     image, points = portrait
     rest = mouth.rest_state(points[None])
-    (out,) = MouthWarpEngine().generate(FaceBatch(crops=[image], landmarks=[points], mels=SILENCE[None],
-                                                  mouth_rest=rest))
+    (out,) = MouthWarpEngine().generate(
+        FaceBatch(crops=[image], landmarks=[points], mels=SILENCE[None], mouth_rest=rest)
+    )
     assert np.array_equal(out, image)
 
 
@@ -103,8 +115,9 @@ def test_a_mouth_at_rest_moves_exactly_as_without_a_rest(portrait) -> None:
     loud[5:60] = 0.3
     engine = MouthWarpEngine()
     plain = engine.generate(FaceBatch(crops=[image], landmarks=[points], mels=loud[None]))[0]
-    rested = engine.generate(FaceBatch(crops=[image], landmarks=[points], mels=loud[None],
-                                       mouth_rest=mouth.rest_state(points[None])))[0]
+    rested = engine.generate(
+        FaceBatch(crops=[image], landmarks=[points], mels=loud[None], mouth_rest=mouth.rest_state(points[None]))
+    )[0]
     assert not np.array_equal(plain, image)
     assert np.array_equal(plain, rested)
 
@@ -125,7 +138,7 @@ def test_an_open_source_mouth_in_silence_is_closed_without_a_smear(portrait, det
     lips = np.zeros(image.shape[:2], dtype=bool)
     x0, y0 = np.floor(points[48:60].min(axis=0)).astype(int)
     x1, y1 = np.ceil(points[48:60].max(axis=0)).astype(int)
-    lips[y0:y1 + 1, x0:x1 + 1] = True
+    lips[y0 : y1 + 1, x0 : x1 + 1] = True
     dark = lambda im: int((im[lips].astype(np.float64) @ [0.114, 0.587, 0.299] < 60).sum())  # noqa: E731
     assert dark(opened) > 4 * max(dark(image), 10)
     assert dark(closed) < 0.35 * dark(opened)  # a thin line of it may stay where the landmarks missed it

@@ -29,12 +29,13 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
 
 # ------------------------------------------------------------------ independent computation (the reference)
 
+
 def reference_prompts(wav: np.ndarray, whisper_dir: Path, fps: float) -> np.ndarray:
     """get_audio_feature + get_whisper_chunk, with ``fps`` used as given (the reference would int() it)."""
     extractor = AutoFeatureExtractor.from_pretrained(whisper_dir, local_files_only=True)
     whisper = WhisperModel.from_pretrained(whisper_dir, local_files_only=True).eval()
     segment_length = 30 * 16000
-    segments = [wav[i:i + segment_length] for i in range(0, len(wav), segment_length)]
+    segments = [wav[i : i + segment_length] for i in range(0, len(wav), segment_length)]
     features = [extractor(s, return_tensors="pt", sampling_rate=16000).input_features for s in segments]
     with torch.no_grad():
         stacked = [torch.stack(whisper.encoder(f, output_hidden_states=True).hidden_states, dim=2) for f in features]
@@ -45,12 +46,12 @@ def reference_prompts(wav: np.ndarray, whisper_dir: Path, fps: float) -> np.ndar
     feature = feature[:, :actual]
     pad = math.ceil(multiplier)
     feature = torch.cat(
-        [torch.zeros_like(feature[:, :pad * 2]), feature, torch.zeros_like(feature[:, :pad * 3 * 2])], 1
+        [torch.zeros_like(feature[:, : pad * 2]), feature, torch.zeros_like(feature[:, : pad * 3 * 2])], 1
     )
     clips = []
     for i in range(num_frames):
         index = math.floor(i * multiplier)
-        clip = feature[:, index:index + 10]
+        clip = feature[:, index : index + 10]
         assert clip.shape[1] == 10
         clips.append(clip)
     prompts = torch.cat(clips, dim=0)  # (T, 10, 5, 384)
@@ -64,7 +65,7 @@ def reference_pe(x: torch.Tensor) -> torch.Tensor:
     div_term = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
     pe[:, 0::2] = torch.sin(position * div_term)
     pe[:, 1::2] = torch.cos(position * div_term)
-    return x + pe[None, :x.shape[1]]
+    return x + pe[None, : x.shape[1]]
 
 
 def reference_generate(folder: Path, crops: np.ndarray, prompts: np.ndarray) -> np.ndarray:
@@ -105,6 +106,7 @@ def reference_generate(folder: Path, crops: np.ndarray, prompts: np.ndarray) -> 
 
 # ------------------------------------------------------------------ audio
 
+
 def test_audio_prompts_match_the_reference_across_a_30s_border(musetalk_folder: Path) -> None:
     wav = speechlike(31.3)
     ours = audio_prompts(wav, musetalk_folder / "whisper", 25.0)
@@ -137,6 +139,7 @@ def test_whisper_features_cut_windows_per_batch_like_all_at_once(musetalk_folder
 
 
 # ------------------------------------------------------------------ generator
+
 
 def test_generate_crops_matches_the_reference(musetalk_folder: Path) -> None:
     rng = np.random.default_rng(3)
@@ -187,6 +190,7 @@ def test_engine_resizes_crops_and_uses_prepared_latents(musetalk_folder: Path) -
 
 
 # ------------------------------------------------------------------ refusing broken files
+
 
 @pytest.fixture()
 def broken_copy(musetalk_folder: Path, tmp_path: Path) -> Path:
@@ -246,6 +250,7 @@ def test_whisper_missing_preprocessor_is_named(broken_copy: Path) -> None:
 
 # ------------------------------------------------------------------ choosing it, and heygemd check
 
+
 def test_auto_prefers_musetalk_then_wav2lip_then_mouthwarp(musetalk_folder: Path, tmp_path: Path) -> None:
     from heygemd.engines import resolve_engine_name
     from heygemd.settings import EngineSettings
@@ -269,8 +274,9 @@ def test_check_lists_the_musetalk_files(musetalk_folder: Path, tmp_path: Path) -
 
     models = tmp_path / "models"
     shutil.copytree(musetalk_folder, models / "musetalk")
-    settings = Settings.model_validate({"paths": {"inbox": tmp_path / "in", "outbox": tmp_path / "out",
-                                                  "models": models}, "engine": {"device": "cpu"}})
+    settings = Settings.model_validate(
+        {"paths": {"inbox": tmp_path / "in", "outbox": tmp_path / "out", "models": models}, "engine": {"device": "cpu"}}
+    )
     checks = {c.name: c for c in run_checks(settings)}
     assert checks["musetalk files"].ok and checks["musetalk files"].required
     assert checks["engine"].ok and "musetalk" in checks["engine"].detail
@@ -284,6 +290,7 @@ def test_check_lists_the_musetalk_files(musetalk_folder: Path, tmp_path: Path) -
 
 
 # ------------------------------------------------------------------ CUDA (run with -m gpu on a GPU machine)
+
 
 @pytest.mark.gpu
 def test_fp16_on_cuda_is_close_to_fp32(musetalk_folder: Path) -> None:
@@ -309,16 +316,22 @@ def test_engine_releases_gpu_memory_on_close(musetalk_folder: Path) -> None:
         pytest.skip("needs a CUDA device")
     engine = MuseTalkEngine(musetalk_folder, device="cuda", batch_size=4, fp16=True)
     crops = [np.zeros((200, 180, 3), np.uint8)] * 5
-    out = engine.generate(FaceBatch(crops=crops, landmarks=[np.zeros((68, 2), np.float32)] * 5,
-                                    mels=np.zeros((5, 80, 16), np.float32),
-                                    prompts=np.zeros((5, 50, 384), np.float32)))
+    out = engine.generate(
+        FaceBatch(
+            crops=crops,
+            landmarks=[np.zeros((68, 2), np.float32)] * 5,
+            mels=np.zeros((5, 80, 16), np.float32),
+            prompts=np.zeros((5, 50, 384), np.float32),
+        )
+    )
     assert [o.shape for o in out] == [c.shape for c in crops]
     engine.close()
     assert torch.cuda.memory_allocated() < 16 * 2**20
 
 
-def test_loading_never_touches_the_network(musetalk_folder: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_never_touches_the_network(
+    musetalk_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
 
     def refuse(*args: object, **kwargs: object) -> None:

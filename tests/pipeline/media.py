@@ -22,8 +22,9 @@ def ffmpeg(*args: str) -> None:
     subprocess.run([FFMPEG, "-v", "error", "-nostdin", "-y", *args], check=True)
 
 
-def lavfi_clip(out: Path, *codec: str, size: str = f"{W}x{H}", seconds: float = 1, rate: int = FPS,
-               vf: str | None = None) -> Path:
+def lavfi_clip(
+    out: Path, *codec: str, size: str = f"{W}x{H}", seconds: float = 1, rate: int = FPS, vf: str | None = None
+) -> Path:
     """testsrc2 encoded with ``codec`` args (default H.264 yuv420p)."""
     codec = codec or ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
     source = f"testsrc2=size={size}:rate={rate}:duration={seconds}"
@@ -35,8 +36,23 @@ def lavfi_reference(size: str = f"{W}x{H}", seconds: float = 1, rate: int = FPS)
     """The exact testsrc2 frames, as BGR, without any encoding."""
     width, height = map(int, size.split("x"))
     raw = subprocess.run(
-        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-         "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], check=True, capture_output=True).stdout
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     return list(np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3))
 
 
@@ -46,8 +62,11 @@ def sine(out: Path, seconds: float, *codec: str) -> Path:
 
 
 def ffprobe_json(path: Path) -> dict:
-    out = subprocess.run([FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -67,8 +86,8 @@ def ffmpeg_children() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1: stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         if ppid == me and comm == "ffmpeg":
             found.append(int(entry.name))
     return found

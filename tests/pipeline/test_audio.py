@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed"
 
 # ---------------------------------------------------------------- independent reference (numpy only)
 
+
 def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
     """Slaney's auditory-toolbox mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
@@ -77,7 +78,7 @@ def _reference_mel(wav: np.ndarray) -> np.ndarray:
     padded = np.pad(y, n_fft // 2, mode="reflect")
     n_frames = 1 + (padded.size - n_fft) // hop
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-    frames = np.stack([padded[i * hop:i * hop + n_fft] * window for i in range(n_frames)], axis=1)
+    frames = np.stack([padded[i * hop : i * hop + n_fft] * window for i in range(n_frames)], axis=1)
     magnitude = np.abs(np.fft.rfft(frames, axis=0))
     mel = _slaney_filterbank() @ magnitude
     db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
@@ -90,6 +91,7 @@ def _tone(freq: float, seconds: float, amplitude: float = 0.5, sr: int = SR) -> 
 
 
 # ---------------------------------------------------------------- wav2lip_mel
+
 
 @pytest.mark.parametrize("n_samples", [1001, 16000, 16123, 24199])
 def test_mel_has_80_bands_and_one_column_per_hop(n_samples: int) -> None:
@@ -133,8 +135,7 @@ def test_normalise_formula_on_constructed_magnitudes() -> None:
 
 def test_mel_matches_a_from_scratch_numpy_implementation() -> None:
     rng = np.random.default_rng(7)
-    speechlike = (_tone(220, 1.2, 0.3) + _tone(1800, 1.2, 0.1)
-                  + rng.normal(0, 0.02, int(1.2 * SR)).astype(np.float32))
+    speechlike = _tone(220, 1.2, 0.3) + _tone(1800, 1.2, 0.1) + rng.normal(0, 0.02, int(1.2 * SR)).astype(np.float32)
     speechlike[: SR // 4] = 0  # a silent head, like a pause
     ours = wav2lip_mel(speechlike)
     reference = _reference_mel(speechlike)
@@ -143,6 +144,7 @@ def test_mel_matches_a_from_scratch_numpy_implementation() -> None:
 
 
 # ---------------------------------------------------------------- mel_chunks
+
 
 def _index_mel(n_cols: int) -> np.ndarray:
     """A mel whose every value is its column index, so a window reveals where it starts."""
@@ -175,6 +177,7 @@ def test_mel_chunks_step_is_80_over_fps() -> None:
 
 # ---------------------------------------------------------------- AudioFeatures
 
+
 @pytest.mark.parametrize("seconds", [0.3, 1.0, 1.37])
 @pytest.mark.parametrize("fps", [12.5, 24.0, 25.0, 29.97, 30.0, 60.0])
 def test_chunks_give_one_window_per_frame_of_the_audio(seconds: float, fps: float) -> None:
@@ -188,7 +191,7 @@ def test_chunks_give_one_window_per_frame_of_the_audio(seconds: float, fps: floa
     # Reference chunking of the padded mel, truncated: never the "last 16 columns" fallback.
     np.testing.assert_array_equal(chunks, mel_chunks(features.mel, fps)[:n])
     # A batch slice equals the same frames of the whole.
-    np.testing.assert_array_equal(features.windows(fps, n // 3, n), chunks[n // 3:])
+    np.testing.assert_array_equal(features.windows(fps, n // 3, n), chunks[n // 3 :])
     loudness = features.loudness(fps)
     assert loudness.shape == (n,)
     assert loudness.min() >= 0.0 and loudness.max() <= 1.0
@@ -223,13 +226,14 @@ def test_loudness_is_low_in_pauses_and_high_in_speech(speech: Path) -> None:
     assert isinstance(features, AudioFeatures)
     loudness = features.loudness(25)
     lead = loudness[: int(0.6 * 25) - 4]  # the silent lead, away from the first word's window
-    tail = loudness[-int(0.6 * 25) + 4:]
+    tail = loudness[-int(0.6 * 25) + 4 :]
     assert lead.max() < 0.05 and tail.max() < 0.05
     assert loudness.max() > 0.2
     assert int(np.argmax(loudness)) in range(int(0.6 * 25), len(loudness) - int(0.6 * 25))
 
 
 # ---------------------------------------------------------------- decode_audio
+
 
 def _ffmpeg(*args: str) -> None:
     assert FFMPEG is not None
@@ -275,8 +279,21 @@ def test_decode_common_audio_formats(tmp_path: Path, suffix: str) -> None:
 
 def test_decode_the_sound_track_of_a_video(tmp_path: Path) -> None:
     path = tmp_path / "presenter 视频.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=1", *TONE_SOURCE,
-            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(path))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x90:rate=25:duration=1",
+        *TONE_SOURCE,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(path),
+    )
     samples = decode_audio(path)
     assert samples.size / SR == pytest.approx(1.0, abs=0.05)
     assert _dominant_frequency(samples) == pytest.approx(440, abs=3)
@@ -325,8 +342,17 @@ def test_missing_and_empty_files_are_not_media(tmp_path: Path) -> None:
 
 def test_video_without_sound_has_no_audio_stream(tmp_path: Path) -> None:
     path = tmp_path / "silent film.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=0.5", "-c:v", "libx264",
-            "-preset", "ultrafast", str(path))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x90:rate=25:duration=0.5",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(path),
+    )
     with pytest.raises(NoAudioStream) as info:
         decode_audio(path)
     assert info.value.code == "NO_AUDIO_STREAM"
@@ -353,9 +379,23 @@ def test_missing_ffmpeg_is_tool_missing(tmp_path: Path, monkeypatch: pytest.Monk
 def test_stereo_is_averaged_like_the_reference(tmp_path: Path) -> None:
     """librosa.load(mono=True) averages channels; ffmpeg's -ac 1 would be 3 dB louder for one-sided stereo."""
     stereo = tmp_path / "left only.wav"
-    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1",
-            "-f", "lavfi", "-i", "anullsrc=channel_layout=mono:sample_rate=16000",
-            "-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]", "-t", "1", str(stereo))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=16000:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=channel_layout=mono:sample_rate=16000",
+        "-filter_complex",
+        "[0:a][1:a]amerge=inputs=2[a]",
+        "-map",
+        "[a]",
+        "-t",
+        "1",
+        str(stereo),
+    )
     mono = tmp_path / "mono.wav"
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1", str(mono))
     ratio = np.sqrt(np.mean(decode_audio(stereo) ** 2)) / np.sqrt(np.mean(decode_audio(mono) ** 2))
@@ -365,16 +405,32 @@ def test_stereo_is_averaged_like_the_reference(tmp_path: Path) -> None:
 def test_the_first_audio_track_is_the_one_decoded(tmp_path: Path) -> None:
     """The output is muxed with the first audio track, so the mouth must follow that one too."""
     two = tmp_path / "two tracks.mkv"
-    _ffmpeg("-f", "lavfi", "-i", "anullsrc=channel_layout=mono:sample_rate=16000",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=1",
-            "-map", "0:a", "-map", "1:a", "-t", "1", "-disposition:a:1", "default", "-disposition:a:0", "0",
-            str(two))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=channel_layout=mono:sample_rate=16000",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=16000:duration=1",
+        "-map",
+        "0:a",
+        "-map",
+        "1:a",
+        "-t",
+        "1",
+        "-disposition:a:1",
+        "default",
+        "-disposition:a:0",
+        "0",
+        str(two),
+    )
     assert np.abs(decode_audio(two)).max() < 1e-3
 
 
 @pytest.mark.parametrize("name", ["take:1.wav", "-dash.wav"])
-def test_names_that_look_like_options_or_protocols(tmp_path: Path, name: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_names_that_look_like_options_or_protocols(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=0.5", "file:" + str(tmp_path / name))
     monkeypatch.chdir(tmp_path)
     assert decode_audio(Path(name)).size == pytest.approx(8000, abs=200)  # relative, as the CLI passes it
@@ -388,8 +444,9 @@ def test_mel_in_blocks_equals_the_whole_file_stft(monkeypatch: pytest.MonkeyPatc
 
     wav = np.random.default_rng(7).normal(0, 0.1, SR * 5 + 137).astype(np.float32)
     emphasised = np.concatenate([wav[:1], wav[1:] - 0.97 * wav[:-1]]).astype(np.float32)
-    whole = librosa.stft(y=emphasised, n_fft=800, hop_length=200, win_length=800, window="hann", center=True,
-                         pad_mode="reflect")
+    whole = librosa.stft(
+        y=emphasised, n_fft=800, hop_length=200, win_length=800, window="hann", center=True, pad_mode="reflect"
+    )
     expected = normalize_mel(np.dot(audio._mel_basis(), np.abs(whole)))
     monkeypatch.setattr(audio, "STFT_BLOCK_FRAMES", 97)  # many blocks, a ragged last one
     blocked = wav2lip_mel(wav)

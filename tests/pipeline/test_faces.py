@@ -161,8 +161,9 @@ def test_short_gaps_are_interpolated_and_long_gaps_pass_through(detector, clip):
     # The short gap is a straight line between the faces around it (the box smoothing keeps it linear).
     for i in (12, 13, 14):
         t = (i - 11) / 4
-        np.testing.assert_allclose(track.landmarks[i], (1 - t) * track.landmarks[11] + t * track.landmarks[15],
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            track.landmarks[i], (1 - t) * track.landmarks[11] + t * track.landmarks[15], atol=1e-3
+        )
         assert (np.minimum(track.boxes[11], track.boxes[15]) - 1e-3 <= track.boxes[i]).all()
         assert (track.boxes[i] <= np.maximum(track.boxes[11], track.boxes[15]) + 1e-3).all()
     # Frames next to the long gap keep their own boxes (smoothing does not reach across it).
@@ -190,7 +191,7 @@ def two_presenters(left_width: int, right_width: int) -> np.ndarray:
         height = round(width * 220 / 190)
         scaled = cv2.resize(head(), (width, height), interpolation=cv2.INTER_AREA)
         y = (360 - height) // 2
-        canvas[y:y + height, x:x + width] = scaled
+        canvas[y : y + height, x : x + width] = scaled
     return canvas
 
 
@@ -229,10 +230,15 @@ def test_a_far_away_other_face_is_not_taken_for_the_target(detector):
     frames = [with_both] * 4 + [only_other] * 3 + [with_both] * 3
     left = max(detector.detect(with_both), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
     marks = detector.landmarks(with_both, left)  # the track's boxes are grown to hold the landmarks
-    left = np.array([min(left[0], marks[:, 0].min()), min(left[1], marks[:, 1].min()),
-                     max(left[2], marks[:, 0].max()), max(left[3], marks[:, 1].max())])
-    track = track_faces(iter(frames), detector, detect_every=1, max_gap_frames=12, smooth_window=1,
-                        pads=(0, 0, 0, 0))
+    left = np.array(
+        [
+            min(left[0], marks[:, 0].min()),
+            min(left[1], marks[:, 1].min()),
+            max(left[2], marks[:, 0].max()),
+            max(left[3], marks[:, 1].max()),
+        ]
+    )
+    track = track_faces(iter(frames), detector, detect_every=1, max_gap_frames=12, smooth_window=1, pads=(0, 0, 0, 0))
     assert track.face_ratio == 1.0  # frames 4-6 are a short gap: interpolated left boxes
     for i in range(len(frames)):
         assert iou(track.boxes[i], left) > 0.9, f"frame {i} left the presenter"
@@ -251,8 +257,10 @@ def test_boxes_hold_every_landmark_chin_included(detector, clip):
 def test_smoothing_reduces_box_jitter(detector, clip):
     rng = np.random.default_rng(7)
     shifts = rng.uniform(-6, 6, size=(len(clip[:30]), 2))
-    frames = [cv2.warpAffine(f, np.float32([[1, 0, dx], [0, 1, dy]]), (640, 360), borderMode=cv2.BORDER_REFLECT)
-              for f, (dx, dy) in zip(clip[:30], shifts, strict=True)]
+    frames = [
+        cv2.warpAffine(f, np.float32([[1, 0, dx], [0, 1, dy]]), (640, 360), borderMode=cv2.BORDER_REFLECT)
+        for f, (dx, dy) in zip(clip[:30], shifts, strict=True)
+    ]
     raw = track_faces(iter(frames), detector, smooth_window=1, detect_every=1, pads=(0, 0, 0, 0))
     smooth = track_faces(iter(frames), detector, smooth_window=7, detect_every=1, pads=(0, 0, 0, 0))
     assert jerk(smooth.boxes) < 0.4 * jerk(raw.boxes)
@@ -320,8 +328,12 @@ def test_fingerprint_changes_with_every_setting():
     reference = track_fingerprint(**base)
     assert reference == track_fingerprint(**base) and len(reference) == 16
     variants = [
-        {**base, "detector_name": "s3fd+2dfan4"}, {**base, "pads": (0, 12, 0, 0)}, {**base, "smooth_window": 3},
-        {**base, "max_gap_frames": 6}, {**base, "detect_max_side": 480}, {**base, "detect_every": 1},
+        {**base, "detector_name": "s3fd+2dfan4"},
+        {**base, "pads": (0, 12, 0, 0)},
+        {**base, "smooth_window": 3},
+        {**base, "max_gap_frames": 6},
+        {**base, "detect_max_side": 480},
+        {**base, "detect_every": 1},
     ]
     prints = {track_fingerprint(**v) for v in variants}
     assert reference not in prints and len(prints) == len(variants)
@@ -417,8 +429,9 @@ def test_landmarks_follow_the_talking_mouth_with_less_jitter(tmp_path, monkeypat
     assert filtered.face_ratio == raw.face_ratio == 1.0
 
     moving = np.concatenate([np.arange(0, 17), np.arange(48, 68)])
-    assert jerk(filtered.landmarks[:, moving].reshape(len(frames), -1)) \
-        < 0.8 * jerk(raw.landmarks[:, moving].reshape(len(frames), -1))
+    assert jerk(filtered.landmarks[:, moving].reshape(len(frames), -1)) < 0.8 * jerk(
+        raw.landmarks[:, moving].reshape(len(frames), -1)
+    )
     gap_filtered = mouth.measure_track(filtered.landmarks)[:, 0]
     gap_raw = mouth.measure_track(raw.landmarks)[:, 0]
     assert gap_filtered.std() > 0.85 * gap_raw.std()

@@ -47,8 +47,13 @@ def phone_over_mouth(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     centre = points[48:68].mean(axis=0)
     width = float(np.linalg.norm(points[54] - points[48]))
     out = image.copy()
-    cv2.rectangle(out, (int(centre[0] - 0.4 * width), int(points[33, 1])),
-                  (int(centre[0] + 1.2 * width), int(points[8, 1] + 0.3 * width)), (40, 40, 45), -1)
+    cv2.rectangle(
+        out,
+        (int(centre[0] - 0.4 * width), int(points[33, 1])),
+        (int(centre[0] + 1.2 * width), int(points[8, 1] + 0.3 * width)),
+        (40, 40, 45),
+        -1,
+    )
     return out
 
 
@@ -116,8 +121,16 @@ def test_the_weights_free_render_reports_warnings_and_still_renders(portrait, de
     image, points = portrait
     video = encode([phone_over_mouth(image, points)] * 25, tmp_path / "bob.mp4")
     speech = load_audio_features(demo.speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), lead_seconds=0.1))
-    result = render_video(video, speech, tmp_path / "out.mp4", MouthWarpEngine(), detector,
-                          options=RenderOptions(), cache_dir=tmp_path / "cache", work_dir=tmp_path / "work")
+    result = render_video(
+        video,
+        speech,
+        tmp_path / "out.mp4",
+        MouthWarpEngine(),
+        detector,
+        options=RenderOptions(),
+        cache_dir=tmp_path / "cache",
+        work_dir=tmp_path / "work",
+    )
     assert result.output.is_file() and result.frames > 0
     assert [w.code for w in result.warnings] == [footage.COVERED]
     assert result.warnings[0].message.startswith(f"{video}: ")

@@ -35,8 +35,23 @@ def test_find_tool_finds_ffmpeg_and_names_missing_tools():
 CODECS = {
     "h264": (("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"), "mp4", "h264", 8),
     "h264-10bit": (("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le"), "mp4", "h264", 10),
-    "hevc-10bit": (("-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-                    "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1"), "mp4", "hevc", 10),
+    "hevc-10bit": (
+        (
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "log-level=error",
+            "-pix_fmt",
+            "yuv420p10le",
+            "-tag:v",
+            "hvc1",
+        ),
+        "mp4",
+        "hevc",
+        10,
+    ),
     "vp9": (("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"), "webm", "vp9", 8),
 }
 
@@ -97,9 +112,29 @@ def test_not_media_and_audio_only_are_named_errors(media):
         probe_video(wav)
     assert "speech only.wav" in err.value.message
     cover = media / "song.mp3"
-    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.5", "-f", "lavfi", "-i", "color=red:size=32x32:duration=1",
-           "-map", "0", "-map", "1", "-c:a", "libmp3lame", "-c:v", "png", "-frames:v", "1",
-           "-disposition:v", "attached_pic", str(cover))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=0.5",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=red:size=32x32:duration=1",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:a",
+        "libmp3lame",
+        "-c:v",
+        "png",
+        "-frames:v",
+        "1",
+        "-disposition:v",
+        "attached_pic",
+        str(cover),
+    )
     with pytest.raises(NoVideoStream):
         probe_video(cover)  # cover art is not a presenter
 

@@ -33,7 +33,7 @@ def above_nose_line(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Pixels on the forehead side of the line through the nose tip parallel to the line between the eyes."""
     across = points[42:48].mean(axis=0) - points[36:42].mean(axis=0)
     down = np.array([-across[1], across[0]]) / np.linalg.norm(across)
-    ys, xs = np.mgrid[0:hw[0], 0:hw[1]]
+    ys, xs = np.mgrid[0 : hw[0], 0 : hw[1]]
     return (xs - points[30, 0]) * down[0] + (ys - points[30, 1]) * down[1] < 0
 
 
@@ -70,7 +70,7 @@ def test_mask_covers_the_mouth_and_leaves_eyes_and_forehead_alone(face) -> None:
     eyes = points[36:48]
     x0, y0 = np.floor(eyes.min(axis=0)).astype(int) - 3
     x1, y1 = np.ceil(eyes.max(axis=0)).astype(int) + 3
-    assert not mask[max(y0, 0):y1, max(x0, 0):x1].any()
+    assert not mask[max(y0, 0) : y1, max(x0, 0) : x1].any()
     # No hard rectangle: the crop's own border is 0.
     assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
 
@@ -107,7 +107,7 @@ def test_mask_follows_a_tilted_face(face) -> None:
     assert not mask[above_nose_line(tilted, (h, w))].any()
     for eye in (tilted[36:42].mean(axis=0), tilted[42:48].mean(axis=0)):
         x, y = np.round(eye).astype(int)
-        assert not mask[max(y - 4, 0):y + 5, max(x - 4, 0):x + 5].any()
+        assert not mask[max(y - 4, 0) : y + 5, max(x - 4, 0) : x + 5].any()
 
 
 def test_paste_blends_only_inside_the_mask(face) -> None:
@@ -142,6 +142,7 @@ def test_paste_rejects_a_crop_of_the_wrong_size() -> None:
 
 
 # ---------------------------------------------------------------- MuseTalk's crop box and the colour match
+
 
 def _face_marks(x0: float, y0: float, scale: float = 1.0) -> np.ndarray:
     """A synthetic 68-point layout: jaw 0..16 on an arc, point 29 on the nose bridge, chin (8) lowest."""

@@ -22,8 +22,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def farm_factory(request: pytest.FixtureRequest, tmp_path: Path,
-                 redis_server: RedisServer) -> Iterator[Callable[..., Farm]]:
+def farm_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[Callable[..., Farm]]:
     made: list[Farm] = []
 
     def make(name: str = "farm", **options: Any) -> Farm:

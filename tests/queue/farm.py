@@ -41,8 +41,23 @@ class RedisServer:
         assert REDIS_SERVER is not None
         log = open(self.root / "redis.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.root)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         client = self.client()
         wait_until(lambda: _pings(client), 30, "redis-server to answer")
@@ -76,23 +91,33 @@ class Farm(Daemon):
         self.worker_logs: dict[str, list[Path]] = {}
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
+        }
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
         logs = self.worker_logs.setdefault(name, [])
         log = self.root / f"worker-{name}-{len(logs) + 1}.log"
         logs.append(log)
         with open(log, "wb") as out:
-            proc = subprocess.Popen([*_heygemd_argv(), "--config", str(self.config), "worker", "--name",
-                                     f"{name}@test"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.root, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [*_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=env,
+                start_new_session=True,
+            )
         self.workers[name] = proc
         return proc
 
     def wait_workers_ready(self, timeout: float = 120.0) -> None:
         for name in self.workers:
-            self.wait_for(lambda name=name: self.worker_has(name, "worker.ready"), timeout, f"worker {name} ready",
-                          alive=False)
+            self.wait_for(
+                lambda name=name: self.worker_has(name, "worker.ready"), timeout, f"worker {name} ready", alive=False
+            )
 
     def worker_events(self, name: str) -> list[dict[str, object]]:
         events: list[dict[str, object]] = []
@@ -104,8 +129,9 @@ class Farm(Daemon):
         return events
 
     def worker_has(self, name: str, event: str, **fields: object) -> bool:
-        return any(e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
-                   for e in self.worker_events(name))
+        return any(
+            e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in self.worker_events(name)
+        )
 
     def renders(self) -> Counter[tuple[str, str]]:
         """(job id, video) of every ``video.done`` any worker logged: each must be 1."""

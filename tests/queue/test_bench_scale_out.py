@@ -15,9 +15,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 def test_bench_scale_out_json() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "bench", "--scale-out", "1", "--jobs", "1", "--audio-seconds", "1",
-                           "--video-seconds", "1", "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--scale-out",
+            "1",
+            "--jobs",
+            "1",
+            "--audio-seconds",
+            "1",
+            "--video-seconds",
+            "1",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["mode"] == "scale-out"

@@ -54,8 +54,11 @@ def test_sigkilled_worker_job_completes_on_the_other_once(farm_factory: Callable
 
     def second_video_rendering() -> dict | None:
         status = farm.status("long")
-        if status and [v["state"] for v in status["videos"]] == ["done", "processing"] \
-                and status["videos"][1]["frames_done"] > 0:
+        if (
+            status
+            and [v["state"] for v in status["videos"]] == ["done", "processing"]
+            and status["videos"][1]["frames_done"] > 0
+        ):
             return status
         return None
 
@@ -75,25 +78,33 @@ def test_sigkilled_worker_job_completes_on_the_other_once(farm_factory: Callable
     assert not farm.worker_has(survivor, "video.done", video="alice.mp4")
 
 
-def test_redis_restarted_mid_run_every_job_completes_once(farm_factory: Callable[..., Farm], media: Media,
-                                                          redis_server: RedisServer) -> None:
+def test_redis_restarted_mid_run_every_job_completes_once(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
+) -> None:
     farm = farm_factory()
     farm.start_worker("w1")
     farm.start_worker("w2")
     farm.start().wait_ready()
     farm.wait_workers_ready()
     names = submit_jobs(farm, media, 4)
-    farm.wait_for(lambda: any((farm.status(n) or {}).get("state") == "processing" for n in names),
-                  FARM_JOB_TIMEOUT_S, "a job to be processing")
+    farm.wait_for(
+        lambda: any((farm.status(n) or {}).get("state") == "processing" for n in names),
+        FARM_JOB_TIMEOUT_S,
+        "a job to be processing",
+    )
 
     redis_server.stop()  # without persistence: every queued task and lock is lost
     farm.wait_for(lambda: farm.has_event("queue.unreachable"), 60, "the intake to see the broker gone")
     farm.submit("while-down", {"speech.wav": media.speech, "alice.mp4": media.face_a})
     # a job that was running finishes meanwhile (its worker needs no broker to render)
-    farm.wait_for(lambda: any((farm.status(n) or {}).get("state") == "done" for n in names), FARM_JOB_TIMEOUT_S,
-                  "a running job to finish while Redis is down")
-    assert (farm.inbox / "while-down").is_dir() and not farm.claimed("while-down"), \
+    farm.wait_for(
+        lambda: any((farm.status(n) or {}).get("state") == "done" for n in names),
+        FARM_JOB_TIMEOUT_S,
+        "a running job to finish while Redis is down",
+    )
+    assert (farm.inbox / "while-down").is_dir() and not farm.claimed("while-down"), (
         "nothing is claimed while the broker cannot queue it"
+    )
 
     redis_server.start()
     farm.wait_for(lambda: farm.has_event("queue.reachable"), 60, "the intake to see the broker back")
@@ -106,8 +117,9 @@ def test_redis_restarted_mid_run_every_job_completes_once(farm_factory: Callable
     assert set(renders.values()) == {1}, renders
 
 
-def test_job_whose_task_was_dropped_is_republished(farm_factory: Callable[..., Farm], media: Media,
-                                                   redis_server: RedisServer) -> None:
+def test_job_whose_task_was_dropped_is_republished(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
+) -> None:
     farm = farm_factory()
     farm.start().wait_ready()  # no worker yet: the task waits in its queue
     farm.submit("dropped", {"speech.wav": media.speech, "alice.mp4": media.face_a})
@@ -128,9 +140,9 @@ def test_job_whose_task_was_dropped_is_republished(farm_factory: Callable[..., F
     assert farm.renders() == {("dropped", "alice.mp4"): 1}
 
 
-def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(farm_factory: Callable[..., Farm],
-                                                                       media: Media,
-                                                                       redis_server: RedisServer) -> None:
+def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
+) -> None:
     farm = farm_factory()
     worker = farm.start_worker("w1")
     farm.start().wait_ready()

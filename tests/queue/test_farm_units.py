@@ -12,9 +12,23 @@ from tests.test_unit_file import DEPLOY, UNIT, needs_systemd_analyze, one, parse
 
 WORKER = DEPLOY / "heygemd-worker@.service"
 INTAKE = DEPLOY / "heygemd-intake.service"
-HARDENING = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
-             "ProtectKernelModules", "ProtectControlGroups", "RestrictNamespaces", "CapabilityBoundingSet",
-             "SystemCallFilter", "RestrictAddressFamilies", "ProtectProc", "User", "UMask", "ReadWritePaths")
+HARDENING = (
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectControlGroups",
+    "RestrictNamespaces",
+    "CapabilityBoundingSet",
+    "SystemCallFilter",
+    "RestrictAddressFamilies",
+    "ProtectProc",
+    "User",
+    "UMask",
+    "ReadWritePaths",
+)
 
 
 def test_worker_template_is_one_instance_per_gpu_with_the_daemons_hardening() -> None:
@@ -41,6 +55,9 @@ def test_farm_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         unit = tmp_path / name
         unit.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={sys.executable}", source.read_text(), flags=re.M))
         done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-        lines = [line for line in (done.stdout + done.stderr).splitlines()
-                 if line and "RestartSteps" not in line and "RestartMaxDelaySec" not in line]
+        lines = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line and "RestartSteps" not in line and "RestartMaxDelaySec" not in line
+        ]
         assert done.returncode == 0 and not lines, (name, lines)

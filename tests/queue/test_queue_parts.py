@@ -28,8 +28,11 @@ def test_task_id_is_the_job_id_and_queues_follow_the_engine() -> None:
     assert queue_for(q, None) == queue_for(q, "auto") == "lip"
     assert queue_for(q, "wav2lip") == "lip.wav2lip"
     assert worker_queues(q, "mouthwarp") == ["lip", "lip.mouthwarp"]
-    assert worker_queues(QueueSettings(queue="lip", engines=["wav2lip", "mouthwarp"]), "mouthwarp") == \
-        ["lip", "lip.wav2lip", "lip.mouthwarp"]
+    assert worker_queues(QueueSettings(queue="lip", engines=["wav2lip", "mouthwarp"]), "mouthwarp") == [
+        "lip",
+        "lip.wav2lip",
+        "lip.mouthwarp",
+    ]
 
 
 def test_paths_are_mapped_by_the_longest_prefix() -> None:
@@ -68,8 +71,7 @@ def _claimed(tmp_path: Path, name: str, job_toml: str | None = None) -> Settings
     return Settings(paths={"inbox": inbox, "outbox": tmp_path / "outbox"})
 
 
-def test_publisher_publishes_once_per_task_id_and_disowns_the_claim(tmp_path: Path,
-                                                                     redis_server: RedisServer) -> None:
+def test_publisher_publishes_once_per_task_id_and_disowns_the_claim(tmp_path: Path, redis_server: RedisServer) -> None:
     base = _claimed(tmp_path, "lesson")
     settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
     publisher = Publisher(settings)
@@ -84,8 +86,7 @@ def test_publisher_publishes_once_per_task_id_and_disowns_the_claim(tmp_path: Pa
 
 def test_publisher_and_check_report_an_unreachable_broker(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    settings = Settings(paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"},
-                        queue=QueueSettings(broker=url))
+    settings = Settings(paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"}, queue=QueueSettings(broker=url))
     assert not Publisher(settings).reachable()
     (row,) = [c for c in run_checks(settings) if c.name == "broker"]
     assert not row.ok and url in row.detail and "redis-server" in row.fix
@@ -93,8 +94,9 @@ def test_publisher_and_check_report_an_unreachable_broker(tmp_path: Path) -> Non
 
 
 def test_check_reports_a_reachable_broker(tmp_path: Path, redis_server: RedisServer) -> None:
-    settings = Settings(paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"},
-                        queue=QueueSettings(broker=redis_server.url))
+    settings = Settings(
+        paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out"}, queue=QueueSettings(broker=redis_server.url)
+    )
     (row,) = [c for c in run_checks(settings) if c.name == "broker"]
     assert row.ok, row
 
@@ -113,8 +115,9 @@ def test_worker_without_a_broker_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "heygemd.toml"
     config.write_text('[paths]\ninbox = "in"\noutbox = "out"\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
-    done = subprocess.run([*_heygemd_argv(), "--config", str(config), "worker"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [*_heygemd_argv(), "--config", str(config), "worker"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 1
     assert "queue.broker is not set" in done.stderr and "HEYGEMD_QUEUE__BROKER" in done.stderr
 

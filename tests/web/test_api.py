@@ -60,27 +60,46 @@ def test_submit_picks_a_name_free_in_inbox_claims_and_outbox(make_client) -> Non
 def test_upload_names_are_reduced_to_safe_basenames(make_client, tmp_path: Path) -> None:
     client, settings = make_client()
     before = set(tree(tmp_path))
-    response = upload(client, audio=("../../../etc/passwd.wav", WAV),
-                      videos=(("../../outbox/evil.mp4", MP4), ("..\\..\\win.mp4", MP4), ("/abs/.hidden.mp4", MP4),
-                              ("anna.mp4", MP4), ("anna.mp4", MP4)), name="../../outbox/x")
+    response = upload(
+        client,
+        audio=("../../../etc/passwd.wav", WAV),
+        videos=(
+            ("../../outbox/evil.mp4", MP4),
+            ("..\\..\\win.mp4", MP4),
+            ("/abs/.hidden.mp4", MP4),
+            ("anna.mp4", MP4),
+            ("anna.mp4", MP4),
+        ),
+        name="../../outbox/x",
+    )
     assert response.status_code == 201, response.text
     assert response.json()["job_id"] == "x"
     job = settings.paths.inbox / "x"
-    assert sorted(p.name for p in job.iterdir()) == [".ready", "anna-2.mp4", "anna.mp4", "evil.mp4", "hidden.mp4",
-                                                     "passwd.wav", "win.mp4"]
+    assert sorted(p.name for p in job.iterdir()) == [
+        ".ready",
+        "anna-2.mp4",
+        "anna.mp4",
+        "evil.mp4",
+        "hidden.mp4",
+        "passwd.wav",
+        "win.mp4",
+    ]
     new = set(tree(tmp_path)) - before
     assert all(p.startswith("inbox/") for p in new), sorted(new)  # nothing written anywhere else
 
 
-@pytest.mark.parametrize(("kwargs", "what"), [
-    ({"audio": None}, "exactly one 'audio'"),
-    ({"videos": ()}, "at least one"),
-    ({"audio": ("notes.txt", b"hello")}, "not an audio file"),
-    ({"videos": (("slides.pdf", b"%PDF"),)}, "not a video"),
-    ({"videos": (("clip.mp4.part", MP4),)}, "reserved"),
-    ({"crf": "99"}, "crf"),
-    ({"engine": "magic"}, "engine"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        ({"audio": None}, "exactly one 'audio'"),
+        ({"videos": ()}, "at least one"),
+        ({"audio": ("notes.txt", b"hello")}, "not an audio file"),
+        ({"videos": (("slides.pdf", b"%PDF"),)}, "not a video"),
+        ({"videos": (("clip.mp4.part", MP4),)}, "reserved"),
+        ({"crf": "99"}, "crf"),
+        ({"engine": "magic"}, "engine"),
+    ],
+)
 def test_bad_uploads_get_a_json_error_and_leave_nothing(make_client, kwargs, what) -> None:
     client, settings = make_client()
     body = assert_problem(upload(client, **kwargs), 400, "BAD_UPLOAD")
@@ -91,8 +110,9 @@ def test_bad_uploads_get_a_json_error_and_leave_nothing(make_client, kwargs, wha
 
 def test_unknown_form_fields_and_non_multipart_bodies_are_refused(make_client) -> None:
     client, _ = make_client()
-    assert_problem(client.post("/api/jobs", files=[("audio", ("a.wav", WAV)), ("script", ("x.mp4", MP4))]),
-                   400, "BAD_UPLOAD")
+    assert_problem(
+        client.post("/api/jobs", files=[("audio", ("a.wav", WAV)), ("script", ("x.mp4", MP4))]), 400, "BAD_UPLOAD"
+    )
     assert_problem(client.post("/api/jobs", json={"audio": "a.wav"}), 400, "BAD_UPLOAD")
 
 
@@ -100,14 +120,19 @@ def test_oversize_uploads_are_refused_and_leave_nothing(make_client) -> None:
     client, settings = make_client("max_file_mb = 0.001\nmax_total_mb = 0.002\nmax_files = 3\n")
     body = assert_problem(upload(client, videos=(("anna.mp4", b"x" * 2000),)), 413, "UPLOAD_TOO_LARGE")
     assert "anna.mp4" in body["message"] and "max_file_mb" in body["message"]
-    body = assert_problem(upload(client, videos=(("a.mp4", b"x" * 900), ("b.mp4", b"x" * 900), ("c.mp4", b"x" * 900))),
-                          413, "UPLOAD_TOO_LARGE")
+    body = assert_problem(
+        upload(client, videos=(("a.mp4", b"x" * 900), ("b.mp4", b"x" * 900), ("c.mp4", b"x" * 900))),
+        413,
+        "UPLOAD_TOO_LARGE",
+    )
     assert "more than 3 files" in body["message"] or "max_total_mb" in body["message"]
-    assert_problem(upload(client, videos=(("a.mp4", b"x" * 800), ("b.mp4", b"x" * 800), ("c.mp4", b"x" * 800))),
-                   413, "UPLOAD_TOO_LARGE")
+    assert_problem(
+        upload(client, videos=(("a.mp4", b"x" * 800), ("b.mp4", b"x" * 800), ("c.mp4", b"x" * 800))),
+        413,
+        "UPLOAD_TOO_LARGE",
+    )
     assert_problem(upload(client, audio=("a.wav", b"x"), videos=(("b.mp4", b"x"),) * 3), 413, "UPLOAD_TOO_LARGE")
-    big = client.post("/api/jobs", content=b"x" * 200_000,
-                      headers={"content-type": "multipart/form-data; boundary=zz"})
+    big = client.post("/api/jobs", content=b"x" * 200_000, headers={"content-type": "multipart/form-data; boundary=zz"})
     assert_problem(big, 413, "UPLOAD_TOO_LARGE")  # refused from its Content-Length, before reading it
     assert [p.name for p in settings.paths.inbox.iterdir()] == [".heygemd"]
     assert list((settings.paths.state_dir / "uploads").iterdir()) == []
@@ -154,10 +179,17 @@ def test_no_path_outside_the_outbox_is_served_not_even_through_symlinks(make_cli
     (outbox / "lesson-01" / ".hidden.mp4").write_text("tmp")
     (outbox / "linked-job").symlink_to(tmp_path)
     (outbox / "evil").mkdir()
-    for path in ("/api/jobs/lesson-01/files/link.mp4", "/api/jobs/lesson-01/files/.hidden.mp4",
-                 "/api/jobs/lesson-01/files/..%2F..%2Fsecret.txt", "/api/jobs/lesson-01/files/%2E%2E",
-                 "/api/jobs/..%2Fsecret.txt", "/api/jobs/linked-job/files/secret.txt", "/api/jobs/linked-job",
-                 "/api/jobs/linked-job/outputs.zip", "/api/jobs/%2E%2E/files/secret.txt"):
+    for path in (
+        "/api/jobs/lesson-01/files/link.mp4",
+        "/api/jobs/lesson-01/files/.hidden.mp4",
+        "/api/jobs/lesson-01/files/..%2F..%2Fsecret.txt",
+        "/api/jobs/lesson-01/files/%2E%2E",
+        "/api/jobs/..%2Fsecret.txt",
+        "/api/jobs/linked-job/files/secret.txt",
+        "/api/jobs/linked-job",
+        "/api/jobs/linked-job/outputs.zip",
+        "/api/jobs/%2E%2E/files/secret.txt",
+    ):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "top secret" not in response.text
@@ -196,11 +228,14 @@ def _archive_inputs(settings, status, files: dict[str, bytes]) -> Path:
 
 def test_retry_submits_the_failed_videos_again_as_a_new_job(make_client) -> None:
     client, settings = make_client()
-    videos = [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
-              VideoStatus(input="bob.mov", state="failed", progress=0.3)]
+    videos = [
+        VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
+        VideoStatus(input="bob.mov", state="failed", progress=0.3),
+    ]
     status = finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
-    _archive_inputs(settings, status, {"lesson.wav": WAV, "anna.mp4": MP4, "bob.mov": MP4 + b"bob",
-                                       "job.toml": b"crf = 20\n"})
+    _archive_inputs(
+        settings, status, {"lesson.wav": WAV, "anna.mp4": MP4, "bob.mov": MP4 + b"bob", "job.toml": b"crf = 20\n"}
+    )
     response = client.post("/api/jobs/lesson/retry")
     assert response.status_code == 201, response.text
     assert response.json()["job_id"] == "lesson-retry"
@@ -214,11 +249,19 @@ def test_retry_refuses_without_failed_videos_or_archived_inputs(make_client) -> 
     client, settings = make_client()
     finished_job(settings.paths.outbox, "good")
     assert_problem(client.post("/api/jobs/good/retry"), 409, "NOTHING_TO_RETRY")
-    finished_job(settings.paths.outbox, "gone", state="failed",
-                 videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)])
+    finished_job(
+        settings.paths.outbox,
+        "gone",
+        state="failed",
+        videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)],
+    )
     assert_problem(client.post("/api/jobs/gone/retry"), 410, "INPUTS_GONE")
-    finished_job(settings.paths.outbox, "busy", state="processing",
-                 videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)])
+    finished_job(
+        settings.paths.outbox,
+        "busy",
+        state="processing",
+        videos=[VideoStatus(input="bob.mov", state="failed", progress=0.3)],
+    )
     assert_problem(client.post("/api/jobs/busy/retry"), 409, "JOB_BUSY")
 
 
@@ -252,7 +295,13 @@ def test_delete_refuses_queued_and_running_jobs(make_client) -> None:
 def test_health_says_which_engine_and_whether_busy(make_client) -> None:
     client, settings = make_client()
     assert client.get("/api/health").json() | {"version": "x"} == {
-        "status": "ok", "version": "x", "engine": "mouthwarp", "busy": False, "current": None, "queued": 0}
+        "status": "ok",
+        "version": "x",
+        "engine": "mouthwarp",
+        "busy": False,
+        "current": None,
+        "queued": 0,
+    }
     upload(client, name="waiting")
     claim = settings.paths.state_dir / CLAIMED / "running"
     (claim / INPUT_DIR).mkdir(parents=True)
@@ -263,9 +312,15 @@ def test_health_says_which_engine_and_whether_busy(make_client) -> None:
 def test_openapi_description_lists_every_endpoint(make_client) -> None:
     client, _ = make_client()
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) >= {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/files/{name}",
-                                  "/api/jobs/{job_id}/outputs.zip", "/api/jobs/{job_id}/retry", "/api/health",
-                                  "/api/events"}
+    assert set(spec["paths"]) >= {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/files/{name}",
+        "/api/jobs/{job_id}/outputs.zip",
+        "/api/jobs/{job_id}/retry",
+        "/api/health",
+        "/api/events",
+    }
     assert "multipart/form-data" in spec["paths"]["/api/jobs"]["post"]["requestBody"]["content"]
     page = client.get("/docs")
     assert page.status_code == 200 and "/api/jobs/{job_id}/outputs.zip" in page.text

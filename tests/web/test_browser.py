@@ -33,8 +33,15 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager must never fetch a browser or a driver
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
-                "--autoplay-policy=no-user-gesture-required", "--disable-gpu", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -47,13 +54,15 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 def _summary_progress(driver: object) -> int | None:
     """The job page's overall progress bar value (0..100), or None while the page is between loads."""
     value = driver.execute_script(  # type: ignore[attr-defined]
-        "const b = document.querySelector('.summary .bar'); return b ? b.getAttribute('aria-valuenow') : null;")
+        "const b = document.querySelector('.summary .bar'); return b ? b.getAttribute('aria-valuenow') : null;"
+    )
     return int(value) if value is not None else None
 
 
 @requires_chromium
 def test_upload_through_the_page_watch_progress_and_play_the_result(
-        browser: object, daemon_factory: Callable[..., Daemon], media: Media, tmp_path: Path) -> None:
+    browser: object, daemon_factory: Callable[..., Daemon], media: Media, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -76,9 +85,13 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
         """const dt = new DataTransfer();
            for (const name of ['voice.wav', 'anna.mp4', 'photo.jpg', 'notes.txt']) dt.items.add(new File(['x'], name));
            document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
-           return document.getElementById('chosen').innerText;""")
-    assert chosen.splitlines() == ["audio: voice.wav (0.0 MiB)", "presenter: anna.mp4 (0.0 MiB)",
-                                   "presenter: photo.jpg (0.0 MiB)"]
+           return document.getElementById('chosen').innerText;"""
+    )
+    assert chosen.splitlines() == [
+        "audio: voice.wav (0.0 MiB)",
+        "presenter: anna.mp4 (0.0 MiB)",
+        "presenter: photo.jpg (0.0 MiB)",
+    ]
     driver.get(url + "/new")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "audio").send_keys(str(media.long_speech))  # type: ignore[attr-defined]
     driver.find_element(By.ID, "videos").send_keys(str(media.face_a))  # type: ignore[attr-defined]
@@ -94,8 +107,12 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
             seen.append(value)
         return bool(driver.find_elements(By.CSS_SELECTOR, "article.video video"))  # type: ignore[attr-defined]
 
-    wait_until(finished, 120, "the finished video's player on the job page",
-               diagnostics=lambda: f"progress seen {seen}\n{daemon.diagnostics()}")
+    wait_until(
+        finished,
+        120,
+        "the finished video's player on the job page",
+        diagnostics=lambda: f"progress seen {seen}\n{daemon.diagnostics()}",
+    )
     assert any(0 < v < 100 for v in seen), f"the progress bar never showed a value between 0 and 100: {seen}"
     assert seen == sorted(seen), seen
 
@@ -104,7 +121,8 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
            const v = document.querySelector('article.video video');
            v.muted = true;
            v.play().then(() => setTimeout(() => done([v.readyState, v.currentTime, v.error && v.error.code]), 700),
-                         e => done([v.readyState, -1, String(e)]));""")
+                         e => done([v.readyState, -1, String(e)]));"""
+    )
     ready_state, current_time, error = playing
     assert error is None and ready_state >= 2 and current_time > 0, playing
     driver.execute_script("document.querySelector('article.video video').pause()")  # type: ignore[attr-defined]

@@ -45,8 +45,9 @@ def sse_events(client: httpx.Client, path: str, until: Callable[[dict], bool]) -
     raise AssertionError(f"the event stream ended; seen {seen}")
 
 
-def test_submit_render_follow_download_retry_delete(daemon_factory: Callable[..., Daemon], media: Media,
-                                                    faceless: Path) -> None:
+def test_submit_render_follow_download_retry_delete(
+    daemon_factory: Callable[..., Daemon], media: Media, faceless: Path
+) -> None:
     daemon = daemon_factory()
     with open(daemon.config, "a", encoding="utf-8") as cfg:
         cfg.write("\n[web]\nenabled = true\nport = 0\n")
@@ -55,9 +56,12 @@ def test_submit_render_follow_download_retry_delete(daemon_factory: Callable[...
     daemon.wait_ready()
     with httpx.Client(base_url=url, timeout=30) as client:
         with open(media.long_speech, "rb") as a, open(media.face_a, "rb") as v1, open(faceless, "rb") as v2:
-            response = client.post("/api/jobs", headers=AUTH, data={"name": "lesson-01", "loop_mode": "loop"},
-                                   files=[("audio", ("lesson.wav", a)), ("videos", ("anna.mp4", v1)),
-                                          ("videos", ("pattern.mp4", v2))])
+            response = client.post(
+                "/api/jobs",
+                headers=AUTH,
+                data={"name": "lesson-01", "loop_mode": "loop"},
+                files=[("audio", ("lesson.wav", a)), ("videos", ("anna.mp4", v1)), ("videos", ("pattern.mp4", v2))],
+            )
         assert response.status_code == 201, response.text
         job = response.json()["job_id"]
         assert job == "lesson-01"

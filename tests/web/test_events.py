@@ -35,20 +35,35 @@ def test_status_changes_reach_the_event_stream(tmp_path: Path, web_process) -> N
             name, machine = next(stream)
             assert name == "machine" and machine["engine"] == "mouthwarp" and machine["busy"] is False
 
-            status = finished_job(outbox, "lesson", state="processing",
-                                  videos=[VideoStatus(input="anna.mp4", state="processing", progress=0.2)])
+            status = finished_job(
+                outbox,
+                "lesson",
+                state="processing",
+                videos=[VideoStatus(input="anna.mp4", state="processing", progress=0.2)],
+            )
             name, doc = next(stream)
-            assert (name, doc["job_id"], doc["state"], doc["videos"][0]["progress"]) == \
-                ("job", "lesson", "processing", 0.2)
+            assert (name, doc["job_id"], doc["state"], doc["videos"][0]["progress"]) == (
+                "job",
+                "lesson",
+                "processing",
+                0.2,
+            )
 
             path = outbox / "lesson" / "status.json"
-            write_status(path, status.model_copy(update={
-                "videos": [VideoStatus(input="anna.mp4", state="processing", progress=0.6)]}))
+            write_status(
+                path,
+                status.model_copy(update={"videos": [VideoStatus(input="anna.mp4", state="processing", progress=0.6)]}),
+            )
             name, doc = next(stream)
             assert (name, doc["videos"][0]["progress"]) == ("job", 0.6)
 
-            done = read_status(path).model_copy(update={"state": "done", "progress": 1.0, "videos": [
-                VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4")]})
+            done = read_status(path).model_copy(
+                update={
+                    "state": "done",
+                    "progress": 1.0,
+                    "videos": [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4")],
+                }
+            )
             write_status(path, done)
             name, doc = next(stream)
             assert (name, doc["state"]) == ("job", "done")

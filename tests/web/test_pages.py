@@ -24,11 +24,29 @@ def test_jobs_page_lists_jobs_with_state_progress_counts_and_pages(make_client) 
 
 def test_job_page_shows_videos_players_errors_and_the_log(make_client) -> None:
     client, settings = make_client()
-    videos = [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4", poster="anna.jpg",
-                          face_ratio=0.96, frames_done=50, frames_total=50, timings={"total": 3.5}),
-              VideoStatus(input="bob.mov", state="failed", progress=0.2, error=ErrorStatus(
-                  code="NO_FACE", message="lesson/bob.mov: a face was found in 0% of the frames",
-                  hint="Use a video where the presenter's face is visible."))]
+    videos = [
+        VideoStatus(
+            input="anna.mp4",
+            state="done",
+            progress=1.0,
+            output="anna.mp4",
+            poster="anna.jpg",
+            face_ratio=0.96,
+            frames_done=50,
+            frames_total=50,
+            timings={"total": 3.5},
+        ),
+        VideoStatus(
+            input="bob.mov",
+            state="failed",
+            progress=0.2,
+            error=ErrorStatus(
+                code="NO_FACE",
+                message="lesson/bob.mov: a face was found in 0% of the frames",
+                hint="Use a video where the presenter's face is visible.",
+            ),
+        ),
+    ]
     finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
     html = client.get("/jobs/lesson").text
     assert '<video controls preload="metadata" src="/api/jobs/lesson/files/anna.mp4"' in html

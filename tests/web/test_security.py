@@ -21,10 +21,16 @@ from tests.web.webserver import TOKEN, clean_env, finished_job, heygemd_argv, wr
 WITH_TOKEN = f'token = "{TOKEN}"\n'
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 API_CALLS = [
-    ("GET", "/api/health"), ("GET", "/api/jobs"), ("GET", "/api/jobs/lesson"),
+    ("GET", "/api/health"),
+    ("GET", "/api/jobs"),
+    ("GET", "/api/jobs/lesson"),
     ("GET", "/api/jobs/lesson/files/anna.mp4"),
-    ("GET", "/api/jobs/lesson/outputs.zip"), ("POST", "/api/jobs/lesson/retry"), ("DELETE", "/api/jobs/lesson"),
-    ("POST", "/api/jobs"), ("GET", "/api/events"), ("GET", "/openapi.json"),
+    ("GET", "/api/jobs/lesson/outputs.zip"),
+    ("POST", "/api/jobs/lesson/retry"),
+    ("DELETE", "/api/jobs/lesson"),
+    ("POST", "/api/jobs"),
+    ("GET", "/api/events"),
+    ("GET", "/openapi.json"),
 ]
 
 
@@ -58,16 +64,22 @@ def test_pages_send_to_the_login_form_which_sets_a_strict_httponly_cookie(make_c
         response = client.get(page)
         assert response.status_code == 303 and response.headers["location"].startswith("/login?next=")
     assert client.get("/login").status_code == 200
-    wrong = client.post("/login", data={"token": "nope", "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"})
+    wrong = client.post(
+        "/login", data={"token": "nope", "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"}
+    )
     assert wrong.status_code == 401 and "not right" in wrong.text
     assert COOKIE not in wrong.cookies
-    right = client.post("/login", data={"token": TOKEN, "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"})
+    right = client.post(
+        "/login", data={"token": TOKEN, "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"}
+    )
     assert right.status_code == 303 and right.headers["location"] == "/jobs/lesson"
     cookie = right.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
     assert client.get("/jobs/lesson").status_code == 200  # the client keeps the cookie
     assert client.get("/api/jobs/lesson").status_code == 200  # the pages' scripts call the API with it
-    evil = client.post("/login", data={"token": TOKEN, "next": "//evil.example/"}, headers={"Origin": "http://testserver"})
+    evil = client.post(
+        "/login", data={"token": TOKEN, "next": "//evil.example/"}, headers={"Origin": "http://testserver"}
+    )
     assert evil.headers["location"] == "/"  # never redirected off the site
 
 
@@ -76,8 +88,12 @@ def test_cross_site_requests_cannot_change_anything(make_client) -> None:
     finished_job(settings.paths.outbox, "lesson")
     client.post("/login", data={"token": TOKEN}, headers={"Origin": "http://testserver"})
     files = [("audio", ("a.wav", WAV)), ("videos", ("b.mp4", MP4))]
-    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/page"}, {"Origin": "null"},
-                    {}):
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Referer": "https://evil.example/page"},
+        {"Origin": "null"},
+        {},
+    ):
         assert_problem(client.delete("/api/jobs/lesson", headers=headers), 403, "CROSS_SITE")
         assert_problem(client.post("/api/jobs", headers=headers, files=files), 403, "CROSS_SITE")
     assert (settings.paths.outbox / "lesson").is_dir()
@@ -113,8 +129,14 @@ def test_heygemd_web_refuses_a_non_loopback_bind_without_token(tmp_path: Path) -
     config = write_config(tmp_path, 'host = "0.0.0.0"\nport = 0\n')
     for command in ("web", "run"):
         env = clean_env({"HEYGEMD_WEB__ENABLED": "true"})
-        result = subprocess.run([*heygemd_argv(), "--config", str(config), command], env=env, capture_output=True,
-                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [*heygemd_argv(), "--config", str(config), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert result.returncode != 0, result.stdout + result.stderr
         for expected in ("BAD_CONFIG", "refusing to start", "HEYGEMD_WEB__TOKEN"):
             assert expected in result.stderr, result.stderr
@@ -154,9 +176,14 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_job(tmp_path: Path) -> 
         pytest.skip(f"cannot make a mount namespace here (unshare -rm: {probe.stderr.decode().strip()})")
     repo = Path(__file__).resolve().parents[2]
     shell = f'mount -t tmpfs -o size=1m tmpfs "$1/inbox" && exec "{sys.executable}" -c "$2" "$1"'
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", shell, "sh", str(tmp_path), DISK_FULL_SCRIPT],
-                            capture_output=True, text=True, timeout=120, cwd=repo,
-                            env=clean_env({"PYTHONPATH": str(repo)}))
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell, "sh", str(tmp_path), DISK_FULL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=repo,
+        env=clean_env({"PYTHONPATH": str(repo)}),
+    )
     assert result.returncode == 0, result.stderr
     status_line, left_line = result.stdout.strip().splitlines()[-2:]
     assert status_line.startswith("507 "), result.stdout
@@ -178,10 +205,15 @@ def test_an_upload_cut_off_midway_leaves_nothing(tmp_path: Path, web_process) ->
     part = b'--b\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n\r\n'
     head = part % (b"audio", b"lesson.wav") + WAV + b"\r\n" + part % (b"videos", b"anna.mp4") + b"v" * 50_000
     with socket.create_connection((address.hostname, address.port)) as sock:
-        sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 1000000\r\n\r\n" + head)
-        wait_until(lambda: any(p.is_file() and p.stat().st_size > 0 for p in uploads.glob("*/anna.mp4")), 30,
-                   "the upload to be written into its staging folder")
+        sock.sendall(
+            b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + head
+        )
+        wait_until(
+            lambda: any(p.is_file() and p.stat().st_size > 0 for p in uploads.glob("*/anna.mp4")),
+            30,
+            "the upload to be written into its staging folder",
+        )
     wait_until(lambda: uploads.is_dir() and not any(uploads.iterdir()), 30, "the staging folder to be removed")
     assert [p.name for p in (tmp_path / "inbox").iterdir()] == [".heygemd"]
     assert httpx.get(f"{server.url}/api/jobs").json()["total"] == 0

@@ -22,8 +22,9 @@ def write_config(root: Path, web: str = "", extra: str = "") -> Path:
     for name in ("inbox", "outbox", "models"):
         (root / name).mkdir(parents=True, exist_ok=True)
     config = root / "heygemd.toml"
-    config.write_text(f'[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n{extra}\n[web]\n{web}\n',
-                      encoding="utf-8")
+    config.write_text(
+        f'[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n{extra}\n[web]\n{web}\n', encoding="utf-8"
+    )
     return config
 
 
@@ -31,8 +32,15 @@ def settings_for(root: Path, web: str = "") -> Settings:
     return load_settings(write_config(root, web))
 
 
-def finished_job(outbox: Path, job_id: str, *, state: str = "done", files: Mapping[str, bytes] | None = None,
-                 claimed_minutes_ago: float = 0.0, videos: list[VideoStatus] | None = None) -> JobStatus:
+def finished_job(
+    outbox: Path,
+    job_id: str,
+    *,
+    state: str = "done",
+    files: Mapping[str, bytes] | None = None,
+    claimed_minutes_ago: float = 0.0,
+    videos: list[VideoStatus] | None = None,
+) -> JobStatus:
     """An outbox folder as the worker leaves it: status.json, job.log and the given files."""
     from datetime import timedelta
 
@@ -44,11 +52,18 @@ def finished_job(outbox: Path, job_id: str, *, state: str = "done", files: Mappi
     (folder / "job.log").write_text(f'{{"event": "job.started", "job_id": "{job_id}"}}\n', encoding="utf-8")
     claimed = utc_now() - timedelta(minutes=claimed_minutes_ago)
     status = JobStatus(
-        job_id=job_id, job_name=job_id, state=state, claimed=claimed, created=claimed, started=claimed,  # type: ignore[arg-type]
-        finished=claimed if state in ("done", "partial", "failed") else None, engine="mouthwarp",
+        job_id=job_id,
+        job_name=job_id,
+        state=state,
+        claimed=claimed,
+        created=claimed,
+        started=claimed,  # type: ignore[arg-type]
+        finished=claimed if state in ("done", "partial", "failed") else None,
+        engine="mouthwarp",
         audio=AudioStatus(file="lesson.wav", duration_s=2.0),
-        videos=videos if videos is not None else [
-            VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4", poster="anna.jpg")],
+        videos=videos
+        if videos is not None
+        else [VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4", poster="anna.jpg")],
         progress=1.0 if state != "processing" else 0.5,
     )
     return write_status(folder / "status.json", status)
@@ -65,8 +80,11 @@ def heygemd_argv() -> list[str]:
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
+    }
     env["HEYGEMD_LOGGING__FORMAT"] = "json"
     env.update(extra or {})
     return env
@@ -78,9 +96,15 @@ class WebProcess:
     def __init__(self, config: Path, command: str = "web", env: Mapping[str, str] | None = None) -> None:
         self.log = config.parent / f"{command}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([*heygemd_argv(), "--config", str(config), command],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=config.parent, env=clean_env(env), start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*heygemd_argv(), "--config", str(config), command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=config.parent,
+                env=clean_env(env),
+                start_new_session=True,
+            )
         self.url = ""
 
     def events(self) -> list[dict[str, Any]]:
