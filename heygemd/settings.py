@@ -86,6 +86,12 @@ class EngineSettings(Section):
         "automatically on GPU out-of-memory.",
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
+    cpu_threads: int = Field(
+        0, ge=0, description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter (at "
+        "least one), leaving room for the decoding and encoding ffmpeg.",
+    )
+    compile: bool = Field(False, description="Wrap the wav2lip model in torch.compile (slow first batches; the CPU "
+                          "needs a C++ compiler).")
     idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
     presenter_cache_gb: float = Field(
         20.0, gt=0, description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
