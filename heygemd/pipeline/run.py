@@ -127,7 +127,7 @@ def render_video(
 
     work_dir.mkdir(parents=True, exist_ok=True)
     with (
-        ScheduledFrames(info, n_out, loop_mode, work_dir) as scheduled,
+        ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool) as scheduled,
         timer.closing_in("encode", VideoWriter(
             output, info.width, info.height, info.fps, audio.path, audio.duration,
             crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate,
