@@ -125,6 +125,12 @@ class VideoSettings(Section):
     preset: str = Field("fast", description="x264 preset.")
     audio_bitrate: str = Field("192k", description="AAC bitrate of the output.")
     poster: bool = Field(True, description="Write a poster JPEG next to each output.")
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto", description="auto: NVDEC (-hwaccel cuda) when ffmpeg and a GPU offer it, else the CPU.",
+    )
+    encoder: Literal["auto", "libx264", "nvenc"] = Field(
+        "auto", description="auto: NVENC (h264_nvenc, -cq from crf) when ffmpeg and a GPU offer it, else libx264.",
+    )
     spool: Literal["ffv1", "utvideo", "raw"] = Field(
         "ffv1", description="How ping-pong/loop keep decoded frames in the temp folder: ffv1 (lossless, about 12 % "
         "of the raw frames at 720p), utvideo (lossless, about 20 %, half ffv1's CPU) or raw (no CPU, 100 %).",

@@ -60,3 +60,4 @@ def test_an_engine_failing_mid_video_stops_every_stage(session: LipSyncSession, 
     done = session.render(presenter, speech, out)  # the session is still usable
     assert done.output.is_file() and done.frames == speech.frame_count(25.0)
     assert done.timings["infer"] > 0 and done.timings["faces"] > 0 and done.timings["blend"] > 0
+    assert done.encoder in ("libx264", "h264_nvenc") and done.decoder in ("cpu", "nvdec")

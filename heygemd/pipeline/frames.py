@@ -25,6 +25,7 @@ import structlog
 
 from heygemd.errors import DecodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
+from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
 from heygemd.pipeline.spool import FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
@@ -86,17 +87,19 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-def read_frames(info: VideoInfo) -> Iterator[np.ndarray]:
+def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarray]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
     The stream is resampled to ``info.fps`` (CFR), turned upright and cropped to even size. When
     ffmpeg delivers slightly fewer frames (duration rounding) the last frame is repeated; when it
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
-    generator early kills and reaps ffmpeg.
+    generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
+    come back to system memory for the same filters, so they are the same up to the decoder's rounding.
     """
     ffmpeg = find_tool("ffmpeg")
     argv = [
-        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *input_args(info), "-i", media_url(info.path),
+        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *input_args(info),
+        *(decoder_args(decoder) if not info.is_still else []), "-i", media_url(info.path),
         "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
         "-vf", _decode_chain(info, ffmpeg),
         "-frames:v", str(info.frame_count), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
@@ -200,7 +203,7 @@ class ScheduledFrames:
     """
 
     def __init__(self, info: VideoInfo, n_out: int, mode: LoopMode, work_dir: Path, *,
-                 codec: SpoolCodec = "raw"):
+                 codec: SpoolCodec = "raw", decoder: Decoder = "cpu"):
         if codec not in ("raw", "ffv1", "utvideo"):
             raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
         self.info = info
@@ -208,6 +211,7 @@ class ScheduledFrames:
         self.mode = mode
         self.work_dir = Path(work_dir)
         self.codec: SpoolCodec = codec
+        self.decoder: Decoder = decoder
         self._schedule = frame_schedule(info.frame_count, self.n_out, mode)  # validates arguments
         self._source: Generator[np.ndarray, None, None] | None = None
         self._iter: Generator[tuple[int, np.ndarray], None, None] | None = None
@@ -263,14 +267,14 @@ class ScheduledFrames:
     def _repeat_single(self) -> Generator[tuple[int, np.ndarray], None, None]:
         if self.n_out == 0:
             return
-        self._source = read_frames(self.info)
+        self._source = read_frames(self.info, self.decoder)
         frame = next(self._source)
         self._release()
         for _ in range(self.n_out):
             yield 0, frame.copy()
 
     def _forward(self) -> Generator[tuple[int, np.ndarray], None, None]:
-        self._source = read_frames(self.info)
+        self._source = read_frames(self.info, self.decoder)
         try:
             for index in self._schedule:  # 0..n_out-1 with n_out <= frame_count
                 yield index, next(self._source)
@@ -281,7 +285,7 @@ class ScheduledFrames:
         n_source = self.info.frame_count
         self._spool = FrameSpool(self.work_dir, self.info.width, self.info.height, rate_arg(self.info.fps),
                                  self.codec, source=self.info.path, frames_expected=n_source)
-        self._source = read_frames(self.info)
+        self._source = read_frames(self.info, self.decoder)
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):

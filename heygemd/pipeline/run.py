@@ -20,6 +20,7 @@ from heygemd.pipeline import faces, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
+from heygemd.pipeline.hw_codecs import choose_decoder, choose_encoder
 from heygemd.pipeline.probe import VideoInfo, probe_video
 from heygemd.pipeline.stages import Stage, run_stages
 from heygemd.pipeline.timing import StageTimer
@@ -74,6 +75,10 @@ class RenderResult:
     """Seconds per stage (decode, detect, prepare, infer, blend, encode) and ``total``."""
     cached_presenter: bool | None = None
     """For engines with a per-presenter preparation: True when it came from the cache (no VAE encoding)."""
+    encoder: str = "libx264"
+    """The video encoder used: libx264 or h264_nvenc (``video.encoder``)."""
+    decoder: str = "cpu"
+    """The video decoder used for rendering: cpu or nvdec (``video.decoder``)."""
 
 
 ProgressCallback = Callable[[VideoProgress], None]
@@ -131,15 +136,17 @@ def render_video(
     video_opts = options.video
     loop_mode = options.loop_mode or video_opts.loop_mode
     crf = options.crf if options.crf is not None else video_opts.crf
+    decoder = choose_decoder(video_opts.decoder)
+    encoder = choose_encoder(video_opts.encoder)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     batch_frames = max(1, min(options.batch_size, BATCH_BYTES // info.frame_bytes))
     poster_frame: np.ndarray | None = None
     with (
-        ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool) as scheduled,
+        ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool, decoder=decoder) as scheduled,
         timer.closing_in("encode", VideoWriter(
             output, info.width, info.height, info.fps, audio.path, audio.duration,
-            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate,
+            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate, encoder=encoder,
         )) as writer,
     ):
         def cut(batch: _Batch) -> _Batch:
@@ -195,6 +202,8 @@ def render_video(
         cached_faces=cached,
         timings=timings,
         cached_presenter=prep.cached if prep is not None else None,
+        encoder=encoder,
+        decoder=decoder,
     )
 
 
