@@ -1,4 +1,4 @@
-"""``python -m bench``: render speed, stage utilisation and bottleneck, peak RSS and the ratio to a plain ffmpeg transcode.
+"""``python -m bench``: render speed, stage utilisation (the bottleneck), peak RSS and the ratio to a plain ffmpeg transcode.
 
 Default mode: one render and one plain ffmpeg decode+encode of the same input at the same settings
 (``heygemd.pipeline.encode.plain_transcode``), each in a fresh child process, reported side by side.

@@ -1,5 +1,6 @@
 """Helpers every torch engine shares: reading checkpoint files safely, hashing weights, batches that halve on
-out-of-memory, batch-norm folding, the CPU thread count. One of each, used by the Wav2Lip and MuseTalk engines alike."""
+out-of-memory, batch-norm folding, the CPU thread count. One of each, used by the Wav2Lip and MuseTalk engines
+alike."""
 
 from __future__ import annotations
 

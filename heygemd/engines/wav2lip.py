@@ -39,6 +39,9 @@ IMG_SIZE = 96
 """Side of the square face image the model sees and returns."""
 MEL_SHAPE = (80, 16)
 """(mel bands, mel columns) of one audio window."""
+CPU_SUB_BATCH = 16
+"""Faces per forward pass on the CPU, whatever ``engine.batch_size``: the forward holds ~9 MiB of activations per
+face (a pass of 64 peaks ~560 MiB above the weights) and larger passes are no faster on a CPU."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ class Wav2LipEngine:
     At load the batch norms are folded into the convolutions (``torch_util.fold_batch_norm``) and the weights put
     in channels-last memory; the model's input and output buffers are kept between batches (regrown only for a
     larger batch). On the CPU, torch uses ``threads`` intra-op threads (0: ``torch_util.cpu_threads``, leaving
-    room for ffmpeg). ``compile`` wraps the model in ``torch.compile`` (opt-in: the first batches are slow while
+    room for ffmpeg). ``torch_compile`` wraps the model in ``torch.compile`` (opt-in: the first batches are slow while
     it compiles, and it needs a C++ compiler on the CPU).
 
     ``batch_size`` is the current sub-batch size; on CUDA out-of-memory it is halved (down to 1) and stays
@@ -244,20 +247,20 @@ class Wav2LipEngine:
     needs = EngineNeeds()
 
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True,
-                 threads: int = 0, compile: bool = False):
+                 threads: int = 0, torch_compile: bool = False):
         if batch_size < 1:
             raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
         if threads < 0:
             raise ConfigError(f"engine.cpu_threads must be 0 (automatic) or more, got {threads}")
         self.checkpoint = Path(checkpoint)
         self.device: torch.device = resolve_device(device)
-        self._batches = HalvingBatches(batch_size, device=self.device, what="a single 96x96 face",
-                                       path=self.checkpoint)
+        size = batch_size if self.device.type != "cpu" else min(batch_size, CPU_SUB_BATCH)
+        self._batches = HalvingBatches(size, device=self.device, what="a single 96x96 face", path=self.checkpoint)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(threads))
         model = fold_batch_norm(load_model(self.checkpoint, self.device)).to(memory_format=torch.channels_last)
-        self._model: nn.Module | None = torch.compile(model) if compile else model
+        self._model: nn.Module | None = torch.compile(model) if torch_compile else model
         self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
         self._faces = np.empty((0, IMG_SIZE, IMG_SIZE, 6), dtype=np.float32)
         self._audio = np.empty((0, 1, *MEL_SHAPE), dtype=np.float32)
