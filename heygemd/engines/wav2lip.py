@@ -15,6 +15,7 @@ reproduce the reference ``models/wav2lip.py`` layer for layer, so the parameter 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,8 +260,11 @@ class Wav2LipEngine:
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(threads))
-        model = fold_batch_norm(load_model(self.checkpoint, self.device)).to(memory_format=torch.channels_last)
-        self._model: nn.Module | None = torch.compile(model) if torch_compile else model
+        model = fold_batch_norm(load_model(self.checkpoint, self.device))
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in the stubs
+        self._model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = (
+            torch.compile(model) if torch_compile else model
+        )
         self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
         self._faces = np.empty((0, IMG_SIZE, IMG_SIZE, 6), dtype=np.float32)
         self._audio = np.empty((0, 1, *MEL_SHAPE), dtype=np.float32)
@@ -311,7 +315,8 @@ class Wav2LipEngine:
         self._batches.run(count, infer)
         return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
 
-    def _infer(self, model: nn.Module, audio: np.ndarray, faces: np.ndarray, out: np.ndarray) -> None:
+    def _infer(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], audio: np.ndarray,
+               faces: np.ndarray, out: np.ndarray) -> None:
         """Predict one sub-batch into ``out``, (n, 96, 96, 3) uint8 BGR; ``faces`` is channels-last (n, 96, 96, 6)."""
         non_blocking = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16,

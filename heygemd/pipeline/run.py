@@ -366,7 +366,7 @@ def _cut_faces(
     """
     crops: list[np.ndarray] = []
     landmarks: list[np.ndarray] = []
-    for offset, (source_index, frame) in enumerate(zip(batch.sources, batch.frames)):
+    for offset, (source_index, frame) in enumerate(zip(batch.sources, batch.frames, strict=True)):
         if not track.has_face(source_index):
             continue
         ibox = _usable_box(frame, boxes[source_index])
@@ -383,7 +383,7 @@ def _cut_faces(
         crops=crops,
         landmarks=landmarks,
         mels=np.stack([mels[offset] for offset in offsets]),
-        masks=[render.mouth_mask(marks, crop.shape[:2]) for marks, crop in zip(landmarks, crops)],
+        masks=[render.mouth_mask(marks, crop.shape[:2]) for marks, crop in zip(landmarks, crops, strict=True)],
         prompts=np.stack([prompts[offset] for offset in offsets]) if prompts is not None else None,
         prepared=np.stack([prep.data[batch.sources[offset]] for offset in offsets]) if prep is not None else None,
     )

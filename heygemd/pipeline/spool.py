@@ -18,11 +18,12 @@ fills rather than a failed write.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from array import array
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class FrameSpool:
             if self.codec != "raw":
                 require_free_space(self.work_dir, self.segment * self.frame_bytes)
                 self._encoder = self._start_encoder()
-        data = memoryview(np.ascontiguousarray(frame)).cast("B")
+        data = np.ascontiguousarray(frame).data.cast("B")
         try:
             if self._encoder is None:
                 _pwrite_all(self._file.fileno(), data, self._starts[-1])
@@ -136,7 +137,7 @@ class FrameSpool:
         end = self._starts[segment + 1] if segment + 1 < len(self._starts) else self.nbytes
         if self.codec == "raw":
             frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
-            _pread_all(self._file.fileno(), memoryview(frame).cast("B"), self._starts[segment])
+            _pread_all(self._file.fileno(), frame.data.cast("B"), self._starts[segment])
             return frame
         if segment != self._cached_segment:
             self._decode_segment(segment, self._starts[segment], end)
@@ -202,12 +203,13 @@ class FrameSpool:
         ]
         self._cached_segment = -1
         proc = ToolProcess(argv, stdout=True, pass_fds=(fd,))
+        stream = cast(io.BufferedIOBase, proc.stdout)
         try:
             for i in range(count):
-                view = memoryview(self._cache[i]).cast("B")
+                view = self._cache[i].data.cast("B")
                 got = 0
                 while got < len(view):
-                    n = proc.stdout.readinto(view[got:])
+                    n = stream.readinto(view[got:])
                     if not n:
                         break
                     got += n

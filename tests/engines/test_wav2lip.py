@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import math
+import os
 from pathlib import Path
 
 import numpy as np

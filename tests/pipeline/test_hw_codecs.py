@@ -39,7 +39,7 @@ def test_nvenc_writes_h264_and_nvdec_reads_it_back(h264, media, tmp_path) -> Non
     cpu_frames = list(read_frames(info))
     gpu_frames = list(read_frames(info, "nvdec"))
     assert len(gpu_frames) == len(cpu_frames)
-    assert max(mad(a, b) for a, b in zip(cpu_frames, gpu_frames)) < 1.0
+    assert max(mad(a, b) for a, b in zip(cpu_frames, gpu_frames, strict=True)) < 1.0
     out = tmp_path / "nvenc.mp4"
     audio = sine(media / "nvenc.wav", seconds=len(cpu_frames) / info.fps)
     with VideoWriter(out, info.width, info.height, info.fps, audio, len(cpu_frames) / info.fps,
@@ -49,4 +49,4 @@ def test_nvenc_writes_h264_and_nvdec_reads_it_back(h264, media, tmp_path) -> Non
     stream = next(s for s in ffprobe_json(out)["streams"] if s["codec_type"] == "video")
     assert stream["codec_name"] == "h264"
     back = list(read_frames(probe_video(out)))
-    assert np.mean([mad(a, b) for a, b in zip(cpu_frames, back)]) < 3.0
+    assert np.mean([mad(a, b) for a, b in zip(cpu_frames, back, strict=True)]) < 3.0
