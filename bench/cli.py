@@ -1,4 +1,4 @@
-"""``python -m bench``: render speed, stage shares, peak RSS and the ratio to a plain ffmpeg transcode.
+"""``python -m bench``: render speed, stage utilisation (the bottleneck), peak RSS and the ratio to a plain ffmpeg transcode.
 
 Default mode: one render and one plain ffmpeg decode+encode of the same input at the same settings
 (``heygemd.pipeline.encode.plain_transcode``), each in a fresh child process, reported side by side.
@@ -22,7 +22,9 @@ from pathlib import Path
 from bench import inputs  # stdlib-only at import time: the parent stays small
 from bench.inputs import REPO_ROOT
 
-STAGES = ("decode", "detect", "prepare", "infer", "blend", "encode")
+STAGES = ("decode", "detect", "prepare", "faces", "infer", "blend", "encode")
+RENDER_STAGES = ("decode", "faces", "infer", "blend", "encode")
+"""The stages that run concurrently while rendering (``pipeline/stages.py``); detect and prepare run before."""
 MEMORY_RATIO_TARGET = 1.2
 """Product target: the peak RSS of a 60 s output within 1.2x of a 10 s one."""
 
@@ -172,11 +174,15 @@ def _progress(args: argparse.Namespace, text: str) -> None:
 # Summaries
 
 
-def stage_shares(total: float, timings: dict[str, float]) -> dict[str, float]:
-    """Percent of ``total`` per stage, plus ``other`` (probe, mel chunks, bookkeeping): sums to 100."""
-    shares = {stage: 100.0 * timings.get(stage, 0.0) / total for stage in STAGES}
-    shares["other"] = 100.0 - sum(shares.values())
-    return {k: round(v, 2) for k, v in shares.items()}
+def stage_utilisation(total: float, timings: dict[str, float]) -> dict[str, float]:
+    """Percent of ``total`` each stage was busy. The render stages run at the same time, so these do not sum to
+    100: a stage near 100 % of the render phase is the bottleneck, the others wait on their queues."""
+    return {stage: round(100.0 * timings.get(stage, 0.0) / total, 2) for stage in STAGES}
+
+
+def bottleneck(timings: dict[str, float]) -> str:
+    """The busiest of the concurrent render stages: the one that sets the pace."""
+    return max(RENDER_STAGES, key=lambda stage: timings.get(stage, 0.0))
 
 
 def summarise_render(runs: list[dict]) -> dict:
@@ -191,7 +197,8 @@ def summarise_render(runs: list[dict]) -> dict:
         "load_s": round(statistics.median(r["load_s"] for r in runs), 3),
         "audio_s": round(statistics.median(r["audio_s"] for r in runs), 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "stage_share_pct": stage_shares(total, timings),
+        "stage_busy_pct": stage_utilisation(total, timings),
+        "bottleneck": bottleneck(timings),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "children_peak_rss_mib": max(r["children_peak_rss_mib"] for r in runs),
         "frames": first["frames"],
@@ -344,7 +351,7 @@ def memory_scaling(args: argparse.Namespace, work: Path) -> dict:
 
 def _fmt_single(r: dict) -> str:
     i, rd, pl = r["input"], r["render"], r["plain"]
-    shares = "  ".join(f"{k} {v:.1f}%" for k, v in rd["stage_share_pct"].items())
+    shares = "  ".join(f"{k} {v:.1f}%" for k, v in rd["stage_busy_pct"].items())
     secs = "  ".join(f"{k} {v:.2f}" for k, v in rd["timings"].items())
     lines = [
         f"engine {r['engine']} on {r['device']}, detector {r['detector']}"
@@ -364,7 +371,8 @@ def _fmt_single(r: dict) -> str:
         f"{pl['frames_per_second']:10.1f}{_ffmpeg_rss(pl):>14}  (the ffmpeg process)",
         "",
         f"render / plain ffmpeg: {r['ratio_to_plain']:.2f}x",
-        f"stage share: {shares}",
+        f"stage busy:  {shares}  (of total; render stages run concurrently)",
+        f"bottleneck:  {rd['bottleneck']}",
         f"stage s:     {secs}",
         f"not in total: engine load {rd['load_s']:.2f} s, audio features {rd['audio_s']:.2f} s",
     ]

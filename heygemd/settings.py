@@ -87,6 +87,12 @@ class EngineSettings(Section):
         "automatically on GPU out-of-memory.",
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
+    cpu_threads: int = Field(
+        0, ge=0, description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter (at "
+        "least one), leaving room for the decoding and encoding ffmpeg.",
+    )
+    compile: bool = Field(False, description="Wrap the wav2lip model in torch.compile (slow first batches; the CPU "
+                          "needs a C++ compiler).")
     idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
     presenter_cache_gb: float = Field(
         20.0, gt=0, description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
@@ -120,6 +126,16 @@ class VideoSettings(Section):
     preset: str = Field("fast", description="x264 preset.")
     audio_bitrate: str = Field("192k", description="AAC bitrate of the output.")
     poster: bool = Field(True, description="Write a poster JPEG next to each output.")
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto", description="auto: NVDEC (-hwaccel cuda) when ffmpeg and a GPU offer it, else the CPU.",
+    )
+    encoder: Literal["auto", "libx264", "nvenc"] = Field(
+        "auto", description="auto: NVENC (h264_nvenc, -cq from crf) when ffmpeg and a GPU offer it, else libx264.",
+    )
+    spool: Literal["ffv1", "utvideo", "raw"] = Field(
+        "ffv1", description="How ping-pong/loop keep decoded frames in the temp folder: ffv1 (lossless, about 12 % "
+        "of the raw frames at 720p), utvideo (lossless, about 20 %, half ffv1's CPU) or raw (no CPU, 100 %).",
+    )
 
 
 class OutboxSettings(Section):

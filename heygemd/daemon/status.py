@@ -88,6 +88,7 @@ class VideoStatus(_Model):
         default_factory=dict,
         description="Seconds per stage, free-form: decode, detect, infer, blend, encode, total.",
     )
+    encoder: str | None = Field(None, description="Video encoder of the output: libx264 or h264_nvenc.")
     error: ErrorStatus | None = None
     warnings: list[ErrorStatus] = Field(
         default_factory=list,

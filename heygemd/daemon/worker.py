@@ -241,6 +241,7 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                     poster=result.poster.name if result.poster and result.poster.is_file() else None,
                     timings={k: round(v, 3) for k, v in result.timings.items()},
                     warnings=[_for_user(warning, claimed) for warning in result.warnings],
+                    encoder=result.encoder,
                 )
                 log.info("video.done", output=output.name, seconds=round(result.timings["total"], 2),
                          face_ratio=round(result.face_ratio, 3), frames=result.frames)

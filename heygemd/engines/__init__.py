@@ -80,7 +80,8 @@ def load_engine(settings: EngineSettings, models_dir: Path, requested: str | Non
             )
         from heygemd.engines.wav2lip import Wav2LipEngine
 
-        return Wav2LipEngine(checkpoint, device=settings.device, batch_size=settings.batch_size, fp16=settings.fp16)
+        return Wav2LipEngine(checkpoint, device=settings.device, batch_size=settings.batch_size, fp16=settings.fp16,
+                             threads=settings.cpu_threads, torch_compile=settings.compile)
     if name == "musetalk":
         from heygemd.engines.musetalk import MuseTalkEngine
 

@@ -1,9 +1,11 @@
 """Helpers every torch engine shares: reading checkpoint files safely, hashing weights, batches that halve on
-out-of-memory. One of each, used by the Wav2Lip and MuseTalk engines alike."""
+out-of-memory, batch-norm folding, the CPU thread count. One of each, used by the Wav2Lip and MuseTalk engines
+alike."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import structlog
 import torch
+from torch import nn
 
 from heygemd.errors import CheckpointError, OutOfMemory
 
@@ -132,3 +135,41 @@ class HalvingBatches:
                                                        failed_batch=size, batch_size=self.size)
                 continue
             start += size
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a (transposed) convolution in an ``nn.Sequential`` into that
+    convolution's weights and bias, in place (eval-mode BatchNorm is an affine map per channel). The folded
+    BatchNorm is replaced by ``nn.Identity`` so module indices and names stay. Returns ``model``."""
+    with torch.no_grad():
+        for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+            for i in range(len(sequence) - 1):
+                conv, norm = sequence[i], sequence[i + 1]
+                if not isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) or not isinstance(norm, nn.BatchNorm2d):
+                    continue
+                if norm.running_mean is None or norm.running_var is None:
+                    continue  # batch statistics only: nothing fixed to fold
+                scale = norm.running_var.add(norm.eps).rsqrt()
+                if norm.weight is not None:
+                    scale = scale * norm.weight
+                shift = -norm.running_mean * scale
+                if norm.bias is not None:
+                    shift = shift + norm.bias
+                # Conv2d weights are (out, in, k, k); ConvTranspose2d weights (in, out, k, k).
+                channel_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+                shape = [1] * conv.weight.dim()
+                shape[channel_dim] = -1
+                conv.weight.mul_(scale.view(shape))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.bias = nn.Parameter(bias * scale + shift)
+                sequence[i + 1] = nn.Identity()
+    return model
+
+
+def cpu_threads(requested: int) -> int:
+    """Intra-op threads for CPU inference: ``requested``, or for 0 the usable cores less a quarter (at least one
+    core) so the decoding and encoding ffmpeg processes keep room."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - max(1, cores // 4))

@@ -15,6 +15,7 @@ reproduce the reference ``models/wav2lip.py`` layer for layer, so the parameter 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,23 @@ from torch import nn
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.torch_device import resolve_device
-from heygemd.engines.torch_util import HalvingBatches, file_sha256, listing, read_state_dict
+from heygemd.engines.torch_util import (
+    HalvingBatches,
+    cpu_threads,
+    file_sha256,
+    fold_batch_norm,
+    listing,
+    read_state_dict,
+)
 from heygemd.errors import CheckpointError, ConfigError
 
 IMG_SIZE = 96
 """Side of the square face image the model sees and returns."""
 MEL_SHAPE = (80, 16)
 """(mel bands, mel columns) of one audio window."""
+CPU_SUB_BATCH = 16
+"""Faces per forward pass on the CPU, whatever ``engine.batch_size``: the forward holds ~9 MiB of activations per
+face (a pass of 64 peaks ~560 MiB above the weights) and larger passes are no faster on a CPU."""
 
 
 @dataclass(frozen=True)
@@ -202,19 +213,32 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 def face_input(crops: list[np.ndarray]) -> np.ndarray:
     """float32 (B, 6, 96, 96) model input: each crop resized to 96x96, BGR / 255, channels 0-2 the crop with
     rows 48: (the lower half, where the mouth is) zeroed, channels 3-5 the unmasked crop."""
-    faces = np.empty((len(crops), IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+    out = np.empty((len(crops), IMG_SIZE, IMG_SIZE, 6), dtype=np.float32)
+    face_input_into(crops, out)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def face_input_into(crops: list[np.ndarray], out: np.ndarray) -> None:
+    """``face_input`` written channels-last into ``out[:len(crops)]``, a float32 (>=B, 96, 96, 6) buffer: viewed as
+    (B, 6, 96, 96) it is the model's input in channels-last memory, with no copy."""
+    half = IMG_SIZE // 2
     for i, crop in enumerate(crops):
         if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8 or min(crop.shape[:2]) < 1:
             raise ValueError(f"crop {i} must be a non-empty (h, w, 3) uint8 BGR image, got {crop.shape} {crop.dtype}")
-        faces[i] = _resize(crop, IMG_SIZE, IMG_SIZE)
-    masked = faces.copy()
-    masked[:, IMG_SIZE // 2:] = 0
-    stacked = np.concatenate([masked, faces], axis=3).astype(np.float32) / 255.0
-    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+        face = out[i, :, :, 3:]
+        np.divide(_resize(crop, IMG_SIZE, IMG_SIZE), np.float32(255.0), out=face)
+        out[i, :half, :, :3] = face[:half]
+        out[i, half:, :, :3] = 0.0
 
 
 class Wav2LipEngine:
     """The Wav2Lip engine (``heygemd.engines.base.Engine``): the model stays loaded until ``close()``.
+
+    At load the batch norms are folded into the convolutions (``torch_util.fold_batch_norm``) and the weights put
+    in channels-last memory; the model's input and output buffers are kept between batches (regrown only for a
+    larger batch). On the CPU, torch uses ``threads`` intra-op threads (0: ``torch_util.cpu_threads``, leaving
+    room for ffmpeg). ``torch_compile`` wraps the model in ``torch.compile`` (opt-in: the first batches are slow while
+    it compiles, and it needs a C++ compiler on the CPU).
 
     ``batch_size`` is the current sub-batch size; on CUDA out-of-memory it is halved (down to 1) and stays
     halved for the rest of the engine's life.
@@ -223,16 +247,28 @@ class Wav2LipEngine:
     name = "wav2lip"
     needs = EngineNeeds()
 
-    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True):
+    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True,
+                 threads: int = 0, torch_compile: bool = False):
         if batch_size < 1:
             raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
+        if threads < 0:
+            raise ConfigError(f"engine.cpu_threads must be 0 (automatic) or more, got {threads}")
         self.checkpoint = Path(checkpoint)
         self.device: torch.device = resolve_device(device)
-        self._batches = HalvingBatches(batch_size, device=self.device, what="a single 96x96 face",
-                                       path=self.checkpoint)
+        size = batch_size if self.device.type != "cpu" else min(batch_size, CPU_SUB_BATCH)
+        self._batches = HalvingBatches(size, device=self.device, what="a single 96x96 face", path=self.checkpoint)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
-        self._model: Wav2Lip | None = load_model(self.checkpoint, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(threads))
+        model = fold_batch_norm(load_model(self.checkpoint, self.device))
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in the stubs
+        self._model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = (
+            torch.compile(model) if torch_compile else model
+        )
         self.identity = "sha256:" + file_sha256(self.checkpoint)[:12]
+        self._faces = np.empty((0, IMG_SIZE, IMG_SIZE, 6), dtype=np.float32)
+        self._audio = np.empty((0, 1, *MEL_SHAPE), dtype=np.float32)
+        self._mouths = np.empty((0, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
 
     @property
     def batch_size(self) -> int:
@@ -245,6 +281,19 @@ class Wav2LipEngine:
     def prepare(self, mel: np.ndarray) -> None:
         """Wav2Lip reads each frame's mel window as the reference does; nothing to adapt per recording."""
 
+    def _buffers(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The input (faces channels-last, audio) and output buffers, at least ``count`` long."""
+        if len(self._faces) < count:
+            pinned = self.device.type == "cuda"  # page-locked host memory: the copies to the GPU can be asynchronous
+
+            def empty(shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
+                return torch.empty(shape, dtype=dtype, pin_memory=pinned).numpy()
+
+            self._faces = empty((count, IMG_SIZE, IMG_SIZE, 6), torch.float32)
+            self._audio = empty((count, 1, *MEL_SHAPE), torch.float32)
+            self._mouths = empty((count, IMG_SIZE, IMG_SIZE, 3), torch.uint8)
+        return self._faces, self._audio, self._mouths
+
     def generate(self, batch: FaceBatch) -> list[np.ndarray]:
         """Mouth-synced crops (uint8 BGR, each the size of its input crop), one per crop of ``batch``."""
         model = self._model
@@ -256,25 +305,27 @@ class Wav2LipEngine:
             raise ValueError(f"mels must be ({count}, 80, 16) for {count} crops, got {mels.shape}")
         if count == 0:
             return []
-        faces = face_input(batch.crops)
-        audio = np.ascontiguousarray(mels[:, None])
-        mouths = np.empty((count, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+        faces, audio, mouths = self._buffers(count)
+        face_input_into(batch.crops, faces)
+        audio[:count, 0] = mels
 
         def infer(start: int, stop: int) -> None:
-            mouths[start:stop] = self._infer(model, audio[start:stop], faces[start:stop])
+            self._infer(model, audio[start:stop], faces[start:stop], mouths[start:stop])
 
         self._batches.run(count, infer)
         return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
 
-    def _infer(self, model: Wav2Lip, audio: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """(n, 96, 96, 3) uint8 BGR predictions for one sub-batch."""
+    def _infer(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], audio: np.ndarray,
+               faces: np.ndarray, out: np.ndarray) -> None:
+        """Predict one sub-batch into ``out``, (n, 96, 96, 3) uint8 BGR; ``faces`` is channels-last (n, 96, 96, 6)."""
+        non_blocking = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16,
                                                     enabled=self.fp16):
-            audio_t = torch.from_numpy(audio).to(self.device)
-            faces_t = torch.from_numpy(faces).to(self.device)
+            audio_t = torch.from_numpy(audio).to(self.device, non_blocking=non_blocking)
+            faces_t = torch.from_numpy(faces).permute(0, 3, 1, 2).to(self.device, non_blocking=non_blocking)
             pred = model(audio_t, faces_t)
             pixels = (pred.float().clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8)
-            return pixels.permute(0, 2, 3, 1).cpu().numpy()
+            torch.from_numpy(out).copy_(pixels.permute(0, 2, 3, 1))
 
     def release(self) -> None:
         """Return cached GPU memory to the driver between jobs; the model stays loaded."""

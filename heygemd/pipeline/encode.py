@@ -22,6 +22,7 @@ from heygemd.fsutil import atomic_writer, publish_written
 from heygemd.names import temp_path
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
 from heygemd.pipeline.frames import decode_filters, input_args
+from heygemd.pipeline.hw_codecs import Encoder, encoder_args
 from heygemd.pipeline.probe import VideoInfo
 from heygemd.settings import VideoSettings
 
@@ -33,9 +34,9 @@ _ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,f
 """BGR -> yuv420p with the BT.709 matrix, limited range; accurate_rnd as in ``frames._DECODE_TO_BGR``."""
 
 
-def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float) -> list[str]:
+def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float, encoder: Encoder) -> list[str]:
     return [
-        "-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf)), "-pix_fmt", "yuv420p", *_ENCODE_COLOUR,
+        *encoder_args(encoder, crf, preset), "-pix_fmt", "yuv420p", *_ENCODE_COLOUR,
         "-c:a", "aac", "-b:a", str(audio_bitrate),
         "-t", f"{duration:.6f}", "-movflags", "+faststart", "-map_metadata", "-1",
     ]
@@ -58,7 +59,8 @@ def _publish(temp: Path, out_path: Path) -> None:
 
 
 class VideoWriter:
-    """Encode BGR frames to H.264 + the original audio with ONE ffmpeg process; atomic on success.
+    """Encode BGR frames to H.264 (``encoder``: libx264 or h264_nvenc, see ``hw_codecs``) + the original audio
+    with ONE ffmpeg process; atomic on success.
 
     Frames go to ffmpeg's stdin as rawvideo bgr24 of ``width`` x ``height`` (both even) at ``fps``;
     ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
@@ -71,7 +73,7 @@ class VideoWriter:
 
     def __init__(self, out_path: Path, width: int, height: int, fps: float, audio_path: Path, duration: float, *,
                  crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
-                 audio_bitrate: str = _VIDEO["audio_bitrate"].default):
+                 audio_bitrate: str = _VIDEO["audio_bitrate"].default, encoder: Encoder = "libx264"):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"width and height must be positive and even for yuv420p, got {width}x{height}")
         if duration <= 0:
@@ -81,6 +83,7 @@ class VideoWriter:
         self.audio_path = Path(audio_path)
         self.duration = float(duration)
         self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
+        self.encoder: Encoder = encoder
         self.temp_path = temp_path(self.out_path)
         self.frames_written = 0
         self._proc: ToolProcess | None = None
@@ -108,7 +111,7 @@ class VideoWriter:
             "-r", rate_arg(self.fps), "-i", "pipe:0",
             "-i", media_url(self.audio_path),
             "-map", "0:v:0", "-map", "1:a:0", "-vf", _ENCODE_FILTER,
-            *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration),
+            *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
             media_url(self.temp_path),
         ]
         self._proc = ToolProcess(argv, stdin=True)
@@ -166,7 +169,7 @@ class VideoWriter:
 
 def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration: float, *,
                     crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
-                    audio_bitrate: str = _VIDEO["audio_bitrate"].default) -> Path:
+                    audio_bitrate: str = _VIDEO["audio_bitrate"].default, encoder: Encoder = "libx264") -> Path:
     """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
 
     Same decode filters (CFR, upright, even crop) and the same encoder settings as
@@ -182,7 +185,7 @@ def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration:
         *input_args(info), *loop, "-i", media_url(info.path), "-i", media_url(Path(audio_path)),
         "-map", f"0:{info.stream_index}", "-map", "1:a:0",
         "-vf", decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
-        *_encode_args(crf, preset, audio_bitrate, duration), media_url(temp),
+        *_encode_args(crf, preset, audio_bitrate, duration, encoder), media_url(temp),
     ]
     proc = ToolProcess(argv)
     try:

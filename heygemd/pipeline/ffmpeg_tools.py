@@ -107,14 +107,19 @@ class ToolProcess:
     session; ``kill()`` sends SIGKILL if it is still running and always reaps it.
     """
 
-    def __init__(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False):
+    def __init__(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
+                 stdout_fd: int | None = None, pass_fds: Sequence[int] = ()):
+        """``stdout_fd``: an open file the child writes its stdout to (instead of a pipe or nothing);
+        ``pass_fds``: descriptors the child inherits (it can read them as ``/proc/self/fd/N``)."""
         self.argv = list(argv)
+        out: int = stdout_fd if stdout_fd is not None else subprocess.PIPE if stdout else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+            stdout=out,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         assert self.proc.stderr is not None
         self._tail = StderrTail(self.proc.stderr)

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import re
 import subprocess
-import tempfile
-from array import array
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Generator, Iterator, Literal
+from typing import BinaryIO, Generator, Iterator
 
-import cv2
 import numpy as np
 import structlog
 
-from heygemd.errors import DecodeError, DiskFull, EncodeError
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, media_url, rate_arg, run_probe
+from heygemd.errors import DecodeError
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
+from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
+from heygemd.pipeline.spool import FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -89,17 +87,19 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-def read_frames(info: VideoInfo) -> Iterator[np.ndarray]:
+def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarray]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
     The stream is resampled to ``info.fps`` (CFR), turned upright and cropped to even size. When
     ffmpeg delivers slightly fewer frames (duration rounding) the last frame is repeated; when it
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
-    generator early kills and reaps ffmpeg.
+    generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
+    come back to system memory for the same filters, so they are the same up to the decoder's rounding.
     """
     ffmpeg = find_tool("ffmpeg")
     argv = [
-        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *input_args(info), "-i", media_url(info.path),
+        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *input_args(info),
+        *(decoder_args(decoder) if not info.is_still else []), "-i", media_url(info.path),
         "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
         "-vf", _decode_chain(info, ffmpeg),
         "-frames:v", str(info.frame_count), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
@@ -185,9 +185,6 @@ def frame_schedule(n_source: int, n_out: int, mode: LoopMode) -> Iterator[int]:
 # Scheduled frames with a spool
 
 
-SpoolCompression = Literal["none", "png"]
-
-
 class ScheduledFrames:
     """Iterate ``(source_index, frame)`` for ``n_out`` output frames of ``info`` with bounded memory.
 
@@ -196,30 +193,29 @@ class ScheduledFrames:
     to an anonymous spool file in ``work_dir`` (opened with O_TMPFILE/unlinked at once, so it
     vanishes even if the process is killed) and later frames are read back with ``os.pread``.
 
-    Disk use of the spool, per source frame: ``compression="none"`` (default) takes exactly
-    width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
-    ``"png"`` (lossless, zlib level 1) takes about 40-55 % of that on camera-like frames but costs
-    roughly 20 ms (360p) to 100 ms (720p) of one core per frame to write and half that to read.
-    Before a raw spool is written its size is checked against the free space of ``work_dir``
-    (DiskFull when it cannot fit). Use it as a context manager; leaving it kills ffmpeg and frees
+    Disk use of the spool (``spool.FrameSpool``), per source frame: ``codec="raw"`` (the default here) takes
+    exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
+    the lossless ``"ffv1"`` (the ``video.spool`` default of a render) takes about 12 % of that on the demo
+    presenter, ``"utvideo"`` about 20 % at half ffv1's CPU. Before the spool is written its expected size is
+    checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again before every
+    segment. Use it as a context manager; leaving it kills ffmpeg and frees
     the spool. Iterate once.
     """
 
     def __init__(self, info: VideoInfo, n_out: int, mode: LoopMode, work_dir: Path, *,
-                 compression: SpoolCompression = "none"):
-        if compression not in ("none", "png"):
-            raise ValueError(f"compression must be 'none' or 'png', got {compression!r}")
+                 codec: SpoolCodec = "raw", decoder: Decoder = "cpu"):
+        if codec not in ("raw", "ffv1", "utvideo"):
+            raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
         self.info = info
         self.n_out = int(n_out)
         self.mode = mode
         self.work_dir = Path(work_dir)
-        self.compression = compression
+        self.codec: SpoolCodec = codec
+        self.decoder: Decoder = decoder
         self._schedule = frame_schedule(info.frame_count, self.n_out, mode)  # validates arguments
         self._source: Generator[np.ndarray, None, None] | None = None
         self._iter: Generator[tuple[int, np.ndarray], None, None] | None = None
-        self._spool: BinaryIO | None = None
-        self._offsets = array("q")
-        self._lengths = array("q")
+        self._spool: FrameSpool | None = None
         self._started = False
 
     @property
@@ -230,9 +226,7 @@ class ScheduledFrames:
     @property
     def spool_bytes(self) -> int:
         """Current size of the spool file in bytes (0 when there is none or it is closed)."""
-        if self._spool is None or self._spool.closed:
-            return 0
-        return os.fstat(self._spool.fileno()).st_size
+        return self._spool.nbytes if self._spool is not None else 0
 
     def __len__(self) -> int:
         return self.n_out
@@ -255,7 +249,7 @@ class ScheduledFrames:
         source, self._source = self._source, None
         if source is not None:
             source.close()  # runs read_frames' finally: kills and reaps ffmpeg
-        if self._spool is not None and not self._spool.closed:
+        if self._spool is not None:
             self._spool.close()  # the file was never linked into work_dir: closing frees it
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -273,14 +267,14 @@ class ScheduledFrames:
     def _repeat_single(self) -> Generator[tuple[int, np.ndarray], None, None]:
         if self.n_out == 0:
             return
-        self._source = read_frames(self.info)
+        self._source = read_frames(self.info, self.decoder)
         frame = next(self._source)
         self._release()
         for _ in range(self.n_out):
             yield 0, frame.copy()
 
     def _forward(self) -> Generator[tuple[int, np.ndarray], None, None]:
-        self._source = read_frames(self.info)
+        self._source = read_frames(self.info, self.decoder)
         try:
             for index in self._schedule:  # 0..n_out-1 with n_out <= frame_count
                 yield index, next(self._source)
@@ -289,80 +283,18 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
-        if self.compression == "none":
-            _require_free_space(self.work_dir, n_source * self.info.frame_bytes)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._spool = tempfile.TemporaryFile(prefix=".spool-", dir=self.work_dir, buffering=0)
-        self._source = read_frames(self.info)
+        self._spool = FrameSpool(self.work_dir, self.info.width, self.info.height, rate_arg(self.info.fps),
+                                 self.codec, source=self.info.path, frames_expected=n_source)
+        self._source = read_frames(self.info, self.decoder)
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):
                 frame = next(self._source)
-                self._append(frame)  # before yielding: the consumer may draw on the frame
+                self._spool.append(frame)  # before yielding: the consumer may draw on the frame
                 yield index, frame
             source, self._source = self._source, None
             source.close()
             for index in itertools.islice(self._schedule, n_source, None):
-                yield index, self._load(index)
+                yield index, self._spool.load(index)
         finally:
             self._release()
-
-    def _append(self, frame: np.ndarray) -> None:
-        assert self._spool is not None
-        if self.compression == "png":
-            ok, encoded = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            if not ok:
-                raise EncodeError("could not compress a frame for the spool", path=self.info.path)
-            data = memoryview(encoded).cast("B")
-        else:
-            data = memoryview(frame).cast("B")
-        offset = self._offsets[-1] + self._lengths[-1] if self._offsets else 0
-        try:
-            _pwrite_all(self._spool.fileno(), data, offset)
-        except OSError as exc:
-            raise disk_error(exc, self.work_dir, "writing the frame spool") from exc
-        self._offsets.append(offset)
-        self._lengths.append(len(data))
-
-    def _load(self, index: int) -> np.ndarray:
-        assert self._spool is not None
-        offset, length = self._offsets[index], self._lengths[index]
-        fd = self._spool.fileno()
-        if self.compression == "png":
-            data = _pread_all(fd, bytearray(length), offset)
-            frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-            if frame is None:
-                raise DecodeError(f"frame {index} in the spool is unreadable", path=self.info.path)
-            return frame
-        frame = np.empty((self.info.height, self.info.width, 3), dtype=np.uint8)
-        _pread_all(fd, memoryview(frame).cast("B"), offset)
-        return frame
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    written = 0
-    while written < len(data):
-        written += os.pwrite(fd, data[written:], offset + written)
-
-
-def _pread_all(fd: int, buffer: bytearray | memoryview, offset: int) -> bytearray | memoryview:
-    view = memoryview(buffer)
-    filled = 0
-    while filled < len(view):
-        n = os.preadv(fd, [view[filled:]], offset + filled)
-        if n == 0:
-            raise OSError(f"spool ended at {offset + filled} bytes")
-        filled += n
-    return buffer
-
-
-def _require_free_space(directory: Path, needed: int) -> None:
-    probe_dir = directory
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
-    stats = os.statvfs(probe_dir)
-    free = stats.f_bavail * stats.f_frsize
-    if needed > free:
-        raise DiskFull(
-            f"the frame spool needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free", path=directory
-        )

@@ -20,12 +20,20 @@ from heygemd.pipeline import faces, footage, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
+from heygemd.pipeline.hw_codecs import choose_decoder, choose_encoder
 from heygemd.pipeline.probe import VideoInfo, probe_video
+from heygemd.pipeline.stages import Stage, run_stages
 from heygemd.pipeline.timing import StageTimer
 from heygemd.settings import EngineSettings, FacesSettings, LoopMode, VideoSettings
 
 DETECT_SHARE = 0.3
 """Share of a video's progress bar given to face detection (the rest is rendering)."""
+BATCH_BYTES = 32 << 20
+"""Frame memory of one render batch: ``engine.batch_size`` frames at most, fewer for big frames (720p: 12,
+1080p: 5), so the frames in flight stay bounded by bytes, whatever the resolution."""
+QUEUE_DEPTH = 1
+"""Batches waiting between two neighbouring stages; with one in work in each of the five stages, at most about
+nine batches (BATCH_BYTES each) are in memory."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class RenderResult:
     """For engines with a per-presenter preparation: True when it came from the cache (no VAE encoding)."""
     warnings: tuple[ErrorInfo, ...] = ()
     """Problems that did not stop the render (``footage.footage_warnings`` for the weights-free engine)."""
+    encoder: str = "libx264"
+    """The video encoder used: libx264 or h264_nvenc (``video.encoder``)."""
+    decoder: str = "cpu"
+    """The video decoder used for rendering: cpu or nvdec (``video.decoder``)."""
 
 
 ProgressCallback = Callable[[VideoProgress], None]
@@ -127,30 +139,58 @@ def render_video(
     video_opts = options.video
     loop_mode = options.loop_mode or video_opts.loop_mode
     crf = options.crf if options.crf is not None else video_opts.crf
+    decoder = choose_decoder(video_opts.decoder)
+    encoder = choose_encoder(video_opts.encoder)
 
     work_dir.mkdir(parents=True, exist_ok=True)
+    batch_frames = max(1, min(options.batch_size, BATCH_BYTES // info.frame_bytes))
+    poster_frame: np.ndarray | None = None
     with (
-        ScheduledFrames(info, n_out, loop_mode, work_dir) as scheduled,
+        ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool, decoder=decoder) as scheduled,
         timer.closing_in("encode", VideoWriter(
             output, info.width, info.height, info.fps, audio.path, audio.duration,
-            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate,
+            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate, encoder=encoder,
         )) as writer,
     ):
-        done = 0
-        poster_frame: np.ndarray | None = None
-        for batch in _batches(timer.timed("decode", scheduled), options.batch_size):
+        def cut(batch: _Batch) -> _Batch:
+            with timer.stage("faces"):
+                mels = audio.windows(info.fps, batch.start, batch.stop)  # per batch: flat memory for long audio
+                rows = prompts.windows(info.fps, batch.start, batch.stop) if prompts is not None else None
+                return _cut_faces(batch, track, boxes, mels, rows, prep)
+
+        def infer(batch: _Batch) -> _Batch:
+            if batch.faces is not None:
+                with timer.stage("infer"):
+                    batch.mouths = engine.generate(batch.faces)
+            return batch
+
+        def blend(batch: _Batch) -> _Batch:
+            with timer.stage("blend"):
+                _paste_mouths(batch, engine)
+            return batch
+
+        def encode(batch: _Batch) -> None:
+            nonlocal poster_frame
             if stop():
                 raise Interrupted("stopped while rendering", path=video_path)
-            mels = audio.windows(info.fps, done, done + len(batch))  # per batch: memory stays flat for long audio
-            rows = prompts.windows(info.fps, done, done + len(batch)) if prompts is not None else None
-            frames = _lip_sync_batch(batch, track, boxes, mels, rows, prep, engine, timer)
             with timer.stage("encode"):
-                for offset, frame in enumerate(frames):
+                for offset, frame in enumerate(batch.frames):
                     writer.write(frame)
-                    if done + offset == poster_index:
+                    if batch.start + offset == poster_index:
                         poster_frame = frame.copy()
-            done += len(frames)
-            report(VideoProgress("render", done, n_out, DETECT_SHARE + (1 - DETECT_SHARE) * done / n_out))
+            report(VideoProgress("render", batch.stop, n_out,
+                                 DETECT_SHARE + (1 - DETECT_SHARE) * batch.stop / n_out))
+
+        # Decode, faces, infer and blend each run in a thread of their own; encode (the writer's pipe, progress
+        # and interruption) in this one. An error in any stops all of them before the with-block closes the
+        # decoder and removes the partial output.
+        run_stages(
+            _batches(timer.timed("decode", scheduled), batch_frames),
+            [Stage("faces", cut), Stage("infer", infer), Stage("blend", blend)],
+            encode,
+            depth=QUEUE_DEPTH,
+            source_name="decode",
+        )
     if poster is not None and poster_frame is not None:  # only once the video itself is safely in place
         write_poster(poster_frame, poster)
     timings = dict(timer.seconds)
@@ -166,6 +206,8 @@ def render_video(
         timings=timings,
         cached_presenter=prep.cached if prep is not None else None,
         warnings=tuple(warnings),
+        encoder=encoder,
+        decoder=decoder,
     )
 
 
@@ -277,66 +319,88 @@ def _presenter_preparation(
     return presenter_cache.cached_preparation(faces.video_content_key(info.path), cache_dir, fp, shape, compute, limit)
 
 
-def _batches(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
-    batch: list[tuple[int, np.ndarray]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass
+class _Batch:
+    """Consecutive output frames on their way through the stages."""
+
+    start: int
+    """Output index of the first frame."""
+    frames: list[np.ndarray]
+    sources: list[int]
+    """Source frame index of each frame."""
+    jobs: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)
+    """(offset in ``frames``, crop box) of each frame with a usable face."""
+    faces: FaceBatch | None = None
+    """The engine's input, None when no frame has a face."""
+    mouths: list[np.ndarray] | None = None
+    """The engine's output, one per job."""
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.frames)
 
 
-def _lip_sync_batch(
-    batch: list[tuple[int, np.ndarray]],
+def _batches(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[_Batch]:
+    start = 0
+    frames: list[np.ndarray] = []
+    sources: list[int] = []
+    for source_index, frame in items:
+        frames.append(frame)
+        sources.append(source_index)
+        if len(frames) == size:
+            yield _Batch(start, frames, sources)
+            start += len(frames)
+            frames, sources = [], []
+    if frames:
+        yield _Batch(start, frames, sources)
+
+
+def _cut_faces(
+    batch: _Batch,
     track: faces.FaceTrack,
     boxes: np.ndarray,
     mels: np.ndarray,
     prompts: np.ndarray | None,
     prep: presenter_cache.Preparation | None,
-    engine: Engine,
-    timer: StageTimer,
-) -> list[np.ndarray]:
-    """Frames of ``batch`` with the engine's mouth pasted in where the track has a face; others pass through.
+) -> _Batch:
+    """Fill ``batch.jobs`` and ``batch.faces``: the crops, landmarks, masks and audio of the frames with a face.
 
     ``mels`` (and ``prompts``, for engines that need them) hold the audio window of each output frame of the
     batch, in order; ``boxes`` the crop box of each source frame; ``prep`` the presenter's preparation.
     """
-    frames = [frame for _, frame in batch]
-    with timer.stage("blend"):
-        jobs: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
-        sources: list[int] = []
-        crops: list[np.ndarray] = []
-        for offset, (source_index, frame) in enumerate(batch):
-            if not track.has_face(source_index):
-                continue
-            ibox = _usable_box(frame, boxes[source_index])
-            if ibox is None:
-                continue
-            x1, y1 = ibox[:2]
-            landmarks = track.landmarks[source_index] - np.array([x1, y1], dtype=np.float32)
-            jobs.append((offset, ibox, landmarks))
-            sources.append(source_index)
-            crops.append(render.cut(frame, ibox))
-    if not jobs:
-        return frames
-    with timer.stage("blend"):
-        masks = [render.mouth_mask(landmarks, crop.shape[:2]) for (_, _, landmarks), crop in zip(jobs, crops)]
-    face_batch = FaceBatch(
+    crops: list[np.ndarray] = []
+    landmarks: list[np.ndarray] = []
+    for offset, (source_index, frame) in enumerate(zip(batch.sources, batch.frames, strict=True)):
+        if not track.has_face(source_index):
+            continue
+        ibox = _usable_box(frame, boxes[source_index])
+        if ibox is None:
+            continue
+        x1, y1 = ibox[:2]
+        landmarks.append(track.landmarks[source_index] - np.array([x1, y1], dtype=np.float32))
+        batch.jobs.append((offset, ibox))
+        crops.append(render.cut(frame, ibox))
+    if not batch.jobs:
+        return batch
+    offsets = [offset for offset, _ in batch.jobs]
+    batch.faces = FaceBatch(
         crops=crops,
-        landmarks=[landmarks for _, _, landmarks in jobs],
-        mels=np.stack([mels[offset] for offset, _, _ in jobs]),
-        masks=masks,
-        prompts=np.stack([prompts[offset] for offset, _, _ in jobs]) if prompts is not None else None,
-        prepared=np.stack([prep.data[i] for i in sources]) if prep is not None else None,
+        landmarks=landmarks,
+        mels=np.stack([mels[offset] for offset in offsets]),
+        masks=[render.mouth_mask(marks, crop.shape[:2]) for marks, crop in zip(landmarks, crops, strict=True)],
+        prompts=np.stack([prompts[offset] for offset in offsets]) if prompts is not None else None,
+        prepared=np.stack([prep.data[batch.sources[offset]] for offset in offsets]) if prep is not None else None,
         mouth_rest=track.mouth_rest,
     )
-    with timer.stage("infer"):
-        generated = engine.generate(face_batch)
-    with timer.stage("blend"):
-        for (offset, ibox, _), mouth, mask, crop in zip(jobs, generated, masks, crops, strict=True):
-            if engine.needs.colour_match:
-                mouth = render.match_colour(mouth, crop, mask)
-            render.paste(frames[offset], ibox, mouth, mask)
-    return frames
+    return batch
+
+
+def _paste_mouths(batch: _Batch, engine: Engine) -> None:
+    """Paste the engine's mouths into ``batch.frames`` (frames without a face pass through)."""
+    if batch.faces is None or batch.mouths is None or batch.faces.masks is None:
+        return
+    for (offset, ibox), mouth, mask, crop in zip(batch.jobs, batch.mouths, batch.faces.masks, batch.faces.crops,
+                                                 strict=True):
+        if engine.needs.colour_match:
+            mouth = render.match_colour(mouth, crop, mask)
+        render.paste(batch.frames[offset], ibox, mouth, mask)

@@ -1,7 +1,11 @@
-"""Wall-clock time per pipeline stage, summed over a video (decode, detect, infer, blend, encode)."""
+"""Wall-clock time per pipeline stage, summed over a video (decode, detect, faces, infer, blend, encode).
+
+Stages that run concurrently (``stages.run_stages``) each add their own busy time, so the sum may exceed the
+video's total: ``seconds[stage] / total`` is that stage's utilisation, and the busiest stage is the bottleneck."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -10,7 +14,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-STAGES = ("decode", "detect", "infer", "blend", "encode")
+STAGES = ("decode", "detect", "faces", "infer", "blend", "encode")
 
 
 @dataclass
@@ -18,6 +22,7 @@ class StageTimer:
     """Accumulates seconds per stage name; ``seconds`` is what status.json and the benchmark report."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -25,7 +30,9 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            with self._lock:  # stages in several threads add to the same dict
+                self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
 
     def timed(self, name: str, items: Iterable[T]) -> Iterator[T]:
         """Yield from ``items``, charging the time spent producing each item to stage ``name``."""

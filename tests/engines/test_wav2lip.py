@@ -3,8 +3,10 @@ validation; the engine's pre/post-processing and batching."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from heygemd.engines.base import Engine, FaceBatch
+from heygemd.engines.torch_util import cpu_threads, fold_batch_norm
 from heygemd.engines.wav2lip import Wav2Lip, Wav2LipEngine, face_input, load_model
 from heygemd.errors import CheckpointError, ConfigError
 from tests.engines.checkpoints import make_random_checkpoint, manifest_shapes, random_state_dict, wrap_checkpoint
@@ -262,6 +265,34 @@ def test_torchscript_archive_is_refused(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- engine
+
+def test_folded_batch_norm_matches_the_unfolded_model(model: Wav2Lip) -> None:
+    folded = fold_batch_norm(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    audio, face = _inputs(4, seed=21)
+    with torch.inference_mode():
+        expected = model(audio, face)
+        got = folded(audio, face.contiguous(memory_format=torch.channels_last))
+    assert float(expected.std()) > 0.05  # a spread output: the comparison means something
+    assert float((got - expected).abs().max()) <= 1e-5
+
+
+def test_engine_output_matches_the_unfolded_model(engine: Wav2LipEngine, model: Wav2Lip) -> None:
+    crops = _crops([(96, 96)] * 5, seed=22)
+    mels = np.random.default_rng(23).uniform(-4, 1, (5, 80, 16)).astype(np.float32)
+    out = engine.generate(FaceBatch(crops=crops, landmarks=[], mels=mels))
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(mels[:, None]), torch.from_numpy(face_input(crops)))
+    expected = np.rint(pred.numpy().transpose(0, 2, 3, 1) * 255)
+    assert np.abs(np.stack(out).astype(int) - expected).max() <= 1
+
+
+def test_cpu_threads_leave_room_for_ffmpeg() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(3) == 3
+    assert 1 <= cpu_threads(0) <= max(1, cores - 1) or cores == 1
+
 
 def test_face_input_masks_the_lower_half_and_keeps_bgr() -> None:
     crop = np.zeros((96, 96, 3), dtype=np.uint8)

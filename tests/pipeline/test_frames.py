@@ -207,16 +207,16 @@ def test_frame_schedule_examples_and_errors():
 
 
 @pytest.mark.parametrize("mode", ["pingpong", "loop"])
-@pytest.mark.parametrize("compression", ["none", "png"])
-def test_scheduled_frames_replay_bitwise_and_remove_spool(mode, compression, media, tmp_path):
-    clip = presenter_video(media / f"presenter {mode} {compression}.mp4", seconds=0.4, size=(W, H))
+@pytest.mark.parametrize("codec", ["raw", "ffv1", "utvideo"])
+def test_scheduled_frames_replay_bitwise_and_remove_spool(mode, codec, media, tmp_path):
+    clip = presenter_video(media / f"presenter {mode} {codec}.mp4", seconds=0.4, size=(W, H))
     info = probe_video(clip)
     forward = list(read_frames(info))
     n_out = 3 * info.frame_count
     work = tmp_path / "work"
     expected = list(frame_schedule(info.frame_count, n_out, mode))
     got = []
-    with ScheduledFrames(info, n_out, mode, work, compression=compression) as frames:
+    with ScheduledFrames(info, n_out, mode, work, codec=codec) as frames:
         assert frames.needs_spool and len(frames) == n_out
         for index, frame in frames:
             frame[0, 0] = 255 - frame[0, 0]  # consumers may draw on frames; the spool must not see it
@@ -225,7 +225,7 @@ def test_scheduled_frames_replay_bitwise_and_remove_spool(mode, compression, med
             if len(got) == n_out - 1:
                 assert os.listdir(work) == []  # the spool is never visible by name...
                 assert len(open_files_under(work)) == 1  # ...but lives in work_dir
-                if compression == "none":
+                if codec == "raw":
                     assert frames.spool_bytes == info.frame_count * info.frame_bytes
                 else:
                     assert 0 < frames.spool_bytes < info.frame_count * info.frame_bytes
@@ -290,3 +290,49 @@ def test_scheduled_frames_memory_does_not_grow_with_length(media, tmp_path):
             if n % 20 == 0:
                 peak = max(peak, vm_rss_kib())
     assert (peak - baseline) < 20_000, f"RSS grew by {(peak - baseline) / 1024:.1f} MiB"
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "utvideo"])
+def test_lossless_spool_size_bound(codec, media, tmp_path):
+    """The ping-pong spool of the 720p demo presenter (camera-like, H.264 decoded) stays far below its raw size:
+    ffv1 within 15 %, utvideo within 25 % (smaller videos compress less: 360p ffv1 is about 20 %)."""
+    clip = presenter_video(media / f"spool size {codec}.mp4", seconds=0.8, size=(1280, 720))
+    info = probe_video(clip)
+    raw = info.frame_count * info.frame_bytes
+    bound = {"ffv1": 0.15, "utvideo": 0.25}[codec]
+    with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec=codec) as frames:
+        for n, _ in enumerate(frames):
+            if n == info.frame_count:  # the forward pass is spooled, the first backward frame read
+                size = frames.spool_bytes
+    assert 0 < size <= bound * raw, f"spool {size / raw:.1%} of raw"
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+
+
+def test_spool_stops_with_disk_full_before_the_disk_fills(media, tmp_path, monkeypatch):
+    """Free space is checked before every segment: when it runs low mid-video the spool stops with DiskFull
+    (no ENOSPC half-way through a write), kills its encoder and frees its file."""
+    from heygemd.pipeline import spool
+
+    info = probe_video(lavfi_clip(media / "three segments.mp4", seconds=3))  # 75 small frames: 3 segments
+    checks = []
+    real_free = spool.free_bytes
+
+    def shrinking(directory):
+        checks.append(directory)
+        return real_free(directory) if len(checks) <= 2 else 1000  # the expected size and 1st segment fit
+
+    monkeypatch.setattr(spool, "free_bytes", shrinking)
+    with ScheduledFrames(info, 3 * info.frame_count, "pingpong", tmp_path, codec="ffv1") as frames:
+        with pytest.raises(DiskFull) as error:
+            for _ in frames:
+                pass
+    assert "spool" in error.value.message and error.value.hint
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+
+
+def test_codec_spool_that_cannot_fit_fails_before_decoding(h264, tmp_path):
+    huge = dataclasses.replace(probe_video(h264), frame_count=10**8)
+    with ScheduledFrames(huge, 10**8 + 1, "pingpong", tmp_path, codec="utvideo") as frames:
+        with pytest.raises(DiskFull):
+            next(iter(frames))
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []

@@ -1,0 +1,241 @@
+"""The frame spool behind ping-pong and loop: decoded frames kept on disk so they can be replayed in any order.
+
+One anonymous file in the work folder (``tempfile.TemporaryFile``: never visible by name, gone when closed or
+when the process dies) holds the frames of one video, appended in source order, read back by index.
+
+* ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
+* ``ffv1`` / ``utvideo``: lossless video codecs (the frames come back bit for bit). Frames are encoded by ffmpeg
+  in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of raw frames), each segment a small
+  NUT stream appended to the file. Reading a frame decodes its whole segment once (an ffmpeg reading that byte
+  range of the file), so a backward pass costs one decode per frame and memory holds one segment.
+  Measured on the demo presenter at 720p (bench/README.md): ffv1 about 12 % of the raw size at ~40 ms of one
+  core per frame to write and as much to read; utvideo about 20 % at ~15-20 ms.
+
+Disk space is checked before anything is written (the expected size, ``EXPECTED_RATIO`` of raw for the codecs)
+and again before every segment (room for the segment uncompressed), so a full disk gives DiskFull before it
+fills rather than a failed write.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from array import array
+from pathlib import Path
+from typing import BinaryIO, Literal, cast
+
+import numpy as np
+
+from heygemd.errors import DecodeError, DiskFull, EncodeError
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
+
+SpoolCodec = Literal["raw", "ffv1", "utvideo"]
+
+SEGMENT_BYTES = 24 << 20
+"""Raw bytes of one codec segment (also the memory a read-back holds): 720p 9 frames, 1080p 4, 360p 36."""
+MAX_SEGMENT_FRAMES = 32
+EXPECTED_RATIO: dict[str, float] = {"raw": 1.0, "ffv1": 0.35, "utvideo": 0.45}
+"""Spool size / raw size assumed by the free-space check before the spool is written (camera footage is noisier
+than the demo presenter: a margin over the measured 12 % / 20 %)."""
+
+_CODEC_ARGS: dict[str, list[str]] = {
+    "ffv1": ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"],
+    "utvideo": ["-c:v", "utvideo", "-pred", "median", "-pix_fmt", "gbrp"],
+}
+
+
+def free_bytes(directory: Path) -> int:
+    """Free space (for unprivileged users) of the filesystem ``directory`` is on, or would be created on."""
+    probe_dir = Path(directory)
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    stats = os.statvfs(probe_dir)
+    return stats.f_bavail * stats.f_frsize
+
+
+def require_free_space(directory: Path, needed: int, what: str = "the frame spool") -> None:
+    """DiskFull naming ``directory`` when fewer than ``needed`` bytes are free there."""
+    free = free_bytes(directory)
+    if needed > free:
+        raise DiskFull(
+            f"{what} needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free", path=directory,
+            hint="Free space in the temp folder, or point it elsewhere (TMPDIR), or use a shorter audio.",
+        )
+
+
+def segment_frames(frame_bytes: int) -> int:
+    """Frames per codec segment for frames of ``frame_bytes``."""
+    return max(2, min(MAX_SEGMENT_FRAMES, SEGMENT_BYTES // max(frame_bytes, 1)))
+
+
+class FrameSpool:
+    """Append BGR frames of one size in order, then ``load(index)`` any of them. Close to free the file."""
+
+    def __init__(self, work_dir: Path, width: int, height: int, fps_arg: str, codec: SpoolCodec, *,
+                 source: Path, frames_expected: int):
+        if codec not in ("raw", *_CODEC_ARGS):
+            raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
+        self.work_dir = Path(work_dir)
+        self.width, self.height = width, height
+        self.frame_bytes = width * height * 3
+        self.fps_arg = fps_arg
+        self.codec = codec
+        self.source = source
+        """The user's video, named by errors."""
+        self.segment = 1 if codec == "raw" else segment_frames(self.frame_bytes)
+        require_free_space(self.work_dir, int(frames_expected * self.frame_bytes * EXPECTED_RATIO[codec]))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = tempfile.TemporaryFile(prefix=".spool-", dir=self.work_dir, buffering=0)
+        self._count = 0
+        self._starts = array("q")
+        """Byte offset of each segment (raw: of each frame); the file's size ends the last one."""
+        self._encoder: ToolProcess | None = None
+        self._cached_segment = -1
+        self._cache = np.empty((0, height, width, 3), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Current size of the spool file (0 once closed)."""
+        if self._file.closed:
+            return 0
+        return os.fstat(self._file.fileno()).st_size
+
+    def append(self, frame: np.ndarray) -> None:
+        """Store the next frame (a (height, width, 3) uint8 BGR array)."""
+        if self._count % self.segment == 0:
+            self._finish_segment()
+            self._starts.append(self.nbytes)
+            if self.codec != "raw":
+                require_free_space(self.work_dir, self.segment * self.frame_bytes)
+                self._encoder = self._start_encoder()
+        data = np.ascontiguousarray(frame).data.cast("B")
+        try:
+            if self._encoder is None:
+                _pwrite_all(self._file.fileno(), data, self._starts[-1])
+            else:
+                self._encoder.stdin.write(data)
+        except BrokenPipeError:
+            raise self._encoder_failure("the spool encoder stopped reading") from None
+        except OSError as exc:
+            raise disk_error(exc, self.work_dir, "writing the frame spool") from exc
+        self._count += 1
+
+    def finish(self) -> None:
+        """End the last segment: every appended frame can be loaded. Called by the first ``load``."""
+        self._finish_segment()
+
+    def load(self, index: int) -> np.ndarray:
+        """A new (writable) array holding frame ``index``."""
+        if not 0 <= index < self._count:
+            raise IndexError(f"frame {index} is not in the spool ({self._count} frames)")
+        self.finish()
+        segment, offset = divmod(index, self.segment)
+        end = self._starts[segment + 1] if segment + 1 < len(self._starts) else self.nbytes
+        if self.codec == "raw":
+            frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
+            _pread_all(self._file.fileno(), frame.data.cast("B"), self._starts[segment])
+            return frame
+        if segment != self._cached_segment:
+            self._decode_segment(segment, self._starts[segment], end)
+        return self._cache[offset].copy()
+
+    def close(self) -> None:
+        """Stop a running encoder and free the file. Safe to call more than once."""
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            encoder.kill()
+        if not self._file.closed:
+            self._file.close()
+        self._cache = self._cache[:0]
+
+    # ---------------------------------------------------------------- codec segments
+
+    def _start_encoder(self) -> ToolProcess:
+        argv = [
+            find_tool("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}", "-r", self.fps_arg,
+            "-i", "pipe:0", *_CODEC_ARGS[self.codec], "-f", "nut", "pipe:1",
+        ]
+        # stdout is the spool file itself: the segment is appended at its end (the shared file offset).
+        os.lseek(self._file.fileno(), 0, os.SEEK_END)
+        return ToolProcess(argv, stdin=True, stdout_fd=self._file.fileno())
+
+    def _finish_segment(self) -> None:
+        encoder = self._encoder
+        if encoder is None:
+            return
+        try:
+            encoder.stdin.close()
+        except BrokenPipeError:
+            raise self._encoder_failure("the spool encoder stopped reading") from None
+        code = encoder.wait()
+        self._encoder = None
+        if code != 0:
+            tail = encoder.stderr_tail()
+            encoder.kill()
+            if "no space left" in tail.lower():
+                raise DiskFull(f"no space left while writing the frame spool: {tail}", path=self.work_dir)
+            raise EncodeError(f"the spool encoder failed (exit {code}): {tail}", path=self.source)
+
+    def _encoder_failure(self, what: str) -> Exception:
+        encoder, self._encoder = self._encoder, None
+        tail = ""
+        if encoder is not None:
+            encoder.kill()
+            tail = encoder.stderr_tail()
+        if "no space left" in tail.lower():
+            return DiskFull(f"no space left while writing the frame spool: {tail}", path=self.work_dir)
+        return EncodeError(f"{what}: {tail}", path=self.source)
+
+    def _decode_segment(self, segment: int, start: int, end: int) -> None:
+        count = min(self.segment, self._count - segment * self.segment)
+        if len(self._cache) < self.segment:
+            self._cache = np.empty((self.segment, self.height, self.width, 3), dtype=np.uint8)
+        fd = self._file.fileno()
+        argv = [
+            find_tool("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error",
+            "-f", "nut", "-i", f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+        ]
+        self._cached_segment = -1
+        proc = ToolProcess(argv, stdout=True, pass_fds=(fd,))
+        stream = cast(io.BufferedIOBase, proc.stdout)
+        try:
+            for i in range(count):
+                view = self._cache[i].data.cast("B")
+                got = 0
+                while got < len(view):
+                    n = stream.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                if got < len(view):
+                    proc.wait()
+                    raise DecodeError(f"segment {segment} of the frame spool ended after {i} frames: "
+                                      f"{proc.stderr_tail()}", path=self.source)
+            code = proc.wait()
+            if code != 0:
+                raise DecodeError(f"the frame spool could not be read (exit {code}): {proc.stderr_tail()}",
+                                  path=self.source)
+        finally:
+            proc.kill()
+        self._cached_segment = segment
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
+
+
+def _pread_all(fd: int, buffer: memoryview, offset: int) -> None:
+    filled = 0
+    while filled < len(buffer):
+        n = os.preadv(fd, [buffer[filled:]], offset + filled)
+        if n == 0:
+            raise OSError(f"spool ended at {offset + filled} bytes")
+        filled += n
