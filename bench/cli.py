@@ -1,4 +1,5 @@
-"""``python -m bench``: render speed, stage utilisation (the bottleneck), peak RSS and the ratio to a plain ffmpeg transcode.
+"""``python -m bench``: render speed, stage utilisation (the bottleneck), peak RSS and the ratio to a plain
+ffmpeg transcode.
 
 Default mode: one render and one plain ffmpeg decode+encode of the same input at the same settings
 (``heygemd.pipeline.encode.plain_transcode``), each in a fresh child process, reported side by side.
@@ -62,11 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--engine", choices=("mouthwarp", "wav2lip", "musetalk"), default="mouthwarp")
     ck = eng.add_mutually_exclusive_group()
     ck.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (engine wav2lip).")
-    ck.add_argument("--random-checkpoint", action="store_true",
-                    help="Build a random Wav2Lip checkpoint (official layout) in the temp dir.")
-    ck.add_argument("--random-weights", action="store_true",
-                    help="engine musetalk: build full-size random MuseTalk 1.5 weights (~4 GB, the real configs, "
-                    "the official layout) in the temp dir and load them through the engine's loader.")
+    ck.add_argument(
+        "--random-checkpoint",
+        action="store_true",
+        help="Build a random Wav2Lip checkpoint (official layout) in the temp dir.",
+    )
+    ck.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="engine musetalk: build full-size random MuseTalk 1.5 weights (~4 GB, the real configs, "
+        "the official layout) in the temp dir and load them through the engine's loader.",
+    )
     ck.add_argument("--models", type=Path, help="engine musetalk: a models/ folder holding musetalk/.")
     eng.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the settings').")
     eng.add_argument("--config", type=Path, help="heygemd TOML (default: the usual search).")
@@ -74,27 +81,42 @@ def build_parser() -> argparse.ArgumentParser:
     inp = p.add_argument_group("input (given files, or generated with heygemd.demo)")
     inp.add_argument("--video", type=Path, help="Presenter video to use (default: generated).")
     inp.add_argument("--audio", type=Path, help="Speech to use (default: generated).")
-    inp.add_argument("--size", type=_size, help="Generated video size (default 640x360; 1280x720 with "
-                     "--memory-scaling).")
+    inp.add_argument(
+        "--size", type=_size, help="Generated video size (default 640x360; 1280x720 with --memory-scaling)."
+    )
     inp.add_argument("--fps", type=float, default=25.0, help="Generated video frame rate (default 25).")
     inp.add_argument("--video-seconds", type=float, default=5.0, help="Generated video length (default 5).")
-    inp.add_argument("--audio-seconds", type=float, default=5.0,
-                     help="Generated speech length = output length (default 5).")
+    inp.add_argument(
+        "--audio-seconds", type=float, default=5.0, help="Generated speech length = output length (default 5)."
+    )
 
     run = p.add_argument_group("measurement")
     cache = run.add_mutually_exclusive_group()
-    cache.add_argument("--no-face-cache", action="store_true",
-                       help="Start every render with an empty face-track cache (the default: a fresh temp "
-                       "cache dir per render, so detection is measured).")
-    cache.add_argument("--face-cache", type=Path, metavar="DIR",
-                       help="Use DIR as the face-track cache (a warm cache skips detection).")
+    cache.add_argument(
+        "--no-face-cache",
+        action="store_true",
+        help="Start every render with an empty face-track cache (the default: a fresh temp "
+        "cache dir per render, so detection is measured).",
+    )
+    cache.add_argument(
+        "--face-cache", type=Path, metavar="DIR", help="Use DIR as the face-track cache (a warm cache skips detection)."
+    )
     run.add_argument("--repeat", type=int, default=1, help="Measure N times; report medians (default 1).")
-    run.add_argument("--memory-scaling", type=_seconds_list, metavar="S1,S2",
-                     help="Peak RSS of renders of these output lengths, e.g. 10,60.")
-    run.add_argument("--strict", action="store_true",
-                     help=f"Exit 1 when --memory-scaling misses the {MEMORY_RATIO_TARGET}x target.")
-    run.add_argument("--scale-out", type=int, metavar="N",
-                     help="Farm throughput: N heygemd workers (Redis, intake, mouthwarp on CPU) vs one worker.")
+    run.add_argument(
+        "--memory-scaling",
+        type=_seconds_list,
+        metavar="S1,S2",
+        help="Peak RSS of renders of these output lengths, e.g. 10,60.",
+    )
+    run.add_argument(
+        "--strict", action="store_true", help=f"Exit 1 when --memory-scaling misses the {MEMORY_RATIO_TARGET}x target."
+    )
+    run.add_argument(
+        "--scale-out",
+        type=int,
+        metavar="N",
+        help="Farm throughput: N heygemd workers (Redis, intake, mouthwarp on CPU) vs one worker.",
+    )
     run.add_argument("--jobs", type=int, help="Jobs per --scale-out round (default 3 x N).")
     run.add_argument("--keep", action="store_true", help="Keep the temp dir (inputs and outputs).")
     run.add_argument("--json", action="store_true", help="Print one JSON object instead of the text report.")
@@ -105,11 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
 # Children
 
 
-def run_child(kind: str, video: Path, audio: Path, out: Path, args: argparse.Namespace,
-              cache_dir: Path | None = None, checkpoint: Path | None = None, duration: float | None = None) -> dict:
+def run_child(
+    kind: str,
+    video: Path,
+    audio: Path,
+    out: Path,
+    args: argparse.Namespace,
+    cache_dir: Path | None = None,
+    checkpoint: Path | None = None,
+    duration: float | None = None,
+) -> dict:
     """Run one measurement in a fresh ``python -m bench.child`` and return its JSON."""
-    argv = [kind, "--video", str(video), "--audio", str(audio),
-            "--out", str(out)]
+    argv = [kind, "--video", str(video), "--audio", str(audio), "--out", str(out)]
     if args.config:
         argv += ["--config", str(args.config.resolve())]
     if kind == "plain":
@@ -136,8 +165,7 @@ def _child(child_argv: list[str]) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     _spawn_rss_mib = max(_spawn_rss_mib, _current_rss_mib())
-    proc = subprocess.run([sys.executable, "-m", "bench.child", *child_argv], env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.child", *child_argv], env=env, capture_output=True, text=True)
     kind = child_argv[0]
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -258,8 +286,19 @@ def input_info(video: Path, audio: Path | None = None) -> dict:
 def make_presenter(args: argparse.Namespace, work: Path, size: tuple[int, int]) -> Path:
     _progress(args, f"  generating a {size[0]}x{size[1]} {args.video_seconds:g} s presenter ...")
     out = work / "presenter.mp4"
-    _child(["presenter", "--out", str(out), "--seconds", repr(args.video_seconds),
-            "--size", f"{size[0]}x{size[1]}", "--fps", repr(args.fps)])
+    _child(
+        [
+            "presenter",
+            "--out",
+            str(out),
+            "--seconds",
+            repr(args.video_seconds),
+            "--size",
+            f"{size[0]}x{size[1]}",
+            "--fps",
+            repr(args.fps),
+        ]
+    )
     return out
 
 
@@ -288,8 +327,17 @@ def single(args: argparse.Namespace, work: Path) -> dict:
     renders, plains = [], []
     for n in range(args.repeat):
         plains.append(run_child("plain", video, audio, work / f"plain-{n}.mp4", args, duration=duration))
-        renders.append(run_child("render", video, audio, work / f"render-{n}.mp4", args,
-                                 cache_dir=cache_for(args, work, str(n)), checkpoint=checkpoint))
+        renders.append(
+            run_child(
+                "render",
+                video,
+                audio,
+                work / f"render-{n}.mp4",
+                args,
+                cache_dir=cache_for(args, work, str(n)),
+                checkpoint=checkpoint,
+            )
+        )
     render, plain = summarise_render(renders), summarise_plain(plains)
     first = renders[0]
     return {
@@ -299,8 +347,13 @@ def single(args: argparse.Namespace, work: Path) -> dict:
         "detector": first["detector"],
         "cached_faces": first["cached_faces"],
         "cached_runs": sum(bool(r["cached_faces"]) for r in renders),
-        "input": {"video": str(video), "audio": str(audio), "generated": generated, **info,
-                  "audio_seconds": round(duration, 3)},
+        "input": {
+            "video": str(video),
+            "audio": str(audio),
+            "generated": generated,
+            **info,
+            "audio_seconds": round(duration, 3),
+        },
         "encoder": {"crf": first["crf"], "preset": first["preset"]},
         "output_seconds": round(first["output_seconds"], 3),
         "repeat": args.repeat,
@@ -321,11 +374,25 @@ def memory_scaling(args: argparse.Namespace, work: Path) -> dict:
     rows = []
     for seconds in lengths:
         audio = make_speech(args, work, seconds)
-        runs = [run_child("render", video, audio, work / f"render-{seconds:g}s-{n}.mp4", args,
-                          cache_dir=cache_for(args, work, f"{seconds:g}s-{n}"), checkpoint=checkpoint)
-                for n in range(args.repeat)]
-        rows.append({"output_seconds_requested": seconds, **summarise_render(runs),
-                     "output_seconds": round(runs[0]["output_seconds"], 3)})
+        runs = [
+            run_child(
+                "render",
+                video,
+                audio,
+                work / f"render-{seconds:g}s-{n}.mp4",
+                args,
+                cache_dir=cache_for(args, work, f"{seconds:g}s-{n}"),
+                checkpoint=checkpoint,
+            )
+            for n in range(args.repeat)
+        ]
+        rows.append(
+            {
+                "output_seconds_requested": seconds,
+                **summarise_render(runs),
+                "output_seconds": round(runs[0]["output_seconds"], 3),
+            }
+        )
         rows[-1]["runs"] = runs
     smallest = min(rows, key=lambda r: r["output_seconds"])
     largest = max(rows, key=lambda r: r["output_seconds"])
@@ -353,10 +420,10 @@ def _fmt_single(r: dict) -> str:
     i, rd, pl = r["input"], r["render"], r["plain"]
     shares = "  ".join(f"{k} {v:.1f}%" for k, v in rd["stage_busy_pct"].items())
     secs = "  ".join(f"{k} {v:.2f}" for k, v in rd["timings"].items())
+    cached = f" (cached track in {r['cached_runs']} of {r['repeat']} runs)" if r["cached_runs"] else ""
     lines = [
-        f"engine {r['engine']} on {r['device']}, detector {r['detector']}"
-        f"{' (cached track in ' + str(r['cached_runs']) + ' of ' + str(r['repeat']) + ' runs)' if r['cached_runs'] else ''}; x264 crf {r['encoder']['crf']} preset "
-        f"{r['encoder']['preset']}",
+        f"engine {r['engine']} on {r['device']}, detector {r['detector']}{cached}; "
+        f"x264 crf {r['encoder']['crf']} preset {r['encoder']['preset']}",
         f"input  {i['width']}x{i['height']} @ {i['fps']:g} fps, video {i['video_seconds']:g} s "
         f"({i['video_frames']} frames), audio {i['audio_seconds']:g} s"
         f"{' [generated: ' + ', '.join(i['generated']) + ']' if i['generated'] else ''}",
@@ -396,8 +463,10 @@ def _fmt_scaling(r: dict) -> str:
         f"{'output s':>9}{'frames':>8}{'total s':>9}{'s per out s':>13}{'peak RSS MiB':>14}",
     ]
     for row in r["lengths"]:
-        lines.append(f"{row['output_seconds']:9g}{row['output_frames']:8d}{row['total_s']:9.1f}"
-                     f"{row['seconds_per_output_second']:13.3f}{row['peak_rss_mib']:14.0f}")
+        lines.append(
+            f"{row['output_seconds']:9g}{row['output_frames']:8d}{row['total_s']:9.1f}"
+            f"{row['seconds_per_output_second']:13.3f}{row['peak_rss_mib']:14.0f}"
+        )
     verdict = "PASS" if r["passed"] else "FAIL"
     lines += ["", f"peak RSS longest / shortest: {r['rss_ratio']:.3f}x (target <= {r['target']}x): {verdict}"]
     return "\n".join(lines)

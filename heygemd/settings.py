@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,8 +36,12 @@ class Section(BaseModel):
 
 class PathsSettings(Section):
     inbox: Path = Field(Path("../inbox"), description="Watched folder; each sub-folder is one job.")
-    outbox: Path = Field(Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log.")
-    models: Path = Field(Path("../models"), description="Model weights (musetalk/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.")
+    outbox: Path = Field(
+        Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log."
+    )
+    models: Path = Field(
+        Path("../models"), description="Model weights (musetalk/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded."
+    )
     state: Path | None = Field(
         None,
         description="Claimed jobs and the input archive. Must be on the inbox's filesystem so claiming is an atomic "
@@ -57,7 +60,9 @@ class PathsSettings(Section):
 
 class IntakeSettings(Section):
     settle_seconds: float = Field(
-        75.0, ge=0, description="A job without a .ready marker is ready once nothing in it changed for this long. "
+        75.0,
+        ge=0,
+        description="A job without a .ready marker is ready once nothing in it changed for this long. "
         "Keep it above the NFS attribute-cache time (acregmax, 60 s by default).",
     )
     ready_marker: str = Field(".ready", description="File name that marks a job as completely copied.")
@@ -67,7 +72,9 @@ class IntakeSettings(Section):
     poll_interval: float = Field(10.0, gt=0, description="Seconds between polls when polling.")
     rescan_interval: float = Field(30.0, gt=0, description="Seconds between full rescans of the inbox (a safety net).")
     incomplete_timeout: float = Field(
-        1800.0, ge=0, description="A settled job whose audio or presenter files still look incomplete (0 bytes, "
+        1800.0,
+        ge=0,
+        description="A settled job whose audio or presenter files still look incomplete (0 bytes, "
         "zero-filled, an MP4/MOV without its index, open for writing) is taken anyway after this long unchanged, "
         "and those files fail with their errors. 0 takes them at once.",
     )
@@ -75,7 +82,8 @@ class IntakeSettings(Section):
 
 class EngineSettings(Section):
     name: EngineName = Field(
-        "auto", description="auto: musetalk when models/musetalk/ is complete, else wav2lip when a checkpoint is in "
+        "auto",
+        description="auto: musetalk when models/musetalk/ is complete, else wav2lip when a checkpoint is in "
         "models/, else mouthwarp.",
     )
     checkpoint: Path | None = Field(
@@ -83,19 +91,26 @@ class EngineSettings(Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int = Field(
-        64, ge=1, description="Frames per inference batch (also the frames held in memory at once); halved "
+        64,
+        ge=1,
+        description="Frames per inference batch (also the frames held in memory at once); halved "
         "automatically on GPU out-of-memory.",
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
     cpu_threads: int = Field(
-        0, ge=0, description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter (at "
+        0,
+        ge=0,
+        description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter (at "
         "least one), leaving room for the decoding and encoding ffmpeg.",
     )
-    compile: bool = Field(False, description="Wrap the wav2lip model in torch.compile (slow first batches; the CPU "
-                          "needs a C++ compiler).")
+    compile: bool = Field(
+        False, description="Wrap the wav2lip model in torch.compile (slow first batches; the CPU needs a C++ compiler)."
+    )
     idle_unload_seconds: float = Field(600.0, ge=0, description="Unload the model after this long without jobs.")
     presenter_cache_gb: float = Field(
-        20.0, gt=0, description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
+        20.0,
+        gt=0,
+        description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
         "every source frame, about 32 kB per frame); the least recently used presenters are evicted.",
     )
 
@@ -127,13 +142,16 @@ class VideoSettings(Section):
     audio_bitrate: str = Field("192k", description="AAC bitrate of the output.")
     poster: bool = Field(True, description="Write a poster JPEG next to each output.")
     decoder: Literal["auto", "cpu", "nvdec"] = Field(
-        "auto", description="auto: NVDEC (-hwaccel cuda) when ffmpeg and a GPU offer it, else the CPU.",
+        "auto",
+        description="auto: NVDEC (-hwaccel cuda) when ffmpeg and a GPU offer it, else the CPU.",
     )
     encoder: Literal["auto", "libx264", "nvenc"] = Field(
-        "auto", description="auto: NVENC (h264_nvenc, -cq from crf) when ffmpeg and a GPU offer it, else libx264.",
+        "auto",
+        description="auto: NVENC (h264_nvenc, -cq from crf) when ffmpeg and a GPU offer it, else libx264.",
     )
     spool: Literal["ffv1", "utvideo", "raw"] = Field(
-        "ffv1", description="How ping-pong/loop keep decoded frames in the temp folder: ffv1 (lossless, about 12 % "
+        "ffv1",
+        description="How ping-pong/loop keep decoded frames in the temp folder: ffv1 (lossless, about 12 % "
         "of the raw frames at 720p), utvideo (lossless, about 20 %, half ffv1's CPU) or raw (no CPU, 100 %).",
     )
 
@@ -180,7 +198,8 @@ class WebSettings(Section):
     host: str = Field("127.0.0.1", description="Address the web server binds; any non-loopback address needs a token.")
     port: int = Field(7860, ge=0, le=65535, description="TCP port of the web server (0: any free port, logged).")
     token: SecretStr | None = Field(
-        None, description="Access token: a bearer header for the API, a login form for the pages. Set it with "
+        None,
+        description="Access token: a bearer header for the API, a login form for the pages. Set it with "
         "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host.",
     )
     max_file_mb: float = Field(4096.0, gt=0, description="Largest uploaded file, in MiB.")
@@ -191,28 +210,36 @@ class WebSettings(Section):
 
 class QueueSettings(Section):
     broker: str = Field(
-        "", description="Redis URL of the farm's broker, e.g. redis://:PASSWORD@queue-host:6379/0. Empty: one host, "
+        "",
+        description="Redis URL of the farm's broker, e.g. redis://:PASSWORD@queue-host:6379/0. Empty: one host, "
         "`heygemd run` renders the jobs itself. Set: `heygemd run` is the intake and publishes one task per job, "
         "`heygemd worker` processes render them.",
     )
     queue: str = Field(
-        "heygemd", description="Name of the queue of jobs any worker takes; a job.toml engine sends the job to "
+        "heygemd",
+        description="Name of the queue of jobs any worker takes; a job.toml engine sends the job to "
         "<queue>.<engine>, taken only by workers that list that engine in `engines`.",
     )
     engines: tuple[str, ...] = Field(
-        (), description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
+        (),
+        description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
         "empty: the engine it is configured with.",
     )
     visibility_timeout: float = Field(
-        86400.0, gt=0, description="Seconds before Redis hands an unacknowledged task to another worker. Keep it "
+        86400.0,
+        gt=0,
+        description="Seconds before Redis hands an unacknowledged task to another worker. Keep it "
         "above the longest job; a live worker's heartbeat keeps extending it anyway.",
     )
     heartbeat_interval: float = Field(
-        10.0, gt=0, description="Seconds between a worker's heartbeats for its current job (job lock, claim lease, "
+        10.0,
+        gt=0,
+        description="Seconds between a worker's heartbeats for its current job (job lock, claim lease, "
         "task visibility). A job whose worker missed 3 heartbeats is free for another worker.",
     )
     path_map: dict[str, str] = Field(
-        default_factory=dict, description="Shared storage mounted elsewhere on this host: intake path prefix -> "
+        default_factory=dict,
+        description="Shared storage mounted elsewhere on this host: intake path prefix -> "
         'this host\'s, e.g. {"/mnt/nas" = "/srv/nas"}.',
     )
 
@@ -221,7 +248,11 @@ class Settings(BaseSettings):
     """Every setting of heygemd. See config/heygemd.toml for the commented defaults."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HEYGEMD_", env_nested_delimiter="__", extra="forbid", frozen=True, nested_model_default_partial_update=True
+        env_prefix="HEYGEMD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
     )
 
     paths: PathsSettings = PathsSettings()
@@ -277,9 +308,7 @@ def load_settings(config: Path | None = None) -> Settings:
     try:
         loaded = _FromFile()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid setting: {problems}", path=path) from None
     except ValueError as exc:  # TOML syntax errors surface as tomllib.TOMLDecodeError (a ValueError)
         raise ConfigError(f"cannot parse the file: {exc}", path=path) from None

@@ -25,9 +25,25 @@ def test_bench_json_on_a_tiny_input():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--engine", "mouthwarp", "--size", "320x180",
-         "--video-seconds", "1", "--audio-seconds", "1", "--json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--engine",
+            "mouthwarp",
+            "--size",
+            "320x180",
+            "--video-seconds",
+            "1",
+            "--audio-seconds",
+            "1",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -67,9 +83,29 @@ def test_bench_musetalk_through_the_engine_loader(musetalk_folder: Path, tmp_pat
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["HEYGEMD_ENGINE__BATCH_SIZE"] = "8"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--engine", "musetalk", "--models", str(models), "--device", "cpu",
-         "--size", "320x180", "--video-seconds", "1", "--audio-seconds", "1", "--json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--engine",
+            "musetalk",
+            "--models",
+            str(models),
+            "--device",
+            "cpu",
+            "--size",
+            "320x180",
+            "--video-seconds",
+            "1",
+            "--audio-seconds",
+            "1",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -31,8 +31,9 @@ def test_an_engine_failing_mid_video_stops_every_stage(session: LipSyncSession, 
     """Audio longer than the video: decoder, spool encoder/decoder and the output encoder are all running when
     the engine fails in the ping-pong's backward pass."""
     presenter = presenter_video(tmp_path / "anna.mp4", seconds=0.8, size=(320, 180))
-    speech = session.audio(speech_wav(tmp_path / "s.wav", sentences=("Hello there, how are you?",),
-                                      pause_seconds=0.1, lead_seconds=0.1))
+    speech = session.audio(
+        speech_wav(tmp_path / "s.wav", sentences=("Hello there, how are you?",), pause_seconds=0.1, lead_seconds=0.1)
+    )
     assert speech.frame_count(25.0) > 2 * 20 + 8  # well into the backward pass
     engine = session.engine
     real_generate = engine.generate
@@ -49,8 +50,12 @@ def test_an_engine_failing_mid_video_stops_every_stage(session: LipSyncSession, 
     out.parent.mkdir()
     progress: list[int] = []
     with pytest.raises(OutOfMemory):
-        session.render(presenter, speech, out,
-                       on_progress=lambda p: progress.append(p.frames_done) if p.stage == "render" else None)
+        session.render(
+            presenter,
+            speech,
+            out,
+            on_progress=lambda p: progress.append(p.frames_done) if p.stage == "render" else None,
+        )
     assert len(calls) == 8  # the other stages stopped: no batch went to the engine after the failure
     assert progress and progress[-1] < speech.frame_count(25.0)
     assert ffmpeg_children() == []  # decoder, spool codec and encoder killed and reaped

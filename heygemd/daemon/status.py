@@ -115,8 +115,9 @@ class JobStatus(_Model):
     updated: AwareDatetime | None = Field(None, description="When this file was last written.")
     host: str = Field(default_factory=socket.gethostname, description="Machine that runs the job.")
     pid: int = Field(default_factory=os.getpid, description="Process id of the heygemd that runs the job.")
-    worker: str | None = Field(None, description="Farm worker that runs the job (Celery node name, e.g. gpu0@host); "
-                               "none on a single host.")
+    worker: str | None = Field(
+        None, description="Farm worker that runs the job (Celery node name, e.g. gpu0@host); none on a single host."
+    )
     device: str | None = Field(None, description="Device of the farm worker that runs the job (e.g. cuda:0).")
     engine: str | None = Field(None, description="Lip-sync engine used: wav2lip or mouthwarp.")
     engine_identity: str | None = Field(None, description="Identity of the engine's weights (checkpoint hash).")

@@ -117,8 +117,12 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
     try:
         return _process(claimed, outbox, context)
     except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
-        log.error("job.paused", job_id=claimed.job_id, error=f"{exc.filename or outbox}: {exc.strerror}",
-                  hint="Check the outbox's share and free space; the job is tried again later.")
+        log.error(
+            "job.paused",
+            job_id=claimed.job_id,
+            error=f"{exc.filename or outbox}: {exc.strerror}",
+            hint="Check the outbox's share and free space; the job is tried again later.",
+        )
         return JobResult(JobOutcome.PAUSED)
 
 
@@ -168,10 +172,19 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
     if path.is_file():
         previous = read_status(path)
         # host/pid name the process running the job now (a restart resumes what a dead process left).
-        return previous.model_copy(update={"attempt": previous.attempt + 1, "state": "queued", "error": None,
-                                           "finished": None, "host": socket.gethostname(), "pid": os.getpid()})
-    return JobStatus(job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at,
-                     created=claimed.claimed_at)
+        return previous.model_copy(
+            update={
+                "attempt": previous.attempt + 1,
+                "state": "queued",
+                "error": None,
+                "finished": None,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
+    return JobStatus(
+        job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at
+    )
 
 
 def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> None:
@@ -210,21 +223,38 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
             log.info("video.started", output=output.name)
 
             def on_progress(p: VideoProgress, index: int = index, video: Path = video) -> None:
-                status_file.update_video(index, progress=round(p.fraction, 4), frames_done=p.frames_done,
-                                         frames_total=p.frames_total if p.stage == "render" else None)
+                status_file.update_video(
+                    index,
+                    progress=round(p.fraction, 4),
+                    frames_done=p.frames_done,
+                    frames_total=p.frames_total if p.stage == "render" else None,
+                )
                 status_file.save(force=False)
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
                 check_not_link(video, claimed.folder)
-                result = session.render(video, audio, output, loop_mode=spec.options.loop_mode, crf=spec.options.crf,
-                                        on_progress=on_progress, should_stop=context.should_stop)
+                result = session.render(
+                    video,
+                    audio,
+                    output,
+                    loop_mode=spec.options.loop_mode,
+                    crf=spec.options.crf,
+                    on_progress=on_progress,
+                    should_stop=context.should_stop,
+                )
             except Interrupted:
                 status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
                 raise
             except DiskFull as exc:
-                status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None,
-                                         error=_for_user(exc.info(), claimed))
+                status_file.update_video(
+                    index,
+                    state="pending",
+                    progress=0.0,
+                    frames_done=0,
+                    started=None,
+                    error=_for_user(exc.info(), claimed),
+                )
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
                 info = report_failure(log, "video", exc, shown=partial(for_user, claimed=claimed))
@@ -243,8 +273,13 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                     warnings=[_for_user(warning, claimed) for warning in result.warnings],
                     encoder=result.encoder,
                 )
-                log.info("video.done", output=output.name, seconds=round(result.timings["total"], 2),
-                         face_ratio=round(result.face_ratio, 3), frames=result.frames)
+                log.info(
+                    "video.done",
+                    output=output.name,
+                    seconds=round(result.timings["total"], 2),
+                    face_ratio=round(result.face_ratio, 3),
+                    frames=result.frames,
+                )
                 for warning in status_file.status.videos[index].warnings:
                     log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
             status_file.save()

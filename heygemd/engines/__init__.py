@@ -18,9 +18,17 @@ from heygemd.settings import EngineSettings
 CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
 
 __all__ = [
-    "Engine", "EngineNeeds", "FaceBatch", "FrameFeatures", "PresenterEngine", "PromptEngine", "engine_needs",
+    "Engine",
+    "EngineNeeds",
+    "FaceBatch",
+    "FrameFeatures",
+    "PresenterEngine",
+    "PromptEngine",
+    "engine_needs",
     "find_checkpoint",
-    "resolve_engine_name", "load_engine", "CHECKPOINT_NAMES",
+    "resolve_engine_name",
+    "load_engine",
+    "CHECKPOINT_NAMES",
 ]
 
 
@@ -60,8 +68,7 @@ def engine_needs(name: str) -> EngineNeeds:
         from heygemd.engines.mouthwarp import MouthWarpEngine
 
         return MouthWarpEngine.needs
-    raise ConfigError(f"unknown engine {name!r}",
-                      hint="Use engine = \"auto\", \"musetalk\", \"wav2lip\" or \"mouthwarp\".")
+    raise ConfigError(f"unknown engine {name!r}", hint='Use engine = "auto", "musetalk", "wav2lip" or "mouthwarp".')
 
 
 def load_engine(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> Engine:
@@ -80,12 +87,21 @@ def load_engine(settings: EngineSettings, models_dir: Path, requested: str | Non
             )
         from heygemd.engines.wav2lip import Wav2LipEngine
 
-        return Wav2LipEngine(checkpoint, device=settings.device, batch_size=settings.batch_size, fp16=settings.fp16,
-                             threads=settings.cpu_threads, torch_compile=settings.compile)
+        return Wav2LipEngine(
+            checkpoint,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            fp16=settings.fp16,
+            threads=settings.cpu_threads,
+            torch_compile=settings.compile,
+        )
     if name == "musetalk":
         from heygemd.engines.musetalk import MuseTalkEngine
 
-        return MuseTalkEngine(musetalk_layout.musetalk_folder(models_dir), device=settings.device,
-                              batch_size=settings.batch_size, fp16=settings.fp16)
-    raise ConfigError(f"unknown engine {name!r}",
-                      hint="Use engine = \"auto\", \"musetalk\", \"wav2lip\" or \"mouthwarp\".")
+        return MuseTalkEngine(
+            musetalk_layout.musetalk_folder(models_dir),
+            device=settings.device,
+            batch_size=settings.batch_size,
+            fp16=settings.fp16,
+        )
+    raise ConfigError(f"unknown engine {name!r}", hint='Use engine = "auto", "musetalk", "wav2lip" or "mouthwarp".')

@@ -49,8 +49,9 @@ def check_container(path: Path, hint: str | None = None) -> bool:
     with path.open("rb") as handle:
         head = handle.read(2)
     if len(head) < 2 or head[0] != 0x80:  # legacy torch.save files are pickles (protocol >= 2)
-        raise CheckpointError("not a PyTorch checkpoint (the file is truncated, or another kind of file)",
-                              path=path, hint=hint)
+        raise CheckpointError(
+            "not a PyTorch checkpoint (the file is truncated, or another kind of file)", path=path, hint=hint
+        )
     return False
 
 
@@ -64,11 +65,21 @@ def read_state_dict(path: Path, hint: str | None = None) -> dict[str, torch.Tens
     is_zip = check_container(path, hint)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
-            TypeError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read the checkpoint, it may be truncated or corrupted ({detail})",
-                              path=path, hint=hint) from exc
+        raise CheckpointError(
+            f"cannot read the checkpoint, it may be truncated or corrupted ({detail})", path=path, hint=hint
+        ) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"holds a {type(obj).__name__}, not a dict with a 'state_dict'", path=path, hint=hint)
     if "state_dict" in obj:
@@ -131,8 +142,9 @@ class HalvingBatches:
                 # Outside the handler: the failed attempt's tensors, held by the traceback, are released by now.
                 torch.cuda.empty_cache()
                 self.size = max(1, size // 2)
-                structlog.get_logger(__name__).warning("engine.out_of_memory", device=str(self.device),
-                                                       failed_batch=size, batch_size=self.size)
+                structlog.get_logger(__name__).warning(
+                    "engine.out_of_memory", device=str(self.device), failed_batch=size, batch_size=self.size
+                )
                 continue
             start += size
 

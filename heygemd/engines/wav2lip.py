@@ -76,33 +76,41 @@ def _up(cin: int, cout: int, stride: int = 2) -> ConvSpec:
 
 
 FACE_ENCODER: tuple[tuple[ConvSpec, ...], ...] = (
-    (ConvSpec(6, 16, 7, 1, 3),),                                   # 96x96
-    (_down(16, 32), _same(32), _same(32)),                         # 48x48
-    (_down(32, 64), _same(64), _same(64), _same(64)),              # 24x24
-    (_down(64, 128), _same(128), _same(128)),                      # 12x12
-    (_down(128, 256), _same(256), _same(256)),                     # 6x6
-    (_down(256, 512), _same(512)),                                 # 3x3
-    (ConvSpec(512, 512, 3, 1, 0), ConvSpec(512, 512, 1, 1, 0)),    # 1x1
+    (ConvSpec(6, 16, 7, 1, 3),),  # 96x96
+    (_down(16, 32), _same(32), _same(32)),  # 48x48
+    (_down(32, 64), _same(64), _same(64), _same(64)),  # 24x24
+    (_down(64, 128), _same(128), _same(128)),  # 12x12
+    (_down(128, 256), _same(256), _same(256)),  # 6x6
+    (_down(256, 512), _same(512)),  # 3x3
+    (ConvSpec(512, 512, 3, 1, 0), ConvSpec(512, 512, 1, 1, 0)),  # 1x1
 )
 """Face encoder blocks; block i's output is the skip connection for decoder block 6 - i."""
 
 AUDIO_ENCODER: tuple[ConvSpec, ...] = (
-    ConvSpec(1, 32, 3, 1, 1), _same(32), _same(32),                # 80x16
-    _down(32, 64, stride=(3, 1)), _same(64), _same(64),            # 27x16
-    _down(64, 128, stride=3), _same(128), _same(128),              # 9x6
-    _down(128, 256, stride=(3, 2)), _same(256),                    # 3x3
-    ConvSpec(256, 512, 3, 1, 0), ConvSpec(512, 512, 1, 1, 0),      # 1x1
+    ConvSpec(1, 32, 3, 1, 1),
+    _same(32),
+    _same(32),  # 80x16
+    _down(32, 64, stride=(3, 1)),
+    _same(64),
+    _same(64),  # 27x16
+    _down(64, 128, stride=3),
+    _same(128),
+    _same(128),  # 9x6
+    _down(128, 256, stride=(3, 2)),
+    _same(256),  # 3x3
+    ConvSpec(256, 512, 3, 1, 0),
+    ConvSpec(512, 512, 1, 1, 0),  # 1x1
 )
 """Audio encoder, one sequence: (1, 80, 16) -> (512, 1, 1)."""
 
 FACE_DECODER: tuple[tuple[ConvSpec, ...], ...] = (
-    (ConvSpec(512, 512, 1, 1, 0),),                                # 1x1, then + encoder 6 -> 1024
-    (_up(1024, 512, stride=1), _same(512)),                        # 3x3, + encoder 5 -> 1024
-    (_up(1024, 512), _same(512), _same(512)),                      # 6x6, + encoder 4 -> 768
-    (_up(768, 384), _same(384), _same(384)),                       # 12x12, + encoder 3 -> 512
-    (_up(512, 256), _same(256), _same(256)),                       # 24x24, + encoder 2 -> 320
-    (_up(320, 128), _same(128), _same(128)),                       # 48x48, + encoder 1 -> 160
-    (_up(160, 64), _same(64), _same(64)),                          # 96x96, + encoder 0 -> 80
+    (ConvSpec(512, 512, 1, 1, 0),),  # 1x1, then + encoder 6 -> 1024
+    (_up(1024, 512, stride=1), _same(512)),  # 3x3, + encoder 5 -> 1024
+    (_up(1024, 512), _same(512), _same(512)),  # 6x6, + encoder 4 -> 768
+    (_up(768, 384), _same(384), _same(384)),  # 12x12, + encoder 3 -> 512
+    (_up(512, 256), _same(256), _same(256)),  # 24x24, + encoder 2 -> 320
+    (_up(320, 128), _same(128), _same(128)),  # 48x48, + encoder 1 -> 160
+    (_up(160, 64), _same(64), _same(64)),  # 96x96, + encoder 0 -> 80
 )
 """Face decoder blocks; each output is concatenated with the matching face-encoder output."""
 
@@ -115,8 +123,9 @@ class ConvUnit(nn.Module):
     def __init__(self, spec: ConvSpec):
         super().__init__()
         if spec.transpose:
-            conv: nn.Module = nn.ConvTranspose2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding,
-                                                 spec.output_padding)
+            conv: nn.Module = nn.ConvTranspose2d(
+                spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding, spec.output_padding
+            )
         else:
             conv = nn.Conv2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding)
         self.conv_block = nn.Sequential(conv, nn.BatchNorm2d(spec.cout))
@@ -142,8 +151,9 @@ class Wav2Lip(nn.Module):
         self.face_encoder_blocks = nn.ModuleList(_units(block) for block in FACE_ENCODER)
         self.audio_encoder = _units(AUDIO_ENCODER)
         self.face_decoder_blocks = nn.ModuleList(_units(block) for block in FACE_DECODER)
-        self.output_block = nn.Sequential(ConvUnit(OUTPUT_UNIT), nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0),
-                                          nn.Sigmoid())
+        self.output_block = nn.Sequential(
+            ConvUnit(OUTPUT_UNIT), nn.Conv2d(32, 3, kernel_size=1, stride=1, padding=0), nn.Sigmoid()
+        )
 
     def forward(self, audio: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 4 or tuple(audio.shape[1:]) != (1, *MEL_SHAPE):
@@ -165,6 +175,7 @@ class Wav2Lip(nn.Module):
 
 # ---------------------------------------------------------------- checkpoint loading
 
+
 def _validate(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     """CheckpointError for missing/unexpected keys, wrong shapes or non-finite weights."""
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -172,10 +183,15 @@ def _validate(path: Path, state: dict[str, torch.Tensor], expected: dict[str, to
         raise CheckpointError(f"missing {len(missing)} key(s): {listing(missing)}", path=path)
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise CheckpointError(f"{len(unexpected)} unexpected key(s): {listing(unexpected)} "
-                              "(not a Wav2Lip generator checkpoint?)", path=path)
-    wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
-             for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        raise CheckpointError(
+            f"{len(unexpected)} unexpected key(s): {listing(unexpected)} (not a Wav2Lip generator checkpoint?)",
+            path=path,
+        )
+    wrong = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if wrong:
         raise CheckpointError(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)}", path=path)
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -200,6 +216,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Wav2Lip:
 
 
 # ---------------------------------------------------------------- the engine
+
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """cv2.resize with INTER_AREA when shrinking and INTER_LINEAR when enlarging."""
@@ -247,8 +264,15 @@ class Wav2LipEngine:
     name = "wav2lip"
     needs = EngineNeeds()
 
-    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, fp16: bool = True,
-                 threads: int = 0, torch_compile: bool = False):
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str = "auto",
+        batch_size: int = 64,
+        fp16: bool = True,
+        threads: int = 0,
+        torch_compile: bool = False,
+    ):
         if batch_size < 1:
             raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
         if threads < 0:
@@ -315,12 +339,19 @@ class Wav2LipEngine:
         self._batches.run(count, infer)
         return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
 
-    def _infer(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], audio: np.ndarray,
-               faces: np.ndarray, out: np.ndarray) -> None:
+    def _infer(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        audio: np.ndarray,
+        faces: np.ndarray,
+        out: np.ndarray,
+    ) -> None:
         """Predict one sub-batch into ``out``, (n, 96, 96, 3) uint8 BGR; ``faces`` is channels-last (n, 96, 96, 6)."""
         non_blocking = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16,
-                                                    enabled=self.fp16):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.fp16),
+        ):
             audio_t = torch.from_numpy(audio).to(self.device, non_blocking=non_blocking)
             faces_t = torch.from_numpy(faces).permute(0, 3, 1, 2).to(self.device, non_blocking=non_blocking)
             pred = model(audio_t, faces_t)

@@ -36,9 +36,20 @@ _ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,f
 
 def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float, encoder: Encoder) -> list[str]:
     return [
-        *encoder_args(encoder, crf, preset), "-pix_fmt", "yuv420p", *_ENCODE_COLOUR,
-        "-c:a", "aac", "-b:a", str(audio_bitrate),
-        "-t", f"{duration:.6f}", "-movflags", "+faststart", "-map_metadata", "-1",
+        *encoder_args(encoder, crf, preset),
+        "-pix_fmt",
+        "yuv420p",
+        *_ENCODE_COLOUR,
+        "-c:a",
+        "aac",
+        "-b:a",
+        str(audio_bitrate),
+        "-t",
+        f"{duration:.6f}",
+        "-movflags",
+        "+faststart",
+        "-map_metadata",
+        "-1",
     ]
 
 
@@ -71,9 +82,20 @@ class VideoWriter:
     Raises EncodeError (stderr tail), DiskFull, or NoAudioStream (audio file without sound).
     """
 
-    def __init__(self, out_path: Path, width: int, height: int, fps: float, audio_path: Path, duration: float, *,
-                 crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
-                 audio_bitrate: str = _VIDEO["audio_bitrate"].default, encoder: Encoder = "libx264"):
+    def __init__(
+        self,
+        out_path: Path,
+        width: int,
+        height: int,
+        fps: float,
+        audio_path: Path,
+        duration: float,
+        *,
+        crf: int = _VIDEO["crf"].default,
+        preset: str = _VIDEO["preset"].default,
+        audio_bitrate: str = _VIDEO["audio_bitrate"].default,
+        encoder: Encoder = "libx264",
+    ):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"width and height must be positive and even for yuv420p, got {width}x{height}")
         if duration <= 0:
@@ -92,8 +114,9 @@ class VideoWriter:
         self.open()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self.abort()
             return
@@ -106,11 +129,30 @@ class VideoWriter:
         ffmpeg = find_tool("ffmpeg")
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
-            "-r", rate_arg(self.fps), "-i", "pipe:0",
-            "-i", media_url(self.audio_path),
-            "-map", "0:v:0", "-map", "1:a:0", "-vf", _ENCODE_FILTER,
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{self.width}x{self.height}",
+            "-r",
+            rate_arg(self.fps),
+            "-i",
+            "pipe:0",
+            "-i",
+            media_url(self.audio_path),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-vf",
+            _ENCODE_FILTER,
             *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
             media_url(self.temp_path),
         ]
@@ -167,9 +209,17 @@ class VideoWriter:
         return _encode_failure(f"{what}: {tail}", self.out_path, self.audio_path)
 
 
-def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration: float, *,
-                    crf: int = _VIDEO["crf"].default, preset: str = _VIDEO["preset"].default,
-                    audio_bitrate: str = _VIDEO["audio_bitrate"].default, encoder: Encoder = "libx264") -> Path:
+def plain_transcode(
+    info: VideoInfo,
+    out_path: Path,
+    audio_path: Path,
+    duration: float,
+    *,
+    crf: int = _VIDEO["crf"].default,
+    preset: str = _VIDEO["preset"].default,
+    audio_bitrate: str = _VIDEO["audio_bitrate"].default,
+    encoder: Encoder = "libx264",
+) -> Path:
     """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
 
     Same decode filters (CFR, upright, even crop) and the same encoder settings as
@@ -181,11 +231,26 @@ def plain_transcode(info: VideoInfo, out_path: Path, audio_path: Path, duration:
     temp = temp_path(out_path)
     loop = ["-loop", "1", "-framerate", rate_arg(info.fps)] if info.is_still else ["-stream_loop", "-1"]
     argv = [
-        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y",
-        *input_args(info), *loop, "-i", media_url(info.path), "-i", media_url(Path(audio_path)),
-        "-map", f"0:{info.stream_index}", "-map", "1:a:0",
-        "-vf", decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
-        *_encode_args(crf, preset, audio_bitrate, duration, encoder), media_url(temp),
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-y",
+        *input_args(info),
+        *loop,
+        "-i",
+        media_url(info.path),
+        "-i",
+        media_url(Path(audio_path)),
+        "-map",
+        f"0:{info.stream_index}",
+        "-map",
+        "1:a:0",
+        "-vf",
+        decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
+        *_encode_args(crf, preset, audio_bitrate, duration, encoder),
+        media_url(temp),
     ]
     proc = ToolProcess(argv)
     try:

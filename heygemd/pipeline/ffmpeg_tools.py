@@ -107,8 +107,15 @@ class ToolProcess:
     session; ``kill()`` sends SIGKILL if it is still running and always reaps it.
     """
 
-    def __init__(self, argv: Sequence[str], *, stdin: bool = False, stdout: bool = False,
-                 stdout_fd: int | None = None, pass_fds: Sequence[int] = ()):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bool = False,
+        stdout: bool = False,
+        stdout_fd: int | None = None,
+        pass_fds: Sequence[int] = (),
+    ):
         """``stdout_fd``: an open file the child writes its stdout to (instead of a pipe or nothing);
         ``pass_fds``: descriptors the child inherits (it can read them as ``/proc/self/fd/N``)."""
         self.argv = list(argv)

@@ -16,9 +16,10 @@ import functools
 import itertools
 import re
 import subprocess
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Generator, Iterator
+from typing import IO
 
 import numpy as np
 import structlog
@@ -87,7 +88,7 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarray]:
+def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarray, None, None]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
     The stream is resampled to ``info.fps`` (CFR), turned upright and cropped to even size. When
@@ -98,11 +99,29 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarra
     """
     ffmpeg = find_tool("ffmpeg")
     argv = [
-        ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *input_args(info),
-        *(decoder_args(decoder) if not info.is_still else []), "-i", media_url(info.path),
-        "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
-        "-vf", _decode_chain(info, ffmpeg),
-        "-frames:v", str(info.frame_count), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        *input_args(info),
+        *(decoder_args(decoder) if not info.is_still else []),
+        "-i",
+        media_url(info.path),
+        "-map",
+        f"0:{info.stream_index}",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        _decode_chain(info, ffmpeg),
+        "-frames:v",
+        str(info.frame_count),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "pipe:1",
     ]
     proc = ToolProcess(argv, stdout=True)
     delivered = 0
@@ -110,7 +129,7 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarra
     try:
         while delivered < info.frame_count:
             frame = np.empty((info.height, info.width, 3), dtype=np.uint8)
-            got = _read_into(proc.stdout, memoryview(frame).cast("B"))
+            got = _read_into(proc.stdout, frame.data.cast("B"))
             if got == 0:
                 break
             if got < info.frame_bytes:
@@ -126,8 +145,9 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarra
         except subprocess.TimeoutExpired:
             raise DecodeError(f"ffmpeg did not exit after {delivered} frames", path=info.path) from None
         if code != 0:
-            raise DecodeError(f"ffmpeg failed after {delivered} frames (exit {code}): {proc.stderr_tail()}",
-                              path=info.path)
+            raise DecodeError(
+                f"ffmpeg failed after {delivered} frames (exit {code}): {proc.stderr_tail()}", path=info.path
+            )
         shortfall = info.frame_count - delivered
         if last is None:
             raise DecodeError(f"no frame could be decoded: {proc.stderr_tail()}", path=info.path)
@@ -145,11 +165,11 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Iterator[np.ndarra
         proc.kill()
 
 
-def _read_into(stream: BinaryIO, buffer: memoryview) -> int:
+def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
     """Fill ``buffer`` from ``stream``; return the bytes read (less than its size only at EOF)."""
     filled = 0
     while filled < len(buffer):
-        n = stream.readinto(buffer[filled:])
+        n = stream.readinto(buffer[filled:])  # type: ignore[attr-defined]  # a pipe: a BufferedReader
         if not n:
             break
         filled += n
@@ -202,8 +222,16 @@ class ScheduledFrames:
     the spool. Iterate once.
     """
 
-    def __init__(self, info: VideoInfo, n_out: int, mode: LoopMode, work_dir: Path, *,
-                 codec: SpoolCodec = "raw", decoder: Decoder = "cpu"):
+    def __init__(
+        self,
+        info: VideoInfo,
+        n_out: int,
+        mode: LoopMode,
+        work_dir: Path,
+        *,
+        codec: SpoolCodec = "raw",
+        decoder: Decoder = "cpu",
+    ):
         if codec not in ("raw", "ffv1", "utvideo"):
             raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
         self.info = info
@@ -234,8 +262,9 @@ class ScheduledFrames:
     def __enter__(self) -> "ScheduledFrames":
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -283,8 +312,15 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
-        self._spool = FrameSpool(self.work_dir, self.info.width, self.info.height, rate_arg(self.info.fps),
-                                 self.codec, source=self.info.path, frames_expected=n_source)
+        self._spool = FrameSpool(
+            self.work_dir,
+            self.info.width,
+            self.info.height,
+            rate_arg(self.info.fps),
+            self.codec,
+            source=self.info.path,
+            frames_expected=n_source,
+        )
         self._source = read_frames(self.info, self.decoder)
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.

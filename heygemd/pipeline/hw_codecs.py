@@ -44,29 +44,65 @@ def encoder_args(encoder: Encoder, crf: int, preset: str) -> list[str]:
     better; NVENC at the same number is a little larger and comparable in quality); x264's preset does not
     apply to NVENC, which uses p5 (slow-ish, high quality; it is still far faster than the GPU engine needs)."""
     if encoder == "h264_nvenc":
-        return ["-c:v", "h264_nvenc", "-preset", "p5", "-tune", "hq", "-rc", "vbr", "-cq", str(int(crf)),
-                "-b:v", "0"]
+        return ["-c:v", "h264_nvenc", "-preset", "p5", "-tune", "hq", "-rc", "vbr", "-cq", str(int(crf)), "-b:v", "0"]
     return ["-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf))]
 
 
 @functools.lru_cache(maxsize=4)
 def nvenc_works(ffmpeg: str) -> bool:
     """Whether ``ffmpeg`` can encode one frame with h264_nvenc here (asked once per binary and process)."""
-    return _trial([ffmpeg, "-hide_banner", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=256x256:d=0.04",
-                   "-frames:v", "1", "-c:v", "h264_nvenc", "-f", "null", "-"])
+    return _trial(
+        [
+            ffmpeg,
+            "-hide_banner",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=gray:s=256x256:d=0.04",
+            "-frames:v",
+            "1",
+            "-c:v",
+            "h264_nvenc",
+            "-f",
+            "null",
+            "-",
+        ]
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def nvdec_works(ffmpeg: str) -> bool:
     """Whether ``ffmpeg`` can open a CUDA device for decoding here (asked once per binary and process)."""
-    return _trial([ffmpeg, "-hide_banner", "-v", "error", "-init_hw_device", "cuda=gpu", "-filter_hw_device", "gpu",
-                   "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.04", "-frames:v", "1", "-f", "null", "-"])
+    return _trial(
+        [
+            ffmpeg,
+            "-hide_banner",
+            "-v",
+            "error",
+            "-init_hw_device",
+            "cuda=gpu",
+            "-filter_hw_device",
+            "gpu",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=gray:s=64x64:d=0.04",
+            "-frames:v",
+            "1",
+            "-f",
+            "null",
+            "-",
+        ]
+    )
 
 
 def _trial(argv: list[str]) -> bool:
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_TRIAL_SECONDS,
-                              start_new_session=True)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_TRIAL_SECONDS, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0

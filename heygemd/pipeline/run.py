@@ -129,8 +129,9 @@ def render_video(
         prep = _presenter_preparation(info, track, boxes, engine, options, cache_dir, track_fp, timer, stop)
     prompts = audio.prompts if engine.needs.audio != "mel" else None
     if engine.needs.audio != "mel" and prompts is None:
-        raise ValueError(f"engine {engine.name} needs {engine.needs.audio} features; compute them with "
-                         "LipSyncSession.audio")
+        raise ValueError(
+            f"engine {engine.name} needs {engine.needs.audio} features; compute them with LipSyncSession.audio"
+        )
 
     warnings = footage.footage_warnings(track, video_path) if engine.name == "mouthwarp" else []
     engine.prepare(audio.mel)
@@ -147,11 +148,23 @@ def render_video(
     poster_frame: np.ndarray | None = None
     with (
         ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool, decoder=decoder) as scheduled,
-        timer.closing_in("encode", VideoWriter(
-            output, info.width, info.height, info.fps, audio.path, audio.duration,
-            crf=crf, preset=video_opts.preset, audio_bitrate=video_opts.audio_bitrate, encoder=encoder,
-        )) as writer,
+        timer.closing_in(
+            "encode",
+            VideoWriter(
+                output,
+                info.width,
+                info.height,
+                info.fps,
+                audio.path,
+                audio.duration,
+                crf=crf,
+                preset=video_opts.preset,
+                audio_bitrate=video_opts.audio_bitrate,
+                encoder=encoder,
+            ),
+        ) as writer,
     ):
+
         def cut(batch: _Batch) -> _Batch:
             with timer.stage("faces"):
                 mels = audio.windows(info.fps, batch.start, batch.stop)  # per batch: flat memory for long audio
@@ -178,8 +191,7 @@ def render_video(
                     writer.write(frame)
                     if batch.start + offset == poster_index:
                         poster_frame = frame.copy()
-            report(VideoProgress("render", batch.stop, n_out,
-                                 DETECT_SHARE + (1 - DETECT_SHARE) * batch.stop / n_out))
+            report(VideoProgress("render", batch.stop, n_out, DETECT_SHARE + (1 - DETECT_SHARE) * batch.stop / n_out))
 
         # Decode, faces, infer and blend each run in a thread of their own; encode (the writer's pipe, progress
         # and interruption) in this one. An error in any stops all of them before the with-block closes the
@@ -253,7 +265,11 @@ def _face_track(
 
 def _track_fingerprint(info: VideoInfo, detector: faces.FaceDetector, settings: FacesSettings) -> str:
     return faces.track_fingerprint(
-        detector.name, settings.pads, settings.smooth_window, settings.max_gap_frames, settings.detect_max_side,
+        detector.name,
+        settings.pads,
+        settings.smooth_window,
+        settings.max_gap_frames,
+        settings.detect_max_side,
         # the frames the track indexes: a different decode (size, rate, count) must not reuse it
         frames=[info.width, info.height, round(info.fps, 3), info.frame_count],
     )
@@ -399,8 +415,9 @@ def _paste_mouths(batch: _Batch, engine: Engine) -> None:
     """Paste the engine's mouths into ``batch.frames`` (frames without a face pass through)."""
     if batch.faces is None or batch.mouths is None or batch.faces.masks is None:
         return
-    for (offset, ibox), mouth, mask, crop in zip(batch.jobs, batch.mouths, batch.faces.masks, batch.faces.crops,
-                                                 strict=True):
+    for (offset, ibox), mouth, mask, crop in zip(
+        batch.jobs, batch.mouths, batch.faces.masks, batch.faces.crops, strict=True
+    ):
         if engine.needs.colour_match:
             mouth = render.match_colour(mouth, crop, mask)
         render.paste(batch.frames[offset], ibox, mouth, mask)

@@ -59,7 +59,8 @@ def require_free_space(directory: Path, needed: int, what: str = "the frame spoo
     free = free_bytes(directory)
     if needed > free:
         raise DiskFull(
-            f"{what} needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free", path=directory,
+            f"{what} needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free",
+            path=directory,
             hint="Free space in the temp folder, or point it elsewhere (TMPDIR), or use a shorter audio.",
         )
 
@@ -72,8 +73,17 @@ def segment_frames(frame_bytes: int) -> int:
 class FrameSpool:
     """Append BGR frames of one size in order, then ``load(index)`` any of them. Close to free the file."""
 
-    def __init__(self, work_dir: Path, width: int, height: int, fps_arg: str, codec: SpoolCodec, *,
-                 source: Path, frames_expected: int):
+    def __init__(
+        self,
+        work_dir: Path,
+        width: int,
+        height: int,
+        fps_arg: str,
+        codec: SpoolCodec,
+        *,
+        source: Path,
+        frames_expected: int,
+    ):
         if codec not in ("raw", *_CODEC_ARGS):
             raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
         self.work_dir = Path(work_dir)
@@ -156,9 +166,25 @@ class FrameSpool:
 
     def _start_encoder(self) -> ToolProcess:
         argv = [
-            find_tool("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}", "-r", self.fps_arg,
-            "-i", "pipe:0", *_CODEC_ARGS[self.codec], "-f", "nut", "pipe:1",
+            find_tool("ffmpeg"),
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{self.width}x{self.height}",
+            "-r",
+            self.fps_arg,
+            "-i",
+            "pipe:0",
+            *_CODEC_ARGS[self.codec],
+            "-f",
+            "nut",
+            "pipe:1",
         ]
         # stdout is the spool file itself: the segment is appended at its end (the shared file offset).
         os.lseek(self._file.fileno(), 0, os.SEEK_END)
@@ -197,9 +223,20 @@ class FrameSpool:
             self._cache = np.empty((self.segment, self.height, self.width, 3), dtype=np.uint8)
         fd = self._file.fileno()
         argv = [
-            find_tool("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error",
-            "-f", "nut", "-i", f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+            find_tool("ffmpeg"),
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-f",
+            "nut",
+            "-i",
+            f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "pipe:1",
         ]
         self._cached_segment = -1
         proc = ToolProcess(argv, stdout=True, pass_fds=(fd,))
@@ -215,12 +252,15 @@ class FrameSpool:
                     got += n
                 if got < len(view):
                     proc.wait()
-                    raise DecodeError(f"segment {segment} of the frame spool ended after {i} frames: "
-                                      f"{proc.stderr_tail()}", path=self.source)
+                    raise DecodeError(
+                        f"segment {segment} of the frame spool ended after {i} frames: {proc.stderr_tail()}",
+                        path=self.source,
+                    )
             code = proc.wait()
             if code != 0:
-                raise DecodeError(f"the frame spool could not be read (exit {code}): {proc.stderr_tail()}",
-                                  path=self.source)
+                raise DecodeError(
+                    f"the frame spool could not be read (exit {code}): {proc.stderr_tail()}", path=self.source
+                )
         finally:
             proc.kill()
         self._cached_segment = segment

@@ -43,8 +43,14 @@ class _Stopped(Exception):
 _END = object()
 
 
-def run_stages(source: Iterable[Any], stages: Sequence[Stage], sink: Callable[[Any], None], *,
-               depth: int = 1, source_name: str = "source") -> None:
+def run_stages(
+    source: Iterable[Any],
+    stages: Sequence[Stage],
+    sink: Callable[[Any], None],
+    *,
+    depth: int = 1,
+    source_name: str = "source",
+) -> None:
     """Pass every item of ``source`` through ``stages`` in order, then to ``sink``; see the module docstring."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")

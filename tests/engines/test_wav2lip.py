@@ -25,6 +25,7 @@ BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 # ---------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def state() -> dict[str, torch.Tensor]:
     return random_state_dict(seed=0)
@@ -67,6 +68,7 @@ def _crops(sizes: list[tuple[int, int]], seed: int) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- architecture
 
+
 def test_state_dict_matches_the_published_manifest() -> None:
     expected = manifest_shapes()
     ours = Wav2Lip().state_dict()
@@ -77,16 +79,31 @@ def test_state_dict_matches_the_published_manifest() -> None:
     assert model_params == manifest_params == 36_298_035
 
 
-def _unit(x: torch.Tensor, s: dict[str, torch.Tensor], prefix: str, stride, padding: int,
-          residual: bool = False, transpose: bool = False, output_padding: int = 0) -> torch.Tensor:
+def _unit(
+    x: torch.Tensor,
+    s: dict[str, torch.Tensor],
+    prefix: str,
+    stride,
+    padding: int,
+    residual: bool = False,
+    transpose: bool = False,
+    output_padding: int = 0,
+) -> torch.Tensor:
     """conv (or transposed conv) -> batch norm (eval statistics) -> [+ input] -> relu, straight from the tensors."""
     w, b = s[f"{prefix}.conv_block.0.weight"], s[f"{prefix}.conv_block.0.bias"]
     if transpose:
         y = F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding)
     else:
         y = F.conv2d(x, w, b, stride=stride, padding=padding)
-    y = F.batch_norm(y, s[f"{prefix}.conv_block.1.running_mean"], s[f"{prefix}.conv_block.1.running_var"],
-                     s[f"{prefix}.conv_block.1.weight"], s[f"{prefix}.conv_block.1.bias"], training=False, eps=1e-5)
+    y = F.batch_norm(
+        y,
+        s[f"{prefix}.conv_block.1.running_mean"],
+        s[f"{prefix}.conv_block.1.running_var"],
+        s[f"{prefix}.conv_block.1.weight"],
+        s[f"{prefix}.conv_block.1.bias"],
+        training=False,
+        eps=1e-5,
+    )
     if residual:
         y = y + x
     return F.relu(y)
@@ -111,11 +128,21 @@ def _reference_forward(s: dict[str, torch.Tensor], audio: torch.Tensor, face: to
             x = _unit(x, s, f"face_encoder_blocks.{b}.{u}", **args)
         feats.append(x)
 
-    audio_layers = [dict(stride=1, padding=1), R, R,
-                    dict(stride=(3, 1), padding=1), R, R,
-                    dict(stride=3, padding=1), R, R,
-                    dict(stride=(3, 2), padding=1), R,
-                    dict(stride=1, padding=0), dict(stride=1, padding=0)]
+    audio_layers = [
+        dict(stride=1, padding=1),
+        R,
+        R,
+        dict(stride=(3, 1), padding=1),
+        R,
+        R,
+        dict(stride=3, padding=1),
+        R,
+        R,
+        dict(stride=(3, 2), padding=1),
+        R,
+        dict(stride=1, padding=0),
+        dict(stride=1, padding=0),
+    ]
     a = audio
     for u, args in enumerate(audio_layers):
         a = _unit(a, s, f"audio_encoder.{u}", **args)
@@ -125,7 +152,11 @@ def _reference_forward(s: dict[str, torch.Tensor], audio: torch.Tensor, face: to
     decoder_layers = [
         [dict(stride=1, padding=0)],
         [dict(stride=1, padding=0, transpose=True), R],
-        [UP, R, R], [UP, R, R], [UP, R, R], [UP, R, R], [UP, R, R],
+        [UP, R, R],
+        [UP, R, R],
+        [UP, R, R],
+        [UP, R, R],
+        [UP, R, R],
     ]
     x = a
     for b, block in enumerate(decoder_layers):
@@ -158,6 +189,7 @@ def test_output_depends_on_audio_and_face(model: Wav2Lip) -> None:
 
 
 # ---------------------------------------------------------------- loading
+
 
 def test_random_checkpoint_loads_with_its_weights(model: Wav2Lip, state: dict[str, torch.Tensor]) -> None:
     assert isinstance(model, Wav2Lip)
@@ -266,6 +298,7 @@ def test_torchscript_archive_is_refused(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- engine
 
+
 def test_folded_batch_norm_matches_the_unfolded_model(model: Wav2Lip) -> None:
     folded = fold_batch_norm(copy.deepcopy(model)).to(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
@@ -341,9 +374,9 @@ def test_sub_batches_give_the_same_output_as_one_batch(engine: Wav2LipEngine) ->
         pieces = engine.generate(batch)
     finally:
         engine.batch_size = 8
-    for a, b in zip(whole, pieces):
+    for a, b in zip(whole, pieces, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float summation order may move a rounding
-    assert np.mean([np.mean(a != b) for a, b in zip(whole, pieces)]) < 0.01
+    assert np.mean([np.mean(a != b) for a, b in zip(whole, pieces, strict=True)]) < 0.01
     # Different audio windows give different mouths: the sub-batches kept their own mels.
     assert not np.array_equal(whole[0], whole[1])
 
@@ -411,7 +444,7 @@ def test_fp16_on_cuda_matches_cpu(checkpoint: Path, engine: Wav2LipEngine) -> No
     finally:
         gpu.close()
     exact = engine.generate(batch)
-    diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(fast, exact)]
+    diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(fast, exact, strict=True)]
     assert max(d.max() for d in diffs) <= 8
     assert np.mean([d.mean() for d in diffs]) < 1.0
 
@@ -439,7 +472,7 @@ def test_out_of_memory_halves_the_batch(checkpoint: Path) -> None:
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
         assert 1 <= gpu.batch_size < 64
-        for a, b in zip(expected, halved):
+        for a, b in zip(expected, halved, strict=True):
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     finally:
         gpu.close()

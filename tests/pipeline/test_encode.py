@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 import os
 from pathlib import Path
 
@@ -35,9 +34,24 @@ def test_video_writer_output(audio_kind, tmp_path):
         audio = sine(audio_dir / "voice.mp3", 1.23, "-c:a", "libmp3lame")
     else:
         audio = audio_dir / "with sound.mp4"
-        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=2", "-f", "lavfi", "-i",
-               "sine=frequency=300:duration=1.23", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-               "-shortest", str(audio))
+        ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=10:duration=2",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=1.23",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(audio),
+        )
         assert probe_video(audio).has_audio
     audio_duration = float(ffprobe_json(audio)["format"]["duration"])
     out = tmp_path / "输出 目录" / "讲话 视频 1.mp4"
@@ -60,8 +74,8 @@ def test_video_writer_output(audio_kind, tmp_path):
     # Colours survive the BGR -> yuv420p (BT.709) -> BGR round trip.
     back = list(read_frames(probe_video(out)))
     assert len(back) == n
-    assert all(mad(a, b) < 4 for a, b in zip(back, written))
-    bias = np.mean([(a.astype(np.int16) - b).mean(axis=(0, 1)) for a, b in zip(back, written)], axis=0)
+    assert all(mad(a, b) < 4 for a, b in zip(back, written, strict=True))
+    bias = np.mean([(a.astype(np.int16) - b).mean(axis=(0, 1)) for a, b in zip(back, written, strict=True)], axis=0)
     assert np.all(np.abs(bias) < 1.5), bias  # a BT.601/BT.709 mix-up shifts colours by 3-4 levels
 
 

@@ -50,8 +50,17 @@ def open_files_under(directory: Path) -> list[str]:
 
 
 def test_odd_size_is_cropped_to_even(media):
-    clip = lavfi_clip(media / "odd.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p",
-                      size="322x242", vf="format=yuv444p,crop=321:241:0:0")  # testsrc2 itself only makes even sizes
+    clip = lavfi_clip(
+        media / "odd.mp4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv444p",
+        size="322x242",
+        vf="format=yuv444p,crop=321:241:0:0",
+    )  # testsrc2 itself only makes even sizes
     assert (ffprobe_json(clip)["streams"][0]["width"], ffprobe_json(clip)["streams"][0]["height"]) == (321, 241)
     info = probe_video(clip)
     assert (info.width, info.height) == (320, 240)
@@ -64,8 +73,17 @@ def test_odd_size_is_cropped_to_even(media):
 
 def test_non_square_pixels_are_delivered_square(media):
     """A 240x180 picture with 4:3 pixels shows as 320x180 in a player: deliver it so, or the face is squashed."""
-    clip = lavfi_clip(media / "anamorphic.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-                      size="240x180", vf="setsar=4/3")
+    clip = lavfi_clip(
+        media / "anamorphic.mp4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        size="240x180",
+        vf="setsar=4/3",
+    )
     info = probe_video(clip)
     assert (info.width, info.height) == (320, 180)
     frames = list(read_frames(info))
@@ -95,8 +113,21 @@ def test_rotated_phone_video_is_delivered_upright(tag, media, h264):
 def test_vfr_phone_video_is_delivered_as_cfr(media):
     # 25 fps for 2 s with frames 10..19 missing: the camera stalled for 0.4 s (avg 20 fps).
     clip = media / "vfr.mp4"
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25:duration=2,select='not(between(n,10,19))'",
-           "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", str(clip))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={W}x{H}:rate=25:duration=2,select='not(between(n,10,19))'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-qp",
+        "0",
+        str(clip),
+    )
     info = probe_video(clip)
     assert info.is_vfr
     assert info.fps == 20.0
@@ -104,8 +135,24 @@ def test_vfr_phone_video_is_delivered_as_cfr(media):
     frames = list(read_frames(info))
     assert len(frames) == info.frame_count
     # Which stored frame each delivered frame shows: in time order, with the stall held, not squeezed out.
-    stored = subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-fps_mode", "passthrough", "-f", "rawvideo",
-                             "-pix_fmt", "bgr24", "-"], check=True, capture_output=True).stdout
+    stored = subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-i",
+            str(clip),
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     stored = np.frombuffer(stored, np.uint8).reshape(-1, H, W, 3)
     shown = []
     for frame in frames:
@@ -137,9 +184,23 @@ def test_jpeg_exif_orientation_is_applied(media):
 def test_hdr_input_is_tone_mapped_to_8bit(media, reference):
     if not has_encoder("libx265"):
         pytest.skip("this ffmpeg has no libx265 encoder")
-    clip = lavfi_clip(media / "hdr.mp4", "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-                      "-pix_fmt", "yuv420p10le", "-color_primaries", "bt2020", "-color_trc", "smpte2084",
-                      "-colorspace", "bt2020nc")
+    clip = lavfi_clip(
+        media / "hdr.mp4",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "log-level=error",
+        "-pix_fmt",
+        "yuv420p10le",
+        "-color_primaries",
+        "bt2020",
+        "-color_trc",
+        "smpte2084",
+        "-colorspace",
+        "bt2020nc",
+    )
     info = probe_video(clip)
     assert info.hdr and info.bit_depth == 10
     frames = list(read_frames(info))
@@ -154,7 +215,7 @@ def test_read_frames_pads_to_frame_count_and_truncates(h264):
     assert len(longer) == info.frame_count + 2
     assert np.array_equal(longer[-1], stored[-1]) and np.array_equal(longer[-2], stored[-1])
     shorter = list(read_frames(dataclasses.replace(info, frame_count=10)))
-    assert len(shorter) == 10 and all(np.array_equal(a, b) for a, b in zip(shorter, stored))
+    assert len(shorter) == 10 and all(np.array_equal(a, b) for a, b in zip(shorter, stored, strict=False))
 
 
 def test_abandoned_reader_kills_and_reaps_ffmpeg(media):
@@ -185,13 +246,15 @@ def test_frame_schedule_properties(n_source, n_out, mode):
         assert schedule == list(range(n_out))  # trimmed
         return
     assert schedule[:n_source] == list(range(n_source))
-    steps = [b - a for a, b in zip(schedule, schedule[1:])]
+    steps = [b - a for a, b in zip(schedule, schedule[1:], strict=False)]
     if mode == "pingpong":
         assert all(abs(s) == 1 for s in steps)  # never a repeated frame, never a jump
         turns = [schedule[i] for i in range(1, n_out - 1) if steps[i - 1] != steps[i]]
         assert set(turns) <= {0, n_source - 1}
     else:
-        assert all(s == 1 or (a, b) == (n_source - 1, 0) for s, a, b in zip(steps, schedule, schedule[1:]))
+        assert all(
+            s == 1 or (a, b) == (n_source - 1, 0) for s, a, b in zip(steps, schedule, schedule[1:], strict=False)
+        )
 
 
 def test_frame_schedule_examples_and_errors():
@@ -286,7 +349,7 @@ def test_scheduled_frames_memory_does_not_grow_with_length(media, tmp_path):
     baseline = vm_rss_kib()
     peak = baseline
     with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path) as frames:
-        for n, (_, frame) in enumerate(frames):
+        for n, _ in enumerate(frames):
             if n % 20 == 0:
                 peak = max(peak, vm_rss_kib())
     assert (peak - baseline) < 20_000, f"RSS grew by {(peak - baseline) / 1024:.1f} MiB"

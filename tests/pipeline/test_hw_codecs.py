@@ -42,8 +42,9 @@ def test_nvenc_writes_h264_and_nvdec_reads_it_back(h264, media, tmp_path) -> Non
     assert max(mad(a, b) for a, b in zip(cpu_frames, gpu_frames, strict=True)) < 1.0
     out = tmp_path / "nvenc.mp4"
     audio = sine(media / "nvenc.wav", seconds=len(cpu_frames) / info.fps)
-    with VideoWriter(out, info.width, info.height, info.fps, audio, len(cpu_frames) / info.fps,
-                     encoder="h264_nvenc") as writer:
+    with VideoWriter(
+        out, info.width, info.height, info.fps, audio, len(cpu_frames) / info.fps, encoder="h264_nvenc"
+    ) as writer:
         for frame in cpu_frames:
             writer.write(frame)
     stream = next(s for s in ffprobe_json(out)["streams"] if s["codec_type"] == "video")

@@ -27,6 +27,7 @@ def test_stages_run_in_their_own_threads() -> None:
         def work(x: int) -> int:
             seen[key].add(threading.current_thread().name)
             return x
+
         return work
 
     run_stages(range(10), [Stage("a", note("a")), Stage("b", note("b"))], note("sink"))
