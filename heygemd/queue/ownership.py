@@ -4,8 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heygemd.daemon.claims import CLAIM_FILE, ClaimedJob, ClaimRecord
+from heygemd.daemon.claims import CLAIM_FILE, ClaimedJob, ClaimRecord, held_elsewhere
 from heygemd.fsutil import atomic_write_bytes
+from heygemd.settings import QueueSettings
+
+MISSED_HEARTBEATS = 3
+"""A job lock lives this many heartbeat intervals: a worker that stopped beating frees its job after that."""
+LEASE_FLOOR_SECONDS = 120.0
+"""The shortest claim lease in a farm: above NFS's attribute cache (acregmax, 60 s by default), which can show
+another host's fresh touch of claim.json as a minute old, plus clock skew between hosts."""
+
+
+def lease_seconds(settings: QueueSettings) -> float:
+    """How long claim.json stays "owned" after its last touch in a farm. A worker touches it with every heartbeat,
+    so one untouched for this long belongs to a worker that is gone (killed, or its host down): its job can be
+    taken over after about two minutes, not the single-host daemon's ten."""
+    return max(settings.heartbeat_interval * MISSED_HEARTBEATS, LEASE_FLOOR_SECONDS)
+
+
+def owned_elsewhere(claimed: ClaimedJob, settings: QueueSettings) -> bool:
+    """``claims.held_elsewhere`` with the farm's lease (:func:`lease_seconds`)."""
+    return held_elsewhere(claimed, lease_seconds=lease_seconds(settings))
 
 
 def disown(claimed: ClaimedJob) -> None:

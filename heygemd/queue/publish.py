@@ -6,12 +6,12 @@ from __future__ import annotations
 import structlog
 from kombu.exceptions import OperationalError
 
-from heygemd.daemon.claims import ClaimedJob, held_elsewhere
+from heygemd.daemon.claims import ClaimedJob
 from heygemd.daemon.jobs import load_job
 from heygemd.errors import HeygemdError
 from heygemd.queue.app import TASK_NAME, make_app, queue_for, task_id
 from heygemd.queue.broker import Broker, BrokerError, shown_url
-from heygemd.queue.ownership import disown
+from heygemd.queue.ownership import disown, owned_elsewhere
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.queue")
@@ -100,7 +100,9 @@ class Publisher:
         lost = [
             job
             for job in claimed
-            if task_id(job.job_id) not in queued and not self.broker.locked(job.job_id) and not held_elsewhere(job)
+            if task_id(job.job_id) not in queued
+            and not self.broker.locked(job.job_id)
+            and not owned_elsewhere(job, self.settings.queue)
         ]
         republished = []
         for job in lost:

@@ -18,19 +18,16 @@ from pathlib import Path
 
 import structlog
 
-from heygemd.daemon.claims import ClaimedJob, held_elsewhere, read_claim, renew_lease, take_over
+from heygemd.daemon.claims import ClaimedJob, read_claim, renew_lease, take_over
 from heygemd.daemon.outbox import finish_inputs
 from heygemd.daemon.service import Sessions
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import report_failure
 from heygemd.queue.broker import Broker, BrokerError
-from heygemd.queue.ownership import disown
+from heygemd.queue.ownership import MISSED_HEARTBEATS, disown, owned_elsewhere
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.queue")
-
-MISSED_HEARTBEATS = 3
-"""A job lock lives this many heartbeat intervals: a worker that stopped beating frees its job after that."""
 
 
 def map_path(path: str, path_map: dict[str, str]) -> Path:
@@ -127,7 +124,7 @@ class JobRunner:
             if claimed is None:
                 log.info("job.duplicate_task", job_id=job_id, why="the job is finished", claim=str(path))
                 return TaskResult("gone")
-            if held_elsewhere(claimed):
+            if owned_elsewhere(claimed, self.settings.queue):
                 log.info("job.duplicate_task", job_id=job_id, why=f"{claimed.host}:{claimed.pid} runs it")
                 return TaskResult("duplicate")
             claimed = take_over(claimed)

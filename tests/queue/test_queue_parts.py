@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from heygemd.check import run_checks
-from heygemd.daemon.claims import claim, claimed_jobs, read_claim
+from heygemd.daemon.claims import CLAIM_FILE, LEASE_SECONDS, ClaimRecord, claim, claimed_jobs, read_claim
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus
 from heygemd.queue.app import queue_for, task_id, worker_queues
 from heygemd.queue.broker import Broker, shown_url
+from heygemd.queue.ownership import lease_seconds
 from heygemd.queue.publish import Publisher
 from heygemd.queue.task import map_path
 from heygemd.settings import QueueSettings, Settings
@@ -82,6 +84,26 @@ def test_publisher_publishes_once_per_task_id_and_disowns_the_claim(tmp_path: Pa
     assert claim_now is not None and (claim_now.host, claim_now.pid) == ("", 0), "no owner until a worker takes it"
     assert publisher.broker.queued_task_ids(["heygemd"]) == {"heygemd-job:lesson"}
     assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == []  # its task is queued
+
+
+def test_a_job_whose_worker_on_another_host_went_silent_is_republished_after_the_farm_lease(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    base = _claimed(tmp_path, "lesson")
+    settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
+    (job,) = claimed_jobs(settings.paths.state_dir)
+    other = ClaimRecord(job_id=job.job_id, name=job.name, claimed_at=job.claimed_at, host="gpu-host-7", pid=4242)
+    (job.path / CLAIM_FILE).write_text(other.model_dump_json(), encoding="utf-8")
+    publisher = Publisher(settings)
+    lease = lease_seconds(settings.queue)
+    assert settings.queue.heartbeat_interval < lease < LEASE_SECONDS
+    for _ in range(3):  # its heartbeat is fresh: that worker is alive, however often the intake rescans
+        assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == []
+    silent = time.time() - lease - 5  # no heartbeat for longer than the farm's lease, far less than ten minutes
+    os.utime(job.path / CLAIM_FILE, (silent, silent))
+    assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == []  # first sighting: a suspect
+    assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == ["lesson"]
+    assert publisher.broker.queued_task_ids(["heygemd"]) == {"heygemd-job:lesson"}
 
 
 def test_publisher_and_check_report_an_unreachable_broker(tmp_path: Path) -> None:
