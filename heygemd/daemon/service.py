@@ -132,7 +132,9 @@ class Sessions:
         return self._others[engine]
 
     def after_job(self) -> None:
-        """Free accelerator memory; engines other than the default are unloaded."""
+        """Free accelerator memory; engines other than the default are unloaded. The idle time counts from here,
+        so a job longer than ``engine.idle_unload_seconds`` does not unload the engine the moment it ends."""
+        self.last_used = time.monotonic()
         self.default.release()
         for session in self._others.values():
             session.unload()

@@ -28,6 +28,16 @@ def test_default_engine_unloads_only_after_the_idle_time(tmp_path: Path) -> None
     assert sessions.get("auto").engine.name == "mouthwarp"  # loads again on demand
 
 
+def test_idle_time_counts_from_the_end_of_the_last_job(tmp_path: Path) -> None:
+    sessions = Sessions(settings(tmp_path, idle=60))
+    session = sessions.get(None)
+    session.warm_up()
+    sessions.last_used = time.monotonic() - 600  # the job started ten minutes ago...
+    sessions.after_job()  # ...and ends now
+    sessions.unload_if_idle()
+    assert session.loaded
+
+
 def test_idle_time_zero_keeps_the_engine(tmp_path: Path) -> None:
     sessions = Sessions(settings(tmp_path, idle=0))
     sessions.get(None).warm_up()
