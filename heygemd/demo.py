@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,9 @@ def presenter_frames(seconds: float, fps: float = 25.0, size: tuple[int, int] = 
         yield cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
+H264_ARGS: tuple[str, ...] = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p")
+
+
 def presenter_video(
     out: Path,
     seconds: float = 4.0,
@@ -94,12 +97,18 @@ def presenter_video(
     extra_args: tuple[str, ...] = (),
 ) -> Path:
     """Encode ``presenter_frames`` to ``out`` with ffmpeg (H.264 unless ``extra_args`` say otherwise)."""
+    return encode_frames(presenter_frames(seconds, fps, size), out, fps, size, extra_args or H264_ARGS)
+
+
+def encode_frames(
+    frames: Iterable[np.ndarray], out: Path, fps: float, size: tuple[int, int], codec: Sequence[str] = H264_ARGS
+) -> Path:
+    """Pipe BGR ``frames`` of ``size`` (width, height) into ffmpeg, encoded with ``codec`` arguments to ``out``."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise ToolMissing("ffmpeg not found")
     width, height = size
     out.parent.mkdir(parents=True, exist_ok=True)
-    codec = list(extra_args) or ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"]
     cmd = [
         ffmpeg,
         "-v",
@@ -120,7 +129,7 @@ def presenter_video(
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     assert proc.stdin is not None
-    for frame in presenter_frames(seconds, fps, size):
+    for frame in frames:
         proc.stdin.write(frame.tobytes())
     proc.stdin.close()
     if proc.wait() != 0:

@@ -7,8 +7,6 @@ shows whether the engine sets the mouth (follows the new speech) or adds to it (
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,34 +44,8 @@ def speech(out: Path, sentences: tuple[str, ...]) -> Speech:
 def encode(frames: list[np.ndarray], out: Path, fps: float = FPS) -> Path:
     """H.264 (crf 12, close to lossless) of BGR ``frames`` with the real ffmpeg."""
     height, width = frames[0].shape[:2]
-    cmd = [
-        shutil.which("ffmpeg") or "ffmpeg",
-        "-v",
-        "error",
-        "-nostdin",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "bgr24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-crf",
-        "12",
-        "-pix_fmt",
-        "yuv420p",
-        str(out),
-    ]
-    subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True)
-    return out
+    codec = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "12", "-pix_fmt", "yuv420p")
+    return demo.encode_frames(frames, out, fps, (width, height), codec)
 
 
 def talking_frames(detector: faces.FaceDetector, voice: Speech) -> list[np.ndarray]:
