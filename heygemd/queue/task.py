@@ -97,15 +97,26 @@ class JobRunner:
     """Runs the tasks of one worker process: its warm engines, its stop flag, its name in status.json."""
 
     def __init__(
-        self, settings: Settings, sessions: Sessions, *, should_stop: Callable[[], bool], worker: str, device: str
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        *,
+        should_stop: Callable[[], bool],
+        worker: str,
+        device: str,
+        heartbeat: Callable[[str], None] = lambda _text: None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.broker = Broker(settings.queue.broker)
         self.owner = f"{worker} {socket.gethostname()}:{os.getpid()}"
+        self.heartbeat = heartbeat
+        self.busy = False
+        """True while a task runs (the systemd watchdog then needs the job's progress beats)."""
         self.context = JobContext(
             session_for=sessions.get,
             should_stop=should_stop,
+            heartbeat=heartbeat,
             inputs_after=settings.outbox.inputs_after,
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
@@ -114,6 +125,15 @@ class JobRunner:
         )
 
     def run(self, job_id: str, claim_path: str, delivery_tag: str | None = None) -> TaskResult:
+        self.heartbeat(f"job {job_id}")
+        self.busy = True
+        try:
+            return self._run(job_id, claim_path, delivery_tag)
+        finally:
+            self.busy = False
+            self.heartbeat(f"{self.context.worker}: idle")
+
+    def _run(self, job_id: str, claim_path: str, delivery_tag: str | None) -> TaskResult:
         path = map_path(claim_path, self.settings.queue.path_map)
         ttl = self.settings.queue.heartbeat_interval * MISSED_HEARTBEATS
         if not self.broker.acquire(job_id, self.owner, ttl):

@@ -1,6 +1,13 @@
 """``heygemd worker``: a Celery worker (one process, one task at a time: one per GPU) that runs the farm's tasks
 with a warm engine. SIGTERM: the current video is interrupted at its next batch and the job goes back to the
-queue (its finished videos are kept); a second SIGTERM stops at once (the job is resumed elsewhere)."""
+queue (its finished videos are kept); a second SIGTERM stops at once (the job is resumed elsewhere).
+
+Under systemd it sends READY=1 once it consumes its queues, and WATCHDOG=1 (``WatchdogSec=``) from the daemon's
+:class:`~heygemd.daemon.service.Heartbeat` thread: always while it waits for a task (also while Redis is away),
+and during a task only while the job reports progress, so a wedged GPU call or ffmpeg lets the watchdog fire.
+An engine idle for ``engine.idle_unload_seconds`` is unloaded by a timer of Celery's consumer event loop: with
+the solo pool that loop is the thread that runs the tasks, so the unload can never overlap a task.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,11 @@ import socket
 from typing import Any
 
 import structlog
-from celery import signals
+from celery import bootsteps, signals
 from celery.exceptions import Reject
 
-from heygemd.daemon.service import Sessions
-from heygemd.daemon.systemd import Notifier
+from heygemd.daemon.service import Heartbeat, Sessions
+from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
 from heygemd.errors import ConfigError
 from heygemd.queue.app import TASK_NAME, make_app, worker_queues
@@ -36,6 +43,36 @@ class ShutdownFlag:
         self.requested += 1
         if self.requested > 1:  # the second stop signal: now (the job's lock expires; another worker resumes it)
             os._exit(1)
+
+
+def upkeep_seconds(idle_unload_seconds: float) -> float:
+    """How often the worker looks for an idle engine: a quarter of the idle time, between 0.25 s and 30 s."""
+    return min(max(idle_unload_seconds / 4, 0.25), 30.0)
+
+
+def idle_unload_step(sessions: Sessions) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep whose timer unloads the engine once idle for ``engine.idle_unload_seconds``. Its
+    timer entry lives with the consumer's connection (cancelled on connection loss, added again on reconnect)."""
+    every_s = upkeep_seconds(sessions.settings.engine.idle_unload_seconds)
+
+    class IdleUnload(bootsteps.StartStopStep):
+        name = "heygemd.idle_unload"
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.entry: Any = None
+
+        def start(self, parent: Any) -> None:
+            self.entry = parent.timer.call_repeatedly(every_s, sessions.unload_if_idle)
+
+        def stop(self, parent: Any) -> None:
+            if self.entry is not None:
+                parent.timer.cancel(self.entry)
+                self.entry = None
+
+        shutdown = stop
+
+    return IdleUnload
 
 
 def default_node_name(device: str) -> str:
@@ -73,14 +110,20 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
 
     signals.task_received.connect(remember_tag, weak=False)
     notifier = Notifier()
+    runner: JobRunner
+    heartbeat = Heartbeat(notifier, watchdog_interval(), idle=lambda: not runner.busy)
 
     def ready(**_kwargs: Any) -> None:
         log.info("worker.ready", worker=node, queues=", ".join(queues))
         notifier.ready(f"{node}: consuming {', '.join(queues)}")
 
     signals.worker_ready.connect(ready, weak=False)
-    runner = JobRunner(settings, sessions, should_stop=stop, worker=node, device=settings.engine.device)
+    runner = JobRunner(
+        settings, sessions, should_stop=stop, worker=node, device=settings.engine.device, heartbeat=heartbeat.beat
+    )
     app = make_app(settings.queue)
+    if settings.engine.idle_unload_seconds:
+        app.steps["consumer"].add(idle_unload_step(sessions))
 
     @app.task(name=TASK_NAME, bind=True)
     def render_job(task: Any, job_id: str, claim_path: str) -> str:
@@ -101,7 +144,8 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         quiet=True,
         loglevel=settings.logging.level.upper(),
     )
-    worker.start()
+    with heartbeat:
+        worker.start()
     notifier.stopping("stopped")
     log.info("worker.stopped", worker=node)
     return int(worker.exitcode or 0)

@@ -90,13 +90,14 @@ class Farm(Daemon):
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_logs: dict[str, list[Path]] = {}
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
         }
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
+        env.update(extra_env or {})
         logs = self.worker_logs.setdefault(name, [])
         log = self.root / f"worker-{name}-{len(logs) + 1}.log"
         logs.append(log)
