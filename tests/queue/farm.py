@@ -82,11 +82,22 @@ def _pings(client: redis.Redis) -> bool:
 class Farm(Daemon):
     """The intake (``start``/``proc`` of Daemon, ``heygemd run`` with a broker) plus named worker processes."""
 
-    def __init__(self, root: Path, broker: str, *, heartbeat_interval: float = 1.0, **options: object) -> None:
+    def __init__(
+        self,
+        root: Path,
+        broker: str,
+        *,
+        heartbeat_interval: float = 1.0,
+        visibility_timeout: float = 86400.0,
+        **options: object,
+    ) -> None:
         super().__init__(root, **options)  # type: ignore[arg-type]
         self.broker = broker
         with open(self.config, "a", encoding="utf-8") as f:
-            f.write(f'\n[queue]\nbroker = "{broker}"\nheartbeat_interval = {heartbeat_interval}\n')
+            f.write(
+                f'\n[queue]\nbroker = "{broker}"\nheartbeat_interval = {heartbeat_interval}\n'
+                f"visibility_timeout = {visibility_timeout}\n"
+            )
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_logs: dict[str, list[Path]] = {}
 

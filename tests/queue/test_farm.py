@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 
 import pytest
+from kombu import Connection
 
 from tests.daemon.daemon_process import Media
 from tests.queue.farm import Farm, RedisServer
@@ -169,3 +171,39 @@ def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(
     assert status["state"] == "done" and status["worker"] == "w2@test", status
     assert status["videos"][0]["finished"] == first["videos"][0]["finished"], "the finished video was kept"
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
+
+
+def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
+) -> None:
+    """kombu's Redis transport hands an unacknowledged task to a consumer again once it is older than the
+    visibility timeout, when some consumer sweeps (a busy solo worker does not: its loop runs the task). The
+    running worker's heartbeat marks its task as delivered now, so the sweep of the idle worker leaves it alone."""
+    visibility = 2.0
+    farm = farm_factory(heartbeat_interval=0.5, visibility_timeout=visibility)
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    files = {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b}
+    farm.submit("long", files)
+    client = redis_server.client()
+    farm.wait_for(
+        lambda: (farm.status("long") or {}).get("state") == "processing" and client.hlen("unacked") == 1,
+        FARM_JOB_TIMEOUT_S,
+        "the job running, its task unacknowledged",
+    )
+    since = time.time()
+    farm.wait_for(lambda: time.time() - since > 2 * visibility, 30, "the job to outlast the visibility timeout")
+    assert (farm.status("long") or {}).get("state") == "processing", "the job must run longer than this"
+
+    # what an idle consumer's poll does (kombu sweeps every unacked_restore_interval x unacked_restore_throttle s)
+    with Connection(redis_server.url, transport_options={"visibility_timeout": visibility}) as conn:
+        conn.default_channel.qos.restore_visible(num=100)
+
+    status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done", status
+    idle = "w2" if status["worker"] == "w1@test" else "w1"
+    assert not farm.worker_has(idle, "job.duplicate_task"), "the idle worker was not handed the running job"
+    assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
+    assert client.llen("heygemd") == 0 and client.hlen("unacked") == 0, "acknowledged once, nothing left"
