@@ -207,3 +207,22 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
     assert not farm.worker_has(idle, "job.duplicate_task"), "the idle worker was not handed the running job"
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
     assert client.llen("heygemd") == 0 and client.hlen("unacked") == 0, "acknowledged once, nothing left"
+
+
+def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
+    farm_factory: Callable[..., Farm], media: Media
+) -> None:
+    farm = farm_factory()
+    farm.start_worker("big", extra_env={"HEYGEMD_QUEUE__GPU_CLASS": "a100"})
+    farm.start_worker("small")  # no class: it stays idle while the class's second job waits for "big"
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    names = ["a100-1", "a100-2"]
+    for name in names:
+        farm.submit(name, {"speech.wav": media.speech, "alice.mp4": media.face_a, "job.toml": b'gpu_class = "a100"\n'})
+    for name in names:
+        status = farm.wait_finished(name, FARM_JOB_TIMEOUT_S)
+        assert status["state"] == "done" and status["worker"] == "big@test", status
+        assert farm.has_event("job.published", job_id=name, queue="heygemd.gpu.a100")
+    assert not farm.worker_has("small", "job.taken"), "a worker without the class took none of its jobs"
+    assert farm.renders() == {(name, "alice.mp4"): 1 for name in names}
