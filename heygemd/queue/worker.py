@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from celery import bootsteps, signals
 from celery.exceptions import Reject
 
-from heygemd.daemon.service import Heartbeat, Sessions
+from heygemd.daemon.service import PAUSED_RETRY_SECONDS, STOP_POLL_SECONDS, Heartbeat, Sessions
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
 from heygemd.errors import ConfigError
-from heygemd.queue.app import TASK_NAME, make_app, worker_queues
+from heygemd.queue.app import TASK_NAME, make_app, task_id, worker_queues
+from heygemd.queue.publish import PublishError
 from heygemd.queue.task import JobRunner
 from heygemd.settings import Settings
 
@@ -73,6 +76,14 @@ def idle_unload_step(sessions: Sessions) -> type[bootsteps.StartStopStep]:
         shutdown = stop
 
     return IdleUnload
+
+
+def back_off(seconds: float, should_stop: Callable[[], bool]) -> None:
+    """Take no task for ``seconds`` (or until a stop is requested): the solo worker consumes nothing while its
+    task function waits here. The watchdog keeps being fed (the worker is not in a job)."""
+    end = time.monotonic() + seconds
+    while not should_stop() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, STOP_POLL_SECONDS))
 
 
 def default_node_name(device: str) -> str:
@@ -125,11 +136,37 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
     if settings.engine.idle_unload_seconds:
         app.steps["consumer"].add(idle_unload_step(sessions))
 
+    def retry_paused(job_id: str, claim_path: str, queue: str) -> None:
+        """A job paused by a full disk (or an unreachable outbox): queue it again at once for any worker with
+        room, and let this worker take nothing for PAUSED_RETRY_SECONDS (its disk stays full a while), as a single
+        host tries a paused job again after that long. Not queued (Redis away): the intake's rescan republishes it."""
+        try:
+            app.send_task(
+                TASK_NAME, kwargs={"job_id": job_id, "claim_path": claim_path}, task_id=task_id(job_id), queue=queue
+            )
+        except PublishError as exc:
+            log.warning("job.requeue_failed", job_id=job_id, error=str(exc), hint="The intake publishes it again.")
+        log.warning(
+            "job.retry_later",
+            job_id=job_id,
+            queue=queue,
+            worker_pause_s=PAUSED_RETRY_SECONDS,
+            hint=f"Queued again for any worker; this worker takes no task for {PAUSED_RETRY_SECONDS:.0f} s. "
+            "Free space on the outbox or this host's temp folder (TMPDIR).",
+        )
+        heartbeat.beat(f"{node}: paused after a full disk; taking tasks again in {PAUSED_RETRY_SECONDS:.0f} s")
+        back_off(PAUSED_RETRY_SECONDS, stop)
+        if not stop():
+            log.info("worker.resumed", worker=node)
+            heartbeat.beat(f"{node}: idle")
+
     @app.task(name=TASK_NAME, bind=True)
     def render_job(task: Any, job_id: str, claim_path: str) -> str:
         result = runner.run(job_id, claim_path, delivery_tags.pop(task.request.id, None))
         if result.outcome is JobOutcome.INTERRUPTED:
             raise Reject("stopped: the job goes back to its queue", requeue=True)
+        if result.outcome is JobOutcome.PAUSED:
+            retry_paused(job_id, claim_path, task.request.delivery_info.get("routing_key") or settings.queue.queue)
         return result.action if result.outcome is None else result.outcome.value
 
     worker = app.Worker(

@@ -101,7 +101,10 @@ class Farm(Daemon):
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_logs: dict[str, list[Path]] = {}
 
-    def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, extra_env: dict[str, str] | None = None, *, wrapper: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace)."""
         env = {
             k: v
             for k, v in os.environ.items()
@@ -114,7 +117,7 @@ class Farm(Daemon):
         logs.append(log)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
+                [*(wrapper or []), *_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from kombu import Connection
@@ -226,3 +230,38 @@ def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
         assert farm.has_event("job.published", job_id=name, queue="heygemd.gpu.a100")
     assert not farm.worker_has("small", "job.taken"), "a worker without the class took none of its jobs"
     assert farm.renders() == {(name, "alice.mp4"): 1 for name in names}
+
+
+FULL_TMP_WRAPPER = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$TMPDIR" && exec "$@"', "full"]
+"""Runs a command with a 64 KiB temp filesystem of its own on $TMPDIR (a user and mount namespace)."""
+
+
+def test_a_job_paused_by_a_full_disk_is_retried_by_another_worker_not_in_a_loop(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    full_tmp = tmp_path / "full-tmp"
+    full_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(full_tmp)}
+    if shutil.which("unshare") is None or subprocess.run([*FULL_TMP_WRAPPER, "true"], env=env).returncode != 0:
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) to give a worker a full temp filesystem")
+    farm = farm_factory()
+    farm.start_worker("full", extra_env={"TMPDIR": str(full_tmp)}, wrapper=FULL_TMP_WRAPPER)
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    # the audio is longer than the video: ping-pong spools frames to TMPDIR, which has no room
+    farm.submit("pp", {"speech.wav": media.long_speech, "alice.mp4": media.face_a})
+    farm.wait_for(lambda: farm.worker_has("full", "job.retry_later", job_id="pp"), FARM_JOB_TIMEOUT_S, "the pause")
+    paused = farm.status("pp")
+    assert paused is not None and paused["videos"][0]["state"] == "pending", paused
+    assert paused["videos"][0]["error"]["code"] == "DISK_FULL", paused
+    queued = [json.loads(raw)["headers"]["id"] for raw in redis_server.client().lrange("heygemd", 0, -1)]
+    assert queued == ["heygemd-job:pp"], "queued again at once, for any worker"
+
+    farm.start_worker("roomy")
+    status = farm.wait_finished("pp", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done" and status["worker"] == "roomy@test", status
+    assert status["attempt"] == paused["attempt"] + 1
+    taken = [e for e in farm.worker_events("full") if e.get("event") == "job.taken"]
+    assert len(taken) == 1, "the worker with the full disk did not take the job straight back"
+    assert not farm.worker_has("full", "worker.resumed"), "it still takes no task (PAUSED_RETRY_SECONDS)"
+    assert farm.renders() == {("pp", "alice.mp4"): 1}
