@@ -6,13 +6,17 @@ Under systemd it sends READY=1 once it consumes its queues, and WATCHDOG=1 (``Wa
 :class:`~heygemd.daemon.service.Heartbeat` thread: always while it waits for a task (also while Redis is away),
 and during a task only while the job reports progress, so a wedged GPU call or ffmpeg lets the watchdog fire.
 An engine idle for ``engine.idle_unload_seconds`` is unloaded by a timer of Celery's consumer event loop: with
-the solo pool that loop is the thread that runs the tasks, so the unload can never overlap a task.
+the solo pool that loop is the thread that runs the tasks, so the unload can never overlap a task. For the same
+reason that loop neither flushes the task's events nor sends the worker's heartbeat events during a job;
+:class:`CeleryPresence` does both from the job's heartbeat thread, so Flower and ``celery events`` see the
+worker and its task while it renders.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +24,8 @@ from typing import Any
 import structlog
 from celery import bootsteps, signals
 from celery.exceptions import Reject
+from celery.utils.sysinfo import load_average
+from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
 
 from heygemd.daemon.service import PAUSED_RETRY_SECONDS, STOP_POLL_SECONDS, Heartbeat, Sessions
 from heygemd.daemon.systemd import Notifier, watchdog_interval
@@ -53,29 +59,67 @@ def upkeep_seconds(idle_unload_seconds: float) -> float:
     return min(max(idle_unload_seconds / 4, 0.25), 30.0)
 
 
-def idle_unload_step(sessions: Sessions) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep whose timer unloads the engine once idle for ``engine.idle_unload_seconds``. Its
-    timer entry lives with the consumer's connection (cancelled on connection loss, added again on reconnect)."""
-    every_s = upkeep_seconds(sessions.settings.engine.idle_unload_seconds)
+class CeleryPresence:
+    """The worker in Celery's events while it renders: the task's buffered events (received, started) flushed,
+    and a ``worker-heartbeat`` whose ``freq`` is the job's heartbeat interval. The consumer's event dispatcher
+    publishes under its own lock on its own connection, so the job's heartbeat thread may use it."""
 
-    class IdleUnload(bootsteps.StartStopStep):
-        name = "heygemd.idle_unload"
+    def __init__(self, freq_s: float) -> None:
+        self.freq_s = freq_s
+        self.consumer: Any = None  # set by the consumer bootstep while the consumer runs
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def beat(self) -> None:
+        dispatcher = getattr(self.consumer, "event_dispatcher", None)
+        if dispatcher is None or not dispatcher.enabled:
+            return
+        with self._lock:
+            try:
+                dispatcher.flush(errors=False, groups=True)
+                dispatcher.send(
+                    "worker-heartbeat",
+                    freq=self.freq_s,
+                    active=len(active_requests),
+                    processed=all_total_count[0],
+                    loadavg=load_average(),
+                    **SOFTWARE_INFO,
+                )
+            except PublishError as exc:  # Redis away: Flower misses a beat, the job goes on
+                if not self._failing:
+                    log.warning("worker.events_failed", error=str(exc))
+                self._failing = True
+            else:
+                self._failing = False
+
+
+def consumer_step(sessions: Sessions, presence: CeleryPresence) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep: hands the consumer to ``presence``, and (with ``engine.idle_unload_seconds``) runs a
+    timer that unloads the engine once idle that long. The timer entry lives with the consumer's connection
+    (cancelled on connection loss, added again on reconnect)."""
+    idle_s = sessions.settings.engine.idle_unload_seconds
+
+    class HeygemdStep(bootsteps.StartStopStep):
+        name = "heygemd.worker"
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.entry: Any = None
 
         def start(self, parent: Any) -> None:
-            self.entry = parent.timer.call_repeatedly(every_s, sessions.unload_if_idle)
+            presence.consumer = parent
+            if idle_s:
+                self.entry = parent.timer.call_repeatedly(upkeep_seconds(idle_s), sessions.unload_if_idle)
 
         def stop(self, parent: Any) -> None:
+            presence.consumer = None
             if self.entry is not None:
                 parent.timer.cancel(self.entry)
                 self.entry = None
 
         shutdown = stop
 
-    return IdleUnload
+    return HeygemdStep
 
 
 def back_off(seconds: float, should_stop: Callable[[], bool]) -> None:
@@ -129,12 +173,18 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         notifier.ready(f"{node}: consuming {', '.join(queues)}")
 
     signals.worker_ready.connect(ready, weak=False)
+    presence = CeleryPresence(settings.queue.heartbeat_interval)
     runner = JobRunner(
-        settings, sessions, should_stop=stop, worker=node, device=settings.engine.device, heartbeat=heartbeat.beat
+        settings,
+        sessions,
+        should_stop=stop,
+        worker=node,
+        device=settings.engine.device,
+        heartbeat=heartbeat.beat,
+        during_job=presence.beat,
     )
     app = make_app(settings.queue)
-    if settings.engine.idle_unload_seconds:
-        app.steps["consumer"].add(idle_unload_step(sessions))
+    app.steps["consumer"].add(consumer_step(sessions, presence))
 
     def retry_paused(job_id: str, claim_path: str, queue: str) -> None:
         """A job paused by a full disk (or an unreachable outbox): queue it again at once for any worker with

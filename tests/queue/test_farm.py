@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -265,3 +266,44 @@ def test_a_job_paused_by_a_full_disk_is_retried_by_another_worker_not_in_a_loop(
     assert len(taken) == 1, "the worker with the full disk did not take the job straight back"
     assert not farm.worker_has("full", "worker.resumed"), "it still takes no task (PAUSED_RETRY_SECONDS)"
     assert farm.renders() == {("pp", "alice.mp4"): 1}
+
+
+def test_celery_events_see_the_worker_and_its_task_while_it_renders(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """What Flower reads: `celery events --dump` against the farm's broker shows the task started and the
+    worker's heartbeat (active=1) while the job renders, although the solo worker's event loop is busy running it."""
+    farm = farm_factory()
+    farm.start_worker("w1")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    dump = tmp_path / "events.txt"
+    with open(dump, "wb") as out:
+        events = subprocess.Popen(
+            [sys.executable, "-m", "celery", "--broker", redis_server.url, "events", "--dump"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+
+        def dumped() -> str:
+            return dump.read_text(encoding="utf-8", errors="replace")
+
+        farm.wait_for(lambda: "w1@test" in dumped() and "heartbeat: active=0" in dumped(), 60, "an idle heartbeat")
+        farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
+        farm.wait_for(lambda: (farm.status("long") or {}).get("state") == "processing", 120, "the job rendering")
+
+        def seen_while_rendering() -> bool:
+            text = dumped()
+            state = (farm.status("long") or {}).get("state")
+            assert state == "processing", f"the job ended ({state}) before its events came\n{text[-3000:]}"
+            return "task started: heygemd.render_job(heygemd-job:long)" in text and "heartbeat: active=1" in text
+
+        farm.wait_for(seen_while_rendering, 60, "the task's start and the worker's heartbeat during the job")
+        assert farm.wait_finished("long", FARM_JOB_TIMEOUT_S)["state"] == "done"
+    finally:
+        os.killpg(events.pid, signal.SIGKILL)
+        events.wait(timeout=30)
