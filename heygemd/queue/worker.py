@@ -122,11 +122,16 @@ def consumer_step(sessions: Sessions, presence: CeleryPresence) -> type[bootstep
     return HeygemdStep
 
 
-def back_off(seconds: float, should_stop: Callable[[], bool]) -> None:
+def back_off(seconds: float, should_stop: Callable[[], bool], tick: Callable[[], None], tick_s: float) -> None:
     """Take no task for ``seconds`` (or until a stop is requested): the solo worker consumes nothing while its
-    task function waits here. The watchdog keeps being fed (the worker is not in a job)."""
+    task function waits here; ``tick`` every ``tick_s`` (the worker's heartbeat event). The watchdog keeps being
+    fed (the worker is not in a job)."""
     end = time.monotonic() + seconds
+    next_tick = 0.0
     while not should_stop() and (left := end - time.monotonic()) > 0:
+        if time.monotonic() >= next_tick:
+            tick()
+            next_tick = time.monotonic() + tick_s
         time.sleep(min(left, STOP_POLL_SECONDS))
 
 
@@ -205,7 +210,7 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             "Free space on the outbox or this host's temp folder (TMPDIR).",
         )
         heartbeat.beat(f"{node}: paused after a full disk; taking tasks again in {PAUSED_RETRY_SECONDS:.0f} s")
-        back_off(PAUSED_RETRY_SECONDS, stop)
+        back_off(PAUSED_RETRY_SECONDS, stop, presence.beat, presence.freq_s)
         if not stop():
             log.info("worker.resumed", worker=node)
             heartbeat.beat(f"{node}: idle")
