@@ -4,6 +4,16 @@ Each round starts its own redis-server (127.0.0.1, a free port, no persistence),
 with ``[queue] broker``) and 1 or N ``heygemd worker`` processes (engine mouthwarp, CPU) on fresh folders;
 once every worker is ready, the same batch of jobs is dropped into the inbox at once, and the time until every
 job's status.json says finished is measured. Stdlib only here: the processes are real heygemd ones.
+
+The queue's own overhead does not depend on free cores, so it is measured per job from the timestamps the
+processes write: **dispatch** = from the moment the job could start (published by the intake, ``job.published``,
+or its worker free again after its previous job, that job's status.json ``finished``; whichever is later) to
+the worker taking it (``job.taken``); **finish** = from the end of the job's last video (its ``finished`` in
+status.json) to status.json ``finished``. Both are also given as % of the job's render time (status.json
+``started`` to the end of its last video). For the rest of a round's time: **setup** = ``job.taken`` to
+status.json ``started`` (the worker reads the job and writes its first status), **intake** = from dropping the
+batch into the inbox to each job's ``job.published`` (inotify, debounce, settle, claim: the intake, not the
+queue).
 """
 
 from __future__ import annotations
@@ -14,9 +24,11 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 EFFICIENCY_TARGET = 0.9
@@ -50,6 +62,44 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def _when(text: str) -> float:
+    """Seconds since the epoch of an ISO timestamp (log ``timestamp``, status.json times; UTC)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def dispatch_overhead(intake_log: Path, worker_logs: list[Path], statuses: dict[str, dict], dropped: float) -> dict:
+    """Per-job dispatch, finish and setup seconds (see the module docstring), their median and max, the medians
+    as % of the median render time, and the intake's latency (``dropped``: when the batch was dropped, epoch s)."""
+    published = {e["job_id"]: _when(e["timestamp"]) for e in _events(intake_log) if e.get("event") == "job.published"}
+    dispatch: list[float] = []
+    finish: list[float] = []
+    render: list[float] = []
+    setup: list[float] = []
+    for log in worker_logs:
+        events = _events(log)
+        free_at = next((_when(e["timestamp"]) for e in events if e.get("event") == "worker.ready"), 0.0)
+        for taken in (e for e in events if e.get("event") == "job.taken"):
+            status = statuses[taken["job_id"]]
+            dispatch.append(_when(taken["timestamp"]) - max(published[taken["job_id"]], free_at))
+            last_video = max(_when(v["finished"]) for v in status["videos"])
+            finish.append(_when(status["finished"]) - last_video)
+            render.append(last_video - _when(status["started"]))
+            setup.append(_when(status["started"]) - _when(taken["timestamp"]))
+            free_at = _when(status["finished"])
+    render_s = statistics.median(render)
+    return {
+        "render_s_median": round(render_s, 3),
+        "dispatch_s_median": round(statistics.median(dispatch), 3),
+        "dispatch_s_max": round(max(dispatch), 3),
+        "finish_s_median": round(statistics.median(finish), 3),
+        "finish_s_max": round(max(finish), 3),
+        "dispatch_pct_of_render": round(100.0 * statistics.median(dispatch) / render_s, 2),
+        "finish_pct_of_render": round(100.0 * statistics.median(finish) / render_s, 2),
+        "setup_s_median": round(statistics.median(setup), 3),
+        "intake_s_max": round(max(published.values()) - dropped, 3),
+    }
 
 
 def _round(workers: int, jobs: int, video: Path, audio: Path, root: Path) -> dict:
@@ -136,6 +186,7 @@ heartbeat_interval = 2.0
             shutil.copyfile(video, folder / "presenter.mp4")
             (folder / ".ready").touch()
         started = time.perf_counter()
+        dropped = time.time()
         for name in names:
             os.rename(root / "staging" / name, root / "inbox" / name)
 
@@ -151,8 +202,10 @@ heartbeat_interval = 2.0
 
         _wait(all_finished, 60.0 * jobs, f"{jobs} jobs to finish")
         seconds = time.perf_counter() - started
-        states = [json.loads((root / "outbox" / n / "status.json").read_bytes())["state"] for n in names]
-        ran_on = sorted({json.loads((root / "outbox" / n / "status.json").read_bytes())["worker"] for n in names})
+        statuses = {n: json.loads((root / "outbox" / n / "status.json").read_bytes()) for n in names}
+        states = [status["state"] for status in statuses.values()]
+        ran_on = sorted({status["worker"] for status in statuses.values()})
+        overhead = dispatch_overhead(root / "intake.log", logs, statuses, dropped)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -170,6 +223,7 @@ heartbeat_interval = 2.0
         "jobs_per_min": round(60.0 * jobs / seconds, 2),
         "states": sorted(set(states)),
         "ran_on": ran_on,
+        "overhead": overhead,
     }
 
 
@@ -197,6 +251,13 @@ def format_scale_out(r: dict) -> str:
         lines.append(
             f"  {row['workers']} worker(s): {row['seconds']:.1f} s, {row['jobs_per_min']:.1f} jobs/min "
             f"(states {', '.join(row['states'])}; ran on {', '.join(row['ran_on'])})"
+        )
+        o = row["overhead"]
+        lines.append(
+            f"    per job: render {o['render_s_median']:.2f} s; dispatch {o['dispatch_s_median']:.3f} s "
+            f"(max {o['dispatch_s_max']:.3f}) = {o['dispatch_pct_of_render']:.1f} % of render; "
+            f"finish {o['finish_s_median']:.3f} s (max {o['finish_s_max']:.3f}) = {o['finish_pct_of_render']:.1f} %; "
+            f"setup {o['setup_s_median']:.3f} s; intake published the last job {o['intake_s_max']:.2f} s after the drop"
         )
     lines.append(
         f"  speedup {r['speedup']:.2f}x with {many['workers']} workers = {r['efficiency']:.2f} per worker "

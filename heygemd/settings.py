@@ -208,6 +208,10 @@ class WebSettings(Section):
     page_size: int = Field(20, ge=1, le=500, description="Jobs per page in the job list (pages and API).")
 
 
+GPU_CLASS_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+"""A GPU class (``[queue] gpu_class``, job.toml ``gpu_class``): part of a queue name, e.g. ``a100``, ``l4``."""
+
+
 class QueueSettings(Section):
     broker: str = Field(
         "",
@@ -224,6 +228,12 @@ class QueueSettings(Section):
         (),
         description="Engines this worker takes jobs for (their queues <queue>.<engine>); "
         "empty: the engine it is configured with.",
+    )
+    gpu_class: str = Field(
+        "",
+        pattern=rf"^$|{GPU_CLASS_PATTERN}",
+        description="This worker's GPU class, e.g. a100: it also takes the jobs whose job.toml asks for "
+        'gpu_class = "a100" (queues <queue>.gpu.<class>, <queue>.<engine>.gpu.<class>). Empty: only unclassed jobs.',
     )
     visibility_timeout: float = Field(
         86400.0,

@@ -8,6 +8,7 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
     audio = "voice take 2.wav"  # required when the folder holds several audio files
+    gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
@@ -39,7 +40,7 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
-from heygemd.settings import EngineName, LoopMode, check_naming
+from heygemd.settings import GPU_CLASS_PATTERN, EngineName, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
 
@@ -60,6 +61,9 @@ class JobOptions(BaseModel):
     loop_mode: LoopMode | None = Field(None, description="pingpong or loop, when the audio is longer than a video.")
     crf: int | None = Field(None, ge=0, le=51, description="H.264 quality, 0..51 (lower is better and larger).")
     audio: str | None = Field(None, description="File name of the audio, when the folder holds several.")
+    gpu_class: str | None = Field(
+        None, pattern=GPU_CLASS_PATTERN, description="A farm: only workers of this [queue] gpu_class take the job."
+    )
 
     @field_validator("naming")
     @classmethod

@@ -82,9 +82,11 @@ class Heartbeat:
     A wedged GPU call or a hung ffmpeg stops the beats, the pings stop, and systemd restarts the service.
     """
 
-    def __init__(self, notifier: Notifier, interval: float | None):
+    def __init__(self, notifier: Notifier, interval: float | None, *, idle: Callable[[], bool] = lambda: False):
+        """``idle``: True while no work runs (a farm worker waiting for a task): the pings go on without beats."""
         self.notifier = notifier
         self.interval = interval
+        self.idle = idle
         self._last_beat = time.monotonic()
         self._last_text = ""
         self._stop = threading.Event()
@@ -110,7 +112,7 @@ class Heartbeat:
     def _run(self) -> None:
         assert self.interval is not None
         while not self._stop.wait(self.interval / 2):
-            if time.monotonic() - self._last_beat < self.interval:
+            if self.idle() or time.monotonic() - self._last_beat < self.interval:
                 self.notifier.watchdog()
 
 

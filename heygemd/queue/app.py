@@ -1,4 +1,4 @@
-"""The Celery app of the farm, the task's name and id, and the queue names (placement by engine)."""
+"""The Celery app of the farm, the task's name and id, and the queue names (placement by engine and GPU class)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ def task_id(job_id: str) -> str:
     return f"heygemd-job:{job_id}"
 
 
-def queue_for(settings: QueueSettings, engine: str | None) -> str:
-    """The queue a job goes to: ``<queue>`` when it does not ask for an engine, else ``<queue>.<engine>``."""
-    return settings.queue if engine in (None, "auto") else f"{settings.queue}.{engine}"
+def queue_for(settings: QueueSettings, engine: str | None, gpu_class: str | None = None) -> str:
+    """The queue a job goes to: ``<queue>``, ``<queue>.<engine>`` when it asks for an engine, either followed by
+    ``.gpu.<class>`` when it asks for a GPU class (e.g. ``heygemd.musetalk.gpu.a100``)."""
+    name = settings.queue if engine in (None, "auto") else f"{settings.queue}.{engine}"
+    return f"{name}.gpu.{gpu_class}" if gpu_class else name
 
 
 def worker_queues(settings: QueueSettings, engine_name: str) -> list[str]:
-    """The queues a worker consumes: the common one, and one per engine it can load (``engines``, else its own)."""
-    engines = settings.engines or [engine_name]
-    return [settings.queue, *(queue_for(settings, engine) for engine in engines if engine != "auto")]
+    """The queues a worker consumes: the common one and one per engine it can load (``engines``, else its own),
+    and with a ``gpu_class`` the same again for jobs of that class. A worker takes only what it can run."""
+    engines = [None, *(engine for engine in settings.engines or [engine_name] if engine != "auto")]
+    classes = [None, settings.gpu_class] if settings.gpu_class else [None]
+    return [queue_for(settings, engine, gpu_class) for gpu_class in classes for engine in engines]
 
 
 def make_app(settings: QueueSettings) -> Celery:

@@ -48,15 +48,15 @@ class Publisher:
         return problem is None
 
     def queue_of(self, claimed: ClaimedJob) -> str:
-        """The job's queue: by the engine its job.toml asks for (a job that cannot be read goes to the common
-        queue, and the worker records why it fails)."""
+        """The job's queue: by the engine and GPU class its job.toml asks for (a job that cannot be read goes to
+        the common queue, and the worker records why it fails)."""
         try:
-            engine = load_job(
+            options = load_job(
                 claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=self.settings.intake.ready_marker
-            ).options.engine
+            ).options
         except (HeygemdError, OSError):
-            engine = None
-        return queue_for(self.settings.queue, engine)
+            return queue_for(self.settings.queue, None)
+        return queue_for(self.settings.queue, options.engine, options.gpu_class)
 
     def publish(self, claimed: ClaimedJob) -> bool:
         """Hand ``claimed`` to the workers. False (logged) when the broker refused: the job stays claimed and

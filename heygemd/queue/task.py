@@ -51,13 +51,21 @@ class TaskResult:
 
 
 class _Beats:
-    """While a job runs: renew its lock, its claim lease and its task's visibility every ``interval`` s."""
+    """While a job runs: renew its lock, its claim lease and its task's visibility every ``interval`` s, and call
+    ``also`` (the worker's presence in Celery's events)."""
 
     def __init__(
-        self, broker: Broker, claimed: ClaimedJob, owner: str, interval: float, delivery_tag: str | None
+        self,
+        broker: Broker,
+        claimed: ClaimedJob,
+        owner: str,
+        interval: float,
+        delivery_tag: str | None,
+        also: Callable[[], None],
     ) -> None:
         self.broker, self.claimed, self.owner, self.interval = broker, claimed, owner, interval
         self.delivery_tag = delivery_tag
+        self.also = also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heygemd-job-heartbeat", daemon=True)
         self._broker_ok = True
@@ -72,6 +80,7 @@ class _Beats:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            self.also()
             try:
                 renew_lease(self.claimed)
             except OSError as exc:  # the share refusing one touch: status writes renew it too
@@ -97,15 +106,29 @@ class JobRunner:
     """Runs the tasks of one worker process: its warm engines, its stop flag, its name in status.json."""
 
     def __init__(
-        self, settings: Settings, sessions: Sessions, *, should_stop: Callable[[], bool], worker: str, device: str
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        *,
+        should_stop: Callable[[], bool],
+        worker: str,
+        device: str,
+        heartbeat: Callable[[str], None] = lambda _text: None,
+        during_job: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.broker = Broker(settings.queue.broker)
         self.owner = f"{worker} {socket.gethostname()}:{os.getpid()}"
+        self.heartbeat = heartbeat
+        self.during_job = during_job
+        """Called when a job starts and at every heartbeat while it runs (from the heartbeat thread)."""
+        self.busy = False
+        """True while a task runs (the systemd watchdog then needs the job's progress beats)."""
         self.context = JobContext(
             session_for=sessions.get,
             should_stop=should_stop,
+            heartbeat=heartbeat,
             inputs_after=settings.outbox.inputs_after,
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
@@ -114,6 +137,15 @@ class JobRunner:
         )
 
     def run(self, job_id: str, claim_path: str, delivery_tag: str | None = None) -> TaskResult:
+        self.heartbeat(f"job {job_id}")
+        self.busy = True
+        try:
+            return self._run(job_id, claim_path, delivery_tag)
+        finally:
+            self.busy = False
+            self.heartbeat(f"{self.context.worker}: idle")
+
+    def _run(self, job_id: str, claim_path: str, delivery_tag: str | None) -> TaskResult:
         path = map_path(claim_path, self.settings.queue.path_map)
         ttl = self.settings.queue.heartbeat_interval * MISSED_HEARTBEATS
         if not self.broker.acquire(job_id, self.owner, ttl):
@@ -129,7 +161,9 @@ class JobRunner:
                 return TaskResult("duplicate")
             claimed = take_over(claimed)
             log.info("job.taken", job_id=job_id, worker=self.context.worker)
-            with _Beats(self.broker, claimed, self.owner, self.settings.queue.heartbeat_interval, delivery_tag):
+            self.during_job()
+            interval = self.settings.queue.heartbeat_interval
+            with _Beats(self.broker, claimed, self.owner, interval, delivery_tag, self.during_job):
                 outcome = self._process(claimed)
             if outcome in (JobOutcome.PAUSED, JobOutcome.INTERRUPTED):
                 disown(claimed)  # still claimed: free for the next task of the job (requeued or republished)

@@ -82,27 +82,42 @@ def _pings(client: redis.Redis) -> bool:
 class Farm(Daemon):
     """The intake (``start``/``proc`` of Daemon, ``heygemd run`` with a broker) plus named worker processes."""
 
-    def __init__(self, root: Path, broker: str, *, heartbeat_interval: float = 1.0, **options: object) -> None:
+    def __init__(
+        self,
+        root: Path,
+        broker: str,
+        *,
+        heartbeat_interval: float = 1.0,
+        visibility_timeout: float = 86400.0,
+        **options: object,
+    ) -> None:
         super().__init__(root, **options)  # type: ignore[arg-type]
         self.broker = broker
         with open(self.config, "a", encoding="utf-8") as f:
-            f.write(f'\n[queue]\nbroker = "{broker}"\nheartbeat_interval = {heartbeat_interval}\n')
+            f.write(
+                f'\n[queue]\nbroker = "{broker}"\nheartbeat_interval = {heartbeat_interval}\n'
+                f"visibility_timeout = {visibility_timeout}\n"
+            )
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_logs: dict[str, list[Path]] = {}
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, extra_env: dict[str, str] | None = None, *, wrapper: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace)."""
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
         }
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
+        env.update(extra_env or {})
         logs = self.worker_logs.setdefault(name, [])
         log = self.root / f"worker-{name}-{len(logs) + 1}.log"
         logs.append(log)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
+                [*(wrapper or []), *_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

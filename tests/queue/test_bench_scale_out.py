@@ -43,4 +43,9 @@ def test_bench_scale_out_json() -> None:
     for row in result["rounds"]:
         assert row["jobs"] == 1 and row["states"] == ["done"] and row["ran_on"] == ["w0@bench"]
         assert row["jobs_per_min"] > 0
+        overhead = row["overhead"]
+        assert overhead["render_s_median"] > 0
+        assert 0 <= overhead["dispatch_s_median"] <= overhead["dispatch_s_max"]
+        assert 0 <= overhead["finish_s_median"] <= overhead["finish_s_max"]
+        assert overhead["dispatch_pct_of_render"] >= 0 and overhead["finish_pct_of_render"] >= 0
     assert result["speedup"] > 0 and result["target_efficiency"] == 0.9

@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from kombu import Connection
 
 from tests.daemon.daemon_process import Media
 from tests.queue.farm import Farm, RedisServer
@@ -169,3 +176,134 @@ def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(
     assert status["state"] == "done" and status["worker"] == "w2@test", status
     assert status["videos"][0]["finished"] == first["videos"][0]["finished"], "the finished video was kept"
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
+
+
+def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
+) -> None:
+    """kombu's Redis transport hands an unacknowledged task to a consumer again once it is older than the
+    visibility timeout, when some consumer sweeps (a busy solo worker does not: its loop runs the task). The
+    running worker's heartbeat marks its task as delivered now, so the sweep of the idle worker leaves it alone."""
+    visibility = 2.0
+    farm = farm_factory(heartbeat_interval=0.5, visibility_timeout=visibility)
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    files = {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b}
+    farm.submit("long", files)
+    client = redis_server.client()
+    farm.wait_for(
+        lambda: (farm.status("long") or {}).get("state") == "processing" and client.hlen("unacked") == 1,
+        FARM_JOB_TIMEOUT_S,
+        "the job running, its task unacknowledged",
+    )
+    since = time.time()
+    farm.wait_for(lambda: time.time() - since > 2 * visibility, 30, "the job to outlast the visibility timeout")
+    assert (farm.status("long") or {}).get("state") == "processing", "the job must run longer than this"
+
+    # what an idle consumer's poll does (kombu sweeps every unacked_restore_interval x unacked_restore_throttle s)
+    with Connection(redis_server.url, transport_options={"visibility_timeout": visibility}) as conn:
+        conn.default_channel.qos.restore_visible(num=100)
+
+    status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done", status
+    idle = "w2" if status["worker"] == "w1@test" else "w1"
+    assert not farm.worker_has(idle, "job.duplicate_task"), "the idle worker was not handed the running job"
+    assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
+    assert client.llen("heygemd") == 0 and client.hlen("unacked") == 0, "acknowledged once, nothing left"
+
+
+def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
+    farm_factory: Callable[..., Farm], media: Media
+) -> None:
+    farm = farm_factory()
+    farm.start_worker("big", extra_env={"HEYGEMD_QUEUE__GPU_CLASS": "a100"})
+    farm.start_worker("small")  # no class: it stays idle while the class's second job waits for "big"
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    names = ["a100-1", "a100-2"]
+    for name in names:
+        farm.submit(name, {"speech.wav": media.speech, "alice.mp4": media.face_a, "job.toml": b'gpu_class = "a100"\n'})
+    for name in names:
+        status = farm.wait_finished(name, FARM_JOB_TIMEOUT_S)
+        assert status["state"] == "done" and status["worker"] == "big@test", status
+        assert farm.has_event("job.published", job_id=name, queue="heygemd.gpu.a100")
+    assert not farm.worker_has("small", "job.taken"), "a worker without the class took none of its jobs"
+    assert farm.renders() == {(name, "alice.mp4"): 1 for name in names}
+
+
+FULL_TMP_WRAPPER = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$TMPDIR" && exec "$@"', "full"]
+"""Runs a command with a 64 KiB temp filesystem of its own on $TMPDIR (a user and mount namespace)."""
+
+
+def test_a_job_paused_by_a_full_disk_is_retried_by_another_worker_not_in_a_loop(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    full_tmp = tmp_path / "full-tmp"
+    full_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(full_tmp)}
+    if shutil.which("unshare") is None or subprocess.run([*FULL_TMP_WRAPPER, "true"], env=env).returncode != 0:
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) to give a worker a full temp filesystem")
+    farm = farm_factory()
+    farm.start_worker("full", extra_env={"TMPDIR": str(full_tmp)}, wrapper=FULL_TMP_WRAPPER)
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    # the audio is longer than the video: ping-pong spools frames to TMPDIR, which has no room
+    farm.submit("pp", {"speech.wav": media.long_speech, "alice.mp4": media.face_a})
+    farm.wait_for(lambda: farm.worker_has("full", "job.retry_later", job_id="pp"), FARM_JOB_TIMEOUT_S, "the pause")
+    paused = farm.status("pp")
+    assert paused is not None and paused["videos"][0]["state"] == "pending", paused
+    assert paused["videos"][0]["error"]["code"] == "DISK_FULL", paused
+    queued = [json.loads(raw)["headers"]["id"] for raw in redis_server.client().lrange("heygemd", 0, -1)]
+    assert queued == ["heygemd-job:pp"], "queued again at once, for any worker"
+
+    farm.start_worker("roomy")
+    status = farm.wait_finished("pp", FARM_JOB_TIMEOUT_S)
+    assert status["state"] == "done" and status["worker"] == "roomy@test", status
+    assert status["attempt"] == paused["attempt"] + 1
+    taken = [e for e in farm.worker_events("full") if e.get("event") == "job.taken"]
+    assert len(taken) == 1, "the worker with the full disk did not take the job straight back"
+    assert not farm.worker_has("full", "worker.resumed"), "it still takes no task (PAUSED_RETRY_SECONDS)"
+    assert farm.renders() == {("pp", "alice.mp4"): 1}
+
+
+def test_celery_events_see_the_worker_and_its_task_while_it_renders(
+    farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """What Flower reads: `celery events --dump` against the farm's broker shows the task started and the
+    worker's heartbeat (active=1) while the job renders, although the solo worker's event loop is busy running it."""
+    farm = farm_factory()
+    farm.start_worker("w1")
+    farm.start().wait_ready()
+    farm.wait_workers_ready()
+    dump = tmp_path / "events.txt"
+    with open(dump, "wb") as out:
+        events = subprocess.Popen(
+            [sys.executable, "-m", "celery", "--broker", redis_server.url, "events", "--dump"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+
+        def dumped() -> str:
+            return dump.read_text(encoding="utf-8", errors="replace")
+
+        farm.wait_for(lambda: "w1@test" in dumped() and "heartbeat: active=0" in dumped(), 60, "an idle heartbeat")
+        farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
+        farm.wait_for(lambda: (farm.status("long") or {}).get("state") == "processing", 120, "the job rendering")
+
+        def seen_while_rendering() -> bool:
+            text = dumped()
+            state = (farm.status("long") or {}).get("state")
+            assert state == "processing", f"the job ended ({state}) before its events came\n{text[-3000:]}"
+            return "task started: heygemd.render_job(heygemd-job:long)" in text and "heartbeat: active=1" in text
+
+        farm.wait_for(seen_while_rendering, 60, "the task's start and the worker's heartbeat during the job")
+        assert farm.wait_finished("long", FARM_JOB_TIMEOUT_S)["state"] == "done"
+    finally:
+        os.killpg(events.pid, signal.SIGKILL)
+        events.wait(timeout=30)

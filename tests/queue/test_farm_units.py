@@ -35,7 +35,15 @@ def test_worker_template_is_one_instance_per_gpu_with_the_daemons_hardening() ->
     daemon, worker = parse_unit(UNIT.read_text()), parse_unit(WORKER.read_text())
     exec_start = one(worker, "Service", "ExecStart").split()
     assert exec_start[-5:] == ["worker", "--device", "cuda:%i", "--name", "cuda-%i@%H"]
-    for key in (*HARDENING, "DeviceAllow", "DevicePolicy", "SupplementaryGroups", "KillMode", "TimeoutStopSec"):
+    for key in (
+        *HARDENING,
+        "DeviceAllow",
+        "DevicePolicy",
+        "SupplementaryGroups",
+        "KillMode",
+        "TimeoutStopSec",
+        "WatchdogSec",
+    ):
         assert values(worker, "Service", key) == values(daemon, "Service", key), key
     assert one(worker, "Service", "Type") == "notify"
 

@@ -9,10 +9,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from heygemd.check import run_checks
 from heygemd.daemon.claims import CLAIM_FILE, LEASE_SECONDS, ClaimRecord, claim, claimed_jobs, read_claim
+from heygemd.daemon.jobs import load_options
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus
+from heygemd.errors import JobError
 from heygemd.queue.app import queue_for, task_id, worker_queues
 from heygemd.queue.broker import Broker, shown_url
 from heygemd.queue.ownership import lease_seconds
@@ -35,6 +40,26 @@ def test_task_id_is_the_job_id_and_queues_follow_the_engine() -> None:
         "lip.wav2lip",
         "lip.mouthwarp",
     ]
+
+
+def test_gpu_class_queues_are_taken_only_by_workers_of_that_class(tmp_path: Path) -> None:
+    q = QueueSettings(queue="lip")
+    assert queue_for(q, None, "a100") == "lip.gpu.a100"
+    assert queue_for(q, "musetalk", "a100") == "lip.musetalk.gpu.a100"
+    assert queue_for(q, "auto", None) == "lip"
+    assert worker_queues(QueueSettings(queue="lip", gpu_class="a100"), "musetalk") == [
+        "lip",
+        "lip.musetalk",
+        "lip.gpu.a100",
+        "lip.musetalk.gpu.a100",
+    ]
+    assert not any("gpu" in name for name in worker_queues(q, "musetalk")), "a worker without a class takes none"
+    with pytest.raises(ValidationError):
+        QueueSettings(gpu_class="A100 fast")  # it is part of a queue name
+    toml = tmp_path / "job.toml"
+    toml.write_text('gpu_class = "two words"\n', encoding="utf-8")
+    with pytest.raises(JobError, match="gpu_class"):
+        load_options(toml)
 
 
 def test_paths_are_mapped_by_the_longest_prefix() -> None:
@@ -152,3 +177,14 @@ def test_a_job_asking_for_an_engine_goes_to_that_engines_queue(tmp_path: Path, r
     assert publisher.publish(job)
     assert publisher.broker.queued_task_ids(["heygemd.wav2lip"]) == {"heygemd-job:lesson"}
     assert publisher.broker.queued_task_ids(["heygemd"]) == set(), "not for workers without wav2lip"
+
+
+def test_a_job_asking_for_a_gpu_class_goes_to_that_class_queue(tmp_path: Path, redis_server: RedisServer) -> None:
+    base = _claimed(tmp_path, "lesson", 'engine = "musetalk"\ngpu_class = "a100"\n')
+    settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
+    publisher = Publisher(settings)
+    (job,) = claimed_jobs(settings.paths.state_dir)
+    assert publisher.publish(job)
+    assert publisher.broker.queued_task_ids(["heygemd.musetalk.gpu.a100"]) == {"heygemd-job:lesson"}
+    assert publisher.broker.queued_task_ids(["heygemd", "heygemd.musetalk"]) == set()
+    assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == [], "its task is seen where it is"
