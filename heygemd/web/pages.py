@@ -92,7 +92,7 @@ def pages_router(
 
     @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def new_page(request: Request) -> HTMLResponse:
-        return render(request, "new.html", limits=web)
+        return render(request, "new.html", limits=web, farm=bool(settings.queue.broker))
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def docs_page(request: Request) -> HTMLResponse:

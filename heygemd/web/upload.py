@@ -2,7 +2,7 @@
 checked as the bytes arrive (nothing is spooled anywhere else, nothing is held whole in memory).
 
 Fields: ``audio`` (one file), ``videos`` (one or more files: videos or still photos), and the optional
-text fields ``name`` (the job's name), ``engine``, ``loop_mode`` and ``crf`` (written to job.toml).
+text fields ``name`` (the job's name), ``engine``, ``loop_mode``, ``crf`` and ``gpu_class`` (written to job.toml).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from heygemd.web.staging import disk_full, is_disk_full, safe_basename
 
 MiB = 1024 * 1024
 FILE_FIELDS = frozenset({"audio", "videos"})
-TEXT_FIELDS = frozenset({"name", "engine", "loop_mode", "crf"})
+TEXT_FIELDS = frozenset({"name", "engine", "loop_mode", "crf", "gpu_class"})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers and boundaries when judging a Content-Length against web.max_total_mb."""
@@ -205,14 +205,15 @@ class MultipartJob:
 
 def parse_options(fields: dict[str, str]) -> JobOptions:
     """The job.toml options from the form's text fields (empty means "the daemon's setting")."""
-    values = {k: v for k, v in fields.items() if k in ("engine", "loop_mode", "crf") and v}
+    values = {k: v for k, v in fields.items() if k in ("engine", "loop_mode", "crf", "gpu_class") and v}
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise BadUpload(
             f"invalid job options: {problems}",
-            hint="engine: auto, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51.",
+            hint="engine: auto, musetalk, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51; "
+            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
         ) from None
 
 

@@ -98,6 +98,7 @@ def test_upload_names_are_reduced_to_safe_basenames(make_client, tmp_path: Path)
         ({"videos": (("clip.mp4.part", MP4),)}, "reserved"),
         ({"crf": "99"}, "crf"),
         ({"engine": "magic"}, "engine"),
+        ({"gpu_class": "A100 GPUs"}, "gpu_class"),
     ],
 )
 def test_bad_uploads_get_a_json_error_and_leave_nothing(make_client, kwargs, what) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
 from heygemd.daemon.status import ErrorStatus, VideoStatus
+from heygemd.settings import load_settings
+from heygemd.web.app import create_app
 from tests.web.test_api import upload
-from tests.web.webserver import finished_job
+from tests.web.webserver import finished_job, write_config
 
 
 def test_jobs_page_lists_jobs_with_state_progress_counts_and_pages(make_client) -> None:
@@ -65,6 +71,16 @@ def test_queued_job_page_and_new_job_form(make_client) -> None:
     form = client.get("/new").text
     assert 'name="audio"' in form and 'name="videos"' in form and "multiple" in form
     assert 'name="engine"' in form and 'name="loop_mode"' in form and 'name="crf"' in form
+    assert "<option>musetalk</option>" in form
+    assert 'name="gpu_class"' not in form  # one host: no GPU classes to choose from
+
+
+def test_a_farms_new_job_form_asks_for_a_gpu_class_and_the_api_writes_it(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, extra='[queue]\nbroker = "redis://127.0.0.1:1/0"\n'))
+    with TestClient(create_app(settings), follow_redirects=False) as client:
+        assert 'name="gpu_class"' in client.get("/new").text
+        assert upload(client, name="big", gpu_class="h100").status_code == 201
+    assert (settings.paths.inbox / "big" / "job.toml").read_text() == 'gpu_class = "h100"\n'
 
 
 def test_unknown_job_page_is_an_error_page_with_a_hint(make_client) -> None:
