@@ -30,6 +30,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
+from heygemd.engines.cuda_batches import fitting_batch_size
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
 from heygemd.engines.musetalk_load import (
     LATENT_CHANNELS,
@@ -156,7 +157,8 @@ def to_model_size(crop: np.ndarray) -> np.ndarray:
 
 class MuseTalkEngine:
     """The MuseTalk engine (``Engine``, ``PromptEngine``, ``PresenterEngine``); the model stays loaded until
-    ``close()``. ``batch_size`` halves on CUDA out-of-memory and stays halved."""
+    ``close()``. On CUDA ``batch_size`` starts at the largest that fits in the free GPU memory (at most the
+    configured one, ``cuda_batches.fitting_batch_size``), and halves on out-of-memory and stays halved."""
 
     name = "musetalk"
     needs = EngineNeeds(audio="whisper", crop="musetalk_v15", colour_match=True, presenter_prep=True)
@@ -172,6 +174,7 @@ class MuseTalkEngine:
         self._batches = HalvingBatches(
             batch_size, device=self.device, what="a single 256x256 face", path=self._model.files["unet"]
         )
+        self._batches.size = fitting_batch_size(self._probe, self.device, batch_size)
         self.encoder_calls = 0
         """Crops VAE-encoded so far (a reused presenter's cached preparation adds none)."""
 
@@ -188,6 +191,11 @@ class MuseTalkEngine:
     @batch_size.setter
     def batch_size(self, size: int) -> None:
         self._batches.size = size
+
+    def _probe(self, count: int) -> None:
+        """One UNet + VAE-decoder pass on ``count`` blank latents (the batch-size measurement at load)."""
+        latents = np.zeros((count, *self.prep_shape()), dtype=np.float32)
+        self.model.generate_from_latents(latents, np.zeros((count, TOKENS, PROMPT_WIDTH), dtype=np.float32))
 
     def prepare(self, mel: np.ndarray) -> None:
         """MuseTalk reads each frame's Whisper window; nothing to adapt per recording."""

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
+from heygemd.engines.cuda_batches import CopyStreams, fitting_batch_size
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import (
     HalvingBatches,
@@ -257,8 +258,10 @@ class Wav2LipEngine:
     room for ffmpeg). ``torch_compile`` wraps the model in ``torch.compile`` (opt-in: the first batches are slow while
     it compiles, and it needs a C++ compiler on the CPU).
 
-    ``batch_size`` is the current sub-batch size; on CUDA out-of-memory it is halved (down to 1) and stays
-    halved for the rest of the engine's life.
+    ``batch_size`` is the current sub-batch size; on CUDA it starts at the largest that fits in the free GPU
+    memory (``cuda_batches.fitting_batch_size``, at most the configured one), the copies to and from the GPU
+    overlap the compute of the neighbouring sub-batches (``cuda_batches.CopyStreams``), and on out-of-memory the
+    size is halved (down to 1) and stays halved for the rest of the engine's life.
     """
 
     name = "wav2lip"
@@ -293,6 +296,9 @@ class Wav2LipEngine:
         self._faces = np.empty((0, IMG_SIZE, IMG_SIZE, 6), dtype=np.float32)
         self._audio = np.empty((0, 1, *MEL_SHAPE), dtype=np.float32)
         self._mouths = np.empty((0, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+        self._streams = CopyStreams(self.device) if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            self._batches.size = fitting_batch_size(self._probe, self.device, self._batches.size)
 
     @property
     def batch_size(self) -> int:
@@ -336,8 +342,26 @@ class Wav2LipEngine:
         def infer(start: int, stop: int) -> None:
             self._infer(model, audio[start:stop], faces[start:stop], mouths[start:stop])
 
-        self._batches.run(count, infer)
+        try:
+            self._batches.run(count, infer)
+        finally:
+            if self._streams is not None:
+                self._streams.wait()  # the downloads have landed (and the uploads are done with the inputs)
         return [_resize(mouths[i], crop.shape[1], crop.shape[0]) for i, crop in enumerate(batch.crops)]
+
+    def _probe(self, count: int) -> None:
+        """One inference on ``count`` blank faces (the batch-size measurement at load)."""
+        model = self._model
+        if model is None:
+            raise RuntimeError("Wav2LipEngine used after close()")
+        faces, audio, mouths = self._buffers(count)
+        faces[:count] = 0.0
+        audio[:count] = 0.0
+        try:
+            self._infer(model, audio[:count], faces[:count], mouths[:count])
+        finally:
+            if self._streams is not None:
+                self._streams.wait()
 
     def _infer(
         self,
@@ -347,16 +371,23 @@ class Wav2LipEngine:
         out: np.ndarray,
     ) -> None:
         """Predict one sub-batch into ``out``, (n, 96, 96, 3) uint8 BGR; ``faces`` is channels-last (n, 96, 96, 6)."""
-        non_blocking = self.device.type == "cuda"
+        streams = self._streams
         with (
             torch.inference_mode(),
             torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.fp16),
         ):
-            audio_t = torch.from_numpy(audio).to(self.device, non_blocking=non_blocking)
-            faces_t = torch.from_numpy(faces).permute(0, 3, 1, 2).to(self.device, non_blocking=non_blocking)
+            audio_h = torch.from_numpy(audio)
+            faces_h = torch.from_numpy(faces).permute(0, 3, 1, 2)
+            if streams is not None:  # CUDA: uploads, compute and downloads of successive sub-batches overlap
+                audio_t, faces_t = streams.to_device(audio_h, faces_h)
+            else:
+                audio_t, faces_t = audio_h.to(self.device), faces_h.to(self.device)
             pred = model(audio_t, faces_t)
-            pixels = (pred.float().clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8)
-            torch.from_numpy(out).copy_(pixels.permute(0, 2, 3, 1))
+            pixels = (pred.float().clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
+            if streams is not None:
+                streams.to_host(pixels.contiguous(), torch.from_numpy(out))
+            else:
+                torch.from_numpy(out).copy_(pixels)
 
     def release(self) -> None:
         """Return cached GPU memory to the driver between jobs; the model stays loaded."""

@@ -1,0 +1,91 @@
+"""CUDA batching shared by the torch engines: the starting batch size from the GPU's free memory, and copy
+streams that overlap uploads, compute and downloads across the sub-batches of one call.
+
+* :func:`fitting_batch_size` measures what one more item costs (two probe batches, peak memory of each) and
+  returns the largest batch, up to the configured one, that fits in a share of the memory free now. The
+  out-of-memory halving of ``torch_util.HalvingBatches`` stays behind it (another process may take memory later).
+* :class:`CopyStreams`: the host-to-device copy of sub-batch i+1 runs on an upload stream while sub-batch i
+  computes on the current stream, and the device-to-host copy of sub-batch i on a download stream. The host only
+  enqueues; :meth:`CopyStreams.wait` is the one synchronisation, before the host reads its output buffers. Host
+  buffers must be pinned for the copies to be asynchronous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+FREE_MEMORY_SHARE = 0.8
+"""Share of the GPU memory free at measurement that the batch may use (the rest: the allocator's fragmentation,
+the encoder/decoder contexts of NVENC/NVDEC)."""
+
+
+def batch_size_for(free_bytes: int, fixed_bytes: float, per_item_bytes: float, configured: int) -> int:
+    """The largest batch of at most ``configured`` items whose ``fixed_bytes + n * per_item_bytes`` fits in
+    ``FREE_MEMORY_SHARE`` of ``free_bytes``; at least 1 (a single item that does not fit is the OOM error's
+    case)."""
+    if configured < 1:
+        raise ValueError(f"configured batch size must be at least 1, got {configured}")
+    room = free_bytes * FREE_MEMORY_SHARE - max(fixed_bytes, 0.0)
+    if per_item_bytes <= 0:
+        return configured
+    return max(1, min(configured, int(room // per_item_bytes)))
+
+
+def fitting_batch_size(run: Callable[[int], None], device: torch.device, configured: int) -> int:
+    """The batch size to start with on ``device``: ``run(n)`` processes a batch of ``n`` dummy items; it is
+    called with 2 and 4 items and the peak memory of each gives the fixed and the per-item cost."""
+    if device.type != "cuda" or configured <= 4:
+        return configured
+    peaks: list[int] = []
+    for count in (2, 4):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run(count)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - before)
+    per_item = (peaks[1] - peaks[0]) / 2
+    fixed = peaks[0] - 2 * per_item
+    torch.cuda.empty_cache()
+    return batch_size_for(free_memory(device), fixed, per_item, configured)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes this process can still take on ``device``: the driver's free memory, within the process's cap
+    (``torch.cuda.set_per_process_memory_fraction``) less what its allocator already reserved."""
+    free, total = torch.cuda.mem_get_info(device)
+    capped = int(total * torch.cuda.get_per_process_memory_fraction(device)) - torch.cuda.memory_reserved(device)
+    return max(0, min(free, capped))
+
+
+class CopyStreams:
+    """An upload and a download stream on one CUDA device (see the module's docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.upload = torch.cuda.Stream(device)
+        self.download = torch.cuda.Stream(device)
+
+    def to_device(self, *host: torch.Tensor) -> list[torch.Tensor]:
+        """``host`` tensors copied to the device on the upload stream; the current stream waits for them."""
+        compute = torch.cuda.current_stream(self.device)
+        self.upload.wait_stream(compute)  # the memory being reused may still be read by earlier compute
+        with torch.cuda.stream(self.upload):
+            tensors = [t.to(self.device, non_blocking=True) for t in host]
+        compute.wait_stream(self.upload)
+        for tensor in tensors:
+            tensor.record_stream(compute)  # the allocator must not hand it out before compute is done with it
+        return tensors
+
+    def to_host(self, device_tensor: torch.Tensor, out: torch.Tensor) -> None:
+        """Copy ``device_tensor`` into the pinned ``out`` on the download stream, after the compute so far."""
+        self.download.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.download):
+            out.copy_(device_tensor, non_blocking=True)
+        device_tensor.record_stream(self.download)
+
+    def wait(self) -> None:
+        """Block until every download enqueued so far has landed in host memory."""
+        self.download.synchronize()
