@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import os
 import re
+import select
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -28,7 +31,7 @@ from heygemd.errors import DecodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
-from heygemd.pipeline.spool import FrameSpool, SpoolCodec
+from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -88,7 +91,55 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarray, None, None]:
+_SPOOL_COLOUR_SPACES = frozenset(
+    {"unknown", "bt709", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco", "bt2020nc", "bt2020c"}
+)
+_SPOOL_RANGES = frozenset({"unknown", "tv", "pc"})
+
+
+def yuv_spool_tags(info: VideoInfo) -> str | None:
+    """The ``setparams`` filter that tags a spooled yuv420p frame as the decoder tagged the forward frames, or
+    None when the spool must take BGR frames instead.
+
+    The BGR conversion picks its matrix and range from these tags, so with them a yuv420p frame read back from
+    the spool converts to exactly the BGR of the forward pass. Only 8-bit 4:2:0 video with square pixels and
+    no HDR tone-mapping is spooled as yuv420p (the decoder's frames reach the conversion unchanged); the tags
+    are those of the first decoded frame (ffprobe).
+    """
+    if info.is_still or info.hdr or info.square_size is not None or info.pix_fmt != "yuv420p":
+        return None
+    result = run_probe(
+        [
+            find_tool("ffprobe"),
+            "-v",
+            "error",
+            "-select_streams",
+            str(info.stream_index),
+            "-read_intervals",
+            "%+#1",
+            "-show_entries",
+            "frame=pix_fmt,color_space,color_range",
+            "-of",
+            "json",
+            media_url(info.path),
+        ],
+        info.path,
+    )
+    try:
+        frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
+    except json.JSONDecodeError:
+        frames = []
+    if result.returncode != 0 or not frames or frames[0].get("pix_fmt") != "yuv420p":
+        return None  # the BGR spool works for whatever read_frames can decode
+    space, tv_or_pc = frames[0].get("color_space", "unknown"), frames[0].get("color_range", "unknown")
+    if space not in _SPOOL_COLOUR_SPACES or tv_or_pc not in _SPOOL_RANGES:
+        return None
+    return f"setparams=colorspace={space}:range={tv_or_pc}"
+
+
+def read_frames(
+    info: VideoInfo, decoder: Decoder = "cpu", *, yuv_sink: Callable[[memoryview], None] | None = None
+) -> Generator[np.ndarray, None, None]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
     The stream is resampled to ``info.fps`` (CFR), turned upright and cropped to even size. When
@@ -96,8 +147,21 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
+
+    ``yuv_sink`` (only for sources ``yuv_spool_tags`` accepts): the same ffmpeg also writes each frame as the
+    decoder's yuv420p, before the BGR conversion, to a second pipe; every such frame (padding included) is
+    handed to ``yuv_sink`` in order, by the time the generator ends.
     """
     ffmpeg = find_tool("ffmpeg")
+    tap = None if yuv_sink is None else _YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
+    if tap is None:
+        graph = ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", _decode_chain(info, ffmpeg)]
+        tap_output: list[str] = []
+    else:
+        chain = f"{decode_filters(info, ffmpeg)},format=yuv420p,split[bgr][yuv];[bgr]{_DECODE_TO_BGR}[out]"
+        graph = ["-filter_complex", f"[0:{info.stream_index}]{chain}", "-map", "[out]"]
+        tap_output = ["-map", "[yuv]", "-frames:v", str(info.frame_count), "-f", "rawvideo"]
+        tap_output += ["-pix_fmt", "yuv420p", f"pipe:{tap.write_fd}"]
     argv = [
         ffmpeg,
         "-nostdin",
@@ -108,13 +172,7 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
         *(decoder_args(decoder) if not info.is_still else []),
         "-i",
         media_url(info.path),
-        "-map",
-        f"0:{info.stream_index}",
-        "-an",
-        "-sn",
-        "-dn",
-        "-vf",
-        _decode_chain(info, ffmpeg),
+        *graph,
         "-frames:v",
         str(info.frame_count),
         "-f",
@@ -122,14 +180,22 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
         "-pix_fmt",
         "bgr24",
         "pipe:1",
+        *tap_output,
     ]
-    proc = ToolProcess(argv, stdout=True)
+    try:
+        proc = ToolProcess(argv, stdout=True, pass_fds=() if tap is None else (tap.write_fd,))
+    finally:
+        if tap is not None:
+            tap.close_write_end()
     delivered = 0
     last: np.ndarray | None = None
     try:
         while delivered < info.frame_count:
             frame = np.empty((info.height, info.width, 3), dtype=np.uint8)
-            got = _read_into(proc.stdout, frame.data.cast("B"))
+            if tap is None:
+                got = _read_into(proc.stdout, frame.data.cast("B"))
+            else:
+                got = _read_into_tapped(proc.stdout.fileno(), frame.data.cast("B"), tap)
             if got == 0:
                 break
             if got < info.frame_bytes:
@@ -140,6 +206,8 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
             delivered += 1
             last = frame
             yield frame
+        if tap is not None:
+            tap.drain()  # ffmpeg may still be writing the last yuv frame(s): it can exit only after that
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -157,12 +225,18 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
                 f"truncated: {proc.stderr_tail()}",
                 path=info.path,
             )
+        if tap is not None and tap.frames != delivered:
+            raise DecodeError(f"ffmpeg wrote {tap.frames} yuv frames for {delivered} BGR frames", path=info.path)
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
         for _ in range(shortfall):
+            if tap is not None:
+                tap.repeat_last()
             yield last.copy()
     finally:
         proc.kill()
+        if tap is not None:
+            tap.close()
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
@@ -170,6 +244,74 @@ def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
     filled = 0
     while filled < len(buffer):
         n = stream.readinto(buffer[filled:])  # type: ignore[attr-defined]  # a pipe: a BufferedReader
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+class _YuvTap:
+    """The second output of a spooled read: the decoder's yuv420p frames on a pipe, each handed whole to a sink."""
+
+    def __init__(self, frame_bytes: int, sink: Callable[[memoryview], None], path: Path):
+        self.path = path
+        """The user's video, named by errors."""
+        self.read_fd, self.write_fd = os.pipe()
+        self.frames = 0
+        """Frames handed to the sink."""
+        self.eof = False
+        self._sink = sink
+        self._frame = memoryview(bytearray(frame_bytes))
+        self._filled = 0
+
+    def pump(self) -> None:
+        """Read once from the pipe (blocks until it holds data or ends); hand on the frame it completes."""
+        n = os.readv(self.read_fd, [self._frame[self._filled :]])
+        if n == 0:
+            self.eof = True
+            return
+        self._filled += n
+        if self._filled == len(self._frame):
+            self._filled = 0
+            self._sink(self._frame)
+            self.frames += 1
+
+    def drain(self) -> None:
+        """Read to the end of the pipe."""
+        while not self.eof:
+            self.pump()
+        if self._filled:
+            raise DecodeError(f"ffmpeg ended in the middle of yuv frame {self.frames}", path=self.path)
+
+    def repeat_last(self) -> None:
+        """Hand the last complete frame on once more (padding after a short stream)."""
+        self._sink(self._frame)
+        self.frames += 1
+
+    def close_write_end(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        self.close_write_end()
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+
+def _read_into_tapped(fd: int, buffer: memoryview, tap: _YuvTap) -> int:
+    """``_read_into`` from the descriptor ``fd`` while serving ``tap`` whenever its pipe has data, so ffmpeg never
+    blocks on one output while we wait on the other (it may write several frames to one before the other)."""
+    filled = 0
+    while filled < len(buffer):
+        if not tap.eof:
+            readable, _, _ = select.select([fd, tap.read_fd], [], [])
+            if tap.read_fd in readable:
+                tap.pump()
+            if fd not in readable:
+                continue
+        n = os.readv(fd, [buffer[filled:]])
         if not n:
             break
         filled += n
@@ -232,8 +374,8 @@ class ScheduledFrames:
         codec: SpoolCodec = "raw",
         decoder: Decoder = "cpu",
     ):
-        if codec not in ("raw", "ffv1", "utvideo"):
-            raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
         self.info = info
         self.n_out = int(n_out)
         self.mode = mode
@@ -312,6 +454,7 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
+        tags = yuv_spool_tags(self.info) if self.codec != "raw" else None
         self._spool = FrameSpool(
             self.work_dir,
             self.info.width,
@@ -320,16 +463,23 @@ class ScheduledFrames:
             self.codec,
             source=self.info.path,
             frames_expected=n_source,
+            pix_fmt="bgr24" if tags is None else "yuv420p",
+            to_bgr="" if tags is None else f"{tags},{_DECODE_TO_BGR}",
         )
-        self._source = read_frames(self.info, self.decoder)
+        sink = None if tags is None else self._spool.append  # the decoder's own yuv420p frames
+        self._source = read_frames(self.info, self.decoder, yuv_sink=sink)
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):
                 frame = next(self._source)
-                self._spool.append(frame)  # before yielding: the consumer may draw on the frame
+                if sink is None:
+                    self._spool.append(frame)  # before yielding: the consumer may draw on the frame
                 yield index, frame
             source, self._source = self._source, None
-            source.close()
+            if sink is None:
+                source.close()
+            else:
+                next(source, None)  # runs read_frames to its end: it hands the last yuv frames to the spool
             for index in itertools.islice(self._schedule, n_source, None):
                 yield index, self._spool.load(index)
         finally:
