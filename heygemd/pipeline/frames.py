@@ -357,11 +357,11 @@ class ScheduledFrames:
 
     Disk use of the spool (``spool.FrameSpool``), per source frame: ``codec="raw"`` (the default here) takes
     exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
-    the lossless ``"ffv1"`` (the ``video.spool`` default of a render) takes about 12 % of that on the demo
-    presenter, ``"utvideo"`` about 20 % at half ffv1's CPU. Before the spool is written its expected size is
-    checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again before every
-    segment. Use it as a context manager; leaving it kills ffmpeg and frees
-    the spool. Iterate once.
+    the lossless codecs are fed the decoder's own yuv420p frames (``yuv_spool_tags``; other sources BGR) and
+    give back exactly the forward frames: ``"x264"`` (the ``video.spool`` default of a render) takes 7-14 % of
+    raw on camera-like footage, ``"ffv1"`` 9-17 %, ``"utvideo"`` 15-20 %. Before the spool is written its
+    expected size is checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again
+    before every segment. Use it as a context manager; leaving it kills ffmpeg and frees the spool. Iterate once.
     """
 
     def __init__(
