@@ -31,7 +31,7 @@ from heygemd.errors import DecodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
-from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
+from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec, SpoolPixFmt
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -97,16 +97,16 @@ _SPOOL_COLOUR_SPACES = frozenset(
 _SPOOL_RANGES = frozenset({"unknown", "tv", "pc"})
 
 
-def yuv_spool_tags(info: VideoInfo) -> str | None:
-    """The ``setparams`` filter that tags a spooled yuv420p frame as the decoder tagged the forward frames, or
-    None when the spool must take BGR frames instead.
+def yuv_spool_format(info: VideoInfo) -> tuple[SpoolPixFmt, str] | None:
+    """The decoder's pixel format (yuv420p, or yuvj420p for full range) and the ``setparams`` filter that tags a
+    spooled frame as the decoder tagged the forward frames; None when the spool must take BGR frames instead.
 
     The BGR conversion picks its matrix and range from these tags, so with them a yuv420p frame read back from
     the spool converts to exactly the BGR of the forward pass. Only 8-bit 4:2:0 video with square pixels and
     no HDR tone-mapping is spooled as yuv420p (the decoder's frames reach the conversion unchanged); the tags
     are those of the first decoded frame (ffprobe).
     """
-    if info.is_still or info.hdr or info.square_size is not None or info.pix_fmt != "yuv420p":
+    if info.is_still or info.hdr or info.square_size is not None or info.pix_fmt not in ("yuv420p", "yuvj420p"):
         return None
     result = run_probe(
         [
@@ -129,16 +129,21 @@ def yuv_spool_tags(info: VideoInfo) -> str | None:
         frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
     except json.JSONDecodeError:
         frames = []
-    if result.returncode != 0 or not frames or frames[0].get("pix_fmt") != "yuv420p":
+    pix_fmt = frames[0].get("pix_fmt") if result.returncode == 0 and frames else None
+    if pix_fmt not in ("yuv420p", "yuvj420p"):
         return None  # the BGR spool works for whatever read_frames can decode
     space, tv_or_pc = frames[0].get("color_space", "unknown"), frames[0].get("color_range", "unknown")
     if space not in _SPOOL_COLOUR_SPACES or tv_or_pc not in _SPOOL_RANGES:
         return None
-    return f"setparams=colorspace={space}:range={tv_or_pc}"
+    return ("yuv420p" if pix_fmt == "yuv420p" else "yuvj420p"), f"setparams=colorspace={space}:range={tv_or_pc}"
 
 
 def read_frames(
-    info: VideoInfo, decoder: Decoder = "cpu", *, yuv_sink: Callable[[memoryview], None] | None = None
+    info: VideoInfo,
+    decoder: Decoder = "cpu",
+    *,
+    yuv_sink: Callable[[memoryview], None] | None = None,
+    yuv_pix_fmt: SpoolPixFmt = "yuv420p",
 ) -> Generator[np.ndarray, None, None]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
@@ -148,9 +153,9 @@ def read_frames(
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
 
-    ``yuv_sink`` (only for sources ``yuv_spool_tags`` accepts): the same ffmpeg also writes each frame as the
-    decoder's yuv420p, before the BGR conversion, to a second pipe; every such frame (padding included) is
-    handed to ``yuv_sink`` in order, by the time the generator ends.
+    ``yuv_sink`` (only for sources ``yuv_spool_format`` accepts, with its ``yuv_pix_fmt``): the same ffmpeg also
+    writes each frame as the decoder's 4:2:0, before the BGR conversion, to a second pipe; every such frame
+    (padding included) is handed to ``yuv_sink`` in order, by the time the generator ends.
     """
     ffmpeg = find_tool("ffmpeg")
     tap = None if yuv_sink is None else _YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
@@ -158,10 +163,10 @@ def read_frames(
         graph = ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", _decode_chain(info, ffmpeg)]
         tap_output: list[str] = []
     else:
-        chain = f"{decode_filters(info, ffmpeg)},format=yuv420p,split[bgr][yuv];[bgr]{_DECODE_TO_BGR}[out]"
+        chain = f"{decode_filters(info, ffmpeg)},format={yuv_pix_fmt},split[bgr][yuv];[bgr]{_DECODE_TO_BGR}[out]"
         graph = ["-filter_complex", f"[0:{info.stream_index}]{chain}", "-map", "[out]"]
         tap_output = ["-map", "[yuv]", "-frames:v", str(info.frame_count), "-f", "rawvideo"]
-        tap_output += ["-pix_fmt", "yuv420p", f"pipe:{tap.write_fd}"]
+        tap_output += ["-pix_fmt", yuv_pix_fmt, f"pipe:{tap.write_fd}"]
     argv = [
         ffmpeg,
         "-nostdin",
@@ -357,7 +362,7 @@ class ScheduledFrames:
 
     Disk use of the spool (``spool.FrameSpool``), per source frame: ``codec="raw"`` (the default here) takes
     exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
-    the lossless codecs are fed the decoder's own yuv420p frames (``yuv_spool_tags``; other sources BGR) and
+    the lossless codecs are fed the decoder's own yuv420p frames (``yuv_spool_format``; else BGR) and
     give back exactly the forward frames: ``"x264"`` (the ``video.spool`` default of a render) takes 7-14 % of
     raw on camera-like footage, ``"ffv1"`` 9-17 %, ``"utvideo"`` 15-20 %. Before the spool is written its
     expected size is checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again
@@ -454,7 +459,7 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
-        tags = yuv_spool_tags(self.info) if self.codec != "raw" else None
+        yuv = yuv_spool_format(self.info) if self.codec != "raw" else None
         self._spool = FrameSpool(
             self.work_dir,
             self.info.width,
@@ -463,11 +468,14 @@ class ScheduledFrames:
             self.codec,
             source=self.info.path,
             frames_expected=n_source,
-            pix_fmt="bgr24" if tags is None else "yuv420p",
-            to_bgr="" if tags is None else f"{tags},{_DECODE_TO_BGR}",
+            pix_fmt="bgr24" if yuv is None else yuv[0],
+            to_bgr="" if yuv is None else f"{yuv[1]},{_DECODE_TO_BGR}",
         )
-        sink = None if tags is None else self._spool.append  # the decoder's own yuv420p frames
-        self._source = read_frames(self.info, self.decoder, yuv_sink=sink)
+        sink = None if yuv is None else self._spool.append  # the decoder's own 4:2:0 frames
+        if yuv is None:
+            self._source = read_frames(self.info, self.decoder)
+        else:
+            self._source = read_frames(self.info, self.decoder, yuv_sink=sink, yuv_pix_fmt=yuv[0])
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):

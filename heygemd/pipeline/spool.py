@@ -40,13 +40,14 @@ from heygemd.errors import DecodeError, DiskFull, EncodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
 
 SpoolCodec = Literal["raw", "x264", "ffv1", "utvideo"]
-SpoolPixFmt = Literal["bgr24", "yuv420p"]
+SpoolPixFmt = Literal["bgr24", "yuv420p", "yuvj420p"]
+"""The frames appended: BGR, or the decoder's 8-bit 4:2:0 frames (yuvj420p: full range, as H.264 decodes it)."""
 CODECS: tuple[SpoolCodec, ...] = ("raw", "x264", "ffv1", "utvideo")
 
 SEGMENT_BYTES = 24 << 20
 """Raw bytes of one codec segment (also the memory a read-back holds): 720p 9 frames, 1080p 4, 360p 36."""
 MAX_SEGMENT_FRAMES = 32
-EXPECTED_RATIO: dict[tuple[str, SpoolPixFmt], float] = {
+EXPECTED_RATIO: dict[tuple[str, str], float] = {
     ("raw", "bgr24"): 1.0,
     ("x264", "yuv420p"): 0.3,
     ("ffv1", "yuv420p"): 0.3,
@@ -60,7 +61,7 @@ pixel format fed to it: a margin over the worst measured (extreme grain, bench/R
 24 %, ffv1 24 %, utvideo 19 % (less grainy footage); of BGR ffv1 37 %, utvideo 39 %."""
 
 _FFV1_BGR = ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"]
-_CODEC_ARGS: dict[tuple[str, SpoolPixFmt], list[str]] = {
+_CODEC_ARGS: dict[tuple[str, str], list[str]] = {
     ("x264", "yuv420p"): ["-c:v", "libx264", "-qp", "0", "-preset", "superfast", "-x264-params", "cabac=0"],
     ("ffv1", "yuv420p"): ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4"],
     ("utvideo", "yuv420p"): ["-c:v", "utvideo", "-pred", "median"],
@@ -115,10 +116,12 @@ class FrameSpool:
         pix_fmt: SpoolPixFmt = "bgr24",
         to_bgr: str = "",
     ):
-        if (codec, pix_fmt) not in EXPECTED_RATIO:
+        self.layout = "bgr24" if pix_fmt == "bgr24" else "yuv420p"
+        """The key of EXPECTED_RATIO and the codec options: yuvj420p is laid out as yuv420p."""
+        if (codec, self.layout) not in EXPECTED_RATIO:
             raise ValueError(f"codec must be one of {', '.join(CODECS)} ('raw' takes BGR), got {codec!r}/{pix_fmt}")
-        if pix_fmt == "yuv420p" and not to_bgr:
-            raise ValueError("a yuv420p spool needs the to_bgr filter of the forward frames")
+        if pix_fmt != "bgr24" and not to_bgr:
+            raise ValueError("a yuv spool needs the to_bgr filter of the forward frames")
         self.work_dir = Path(work_dir)
         self.width, self.height = width, height
         self.bgr_bytes = width * height * 3
@@ -131,7 +134,7 @@ class FrameSpool:
         self.source = source
         """The user's video, named by errors."""
         self.segment = 1 if codec == "raw" else segment_frames(self.bgr_bytes)
-        expected = frames_expected * self.bgr_bytes * EXPECTED_RATIO[codec, pix_fmt]
+        expected = frames_expected * self.bgr_bytes * EXPECTED_RATIO[codec, self.layout]
         require_free_space(self.work_dir, int(expected))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO = tempfile.TemporaryFile(prefix=".spool-", dir=self.work_dir, buffering=0)
@@ -214,14 +217,14 @@ class FrameSpool:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            self.pix_fmt,
+            self.layout,  # yuvj420p as yuv420p: the same bytes, passed on unconverted (to_bgr tags the range)
             "-s",
             f"{self.width}x{self.height}",
             "-r",
             self.fps_arg,
             "-i",
             "pipe:0",
-            *_CODEC_ARGS[self.codec, self.pix_fmt],
+            *_CODEC_ARGS[self.codec, self.layout],
             "-f",
             "nut",
             "pipe:1",
@@ -272,7 +275,7 @@ class FrameSpool:
             "nut",
             "-i",
             f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
-            *(["-vf", self.to_bgr] if self.pix_fmt == "yuv420p" else []),
+            *(["-vf", self.to_bgr] if self.pix_fmt != "bgr24" else []),
             "-f",
             "rawvideo",
             "-pix_fmt",
