@@ -458,3 +458,18 @@ def test_codec_spool_that_cannot_fit_fails_before_decoding(h264, tmp_path):
         with pytest.raises(DiskFull):
             next(iter(frames))
     assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+
+
+@pytest.mark.gpu
+def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path):
+    """With NVDEC the decoder's frames come back as NV12 and are made yuv420p before the split: the backward
+    frames must still be the forward frames of that same decode, bit for bit."""
+    from heygemd.pipeline import hw_codecs
+
+    if not hw_codecs.nvdec_works(FFMPEG):
+        pytest.skip("needs NVDEC")
+    info = probe_video(grainy_clip(media / "grainy nvdec.mp4", size=(1280, 720), frames=12))
+    with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec="x264", decoder="nvdec") as frames:
+        got = list(frames)
+    forward = dict(got[: info.frame_count])
+    assert all(np.array_equal(frame, forward[i]) for i, frame in got[info.frame_count :])
