@@ -308,13 +308,18 @@ class _YuvTap:
 def _read_into_tapped(fd: int, buffer: memoryview, tap: _YuvTap) -> int:
     """``_read_into`` from the descriptor ``fd`` while serving ``tap`` whenever its pipe has data, so ffmpeg never
     blocks on one output while we wait on the other (it may write several frames to one before the other)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.register(tap.read_fd, select.POLLIN)
     filled = 0
     while filled < len(buffer):
         if not tap.eof:
-            readable, _, _ = select.select([fd, tap.read_fd], [], [])
-            if tap.read_fd in readable:
+            ready = {ready_fd for ready_fd, _ in poller.poll()}  # readable, or its writer gone (POLLHUP)
+            if tap.read_fd in ready:
                 tap.pump()
-            if fd not in readable:
+                if tap.eof:
+                    poller.unregister(tap.read_fd)
+            if fd not in ready:
                 continue
         n = os.readv(fd, [buffer[filled:]])
         if not n:
