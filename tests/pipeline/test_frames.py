@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import cv2
@@ -473,3 +474,25 @@ def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path)
         got = list(frames)
     forward = dict(got[: info.frame_count])
     assert all(np.array_equal(frame, forward[i]) for i, frame in got[info.frame_count :])
+
+
+def test_spool_tap_keeps_up_when_ffmpeg_writes_runs_of_frames_to_one_output(media, tmp_path):
+    """A camera stall in a VFR video makes the fps filter repeat one frame 8 times, frames larger than a pipe's
+    buffer. The order ffmpeg writes its two outputs in is its own (5.1 alternates them; a version that wrote a run
+    of BGR frames first would block a reader taking the pipes in turn): the pipes are read as they fill, and a
+    deadlock would leave the run waiting past the timeout."""
+    clip = media / "vfr stall 360p.mp4"
+    stall = "testsrc2=size=640x360:rate=25:duration=1.6,select='not(between(n,10,19))'"
+    ffmpeg("-f", "lavfi", "-i", stall, "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", str(clip))
+    info = probe_video(clip)
+    assert info.is_vfr and yuv_spool_format(info) is not None
+    forward = list(read_frames(info))
+    got: list[tuple[int, np.ndarray]] = []
+    frames = ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec="x264")
+    worker = threading.Thread(target=lambda: got.extend(frames))
+    worker.start()
+    worker.join(timeout=120)
+    frames.close()  # kills ffmpeg if it is stuck, so the thread ends either way
+    worker.join()
+    assert len(got) == 2 * info.frame_count, "the spooled decode did not finish"
+    assert all(np.array_equal(frame, forward[i]) for i, frame in got)
