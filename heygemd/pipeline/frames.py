@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-import os
 import re
-import select
 import subprocess
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rat
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
 from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec, SpoolPixFmt
+from heygemd.pipeline.yuv_tap import YuvTap, read_into_tapped, yuv_spool_format
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -91,53 +89,6 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-_SPOOL_COLOUR_SPACES = frozenset(
-    {"unknown", "bt709", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco", "bt2020nc", "bt2020c"}
-)
-_SPOOL_RANGES = frozenset({"unknown", "tv", "pc"})
-
-
-def yuv_spool_format(info: VideoInfo) -> tuple[SpoolPixFmt, str] | None:
-    """The decoder's pixel format (yuv420p, or yuvj420p for full range) and the ``setparams`` filter that tags a
-    spooled frame as the decoder tagged the forward frames; None when the spool must take BGR frames instead.
-
-    The BGR conversion picks its matrix and range from these tags, so with them a yuv420p frame read back from
-    the spool converts to exactly the BGR of the forward pass. Only 8-bit 4:2:0 video with square pixels and
-    no HDR tone-mapping is spooled as yuv420p (the decoder's frames reach the conversion unchanged); the tags
-    are those of the first decoded frame (ffprobe).
-    """
-    if info.is_still or info.hdr or info.square_size is not None or info.pix_fmt not in ("yuv420p", "yuvj420p"):
-        return None
-    result = run_probe(
-        [
-            find_tool("ffprobe"),
-            "-v",
-            "error",
-            "-select_streams",
-            str(info.stream_index),
-            "-read_intervals",
-            "%+#1",
-            "-show_entries",
-            "frame=pix_fmt,color_space,color_range",
-            "-of",
-            "json",
-            media_url(info.path),
-        ],
-        info.path,
-    )
-    try:
-        frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
-    except json.JSONDecodeError:
-        frames = []
-    pix_fmt = frames[0].get("pix_fmt") if result.returncode == 0 and frames else None
-    if pix_fmt not in ("yuv420p", "yuvj420p"):
-        return None  # the BGR spool works for whatever read_frames can decode
-    space, tv_or_pc = frames[0].get("color_space", "unknown"), frames[0].get("color_range", "unknown")
-    if space not in _SPOOL_COLOUR_SPACES or tv_or_pc not in _SPOOL_RANGES:
-        return None
-    return ("yuv420p" if pix_fmt == "yuv420p" else "yuvj420p"), f"setparams=colorspace={space}:range={tv_or_pc}"
-
-
 def read_frames(
     info: VideoInfo,
     decoder: Decoder = "cpu",
@@ -158,7 +109,7 @@ def read_frames(
     (padding included) is handed to ``yuv_sink`` in order, by the time the generator ends.
     """
     ffmpeg = find_tool("ffmpeg")
-    tap = None if yuv_sink is None else _YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
+    tap = None if yuv_sink is None else YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
     if tap is None:
         graph = ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", _decode_chain(info, ffmpeg)]
         tap_output: list[str] = []
@@ -200,7 +151,7 @@ def read_frames(
             if tap is None:
                 got = _read_into(proc.stdout, frame.data.cast("B"))
             else:
-                got = _read_into_tapped(proc.stdout.fileno(), frame.data.cast("B"), tap)
+                got = read_into_tapped(proc.stdout.fileno(), frame.data.cast("B"), tap)
             if got == 0:
                 break
             if got < info.frame_bytes:
@@ -249,79 +200,6 @@ def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
     filled = 0
     while filled < len(buffer):
         n = stream.readinto(buffer[filled:])  # type: ignore[attr-defined]  # a pipe: a BufferedReader
-        if not n:
-            break
-        filled += n
-    return filled
-
-
-class _YuvTap:
-    """The second output of a spooled read: the decoder's yuv420p frames on a pipe, each handed whole to a sink."""
-
-    def __init__(self, frame_bytes: int, sink: Callable[[memoryview], None], path: Path):
-        self.path = path
-        """The user's video, named by errors."""
-        self.read_fd, self.write_fd = os.pipe()
-        self.frames = 0
-        """Frames handed to the sink."""
-        self.eof = False
-        self._sink = sink
-        self._frame = memoryview(bytearray(frame_bytes))
-        self._filled = 0
-
-    def pump(self) -> None:
-        """Read once from the pipe (blocks until it holds data or ends); hand on the frame it completes."""
-        n = os.readv(self.read_fd, [self._frame[self._filled :]])
-        if n == 0:
-            self.eof = True
-            return
-        self._filled += n
-        if self._filled == len(self._frame):
-            self._filled = 0
-            self._sink(self._frame)
-            self.frames += 1
-
-    def drain(self) -> None:
-        """Read to the end of the pipe."""
-        while not self.eof:
-            self.pump()
-        if self._filled:
-            raise DecodeError(f"ffmpeg ended in the middle of yuv frame {self.frames}", path=self.path)
-
-    def repeat_last(self) -> None:
-        """Hand the last complete frame on once more (padding after a short stream)."""
-        self._sink(self._frame)
-        self.frames += 1
-
-    def close_write_end(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
-
-    def close(self) -> None:
-        self.close_write_end()
-        if self.read_fd >= 0:
-            os.close(self.read_fd)
-            self.read_fd = -1
-
-
-def _read_into_tapped(fd: int, buffer: memoryview, tap: _YuvTap) -> int:
-    """``_read_into`` from the descriptor ``fd`` while serving ``tap`` whenever its pipe has data, so ffmpeg never
-    blocks on one output while we wait on the other (it may write several frames to one before the other)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.register(tap.read_fd, select.POLLIN)
-    filled = 0
-    while filled < len(buffer):
-        if not tap.eof:
-            ready = {ready_fd for ready_fd, _ in poller.poll()}  # readable, or its writer gone (POLLHUP)
-            if tap.read_fd in ready:
-                tap.pump()
-                if tap.eof:
-                    poller.unregister(tap.read_fd)
-            if fd not in ready:
-                continue
-        n = os.readv(fd, [buffer[filled:]])
         if not n:
             break
         filled += n

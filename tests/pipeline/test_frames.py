@@ -14,8 +14,9 @@ import pytest
 
 from heygemd.demo import presenter_video
 from heygemd.errors import DiskFull
-from heygemd.pipeline.frames import ScheduledFrames, frame_schedule, read_frames, yuv_spool_format
+from heygemd.pipeline.frames import ScheduledFrames, frame_schedule, read_frames
 from heygemd.pipeline.probe import probe_video
+from heygemd.pipeline.yuv_tap import yuv_spool_format
 from tests.pipeline.media import (
     FFMPEG,
     FPS,
