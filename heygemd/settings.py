@@ -152,8 +152,8 @@ class VideoSettings(Section):
     spool: Literal["x264", "ffv1", "utvideo", "raw"] = Field(
         "x264",
         description="How ping-pong/loop keep decoded frames in the temp folder (all bit exact): x264 (lossless "
-        "H.264 of the decoded yuv420p, 7-14 % of the raw frames), ffv1 (lossless, 9-17 %, more CPU than x264), "
-        "utvideo (lossless, 15-20 %, least CPU) or raw (no CPU, 100 %).",
+        "H.264 of the decoded yuv420p, 7-14 % of the raw frames), ffv1 (lossless, 8-17 %, more CPU than x264), "
+        "utvideo (lossless, 11-19 %, least CPU) or raw (no CPU, 100 %).",
     )
 
 

@@ -4,10 +4,11 @@ One anonymous file in the work folder (``tempfile.TemporaryFile``: never visible
 when the process dies) holds the frames of one video, appended in source order, read back by index.
 
 Frames come in as the decoder delivered them: BGR (``pix_fmt="bgr24"``, width*height*3 bytes) or, for 8-bit
-4:2:0 sources, the decoder's own yuv420p frames before their conversion to BGR (``pix_fmt="yuv420p"``, half
-the bytes; ``frames.ScheduledFrames`` taps them from the same ffmpeg). Either way ``load`` returns BGR: a
-yuv420p spool is converted back by ``to_bgr``, the same swscale conversion (and colour tags) that made the
-forward frames, so the backward frames are the forward ones bit for bit.
+4:2:0 sources, the decoder's own yuv420p frames before their conversion to BGR (``pix_fmt="yuv420p"``, or
+``"yuvj420p"`` for full range: half the bytes; ``frames.ScheduledFrames`` taps them from the decoding ffmpeg,
+``yuv_tap``). Either way ``load`` returns BGR: a yuv spool is converted back by ``to_bgr``, the same swscale
+conversion (and colour tags) that made the forward frames, so the backward frames are the forward ones bit for
+bit.
 
 * ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
 * ``x264`` / ``ffv1`` / ``utvideo``: lossless codecs (x264 at ``-qp 0``; the frames come back bit for bit).
@@ -16,9 +17,10 @@ forward frames, so the backward frames are the forward ones bit for bit.
   a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so a backward pass
   costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
   sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
-  Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p about
-  7 % on the demo presenter and 7-13 % on grainy camera-like H.264 footage at phone bitrates (about 22 % on
-  extreme grain, sigma 8 kept by CRF 18), at less CPU than ``ffv1`` of BGR (20-37 % of raw).
+  Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
+  on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates (about 25 % on extreme
+  grain, sigma 8 kept by CRF 18), at 0.4-0.7x the CPU of ``ffv1`` of BGR (the old default: 14-37 %); ``ffv1``
+  of yuv420p 8-17 %, ``utvideo`` 11-19 % at the least CPU to write.
 
 Disk space is checked before anything is written (the expected size, ``EXPECTED_RATIO`` of the raw BGR size
 for the codecs) and again before every segment (room for the segment as raw BGR), so a full disk gives
