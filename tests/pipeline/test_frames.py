@@ -419,14 +419,15 @@ def test_yuv_spool_converts_back_with_the_decoders_colour_tags(codec, tags, medi
     assert all(np.array_equal(frame, forward[i]) for i, frame in got)
 
 
-def test_spool_of_a_source_that_is_not_yuv420p_takes_bgr_and_stays_exact(media, tmp_path):
+@pytest.mark.parametrize("codec", ["x264", "ffv1", "utvideo"])
+def test_spool_of_a_source_that_is_not_yuv420p_takes_bgr_and_stays_exact(codec, media, tmp_path):
     """4:4:4 (or 10-bit, HDR, non-square pixels) frames are not the decoder's yuv420p: the spool takes the BGR
     frames instead (ffv1 for the x264 spool), still bit exact."""
-    codec = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")
-    info = probe_video(lavfi_clip(media / "444.mp4", *codec, seconds=0.6))
+    h264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")
+    info = probe_video(lavfi_clip(media / f"444 {codec}.mp4", *h264, seconds=0.6))
     assert yuv_spool_format(info) is None
     forward = list(read_frames(info))
-    got, size = spooled_run(info, tmp_path, "x264")
+    got, size = spooled_run(info, tmp_path, codec)
     assert 0 < size < info.frame_count * info.frame_bytes
     assert all(np.array_equal(frame, forward[i]) for i, frame in got)
 
