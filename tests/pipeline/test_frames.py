@@ -455,9 +455,10 @@ def test_spool_stops_with_disk_full_before_the_disk_fills(codec, media, tmp_path
     assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
 
 
-def test_codec_spool_that_cannot_fit_fails_before_decoding(h264, tmp_path):
+@pytest.mark.parametrize("codec", ["x264", "utvideo"])
+def test_codec_spool_that_cannot_fit_fails_before_decoding(codec, h264, tmp_path):
     huge = dataclasses.replace(probe_video(h264), frame_count=10**8)
-    with ScheduledFrames(huge, 10**8 + 1, "pingpong", tmp_path, codec="utvideo") as frames:
+    with ScheduledFrames(huge, 10**8 + 1, "pingpong", tmp_path, codec=codec) as frames:
         with pytest.raises(DiskFull):
             next(iter(frames))
     assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
