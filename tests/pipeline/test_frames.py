@@ -331,6 +331,20 @@ def test_abandoned_scheduled_frames_stop_ffmpeg_and_free_spool(h264, tmp_path):
     assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
 
 
+def test_abandoned_yuv_spool_stops_decoder_and_encoder_and_frees_spool(h264, tmp_path):
+    """Leaving mid-way through the forward pass of a yuv-fed spool kills the decoder (both its pipes closed) and
+    the spool's encoder, and frees the spool file."""
+    info = probe_video(h264)
+    descriptors = set(os.listdir("/proc/self/fd"))
+    with ScheduledFrames(info, 100, "pingpong", tmp_path, codec="x264") as frames:
+        iterator = iter(frames)
+        for _ in range(5):
+            next(iterator)
+        assert len(ffmpeg_children()) >= 1 and len(open_files_under(tmp_path)) == 1
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+    assert set(os.listdir("/proc/self/fd")) <= descriptors  # the yuv pipe is closed too
+
+
 def test_spool_that_cannot_fit_fails_before_decoding(h264, tmp_path):
     huge = dataclasses.replace(probe_video(h264), frame_count=10**9)
     with ScheduledFrames(huge, 10**9 + 1, "pingpong", tmp_path) as frames:
