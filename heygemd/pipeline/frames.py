@@ -16,7 +16,7 @@ import functools
 import itertools
 import re
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -28,7 +28,8 @@ from heygemd.errors import DecodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
-from heygemd.pipeline.spool import FrameSpool, SpoolCodec
+from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec, SpoolPixFmt
+from heygemd.pipeline.yuv_tap import YuvTap, read_into_tapped, yuv_spool_format
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -88,7 +89,13 @@ def input_args(info: VideoInfo) -> list[str]:
     return ["-noautorotate"] if info.is_still else []
 
 
-def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarray, None, None]:
+def read_frames(
+    info: VideoInfo,
+    decoder: Decoder = "cpu",
+    *,
+    yuv_sink: Callable[[memoryview], None] | None = None,
+    yuv_pix_fmt: SpoolPixFmt = "yuv420p",
+) -> Generator[np.ndarray, None, None]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
     The stream is resampled to ``info.fps`` (CFR), turned upright and cropped to even size. When
@@ -96,8 +103,21 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
+
+    ``yuv_sink`` (only for sources ``yuv_spool_format`` accepts, with its ``yuv_pix_fmt``): the same ffmpeg also
+    writes each frame as the decoder's 4:2:0, before the BGR conversion, to a second pipe; every such frame
+    (padding included) is handed to ``yuv_sink`` in order, by the time the generator ends.
     """
     ffmpeg = find_tool("ffmpeg")
+    tap = None if yuv_sink is None else YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
+    if tap is None:
+        graph = ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", _decode_chain(info, ffmpeg)]
+        tap_output: list[str] = []
+    else:
+        chain = f"{decode_filters(info, ffmpeg)},format={yuv_pix_fmt},split[bgr][yuv];[bgr]{_DECODE_TO_BGR}[out]"
+        graph = ["-filter_complex", f"[0:{info.stream_index}]{chain}", "-map", "[out]"]
+        tap_output = ["-map", "[yuv]", "-frames:v", str(info.frame_count), "-f", "rawvideo"]
+        tap_output += ["-pix_fmt", yuv_pix_fmt, f"pipe:{tap.write_fd}"]
     argv = [
         ffmpeg,
         "-nostdin",
@@ -108,13 +128,7 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
         *(decoder_args(decoder) if not info.is_still else []),
         "-i",
         media_url(info.path),
-        "-map",
-        f"0:{info.stream_index}",
-        "-an",
-        "-sn",
-        "-dn",
-        "-vf",
-        _decode_chain(info, ffmpeg),
+        *graph,
         "-frames:v",
         str(info.frame_count),
         "-f",
@@ -122,14 +136,22 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
         "-pix_fmt",
         "bgr24",
         "pipe:1",
+        *tap_output,
     ]
-    proc = ToolProcess(argv, stdout=True)
+    try:
+        proc = ToolProcess(argv, stdout=True, pass_fds=() if tap is None else (tap.write_fd,))
+    finally:
+        if tap is not None:
+            tap.close_write_end()
     delivered = 0
     last: np.ndarray | None = None
     try:
         while delivered < info.frame_count:
             frame = np.empty((info.height, info.width, 3), dtype=np.uint8)
-            got = _read_into(proc.stdout, frame.data.cast("B"))
+            if tap is None:
+                got = _read_into(proc.stdout, frame.data.cast("B"))
+            else:
+                got = read_into_tapped(proc.stdout.fileno(), frame.data.cast("B"), tap)
             if got == 0:
                 break
             if got < info.frame_bytes:
@@ -140,6 +162,8 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
             delivered += 1
             last = frame
             yield frame
+        if tap is not None:
+            tap.drain()  # ffmpeg may still be writing the last yuv frame(s): it can exit only after that
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -157,12 +181,18 @@ def read_frames(info: VideoInfo, decoder: Decoder = "cpu") -> Generator[np.ndarr
                 f"truncated: {proc.stderr_tail()}",
                 path=info.path,
             )
+        if tap is not None and tap.frames != delivered:
+            raise DecodeError(f"ffmpeg wrote {tap.frames} yuv frames for {delivered} BGR frames", path=info.path)
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
         for _ in range(shortfall):
+            if tap is not None:
+                tap.repeat_last()
             yield last.copy()
     finally:
         proc.kill()
+        if tap is not None:
+            tap.close()
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
@@ -215,11 +245,11 @@ class ScheduledFrames:
 
     Disk use of the spool (``spool.FrameSpool``), per source frame: ``codec="raw"`` (the default here) takes
     exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
-    the lossless ``"ffv1"`` (the ``video.spool`` default of a render) takes about 12 % of that on the demo
-    presenter, ``"utvideo"`` about 20 % at half ffv1's CPU. Before the spool is written its expected size is
-    checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again before every
-    segment. Use it as a context manager; leaving it kills ffmpeg and frees
-    the spool. Iterate once.
+    the lossless codecs are fed the decoder's own yuv420p frames (``yuv_spool_format``; else BGR) and
+    give back exactly the forward frames: ``"x264"`` (the ``video.spool`` default of a render) takes 7-14 % of
+    raw on camera-like footage, ``"ffv1"`` 8-17 %, ``"utvideo"`` 11-19 %. Before the spool is written its
+    expected size is checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again
+    before every segment. Use it as a context manager; leaving it kills ffmpeg and frees the spool. Iterate once.
     """
 
     def __init__(
@@ -232,8 +262,8 @@ class ScheduledFrames:
         codec: SpoolCodec = "raw",
         decoder: Decoder = "cpu",
     ):
-        if codec not in ("raw", "ffv1", "utvideo"):
-            raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
         self.info = info
         self.n_out = int(n_out)
         self.mode = mode
@@ -312,6 +342,7 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
+        yuv = yuv_spool_format(self.info) if self.codec != "raw" else None
         self._spool = FrameSpool(
             self.work_dir,
             self.info.width,
@@ -320,16 +351,26 @@ class ScheduledFrames:
             self.codec,
             source=self.info.path,
             frames_expected=n_source,
+            pix_fmt="bgr24" if yuv is None else yuv[0],
+            to_bgr="" if yuv is None else f"{yuv[1]},{_DECODE_TO_BGR}",
         )
-        self._source = read_frames(self.info, self.decoder)
+        sink = None if yuv is None else self._spool.append  # the decoder's own 4:2:0 frames
+        if yuv is None:
+            self._source = read_frames(self.info, self.decoder)
+        else:
+            self._source = read_frames(self.info, self.decoder, yuv_sink=sink, yuv_pix_fmt=yuv[0])
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):
                 frame = next(self._source)
-                self._spool.append(frame)  # before yielding: the consumer may draw on the frame
+                if sink is None:
+                    self._spool.append(frame)  # before yielding: the consumer may draw on the frame
                 yield index, frame
             source, self._source = self._source, None
-            source.close()
+            if sink is None:
+                source.close()
+            else:
+                next(source, None)  # runs read_frames to its end: it hands the last yuv frames to the spool
             for index in itertools.islice(self._schedule, n_source, None):
                 yield index, self._spool.load(index)
         finally:

@@ -3,17 +3,28 @@
 One anonymous file in the work folder (``tempfile.TemporaryFile``: never visible by name, gone when closed or
 when the process dies) holds the frames of one video, appended in source order, read back by index.
 
-* ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
-* ``ffv1`` / ``utvideo``: lossless video codecs (the frames come back bit for bit). Frames are encoded by ffmpeg
-  in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of raw frames), each segment a small
-  NUT stream appended to the file. Reading a frame decodes its whole segment once (an ffmpeg reading that byte
-  range of the file), so a backward pass costs one decode per frame and memory holds one segment.
-  Measured on the demo presenter at 720p (bench/README.md): ffv1 about 12 % of the raw size at ~40 ms of one
-  core per frame to write and as much to read; utvideo about 20 % at ~15-20 ms.
+Frames come in as the decoder delivered them: BGR (``pix_fmt="bgr24"``, width*height*3 bytes) or, for 8-bit
+4:2:0 sources, the decoder's own yuv420p frames before their conversion to BGR (``pix_fmt="yuv420p"``, or
+``"yuvj420p"`` for full range: half the bytes; ``frames.ScheduledFrames`` taps them from the decoding ffmpeg,
+``yuv_tap``). Either way ``load`` returns BGR: a yuv spool is converted back by ``to_bgr``, the same swscale
+conversion (and colour tags) that made the forward frames, so the backward frames are the forward ones bit for
+bit.
 
-Disk space is checked before anything is written (the expected size, ``EXPECTED_RATIO`` of raw for the codecs)
-and again before every segment (room for the segment uncompressed), so a full disk gives DiskFull before it
-fills rather than a failed write.
+* ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
+* ``x264`` / ``ffv1`` / ``utvideo``: lossless codecs (x264 at ``-qp 0``; the frames come back bit for bit).
+  Frames are encoded by ffmpeg in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of BGR
+  frames), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B frames). Reading
+  a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so a backward pass
+  costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
+  sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
+  Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
+  on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates (about 25 % on extreme
+  grain, sigma 8 kept by CRF 18), at 0.4-0.7x the CPU of ``ffv1`` of BGR (the old default: 14-37 %); ``ffv1``
+  of yuv420p 8-17 %, ``utvideo`` 11-19 % at the least CPU to write.
+
+Disk space is checked before anything is written (the expected size, ``EXPECTED_RATIO`` of the raw BGR size
+for the codecs) and again before every segment (room for the segment as raw BGR), so a full disk gives
+DiskFull before it fills rather than a failed write.
 """
 
 from __future__ import annotations
@@ -30,19 +41,39 @@ import numpy as np
 from heygemd.errors import DecodeError, DiskFull, EncodeError
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
 
-SpoolCodec = Literal["raw", "ffv1", "utvideo"]
+SpoolCodec = Literal["raw", "x264", "ffv1", "utvideo"]
+SpoolPixFmt = Literal["bgr24", "yuv420p", "yuvj420p"]
+"""The frames appended: BGR, or the decoder's 8-bit 4:2:0 frames (yuvj420p: full range, as H.264 decodes it)."""
+CODECS: tuple[SpoolCodec, ...] = ("raw", "x264", "ffv1", "utvideo")
 
 SEGMENT_BYTES = 24 << 20
 """Raw bytes of one codec segment (also the memory a read-back holds): 720p 9 frames, 1080p 4, 360p 36."""
 MAX_SEGMENT_FRAMES = 32
-EXPECTED_RATIO: dict[str, float] = {"raw": 1.0, "ffv1": 0.35, "utvideo": 0.45}
-"""Spool size / raw size assumed by the free-space check before the spool is written (camera footage is noisier
-than the demo presenter: a margin over the measured 12 % / 20 %)."""
-
-_CODEC_ARGS: dict[str, list[str]] = {
-    "ffv1": ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"],
-    "utvideo": ["-c:v", "utvideo", "-pred", "median", "-pix_fmt", "gbrp"],
+EXPECTED_RATIO: dict[tuple[str, str], float] = {
+    ("raw", "bgr24"): 1.0,
+    ("x264", "yuv420p"): 0.3,
+    ("ffv1", "yuv420p"): 0.3,
+    ("utvideo", "yuv420p"): 0.35,
+    ("x264", "bgr24"): 0.4,
+    ("ffv1", "bgr24"): 0.4,
+    ("utvideo", "bgr24"): 0.45,
 }
+"""Spool size / raw BGR size assumed by the free-space check before the spool is written, by codec and the
+pixel format fed to it: a margin over the worst measured (extreme grain, bench/README.md): x264 of yuv420p
+24 %, ffv1 24 %, utvideo 19 % (less grainy footage); of BGR ffv1 37 %, utvideo 39 %."""
+
+_FFV1_BGR = ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"]
+_CODEC_ARGS: dict[tuple[str, str], list[str]] = {
+    ("x264", "yuv420p"): ["-c:v", "libx264", "-qp", "0", "-preset", "superfast", "-x264-params", "cabac=0"],
+    ("ffv1", "yuv420p"): ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4"],
+    ("utvideo", "yuv420p"): ["-c:v", "utvideo", "-pred", "median"],
+    ("x264", "bgr24"): _FFV1_BGR,
+    ("ffv1", "bgr24"): _FFV1_BGR,
+    ("utvideo", "bgr24"): ["-c:v", "utvideo", "-pred", "median", "-pix_fmt", "gbrp"],
+}
+"""Encoder options by codec and input pixel format, all lossless. x264: superfast (ultrafast is 15 % larger) with
+CAVLC instead of CABAC: 12 % larger but half the CPU to write and to read (CABAC at these bitrates costs more
+to decode than ffv1 of BGR)."""
 
 
 def free_bytes(directory: Path) -> int:
@@ -71,7 +102,8 @@ def segment_frames(frame_bytes: int) -> int:
 
 
 class FrameSpool:
-    """Append BGR frames of one size in order, then ``load(index)`` any of them. Close to free the file."""
+    """Append frames of one size in order (``pix_fmt``), then ``load(index)`` any of them as BGR. Close to free
+    the file. ``to_bgr``: the ffmpeg filter that turns a yuv420p frame into the BGR of the forward pass."""
 
     def __init__(
         self,
@@ -83,18 +115,29 @@ class FrameSpool:
         *,
         source: Path,
         frames_expected: int,
+        pix_fmt: SpoolPixFmt = "bgr24",
+        to_bgr: str = "",
     ):
-        if codec not in ("raw", *_CODEC_ARGS):
-            raise ValueError(f"codec must be 'raw', 'ffv1' or 'utvideo', got {codec!r}")
+        self.layout = "bgr24" if pix_fmt == "bgr24" else "yuv420p"
+        """The key of EXPECTED_RATIO and the codec options: yuvj420p is laid out as yuv420p."""
+        if (codec, self.layout) not in EXPECTED_RATIO:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)} ('raw' takes BGR), got {codec!r}/{pix_fmt}")
+        if pix_fmt != "bgr24" and not to_bgr:
+            raise ValueError("a yuv spool needs the to_bgr filter of the forward frames")
         self.work_dir = Path(work_dir)
         self.width, self.height = width, height
-        self.frame_bytes = width * height * 3
+        self.bgr_bytes = width * height * 3
+        self.pix_fmt: SpoolPixFmt = pix_fmt
+        self.frame_bytes = self.bgr_bytes if pix_fmt == "bgr24" else width * height * 3 // 2
+        """Bytes of one appended frame."""
+        self.to_bgr = to_bgr
         self.fps_arg = fps_arg
         self.codec = codec
         self.source = source
         """The user's video, named by errors."""
-        self.segment = 1 if codec == "raw" else segment_frames(self.frame_bytes)
-        require_free_space(self.work_dir, int(frames_expected * self.frame_bytes * EXPECTED_RATIO[codec]))
+        self.segment = 1 if codec == "raw" else segment_frames(self.bgr_bytes)
+        expected = frames_expected * self.bgr_bytes * EXPECTED_RATIO[codec, self.layout]
+        require_free_space(self.work_dir, int(expected))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO = tempfile.TemporaryFile(prefix=".spool-", dir=self.work_dir, buffering=0)
         self._count = 0
@@ -114,15 +157,17 @@ class FrameSpool:
             return 0
         return os.fstat(self._file.fileno()).st_size
 
-    def append(self, frame: np.ndarray) -> None:
-        """Store the next frame (a (height, width, 3) uint8 BGR array)."""
+    def append(self, frame: np.ndarray | memoryview) -> None:
+        """Store the next frame: a (height, width, 3) uint8 BGR array, or the bytes of a yuv420p frame."""
+        data = frame.cast("B") if isinstance(frame, memoryview) else np.ascontiguousarray(frame).data.cast("B")
+        if len(data) != self.frame_bytes:
+            raise ValueError(f"a {self.pix_fmt} frame of {self.width}x{self.height} has {self.frame_bytes} bytes")
         if self._count % self.segment == 0:
             self._finish_segment()
             self._starts.append(self.nbytes)
             if self.codec != "raw":
-                require_free_space(self.work_dir, self.segment * self.frame_bytes)
+                require_free_space(self.work_dir, self.segment * self.bgr_bytes)
                 self._encoder = self._start_encoder()
-        data = np.ascontiguousarray(frame).data.cast("B")
         try:
             if self._encoder is None:
                 _pwrite_all(self._file.fileno(), data, self._starts[-1])
@@ -174,14 +219,14 @@ class FrameSpool:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "bgr24",
+            self.layout,  # yuvj420p as yuv420p: the same bytes, passed on unconverted (to_bgr tags the range)
             "-s",
             f"{self.width}x{self.height}",
             "-r",
             self.fps_arg,
             "-i",
             "pipe:0",
-            *_CODEC_ARGS[self.codec],
+            *_CODEC_ARGS[self.codec, self.layout],
             "-f",
             "nut",
             "pipe:1",
@@ -232,6 +277,7 @@ class FrameSpool:
             "nut",
             "-i",
             f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
+            *(["-vf", self.to_bgr] if self.pix_fmt != "bgr24" else []),
             "-f",
             "rawvideo",
             "-pix_fmt",

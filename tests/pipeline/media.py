@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,30 @@ def ffmpeg_children() -> list[int]:
 def has_encoder(name: str) -> bool:
     out = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
     return any(line.split()[1:2] == [name] for line in out.splitlines() if line.startswith(" "))
+
+
+def grainy_clip(
+    out: Path, size: tuple[int, int] = (640, 360), frames: int = 20, sigma: float = 5.0, crf: int = 20
+) -> Path:
+    """Camera-like footage: skimage's astronaut drifting and zooming slowly, with Gaussian sensor grain of
+    ``sigma`` levels, encoded as a phone would (H.264 yuv420p at ``crf``, tagged BT.709 limited range)."""
+    import cv2
+    from skimage import data
+
+    from heygemd.demo import encode_frames
+
+    width, height = size
+    picture = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    rng = np.random.default_rng(1)
+
+    def drifting() -> Iterator[np.ndarray]:
+        for i in range(frames):
+            scale = max(width, height) / 512 * 1.25 * (1.0 + 0.002 * i)
+            dx, dy = 3 * np.sin(i / 9), 2 * np.cos(i / 13)
+            warp = np.float32([[scale, 0, width / 2 - 256 * scale + dx], [0, scale, height / 2 - 230 * scale + dy]])
+            frame = cv2.warpAffine(picture, warp, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+            yield np.clip(frame + rng.normal(0, sigma, frame.shape), 0, 255).astype(np.uint8)
+
+    codec = ("-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p")
+    tags = ("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv")
+    return encode_frames(drifting(), out, FPS, size, (*codec, *tags))
