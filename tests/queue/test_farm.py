@@ -139,6 +139,11 @@ def test_job_whose_task_was_dropped_is_republished(
     assert queued_ids() == ["heygemd-job:dropped"]
     client.delete("heygemd")  # the task is lost; claimed/ still holds the job
     farm.wait_for(lambda: farm.has_event("job.task_lost", job_id="dropped"), 60, "the intake to notice")
+
+    def published() -> int:  # job.task_lost is logged just before the task is sent again
+        return sum(1 for e in farm.events() if e.get("event") == "job.published" and e.get("job_id") == "dropped")
+
+    farm.wait_for(lambda: published() == 2, 60, "the job to be published again")
     assert queued_ids() == ["heygemd-job:dropped"], "published again, once"
 
     farm.start_worker("w1")
