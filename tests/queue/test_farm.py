@@ -203,13 +203,30 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
         FARM_JOB_TIMEOUT_S,
         "the job running, its task unacknowledged",
     )
+    # Hold the render (its ffmpeg processes stopped) while the worker's heartbeat thread goes on, so the job
+    # outlasts the visibility timeout however fast this machine renders.
+    busy = farm.workers[str((farm.status("long") or {})["worker"]).split("@")[0]]
+    held: set[int] = set()
     since = time.time()
-    farm.wait_for(lambda: time.time() - since > 2 * visibility, 30, "the job to outlast the visibility timeout")
-    assert (farm.status("long") or {}).get("state") == "processing", "the job must run longer than this"
 
-    # what an idle consumer's poll does (kombu sweeps every unacked_restore_interval x unacked_restore_throttle s)
-    with Connection(redis_server.url, transport_options={"visibility_timeout": visibility}) as conn:
-        conn.default_channel.qos.restore_visible(num=100)
+    def hold_for(seconds: float) -> bool:
+        for pid in media_tools_of(busy.pid):
+            os.kill(pid, signal.SIGSTOP)
+            held.add(pid)
+        return bool(held) and time.time() - since > seconds
+
+    try:
+        farm.wait_for(lambda: hold_for(2 * visibility), 60, "the job to outlast the visibility timeout")
+        assert (farm.status("long") or {}).get("state") == "processing", "the job must run longer than this"
+        # what an idle consumer's poll does (kombu sweeps every unacked_restore_interval x unacked_restore_throttle s)
+        with Connection(redis_server.url, transport_options={"visibility_timeout": visibility}) as conn:
+            conn.default_channel.qos.restore_visible(num=100)
+    finally:
+        for pid in held:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
     assert status["state"] == "done", status
@@ -217,6 +234,20 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
     assert not farm.worker_has(idle, "job.duplicate_task"), "the idle worker was not handed the running job"
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
     assert client.llen("heygemd") == 0 and client.hlen("unacked") == 0, "acknowledged once, nothing left"
+
+
+def media_tools_of(pid: int) -> list[int]:
+    """The ffmpeg / ffprobe processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if name in ("ffmpeg", "ffprobe") and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
