@@ -368,7 +368,7 @@ def test_sub_batches_give_the_same_output_as_one_batch(engine: Wav2LipEngine) ->
     crops = _crops([(100, 90)] * 3, seed=6)
     mels = np.random.default_rng(7).uniform(-4, 1, (3, 80, 16)).astype(np.float32)
     batch = FaceBatch(crops=crops, landmarks=[np.zeros((68, 2), np.float32)] * 3, mels=mels)
-    whole = engine.generate(batch)  # batch_size 8: one pass
+    whole = engine.generate(batch)  # one pass of 3 faces
     engine.batch_size = 2  # passes of 2 and 1
     try:
         pieces = engine.generate(batch)
