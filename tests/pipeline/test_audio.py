@@ -465,9 +465,7 @@ def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
     assert audio._mel_basis().dtype == expected_bank.dtype
     np.testing.assert_array_equal(audio._mel_basis(), expected_bank)
     segment = np.random.default_rng(3).normal(0, 0.1, SR * 2 + 411).astype(np.float32)
-    expected = np.abs(
-        librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False)
-    )
+    expected = np.abs(librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))
     np.testing.assert_array_equal(audio._stft_magnitude(segment), expected)
 
 
