@@ -42,8 +42,8 @@ MEL_SHAPE = (80, 16)
 """(mel bands, mel columns) of one audio window."""
 CPU_SUB_BATCH = 4
 """Faces per forward pass on the CPU, whatever ``engine.batch_size``, and so frames per render batch
-(``run.batch_frames``): the forward holds ~9 MiB of activations per face (a pass of 64 peaks ~560 MiB above the
-weights) and larger passes are no faster on a CPU (measured, one thread: 99 ms per face for passes of 4 and 8,
+(``run.batch_frames``): a forward pass peaks ~25 MiB + ~13 MiB per face above the weights (1 face: 40 MiB, 4: 90,
+16: 250) and larger passes are no faster on a CPU (measured, one thread: 99 ms per face for passes of 4 and 8,
 105 for 16, 117 for 1)."""
 
 
