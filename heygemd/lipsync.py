@@ -53,8 +53,8 @@ class LipSyncSession:
     def warm_up(self) -> None:
         """Load the engine, the detector and the audio maths now (the daemon does this before READY).
 
-        The first mel spectrogram of a process imports librosa's numerical back end (seconds); doing it on a
-        tenth of a second of silence here keeps that out of the first job.
+        The first mel spectrogram of a process builds the mel bank and numpy's FFT plan; doing it on a tenth
+        of a second of silence here keeps that out of the first job.
         """
         _ = self.engine, self.detector
         wav2lip_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))

@@ -94,7 +94,7 @@ class EngineSettings(Section):
         64,
         ge=1,
         description="Frames per inference batch (also the frames held in memory at once); halved "
-        "automatically on GPU out-of-memory.",
+        "automatically on GPU out-of-memory. Wav2Lip on the CPU takes 4 per pass whatever this says.",
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
     cpu_threads: int = Field(

@@ -55,16 +55,20 @@ def check_container(path: Path, hint: str | None = None) -> bool:
     return False
 
 
-def read_state_dict(path: Path, hint: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, hint: str | None = None, *, mmap: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, keys without a ``module.`` prefix, on the CPU.
 
     Accepts ``{"state_dict": {...}, ...}`` (the Wav2Lip layout) and a bare state dict (MuseTalk's ``unet.pth``).
     Raises CheckpointError naming the file (with ``hint`` when given) for anything else.
+
+    ``mmap``: map a zip-format file instead of reading it (for a caller that copies the tensors into its model;
+    the mapping is gone once the returned tensors are). False: every tensor in memory of its own, for a caller
+    that keeps them (``load_state_dict(assign=True)``).
     """
     path = Path(path)
     is_zip = check_container(path, hint)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip and mmap)
     except (
         pickle.UnpicklingError,
         RuntimeError,

@@ -41,9 +41,11 @@ IMG_SIZE = 96
 """Side of the square face image the model sees and returns."""
 MEL_SHAPE = (80, 16)
 """(mel bands, mel columns) of one audio window."""
-CPU_SUB_BATCH = 16
-"""Faces per forward pass on the CPU, whatever ``engine.batch_size``: the forward holds ~9 MiB of activations per
-face (a pass of 64 peaks ~560 MiB above the weights) and larger passes are no faster on a CPU."""
+CPU_SUB_BATCH = 4
+"""Faces per forward pass on the CPU, whatever ``engine.batch_size``, and so frames per render batch
+(``run.batch_frames``): a forward pass peaks ~25 MiB + ~13 MiB per face above the weights (1 face: 40 MiB, 4: 90,
+16: 250) and larger passes are no faster on a CPU (measured, one thread: 99 ms per face for passes of 4 and 8,
+105 for 16, 117 for 1)."""
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,21 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Wav2Lip:
     """
     path = Path(path)
     target = resolve_device(device)
-    model = Wav2Lip()
-    state = read_state_dict(path)
-    _validate(path, state, model.state_dict())
-    # strict=False: only BatchNorm step counters may be absent (unused in eval mode); _validate checked the rest.
-    model.load_state_dict(state, strict=False)
+    # The model is built without memory (meta tensors) and takes the checkpoint's tensors over (assign=True): the
+    # weights exist once while loading, not twice (a model's own copy + the checkpoint's, ~150 MiB more at peak).
+    # For that the file is read, not memory-mapped: a mapping would stay resident as long as any tensor lives.
+    with torch.device("meta"):
+        model = Wav2Lip()
+    expected = model.state_dict()
+    state = read_state_dict(path, mmap=False)
+    _validate(path, state, expected)
+    for key, value in expected.items():
+        if key not in state:  # only BatchNorm step counters may be absent (unused in eval mode)
+            state[key] = torch.zeros((), dtype=value.dtype)
+        elif state[key].dtype != value.dtype:  # e.g. a half-precision save: the model computes in float32
+            state[key] = state[key].to(value.dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
     return model.to(target).eval()
 
 

@@ -5,7 +5,9 @@ reproduce the official Wav2Lip ``audio.melspectrogram`` and the ``inference.py``
 ``AudioFeatures`` is what the pipeline uses: the mel of the whole audio (padded with silence at the tail)
 and exactly one 16-column mel window per output video frame, so the output is as long as the audio.
 
-No torch here: the engines are the only modules that import it.
+No torch here: the engines are the only modules that import it. No librosa either: its import pulls in numba
+and llvmlite (~200 MiB of RSS for a render); the STFT and the mel bank below are librosa's, computed the same way
+with numpy (``tests/pipeline/test_audio.py`` compares them with librosa).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
 
 from heygemd.engines.base import FrameFeatures
@@ -131,12 +132,63 @@ def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa ``hz_to_mel``, htk=False): linear below 1 kHz, logarithmic above."""
+    mels = hz / (200.0 / 3)
+    log_region = hz >= 1000.0
+    mels[log_region] = 15.0 + np.log(hz[log_region] / 1000.0) / (np.log(6.4) / 27.0)
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    """The inverse of ``_hz_to_mel`` (librosa ``mel_to_hz``, htk=False)."""
+    hz = mels * (200.0 / 3)
+    log_region = mels >= 15.0
+    hz[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
+    return hz
+
+
 @functools.lru_cache(maxsize=4)
 def _mel_basis(sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False, norm='slaney')."""
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+    """float32 (80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False,
+    norm='slaney'): triangles between consecutive mel-spaced edges, each scaled to unit area."""
+    fft_hz = np.fft.rfftfreq(N_FFT, d=1.0 / sample_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([FMIN]))[0], _hz_to_mel(np.array([FMAX]))[0], N_MELS + 2))
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_hz)
+    basis = np.zeros((N_MELS, fft_hz.size), dtype=np.float32)
+    for i in range(N_MELS):
+        rising = -ramps[i] / widths[i]
+        falling = ramps[i + 2] / widths[i + 1]
+        basis[i] = np.maximum(0, np.minimum(rising, falling))
+    basis *= (2.0 / (edges[2 : N_MELS + 2] - edges[:N_MELS]))[:, np.newaxis]
     basis.setflags(write=False)
     return basis
+
+
+@functools.lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+    """The periodic Hann window of ``WIN_LENGTH`` samples, as scipy's ``get_window("hann", fftbins=True)`` computes
+    it (librosa's ``window="hann"``), float64."""
+    window = (0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, WIN_LENGTH + 1)))[:-1]
+    window.setflags(write=False)
+    return window
+
+
+FFT_FRAMES = 256
+"""Frames transformed at once within a mel block (as librosa does): the float64 and complex temporaries stay
+~3 MB; a whole 60 s block at once took ~85 MB, and the glibc heap kept much of it."""
+
+
+def _stft_magnitude(segment: np.ndarray) -> np.ndarray:
+    """``abs(librosa.stft(segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))``:
+    float32 (401, frames), frame t the windowed ``segment[t*hop : t*hop + n_fft]``."""
+    frames = np.lib.stride_tricks.sliding_window_view(segment, N_FFT)[::HOP_LENGTH]
+    magnitude = np.empty((len(frames), N_FFT // 2 + 1), dtype=np.float32)
+    for first in range(0, len(frames), FFT_FRAMES):
+        spectrum = np.fft.rfft(_hann_window() * frames[first : first + FFT_FRAMES], axis=-1)
+        magnitude[first : first + FFT_FRAMES] = np.abs(spectrum.astype(np.complex64))
+    return magnitude.T
 
 
 def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
@@ -167,10 +219,7 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
     for first in range(0, n_frames, STFT_BLOCK_FRAMES):
         last = min(n_frames, first + STFT_BLOCK_FRAMES)
         segment = padded[first * HOP_LENGTH : (last - 1) * HOP_LENGTH + N_FFT]
-        spectrum = librosa.stft(
-            y=segment, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window="hann", center=False
-        )
-        mel[:, first:last] = normalize_mel(np.dot(_mel_basis(), np.abs(spectrum)))
+        mel[:, first:last] = normalize_mel(np.dot(_mel_basis(), _stft_magnitude(segment)))
     return mel
 
 

@@ -29,11 +29,11 @@ from heygemd.settings import EngineSettings, FacesSettings, LoopMode, VideoSetti
 DETECT_SHARE = 0.3
 """Share of a video's progress bar given to face detection (the rest is rendering)."""
 BATCH_BYTES = 32 << 20
-"""Frame memory of one render batch: ``engine.batch_size`` frames at most, fewer for big frames (720p: 12,
-1080p: 5), so the frames in flight stay bounded by bytes, whatever the resolution."""
+"""Frame memory of one render batch at most (720p: 12 frames, 1080p: 5), so the frames in flight stay bounded by
+bytes, whatever the resolution; see ``batch_frames``."""
 QUEUE_DEPTH = 1
 """Batches waiting between two neighbouring stages; with one in work in each of the five stages, at most about
-nine batches (BATCH_BYTES each) are in memory."""
+nine batches (``batch_frames`` frames each) are in memory."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def render_video(
     encoder = choose_encoder(video_opts.encoder)
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    batch_frames = max(1, min(options.batch_size, BATCH_BYTES // info.frame_bytes))
+    frames_per_batch = batch_frames(engine, options.batch_size, info.frame_bytes)
     poster_frame: np.ndarray | None = None
     with (
         ScheduledFrames(info, n_out, loop_mode, work_dir, codec=video_opts.spool, decoder=decoder) as scheduled,
@@ -197,7 +197,7 @@ def render_video(
         # and interruption) in this one. An error in any stops all of them before the with-block closes the
         # decoder and removes the partial output.
         run_stages(
-            _batches(timer.timed("decode", scheduled), batch_frames),
+            _batches(timer.timed("decode", scheduled), frames_per_batch),
             [Stage("faces", cut), Stage("infer", infer), Stage("blend", blend)],
             encode,
             depth=QUEUE_DEPTH,
@@ -221,6 +221,14 @@ def render_video(
         encoder=encoder,
         decoder=decoder,
     )
+
+
+def batch_frames(engine: Engine, batch_size: int, frame_bytes: int) -> int:
+    """Frames per render batch: ``engine.batch_size`` (the setting) at most, no more than the engine takes in one
+    pass when it has its own ``batch_size`` (Wav2Lip on the CPU: ``wav2lip.CPU_SUB_BATCH``; more frames per batch
+    would only wait in memory, not go faster), and no more than ``BATCH_BYTES`` of frames; at least one."""
+    per_pass = getattr(engine, "batch_size", batch_size)
+    return max(1, min(batch_size, per_pass, BATCH_BYTES // max(1, frame_bytes)))
 
 
 def _face_track(

@@ -7,6 +7,8 @@ import copy
 import hashlib
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +217,36 @@ def test_bare_state_dict_loads(tmp_path: Path, state: dict[str, torch.Tensor]) -
     torch.testing.assert_close(weight, state["audio_encoder.0.conv_block.0.weight"], atol=1e-3, rtol=1e-3)
 
 
+def test_checkpoint_without_step_counters_loads_every_tensor(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    """The model is built on the meta device and takes the checkpoint's tensors over: nothing may stay unloaded."""
+    path = tmp_path / "no-counters.pth"
+    torch.save(wrap_checkpoint({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}), path)
+    model = load_model(path)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert not [name for name, tensor in tensors.items() if tensor.is_meta or tensor.device.type != "cpu"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    assert int(loaded["audio_encoder.0.conv_block.1.num_batches_tracked"]) == 0
+
+
+def test_loading_holds_the_weights_once(checkpoint: Path) -> None:
+    """Peak memory while loading stays near one copy of the weights (no model copy beside the checkpoint's)."""
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (pytest's, here); VmHWM is this process's.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from heygemd.engines.wav2lip import load_model\n"
+        "def status(field):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024\n"
+        "before = status('VmRSS:')\n"
+        "model = load_model(Path(sys.argv[1]))\n"
+        "weights = sum(t.nbytes for t in model.state_dict().values())\n"
+        "print((status('VmHWM:') - before) / weights)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(checkpoint)], capture_output=True, text=True, check=True)
+    assert float(result.stdout.strip()) < 1.6, result.stdout  # two copies at once (model + checkpoint) measured 2.2
+
+
 def _refused(path: Path, *fragments: str) -> CheckpointError:
     with pytest.raises(CheckpointError) as info:
         load_model(path)
@@ -368,7 +400,7 @@ def test_sub_batches_give_the_same_output_as_one_batch(engine: Wav2LipEngine) ->
     crops = _crops([(100, 90)] * 3, seed=6)
     mels = np.random.default_rng(7).uniform(-4, 1, (3, 80, 16)).astype(np.float32)
     batch = FaceBatch(crops=crops, landmarks=[np.zeros((68, 2), np.float32)] * 3, mels=mels)
-    whole = engine.generate(batch)  # batch_size 8: one pass
+    whole = engine.generate(batch)  # one pass of 3 faces
     engine.batch_size = 2  # passes of 2 and 1
     try:
         pieces = engine.generate(batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +453,49 @@ def test_mel_in_blocks_equals_the_whole_file_stft(monkeypatch: pytest.MonkeyPatc
     blocked = wav2lip_mel(wav)
     assert blocked.shape == expected.shape
     np.testing.assert_allclose(blocked, expected, atol=1e-5)
+
+
+def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
+    """The numpy mel bank and STFT give exactly librosa's numbers (the features the checkpoints were trained on)."""
+    import librosa
+
+    from heygemd.pipeline import audio
+
+    expected_bank = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55.0, fmax=7600.0)
+    assert audio._mel_basis().dtype == expected_bank.dtype
+    np.testing.assert_array_equal(audio._mel_basis(), expected_bank)
+    segment = np.random.default_rng(3).normal(0, 0.1, SR * 2 + 411).astype(np.float32)
+    expected = np.abs(librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))
+    np.testing.assert_array_equal(audio._stft_magnitude(segment), expected)
+
+
+def test_mel_of_a_long_audio_needs_few_temporaries() -> None:
+    """60 s of audio: the STFT runs in small pieces, so the mel's temporaries stay a few copies of the samples
+    (a 60 s block transformed at once peaked at 21x the samples' bytes)."""
+    import tracemalloc
+
+    wav = np.random.default_rng(5).normal(0, 0.1, SR * 60).astype(np.float32)
+    wav2lip_mel(wav[:SR])  # the mel bank and window are cached first
+    tracemalloc.start()
+    try:
+        mel = wav2lip_mel(wav)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert mel.shape == (80, 1 + wav.size // 200)
+    assert peak < 10 * wav.nbytes  # float64 copies of the samples (4x), the padded copy (1x), the mel, the pieces
+
+
+def test_mel_features_do_not_import_librosa() -> None:
+    """librosa's import pulls in numba and llvmlite (~200 MiB of a render's RSS); the features need neither."""
+    code = (
+        "import sys, numpy as np\n"
+        "from heygemd.pipeline.audio import wav2lip_mel\n"
+        "wav2lip_mel(np.zeros(1600, dtype=np.float32))\n"
+        "print(sorted(m for m in ('librosa', 'numba', 'llvmlite', 'scipy.signal') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_mel_db_inverts_the_normalisation() -> None:
