@@ -5,9 +5,10 @@ reproduce the official Wav2Lip ``audio.melspectrogram`` and the ``inference.py``
 ``AudioFeatures`` is what the pipeline uses: the mel of the whole audio (padded with silence at the tail)
 and exactly one 16-column mel window per output video frame, so the output is as long as the audio.
 
-No torch here: the engines are the only modules that import it. No librosa either: its import pulls in numba
-and llvmlite (~200 MiB of RSS for a render); the STFT and the mel bank below are librosa's, computed the same way
-with numpy (``tests/pipeline/test_audio.py`` compares them with librosa).
+No torch here: the engines are the only modules that import it. The mel bank and the window are librosa's; the
+STFT is numpy's rfft over strided frames, in pieces (``librosa.stft`` computes the same frames the same way,
+``tests/pipeline/test_audio.py`` checks it bit for bit, but its first call imports librosa's audio I/O stack too,
+~70 MiB of RSS a render does not need).
 """
 
 from __future__ import annotations
@@ -132,45 +133,23 @@ def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa ``hz_to_mel``, htk=False): linear below 1 kHz, logarithmic above."""
-    mels = hz / (200.0 / 3)
-    log_region = hz >= 1000.0
-    mels[log_region] = 15.0 + np.log(hz[log_region] / 1000.0) / (np.log(6.4) / 27.0)
-    return mels
-
-
-def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    """The inverse of ``_hz_to_mel`` (librosa ``mel_to_hz``, htk=False)."""
-    hz = mels * (200.0 / 3)
-    log_region = mels >= 15.0
-    hz[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
-    return hz
-
-
 @functools.lru_cache(maxsize=4)
 def _mel_basis(sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """float32 (80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False,
-    norm='slaney'): triangles between consecutive mel-spaced edges, each scaled to unit area."""
-    fft_hz = np.fft.rfftfreq(N_FFT, d=1.0 / sample_rate)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([FMIN]))[0], _hz_to_mel(np.array([FMAX]))[0], N_MELS + 2))
-    widths = np.diff(edges)
-    ramps = np.subtract.outer(edges, fft_hz)
-    basis = np.zeros((N_MELS, fft_hz.size), dtype=np.float32)
-    for i in range(N_MELS):
-        rising = -ramps[i] / widths[i]
-        falling = ramps[i + 2] / widths[i + 1]
-        basis[i] = np.maximum(0, np.minimum(rising, falling))
-    basis *= (2.0 / (edges[2 : N_MELS + 2] - edges[:N_MELS]))[:, np.newaxis]
+    norm='slaney'). librosa is imported here, once, not with the module: its import costs ~65 MiB (numba)."""
+    import librosa.filters
+
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
     basis.setflags(write=False)
     return basis
 
 
 @functools.lru_cache(maxsize=1)
 def _hann_window() -> np.ndarray:
-    """The periodic Hann window of ``WIN_LENGTH`` samples, as scipy's ``get_window("hann", fftbins=True)`` computes
-    it (librosa's ``window="hann"``), float64."""
-    window = (0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, WIN_LENGTH + 1)))[:-1]
+    """The periodic Hann window of ``WIN_LENGTH`` samples that librosa's ``stft(window="hann")`` applies."""
+    import librosa.filters
+
+    window = librosa.filters.get_window("hann", WIN_LENGTH, fftbins=True)
     window.setflags(write=False)
     return window
 
