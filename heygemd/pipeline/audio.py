@@ -5,10 +5,9 @@ reproduce the official Wav2Lip ``audio.melspectrogram`` and the ``inference.py``
 ``AudioFeatures`` is what the pipeline uses: the mel of the whole audio (padded with silence at the tail)
 and exactly one 16-column mel window per output video frame, so the output is as long as the audio.
 
-No torch here: the engines are the only modules that import it. The mel bank and the window are librosa's; the
-STFT is numpy's rfft over strided frames, in pieces (``librosa.stft`` computes the same frames the same way,
-``tests/pipeline/test_audio.py`` checks it bit for bit, but its first call imports librosa's audio I/O stack too,
-~70 MiB of RSS a render does not need).
+No torch here: the engines are the only modules that import it. The mel bank and the window are librosa's,
+stored as it computes them (``MEL_TABLES``); the STFT is numpy's rfft over strided frames, in pieces, which is
+how ``librosa.stft`` computes them (``tests/pipeline/test_audio.py`` checks both bit for bit against librosa).
 """
 
 from __future__ import annotations
@@ -133,25 +132,32 @@ def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-@functools.lru_cache(maxsize=4)
-def _mel_basis(sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """float32 (80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False,
-    norm='slaney'). librosa is imported here, once, not with the module: its import costs ~65 MiB (numba)."""
-    import librosa.filters
-
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
-    basis.setflags(write=False)
-    return basis
+MEL_TABLES = Path(__file__).with_name("wav2lip_mel.npz")
+"""librosa's mel filter bank (``librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)``) and
+Hann window (``librosa.filters.get_window("hann", 800, fftbins=True)``) as librosa computes them, stored once
+(as Whisper ships its ``mel_filters.npz``): importing librosa in a render costs ~100 MiB of RSS (numba, llvmlite,
+its audio I/O) for two constant tables. ``tests/pipeline/test_audio.py`` recomputes both with librosa and
+compares them bit for bit (and says how to write the file again)."""
 
 
 @functools.lru_cache(maxsize=1)
-def _hann_window() -> np.ndarray:
-    """The periodic Hann window of ``WIN_LENGTH`` samples that librosa's ``stft(window="hann")`` applies."""
-    import librosa.filters
+def _mel_tables() -> dict[str, np.ndarray]:
+    with np.load(MEL_TABLES) as tables:
+        arrays = {name: tables[name] for name in ("mel_basis", "hann_window")}
+    for array in arrays.values():
+        array.setflags(write=False)
+    return arrays
 
-    window = librosa.filters.get_window("hann", WIN_LENGTH, fftbins=True)
-    window.setflags(write=False)
-    return window
+
+def _mel_basis() -> np.ndarray:
+    """float32 (80, 401) Slaney mel filter bank of the reference (librosa.filters.mel defaults: htk=False,
+    norm='slaney')."""
+    return _mel_tables()["mel_basis"]
+
+
+def _hann_window() -> np.ndarray:
+    """float64 (800,) periodic Hann window that librosa's ``stft(window="hann")`` applies."""
+    return _mel_tables()["hann_window"]
 
 
 FFT_FRAMES = 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -460,9 +461,13 @@ def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
 
     from heygemd.pipeline import audio
 
+    # heygemd/pipeline/wav2lip_mel.npz holds librosa's tables; should librosa ever change them, write it again with
+    # np.savez_compressed(audio.MEL_TABLES, mel_basis=expected_bank, hann_window=expected_window)
     expected_bank = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55.0, fmax=7600.0)
-    assert audio._mel_basis().dtype == expected_bank.dtype
+    expected_window = librosa.filters.get_window("hann", 800, fftbins=True)
+    assert audio._mel_basis().dtype == expected_bank.dtype and audio._hann_window().dtype == expected_window.dtype
     np.testing.assert_array_equal(audio._mel_basis(), expected_bank)
+    np.testing.assert_array_equal(audio._hann_window(), expected_window)
     segment = np.random.default_rng(3).normal(0, 0.1, SR * 2 + 411).astype(np.float32)
     expected = np.abs(librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))
     np.testing.assert_array_equal(audio._stft_magnitude(segment), expected)
@@ -483,6 +488,18 @@ def test_mel_of_a_long_audio_needs_few_temporaries() -> None:
         tracemalloc.stop()
     assert mel.shape == (80, 1 + wav.size // 200)
     assert peak < 10 * wav.nbytes  # float64 copies of the samples (4x), the padded copy (1x), the mel, the pieces
+
+
+def test_mel_features_do_not_import_librosa() -> None:
+    """The render reads librosa's tables from the package; importing librosa would add ~100 MiB to its RSS."""
+    code = (
+        "import sys, numpy as np\n"
+        "from heygemd.pipeline.audio import wav2lip_mel\n"
+        "wav2lip_mel(np.zeros(1600, dtype=np.float32))\n"
+        "print(sorted(m for m in ('librosa', 'numba', 'llvmlite') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_mel_db_inverts_the_normalisation() -> None:
