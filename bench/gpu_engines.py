@@ -2,7 +2,7 @@
 
 For each engine (random weights in the official layouts: Wav2Lip's checkpoint, MuseTalk 1.5 at full size) it
 feeds batches of face crops the size a 720p and a 1080p presenter gives, the batch length the render uses
-(``heygemd.pipeline.run.BATCH_BYTES`` of frames), and reports faces per second, the batch size chosen at load from the
+(``heygemd.pipeline.run.batch_frames``), and reports faces per second, the batch size chosen at load from the
 free GPU memory, and the peak GPU memory. The end-to-end figures (decode, blend, NVENC) come from
 ``python -m bench --device cuda``; this one needs only torch, diffusers and transformers, so it also runs on a GPU
 machine without ffmpeg (bench/device/check.sh).
@@ -47,7 +47,7 @@ def wav2lip(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
         sys.path.insert(0, str(REPO_ROOT))
     from heygemd.engines.base import FaceBatch
     from heygemd.engines.wav2lip import Wav2LipEngine
-    from heygemd.pipeline.run import BATCH_BYTES
+    from heygemd.pipeline.run import batch_frames
     from tests.engines.checkpoints import make_random_checkpoint
 
     checkpoint = make_random_checkpoint(work / "wav2lip.pth")
@@ -55,7 +55,7 @@ def wav2lip(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
     for label, side in FACE_SIDE.items():
         engine = Wav2LipEngine(checkpoint, device=device, batch_size=64, fp16=True)
         width, height = (1280, 720) if label == "720p" else (1920, 1080)
-        per_batch = max(1, min(64, BATCH_BYTES // (width * height * 3)))  # the render's batch (pipeline/run.py)
+        per_batch = batch_frames(engine, 64, width * height * 3)  # the render's batch
         crops = _crops(per_batch, side, seed=1)
         mels = np.random.default_rng(2).uniform(-4, 1, (per_batch, 80, 16)).astype(np.float32)
         batches = [FaceBatch(crops=crops, landmarks=[], mels=mels)] * max(1, faces // per_batch)
