@@ -233,7 +233,10 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
     idle = "w2" if status["worker"] == "w1@test" else "w1"
     assert not farm.worker_has(idle, "job.duplicate_task"), "the idle worker was not handed the running job"
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}
-    assert client.llen("heygemd") == 0 and client.hlen("unacked") == 0, "acknowledged once, nothing left"
+    farm.wait_for(  # the worker acknowledges the task when its function returns, just after status.json is final
+        lambda: client.llen("heygemd") == 0 and client.hlen("unacked") == 0, 30, "the task acknowledged, nothing left"
+    )
+    assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}, "and still rendered once"
 
 
 def media_tools_of(pid: int) -> list[int]:
