@@ -169,22 +169,21 @@ def test_worker_without_a_broker_is_a_config_error(tmp_path: Path) -> None:
     assert "queue.broker is not set" in done.stderr and "HEYGEMD_QUEUE__BROKER" in done.stderr
 
 
-def test_a_job_asking_for_an_engine_goes_to_that_engines_queue(tmp_path: Path, redis_server: RedisServer) -> None:
-    base = _claimed(tmp_path, "lesson", 'engine = "wav2lip"\n')
+@pytest.mark.parametrize(
+    ("job_toml", "queue", "elsewhere"),
+    [
+        ('engine = "wav2lip"\n', "heygemd.wav2lip", ["heygemd"]),  # not for workers without wav2lip
+        ('engine = "musetalk"\ngpu_class = "a100"\n', "heygemd.musetalk.gpu.a100", ["heygemd", "heygemd.musetalk"]),
+    ],
+)
+def test_a_job_asking_for_an_engine_or_a_gpu_class_goes_to_that_queue(
+    tmp_path: Path, redis_server: RedisServer, job_toml: str, queue: str, elsewhere: list[str]
+) -> None:
+    base = _claimed(tmp_path, "lesson", job_toml)
     settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
     publisher = Publisher(settings)
     (job,) = claimed_jobs(settings.paths.state_dir)
     assert publisher.publish(job)
-    assert publisher.broker.queued_task_ids(["heygemd.wav2lip"]) == {"heygemd-job:lesson"}
-    assert publisher.broker.queued_task_ids(["heygemd"]) == set(), "not for workers without wav2lip"
-
-
-def test_a_job_asking_for_a_gpu_class_goes_to_that_class_queue(tmp_path: Path, redis_server: RedisServer) -> None:
-    base = _claimed(tmp_path, "lesson", 'engine = "musetalk"\ngpu_class = "a100"\n')
-    settings = base.model_copy(update={"queue": QueueSettings(broker=redis_server.url)})
-    publisher = Publisher(settings)
-    (job,) = claimed_jobs(settings.paths.state_dir)
-    assert publisher.publish(job)
-    assert publisher.broker.queued_task_ids(["heygemd.musetalk.gpu.a100"]) == {"heygemd-job:lesson"}
-    assert publisher.broker.queued_task_ids(["heygemd", "heygemd.musetalk"]) == set()
+    assert publisher.broker.queued_task_ids([queue]) == {"heygemd-job:lesson"}
+    assert publisher.broker.queued_task_ids(elsewhere) == set()
     assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == [], "its task is seen where it is"
