@@ -76,9 +76,10 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
 
 
-def ffmpeg_children() -> list[int]:
-    """PIDs of ffmpeg processes (running or zombie) whose parent is this test process."""
-    me = os.getpid()
+def ffmpeg_children(parent: int | None = None, names: tuple[str, ...] = ("ffmpeg",)) -> list[int]:
+    """PIDs of ffmpeg processes (running or zombie; or of the other ``names``) whose parent is ``parent``
+    (default: this test process)."""
+    me = os.getpid() if parent is None else parent
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -89,7 +90,7 @@ def ffmpeg_children() -> list[int]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and comm == "ffmpeg":
+        if ppid == me and comm in names:
             found.append(int(entry.name))
     return found
 

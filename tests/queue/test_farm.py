@@ -17,6 +17,7 @@ import pytest
 from kombu import Connection
 
 from tests.daemon.daemon_process import Media
+from tests.pipeline.media import ffmpeg_children
 from tests.queue.farm import Farm, RedisServer
 
 pytestmark = pytest.mark.slow
@@ -210,7 +211,7 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
     since = time.time()
 
     def hold_for(seconds: float) -> bool:
-        for pid in media_tools_of(busy.pid):
+        for pid in ffmpeg_children(busy.pid, names=("ffmpeg", "ffprobe")):
             os.kill(pid, signal.SIGSTOP)
             held.add(pid)
         return bool(held) and time.time() - since > seconds
@@ -237,20 +238,6 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
         lambda: client.llen("heygemd") == 0 and client.hlen("unacked") == 0, 30, "the task acknowledged, nothing left"
     )
     assert farm.renders() == {("long", "alice.mp4"): 1, ("long", "bob.mp4"): 1}, "and still rendered once"
-
-
-def media_tools_of(pid: int) -> list[int]:
-    """The ffmpeg / ffprobe processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # it ended meanwhile
-            continue
-        name, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        if name in ("ffmpeg", "ffprobe") and int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
