@@ -90,6 +90,8 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
         "identity": session.engine.identity,
         "crf": settings.video.crf,
         "preset": settings.video.preset,
+        "video_encoder": result.encoder,
+        "video_decoder": result.decoder,
     }
     torch = sys.modules.get("torch")
     if torch is not None and device.startswith("cuda"):

@@ -354,7 +354,12 @@ def single(args: argparse.Namespace, work: Path) -> dict:
             **info,
             "audio_seconds": round(duration, 3),
         },
-        "encoder": {"crf": first["crf"], "preset": first["preset"]},
+        "encoder": {
+            "crf": first["crf"],
+            "preset": first["preset"],
+            "video_encoder": first["video_encoder"],
+            "video_decoder": first["video_decoder"],
+        },
         "output_seconds": round(first["output_seconds"], 3),
         "repeat": args.repeat,
         "render": render,
@@ -423,7 +428,8 @@ def _fmt_single(r: dict) -> str:
     cached = f" (cached track in {r['cached_runs']} of {r['repeat']} runs)" if r["cached_runs"] else ""
     lines = [
         f"engine {r['engine']} on {r['device']}, detector {r['detector']}{cached}; "
-        f"x264 crf {r['encoder']['crf']} preset {r['encoder']['preset']}",
+        f"{r['encoder']['video_encoder']} crf {r['encoder']['crf']} preset {r['encoder']['preset']}, "
+        f"decoder {r['encoder']['video_decoder']}",
         f"input  {i['width']}x{i['height']} @ {i['fps']:g} fps, video {i['video_seconds']:g} s "
         f"({i['video_frames']} frames), audio {i['audio_seconds']:g} s"
         f"{' [generated: ' + ', '.join(i['generated']) + ']' if i['generated'] else ''}",
@@ -438,6 +444,7 @@ def _fmt_single(r: dict) -> str:
         f"{pl['frames_per_second']:10.1f}{_ffmpeg_rss(pl):>14}  (the ffmpeg process)",
         "",
         f"render / plain ffmpeg: {r['ratio_to_plain']:.2f}x",
+        f"real time:   {1.0 / rd['seconds_per_output_second']:.1f}x (output seconds per render second)",
         f"stage busy:  {shares}  (of total; render stages run concurrently)",
         f"bottleneck:  {rd['bottleneck']}",
         f"stage s:     {secs}",

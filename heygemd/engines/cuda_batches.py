@@ -70,8 +70,10 @@ class CopyStreams:
 
     def to_device(self, *host: torch.Tensor) -> list[torch.Tensor]:
         """``host`` tensors copied to the device on the upload stream; the current stream waits for them."""
+        # The upload does not wait for the compute enqueued so far (that would serialise them): the device memory
+        # it copies into is new, and record_stream keeps the allocator from reusing it before the compute is done.
+        # The host buffers are not refilled until ``wait``.
         compute = torch.cuda.current_stream(self.device)
-        self.upload.wait_stream(compute)  # the memory being reused may still be read by earlier compute
         with torch.cuda.stream(self.upload):
             tensors = [t.to(self.device, non_blocking=True) for t in host]
         compute.wait_stream(self.upload)
