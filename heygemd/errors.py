@@ -157,3 +157,17 @@ class OutOfMemory(HeygemdError):
         "The GPU ran out of memory even one frame at a time; stop other programs using the GPU, "
         'or set engine.device = "cpu".'
     )
+
+
+class JobNotFound(HeygemdError):
+    """A job asked for by id (``heygemd cancel``, the API) that is in neither the inbox, the claims nor the outbox."""
+
+    code = "NO_SUCH_JOB"
+    default_hint = "Check the job's id: `heygemd status` (or the dashboard's job list) shows every job."
+
+
+class AlreadyFinished(HeygemdError):
+    """A cancel asked for a job that has already finished: nothing is left to stop."""
+
+    code = "ALREADY_DONE"
+    default_hint = "Nothing is left to cancel; delete the job from the dashboard if its results are not wanted."
