@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
@@ -106,13 +107,17 @@ class Catalog:
                 raise BadStatus(f"status.json is not readable ({str(exc).splitlines()[0]})", path=job_id) from None
         for job in claimed_jobs(self.state):
             if job.job_id == job_id:
-                return self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+                return self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         folder = self.inbox / job_id
         if _real_dir(folder):
             return self._queued(job_id, job_id, folder, _mtime(folder))
         raise NotFound(f"no job {job_id!r}")
 
-    def _queued(self, job_id: str, name: str, folder: Path, created: datetime) -> JobStatus:
+    def _queued(
+        self, job_id: str, name: str, folder: Path, created: datetime, claim_path: Path | None = None
+    ) -> JobStatus:
+        """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
+        waits for the worker to take the job)."""
         audio: str | None = None
         videos: list[VideoStatus] = []
         try:
@@ -136,6 +141,7 @@ class Catalog:
             pid=0,
             audio=AudioStatus(file=audio) if audio else None,
             videos=videos,
+            cancel=read_request(claim_path) if claim_path is not None else None,
         )
 
     def file(self, job_id: str, name: str) -> Path:
@@ -181,7 +187,7 @@ class Catalog:
                     continue
         for job in claimed_jobs(self.state):
             if job.job_id not in found:
-                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         try:
             candidates = scan_inbox(self.inbox, self.state)
         except FileNotFoundError:
