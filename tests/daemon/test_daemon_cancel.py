@@ -8,8 +8,6 @@ failed one. Synchronisation by polling status.json and the logs, never by fixed 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from typing import Any
 
 import jsonschema
@@ -20,33 +18,12 @@ from heygemd.names import is_heygemd_temp
 from heygemd.settings import load_settings
 from heygemd.web import actions
 from heygemd.web.catalog import Catalog
-from tests.daemon.daemon_process import JOB_TIMEOUT_S, Daemon, Media, _heygemd_argv, ffprobe, stop_daemon
+from tests.daemon.daemon_process import JOB_TIMEOUT_S, Media, ffprobe, stop_daemon
 from tests.pipeline.media import ffmpeg_children
 
 pytestmark = pytest.mark.slow
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-
-
-def heygemd_cancel(daemon: Daemon, job: str) -> subprocess.CompletedProcess[str]:
-    """``heygemd cancel JOB`` as a user runs it, against the daemon's configuration."""
-    return subprocess.run(
-        [*_heygemd_argv(), "--config", str(daemon.config), "cancel", job],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")},
-            "HEYGEMD_LOGGING__FORMAT": "json",
-        },
-    )
-
-
-def cancelled(daemon: Daemon, job: str) -> dict[str, Any] | None:
-    status = daemon.status(job)
-    if status and status["state"] == "cancelled" and not (daemon.state / "claimed" / job).exists():
-        return status
-    return None
 
 
 def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media) -> None:
@@ -55,7 +32,7 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
 
     # -- waiting in the inbox (no .ready marker, settle time 600 s): cancelled at once, never started
     d.submit("waiting", {"voice.wav": media.speech, "a.mp4": media.face_a}, marker=False)
-    answer = heygemd_cancel(d, "waiting")
+    answer = d.cancel("waiting")
     assert answer.returncode == 0, answer.stderr
     assert "waiting: cancelled" in answer.stdout
     status = d.status("waiting")
@@ -76,10 +53,10 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
 
     d.wait_for(second_video_rendering, JOB_TIMEOUT_S, "b.mp4 to be rendering")
     assert d.proc is not None
-    answer = heygemd_cancel(d, "long")
+    answer = d.cancel("long")
     assert answer.returncode == 0, answer.stderr
     assert "long: cancel requested" in answer.stdout
-    status = d.wait_for(lambda: cancelled(d, "long"), 30, "the job to be cancelled")
+    status = d.wait_for(lambda: d.cancelled("long"), 30, "the job to be cancelled")
     jsonschema.validate(status, SCHEMA)
     a, b = status["videos"]
     assert a["state"] == "done" and a["output"] == "a.mp4"
@@ -99,10 +76,10 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
     assert "job.cancel_received" in log and "job.cancelled" in log
 
     # -- finished or unknown: clear errors
-    again = heygemd_cancel(d, "long")
+    again = d.cancel("long")
     assert again.returncode == 1 and "[ALREADY_DONE]" in again.stderr and "'long' is already cancelled" in again.stderr
     assert "what to do:" in again.stderr
-    unknown = heygemd_cancel(d, "nope")
+    unknown = d.cancel("nope")
     assert unknown.returncode == 1 and "[NO_SUCH_JOB]" in unknown.stderr
 
     # -- retried like a failed job: the video not done is rendered again, as a new job
@@ -128,12 +105,12 @@ def test_a_cancel_while_the_daemon_is_down_is_done_when_it_starts(daemon_factory
 
     d.wait_for(rendering, JOB_TIMEOUT_S, "a.mp4 to be rendering")
     d.kill()
-    answer = heygemd_cancel(d, "long")
+    answer = d.cancel("long")
     assert answer.returncode == 0 and "cancel requested" in answer.stdout, answer.stderr
     assert (d.state / "claimed" / "long" / "cancel.json").is_file()
 
     d.start().wait_ready()
-    status = d.wait_for(lambda: cancelled(d, "long"), JOB_TIMEOUT_S, "the job to be cancelled")
+    status = d.wait_for(lambda: d.cancelled("long"), JOB_TIMEOUT_S, "the job to be cancelled")
     assert [v["state"] for v in status["videos"]] == ["cancelled"]
     assert not d.has_event("video.started")
     assert d.has_event("job.cancelled", job_id="long", started=False)
