@@ -19,6 +19,7 @@ import getpass
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +49,13 @@ from heygemd.logs import job_log
 from heygemd.names import NameKind, classify_name
 
 log = structlog.get_logger("heygemd.cancel")
+
+MESSAGE_IDS: dict[str, uuid.UUID] = {
+    "job.cancel_requested": uuid.UUID("581069649c9c4de48a1b0de8a2ad6bed"),
+    "job.cancelled": uuid.UUID("1c6e03526e864fc09caa8101316e638a"),
+}
+"""Stable journal MESSAGE_IDs of the cancel events (as ``heygemd.logs.MESSAGE_IDS`` for the other transitions);
+given with each event as ``message_id=``. Never change a value."""
 
 CANCEL_FILE = "cancel.json"
 CHECK_INTERVAL_S = 0.25
@@ -165,7 +173,14 @@ def finish_unstarted(
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
         written = write_status(path, status.recomputed())
         done, _failed, total = written.counts()
-        log.warning("job.cancelled", videos_done=done, videos=total, started=False, requested_by=request.by)
+        log.warning(
+            "job.cancelled",
+            videos_done=done,
+            videos=total,
+            started=False,
+            requested_by=request.by,
+            message_id=MESSAGE_IDS["job.cancelled"],
+        )
     finish_inputs(claimed, "archive")
     return written
 
@@ -191,7 +206,13 @@ def cancel_job(job_id: str, *, inbox: Path, outbox: Path, state_dir: Path, ready
     for _attempt in range(3):  # the job may move on between two looks (inbox -> claimed -> finished)
         answer = _cancel_once(job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, by)
         if answer is not None:
-            log.info("job.cancel_requested", job_id=answer.job_id, requested_by=by, result=answer.state)
+            log.info(
+                "job.cancel_requested",
+                job_id=answer.job_id,
+                requested_by=by,
+                result=answer.state,
+                message_id=MESSAGE_IDS["job.cancel_requested"],
+            )
             return answer
     raise JobNotFound(f"job {job_id!r} moved while it was being cancelled; it is no longer anywhere to cancel")
 
