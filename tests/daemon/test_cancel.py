@@ -152,3 +152,18 @@ def _job(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "voice.wav").write_bytes(b"x")
     return folder
+
+
+def test_cancel_events_carry_their_journal_message_ids(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from heygemd.logs import JournaldRenderer
+
+    _job(tmp_path / "inbox" / "lesson")
+    with capture_logs() as events:
+        cancel_in(tmp_path, "lesson")
+    by_name = {e["event"]: e for e in events}
+    render = JournaldRenderer()
+    for name in ("job.cancelled", "job.cancel_requested"):
+        fields = render(None, "info", dict(by_name[name]))
+        assert fields["MESSAGE_ID"] == cancel.MESSAGE_IDS[name].hex
