@@ -102,7 +102,7 @@ class Catalog:
         path = self.outbox / job_id / STATUS_FILE
         if _real_dir(self.outbox / job_id) and _real_file(path):
             try:
-                return read_status(path)
+                return self._with_request(read_status(path))
             except (ValidationError, ValueError) as exc:
                 raise BadStatus(f"status.json is not readable ({str(exc).splitlines()[0]})", path=job_id) from None
         for job in claimed_jobs(self.state):
@@ -112,6 +112,13 @@ class Catalog:
         if _real_dir(folder):
             return self._queued(job_id, job_id, folder, _mtime(folder))
         raise NotFound(f"no job {job_id!r}")
+
+    def _with_request(self, status: JobStatus) -> JobStatus:
+        """A running job's status with the cancel request its worker has not acted on yet (pages show it)."""
+        if status.cancel is not None or status.state not in ("queued", "processing"):
+            return status
+        request = read_request(self.state / "claimed" / status.job_id)
+        return status if request is None else status.model_copy(update={"cancel": request})
 
     def _queued(
         self, job_id: str, name: str, folder: Path, created: datetime, claim_path: Path | None = None
@@ -182,7 +189,7 @@ class Catalog:
             path = self.outbox / name / STATUS_FILE
             if plain_name(name) and _real_dir(self.outbox / name) and _real_file(path):
                 try:
-                    found[name] = read_status(path)
+                    found[name] = self._with_request(read_status(path))
                 except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
                     continue
         for job in claimed_jobs(self.state):

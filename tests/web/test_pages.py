@@ -111,3 +111,16 @@ def test_cancel_buttons_on_waiting_and_running_jobs_retry_and_delete_on_cancelle
     assert "Retry cancelled videos" in page and 'data-action="delete"' in page
     assert "by web testclient" in page
     assert 'data-url="/api/jobs/waiting/cancel"' not in client.get("/").text
+
+
+def test_a_rendering_jobs_page_says_cancelling_once_asked(make_client) -> None:
+    from heygemd.daemon import claims, readiness
+
+    client, settings = make_client()
+    upload(client, name="running")
+    claims.claim(readiness.Candidate("running", settings.paths.inbox / "running"), settings.paths.state_dir)
+    finished_job(settings.paths.outbox, "running", state="processing")
+    assert client.post("/api/jobs/running/cancel").json()["state"] == "cancelling"
+    page = client.get("/jobs/running").text
+    assert "Cancelling..." in page and "disabled" in page and "Cancel requested" in page and "by web testclient" in page
+    assert 'data-url="/api/jobs/running/cancel"' not in client.get("/").text.split("<tbody>")[1]
