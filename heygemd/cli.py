@@ -131,17 +131,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(show_status(settings.paths.outbox, args.job, settings.paths.state_dir))
         return 0
     if args.command == "cancel":
-        from heygemd.daemon.cancel import cancel_job, requested_by
+        from heygemd.daemon.cancel import cancel_for, requested_by
 
-        paths = settings.paths
-        answer = cancel_job(
-            args.job,
-            inbox=paths.inbox,
-            outbox=paths.outbox,
-            state_dir=paths.state_dir,
-            ready_marker=settings.intake.ready_marker,
-            by=requested_by("cli"),
-        )
+        answer = cancel_for(settings, args.job, requested_by("cli"))
         if answer.state == "cancelled":
             print(f"{answer.job_id}: cancelled (it had not started); its inputs are archived for a retry")
         else:

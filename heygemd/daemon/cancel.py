@@ -9,8 +9,10 @@ writes the job as ``cancelled``. A worker that takes a job whose request is alre
 queued, a claimed job resumed after a restart) finishes it as cancelled without starting it.
 
 A job still in the inbox is cancelled at once by whoever asks: it is claimed (the same atomic rename as the
-intake's, so of the two exactly one wins) and finished as cancelled. Either way the inputs end in the archive,
-as a failed job's do, so the job can be retried.
+intake's, so of the two exactly one wins) and finished as cancelled. So is a claimed job that provably nobody
+runs, where the caller can prove it (``finish_idle``: in a farm, by taking the job's lock in Redis, as a worker
+does; ``heygemd.queue.cancel``). Either way the inputs end in the archive, as a failed job's do, so the job can
+be retried.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from heygemd.errors import AlreadyFinished, HeygemdError, JobNotFound
 from heygemd.fsutil import atomic_write_bytes
 from heygemd.logs import job_log
 from heygemd.names import NameKind, classify_name
+from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.cancel")
 
@@ -198,13 +201,27 @@ class CancelAnswer:
     status: JobStatus | None = None
 
 
-def cancel_job(job_id: str, *, inbox: Path, outbox: Path, state_dir: Path, ready_marker: str, by: str) -> CancelAnswer:
+FinishIdle = Callable[[ClaimedJob, CancelStatus], "JobStatus | None"]
+"""Finish a claimed job with a cancel request at once when nobody runs it (and return its status); None when that
+cannot be proven (a worker holds it, or there is no way to tell): the worker then acts on the request."""
+
+
+def cancel_job(
+    job_id: str,
+    *,
+    inbox: Path,
+    outbox: Path,
+    state_dir: Path,
+    ready_marker: str,
+    by: str,
+    finish_idle: FinishIdle | None = None,
+) -> CancelAnswer:
     """Cancel ``job_id`` (the id `heygemd status` and the dashboard show; for a job still in the inbox, its folder's
     name). Raises JobNotFound when there is no such job, AlreadyFinished when it has finished."""
     if not _plain(job_id):
         raise JobNotFound(f"there is no job {job_id!r}")
     for _attempt in range(3):  # the job may move on between two looks (inbox -> claimed -> finished)
-        answer = _cancel_once(job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, by)
+        answer = _cancel_once(job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, by, finish_idle)
         if answer is not None:
             log.info(
                 "job.cancel_requested",
@@ -217,19 +234,49 @@ def cancel_job(job_id: str, *, inbox: Path, outbox: Path, state_dir: Path, ready
     raise JobNotFound(f"job {job_id!r} moved while it was being cancelled; it is no longer anywhere to cancel")
 
 
+def cancel_for(settings: Settings, job_id: str, by: str) -> CancelAnswer:
+    """:func:`cancel_job` with ``settings``' folders; in a farm (``queue.broker``) a job whose task still waits in
+    Redis is finished at once, under its lock (``heygemd.queue.cancel``)."""
+    finish_idle: FinishIdle | None = None
+    if settings.queue.broker:
+        from heygemd.queue.cancel import idle_finisher  # Redis: only in a farm
+
+        finish_idle = idle_finisher(settings)
+    paths = settings.paths
+    return cancel_job(
+        job_id,
+        inbox=paths.inbox,
+        outbox=paths.outbox,
+        state_dir=paths.state_dir,
+        ready_marker=settings.intake.ready_marker,
+        by=by,
+        finish_idle=finish_idle,
+    )
+
+
 def _cancel_once(
-    job_id: str, inbox: Path, outbox: Path, state_dir: Path, ready_marker: str, by: str
+    job_id: str,
+    inbox: Path,
+    outbox: Path,
+    state_dir: Path,
+    ready_marker: str,
+    by: str,
+    finish_idle: FinishIdle | None,
 ) -> CancelAnswer | None:
     status = _outbox_status(outbox / job_id)
     if status is not None and status.state in FINISHED_JOB_STATES:
         raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
     claim_id = status.job_id if status is not None else job_id
     claim_path = state_dir / CLAIMED / claim_id
-    if read_claim(claim_path) is not None:
+    claimed = read_claim(claim_path)
+    if claimed is not None:
         try:
-            write_request(claim_path, by)
+            request = write_request(claim_path, by)
         except FileNotFoundError:  # finished meanwhile: look again
             return None
+        final = finish_idle(claimed, request) if finish_idle is not None else None
+        if final is not None:
+            return CancelAnswer(claim_id, "cancelled", final)
         return CancelAnswer(claim_id, "cancelling", status)
     if status is not None:  # processing or queued, but its claim has just left: it has finished
         return None

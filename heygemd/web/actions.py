@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.cancel import CancelAnswer, cancel_job
+from heygemd.daemon.cancel import CancelAnswer, cancel_for
 from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
@@ -116,15 +116,7 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
 
 def cancel(settings: Settings, job_id: str, by: str) -> CancelAnswer:
     """Cancel ``job_id`` as ``heygemd cancel`` does (JobNotFound, AlreadyFinished when it cannot be)."""
-    paths = settings.paths
-    return cancel_job(
-        job_id,
-        inbox=paths.inbox,
-        outbox=paths.outbox,
-        state_dir=paths.state_dir,
-        ready_marker=settings.intake.ready_marker,
-        by=by,
-    )
+    return cancel_for(settings, job_id, by)
 
 
 def _trash(folder: Path, trash: Path) -> None:

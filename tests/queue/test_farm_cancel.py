@@ -1,23 +1,26 @@
 """Cancelling on a farm: the request reaches the worker rendering the job (through the claim folder on the
-shared inbox, not the broker), and a task still queued in Redis is skipped by the worker that takes it. Real
-redis-server, real intake and worker processes, real ffmpeg."""
+shared inbox, not the broker); a job whose task still waits in Redis is cancelled at once (under its lock) and the
+worker that takes the task drops it. Real redis-server, real intake and worker processes, real ffmpeg."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from heygemd.queue.ownership import disown
+from heygemd.settings import load_settings
 from tests.daemon.daemon_process import Media
 from tests.pipeline.media import ffmpeg_children
-from tests.queue.farm import Farm
+from tests.queue.farm import Farm, RedisServer
 
 pytestmark = pytest.mark.slow
 
 FARM_JOB_TIMEOUT_S = 240.0
 
 
-def test_a_worker_stops_the_job_it_renders_and_skips_a_queued_cancelled_task(
+def test_a_worker_stops_the_job_it_renders_and_drops_a_cancelled_queued_task(
     farm_factory: Callable[..., Farm], media: Media
 ) -> None:
     farm = farm_factory()
@@ -34,8 +37,10 @@ def test_a_worker_stops_the_job_it_renders_and_skips_a_queued_cancelled_task(
     farm.submit("next", {"speech.wav": media.speech, "alice.mp4": media.face_a})
     farm.wait_for(lambda: farm.has_event("job.published", job_id="next"), 60, "the next job's task in Redis")
 
-    queued = farm.cancel("next")  # its task waits in Redis behind the job w1 renders
-    assert queued.returncode == 0 and "next: cancel requested" in queued.stdout, queued.stderr
+    queued = farm.cancel("next")  # its task waits in Redis behind the job w1 renders: cancelled at once
+    assert queued.returncode == 0 and "next: cancelled" in queued.stdout, queued.stderr
+    skipped = farm.cancelled("next")
+    assert skipped is not None and [v["state"] for v in skipped["videos"]] == ["cancelled"]
     running = farm.cancel("long")
     assert running.returncode == 0 and "long: cancel requested" in running.stdout, running.stderr
 
@@ -49,12 +54,44 @@ def test_a_worker_stops_the_job_it_renders_and_skips_a_queued_cancelled_task(
     ]
     assert farm.worker_has("w1", "job.cancel_received", job_id="long")
 
-    skipped = farm.wait_for(lambda: farm.cancelled("next"), 60, "the queued job to be cancelled by w1")
-    assert [v["state"] for v in skipped["videos"]] == ["cancelled"] and skipped["worker"] == "w1@test"
-    assert farm.worker_has("w1", "job.cancelled", job_id="next", started=False)
+    farm.wait_for(
+        lambda: farm.worker_has("w1", "job.duplicate_task", job_id="next", why="the job is finished"),
+        60,
+        "w1 to drop the cancelled job's task",
+    )
     assert not farm.worker_has("w1", "job.started", job_id="next"), "the cancelled task was started"
     assert farm.renders() == {("long", "alice.mp4"): 1}
     assert ffmpeg_children(farm.workers["w1"].pid, ("ffmpeg", "ffprobe")) == []
     for job in ("long", "next"):
         assert list((farm.state / "archive").glob(f"*/{job}/input/speech.wav")), f"{job}'s inputs are archived"
     assert farm.workers["w1"].poll() is None, "the worker goes on serving"
+
+
+def test_a_queued_job_whose_lock_a_worker_holds_is_left_to_that_worker(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The canceller finishes a queued farm job only under the job's lock; while a worker holds it (it is about to
+    run the job, or runs it) the request file is the worker's to act on."""
+    from heygemd.daemon import claims, readiness
+    from heygemd.daemon.cancel import cancel_for, read_request
+    from heygemd.queue.broker import Broker
+    from tests.web.webserver import write_config
+
+    settings = load_settings(write_config(tmp_path, extra=f'[queue]\nbroker = "{redis_server.url}"\n'))
+    folder = settings.paths.inbox / "queued"
+    folder.mkdir()
+    (folder / "speech.wav").write_bytes(b"x")
+    claimed = claims.claim(readiness.Candidate("queued", folder), settings.paths.state_dir)
+    assert claimed is not None
+    disown(claimed)  # as the intake leaves it once published
+    broker = Broker(redis_server.url)
+    assert broker.acquire("queued", "w9@elsewhere 1", 60)
+
+    answer = cancel_for(settings, "queued", "test")
+    assert answer.state == "cancelling" and read_request(claimed.path) is not None
+    assert claimed.folder.is_dir() and broker.locked("queued")
+
+    broker.release("queued", "w9@elsewhere 1")
+    again = cancel_for(settings, "queued", "test")
+    assert again.state == "cancelled" and again.status is not None and again.status.state == "cancelled"
+    assert not claimed.path.exists() and not broker.locked("queued"), "finished, its lock given back"
