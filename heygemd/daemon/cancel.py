@@ -46,7 +46,7 @@ from heygemd.daemon.status import (
     write_status,
 )
 from heygemd.errors import AlreadyFinished, HeygemdError, JobNotFound
-from heygemd.fsutil import atomic_write_bytes
+from heygemd.fsutil import atomic_write_bytes, remove_temps
 from heygemd.logs import job_log
 from heygemd.names import NameKind, classify_name
 from heygemd.settings import Settings
@@ -150,6 +150,8 @@ def finish_unstarted(
     earlier attempt kept), a job.log line, the inputs archived. Called by whoever holds the claim: the canceller for
     a job it took from the inbox, the worker for a job whose request came before it started."""
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
+    remove_temps(out_dir)  # what a killed render left (a partial output under its temporary name), as a resume does
+    remove_temps(claimed.path)
     path = out_dir / STATUS_FILE
     previous = read_status(path) if path.is_file() else None
     status = previous or JobStatus(

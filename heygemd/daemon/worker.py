@@ -165,7 +165,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         if outcome is JobOutcome.CANCELLED:
             request = read_request(claimed.path)
             log.info("job.cancel_received", requested_by=request.by if request else "")
-            status_file.update(cancel=request, videos=cancelled_videos(status_file.status.videos))
+            status_file.update(state="cancelled", cancel=request, videos=cancelled_videos(status_file.status.videos))
         if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
             status_file.save()
             log.warning("job.interrupted", progress=round(status_file.status.progress, 3))

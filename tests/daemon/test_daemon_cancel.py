@@ -112,6 +112,7 @@ def test_a_cancel_while_the_daemon_is_down_is_done_when_it_starts(daemon_factory
     d.start().wait_ready()
     status = d.wait_for(lambda: d.cancelled("long"), JOB_TIMEOUT_S, "the job to be cancelled")
     assert [v["state"] for v in status["videos"]] == ["cancelled"]
+    assert sorted(p.name for p in (d.outbox / "long").iterdir()) == ["job.log", "status.json"], "no partial output"
     assert not d.has_event("video.started")
     assert d.has_event("job.cancelled", job_id="long", started=False)
     stop_daemon(d)
