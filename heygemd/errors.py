@@ -171,3 +171,13 @@ class AlreadyFinished(HeygemdError):
 
     code = "ALREADY_DONE"
     default_hint = "Nothing is left to cancel; delete the job from the dashboard if its results are not wanted."
+
+
+class CancelRefused(HeygemdError):
+    """A job waiting in the inbox could not be taken out of it to be cancelled (its folder refused the rename)."""
+
+    code = "CANCEL_REFUSED"
+    default_hint = (
+        "A file in the job folder is still open (a copy in progress?); cancel again once the copy has finished, "
+        "or remove the folder from the inbox yourself."
+    )

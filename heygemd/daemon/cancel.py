@@ -45,7 +45,7 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import AlreadyFinished, HeygemdError, JobNotFound
+from heygemd.errors import AlreadyFinished, CancelRefused, HeygemdError, JobNotFound
 from heygemd.fsutil import atomic_write_bytes, remove_temps
 from heygemd.logs import job_log
 from heygemd.names import NameKind, classify_name
@@ -285,7 +285,12 @@ def _cancel_once(
     folder = inbox / job_id
     if not folder.is_dir() or folder.is_symlink() or _same(folder, state_dir):
         raise JobNotFound(f"there is no job {job_id!r} in the inbox, the claimed jobs or the outbox")
-    claimed = claim(Candidate(name=job_id, path=folder), state_dir, outbox=outbox)
+    try:
+        claimed = claim(Candidate(name=job_id, path=folder), state_dir, outbox=outbox)
+    except OSError as exc:  # e.g. EACCES/EBUSY: a client on the share holds a file of it open
+        raise CancelRefused(
+            f"job {job_id!r} could not be taken out of the inbox ({exc.strerror or exc})", path=None
+        ) from None
     if claimed is None:  # the intake took it first: it is claimed now
         return None
     request = write_request(claimed.path, by)

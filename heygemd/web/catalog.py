@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from heygemd.daemon.cancel import read_request
-from heygemd.daemon.claims import ClaimedJob, claimed_jobs
+from heygemd.daemon.claims import CLAIMED, ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
@@ -117,7 +117,7 @@ class Catalog:
         """A running job's status with the cancel request its worker has not acted on yet (pages show it)."""
         if status.cancel is not None or status.state not in ("queued", "processing"):
             return status
-        request = read_request(self.state / "claimed" / status.job_id)
+        request = read_request(self.state / CLAIMED / status.job_id)
         return status if request is None else status.model_copy(update={"cancel": request})
 
     def _queued(

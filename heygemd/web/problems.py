@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from heygemd.errors import AlreadyFinished, DiskFull, HeygemdError, JobNotFound
+from heygemd.errors import AlreadyFinished, CancelRefused, DiskFull, HeygemdError, JobNotFound
 
 
 class Problem(BaseModel):
@@ -86,15 +86,15 @@ class BadStatus(WebError):
 
 
 def http_status(exc: HeygemdError) -> int:
-    """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for one
-    that has already finished (a cancel), else 500."""
+    """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for a
+    cancel of a job that has already finished or cannot be taken out of the inbox yet, else 500."""
     if isinstance(exc, WebError):
         return exc.status
     if isinstance(exc, DiskFull):
         return 507
     if isinstance(exc, JobNotFound):
         return 404
-    if isinstance(exc, AlreadyFinished):
+    if isinstance(exc, (AlreadyFinished, CancelRefused)):
         return 409
     return 500
 

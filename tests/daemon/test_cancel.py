@@ -167,3 +167,24 @@ def test_cancel_events_carry_their_journal_message_ids(tmp_path: Path) -> None:
     for name in ("job.cancelled", "job.cancel_requested"):
         fields = render(None, "info", dict(by_name[name]))
         assert fields["MESSAGE_ID"] == cancel.MESSAGE_IDS[name].hex
+
+
+def test_a_waiting_job_the_share_will_not_let_go_is_a_clear_error_and_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from heygemd.errors import CancelRefused
+
+    folder = _job(tmp_path / "inbox" / "copying")
+
+    def busy(src: object, dst: object) -> None:  # an SMB client holding a file of the folder open
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+
+    monkeypatch.setattr(claims.os, "rename", busy)
+    with pytest.raises(CancelRefused) as refused:
+        cancel_in(tmp_path, "copying")
+    assert refused.value.code == "CANCEL_REFUSED" and "'copying'" in refused.value.message and refused.value.hint
+    assert (folder / "voice.wav").is_file(), "nothing lost: the job is still in the inbox"
+    assert list((tmp_path / "inbox" / ".heygemd" / "claimed").iterdir()) == [], "no reservation left"

@@ -319,6 +319,7 @@ def test_openapi_description_lists_every_endpoint(make_client) -> None:
         "/api/jobs/{job_id}/files/{name}",
         "/api/jobs/{job_id}/outputs.zip",
         "/api/jobs/{job_id}/retry",
+        "/api/jobs/{job_id}/cancel",
         "/api/health",
         "/api/events",
     }
