@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from heygemd.daemon.cancel import cancel_for
 from heygemd.queue.ownership import disown
 from heygemd.settings import load_settings
 from tests.daemon.daemon_process import Media
@@ -27,31 +28,37 @@ def test_a_worker_stops_the_job_it_renders_and_drops_a_cancelled_queued_task(
     farm.start_worker("w1")
     farm.start().wait_ready()
     farm.wait_workers_ready()
-    farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
+    presenters = {
+        "alice.mp4": media.face_a,
+        "bob.mp4": media.face_b,
+        "carol.mp4": media.face_a,
+        "dave.mp4": media.face_b,
+    }
+    farm.submit("long", {"speech.wav": media.long_speech, **presenters})  # w1 is busy for four videos
 
     def second_video_rendering() -> bool:
         status = farm.status("long")
-        return bool(status and [v["state"] for v in status["videos"]] == ["done", "processing"])
+        return bool(status and [v["state"] for v in status["videos"]][:2] == ["done", "processing"])
 
     farm.wait_for(second_video_rendering, FARM_JOB_TIMEOUT_S, "bob.mp4 to be rendering on w1")
     farm.submit("next", {"speech.wav": media.speech, "alice.mp4": media.face_a})
     farm.wait_for(lambda: farm.has_event("job.published", job_id="next"), 60, "the next job's task in Redis")
-
-    queued = farm.cancel("next")  # its task waits in Redis behind the job w1 renders: cancelled at once
+    queued = farm.cancel("next")  # its task waits in Redis while w1 renders: cancelled at once
     assert queued.returncode == 0 and "next: cancelled" in queued.stdout, queued.stderr
     skipped = farm.cancelled("next")
     assert skipped is not None and [v["state"] for v in skipped["videos"]] == ["cancelled"]
-    running = farm.cancel("long")
-    assert running.returncode == 0 and "long: cancel requested" in running.stdout, running.stderr
+    assert (farm.status("long") or {}).get("state") == "processing", "w1 was still busy: the task was queued"
 
+    # what `heygemd cancel` runs, in this process: a CLI's start-up on a loaded machine is slow
+    running = cancel_for(load_settings(farm.config), "long", "test")
+    assert running.state == "cancelling"
     long = farm.wait_for(lambda: farm.cancelled("long"), 60, "the rendering job to be cancelled")
-    assert [v["state"] for v in long["videos"]] == ["done", "cancelled"] and long["worker"] == "w1@test"
-    assert sorted(p.name for p in (farm.outbox / "long").iterdir()) == [
-        "alice.jpg",
-        "alice.mp4",
-        "job.log",
-        "status.json",
-    ]
+    states = [v["state"] for v in long["videos"]]
+    assert states[0] == "done" and states[-1] == "cancelled" and set(states) == {"done", "cancelled"}, states
+    assert long["worker"] == "w1@test"
+    done = [v["input"] for v in long["videos"] if v["state"] == "done"]
+    kept = sorted(p.name for p in (farm.outbox / "long").iterdir())
+    assert kept == sorted(["job.log", "status.json", *done, *(n.replace(".mp4", ".jpg") for n in done)])
     assert farm.worker_has("w1", "job.cancel_received", job_id="long")
 
     farm.wait_for(
@@ -60,7 +67,7 @@ def test_a_worker_stops_the_job_it_renders_and_drops_a_cancelled_queued_task(
         "w1 to drop the cancelled job's task",
     )
     assert not farm.worker_has("w1", "job.started", job_id="next"), "the cancelled task was started"
-    assert farm.renders() == {("long", "alice.mp4"): 1}
+    assert farm.renders() == {("long", name): 1 for name in done}
     assert ffmpeg_children(farm.workers["w1"].pid, ("ffmpeg", "ffprobe")) == []
     for job in ("long", "next"):
         assert list((farm.state / "archive").glob(f"*/{job}/input/speech.wav")), f"{job}'s inputs are archived"
@@ -73,7 +80,7 @@ def test_a_queued_job_whose_lock_a_worker_holds_is_left_to_that_worker(
     """The canceller finishes a queued farm job only under the job's lock; while a worker holds it (it is about to
     run the job, or runs it) the request file is the worker's to act on."""
     from heygemd.daemon import claims, readiness
-    from heygemd.daemon.cancel import cancel_for, read_request
+    from heygemd.daemon.cancel import read_request
     from heygemd.queue.broker import Broker
     from tests.web.webserver import write_config
 
