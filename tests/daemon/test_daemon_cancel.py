@@ -48,7 +48,7 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
     def second_video_rendering() -> dict[str, Any] | None:
         status = d.status("long")
         if status and [v["state"] for v in status["videos"]] == ["done", "processing"]:
-            if status["videos"][1]["frames_done"] > 0:
+            if status["videos"][1]["frames_total"] and status["videos"][1]["frames_done"] > 0:  # rendering frames
                 return status
         return None
 
