@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="Celery node name (default: <device>@<host>)")
     status = commands.add_parser("status", help="show jobs from the outbox's status files")
     status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
+    cancel = commands.add_parser("cancel", help="cancel a job: waiting, it never starts; rendering, it stops soon")
+    cancel.add_argument("job", help="the job's id (as `heygemd status` shows it, or its folder in the inbox)")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
     commands.add_parser("web", help="serve the web dashboard and HTTP API (web.host:web.port)")
     demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
@@ -127,6 +129,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from heygemd.status_view import show_status
 
         print(show_status(settings.paths.outbox, args.job, settings.paths.state_dir))
+        return 0
+    if args.command == "cancel":
+        from heygemd.daemon.cancel import cancel_for, requested_by
+
+        answer = cancel_for(settings, args.job, requested_by("cli"))
+        if answer.state == "cancelled":
+            print(f"{answer.job_id}: cancelled (it had not started); its inputs are archived for a retry")
+        else:
+            print(f"{answer.job_id}: cancel requested; it stops at its next batch (`heygemd status {answer.job_id}`)")
         return 0
     if args.command == "check":
         from heygemd.check import all_required_ok, format_checks, run_checks

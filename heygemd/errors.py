@@ -157,3 +157,27 @@ class OutOfMemory(HeygemdError):
         "The GPU ran out of memory even one frame at a time; stop other programs using the GPU, "
         'or set engine.device = "cpu".'
     )
+
+
+class JobNotFound(HeygemdError):
+    """A job asked for by id (``heygemd cancel``, the API) that is in neither the inbox, the claims nor the outbox."""
+
+    code = "NO_SUCH_JOB"
+    default_hint = "Check the job's id: `heygemd status` (or the dashboard's job list) shows every job."
+
+
+class AlreadyFinished(HeygemdError):
+    """A cancel asked for a job that has already finished: nothing is left to stop."""
+
+    code = "ALREADY_DONE"
+    default_hint = "Nothing is left to cancel; delete the job from the dashboard if its results are not wanted."
+
+
+class CancelRefused(HeygemdError):
+    """A job waiting in the inbox could not be taken out of it to be cancelled (its folder refused the rename)."""
+
+    code = "CANCEL_REFUSED"
+    default_hint = (
+        "A file in the job folder is still open (a copy in progress?); cancel again once the copy has finished, "
+        "or remove the folder from the inbox yourself."
+    )

@@ -83,6 +83,10 @@ def format_status_detail(status: JobStatus) -> str:
         f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
         f"updated   {_when(status.updated)}",
     ]
+    if status.cancel is not None:
+        head.append(
+            f"cancelled {_when(status.cancel.requested)}" + (f"  by {status.cancel.by}" if status.cancel.by else "")
+        )
     if status.ignored:
         head.append(f"ignored   {', '.join(status.ignored)}")
     if status.error is not None:

@@ -193,3 +193,24 @@ def test_single_into_an_unusable_output_folder_fails_with_a_message(tmp_path: Pa
     assert proc.returncode == 1
     assert "FAILED  anna.mp4: [ENCODE_FAILED]" in proc.stdout and "cannot create the output folder" in proc.stdout
     assert "0 of 1 videos done" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cancel_a_waiting_job_then_status_shows_it_cancelled(tmp_path: Path, heygemd_bin: Path) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    (inbox / "lesson-02").mkdir(parents=True)
+    for name in ("lesson.wav", "anna.mp4"):
+        (inbox / "lesson-02" / name).write_bytes(b"x")
+    env = {"HEYGEMD_PATHS__INBOX": str(inbox), "HEYGEMD_PATHS__OUTBOX": str(outbox)}
+    cancelled = run(heygemd_bin, "cancel", "lesson-02", env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "lesson-02: cancelled" in cancelled.stdout
+    row = next(line for line in run(heygemd_bin, "status", env=env).stdout.splitlines() if line.startswith("lesson-02"))
+    assert "cancelled" in row and "0/0/1" in row
+    detail = run(heygemd_bin, "status", "lesson-02", env=env).stdout
+    assert "state     cancelled" in detail and "cancelled 20" in detail and "by cli " in detail
+    assert next(line for line in detail.splitlines() if line.startswith("anna.mp4")).split()[1] == "cancelled"
+    again = run(heygemd_bin, "cancel", "lesson-02", env=env)
+    assert again.returncode == 1
+    assert "[ALREADY_DONE] job 'lesson-02' is already cancelled" in again.stderr and "what to do:" in again.stderr
+    missing = run(heygemd_bin, "cancel", "lesson-99", env=env)
+    assert missing.returncode == 1 and "[NO_SUCH_JOB]" in missing.stderr

@@ -18,6 +18,7 @@ from typing import Literal
 
 import structlog
 
+from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_elsewhere, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
@@ -247,10 +248,12 @@ class Service:
         self._waiting_written = current
 
     def _next_claimed(self, now: float) -> ClaimedJob | None:
-        """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause,
-        now owned by this process."""
+        """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause (a
+        paused job with a cancel request does not wait: it is only finished as cancelled), now owned by this
+        process."""
         for claimed in claimed_jobs(self.settings.paths.state_dir):
-            if self.retry_at.get(claimed.job_id, -float("inf")) > now or held_elsewhere(claimed):
+            pausing = self.retry_at.get(claimed.job_id, -float("inf")) > now and read_request(claimed.path) is None
+            if pausing or held_elsewhere(claimed):
                 continue
             log.info(
                 "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",

@@ -5,8 +5,10 @@ written whole (temp file in the same folder, fsync, ``os.replace``, fsync of the
 against ``status.schema.json``, shipped next to this module and generated from :class:`JobStatus`
 (regenerate with ``python -m heygemd.daemon.status``).
 
-States: a job is ``queued -> processing -> done | partial | failed``; a video is
-``pending -> processing -> done | failed``. ``partial`` means at least one video done and at least one failed.
+States: a job is ``queued -> processing -> done | partial | failed | cancelled``; a video is
+``pending -> processing -> done | failed | cancelled``. ``partial`` means at least one video done and at least one
+failed; ``cancelled`` that a user cancelled the job (``heygemd.daemon.cancel``): the videos done before it stay
+done, the others are ``cancelled``.
 
 No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 """
@@ -27,15 +29,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from heygemd.errors import ErrorInfo
 from heygemd.fsutil import ReplaceFn, atomic_write_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Only ever increases; fields are added, never renamed."""
 
 SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
 
-JobState = Literal["queued", "processing", "done", "partial", "failed"]
-VideoState = Literal["pending", "processing", "done", "failed"]
+JobState = Literal["queued", "processing", "done", "partial", "failed", "cancelled"]
+VideoState = Literal["pending", "processing", "done", "failed", "cancelled"]
 
-FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed"})
+FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+FINISHED_JOB_STATES: frozenset[str] = frozenset({"done", "partial", "failed", "cancelled"})
 
 
 def utc_now() -> datetime:
@@ -62,6 +65,13 @@ class ErrorStatus(_Model):
     @classmethod
     def from_exception(cls, exc: BaseException) -> "ErrorStatus":
         return cls.from_info(ErrorInfo.from_exception(exc))
+
+
+class CancelStatus(_Model):
+    """A user's request to cancel the job (also the content of the request file, ``heygemd.daemon.cancel``)."""
+
+    requested: AwareDatetime = Field(description="When the cancel was requested.")
+    by: str = Field("", description="Who asked: the CLI (user@host) or the web server (and the client's address).")
 
 
 class AudioStatus(_Model):
@@ -111,7 +121,7 @@ class JobStatus(_Model):
     created: AwareDatetime | None = Field(None, description="When the job folder was found ready in the inbox.")
     claimed: AwareDatetime | None = Field(None, description="When heygemd took the job out of the inbox.")
     started: AwareDatetime | None = Field(None, description="When processing (last) started.")
-    finished: AwareDatetime | None = Field(None, description="When the job reached done, partial or failed.")
+    finished: AwareDatetime | None = Field(None, description="When the job reached done, partial, failed or cancelled.")
     updated: AwareDatetime | None = Field(None, description="When this file was last written.")
     host: str = Field(default_factory=socket.gethostname, description="Machine that runs the job.")
     pid: int = Field(default_factory=os.getpid, description="Process id of the heygemd that runs the job.")
@@ -126,6 +136,7 @@ class JobStatus(_Model):
     ignored: list[str] = Field(default_factory=list, description="Files in the job folder that were not used.")
     progress: float = Field(0.0, ge=0, le=1, description="Overall fraction done, 0..1.")
     error: ErrorStatus | None = Field(None, description="Job-level failure (the job could not run at all).")
+    cancel: CancelStatus | None = Field(None, description="The user's cancel request, once the worker has seen one.")
 
     def counts(self) -> tuple[int, int, int]:
         """(videos done, videos failed, videos in total)."""
@@ -136,25 +147,30 @@ class JobStatus(_Model):
     def recomputed(self) -> "JobStatus":
         """A copy whose ``progress`` (and, once every video has finished, ``state``) follow from the videos.
 
-        A job-level ``error`` keeps the job ``failed`` whatever the videos say.
+        A job-level ``error`` keeps the job ``failed`` whatever the videos say. A cancelled job's progress stays
+        what was done (its cancelled videos count for what they had rendered when it stopped).
         """
         update: dict[str, object] = {"progress": overall_progress(self.videos)}
         if self.error is not None:
             update["state"] = "failed"
         elif self.videos and all(v.finished_state for v in self.videos):
             update["state"] = job_state_from_videos(self.videos)
-            update["progress"] = 1.0
+            if update["state"] != "cancelled":
+                update["progress"] = 1.0
         return self.model_copy(update=update)
 
 
 def job_state_from_videos(videos: Sequence[VideoStatus]) -> JobState:
     """The job state the videos imply.
 
-    ``processing`` while any video is pending or processing; then ``done`` when all are done, ``failed``
-    when all failed (or there are none), ``partial`` when at least one is done and at least one failed.
+    ``processing`` while any video is pending or processing; then ``cancelled`` when any was cancelled, ``done``
+    when all are done, ``failed`` when all failed (or there are none), ``partial`` when at least one is done and
+    at least one failed.
     """
     if any(not v.finished_state for v in videos):
         return "processing"
+    if any(v.state == "cancelled" for v in videos):
+        return "cancelled"
     done = sum(1 for v in videos if v.state == "done")
     if done == 0:
         return "failed"
@@ -162,13 +178,13 @@ def job_state_from_videos(videos: Sequence[VideoStatus]) -> JobState:
 
 
 def overall_progress(videos: Sequence[VideoStatus]) -> float:
-    """Mean progress over the videos; a finished video (done or failed) counts as 1.
+    """Mean progress over the videos; a done or failed video counts as 1 (a cancelled one as far as it got).
 
     Every output is as long as the one audio, so videos weigh the same.
     """
     if not videos:
         return 0.0
-    total = sum(1.0 if v.finished_state else v.progress for v in videos)
+    total = sum(1.0 if v.state in ("done", "failed") else v.progress for v in videos)
     return min(1.0, total / len(videos))
 
 

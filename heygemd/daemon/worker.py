@@ -2,11 +2,13 @@
 
 Failure boundaries (the only broad catches): per video (the video fails, the job goes on) and per job
 (the job fails, the daemon goes on). A stop request interrupts the current video; the job stays claimed
-and the next start redoes only the videos that are not done.
+and the next start redoes only the videos that are not done. A cancel request (``heygemd.daemon.cancel``) stops
+the current video the same way, but the job ends ``cancelled``: its done videos kept, its inputs archived.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import socket
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from heygemd.daemon.cancel import MESSAGE_IDS, CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import JobSpec, check_not_link, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
@@ -101,6 +104,7 @@ class JobOutcome(enum.Enum):
     FAILED = "failed"  # the job could not run (a job-level error is in status.json); the inputs were archived
     PAUSED = "paused"  # the machine's problem (disk full, outbox unreachable): still claimed, try again later
     INTERRUPTED = "interrupted"  # a stop request: still claimed, its unfinished videos pending, resumed later
+    CANCELLED = "cancelled"  # a user's cancel: the videos done kept, the others cancelled; the inputs archived
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class JobResult:
 
 def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
     """Run ``claimed`` and say how it ended (:class:`JobOutcome`). Finished and failed jobs leave claimed/;
-    paused and interrupted ones stay claimed with their unfinished videos pending."""
+    paused and interrupted ones stay claimed with their unfinished videos pending; cancelled ones are archived."""
     try:
         return _process(claimed, outbox, context)
     except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
@@ -127,6 +131,12 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
 
 
 def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
+    request = read_request(claimed.path)
+    if request is not None:  # cancelled before it started (a queued farm task, a claimed job resumed): never start it
+        status = finish_unstarted(
+            claimed, outbox, request, ready_marker=context.ready_marker, worker=context.worker, device=context.device
+        )
+        return JobResult(JobOutcome.CANCELLED, status)
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     remove_leftovers(claimed, out_dir)
 
@@ -135,13 +145,16 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         status = status.model_copy(update={"worker": context.worker, "device": context.device})
     status_file = _StatusFile(out_dir / STATUS_FILE, status, claimed)
     status_file.save()
+    cancel = CancelWatch(claimed.path)
+    stop = context.should_stop
+    running = dataclasses.replace(context, should_stop=lambda: stop() or cancel())
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
         outcome = JobOutcome.FINISHED
         try:
-            _run(claimed, out_dir, status_file, context)
+            _run(claimed, out_dir, status_file, running, cancel)
         except Interrupted:
-            outcome = JobOutcome.INTERRUPTED
+            outcome = JobOutcome.CANCELLED if cancel.check_now() else JobOutcome.INTERRUPTED
         except DiskFull as exc:  # the machine's problem, not the job's: pause and try again later
             log.error("job.paused", code=exc.code, error=_for_user(exc.info(), claimed).message, hint=exc.hint)
             outcome = JobOutcome.PAUSED
@@ -149,6 +162,10 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             info = report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed))
             status_file.update(error=_for_user(info, claimed))
             outcome = JobOutcome.FAILED
+        if outcome is JobOutcome.CANCELLED:
+            request = read_request(claimed.path)
+            log.info("job.cancel_received", requested_by=request.by if request else "")
+            status_file.update(state="cancelled", cancel=request, videos=cancelled_videos(status_file.status.videos))
         if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
             status_file.save()
             log.warning("job.interrupted", progress=round(status_file.status.progress, 3))
@@ -158,7 +175,9 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         final = status_file.status
         done, failed, total = final.counts()
         level = log.info if final.state == "done" else log.warning
-        level(f"job.{final.state}", videos_done=done, videos_failed=failed, videos=total)
+        event = f"job.{final.state}"
+        ids = {"message_id": MESSAGE_IDS[event]} if event in MESSAGE_IDS else {}
+        level(event, videos_done=done, videos_failed=failed, videos=total, **ids)
     # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
     # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
     inputs_after = context.inputs_after if final.state == "done" else "archive"
@@ -187,8 +206,11 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
     )
 
 
-def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext) -> None:
-    """Process the job's videos until every one reached done or failed; raises Interrupted when stopped."""
+def _run(
+    claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext, cancel: CancelWatch
+) -> None:
+    """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
+    cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
     spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=context.ready_marker)
     session = context.session_for(spec.options.engine)
     status_file.update(
@@ -244,7 +266,10 @@ def _run(claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: 
                     should_stop=context.should_stop,
                 )
             except Interrupted:
-                status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
+                if cancel.seen:
+                    status_file.update_video(index, state="cancelled", finished=utc_now(), output=None)
+                else:
+                    status_file.update_video(index, state="pending", progress=0.0, frames_done=0, started=None)
                 raise
             except DiskFull as exc:
                 status_file.update_video(

@@ -6,6 +6,7 @@
 - ``publish``: the intake's side (publish a claimed job, find claimed jobs whose task was lost).
 - ``task``: the worker's side (one task = :func:`heygemd.daemon.worker.process_job` on the claimed job).
 - ``worker``: ``heygemd worker``, the Celery worker around the task.
+- ``cancel``: a cancelled job whose task still waits in Redis is finished at once, under the job's lock.
 
 Only the daemon's own functions render; status.json stays the truth, the broker only says who works next.
 """

@@ -1,9 +1,11 @@
-"""What the dashboard's buttons do besides reading: retry failed videos, delete a job.
+"""What the dashboard's buttons do besides reading: cancel a job, retry failed videos, delete a job.
 
-Retry submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...) holding the original audio, the presenters
-whose videos failed, and the original job.toml, copied from the archived inputs; the original job is left as it
-is. Delete removes the job's outbox folder and its archived inputs, each renamed into a trash folder first and
-then removed (symlinks are removed, never followed). Neither acts on a job that is queued or rendering.
+Cancel is the daemon's own (``heygemd.daemon.cancel``, as ``heygemd cancel``): a waiting job is cancelled at once,
+a rendering one stops at its next batch. Retry submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...)
+holding the original audio, the presenters whose videos failed or were cancelled, and the original job.toml,
+copied from the archived inputs; the original job is left as it is. Delete removes the job's outbox folder and its
+archived inputs, each renamed into a trash folder first and then removed (symlinks are removed, never followed).
+Neither retry nor delete acts on a job that is queued or rendering.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from heygemd.daemon.cancel import CancelAnswer, cancel_for
 from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
-from heygemd.daemon.status import JobStatus
+from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
 from heygemd.fsutil import fsync_dir
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog, plain_name
 from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
 from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
 
-FINISHED = frozenset({"done", "partial", "failed"})
+FINISHED = FINISHED_JOB_STATES
+RETRIED = frozenset({"failed", "cancelled"})
+"""The videos a retry submits again."""
 
 
 def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
@@ -71,12 +76,12 @@ def _copy_regular(src: Path, dst: Path) -> None:
 
 
 def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
-    """Submit the failed videos of ``job_id`` again as a new job; returns the new job's id."""
+    """Submit the failed (or cancelled) videos of ``job_id`` again as a new job; returns the new job's id."""
     status = catalog.status(job_id)
     _require_finished(status)
-    failed = [v.input for v in status.videos if v.state == "failed"]
+    failed = [v.input for v in status.videos if v.state in RETRIED]
     if not failed:
-        raise NothingToRetry(f"job {job_id!r} has no failed video")
+        raise NothingToRetry(f"job {job_id!r} has no failed or cancelled video")
     folder = archived_inputs(settings, status)
     if folder is None or status.audio is None:
         raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
@@ -107,6 +112,11 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
     except BaseException:
         discard(staging)
         raise
+
+
+def cancel(settings: Settings, job_id: str, by: str) -> CancelAnswer:
+    """Cancel ``job_id`` as ``heygemd cancel`` does (JobNotFound, AlreadyFinished when it cannot be)."""
+    return cancel_for(settings, job_id, by)
 
 
 def _trash(folder: Path, trash: Path) -> None:

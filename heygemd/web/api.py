@@ -1,7 +1,7 @@
-"""The HTTP API under /api: submit, list, read, download, retry, delete, health, events.
+"""The HTTP API under /api: submit, list, read, download, cancel, retry, delete, health, events.
 
 Routes only translate HTTP to the web layer's functions (``upload``/``staging`` to write the inbox, ``catalog``
-to read, ``actions`` for retry and delete) and back; errors are raised as typed errors and answered as JSON
+to read, ``actions`` for cancel, retry and delete) and back; errors are raised as typed errors and answered as JSON
 by the app.
 """
 
@@ -11,7 +11,7 @@ import math
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
@@ -100,6 +100,15 @@ class Health(BaseModel):
 
 class Deleted(BaseModel):
     deleted: str
+
+
+class Cancelled(BaseModel):
+    """A cancel: ``cancelled`` at once (the job had not started; ``job_id`` is the id it was finished under), or
+    ``cancelling`` (the worker stops it at its next batch; its status then says ``cancelled``)."""
+
+    job_id: str
+    state: Literal["cancelled", "cancelling"]
+    status_url: str
 
 
 def pages_of(total: int, page_size: int) -> int:
@@ -205,7 +214,22 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
             headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"},
         )
 
-    @api.post("/jobs/{job_id}/retry", status_code=201, summary="Submit the job's failed videos again, as a new job")
+    @api.post(
+        "/jobs/{job_id}/cancel",
+        status_code=202,
+        summary="Cancel a job: a waiting one never starts, a rendering one stops at its next batch",
+    )
+    def cancel(job_id: str, request: Request) -> Cancelled:
+        client = request.client.host if request.client else "?"
+        answer = actions.cancel(settings, job_id, by=f"web {client}")
+        log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
+        return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
+
+    @api.post(
+        "/jobs/{job_id}/retry",
+        status_code=201,
+        summary="Submit the job's failed or cancelled videos again, as a new job",
+    )
     def retry(job_id: str) -> Submitted:
         new_id = actions.retry(settings, catalog, job_id)
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)

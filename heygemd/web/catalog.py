@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.claims import ClaimedJob, claimed_jobs
+from heygemd.daemon.cancel import read_request
+from heygemd.daemon.claims import CLAIMED, ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
@@ -101,18 +102,29 @@ class Catalog:
         path = self.outbox / job_id / STATUS_FILE
         if _real_dir(self.outbox / job_id) and _real_file(path):
             try:
-                return read_status(path)
+                return self._with_request(read_status(path))
             except (ValidationError, ValueError) as exc:
                 raise BadStatus(f"status.json is not readable ({str(exc).splitlines()[0]})", path=job_id) from None
         for job in claimed_jobs(self.state):
             if job.job_id == job_id:
-                return self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+                return self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         folder = self.inbox / job_id
         if _real_dir(folder):
             return self._queued(job_id, job_id, folder, _mtime(folder))
         raise NotFound(f"no job {job_id!r}")
 
-    def _queued(self, job_id: str, name: str, folder: Path, created: datetime) -> JobStatus:
+    def _with_request(self, status: JobStatus) -> JobStatus:
+        """A running job's status with the cancel request its worker has not acted on yet (pages show it)."""
+        if status.cancel is not None or status.state not in ("queued", "processing"):
+            return status
+        request = read_request(self.state / CLAIMED / status.job_id)
+        return status if request is None else status.model_copy(update={"cancel": request})
+
+    def _queued(
+        self, job_id: str, name: str, folder: Path, created: datetime, claim_path: Path | None = None
+    ) -> JobStatus:
+        """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
+        waits for the worker to take the job)."""
         audio: str | None = None
         videos: list[VideoStatus] = []
         try:
@@ -136,6 +148,7 @@ class Catalog:
             pid=0,
             audio=AudioStatus(file=audio) if audio else None,
             videos=videos,
+            cancel=read_request(claim_path) if claim_path is not None else None,
         )
 
     def file(self, job_id: str, name: str) -> Path:
@@ -176,12 +189,12 @@ class Catalog:
             path = self.outbox / name / STATUS_FILE
             if plain_name(name) and _real_dir(self.outbox / name) and _real_file(path):
                 try:
-                    found[name] = read_status(path)
+                    found[name] = self._with_request(read_status(path))
                 except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
                     continue
         for job in claimed_jobs(self.state):
             if job.job_id not in found:
-                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at)
+                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         try:
             candidates = scan_inbox(self.inbox, self.state)
         except FileNotFoundError:

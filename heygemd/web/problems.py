@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from heygemd.errors import DiskFull, HeygemdError
+from heygemd.errors import AlreadyFinished, CancelRefused, DiskFull, HeygemdError, JobNotFound
 
 
 class Problem(BaseModel):
@@ -59,13 +59,15 @@ class TooLarge(WebError):
 class JobBusy(WebError):
     code = "JOB_BUSY"
     status = 409
-    default_hint = "The job is queued or rendering; wait until it is done, partial or failed."
+    default_hint = (
+        "The job is queued or rendering; wait until it is done, partial, failed or cancelled (or cancel it first)."
+    )
 
 
 class NothingToRetry(WebError):
     code = "NOTHING_TO_RETRY"
     status = 409
-    default_hint = "Only failed videos are retried; this job has none."
+    default_hint = "Only failed or cancelled videos are retried; this job has none."
 
 
 class InputsGone(WebError):
@@ -84,11 +86,16 @@ class BadStatus(WebError):
 
 
 def http_status(exc: HeygemdError) -> int:
-    """The HTTP status for an error: the WebError's own, 507 for a full disk, else 500."""
+    """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for a
+    cancel of a job that has already finished or cannot be taken out of the inbox yet, else 500."""
     if isinstance(exc, WebError):
         return exc.status
     if isinstance(exc, DiskFull):
         return 507
+    if isinstance(exc, JobNotFound):
+        return 404
+    if isinstance(exc, (AlreadyFinished, CancelRefused)):
+        return 409
     return 500
 
 

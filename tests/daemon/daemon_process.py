@@ -270,6 +270,26 @@ preset = "ultrafast"
     def claimed(self, job: str) -> bool:
         return (self.state / "claimed" / job / "input").is_dir()
 
+    def cancel(self, job: str) -> subprocess.CompletedProcess[str]:
+        """``heygemd cancel JOB`` as a user runs it, with this daemon's configuration."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
+        env["HEYGEMD_LOGGING__FORMAT"] = "json"
+        return subprocess.run(
+            [*_heygemd_argv(), "--config", str(self.config), "cancel", job],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.root,
+            env=env,
+        )
+
+    def cancelled(self, job: str) -> dict[str, Any] | None:
+        """The job's status.json once it is cancelled and its inputs have left ``claimed/``."""
+        status = self.status(job)
+        if status and status["state"] == "cancelled" and not (self.state / "claimed" / job).exists():
+            return status
+        return None
+
 
 def stop_daemon(daemon: Daemon) -> None:
     """Teardown for long-lived daemons: SIGTERM, then SIGKILL if it lingers."""

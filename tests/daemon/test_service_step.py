@@ -210,3 +210,19 @@ def test_status_shows_which_file_an_inbox_job_waits_for(tmp_path: Path) -> None:
     (job / "bob.mp4").write_bytes(b"video-bytes")
     assert svc.step(1.0).job_id == "lesson-01"
     assert "bob.mp4" not in show_status(settings.paths.outbox, None, settings.paths.state_dir)
+
+
+def test_a_paused_job_with_a_cancel_request_does_not_wait_out_its_pause(tmp_path: Path) -> None:
+    from heygemd.daemon.cancel import write_request
+
+    settings = make_settings(tmp_path)
+    make_job(settings, "disk-full")
+    runner = Runner({"disk-full": [JobOutcome.PAUSED, JobOutcome.CANCELLED]})
+    svc = service(settings, runner)
+    assert svc.step(0.0).outcome is JobOutcome.PAUSED
+    assert svc.step(1.0).action == "idle"  # waiting out its pause
+    (claimed,) = claimed_jobs(settings.paths.state_dir)
+    write_request(claimed.path, "test")
+    cancelled = svc.step(2.0)
+    assert (cancelled.job_id, cancelled.outcome) == ("disk-full", JobOutcome.CANCELLED)
+    assert not svc.retry_at

@@ -14,6 +14,7 @@ import pytest
 
 from heygemd.daemon.status import (
     SCHEMA_PATH,
+    SCHEMA_VERSION,
     AudioStatus,
     ErrorStatus,
     JobStatus,
@@ -69,7 +70,7 @@ def test_round_trip(tmp_path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert raw["claimed"] in ("2026-05-01T12:00:00Z", "2026-05-01T12:00:00+00:00")
     assert raw["videos"][1]["error"]["code"] == "NO_FACE" and raw["videos"][1]["error"]["hint"]
-    assert raw["schema_version"] == 1 and raw["pid"] == os.getpid()
+    assert raw["schema_version"] == SCHEMA_VERSION == 2 and raw["pid"] == os.getpid()
 
 
 def test_reader_ignores_fields_from_newer_versions(tmp_path: Path) -> None:
@@ -103,6 +104,9 @@ def test_written_status_validates_against_schema(tmp_path: Path) -> None:
         (["failed", "failed"], "failed"),
         (["done", "processing"], "processing"),
         (["pending", "failed"], "processing"),
+        (["done", "cancelled"], "cancelled"),
+        (["cancelled", "failed"], "cancelled"),
+        (["cancelled", "pending"], "processing"),
         ([], "failed"),
     ],
 )
@@ -125,6 +129,9 @@ def test_overall_progress_and_recomputed() -> None:
     assert s.state == "partial" and s.progress == 1.0
     failed = s.model_copy(update={"error": ErrorStatus(code="BAD_JOB", message="m")}).recomputed()
     assert failed.state == "failed"
+    vids[2].state, vids[3].state, vids[3].progress = "cancelled", "cancelled", 0.5
+    cancelled = JobStatus(job_id="j", job_name="j", state="processing", videos=vids).recomputed()
+    assert cancelled.state == "cancelled" and cancelled.progress == pytest.approx(3 / 4), "what was done, not 100%"
 
 
 def test_progress_is_validated() -> None:

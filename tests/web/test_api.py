@@ -319,6 +319,7 @@ def test_openapi_description_lists_every_endpoint(make_client) -> None:
         "/api/jobs/{job_id}/files/{name}",
         "/api/jobs/{job_id}/outputs.zip",
         "/api/jobs/{job_id}/retry",
+        "/api/jobs/{job_id}/cancel",
         "/api/health",
         "/api/events",
     }
@@ -353,3 +354,48 @@ def test_names_in_any_script_work_end_to_end(make_client) -> None:
     zipped = client.get("/api/jobs/课程 00/outputs.zip")
     assert zipped.headers["content-disposition"] == "attachment; filename*=UTF-8''%E8%AF%BE%E7%A8%8B%2000.zip"
     assert 'href="/jobs/%E8%AF%BE%E7%A8%8B%2000"' in client.get("/").text
+
+
+def test_cancel_a_waiting_job_at_once_then_retry_it(make_client) -> None:
+    client, settings = make_client()
+    assert upload(client, name="waiting").status_code == 201
+    response = client.post("/api/jobs/waiting/cancel")
+    assert response.status_code == 202, response.text
+    assert response.json() == {"job_id": "waiting", "state": "cancelled", "status_url": "/api/jobs/waiting"}
+    assert not (settings.paths.inbox / "waiting").exists(), "a cancelled waiting job never starts"
+    status = client.get("/api/jobs/waiting").json()
+    assert status["state"] == "cancelled" and status["cancel"]["by"] == "web testclient"
+    assert [(v["input"], v["state"]) for v in status["videos"]] == [("anna.mp4", "cancelled"), ("bob.mov", "cancelled")]
+    assert [j["state"] for j in client.get("/api/jobs").json()["jobs"]] == ["cancelled"]
+
+    retried = client.post("/api/jobs/waiting/retry")
+    assert retried.status_code == 201, retried.text
+    new = settings.paths.inbox / retried.json()["job_id"]
+    assert sorted(p.name for p in new.iterdir()) == [".ready", "anna.mp4", "bob.mov", "lesson.wav"]
+    assert (new / "bob.mov").read_bytes() == MP4
+
+
+def test_cancel_a_rendering_job_asks_its_worker(make_client) -> None:
+    from heygemd.daemon import claims, readiness
+    from heygemd.daemon.cancel import read_request
+
+    client, settings = make_client()
+    assert upload(client, name="running").status_code == 201
+    claimed = claims.claim(readiness.Candidate("running", settings.paths.inbox / "running"), settings.paths.state_dir)
+    assert claimed is not None
+    finished_job(settings.paths.outbox, "running", state="processing")
+    response = client.post("/api/jobs/running/cancel")
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "cancelling"
+    request = read_request(claimed.path)
+    assert request is not None and request.by == "web testclient"
+    assert client.get("/api/jobs/running").json()["state"] == "processing", "the worker writes the outcome"
+
+
+def test_cancel_refuses_finished_and_unknown_jobs(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson", state="partial")
+    body = assert_problem(client.post("/api/jobs/lesson/cancel"), 409, "ALREADY_DONE")
+    assert "'lesson' is already partial" in body["message"]
+    assert_problem(client.post("/api/jobs/nope/cancel"), 404, "NO_SUCH_JOB")
+    assert client.post("/api/jobs/..%2Fetc/cancel").status_code == 404

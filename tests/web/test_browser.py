@@ -138,3 +138,84 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
     driver.get(url + "/")  # type: ignore[attr-defined]
     row = driver.find_element(By.CSS_SELECTOR, 'tr[data-job="browser lesson"]')  # type: ignore[attr-defined]
     assert "done" in row.text and row.find_element(By.CSS_SELECTOR, ".bar").get_attribute("aria-valuenow") == "100"
+
+
+@requires_chromium
+def test_cancel_buttons_in_the_list_and_on_the_job_page(
+    browser: object, daemon_factory: Callable[..., Daemon], media: Media
+) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    driver = browser
+    daemon = daemon_factory()
+    with open(daemon.config, "a", encoding="utf-8") as cfg:
+        cfg.write("\n[web]\nenabled = true\nport = 0\n")
+    daemon.start({"HEYGEMD_WEB__TOKEN": TOKEN})
+    url = web_url(daemon)
+    daemon.wait_ready()
+    daemon.submit("waiting", {"voice.wav": media.speech, "anna.mp4": media.face_a}, marker=False)  # never settles
+    presenters = {
+        "anna.mp4": media.face_a,
+        "bob.mp4": media.face_b,
+        "carol.mp4": media.face_a,
+        "dave.mp4": media.face_b,
+    }
+    daemon.submit("long", {"voice.wav": media.long_speech, **presenters})  # four videos: time to click
+
+    def accept_confirm() -> None:
+        WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+        driver.switch_to.alert.accept()  # type: ignore[attr-defined]
+
+    driver.get(url + "/login")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "token").send_keys(TOKEN)  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()  # type: ignore[attr-defined]
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'tr[data-job="waiting"]'), 30, "the jobs page")  # type: ignore[attr-defined]
+
+    # the list: the waiting job's Cancel button cancels it at once
+    driver.find_element(By.CSS_SELECTOR, 'tr[data-job="waiting"] [data-action="cancel"]').click()  # type: ignore[attr-defined]
+    accept_confirm()
+
+    def waiting_row_state() -> str | None:
+        rows = driver.find_elements(By.CSS_SELECTOR, 'tr[data-job="waiting"] .badge')  # type: ignore[attr-defined]
+        try:
+            return rows[0].text if rows else None
+        except StaleElementReferenceException:  # the row was replaced by the reload between find and read
+            return None
+
+    wait_until(lambda: waiting_row_state() == "cancelled", 30, "the waiting job's row to say cancelled")
+    assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-job="waiting"] [data-action="cancel"]')  # type: ignore[attr-defined]
+
+    # the job page: a rendering job stops, the page follows it to cancelled and offers the retry
+    def second_video_rendering() -> bool:
+        status = daemon.status("long")
+        return bool(status and [v["state"] for v in status["videos"]][:2] == ["done", "processing"])
+
+    daemon.wait_for(second_video_rendering, 90, "bob.mp4 to be rendering")
+    driver.get(url + "/jobs/long")  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, '[data-action="cancel"]').click()  # type: ignore[attr-defined]
+    accept_confirm()
+
+    def page_state() -> str | None:
+        found = driver.execute_script(  # type: ignore[attr-defined]
+            "const b = document.querySelector('.summary .badge'); return b ? b.textContent : null;"
+        )
+        return str(found) if found is not None else None
+
+    wait_until(lambda: page_state() == "cancelled", 30, "the job page to say cancelled")
+    wait_until(
+        lambda: driver.find_elements(By.CSS_SELECTOR, '[data-action="retry"]'),  # type: ignore[attr-defined]
+        30,
+        "the retry button of the cancelled job",
+    )
+    text = driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    assert "Retry cancelled videos" in text and "Cancelled" in text
+    assert not driver.find_elements(By.CSS_SELECTOR, '[data-action="cancel"]')  # type: ignore[attr-defined]
+    status = daemon.status("long")
+    assert status is not None
+    states = [v["state"] for v in status["videos"]]
+    assert states[0] == "done" and states[-1] == "cancelled" and set(states) == {"done", "cancelled"}, states
+    players = driver.find_elements(By.CSS_SELECTOR, "article.video video")  # type: ignore[attr-defined]
+    assert len(players) == states.count("done"), "the videos done stay playable"

@@ -93,3 +93,34 @@ def test_static_files_come_from_the_package(make_client) -> None:
     client, _ = make_client()
     assert "EventSource" in client.get("/static/app.js").text
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_cancel_buttons_on_waiting_and_running_jobs_retry_and_delete_on_cancelled_ones(make_client) -> None:
+    client, settings = make_client()
+    upload(client, name="waiting")
+    finished_job(settings.paths.outbox, "running", state="processing")
+    listing = client.get("/").text
+    assert 'data-url="/api/jobs/waiting/cancel"' in listing and 'data-url="/api/jobs/running/cancel"' in listing
+    page = client.get("/jobs/waiting").text
+    assert 'data-action="cancel" data-url="/api/jobs/waiting/cancel"' in page and 'data-action="retry"' not in page
+
+    assert client.post("/api/jobs/waiting/cancel").json()["state"] == "cancelled"
+    page = client.get("/jobs/waiting").text
+    assert '<span class="badge cancelled">cancelled</span>' in page
+    assert 'data-action="cancel"' not in page
+    assert "Retry cancelled videos" in page and 'data-action="delete"' in page
+    assert "by web testclient" in page
+    assert 'data-url="/api/jobs/waiting/cancel"' not in client.get("/").text
+
+
+def test_a_rendering_jobs_page_says_cancelling_once_asked(make_client) -> None:
+    from heygemd.daemon import claims, readiness
+
+    client, settings = make_client()
+    upload(client, name="running")
+    claims.claim(readiness.Candidate("running", settings.paths.inbox / "running"), settings.paths.state_dir)
+    finished_job(settings.paths.outbox, "running", state="processing")
+    assert client.post("/api/jobs/running/cancel").json()["state"] == "cancelling"
+    page = client.get("/jobs/running").text
+    assert "Cancelling..." in page and "disabled" in page and "Cancel requested" in page and "by web testclient" in page
+    assert 'data-url="/api/jobs/running/cancel"' not in client.get("/").text.split("<tbody>")[1]

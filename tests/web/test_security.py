@@ -27,6 +27,7 @@ API_CALLS = [
     ("GET", "/api/jobs/lesson/files/anna.mp4"),
     ("GET", "/api/jobs/lesson/outputs.zip"),
     ("POST", "/api/jobs/lesson/retry"),
+    ("POST", "/api/jobs/lesson/cancel"),
     ("DELETE", "/api/jobs/lesson"),
     ("POST", "/api/jobs"),
     ("GET", "/api/events"),
@@ -86,6 +87,7 @@ def test_pages_send_to_the_login_form_which_sets_a_strict_httponly_cookie(make_c
 def test_cross_site_requests_cannot_change_anything(make_client) -> None:
     client, settings = make_client(WITH_TOKEN)
     finished_job(settings.paths.outbox, "lesson")
+    (settings.paths.inbox / "waiting").mkdir()  # a job a cross-site page would like to cancel
     client.post("/login", data={"token": TOKEN}, headers={"Origin": "http://testserver"})
     files = [("audio", ("a.wav", WAV)), ("videos", ("b.mp4", MP4))]
     for headers in (
@@ -96,8 +98,9 @@ def test_cross_site_requests_cannot_change_anything(make_client) -> None:
     ):
         assert_problem(client.delete("/api/jobs/lesson", headers=headers), 403, "CROSS_SITE")
         assert_problem(client.post("/api/jobs", headers=headers, files=files), 403, "CROSS_SITE")
+        assert_problem(client.post("/api/jobs/waiting/cancel", headers=headers), 403, "CROSS_SITE")
     assert (settings.paths.outbox / "lesson").is_dir()
-    assert [p.name for p in settings.paths.inbox.iterdir() if p.name != ".heygemd"] == []
+    assert [p.name for p in settings.paths.inbox.iterdir() if p.name != ".heygemd"] == ["waiting"]
     login_csrf = client.post("/login", data={"token": TOKEN}, headers={"Origin": "https://evil.example"})
     assert login_csrf.status_code == 403
     same = client.delete("/api/jobs/lesson", headers={"Origin": "http://testserver"})

@@ -3,7 +3,7 @@
 
 const AUDIO = ["wav", "mp3", "m4a", "aac", "flac", "ogg", "opus", "wma"];
 const PRESENTER = ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "3gp", "jpg", "jpeg", "png", "bmp", "webp"];
-const FINISHED = ["done", "partial", "failed"];
+const FINISHED = ["done", "partial", "failed", "cancelled"];
 
 function ext(name) { const i = name.lastIndexOf("."); return i < 0 ? "" : name.slice(i + 1).toLowerCase(); }
 
@@ -55,6 +55,7 @@ function liveList(table) {
     const row = [...table.querySelectorAll("tr[data-job]")].find(r => r.dataset.job === job.job_id);
     if (!row) { if (table.dataset.page === "1") reload(); return; }
     setBadge(field(row, "state"), job.state);
+    if (FINISHED.includes(job.state)) for (const b of row.querySelectorAll('[data-action="cancel"]')) b.remove();
     setBar(field(row, "progress"), job.progress);
     field(row, "counts").textContent = counts(job).join(" / ");
     field(row, "engine").textContent = job.engine || "-";
@@ -103,17 +104,28 @@ async function problemOf(response) {
   try { return await response.json(); } catch (e) { return {code: "HTTP_" + response.status, message: response.statusText}; }
 }
 
-function jobButtons() {
+function jobButtons(onList) {
   const message = document.getElementById("action-message");
   for (const button of document.querySelectorAll("[data-action]")) {
     button.addEventListener("click", async () => {
       const del = button.dataset.action === "delete";
+      const cancel = button.dataset.action === "cancel";
       if (del && !confirm("Delete this job's outputs and archived inputs?")) return;
+      if (cancel && !confirm("Cancel this job? Videos already done are kept; the job can be retried.")) return;
       button.disabled = true;
       const response = await fetch(button.dataset.url, {method: del ? "DELETE" : "POST", credentials: "same-origin"});
       if (response.ok) {
         const body = await response.json();
-        location.href = del ? "/" : "/jobs/" + encodeURIComponent(body.job_id);
+        if (cancel && body.state === "cancelling") {
+          button.textContent = "Cancelling...";
+          message.className = "message";
+          message.hidden = false;
+          message.textContent = "Cancel requested: " + body.job_id + " stops at its next batch of frames.";
+        } else if (cancel && onList) {
+          location.reload();
+        } else {
+          location.href = del ? "/" : "/jobs/" + encodeURIComponent(body.job_id);
+        }
       } else {
         button.disabled = false;
         message.className = "message error";
@@ -198,8 +210,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const list = document.querySelector("[data-live-list]");
   const job = document.querySelector("[data-live-job]");
   const form = document.getElementById("upload");
-  if (list) liveList(list);
-  else if (job) { liveJob(job); jobButtons(); }
+  if (list) { liveList(list); jobButtons(true); }
+  else if (job) { liveJob(job); jobButtons(false); }
   else if (document.querySelector("[data-live-machine]") && !document.querySelector("form.login")) {
     listen("/api/events?job=", () => {});
   }
