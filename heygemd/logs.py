@@ -74,6 +74,8 @@ MESSAGE_IDS: Mapping[str, uuid.UUID] = MappingProxyType(
         "job.failed": uuid.UUID("b52d6bd9fcfb49558c9d31e730ba05de"),
         "video.done": uuid.UUID("37d630fe972d47f3a5d6f2d375491583"),
         "video.failed": uuid.UUID("c6ae7ba26da84da1955e4b2b53916085"),
+        "job.cancel_requested": uuid.UUID("581069649c9c4de48a1b0de8a2ad6bed"),
+        "job.cancelled": uuid.UUID("1c6e03526e864fc09caa8101316e638a"),
     }
 )
 

@@ -21,7 +21,6 @@ import getpass
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,13 +51,6 @@ from heygemd.names import NameKind, classify_name
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.cancel")
-
-MESSAGE_IDS: dict[str, uuid.UUID] = {
-    "job.cancel_requested": uuid.UUID("581069649c9c4de48a1b0de8a2ad6bed"),
-    "job.cancelled": uuid.UUID("1c6e03526e864fc09caa8101316e638a"),
-}
-"""Stable journal MESSAGE_IDs of the cancel events (as ``heygemd.logs.MESSAGE_IDS`` for the other transitions);
-given with each event as ``message_id=``. Never change a value."""
 
 CANCEL_FILE = "cancel.json"
 CHECK_INTERVAL_S = 0.25
@@ -184,7 +176,6 @@ def finish_unstarted(
             videos=total,
             started=False,
             requested_by=request.by,
-            message_id=MESSAGE_IDS["job.cancelled"],
         )
     finish_inputs(claimed, "archive")
     return written
@@ -230,7 +221,6 @@ def cancel_job(
                 job_id=answer.job_id,
                 requested_by=by,
                 result=answer.state,
-                message_id=MESSAGE_IDS["job.cancel_requested"],
             )
             return answer
     raise JobNotFound(f"job {job_id!r} moved while it was being cancelled; it is no longer anywhere to cancel")

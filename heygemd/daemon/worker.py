@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from heygemd.daemon.cancel import MESSAGE_IDS, CancelWatch, cancelled_videos, finish_unstarted, read_request
+from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import JobSpec, check_not_link, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
@@ -176,8 +176,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         done, failed, total = final.counts()
         level = log.info if final.state == "done" else log.warning
         event = f"job.{final.state}"
-        ids = {"message_id": MESSAGE_IDS[event]} if event in MESSAGE_IDS else {}
-        level(event, videos_done=done, videos_failed=failed, videos=total, **ids)
+        level(event, videos_done=done, videos_failed=failed, videos=total)
     # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
     # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
     inputs_after = context.inputs_after if final.state == "done" else "archive"

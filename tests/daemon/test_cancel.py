@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from heygemd import logs
 from heygemd.daemon import cancel, claims, readiness
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
@@ -166,7 +167,7 @@ def test_cancel_events_carry_their_journal_message_ids(tmp_path: Path) -> None:
     render = JournaldRenderer()
     for name in ("job.cancelled", "job.cancel_requested"):
         fields = render(None, "info", dict(by_name[name]))
-        assert fields["MESSAGE_ID"] == cancel.MESSAGE_IDS[name].hex
+        assert fields["MESSAGE_ID"] == logs.MESSAGE_IDS[name].hex
 
 
 def test_a_waiting_job_the_share_will_not_let_go_is_a_clear_error_and_stays(
