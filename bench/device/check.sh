@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run THERE (the GPU machine of the device tool), from the repository root, with .whl/, .ffmpeg/ and .devmedia/
-# carried (bench/device/ffmpeg.sh makes the first, kit.sh the other two). Everything it measures lands in $OUT:
+# carried (bench/device/ffmpeg.sh makes .ffmpeg/, kit.sh the other two). Everything it measures lands in $OUT:
 #   gpu.txt       the GPU, the library versions, whether the carried ffmpeg has NVENC/NVDEC
 #   e2e-720p.*    `python -m bench --engine wav2lip --device cuda` at 1280x720, video/audio 20 s, faces cached
 #   e2e-1080p.*   the same at 1920x1080
