@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoFeatureExtractor, WhisperModel
 
 from heygemd.engines.base import FaceBatch
-from heygemd.engines.musetalk import MuseTalkEngine, audio_prompts, load_model
+from heygemd.engines.musetalk import CPU_SUB_BATCH, MuseTalkEngine, audio_prompts, load_model
 from heygemd.errors import CheckpointError
 
 
@@ -186,6 +186,27 @@ def test_engine_resizes_crops_and_uses_prepared_latents(musetalk_folder: Path) -
     for x, y in zip(out, again, strict=True):
         np.testing.assert_array_equal(x, y)
     assert engine.identity.startswith("sha256:")
+    engine.close()
+
+
+def test_cpu_passes_are_small_and_give_the_pixels_of_one_large_pass(musetalk_folder: Path) -> None:
+    """On the CPU a configured batch of 64 runs in passes of CPU_SUB_BATCH faces (the memory of a pass grows with
+    its faces); the faces are those of one pass over all of them, but for float rounding (kernels chosen by the
+    pass size): at most 1 level off, in a few pixels."""
+    engine = MuseTalkEngine(musetalk_folder, device="cpu", batch_size=64)
+    assert engine.batch_size == CPU_SUB_BATCH == 4
+    rng = np.random.default_rng(11)
+    crops = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(6)]
+    prompts = rng.standard_normal((6, 50, 384)).astype(np.float32)
+    marks = [np.zeros((68, 2), np.float32)] * 6
+    prepared = engine.prepare_presenter(crops)
+    faces = engine.generate(
+        FaceBatch(crops=crops, landmarks=marks, mels=np.zeros((6, 80, 16), np.float32), prompts=prompts)
+    )
+    one_pass = engine.model.encode_latents(np.stack(crops))
+    np.testing.assert_allclose(prepared, one_pass, rtol=0, atol=1e-5)
+    difference = np.abs(np.stack(faces).astype(np.int16) - engine.model.generate_from_latents(one_pass, prompts))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     engine.close()
 
 
