@@ -138,6 +138,28 @@ def test_whisper_features_cut_windows_per_batch_like_all_at_once(musetalk_folder
         assert beyond.shape == (1, 50, 384)
 
 
+def _rss_file_kib() -> int:
+    """The file-backed part of this process's RSS (mapped files' resident pages), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_whisper_features_of_a_long_audio_stay_out_of_the_process_memory(musetalk_folder: Path) -> None:
+    """2 min of audio: 46 MB of encoder states go to a file and each batch reads back its own steps, so the RSS
+    does not grow with the audio's length (a memory map of that file counted all of it)."""
+    model = load_model(musetalk_folder)
+    model.encode_audio(speechlike(1.0)).close()  # torch's code pages are in before measuring
+    wav = speechlike(120.0, seed=4)
+    before = _rss_file_kib()
+    with model.encode_audio(wav) as features:
+        assert features.steps * 5 * 384 * 4 > 45e6
+        last = features.windows(25.0, 0, 3000)[-16:]
+        grown = (_rss_file_kib() - before) / 1024
+        np.testing.assert_array_equal(last, features.windows(25.0, 2984, 3000))
+    assert grown < 8  # MiB; 44 with the states mapped
+    assert np.abs(last).sum() > 0
+
+
 # ------------------------------------------------------------------ generator
 
 
