@@ -160,9 +160,9 @@ def run_prepare(args: argparse.Namespace) -> dict[str, object]:
         width, height = (int(v) for v in args.size.split("x"))
         inputs.presenter(out, args.seconds, (width, height), args.fps)
     elif args.kind == "musetalk-weights":
-        from bench.musetalk_weights import FULL, build_folder
+        from bench.musetalk_weights import FULL, TINY, build_folder
 
-        build_folder(out, FULL)
+        build_folder(out, TINY if args.size == "tiny" else FULL)
     else:
         inputs.random_checkpoint(out)
     return {"kind": args.kind, "path": str(out)}
@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=25.0)
     p = sub.add_parser("checkpoint", help="make a random Wav2Lip checkpoint")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("musetalk-weights", help="make full-size random MuseTalk 1.5 weights (official layout)")
+    p = sub.add_parser("musetalk-weights", help="make random MuseTalk 1.5 weights (official layout)")
     p.add_argument("--out", required=True)
+    p.add_argument("--size", choices=("full", "tiny"), default="full")
     for name in ("render", "plain"):
         p = sub.add_parser(name)
         p.add_argument("--video", required=True)

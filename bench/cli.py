@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ck.add_argument(
         "--random-weights",
-        action="store_true",
-        help="engine musetalk: build full-size random MuseTalk 1.5 weights (~4 GB, the real configs, "
-        "the official layout) in the temp dir and load them through the engine's loader.",
+        nargs="?",
+        const="full",
+        choices=("full", "tiny"),
+        help="engine musetalk: build random MuseTalk 1.5 weights in the official layout in the temp dir and load "
+        "them through the engine's loader: full (the default; ~4 GB, the real configs) or tiny (the tests' "
+        "scaled-down model: MuseTalk's code path, audio features and batches at a small, constant weight size).",
     )
     ck.add_argument("--models", type=Path, help="engine musetalk: a models/ folder holding musetalk/.")
     eng.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the settings').")
@@ -256,9 +259,10 @@ def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path | None:
     """The Wav2Lip checkpoint, or for musetalk the models/ folder holding musetalk/ (None: the settings')."""
     if args.engine == "musetalk":
         if args.random_weights:
-            _progress(args, "  building full-size random MuseTalk 1.5 weights (~4 GB) ...")
+            what = "full-size (~4 GB)" if args.random_weights == "full" else "tiny"
+            _progress(args, f"  building {what} random MuseTalk 1.5 weights ...")
             models = work / "models"
-            _child(["musetalk-weights", "--out", str(models / "musetalk")])
+            _child(["musetalk-weights", "--out", str(models / "musetalk"), "--size", args.random_weights])
             return models
         return args.models.resolve() if args.models else None
     if args.engine != "wav2lip":

@@ -94,8 +94,8 @@ class EngineSettings(Section):
         64,
         ge=1,
         description="Faces per inference pass at most (and frames per render batch, within 32 MiB of frames); "
-        "on CUDA the engine starts at what fits in the free GPU memory and halves on out-of-memory. Wav2Lip on "
-        "the CPU takes 4 per pass whatever this says.",
+        "on CUDA the engine starts at what fits in the free GPU memory and halves on out-of-memory. Wav2Lip and "
+        "MuseTalk on the CPU take 4 per pass whatever this says.",
     )
     fp16: bool = Field(True, description="Use fp16 autocast on CUDA.")
     cpu_threads: int = Field(

@@ -114,3 +114,24 @@ def test_bench_musetalk_through_the_engine_loader(musetalk_folder: Path, tmp_pat
     assert render["frames"] == 25 and render["output_frames"] == 25
     assert render["stage_busy_pct"]["prepare"] > 0 and render["stage_busy_pct"]["infer"] > 0
     assert result["runs"]["render"][0]["identity"].startswith("sha256:")
+
+
+def test_random_weights_full_by_default_tiny_on_request(tmp_path: Path) -> None:
+    """``--random-weights`` alone keeps meaning the full-size model; ``--random-weights tiny`` builds the tests' one."""
+    from bench import child
+    from bench.cli import build_parser
+    from bench.musetalk_weights import TINY
+
+    parser = build_parser()
+    assert parser.parse_args(["--engine", "musetalk", "--random-weights"]).random_weights == "full"
+    assert parser.parse_args(["--random-weights", "--device", "cpu"]).random_weights == "full"
+    assert parser.parse_args(["--random-weights", "tiny"]).random_weights == "tiny"
+    assert parser.parse_args([]).random_weights is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--random-weights", "huge"])
+
+    out = tmp_path / "musetalk"
+    assert child.main(["musetalk-weights", "--out", str(out), "--size", "tiny"]) == 0
+    unet = json.loads((out / "musetalkV15" / "musetalk.json").read_text())
+    assert unet["block_out_channels"] == TINY.unet["block_out_channels"]
+    assert (out / "musetalkV15" / "unet.pth").stat().st_size < 20e6  # the full one is 3.4 GB

@@ -19,11 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import cv2
-import librosa
 import numpy as np
 
 from heygemd.engines.base import EngineNeeds, FaceBatch
-from heygemd.pipeline.audio import FMAX, FMIN, N_MELS, mel_db
+from heygemd.pipeline.audio import mel_band_hz, mel_db
 from heygemd.pipeline.mouth import MouthState, face_frame, measure
 from heygemd.pipeline.render import face_width, mouth_mask
 
@@ -52,9 +51,9 @@ LOWER_FIELD = np.setdiff1d(np.arange(68), np.concatenate([UPPER_LIP, np.arange(1
 """Points that steer the field below the lip seam: all but the upper lip (and the brows)."""
 
 
-BAND_HZ = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=FMIN, fmax=FMAX)[1:-1]
-BAND_HZ.setflags(write=False)
-"""Read-only (80,) centre frequency (Hz) of each Wav2Lip mel band (Slaney scale, as the mel basis)."""
+BAND_HZ = mel_band_hz()
+"""Read-only (80,) centre frequency (Hz) of each Wav2Lip mel band (Slaney scale, as the mel basis; librosa's
+``mel_frequencies`` as stored in ``pipeline/wav2lip_mel.npz``, so a render imports no librosa)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,12 @@ __all__ = ["CROP_SIZE", "MuseTalkEngine", "MuseTalkModel", "audio_prompts", "loa
 CROP_SIZE = 256
 """Side of the square face crop the model sees and returns."""
 LATENT_SIZE = CROP_SIZE // 8
+CPU_SUB_BATCH = 4
+"""Faces per VAE/UNet pass on the CPU, whatever ``engine.batch_size``, and so frames per render batch
+(``run.batch_frames``), as Wav2Lip's: the presenter's preparation encodes two 256x256 images per face at once, so
+the 64 faces of the default batch peaked at 1.9 GB even with the tests' tiny model (its activations grow with the
+batch, not the weights). Passes of 4 are no slower on a CPU and give the pixels of larger passes but for float
+rounding, as any other batch size does (at most 1 level, in ~0.002 % of the pixels)."""
 
 
 def audio_prompts(wav: np.ndarray, whisper_dir: Path, fps: float) -> np.ndarray:
@@ -158,7 +164,8 @@ def to_model_size(crop: np.ndarray) -> np.ndarray:
 class MuseTalkEngine:
     """The MuseTalk engine (``Engine``, ``PromptEngine``, ``PresenterEngine``); the model stays loaded until
     ``close()``. On CUDA ``batch_size`` starts at the largest that fits in the free GPU memory (at most the
-    configured one, ``cuda_batches.fitting_batch_size``), and halves on out-of-memory and stays halved."""
+    configured one, ``cuda_batches.fitting_batch_size``), and halves on out-of-memory and stays halved; on the CPU
+    it is at most ``CPU_SUB_BATCH``."""
 
     name = "musetalk"
     needs = EngineNeeds(audio="whisper", crop="musetalk_v15", colour_match=True, presenter_prep=True)
@@ -171,10 +178,11 @@ class MuseTalkEngine:
         self.device = self._model.device
         self.identity = self._model.identity()
         self.prep_version = f"musetalk-v15-{self.identity}-{str(self._model.dtype).removeprefix('torch.')}"
+        size = batch_size if self.device.type != "cpu" else min(batch_size, CPU_SUB_BATCH)
         self._batches = HalvingBatches(
-            batch_size, device=self.device, what="a single 256x256 face", path=self._model.files["unet"]
+            size, device=self.device, what="a single 256x256 face", path=self._model.files["unet"]
         )
-        self._batches.size = fitting_batch_size(self._probe, self.device, batch_size)
+        self._batches.size = fitting_batch_size(self._probe, self.device, size)
         self.encoder_calls = 0
         """Crops VAE-encoded so far (a reused presenter's cached preparation adds none)."""
 

@@ -11,13 +11,16 @@ The reference (musetalk/utils/audio_processor.py ``get_audio_feature`` + ``get_w
 
 Deliberate differences: ``fps`` is the video's true rate (the reference truncates 29.97 to 29, and its lips drift
 1 s ahead after 30 s); windows reaching past the zero padding read more zeros instead of stopping the program.
-Memory: one 30 s segment is encoded at a time and its states are written to a file-backed array, so a long
-lesson costs disk pages, not RAM; windows are cut per batch of frames.
+Memory: one 30 s segment is encoded at a time and its states are appended to an unlinked temporary file; each
+batch of frames reads back only the steps its windows need (``os.pread``), so a long lesson costs disk and page
+cache, not the process's memory (a memory map of the file counted every page written into it in the RSS: 23 MB
+per minute of audio).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from typing import IO
 
@@ -38,6 +41,8 @@ LEFT_CONTEXT = RIGHT_CONTEXT = 2
 WINDOW_STEPS = 2 * (LEFT_CONTEXT + RIGHT_CONTEXT + 1)
 """Encoder steps per frame window (10); times 5 hidden states = 50 tokens."""
 TOKENS = WINDOW_STEPS * HIDDEN_STATES
+STEP_BYTES = HIDDEN_STATES * PROMPT_WIDTH * 4
+"""One encoder step of the stored states: 5 float32 hidden states of 384."""
 
 
 def frames_in(samples: int, fps: float) -> int:
@@ -73,8 +78,6 @@ class WhisperFeatures:
         self.samples = int(wav.size)
         self.steps = math.floor(self.samples / SAMPLE_RATE * STEPS_PER_SECOND)
         self._file: IO[bytes] | None = tempfile.TemporaryFile(prefix="heygemd-whisper-")
-        shape = (max(self.steps, 1), HIDDEN_STATES, PROMPT_WIDTH)
-        self._states = np.memmap(self._file, dtype=np.float32, mode="w+", shape=shape)
         done = 0
         for first in range(0, self.samples, SEGMENT_SAMPLES):
             if done >= self.steps:
@@ -85,9 +88,19 @@ class WhisperFeatures:
                 hidden = encoder(torch.from_numpy(mel).to(device, dtype), output_hidden_states=True).hidden_states
                 stacked = torch.stack(hidden, dim=2)[0].float().cpu().numpy()  # (1500, 5, 384)
             take = min(stacked.shape[0], self.steps - done)
-            self._states[done : done + take] = stacked[:take]
+            self._file.write(np.ascontiguousarray(stacked[:take]).data)
             done += take
-        self._states.flush()
+        self._file.flush()
+        self.steps = done  # the segments' states always cover the audio; never more than was written
+
+    def _read_steps(self, first: int, stop: int) -> np.ndarray:
+        """float32 (stop - first, 5, 384): the stored states of steps ``first..stop-1`` (all written)."""
+        assert self._file is not None
+        size = (stop - first) * STEP_BYTES
+        data = os.pread(self._file.fileno(), size, first * STEP_BYTES)
+        if len(data) != size:
+            raise RuntimeError(f"Whisper states file: read {len(data)} of {size} bytes")
+        return np.frombuffer(data, dtype=np.float32).reshape(stop - first, HIDDEN_STATES, PROMPT_WIDTH)
 
     def windows(self, fps: float, start: int, stop: int) -> np.ndarray:
         """float32 (stop - start, 50, 384) prompts of frames ``start..stop-1`` at ``fps`` (before the PE)."""
@@ -103,12 +116,13 @@ class WhisperFeatures:
         valid = (steps >= 0) & (steps < self.steps)
         out = np.zeros((len(frames), WINDOW_STEPS, HIDDEN_STATES, PROMPT_WIDTH), dtype=np.float32)
         if valid.any():
-            out[valid] = self._states[steps[valid]]
+            wanted = steps[valid]
+            first = int(wanted.min())
+            out[valid] = self._read_steps(first, int(wanted.max()) + 1)[wanted - first]
         return out.reshape(len(frames), TOKENS, PROMPT_WIDTH)
 
     def close(self) -> None:
         if self._file is not None:
-            del self._states
             self._file.close()
             self._file = None
 

@@ -133,17 +133,18 @@ def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 MEL_TABLES = Path(__file__).with_name("wav2lip_mel.npz")
-"""librosa's mel filter bank (``librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)``) and
-Hann window (``librosa.filters.get_window("hann", 800, fftbins=True)``) as librosa computes them, stored once
-(as Whisper ships its ``mel_filters.npz``): importing librosa in a render costs ~100 MiB of RSS (numba, llvmlite,
-its audio I/O) for two constant tables. ``tests/pipeline/test_audio.py`` recomputes both with librosa and
-compares them bit for bit (and says how to write the file again)."""
+"""librosa's mel filter bank (``librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)``),
+Hann window (``librosa.filters.get_window("hann", 800, fftbins=True)``) and the bank's band centres
+(``librosa.mel_frequencies(n_mels=82, fmin=55, fmax=7600)[1:-1]``, for mouthwarp) as librosa computes them,
+stored once (as Whisper ships its ``mel_filters.npz``): importing librosa in a render costs ~100 MiB of RSS
+(numba, llvmlite, its audio I/O) for three constant tables. ``tests/pipeline/test_audio.py`` recomputes them
+with librosa and compares them bit for bit (and says how to write the file again)."""
 
 
 @functools.lru_cache(maxsize=1)
 def _mel_tables() -> dict[str, np.ndarray]:
     with np.load(MEL_TABLES) as tables:
-        arrays = {name: tables[name] for name in ("mel_basis", "hann_window")}
+        arrays = {name: tables[name] for name in ("mel_basis", "hann_window", "band_hz")}
     for array in arrays.values():
         array.setflags(write=False)
     return arrays
@@ -158,6 +159,11 @@ def _mel_basis() -> np.ndarray:
 def _hann_window() -> np.ndarray:
     """float64 (800,) periodic Hann window that librosa's ``stft(window="hann")`` applies."""
     return _mel_tables()["hann_window"]
+
+
+def mel_band_hz() -> np.ndarray:
+    """Read-only float64 (80,) centre frequency (Hz) of each mel band of the bank (Slaney scale)."""
+    return _mel_tables()["band_hz"]
 
 
 FFT_FRAMES = 256

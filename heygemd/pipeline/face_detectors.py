@@ -20,6 +20,7 @@ import importlib.util
 import os
 import pickle
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,20 +83,54 @@ def _dlib_rect(box: np.ndarray) -> dlib.rectangle:
 
 
 class DlibShapePredictor:
-    """dlib's 68-point landmark regressor (about 1-2 ms a face on a CPU)."""
+    """dlib's 68-point landmark regressor (about 1-2 ms a face on a CPU).
+
+    The model (a 95 MB file, ~70 MiB in memory) is read at the first call, not here: a render whose face track
+    is cached never needs it. Here only the file's presence is checked (CheckpointError when it is missing);
+    a file dlib cannot read raises CheckpointError naming it at the first call.
+    """
 
     def __init__(self, path: Path | None = None):
         self.path = path if path is not None else shape_predictor_path()
-        self._predictor = dlib.shape_predictor(str(self.path))
+        if not self.path.is_file():
+            raise CheckpointError(
+                "dlib's 68-point face landmark model was not found",
+                path=self.path,
+                hint="Install it with: pip install face-recognition-models "
+                "(it ships shape_predictor_68_face_landmarks.dat).",
+            )
+        self._predictor: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model has been read (the first call reads it)."""
+        return self._predictor is not None
+
+    def _model(self) -> Any:
+        with self._lock:
+            if self._predictor is None:
+                try:
+                    self._predictor = dlib.shape_predictor(str(self.path))
+                except RuntimeError as exc:  # dlib's serialization errors
+                    raise CheckpointError(
+                        f"cannot read dlib's 68-point face landmark model: {str(exc).strip()[:200]}",
+                        path=self.path,
+                        hint="The file is damaged; reinstall it with: pip install --force-reinstall "
+                        "face-recognition-models.",
+                    ) from exc
+            return self._predictor
 
     def __call__(self, frame_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
         # dlib silently finds nothing in non-contiguous arrays; it works on intensities, so BGR is fine.
-        shape = self._predictor(np.ascontiguousarray(frame_bgr), _dlib_rect(box))
+        shape = self._model()(np.ascontiguousarray(frame_bgr), _dlib_rect(box))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
 class DlibDetector:
-    """dlib frontal-face HOG detector plus the 68-point shape predictor; offline and CPU only.
+    """dlib frontal-face HOG detector plus the 68-point shape predictor; offline and CPU only. The landmark
+    model is read at the first face (``DlibShapePredictor``), so a warm session that only renders cached face
+    tracks never holds it.
 
     ``upsample``: how often dlib doubles the image before detecting (0 finds faces from about 80 px,
     1 from about 40 px at four times the cost). ``retry_upsampled``: when nothing is found, try once more
@@ -120,6 +155,11 @@ class DlibDetector:
             np.array([rects[i].left(), rects[i].top(), rects[i].right(), rects[i].bottom()], dtype=np.float32)
             for i in order
         ]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the landmark model has been read."""
+        return self._predictor.loaded
 
     def landmarks(self, frame_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
         return self._predictor(frame_bgr, box)

@@ -307,6 +307,29 @@ def test_importing_the_engine_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_a_mouthwarp_render_does_not_import_librosa(tmp_path) -> None:
+    """The band centres come from the package's stored tables: librosa (numba, llvmlite) would add ~80 MiB."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from heygemd.demo import presenter_video, speech_wav\n"
+        "from heygemd.lipsync import LipSyncSession\n"
+        "from heygemd.settings import EngineSettings, PathsSettings, Settings\n"
+        "tmp = Path(sys.argv[1])\n"
+        "paths = PathsSettings(inbox=tmp / 'inbox', outbox=tmp / 'outbox', models=tmp / 'models')\n"
+        "session = LipSyncSession(Settings(paths=paths, engine=EngineSettings(name='mouthwarp')))\n"
+        "session.warm_up()\n"
+        "video = presenter_video(tmp / 'anna.mp4', seconds=0.5, size=(320, 180))\n"
+        "speech = speech_wav(tmp / 'one.wav', sentences=('One.',), pause_seconds=0.1, lead_seconds=0.1)\n"
+        "result = session.render(video, session.audio(speech), tmp / 'out' / 'anna.mp4')\n"
+        "assert result.face_ratio == 1.0 and (tmp / 'out' / 'anna.mp4').is_file()\n"
+        "print(sorted(m for m in ('librosa', 'numba', 'llvmlite') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_masks_given_in_the_batch_give_the_same_mouth(face) -> None:
     crop, points, _ = face
     window = mel_window(-1.0)

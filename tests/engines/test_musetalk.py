@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoFeatureExtractor, WhisperModel
 
 from heygemd.engines.base import FaceBatch
-from heygemd.engines.musetalk import MuseTalkEngine, audio_prompts, load_model
+from heygemd.engines.musetalk import CPU_SUB_BATCH, MuseTalkEngine, audio_prompts, load_model
 from heygemd.errors import CheckpointError
 
 
@@ -138,6 +138,28 @@ def test_whisper_features_cut_windows_per_batch_like_all_at_once(musetalk_folder
         assert beyond.shape == (1, 50, 384)
 
 
+def _rss_file_kib() -> int:
+    """The file-backed part of this process's RSS (mapped files' resident pages), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_whisper_features_of_a_long_audio_stay_out_of_the_process_memory(musetalk_folder: Path) -> None:
+    """2 min of audio: 46 MB of encoder states go to a file and each batch reads back its own steps, so the RSS
+    does not grow with the audio's length (a memory map of that file counted all of it)."""
+    model = load_model(musetalk_folder)
+    model.encode_audio(speechlike(1.0)).close()  # torch's code pages are in before measuring
+    wav = speechlike(120.0, seed=4)
+    before = _rss_file_kib()
+    with model.encode_audio(wav) as features:
+        assert features.steps * 5 * 384 * 4 > 45e6
+        last = features.windows(25.0, 0, 3000)[-16:]
+        grown = (_rss_file_kib() - before) / 1024
+        np.testing.assert_array_equal(last, features.windows(25.0, 2984, 3000))
+    assert grown < 8  # MiB; 44 with the states mapped
+    assert np.abs(last).sum() > 0
+
+
 # ------------------------------------------------------------------ generator
 
 
@@ -186,6 +208,27 @@ def test_engine_resizes_crops_and_uses_prepared_latents(musetalk_folder: Path) -
     for x, y in zip(out, again, strict=True):
         np.testing.assert_array_equal(x, y)
     assert engine.identity.startswith("sha256:")
+    engine.close()
+
+
+def test_cpu_passes_are_small_and_give_the_pixels_of_one_large_pass(musetalk_folder: Path) -> None:
+    """On the CPU a configured batch of 64 runs in passes of CPU_SUB_BATCH faces (the memory of a pass grows with
+    its faces); the faces are those of one pass over all of them, but for float rounding (kernels chosen by the
+    pass size): at most 1 level off, in a few pixels."""
+    engine = MuseTalkEngine(musetalk_folder, device="cpu", batch_size=64)
+    assert engine.batch_size == CPU_SUB_BATCH == 4
+    rng = np.random.default_rng(11)
+    crops = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(6)]
+    prompts = rng.standard_normal((6, 50, 384)).astype(np.float32)
+    marks = [np.zeros((68, 2), np.float32)] * 6
+    prepared = engine.prepare_presenter(crops)
+    faces = engine.generate(
+        FaceBatch(crops=crops, landmarks=marks, mels=np.zeros((6, 80, 16), np.float32), prompts=prompts)
+    )
+    one_pass = engine.model.encode_latents(np.stack(crops))
+    np.testing.assert_allclose(prepared, one_pass, rtol=0, atol=1e-5)
+    difference = np.abs(np.stack(faces).astype(np.int16) - engine.model.generate_from_latents(one_pass, prompts))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     engine.close()
 
 

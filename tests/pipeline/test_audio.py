@@ -462,12 +462,16 @@ def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
     from heygemd.pipeline import audio
 
     # heygemd/pipeline/wav2lip_mel.npz holds librosa's tables; should librosa ever change them, write it again with
-    # np.savez_compressed(audio.MEL_TABLES, mel_basis=expected_bank, hann_window=expected_window)
+    # np.savez_compressed(audio.MEL_TABLES, mel_basis=expected_bank, hann_window=expected_window, band_hz=expected_hz)
     expected_bank = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55.0, fmax=7600.0)
     expected_window = librosa.filters.get_window("hann", 800, fftbins=True)
+    expected_hz = librosa.mel_frequencies(n_mels=82, fmin=55.0, fmax=7600.0)[1:-1]  # the bank's band centres
     assert audio._mel_basis().dtype == expected_bank.dtype and audio._hann_window().dtype == expected_window.dtype
+    assert audio.mel_band_hz().dtype == expected_hz.dtype
     np.testing.assert_array_equal(audio._mel_basis(), expected_bank)
     np.testing.assert_array_equal(audio._hann_window(), expected_window)
+    np.testing.assert_array_equal(audio.mel_band_hz(), expected_hz)
+    assert not audio.mel_band_hz().flags.writeable
     segment = np.random.default_rng(3).normal(0, 0.1, SR * 2 + 411).astype(np.float32)
     expected = np.abs(librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))
     np.testing.assert_array_equal(audio._stft_magnitude(segment), expected)

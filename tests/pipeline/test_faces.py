@@ -372,6 +372,51 @@ def test_shape_predictor_is_found_without_importing_face_recognition_models_or_t
     assert result.returncode == 0, result.stderr
 
 
+def test_the_landmark_model_is_read_at_the_first_face_and_a_damaged_one_is_named(tmp_path, clip):
+    """A cached face track never needs dlib's 70 MiB landmark model, so it is read at the first face, not at
+    load; a missing file still fails at load, a damaged one at its first use, each naming the file."""
+    with pytest.raises(CheckpointError) as missing:
+        DlibDetector(predictor_path=tmp_path / "gone.dat")
+    assert "gone.dat" in missing.value.message and "face-recognition-models" in missing.value.hint
+
+    damaged = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    damaged.write_bytes(b"not a dlib model")
+    detector = DlibDetector(predictor_path=damaged)
+    assert not detector.loaded
+    box = detector.detect(clip[0])[0]  # the HOG detector needs no file
+    with pytest.raises(CheckpointError) as bad:
+        detector.landmarks(clip[0], box)
+    assert damaged.name in bad.value.message and "reinstall" in bad.value.hint
+
+    good = DlibDetector()
+    assert not good.loaded
+    assert_sane_landmarks(good.landmarks(clip[0], box), box)
+    assert good.loaded
+
+
+def test_a_warm_session_rendering_a_cached_track_never_reads_the_landmark_model(tmp_path):
+    from heygemd.demo import presenter_video, speech_wav
+    from heygemd.lipsync import LipSyncSession
+    from heygemd.settings import EngineSettings, PathsSettings, Settings
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+    )
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=0.5, size=(320, 180))
+    speech = speech_wav(tmp_path / "one.wav", sentences=("One.",), pause_seconds=0.1, lead_seconds=0.1)
+    first = LipSyncSession(settings)
+    first.warm_up()
+    assert not first.render(presenter, first.audio(speech), tmp_path / "out" / "a.mp4").cached_faces
+    assert first.detector.loaded  # type: ignore[attr-defined]
+
+    again = LipSyncSession(settings)  # a restarted daemon: same cache, fresh process state
+    again.warm_up()
+    result = again.render(presenter, again.audio(speech), tmp_path / "out" / "b.mp4")
+    assert result.cached_faces and result.face_ratio == 1.0
+    assert not again.detector.loaded  # type: ignore[attr-defined]
+
+
 def test_make_detector_choices(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
