@@ -121,15 +121,19 @@ def _musetalk_loads(settings: Settings) -> Check:
 
 
 def _faces(settings: Settings) -> Check:
+    import numpy as np
+
     from heygemd.pipeline import faces
 
     try:
         detector = faces.make_detector(
             settings.faces.detector, settings.paths.models, settings.paths.cache_dir, device=settings.engine.device
         )
+        # A render reads the landmark model only at its first face; the check reads it now.
+        detector.landmarks(np.zeros((64, 64, 3), dtype=np.uint8), np.array([8, 8, 56, 56], dtype=np.float32))
     except HeygemdError as exc:
         return Check("face detector", False, exc.message, exc.hint)
-    return Check("face detector", True, detector.name)
+    return Check("face detector", True, f"{detector.name} (its landmark model reads)")
 
 
 def _device(settings: Settings) -> Check:

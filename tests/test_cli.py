@@ -36,6 +36,31 @@ def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -
     assert proc.returncode == 1  # a required check failed
 
 
+def test_check_reads_the_landmark_model_and_names_a_damaged_one(tmp_path: Path, heygemd_bin: Path) -> None:
+    # A render reads dlib's landmark model only at its first face; the check must read it now. A damaged copy is
+    # put first on the path as a package of the same name.
+    package = tmp_path / "site" / "face_recognition_models"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models" / "shape_predictor_68_face_landmarks.dat").write_bytes(b"\0" * 4096)
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")])),
+    }
+    proc = run(heygemd_bin, "check", env=env)
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "  face detector:" in line)
+    assert lines[at].startswith("FAIL") and "shape_predictor_68_face_landmarks.dat" in lines[at], proc.stdout
+    assert "reinstall" in lines[at + 1]
+    assert proc.returncode == 1
+
+    healthy = run(heygemd_bin, "check", env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+    detector = next(line for line in healthy.stdout.splitlines() if "  face detector:" in line)
+    assert detector.startswith("ok") and "landmark model reads" in detector
+
+
 def test_check_wants_a_checkpoint_when_wav2lip_is_asked_for(tmp_path: Path, heygemd_bin: Path) -> None:
     env = {
         "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
