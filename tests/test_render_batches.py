@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from heygemd.demo import presenter_video, speech_wav
+from heygemd.engines import mouthwarp
 from heygemd.engines.mouthwarp import MouthWarpEngine
 from heygemd.engines.wav2lip import CPU_SUB_BATCH, Wav2LipEngine
 from heygemd.lipsync import LipSyncSession
@@ -23,11 +24,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_random_checkpoint(tmp_path_factory.mktemp("models") / "wav2lip.pth", seed=1)
 
 
+class _WholeBatches:
+    """An engine that states no pass size (takes any batch whole)."""
+
+
 def test_an_engine_without_passes_is_bounded_by_the_setting_and_by_bytes() -> None:
-    engine = MouthWarpEngine()
+    engine = _WholeBatches()
     assert batch_frames(engine, 64, FRAME_720P) == BATCH_BYTES // FRAME_720P
     assert batch_frames(engine, 5, FRAME_720P) == 5
     assert batch_frames(engine, 64, 3840 * 2160 * 3 * 2) == 1  # one frame over the byte bound still renders
+
+
+def test_mouthwarp_batches_a_few_frames_so_the_queues_fill_early() -> None:
+    engine = MouthWarpEngine()
+    assert batch_frames(engine, 64, FRAME_720P) == mouthwarp.BATCH_FRAMES < BATCH_BYTES // FRAME_720P
+    assert batch_frames(engine, 2, FRAME_720P) == 2
 
 
 def test_wav2lip_on_the_cpu_batches_one_pass_of_faces(checkpoint: Path) -> None:

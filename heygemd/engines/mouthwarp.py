@@ -56,6 +56,13 @@ BAND_HZ = mel_band_hz()
 ``mel_frequencies`` as stored in ``pipeline/wav2lip_mel.npz``, so a render imports no librosa)."""
 
 
+BATCH_FRAMES = 4
+"""Crops per ``generate`` call, and so frames per render batch (``run.batch_frames``), as Wav2Lip's on the CPU: the
+engine works face by face, so larger batches are no faster and only hold more frames between the stages. With
+12 frames (the 32 MiB cap at 720p) the render's queues held ~300 MiB once they had filled, which took longer than a
+10 s output (a 60 s one peaked at 1.31x the 10 s one); with 4, ~100 MiB, filled within the first 5 s."""
+
+
 @dataclass(frozen=True)
 class MouthWarpParams:
     """Every tunable of the engine; the defaults are what the README describes."""
@@ -564,6 +571,8 @@ class MouthWarpEngine:
     name: str = "mouthwarp"
     identity: str = f"mouthwarp-{VERSION}"
     needs: EngineNeeds = EngineNeeds()
+    batch_size: int = BATCH_FRAMES
+    """Frames per render batch (``run.batch_frames``)."""
 
     def __init__(self, params: MouthWarpParams | None = None) -> None:
         self.params = params if params is not None else MouthWarpParams()
