@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.daemon_process import Daemon, Media, wait_until
-from tests.web.test_e2e import web_url
+from tests.web.test_e2e import start_with_web
 from tests.web.webserver import TOKEN
 
 pytestmark = pytest.mark.slow
@@ -66,12 +66,7 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
     from selenium.webdriver.common.by import By
 
     driver = browser
-    daemon = daemon_factory()
-    with open(daemon.config, "a", encoding="utf-8") as cfg:
-        cfg.write("\n[web]\nenabled = true\nport = 0\n")
-    daemon.start({"HEYGEMD_WEB__TOKEN": TOKEN})
-    url = web_url(daemon)
-    daemon.wait_ready()
+    daemon, url = start_with_web(daemon_factory)
 
     driver.get(url + "/")  # type: ignore[attr-defined]
     assert "/login" in driver.current_url  # type: ignore[attr-defined]
@@ -150,12 +145,7 @@ def test_cancel_buttons_in_the_list_and_on_the_job_page(
     from selenium.webdriver.support.wait import WebDriverWait
 
     driver = browser
-    daemon = daemon_factory()
-    with open(daemon.config, "a", encoding="utf-8") as cfg:
-        cfg.write("\n[web]\nenabled = true\nport = 0\n")
-    daemon.start({"HEYGEMD_WEB__TOKEN": TOKEN})
-    url = web_url(daemon)
-    daemon.wait_ready()
+    daemon, url = start_with_web(daemon_factory)
     daemon.submit("waiting", {"voice.wav": media.speech, "anna.mp4": media.face_a}, marker=False)  # never settles
     presenters = {
         "anna.mp4": media.face_a,

@@ -28,6 +28,17 @@ def web_url(daemon: Daemon) -> str:
     return daemon.wait_for(ready, 90, "web.ready in the daemon's log").rstrip("/")
 
 
+def start_with_web(daemon_factory: Callable[..., Daemon]) -> tuple[Daemon, str]:
+    """A daemon with its web server on (any free port, the test token), ready; and the server's URL."""
+    daemon = daemon_factory()
+    with open(daemon.config, "a", encoding="utf-8") as cfg:
+        cfg.write("\n[web]\nenabled = true\nport = 0\n")
+    daemon.start({"HEYGEMD_WEB__TOKEN": TOKEN})
+    url = web_url(daemon)
+    daemon.wait_ready()
+    return daemon, url
+
+
 def sse_events(client: httpx.Client, path: str, until: Callable[[dict], bool]) -> list[dict]:
     """Read 'job' events from the stream until one satisfies ``until``; returns every job event read."""
     seen: list[dict] = []
@@ -48,12 +59,7 @@ def sse_events(client: httpx.Client, path: str, until: Callable[[dict], bool]) -
 def test_submit_render_follow_download_retry_delete(
     daemon_factory: Callable[..., Daemon], media: Media, faceless: Path
 ) -> None:
-    daemon = daemon_factory()
-    with open(daemon.config, "a", encoding="utf-8") as cfg:
-        cfg.write("\n[web]\nenabled = true\nport = 0\n")
-    daemon.start({"HEYGEMD_WEB__TOKEN": TOKEN})
-    url = web_url(daemon)
-    daemon.wait_ready()
+    daemon, url = start_with_web(daemon_factory)
     with httpx.Client(base_url=url, timeout=30) as client:
         with open(media.long_speech, "rb") as a, open(media.face_a, "rb") as v1, open(faceless, "rb") as v2:
             response = client.post(
