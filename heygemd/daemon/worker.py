@@ -175,8 +175,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         final = status_file.status
         done, failed, total = final.counts()
         level = log.info if final.state == "done" else log.warning
-        event = f"job.{final.state}"
-        level(event, videos_done=done, videos_failed=failed, videos=total)
+        level(f"job.{final.state}", videos_done=done, videos_failed=failed, videos=total)
     # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
     # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
     inputs_after = context.inputs_after if final.state == "done" else "archive"
