@@ -65,6 +65,17 @@ def classify_name(name: str, *, is_dir: bool = False) -> NameKind:
     return NameKind.NORMAL
 
 
+def plain_name(name: str, *, is_dir: bool = False) -> bool:
+    """A single path component that is an ordinary (non-hidden, non-junk, not in flight) name: what a job id, or a
+    file the web server serves by name, must be."""
+    return (
+        bool(name)
+        and not any(c in name for c in "/\\\0")
+        and name not in (".", "..")
+        and classify_name(name, is_dir=is_dir) is NameKind.NORMAL
+    )
+
+
 def encodable_name(name: str) -> bool:
     """Whether ``name`` is valid UTF-8 (a name from an old system in another encoding is not)."""
     try:

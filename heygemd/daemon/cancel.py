@@ -47,7 +47,7 @@ from heygemd.daemon.status import (
 from heygemd.errors import AlreadyFinished, CancelRefused, HeygemdError, JobNotFound
 from heygemd.fsutil import atomic_write_bytes, remove_temps
 from heygemd.logs import job_log
-from heygemd.names import NameKind, classify_name
+from heygemd.names import plain_name
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.cancel")
@@ -211,7 +211,7 @@ def cancel_job(
 ) -> CancelAnswer:
     """Cancel ``job_id`` (the id `heygemd status` and the dashboard show; for a job still in the inbox, its folder's
     name). Raises JobNotFound when there is no such job, AlreadyFinished when it has finished."""
-    if not _plain(job_id):
+    if not plain_name(job_id, is_dir=True):  # a job id names one ordinary folder
         raise JobNotFound(f"there is no job {job_id!r}")
     for _attempt in range(3):  # the job may move on between two looks (inbox -> claimed -> finished)
         answer = _cancel_once(job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, by, finish_idle)
@@ -286,16 +286,6 @@ def _cancel_once(
     request = write_request(claimed.path, by)
     final = finish_unstarted(claimed, outbox, request, ready_marker=ready_marker)
     return CancelAnswer(claimed.job_id, "cancelled", final)
-
-
-def _plain(name: str) -> bool:
-    """A job id names one ordinary folder: no path, no hidden or junk name."""
-    return (
-        bool(name)
-        and name not in (".", "..")
-        and not any(c in name for c in "/\\\0")
-        and classify_name(name, is_dir=True) is NameKind.NORMAL
-    )
 
 
 def _outbox_status(folder: Path) -> JobStatus | None:

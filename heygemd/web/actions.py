@@ -24,8 +24,9 @@ from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
 from heygemd.fsutil import fsync_dir
+from heygemd.names import plain_name
 from heygemd.settings import Settings
-from heygemd.web.catalog import TRASH_DIR, Catalog, plain_name
+from heygemd.web.catalog import TRASH_DIR, Catalog
 from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
 from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
 

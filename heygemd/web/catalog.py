@@ -21,7 +21,7 @@ from heygemd.daemon.claims import CLAIMED, ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
-from heygemd.names import NameKind, classify_name, is_audio, is_presenter
+from heygemd.names import is_audio, is_presenter, plain_name
 from heygemd.settings import Settings
 from heygemd.web.problems import BadStatus, NotFound
 
@@ -29,18 +29,6 @@ STATUS_FILE = "status.json"
 LOG_FILE = "job.log"
 TRASH_DIR = ".heygemd-trash"
 """Where deleted outbox folders go for a moment (renamed, then removed) so a half-done delete is never a job."""
-
-
-def plain_name(name: str) -> bool:
-    """A single path component that is an ordinary (non-hidden, non-junk) name."""
-    return (
-        bool(name)
-        and "/" not in name
-        and "\\" not in name
-        and "\0" not in name
-        and name not in (".", "..")
-        and classify_name(name) is NameKind.NORMAL
-    )
 
 
 def _real_dir(path: Path) -> bool:
