@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import structlog
+
+log = structlog.get_logger("heygemd.queue")
 
 LOCK_PREFIX = "heygemd:lock:"
 UNACKED_INDEX = "unacked_index"  # kombu's Channel.unacked_index_key
@@ -87,6 +91,21 @@ class Broker:
 
     def release(self, job_id: str, owner: str) -> None:
         self.client.eval(_RELEASE, 1, LOCK_PREFIX + job_id, owner)
+
+    @contextmanager
+    def holding(self, job_id: str, owner: str, ttl_s: float) -> Iterator[bool]:
+        """The job's lock for the block: yields False (and holds nothing) when another owner has it. Taking it
+        raises BrokerError when Redis is away; a failed release is logged (the lock expires by itself)."""
+        if not self.acquire(job_id, owner, ttl_s):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                self.release(job_id, owner)
+            except BrokerError as exc:
+                log.warning("job.unlock_failed", job_id=job_id, error=str(exc))
 
     def locked(self, job_id: str) -> bool:
         return bool(self.client.exists(LOCK_PREFIX + job_id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import ExitStack
 
 import structlog
 
@@ -27,23 +28,19 @@ def idle_finisher(settings: Settings) -> FinishIdle:
     ttl = settings.queue.heartbeat_interval * MISSED_HEARTBEATS
 
     def finish(claimed: ClaimedJob, request: CancelStatus) -> JobStatus | None:
-        try:
-            if not broker.acquire(claimed.job_id, owner, ttl):
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(broker.holding(claimed.job_id, owner, ttl))
+            except BrokerError as exc:  # Redis away: the worker that takes the task acts on the request
+                log.warning("job.cancel_deferred", job_id=claimed.job_id, error=str(exc))
+                return None
+            if not held:
                 return None  # a worker runs the job: it acts on the request
-        except BrokerError as exc:  # Redis away: the worker that takes the task acts on the request
-            log.warning("job.cancel_deferred", job_id=claimed.job_id, error=str(exc))
-            return None
-        try:
             current = read_claim(claimed.path)
             if current is None or owned_elsewhere(current, settings.queue):
                 return None
             return finish_unstarted(
                 take_over(current), settings.paths.outbox, request, ready_marker=settings.intake.ready_marker
             )
-        finally:
-            try:
-                broker.release(claimed.job_id, owner)
-            except BrokerError as exc:  # it expires by itself
-                log.warning("job.unlock_failed", job_id=claimed.job_id, error=str(exc))
 
     return finish

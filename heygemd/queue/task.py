@@ -148,10 +148,10 @@ class JobRunner:
     def _run(self, job_id: str, claim_path: str, delivery_tag: str | None) -> TaskResult:
         path = map_path(claim_path, self.settings.queue.path_map)
         ttl = self.settings.queue.heartbeat_interval * MISSED_HEARTBEATS
-        if not self.broker.acquire(job_id, self.owner, ttl):
-            log.info("job.duplicate_task", job_id=job_id, why="another worker holds the job")
-            return TaskResult("duplicate")
-        try:
+        with self.broker.holding(job_id, self.owner, ttl) as held:
+            if not held:
+                log.info("job.duplicate_task", job_id=job_id, why="another worker holds the job")
+                return TaskResult("duplicate")
             claimed = read_claim(path)
             if claimed is None:
                 log.info("job.duplicate_task", job_id=job_id, why="the job is finished", claim=str(path))
@@ -168,11 +168,6 @@ class JobRunner:
             if outcome in (JobOutcome.PAUSED, JobOutcome.INTERRUPTED):
                 disown(claimed)  # still claimed: free for the next task of the job (requeued or republished)
             return TaskResult("ran", outcome)
-        finally:
-            try:
-                self.broker.release(job_id, self.owner)
-            except BrokerError as exc:  # it expires by itself
-                log.warning("job.unlock_failed", job_id=job_id, error=str(exc))
 
     def _process(self, claimed: ClaimedJob) -> JobOutcome:
         try:
