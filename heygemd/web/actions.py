@@ -30,7 +30,6 @@ from heygemd.web.catalog import TRASH_DIR, Catalog
 from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
 from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
 
-FINISHED = FINISHED_JOB_STATES
 RETRIED = frozenset({"failed", "cancelled"})
 """The videos a retry submits again."""
 
@@ -60,7 +59,7 @@ def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
 
 
 def _require_finished(status: JobStatus) -> None:
-    if status.state not in FINISHED:
+    if status.state not in FINISHED_JOB_STATES:
         raise JobBusy(f"job {status.job_id!r} is {status.state}")
 
 
