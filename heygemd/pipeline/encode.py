@@ -5,8 +5,8 @@ is written under a temporary name in its final directory and renamed into place 
 
 Conventions
 -----------
-* Colours: the writer converts BGR to yuv420p with the BT.709 matrix (limited range) and tags the
-  stream so.
+* Colours: the writer converts BGR to yuv420p with the BT.709 matrix (limited range) itself
+  (``colour.bgr_to_yuv420p``, in the calling thread) and tags the stream so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from heygemd.errors import DiskFull, EncodeError, NoAudioStream
 from heygemd.fsutil import atomic_writer, publish_written
 from heygemd.names import temp_path
+from heygemd.pipeline.colour import BT709_TV, bgr_to_yuv420p, yuv420p_bytes
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
 from heygemd.pipeline.frames import decode_filters, input_args
 from heygemd.pipeline.hw_codecs import Encoder, encoder_args
@@ -31,7 +32,8 @@ _VIDEO = VideoSettings.model_fields
 
 _ENCODE_COLOUR = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
 _ENCODE_FILTER = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,format=yuv420p"
-"""BGR -> yuv420p with the BT.709 matrix, limited range; accurate_rnd as in ``frames._DECODE_TO_BGR``."""
+"""ffmpeg's own conversion to what ``VideoWriter`` encodes, for ``plain_transcode``: yuv420p with the BT.709
+matrix, limited range."""
 
 
 def _encode_args(crf: int, preset: str, audio_bitrate: str, duration: float, encoder: Encoder) -> list[str]:
@@ -73,7 +75,8 @@ class VideoWriter:
     """Encode BGR frames to H.264 (``encoder``: libx264 or h264_nvenc, see ``hw_codecs``) + the original audio
     with ONE ffmpeg process; atomic on success.
 
-    Frames go to ffmpeg's stdin as rawvideo bgr24 of ``width`` x ``height`` (both even) at ``fps``;
+    Frames are given as BGR of ``width`` x ``height`` (both even) and go to ffmpeg's stdin as rawvideo yuv420p
+    (``colour.bgr_to_yuv420p``, BT.709 limited range) at ``fps``;
     ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
     input and is re-encoded to AAC. The output lasts ``duration`` seconds (write
     ``AudioFeatures.frame_count(fps)`` frames to cover it). It is written to
@@ -109,6 +112,8 @@ class VideoWriter:
         self.temp_path = temp_path(self.out_path)
         self.frames_written = 0
         self._proc: ToolProcess | None = None
+        self._yuv = np.empty(yuv420p_bytes(self.width, self.height), dtype=np.uint8)
+        """The frame being written, converted (one buffer for the whole video)."""
 
     def __enter__(self) -> "VideoWriter":
         self.open()
@@ -138,7 +143,7 @@ class VideoWriter:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "bgr24",
+            "yuv420p",
             "-s",
             f"{self.width}x{self.height}",
             "-r",
@@ -151,8 +156,6 @@ class VideoWriter:
             "0:v:0",
             "-map",
             "1:a:0",
-            "-vf",
-            _ENCODE_FILTER,
             *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
             media_url(self.temp_path),
         ]
@@ -166,9 +169,9 @@ class VideoWriter:
             raise ValueError(
                 f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame_bgr.shape} {frame_bgr.dtype}"
             )
-        data = np.ascontiguousarray(frame_bgr).data.cast("B")
+        bgr_to_yuv420p(frame_bgr, BT709_TV, self._yuv)
         try:
-            self._proc.stdin.write(data)
+            self._proc.stdin.write(self._yuv.data)
         except BrokenPipeError:
             raise self._fail("ffmpeg stopped reading frames") from None
         self.frames_written += 1
