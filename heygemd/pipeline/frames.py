@@ -7,7 +7,8 @@ Conventions
 -----------
 * Frames are BGR uint8 arrays of shape (height, width, 3), upright (rotation metadata applied) and of
   even width and height (at most one pixel column/row cropped at the right/bottom).
-* Colours: the reader converts with the matrix the input is tagged with (BT.601 when untagged).
+* Colours: the reader converts with the matrix the input is tagged with (BT.601 when untagged): itself for
+  8-bit 4:2:0 video (``probe.DecodedYuv``, ``colour``), else through ffmpeg's swscale.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import numpy as np
 import structlog
 
 from heygemd.errors import DecodeError
+from heygemd.pipeline.colour import yuv420p_bytes, yuv420p_to_bgr
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo
-from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec, SpoolPixFmt
-from heygemd.pipeline.yuv_tap import YuvTap, read_into_tapped, yuv_spool_format
+from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
 
 log = structlog.get_logger(__name__)
@@ -41,9 +42,8 @@ frames (rounding of duration * fps); a larger gap means a damaged/truncated file
 
 _TRANSPOSE = {90: "transpose=clock", 180: "hflip,vflip", 270: "transpose=cclock"}
 _DECODE_TO_BGR = "scale=flags=accurate_rnd,format=bgr24"
-"""accurate_rnd on both conversions (this one and the writer's, in ``encode``) removes a ~2 level darkening
-that swscale's fast path adds per round trip (BGR -> yuv420p -> BGR mean error 1.9 instead of 2.8 levels)
-at ~2 ms per 720p frame."""
+"""ffmpeg's conversion of the frames ``read_frames`` does not convert itself (10-bit, 4:4:4, HDR, non-square
+pixels, stills): accurate_rnd removes a ~2 level darkening that swscale's fast path adds per round trip."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,11 +79,6 @@ def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
     return ",".join(parts)
 
 
-def _decode_chain(info: VideoInfo, ffmpeg: str) -> str:
-    """``decode_filters`` followed by the conversion to BGR."""
-    return decode_filters(info, ffmpeg) + "," + _DECODE_TO_BGR
-
-
 def input_args(info: VideoInfo) -> list[str]:
     """Input options: stills are rotated by our own filter (ffmpeg 5.1 ignores EXIF, newer ones may not)."""
     return ["-noautorotate"] if info.is_still else []
@@ -93,8 +88,7 @@ def read_frames(
     info: VideoInfo,
     decoder: Decoder = "cpu",
     *,
-    yuv_sink: Callable[[memoryview], None] | None = None,
-    yuv_pix_fmt: SpoolPixFmt = "yuv420p",
+    yuv_sink: Callable[[np.ndarray], None] | None = None,
 ) -> Generator[np.ndarray, None, None]:
     """Yield exactly ``info.frame_count`` BGR frames (writable, (h, w, 3) uint8) from one ffmpeg process.
 
@@ -104,20 +98,20 @@ def read_frames(
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
 
-    ``yuv_sink`` (only for sources ``yuv_spool_format`` accepts, with its ``yuv_pix_fmt``): the same ffmpeg also
-    writes each frame as the decoder's 4:2:0, before the BGR conversion, to a second pipe; every such frame
-    (padding included) is handed to ``yuv_sink`` in order, by the time the generator ends.
+    With ``info.yuv`` set, ffmpeg delivers the decoder's own 4:2:0 frames and they are converted to BGR here
+    (``colour.yuv420p_to_bgr``, in the calling thread: OpenCV releases the GIL); otherwise ffmpeg converts.
+    ``yuv_sink`` (only with ``info.yuv``) is handed each of those yuv420p frames (padding included) just before
+    its BGR frame is yielded; the buffer is reused for the next frame.
     """
+    if yuv_sink is not None and info.yuv is None:
+        raise ValueError("yuv_sink needs a video whose frames are converted here (info.yuv)")
     ffmpeg = find_tool("ffmpeg")
-    tap = None if yuv_sink is None else YuvTap(info.width * info.height * 3 // 2, yuv_sink, info.path)
-    if tap is None:
-        graph = ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", _decode_chain(info, ffmpeg)]
-        tap_output: list[str] = []
+    if info.yuv is None:
+        out_pix_fmt, chain = "bgr24", decode_filters(info, ffmpeg) + "," + _DECODE_TO_BGR
+        yuv = None
     else:
-        chain = f"{decode_filters(info, ffmpeg)},format={yuv_pix_fmt},split[bgr][yuv];[bgr]{_DECODE_TO_BGR}[out]"
-        graph = ["-filter_complex", f"[0:{info.stream_index}]{chain}", "-map", "[out]"]
-        tap_output = ["-map", "[yuv]", "-frames:v", str(info.frame_count), "-f", "rawvideo"]
-        tap_output += ["-pix_fmt", yuv_pix_fmt, f"pipe:{tap.write_fd}"]
+        out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info, ffmpeg)
+        yuv = np.empty(yuv420p_bytes(info.width, info.height), dtype=np.uint8)
     argv = [
         ffmpeg,
         "-nostdin",
@@ -128,42 +122,38 @@ def read_frames(
         *(decoder_args(decoder) if not info.is_still else []),
         "-i",
         media_url(info.path),
-        *graph,
+        *["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain],
         "-frames:v",
         str(info.frame_count),
         "-f",
         "rawvideo",
         "-pix_fmt",
-        "bgr24",
+        out_pix_fmt,
         "pipe:1",
-        *tap_output,
     ]
-    try:
-        proc = ToolProcess(argv, stdout=True, pass_fds=() if tap is None else (tap.write_fd,))
-    finally:
-        if tap is not None:
-            tap.close_write_end()
+    proc = ToolProcess(argv, stdout=True)
     delivered = 0
     last: np.ndarray | None = None
     try:
         while delivered < info.frame_count:
             frame = np.empty((info.height, info.width, 3), dtype=np.uint8)
-            if tap is None:
-                got = _read_into(proc.stdout, frame.data.cast("B"))
-            else:
-                got = read_into_tapped(proc.stdout.fileno(), frame.data.cast("B"), tap)
+            target = frame if yuv is None else yuv
+            got = _read_into(proc.stdout, target.data.cast("B"))
             if got == 0:
                 break
-            if got < info.frame_bytes:
+            if got < target.nbytes:
                 proc.wait()
                 raise DecodeError(
                     f"ffmpeg ended in the middle of frame {delivered}: {proc.stderr_tail()}", path=info.path
                 )
+            if yuv is not None:
+                assert info.yuv is not None
+                if yuv_sink is not None:
+                    yuv_sink(yuv)
+                yuv420p_to_bgr(yuv, info.width, info.height, info.yuv.matrix, frame)
             delivered += 1
             last = frame
             yield frame
-        if tap is not None:
-            tap.drain()  # ffmpeg may still be writing the last yuv frame(s): it can exit only after that
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -181,18 +171,14 @@ def read_frames(
                 f"truncated: {proc.stderr_tail()}",
                 path=info.path,
             )
-        if tap is not None and tap.frames != delivered:
-            raise DecodeError(f"ffmpeg wrote {tap.frames} yuv frames for {delivered} BGR frames", path=info.path)
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
         for _ in range(shortfall):
-            if tap is not None:
-                tap.repeat_last()
+            if yuv_sink is not None and yuv is not None:
+                yuv_sink(yuv)  # still the last complete frame: a read that got nothing left it as it was
             yield last.copy()
     finally:
         proc.kill()
-        if tap is not None:
-            tap.close()
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
@@ -245,7 +231,7 @@ class ScheduledFrames:
 
     Disk use of the spool (``spool.FrameSpool``), per source frame: ``codec="raw"`` (the default here) takes
     exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
-    the lossless codecs are fed the decoder's own yuv420p frames (``yuv_spool_format``; else BGR) and
+    the lossless codecs are fed the decoder's own yuv420p frames (``VideoInfo.yuv``; else BGR) and
     give back exactly the forward frames: ``"x264"`` (the ``video.spool`` default of a render) takes 7-14 % of
     raw on camera-like footage, ``"ffv1"`` 8-17 %, ``"utvideo"`` 11-19 %. Before the spool is written its
     expected size is checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again
@@ -342,7 +328,7 @@ class ScheduledFrames:
 
     def _spooled(self) -> Generator[tuple[int, np.ndarray], None, None]:
         n_source = self.info.frame_count
-        yuv = yuv_spool_format(self.info) if self.codec != "raw" else None
+        yuv = self.info.yuv if self.codec != "raw" else None
         self._spool = FrameSpool(
             self.work_dir,
             self.info.width,
@@ -351,14 +337,10 @@ class ScheduledFrames:
             self.codec,
             source=self.info.path,
             frames_expected=n_source,
-            pix_fmt="bgr24" if yuv is None else yuv[0],
-            to_bgr="" if yuv is None else f"{yuv[1]},{_DECODE_TO_BGR}",
+            yuv=None if yuv is None else yuv.matrix,
         )
         sink = None if yuv is None else self._spool.append  # the decoder's own 4:2:0 frames
-        if yuv is None:
-            self._source = read_frames(self.info, self.decoder)
-        else:
-            self._source = read_frames(self.info, self.decoder, yuv_sink=sink, yuv_pix_fmt=yuv[0])
+        self._source = read_frames(self.info, self.decoder, yuv_sink=sink)
         try:
             # The schedule starts 0..n_source-1 in both modes: decode, spool, and pass each frame on.
             for index in range(n_source):
@@ -367,10 +349,7 @@ class ScheduledFrames:
                     self._spool.append(frame)  # before yielding: the consumer may draw on the frame
                 yield index, frame
             source, self._source = self._source, None
-            if sink is None:
-                source.close()
-            else:
-                next(source, None)  # runs read_frames to its end: it hands the last yuv frames to the spool
+            source.close()
             for index in itertools.islice(self._schedule, n_source, None):
                 yield index, self._spool.load(index)
         finally:

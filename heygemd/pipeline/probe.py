@@ -16,9 +16,10 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from heygemd.errors import DecodeError, NotMedia, NoVideoStream
+from heygemd.pipeline.colour import YuvMatrix
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
 
 MIN_FPS = 1.0
@@ -36,6 +37,17 @@ NOT_MEDIA_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 HDR_TRANSFERS = frozenset({"smpte2084", "arib-std-b67"})
 """color_transfer values of HDR (PQ, HLG) video, tone-mapped to SDR when ffmpeg has zscale."""
+
+
+@dataclass(frozen=True)
+class DecodedYuv:
+    """The decoder's own frames of a video whose conversion to BGR heygemd does itself (``colour``): 8-bit 4:2:0
+    with square pixels and no HDR tone-mapping, in a colour space ``YuvMatrix`` knows."""
+
+    pix_fmt: Literal["yuv420p", "yuvj420p"]
+    """As the decoder delivers them (yuvj420p: full range, as MJPEG and some phones' H.264 decode)."""
+    matrix: YuvMatrix
+    """From the first decoded frame's colour tags (BT.601 when untagged, as swscale)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class VideoInfo:
     hdr: bool = False
     square_size: tuple[int, int] | None = None
     """(w, h) the upright frames are scaled to first when the source has non-square pixels (None: square)."""
+    yuv: DecodedYuv | None = None
+    """Set when ``read_frames`` takes the decoder's own frames and converts them itself (None: ffmpeg does)."""
 
     @property
     def frame_bytes(self) -> int:
@@ -166,6 +180,11 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     if is_still:
         fps = _clamp_fps(still_fps)
         return VideoInfo(fps=fps, frame_count=1, duration=1.0 / fps, is_vfr=False, **common)
+    yuv = (
+        None
+        if common["hdr"] or sar != 1 or pix_fmt not in ("yuv420p", "yuvj420p")
+        else _decoded_yuv(ffprobe, video, path)
+    )
 
     r_rate = _rate(video.get("r_frame_rate"))
     avg_rate = _rate(video.get("avg_frame_rate"))
@@ -196,7 +215,44 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
             frame_count = 1  # a single-frame animation (e.g. a GIF): deliver that frame
         else:
             raise DecodeError("the video stream holds no frames", path=path)
-    return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, **common)
+    return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
+
+
+def _decoded_yuv(ffprobe: str, stream: dict, path: Path) -> DecodedYuv | None:
+    """The first decoded frame's pixel format and colour tags (the stream's may differ from the frames'), or None
+    when that frame is not 8-bit 4:2:0 or its colour space is one ffmpeg should convert (ycgco, bt2020c)."""
+    result = run_probe(
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-select_streams",
+            str(stream.get("index", 0)),
+            "-read_intervals",
+            "%+#1",
+            "-show_entries",
+            "frame=pix_fmt,color_space,color_range",
+            "-of",
+            "json",
+            media_url(path),
+        ],
+        path,
+    )
+    try:
+        frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
+    except json.JSONDecodeError:
+        frames = []
+    if result.returncode != 0 or not frames:
+        return None  # ffmpeg converts whatever read_frames can decode; its errors are read_frames' to report
+    pix_fmt = frames[0].get("pix_fmt")
+    if pix_fmt not in ("yuv420p", "yuvj420p"):
+        return None
+    matrix = YuvMatrix.for_tags(
+        str(frames[0].get("color_space", "unknown")),
+        str(frames[0].get("color_range", "unknown")),
+        full_range_format=pix_fmt == "yuvj420p",
+    )
+    return None if matrix is None else DecodedYuv(pix_fmt, matrix)
 
 
 def _raise_probe_failure(path: Path, stderr: str) -> None:

@@ -3,12 +3,11 @@
 One anonymous file in the work folder (``tempfile.TemporaryFile``: never visible by name, gone when closed or
 when the process dies) holds the frames of one video, appended in source order, read back by index.
 
-Frames come in as the decoder delivered them: BGR (``pix_fmt="bgr24"``, width*height*3 bytes) or, for 8-bit
-4:2:0 sources, the decoder's own yuv420p frames before their conversion to BGR (``pix_fmt="yuv420p"``, or
-``"yuvj420p"`` for full range: half the bytes; ``frames.ScheduledFrames`` taps them from the decoding ffmpeg,
-``yuv_tap``). Either way ``load`` returns BGR: a yuv spool is converted back by ``to_bgr``, the same swscale
-conversion (and colour tags) that made the forward frames, so the backward frames are the forward ones bit for
-bit.
+Frames come in as the decoder delivered them: BGR (width*height*3 bytes) or, for 8-bit 4:2:0 sources
+(``probe.DecodedYuv``), the decoder's own yuv420p frames before their conversion to BGR (half the bytes;
+``frames.read_frames`` hands them over). Either way ``load`` returns BGR: a yuv spool converts a frame back with
+the conversion (``colour.yuv420p_to_bgr``) and matrix (``yuv``) that made the forward frame, so the backward
+frames are the forward ones bit for bit.
 
 * ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
 * ``x264`` / ``ffv1`` / ``utvideo``: lossless codecs (x264 at ``-qp 0``; the frames come back bit for bit).
@@ -39,11 +38,10 @@ from typing import BinaryIO, Literal, cast
 import numpy as np
 
 from heygemd.errors import DecodeError, DiskFull, EncodeError
+from heygemd.pipeline.colour import YuvMatrix, yuv420p_bytes, yuv420p_to_bgr
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
 
 SpoolCodec = Literal["raw", "x264", "ffv1", "utvideo"]
-SpoolPixFmt = Literal["bgr24", "yuv420p", "yuvj420p"]
-"""The frames appended: BGR, or the decoder's 8-bit 4:2:0 frames (yuvj420p: full range, as H.264 decodes it)."""
 CODECS: tuple[SpoolCodec, ...] = ("raw", "x264", "ffv1", "utvideo")
 
 SEGMENT_BYTES = 24 << 20
@@ -102,8 +100,8 @@ def segment_frames(frame_bytes: int) -> int:
 
 
 class FrameSpool:
-    """Append frames of one size in order (``pix_fmt``), then ``load(index)`` any of them as BGR. Close to free
-    the file. ``to_bgr``: the ffmpeg filter that turns a yuv420p frame into the BGR of the forward pass."""
+    """Append frames of one size in order, then ``load(index)`` any of them as BGR. Close to free the file.
+    ``yuv``: the frames are yuv420p of this matrix (the codecs only), else BGR."""
 
     def __init__(
         self,
@@ -115,22 +113,18 @@ class FrameSpool:
         *,
         source: Path,
         frames_expected: int,
-        pix_fmt: SpoolPixFmt = "bgr24",
-        to_bgr: str = "",
+        yuv: YuvMatrix | None = None,
     ):
-        self.layout = "bgr24" if pix_fmt == "bgr24" else "yuv420p"
-        """The key of EXPECTED_RATIO and the codec options: yuvj420p is laid out as yuv420p."""
+        self.layout = "bgr24" if yuv is None else "yuv420p"
+        """The key of EXPECTED_RATIO and the codec options (a full-range yuvj420p frame is laid out as yuv420p)."""
         if (codec, self.layout) not in EXPECTED_RATIO:
-            raise ValueError(f"codec must be one of {', '.join(CODECS)} ('raw' takes BGR), got {codec!r}/{pix_fmt}")
-        if pix_fmt != "bgr24" and not to_bgr:
-            raise ValueError("a yuv spool needs the to_bgr filter of the forward frames")
+            raise ValueError(f"codec must be one of {', '.join(CODECS)} ('raw' takes BGR), got {codec!r}/{self.layout}")
         self.work_dir = Path(work_dir)
         self.width, self.height = width, height
         self.bgr_bytes = width * height * 3
-        self.pix_fmt: SpoolPixFmt = pix_fmt
-        self.frame_bytes = self.bgr_bytes if pix_fmt == "bgr24" else width * height * 3 // 2
+        self.yuv = yuv
+        self.frame_bytes = self.bgr_bytes if yuv is None else yuv420p_bytes(width, height)
         """Bytes of one appended frame."""
-        self.to_bgr = to_bgr
         self.fps_arg = fps_arg
         self.codec = codec
         self.source = source
@@ -145,7 +139,8 @@ class FrameSpool:
         """Byte offset of each segment (raw: of each frame); the file's size ends the last one."""
         self._encoder: ToolProcess | None = None
         self._cached_segment = -1
-        self._cache = np.empty((0, height, width, 3), dtype=np.uint8)
+        self._cache = np.empty((0, self.frame_bytes), dtype=np.uint8)
+        """The frames of the segment decoded last, as appended."""
 
     def __len__(self) -> int:
         return self._count
@@ -157,11 +152,11 @@ class FrameSpool:
             return 0
         return os.fstat(self._file.fileno()).st_size
 
-    def append(self, frame: np.ndarray | memoryview) -> None:
-        """Store the next frame: a (height, width, 3) uint8 BGR array, or the bytes of a yuv420p frame."""
-        data = frame.cast("B") if isinstance(frame, memoryview) else np.ascontiguousarray(frame).data.cast("B")
+    def append(self, frame: np.ndarray) -> None:
+        """Store the next frame: a (height, width, 3) uint8 BGR array, or (``yuv``) a yuv420p frame's bytes."""
+        data = np.ascontiguousarray(frame).data.cast("B")
         if len(data) != self.frame_bytes:
-            raise ValueError(f"a {self.pix_fmt} frame of {self.width}x{self.height} has {self.frame_bytes} bytes")
+            raise ValueError(f"a {self.layout} frame of {self.width}x{self.height} has {self.frame_bytes} bytes")
         if self._count % self.segment == 0:
             self._finish_segment()
             self._starts.append(self.nbytes)
@@ -196,7 +191,11 @@ class FrameSpool:
             return frame
         if segment != self._cached_segment:
             self._decode_segment(segment, self._starts[segment], end)
-        return self._cache[offset].copy()
+        if self.yuv is None:
+            return self._cache[offset].reshape(self.height, self.width, 3).copy()
+        frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        yuv420p_to_bgr(self._cache[offset], self.width, self.height, self.yuv, frame)
+        return frame
 
     def close(self) -> None:
         """Stop a running encoder and free the file. Safe to call more than once."""
@@ -219,7 +218,7 @@ class FrameSpool:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            self.layout,  # yuvj420p as yuv420p: the same bytes, passed on unconverted (to_bgr tags the range)
+            self.layout,  # yuvj420p as yuv420p: the same bytes, passed on unconverted (``yuv`` knows the range)
             "-s",
             f"{self.width}x{self.height}",
             "-r",
@@ -265,7 +264,7 @@ class FrameSpool:
     def _decode_segment(self, segment: int, start: int, end: int) -> None:
         count = min(self.segment, self._count - segment * self.segment)
         if len(self._cache) < self.segment:
-            self._cache = np.empty((self.segment, self.height, self.width, 3), dtype=np.uint8)
+            self._cache = np.empty((self.segment, self.frame_bytes), dtype=np.uint8)
         fd = self._file.fileno()
         argv = [
             find_tool("ffmpeg"),
@@ -277,11 +276,10 @@ class FrameSpool:
             "nut",
             "-i",
             f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
-            *(["-vf", self.to_bgr] if self.pix_fmt != "bgr24" else []),
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "bgr24",
+            self.layout,
             "pipe:1",
         ]
         self._cached_segment = -1

@@ -100,11 +100,19 @@ def has_encoder(name: str) -> bool:
     return any(line.split()[1:2] == [name] for line in out.splitlines() if line.startswith(" "))
 
 
+BT709_TAGS = ("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv")
+
+
 def grainy_clip(
-    out: Path, size: tuple[int, int] = (640, 360), frames: int = 20, sigma: float = 5.0, crf: int = 20
+    out: Path,
+    size: tuple[int, int] = (640, 360),
+    frames: int = 20,
+    sigma: float = 5.0,
+    crf: int = 20,
+    tags: tuple[str, ...] = BT709_TAGS,
 ) -> Path:
     """Camera-like footage: skimage's astronaut drifting and zooming slowly, with Gaussian sensor grain of
-    ``sigma`` levels, encoded as a phone would (H.264 yuv420p at ``crf``, tagged BT.709 limited range)."""
+    ``sigma`` levels, encoded as a phone would (H.264 yuv420p at ``crf``, tagged ``tags``: BT.709 limited range)."""
     import cv2
     from skimage import data
 
@@ -123,5 +131,4 @@ def grainy_clip(
             yield np.clip(frame + rng.normal(0, sigma, frame.shape), 0, 255).astype(np.uint8)
 
     codec = ("-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p")
-    tags = ("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv")
     return encode_frames(drifting(), out, FPS, size, (*codec, *tags))

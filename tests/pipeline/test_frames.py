@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 import cv2
@@ -14,9 +13,9 @@ import pytest
 
 from heygemd.demo import presenter_video
 from heygemd.errors import DiskFull
+from heygemd.pipeline.colour import BT709_TV, YuvMatrix, yuv420p_bytes, yuv420p_to_bgr
 from heygemd.pipeline.frames import ScheduledFrames, frame_schedule, read_frames
-from heygemd.pipeline.probe import probe_video
-from heygemd.pipeline.yuv_tap import yuv_spool_format
+from heygemd.pipeline.probe import DecodedYuv, probe_video
 from tests.pipeline.media import (
     FFMPEG,
     FPS,
@@ -138,7 +137,8 @@ def test_vfr_phone_video_is_delivered_as_cfr(media):
     frames = list(read_frames(info))
     assert len(frames) == info.frame_count
     # Which stored frame each delivered frame shows: in time order, with the stall held, not squeezed out.
-    stored = subprocess.run(
+    assert info.yuv is not None  # the stored frames are converted as read_frames converts them
+    decoded = subprocess.run(
         [
             FFMPEG,
             "-v",
@@ -150,17 +150,20 @@ def test_vfr_phone_video_is_delivered_as_cfr(media):
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "bgr24",
+            "yuv420p",
             "-",
         ],
         check=True,
         capture_output=True,
     ).stdout
-    stored = np.frombuffer(stored, np.uint8).reshape(-1, H, W, 3)
+    stored = []
+    for yuv in np.frombuffer(decoded, np.uint8).reshape(-1, yuv420p_bytes(W, H)):
+        stored.append(np.empty((H, W, 3), np.uint8))
+        yuv420p_to_bgr(yuv, W, H, info.yuv.matrix, stored[-1])
     shown = []
     for frame in frames:
         (best, index), (second, _) = sorted((mad(frame, s), i) for i, s in enumerate(stored))[:2]
-        assert best < 0.5 * second  # clearly one stored frame (not a blend); colour rounding aside
+        assert best == 0 < second  # one stored frame, not a blend
         shown.append(index)
     assert shown[0] == 0 and shown[-1] == len(stored) - 1
     assert shown == sorted(shown)
@@ -404,7 +407,7 @@ def test_spool_of_grainy_camera_footage_stays_within_15_percent_bit_exact(media,
     x264 spool of 360p (the resolution that compresses least) takes at most 15 % of the raw frames (about 13 %),
     and the backward frames are the forward frames bit for bit."""
     info = probe_video(grainy_clip(media / "grainy 360p.mp4", size=(640, 360), frames=20, sigma=5, crf=20))
-    assert yuv_spool_format(info) == ("yuv420p", "setparams=colorspace=bt709:range=tv")  # the decoder's frames
+    assert info.yuv == DecodedYuv("yuv420p", BT709_TV)  # the decoder's frames are spooled
     forward = list(read_frames(info))
     got, size = spooled_run(info, tmp_path, "x264")
     raw = info.frame_count * info.frame_bytes
@@ -425,12 +428,35 @@ def test_yuv_spool_converts_back_with_the_decoders_colour_tags(codec, tags, medi
     come back exactly for every tagging."""
     h264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *tags)
     info = probe_video(lavfi_clip(media / f"tagged {'-'.join(tags) or 'none'}.mp4", *h264, seconds=0.6))
-    assert yuv_spool_format(info) is not None
+    assert info.yuv is not None
     forward = list(read_frames(info))
     got, size = spooled_run(info, tmp_path, codec)
     assert 0 < size < info.frame_count * info.frame_bytes
     assert [i for i, _ in got] == list(frame_schedule(info.frame_count, 2 * info.frame_count, "pingpong"))
     assert all(np.array_equal(frame, forward[i]) for i, frame in got)
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ((), YuvMatrix(0.299, 0.114, False)),
+        (("-colorspace", "smpte170m", "-color_range", "pc"), YuvMatrix(0.299, 0.114, True)),
+        (("-colorspace", "bt709", "-color_range", "tv"), BT709_TV),
+    ],
+    ids=["untagged", "bt601-full", "bt709-limited"],
+)
+def test_4_2_0_frames_are_converted_here_with_their_tags_as_ffmpeg_would(tags, expected, media):
+    """8-bit 4:2:0 video is read as the decoder's own frames and converted with the matrix and range of their tags
+    (BT.601 when untagged); the result is ffmpeg's own conversion but for chroma interpolation at colour edges."""
+    info = probe_video(grainy_clip(media / f"converted {'-'.join(tags) or 'none'}.mp4", frames=4, sigma=0, tags=tags))
+    assert info.yuv is not None and info.yuv.matrix == expected
+    assert info.yuv.pix_fmt == ("yuvj420p" if expected.full_range else "yuv420p")
+    ours = list(read_frames(info))
+    by_ffmpeg = list(read_frames(dataclasses.replace(info, yuv=None)))
+    assert len(ours) == len(by_ffmpeg) == info.frame_count
+    assert max(mad(a, b) for a, b in zip(ours, by_ffmpeg, strict=True)) < 1.5
+    with pytest.raises(ValueError, match="yuv_sink"):
+        next(read_frames(dataclasses.replace(info, yuv=None), yuv_sink=lambda frame: None))
 
 
 @pytest.mark.parametrize("codec", ["x264", "ffv1", "utvideo"])
@@ -439,7 +465,7 @@ def test_spool_of_a_source_that_is_not_yuv420p_takes_bgr_and_stays_exact(codec, 
     frames instead (ffv1 for the x264 spool), still bit exact."""
     h264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")
     info = probe_video(lavfi_clip(media / f"444 {codec}.mp4", *h264, seconds=0.6))
-    assert yuv_spool_format(info) is None
+    assert info.yuv is None
     forward = list(read_frames(info))
     got, size = spooled_run(info, tmp_path, codec)
     assert 0 < size < info.frame_count * info.frame_bytes
@@ -493,23 +519,15 @@ def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path)
     assert all(np.array_equal(frame, forward[i]) for i, frame in got[info.frame_count :])
 
 
-def test_spool_tap_keeps_up_when_ffmpeg_writes_runs_of_frames_to_one_output(media, tmp_path):
-    """A camera stall in a VFR video makes the fps filter repeat one frame 8 times, frames larger than a pipe's
-    buffer. The order ffmpeg writes its two outputs in is its own (5.1 alternates them; a version that wrote a run
-    of BGR frames first would block a reader taking the pipes in turn): the pipes are read as they fill, and a
-    deadlock would leave the run waiting past the timeout."""
+def test_spool_of_a_vfr_stall_replays_its_repeated_frames_exactly(media, tmp_path):
+    """A camera stall in a VFR video makes the fps filter repeat one frame 8 times: each repeat reaches the spool,
+    and the backward frames are the forward frames, bit for bit."""
     clip = media / "vfr stall 360p.mp4"
     stall = "testsrc2=size=640x360:rate=25:duration=1.6,select='not(between(n,10,19))'"
     ffmpeg("-f", "lavfi", "-i", stall, "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", str(clip))
     info = probe_video(clip)
-    assert info.is_vfr and yuv_spool_format(info) is not None
+    assert info.is_vfr and info.yuv is not None
     forward = list(read_frames(info))
-    got: list[tuple[int, np.ndarray]] = []
-    frames = ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec="x264")
-    worker = threading.Thread(target=lambda: got.extend(frames))
-    worker.start()
-    worker.join(timeout=120)
-    frames.close()  # kills ffmpeg if it is stuck, so the thread ends either way
-    worker.join()
-    assert len(got) == 2 * info.frame_count, "the spooled decode did not finish"
+    got, _ = spooled_run(info, tmp_path, "x264")
+    assert len(got) == 2 * info.frame_count
     assert all(np.array_equal(frame, forward[i]) for i, frame in got)
