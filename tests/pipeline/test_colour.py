@@ -41,7 +41,7 @@ def test_bgr_to_yuv420p_matches_swscale_accurate_rnd(portrait):
     )
     luma, chroma = _planes_error(ours, theirs)
     assert luma.max() <= 1 and chroma.max() <= 3  # chroma: the two round the 2x2 mean differently
-    assert luma.mean() < 0.05 and chroma.mean() < 0.3 and np.percentile(chroma, 99.9) <= 2
+    assert luma.mean() < 0.1 and chroma.mean() < 0.3 and np.percentile(chroma, 99.9) <= 2
 
 
 @pytest.mark.parametrize(

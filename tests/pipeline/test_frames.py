@@ -506,8 +506,8 @@ def test_codec_spool_that_cannot_fit_fails_before_decoding(codec, h264, tmp_path
 
 @pytest.mark.gpu
 def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path):
-    """With NVDEC the decoder's frames come back as NV12 and are made yuv420p before the split: the backward
-    frames must still be the forward frames of that same decode, bit for bit."""
+    """With NVDEC the decoder's frames come back as NV12 and are made yuv420p before they are handed over: the
+    backward frames must still be the forward frames of that same decode, bit for bit."""
     from heygemd.pipeline import hw_codecs
 
     if not hw_codecs.nvdec_works(FFMPEG):
