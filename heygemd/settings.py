@@ -101,8 +101,8 @@ class EngineSettings(Section):
     cpu_threads: int = Field(
         0,
         ge=0,
-        description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter (at "
-        "least one), leaving room for the decoding and encoding ffmpeg.",
+        description="Torch threads for CPU inference (wav2lip); 0: the usable cores less a quarter, rounded "
+        "down (2 cores: 2, 4: 3, 16: 12), leaving room for the decoding and encoding ffmpeg.",
     )
     compile: bool = Field(
         False, description="Wrap the wav2lip model in torch.compile (slow first batches; the CPU needs a C++ compiler)."

@@ -4,9 +4,10 @@
 #   gpu.txt       the GPU, the library versions, whether the carried ffmpeg has NVENC/NVDEC
 #   e2e-720p.*    `python -m bench --engine wav2lip --device cuda` at 1280x720, video/audio 20 s, faces cached
 #   e2e-1080p.*   the same at 1920x1080
+#   colour.txt    `python -m bench.colour`: CPU per frame of the colour conversions on this host's cores
 #   engines.*     `python -m bench.gpu_engines`: each engine alone on CUDA (faces per second, batch, GPU memory)
 #   pytest.txt    the `gpu` tests
-# In order of importance (issue 11's end-to-end target first), each under its own timeout: about 7 minutes in all,
+# In order of importance (issue 11's end-to-end target first), each under its own timeout: about 8 minutes in all,
 # leaving room in the 10-minute call.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -45,6 +46,8 @@ for h in (720, 1080):
           f"GPU peak {rd.get('gpu_peak_mib')} MiB, RSS {rd['peak_rss_mib']} MiB, vs plain {r['ratio_to_plain']}x")
 EOF
 
+timeout 40 python3 -m bench.colour --video .devmedia/presenter-720p.mp4 --video .devmedia/presenter-1080p.mp4 \
+  --repeat 2 2>&1 | tee "$OUT/colour.txt"
 timeout 120 python3 -m bench.gpu_engines --json "$OUT/engines.json" 2>&1 | tee "$OUT/engines.txt"
 timeout 150 python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/engines tests/pipeline/test_hw_codecs.py \
   tests/pipeline/test_frames.py 2>&1 | tee "$OUT/pytest.txt"

@@ -353,10 +353,11 @@ def test_engine_output_matches_the_unfolded_model(engine: Wav2LipEngine, model: 
     assert np.abs(np.stack(out).astype(int) - expected).max() <= 1
 
 
-def test_cpu_threads_leave_room_for_ffmpeg() -> None:
-    cores = len(os.sched_getaffinity(0))
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 2), (3, 3), (4, 3), (8, 6), (16, 12)])
+def test_cpu_threads_leave_a_quarter_of_the_cores_to_ffmpeg(cores, threads, monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert cpu_threads(0) == threads
     assert cpu_threads(3) == 3
-    assert 1 <= cpu_threads(0) <= max(1, cores - 1) or cores == 1
 
 
 def test_face_input_masks_the_lower_half_and_keeps_bgr() -> None:
