@@ -11,8 +11,8 @@ frames are the forward ones bit for bit.
 
 * ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
 * ``x264`` / ``ffv1`` / ``utvideo``: lossless codecs (x264 at ``-qp 0``; the frames come back bit for bit).
-  Frames are encoded by ffmpeg in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of BGR
-  frames), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B frames). Reading
+  Frames are encoded by ffmpeg in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of the
+  frames as appended), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B frames). Reading
   a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so a backward pass
   costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
   sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
@@ -45,7 +45,9 @@ SpoolCodec = Literal["raw", "x264", "ffv1", "utvideo"]
 CODECS: tuple[SpoolCodec, ...] = ("raw", "x264", "ffv1", "utvideo")
 
 SEGMENT_BYTES = 24 << 20
-"""Raw bytes of one codec segment (also the memory a read-back holds): 720p 9 frames, 1080p 4, 360p 36."""
+"""Raw bytes of one codec segment as appended (also the memory a read-back holds): of yuv420p 720p 18 frames, 1080p
+8, 360p 32 (the cap); of BGR half as many. Each segment costs an ffmpeg start to write and one to read back (~0.1 s
+of CPU each here), so fewer, longer segments are cheaper, and x264 compresses them better."""
 MAX_SEGMENT_FRAMES = 32
 EXPECTED_RATIO: dict[tuple[str, str], float] = {
     ("raw", "bgr24"): 1.0,
@@ -129,7 +131,7 @@ class FrameSpool:
         self.codec = codec
         self.source = source
         """The user's video, named by errors."""
-        self.segment = 1 if codec == "raw" else segment_frames(self.bgr_bytes)
+        self.segment = 1 if codec == "raw" else segment_frames(self.frame_bytes)
         expected = frames_expected * self.bgr_bytes * EXPECTED_RATIO[codec, self.layout]
         require_free_space(self.work_dir, int(expected))
         self.work_dir.mkdir(parents=True, exist_ok=True)
