@@ -47,7 +47,9 @@ def _ffmpeg(args: list[str], stdin: bytes | None = None) -> tuple[bytes, float]:
 def grainy(size: tuple[int, int], frames: int, work: Path) -> Path:
     from tests.pipeline.media import grainy_clip
 
-    return grainy_clip(work / f"grain {size[0]}x{size[1]}.mp4", size=size, frames=frames, sigma=5, crf=20)
+    folder = work / f"{size[0]}x{size[1]}"
+    folder.mkdir()
+    return grainy_clip(folder / "grain.mp4", size=size, frames=frames, sigma=5, crf=20)
 
 
 def measure(clip: Path, frames: int) -> dict[str, float]:
@@ -110,16 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         for clip in clips:
             info = probe_video(clip)
             rounds = [measure(clip, args.frames) for _ in range(args.repeat)]
-            results[f"{info.width}x{info.height} {clip.name}"] = {key: min(r[key] for r in rounds) for key in rounds[0]}
+            results[f"{info.width}x{info.height} {clip.stem}"] = {key: min(r[key] for r in rounds) for key in rounds[0]}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"CPU ms per frame, one thread ({args.frames} frames, the least of {args.repeat} rounds)")
     columns = ("decode", "to BGR: swscale", "OpenCV", "to yuv: swscale", "OpenCV")
     keys = ("decode_to_yuv420p_ms", "to_bgr_swscale_ms", "to_bgr_opencv_ms", "to_yuv_swscale_ms", "to_yuv_opencv_ms")
-    print(f"{'input':>24} " + " ".join(f"{c:>15}" for c in columns))
+    print(f"{'input':<24} " + " ".join(f"{c:>15}" for c in columns))
     for name, r in results.items():
-        print(f"{name[:24]:>24} " + " ".join(f"{r[k]:15.1f}" for k in keys))
+        print(f"{name[:24]:<24} " + " ".join(f"{r[k]:15.1f}" for k in keys))
     return 0
 
 

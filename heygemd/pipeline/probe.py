@@ -180,11 +180,6 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     if is_still:
         fps = _clamp_fps(still_fps)
         return VideoInfo(fps=fps, frame_count=1, duration=1.0 / fps, is_vfr=False, **common)
-    yuv = (
-        None
-        if common["hdr"] or sar != 1 or pix_fmt not in ("yuv420p", "yuvj420p")
-        else _decoded_yuv(ffprobe, video, path)
-    )
 
     r_rate = _rate(video.get("r_frame_rate"))
     avg_rate = _rate(video.get("avg_frame_rate"))
@@ -215,6 +210,8 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
             frame_count = 1  # a single-frame animation (e.g. a GIF): deliver that frame
         else:
             raise DecodeError("the video stream holds no frames", path=path)
+    converted_here = not common["hdr"] and sar == 1 and pix_fmt in ("yuv420p", "yuvj420p")
+    yuv = _decoded_yuv(ffprobe, video, path) if converted_here else None
     return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
 
 

@@ -12,9 +12,9 @@ frames are the forward ones bit for bit.
 * ``raw``: each BGR frame as it is, width*height*3 bytes (1080p: 6.2 MB a frame); no CPU cost.
 * ``x264`` / ``ffv1`` / ``utvideo``: lossless codecs (x264 at ``-qp 0``; the frames come back bit for bit).
   Frames are encoded by ffmpeg in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of the
-  frames as appended), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B frames). Reading
-  a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so a backward pass
-  costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
+  frames as appended), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B
+  frames). Reading a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so
+  a backward pass costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
   sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
   Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
   on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates (about 25 % on extreme
