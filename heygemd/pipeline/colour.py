@@ -1,8 +1,8 @@
 """Colour conversion between the 8-bit 4:2:0 frames ffmpeg decodes and encodes and the engines' BGR frames.
 
 OpenCV does the arithmetic (a resize of the chroma planes and one matrix per pixel) and releases the GIL, so
-the decode and encode stages convert in their own threads at a fraction of swscale's cost with
-``accurate_rnd`` (measured in bench/README.md, "Colour conversion").
+the decode and encode stages convert in their own threads, for less CPU than swscale with ``accurate_rnd`` and
+outside ffmpeg's single filter thread (measured in bench/README.md, "Colour conversions, session 6").
 
 Conventions
 -----------
