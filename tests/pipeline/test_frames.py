@@ -224,6 +224,20 @@ def test_read_frames_pads_to_frame_count_and_truncates(h264):
     assert len(shorter) == 10 and all(np.array_equal(a, b) for a, b in zip(shorter, stored, strict=False))
 
 
+def test_padding_frames_reach_the_yuv_sink_too(h264):
+    """The yuv frames handed on match the BGR frames one for one, the repeated last frame included."""
+    info = dataclasses.replace(probe_video(h264), frame_count=probe_video(h264).frame_count + 2)
+    assert info.yuv is not None
+    handed: list[np.ndarray] = []
+    frames = list(read_frames(info, yuv_sink=lambda yuv: handed.append(yuv.copy())))
+    assert len(handed) == len(frames) == info.frame_count
+    for yuv, frame in zip(handed, frames, strict=True):
+        converted = np.empty_like(frame)
+        yuv420p_to_bgr(yuv, info.width, info.height, info.yuv.matrix, converted)
+        assert np.array_equal(converted, frame)
+    assert np.array_equal(handed[-1], handed[-3])
+
+
 def test_abandoned_reader_kills_and_reaps_ffmpeg(media):
     clip = lavfi_clip(media / "ten seconds.mp4", seconds=10)
     frames = read_frames(probe_video(clip))
