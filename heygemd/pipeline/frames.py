@@ -233,7 +233,8 @@ class ScheduledFrames:
     exactly width*height*3 bytes (1080p: 6.2 MB, i.e. 187 MB per second of 30 fps video) and costs no CPU;
     the lossless codecs are fed the decoder's own yuv420p frames (``VideoInfo.yuv``; else BGR) and
     give back exactly the forward frames: ``"x264"`` (the ``video.spool`` default of a render) takes 7-14 % of
-    raw on camera-like footage, ``"ffv1"`` 8-17 %, ``"utvideo"`` 11-19 %. Before the spool is written its
+    raw on camera-like footage, ``"ffv1"`` 8-17 %, ``"utvideo"`` 11-19 %. On extreme grain ``x264`` turns
+    near-lossless after its first segment (``spool.TARGET_RATIO``). Before the spool is written its
     expected size is checked against the free space of ``work_dir`` (DiskFull when it cannot fit), and again
     before every segment. Use it as a context manager; leaving it kills ffmpeg and frees the spool. Iterate once.
     """

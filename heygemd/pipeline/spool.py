@@ -14,12 +14,14 @@ frames are the forward ones bit for bit.
   Frames are encoded by ffmpeg in segments of a few frames (``segment_frames``, about ``SEGMENT_BYTES`` of the
   frames as appended), each segment a small NUT stream appended to the file (x264: one IDR frame, then P/B
   frames). Reading a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so
-  a backward pass costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit, 4:4:4, HDR
-  sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
+  a backward pass costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit,
+  4:4:4, HDR sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
   Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
-  on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates (about 25 % on extreme
-  grain, sigma 8 kept by CRF 18), at 0.4-0.7x the CPU of ``ffv1`` of BGR (the old default: 14-37 %); ``ffv1``
-  of yuv420p 8-17 %, ``utvideo`` 11-19 % at the least CPU to write.
+  on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates, at 0.4-0.7x the CPU
+  of ``ffv1`` of BGR (the old default: 14-37 %); ``ffv1`` of yuv420p 8-17 %, ``utvideo`` 11-19 % at the least
+  CPU to write. Extreme grain (sigma 8 kept by CRF 18) takes about 24 % losslessly with any codec: there the
+  ``x264`` spool turns near-lossless after the first segment that ends above ``TARGET_RATIO`` (about 12 % from
+  there on), its frames within a few levels of the forward ones.
 
 Disk space is checked before anything is written (the expected size, ``EXPECTED_RATIO`` of the raw BGR size
 for the codecs) and again before every segment (room for the segment as raw BGR), so a full disk gives
@@ -36,10 +38,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 import numpy as np
+import structlog
 
 from heygemd.errors import DecodeError, DiskFull, EncodeError
 from heygemd.pipeline.colour import YuvMatrix, yuv420p_bytes, yuv420p_to_bgr
 from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
+
+log = structlog.get_logger(__name__)
 
 SpoolCodec = Literal["raw", "x264", "ffv1", "utvideo"]
 CODECS: tuple[SpoolCodec, ...] = ("raw", "x264", "ffv1", "utvideo")
@@ -62,18 +67,27 @@ EXPECTED_RATIO: dict[tuple[str, str], float] = {
 pixel format fed to it: a margin over the worst measured (extreme grain, bench/README.md): x264 of yuv420p
 24 %, ffv1 24 %, utvideo 19 % (less grainy footage); of BGR ffv1 37 %, utvideo 39 %."""
 
+TARGET_RATIO = 0.15
+"""The size an ``x264`` spool of yuv420p aims at, of the raw BGR frames. When a segment ends larger, the segments
+after it are encoded near-losslessly, at ``NEAR_LOSSLESS_QP``: footage whose grain makes even the lossless spool
+larger (extreme grain, sigma 8 kept by CRF 18: 24 % lossless) then takes about 12 % from there on."""
+NEAR_LOSSLESS_QP = 12
+"""x264's quantiser for those segments. At 720p on extreme grain: 11.7 % of raw, and the decoder's values moved by a
+mean of 0.68 levels, at most 7 (qp 8: 15.5 %, 0.44, 5), far below the grain itself."""
+
 _FFV1_BGR = ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"]
+_X264_YUV = ["-c:v", "libx264", "-preset", "superfast", "-x264-params", "cabac=0"]
 _CODEC_ARGS: dict[tuple[str, str], list[str]] = {
-    ("x264", "yuv420p"): ["-c:v", "libx264", "-qp", "0", "-preset", "superfast", "-x264-params", "cabac=0"],
+    ("x264", "yuv420p"): [*_X264_YUV, "-qp", "0"],
     ("ffv1", "yuv420p"): ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4"],
     ("utvideo", "yuv420p"): ["-c:v", "utvideo", "-pred", "median"],
     ("x264", "bgr24"): _FFV1_BGR,
     ("ffv1", "bgr24"): _FFV1_BGR,
     ("utvideo", "bgr24"): ["-c:v", "utvideo", "-pred", "median", "-pix_fmt", "gbrp"],
 }
-"""Encoder options by codec and input pixel format, all lossless. x264: superfast (ultrafast is 15 % larger) with
-CAVLC instead of CABAC: 12 % larger but half the CPU to write and to read (CABAC at these bitrates costs more
-to decode than ffv1 of BGR)."""
+"""Encoder options by codec and input pixel format, all lossless (but see ``TARGET_RATIO``). x264: superfast
+(ultrafast is 15 % larger) with CAVLC instead of CABAC: 12 % larger but half the CPU to write and to read
+(CABAC at these bitrates costs more to decode than ffv1 of BGR)."""
 
 
 def free_bytes(directory: Path) -> int:
@@ -140,6 +154,8 @@ class FrameSpool:
         self._starts = array("q")
         """Byte offset of each segment (raw: of each frame); the file's size ends the last one."""
         self._encoder: ToolProcess | None = None
+        self.qp = 0
+        """x264's quantiser for the next segment: 0 (lossless) unless a segment ended above ``TARGET_RATIO``."""
         self._cached_segment = -1
         self._cache = np.empty((0, self.frame_bytes), dtype=np.uint8)
         """The frames of the segment decoded last, as appended."""
@@ -227,7 +243,7 @@ class FrameSpool:
             self.fps_arg,
             "-i",
             "pipe:0",
-            *_CODEC_ARGS[self.codec, self.layout],
+            *(_CODEC_ARGS[self.codec, self.layout] if self.qp == 0 else [*_X264_YUV, "-qp", str(self.qp)]),
             "-f",
             "nut",
             "pipe:1",
@@ -252,6 +268,11 @@ class FrameSpool:
             if "no space left" in tail.lower():
                 raise DiskFull(f"no space left while writing the frame spool: {tail}", path=self.work_dir)
             raise EncodeError(f"the spool encoder failed (exit {code}): {tail}", path=self.source)
+        frames = self._count - (len(self._starts) - 1) * self.segment
+        ratio = (self.nbytes - self._starts[-1]) / (frames * self.bgr_bytes)
+        if (self.codec, self.layout) == ("x264", "yuv420p") and ratio > TARGET_RATIO and self.qp == 0:
+            self.qp = NEAR_LOSSLESS_QP
+            log.info("spool.near_lossless", path=str(self.source), segment_ratio=round(ratio, 3), qp=self.qp)
 
     def _encoder_failure(self, what: str) -> Exception:
         encoder, self._encoder = self._encoder, None

@@ -430,6 +430,25 @@ def test_spool_of_grainy_camera_footage_stays_within_15_percent_bit_exact(media,
     assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
 
 
+def test_spool_of_extreme_grain_turns_near_lossless_and_stays_within_15_percent(media, tmp_path):
+    """Sigma 8 grain kept by CRF 18 takes ~24 % of raw even losslessly: after its first segment the x264 spool
+    encodes near-losslessly (NEAR_LOSSLESS_QP), so five segments stay within the 15 % target. The first segment's
+    frames come back exact, the rest within a few levels of the forward frames."""
+    from heygemd.pipeline import spool
+
+    info = probe_video(grainy_clip(media / "extreme grain 360p.mp4", size=(640, 360), frames=160, sigma=8, crf=18))
+    assert spool.segment_frames(info.width * info.height * 3 // 2) == 32  # five segments
+    forward = list(read_frames(info))
+    got, size = spooled_run(info, tmp_path, "x264")
+    raw = info.frame_count * info.frame_bytes
+    assert 0 < size <= spool.TARGET_RATIO * raw, f"spool {size / raw:.1%} of raw"
+    backward = got[info.frame_count :]
+    errors = {i: np.abs(frame.astype(np.int16) - forward[i]) for i, frame in backward}
+    assert all(errors[i].max() == 0 for i in errors if i < 32)  # the first segment: lossless
+    assert 0 < max(e.mean() for e in errors.values()) < 1.5 and max(e.max() for e in errors.values()) <= 24
+    assert ffmpeg_children() == [] and open_files_under(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "tags",
     [(), ("-colorspace", "smpte170m", "-color_range", "pc"), ("-colorspace", "bt709", "-color_range", "tv")],
