@@ -39,6 +39,9 @@ HDR_TRANSFERS = frozenset({"smpte2084", "arib-std-b67"})
 """color_transfer values of HDR (PQ, HLG) video, tone-mapped to SDR when ffmpeg has zscale."""
 
 
+_DECODED_YUV_FORMATS = ("yuv420p", "yuvj420p")
+
+
 @dataclass(frozen=True)
 class DecodedYuv:
     """The decoder's own frames of a video whose conversion to BGR heygemd does itself (``colour``): 8-bit 4:2:0
@@ -210,7 +213,7 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
             frame_count = 1  # a single-frame animation (e.g. a GIF): deliver that frame
         else:
             raise DecodeError("the video stream holds no frames", path=path)
-    converted_here = not common["hdr"] and sar == 1 and pix_fmt in ("yuv420p", "yuvj420p")
+    converted_here = not common["hdr"] and sar == 1 and pix_fmt in _DECODED_YUV_FORMATS
     yuv = _decoded_yuv(ffprobe, video, path) if converted_here else None
     return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
 
@@ -242,7 +245,7 @@ def _decoded_yuv(ffprobe: str, stream: dict, path: Path) -> DecodedYuv | None:
     if result.returncode != 0 or not frames:
         return None  # ffmpeg converts whatever read_frames can decode; its errors are read_frames' to report
     pix_fmt = frames[0].get("pix_fmt")
-    if pix_fmt not in ("yuv420p", "yuvj420p"):
+    if pix_fmt not in _DECODED_YUV_FORMATS:
         return None
     matrix = YuvMatrix.for_tags(
         str(frames[0].get("color_space", "unknown")),
