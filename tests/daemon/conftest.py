@@ -28,6 +28,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
         ),
         face_a=presenter_video(root / "face_a.mp4", seconds=1.0, size=(320, 180)),
         face_b=presenter_video(root / "face_b.mp4", seconds=1.2, size=(320, 180)),
+        face_large=presenter_video(root / "face_large.mp4", seconds=1.2, size=(960, 540)),
     )
 
 

@@ -48,6 +48,7 @@ class Media:
     long_speech: Path  # ~6.5 s: time to catch a render in progress
     face_a: Path  # 320x180, 1.0 s, 25 fps
     face_b: Path  # 320x180, 1.2 s (other content: its own face-track cache entry)
+    face_large: Path  # 960x540, 1.2 s: its render (several seconds here) outlasts a status write and a cancel check
 
 
 def ffprobe(path: Path) -> dict[str, Any]:

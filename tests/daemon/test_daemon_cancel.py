@@ -42,8 +42,9 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
     assert [(v["input"], v["state"]) for v in status["videos"]] == [("a.mp4", "cancelled")]
     assert not (d.inbox / "waiting").exists()
 
-    # -- rendering: the second video stops at its next batch
-    d.submit("long", {"voice.wav": media.long_speech, "a.mp4": media.face_a, "b.mp4": media.face_b})
+    # -- rendering: the second video stops at its next batch. It is the large presenter: at 320x180 its render
+    # (about 1.3 s here) could end between the status write that shows it rendering and the cancel check.
+    d.submit("long", {"voice.wav": media.long_speech, "a.mp4": media.face_a, "b.mp4": media.face_large})
 
     def second_video_rendering() -> dict[str, Any] | None:
         status = d.status("long")
