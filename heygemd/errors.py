@@ -135,6 +135,20 @@ class UnsafePath(HeygemdError):
     default_hint = "Copy the file itself into the job folder; heygemd does not follow links (or shortcuts) to files."
 
 
+class NotRegularFile(HeygemdError):
+    """A name in a job folder that is a FIFO, a device, a socket or a folder where a file is expected."""
+
+    code = "NOT_A_FILE"
+    default_hint = "Copy the file itself into the job folder: heygemd reads only regular files."
+
+
+class FileTooLarge(HeygemdError):
+    """A file larger than heygemd reads for its purpose (e.g. a job.toml of megabytes)."""
+
+    code = "FILE_TOO_LARGE"
+    default_hint = "Replace the file with the one intended; this one is far larger than such a file can be."
+
+
 class DiskFull(HeygemdError):
     """Not the input's fault: the daemon keeps the job claimed and tries the video again later."""
 

@@ -1,4 +1,5 @@
-"""Atomic publish, in one place: write under a temporary name, fsync, rename into place, fsync the folder.
+"""Atomic publish, in one place: write under a temporary name, fsync, rename into place, fsync the folder; and
+the one way to open a file a job supplies (:func:`open_regular`).
 
 Readers (people on an SMB share, ``heygemd status``, the web pages) see the old file or the new one, never a
 half-written one. Every file heygemd publishes goes through here: status.json, claim.json, encoded outputs,
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from heygemd.errors import FileTooLarge, NotRegularFile, UnsafePath
 from heygemd.names import is_heygemd_temp, temp_path
 
 RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
@@ -141,3 +144,62 @@ def remove_temps(folder: Path, *, min_age_s: float = 0.0, now: float | None = No
             continue
         removed.append(Path(entry.path))
     return removed
+
+
+# ---------------------------------------------------------------------------------------------- reading a job's files
+
+_FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_regular(path: Path, *, max_bytes: int | None = None) -> int:
+    """Open a file that a job folder (or a request) supplies, once, and return the descriptor.
+
+    Never through a symbolic link (``O_NOFOLLOW``: :class:`UnsafePath` naming where it points), never blocking on
+    a FIFO or device (``O_NONBLOCK``), and only a regular file by ``fstat`` of what was opened
+    (:class:`NotRegularFile` naming what it is), at most ``max_bytes`` long (:class:`FileTooLarge`). The caller
+    reads through the descriptor (a child process through :func:`fd_path`), so nothing swapped in under the
+    same name afterwards is read. FileNotFoundError passes through. The caller closes the descriptor.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path) from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise NotRegularFile("is a socket, not a regular file", path=path) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        for test, kind in _FILE_KINDS:
+            if test(info.st_mode):
+                raise NotRegularFile(f"is {kind}, not a regular file", path=path)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise FileTooLarge(f"is {info.st_size:,} bytes; at most {max_bytes:,} are read", path=path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, *, max_bytes: int) -> bytes:
+    """The whole content of a small file a job supplies, opened by :func:`open_regular`; never more than
+    ``max_bytes`` are read, even from a file that grows while it is read."""
+    fd = open_regular(path, max_bytes=max_bytes)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"grew past {max_bytes:,} bytes while it was read", path=path)
+    return data
+
+
+def fd_path(fd: int) -> str:
+    """The name under which a child process started with ``pass_fds=(fd,)`` opens the very file behind ``fd``
+    (ffmpeg and ffprobe take it as an input); whatever is at the original path by then does not matter."""
+    return f"/proc/self/fd/{fd}"

@@ -105,3 +105,50 @@ def test_one_numbering_rule_for_files_folders_and_ids(tmp_path: Path) -> None:
     (tmp_path / "job").mkdir()
     (tmp_path / "job-2").mkdir()
     assert free_path(tmp_path / "job") == tmp_path / "job-3"
+
+
+# ---------------------------------------------------------------------------------------------- open_regular
+
+
+def test_open_regular_reads_a_regular_file_through_its_descriptor_even_after_a_swap(tmp_path: Path) -> None:
+    target = tmp_path / "voice.wav"
+    target.write_bytes(b"the user's audio")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not for the job")
+    fd = fsutil.open_regular(target)
+    try:
+        target.unlink()
+        target.symlink_to(outside)  # swapped after the check: the descriptor still reads the checked file
+        with open(fsutil.fd_path(fd), "rb") as fh:
+            assert fh.read() == b"the user's audio"
+    finally:
+        os.close(fd)
+
+
+def test_open_regular_refuses_a_link_naming_its_target(tmp_path: Path) -> None:
+    (tmp_path / "real.toml").write_text("crf = 20")
+    (tmp_path / "job.toml").symlink_to(tmp_path / "real.toml")
+    with pytest.raises(fsutil.UnsafePath, match="symbolic link to .*real.toml"):
+        fsutil.open_regular(tmp_path / "job.toml")
+
+
+def test_open_regular_refuses_a_fifo_without_blocking_and_a_folder(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "job.toml")
+    with pytest.raises(fsutil.NotRegularFile, match="named pipe"):
+        fsutil.open_regular(tmp_path / "job.toml")
+    (tmp_path / "clip.mp4").mkdir()
+    with pytest.raises(fsutil.NotRegularFile, match="folder"):
+        fsutil.open_regular(tmp_path / "clip.mp4")
+    with pytest.raises(fsutil.NotRegularFile, match="character device"):
+        fsutil.open_regular(Path("/dev/zero"))
+
+
+def test_read_regular_refuses_a_file_over_its_cap_by_size_not_by_reading_it(tmp_path: Path) -> None:
+    big = tmp_path / "job.toml"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 30)  # sparse: 1 GiB declared, nothing read
+    with pytest.raises(fsutil.FileTooLarge, match="1,073,741,824 bytes; at most 65,536"):
+        fsutil.read_regular(big, max_bytes=65536)
+    small = tmp_path / "ok.toml"
+    small.write_bytes(b"crf = 20\n")
+    assert fsutil.read_regular(small, max_bytes=65536) == b"crf = 20\n"
