@@ -7,7 +7,8 @@ and exactly one 16-column mel window per output video frame, so the output is as
 
 No torch here: the engines are the only modules that import it. The mel bank and the window are librosa's,
 stored as it computes them (``MEL_TABLES``); the STFT is numpy's rfft over strided frames, in pieces, which is
-how ``librosa.stft`` computes them (``tests/pipeline/test_audio.py`` checks both bit for bit against librosa).
+how ``librosa.stft`` computes them (``tests/pipeline/test_audio.py`` checks both against librosa, to a few units in
+the last place: librosa and numpy are not pinned).
 """
 
 from __future__ import annotations

@@ -455,8 +455,15 @@ def test_mel_in_blocks_equals_the_whole_file_stft(monkeypatch: pytest.MonkeyPatc
     np.testing.assert_allclose(blocked, expected, atol=1e-5)
 
 
-def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
-    """The mel bank and the numpy STFT give exactly librosa's numbers (the features the checkpoints were trained on)."""
+def test_mel_bank_and_stft_are_librosas() -> None:
+    """The stored mel bank and the numpy STFT give librosa's numbers (the features the checkpoints were trained on).
+
+    heygemd keeps librosa's tables in the package (``wav2lip_mel.npz``) rather than computing them, so a render
+    does not depend on the installed librosa. librosa and numpy are not pinned, and a fresh machine may compute
+    the same tables a last bit apart (seen: 3 of 80 band edges 1 ULP off, relative 1.9e-16, with librosa 0.11.0 and
+    numpy 2.4.6). So the comparison allows a few units in the last place of each table's own precision: anything
+    that would change a feature (a wrong formula, fmin/fmax, Slaney vs HTK) is orders of magnitude larger.
+    """
     import librosa
 
     from heygemd.pipeline import audio
@@ -468,13 +475,18 @@ def test_mel_bank_and_stft_are_librosas_bit_for_bit() -> None:
     expected_hz = librosa.mel_frequencies(n_mels=82, fmin=55.0, fmax=7600.0)[1:-1]  # the bank's band centres
     assert audio._mel_basis().dtype == expected_bank.dtype and audio._hann_window().dtype == expected_window.dtype
     assert audio.mel_band_hz().dtype == expected_hz.dtype
-    np.testing.assert_array_equal(audio._mel_basis(), expected_bank)
-    np.testing.assert_array_equal(audio._hann_window(), expected_window)
-    np.testing.assert_array_equal(audio.mel_band_hz(), expected_hz)
+
+    def ulps(dtype: np.dtype) -> float:
+        return float(4 * np.finfo(dtype).eps)
+
+    np.testing.assert_allclose(audio._mel_basis(), expected_bank, rtol=ulps(expected_bank.dtype), atol=0)
+    np.testing.assert_allclose(audio._hann_window(), expected_window, rtol=ulps(expected_window.dtype), atol=1e-12)
+    np.testing.assert_allclose(audio.mel_band_hz(), expected_hz, rtol=ulps(expected_hz.dtype), atol=0)
     assert not audio.mel_band_hz().flags.writeable
     segment = np.random.default_rng(3).normal(0, 0.1, SR * 2 + 411).astype(np.float32)
     expected = np.abs(librosa.stft(y=segment, n_fft=800, hop_length=200, win_length=800, window="hann", center=False))
-    np.testing.assert_array_equal(audio._stft_magnitude(segment), expected)
+    # float32 FFTs of different numpy/scipy builds sum in different orders: a few float32 ULPs of the largest bin
+    np.testing.assert_allclose(audio._stft_magnitude(segment), expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
 
 
 def test_mel_of_a_long_audio_needs_few_temporaries() -> None:
