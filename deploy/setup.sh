@@ -47,4 +47,16 @@ if ((demo)); then
     .venv/bin/heygemd status
     echo "==> results:"
     ls -l outbox/demo-lesson*/
+    echo "The demo's lip-synced videos are in $(pwd)/outbox/demo-lesson/ (presenter-1.mp4, presenter-2.mp4)."
 fi
+
+cat <<NEXT
+
+==> heygemd is set up in $(pwd)/.venv. Next steps:
+  source .venv/bin/activate            # puts heygemd on PATH (or call .venv/bin/heygemd)
+  heygemd check                        # what is installed: ffmpeg, engines and their model files, folders
+  HEYGEMD_WEB__ENABLED=true heygemd run  # watch inbox/ and render; dashboard and API on http://127.0.0.1:7860
+  heygemd status                       # the jobs and their videos (outbox/<job>/status.json)
+  .venv/bin/python -m pytest           # the tests (about 10-25 minutes on 2 cores)
+Drop a folder with one audio and one or more presenter videos into inbox/; results appear in outbox/<job>/.
+NEXT
