@@ -1,11 +1,14 @@
 """Who may talk to the web server, and from where.
 
-- No token configured: only a loopback bind is allowed (``check_bind``) and every local request is let in.
+- No token configured: only a loopback bind is allowed (``check_bind``), and only requests addressed to a
+  loopback name (``Host: localhost``, ``127.0.0.0/8``, ``[::1]``, any port) are answered (``check_host``): a web
+  page whose own name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets nothing. Every such request is let in.
 - A token configured: every request must carry it, as ``Authorization: Bearer <token>`` (the API) or as the
   session cookie the login form sets (the pages: HttpOnly, SameSite=Strict). The cookie holds an HMAC of the
   token, not the token itself.
 - State-changing requests (POST, PUT, PATCH, DELETE) not made with the bearer header must come from the
-  dashboard's own origin: an ``Origin`` (or, without it, ``Referer``) naming another site is refused. A browser
+  dashboard's own origin (scheme, name and port): an ``Origin`` (or, without it, ``Referer``) naming another site
+  is refused. A browser
   always sends ``Origin`` on a cross-site POST; with a cookie session one of the two headers is required.
 """
 
@@ -21,7 +24,7 @@ from pydantic import SecretStr
 
 from heygemd.errors import ConfigError
 from heygemd.settings import WebSettings
-from heygemd.web.problems import CrossSite, Unauthorized
+from heygemd.web.problems import CrossSite, Unauthorized, WrongHost
 
 COOKIE = "heygemd_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -45,6 +48,16 @@ def check_bind(web: WebSettings) -> None:
             hint="Set a long random token in HEYGEMD_WEB__TOKEN (e.g. from `openssl rand -hex 32`), "
             'or bind web.host = "127.0.0.1" behind a reverse proxy.',
         )
+
+
+def check_host(host: str | None) -> None:
+    """Refuse a request not addressed to a loopback name (raises WrongHost); only for a server without a token."""
+    try:
+        name = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # a malformed port or IPv6 literal
+        name = None
+    if not name or not is_loopback(name):
+        raise WrongHost(f"this server has no web.token and answers only to localhost, not to Host: {host!r}")
 
 
 def token_value(token: SecretStr | None) -> str:
@@ -90,8 +103,11 @@ class Gate:
         raise Unauthorized("this server needs a token and the request carries none")
 
 
-def check_same_origin(method: str, via: Via, host: str | None, origin: str | None, referer: str | None) -> None:
-    """Refuse a state-changing request that a page on another site made (raises CrossSite)."""
+def check_same_origin(
+    method: str, via: Via, scheme: str, host: str | None, origin: str | None, referer: str | None
+) -> None:
+    """Refuse a state-changing request that a page on another site made (raises CrossSite): its ``Origin`` (or
+    ``Referer``) must name this server's ``scheme`` and ``host`` (the Host header, port included)."""
     if method.upper() not in UNSAFE_METHODS or via is Via.BEARER:
         return
     source = origin if origin is not None else referer
@@ -99,5 +115,6 @@ def check_same_origin(method: str, via: Via, host: str | None, origin: str | Non
         if via is Via.COOKIE:
             raise CrossSite("a state-changing request with a session cookie carries neither Origin nor Referer")
         return  # a non-browser client (curl, a script) on a token-less loopback server
-    if source == "null" or not host or urlsplit(source).netloc.casefold() != host.casefold():
+    parts = urlsplit(source)
+    if source == "null" or not host or (parts.scheme, parts.netloc.casefold()) != (scheme, host.casefold()):
         raise CrossSite(f"a request from {source!r} may not change anything on this server")

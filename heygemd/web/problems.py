@@ -35,6 +35,15 @@ class CrossSite(WebError):
     default_hint = "State-changing requests must come from the dashboard's own pages, or carry the bearer token."
 
 
+class WrongHost(WebError):
+    code = "WRONG_HOST"
+    status = 421
+    default_hint = (
+        "Without web.token the server answers only to this machine's own names: open it as http://127.0.0.1:<port>/ "
+        "or http://localhost:<port>/, or set web.token to serve it under another name (a reverse proxy)."
+    )
+
+
 class NotFound(WebError):
     code = "NOT_FOUND"
     status = 404

@@ -16,7 +16,7 @@ from heygemd.errors import ConfigError
 from heygemd.settings import WebSettings
 from heygemd.web.auth import COOKIE, check_bind, is_loopback
 from tests.web.test_api import MP4, WAV, assert_problem
-from tests.web.webserver import TOKEN, clean_env, finished_job, heygemd_argv, write_config
+from tests.web.webserver import ORIGIN, TOKEN, clean_env, finished_job, heygemd_argv, write_config
 
 WITH_TOKEN = f'token = "{TOKEN}"\n'
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -65,22 +65,16 @@ def test_pages_send_to_the_login_form_which_sets_a_strict_httponly_cookie(make_c
         response = client.get(page)
         assert response.status_code == 303 and response.headers["location"].startswith("/login?next=")
     assert client.get("/login").status_code == 200
-    wrong = client.post(
-        "/login", data={"token": "nope", "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"}
-    )
+    wrong = client.post("/login", data={"token": "nope", "next": "/jobs/lesson"}, headers={"Origin": ORIGIN})
     assert wrong.status_code == 401 and "not right" in wrong.text
     assert COOKIE not in wrong.cookies
-    right = client.post(
-        "/login", data={"token": TOKEN, "next": "/jobs/lesson"}, headers={"Origin": "http://testserver"}
-    )
+    right = client.post("/login", data={"token": TOKEN, "next": "/jobs/lesson"}, headers={"Origin": ORIGIN})
     assert right.status_code == 303 and right.headers["location"] == "/jobs/lesson"
     cookie = right.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
     assert client.get("/jobs/lesson").status_code == 200  # the client keeps the cookie
     assert client.get("/api/jobs/lesson").status_code == 200  # the pages' scripts call the API with it
-    evil = client.post(
-        "/login", data={"token": TOKEN, "next": "//evil.example/"}, headers={"Origin": "http://testserver"}
-    )
+    evil = client.post("/login", data={"token": TOKEN, "next": "//evil.example/"}, headers={"Origin": ORIGIN})
     assert evil.headers["location"] == "/"  # never redirected off the site
 
 
@@ -88,7 +82,7 @@ def test_cross_site_requests_cannot_change_anything(make_client) -> None:
     client, settings = make_client(WITH_TOKEN)
     finished_job(settings.paths.outbox, "lesson")
     (settings.paths.inbox / "waiting").mkdir()  # a job a cross-site page would like to cancel
-    client.post("/login", data={"token": TOKEN}, headers={"Origin": "http://testserver"})
+    client.post("/login", data={"token": TOKEN}, headers={"Origin": ORIGIN})
     files = [("audio", ("a.wav", WAV)), ("videos", ("b.mp4", MP4))]
     for headers in (
         {"Origin": "https://evil.example"},
@@ -103,7 +97,7 @@ def test_cross_site_requests_cannot_change_anything(make_client) -> None:
     assert [p.name for p in settings.paths.inbox.iterdir() if p.name != ".heygemd"] == ["waiting"]
     login_csrf = client.post("/login", data={"token": TOKEN}, headers={"Origin": "https://evil.example"})
     assert login_csrf.status_code == 403
-    same = client.delete("/api/jobs/lesson", headers={"Origin": "http://testserver"})
+    same = client.delete("/api/jobs/lesson", headers={"Origin": ORIGIN})
     assert same.status_code == 200, same.text
 
 
@@ -113,6 +107,62 @@ def test_without_a_token_loopback_is_open_but_still_same_origin_only(make_client
     assert client.get("/").status_code == 200
     assert_problem(client.delete("/api/jobs/lesson", headers={"Origin": "https://evil.example"}), 403, "CROSS_SITE")
     assert client.delete("/api/jobs/lesson").status_code == 200  # curl on the same machine sends no Origin
+
+
+REBOUND_HOSTS = [
+    "evil.example",
+    "evil.example:7860",
+    "localhost.evil.example",
+    "127.0.0.1.evil.example:7860",
+    "192.168.1.20:7860",
+    "[::2]:7860",
+    "0.0.0.0",
+]
+LOOPBACK_HOSTS = ["localhost", "LocalHost:7860", "127.0.0.1", "127.0.0.1:7860", "127.1.2.3:80", "[::1]", "[::1]:7860"]
+
+
+@pytest.mark.parametrize("host", REBOUND_HOSTS)
+def test_without_a_token_only_loopback_host_names_are_served(make_client, host: str) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches the server with
+    ``Host: evil.example``; nothing is listed, served, uploaded or deleted for it, whatever its Origin says."""
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson")
+    (settings.paths.inbox / "waiting").mkdir()
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    calls = [c for c in API_CALLS if c[1] != "/api/events"] + [("GET", "/"), ("GET", "/new"), ("POST", "/login")]
+    files = [("audio", ("a.wav", WAV)), ("videos", ("b.mp4", MP4))]
+    for method, path in calls:
+        kwargs = {"files": files} if path == "/api/jobs" and method == "POST" else {}
+        body = assert_problem(client.request(method, path, headers=headers, **kwargs), 421, "WRONG_HOST")
+        assert host.split(":")[0].strip("[]") in body["message"] and "web.token" in body["hint"]
+    assert (settings.paths.outbox / "lesson" / "status.json").is_file()
+    assert [p.name for p in settings.paths.inbox.iterdir()] == ["waiting"]  # not even a staging folder
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_without_a_token_loopback_host_names_are_served(make_client, host: str) -> None:
+    client, _ = make_client()
+    assert client.get("/api/health", headers={"Host": host}).json()["status"] == "ok"
+
+
+def test_with_a_token_any_host_name_is_served_to_the_token(make_client) -> None:
+    """Behind a reverse proxy the Host is the site's name: the token, not the name, decides."""
+    client, _ = make_client(WITH_TOKEN)
+    headers = {"Host": "heygemd.example.com"}
+    assert_problem(client.get("/api/health", headers=headers), 401, "UNAUTHORIZED")
+    assert client.get("/api/health", headers=headers | BEARER).json()["status"] == "ok"
+
+
+def test_an_origin_with_another_scheme_is_another_site(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson")
+    for origin in ("https://localhost", "ws://localhost", "localhost"):
+        assert_problem(client.delete("/api/jobs/lesson", headers={"Origin": origin}), 403, "CROSS_SITE")
+        assert_problem(
+            client.delete("/api/jobs/lesson", headers={"Referer": f"{origin}/jobs/lesson"}), 403, "CROSS_SITE"
+        )
+    assert (settings.paths.outbox / "lesson").is_dir()
+    assert client.delete("/api/jobs/lesson", headers={"Origin": ORIGIN}).status_code == 200
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
@@ -162,7 +212,7 @@ from heygemd.web.app import create_app
 from tests.web.webserver import settings_for, tree
 
 root = Path(sys.argv[1])
-client = TestClient(create_app(settings_for(root)))
+client = TestClient(create_app(settings_for(root)), base_url="http://localhost")
 files = [("audio", ("a.wav", b"RIFF" * 100)), ("videos", ("b.mp4", b"v" * 3_000_000))]
 response = client.post("/api/jobs", files=files)
 print(response.status_code, response.text)
@@ -209,7 +259,7 @@ def test_an_upload_cut_off_midway_leaves_nothing(tmp_path: Path, web_process) ->
     head = part % (b"audio", b"lesson.wav") + WAV + b"\r\n" + part % (b"videos", b"anna.mp4") + b"v" * 50_000
     with socket.create_connection((address.hostname, address.port)) as sock:
         sock.sendall(
-            b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 1000000\r\n\r\n" + head
         )
         wait_until(
