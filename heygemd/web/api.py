@@ -28,7 +28,7 @@ from heygemd.web import actions
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.problems import Problem, TooLarge, WebError
-from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish, safe_basename
+from heygemd.web.staging import discard, disk_full, is_disk_full, job_name, mark_ready, new_staging, publish
 from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
 from heygemd.web.zipstream import stream_zip
 
@@ -172,13 +172,13 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
 
     def complete(staging: Path, received: Received, options: JobOptions) -> str:
         """job.toml, the ready marker last, then one rename into the inbox."""
-        name = safe_basename(received.fields.get("name", "")) or safe_basename(Path(received.audio[0]).stem)
+        name = job_name(received.fields.get("name", ""), received.audio[0])
         try:
             if text := job_toml(options):
                 (staging / JOB_TOML).write_text(text, encoding="utf-8")
             mark_ready(staging, settings.intake.ready_marker)
             return publish(
-                staging, name=name or "job", inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
+                staging, name=name, inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
             )
         except OSError as exc:
             if is_disk_full(exc):
