@@ -27,9 +27,9 @@ from heygemd.settings import Settings
 from heygemd.web import actions
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
-from heygemd.web.problems import Problem, TooLarge, WebError
+from heygemd.web.problems import Problem, WebError
 from heygemd.web.staging import discard, disk_full, is_disk_full, job_name, mark_ready, new_staging, publish
-from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
+from heygemd.web.upload import Limits, MultipartJob, Received, job_toml
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -141,10 +141,8 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     )
     async def submit(request: Request) -> Submitted:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.max_total_bytes + MULTIPART_OVERHEAD:
-            raise TooLarge(
-                f"the upload ({int(length) / 2**20:.0f} MiB) is larger than web.max_total_mb = {web.max_total_mb:g} MiB"
-            )
+        if length and length.isdigit() and int(length) > limits.max_body_bytes:
+            raise limits.too_large(int(length))
         staging = await run_in_threadpool(new_staging, state)
         receiver: MultipartJob | None = None
         try:
