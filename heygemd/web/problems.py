@@ -73,6 +73,12 @@ class JobBusy(WebError):
     )
 
 
+class JobChanged(WebError):
+    code = "JOB_CHANGED"
+    status = 409
+    default_hint = "Another request deleted the job (or its archived inputs expired) meanwhile; reload the job list."
+
+
 class NothingToRetry(WebError):
     code = "NOTHING_TO_RETRY"
     status = 409
