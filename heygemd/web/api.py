@@ -25,6 +25,7 @@ from heygemd.daemon.status import JobStatus
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
 from heygemd.web import actions
+from heygemd.web.auth import client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.problems import Problem, WebError
@@ -218,8 +219,7 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
         summary="Cancel a job: a waiting one never starts, a rendering one stops at its next batch",
     )
     def cancel(job_id: str, request: Request) -> Cancelled:
-        client = request.client.host if request.client else "?"
-        answer = actions.cancel(settings, job_id, by=f"web {client}")
+        answer = actions.cancel(settings, job_id, by=f"web {client_address(request)}")
         log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 

@@ -9,7 +9,9 @@ page (the pages).
 
 from __future__ import annotations
 
+import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,10 @@ from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
 from heygemd.web import actions
 from heygemd.web.api import api_router
-from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin
+from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.pages import Renderer, pages_router
-from heygemd.web.problems import Problem, Unauthorized, WrongHost, http_status, problem
+from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 from heygemd.web.staging import clean_stale
 
 STATIC = Path(__file__).with_name("static")
@@ -42,9 +44,10 @@ class LoginNeeded(Exception):
         self.next_url = next_url
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The application for ``settings`` (paths, web limits and token)."""
-    gate = Gate(settings.web.token)
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The application for ``settings`` (paths, web limits and token); ``clock``: the wall clock that sessions
+    and the throttle of wrong tokens go by."""
+    gate = Gate(settings.web, clock)
     catalog = Catalog(settings)
     clean_stale(settings.paths.state_dir)
     actions.empty_outbox_trash(settings.paths.outbox)
@@ -63,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     # -- guards
 
     def admit(request: Request) -> Via:
-        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE))
+        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE), client_address(request))
 
     def same_origin(request: Request, via: Via) -> None:
         check_same_origin(
@@ -96,10 +99,12 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HeygemdError)
     async def on_error(request: Request, exc: HeygemdError) -> Response:
         status = http_status(exc)
+        headers = exc.headers if isinstance(exc, WebError) else {}
         if wants_json(request):
-            headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
             return JSONResponse(problem(exc).model_dump(), status_code=status, headers=headers)
-        return render(request, "error.html", status_code=status, error=problem(exc))
+        page = render(request, "error.html", status_code=status, error=problem(exc))
+        page.headers.update(headers)
+        return page
 
     @app.exception_handler(LoginNeeded)
     async def on_login_needed(request: Request, exc: LoginNeeded) -> Response:

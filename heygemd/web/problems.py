@@ -18,15 +18,37 @@ class Problem(BaseModel):
 
 
 class WebError(HeygemdError):
-    """A request the web server refuses; ``status`` is the HTTP status code."""
+    """A request the web server refuses; ``status`` is the HTTP status code, ``headers`` go with the answer."""
 
     status: ClassVar[int] = 400
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class Unauthorized(WebError):
     code = "UNAUTHORIZED"
     status = 401
     default_hint = "Send the token as 'Authorization: Bearer <token>' (web.token / HEYGEMD_WEB__TOKEN), or log in."
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyFailures(WebError):
+    code = "TOO_MANY_FAILURES"
+    status = 429
+    default_hint = "Wait the time the Retry-After header gives, then send the right token (web.token)."
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class CrossSite(WebError):

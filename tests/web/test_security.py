@@ -178,10 +178,108 @@ def test_other_hosts_refuse_to_start_without_a_token(host: str) -> None:
     check_bind(WebSettings(host=host, token=SecretStr("x" * 20)))
 
 
-def test_heygemd_web_refuses_a_non_loopback_bind_without_token(tmp_path: Path) -> None:
+@pytest.mark.parametrize("token", ["x", "fifteen-bytes!!", "é" * 7])
+def test_a_short_token_is_refused_off_loopback(token: str) -> None:
+    with pytest.raises(ConfigError, match="web.token") as caught:
+        check_bind(WebSettings(host="0.0.0.0", token=SecretStr(token)))
+    assert "at least 16 bytes" in caught.value.message and "openssl rand" in caught.value.hint
+    for enough in ("0123456789abcdef", "é" * 8):  # 16 bytes
+        check_bind(WebSettings(host="0.0.0.0", token=SecretStr(enough)))
+    check_bind(WebSettings(host="127.0.0.1", token=SecretStr(token)))  # this machine only: the admin's choice
+
+
+class Clock:
+    """An injected wall clock: tests move it, nothing sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def login(client, token: str = TOKEN):
+    return client.post("/login", data={"token": token, "next": "/"}, headers={"Origin": ORIGIN})
+
+
+def test_token_guesses_are_throttled_per_client_address(make_client) -> None:
+    clock = Clock()
+    client, settings = make_client(WITH_TOKEN, address="10.0.0.66", clock=clock)
+    other, _ = make_client(WITH_TOKEN, root=settings.paths.inbox.parent, address="10.0.0.7", clock=clock)
+    wrong = {"Authorization": "Bearer not-the-token"}
+    for _ in range(3):
+        assert_problem(client.get("/api/health", headers=wrong), 401, "UNAUTHORIZED")
+        clock.now += 10
+    for _ in range(2):
+        assert login(client, "not-the-token").status_code == 401  # the login form counts too
+        clock.now += 10
+    for attempt in (lambda: client.get("/api/health", headers=BEARER), lambda: client.get("/api/jobs", headers=wrong)):
+        response = attempt()  # refused unchecked: even the right token, so guessing on learns nothing
+        body = assert_problem(response, 429, "TOO_MANY_FAILURES")
+        assert response.headers["retry-after"] == str(300 - 50) and "5 wrong tokens" in body["message"]
+    page = login(client)
+    assert page.status_code == 429 and page.headers["retry-after"] == "250" and "TOO_MANY_FAILURES" in page.text
+    assert COOKIE not in page.cookies
+    assert other.get("/api/health", headers=BEARER).status_code == 200  # another address is not held up
+    clock.now += 249
+    assert client.get("/api/health", headers=BEARER).status_code == 429
+    clock.now += 1  # the first failure is 5 minutes old
+    assert client.get("/api/health", headers=BEARER).status_code == 200
+    assert_problem(client.get("/api/health", headers=wrong), 401, "UNAUTHORIZED")
+    assert client.get("/api/health", headers=wrong).status_code == 429  # five within the last 5 minutes again
+
+
+def test_a_session_survives_the_throttle_of_its_address(make_client) -> None:
+    """Someone guessing from the same address (a shared NAT) does not log out the people already logged in."""
+    clock = Clock()
+    client, _ = make_client(WITH_TOKEN, clock=clock)
+    assert login(client).status_code == 303
+    for _ in range(6):
+        client.get("/api/health", headers={"Authorization": "Bearer guess"})
+    assert client.get("/api/health").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def session(value: str) -> dict[str, str]:
+    """The header a browser (or whoever copied the cookie) sends with session ``value``."""
+    return {"Cookie": f"{COOKIE}={value}"}
+
+
+def test_a_session_is_dated_signed_and_expires(make_client) -> None:
+    clock = Clock()
+    client, _ = make_client(WITH_TOKEN + "session_hours = 2\n", clock=clock)
+    first = login(client)
+    assert first.status_code == 303
+    assert "Max-Age=7200" in first.headers["set-cookie"]
+    value = client.cookies[COOKIE]
+    assert login(client).status_code == 303 and client.cookies[COOKIE] != value  # a new session each time
+    client.cookies.clear()
+    forged = value[:-1] + ("0" if value[-1] != "0" else "1")
+    assert_problem(client.get("/api/health", headers=session(forged)), 401, "UNAUTHORIZED")
+    clock.now += 2 * 3600 - 1
+    assert client.get("/api/health", headers=session(value)).status_code == 200
+    clock.now += 1
+    expired = client.get("/api/health", headers=session(value))
+    assert "log in again" in assert_problem(expired, 401, "UNAUTHORIZED")["message"]
+    assert client.get("/", headers=session(value)).headers["location"].startswith("/login")
+
+
+def test_logging_out_ends_the_session_for_good(make_client) -> None:
+    client, _ = make_client(WITH_TOKEN)
+    assert login(client).status_code == 303
+    value = client.cookies[COOKIE]
+    out = client.post("/logout", headers={"Origin": ORIGIN})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert COOKIE not in client.cookies
+    replayed = client.get("/api/health", headers=session(value))  # a copy of the cookie kept somewhere
+    assert_problem(replayed, 401, "UNAUTHORIZED")
+    assert client.get("/jobs/x", headers=session(value)).status_code == 303
+
+
+def test_heygemd_web_refuses_a_non_loopback_bind_without_a_long_token(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'host = "0.0.0.0"\nport = 0\n')
-    for command in ("web", "run"):
-        env = clean_env({"HEYGEMD_WEB__ENABLED": "true"})
+    for command, token in (("web", {}), ("run", {}), ("web", {"HEYGEMD_WEB__TOKEN": "hunter2"})):
+        env = clean_env({"HEYGEMD_WEB__ENABLED": "true", **token})
         result = subprocess.run(
             [*heygemd_argv(), "--config", str(config), command],
             env=env,
@@ -191,8 +289,9 @@ def test_heygemd_web_refuses_a_non_loopback_bind_without_token(tmp_path: Path) -
             stdin=subprocess.DEVNULL,
         )
         assert result.returncode != 0, result.stdout + result.stderr
-        for expected in ("BAD_CONFIG", "refusing to start", "HEYGEMD_WEB__TOKEN"):
+        for expected in ("BAD_CONFIG", "refusing to start", "web.token", "HEYGEMD_WEB__TOKEN"):
             assert expected in result.stderr, result.stderr
+        assert ("only 7 bytes long" in result.stderr) == bool(token), result.stderr
 
 
 def test_a_non_loopback_server_refuses_requests_without_the_token(tmp_path: Path, web_process) -> None:
@@ -202,6 +301,27 @@ def test_a_non_loopback_server_refuses_requests_without_the_token(tmp_path: Path
     assert httpx.get(f"{url}/api/health").status_code == 401
     assert httpx.get(f"{url}/", follow_redirects=False).status_code == 303
     assert httpx.get(f"{url}/api/health", headers=BEARER).json()["status"] == "ok"
+
+
+def test_behind_a_proxy_on_loopback_guesses_count_per_forwarded_address(tmp_path: Path, web_process) -> None:
+    """The real server (uvicorn) takes the client's address from X-Forwarded-For when the proxy is on loopback,
+    so one guesser behind nginx does not lock everybody else out; and a token-less one refuses a foreign Host."""
+    server = web_process(write_config(tmp_path, "port = 0\n"), env={"HEYGEMD_WEB__TOKEN": TOKEN}).wait_ready()
+    guesser = {"X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer guess"}
+    for _ in range(5):
+        assert httpx.get(f"{server.url}/api/health", headers=guesser).status_code == 401
+    refused = httpx.get(f"{server.url}/api/health", headers=guesser | BEARER)
+    assert refused.status_code == 429 and refused.json()["code"] == "TOO_MANY_FAILURES"
+    assert 0 < int(refused.headers["retry-after"]) <= 300
+    someone = {"X-Forwarded-For": "198.51.100.4"} | BEARER
+    assert httpx.get(f"{server.url}/api/health", headers=someone).json()["status"] == "ok"
+
+
+def test_a_real_token_less_server_answers_a_rebound_name_421(tmp_path: Path, web_process) -> None:
+    server = web_process(write_config(tmp_path, "port = 0\n")).wait_ready()
+    rebound = httpx.get(f"{server.url}/api/jobs", headers={"Host": "evil.example"})
+    assert rebound.status_code == 421 and rebound.json()["code"] == "WRONG_HOST"
+    assert httpx.get(f"{server.url}/api/jobs").json()["total"] == 0
 
 
 DISK_FULL_SCRIPT = """
