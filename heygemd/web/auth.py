@@ -10,8 +10,8 @@
   per client address (``throttle``).
 - State-changing requests (POST, PUT, PATCH, DELETE) not made with the bearer header must come from the
   dashboard's own origin (scheme, name and port): an ``Origin`` (or, without it, ``Referer``) naming another site
-  is refused. A browser
-  always sends ``Origin`` on a cross-site POST; with a cookie session one of the two headers is required.
+  is refused. A browser always sends ``Origin`` on a cross-site POST; with a cookie session one of the two
+  headers is required.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Sessions:
         """The issue time and nonce of a value this server signed, else None."""
         issued_text, _, rest = value.partition(".")
         nonce, _, signature = rest.partition(".")
-        if not issued_text.isdigit() or not nonce.isalnum() or not nonce.isascii():
+        if not (issued_text + nonce).isascii() or not issued_text.isdigit() or not nonce.isalnum():
             return None
         issued = int(issued_text)
         if not hmac.compare_digest(signature.encode("ascii", "replace"), self._sign(issued, nonce).encode("ascii")):
