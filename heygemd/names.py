@@ -21,6 +21,9 @@ JUNK: operating-system clutter that appears in any folder a desktop touched. It 
 
 Comparisons ignore case: Windows clients spell these with any case.
 
+Names a Windows client of the share cannot open (:func:`windows_safe`): reserved device names (CON, NUL, COM1...
+with any extension), ``< > : " \\ | ? *``, a trailing dot or space. :func:`make_windows_safe` mends them.
+
 heygemd's own temporary files (status.json, outputs, posters, face tracks, claim.json) are all named by
 :func:`temp_name`: ``.<final name>.heygemd-<pid>-<8 hex><suffix>``, hidden, next to the final file, ending in
 the final file's suffix (ffmpeg picks the container from it). :func:`is_heygemd_temp` recognises exactly
@@ -74,6 +77,30 @@ def plain_name(name: str, *, is_dir: bool = False) -> bool:
         and name not in (".", "..")
         and classify_name(name, is_dir=is_dir) is NameKind.NORMAL
     )
+
+
+WINDOWS_FORBIDDEN = frozenset('<>:"/\\|?*')
+_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]) *(\..*)?", re.IGNORECASE)
+"""Device names Windows reserves, with any extension (``CON``, ``nul.txt``, ``COM1.tar.gz``)."""
+
+
+def windows_safe(name: str) -> bool:
+    """Whether a Windows client of the share can open ``name`` as it is: no reserved device name (CON, PRN, AUX,
+    NUL, COM0-9, LPT0-9, with any extension), none of ``< > : " / \\ | ? *`` or control characters, and no
+    trailing dot or space."""
+    return (
+        bool(name)
+        and not _WINDOWS_RESERVED.fullmatch(name)
+        and not any(c in WINDOWS_FORBIDDEN or ord(c) < 32 for c in name)
+        and not name.endswith((".", " "))
+    )
+
+
+def make_windows_safe(name: str) -> str:
+    """``name`` changed as little as it takes to be :func:`windows_safe` ('' when nothing is left): each forbidden
+    or control character becomes ``_``, trailing dots and spaces go, a reserved device name gets a leading ``_``."""
+    name = "".join("_" if c in WINDOWS_FORBIDDEN or ord(c) < 32 else c for c in name).rstrip(". ")
+    return f"_{name}" if _WINDOWS_RESERVED.fullmatch(name) else name
 
 
 def encodable_name(name: str) -> bool:

@@ -202,7 +202,10 @@ class WebSettings(Section):
     token: SecretStr | None = Field(
         None,
         description="Access token: a bearer header for the API, a login form for the pages. Set it with "
-        "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host.",
+        "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host, and then at least 16 bytes.",
+    )
+    session_hours: float = Field(
+        12.0, gt=0, description="A login to the pages lasts this long; logging out (or a restart) ends it at once."
     )
     max_file_mb: float = Field(4096.0, gt=0, description="Largest uploaded file, in MiB.")
     max_files: int = Field(50, ge=2, description="Most files in one uploaded job (the audio included).")

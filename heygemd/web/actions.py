@@ -5,7 +5,8 @@ a rendering one stops at its next batch. Retry submits a NEW inbox job (named ``
 holding the original audio, the presenters whose videos failed or were cancelled, and the original job.toml,
 copied from the archived inputs; the original job is left as it is. Delete removes the job's outbox folder and its
 archived inputs, each renamed into a trash folder first and then removed (symlinks are removed, never followed).
-Neither retry nor delete acts on a job that is queued or rendering.
+Neither retry nor delete acts on a job that is queued or rendering. When another request deletes the job while
+a retry copies its inputs or a delete moves it, the loser answers JOB_CHANGED and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from heygemd.fsutil import fsync_dir
 from heygemd.names import plain_name
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog
-from heygemd.web.problems import InputsGone, JobBusy, NothingToRetry
+from heygemd.web.problems import InputsGone, JobBusy, JobChanged, NothingToRetry
 from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
 
 RETRIED = frozenset({"failed", "cancelled"})
@@ -38,14 +39,10 @@ def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
     """The folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is this job's claim."""
     state = settings.paths.state_dir
     candidates: list[Path] = []
-    archive = state / ARCHIVE
-    if archive.is_dir():
-        for day in sorted(archive.iterdir()):
-            if day.is_dir() and not day.is_symlink():
-                candidates.extend(p for p in day.iterdir() if p.name.startswith(status.job_id))
-    kept = state / KEPT
-    if kept.is_dir():
-        candidates.extend(p for p in kept.iterdir() if p.name.startswith(status.job_id))
+    for day in _entries(state / ARCHIVE):
+        if day.is_dir() and not day.is_symlink():
+            candidates.extend(p for p in _entries(day) if p.name.startswith(status.job_id))
+    candidates.extend(p for p in _entries(state / KEPT) if p.name.startswith(status.job_id))
     for folder in candidates:
         if folder.is_symlink() or not folder.is_dir():
             continue
@@ -56,6 +53,14 @@ def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
         if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
             return folder
     return None
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` by name; none when it is missing or went away (a delete running meanwhile)."""
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _require_finished(status: JobStatus) -> None:
@@ -97,6 +102,11 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
         for name in names:
             try:
                 _copy_regular(inputs / name, staging / name)
+            except FileNotFoundError:
+                raise JobChanged(
+                    f"the archived inputs of job {job_id!r} went away while they were copied for the retry; "
+                    "nothing was queued"
+                ) from None
             except OSError as exc:
                 if is_disk_full(exc):
                     raise disk_full(f"{job_id}/{name}") from None
@@ -133,9 +143,12 @@ def delete(settings: Settings, catalog: Catalog, job_id: str) -> None:
     _require_finished(status)
     folder = catalog.job_dir(job_id)
     inputs = archived_inputs(settings, status)
-    if inputs is not None:
-        _trash(inputs, settings.paths.state_dir / TRASH)
-    _trash(folder, settings.paths.outbox / TRASH_DIR)
+    try:
+        if inputs is not None:
+            _trash(inputs, settings.paths.state_dir / TRASH)
+        _trash(folder, settings.paths.outbox / TRASH_DIR)
+    except FileNotFoundError:
+        raise JobChanged(f"job {job_id!r} was deleted by another request meanwhile") from None
 
 
 def empty_outbox_trash(outbox: Path) -> None:

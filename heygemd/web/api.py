@@ -25,11 +25,12 @@ from heygemd.daemon.status import JobStatus
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
 from heygemd.web import actions
+from heygemd.web.auth import client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
-from heygemd.web.problems import Problem, TooLarge, WebError
-from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish, safe_basename
-from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
+from heygemd.web.problems import Problem, WebError
+from heygemd.web.staging import discard, disk_full, is_disk_full, job_name, mark_ready, new_staging, publish
+from heygemd.web.upload import Limits, MultipartJob, Received, job_toml
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -141,10 +142,8 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     )
     async def submit(request: Request) -> Submitted:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.max_total_bytes + MULTIPART_OVERHEAD:
-            raise TooLarge(
-                f"the upload ({int(length) / 2**20:.0f} MiB) is larger than web.max_total_mb = {web.max_total_mb:g} MiB"
-            )
+        if length and length.isdigit() and int(length) > limits.max_body_bytes:
+            raise limits.too_large(int(length))
         staging = await run_in_threadpool(new_staging, state)
         receiver: MultipartJob | None = None
         try:
@@ -172,13 +171,13 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
 
     def complete(staging: Path, received: Received, options: JobOptions) -> str:
         """job.toml, the ready marker last, then one rename into the inbox."""
-        name = safe_basename(received.fields.get("name", "")) or safe_basename(Path(received.audio[0]).stem)
+        name = job_name(received.fields.get("name", ""), received.audio[0])
         try:
             if text := job_toml(options):
                 (staging / JOB_TOML).write_text(text, encoding="utf-8")
             mark_ready(staging, settings.intake.ready_marker)
             return publish(
-                staging, name=name or "job", inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
+                staging, name=name, inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
             )
         except OSError as exc:
             if is_disk_full(exc):
@@ -220,8 +219,7 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
         summary="Cancel a job: a waiting one never starts, a rendering one stops at its next batch",
     )
     def cancel(job_id: str, request: Request) -> Cancelled:
-        client = request.client.host if request.client else "?"
-        answer = actions.cancel(settings, job_id, by=f"web {client}")
+        answer = actions.cancel(settings, job_id, by=f"web {client_address(request)}")
         log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 

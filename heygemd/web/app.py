@@ -2,13 +2,16 @@
 package.
 
 Every request except the static files and the login form passes the token gate (``auth``); state-changing
-ones also the same-origin check. Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
+ones also the same-origin check. A server without a token answers only requests addressed to a loopback name
+(``LoopbackOnly``). Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
 page (the pages).
 """
 
 from __future__ import annotations
 
+import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +19,19 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heygemd import __version__
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
 from heygemd.web import actions
 from heygemd.web.api import api_router
-from heygemd.web.auth import COOKIE, Gate, Via, check_same_origin
+from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.pages import Renderer, pages_router
-from heygemd.web.problems import Problem, Unauthorized, http_status, problem
+from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 from heygemd.web.staging import clean_stale
 
 STATIC = Path(__file__).with_name("static")
@@ -39,9 +44,10 @@ class LoginNeeded(Exception):
         self.next_url = next_url
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The application for ``settings`` (paths, web limits and token)."""
-    gate = Gate(settings.web.token)
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The application for ``settings`` (paths, web limits and token); ``clock``: the wall clock that sessions
+    and the throttle of wrong tokens go by."""
+    gate = Gate(settings.web, clock)
     catalog = Catalog(settings)
     clean_stale(settings.paths.state_dir)
     actions.empty_outbox_trash(settings.paths.outbox)
@@ -60,12 +66,13 @@ def create_app(settings: Settings) -> FastAPI:
     # -- guards
 
     def admit(request: Request) -> Via:
-        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE))
+        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE), client_address(request))
 
     def same_origin(request: Request, via: Via) -> None:
         check_same_origin(
             request.method,
             via,
+            request.url.scheme,
             request.headers.get("host"),
             request.headers.get("origin"),
             request.headers.get("referer"),
@@ -92,10 +99,12 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HeygemdError)
     async def on_error(request: Request, exc: HeygemdError) -> Response:
         status = http_status(exc)
+        headers = exc.headers if isinstance(exc, WebError) else {}
         if wants_json(request):
-            headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
             return JSONResponse(problem(exc).model_dump(), status_code=status, headers=headers)
-        return render(request, "error.html", status_code=status, error=problem(exc))
+        page = render(request, "error.html", status_code=status, error=problem(exc))
+        page.headers.update(headers)
+        return page
 
     @app.exception_handler(LoginNeeded)
     async def on_login_needed(request: Request, exc: LoginNeeded) -> Response:
@@ -126,4 +135,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if not gate.required:
+        app.add_middleware(LoopbackOnly)
     return app
+
+
+class LoopbackOnly:
+    """ASGI middleware of a server without a token: every request, static files included, must be addressed to a
+    loopback name (``auth.check_host``), else it is answered 421 WRONG_HOST before any route sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            try:
+                check_host(Headers(scope=scope).get("host"))
+            except WrongHost as exc:
+                await JSONResponse(problem(exc).model_dump(), status_code=exc.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,30 +1,40 @@
 """Who may talk to the web server, and from where.
 
-- No token configured: only a loopback bind is allowed (``check_bind``) and every local request is let in.
+- No token configured: only a loopback bind is allowed (``check_bind``), and only requests addressed to a
+  loopback name (``Host: localhost``, ``127.0.0.0/8``, ``[::1]``, any port) are answered (``check_host``): a web
+  page whose own name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets nothing. Every such request is let in.
 - A token configured: every request must carry it, as ``Authorization: Bearer <token>`` (the API) or as the
-  session cookie the login form sets (the pages: HttpOnly, SameSite=Strict). The cookie holds an HMAC of the
-  token, not the token itself.
+  session cookie the login form sets (the pages: HttpOnly, SameSite=Strict). The cookie holds a dated, signed
+  session value that expires after web.session_hours and that logging out ends (``sessions``), never the token.
+  Off loopback the token must be at least MIN_TOKEN_BYTES long (``check_bind``). Wrong tokens are throttled
+  per client address (``throttle``).
 - State-changing requests (POST, PUT, PATCH, DELETE) not made with the bearer header must come from the
-  dashboard's own origin: an ``Origin`` (or, without it, ``Referer``) naming another site is refused. A browser
-  always sends ``Origin`` on a cross-site POST; with a cookie session one of the two headers is required.
+  dashboard's own origin (scheme, name and port): an ``Origin`` (or, without it, ``Referer``) naming another site
+  is refused. A browser always sends ``Origin`` on a cross-site POST; with a cookie session one of the two
+  headers is required.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import ipaddress
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
+from starlette.requests import Request
 
 from heygemd.errors import ConfigError
 from heygemd.settings import WebSettings
-from heygemd.web.problems import CrossSite, Unauthorized
+from heygemd.web.problems import CrossSite, Unauthorized, WrongHost
+from heygemd.web.sessions import Sessions
+from heygemd.web.throttle import FailureThrottle
 
 COOKIE = "heygemd_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MIN_TOKEN_BYTES = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -38,13 +48,41 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(web: WebSettings) -> None:
-    """Refuse to serve on a non-loopback address without a token (raises ConfigError)."""
-    if not is_loopback(web.host) and not token_value(web.token):
+    """Refuse to serve on a non-loopback address without a token, or with one shorter than MIN_TOKEN_BYTES
+    (raises ConfigError)."""
+    if is_loopback(web.host):
+        return
+    token = token_value(web.token)
+    hint = (
+        "Set a long random token in HEYGEMD_WEB__TOKEN (e.g. from `openssl rand -hex 32`), "
+        'or bind web.host = "127.0.0.1" behind a reverse proxy.'
+    )
+    if not token:
         raise ConfigError(
             f"web.host = {web.host!r} is reachable from other machines, but no web.token is set; refusing to start",
-            hint="Set a long random token in HEYGEMD_WEB__TOKEN (e.g. from `openssl rand -hex 32`), "
-            'or bind web.host = "127.0.0.1" behind a reverse proxy.',
+            hint=hint,
         )
+    if len(token.encode("utf-8")) < MIN_TOKEN_BYTES:
+        raise ConfigError(
+            f"web.host = {web.host!r} is reachable from other machines, but web.token is only "
+            f"{len(token.encode('utf-8'))} bytes long; it must be at least {MIN_TOKEN_BYTES} bytes; refusing to start",
+            hint=hint,
+        )
+
+
+def check_host(host: str | None) -> None:
+    """Refuse a request not addressed to a loopback name (raises WrongHost); only for a server without a token."""
+    try:
+        name = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # a malformed port or IPv6 literal
+        name = None
+    if not name or not is_loopback(name):
+        raise WrongHost(f"this server has no web.token and answers only to localhost, not to Host: {host!r}")
+
+
+def client_address(request: Request) -> str:
+    """The client's address (behind a reverse proxy on loopback: from its X-Forwarded-For, as uvicorn reads it)."""
+    return request.client.host if request.client else "?"
 
 
 def token_value(token: SecretStr | None) -> str:
@@ -60,38 +98,53 @@ class Via(enum.Enum):
 
 
 class Gate:
-    """Checks requests against the configured token."""
+    """Checks requests against the configured token, issues and ends login sessions, throttles wrong tokens
+    per client address; ``clock`` is the wall clock (Unix seconds)."""
 
-    def __init__(self, token: SecretStr | None) -> None:
-        self._token = token_value(token)
+    def __init__(self, web: WebSettings, clock: Callable[[], float] = time.time) -> None:
+        self._token = token_value(web.token)
+        self.sessions = Sessions(web.session_hours * 3600, clock)
+        self._throttle = FailureThrottle(clock)
 
     @property
     def required(self) -> bool:
         return bool(self._token)
 
-    def session_value(self) -> str:
-        """What the session cookie holds: an HMAC of the token (the token itself never goes into a cookie)."""
-        return hmac.new(self._token.encode("utf-8"), b"heygemd-web-session", hashlib.sha256).hexdigest()
+    def _try_token(self, candidate: str, client: str) -> bool:
+        """Whether ``candidate`` is the token; a wrong one counts against ``client`` (TooManyFailures while
+        ``client`` has too many, and then the candidate is not even looked at)."""
+        self._throttle.check(client)
+        if hmac.compare_digest(candidate.encode("utf-8"), self._token.encode("utf-8")):
+            return True
+        self._throttle.failed(client)
+        return False
 
-    def token_matches(self, candidate: str) -> bool:
-        return bool(self._token) and hmac.compare_digest(candidate.encode("utf-8"), self._token.encode("utf-8"))
+    def login(self, candidate: str, client: str) -> str | None:
+        """A new session value for the right token, None for a wrong one (TooManyFailures when throttled)."""
+        return self.sessions.issue() if self._token and self._try_token(candidate, client) else None
 
-    def admit(self, authorization: str | None, cookie: str | None) -> Via:
-        """How the request is let in; Unauthorized when it carries no valid token or session."""
+    def admit(self, authorization: str | None, cookie: str | None, client: str) -> Via:
+        """How the request from address ``client`` is let in; Unauthorized when it carries no valid token or
+        session, TooManyFailures when ``client`` guessed wrong too often."""
         if not self._token:
             return Via.OPEN
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            if scheme.casefold() == "bearer" and self.token_matches(value.strip()):
+            if scheme.casefold() == "bearer" and self._try_token(value.strip(), client):
                 return Via.BEARER
             raise Unauthorized("the bearer token is wrong")
-        if cookie and hmac.compare_digest(cookie.encode("utf-8"), self.session_value().encode("utf-8")):
-            return Via.COOKIE
+        if cookie:
+            if self.sessions.valid(cookie):
+                return Via.COOKIE
+            raise Unauthorized("the session is over (it expired, or it was logged out); log in again")
         raise Unauthorized("this server needs a token and the request carries none")
 
 
-def check_same_origin(method: str, via: Via, host: str | None, origin: str | None, referer: str | None) -> None:
-    """Refuse a state-changing request that a page on another site made (raises CrossSite)."""
+def check_same_origin(
+    method: str, via: Via, scheme: str, host: str | None, origin: str | None, referer: str | None
+) -> None:
+    """Refuse a state-changing request that a page on another site made (raises CrossSite): its ``Origin`` (or
+    ``Referer``) must name this server's ``scheme`` and ``host`` (the Host header, port included)."""
     if method.upper() not in UNSAFE_METHODS or via is Via.BEARER:
         return
     source = origin if origin is not None else referer
@@ -99,5 +152,6 @@ def check_same_origin(method: str, via: Via, host: str | None, origin: str | Non
         if via is Via.COOKIE:
             raise CrossSite("a state-changing request with a session cookie carries neither Origin nor Referer")
         return  # a non-browser client (curl, a script) on a token-less loopback server
-    if source == "null" or not host or urlsplit(source).netloc.casefold() != host.casefold():
+    parts = urlsplit(source)
+    if source == "null" or not host or (parts.scheme, parts.netloc.casefold()) != (scheme, host.casefold()):
         raise CrossSite(f"a request from {source!r} may not change anything on this server")

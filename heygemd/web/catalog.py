@@ -79,13 +79,13 @@ class Catalog:
     def job_dir(self, job_id: str) -> Path:
         """The job's outbox folder (NotFound when the id is not a plain folder there)."""
         folder = self.outbox / job_id
-        if not plain_name(job_id) or not _real_dir(folder) or not contained(folder, self.outbox):
+        if not plain_name(job_id, is_dir=True) or not _real_dir(folder) or not contained(folder, self.outbox):
             raise NotFound(f"no job {job_id!r} in the outbox")
         return folder
 
     def status(self, job_id: str) -> JobStatus:
         """The job's status.json, or a ``queued`` status made from its folder while it waits in the inbox."""
-        if not plain_name(job_id):
+        if not plain_name(job_id, is_dir=True):
             raise NotFound(f"no job {job_id!r}")
         path = self.outbox / job_id / STATUS_FILE
         if _real_dir(self.outbox / job_id) and _real_file(path):
@@ -175,7 +175,7 @@ class Catalog:
             entries = []
         for name in entries:
             path = self.outbox / name / STATUS_FILE
-            if plain_name(name) and _real_dir(self.outbox / name) and _real_file(path):
+            if plain_name(name, is_dir=True) and _real_dir(self.outbox / name) and _real_file(path):
                 try:
                     found[name] = self._with_request(read_status(path))
                 except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
@@ -210,7 +210,7 @@ class Catalog:
             sigs.setdefault(name, (st.st_mtime_ns, st.st_size))
 
         if job_id is not None:
-            if not plain_name(job_id):
+            if not plain_name(job_id, is_dir=True):
                 return sigs
             add(job_id, self.outbox / job_id / STATUS_FILE)
             add(job_id, self.state / "claimed" / job_id)
@@ -218,7 +218,7 @@ class Catalog:
             return sigs
         try:
             for name in os.listdir(self.outbox):
-                if plain_name(name):
+                if plain_name(name, is_dir=True):
                     add(name, self.outbox / name / STATUS_FILE)
         except FileNotFoundError:
             pass

@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
-from heygemd.web.auth import COOKIE, Gate, Via
+from heygemd.web.auth import COOKIE, Gate, Via, client_address
 from heygemd.web.catalog import Catalog
 
 
@@ -60,12 +60,14 @@ def pages_router(
         same_origin(request, Via.OPEN)
         if not gate.required:
             return RedirectResponse(local(next), status_code=303)
-        if not gate.token_matches(token):
+        session = gate.login(token, client_address(request))
+        if session is None:
             return render(request, "login.html", status_code=401, next=local(next), failed=True)
         response = RedirectResponse(local(next), status_code=303)
         response.set_cookie(
             COOKIE,
-            gate.session_value(),
+            session,
+            max_age=int(gate.sessions.lifetime_s),
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -74,7 +76,9 @@ def pages_router(
         return response
 
     @pages.post("/logout", dependencies=[Depends(guard)])
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        if cookie := request.cookies.get(COOKIE):
+            gate.sessions.revoke(cookie)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

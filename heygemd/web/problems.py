@@ -18,9 +18,13 @@ class Problem(BaseModel):
 
 
 class WebError(HeygemdError):
-    """A request the web server refuses; ``status`` is the HTTP status code."""
+    """A request the web server refuses; ``status`` is the HTTP status code, ``headers`` go with the answer."""
 
     status: ClassVar[int] = 400
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class Unauthorized(WebError):
@@ -28,11 +32,38 @@ class Unauthorized(WebError):
     status = 401
     default_hint = "Send the token as 'Authorization: Bearer <token>' (web.token / HEYGEMD_WEB__TOKEN), or log in."
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyFailures(WebError):
+    code = "TOO_MANY_FAILURES"
+    status = 429
+    default_hint = "Wait the time the Retry-After header gives, then send the right token (web.token)."
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
 
 class CrossSite(WebError):
     code = "CROSS_SITE"
     status = 403
     default_hint = "State-changing requests must come from the dashboard's own pages, or carry the bearer token."
+
+
+class WrongHost(WebError):
+    code = "WRONG_HOST"
+    status = 421
+    default_hint = (
+        "Without web.token the server answers only to this machine's own names: open it as http://127.0.0.1:<port>/ "
+        "or http://localhost:<port>/, or set web.token to serve it under another name (a reverse proxy)."
+    )
 
 
 class NotFound(WebError):
@@ -62,6 +93,12 @@ class JobBusy(WebError):
     default_hint = (
         "The job is queued or rendering; wait until it is done, partial, failed or cancelled (or cancel it first)."
     )
+
+
+class JobChanged(WebError):
+    code = "JOB_CHANGED"
+    status = 409
+    default_hint = "Another request deleted the job (or its archived inputs expired) meanwhile; reload the job list."
 
 
 class NothingToRetry(WebError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from heygemd.daemon.claims import CLAIMED
 from heygemd.errors import ConfigError, DiskFull
 from heygemd.fsutil import fsync_dir
-from heygemd.names import NameKind, classify_name
+from heygemd.names import NameKind, classify_name, make_windows_safe, plain_name
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"
@@ -25,9 +25,10 @@ MAX_NAME_BYTES = 180
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def safe_basename(raw: str) -> str:
+def plain_basename(raw: str) -> str:
     """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
-    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes. '' when nothing is left."""
+    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes, one a Windows client can open
+    (``names.make_windows_safe``). '' when nothing is left."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = unicodedata.normalize("NFC", name)
     name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
@@ -39,12 +40,30 @@ def safe_basename(raw: str) -> str:
         keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
         stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
         name = f"{stem}.{suffix}" if suffix else stem
+    return make_windows_safe(name)
+
+
+def safe_basename(raw: str) -> str:
+    """An uploaded file's name as it is stored (``plain_basename``); BadUpload for the names of files still
+    being copied or of system clutter, which are never part of a job."""
+    name = plain_basename(raw)
     if name and classify_name(name) is not NameKind.NORMAL:
         raise BadUpload(
             f"the name {raw!r} is reserved for files still being copied or for system clutter",
             hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).",
         )
     return name
+
+
+def job_name(requested: str, audio: str) -> str:
+    """An uploaded job's folder name: the requested name, else the audio file's stem, else ``job``, each reduced
+    by ``plain_basename``. A name the intake would pass over (``__MACOSX``, ``lost+found``, ``#recycle``,
+    ``*.part``, ...: ``names.plain_name``) is never used: such a job would wait in the inbox for ever."""
+    for raw in (requested, Path(audio).stem):
+        name = plain_basename(raw)
+        if plain_name(name, is_dir=True):
+            return name
+    return "job"
 
 
 def is_disk_full(exc: OSError) -> bool:

@@ -1,5 +1,7 @@
 """One uploaded job: a multipart/form-data body streamed straight into a staging folder, with the limits
-checked as the bytes arrive (nothing is spooled anywhere else, nothing is held whole in memory).
+checked as the bytes arrive (nothing is spooled anywhere else, nothing is held whole in memory). Every byte of
+the body counts: files against web.max_file_mb, and the whole body (files, form fields, part headers) against
+web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its length.
 
 Fields: ``audio`` (one file), ``videos`` (one or more files: videos or still photos), and the optional
 text fields ``name`` (the job's name), ``engine``, ``loop_mode``, ``crf`` and ``gpu_class`` (written to job.toml).
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
@@ -26,7 +29,7 @@ FILE_FIELDS = frozenset({"audio", "videos"})
 TEXT_FIELDS = frozenset({"name", "engine", "loop_mode", "crf", "gpu_class"})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
-"""Allowance for part headers and boundaries when judging a Content-Length against web.max_total_mb."""
+"""Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Limits:
     @classmethod
     def from_settings(cls, web: WebSettings) -> "Limits":
         return cls(int(web.max_file_mb * MiB), web.max_files, int(web.max_total_mb * MiB))
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: the files' limit and the allowance for everything around them."""
+        return self.max_total_bytes + MULTIPART_OVERHEAD
+
+    def too_large(self, size: int | None = None) -> TooLarge:
+        """The upload (``size`` bytes, when its Content-Length says) is over the limit."""
+        upload = "the upload" if size is None else f"the upload ({size / MiB:.0f} MiB)"
+        return TooLarge(f"{upload} is larger than web.max_total_mb = {self.max_total_bytes / MiB:g} MiB")
 
 
 @dataclass
@@ -70,6 +83,7 @@ class MultipartJob:
         self.received = Received()
         self._used: set[str] = set()
         self._total = 0
+        self._body = 0
         self._files = 0
         self._headers: dict[str, bytes] = {}
         self._hname = bytearray()
@@ -152,7 +166,7 @@ class MultipartJob:
             limit = self.limits.max_file_bytes / MiB
             raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {limit:g} MiB")
         if self._total > self.limits.max_total_bytes:
-            raise TooLarge(f"the upload is larger than web.max_total_mb = {self.limits.max_total_bytes / MiB:g} MiB")
+            raise self.limits.too_large()
         try:
             self._file.write(data[start:end])
         except OSError as exc:
@@ -182,7 +196,14 @@ class MultipartJob:
     # -- driving
 
     def feed(self, chunk: bytes) -> None:
-        self._parser.write(chunk)
+        """Parse the next piece of the body (TooLarge past the limits, BadUpload when it is not multipart)."""
+        self._body += len(chunk)
+        if self._body > self.limits.max_body_bytes:
+            raise self.limits.too_large()
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadUpload(f"the request body is not valid multipart/form-data ({exc})") from None
 
     def close(self) -> None:
         """Close a file left open by an aborted body."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from heygemd.settings import Settings
 from heygemd.web.app import create_app
 from tests.daemon.conftest import daemon_factory, media, pytest_runtest_makereport  # noqa: F401  (shared)
-from tests.web.webserver import WebProcess, settings_for
+from tests.web.webserver import ORIGIN, WebProcess, settings_for
 
 
 @pytest.fixture(autouse=True)
@@ -25,12 +26,17 @@ def no_heygemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[Callable[..., tuple[TestClient, Settings]]]:
-    """``make_client(web="token = ...")``: the real app over tmp_path/inbox, outbox; TestClient base http://testserver."""
+    """``make_client(web="token = ...")``: the real app over tmp_path/inbox, outbox, as a browser on this machine
+    reaches it (base URL ``ORIGIN``); ``address``: the client's address; other keywords go to ``create_app``."""
     clients: list[TestClient] = []
 
-    def make(web: str = "", root: Path | None = None) -> tuple[TestClient, Settings]:
+    def make(
+        web: str = "", root: Path | None = None, address: str = "testclient", **app_options: Any
+    ) -> tuple[TestClient, Settings]:
         settings = settings_for(root or tmp_path, web)
-        client = TestClient(create_app(settings), follow_redirects=False)
+        client = TestClient(
+            create_app(settings, **app_options), base_url=ORIGIN, follow_redirects=False, client=(address, 50000)
+        )
         clients.append(client)
         return client, settings
 

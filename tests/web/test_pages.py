@@ -10,7 +10,7 @@ from heygemd.daemon.status import ErrorStatus, VideoStatus
 from heygemd.settings import load_settings
 from heygemd.web.app import create_app
 from tests.web.test_api import upload
-from tests.web.webserver import finished_job, write_config
+from tests.web.webserver import ORIGIN, finished_job, write_config
 
 
 def test_jobs_page_lists_jobs_with_state_progress_counts_and_pages(make_client) -> None:
@@ -77,7 +77,7 @@ def test_queued_job_page_and_new_job_form(make_client) -> None:
 
 def test_a_farms_new_job_form_asks_for_a_gpu_class_and_the_api_writes_it(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path, extra='[queue]\nbroker = "redis://127.0.0.1:1/0"\n'))
-    with TestClient(create_app(settings), follow_redirects=False) as client:
+    with TestClient(create_app(settings), base_url=ORIGIN, follow_redirects=False) as client:
         assert 'name="gpu_class"' in client.get("/new").text
         assert upload(client, name="big", gpu_class="h100").status_code == 201
     assert (settings.paths.inbox / "big" / "job.toml").read_text() == 'gpu_class = "h100"\n'

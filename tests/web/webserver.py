@@ -15,6 +15,8 @@ from heygemd.settings import Settings, load_settings
 from tests.daemon.daemon_process import wait_until
 
 TOKEN = "test-token-0123456789"
+ORIGIN = "http://localhost"
+"""Where the test clients reach the app: a loopback name, as a browser on the server itself does."""
 
 
 def write_config(root: Path, web: str = "", extra: str = "") -> Path:
