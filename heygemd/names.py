@@ -25,6 +25,9 @@ heygemd's own temporary files (status.json, outputs, posters, face tracks, claim
 :func:`temp_name`: ``.<final name>.heygemd-<pid>-<8 hex><suffix>``, hidden, next to the final file, ending in
 the final file's suffix (ffmpeg picks the container from it). :func:`is_heygemd_temp` recognises exactly
 those (and the names older versions used), so cleanup never removes a user's file.
+
+Every name derived from a user's name (``name-2``, a retry's ``name-retry``, temporary names) fits in
+NAME_MAX_BYTES: the user's part is cut between two characters (:func:`fit_name`), the extension and number kept.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import enum
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------- name kinds
@@ -112,17 +116,59 @@ def is_mp4_family(path: Path) -> bool:
     return path.suffix.casefold() in MP4_FAMILY_SUFFIXES
 
 
+# ---------------------------------------------------------------------------------------------- name lengths
+
+NAME_MAX_BYTES = 255
+"""The longest file or folder name (one path component) Linux file systems take: 255 bytes, not characters (an
+``ä`` takes 2 in UTF-8, a Chinese character 3). Every name heygemd derives from a user's name fits in it."""
+
+
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}")
+"""A file extension heygemd keeps whole in the names it makes (output templates, temporary names)."""
+
+
+def name_bytes(name: str) -> int:
+    """The length of ``name`` as the file system counts it (a name that is not valid UTF-8 included)."""
+    return len(os.fsencode(name))
+
+
+def fit_name(stem: str, tail: str = "", *, max_bytes: int = NAME_MAX_BYTES) -> str:
+    """``stem + tail`` in at most ``max_bytes`` bytes: ``stem`` cut at its end, between two characters, as far as
+    needed; ``tail`` (an extension, a number) is kept whole. The caller makes sure ``tail`` itself fits."""
+    room = max_bytes - name_bytes(tail)
+    if name_bytes(stem) <= room:
+        return stem + tail
+    kept = used = 0
+    for char in stem:
+        used += name_bytes(char)
+        if used > room:
+            break
+        kept += 1
+    return stem[:kept] + tail
+
+
 # ---------------------------------------------------------------------------------------------- unique names
 
 
-def numbered(name: str, n: int, *, keep_suffix: bool = True) -> str:
-    """The ``n``-th candidate for ``name``: itself for 1, else ``stem-n.ext`` (``keep_suffix``) or ``name-n``."""
-    if n == 1:
-        return name
+def numbered(name: str, n: int, *, keep_suffix: bool = True, tail: str = "") -> str:
+    """The ``n``-th candidate for ``name``: ``name`` for 1, else ``stem-n.ext`` (``keep_suffix``) or ``name-n``;
+    ``tail`` comes before the number (``lesson-retry``, ``lesson-retry-2``). The stem (or name) is cut to fit in
+    NAME_MAX_BYTES, the extension, tail and number are kept."""
+    number = "" if n == 1 else f"-{n}"
     stem, dot, suffix = name.rpartition(".")
-    if keep_suffix and dot and stem:
-        return f"{stem}-{n}.{suffix}"
-    return f"{name}-{n}"
+    kept = f"{tail}{number}.{suffix}"
+    if keep_suffix and dot and stem and name_bytes(kept) < NAME_MAX_BYTES:
+        return fit_name(stem, kept)
+    return fit_name(name, tail + number)
+
+
+def _first_unused(candidate: Callable[[int], str], used: set[str]) -> str:
+    """The first of ``candidate(1)``, ``candidate(2)``... whose casefolded form is not in ``used`` (then added)."""
+    n = 1
+    while (name := candidate(n)).casefold() in used:
+        n += 1
+    used.add(name.casefold())
+    return name
 
 
 def unique_name(name: str, used: set[str], *, keep_suffix: bool = True) -> str:
@@ -130,11 +176,7 @@ def unique_name(name: str, used: set[str], *, keep_suffix: bool = True) -> str:
 
     ``used`` holds casefolded names and is updated: on an SMB share Intro.mp4 and intro.mp4 are the same file.
     """
-    n = 1
-    while (candidate := numbered(name, n, keep_suffix=keep_suffix)).casefold() in used:
-        n += 1
-    used.add(candidate.casefold())
-    return candidate
+    return _first_unused(lambda n: numbered(name, n, keep_suffix=keep_suffix), used)
 
 
 def free_path(target: Path) -> Path:
@@ -147,7 +189,6 @@ def free_path(target: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- heygemd's temp names
 
-_SUFFIX = re.compile(r"\.[A-Za-z0-9]+")
 _TEMP = re.compile(r"^\.(?P<final>.+)\.heygemd-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$")
 _LEGACY_TEMPS = (
     re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$"),  # status.json, claim.json (before names.py)
@@ -157,11 +198,12 @@ _LEGACY_TEMPS = (
 
 
 def temp_name(final: str) -> str:
-    """A fresh temporary name for writing ``final`` in the same folder (see the module docstring)."""
+    """A fresh temporary name for writing ``final`` in the same folder (see the module docstring); ``final`` is cut
+    (between characters) so the name fits in NAME_MAX_BYTES: a name as long as they come still gets one."""
     suffix = Path(final).suffix
-    if not _SUFFIX.fullmatch(suffix):
+    if not _EXTENSION.fullmatch(suffix):
         suffix = ""
-    return f".{final}.heygemd-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    return "." + fit_name(final, f".heygemd-{os.getpid()}-{secrets.token_hex(4)}{suffix}", max_bytes=NAME_MAX_BYTES - 1)
 
 
 def temp_path(final: Path) -> Path:
