@@ -26,8 +26,9 @@ heygemd's own temporary files (status.json, outputs, posters, face tracks, claim
 the final file's suffix (ffmpeg picks the container from it). :func:`is_heygemd_temp` recognises exactly
 those (and the names older versions used), so cleanup never removes a user's file.
 
-Every name derived from a user's name (``name-2``, a retry's ``name-retry``, temporary names) fits in
-NAME_MAX_BYTES: the user's part is cut between two characters (:func:`fit_name`), the extension and number kept.
+Every name derived from a user's name (``name-2``, a retry's ``name-retry``, temporary names, and output names
+from the ``naming`` template, :func:`output_name`) fits in NAME_MAX_BYTES: the user's part is cut between two
+characters (:func:`fit_name`), the extension and number kept.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import enum
 import os
 import re
 import secrets
+import string
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,6 +187,71 @@ def free_path(target: Path) -> Path:
     while (candidate := target.with_name(numbered(target.name, n, keep_suffix=False))).exists():
         n += 1
     return candidate
+
+
+# ---------------------------------------------------------------------------------------------- output names
+
+POSTER_SUFFIX = ".jpg"
+"""A poster is named as its output, with this extension."""
+
+
+def naming_parts(template: str) -> tuple[list[str], str]:
+    """Parse an output name template (``[outbox] naming``, job.toml ``naming``): text and ``{stem}`` fields, and
+    nothing else, ending in an extension. Returns the texts around the ``{stem}`` fields (one more than there are
+    fields; the last without the extension) and the extension. ValueError says what is wrong.
+
+    Only the literal ``{stem}`` is a field: an attribute or index (``{stem.x[1]}``), a conversion (``{stem!r}``) or
+    a format spec (``{stem:>9}``) is refused here, before anything is formatted; names are made by
+    :func:`output_name`, which never calls ``str.format``.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template: {exc}") from None
+    texts = [""]
+    for text, field, spec, conversion in parsed:
+        texts[-1] += text
+        if field is None:
+            continue
+        if field != "stem":
+            if field.startswith(("stem.", "stem[")):
+                raise ValueError(f"{{{field}}}: no attribute or index is allowed, only {{stem}} itself")
+            raise ValueError(f"{{{field}}}: only the placeholder {{stem}} is allowed")
+        if conversion is not None:
+            raise ValueError(f"{{stem!{conversion}}}: no conversion is allowed, only {{stem}} itself")
+        if spec:
+            raise ValueError(f"{{stem:{spec}}}: no format spec is allowed, only {{stem}} itself")
+        texts.append("")
+    if any(c in text for text in texts for c in "/\\\0"):
+        raise ValueError("must be a file name, not a path")
+    if len(texts) == 1:
+        raise ValueError('must contain {stem}, e.g. "{stem}_synced.mp4", so outputs of different videos differ')
+    body, dot, extension = texts[-1].rpartition(".")
+    if not dot or not _EXTENSION.fullmatch(dot + extension):
+        raise ValueError('needs a file extension after the last {stem}, e.g. "{stem}.mp4"')
+    return [*texts[:-1], body], dot + extension
+
+
+def output_name(template: str, stem: str, n: int = 1) -> str:
+    """The ``n``-th output name (``-n`` before the extension from 2 on) for an input whose name without its
+    suffix is ``stem``: ``template`` with each ``{stem}`` replaced, ``stem`` cut at its end (between characters)
+    until the name, and its poster, fit in NAME_MAX_BYTES. Always one plain name in the job's outbox folder.
+    ValueError when ``template`` is not valid, or not even one character of ``stem`` fits."""
+    texts, extension = naming_parts(template)
+    tail = ("" if n == 1 else f"-{n}") + extension
+    limit = NAME_MAX_BYTES - max(0, name_bytes(POSTER_SUFFIX) - name_bytes(extension))
+    for cut in range(len(stem), 0, -1):
+        name = stem[:cut].join(texts) + tail
+        if name_bytes(name) <= limit:
+            if name in (".", "..") or "/" in name or "\0" in name:  # not from a file name and checked texts
+                raise ValueError(f"{name!r} is not a plain file name")
+            return name
+    raise ValueError(f"is longer than {limit} bytes with even one character of {{stem}}")
+
+
+def unique_output_name(template: str, stem: str, used: set[str]) -> str:
+    """:func:`output_name`, numbered until unused (``used`` as for :func:`unique_name`)."""
+    return _first_unused(lambda n: output_name(template, stem, n), used)
 
 
 # ---------------------------------------------------------------------------------------------- heygemd's temp names

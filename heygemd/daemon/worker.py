@@ -33,11 +33,11 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
+from heygemd.errors import DiskFull, ErrorInfo, Interrupted, JobError, report_failure
 from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
-from heygemd.names import unique_name
+from heygemd.names import unique_output_name
 from heygemd.pipeline.run import VideoProgress
 from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
 
@@ -311,12 +311,21 @@ def _run(
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
     """One entry per input. A video that finished in an earlier attempt keeps its result: done (when its output
-    is still there) or failed (its input is the same, so it would fail the same way)."""
+    is still there) or failed (its input is the same, so it would fail the same way). Output names come from
+    ``naming``, checked again here: each a plain name in ``out_dir`` that fits in 255 bytes, or the job fails."""
     earlier = {v.input: v for v in previous.videos}
     used: set[str] = set()
     entries = []
     for video in spec.videos:
-        output = unique_name(naming.format(stem=video.stem), used)
+        try:
+            output = unique_output_name(naming, video.stem, used)
+        except ValueError as exc:
+            raise JobError(
+                f"no output name for {video.name}: naming {naming!r} {exc}",
+                path=spec.folder,
+                hint="Set naming (job.toml, or [outbox] naming) to a file name made of text and {stem} with an "
+                'extension, e.g. "{stem}_synced.mp4".',
+            ) from None
         before = earlier.get(video.name)
         if before is not None and (
             (before.state == "done" and before.output and (out_dir / before.output).is_file())

@@ -111,6 +111,8 @@ def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:
         ('naming = "out.mp4"\n', "naming", "{stem}"),
         ('naming = "sub/{stem}.mp4"\n', "naming", "not a path"),
         ('naming = "{stem}_{n}.mp4"\n', "naming", "only the placeholder"),
+        ('naming = "..{stem.translate.__doc__[223]}{stem}.mp4"\n', "naming", "attribute or index"),
+        ('naming = "{stem:X>250000000}{stem}.mp4"\n', "naming", "format spec"),
         ("qualty = 3\n", "qualty", "unknown option"),
     ],
 )
