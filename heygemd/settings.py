@@ -79,6 +79,16 @@ class IntakeSettings(Section):
         "zero-filled, an MP4/MOV without its index, open for writing) is taken anyway after this long unchanged, "
         "and those files fail with their errors. 0 takes them at once.",
     )
+    max_job_toml_kb: int = Field(
+        64,
+        ge=1,
+        description="Largest job.toml read, in KiB; a larger one fails its job (FILE_TOO_LARGE), unread, as does "
+        "a job.toml that is not a regular file (a FIFO, a device: NOT_A_FILE).",
+    )
+
+    @property
+    def max_job_toml_bytes(self) -> int:
+        return self.max_job_toml_kb * 1024
 
 
 class EngineSettings(Section):

@@ -22,7 +22,7 @@ import structlog
 
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
-from heygemd.daemon.jobs import JobSpec, check_not_link, load_job
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, check_not_link, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
@@ -59,6 +59,7 @@ class JobContext:
     inputs_after: InputsAfter = OutboxSettings.model_fields["inputs_after"].default
     naming: str = OutboxSettings.model_fields["naming"].default
     ready_marker: str = IntakeSettings.model_fields["ready_marker"].default
+    max_job_toml_bytes: int = MAX_JOB_TOML_BYTES
     worker: str | None = None
     """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
     device: str | None = None
@@ -134,7 +135,13 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     request = read_request(claimed.path)
     if request is not None:  # cancelled before it started (a queued farm task, a claimed job resumed): never start it
         status = finish_unstarted(
-            claimed, outbox, request, ready_marker=context.ready_marker, worker=context.worker, device=context.device
+            claimed,
+            outbox,
+            request,
+            ready_marker=context.ready_marker,
+            max_toml_bytes=context.max_job_toml_bytes,
+            worker=context.worker,
+            device=context.device,
         )
         return JobResult(JobOutcome.CANCELLED, status)
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
@@ -209,7 +216,13 @@ def _run(
 ) -> None:
     """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
     cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
-    spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=context.ready_marker)
+    spec = load_job(
+        claimed.folder,
+        job_id=claimed.job_id,
+        name=claimed.name,
+        ready_marker=context.ready_marker,
+        max_toml_bytes=context.max_job_toml_bytes,
+    )
     session = context.session_for(spec.options.engine)
     status_file.update(
         state="processing",

@@ -111,6 +111,24 @@ def test_a_linked_presenter_is_refused_and_its_target_untouched(daemon: Daemon, 
     assert archived.is_symlink() and os.readlink(archived) == str(secret)
 
 
+def test_a_fifo_job_toml_fails_its_job_and_the_daemon_goes_on(daemon: Daemon, media: Media) -> None:
+    d, name = daemon, "fifo toml"
+    folder = d.staging / name
+    folder.mkdir(parents=True)
+    shutil.copyfile(media.speech, folder / "voice.wav")
+    shutil.copyfile(media.face_a, folder / "a.mp4")
+    os.mkfifo(folder / "job.toml")  # nobody ever writes to it: reading it would wait for ever
+    (folder / ".ready").touch()
+    os.rename(folder, d.inbox / name)
+    status = d.wait_finished(name)
+    assert status["state"] == "failed", status
+    assert status["error"]["code"] == "NOT_A_FILE", status
+    assert status["error"]["message"] == f"{name}/job.toml: is a named pipe (FIFO), not a regular file"
+    assert d.running and d.has_event("job.failed", job_id=name)
+    d.submit("after fifo", {"voice.wav": media.speech, "a.mp4": media.face_a})
+    assert d.wait_finished("after fifo")["state"] == "done"  # the worker is free for the next job
+
+
 def test_long_names_fit_the_second_job_of_a_255_byte_name_and_a_244_byte_presenter(
     daemon: Daemon, media: Media
 ) -> None:
