@@ -243,7 +243,7 @@ def output_name(template: str, stem: str, n: int = 1) -> str:
     for cut in range(len(stem), 0, -1):
         name = stem[:cut].join(texts) + tail
         if name_bytes(name) <= limit:
-            if name in (".", "..") or "/" in name or "\0" in name:  # not from a file name and checked texts
+            if name in (".", "..") or "/" in name or "\0" in name:  # a stem and checked texts never make one: defence
                 raise ValueError(f"{name!r} is not a plain file name")
             return name
     raise ValueError(f"is longer than {limit} bytes with even one character of {{stem}}")
