@@ -100,14 +100,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("single", "batch"):
         from heygemd.batch import render_many, summary, videos_in
         from heygemd.lipsync import LipSyncSession
-        from heygemd.names import unique_name
+        from heygemd.names import unique_output_name
 
         if args.command == "single":
             pairs = [(args.video, args.out)]
         else:
             used: set[str] = set()
             pairs = [
-                (video, args.out / unique_name(settings.outbox.naming.format(stem=video.stem), used))
+                (video, args.out / unique_output_name(settings.outbox.naming, video.stem, used))
                 for video in videos_in(args.videos)
             ]
         outcomes = render_many(LipSyncSession(settings), args.audio, pairs)

@@ -28,6 +28,10 @@ heygemd's own temporary files (status.json, outputs, posters, face tracks, claim
 :func:`temp_name`: ``.<final name>.heygemd-<pid>-<8 hex><suffix>``, hidden, next to the final file, ending in
 the final file's suffix (ffmpeg picks the container from it). :func:`is_heygemd_temp` recognises exactly
 those (and the names older versions used), so cleanup never removes a user's file.
+
+Every name derived from a user's name (``name-2``, a retry's ``name-retry``, temporary names, and output names
+from the ``naming`` template, :func:`output_name`) fits in NAME_MAX_BYTES: the user's part is cut between two
+characters (:func:`fit_name`), the extension and number kept.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import enum
 import os
 import re
 import secrets
+import string
+from collections.abc import Callable
 from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------- name kinds
@@ -139,17 +145,59 @@ def is_mp4_family(path: Path) -> bool:
     return path.suffix.casefold() in MP4_FAMILY_SUFFIXES
 
 
+# ---------------------------------------------------------------------------------------------- name lengths
+
+NAME_MAX_BYTES = 255
+"""The longest file or folder name (one path component) Linux file systems take: 255 bytes, not characters (an
+``ä`` takes 2 in UTF-8, a Chinese character 3). Every name heygemd derives from a user's name fits in it."""
+
+
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}")
+"""A file extension heygemd keeps whole in the names it makes (output templates, temporary names)."""
+
+
+def name_bytes(name: str) -> int:
+    """The length of ``name`` as the file system counts it (a name that is not valid UTF-8 included)."""
+    return len(os.fsencode(name))
+
+
+def fit_name(stem: str, tail: str = "", *, max_bytes: int = NAME_MAX_BYTES) -> str:
+    """``stem + tail`` in at most ``max_bytes`` bytes: ``stem`` cut at its end, between two characters, as far as
+    needed; ``tail`` (an extension, a number) is kept whole. The caller makes sure ``tail`` itself fits."""
+    room = max_bytes - name_bytes(tail)
+    if name_bytes(stem) <= room:
+        return stem + tail
+    kept = used = 0
+    for char in stem:
+        used += name_bytes(char)
+        if used > room:
+            break
+        kept += 1
+    return stem[:kept] + tail
+
+
 # ---------------------------------------------------------------------------------------------- unique names
 
 
-def numbered(name: str, n: int, *, keep_suffix: bool = True) -> str:
-    """The ``n``-th candidate for ``name``: itself for 1, else ``stem-n.ext`` (``keep_suffix``) or ``name-n``."""
-    if n == 1:
-        return name
+def numbered(name: str, n: int, *, keep_suffix: bool = True, tail: str = "") -> str:
+    """The ``n``-th candidate for ``name``: ``name`` for 1, else ``stem-n.ext`` (``keep_suffix``) or ``name-n``;
+    ``tail`` comes before the number (``lesson-retry``, ``lesson-retry-2``). The stem (or name) is cut to fit in
+    NAME_MAX_BYTES, the extension, tail and number are kept."""
+    number = "" if n == 1 else f"-{n}"
     stem, dot, suffix = name.rpartition(".")
-    if keep_suffix and dot and stem:
-        return f"{stem}-{n}.{suffix}"
-    return f"{name}-{n}"
+    kept = f"{tail}{number}.{suffix}"
+    if keep_suffix and dot and stem and name_bytes(kept) < NAME_MAX_BYTES:
+        return fit_name(stem, kept)
+    return fit_name(name, tail + number)
+
+
+def _first_unused(candidate: Callable[[int], str], used: set[str]) -> str:
+    """The first of ``candidate(1)``, ``candidate(2)``... whose casefolded form is not in ``used`` (then added)."""
+    n = 1
+    while (name := candidate(n)).casefold() in used:
+        n += 1
+    used.add(name.casefold())
+    return name
 
 
 def unique_name(name: str, used: set[str], *, keep_suffix: bool = True) -> str:
@@ -157,11 +205,7 @@ def unique_name(name: str, used: set[str], *, keep_suffix: bool = True) -> str:
 
     ``used`` holds casefolded names and is updated: on an SMB share Intro.mp4 and intro.mp4 are the same file.
     """
-    n = 1
-    while (candidate := numbered(name, n, keep_suffix=keep_suffix)).casefold() in used:
-        n += 1
-    used.add(candidate.casefold())
-    return candidate
+    return _first_unused(lambda n: numbered(name, n, keep_suffix=keep_suffix), used)
 
 
 def free_path(target: Path) -> Path:
@@ -172,9 +216,73 @@ def free_path(target: Path) -> Path:
     return candidate
 
 
+# ---------------------------------------------------------------------------------------------- output names
+
+POSTER_SUFFIX = ".jpg"
+"""A poster is named as its output, with this extension."""
+
+
+def naming_parts(template: str) -> tuple[list[str], str]:
+    """Parse an output name template (``[outbox] naming``, job.toml ``naming``): text and ``{stem}`` fields, and
+    nothing else, ending in an extension. Returns the texts around the ``{stem}`` fields (one more than there are
+    fields; the last without the extension) and the extension. ValueError says what is wrong.
+
+    Only the literal ``{stem}`` is a field: an attribute or index (``{stem.x[1]}``), a conversion (``{stem!r}``) or
+    a format spec (``{stem:>9}``) is refused here, before anything is formatted; names are made by
+    :func:`output_name`, which never calls ``str.format``.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template: {exc}") from None
+    texts = [""]
+    for text, field, spec, conversion in parsed:
+        texts[-1] += text
+        if field is None:
+            continue
+        if field != "stem":
+            if field.startswith(("stem.", "stem[")):
+                raise ValueError(f"{{{field}}}: no attribute or index is allowed, only {{stem}} itself")
+            raise ValueError(f"{{{field}}}: only the placeholder {{stem}} is allowed")
+        if conversion is not None:
+            raise ValueError(f"{{stem!{conversion}}}: no conversion is allowed, only {{stem}} itself")
+        if spec:
+            raise ValueError(f"{{stem:{spec}}}: no format spec is allowed, only {{stem}} itself")
+        texts.append("")
+    if any(c in text for text in texts for c in "/\\\0"):
+        raise ValueError("must be a file name, not a path")
+    if len(texts) == 1:
+        raise ValueError('must contain {stem}, e.g. "{stem}_synced.mp4", so outputs of different videos differ')
+    body, dot, extension = texts[-1].rpartition(".")
+    if not dot or not _EXTENSION.fullmatch(dot + extension):
+        raise ValueError('needs a file extension after the last {stem}, e.g. "{stem}.mp4"')
+    return [*texts[:-1], body], dot + extension
+
+
+def output_name(template: str, stem: str, n: int = 1) -> str:
+    """The ``n``-th output name (``-n`` before the extension from 2 on) for an input whose name without its
+    suffix is ``stem``: ``template`` with each ``{stem}`` replaced, ``stem`` cut at its end (between characters)
+    until the name, and its poster, fit in NAME_MAX_BYTES. Always one plain name in the job's outbox folder.
+    ValueError when ``template`` is not valid, or not even one character of ``stem`` fits."""
+    texts, extension = naming_parts(template)
+    tail = ("" if n == 1 else f"-{n}") + extension
+    limit = NAME_MAX_BYTES - max(0, name_bytes(POSTER_SUFFIX) - name_bytes(extension))
+    for cut in range(len(stem), 0, -1):
+        name = stem[:cut].join(texts) + tail
+        if name_bytes(name) <= limit:
+            if name in (".", "..") or "/" in name or "\0" in name:  # a stem and checked texts never make one: defence
+                raise ValueError(f"{name!r} is not a plain file name")
+            return name
+    raise ValueError(f"is longer than {limit} bytes with even one character of {{stem}}")
+
+
+def unique_output_name(template: str, stem: str, used: set[str]) -> str:
+    """:func:`output_name`, numbered until unused (``used`` as for :func:`unique_name`)."""
+    return _first_unused(lambda n: output_name(template, stem, n), used)
+
+
 # ---------------------------------------------------------------------------------------------- heygemd's temp names
 
-_SUFFIX = re.compile(r"\.[A-Za-z0-9]+")
 _TEMP = re.compile(r"^\.(?P<final>.+)\.heygemd-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$")
 _LEGACY_TEMPS = (
     re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$"),  # status.json, claim.json (before names.py)
@@ -184,11 +292,12 @@ _LEGACY_TEMPS = (
 
 
 def temp_name(final: str) -> str:
-    """A fresh temporary name for writing ``final`` in the same folder (see the module docstring)."""
+    """A fresh temporary name for writing ``final`` in the same folder (see the module docstring); ``final`` is cut
+    (between characters) so the name fits in NAME_MAX_BYTES: a name as long as they come still gets one."""
     suffix = Path(final).suffix
-    if not _SUFFIX.fullmatch(suffix):
+    if not _EXTENSION.fullmatch(suffix):
         suffix = ""
-    return f".{final}.heygemd-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    return "." + fit_name(final, f".heygemd-{os.getpid()}-{secrets.token_hex(4)}{suffix}", max_bytes=NAME_MAX_BYTES - 1)
 
 
 def temp_path(final: Path) -> Path:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from heygemd.errors import ConfigError
+from heygemd.names import output_name, plain_name
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
 SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
@@ -78,6 +79,16 @@ class IntakeSettings(Section):
         "zero-filled, an MP4/MOV without its index, open for writing) is taken anyway after this long unchanged, "
         "and those files fail with their errors. 0 takes them at once.",
     )
+    max_job_toml_kb: int = Field(
+        64,
+        ge=1,
+        description="Largest job.toml read, in KiB; a larger one fails its job (FILE_TOO_LARGE), unread, as does "
+        "a job.toml that is not a regular file (a FIFO, a device: NOT_A_FILE).",
+    )
+
+    @property
+    def max_job_toml_bytes(self) -> int:
+        return self.max_job_toml_kb * 1024
 
 
 class EngineSettings(Section):
@@ -159,7 +170,11 @@ class VideoSettings(Section):
 
 
 class OutboxSettings(Section):
-    naming: str = Field("{stem}.mp4", description="Output file name; {stem} is the input video's name without suffix.")
+    naming: str = Field(
+        "{stem}.mp4",
+        description="Output file name: text and {stem} (the input video's name without suffix), nothing else in "
+        "braces, ending in an extension; {stem} is cut to keep each name within 255 bytes.",
+    )
     inputs_after: InputsAfter = Field(
         "archive", description="What happens to a job's inputs once its outputs are safe."
     )
@@ -174,17 +189,11 @@ class OutboxSettings(Section):
 
 
 def check_naming(value: str) -> str:
-    """An output name template: a file name (not a path) with ``{stem}`` and an extension; ValueError if not."""
-    if "/" in value or "\\" in value:
-        raise ValueError("must be a file name, not a path")
-    if "{stem}" not in value:
-        raise ValueError('must contain {stem}, e.g. "{stem}_synced.mp4", so outputs of different videos differ')
-    try:
-        name = value.format(stem="x")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"only the placeholder {{stem}} is allowed ({exc})") from None
-    if not Path(name).suffix:
-        raise ValueError('needs a file extension, e.g. "{stem}.mp4"')
+    """An output name template: a file name (not a path) made of text and ``{stem}`` fields only, ending in an
+    extension, e.g. ``{stem}_synced.mp4`` (:func:`heygemd.names.naming_parts`); ValueError if not."""
+    example = output_name(value, "x")
+    if not plain_name(example):
+        raise ValueError(f"makes hidden, junk or still-being-copied names such as {example!r}")
     return value
 
 

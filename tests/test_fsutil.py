@@ -152,3 +152,40 @@ def test_read_regular_refuses_a_file_over_its_cap_by_size_not_by_reading_it(tmp_
     small = tmp_path / "ok.toml"
     small.write_bytes(b"crf = 20\n")
     assert fsutil.read_regular(small, max_bytes=65536) == b"crf = 20\n"
+
+
+def nbytes(name: str) -> int:
+    return len(name.encode("utf-8"))
+
+
+def test_numbered_names_fit_in_255_bytes_cut_on_a_character_boundary(tmp_path: Path) -> None:
+    folder = "ä" * 127 + "n"  # 255 bytes, 128 characters: a legal folder name as long as one can be
+    assert nbytes(folder) == 255
+    second = numbered(folder, 2, keep_suffix=False)
+    assert nbytes(second) <= 255 and second == "ä" * 126 + "-2", "cut whole characters, keep the number"
+    assert numbered(folder, 1234, keep_suffix=False) == "ä" * 125 + "-1234"
+    clip = "é" * 125 + "x.mp4"  # 255 bytes
+    used: set[str] = set()
+    assert [unique_name(clip, used) for _ in range(3)] == [clip, "é" * 124 + "-2.mp4", "é" * 124 + "-3.mp4"]
+    (tmp_path / folder).mkdir()
+    taken = free_path(tmp_path / folder)
+    taken.mkdir()  # a name the filesystem takes
+    assert taken.name == second
+    odd = "a." + "b" * 253  # a "suffix" that leaves no room for a stem: the whole name is cut instead
+    assert numbered(odd, 2) == odd[:253] + "-2"
+
+
+def test_temp_names_fit_in_255_bytes_and_are_still_recognised_as_heygemd_s(tmp_path: Path) -> None:
+    final = "é" * 120 + ".mp4"  # 244 bytes: a long but legal presenter name, and its output name
+    temp = temp_name(final)
+    assert nbytes(temp) <= 255 and temp.endswith(".mp4") and temp.startswith(".éé")
+    assert is_heygemd_temp(temp)
+    (tmp_path / temp).write_bytes(b"half written")  # the filesystem takes it
+    (tmp_path / final).write_bytes(b"the user's")
+    user = "." + final[:100] + ".heygemd-notes.mp4"  # looks close, is not heygemd's
+    (tmp_path / user).write_bytes(b"the user's")
+    assert fsutil.remove_temps(tmp_path) == [tmp_path / temp]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final, user])
+    with fsutil.atomic_writer(tmp_path / ("x" * 255)) as fh:  # every publisher's temporary fits
+        fh.write(b"ok")
+    assert (tmp_path / ("x" * 255)).read_bytes() == b"ok"

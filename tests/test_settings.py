@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tomllib
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from heygemd.errors import ConfigError
-from heygemd.settings import REPO_CONFIG, Settings, load_settings
+from heygemd.settings import REPO_CONFIG, Settings, check_naming, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +91,45 @@ def test_shipped_config_documents_every_setting_with_its_default() -> None:
                 value = shipped[section_name][key]
                 expected = getattr(section, key)
                 assert (tuple(value) if isinstance(value, list) else value) == expected, f"{section_name}.{key}"
+
+
+SLASH = "{stem.translate.__doc__[223]}"
+"""A format field that renders as "/" (str.translate's docstring, 223rd character): no "/" in the template itself."""
+
+
+@pytest.mark.parametrize(
+    ("naming", "words"),
+    [
+        (f"..{SLASH}..{SLASH}{{stem}}.mp4", "attribute or index"),  # ../../x.mp4: out of the outbox
+        ("{stem[0]}{stem}.mp4", "attribute or index"),
+        ("{stem!r}.mp4", "conversion"),
+        ("{stem:>20}.mp4", "format spec"),
+        ("{}{stem}.mp4", "only the placeholder {stem}"),
+        ("{0}{stem}.mp4", "only the placeholder {stem}"),
+        ("{stem}.mp4}", "Single '}'"),
+        ("x" * 252 + "{stem}.mp4", "255 bytes"),
+        ("{stem}.part", "hidden, junk or still-being-copied"),
+    ],
+)
+def test_naming_allows_only_the_literal_stem_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, naming: str, words: str
+) -> None:
+    monkeypatch.setenv("HEYGEMD_OUTBOX__NAMING", naming)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path / "heygemd.toml", ""))
+    assert "outbox.naming" in caught.value.message and words in caught.value.message, caught.value.message
+
+
+def test_a_naming_width_spec_is_refused_before_anything_is_formatted() -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="format spec"):
+            check_naming("{stem:X>250000000}{stem}.mp4")  # would format to 250 MB per video
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated: the template was formatted"
+
+
+def test_naming_with_stem_fields_and_braces_is_accepted() -> None:
+    assert check_naming("{stem}-{{v2}}_{stem}.mp4") == "{stem}-{{v2}}_{stem}.mp4"

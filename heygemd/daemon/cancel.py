@@ -31,7 +31,7 @@ import structlog
 from pydantic import ValidationError
 
 from heygemd.daemon.claims import CLAIMED, ClaimedJob, claim, read_claim
-from heygemd.daemon.jobs import load_job
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import (
@@ -135,6 +135,7 @@ def finish_unstarted(
     request: CancelStatus,
     *,
     ready_marker: str,
+    max_toml_bytes: int = MAX_JOB_TOML_BYTES,
     worker: str | None = None,
     device: str | None = None,
 ) -> JobStatus:
@@ -154,7 +155,13 @@ def finish_unstarted(
         update.update(worker=worker, device=device)
     if not status.videos:
         try:
-            spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=ready_marker)
+            spec = load_job(
+                claimed.folder,
+                job_id=claimed.job_id,
+                name=claimed.name,
+                ready_marker=ready_marker,
+                max_toml_bytes=max_toml_bytes,
+            )
         except HeygemdError:  # a job that could not have run: it is cancelled with no video to list
             pass
         else:
@@ -208,13 +215,16 @@ def cancel_job(
     ready_marker: str,
     by: str,
     finish_idle: FinishIdle | None = None,
+    max_toml_bytes: int = MAX_JOB_TOML_BYTES,
 ) -> CancelAnswer:
     """Cancel ``job_id`` (the id `heygemd status` and the dashboard show; for a job still in the inbox, its folder's
     name). Raises JobNotFound when there is no such job, AlreadyFinished when it has finished."""
     if not plain_name(job_id, is_dir=True):  # a job id names one ordinary folder
         raise JobNotFound(f"there is no job {job_id!r}")
     for _attempt in range(3):  # the job may move on between two looks (inbox -> claimed -> finished)
-        answer = _cancel_once(job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, by, finish_idle)
+        answer = _cancel_once(
+            job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, max_toml_bytes, by, finish_idle
+        )
         if answer is not None:
             log.info(
                 "job.cancel_requested",
@@ -243,6 +253,7 @@ def cancel_for(settings: Settings, job_id: str, by: str) -> CancelAnswer:
         ready_marker=settings.intake.ready_marker,
         by=by,
         finish_idle=finish_idle,
+        max_toml_bytes=settings.intake.max_job_toml_bytes,
     )
 
 
@@ -252,6 +263,7 @@ def _cancel_once(
     outbox: Path,
     state_dir: Path,
     ready_marker: str,
+    max_toml_bytes: int,
     by: str,
     finish_idle: FinishIdle | None,
 ) -> CancelAnswer | None:
@@ -284,7 +296,7 @@ def _cancel_once(
     if claimed is None:  # the intake took it first: it is claimed now
         return None
     request = write_request(claimed.path, by)
-    final = finish_unstarted(claimed, outbox, request, ready_marker=ready_marker)
+    final = finish_unstarted(claimed, outbox, request, ready_marker=ready_marker, max_toml_bytes=max_toml_bytes)
     return CancelAnswer(claimed.job_id, "cancelled", final)
 
 

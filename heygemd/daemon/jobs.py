@@ -13,7 +13,9 @@ A job folder holds one speech audio, one or more videos or still images, and opt
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
 silently; symbolic links are never followed: a linked job.toml or audio fails the job and a linked video fails
-that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; everything else
+that video with UNSAFE_PATH (:func:`check_not_link`), a link to a folder is listed as ignored; a job.toml that is
+not a regular file (a FIFO, a device) or is larger than ``[intake] max_job_toml_kb`` fails the job unread
+(NOT_A_FILE, FILE_TOO_LARGE); everything else
 that is not used (other files, sub-folders, audio files not chosen) is listed in
 ``JobSpec.ignored`` so status.json can show it. Problems raise :class:`~heygemd.errors.JobError` whose
 message names the file (and the job.toml field) and whose hint says what to change.
@@ -29,6 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from heygemd.errors import JobError, UnsafePath
+from heygemd.fsutil import read_regular
 from heygemd.names import (
     AUDIO_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -40,9 +43,11 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
-from heygemd.settings import GPU_CLASS_PATTERN, EngineName, LoopMode, check_naming
+from heygemd.settings import GPU_CLASS_PATTERN, EngineName, IntakeSettings, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
+MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
+"""``[intake] max_job_toml_kb``'s default, for callers without settings."""
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -103,14 +108,16 @@ def check_not_link(path: Path, folder: Path) -> None:
         raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path)
 
 
-def load_options(path: Path) -> JobOptions:
-    """Read and validate ``job.toml``; JobError names the file, the field and the problem."""
+def load_options(path: Path, *, max_bytes: int = MAX_JOB_TOML_BYTES) -> JobOptions:
+    """Read and validate ``job.toml``; JobError names the file, the field and the problem. It is read by
+    :func:`heygemd.fsutil.read_regular`: a link (UnsafePath), a FIFO or a device (NotRegularFile) is refused without
+    waiting for it, one over ``max_bytes`` (FileTooLarge) without reading it."""
     hint = (
         f"Fix {path.name}: allowed options are {', '.join(JobOptions.model_fields)}; "
         'values are TOML, e.g. crf = 20, engine = "mouthwarp". Leave an option out to use the daemon setting.'
     )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        data = tomllib.loads(read_regular(path, max_bytes=max_bytes).decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise JobError(f"not UTF-8 text ({exc.reason})", path=path, hint=hint) from None
     except tomllib.TOMLDecodeError as exc:
@@ -122,10 +129,15 @@ def load_options(path: Path) -> JobOptions:
 
 
 def load_job(
-    folder: Path, *, job_id: str | None = None, name: str | None = None, ready_marker: str = ".ready"
+    folder: Path,
+    *,
+    job_id: str | None = None,
+    name: str | None = None,
+    ready_marker: str = ".ready",
+    max_toml_bytes: int = MAX_JOB_TOML_BYTES,
 ) -> JobSpec:
     """Read a job folder. ``job_id``/``name`` default to the folder's name (pass the claim's for a claimed job:
-    its folder is ``.../claimed/<id>/input``)."""
+    its folder is ``.../claimed/<id>/input``); ``max_toml_bytes``: ``[intake] max_job_toml_kb``."""
     folder = Path(folder)
     name = name if name is not None else folder.name
     job_id = job_id if job_id is not None else name
@@ -153,9 +165,7 @@ def load_job(
         else:
             ignored.append(entry.name)
 
-    if toml_path is not None:
-        check_not_link(toml_path, folder)
-    options = load_options(toml_path) if toml_path is not None else JobOptions()
+    options = load_options(toml_path, max_bytes=max_toml_bytes) if toml_path is not None else JobOptions()
     audio = _pick_audio(folder, audios, options, toml_path)
     check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)

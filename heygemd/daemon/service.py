@@ -403,6 +403,7 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
             inputs_after=settings.outbox.inputs_after,
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
+            max_job_toml_bytes=settings.intake.max_job_toml_bytes,
         )
 
         def run_job(claimed: ClaimedJob) -> JobOutcome:

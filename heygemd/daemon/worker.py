@@ -22,7 +22,7 @@ import structlog
 
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
-from heygemd.daemon.jobs import JobSpec, check_not_link, load_job
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, check_not_link, load_job
 from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
@@ -33,11 +33,11 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
+from heygemd.errors import DiskFull, ErrorInfo, Interrupted, JobError, report_failure
 from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
-from heygemd.names import unique_name
+from heygemd.names import unique_output_name
 from heygemd.pipeline.run import VideoProgress
 from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
 
@@ -59,6 +59,7 @@ class JobContext:
     inputs_after: InputsAfter = OutboxSettings.model_fields["inputs_after"].default
     naming: str = OutboxSettings.model_fields["naming"].default
     ready_marker: str = IntakeSettings.model_fields["ready_marker"].default
+    max_job_toml_bytes: int = MAX_JOB_TOML_BYTES
     worker: str | None = None
     """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
     device: str | None = None
@@ -134,7 +135,13 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     request = read_request(claimed.path)
     if request is not None:  # cancelled before it started (a queued farm task, a claimed job resumed): never start it
         status = finish_unstarted(
-            claimed, outbox, request, ready_marker=context.ready_marker, worker=context.worker, device=context.device
+            claimed,
+            outbox,
+            request,
+            ready_marker=context.ready_marker,
+            max_toml_bytes=context.max_job_toml_bytes,
+            worker=context.worker,
+            device=context.device,
         )
         return JobResult(JobOutcome.CANCELLED, status)
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
@@ -209,7 +216,13 @@ def _run(
 ) -> None:
     """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
     cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
-    spec = load_job(claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=context.ready_marker)
+    spec = load_job(
+        claimed.folder,
+        job_id=claimed.job_id,
+        name=claimed.name,
+        ready_marker=context.ready_marker,
+        max_toml_bytes=context.max_job_toml_bytes,
+    )
     session = context.session_for(spec.options.engine)
     status_file.update(
         state="processing",
@@ -311,12 +324,21 @@ def _run(
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
     """One entry per input. A video that finished in an earlier attempt keeps its result: done (when its output
-    is still there) or failed (its input is the same, so it would fail the same way)."""
+    is still there) or failed (its input is the same, so it would fail the same way). Output names come from
+    ``naming``, checked again here: each a plain name in ``out_dir`` that fits in 255 bytes, or the job fails."""
     earlier = {v.input: v for v in previous.videos}
     used: set[str] = set()
     entries = []
     for video in spec.videos:
-        output = unique_name(naming.format(stem=video.stem), used)
+        try:
+            output = unique_output_name(naming, video.stem, used)
+        except ValueError as exc:
+            raise JobError(
+                f"no output name for {video.name}: naming {naming!r} {exc}",
+                path=spec.folder,
+                hint="Set naming (job.toml, or [outbox] naming) to a file name made of text and {stem} with an "
+                'extension, e.g. "{stem}_synced.mp4".',
+            ) from None
         before = earlier.get(video.name)
         if before is not None and (
             (before.state == "done" and before.output and (out_dir / before.output).is_file())

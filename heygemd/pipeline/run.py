@@ -16,6 +16,7 @@ import numpy as np
 
 from heygemd.engines.base import Engine, FaceBatch, PresenterEngine
 from heygemd.errors import ErrorInfo, Interrupted, NoFace
+from heygemd.names import POSTER_SUFFIX
 from heygemd.pipeline import faces, footage, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
@@ -87,7 +88,7 @@ ProgressCallback = Callable[[VideoProgress], None]
 
 
 def poster_path_for(output: Path) -> Path:
-    return output.with_suffix(".jpg")
+    return output.with_suffix(POSTER_SUFFIX)
 
 
 def render_video(

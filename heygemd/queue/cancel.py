@@ -40,7 +40,11 @@ def idle_finisher(settings: Settings) -> FinishIdle:
             if current is None or owned_elsewhere(current, settings.queue):
                 return None
             return finish_unstarted(
-                take_over(current), settings.paths.outbox, request, ready_marker=settings.intake.ready_marker
+                take_over(current),
+                settings.paths.outbox,
+                request,
+                ready_marker=settings.intake.ready_marker,
+                max_toml_bytes=settings.intake.max_job_toml_bytes,
             )
 
     return finish

@@ -52,7 +52,11 @@ class Publisher:
         the common queue, and the worker records why it fails)."""
         try:
             options = load_job(
-                claimed.folder, job_id=claimed.job_id, name=claimed.name, ready_marker=self.settings.intake.ready_marker
+                claimed.folder,
+                job_id=claimed.job_id,
+                name=claimed.name,
+                ready_marker=self.settings.intake.ready_marker,
+                max_toml_bytes=self.settings.intake.max_job_toml_bytes,
             ).options
         except (HeygemdError, OSError):
             return queue_for(self.settings.queue, None)

@@ -132,6 +132,7 @@ class JobRunner:
             inputs_after=settings.outbox.inputs_after,
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
+            max_job_toml_bytes=settings.intake.max_job_toml_bytes,
             worker=worker,
             device=device,
         )

@@ -25,7 +25,7 @@ from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
 from heygemd.fsutil import fsync_dir
-from heygemd.names import plain_name
+from heygemd.names import fit_name, plain_name
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog
 from heygemd.web.problems import InputsGone, JobBusy, JobChanged, NothingToRetry
@@ -114,7 +114,8 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
         mark_ready(staging, settings.intake.ready_marker)
         return publish(
             staging,
-            name=f"{status.job_name}-retry",
+            name=status.job_name,
+            tail="-retry",
             inbox=settings.paths.inbox,
             outbox=settings.paths.outbox,
             state_dir=settings.paths.state_dir,
@@ -131,7 +132,7 @@ def cancel(settings: Settings, job_id: str, by: str) -> CancelAnswer:
 
 def _trash(folder: Path, trash: Path) -> None:
     """Rename ``folder`` into ``trash`` (same filesystem), then remove it; a crash in between leaves only trash."""
-    target = own_dir(trash) / f"{folder.name}.{secrets.token_hex(4)}"
+    target = own_dir(trash) / fit_name(folder.name, f".{secrets.token_hex(4)}")
     os.rename(folder, target)
     fsync_dir(folder.parent)
     shutil.rmtree(target)

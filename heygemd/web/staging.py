@@ -16,7 +16,7 @@ from pathlib import Path
 from heygemd.daemon.claims import CLAIMED
 from heygemd.errors import ConfigError, DiskFull
 from heygemd.fsutil import fsync_dir
-from heygemd.names import NameKind, classify_name, make_windows_safe, plain_name
+from heygemd.names import NameKind, classify_name, make_windows_safe, numbered, plain_name
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"
@@ -136,9 +136,10 @@ def _taken(name: str, inbox: Path, outbox: Path, state_dir: Path) -> bool:
     return any(os.path.lexists(p) for p in (inbox / name, outbox / name, state_dir / CLAIMED / name))
 
 
-def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: Path) -> str:
-    """Rename ``staging`` into the inbox as the first free job name among name, name-2, ... (free in the inbox,
-    the claim folder and the outbox, so the daemon gives the job this very id). Returns the job id.
+def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: Path, tail: str = "") -> str:
+    """Rename ``staging`` into the inbox as the first free job name among name<tail>, name<tail>-2, ... (``name``
+    cut to fit, :func:`heygemd.names.numbered`; free in the inbox, the claim folder and the outbox, so the daemon
+    gives the job this very id). Returns the job id.
 
     The name is reserved with mkdir (an empty folder is never a job), then the staging folder is renamed over
     it in one step: the intake sees nothing, or the whole job with its ready marker.
@@ -146,7 +147,7 @@ def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: P
     inbox.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        job_id = name if n == 1 else f"{name}-{n}"
+        job_id = numbered(name, n, keep_suffix=False, tail=tail)
         n += 1
         if _taken(job_id, inbox, outbox, state_dir):
             continue

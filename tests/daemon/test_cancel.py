@@ -4,6 +4,7 @@ process is driven in test_daemon_cancel."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import AlreadyFinished, Interrupted, JobNotFound
 from heygemd.pipeline.run import RenderResult
+from tests.daemon.test_jobs import unblocked
 from tests.daemon.test_worker import StandInSession, claim_job
 
 
@@ -60,6 +62,22 @@ def test_an_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(JobNotFound) as missing:
             cancel_in(tmp_path, job_id)
         assert missing.value.code == "NO_SUCH_JOB" and missing.value.hint
+
+
+def test_cancelling_a_waiting_job_with_a_fifo_job_toml_does_not_block(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox" / "lesson"
+    folder.mkdir(parents=True)
+    for name in ("voice.wav", "a.mp4"):
+        (folder / name).write_bytes(b"x")
+    os.mkfifo(folder / "job.toml")
+    toml = tmp_path / "inbox" / ".heygemd" / "claimed" / "lesson" / "input" / "job.toml"  # where the claim puts it
+
+    answer = unblocked(toml, lambda: cancel_in(tmp_path, "lesson"))
+
+    assert (answer.job_id, answer.state) == ("lesson", "cancelled")
+    status = read_status(tmp_path / "outbox" / "lesson" / "status.json")
+    assert status.state == "cancelled" and status.videos == []  # a job that could not have run lists no video
+    assert next((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson/input/job.toml")).is_fifo()
 
 
 def test_a_claimed_job_gets_a_request_and_the_worker_finishes_it_without_starting(tmp_path: Path) -> None:

@@ -109,3 +109,42 @@ def test_a_linked_presenter_is_refused_and_its_target_untouched(daemon: Daemon, 
     assert secret.read_bytes() == before
     archived = next((d.state / "archive").glob(f"*/{name}/input/talk.mp4"))
     assert archived.is_symlink() and os.readlink(archived) == str(secret)
+
+
+def test_a_fifo_job_toml_fails_its_job_and_the_daemon_goes_on(daemon: Daemon, media: Media) -> None:
+    d, name = daemon, "fifo toml"
+    folder = d.staging / name
+    folder.mkdir(parents=True)
+    shutil.copyfile(media.speech, folder / "voice.wav")
+    shutil.copyfile(media.face_a, folder / "a.mp4")
+    os.mkfifo(folder / "job.toml")  # nobody ever writes to it: reading it would wait for ever
+    (folder / ".ready").touch()
+    os.rename(folder, d.inbox / name)
+    status = d.wait_finished(name)
+    assert status["state"] == "failed", status
+    assert status["error"]["code"] == "NOT_A_FILE", status
+    assert status["error"]["message"] == f"{name}/job.toml: is a named pipe (FIFO), not a regular file"
+    assert d.running and d.has_event("job.failed", job_id=name)
+    d.submit("after fifo", {"voice.wav": media.speech, "a.mp4": media.face_a})
+    assert d.wait_finished("after fifo")["state"] == "done"  # the worker is free for the next job
+
+
+def test_long_names_fit_the_second_job_of_a_255_byte_name_and_a_244_byte_presenter(
+    daemon: Daemon, media: Media
+) -> None:
+    d, name = daemon, "ä" * 127 + "n"  # 255 bytes: as long as a folder name can be
+    presenter = "é" * 120 + ".mp4"  # 244 bytes: its temporary output name is longer than the name itself
+    d.submit(name, {"voice.wav": media.speech, presenter: media.face_a})
+    first = d.wait_finished(name)
+    assert first["state"] == "done" and first["videos"][0]["output"] == presenter, first
+    assert (d.outbox / name / presenter).is_file() and (d.outbox / name / ("é" * 120 + ".jpg")).is_file()
+
+    d.submit(name, {"voice.wav": media.speech, "a.mp4": media.face_a})  # the same name again
+    second = d.wait_for(
+        lambda: next((n for n in os.listdir(d.outbox) if n.endswith("-2") and n.startswith("ä" * 100)), None),
+        30,
+        "the second job's outbox folder",
+    )
+    assert len(second.encode()) <= 255 and second == "ä" * 126 + "-2", second
+    status = d.wait_finished(second)
+    assert status["state"] == "done" and status["job_name"] == name, status

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from heygemd.daemon.jobs import JobOptions, load_job
-from heygemd.errors import JobError
+from heygemd.errors import FileTooLarge, JobError, NotRegularFile
+from heygemd.settings import IntakeSettings
 
 
 def job(tmp_path: Path, *files: str, toml: str | None = None, name: str = "job") -> Path:
@@ -111,6 +118,8 @@ def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:
         ('naming = "out.mp4"\n', "naming", "{stem}"),
         ('naming = "sub/{stem}.mp4"\n', "naming", "not a path"),
         ('naming = "{stem}_{n}.mp4"\n', "naming", "only the placeholder"),
+        ('naming = "..{stem.translate.__doc__[223]}{stem}.mp4"\n', "naming", "attribute or index"),
+        ('naming = "{stem:X>250000000}{stem}.mp4"\n', "naming", "format spec"),
         ("qualty = 3\n", "qualty", "unknown option"),
     ],
 )
@@ -160,3 +169,75 @@ def test_audio_option_picks_and_validates(tmp_path: Path) -> None:
 def test_in_flight_files_are_skipped(tmp_path: Path) -> None:
     spec = load_job(job(tmp_path, "v.wav", "a.mp4", "b.mp4.part", "~$notes.docx"))
     assert [p.name for p in spec.videos] == ["a.mp4"] and spec.ignored == []
+
+
+T = TypeVar("T")
+
+
+def unblocked(fifo: Path, call: Callable[[], T], timeout: float = 20.0) -> T:
+    """``call()``, which must return (or raise) without waiting for a writer on the FIFO ``fifo``. Should it still
+    run after ``timeout`` s (blocked opening or reading the FIFO), the FIFO gets a writer that closes at once, so
+    the read ends and the test fails instead of hanging."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout)
+        raise AssertionError(f"still blocked on the FIFO {fifo} after {timeout:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def test_a_fifo_job_toml_fails_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4")
+    os.mkfifo(folder / "job.toml")
+    with pytest.raises(NotRegularFile) as info:
+        unblocked(folder / "job.toml", lambda: load_job(folder))
+    assert info.value.code == "NOT_A_FILE"
+    assert info.value.message == f"{folder}/job.toml: is a named pipe (FIFO), not a regular file"
+    assert "regular files" in info.value.hint
+
+
+def test_a_device_job_toml_is_refused_unread(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4")
+    try:
+        os.mknod(folder / "job.toml", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # what /dev/null is
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    with pytest.raises(NotRegularFile, match=r"job\.toml: is a character device, not a regular file"):
+        load_job(folder)
+
+
+def test_a_huge_sparse_job_toml_is_refused_by_its_size_without_reading_it(tmp_path: Path) -> None:
+    folder = job(tmp_path, "v.wav", "a.mp4")
+    with open(folder / "job.toml", "wb") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MiB of zeros declared, nothing on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileTooLarge) as info:
+            load_job(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.code == "FILE_TOO_LARGE"
+    assert info.value.message == f"{folder}/job.toml: is 67,108,864 bytes; at most 65,536 are read"
+    assert peak < 1 << 20, f"{peak:,} bytes allocated: the file was read"
+
+
+def test_the_job_toml_size_cap_is_the_setting(tmp_path: Path) -> None:
+    commented = "# a long comment\n" * 5000 + "crf = 20\n"  # 85 kB: a job.toml with lots of notes
+    folder = job(tmp_path, "v.wav", "a.mp4", toml=commented)
+    assert IntakeSettings().max_job_toml_kb == 64
+    with pytest.raises(FileTooLarge, match="at most 65,536"):
+        load_job(folder)
+    assert load_job(folder, max_toml_bytes=IntakeSettings(max_job_toml_kb=128).max_job_toml_bytes).options.crf == 20

@@ -14,6 +14,7 @@ from heygemd.daemon import claims, readiness
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.names import is_heygemd_temp, temp_name
+from tests.daemon.test_jobs import unblocked
 from tests.daemon.test_worker import StandInSession
 
 
@@ -145,3 +146,45 @@ def test_stale_temporaries_are_removed_on_resume_and_nothing_else(tmp_path: Path
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".status.json.bak"]
     assert sorted({p.name for p in out.iterdir()} & set(foreign)) == sorted(foreign)
     assert read_status(out / "status.json").attempt == 2
+
+
+def test_a_fifo_job_toml_fails_the_job_at_once_naming_it(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a"})
+    os.mkfifo(claimed.folder / "job.toml")
+    session = StandInSession()
+    context = JobContext(session_for=lambda _e: session)  # type: ignore[arg-type, return-value]
+    result = unblocked(claimed.folder / "job.toml", lambda: process_job(claimed, tmp_path / "outbox", context))
+    assert result.outcome is JobOutcome.FAILED and result.status is not None and result.status.error is not None
+    error = result.status.error
+    assert (error.code, error.message) == (
+        "NOT_A_FILE",
+        "lesson-01/job.toml: is a named pipe (FIFO), not a regular file",
+    )
+    assert "regular files" in error.hint and session.rendered == []
+    assert next((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson-01/input/job.toml")).is_fifo()
+
+
+def test_an_output_name_is_checked_again_when_the_job_runs(tmp_path: Path) -> None:
+    """A naming that slipped past the settings' check (a format field that renders as "/") writes nothing."""
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a"})
+    slash = "{stem.translate.__doc__[223]}"
+    session = StandInSession()
+    context = JobContext(session_for=lambda _e: session, naming=f"..{slash}..{slash}{{stem}}.mp4")  # type: ignore[arg-type, return-value]
+    result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.FAILED and result.status is not None and result.status.error is not None
+    error = result.status.error
+    assert error.code == "BAD_JOB" and error.message.startswith("lesson-01/: no output name for a.mp4: naming "), error
+    assert "attribute or index" in error.message and "{stem}" in error.hint
+    assert session.rendered == [] and not (tmp_path / "a.mp4").exists()
+
+
+def test_output_names_of_long_presenter_names_are_cut_to_fit(tmp_path: Path) -> None:
+    stem = "ö" * 125 + "x"  # with .mp4: 255 bytes, as long as a name can be
+    naming = b'naming = "{stem}-lipsync.mp4"\n'
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", f"{stem}.mp4": b"a", f"{stem}.mov": b"b", "job.toml": naming})
+    session = StandInSession()
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _e: session)).status  # type: ignore[arg-type, return-value]
+    assert final is not None and final.state == "done", final
+    outputs = [v.output for v in final.videos]
+    assert outputs == ["ö" * 121 + "-lipsync.mp4", "ö" * 120 + "-lipsync-2.mp4"]  # 254 bytes each
+    assert sorted(p.name for p in (tmp_path / "outbox" / "lesson-01").glob("*.mp4")) == sorted(outputs)

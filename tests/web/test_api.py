@@ -246,6 +246,19 @@ def test_retry_submits_the_failed_videos_again_as_a_new_job(make_client) -> None
     assert client.post("/api/jobs/lesson/retry").json()["job_id"] == "lesson-retry-2"
 
 
+def test_the_retry_of_a_job_with_a_long_name_gets_a_name_that_fits(make_client) -> None:
+    client, settings = make_client()
+    name = "ü" * 125  # 250 bytes: "<name>-retry" would be 256, one over what a file system takes
+    videos = [VideoStatus(input="bob.mov", state="failed", progress=0.3)]
+    status = finished_job(settings.paths.outbox, name, state="failed", videos=videos)
+    _archive_inputs(settings, status, {"lesson.wav": WAV, "bob.mov": MP4})
+    first, second = (client.post(f"/api/jobs/{name}/retry") for _ in range(2))
+    assert first.status_code == second.status_code == 201, (first.text, second.text)
+    assert first.json()["job_id"] == "ü" * 124 + "-retry"  # cut on a character, the "-retry" kept
+    assert second.json()["job_id"] == "ü" * 123 + "-retry-2"  # and the number
+    assert (settings.paths.inbox / second.json()["job_id"] / "bob.mov").read_bytes() == MP4
+
+
 def test_retry_refuses_without_failed_videos_or_archived_inputs(make_client) -> None:
     client, settings = make_client()
     finished_job(settings.paths.outbox, "good")
@@ -282,6 +295,16 @@ def test_delete_removes_the_outbox_folder_and_archived_inputs(make_client, tmp_p
     assert list((settings.paths.outbox / ".heygemd-trash").iterdir()) == []
     assert [j["job_id"] for j in client.get("/api/jobs").json()["jobs"]] == [other.job_id]
     assert_problem(client.delete("/api/jobs/lesson"), 404, "NOT_FOUND")
+
+
+def test_delete_removes_a_job_whose_name_is_as_long_as_names_can_be(make_client) -> None:
+    client, settings = make_client()
+    name = "ß" * 127 + "x"  # 255 bytes: its trash name (the job's, plus a random part) must be cut to fit
+    status = finished_job(settings.paths.outbox, name)
+    archived = _archive_inputs(settings, status, {"lesson.wav": WAV, "anna.mp4": MP4})
+    response = client.delete(f"/api/jobs/{name}")
+    assert response.status_code == 200, response.text
+    assert not (settings.paths.outbox / name).exists() and not archived.exists()
 
 
 def test_delete_refuses_queued_and_running_jobs(make_client) -> None:
