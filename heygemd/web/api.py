@@ -29,7 +29,7 @@ from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.problems import Problem, TooLarge, WebError
 from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish, safe_basename
-from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml
+from heygemd.web.upload import MULTIPART_OVERHEAD, Limits, MultipartJob, Received, job_toml, options_schema
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -54,9 +54,7 @@ UPLOAD_BODY: dict[str, Any] = {
                             "description": "Presenter videos or still photos; repeat the field for each file.",
                         },
                         "name": {"type": "string", "description": "Job name (default: the audio's name)."},
-                        "engine": {"type": "string", "enum": ["auto", "wav2lip", "mouthwarp"]},
-                        "loop_mode": {"type": "string", "enum": ["pingpong", "loop"]},
-                        "crf": {"type": "integer", "minimum": 0, "maximum": 51},
+                        **options_schema(),
                     },
                 }
             }
