@@ -1,35 +1,14 @@
-"""Lip-sync engines: each implements ``heygemd.pipeline.engine_contract.Engine``; ``registry`` lists them.
+"""Lip-sync engines: each a module implementing ``heygemd.pipeline.engine_contract.Engine``, listed in
+``registry`` (what each needs, how it loads, what ``heygemd check`` says of it).
 
-``musetalk``: MuseTalk 1.5 (256x256 latent inpainting, Whisper features), files in ``models/musetalk/``.
-``wav2lip``: the published Wav2Lip generator, checkpoint supplied by the user in ``models/``.
-``mouthwarp``: weights-free, audio-driven mouth animation from face landmarks; runs on any CPU.
 Importing this package does not import torch: the torch engines are imported only when chosen.
 """
 
 from __future__ import annotations
 
-from heygemd.engines.registry import (
-    CHECKPOINT_NAMES,
-    SPECS,
-    EngineSpec,
-    ModelFiles,
-    find_checkpoint,
-    resolve,
-    resolve_engine_name,
-    spec_named,
-)
+from heygemd.engines.registry import SPECS, EngineSpec, ModelFiles, resolve, resolve_engine_name
 
-__all__ = [
-    "CHECKPOINT_NAMES",
-    "SPECS",
-    "EngineSpec",
-    "ModelFiles",
-    "find_checkpoint",
-    "resolve",
-    "resolve_engine_name",
-    "spec_named",
-    "torch_device_name",
-]
+__all__ = ["SPECS", "EngineSpec", "ModelFiles", "resolve", "resolve_engine_name", "torch_device_name"]
 
 
 def torch_device_name(spec: str) -> str:
