@@ -24,5 +24,5 @@ CHOICES: tuple[str, ...] = get_args(EngineName)
 
 def listed(names: Iterable[str] = CHOICES) -> str:
     """The names as a hint spells them: ``"auto", "musetalk", "wav2lip" or "mouthwarp"``."""
-    quoted = [f'"{name}"' for name in names]
-    return " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else "".join(quoted)
+    *rest, last = [f'"{name}"' for name in names]
+    return f"{', '.join(rest)} or {last}" if rest else last
