@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from heygemd.engine_names import CHOICES
+
 
 def _rss() -> dict[str, float]:
     """Peak RSS in MiB of this process and of its largest reaped child (ffmpeg).
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "plain":
             p.add_argument("--duration", type=float, required=True, help="Output length in seconds.")
         if name == "render":
-            p.add_argument("--engine", choices=("mouthwarp", "wav2lip", "musetalk", "auto"))
+            p.add_argument("--engine", choices=CHOICES)
             p.add_argument("--checkpoint")
             p.add_argument("--models")
             p.add_argument("--device")

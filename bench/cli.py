@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench import inputs  # stdlib-only at import time: the parent stays small
 from bench.inputs import REPO_ROOT
+from heygemd.engine_names import ENGINES  # a tuple of names: the parent still imports no engine
 
 STAGES = ("decode", "detect", "prepare", "faces", "infer", "blend", "encode")
 RENDER_STAGES = ("decode", "faces", "infer", "blend", "encode")
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark a heygemd render against a plain ffmpeg decode+encode of the same input.",
     )
     eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", choices=("mouthwarp", "wav2lip", "musetalk"), default="mouthwarp")
+    eng.add_argument("--engine", choices=ENGINES, default="mouthwarp")
     ck = eng.add_mutually_exclusive_group()
     ck.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (engine wav2lip).")
     ck.add_argument(

@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ def _timed(engine: Any, batches: list[Any]) -> float:
 def wav2lip(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from heygemd.engines.base import FaceBatch
     from heygemd.engines.wav2lip import Wav2LipEngine
+    from heygemd.pipeline.engine_contract import FaceBatch
     from heygemd.pipeline.run import batch_frames
     from tests.engines.checkpoints import make_random_checkpoint
 
@@ -77,8 +78,8 @@ def wav2lip(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
 
 def musetalk(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
     from bench.musetalk_weights import FULL, build_folder
-    from heygemd.engines.base import FaceBatch
     from heygemd.engines.musetalk import MuseTalkEngine
+    from heygemd.pipeline.engine_contract import FaceBatch
 
     folder = build_folder(work / "musetalk", FULL)
     engine = MuseTalkEngine(folder, device=device, batch_size=16, fp16=True)
@@ -116,9 +117,13 @@ def musetalk(work: Path, faces: int, device: str) -> list[dict[str, Any]]:
     return rows
 
 
+MEASURED: dict[str, Callable[[Path, int, str], list[dict[str, Any]]]] = {"wav2lip": wav2lip, "musetalk": musetalk}
+"""The torch engines this benchmark measures, by name."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_engines", description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=["wav2lip", "musetalk", "all"], default="all")
+    parser.add_argument("--engine", choices=[*MEASURED, "all"], default="all")
     parser.add_argument("--faces", type=int, default=600, help="faces per measurement (default 600)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
@@ -128,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="heygemd-gpu-bench-") as tmp:
-        if args.engine in ("wav2lip", "all"):
-            rows += wav2lip(Path(tmp), args.faces, args.device)
-        if args.engine in ("musetalk", "all"):
-            rows += musetalk(Path(tmp), args.faces, args.device)
+        for name, measure in MEASURED.items():
+            if args.engine in (name, "all"):
+                rows += measure(Path(tmp), args.faces, args.device)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
     for row in rows:
         print("  ".join(f"{k} {v}" for k, v in row.items()))

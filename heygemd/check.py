@@ -7,8 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from heygemd.engines import CHECKPOINT_NAMES, find_checkpoint, musetalk_layout, resolve_engine_name
-from heygemd.errors import CheckpointError, ConfigError, HeygemdError
+from heygemd.engines import SPECS, ModelFiles, resolve, torch_device_name
+from heygemd.errors import ConfigError, HeygemdError
 from heygemd.settings import Settings
 
 
@@ -25,8 +25,7 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     return [
         *_tools(),
-        _engine(settings),
-        _musetalk_files(settings),
+        *_engine(settings),
         _faces(settings),
         _device(settings),
         _writable("inbox", settings.paths.inbox),
@@ -65,59 +64,35 @@ def _tools() -> list[Check]:
     return checks
 
 
-def _engine(settings: Settings) -> Check:
-    name = resolve_engine_name(settings.engine, settings.paths.models)
-    if name == "mouthwarp":
-        return Check("engine", True, "mouthwarp (weights-free; put wav2lip_gan.pth in models/ for Wav2Lip)")
-    if name == "musetalk":
-        return _musetalk_loads(settings)
-    checkpoint = find_checkpoint(settings.engine, settings.paths.models)
-    if checkpoint is None or not checkpoint.is_file():
-        wanted = checkpoint or ", ".join(CHECKPOINT_NAMES)
-        return Check(
-            "engine",
-            False,
-            f"wav2lip selected but no checkpoint ({wanted})",
-            f'copy wav2lip_gan.pth into {settings.paths.models}, or set engine.name = "mouthwarp"',
-        )
-    from heygemd.engines.wav2lip import load_model  # torch: only when the Wav2Lip engine is in use
-
+def _engine(settings: Settings) -> list[Check]:
+    """The engine in use (does it load, its licence) and the files of every engine that needs some (required for
+    the one in use, a note for the others), from the engine registry."""
+    models = settings.paths.models
+    chosen = resolve(settings.engine, models)
     try:
-        load_model(checkpoint, device="cpu")  # every key and shape checked, as the daemon will at start
-    except CheckpointError as exc:
-        return Check("engine", False, exc.message, exc.hint)
-    size_mb = checkpoint.stat().st_size / 1e6
-    return Check("engine", True, f"wav2lip, checkpoint {checkpoint} ({size_mb:.0f} MB) loads")
+        loads = Check("engine", True, chosen.verify(settings.engine, models))
+    except HeygemdError as exc:
+        loads = Check("engine", False, exc.message, exc.hint)
+    rows = [loads, Check("licence", True, f"{chosen.name}: {chosen.licence}", required=False)]
+    for spec in SPECS:
+        if spec.files is not None:
+            rows.append(_files(spec.name, spec.files(settings.engine, models), required=spec is chosen))
+    return rows
 
 
-def _musetalk_files(settings: Settings) -> Check:
-    """Which MuseTalk files are in models/musetalk/: required when musetalk is chosen, a note otherwise."""
-    folder = musetalk_layout.musetalk_folder(settings.paths.models)
-    files = musetalk_layout.find_files(folder)
-    chosen = resolve_engine_name(settings.engine, settings.paths.models) == "musetalk"
+def _files(engine: str, files: ModelFiles, *, required: bool) -> Check:
+    name = f"{engine} files"
     if files.complete:
-        return Check("musetalk files", True, f"{folder}: all {len(files.found)} files found", required=chosen)
-    found = ", ".join(str(p.relative_to(folder)) for p in files.found.values()) or "none"
+        found = f"{files.found[0]} found" if len(files.found) == 1 else f"all {len(files.found)} files found"
+        return Check(name, True, f"{files.folder}: {found}", required=required)
+    found = ", ".join(files.found) or "none"
     return Check(
-        "musetalk files",
+        name,
         False,
-        f"{folder}: missing {', '.join(files.missing)} (found: {found})",
-        musetalk_layout.HINT,
-        required=chosen,
+        f"{files.folder}: missing {', '.join(files.missing)} (found: {found})",
+        files.hint,
+        required=required,
     )
-
-
-def _musetalk_loads(settings: Settings) -> Check:
-    folder = musetalk_layout.musetalk_folder(settings.paths.models)
-    from heygemd.engines.musetalk import load_model  # torch, diffusers: only when MuseTalk is in use
-
-    try:
-        model = load_model(folder, device="cpu")  # every file opened, every UNet tensor checked, as at start
-    except CheckpointError as exc:
-        return Check("engine", False, exc.message, exc.hint)
-    size_gb = sum(p.stat().st_size for p in model.files.weights) / 1e9
-    model.close()
-    return Check("engine", True, f"musetalk, {folder} ({size_gb:.1f} GB of weights) loads")
 
 
 def _faces(settings: Settings) -> Check:
@@ -127,7 +102,11 @@ def _faces(settings: Settings) -> Check:
 
     try:
         detector = faces.make_detector(
-            settings.faces.detector, settings.paths.models, settings.paths.cache_dir, device=settings.engine.device
+            settings.faces.detector,
+            settings.paths.models,
+            settings.paths.cache_dir,
+            device=settings.engine.device,
+            resolve_device=torch_device_name,
         )
         # A render reads the landmark model only at its first face; the check reads it now.
         detector.landmarks(np.zeros((64, 64, 3), dtype=np.uint8), np.array([8, 8, 56, 56], dtype=np.float32))
@@ -137,9 +116,9 @@ def _faces(settings: Settings) -> Check:
 
 
 def _device(settings: Settings) -> Check:
-    name = resolve_engine_name(settings.engine, settings.paths.models)
-    if name == "mouthwarp":
-        return Check("device", True, "cpu (mouthwarp runs on the CPU)")
+    engine = resolve(settings.engine, settings.paths.models)
+    if not engine.on_device:
+        return Check("device", True, f"cpu ({engine.name} runs on the CPU)")
     from heygemd.engines.torch_device import describe_device
 
     try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from heygemd import __version__
+from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings, load_settings
 
@@ -22,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def engine_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--engine", choices=["auto", "musetalk", "wav2lip", "mouthwarp"], help="engine (default from config)"
-        )
+        p.add_argument("--engine", choices=CHOICES, help="engine (default from config)")
         p.add_argument("--checkpoint", type=Path, help="Wav2Lip checkpoint (default: models/wav2lip_gan.pth)")
         p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from config)")
 

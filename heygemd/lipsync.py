@@ -1,7 +1,8 @@
 """A warm lip-sync session: one engine and one face detector, reused for every video it renders.
 
 Both the one-shot commands (``single``, ``batch``) and the daemon's worker render through this class,
-so a video renders the same whichever way it came in.
+so a video renders the same whichever way it came in. The engine comes from the registry
+(``heygemd.engines.registry``) and is handed to the pipeline, which knows it only by its contract.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines import Engine, PromptEngine, engine_needs, load_engine, resolve_engine_name
+from heygemd.engines import resolve, torch_device_name
 from heygemd.pipeline import faces
 from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
+from heygemd.pipeline.engine_contract import Engine, PromptEngine
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
 from heygemd.settings import Settings
 
@@ -25,14 +27,15 @@ class LipSyncSession:
 
     def __init__(self, settings: Settings, engine_name: str | None = None):
         self.settings = settings
-        self.engine_name = resolve_engine_name(settings.engine, settings.paths.models, engine_name)
+        self.spec = resolve(settings.engine, settings.paths.models, engine_name)
+        self.engine_name = self.spec.name
         self._engine: Engine | None = None
         self._detector: faces.FaceDetector | None = None
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.settings.engine, self.settings.paths.models, self.engine_name)
+            self._engine = self.spec.load(self.settings.engine, self.settings.paths.models)
         return self._engine
 
     @property
@@ -43,6 +46,7 @@ class LipSyncSession:
                 self.settings.paths.models,
                 self.settings.paths.cache_dir,
                 device=self.settings.engine.device,
+                resolve_device=torch_device_name,
             )
         return self._detector
 
@@ -65,7 +69,7 @@ class LipSyncSession:
         path = Path(path)
         wav = decode_audio(path, SAMPLE_RATE)
         features = features_from_samples(path, wav)
-        if engine_needs(self.engine_name).audio == "mel":
+        if self.spec.needs().audio == "mel":
             return features  # the engine is loaded by the first render, not here
         engine = self.engine
         if isinstance(engine, PromptEngine):

@@ -20,13 +20,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from heygemd.engine_names import EngineName
 from heygemd.errors import ConfigError
 from heygemd.names import output_name, plain_name
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
 SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
 
-EngineName = Literal["auto", "musetalk", "wav2lip", "mouthwarp"]
 LoopMode = Literal["pingpong", "loop"]
 InputsAfter = Literal["archive", "delete", "keep"]
 

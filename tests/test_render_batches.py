@@ -25,10 +25,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _WholeBatches:
-    """An engine that states no pass size (takes any batch whole)."""
+    """An engine whose one pass takes any batch whole."""
+
+    batch_size = 1 << 20
 
 
-def test_an_engine_without_passes_is_bounded_by_the_setting_and_by_bytes() -> None:
+def test_an_engine_with_large_passes_is_bounded_by_the_setting_and_by_bytes() -> None:
     engine = _WholeBatches()
     assert batch_frames(engine, 64, FRAME_720P) == BATCH_BYTES // FRAME_720P
     assert batch_frames(engine, 5, FRAME_720P) == 5

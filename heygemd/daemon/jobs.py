@@ -3,7 +3,7 @@ options from an optional ``job.toml``.
 
 A job folder holds one speech audio, one or more videos or still images, and optionally ``job.toml``::
 
-    engine = "mouthwarp"        # auto | musetalk | wav2lip | mouthwarp
+    engine = "mouthwarp"        # auto, or an engine of heygemd.engine_names
     naming = "{stem}_synced.mp4"
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from heygemd.engine_names import EngineName, listed
 from heygemd.errors import JobError, UnsafePath
 from heygemd.fsutil import read_regular
 from heygemd.names import (
@@ -43,7 +44,7 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
-from heygemd.settings import GPU_CLASS_PATTERN, EngineName, IntakeSettings, LoopMode, check_naming
+from heygemd.settings import GPU_CLASS_PATTERN, IntakeSettings, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
@@ -61,7 +62,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: EngineName | None = Field(None, description="auto, musetalk, wav2lip or mouthwarp.")
+    engine: EngineName | None = Field(None, description=f"The lip-sync engine: {listed()}.")
     naming: str | None = Field(None, description="Output file name; {stem} is the input's name without suffix.")
     loop_mode: LoopMode | None = Field(None, description="pingpong or loop, when the audio is longer than a video.")
     crf: int | None = Field(None, ge=0, le=51, description="H.264 quality, 0..51 (lower is better and larger).")

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.pipeline.audio import mel_band_hz, mel_db
+from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
 from heygemd.pipeline.mouth import MouthState, face_frame, measure
 from heygemd.pipeline.render import face_width, mouth_mask
 
@@ -570,7 +570,7 @@ class MouthWarpEngine:
 
     name: str = "mouthwarp"
     identity: str = f"mouthwarp-{VERSION}"
-    needs: EngineNeeds = EngineNeeds()
+    needs: EngineNeeds = EngineNeeds(footage_warnings=True)
     batch_size: int = BATCH_FRAMES
     """Frames per render batch (``run.batch_frames``)."""
 

@@ -29,7 +29,6 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
-from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.cuda_batches import fitting_batch_size
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
 from heygemd.engines.musetalk_load import (
@@ -43,6 +42,7 @@ from heygemd.engines.musetalk_load import (
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 from heygemd.errors import ConfigError
+from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
 
 __all__ = ["CROP_SIZE", "MuseTalkEngine", "MuseTalkModel", "audio_prompts", "load_model"]
 

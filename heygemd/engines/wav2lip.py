@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from heygemd.engines.base import EngineNeeds, FaceBatch
 from heygemd.engines.cuda_batches import CopyStreams, fitting_batch_size
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import (
@@ -36,6 +35,7 @@ from heygemd.engines.torch_util import (
     read_state_dict,
 )
 from heygemd.errors import CheckpointError, ConfigError
+from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
 
 IMG_SIZE = 96
 """Side of the square face image the model sees and returns."""
@@ -262,7 +262,7 @@ def face_input_into(crops: list[np.ndarray], out: np.ndarray) -> None:
 
 
 class Wav2LipEngine:
-    """The Wav2Lip engine (``heygemd.engines.base.Engine``): the model stays loaded until ``close()``.
+    """The Wav2Lip engine (``heygemd.pipeline.engine_contract.Engine``): the model stays loaded until ``close()``.
 
     At load the batch norms are folded into the convolutions (``torch_util.fold_batch_norm``) and the weights put
     in channels-last memory; the model's input and output buffers are kept between batches (regrown only for a

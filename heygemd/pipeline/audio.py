@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines.base import FrameFeatures
 from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio
+from heygemd.pipeline.engine_contract import FrameFeatures
 from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe, stderr_text
 
 SAMPLE_RATE = 16000

@@ -11,7 +11,8 @@ Two implementations of the :class:`FaceDetector` protocol:
 Both give boxes as float32 ``(x1, y1, x2, y2)`` in the pixels of the image they were given and landmarks as
 float32 ``(68, 2)`` ``(x, y)`` in the iBUG 68-point layout (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47,
 mouth 48-67). Weights are never downloaded: a missing file raises :class:`~heygemd.errors.CheckpointError`.
-torch is imported only inside :class:`S3FDDetector`'s constructor.
+torch is imported only inside :class:`S3FDDetector`'s constructor, which is handed the engines' device resolver
+(the pipeline imports no engine).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import pickle
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -197,11 +198,21 @@ class S3FDDetector:
     ``models_dir`` must hold ``s3fd-619a316812.pth``; ``2DFAN4-11f355bf06.pth.tar`` is optional. face_alignment
     finds 2DFAN4 under ``$TORCH_HOME/hub/checkpoints/``, so a private torch home under
     ``cache_dir/torch-home`` gets symlinks to the models folder's files and ``$TORCH_HOME`` points there
-    only while the networks are built. ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
-    ``cuda:N``. ``threshold``: minimum S3FD confidence of a face (face_alignment's default 0.5).
+    only while the networks are built. ``device``: as ``engine.device`` spells it, turned into a torch device name
+    by ``resolve_device`` (the session hands in ``heygemd.engines.torch_device_name``, which knows ``auto``: CUDA
+    when available); without one, a torch device name as is (``cpu``, ``cuda:0``). ``threshold``: minimum S3FD
+    confidence of a face (face_alignment's default 0.5).
     """
 
-    def __init__(self, models_dir: Path, cache_dir: Path, *, device: str = "auto", threshold: float = 0.5):
+    def __init__(
+        self,
+        models_dir: Path,
+        cache_dir: Path,
+        *,
+        device: str = "cpu",
+        resolve_device: Callable[[str], str] = str,
+        threshold: float = 0.5,
+    ):
         s3fd_file = models_dir / S3FD_WEIGHTS
         if not s3fd_file.is_file():
             raise CheckpointError(
@@ -218,9 +229,7 @@ class S3FDDetector:
         if use_fan:
             _link_or_copy(fan_file, checkpoints / FAN_WEIGHTS)
 
-        from heygemd.engines.torch_device import resolve_device  # torch only once S3FD weights are in use
-
-        self.device = str(resolve_device(device))
+        self.device = resolve_device(device)  # torch only once S3FD weights are in use
         self._fan: Any = None
         self._dlib: DlibShapePredictor | None = None
         try:
@@ -294,15 +303,22 @@ class S3FDDetector:
         return np.asarray(points[0][:, :2], dtype=np.float32)
 
 
-def make_detector(kind: DetectorKind, models_dir: Path, cache_dir: Path, *, device: str = "auto") -> FaceDetector:
+def make_detector(
+    kind: DetectorKind,
+    models_dir: Path,
+    cache_dir: Path,
+    *,
+    device: str = "cpu",
+    resolve_device: Callable[[str], str] = str,
+) -> FaceDetector:
     """The detector ``faces.detector`` asks for; ``auto`` is S3FD when its weights are in ``models_dir``, else dlib.
 
-    ``device`` matters only for S3FD (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+    ``device`` and ``resolve_device`` matter only for S3FD (see :class:`S3FDDetector`).
     """
     if kind == "dlib":
         return DlibDetector()
     if kind == "s3fd" or (kind == "auto" and (models_dir / S3FD_WEIGHTS).is_file()):
-        return S3FDDetector(models_dir, cache_dir, device=device)
+        return S3FDDetector(models_dir, cache_dir, device=device, resolve_device=resolve_device)
     if kind == "auto":
         return DlibDetector()
     raise ConfigError(f"unknown face detector {kind!r}", hint="Set faces.detector to auto, dlib or s3fd.")

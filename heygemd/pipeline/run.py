@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines.base import Engine, FaceBatch, PresenterEngine
 from heygemd.errors import ErrorInfo, Interrupted, NoFace
 from heygemd.names import POSTER_SUFFIX
 from heygemd.pipeline import faces, footage, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.encode import VideoWriter, write_poster
+from heygemd.pipeline.engine_contract import Engine, FaceBatch, PresenterEngine
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
 from heygemd.pipeline.hw_codecs import choose_decoder, choose_encoder
 from heygemd.pipeline.probe import VideoInfo, probe_video
@@ -77,7 +77,7 @@ class RenderResult:
     cached_presenter: bool | None = None
     """For engines with a per-presenter preparation: True when it came from the cache (no VAE encoding)."""
     warnings: tuple[ErrorInfo, ...] = ()
-    """Problems that did not stop the render (``footage.footage_warnings`` for the weights-free engine)."""
+    """Problems that did not stop the render (``footage.footage_warnings``, for an engine whose needs ask for them)."""
     encoder: str = "libx264"
     """The video encoder used: libx264 or h264_nvenc (``video.encoder``)."""
     decoder: str = "cpu"
@@ -134,7 +134,7 @@ def render_video(
             f"engine {engine.name} needs {engine.needs.audio} features; compute them with LipSyncSession.audio"
         )
 
-    warnings = footage.footage_warnings(track, video_path) if engine.name == "mouthwarp" else []
+    warnings = footage.footage_warnings(track, video_path) if engine.needs.footage_warnings else []
     engine.prepare(audio.mel)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
@@ -226,10 +226,9 @@ def render_video(
 
 def batch_frames(engine: Engine, batch_size: int, frame_bytes: int) -> int:
     """Frames per render batch: ``engine.batch_size`` (the setting) at most, no more than the engine takes in one
-    pass when it has its own ``batch_size`` (Wav2Lip on the CPU: ``wav2lip.CPU_SUB_BATCH``; more frames per batch
-    would only wait in memory, not go faster), and no more than ``BATCH_BYTES`` of frames; at least one."""
-    per_pass = getattr(engine, "batch_size", batch_size)
-    return max(1, min(batch_size, per_pass, BATCH_BYTES // max(1, frame_bytes)))
+    pass (``Engine.batch_size``; Wav2Lip on the CPU: ``wav2lip.CPU_SUB_BATCH``; more frames per batch would only
+    wait in memory, not go faster), and no more than ``BATCH_BYTES`` of frames; at least one."""
+    return max(1, min(batch_size, engine.batch_size, BATCH_BYTES // max(1, frame_bytes)))
 
 
 def _face_track(

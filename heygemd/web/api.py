@@ -29,8 +29,16 @@ from heygemd.web.auth import client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.problems import Problem, WebError
-from heygemd.web.staging import discard, disk_full, is_disk_full, job_name, mark_ready, new_staging, publish
-from heygemd.web.upload import Limits, MultipartJob, Received, job_toml
+from heygemd.web.staging import (
+    discard,
+    disk_full,
+    is_disk_full,
+    job_name,
+    mark_ready,
+    new_staging,
+    publish,
+)
+from heygemd.web.upload import Limits, MultipartJob, Received, job_toml, options_schema
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -55,9 +63,7 @@ UPLOAD_BODY: dict[str, Any] = {
                             "description": "Presenter videos or still photos; repeat the field for each file.",
                         },
                         "name": {"type": "string", "description": "Job name (default: the audio's name)."},
-                        "engine": {"type": "string", "enum": ["auto", "wav2lip", "mouthwarp"]},
-                        "loop_mode": {"type": "string", "enum": ["pingpong", "loop"]},
-                        "crf": {"type": "integer", "minimum": 0, "maximum": 51},
+                        **options_schema(),
                     },
                 }
             }

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from heygemd.engine_names import CHOICES
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
 from heygemd.web.auth import COOKIE, Gate, Via, client_address
@@ -96,7 +97,7 @@ def pages_router(
 
     @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def new_page(request: Request) -> HTMLResponse:
-        return render(request, "new.html", limits=web, farm=bool(settings.queue.broker))
+        return render(request, "new.html", limits=web, farm=bool(settings.queue.broker), engines=CHOICES)
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def docs_page(request: Request) -> HTMLResponse:

@@ -4,7 +4,7 @@ the body counts: files against web.max_file_mb, and the whole body (files, form 
 web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its length.
 
 Fields: ``audio`` (one file), ``videos`` (one or more files: videos or still photos), and the optional
-text fields ``name`` (the job's name), ``engine``, ``loop_mode``, ``crf`` and ``gpu_class`` (written to job.toml).
+text fields ``name`` (the job's name) and the job options of ``UPLOAD_OPTIONS`` (written to job.toml).
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
+from heygemd.engine_names import listed
 from heygemd.names import is_audio, is_presenter, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
@@ -26,7 +27,10 @@ from heygemd.web.staging import disk_full, is_disk_full, safe_basename
 
 MiB = 1024 * 1024
 FILE_FIELDS = frozenset({"audio", "videos"})
-TEXT_FIELDS = frozenset({"name", "engine", "loop_mode", "crf", "gpu_class"})
+UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming"))
+"""The job.toml options an upload sets as text fields: every ``JobOptions`` field but ``audio`` (the uploaded
+audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
+TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
@@ -226,16 +230,29 @@ class MultipartJob:
 
 def parse_options(fields: dict[str, str]) -> JobOptions:
     """The job.toml options from the form's text fields (empty means "the daemon's setting")."""
-    values = {k: v for k, v in fields.items() if k in ("engine", "loop_mode", "crf", "gpu_class") and v}
+    values = {k: v for k, v in fields.items() if k in UPLOAD_OPTIONS and v}
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise BadUpload(
             f"invalid job options: {problems}",
-            hint="engine: auto, musetalk, wav2lip or mouthwarp; loop_mode: pingpong or loop; crf: 0..51; "
+            hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
             "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
         ) from None
+
+
+def options_schema() -> dict[str, dict[str, Any]]:
+    """The OpenAPI schema of the option fields, from ``JobOptions`` (a form field holds a value or is left out)."""
+    properties = JobOptions.model_json_schema()["properties"]
+    return {name: _value_schema(properties[name]) for name in UPLOAD_OPTIONS}
+
+
+def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of an optional field's value: its ``anyOf`` branch other than null, with its description."""
+    (value,) = [branch for branch in schema.get("anyOf", [schema]) if branch.get("type") != "null"]
+    described = {"description": schema["description"]} if "description" in schema else {}
+    return {**value, **described}
 
 
 def job_toml(options: JobOptions) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from heygemd import demo
-from heygemd.engines.base import FaceBatch
 from heygemd.engines.mouthwarp import MouthWarpEngine, articulate
 from heygemd.pipeline import faces, mouth
 from heygemd.pipeline.audio import AudioFeatures, load_audio_features
+from heygemd.pipeline.engine_contract import FaceBatch
 from heygemd.pipeline.frames import read_frames
 from heygemd.pipeline.probe import probe_video
 

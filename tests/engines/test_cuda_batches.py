@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from heygemd.engines.base import FaceBatch
 from heygemd.engines.cuda_batches import FREE_MEMORY_SHARE, batch_size_for, fitting_batch_size
 from heygemd.engines.wav2lip import Wav2LipEngine
+from heygemd.pipeline.engine_contract import FaceBatch
 from tests.engines.checkpoints import make_random_checkpoint
 
 GIB = 1 << 30

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from heygemd import demo
-from heygemd.engines.base import Engine, FaceBatch
 from heygemd.engines.mouthwarp import (
     BAND_HZ,
     Articulation,
@@ -25,6 +24,7 @@ from heygemd.engines.mouthwarp import (
     warp_crop,
 )
 from heygemd.pipeline import render
+from heygemd.pipeline.engine_contract import Engine, FaceBatch
 
 dlib = pytest.importorskip("dlib")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from heygemd.engines.base import FaceBatch
 from heygemd.engines.mouthwarp import MouthWarpEngine, articulate, warp_crop
 from heygemd.pipeline import mouth
+from heygemd.pipeline.engine_contract import FaceBatch
 from heygemd.pipeline.face_detectors import DlibDetector
 from heygemd.pipeline.run import RenderOptions, render_video
 from tests.engines import talking

@@ -15,9 +15,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoFeatureExtractor, WhisperModel
 
-from heygemd.engines.base import FaceBatch
 from heygemd.engines.musetalk import CPU_SUB_BATCH, MuseTalkEngine, audio_prompts, load_model
 from heygemd.errors import CheckpointError
+from heygemd.pipeline.engine_contract import FaceBatch
 
 
 def speechlike(seconds: float, seed: int = 0) -> np.ndarray:

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heygemd.engines.base import Engine, FaceBatch
 from heygemd.engines.torch_util import cpu_threads, fold_batch_norm
 from heygemd.engines.wav2lip import Wav2Lip, Wav2LipEngine, face_input, load_model
 from heygemd.errors import CheckpointError, ConfigError
+from heygemd.pipeline.engine_contract import Engine, FaceBatch
 from tests.engines.checkpoints import make_random_checkpoint, manifest_shapes, random_state_dict, wrap_checkpoint
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

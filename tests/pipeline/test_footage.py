@@ -134,3 +134,38 @@ def test_the_weights_free_render_reports_warnings_and_still_renders(portrait, de
     assert result.output.is_file() and result.frames > 0
     assert [w.code for w in result.warnings] == [footage.COVERED]
     assert result.warnings[0].message.startswith(f"{video}: ")
+
+
+def test_the_warnings_follow_the_engines_declared_needs_not_its_name(portrait, detector, tmp_path) -> None:
+    """The pipeline knows an engine by its contract: warnings come with ``needs.footage_warnings``, whatever the
+    engine is called."""
+    import dataclasses
+
+    from heygemd.engines.mouthwarp import MouthWarpEngine
+    from heygemd.pipeline.audio import load_audio_features
+    from heygemd.pipeline.run import RenderOptions, render_video
+    from tests.engines.talking import encode
+
+    class Quiet(MouthWarpEngine):
+        needs = dataclasses.replace(MouthWarpEngine.needs, footage_warnings=False)
+
+    class Another(MouthWarpEngine):
+        name = "another"
+
+    image, points = portrait
+    video = encode([phone_over_mouth(image, points)] * 10, tmp_path / "bob.mp4")
+    speech = load_audio_features(demo.speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), lead_seconds=0.1))
+    codes = {}
+    for engine in (Quiet(), Another()):
+        result = render_video(
+            video,
+            speech,
+            tmp_path / f"{type(engine).__name__}.mp4",
+            engine,
+            detector,
+            options=RenderOptions(),
+            cache_dir=tmp_path / "cache",
+            work_dir=tmp_path / "work",
+        )
+        codes[type(engine).__name__] = [w.code for w in result.warnings]
+    assert codes == {"Quiet": [], "Another": [footage.COVERED]}

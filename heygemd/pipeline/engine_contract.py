@@ -1,4 +1,7 @@
-"""The Engine protocol: the one interface every lip-sync engine implements.
+"""The engine contract: the one interface every lip-sync engine implements, owned by the pipeline that calls it.
+
+Engines (``heygemd.engines``) import this module and implement it; the pipeline never imports an engine: it is
+handed one (``run.render_video``) and reads only the attributes below, never an engine's name.
 
 An engine gets a batch of face crops (cut from each frame by the engine's crop rule, any size), the 68 facial
 landmarks of each crop in crop coordinates, and the audio features it asked for for each frame. It returns one
@@ -7,8 +10,9 @@ Pasting the result back into the frame (with a feathered mouth mask) is ``pipeli
 
 What an engine needs is declared in its ``needs`` (``EngineNeeds``): which audio features (the Wav2Lip mel,
 which every job computes, or Whisper prompts, which a ``PromptEngine`` computes once per job), which crop
-rule, whether its output is colour-matched to the frame, and whether it keeps a per-presenter preparation
-(a ``PresenterEngine``: e.g. VAE latents of every source frame, cached by video content).
+rule, whether its output is colour-matched to the frame, whether it keeps a per-presenter preparation
+(a ``PresenterEngine``: e.g. VAE latents of every source frame, cached by video content), and whether the footage
+checks of ``pipeline.footage`` apply to it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class EngineNeeds:
     """Match the generated crop's colours to the frame inside the mask before pasting."""
     presenter_prep: bool = False
     """The engine is a ``PresenterEngine``: per-frame preparation computed once per video and cached."""
+    footage_warnings: bool = False
+    """The engine moves the mouth it sees (it draws none): ``footage.footage_warnings`` reports footage where it
+    cannot make a credible one (a covered mouth, a profile view, a tiny face)."""
 
 
 class FrameFeatures(Protocol):
@@ -80,6 +87,9 @@ class Engine(Protocol):
     """What produced the frames, for status.json: e.g. the checkpoint's sha256 prefix, or a version."""
     needs: EngineNeeds
     """The features, crop rule and blend this engine wants (see ``EngineNeeds``)."""
+    batch_size: int
+    """Faces the engine takes in one pass now (it may shrink, e.g. halved on out-of-memory); a render batch holds
+    no more frames than this (``run.batch_frames``)."""
 
     def prepare(self, mel: np.ndarray) -> None:
         """Called once per audio, before its frames, with the whole (80, T) Wav2Lip mel of the recording.
