@@ -52,9 +52,10 @@ What differs from the reference, and why:
   frame (the mask is zero beyond it) at a fraction of the cost. Outside the feathered mask the frame is left
   bit for bit unchanged.
 
-Cost on one core (an x86 server core shared with other work; ``cv2.setNumThreads(1)``, a face about 40 % of
-the frame height): 720p ~3 ms per ``align_face`` and ~19 ms per ``restore_face``; 1080p ~3 ms and ~32 ms.
-Most of ``restore_face`` is the antialiased resize (~10 ms) and the float blend over the face's surroundings.
+Cost per frame on one core (process CPU time, ``cv2.setNumThreads(1)``, the best of repeated runs on a shared
+2-core x86 machine, so upper bounds; the face about 40 % of the frame height): 720p ~10 ms per ``align_face``
+(~6 of them the LANCZOS4 resize) and ~23 ms per ``restore_face``; 1080p ~11 ms and ~36 ms. Of ``restore_face``,
+~9 ms is the antialiased resize and 2.5 ms (720p) to 8 ms (1080p) the feathered mask; the rest is the blend.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image
+
+ALIGN_VERSION = 1
+"""Bumped when the crop's arithmetic changes: part of the fingerprint of anything cached from the crops
+(a presenter's VAE latents), so those are recomputed."""
 
 TEMPLATE_RATIO = 512 / 256 * 2.8
 """The reference's ``ratio = resolution / 256 * 2.8`` at resolution 512 (``AlignRestore.__init__``)."""
@@ -229,7 +234,7 @@ def restore_face(frame: np.ndarray, generated: np.ndarray, matrix: np.ndarray) -
     if not mask.soft.any():
         return
     width, height = TEMPLATE_SIZE
-    face = cv2.warpAffine(
+    face: np.ndarray = cv2.warpAffine(
         _resize_antialiased(generated, (width, height)),
         _from_box(forward, x0, y0),
         (x1 - x0, y1 - y0),

@@ -319,8 +319,10 @@ def test_paste_mask_equals_the_reference_feather(hd_frame):
     assert 1.2 * w_edge < ramp.max() - ramp.min() < 2.5 * w_edge + 2
 
 
-def test_restore_equals_the_reference(hd_frame):
+@pytest.mark.parametrize("left", [0, 820], ids=["inside", "across-the-edge"])
+def test_restore_equals_the_reference(hd_frame, left):
     frame, landmarks = hd_frame
+    frame, landmarks = np.ascontiguousarray(frame[:, left:]), landmarks - (left, 0.0)
     matrix = alignment_matrices(landmarks[None])[0]
     generated = align_face(frame, matrix)
     generated[300:420, 120:400] = (20, 40, 200)  # a changed mouth region
@@ -332,6 +334,9 @@ def test_restore_equals_the_reference(hd_frame):
     assert diff.max() <= 2 and diff.mean() < 0.01
     changed = np.abs(ours.astype(int) - frame.astype(int)).max(axis=2) > 20
     assert changed.sum() > 10_000  # the mouth region really went in
+    if left:  # the rectangle crosses the frame's left edge: pasted up to it, with no feather there
+        mask = paste_mask(matrix, frame.shape)
+        assert mask.box[0] == 0 and (mask.soft[:, 0] > 0.999).sum() > 100
 
 
 def test_align_then_restore_of_an_unchanged_crop_gives_the_frame_back(astronaut):
