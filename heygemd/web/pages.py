@@ -15,16 +15,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
-from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
 from heygemd.web.auth import COOKIE, Gate, Via, client_address
 from heygemd.web.catalog import Catalog
-from heygemd.web.upload import Limits
-
-AUDIO_UPLOADS = sorted(AUDIO_SUFFIXES | VIDEO_SUFFIXES)
-"""What the form's audio field takes: an audio file, or a video whose sound track is used."""
-PRESENTER_UPLOADS = sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+from heygemd.web.upload import AUDIO_UPLOADS, PRESENTER_UPLOADS, Limits
 
 SIGNED_IN = "signed_in"
 """The request-state flag the page guard sets: only then does a page show the machine's state."""
@@ -118,10 +113,10 @@ def pages_router(
             request,
             "new.html",
             limits=web,
-            max_bytes=Limits.from_settings(web),
+            upload_limits=Limits.from_settings(web),
             farm=bool(settings.queue.broker),
-            audio_suffixes=AUDIO_UPLOADS,
-            presenter_suffixes=PRESENTER_UPLOADS,
+            audio_suffixes=sorted(AUDIO_UPLOADS),
+            presenter_suffixes=sorted(PRESENTER_UPLOADS),
         )
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])

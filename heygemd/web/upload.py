@@ -7,9 +7,9 @@ Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``
 videos or still photos), and the optional text fields ``name`` (the job's name), ``engine``, ``loop_mode``, ``crf``
 and ``gpu_class`` (written to job.toml).
 
-A video given as the audio is stored as ``<its name>.m4a``: the intake takes the one file with an audio suffix
-as the job's audio (a video's suffix would make it a presenter), and ffmpeg reads the file by its content, as the
-CLI's ``--audio some.mp4`` does.
+A video given as the audio is stored under its stem with ``.m4a`` (``talk.mp4`` -> ``talk.m4a``): the intake takes
+the one file with an audio suffix as the job's audio (a video's suffix would make it a presenter), and ffmpeg reads
+the file by its content, as the CLI's ``--audio talk.mp4`` does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
-from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, is_presenter, unique_name
+from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
 from heygemd.web.staging import disk_full, is_disk_full, safe_basename
@@ -37,10 +37,14 @@ MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 VIDEO_AS_AUDIO = ".m4a"
 """The suffix a video given as the audio is stored with (see the module docstring)."""
+AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
+"""What the ``audio`` field takes: an audio file, or a video whose sound track is used."""
+PRESENTER_UPLOADS = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+"""What the ``videos`` field takes (the presenters of ``names.is_presenter``)."""
 
 
-def _suffixes(*groups: frozenset[str]) -> str:
-    return " ".join(sorted(frozenset().union(*groups)))
+def _suffixes(group: frozenset[str]) -> str:
+    return " ".join(sorted(group))
 
 
 AUDIO_KINDS = (
@@ -157,14 +161,14 @@ class MultipartJob:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         base = safe_basename(filename)
         if field_name == "audio":
-            if not base or not (is_audio(Path(base)) or Path(base).suffix.casefold() in VIDEO_SUFFIXES):
+            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
                 raise BadUpload(
                     f"{filename!r} is not an audio file or a video (by its name)",
                     hint=f"The audio is the speech: {AUDIO_KINDS}.",
                 )
             if not is_audio(Path(base)):
                 base = Path(base).stem + VIDEO_AS_AUDIO
-        elif not base or not is_presenter(Path(base)):
+        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
             raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
         stored = unique_name(base, self._used)
         try:

@@ -64,7 +64,7 @@ def screenshot(driver: object, folder: Path, name: str, *, whole_page: bool = Fa
     driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
     driver.set_window_size(size["width"], size["height"])  # type: ignore[attr-defined]
     assert shot.stat().st_size > 10_000
-    if os.environ.get("WEB_TEST_SCREENSHOTS"):  # 256 colours: a quarter of the bytes in the repository
+    if os.environ.get("WEB_TEST_SCREENSHOTS"):  # 256 colours: a third of the bytes in the repository
         from PIL import Image
 
         with Image.open(shot) as image:
@@ -138,10 +138,19 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
 
     seen: list[int] = []
 
+    video_seen: list[tuple[str, str]] = []  # the video's bar value and the words under it, as shown together
+
     def finished() -> bool:
         value = _summary_progress(driver)
         if value is not None and (not seen or seen[-1] != value):
             seen.append(value)
+        shown = driver.execute_script(  # type: ignore[attr-defined]
+            """const card = document.querySelector('article.video');
+               return card && [card.querySelector('.bar').getAttribute('aria-valuenow'),
+                               card.querySelector('[data-field="progress-text"]').textContent];"""
+        )
+        if shown and (not video_seen or video_seen[-1] != tuple(shown)):
+            video_seen.append(tuple(shown))
         return bool(driver.find_elements(By.CSS_SELECTOR, "article.video video"))  # type: ignore[attr-defined]
 
     wait_until(
@@ -152,6 +161,8 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
     )
     assert any(0 < v < 100 for v in seen), f"the progress bar never showed a value between 0 and 100: {seen}"
     assert seen == sorted(seen), seen
+    percents = [(bar, words.split("%")[0]) for bar, words in video_seen if "%" in words]
+    assert percents and all(bar == number for bar, number in percents), video_seen  # one number, said twice
 
     playing = driver.execute_async_script(  # type: ignore[attr-defined]
         """const done = arguments[arguments.length - 1];

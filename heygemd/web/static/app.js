@@ -8,9 +8,9 @@ function ext(name) { const i = name.lastIndexOf("."); return i < 0 ? "" : name.s
 function setBar(container, fraction, state) {
   const bar = container && container.querySelector(".bar");
   if (!bar) return;
-  const pct = Math.round(Math.max(0, Math.min(1, fraction || 0)) * 1000) / 10;
-  bar.setAttribute("aria-valuenow", String(Math.round(pct)));
-  bar.querySelector("span").style.width = pct + "%";
+  const f = Math.max(0, Math.min(1, fraction || 0));
+  bar.setAttribute("aria-valuenow", String(Math.round(f * 100)));  // as videoProgress's words round it
+  bar.querySelector("span").style.width = Math.round(f * 1000) / 10 + "%";
   if (state) bar.className = "bar " + state;
 }
 
