@@ -103,6 +103,7 @@ class SilentAudio(HeygemdError):
 class NoFace(HeygemdError):
     code = "NO_FACE"
     default_hint = "Use a video where the presenter's face is visible and frontal in most frames."
+    photo_hint: ClassVar[str] = "Use a photo where the presenter's face is visible, frontal and not too small."
 
 
 class CheckpointError(HeygemdError):

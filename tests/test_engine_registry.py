@@ -22,7 +22,7 @@ from heygemd.pipeline.engine_contract import Engine
 from heygemd.settings import EngineSettings, load_settings
 from heygemd.web.app import create_app
 from heygemd.web.upload import UPLOAD_OPTIONS
-from tests.web.webserver import settings_for
+from tests.web.webserver import ORIGIN, settings_for
 
 REGISTRY = [AUTO, *(spec.name for spec in SPECS)]
 
@@ -82,7 +82,7 @@ class _Select(HTMLParser):
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key in [k for k in os.environ if k.startswith("HEYGEMD_")]:
         monkeypatch.delenv(key)
-    with TestClient(create_app(settings_for(tmp_path)), follow_redirects=False) as client:
+    with TestClient(create_app(settings_for(tmp_path)), base_url=ORIGIN, follow_redirects=False) as client:
         yield client
 
 

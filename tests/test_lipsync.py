@@ -58,3 +58,28 @@ def test_an_interrupted_render_leaves_neither_video_nor_poster(tmp_path: Path) -
         )
     assert rendered and rendered[-1] > int(speech.loudness(25.0).argmax())  # the poster frame had been rendered
     assert list(out.parent.iterdir()) == []  # no video, no poster, no partial file
+
+
+def test_no_face_says_photo_for_a_photo_and_video_for_a_video(tmp_path: Path) -> None:
+    import pytest
+
+    from heygemd.errors import NoFace
+    from tests.pipeline.media import ffmpeg, lavfi_clip
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+    )
+    session = LipSyncSession(settings)
+    speech = session.audio(speech_wav(tmp_path / "s.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1))
+    photo = tmp_path / "pattern.png"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180", "-frames:v", "1", str(photo))
+    video = lavfi_clip(tmp_path / "pattern.mp4", size="320x180", seconds=1)
+
+    with pytest.raises(NoFace) as on_photo:
+        session.render(photo, speech, tmp_path / "out" / "photo.mp4")
+    assert "no face was found in the photo" in on_photo.value.message
+    assert on_photo.value.hint.startswith("Use a photo where") and "video" not in on_photo.value.hint
+    with pytest.raises(NoFace) as on_video:
+        session.render(video, speech, tmp_path / "out" / "video.mp4")
+    assert "of the frames" in on_video.value.message and on_video.value.hint.startswith("Use a video where")

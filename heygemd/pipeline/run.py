@@ -119,6 +119,8 @@ def render_video(
     track_fp = _track_fingerprint(info, detector, options.faces)
     track, cached = _face_track(info, detector, options.faces, cache_dir, track_fp, timer, report, stop)
     if track.face_ratio < options.faces.min_face_ratio:
+        if info.is_still:
+            raise NoFace("no face was found in the photo", path=video_path, hint=NoFace.photo_hint)
         raise NoFace(
             f"a face was found in {track.face_ratio:.0%} of the frames "
             f"(at least {options.faces.min_face_ratio:.0%} needed)",

@@ -118,6 +118,13 @@ class Cancelled(BaseModel):
     status_url: str
 
 
+def content_disposition(kind: str, filename: str) -> str:
+    """``kind`` (inline or attachment) with ``filename`` for every browser: an ASCII stand-in (``_`` for other
+    characters, quotes and backslashes) and the exact name as UTF-8 (RFC 6266)."""
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"{kind}; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
+
+
 def pages_of(total: int, page_size: int) -> int:
     return max(1, math.ceil(total / page_size))
 
@@ -194,29 +201,30 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     def get_job(job_id: str) -> JobStatus:
         return catalog.status(job_id)
 
+    @api.head("/jobs/{job_id}/files/{name}", summary="The headers of GET on the file, no body")
     @api.get(
         "/jobs/{job_id}/files/{name}",
-        summary="One file of the job's outbox folder (an output, a poster, job.log, status.json)",
+        summary="One file of the job's outbox folder (an output, a poster, job.log, status.json), named "
+        "'<job> - <file>' for the browser",
         response_class=FileResponse,
     )
     def get_file(job_id: str, name: str, download: bool = False) -> FileResponse:
         path = catalog.file(job_id, name)
-        return FileResponse(
-            path, filename=name if download else None, content_disposition_type="attachment" if download else "inline"
-        )
+        kind = "attachment" if download else "inline"
+        return FileResponse(path, headers={"Content-Disposition": content_disposition(kind, f"{job_id} - {name}")})
 
+    @api.head("/jobs/{job_id}/outputs.zip", summary="The headers of GET on the ZIP, no body")
     @api.get(
         "/jobs/{job_id}/outputs.zip",
         summary="Every file of the job's outbox folder as one ZIP (streamed)",
         response_class=StreamingResponse,
     )
-    def get_zip(job_id: str) -> StreamingResponse:
+    def get_zip(job_id: str, request: Request) -> StreamingResponse:
         files = catalog.files(job_id)
-        quoted = urllib.parse.quote(f"{job_id}.zip", safe="")
         return StreamingResponse(
-            stream_zip(files),
+            stream_zip(files) if request.method == "GET" else iter(()),
             media_type="application/zip",
-            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"},
+            headers={"Content-Disposition": content_disposition("attachment", f"{job_id}.zip")},
         )
 
     @api.post(

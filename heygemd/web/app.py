@@ -1,9 +1,9 @@
 """The FastAPI application: the HTTP API under /api (``api``), the pages (``pages``), static files from the
 package.
 
-Every request except the static files and the login form passes the token gate (``auth``); state-changing
-ones also the same-origin check. A server without a token answers only requests addressed to a loopback name
-(``LoopbackOnly``). Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
+Every request except the static files, the favicon and the login form passes the token gate (``auth``);
+state-changing ones also the same-origin check. A server without a token answers only requests addressed to a
+loopback name (``LoopbackOnly``). Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
 page (the pages).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +30,7 @@ from heygemd.web import actions
 from heygemd.web.api import api_router
 from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
 from heygemd.web.catalog import Catalog
-from heygemd.web.pages import Renderer, pages_router
+from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 from heygemd.web.staging import clean_stale
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         except Unauthorized:
             raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else "")) from None
         same_origin(request, via)
+        setattr(request.state, SIGNED_IN, True)
         return via
 
     # -- error answers
@@ -135,6 +136,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     if not gate.required:
         app.add_middleware(LoopbackOnly)
     return app

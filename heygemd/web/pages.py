@@ -14,15 +14,21 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
 from heygemd.engine_names import CHOICES
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
 from heygemd.web.auth import COOKIE, Gate, Via, client_address
 from heygemd.web.catalog import Catalog
+from heygemd.web.upload import AUDIO_UPLOADS, PRESENTER_UPLOADS, Limits
+
+SIGNED_IN = "signed_in"
+"""The request-state flag the page guard sets: only then does a page show the machine's state."""
 
 
 class Renderer:
-    """Renders a template with what every page shows in its header (the engine, busy or idle)."""
+    """Renders a template with what every page shows in its header: once the visitor is let in (the page guard
+    passed: ``signed_in``), the engine, busy or idle and the queue; before that nothing of the machine."""
 
     def __init__(self, catalog: Catalog, gate: Gate) -> None:
         self.catalog = catalog
@@ -32,10 +38,17 @@ class Renderer:
         self.env.filters["age"] = age
         self.env.filters["when"] = when
         self.env.filters["quote"] = lambda s: urllib.parse.quote(s, safe="")
+        self.env.filters["first_error"] = first_error
+        self.env.filters["video_progress"] = video_progress
 
     def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        signed_in = bool(getattr(request.state, SIGNED_IN, False))
         html = self.env.get_template(template).render(
-            request=request, machine=self.catalog.machine(), token_required=self.gate.required, **context
+            request=request,
+            signed_in=signed_in,
+            machine=self.catalog.machine() if signed_in else None,
+            token_required=self.gate.required,
+            **context,
         )
         return HTMLResponse(html, status_code=status_code)
 
@@ -97,13 +110,39 @@ def pages_router(
 
     @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def new_page(request: Request) -> HTMLResponse:
-        return render(request, "new.html", limits=web, farm=bool(settings.queue.broker), engines=CHOICES)
+        return render(
+            request,
+            "new.html",
+            limits=web,
+            upload_limits=Limits.from_settings(web),
+            farm=bool(settings.queue.broker),
+            engines=CHOICES,
+            audio_suffixes=sorted(AUDIO_UPLOADS),
+            presenter_suffixes=sorted(PRESENTER_UPLOADS),
+        )
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
     def docs_page(request: Request) -> HTMLResponse:
         return render(request, "docs.html", spec=app.openapi())
 
     return pages
+
+
+def first_error(job: JobStatus) -> ErrorStatus | None:
+    """Why a job failed (its own error), else the first failed video's error; None when nothing failed."""
+    return job.error or next((v.error for v in job.videos if v.error is not None), None)
+
+
+def video_progress(video: VideoStatus) -> tuple[float, str]:
+    """A video's bar and the words under it, from the one number ``progress`` (static/app.js: videoProgress)."""
+    if video.state == "done":
+        return 1.0, ""
+    if video.state == "pending":
+        return 0.0, "waiting"
+    if video.state != "processing":
+        return video.progress, ""
+    stage = "finding the face" if video.frames_total is None else "lip-syncing"
+    return video.progress, f"{video.progress * 100:.0f}% · {stage}"
 
 
 def local(url: str) -> str:

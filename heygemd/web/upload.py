@@ -3,8 +3,13 @@ checked as the bytes arrive (nothing is spooled anywhere else, nothing is held w
 the body counts: files against web.max_file_mb, and the whole body (files, form fields, part headers) against
 web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its length.
 
-Fields: ``audio`` (one file), ``videos`` (one or more files: videos or still photos), and the optional
-text fields ``name`` (the job's name) and the job options of ``UPLOAD_OPTIONS`` (written to job.toml).
+Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (one or more files:
+videos or still photos), and the optional text fields ``name`` (the job's name) and the job options of
+``UPLOAD_OPTIONS`` (written to job.toml).
+
+A video given as the audio is stored under its stem with ``.m4a`` (``talk.mp4`` -> ``talk.m4a``): the intake takes
+the one file with an audio suffix as the job's audio (a video's suffix would make it a presenter), and ffmpeg reads
+the file by its content, as the CLI's ``--audio talk.mp4`` does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
 from heygemd.engine_names import listed
-from heygemd.names import is_audio, is_presenter, unique_name
+from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
 from heygemd.web.staging import disk_full, is_disk_full, safe_basename
@@ -34,6 +39,24 @@ TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
+VIDEO_AS_AUDIO = ".m4a"
+"""The suffix a video given as the audio is stored with (see the module docstring)."""
+AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
+"""What the ``audio`` field takes: an audio file, or a video whose sound track is used."""
+PRESENTER_UPLOADS = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+"""What the ``videos`` field takes (the presenters of ``names.is_presenter``)."""
+
+
+def _suffixes(group: frozenset[str]) -> str:
+    return " ".join(sorted(group))
+
+
+AUDIO_KINDS = (
+    f"a file ending in {_suffixes(AUDIO_SUFFIXES)}, or a video ({_suffixes(VIDEO_SUFFIXES)}) whose sound track is used"
+)
+PRESENTER_HINT = (
+    f"Presenters are videos ({_suffixes(VIDEO_SUFFIXES)}) or photos ({_suffixes(IMAGE_SUFFIXES)}) of the face."
+)
 
 
 @dataclass(frozen=True)
@@ -141,10 +164,16 @@ class MultipartJob:
         if self._files > self.limits.max_files:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         base = safe_basename(filename)
-        kind_ok = is_audio(Path(base)) if field_name == "audio" else is_presenter(Path(base))
-        if not base or not kind_ok:
-            wanted = "an audio file" if field_name == "audio" else "a video or a still photo"
-            raise BadUpload(f"{filename!r} is not {wanted} (by its name)")
+        if field_name == "audio":
+            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
+                raise BadUpload(
+                    f"{filename!r} is not an audio file or a video (by its name)",
+                    hint=f"The audio is the speech: {AUDIO_KINDS}.",
+                )
+            if not is_audio(Path(base)):
+                base = Path(base).stem + VIDEO_AS_AUDIO
+        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
+            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
         stored = unique_name(base, self._used)
         try:
             fd = os.open(self.staging / stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
@@ -219,12 +248,17 @@ class MultipartJob:
         """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
         self.close()
         if not self._ended:
-            raise BadUpload("the request body ended before its last part")
+            raise BadUpload(
+                "the request body ended before its last part", hint="The upload was cut off; send it again."
+            )
         got = self.received
         if len(got.audio) != 1:
-            raise BadUpload(f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}")
+            raise BadUpload(
+                f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}",
+                hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
+            )
         if not got.videos:
-            raise BadUpload("a job needs at least one file in 'videos'")
+            raise BadUpload("a job needs at least one presenter in 'videos', this upload has none", hint=PRESENTER_HINT)
         return got, parse_options(got.fields)
 
 
@@ -234,7 +268,10 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+            for e in exc.errors()
+        )
         raise BadUpload(
             f"invalid job options: {problems}",
             hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "

@@ -375,7 +375,9 @@ def test_names_in_any_script_work_end_to_end(make_client) -> None:
     assert client.get(response.json()["status_url"]).json()["audio"]["file"] == "讲座.wav"
     finished_job(settings.paths.outbox, "课程 00")
     zipped = client.get("/api/jobs/课程 00/outputs.zip")
-    assert zipped.headers["content-disposition"] == "attachment; filename*=UTF-8''%E8%AF%BE%E7%A8%8B%2000.zip"
+    assert zipped.headers["content-disposition"] == (
+        "attachment; filename=\"__ 00.zip\"; filename*=UTF-8''%E8%AF%BE%E7%A8%8B%2000.zip"
+    )
     assert 'href="/jobs/%E8%AF%BE%E7%A8%8B%2000"' in client.get("/").text
 
 
@@ -422,3 +424,76 @@ def test_cancel_refuses_finished_and_unknown_jobs(make_client) -> None:
     assert "'lesson' is already partial" in body["message"]
     assert_problem(client.post("/api/jobs/nope/cancel"), 404, "NO_SUCH_JOB")
     assert client.post("/api/jobs/..%2Fetc/cancel").status_code == 404
+
+
+def test_head_on_a_file_and_on_the_zip_answers_the_headers_without_a_body(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson-01")
+    size = (settings.paths.outbox / "lesson-01" / "anna.mp4").stat().st_size
+    got = client.get("/api/jobs/lesson-01/files/anna.mp4", params={"download": "true"})
+    head = client.head("/api/jobs/lesson-01/files/anna.mp4", params={"download": "true"})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(size) == got.headers["content-length"]
+    for name in ("content-type", "content-disposition", "etag", "last-modified", "accept-ranges"):
+        assert head.headers[name] == got.headers[name], name
+    zipped = client.head("/api/jobs/lesson-01/outputs.zip")
+    assert zipped.status_code == 200 and zipped.content == b""
+    assert (
+        zipped.headers["content-type"] == "application/zip" and "lesson-01.zip" in zipped.headers["content-disposition"]
+    )
+    assert client.head("/api/jobs/lesson-01/files/nope.mp4").status_code == 404
+    assert client.head("/api/jobs/nope/outputs.zip").status_code == 404
+
+
+def test_downloads_are_named_after_the_job_and_the_presenter(make_client) -> None:
+    client, settings = make_client()
+    finished_job(settings.paths.outbox, "lesson-01")
+    finished_job(settings.paths.outbox, "课程 01", files={"Ana María.mp4": MP4})
+    named = client.get("/api/jobs/lesson-01/files/anna.mp4", params={"download": "true"})
+    assert named.headers["content-disposition"] == (
+        "attachment; filename=\"lesson-01 - anna.mp4\"; filename*=UTF-8''lesson-01%20-%20anna.mp4"
+    )
+    inline = client.get("/api/jobs/lesson-01/files/anna.mp4")  # the player's "save as" gets the same name
+    assert inline.headers["content-disposition"].startswith('inline; filename="lesson-01 - anna.mp4"')
+    unicode = client.get("/api/jobs/课程 01/files/Ana María.mp4", params={"download": "true"})
+    assert unicode.headers["content-disposition"] == (
+        'attachment; filename="__ 01 - Ana Mar_a.mp4"; '
+        "filename*=UTF-8''%E8%AF%BE%E7%A8%8B%2001%20-%20Ana%20Mar%C3%ADa.mp4"
+    )
+    assert sorted(p.name for p in (settings.paths.outbox / "lesson-01").iterdir()) == [
+        "anna.jpg",
+        "anna.mp4",
+        "job.log",
+        "status.json",
+    ]  # the files on disk keep their names
+
+
+def test_a_video_as_the_audio_is_stored_under_an_audio_name_the_intake_takes(make_client) -> None:
+    from heygemd.daemon.jobs import load_job
+
+    client, settings = make_client()
+    response = upload(client, audio=("talk.mp4", MP4 + b"talk"), videos=(("talk.mp4", MP4), ("bob.mov", MP4)))
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / response.json()["job_id"]
+    assert response.json()["job_id"] == "talk"
+    assert sorted(p.name for p in job.iterdir()) == [".ready", "bob.mov", "talk.m4a", "talk.mp4"]
+    assert (job / "talk.m4a").read_bytes() == MP4 + b"talk"  # the video itself: its sound track is used
+    spec = load_job(job)
+    assert spec.audio.name == "talk.m4a" and [v.name for v in spec.videos] == ["bob.mov", "talk.mp4"]
+    assert client.get("/api/jobs/talk").json()["audio"]["file"] == "talk.m4a"
+
+    photo = assert_problem(upload(client, audio=("face.jpg", b"\xff\xd8jpg")), 400, "BAD_UPLOAD")
+    assert "'face.jpg' is not an audio file or a video" in photo["message"]
+    assert ".mp3" in photo["hint"] and ".mp4" in photo["hint"] and "multipart" not in photo["hint"]
+
+
+def test_upload_errors_say_what_to_do_in_plain_words(make_client) -> None:
+    client, _ = make_client()
+    pdf = assert_problem(upload(client, videos=(("slides.pdf", b"%PDF"),)), 400, "BAD_UPLOAD")
+    assert ".mp4" in pdf["hint"] and ".jpg" in pdf["hint"] and "multipart" not in pdf["hint"]
+    none = assert_problem(upload(client, audio=None), 400, "BAD_UPLOAD")
+    assert "multipart" not in none["hint"] and "speech" in none["hint"]
+    crf = assert_problem(upload(client, crf="80"), 400, "BAD_UPLOAD")
+    assert "crf" in crf["message"] and "80" in crf["message"] and "multipart" not in crf["hint"]
+    protocol = assert_problem(client.post("/api/jobs", json={"audio": "a.wav"}), 400, "BAD_UPLOAD")
+    assert "multipart/form-data" in protocol["hint"]  # only a request no form sends gets the API's wording

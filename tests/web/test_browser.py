@@ -1,11 +1,11 @@
 """The real pages in a real headless browser (Debian's chromium through its chromedriver, nothing downloaded):
 log in, upload a job through the page, watch the progress bar move while the real daemon renders, and play
-the result. The last page is saved as a screenshot (to $WEB_TEST_SCREENSHOT when set, e.g. for the README)."""
+the result; the form's own checks; the pages on a 420 px wide phone. The pages are saved as screenshots (into
+the folder $WEB_TEST_SCREENSHOTS names, when set: heygemd/web/static/ holds the README's)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,6 +51,47 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         driver.quit()
 
 
+def screenshot(driver: object, folder: Path, name: str, *, whole_page: bool = False) -> Path:
+    """Save what the browser shows as ``name`` (and into $WEB_TEST_SCREENSHOTS, when set); ``whole_page``: the
+    window made as tall as the page for it, as wide as it was."""
+    shot = folder / name
+    size = driver.get_window_size()  # type: ignore[attr-defined]
+    if whole_page:
+        page, view = driver.execute_script(  # type: ignore[attr-defined]
+            "return [document.documentElement.scrollHeight, window.innerHeight];"
+        )
+        driver.set_window_size(size["width"], size["height"] - view + min(page + 40, 2400))  # type: ignore[attr-defined]
+    driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
+    driver.set_window_size(size["width"], size["height"])  # type: ignore[attr-defined]
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("WEB_TEST_SCREENSHOTS"):  # 256 colours: a third of the bytes in the repository
+        from PIL import Image
+
+        with Image.open(shot) as image:
+            image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
+                Path(os.environ["WEB_TEST_SCREENSHOTS"]) / name, optimize=True
+            )
+    return shot
+
+
+def log_in(driver: object, url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/login")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "token").send_keys(TOKEN)  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()  # type: ignore[attr-defined]
+    wait_until(lambda: driver.find_elements(By.ID, "machine"), 30, "the header of a logged-in page")  # type: ignore[attr-defined]
+
+
+def overflow(driver: object) -> int:
+    """How many pixels the page is wider than the window (0: nothing to scroll sideways)."""
+    return int(
+        driver.execute_script(  # type: ignore[attr-defined]
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
+        )
+    )
+
+
 def _summary_progress(driver: object) -> int | None:
     """The job page's overall progress bar value (0..100), or None while the page is between loads."""
     value = driver.execute_script(  # type: ignore[attr-defined]
@@ -86,6 +127,7 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
         "audio: voice.wav (0.0 MiB)",
         "presenter: anna.mp4 (0.0 MiB)",
         "presenter: photo.jpg (0.0 MiB)",
+        "left out: notes.txt (not an audio, a video or a photo)",
     ]
     driver.get(url + "/new")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "audio").send_keys(str(media.long_speech))  # type: ignore[attr-defined]
@@ -96,10 +138,19 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
 
     seen: list[int] = []
 
+    video_seen: list[tuple[str, str]] = []  # the video's bar value and the words under it, as shown together
+
     def finished() -> bool:
         value = _summary_progress(driver)
         if value is not None and (not seen or seen[-1] != value):
             seen.append(value)
+        shown = driver.execute_script(  # type: ignore[attr-defined]
+            """const card = document.querySelector('article.video');
+               return card && [card.querySelector('.bar').getAttribute('aria-valuenow'),
+                               card.querySelector('[data-field="progress-text"]').textContent];"""
+        )
+        if shown and (not video_seen or video_seen[-1] != tuple(shown)):
+            video_seen.append(tuple(shown))
         return bool(driver.find_elements(By.CSS_SELECTOR, "article.video video"))  # type: ignore[attr-defined]
 
     wait_until(
@@ -110,6 +161,8 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
     )
     assert any(0 < v < 100 for v in seen), f"the progress bar never showed a value between 0 and 100: {seen}"
     assert seen == sorted(seen), seen
+    percents = [(bar, words.split("%")[0]) for bar, words in video_seen if "%" in words]
+    assert percents and all(bar == number for bar, number in percents), video_seen  # one number, said twice
 
     playing = driver.execute_async_script(  # type: ignore[attr-defined]
         """const done = arguments[arguments.length - 1];
@@ -124,11 +177,7 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
 
     text = driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
     assert "Download all (ZIP)" in text and "job.started" in driver.find_element(By.ID, "log").text  # type: ignore[attr-defined]
-    shot = tmp_path / "job-page.png"
-    driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("WEB_TEST_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["WEB_TEST_SCREENSHOT"])
+    screenshot(driver, tmp_path, "screenshot.png")
 
     driver.get(url + "/")  # type: ignore[attr-defined]
     row = driver.find_element(By.CSS_SELECTOR, 'tr[data-job="browser lesson"]')  # type: ignore[attr-defined]
@@ -209,3 +258,70 @@ def test_cancel_buttons_in_the_list_and_on_the_job_page(
     assert states[0] == "done" and states[-1] == "cancelled" and set(states) == {"done", "cancelled"}, states
     players = driver.find_elements(By.CSS_SELECTOR, "article.video video")  # type: ignore[attr-defined]
     assert len(players) == states.count("done"), "the videos done stay playable"
+
+
+@requires_chromium
+def test_on_a_phone_failures_read_as_failures_and_the_form_checks_before_it_uploads(
+    browser: object, daemon_factory: Callable[..., Daemon], media: Media, faceless: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    daemon, url = start_with_web(daemon_factory)
+    daemon.submit("lesson-01", {"voice.wav": media.speech, "anna.mp4": media.face_a, "pattern.mp4": faceless})
+    daemon.submit("pattern only", {"voice.wav": media.speech, "pattern.mp4": faceless})
+    assert daemon.wait_finished("lesson-01")["state"] == "partial"
+    assert daemon.wait_finished("pattern only")["state"] == "failed"
+
+    driver.get(url + "/")  # type: ignore[attr-defined]
+    assert "/login" in driver.current_url  # type: ignore[attr-defined]
+    assert driver.find_element(By.CSS_SELECTOR, "header.top").text.strip() == "heygemd"  # type: ignore[attr-defined]
+    log_in(driver, url)
+    driver.set_window_size(420, 900)  # type: ignore[attr-defined]
+    assert driver.execute_script("return window.innerWidth") <= 420  # type: ignore[attr-defined]
+
+    # the list: each failure in its colour, with its code and reason; nothing wider than the phone
+    driver.get(url + "/")  # type: ignore[attr-defined]
+
+    def bar_colour(row: str) -> str:
+        return str(
+            driver.execute_script(  # type: ignore[attr-defined]
+                "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor", row + " .bar span"
+            )
+        )
+
+    failed = driver.find_element(By.CSS_SELECTOR, 'tr[data-job="pattern only"]')  # type: ignore[attr-defined]
+    assert "NO_FACE" in failed.text and "a face was found in 0% of the frames" in failed.text
+    assert bar_colour('tr[data-job="pattern only"]') == "rgb(197, 48, 48)"  # --bad, not the blue of progress
+    assert bar_colour('tr[data-job="lesson-01"]') == "rgb(183, 121, 31)"  # --warn for a partial job
+    assert overflow(driver) == 0
+    screenshot(driver, tmp_path, "screenshot-jobs-420.png")
+
+    driver.get(url + "/jobs/lesson-01")  # type: ignore[attr-defined]
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "article.video video"), 30, "the player")  # type: ignore[attr-defined]
+    text = driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    assert "Download all (ZIP)" in text and "NO_FACE" in text
+    assert overflow(driver) == 0
+    screenshot(driver, tmp_path, "screenshot-job-420.png", whole_page=True)
+
+    # the form: what the server would refuse is said in the page, in its words, and nothing is uploaded
+    driver.get(url + "/new")  # type: ignore[attr-defined]
+    error = driver.find_element(By.ID, "upload-error")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
+    assert error.text.startswith("Choose the audio: the speech the presenters will say.")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a sound")
+    driver.find_element(By.ID, "audio").send_keys(str(notes))  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "videos").send_keys(str(media.face_a))  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
+    assert error.text.startswith("“notes.txt” is not an audio file or a video.") and ".mp3" in error.text
+    driver.find_element(By.ID, "audio").send_keys(str(media.speech))  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "crf").send_keys("80")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
+    assert error.text.startswith("Quality (CRF) must be a whole number from 0 to 51, not 80.")
+    assert "multipart" not in error.text and "BAD_UPLOAD" not in error.text
+    assert not driver.find_element(By.ID, "submit").get_attribute("disabled")  # type: ignore[attr-defined]
+    assert overflow(driver) == 0
+    screenshot(driver, tmp_path, "screenshot-new-420.png", whole_page=True)
+    assert sorted(p.name for p in daemon.inbox.iterdir() if p.name != ".heygemd") == []
+    assert not daemon.has_event("web.upload_refused") and not daemon.has_event("web.job_submitted")

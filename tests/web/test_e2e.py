@@ -117,3 +117,29 @@ def test_submit_render_follow_download_retry_delete(
         assert not list(daemon.state.glob(f"archive/*/{job}"))
         assert [j["job_id"] for j in client.get("/api/jobs", headers=AUTH).json()["jobs"]] == [again]
     assert daemon.running
+
+
+def test_a_video_as_the_audio_renders_with_its_sound_track(
+    daemon_factory: Callable[..., Daemon], media: Media, tmp_path: Path
+) -> None:
+    from tests.pipeline.media import ffmpeg
+
+    talk = tmp_path / "talk.mp4"  # a presenter video with the speech as its sound track
+    ffmpeg("-i", str(media.face_a), "-i", str(media.speech), "-c:v", "copy", "-c:a", "aac", "-shortest", str(talk))
+    daemon, url = start_with_web(daemon_factory)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        with open(talk, "rb") as a, open(media.face_a, "rb") as v:
+            response = client.post(
+                "/api/jobs", headers=AUTH, files=[("audio", ("talk.mp4", a)), ("videos", ("anna.mp4", v))]
+            )
+        assert response.status_code == 201, response.text
+        job = response.json()["job_id"]
+        status = daemon.wait_finished(job)
+        assert status["state"] == "done", status
+        assert status["audio"]["file"] == "talk.m4a" and status["audio"]["duration_s"] > 0.5
+        assert [v["input"] for v in status["videos"]] == ["anna.mp4"] and not status["ignored"]
+        head = client.head(f"/api/jobs/{job}/files/anna.mp4", headers=AUTH, params={"download": "true"})
+        output = daemon.outbox / job / "anna.mp4"
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(output.stat().st_size)
+        assert head.headers["content-disposition"].startswith('attachment; filename="talk - anna.mp4"')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from heygemd.daemon.status import ErrorStatus, VideoStatus
+from heygemd.daemon.status import ErrorStatus, VideoStatus, write_status
 from heygemd.settings import load_settings
 from heygemd.web.app import create_app
 from tests.web.test_api import upload
@@ -57,7 +57,7 @@ def test_job_page_shows_videos_players_errors_and_the_log(make_client) -> None:
     html = client.get("/jobs/lesson").text
     assert '<video controls preload="metadata" src="/api/jobs/lesson/files/anna.mp4"' in html
     assert 'poster="/api/jobs/lesson/files/anna.jpg"' in html
-    assert "96%" in html and "50 / 50" in html and "total 3.5 s" in html
+    assert "96%" in html and '<dd data-field="frames">50</dd>' in html and "total 3.5 s" in html
     assert "NO_FACE" in html and "a face was found in 0%" in html and "presenter&#39;s face is visible" in html
     assert "/api/jobs/lesson/outputs.zip" in html and 'data-action="retry"' in html and 'data-action="delete"' in html
     assert "job.started" in html  # the job log
@@ -124,3 +124,112 @@ def test_a_rendering_jobs_page_says_cancelling_once_asked(make_client) -> None:
     page = client.get("/jobs/running").text
     assert "Cancelling..." in page and "disabled" in page and "Cancel requested" in page and "by web testclient" in page
     assert 'data-url="/api/jobs/running/cancel"' not in client.get("/").text.split("<tbody>")[1]
+
+
+def _row(html: str, job_id: str) -> str:
+    """The job list's row of ``job_id``."""
+    return html.split(f'data-job="{job_id}"', 1)[1].split("</tr>", 1)[0]
+
+
+def test_failed_and_partial_jobs_are_drawn_in_their_colour_with_the_first_errors_code_and_reason(make_client) -> None:
+    client, settings = make_client()
+    no_face = ErrorStatus(
+        code="NO_FACE", message="lesson/bob.mov: a face was found in 0% of the frames", hint="Use a video where ..."
+    )
+    finished_job(
+        settings.paths.outbox,
+        "half",
+        state="partial",
+        videos=[
+            VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
+            VideoStatus(input="bob.mov", state="failed", progress=1.0, error=no_face),
+        ],
+    )
+    status = finished_job(settings.paths.outbox, "broken", state="failed", videos=[VideoStatus(input="anna.mp4")])
+    bad_job = ErrorStatus(code="BAD_JOB", message="broken/job.toml: field 'crf': 99 is too high", hint="Use 0..51.")
+    write_status(settings.paths.outbox / "broken" / "status.json", status.model_copy(update={"error": bad_job}))
+    finished_job(settings.paths.outbox, "fine")
+    html = client.get("/").text
+
+    half, broken, fine = _row(html, "half"), _row(html, "broken"), _row(html, "fine")
+    assert 'class="bar partial"' in half and "NO_FACE" in half and "a face was found in 0% of the frames" in half
+    assert 'class="bar failed"' in broken and "BAD_JOB" in broken and "field &#39;crf&#39;: 99 is too high" in broken
+    assert 'class="bar done"' in fine and "why" not in fine  # no reason line for a job without errors
+    page = client.get("/jobs/broken").text
+    assert '<div class="bar failed"' in page.split('class="summary"', 1)[1]
+    css = client.get("/static/style.css").text
+    for state, colour in (("done", "--ok"), ("partial", "--warn"), ("failed", "--bad")):
+        assert f".bar.{state} span {{ background: var({colour}); }}" in css
+
+
+def test_before_login_the_pages_show_nothing_of_the_machine(make_client) -> None:
+    from tests.web.webserver import TOKEN
+
+    client, settings = make_client(f'token = "{TOKEN}"\n')
+    machine = ("Engine", "mouthwarp", "Idle", "waiting in the inbox", "Log out", 'id="machine"', "/new", "/docs")
+    shown = client.get("/login").text
+    assert not [word for word in machine if word in shown], shown
+    wrong = client.post("/login", data={"token": "wrong"}, headers={"Origin": ORIGIN})
+    assert wrong.status_code == 401 and not [word for word in machine if word in wrong.text]
+    assert client.post("/login", data={"token": TOKEN}, headers={"Origin": ORIGIN}).status_code == 303
+    after = client.get("/").text
+    assert all(word in after for word in machine), after
+
+
+def test_the_new_job_form_checks_types_counts_sizes_and_crf_with_the_servers_own_lists(make_client) -> None:
+    from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    client, _ = make_client("max_files = 7\nmax_file_mb = 3\nmax_total_mb = 5\n")
+    form = client.get("/new").text
+    audio = " ".join(sorted(AUDIO_SUFFIXES | VIDEO_SUFFIXES))
+    presenters = " ".join(sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES))
+    assert f'data-audio-suffixes="{audio}"' in form and f'data-presenter-suffixes="{presenters}"' in form
+    assert f'accept="{",".join(sorted(AUDIO_SUFFIXES | VIDEO_SUFFIXES))}"' in form
+    assert f'accept="{",".join(sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES))}"' in form
+    assert 'data-max-files="7"' in form and f'data-max-file-bytes="{3 * 1024 * 1024}"' in form
+    assert f'data-max-total-bytes="{5 * 1024 * 1024}"' in form
+    assert 'name="crf" id="crf" min="0" max="51" step="1"' in form
+    script = client.get("/static/app.js").text
+    assert '"wav"' not in script and '".wav"' not in script  # the lists are the server's, never written twice
+    assert "multipart" not in script
+
+
+def test_download_all_is_offered_for_a_finished_job_only(make_client) -> None:
+    client, settings = make_client()
+    videos = [
+        VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4"),
+        VideoStatus(input="bob.mov", state="processing", progress=0.4),
+    ]
+    finished_job(settings.paths.outbox, "running", state="processing", videos=videos)
+    finished_job(settings.paths.outbox, "done")
+    assert "outputs.zip" not in client.get("/jobs/running").text
+    assert "/api/jobs/done/outputs.zip" in client.get("/jobs/done").text
+
+
+def test_a_videos_bar_and_its_counter_say_the_same_number(make_client) -> None:
+    client, settings = make_client()
+    videos = [
+        VideoStatus(input="anna.mp4", state="processing", progress=0.12, frames_done=40),  # finding the face
+        VideoStatus(input="bob.mov", state="processing", progress=0.65, frames_done=50, frames_total=100),
+        VideoStatus(input="carl.mp4", state="pending"),
+    ]
+    finished_job(settings.paths.outbox, "running", state="processing", videos=videos)
+    html = client.get("/jobs/running").text
+    cards = {v.input: html.split(f'data-video="{v.input}"', 1)[1].split("</article>", 1)[0] for v in videos}
+    for name, value, text in (
+        ("anna.mp4", 12, "12% · finding the face"),
+        ("bob.mov", 65, "65% · lip-syncing"),
+        ("carl.mp4", 0, "waiting"),
+    ):
+        assert f'aria-valuenow="{value}"' in cards[name] and f'data-field="progress-text">{text}<' in cards[name]
+        assert " / " not in cards[name]  # no frame counter that could disagree with the bar
+
+
+def test_the_favicon_is_served_without_a_login(make_client) -> None:
+    from tests.web.webserver import TOKEN
+
+    client, _ = make_client(f'token = "{TOKEN}"\n')
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content.startswith(b"<svg") and b"</svg>" in icon.content
+    assert '<link rel="icon" href="/favicon.ico" type="image/svg+xml">' in client.get("/login").text

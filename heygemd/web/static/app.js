@@ -1,18 +1,26 @@
 // heygemd dashboard: live updates over Server-Sent Events, the upload form, the job buttons. No framework.
 "use strict";
 
-const AUDIO = ["wav", "mp3", "m4a", "aac", "flac", "ogg", "opus", "wma"];
-const PRESENTER = ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "3gp", "jpg", "jpeg", "png", "bmp", "webp"];
 const FINISHED = ["done", "partial", "failed", "cancelled"];
 
-function ext(name) { const i = name.lastIndexOf("."); return i < 0 ? "" : name.slice(i + 1).toLowerCase(); }
+function ext(name) { const i = name.lastIndexOf("."); return i < 0 ? "" : name.slice(i).toLowerCase(); }
 
-function setBar(container, fraction) {
+function setBar(container, fraction, state) {
   const bar = container && container.querySelector(".bar");
   if (!bar) return;
-  const pct = Math.round(Math.max(0, Math.min(1, fraction || 0)) * 1000) / 10;
-  bar.setAttribute("aria-valuenow", String(Math.round(pct)));
-  bar.querySelector("span").style.width = pct + "%";
+  const f = Math.max(0, Math.min(1, fraction || 0));
+  bar.setAttribute("aria-valuenow", String(Math.round(f * 100)));  // as videoProgress's words round it
+  bar.querySelector("span").style.width = Math.round(f * 1000) / 10 + "%";
+  if (state) bar.className = "bar " + state;
+}
+
+// A video's bar and the words under it, from the one number `progress` (pages.py: video_progress).
+function videoProgress(v) {
+  if (v.state === "done") return [1, ""];
+  if (v.state === "pending") return [0, "waiting"];
+  if (v.state !== "processing") return [v.progress, ""];
+  const stage = v.frames_total === null ? "finding the face" : "lip-syncing";
+  return [v.progress, Math.round(v.progress * 100) + "% · " + stage];
 }
 
 function setBadge(container, state) {
@@ -54,9 +62,9 @@ function liveList(table) {
   listen("/api/events", job => {
     const row = [...table.querySelectorAll("tr[data-job]")].find(r => r.dataset.job === job.job_id);
     if (!row) { if (table.dataset.page === "1") reload(); return; }
+    if (FINISHED.includes(job.state) && !FINISHED.includes(row.dataset.state)) { reload(); return; }  // with its reason
     setBadge(field(row, "state"), job.state);
-    if (FINISHED.includes(job.state)) for (const b of row.querySelectorAll('[data-action="cancel"]')) b.remove();
-    setBar(field(row, "progress"), job.progress);
+    setBar(field(row, "progress"), job.progress, job.state);
     field(row, "counts").textContent = counts(job).join(" / ");
     field(row, "engine").textContent = job.engine || "-";
   }, id => {
@@ -78,14 +86,16 @@ function liveJob(root) {
       return;
     }
     setBadge(summary, job.state);
-    setBar(field(summary, "progress"), job.progress);
+    setBar(field(summary, "progress"), job.progress, job.state);
     field(summary, "counts").textContent = done + " done, " + failed + " failed, of " + total;
     for (const v of job.videos) {
       const card = [...document.querySelectorAll("article[data-video]")].find(a => a.dataset.video === v.input);
       if (!card) continue;
+      const [fraction, words] = videoProgress(v);
       setBadge(field(card, "state"), v.state);
-      setBar(field(card, "progress"), v.state === "done" ? 1 : v.progress);
-      field(card, "frames").textContent = v.frames_done + (v.frames_total === null ? "" : " / " + v.frames_total);
+      setBar(field(card, "progress"), fraction, v.state);
+      field(card, "progress-text").textContent = words;
+      field(card, "frames").textContent = v.frames_total === null ? "-" : v.frames_total;
     }
     if (log) fetch(log.dataset.url).then(r => r.ok ? r.text() : null).then(t => { if (t !== null) log.textContent = t; });
   }, () => { location.href = "/"; });
@@ -135,32 +145,96 @@ function jobButtons(onList) {
   }
 }
 
+function mib(bytes) { return (bytes / 1048576).toFixed(1) + " MiB"; }
+
+// What is wrong with the chosen files and options, in the words of the form (null: ready to upload). The server
+// checks the same again; its lists and limits come with the page (new.html), so they are written once.
+function formProblem(form, audioFile, videoFiles) {
+  const d = form.dataset;
+  const audioTypes = d.audioSuffixes.split(" ");
+  const presenterTypes = d.presenterSuffixes.split(" ");
+  if (!audioFile) return {message: "Choose the audio: the speech the presenters will say.",
+                          hint: "An audio file (" + audioTypes.join(" ") + "); a video's sound track works too."};
+  if (!audioTypes.includes(ext(audioFile.name))) return {message: "“" + audioFile.name + "” is not an audio file or a video.",
+                          hint: "Choose a file ending in " + audioTypes.join(" ") + "."};
+  if (!videoFiles.length) return {message: "Choose at least one presenter: a video or a photo of the face."};
+  const odd = videoFiles.find(f => !presenterTypes.includes(ext(f.name)));
+  if (odd) return {message: "“" + odd.name + "” is not a video or a photo.",
+                   hint: "Presenters are files ending in " + presenterTypes.join(" ") + "."};
+  const files = [audioFile, ...videoFiles];
+  if (files.length > Number(d.maxFiles)) return {message: "That is " + files.length + " files; this server takes at most "
+      + d.maxFiles + " in one job, the audio included.", hint: "Choose fewer presenters, or split them over several jobs."};
+  const big = files.find(f => f.size > Number(d.maxFileBytes));
+  if (big) return {message: "“" + big.name + "” is " + mib(big.size) + "; this server takes at most " + mib(Number(d.maxFileBytes))
+      + " per file.", hint: "Export it smaller (a lower resolution or bitrate), or ask whoever runs heygemd to raise the limit."};
+  const total = files.reduce((sum, f) => sum + f.size, 0);
+  if (total > Number(d.maxTotalBytes)) return {message: "The files add up to " + mib(total) + "; this server takes at most "
+      + mib(Number(d.maxTotalBytes)) + " in one job.", hint: "Choose fewer or smaller files, or split them over several jobs."};
+  const crf = document.getElementById("crf");
+  const value = crf.value.trim();
+  if (crf.validity.badInput || (value && !(/^[0-9]+$/.test(value) && Number(value) <= 51))) {
+    return {message: "Quality (CRF) must be a whole number from 0 to 51" + (value ? ", not " + value : "") + ".",
+            hint: "Lower means better quality and larger files; leave it empty for the daemon's setting."};
+  }
+  const gpu = document.getElementById("gpu_class");
+  if (gpu && gpu.value && !/^[a-z0-9][a-z0-9_-]*$/.test(gpu.value)) {
+    return {message: "GPU class “" + gpu.value + "” is not a class name.",
+            hint: "Lower-case letters, digits, - and _, as a worker's [queue] gpu_class; leave it empty for any worker."};
+  }
+  return null;
+}
+
+// A refused upload in words for people: the server's message and hint, without its code; a lost session says so.
+function uploadProblem(status, body) {
+  if (status === 401) return {message: "You are logged out: the session ended.", hint: "Reload the page, log in, and upload the files again."};
+  if (body && body.message) return {message: body.message, hint: body.hint};
+  return {message: "The server refused the upload (HTTP " + status + ").", hint: "Try again; if it keeps failing, look at the server's log."};
+}
+
+function showFormProblem(box, problem) {
+  box.hidden = false;
+  box.textContent = problem.message;
+  if (problem.hint) { const p = document.createElement("p"); p.className = "hint"; p.textContent = problem.hint; box.append(p); }
+}
+
 function uploadForm(form) {
   const audio = document.getElementById("audio");
   const videos = document.getElementById("videos");
   const drop = document.getElementById("drop");
   const chosen = document.getElementById("chosen");
   const errorBox = document.getElementById("upload-error");
+  const audioTypes = form.dataset.audioSuffixes.split(" ");
+  const presenterTypes = form.dataset.presenterSuffixes.split(" ");
   let audioFile = null;
   let videoFiles = [];
+  let leftOut = [];
 
   function show() {
     chosen.textContent = "";
     for (const [label, f] of [...(audioFile ? [["audio", audioFile]] : []), ...videoFiles.map(f => ["presenter", f])]) {
       const li = document.createElement("li");
-      li.textContent = label + ": " + f.name + " (" + (f.size / 1048576).toFixed(1) + " MiB)";
+      li.textContent = label + ": " + f.name + " (" + mib(f.size) + ")";
+      chosen.append(li);
+    }
+    for (const f of leftOut) {
+      const li = document.createElement("li");
+      li.className = "left-out";
+      li.textContent = "left out: " + f.name + " (not an audio, a video or a photo)";
       chosen.append(li);
     }
   }
   function add(files) {
+    leftOut = [];
     for (const f of files) {
-      if (AUDIO.includes(ext(f.name))) audioFile = f;
-      else if (PRESENTER.includes(ext(f.name))) videoFiles.push(f);
+      const suffix = ext(f.name);
+      if (audioTypes.includes(suffix) && !presenterTypes.includes(suffix)) audioFile = f;
+      else if (presenterTypes.includes(suffix)) videoFiles.push(f);
+      else leftOut.push(f);
     }
     show();
   }
-  audio.addEventListener("change", () => { audioFile = audio.files[0] || null; show(); });
-  videos.addEventListener("change", () => { videoFiles = [...videos.files]; show(); });
+  audio.addEventListener("change", () => { audioFile = audio.files[0] || null; leftOut = []; show(); });
+  videos.addEventListener("change", () => { videoFiles = [...videos.files]; leftOut = []; show(); });
   for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, e => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); add(e.dataTransfer.files); });
@@ -168,39 +242,39 @@ function uploadForm(form) {
   form.addEventListener("submit", e => {
     e.preventDefault();
     errorBox.hidden = true;
-    if (!audioFile || !videoFiles.length) {
-      showProblem(errorBox, {code: "BAD_UPLOAD", message: "Choose one audio and at least one video or photo."});
-      return;
-    }
+    const problem = formProblem(form, audioFile, videoFiles);
+    if (problem) { showFormProblem(errorBox, problem); return; }
     const data = new FormData();
     data.append("audio", audioFile, audioFile.name);
     for (const f of videoFiles) data.append("videos", f, f.name);
-    for (const name of ["name", "engine", "loop_mode", "crf"]) {
-      const value = document.getElementById(name).value.trim();
-      if (value) data.append(name, value);
+    for (const input of form.querySelectorAll(".options [name]")) {
+      const value = input.value.trim();
+      if (value) data.append(input.name, value);
     }
     const progress = document.getElementById("upload-progress");
     const text = document.getElementById("upload-text");
+    const submit = document.getElementById("submit");
     progress.hidden = false;
-    document.getElementById("submit").disabled = true;
+    submit.disabled = true;
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/jobs");
     xhr.upload.addEventListener("progress", ev => {
       if (!ev.lengthComputable) return;
       setBar(progress, ev.loaded / ev.total);
-      text.textContent = "Uploading: " + (ev.loaded / 1048576).toFixed(1) + " of " + (ev.total / 1048576).toFixed(1) + " MiB";
+      text.textContent = "Uploading: " + mib(ev.loaded) + " of " + mib(ev.total);
     });
     xhr.addEventListener("load", () => {
       let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (err) { body = {code: "HTTP_" + xhr.status, message: xhr.statusText}; }
-      if (xhr.status === 201) { setBar(progress, 1); location.href = "/jobs/" + encodeURIComponent(body.job_id); return; }
-      document.getElementById("submit").disabled = false;
+      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+      if (xhr.status === 201 && body) { setBar(progress, 1); location.href = "/jobs/" + encodeURIComponent(body.job_id); return; }
+      submit.disabled = false;
       progress.hidden = true;
-      showProblem(errorBox, body);
+      showFormProblem(errorBox, uploadProblem(xhr.status, body));
     });
     xhr.addEventListener("error", () => {
-      document.getElementById("submit").disabled = false;
-      showProblem(errorBox, {code: "NETWORK", message: "The upload was interrupted.", hint: "Check the connection and try again."});
+      submit.disabled = false;
+      progress.hidden = true;
+      showFormProblem(errorBox, {message: "The upload was interrupted.", hint: "Check the connection and try again."});
     });
     xhr.send(data);
   });
