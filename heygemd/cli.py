@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from heygemd import __version__
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
-from heygemd.settings import Settings, load_settings
+from heygemd.settings import Settings, find_config, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heygemd", description="Lip-sync video daemon: one audio, many presenters.")
+    in_use = find_config()
     parser.add_argument(
         "--config",
         type=Path,
-        help="TOML configuration (default: /etc/heygemd/heygemd.toml, then the repository's config/heygemd.toml)",
+        help="TOML configuration (default: $HEYGEMD_CONFIG, else /etc/heygemd/heygemd.toml, else the repository's "
+        f"config/heygemd.toml; now: {in_use if in_use is not None else 'none, the built-in defaults'})",
     )
     parser.add_argument("--version", action="version", version=f"heygemd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`heygemd status | head -1`): no traceback; Python would print one again when it
+        # flushes stdout at exit, so stdout is pointed at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _with_overrides(load_settings(args.config), args)

@@ -332,12 +332,35 @@ def load_settings(config: Path | None = None) -> Settings:
     try:
         loaded = _FromFile()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"invalid setting: {problems}", path=path) from None
+        raise _invalid(exc, path) from None
     except ValueError as exc:  # TOML syntax errors surface as tomllib.TOMLDecodeError (a ValueError)
         raise ConfigError(f"cannot parse the file: {exc}", path=path) from None
     settings = Settings.model_validate(loaded.model_dump())
     return _resolve_paths(settings, base)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str | None:
+    """The ``HEYGEMD_*`` variable that set the setting at ``loc``, when one did (names compare case-insensitively)."""
+    wanted = ("HEYGEMD_" + "__".join(str(part) for part in loc)).upper()
+    return next((name for name in os.environ if name.upper() == wanted), None)
+
+
+def _invalid(exc: ValidationError, path: Path | None) -> ConfigError:
+    """One message for every invalid value, each named where the user set it: the environment variable or the file."""
+    from_env, from_file = [], []
+    for err in exc.errors():
+        setting = ".".join(str(p) for p in err["loc"])
+        variable = _env_name(err["loc"])
+        if variable is not None:
+            from_env.append(f"{variable}={os.environ[variable]!r} (setting {setting}): {err['msg']}")
+        else:
+            from_file.append(f"{setting}: {err['msg']}")
+    if from_env and not from_file:
+        return ConfigError(
+            f"invalid environment variable: {'; '.join(from_env)}",
+            hint="Fix or unset the environment variable (in the shell, or the unit's Environment=/EnvironmentFile=).",
+        )
+    return ConfigError(f"invalid setting: {'; '.join(from_env + from_file)}", path=path)
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

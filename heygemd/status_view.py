@@ -13,6 +13,7 @@ from pathlib import Path
 
 from heygemd.daemon.status import JobStatus, read_status, utc_now
 from heygemd.daemon.waiting import read_waiting
+from heygemd.errors import JobNotFound
 
 
 def _width(text: str) -> int:
@@ -132,7 +133,7 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
         if not path.is_file():
             if job_id in waiting:
                 return f"{job_id}/ is still in the inbox, waiting for: {'; '.join(waiting[job_id])}\n"
-            return f"no job {job_id!r} in {outbox}\n"
+            raise JobNotFound(f"no job {job_id!r} in the outbox {outbox} nor waiting in the inbox")
         try:
             return format_status_detail(read_status(path))
         except ValueError as exc:

@@ -133,6 +133,40 @@ def test_status_table_and_detail(tmp_path: Path, heygemd_bin: Path) -> None:
     assert "NO_FACE" in detail.stdout and "Use a video where the face is visible." in detail.stdout
 
 
+def test_status_of_an_unknown_job_says_so_and_exits_1(tmp_path: Path, heygemd_bin: Path) -> None:
+    env = {"HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"), "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")}
+    proc = run(heygemd_bin, "status", "nope", env=env)
+    assert proc.returncode == 1
+    assert "[NO_SUCH_JOB] no job 'nope'" in proc.stderr and "heygemd status" in proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path: Path, heygemd_bin: Path) -> None:
+    """`heygemd status | head -1`, `heygemd --help | head -1`: the reader leaves before heygemd has written all."""
+    outbox = tmp_path / "outbox"
+    for n in range(400):  # a table longer than the pipe's buffer, so a write meets the closed pipe
+        (outbox / f"job-{n:03d}").mkdir(parents=True)
+        write_status(outbox / f"job-{n:03d}" / "status.json", JobStatus(job_id=f"job-{n:03d}", job_name="x" * 120))
+    env = {**os.environ, "HEYGEMD_LOGGING__FORMAT": "json", "HEYGEMD_PATHS__OUTBOX": str(outbox)}
+    for args in (["status"], ["--help"]):
+        shell = subprocess.run(
+            f'"{heygemd_bin}" {" ".join(args)} | head -1',
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert shell.returncode == 0 and shell.stdout.count("\n") == 1
+        assert "Traceback" not in shell.stderr and "BrokenPipeError" not in shell.stderr, shell.stderr
+
+
+def test_help_names_the_configuration_file_in_use(tmp_path: Path, heygemd_bin: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text("[video]\ncrf = 20\n")
+    proc = run(heygemd_bin, "--help", env={"HEYGEMD_CONFIG": str(config), "COLUMNS": "1000"})  # no line wrapping
+    assert proc.returncode == 0 and f"now: {config})" in proc.stdout
+
+
 def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heygemd_bin: Path) -> None:
     silent = presenter_video(tmp_path / "silent clip.mp4", seconds=1.0, size=(320, 180))
     proc = run(

@@ -56,6 +56,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[outbox]\nnaming = "{name}.mp4"\n', {}, "outbox.naming"),
         ("", {"HEYGEMD_OUTBOX__NAMING": "sub/{stem}.mp4"}, "outbox.naming"),
         ("", {"HEYGEMD_INTAKE__OBSERVER": "carrier-pigeon"}, "intake.observer"),
+        ("", {"HEYGEMD_INTAKE__SETTLE_SECONDS": "soon"}, "intake.settle_seconds"),
     ],
 )
 def test_invalid_values_name_the_setting(
@@ -67,7 +68,12 @@ def test_invalid_values_name_the_setting(
     with pytest.raises(ConfigError) as caught:
         load_settings(cfg)
     assert named in caught.value.message
-    assert str(cfg) in caught.value.message
+    if env:  # set by a variable, not in the file: the message names the variable, never the file
+        (variable,) = env
+        assert f"invalid environment variable: {variable}=" in caught.value.message
+        assert str(cfg) not in caught.value.message and "environment variable" in caught.value.hint
+    else:
+        assert str(cfg) in caught.value.message
 
 
 def test_toml_syntax_error_and_missing_file_are_config_errors(tmp_path: Path) -> None:
