@@ -378,3 +378,71 @@ def test_identity_names_the_weights(model, broken_copy: Path) -> None:
     image[0, 0] = 0
     cv2.imwrite(str(path), image)
     assert load_model(broken_copy).identity() != model.identity()
+
+
+# ------------------------------------------------------------------ out-of-memory, the random-weight folders
+
+
+def test_out_of_memory_halves_the_windows_per_batch(latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A UNet batch of two windows that does not fit is run again as two batches of one, with the same faces."""
+    model = load_model(latentsync_folder, batch_windows=2)
+    crops, audio = random_inputs(32, seed=10)
+    noise = initial_noise(5, 64)
+    expected = model.generate(crops, audio, noise, 1, 1.5)
+    real_unet = model._unet
+    batches: list[int] = []
+
+    def small_gpu(sample: torch.Tensor, timestep: int, tokens: torch.Tensor) -> torch.Tensor:
+        batches.append(sample.shape[0])
+        if sample.shape[0] > 2:  # two windows with guidance
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_unet(sample, timestep, tokens)
+
+    monkeypatch.setattr(model, "_unet", small_gpu)
+    faces = model.generate(crops, audio, noise, 1, 1.5)
+    assert batches == [4, 2, 2] and model._batches.size == 1
+    assert np.abs(faces.astype(int) - expected).max() <= 1
+    model.close()
+
+
+def test_the_full_config_is_the_published_model() -> None:
+    """stage2_512.yaml's UNet, built on the meta device: the 1,267,944,644 values (parameters and the motion
+    modules' position tables) of LatentSync 1.6, in 1,246 tensors."""
+    from bench.latentsync_weights import FULL, TINY, unet_parameter_count
+
+    assert unet_parameter_count(FULL) == 1_267_944_644
+    assert unet_parameter_count(TINY) < 5_000_000
+
+
+def test_the_random_folder_has_the_official_file_formats(latentsync_folder: Path) -> None:
+    unet = torch.load(latentsync_folder / "latentsync_unet.pt", weights_only=True)
+    assert set(unet) == {"global_step", "state_dict"}
+    whisper = torch.load(latentsync_folder / "whisper" / "tiny.pt", weights_only=True)
+    assert set(whisper) == {"dims", "model_state_dict"}
+    assert whisper["dims"]["n_audio_state"] == 384 and whisper["dims"]["n_audio_layer"] == 4
+    assert {v.dtype for v in whisper["model_state_dict"].values()} == {torch.float16}
+    assert any(k.startswith("decoder.") for k in whisper["model_state_dict"])
+    import cv2
+
+    mask = cv2.imread(str(latentsync_folder / "mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (256, 256, 3) and set(np.unique(mask)) == {0, 255}
+
+
+# ------------------------------------------------------------------ CUDA (run with -m gpu on a GPU machine)
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_is_close_to_fp32(latentsync_folder: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    crops, audio = random_inputs(16, seed=11)
+    noise = initial_noise(1247, 64)
+    fp32 = load_model(latentsync_folder, device="cpu").generate(crops, audio, noise, 3, 1.5)
+    half = load_model(latentsync_folder, device="cuda")
+    if torch.cuda.get_device_capability()[0] > 7:
+        assert half.dtype == torch.float16
+    fp16 = half.generate(crops, audio, noise, 3, 1.5)
+    diff = np.abs(fp16.astype(int) - fp32.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), diff.max())
+    half.close()
+    assert torch.cuda.memory_allocated() < 16 * 2**20
