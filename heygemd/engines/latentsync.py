@@ -55,7 +55,8 @@ __all__ = ["LatentSyncModel", "audio_features", "initial_noise", "load_model"]
 
 CPU_VAE_FRAMES = 4
 """Faces per VAE encoder/decoder pass on the CPU (a 512x512 face holds ~130 MB per activation there); on CUDA a
-pass takes the whole batch of windows. The VAE treats each face alone, so the passes change no result."""
+pass takes a window's frames (16: ~1 GB per activation in fp16). The VAE treats each face alone, so the passes
+change no result."""
 
 
 def audio_features(wav: np.ndarray, whisper_path: Path, fps: float) -> np.ndarray:
@@ -148,7 +149,7 @@ class LatentSyncModel:
         return (rgb.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
     def _vae_passes(self, count: int) -> list[tuple[int, int]]:
-        size = CPU_VAE_FRAMES if self.device.type == "cpu" else max(count, 1)
+        size = CPU_VAE_FRAMES if self.device.type == "cpu" else self.num_frames
         return [(a, min(a + size, count)) for a in range(0, count, size)]
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:

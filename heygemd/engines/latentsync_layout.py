@@ -63,9 +63,6 @@ class LatentSyncFiles:
     def __getitem__(self, role: str) -> Path:
         return self.found[role]
 
-    def __contains__(self, role: object) -> bool:
-        return role in self.found
-
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "unet": (UNET_WEIGHTS,),
