@@ -129,6 +129,11 @@ class EngineSettings(Section):
         description="LatentSync: seed of the noise every frame starts from (the reference's 1247), so a render is "
         "reproducible.",
     )
+    latentsync_deepcache: bool = Field(
+        False,
+        description="LatentSync: on 2 of every 3 steps reuse the UNet's deep features from the step before (DeepCache, "
+        "as the reference's command line and Gradio app run it): fewer computations, slightly different pictures.",
+    )
 
 
 class FacesSettings(Section):

@@ -48,11 +48,15 @@ from heygemd.engines.latentsync_load import (
     make_scheduler,
     require_files,
 )
+from heygemd.engines.latentsync_unet import FeatureCache
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 
 __all__ = ["LatentSyncModel", "audio_features", "initial_noise", "load_model"]
 
+DEEPCACHE_INTERVAL = 3
+"""With ``deepcache``, steps 0, 3, 6, ... of a window run the whole UNet, the others reuse their deep features
+(the reference's ``DeepCacheSDHelper.set_params(cache_interval=3, cache_branch_id=0)``)."""
 CPU_VAE_FRAMES = 4
 """Faces per VAE encoder/decoder pass on the CPU (a 512x512 face holds ~130 MB per activation there); on CUDA a
 pass takes a window's frames (16: ~1 GB per activation in fp16). The VAE treats each face alone, so the passes
@@ -129,9 +133,16 @@ class LatentSyncModel:
         with torch.inference_mode():
             return self._unet(x.to(self.device), int(timestep), tokens.to(self.device)).cpu().numpy()
 
-    def _unet(self, sample: torch.Tensor, timestep: int, audio: torch.Tensor) -> torch.Tensor:
+    def _unet(
+        self,
+        sample: torch.Tensor,
+        timestep: int,
+        audio: torch.Tensor,
+        cache: FeatureCache | None = None,
+        reuse: bool = False,
+    ) -> torch.Tensor:
         t = torch.tensor([timestep], dtype=torch.int64, device=self.device)
-        return self.unet(sample.to(self.dtype), t, audio.to(self.dtype)).float()
+        return self.unet(sample.to(self.dtype), t, audio.to(self.dtype), cache, reuse).float()
 
     # ------------------------------------------------------------------ faces
 
@@ -175,11 +186,22 @@ class LatentSyncModel:
     # ------------------------------------------------------------------ generation
 
     def generate(
-        self, crops: np.ndarray, audio: np.ndarray, noise: np.ndarray, num_steps: int, guidance_scale: float
+        self,
+        crops: np.ndarray,
+        audio: np.ndarray,
+        noise: np.ndarray,
+        num_steps: int,
+        guidance_scale: float,
+        *,
+        deepcache: bool = False,
     ) -> np.ndarray:
-        """uint8 BGR (F, R, R, 3) lip-synced faces for uint8 BGR (F, R, R, 3) aligned crops, their float32
-        (F, 50, 384) audio tokens and the (4, R/8, R/8) noise every frame starts from."""
-        return self.generate_from_latents(crops, self.encode_faces(crops), audio, noise, num_steps, guidance_scale)
+        """uint8 BGR (F, R, R, 3) lip-synced faces for uint8 BGR (F, R, R, 3) aligned crops (R: ``resolution``),
+        their float32 (F, 50, 384) audio tokens and the (4, R/8, R/8) noise every frame starts from.
+
+        ``deepcache``: 2 of every 3 steps reuse the deep features of the step before them (``FeatureCache``), as
+        the reference's command line and Gradio app run it; faster, and not the same pixels as without."""
+        latents = self.encode_faces(crops)
+        return self.generate_from_latents(crops, latents, audio, noise, num_steps, guidance_scale, deepcache=deepcache)
 
     def generate_from_latents(
         self,
@@ -189,6 +211,8 @@ class LatentSyncModel:
         noise: np.ndarray,
         num_steps: int,
         guidance_scale: float,
+        *,
+        deepcache: bool = False,
     ) -> np.ndarray:
         """``generate`` with the crops' ``encode_faces`` latents already made (a presenter's cached preparation)."""
         pixels = _check_crops(crops)
@@ -211,7 +235,7 @@ class LatentSyncModel:
             def infer(start: int, stop: int, first: int = first, frames: int = frames) -> None:
                 a, b = first + start * frames, first + stop * frames
                 out[a:b] = self._windows(
-                    pixels[a:b], latents[a:b], audio[a:b], noise, stop - start, num_steps, guidance_scale
+                    pixels[a:b], latents[a:b], audio[a:b], noise, stop - start, num_steps, guidance_scale, deepcache
                 )
 
             self._batches.run(windows, infer)
@@ -226,6 +250,7 @@ class LatentSyncModel:
         windows: int,
         num_steps: int,
         guidance_scale: float,
+        deepcache: bool,
     ) -> np.ndarray:
         """uint8 BGR faces of ``windows`` consecutive windows of equal length, denoised as one batch."""
         frames = len(crops) // windows
@@ -246,9 +271,11 @@ class LatentSyncModel:
             x = start[None, :, None].expand(windows, LATENT_CHANNELS, frames, side, side).contiguous()
             scheduler = make_scheduler()
             scheduler.set_timesteps(num_steps)
-            for t in scheduler.timesteps:
+            cache = FeatureCache() if deepcache else None
+            for index, t in enumerate(scheduler.timesteps):
                 model_input = torch.cat([x, x]) if guided else x
-                predicted = self._unet(torch.cat([model_input, condition], dim=1), int(t), tokens)
+                reuse = deepcache and index % DEEPCACHE_INTERVAL != 0
+                predicted = self._unet(torch.cat([model_input, condition], dim=1), int(t), tokens, cache, reuse)
                 if guided:
                     uncond, cond = predicted.chunk(2)
                     predicted = uncond + guidance_scale * (cond - uncond)

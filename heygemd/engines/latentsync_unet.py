@@ -17,6 +17,7 @@ the arithmetic is the reference's too:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -398,13 +399,32 @@ class UpBlock(UNetBlock):
         temb: torch.Tensor,
         audio: torch.Tensor,
         size: tuple[int, ...] | None,
+        *,
+        before_last: bool = False,
     ) -> torch.Tensor:
-        for i in range(len(self.resnets)):
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = self._layer(i, x, temb, audio)
-        if self.upsamplers is not None:
+        """The block's output; with ``before_last`` the input of its last layer (``skips`` then keeps that
+        layer's skip connection)."""
+        for i in range(len(self.resnets) - (1 if before_last else 0)):
+            x = self.layer(i, x, skips.pop(), temb, audio)
+        if self.upsamplers is not None and not before_last:
             x = self.upsamplers[0](x, size)
         return x
+
+    def layer(
+        self, i: int, x: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor, audio: torch.Tensor
+    ) -> torch.Tensor:
+        return self._layer(i, torch.cat([x, skip], dim=1), temb, audio)
+
+
+@dataclass
+class FeatureCache:
+    """DeepCache's reuse of deep features (``DeepCacheSDHelper(cache_branch_id=0)``, which the reference's CLI and
+    Gradio app enable with ``cache_interval=3``): a full step keeps the input of the last layer of the last up block;
+    a reusing step computes only ``conv_in``, that last layer (its skip connection is ``conv_in``'s output) and the
+    output convolution. (The helper also recomputes the last up block's other motion modules on cached inputs, whose
+    results are then discarded: they are left out here.)"""
+
+    feature: torch.Tensor | None = None
 
 
 class LatentSyncUNet(nn.Module):
@@ -453,7 +473,16 @@ class LatentSyncUNet(nn.Module):
         )
         self.conv_out = FrameConv(channels[0], config.out_channels, kernel_size=3, padding=1)
 
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        audio: torch.Tensor,
+        cache: FeatureCache | None = None,
+        reuse: bool = False,
+    ) -> torch.Tensor:
+        """The predicted noise; with a ``cache``, ``reuse`` computes only the shallow branch from the feature the
+        last full step (``reuse`` False) kept in it."""
         factor = 2 ** (len(self.up_blocks) - 1)
         forward_size = any(side % factor for side in sample.shape[-2:])
         if self.config.center_input_sample:
@@ -461,6 +490,13 @@ class LatentSyncUNet(nn.Module):
         temb = self.time_embedding(self.time_proj(timesteps.expand(sample.shape[0])).to(self.conv_in.weight.dtype))
 
         x = self.conv_in(sample)
+        last = self.up_blocks[-1]
+        assert isinstance(last, UpBlock)
+        if reuse:
+            if cache is None or cache.feature is None:
+                raise ValueError("reuse needs a cache filled by a full step")
+            x = last.layer(len(last.resnets) - 1, cache.feature, x, temb, audio)
+            return self.conv_out(F.silu(self.conv_norm_out(x)))
         skips = [x]
         for down in self.down_blocks:
             x, block_skips = down(x, temb, audio)
@@ -470,5 +506,9 @@ class LatentSyncUNet(nn.Module):
         for i, up in enumerate(self.up_blocks):
             block_skips, skips = skips[-count:], skips[:-count]
             size = tuple(skips[-1].shape[2:]) if forward_size and i < len(self.up_blocks) - 1 else None
-            x = up(x, block_skips, temb, audio, size)
+            if up is last and cache is not None:
+                cache.feature = up(x, block_skips, temb, audio, size, before_last=True)
+                x = last.layer(len(last.resnets) - 1, cache.feature, block_skips.pop(), temb, audio)
+            else:
+                x = up(x, block_skips, temb, audio, size)
         return self.conv_out(F.silu(self.conv_norm_out(x)))

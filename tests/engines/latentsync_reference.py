@@ -12,6 +12,7 @@ independently of heygemd's engine: functions over the checkpoint's tensors, not 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,39 +134,102 @@ def timestep_embedding(sd: State, t: int, batch: int, channels: int) -> torch.Te
     return linear(sd, "time_embedding.linear_2", F.silu(linear(sd, "time_embedding.linear_1", emb)))
 
 
-def unet(sd: State, cfg: dict[str, Any], sample: torch.Tensor, t: int, audio: torch.Tensor) -> torch.Tensor:
-    """UNet3DConditionModel.forward for stage2-like configs (motion modules in every down and up block)."""
+class DeepCache:
+    """DeepCache's ``DeepCacheSDHelper`` with ``set_params(cache_interval=3, cache_branch_id=0)`` (what the
+    reference's inference.py and gradio_app.py enable), restated: the down blocks' and up blocks' ResNets and
+    transformers, the down- and upsamplers, the whole down, mid and up blocks each return their output of the last
+    full step (step index % 3 == 0) when ``is_skip_step`` says so; the motion modules are not wrapped."""
+
+    def __init__(self, interval: int = 3):
+        self.interval = interval
+        self.step = 0
+        """Index of the current timestep in the scheduler's list."""
+        self.outputs: dict[tuple[str, str, int, int], Any] = {}
+
+    def skip(self, block: int, layer: int, kind: str) -> bool:
+        if self.step % self.interval == 0:
+            return False
+        if block > 0 or kind == "mid":
+            return True
+        return layer >= 0 if kind == "down" else layer > 0
+
+    def __call__(self, key: tuple[str, str, int, int], compute: Callable[[], Any]) -> Any:
+        if self.skip(key[2], key[3], key[0]):
+            return self.outputs[key]
+        self.outputs[key] = result = compute()
+        return result
+
+
+def _always(key: tuple[str, str, int, int], compute: Callable[[], Any]) -> Any:
+    return compute()
+
+
+def unet(
+    sd: State, cfg: dict[str, Any], sample: torch.Tensor, t: int, audio: torch.Tensor, cache: DeepCache | None = None
+) -> torch.Tensor:
+    """UNet3DConditionModel.forward for stage2-like configs (motion modules in every down and up block), with
+    DeepCache's wrappers when ``cache`` is given."""
     channels, groups, heads = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["attention_head_dim"]
     mm_heads = cfg["motion_module_kwargs"]["num_attention_heads"]
     layers = cfg["layers_per_block"]
+    wrap = cache if cache is not None else _always
     temb = timestep_embedding(sd, t, sample.shape[0], channels[0])
     x = conv(sd, "conv_in", sample)
     skips = [x]
-    for i, kind in enumerate(cfg["down_block_types"]):
+
+    def down_block(i: int, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        p, outputs = f"down_blocks.{i}", []
         for j in range(layers):
-            p = f"down_blocks.{i}"
-            x = resnet(sd, f"{p}.resnets.{j}", x, temb, cfg)
+            x = wrap(("down", "resnet", i, j), lambda x=x, j=j: resnet(sd, f"{p}.resnets.{j}", x, temb, cfg))
             if kind == "CrossAttnDownBlock3D":
-                x = transformer(sd, f"{p}.attentions.{j}", x, audio, heads, groups)
+                x = wrap(
+                    ("down", "attentions", i, j),
+                    lambda x=x, j=j: transformer(sd, f"{p}.attentions.{j}", x, audio, heads, groups),
+                )
             x = motion_module(sd, f"{p}.motion_modules.{j}", x, mm_heads)
-            skips.append(x)
+            outputs.append(x)
         if i < len(channels) - 1:
-            x = conv(sd, f"down_blocks.{i}.downsamplers.0.conv", x, stride=2)
-            skips.append(x)
-    x = resnet(sd, "mid_block.resnets.0", x, temb, cfg)
-    x = transformer(sd, "mid_block.attentions.0", x, audio, heads, groups)
-    x = resnet(sd, "mid_block.resnets.1", x, temb, cfg)
-    for i, kind in enumerate(cfg["up_block_types"]):
-        p = f"up_blocks.{i}"
+            x = wrap(("down", "downsampler", i, layers), lambda x=x: conv(sd, f"{p}.downsamplers.0.conv", x, stride=2))
+            outputs.append(x)
+        return x, outputs
+
+    for i, kind in enumerate(cfg["down_block_types"]):
+        x, outputs = wrap(("down", "block", i, 0), lambda i=i, kind=kind, x=x: down_block(i, kind, x))
+        skips.extend(outputs)
+
+    def mid_block(x: torch.Tensor) -> torch.Tensor:
+        x = resnet(sd, "mid_block.resnets.0", x, temb, cfg)
+        x = transformer(sd, "mid_block.attentions.0", x, audio, heads, groups)
+        return resnet(sd, "mid_block.resnets.1", x, temb, cfg)
+
+    x = wrap(("mid", "mid_block", 0, 0), lambda x=x: mid_block(x))
+    blocks = len(cfg["up_block_types"])
+
+    def up_block(i: int, kind: str, x: torch.Tensor, res: list[torch.Tensor]) -> torch.Tensor:
+        p, b = f"up_blocks.{i}", blocks - i - 1  # the helper numbers the up blocks and their layers from the end
         for j in range(layers + 1):
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = resnet(sd, f"{p}.resnets.{j}", x, temb, cfg)
+            x = torch.cat([x, res.pop()], dim=1)
+            layer = layers + 1 - j - 1
+            x = wrap(("up", "resnet", b, layer), lambda x=x, j=j: resnet(sd, f"{p}.resnets.{j}", x, temb, cfg))
             if kind == "CrossAttnUpBlock3D":
-                x = transformer(sd, f"{p}.attentions.{j}", x, audio, heads, groups)
+                x = wrap(
+                    ("up", "attentions", b, layer),
+                    lambda x=x, j=j: transformer(sd, f"{p}.attentions.{j}", x, audio, heads, groups),
+                )
             x = motion_module(sd, f"{p}.motion_modules.{j}", x, mm_heads)
         if i < len(channels) - 1:
-            x = F.interpolate(x, scale_factor=[1.0, 2.0, 2.0], mode="nearest")
-            x = conv(sd, f"{p}.upsamplers.0.conv", x)
+
+            def upsample(x: torch.Tensor = x) -> torch.Tensor:
+                return conv(
+                    sd, f"{p}.upsamplers.0.conv", F.interpolate(x, scale_factor=[1.0, 2.0, 2.0], mode="nearest")
+                )
+
+            x = wrap(("up", "upsampler", b, 0), upsample)
+        return x
+
+    for i, kind in enumerate(cfg["up_block_types"]):
+        res, skips = skips[-(layers + 1) :], skips[: -(layers + 1)]
+        x = wrap(("up", "block", blocks - i - 1, 0), lambda i=i, kind=kind, x=x, res=res: up_block(i, kind, x, res))
     x = F.silu(F.group_norm(x, groups, sd["conv_norm_out.weight"], sd["conv_norm_out.bias"], float(cfg["norm_eps"])))
     return conv(sd, "conv_out", x)
 
@@ -228,7 +292,13 @@ def window_inputs(vae: AutoencoderKL, faces_rgb: np.ndarray, mask: torch.Tensor)
 
 
 def generate(
-    folder: Path, crops_bgr: np.ndarray, audio: np.ndarray, noise: np.ndarray, steps: int, guidance: float
+    folder: Path,
+    crops_bgr: np.ndarray,
+    audio: np.ndarray,
+    noise: np.ndarray,
+    steps: int,
+    guidance: float,
+    deepcache: bool = False,
 ) -> np.ndarray:
     sd, cfg = load_unet(folder)
     vae = AutoencoderKL.from_pretrained(folder / "sd-vae-ft-mse", local_files_only=True).eval()
@@ -246,10 +316,13 @@ def generate(
                 audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
                 mask_lat, masked_lat, ref_lat = (torch.cat([t] * 2) for t in (mask_lat, masked_lat, ref_lat))
             latents = torch.from_numpy(noise)[None, :, None].repeat(1, 1, f, 1, 1)
-            for t in ddim_timesteps(steps):
+            cache = DeepCache() if deepcache else None
+            for index, t in enumerate(ddim_timesteps(steps)):
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = torch.cat([model_input, mask_lat, masked_lat, ref_lat], dim=1)
-                eps = unet(sd, cfg, model_input, t, audio_embeds)
+                if cache is not None:
+                    cache.step = index
+                eps = unet(sd, cfg, model_input, t, audio_embeds, cache)
                 if guided:
                     uncond, cond = eps.chunk(2)
                     eps = uncond + guidance * (cond - uncond)

@@ -126,6 +126,19 @@ def test_generate_matches_the_reference_pipeline(model, latentsync_folder: Path,
     np.testing.assert_array_equal(ours, model.generate(crops, audio, noise, 3, guidance))  # deterministic
 
 
+def test_deepcache_matches_the_references_helper(model, latentsync_folder: Path) -> None:
+    """4 steps with DeepCache as the reference's CLI enables it: steps 0 and 3 run the whole UNet, steps 1 and 2
+    reuse its deep features; the pixels differ from the plain loop's."""
+    crops, audio = random_inputs(16, seed=12)
+    noise = initial_noise(1247, 64)
+    ours = model.generate(crops, audio, noise, 4, 1.5, deepcache=True)
+    expected = ref.generate(latentsync_folder, crops, audio, noise, 4, 1.5, deepcache=True)
+    diff = np.abs(ours.astype(int) - expected.astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    plain = model.generate(crops, audio, noise, 4, 1.5)
+    assert np.abs(plain.astype(int) - ours).max() > 2
+
+
 def test_guidance_and_audio_change_the_mouth_only(model, latentsync_folder: Path) -> None:
     """Outside the mask's hole the face comes back as it went in (within the round trip's truncation); inside,
     the audio and the guidance scale change the picture."""
@@ -392,11 +405,11 @@ def test_out_of_memory_halves_the_windows_per_batch(latentsync_folder: Path, mon
     real_unet = model._unet
     batches: list[int] = []
 
-    def small_gpu(sample: torch.Tensor, timestep: int, tokens: torch.Tensor) -> torch.Tensor:
+    def small_gpu(sample: torch.Tensor, timestep: int, tokens: torch.Tensor, *cache: object) -> torch.Tensor:
         batches.append(sample.shape[0])
         if sample.shape[0] > 2:  # two windows with guidance
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_unet(sample, timestep, tokens)
+        return real_unet(sample, timestep, tokens, *cache)
 
     monkeypatch.setattr(model, "_unet", small_gpu)
     faces = model.generate(crops, audio, noise, 1, 1.5)
