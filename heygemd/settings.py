@@ -125,6 +125,26 @@ class EngineSettings(Section):
         description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
         "every source frame, about 32 kB per frame); the least recently used presenters are evicted.",
     )
+    latentsync_steps: int = Field(
+        20, ge=1, description="LatentSync: DDIM denoising steps per 16-frame window (the reference's 20)."
+    )
+    latentsync_guidance: float = Field(
+        1.5,
+        ge=0,
+        description="LatentSync: classifier-free guidance scale (the reference's 1.5); above 1 each step also runs the "
+        "UNet without audio (twice the work); higher follows the audio more closely and may distort or jitter.",
+    )
+    latentsync_seed: int = Field(
+        1247,
+        ge=0,
+        description="LatentSync: seed of the noise every frame starts from (the reference's 1247), so a render is "
+        "reproducible.",
+    )
+    latentsync_deepcache: bool = Field(
+        False,
+        description="LatentSync: on 2 of every 3 steps reuse the UNet's deep features from the step before (DeepCache, "
+        "as the reference's command line and Gradio app run it): fewer computations, slightly different pictures.",
+    )
 
 
 class FacesSettings(Section):

@@ -36,3 +36,11 @@ def musetalk_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bench.musetalk_weights import build_folder
 
     return build_folder(tmp_path_factory.mktemp("models") / "musetalk")
+
+
+@pytest.fixture(scope="session")
+def latentsync_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LatentSync 1.6 model folder (``models/latentsync/`` layout, official file formats), built once."""
+    from bench.latentsync_weights import build_folder
+
+    return build_folder(tmp_path_factory.mktemp("models") / "latentsync")
