@@ -7,7 +7,7 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     naming = "{stem}_synced.mp4"
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
-    audio = "voice take 2.wav"  # required when the folder holds several audio files
+    audio = "voice take 2.wav"  # required when the folder holds several audio files; may name a video (its sound)
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
@@ -167,9 +167,10 @@ def load_job(
             ignored.append(entry.name)
 
     options = load_options(toml_path, max_bytes=max_toml_bytes) if toml_path is not None else JobOptions()
-    audio = _pick_audio(folder, audios, options, toml_path)
+    audio = _pick_audio(folder, audios, videos, options, toml_path)
     check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)
+    videos = [v for v in videos if v != audio]  # a video named as the audio gives its sound track, not a presenter
     if not videos:
         raise JobError(
             "no presenter video or image in the job folder",
@@ -191,19 +192,25 @@ def load_job(
     )
 
 
-def _pick_audio(folder: Path, audios: list[Path], options: JobOptions, toml_path: Path | None) -> Path:
+def _pick_audio(
+    folder: Path, audios: list[Path], videos: list[Path], options: JobOptions, toml_path: Path | None
+) -> Path:
+    """The job's audio: the one audio file, or the file job.toml's ``audio`` names: an audio file, or a video
+    whose sound track is used (it is then not a presenter)."""
     listed = ", ".join(f'"{a.name}"' for a in audios)
     if options.audio is not None:
         wanted = options.audio
-        exact = [a for a in audios if a.name == wanted]
-        loose = [a for a in audios if a.name.casefold() == wanted.casefold()]
+        candidates = [*audios, *(v for v in videos if v.suffix.casefold() in VIDEO_SUFFIXES)]
+        exact = [a for a in candidates if a.name == wanted]
+        loose = [a for a in candidates if a.name.casefold() == wanted.casefold()]
         if exact or len(loose) == 1:
             return (exact or loose)[0]
         raise JobError(
-            f"{JOB_TOML}: field 'audio': \"{wanted}\" is not an audio file in the job folder"
+            f"{JOB_TOML}: field 'audio': \"{wanted}\" is not an audio file or a video in the job folder"
             + (f" (audio files: {listed})" if audios else ""),
             path=toml_path or folder,
-            hint='Set audio to the exact file name of one of the audio files, e.g. audio = "voice.wav".',
+            hint="Set audio to the exact name of an audio file, or of a video whose sound track is the speech, e.g. "
+            'audio = "voice.wav".',
         )
     if not audios:
         raise JobError(

@@ -23,6 +23,7 @@ from heygemd import __version__
 from heygemd.daemon.jobs import JOB_TOML, JobOptions
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import HeygemdError
+from heygemd.names import is_audio
 from heygemd.settings import Settings
 from heygemd.web import actions
 from heygemd.web.auth import client_address
@@ -185,6 +186,8 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
     def complete(staging: Path, received: Received, options: JobOptions) -> str:
         """job.toml, the ready marker last, then one rename into the inbox."""
         name = job_name(received.fields.get("name", ""), received.audio[0])
+        if not is_audio(Path(received.audio[0])):  # a video given as the audio: job.toml names it (upload.py)
+            options = options.model_copy(update={"audio": received.audio[0]})
         try:
             if text := job_toml(options):
                 (staging / JOB_TOML).write_text(text, encoding="utf-8")

@@ -18,9 +18,11 @@ from pydantic import ValidationError
 
 from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import CLAIMED, ClaimedJob, claimed_jobs
+from heygemd.daemon.jobs import load_job
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
+from heygemd.errors import HeygemdError
 from heygemd.names import is_audio, is_presenter, plain_name
 from heygemd.settings import Settings
 from heygemd.web.problems import BadStatus, NotFound
@@ -115,17 +117,21 @@ class Catalog:
         waits for the worker to take the job)."""
         audio: str | None = None
         videos: list[VideoStatus] = []
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            names = []
-        for fname in names:
-            if not plain_name(fname) or not _real_file(folder / fname):
-                continue
-            if is_audio(Path(fname)) and audio is None:
-                audio = fname
-            elif is_presenter(Path(fname)):
-                videos.append(VideoStatus(input=fname))
+        try:  # as the worker will read it (job.toml may name the audio)
+            spec = load_job(folder, job_id=job_id, name=name)
+            audio, videos = spec.audio.name, [VideoStatus(input=v.name) for v in spec.videos]
+        except (HeygemdError, OSError):  # not complete yet, or it will fail: what it holds so far
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                names = []
+            for fname in names:
+                if not plain_name(fname) or not _real_file(folder / fname):
+                    continue
+                if is_audio(Path(fname)) and audio is None:
+                    audio = fname
+                elif is_presenter(Path(fname)):
+                    videos.append(VideoStatus(input=fname))
         return JobStatus(
             job_id=job_id,
             job_name=name,

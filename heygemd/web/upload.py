@@ -7,13 +7,14 @@ Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``
 videos or still photos), and the optional text fields ``name`` (the job's name) and the job options of
 ``UPLOAD_OPTIONS`` (written to job.toml).
 
-A video given as the audio is stored under its stem with ``.m4a`` (``talk.mp4`` -> ``talk.m4a``): the intake takes
-the one file with an audio suffix as the job's audio (a video's suffix would make it a presenter), and ffmpeg reads
-the file by its content, as the CLI's ``--audio talk.mp4`` does.
+A video given as the audio keeps its name, and job.toml names it as the audio (``audio = "talk.mp4"``), as a
+NAS user would: the intake then takes its sound track (as the CLI's ``--audio talk.mp4`` does) and not it as a
+presenter, and every message names the file the user gave.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
 from heygemd.engine_names import listed
-from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_audio, unique_name
+from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, unique_name
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
 from heygemd.web.staging import disk_full, is_disk_full, safe_basename
@@ -39,8 +40,6 @@ TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
-VIDEO_AS_AUDIO = ".m4a"
-"""The suffix a video given as the audio is stored with (see the module docstring)."""
 AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
 """What the ``audio`` field takes: an audio file, or a video whose sound track is used."""
 PRESENTER_UPLOADS = VIDEO_SUFFIXES | IMAGE_SUFFIXES
@@ -170,8 +169,6 @@ class MultipartJob:
                     f"{filename!r} is not an audio file or a video (by its name)",
                     hint=f"The audio is the speech: {AUDIO_KINDS}.",
                 )
-            if not is_audio(Path(base)):
-                base = Path(base).stem + VIDEO_AS_AUDIO
         elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
             raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
         stored = unique_name(base, self._used)
@@ -293,8 +290,6 @@ def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_toml(options: JobOptions) -> str:
-    """job.toml text for the options that are set (values are validated literals and integers)."""
-    lines = []
-    for key, value in options.model_dump(exclude_none=True).items():
-        lines.append(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"')
-    return "".join(line + "\n" for line in lines)
+    """job.toml text for the options that are set. JSON's scalars are TOML's: a string is written as a basic string
+    with every quote, backslash and control character escaped, so no value can add a line or another option."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.model_dump(exclude_none=True).items())

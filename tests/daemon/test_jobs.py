@@ -166,6 +166,15 @@ def test_audio_option_picks_and_validates(tmp_path: Path) -> None:
     assert "'audio'" in info.value.message and "take 3.wav" in info.value.message and "take 1.wav" in info.value.message
 
 
+def test_audio_option_may_name_a_video_whose_sound_is_the_speech(tmp_path: Path) -> None:
+    folder = job(tmp_path, "talk.mp4", "anna.mp4", "face.jpg", toml='audio = "talk.mp4"\n')
+    spec = load_job(folder)
+    assert spec.audio.name == "talk.mp4" and [v.name for v in spec.videos] == ["anna.mp4", "face.jpg"]
+    (folder / "job.toml").write_text('audio = "face.jpg"\n')  # a photo has no sound track
+    with pytest.raises(JobError, match="not an audio file or a video"):
+        load_job(folder)
+
+
 def test_in_flight_files_are_skipped(tmp_path: Path) -> None:
     spec = load_job(job(tmp_path, "v.wav", "a.mp4", "b.mp4.part", "~$notes.docx"))
     assert [p.name for p in spec.videos] == ["a.mp4"] and spec.ignored == []

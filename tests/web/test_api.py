@@ -468,7 +468,7 @@ def test_downloads_are_named_after_the_job_and_the_presenter(make_client) -> Non
     ]  # the files on disk keep their names
 
 
-def test_a_video_as_the_audio_is_stored_under_an_audio_name_the_intake_takes(make_client) -> None:
+def test_a_video_as_the_audio_keeps_its_name_and_job_toml_names_it_the_audio(make_client) -> None:
     from heygemd.daemon.jobs import load_job
 
     client, settings = make_client()
@@ -476,11 +476,12 @@ def test_a_video_as_the_audio_is_stored_under_an_audio_name_the_intake_takes(mak
     assert response.status_code == 201, response.text
     job = settings.paths.inbox / response.json()["job_id"]
     assert response.json()["job_id"] == "talk"
-    assert sorted(p.name for p in job.iterdir()) == [".ready", "bob.mov", "talk.m4a", "talk.mp4"]
-    assert (job / "talk.m4a").read_bytes() == MP4 + b"talk"  # the video itself: its sound track is used
+    assert sorted(p.name for p in job.iterdir()) == [".ready", "bob.mov", "job.toml", "talk-2.mp4", "talk.mp4"]
+    assert (job / "talk.mp4").read_bytes() == MP4 + b"talk"  # the video itself, under its name: its sound is used
+    assert (job / "job.toml").read_text() == 'audio = "talk.mp4"\n'
     spec = load_job(job)
-    assert spec.audio.name == "talk.m4a" and [v.name for v in spec.videos] == ["bob.mov", "talk.mp4"]
-    assert client.get("/api/jobs/talk").json()["audio"]["file"] == "talk.m4a"
+    assert spec.audio.name == "talk.mp4" and [v.name for v in spec.videos] == ["bob.mov", "talk-2.mp4"]
+    assert client.get("/api/jobs/talk").json()["audio"]["file"] == "talk.mp4"
 
     photo = assert_problem(upload(client, audio=("face.jpg", b"\xff\xd8jpg")), 400, "BAD_UPLOAD")
     assert "'face.jpg' is not an audio file or a video" in photo["message"]

@@ -136,7 +136,7 @@ def test_a_video_as_the_audio_renders_with_its_sound_track(
         job = response.json()["job_id"]
         status = daemon.wait_finished(job)
         assert status["state"] == "done", status
-        assert status["audio"]["file"] == "talk.m4a" and status["audio"]["duration_s"] > 0.5
+        assert status["audio"]["file"] == "talk.mp4" and status["audio"]["duration_s"] > 0.5
         assert [v["input"] for v in status["videos"]] == ["anna.mp4"] and not status["ignored"]
         head = client.head(f"/api/jobs/{job}/files/anna.mp4", headers=AUTH, params={"download": "true"})
         output = daemon.outbox / job / "anna.mp4"

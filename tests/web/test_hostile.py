@@ -209,3 +209,15 @@ def test_two_deletes_of_one_job_at_once_one_deletes_the_other_is_a_409(make_clie
     assert_problem(client.delete("/api/jobs/lesson"), 409, "JOB_CHANGED")
     assert not (settings.paths.outbox / "lesson").exists()
     assert list((settings.paths.outbox / ".heygemd-trash").iterdir()) == []
+
+
+def test_job_toml_written_for_an_upload_cannot_be_given_another_option() -> None:
+    """The upload writes job.toml itself; a value with quotes, backslashes or a line break stays one value."""
+    import tomllib
+
+    from heygemd.daemon.jobs import JobOptions
+    from heygemd.web.upload import job_toml
+
+    hostile = 'talk".mp4\\\nengine = "wav2lip'
+    options = JobOptions(audio=hostile, crf=20, engine="mouthwarp")
+    assert tomllib.loads(job_toml(options)) == {"audio": hostile, "crf": 20, "engine": "mouthwarp"}
