@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +22,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import utc_now
-from heygemd.errors import ConfigError
-from heygemd.fsutil import atomic_write_bytes, fsync_dir
+from heygemd.errors import ConfigError, HeygemdError
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, own_subdirs, read_regular, remove_tree
 from heygemd.names import numbered
 
 CLAIMED = "claimed"
 CLAIM_FILE = "claim.json"
 INPUT_DIR = "input"
+CLAIM_FILE_MAX_BYTES = 64 * 1024
+"""claim.json is a few hundred bytes; a larger one is not heygemd's and is not read (the claim is rebuilt)."""
 
 
 class ClaimRecord(BaseModel):
@@ -106,8 +108,7 @@ def claim(
     other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised as is,
     after releasing the reservation: the folder stays in the inbox and a later scan tries again.
     """
-    claimed_root = Path(state_dir) / CLAIMED
-    claimed_root.mkdir(parents=True, exist_ok=True)
+    claimed_root = own_dir(state_dir, CLAIMED)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
     record = ClaimRecord(
         job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(), pid=os.getpid()
@@ -132,41 +133,45 @@ def claim(
     return ClaimedJob(job_id, candidate.name, reservation, record.claimed_at, record.host, record.pid)
 
 
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def read_claim(path: Path) -> ClaimedJob | None:
-    """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/``:
-    a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json is rebuilt
-    from the folder name and its mtime, so a job is never lost over its bookkeeping."""
+    """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/`` folder, a
+    link being none: a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json
+    (a link, a FIFO, too large, not a claim) is rebuilt from the folder name and its mtime, so a job is never lost
+    over its bookkeeping."""
     path = Path(path)
-    if not (path / INPUT_DIR).is_dir():
+    if not _real_dir(path / INPUT_DIR):
         return None
     try:
-        rec = ClaimRecord.model_validate_json((path / CLAIM_FILE).read_bytes())
-    except (FileNotFoundError, ValidationError):
-        st = path.stat()
-        return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(st.st_mtime, timezone.utc), "", 0)
+        rec = ClaimRecord.model_validate_json(read_regular(path / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
+    except (FileNotFoundError, ValidationError, HeygemdError):
+        mtime = os.lstat(path).st_mtime
+        return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(mtime, timezone.utc), "", 0)
     return ClaimedJob(rec.job_id, rec.name, path, rec.claimed_at, rec.host, rec.pid)
 
 
 def claimed_jobs(state_dir: Path) -> list[ClaimedJob]:
-    """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first."""
-    root = Path(state_dir) / CLAIMED
-    if not root.is_dir():
-        return []
-    jobs = [job for p in root.iterdir() if p.is_dir() and (job := read_claim(p)) is not None]
+    """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first. Links there are
+    never followed: only real folders are claims."""
+    jobs = [job for p in own_subdirs(state_dir, CLAIMED) if (job := read_claim(p)) is not None]
     return sorted(jobs, key=lambda j: (j.claimed_at, j.job_id))
 
 
 def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, now: float | None = None) -> list[Path]:
-    """Delete reservations (``claimed/<id>`` without ``input/``) older than ``older_than_s``: left by a crash
-    between reserving and renaming. Young ones are left alone, another process may be mid-claim."""
-    root = Path(state_dir) / CLAIMED
-    if not root.is_dir():
-        return []
+    """Delete reservations (``claimed/<id>`` without an ``input/`` folder) older than ``older_than_s``: left by a
+    crash between reserving and renaming. Young ones are left alone, another process may be mid-claim. Links in
+    ``claimed/`` are not heygemd's and are left alone, never followed."""
     now = time.time() if now is None else now
     removed: list[Path] = []
-    for p in root.iterdir():
-        if p.is_dir() and not (p / INPUT_DIR).exists() and now - p.stat().st_mtime >= older_than_s:
-            shutil.rmtree(p)
+    for p in own_subdirs(state_dir, CLAIMED):
+        if not _real_dir(p / INPUT_DIR) and now - os.lstat(p).st_mtime >= older_than_s:
+            remove_tree(p)
             removed.append(p)
     return removed
 

@@ -27,8 +27,8 @@ from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import report_failure
-from heygemd.fsutil import remove_temps
+from heygemd.errors import ConfigError, report_failure
+from heygemd.fsutil import own_dir, own_subdirs, remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.settings import Settings
 
@@ -210,6 +210,8 @@ class Service:
         self.waiting: dict[str, tuple[str, ...]] = {}
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
         self._waiting_written: dict[str, tuple[str, ...]] | None = None
+        self._refused: dict[str, str] = {}
+        """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
 
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
@@ -244,6 +246,9 @@ class Service:
             write_waiting(self.settings.paths.state_dir, current)
         except OSError as exc:  # a share refusing one write: the log still says it, the next change retries
             log.warning("waiting.write_failed", error=f"{exc.filename}: {exc.strerror}")
+            return
+        except ConfigError as exc:  # the state folder became a link: never written through
+            log.warning("waiting.write_failed", error=exc.message, hint=exc.hint)
             return
         self._waiting_written = current
 
@@ -282,8 +287,11 @@ class Service:
             log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
             return None
         self.tracker.retain(c.name for c in candidates)
-        for gone in set(self.waiting) - {c.name for c in candidates}:
+        present = {c.name for c in candidates}
+        for gone in set(self.waiting) - present:
             del self.waiting[gone]
+        for gone in set(self._refused) - present:
+            del self._refused[gone]
         ready = []
         for candidate in candidates:
             try:
@@ -298,14 +306,24 @@ class Service:
             try:
                 claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
             except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
-                log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
+                self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
                 continue
+            except ConfigError as exc:  # claimed/ is a link (fsutil.own_dir): never followed; the admin removes it
+                self._claim_refused(candidate.name, exc.message, hint=exc.hint)
+                continue
+            self._refused.pop(candidate.name, None)
             self.tracker.forget(candidate.name)
             self.waiting.pop(candidate.name, None)
             if claimed is not None:
                 log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
                 return claimed
         return None
+
+    def _claim_refused(self, name: str, error: str, *, hint: str = "") -> None:
+        """Log that ``name`` could not be claimed, once for as long as the same error repeats at every scan."""
+        if self._refused.get(name) != error:
+            self._refused[name] = error
+            log.warning("job.claim_refused", job_name=name, error=error, **({"hint": hint} if hint else {}))
 
     def _note_waiting(self, name: str, readiness: Readiness) -> None:
         waiting_for = () if readiness.ready else readiness.waiting_for
@@ -346,8 +364,9 @@ def _arrival(candidate: Candidate) -> tuple[float, str]:
 def run_service(settings: Settings, *, once: bool = False) -> int:
     """``heygemd run`` (once=False) and ``heygemd once``. Returns the process exit status."""
     paths = settings.paths
-    for folder in (paths.inbox, paths.outbox, paths.state_dir):
+    for folder in (paths.inbox, paths.outbox):
         folder.mkdir(parents=True, exist_ok=True)
+    own_dir(paths.state_dir)  # a link there is refused (ConfigError): heygemd writes only inside its own folders
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
@@ -541,6 +560,8 @@ def _set_aside(claimed: ClaimedJob) -> None:
         finish_inputs(claimed, "archive")
     except OSError as exc:
         log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
+    except ConfigError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=exc.message, hint=exc.hint)
 
 
 CACHE_TEMP_MIN_AGE_S = 3600.0
@@ -548,11 +569,7 @@ CACHE_TEMP_MIN_AGE_S = 3600.0
 
 
 def _remove_cache_temps(cache_dir: Path) -> None:
-    """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old."""
-    folders = (
-        [cache_dir, *(p for p in cache_dir.iterdir() if p.is_dir() and not p.is_symlink())]
-        if cache_dir.is_dir()
-        else []
-    )
-    for folder in folders:
+    """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old. Links
+    are never followed (``remove_temps`` and ``own_subdirs`` skip them)."""
+    for folder in (cache_dir, *own_subdirs(cache_dir)):
         remove_temps(folder, min_age_s=CACHE_TEMP_MIN_AGE_S)

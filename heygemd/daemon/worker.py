@@ -33,7 +33,7 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import DiskFull, ErrorInfo, Interrupted, report_failure
+from heygemd.errors import ConfigError, DiskFull, ErrorInfo, Interrupted, report_failure
 from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
@@ -127,6 +127,9 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
             error=f"{exc.filename or outbox}: {exc.strerror}",
             hint="Check the outbox's share and free space; the job is tried again later.",
         )
+        return JobResult(JobOutcome.PAUSED)
+    except ConfigError as exc:  # a state folder refused (a link where heygemd keeps its files): the admin's to fix
+        log.error("job.paused", job_id=claimed.job_id, code=exc.code, error=exc.message, hint=exc.hint)
         return JobResult(JobOutcome.PAUSED)
 
 

@@ -10,6 +10,7 @@ Neither retry nor delete acts on a job that is queued or rendering.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
-from heygemd.fsutil import fsync_dir
+from heygemd.fsutil import fsync_dir, own_subdirs, remove_tree
 from heygemd.names import plain_name
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog
@@ -37,17 +38,10 @@ RETRIED = frozenset({"failed", "cancelled"})
 def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
     """The folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is this job's claim."""
     state = settings.paths.state_dir
-    candidates: list[Path] = []
-    archive = state / ARCHIVE
-    if archive.is_dir():
-        for day in sorted(archive.iterdir()):
-            if day.is_dir() and not day.is_symlink():
-                candidates.extend(p for p in day.iterdir() if p.name.startswith(status.job_id))
-    kept = state / KEPT
-    if kept.is_dir():
-        candidates.extend(p for p in kept.iterdir() if p.name.startswith(status.job_id))
+    candidates = [p for day in own_subdirs(state, ARCHIVE) for p in own_subdirs(state, ARCHIVE, day.name)]
+    candidates += own_subdirs(state, KEPT)
     for folder in candidates:
-        if folder.is_symlink() or not folder.is_dir():
+        if not folder.name.startswith(status.job_id):
             continue
         try:
             record = ClaimRecord.model_validate_json((folder / CLAIM_FILE).read_bytes())
@@ -124,7 +118,7 @@ def _trash(folder: Path, trash: Path) -> None:
     target = own_dir(trash) / f"{folder.name}.{secrets.token_hex(4)}"
     os.rename(folder, target)
     fsync_dir(folder.parent)
-    shutil.rmtree(target)
+    remove_tree(target)
 
 
 def delete(settings: Settings, catalog: Catalog, job_id: str) -> None:
@@ -144,6 +138,7 @@ def empty_outbox_trash(outbox: Path) -> None:
     if trash.is_dir() and not trash.is_symlink():
         for folder in trash.iterdir():
             if folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(folder)
             else:
                 folder.unlink(missing_ok=True)

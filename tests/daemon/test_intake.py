@@ -574,3 +574,53 @@ def test_a_folder_name_that_is_not_utf8_is_skipped(tmp_path: Path) -> None:
     os.mkdir(os.path.join(os.fsencode(inbox), b"cl\xe9 lesson"))
     (inbox / "good").mkdir()
     assert [c.name for c in scan_inbox(inbox)] == ["good"]
+
+
+# ---------------------------------------------------------------------------------------------- a hostile state folder
+
+
+def test_links_planted_in_claimed_are_never_resumed_nor_removed_through(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    state = inbox / ".heygemd"
+    job = claim(make_job(inbox), state)
+    assert job is not None
+    outside = tmp_path / "outside"
+    write(outside / "job-like" / "input" / "voice.wav")  # would be "resumed" through a link
+    write(outside / "plain" / "keep.txt")  # would be a stale reservation through a link
+    os.utime(outside / "plain", (0, 0))
+    (state / "claimed" / "resumable").symlink_to(outside / "job-like")
+    (state / "claimed" / "stale").symlink_to(outside / "plain")
+    os.utime(state / "claimed" / "stale", (0, 0), follow_symlinks=False)
+    inner = state / "claimed" / "inner-link"  # a real claim folder whose input/ is a link
+    inner.mkdir()
+    (inner / "input").symlink_to(outside / "job-like" / "input")
+    os.utime(inner, (0, 0))
+
+    assert [j.job_id for j in claimed_jobs(state)] == ["job"]
+    assert remove_stale_reservations(state, older_than_s=60) == [inner]  # the reservation goes, its link only
+    assert (outside / "plain" / "keep.txt").is_file() and (outside / "job-like" / "input" / "voice.wav").is_file()
+    assert (state / "claimed" / "resumable").is_symlink() and (state / "claimed" / "stale").is_symlink()
+
+
+def test_a_claim_json_that_is_a_fifo_is_rebuilt_from_the_folder_without_blocking(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    job = claim(make_job(tmp_path / "inbox"), state)
+    assert job is not None
+    (job.path / "claim.json").unlink()
+    os.mkfifo(job.path / "claim.json")
+    again = claimed_jobs(state)
+    assert [(j.job_id, j.host, j.pid) for j in again] == [("job", "", 0)]
+
+
+def test_a_linked_claimed_folder_is_refused_and_the_job_stays_in_the_inbox(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    state = inbox / ".heygemd"
+    state.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (state / "claimed").symlink_to(outside)
+    cand = make_job(inbox)
+    with pytest.raises(ConfigError, match="claimed: is a symbolic link"):
+        claim(cand, state)
+    assert cand.path.is_dir() and list(outside.iterdir()) == []
+    assert claimed_jobs(state) == []

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs
 from heygemd.daemon.completeness import CompletenessCheck
@@ -226,3 +227,20 @@ def test_a_paused_job_with_a_cancel_request_does_not_wait_out_its_pause(tmp_path
     cancelled = svc.step(2.0)
     assert (cancelled.job_id, cancelled.outcome) == ("disk-full", JobOutcome.CANCELLED)
     assert not svc.retry_at
+
+
+def test_a_linked_claim_folder_stops_no_step_and_is_logged_once(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    make_job(settings, "lesson")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    settings.paths.state_dir.mkdir(parents=True)
+    (settings.paths.state_dir / "claimed").symlink_to(outside)
+    runner = Runner()
+    svc = service(settings, runner)
+    with structlog.testing.capture_logs() as logs:
+        steps = [svc.step(now).action for now in (0.0, 1.0, 2.0)]
+    assert steps == ["idle", "idle", "idle"] and runner.ran == []
+    refused = [e for e in logs if e["event"] == "job.claim_refused"]
+    assert len(refused) == 1 and "claimed: is a symbolic link" in refused[0]["error"]
+    assert (settings.paths.inbox / "lesson").is_dir() and list(outside.iterdir()) == []

@@ -145,3 +145,14 @@ def test_stale_temporaries_are_removed_on_resume_and_nothing_else(tmp_path: Path
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".status.json.bak"]
     assert sorted({p.name for p in out.iterdir()} & set(foreign)) == sorted(foreign)
     assert read_status(out / "status.json").attempt == 2
+
+
+def test_a_linked_archive_pauses_the_job_with_its_inputs_still_claimed(tmp_path: Path, secret: Path) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a"})
+    (tmp_path / "inbox" / ".heygemd" / "archive").symlink_to(secret.parent)
+    session = StandInSession()
+    context = JobContext(session_for=lambda _e: session, inputs_after="archive")  # type: ignore[arg-type, return-value]
+    result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.PAUSED
+    assert claimed.folder.is_dir() and sorted(p.name for p in secret.parent.iterdir()) == ["assets", "secret.mp4"]
+    assert untouched(secret)
