@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,8 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a job folder holds right now, recursively, junk excluded.
+    """What a job folder holds right now, to :data:`MAX_WALK_DEPTH` levels and :data:`MAX_WALK_ENTRIES` names, junk
+    excluded.
 
     entries: (relative path, size, mtime_ns) of every ordinary file and (relative path/, 0, 0) of every
     ordinary folder, sorted (symlinks are recorded as entries too, never followed). in_flight: relative paths
@@ -92,18 +94,47 @@ class Snapshot:
     Explorer or Finder keep old mtimes, but the ctime is when the file arrived)."""
 
 
-def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
-    """Walk ``folder`` and record names, sizes and mtimes (see :class:`Snapshot`)."""
+MAX_WALK_DEPTH = 16
+"""How many folder levels of a job the snapshot looks into. A job uses only the files directly in its folder; the
+levels below are walked only so that a copy still running there delays readiness. A folder nested thousands deep
+(anyone on the share can make one) costs no more than this."""
+
+MAX_WALK_ENTRIES = 10_000
+"""How many names of one job folder a snapshot records, level by level, each folder in name order, so the same
+content always gives the same snapshot. A job is one audio and a few presenters: a folder of millions of files
+must not make every scan slow and large."""
+
+
+def take_snapshot(
+    folder: Path,
+    ready_marker: str = ".ready",
+    *,
+    max_depth: int = MAX_WALK_DEPTH,
+    max_entries: int = MAX_WALK_ENTRIES,
+) -> Snapshot:
+    """Walk ``folder`` and record names, sizes and mtimes (see :class:`Snapshot`): breadth first, iteratively,
+    at most ``max_depth`` levels and ``max_entries`` names (:data:`MAX_WALK_DEPTH`, :data:`MAX_WALK_ENTRIES`)."""
     entries: list[tuple[str, int, int]] = []
     in_flight: list[str] = []
     has_marker = False
-    newest = 0
-
-    def walk(directory: str, prefix: str) -> None:
-        nonlocal has_marker, newest
-        with os.scandir(directory) as it:
-            children = list(it)
+    try:
+        top = os.stat(folder, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
+    newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
+    pending: deque[tuple[str, str, int]] = deque([(str(folder), "", 0)])  # (folder, its relative prefix, depth)
+    while pending and len(entries) < max_entries:
+        directory, prefix, depth = pending.popleft()
+        try:
+            with os.scandir(directory) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            if not prefix:
+                return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
+            continue  # a sub-folder renamed or removed since it was listed: the next snapshot differs anyway
         for entry in children:
+            if len(entries) >= max_entries:
+                break
             rel = prefix + entry.name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -116,26 +147,18 @@ def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
                     continue
                 if kind is NameKind.JUNK:
                     continue
+                st = entry.stat(follow_symlinks=False)
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
                 if is_dir:
                     entries.append((rel + "/", 0, 0))
-                    st = entry.stat(follow_symlinks=False)
-                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-                    walk(entry.path, rel + "/")
+                    if depth + 1 < max_depth:
+                        pending.append((entry.path, rel + "/", depth + 1))
                 else:
-                    st = entry.stat(follow_symlinks=False)
                     entries.append((rel, st.st_size, st.st_mtime_ns))
-                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
             except FileNotFoundError:
                 # Deleted or renamed between listing and stat (a producer renaming x.part -> x):
                 # the next snapshot sees the new name; this one simply differs from it.
                 continue
-
-    try:
-        top = os.stat(folder, follow_symlinks=False)
-        newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
-        walk(str(folder), "")
-    except (FileNotFoundError, NotADirectoryError):
-        return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
     return Snapshot(
         entries=tuple(sorted(entries)),
         in_flight=tuple(sorted(in_flight)),

@@ -211,6 +211,8 @@ class Service:
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
         self._waiting_written: dict[str, tuple[str, ...]] | None = None
         self._refused: dict[str, str] = {}
+        self._inbox_problem: str | None = None
+        """The event last logged for an inbox that could not be scanned (None while it can)."""
         """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
 
     def step(self, now: float) -> Step:
@@ -283,9 +285,13 @@ class Service:
         paths = self.settings.paths
         try:
             candidates = scan_inbox(paths.inbox, paths.state_dir)
-        except FileNotFoundError:
-            log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
+        except OSError as exc:  # unmounted, stale or unreadable: said once, looked at again at the next scan
+            event = "inbox.missing" if isinstance(exc, FileNotFoundError) else "inbox.unreadable"
+            if self._inbox_problem != event:
+                self._inbox_problem = event
+                log.warning(event, inbox=str(paths.inbox), error=exc.strerror, hint="Is the share mounted?")
             return None
+        self._inbox_problem = None
         self.tracker.retain(c.name for c in candidates)
         present = {c.name for c in candidates}
         for gone in set(self.waiting) - present:

@@ -4,6 +4,7 @@ target never read or touched. Synchronisation by polling the daemon's own files 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from heygemd.fsutil import remove_tree
 from heygemd.pipeline.probe import top_level_atoms
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, Daemon, Media, stop_daemon
 
@@ -109,3 +111,34 @@ def test_a_linked_presenter_is_refused_and_its_target_untouched(daemon: Daemon, 
     assert secret.read_bytes() == before
     archived = next((d.state / "archive").glob(f"*/{name}/input/talk.mp4"))
     assert archived.is_symlink() and os.readlink(archived) == str(secret)
+
+
+def test_a_job_nested_1100_deep_and_links_in_the_state_folder_stop_neither_once_nor_run(
+    daemon_factory, media: Media, nested
+) -> None:
+    d = daemon_factory("deep", settle_seconds=0.5, rescan_interval=0.5)
+    outside = d.root / "other-team"
+    (outside / "input").mkdir(parents=True)
+    (outside / "input" / "plan.txt").write_text("do not touch")
+    (d.state / "claimed").mkdir(parents=True)
+    (d.state / "claimed" / "planted").symlink_to(outside)  # looks like a claimed job with its input/
+    (d.state / "claimed" / "stale").symlink_to(outside / "input")  # looks like an old reservation
+    os.utime(d.state / "claimed" / "stale", (0, 0), follow_symlinks=False)
+    try:
+        for name in ("deep-once", "deep-run"):
+            job = d.submit(name, {"voice.wav": media.speech, "face.mp4": media.face_a}, marker=False)
+            nested(job / "sub", 1100)
+            (job / ".ready").touch()
+            if name == "deep-once":
+                once = d.command("once", timeout=JOB_TIMEOUT_S + 60)
+                assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
+                assert json.loads(d.status_path(name).read_bytes())["state"] == "done"
+                nested(d.state / "trash" / "half-deleted", 1100)  # for empty_trash at the next start
+        d.start().wait_ready()
+        assert d.wait_finished("deep-run")["state"] == "done"
+        assert not (d.state / "trash" / "half-deleted").exists()
+        assert (outside / "input" / "plan.txt").read_text() == "do not touch"
+        assert (d.state / "claimed" / "planted").is_symlink() and (d.state / "claimed" / "stale").is_symlink()
+    finally:
+        stop_daemon(d)
+        remove_tree(d.root)  # the archived jobs hold the deep folders; pytest's own cleanup cannot remove them

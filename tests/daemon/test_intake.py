@@ -4,6 +4,7 @@ and observer choice (watching), claims and leases (claims)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import multiprocessing
 import os
 import shutil
@@ -14,9 +15,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from heygemd.daemon import watching
+from heygemd.daemon import readiness, watching
 from heygemd.daemon.claims import (
     ClaimedJob,
     claim,
@@ -374,6 +376,66 @@ def test_polling_walk_skips_state_and_junk_dirs(tmp_path: Path) -> None:
         (tmp_path / d).mkdir(parents=True)
     w = InboxWatcher(tmp_path, state_dir=state, observer="polling")
     assert sorted(e.name for e in w._scandir(str(tmp_path))) == ["job"]
+
+
+@pytest.mark.parametrize("kind", ["inotify", "polling"])
+def test_a_job_nested_1100_deep_is_watched_only_to_its_top_level(tmp_path: Path, kind: str, nested) -> None:
+    inbox = tmp_path / "inbox"
+    nested(inbox / "job" / "sub", 1100)
+    with InboxWatcher(inbox, observer=kind, poll_interval=0.05) as watcher:
+        assert watcher.kind == kind and watcher.running
+        watcher.changed.clear()
+        write(inbox / "job" / ".ready")
+        assert watcher.wait(WAIT), "no signal for a file in a job's folder"
+        write(inbox / "later" / "voice.wav")
+        assert watcher.wait(WAIT), "no signal for a new job"
+        write(inbox / "later" / ".ready")
+        assert watcher.wait(WAIT), "no signal for a file in a job that arrived while watching"
+    w = InboxWatcher(inbox, observer="polling")
+    assert [e.name for e in w._scandir(str(inbox / "job"))] == [".ready"]  # polling lists no folder below a job
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "inotify watch limit reached"), RecursionError()])
+def test_an_observer_that_fails_to_start_falls_back_to_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    from watchdog.observers.inotify import InotifyObserver
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(InotifyObserver, "schedule", refuse)  # what the kernel (or a deep tree) answers
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with InboxWatcher(inbox, observer="inotify", poll_interval=0.05) as watcher:
+        assert watcher.kind == "polling" and "polling instead" in watcher.choice.reason
+        write(inbox / "job" / "voice.wav")
+        assert watcher.wait(WAIT)
+
+
+def test_a_folder_nested_1100_deep_is_snapshotted_within_the_caps(tmp_path: Path, nested) -> None:
+    job = make_job(tmp_path / "inbox")
+    nested(job.path / "sub", 1100)
+    snap = take_snapshot(job.path)
+    assert not snap.gone and snap.has_files
+    assert max(rel.count("/") for rel, _, _ in snap.entries) <= readiness.MAX_WALK_DEPTH
+    for i in range(30):
+        write(job.path / "many" / f"f{i:02}.txt")
+    capped = take_snapshot(job.path, max_entries=20)
+    assert len(capped.entries) == 20 and {"a.mp4", "voice.wav"} <= {rel for rel, _, _ in capped.entries}
+    assert capped == take_snapshot(job.path, max_entries=20)  # the same names each time: the job can settle
+
+
+def test_an_unreadable_inbox_stops_no_step_and_is_logged_once(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    (tmp_path / "inbox").write_bytes(b"a file where the inbox should be")
+    service = Service(settings, lambda _c: pytest.fail("nothing to run"), completeness=None)
+    with structlog.testing.capture_logs() as logs:
+        assert [service.step(now).action for now in (0.0, 1.0)] == ["idle", "idle"]
+    assert [e["event"] for e in logs if e["event"].startswith("inbox.")] == ["inbox.unreadable"]
 
 
 # ------------------------------------------------------------------------------------------ claiming
