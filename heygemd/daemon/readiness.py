@@ -19,12 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from heygemd.daemon.completeness import CompletenessCheck
-from heygemd.names import NameKind, classify_name, encodable_name, shown_name
-
-log = structlog.get_logger("heygemd.intake")
+from heygemd.names import NameKind, classify_name, encodable_name
 
 
 @dataclass(frozen=True)
@@ -42,12 +38,16 @@ def _same_path(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
+def scan_inbox(
+    inbox: Path, state_dir: Path | None = None, *, on_bad_name: Callable[[str], None] | None = None
+) -> list[Candidate]:
     """The job folders directly under ``inbox``, sorted by name.
 
     Skipped: files, symlinks, the state directory, dot/junk folders, and folders whose own name says they
-    are still being uploaded (``JOB.partial``). A missing inbox raises FileNotFoundError (the share is not
-    mounted: the caller should pause, not conclude the inbox is empty).
+    are still being uploaded (``JOB.partial``). A folder whose name is not valid UTF-8 is skipped too, and
+    given to ``on_bad_name`` (the daemon says it once per name; the web pages scan several times a second and
+    say nothing). A missing inbox raises FileNotFoundError (the share is not mounted: the caller should pause,
+    not conclude the inbox is empty).
     """
     inbox = Path(inbox)
     found: list[Candidate] = []
@@ -58,11 +58,8 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
             if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:
                 continue
             if not encodable_name(entry.name):
-                log.warning(
-                    "inbox.bad_name",
-                    folder=shown_name(entry.name),
-                    hint="The folder name is not valid UTF-8; rename it to take it as a job.",
-                )
+                if on_bad_name is not None:
+                    on_bad_name(entry.name)
                 continue
             if state_dir is not None and _same_path(Path(entry.path), Path(state_dir)):
                 continue

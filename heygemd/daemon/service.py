@@ -30,6 +30,7 @@ from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import ConfigError, report_failure
 from heygemd.fsutil import own_dir, own_subdirs, remove_temps
 from heygemd.lipsync import LipSyncSession
+from heygemd.names import shown_name
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.service")
@@ -212,6 +213,8 @@ class Service:
         self._waiting_written: dict[str, tuple[str, ...]] | None = None
         self._refused: dict[str, str] = {}
         self._inbox_problem: str | None = None
+        self._bad_names: set[str] = set()
+        """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
         """The event last logged for an inbox that could not be scanned (None while it can)."""
         """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
 
@@ -283,8 +286,9 @@ class Service:
         bytes.
         """
         paths = self.settings.paths
+        bad_names: list[str] = []
         try:
-            candidates = scan_inbox(paths.inbox, paths.state_dir)
+            candidates = scan_inbox(paths.inbox, paths.state_dir, on_bad_name=bad_names.append)
         except OSError as exc:  # unmounted, stale or unreadable: said once, looked at again at the next scan
             event = "inbox.missing" if isinstance(exc, FileNotFoundError) else "inbox.unreadable"
             if self._inbox_problem != event:
@@ -292,6 +296,13 @@ class Service:
                 log.warning(event, inbox=str(paths.inbox), error=exc.strerror, hint="Is the share mounted?")
             return None
         self._inbox_problem = None
+        for name in sorted(set(bad_names) - self._bad_names):
+            log.warning(
+                "inbox.bad_name",
+                folder=shown_name(name),
+                hint="The folder name is not valid UTF-8; rename it to take it as a job.",
+            )
+        self._bad_names = set(bad_names)
         self.tracker.retain(c.name for c in candidates)
         present = {c.name for c in candidates}
         for gone in set(self.waiting) - present:

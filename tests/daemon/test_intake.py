@@ -635,7 +635,31 @@ def test_a_folder_name_that_is_not_utf8_is_skipped(tmp_path: Path) -> None:
     inbox.mkdir()
     os.mkdir(os.path.join(os.fsencode(inbox), b"cl\xe9 lesson"))
     (inbox / "good").mkdir()
-    assert [c.name for c in scan_inbox(inbox)] == ["good"]
+    with structlog.testing.capture_logs() as logs:
+        assert [c.name for c in scan_inbox(inbox)] == ["good"]  # the web catalog scans 4 times a second
+    assert logs == []
+    found: list[str] = []
+    scan_inbox(inbox, on_bad_name=found.append)
+    assert found == [os.fsdecode(b"cl\xe9 lesson")]
+
+
+def test_the_daemon_logs_a_bad_folder_name_once_and_again_only_when_it_comes_back(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    bad = os.path.join(os.fsencode(tmp_path / "inbox"), b"cl\xe9 lesson")
+    os.makedirs(bad)
+    service = Service(settings, lambda _c: pytest.fail("nothing to run"), completeness=None)
+    with structlog.testing.capture_logs() as logs:
+        for now in range(5):
+            service.step(float(now))
+        os.rmdir(bad)
+        service.step(5.0)
+        os.mkdir(bad)
+        service.step(6.0)
+    named = [e for e in logs if e["event"] == "inbox.bad_name"]
+    assert [e["folder"] for e in named] == ["cl\ufffd lesson", "cl\ufffd lesson"], named
 
 
 # ---------------------------------------------------------------------------------------------- a hostile state folder
