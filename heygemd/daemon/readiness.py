@@ -1,12 +1,12 @@
 """Readiness: which inbox entries are jobs, and when a job folder is completely copied.
 
-A job is ready when its ``.ready`` marker exists (at once), or when nothing in it changed for
-``settle_seconds``; never while a file that means "copy in flight" is present, never when it holds no real
-file, and not while one of its audio or presenter files is still incomplete (:mod:`completeness`: empty,
-zero-filled, an MP4/MOV without its index or an unreadable duration, or open for writing by a local
-process) -- unless it stayed so, unchanged, for ``incomplete_timeout``: then it is taken and the broken file
-fails with its own clear error. :class:`ReadinessTracker` is the one place this rule lives; ``heygemd run``
-and ``heygemd once`` both use it.
+A job is ready when its ``.ready`` marker exists (at once: a file that is still broken then fails with its own
+error), or when nothing in it changed for ``settle_seconds`` and its audio and presenter files are complete
+(:mod:`completeness`: not empty, not zero-filled unless ffprobe reads them, an MP4/MOV with its index and
+streams ffprobe reads, not open for writing by a local process) -- or they stayed incomplete, unchanged, for
+``incomplete_timeout``: then it is taken and the broken file fails with its own clear error. Never while a file
+that means "copy in flight" is present, never when it holds no real file. :class:`ReadinessTracker` is the one
+place this rule lives; ``heygemd run`` and ``heygemd once`` both use it.
 """
 
 from __future__ import annotations
@@ -262,8 +262,10 @@ class ReadinessTracker:
             return Readiness(ReadyReason.IN_FLIGHT, in_flight=snap.in_flight)
         if not snap.has_files:
             return Readiness(ReadyReason.EMPTY)
+        if snap.has_marker:  # the uploader says the copy is complete: a file still broken fails with its own error
+            return Readiness(ReadyReason.MARKER)
         unchanged = now - seen.since
-        if not snap.has_marker and unchanged < self.settle_seconds:
+        if unchanged < self.settle_seconds:
             seen.deadline = seen.since + self.settle_seconds
             return Readiness(ReadyReason.SETTLING, wait_s=self.settle_seconds - unchanged)
         incomplete = self.completeness.incomplete(folder, snap.entries) if self.completeness and folder else ()
@@ -273,7 +275,7 @@ class ReadinessTracker:
                 left = float("inf") if seen.deadline is None else seen.deadline - now
                 return Readiness(ReadyReason.INCOMPLETE, incomplete=incomplete, wait_s=left)
             return Readiness(ReadyReason.TIMED_OUT, incomplete=incomplete)
-        return Readiness(ReadyReason.MARKER if snap.has_marker else ReadyReason.SETTLED)
+        return Readiness(ReadyReason.SETTLED)
 
     def forget(self, name: str) -> None:
         """Drop what is known about ``name`` (after claiming it)."""

@@ -15,6 +15,7 @@ import pytest
 from heygemd.fsutil import remove_tree
 from heygemd.pipeline.probe import top_level_atoms
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, Daemon, Media, stop_daemon
+from tests.pipeline.media import ffmpeg
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def without_index(clip: Path, out: Path) -> Path:
 
 def test_a_presenter_at_zero_bytes_is_taken_only_once_complete(daemon: Daemon, media: Media) -> None:
     d, name = daemon, "zero bytes"
-    job = d.submit(name, {"voice.wav": media.speech, "bob.mp4": b""})  # .ready is there, bob.mp4 is not
+    job = d.submit(name, {"voice.wav": media.speech, "bob.mp4": b""}, marker=False)  # settles, bob.mp4 does not
     d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
     waiting = next(e for e in d.events() if e.get("event") == "job.waiting" and e.get("job_name") == name)
     assert waiting["incomplete"] == f"{name}/bob.mp4: 0 bytes so far", waiting
@@ -73,6 +74,7 @@ def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(
             "anna.mp4": media.face_a,
             "bob.mp4": without_index(media.face_b, tmp_path / "bob.mp4"),
         },
+        marker=False,
     )
     d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
     assert not d.claimed(name)
@@ -142,3 +144,22 @@ def test_a_job_nested_1100_deep_and_links_in_the_state_folder_stop_neither_once_
     finally:
         stop_daemon(d)
         remove_tree(d.root)  # the archived jobs hold the deep folders; pytest's own cleanup cannot remove them
+
+
+def test_complete_files_that_only_look_unfinished_are_taken_once_settled(
+    daemon: Daemon, media: Media, tmp_path: Path
+) -> None:
+    d, name = daemon, "cover and padding"
+    cover = tmp_path / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x180", "-frames:v", "1", str(cover))
+    picture = tmp_path / "picture.mp4"  # its only stream is an attached picture: no duration
+    ffmpeg("-i", str(cover), "-map", "0", "-c:v", "mjpeg", "-disposition:v:0", "attached_pic", str(picture))
+    mp3 = tmp_path / "voice.mp3"
+    ffmpeg("-i", str(media.speech), str(mp3))
+    padded = bytes(8192) + mp3.read_bytes()  # leading zero padding
+    d.submit(name, {"voice.mp3": padded, "anna.mp4": media.face_a, "cover.mp4": picture}, marker=False)
+    status = d.wait_finished(name, timeout=JOB_TIMEOUT_S)
+    assert not d.has_event("job.waiting", job_name=name) and not d.has_event("job.incomplete_timeout", job_name=name)
+    videos = {v["input"]: v for v in status["videos"]}
+    assert videos["anna.mp4"]["state"] == "done", status
+    assert status["audio"]["duration_s"] > 2, status
