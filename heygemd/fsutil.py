@@ -27,6 +27,9 @@ RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
 )
 """Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
 
+NO_SPACE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors of a write that found the filesystem (or the user's quota) full."""
+
 DIR_FSYNC_REFUSALS: frozenset[int] = frozenset({errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM})
 """Errors of fsync on a folder from filesystems that cannot do it (some network shares): the rename already
 happened, so they are accepted."""

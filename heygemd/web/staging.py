@@ -6,7 +6,6 @@ staging folder, which is removed at once (or, after a crash, by ``clean_stale``)
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import time
@@ -15,14 +14,13 @@ from pathlib import Path
 
 from heygemd.daemon.claims import CLAIMED
 from heygemd.errors import DiskFull
-from heygemd.fsutil import fsync_dir, own_dir, remove_tree
+from heygemd.fsutil import NO_SPACE_ERRNOS, fsync_dir, own_dir, remove_tree
 from heygemd.names import NameKind, classify_name
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"
 STALE_SECONDS = 24 * 3600.0
 MAX_NAME_BYTES = 180
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def safe_basename(raw: str) -> str:
