@@ -43,6 +43,9 @@ class ClaimRecord(BaseModel):
     claimed_at: AwareDatetime
     host: str
     pid: int
+    process: str | None = None
+    """The owner process beyond its pid (:func:`process_identity`), so a pid reused by another process after the
+    owner died does not hold the claim. Absent in claims written by older versions: then the pid alone decides."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class ClaimedJob:
     """A job taken out of the inbox.
 
     path: ``<state>/claimed/<job_id>`` (holds claim.json); folder: ``path/input``, the user's job folder
-    (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC.
+    (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC; host, pid and process: its
+    owner (see :class:`ClaimRecord`).
     """
 
     job_id: str
@@ -59,6 +63,7 @@ class ClaimedJob:
     claimed_at: datetime
     host: str
     pid: int
+    process: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -110,9 +115,7 @@ def claim(
     """
     claimed_root = own_dir(state_dir, CLAIMED)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
-    record = ClaimRecord(
-        job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(), pid=os.getpid()
-    )
+    record = _owned_by_me(job_id, candidate.name, now())
     try:
         atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
         os.rename(candidate.path, reservation / INPUT_DIR)
@@ -130,7 +133,7 @@ def claim(
         raise
     fsync_dir(claimed_root)
     fsync_dir(candidate.path.parent)
-    return ClaimedJob(job_id, candidate.name, reservation, record.claimed_at, record.host, record.pid)
+    return _claimed_job(record, reservation)
 
 
 def _real_dir(path: Path) -> bool:
@@ -153,7 +156,7 @@ def read_claim(path: Path) -> ClaimedJob | None:
     except (FileNotFoundError, ValidationError, HeygemdError):
         mtime = os.lstat(path).st_mtime
         return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(mtime, timezone.utc), "", 0)
-    return ClaimedJob(rec.job_id, rec.name, path, rec.claimed_at, rec.host, rec.pid)
+    return _claimed_job(rec, path)
 
 
 def claimed_jobs(state_dir: Path) -> list[ClaimedJob]:
@@ -180,12 +183,44 @@ def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, 
 
 LEASE_SECONDS = 600.0
 """A claim held by a process on another machine is taken over only when its claim.json has not been touched
-(``renew_lease``) for this long: that daemon is gone. On this machine, whether its pid is alive decides."""
+(``renew_lease``) for this long: that daemon is gone. On this machine, whether its process is alive decides."""
 
 
 def renew_lease(claimed: ClaimedJob) -> None:
     """Touch claim.json: "the job is being worked on", for daemons on other machines sharing the inbox."""
     os.utime(claimed.path / CLAIM_FILE)
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of process ``pid`` on this machine (the start time in clock ticks since boot,
+    field 22 of ``/proc/<pid>/stat``): the same for as long as that process lives, another for whichever process
+    gets its pid next, also after a reboot. None when it cannot be read (no such process, no /proc)."""
+    try:
+        boot = BOOT_ID.read_text(encoding="ascii").strip()
+        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = stat_line.rpartition(")")[2].split()  # after the command name, which may hold spaces and ")"
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+def _owned_by_me(job_id: str, name: str, claimed_at: datetime) -> ClaimRecord:
+    pid = os.getpid()
+    return ClaimRecord(
+        job_id=job_id,
+        name=name,
+        claimed_at=claimed_at,
+        host=socket.gethostname(),
+        pid=pid,
+        process=process_identity(pid),
+    )
+
+
+def _claimed_job(record: ClaimRecord, path: Path) -> ClaimedJob:
+    return ClaimedJob(record.job_id, record.name, path, record.claimed_at, record.host, record.pid, record.process)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -200,27 +235,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
-    """Whether another live process (here or on another machine) is working on ``claimed`` right now."""
+def held_by(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> str | None:
+    """Why another live process (here or on another machine) is working on ``claimed`` right now, or None when
+    none is. On this machine: its pid is alive and, where the claim recorded it, is still the same process (a
+    pid reused by another process holds nothing). On another: claim.json was touched less than
+    ``lease_seconds`` ago."""
     if claimed.host == socket.gethostname():
-        return claimed.pid != os.getpid() and _pid_alive(claimed.pid)
+        if claimed.pid == os.getpid() or not _pid_alive(claimed.pid):
+            return None
+        if claimed.process is not None and process_identity(claimed.pid) != claimed.process:
+            return None  # the owner died and its pid now belongs to another process
+        return f"process {claimed.pid} on this host is alive"
     if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
-        return False
+        return None
     try:
         touched = (claimed.path / CLAIM_FILE).stat().st_mtime
     except FileNotFoundError:
-        return False
-    return (time.time() if now is None else now) - touched < lease_seconds
+        return None
+    age = (time.time() if now is None else now) - touched
+    if age >= lease_seconds:
+        return None
+    return f"{claimed.host} renewed its lease {age:.0f} s ago (it is taken over after {lease_seconds:.0f} s)"
+
+
+def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Whether another live process (here or on another machine) is working on ``claimed`` right now
+    (:func:`held_by` says why)."""
+    return held_by(claimed, now=now, lease_seconds=lease_seconds) is not None
 
 
 def take_over(claimed: ClaimedJob) -> ClaimedJob:
     """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
-    record = ClaimRecord(
-        job_id=claimed.job_id,
-        name=claimed.name,
-        claimed_at=claimed.claimed_at,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-    )
+    record = _owned_by_me(claimed.job_id, claimed.name, claimed.claimed_at)
     atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
-    return ClaimedJob(record.job_id, record.name, claimed.path, record.claimed_at, record.host, record.pid)
+    return _claimed_job(record, claimed.path)

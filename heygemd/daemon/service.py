@@ -19,7 +19,7 @@ from typing import Literal
 import structlog
 
 from heygemd.daemon.cancel import read_request
-from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_elsewhere, remove_stale_reservations, take_over
+from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
@@ -214,6 +214,8 @@ class Service:
         self._refused: dict[str, str] = {}
         self._inbox_problem: str | None = None
         self._bad_names: set[str] = set()
+        self._held: dict[str, str] = {}
+        """Claimed jobs another live process holds, and why (each logged when it is first skipped)."""
         """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
         """The event last logged for an inbox that could not be scanned (None while it can)."""
         """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
@@ -261,10 +263,20 @@ class Service:
         """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause (a
         paused job with a cancel request does not wait: it is only finished as cancelled), now owned by this
         process."""
-        for claimed in claimed_jobs(self.settings.paths.state_dir):
+        claims = claimed_jobs(self.settings.paths.state_dir)
+        for gone in set(self._held) - {c.job_id for c in claims}:
+            del self._held[gone]
+        for claimed in claims:
             pausing = self.retry_at.get(claimed.job_id, -float("inf")) > now and read_request(claimed.path) is None
-            if pausing or held_elsewhere(claimed):
+            if pausing:
                 continue
+            holder = held_by(claimed)
+            if holder is not None:
+                if claimed.job_id not in self._held:
+                    log.info("job.held_elsewhere", job_id=claimed.job_id, why=holder)
+                self._held[claimed.job_id] = holder
+                continue
+            self._held.pop(claimed.job_id, None)
             log.info(
                 "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",
                 job_id=claimed.job_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import multiprocessing
 import os
 import shutil
@@ -23,7 +24,9 @@ from heygemd.daemon.claims import (
     ClaimedJob,
     claim,
     claimed_jobs,
+    held_by,
     held_elsewhere,
+    process_identity,
     read_claim,
     remove_stale_reservations,
     renew_lease,
@@ -602,12 +605,61 @@ def test_a_claim_of_a_live_process_on_this_host_is_held_elsewhere(tmp_path: Path
     assert not held_elsewhere(claimed)  # our own claim
     child = subprocess.Popen(["sleep", "30"])
     try:
-        other = dataclasses.replace(claimed, pid=child.pid)
+        other = dataclasses.replace(claimed, pid=child.pid, process=process_identity(child.pid))
         assert held_elsewhere(other)
     finally:
         child.kill()
         child.wait()
-    assert not held_elsewhere(dataclasses.replace(claimed, pid=child.pid))  # it died: free to resume
+    assert not held_elsewhere(other)  # it died: free to resume
+
+
+def _claimed_by(claimed: ClaimedJob, pid: int, process: str | None) -> ClaimedJob:
+    """``claimed`` as a claim.json written by process ``pid`` (``process``: its identity; None: an older heygemd
+    that did not record one) says it, read back as a restart reads it."""
+    record = json.loads((claimed.path / "claim.json").read_bytes())
+    record.update(pid=pid, host=socket.gethostname())
+    record.pop("process", None)
+    if process is not None:
+        record["process"] = process
+    (claimed.path / "claim.json").write_text(json.dumps(record))
+    again = read_claim(claimed.path)
+    assert again is not None
+    return again
+
+
+def test_a_pid_now_used_by_another_process_does_not_hold_the_claim(tmp_path: Path) -> None:
+    claimed = _claimed(tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        owner = process_identity(child.pid)
+        assert owner is not None
+        assert held_by(_claimed_by(claimed, child.pid, owner)) == f"process {child.pid} on this host is alive"
+        boot, started = owner.rsplit(":", 1)
+        reused = _claimed_by(claimed, child.pid, f"{boot}:{int(started) - 1}")  # the owner died, its pid went on
+        assert not held_elsewhere(reused) and held_by(reused) is None
+        assert held_elsewhere(_claimed_by(claimed, child.pid, None))  # an older claim.json: the pid decides
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_skipped_claim_is_logged_once_with_why(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    claimed = _claimed(tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        _claimed_by(claimed, child.pid, process_identity(child.pid))
+        service = Service(settings, lambda _c: pytest.fail("held by another process"), completeness=None)
+        with structlog.testing.capture_logs() as logs:
+            assert [service.step(now).action for now in (0.0, 1.0, 2.0)] == ["idle"] * 3
+    finally:
+        child.kill()
+        child.wait()
+    held = [e for e in logs if e["event"] == "job.held_elsewhere"]
+    assert [(e["job_id"], e["why"]) for e in held] == [("job", f"process {child.pid} on this host is alive")]
 
 
 def test_a_claim_from_another_host_is_held_while_its_lease_is_fresh(tmp_path: Path) -> None:
