@@ -212,13 +212,13 @@ class Service:
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
         self._waiting_written: dict[str, tuple[str, ...]] | None = None
         self._refused: dict[str, str] = {}
+        """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
         self._inbox_problem: str | None = None
+        """The event last logged for an inbox that could not be scanned (None while it can)."""
         self._bad_names: set[str] = set()
+        """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
         self._held: dict[str, str] = {}
         """Claimed jobs another live process holds, and why (each logged when it is first skipped)."""
-        """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
-        """The event last logged for an inbox that could not be scanned (None while it can)."""
-        """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
 
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""

@@ -20,11 +20,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from heygemd.daemon.cancel import CancelAnswer, cancel_for
-from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
+from heygemd.daemon.claims import CLAIM_FILE, CLAIM_FILE_MAX_BYTES, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
-from heygemd.fsutil import fsync_dir, own_subdirs, remove_tree
+from heygemd.errors import HeygemdError
+from heygemd.fsutil import fsync_dir, own_subdirs, read_regular, remove_tree
 from heygemd.names import plain_name
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog
@@ -44,8 +45,8 @@ def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
         if not folder.name.startswith(status.job_id):
             continue
         try:
-            record = ClaimRecord.model_validate_json((folder / CLAIM_FILE).read_bytes())
-        except (OSError, ValidationError):
+            record = ClaimRecord.model_validate_json(read_regular(folder / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
+        except (OSError, ValidationError, HeygemdError):  # a link or a FIFO there is never followed nor waited on
             continue
         if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
             return folder
