@@ -14,7 +14,7 @@ import structlog
 
 from heygemd.errors import EncodeError, ErrorInfo, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
-from heygemd.names import is_presenter
+from heygemd.names import is_presenter, printable
 from heygemd.pipeline.run import RenderResult, VideoProgress
 
 log = structlog.get_logger("heygemd.batch")
@@ -55,7 +55,7 @@ def render_many(
     show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
     outcomes: list[VideoOutcome] = []
     for number, (video, output) in enumerate(jobs, start=1):
-        label = f"[{number}/{len(jobs)}] {video.name}"
+        label = printable(f"[{number}/{len(jobs)}] {video.name}")
         bar = _ProgressBar(label) if show_bar else None
         try:
             _make_folder(output.parent)
@@ -105,7 +105,7 @@ def summary(outcomes: Sequence[VideoOutcome]) -> str:
     good = sum(o.ok for o in outcomes)
     failed = f", {len(outcomes) - good} failed" if good < len(outcomes) else ""
     lines.append(f"{good} of {len(outcomes)} videos done{failed}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 class _ProgressBar:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from heygemd.engines import SPECS, ModelFiles, resolve, torch_device_name
 from heygemd.errors import ConfigError, HeygemdError
+from heygemd.names import printable
 from heygemd.settings import Settings
 
 
@@ -46,7 +47,7 @@ def format_checks(checks: list[Check]) -> str:
         lines.append(f"{mark}  {check.name}: {check.detail}")
         if not check.ok and check.fix:
             lines.append(f"      fix: {check.fix}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _tools() -> list[Check]:

@@ -157,6 +157,16 @@ class DiskFull(HeygemdError):
     default_hint = "Free space on the outbox or temp filesystem; heygemd tries the video again every few minutes."
 
 
+class OutboxUnavailable(DiskFull):
+    """The outbox refused a write (share gone, read-only, I/O error): like a full disk, the machine's problem, not
+    the job's; the job stays claimed and is tried again later."""
+
+    code = "OUTBOX_UNAVAILABLE"
+    default_hint = (
+        "Check that the outbox's share is mounted and writable; heygemd tries the job again every few minutes."
+    )
+
+
 class Interrupted(HeygemdError):
     """The daemon is stopping; the current video will be redone on the next start."""
 

@@ -1,5 +1,6 @@
-"""Atomic publish, in one place: write under a temporary name, fsync, rename into place, fsync the folder; and
-the one way to open a file a job supplies (:func:`open_regular`).
+"""Atomic publish, in one place: write under a temporary name, fsync, rename into place, fsync the folder; the
+one way to open a file a job supplies (:func:`open_regular`); and heygemd's own folders (:func:`own_dir`,
+:func:`own_subdirs`, :func:`remove_tree`), where a link is never followed.
 
 Readers (people on an SMB share, ``heygemd status``, the web pages) see the old file or the new one, never a
 half-written one. Every file heygemd publishes goes through here: status.json, claim.json, encoded outputs,
@@ -18,13 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from heygemd.errors import FileTooLarge, NotRegularFile, UnsafePath
+from heygemd.errors import ConfigError, FileTooLarge, NotRegularFile, UnsafePath
 from heygemd.names import is_heygemd_temp, temp_path
 
 RETRYABLE_REPLACE_ERRNOS: frozenset[int] = frozenset(
     {errno.EACCES, errno.EPERM, errno.EBUSY, errno.ETXTBSY, errno.EAGAIN, errno.EIO, errno.ESTALE}
 )
 """Errors ``os.replace`` gives on SMB while a Windows client holds the target open (or on a flaky NAS)."""
+
+NO_SPACE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors of a write that found the filesystem (or the user's quota) full."""
 
 DIR_FSYNC_REFUSALS: frozenset[int] = frozenset({errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EACCES, errno.EPERM})
 """Errors of fsync on a folder from filesystems that cannot do it (some network shares): the rename already
@@ -122,7 +126,8 @@ def publish_written(temp: Path, final: Path) -> None:
 
 def remove_temps(folder: Path, *, min_age_s: float = 0.0, now: float | None = None) -> list[Path]:
     """Remove heygemd's own temporary files directly in ``folder`` (only names :func:`heygemd.names.is_heygemd_temp`
-    recognises; a link is removed itself, never its target). Returns what was removed. A missing folder is fine.
+    recognises; a link is removed itself, never its target). Returns what was removed. A missing folder is fine;
+    a ``folder`` that is itself a link is not looked into.
 
     ``min_age_s``: leave temps modified more recently than this (a folder other processes may write in, such
     as the shared face cache); 0 removes all (a job's own folders, while this process holds the job).
@@ -130,7 +135,10 @@ def remove_temps(folder: Path, *, min_age_s: float = 0.0, now: float | None = No
     now = time.time() if now is None else now
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return removed
+        with os.scandir(folder) as it:
+            entries = list(it)
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
@@ -203,3 +211,140 @@ def fd_path(fd: int) -> str:
     """The name under which a child process started with ``pass_fds=(fd,)`` opens the very file behind ``fd``
     (ffmpeg and ffprobe take it as an input); whatever is at the original path by then does not matter."""
     return f"/proc/self/fd/{fd}"
+
+
+# ---------------------------------------------------------------------------------------------- heygemd's own folders
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _own(path: Path, *, parents: bool) -> Path:
+    try:
+        path.mkdir(parents=parents)
+    except FileExistsError:
+        pass
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        raise ConfigError(
+            f"is a symbolic link to {os.readlink(path)}; heygemd never follows a link where it keeps its own folders",
+            path=path,
+            hint="Remove the link: heygemd creates the folder itself. To keep heygemd's files elsewhere, set "
+            "paths.state or paths.cache.",
+        )
+    if not stat.S_ISDIR(mode):
+        raise ConfigError(
+            "is not a folder; heygemd keeps its own files there",
+            path=path,
+            hint="Remove or rename it: heygemd creates the folder itself.",
+        )
+    return path
+
+
+def own_dir(root: Path, *names: str) -> Path:
+    """``root/names[0]/names[1]/...`` as a folder of heygemd's own (the state folder and its sub-folders, the
+    cache): ``root`` and each level below it created when missing, and each a real folder, never a symbolic link
+    (:class:`ConfigError` naming where the link points), so nothing heygemd keeps there lands outside it.
+    Returns the deepest folder. Every state sub-folder is made and checked here, by its users, right before use."""
+    folder = _own(Path(root), parents=True)
+    for name in names:
+        folder = _own(folder / name, parents=False)
+    return folder
+
+
+def own_subdirs(root: Path, *names: str) -> list[Path]:
+    """The real sub-folders (never links) of heygemd's own folder ``root/names...``, sorted; none when that folder
+    is missing, or it or a level above it up to ``root`` is a link or not a folder (it is never walked into)."""
+    levels = [Path(root)]
+    for name in names:
+        levels.append(levels[-1] / name)
+    for level in levels:
+        try:
+            if not stat.S_ISDIR(os.lstat(level).st_mode):
+                return []
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    try:
+        with os.scandir(levels[-1]) as it:
+            return sorted(Path(entry.path) for entry in it if entry.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):  # gone meanwhile (a delete running at the same time)
+        return []
+
+
+def _unlink_all_but_folders(fd: int) -> list[str]:
+    """Unlink every entry of the folder open as ``fd`` that is not a folder (links included: never followed);
+    return the names of its sub-folders."""
+    folders: list[str] = []
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.name)
+            continue
+        try:
+            os.unlink(entry.name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+    return folders
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything in it, at any depth, never following a symbolic link (a link given as
+    ``path`` is removed itself). A missing ``path`` is fine.
+
+    Not ``shutil.rmtree``: in Python 3.11 it recurses once per level and a folder nested ~1000 deep (any user of
+    the share can make one in a job) raises RecursionError. This walks with one open folder at a time, by
+    descriptor (so no path grows past PATH_MAX and a folder swapped for a link is never entered: ``O_NOFOLLOW``),
+    going back up through ``..`` and checking that it arrives where it came from.
+    """
+    path = Path(path)
+    parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = -1
+    try:
+        try:
+            fd = os.open(path.name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(path.name, dir_fd=parent_fd)  # a link or a file: itself, never what it points to
+            return
+        info = os.fstat(fd)
+        chain: list[tuple[str, tuple[int, int], list[str]]] = [
+            (path.name, (info.st_dev, info.st_ino), _unlink_all_but_folders(fd))
+        ]
+        while chain:
+            name, _ident, pending = chain[-1]
+            if pending:
+                sub = pending.pop()
+                try:
+                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    os.unlink(sub, dir_fd=fd)  # swapped for a link or a file since it was listed
+                    continue
+                os.close(fd)
+                fd = child
+                info = os.fstat(fd)
+                chain.append((sub, (info.st_dev, info.st_ino), _unlink_all_but_folders(fd)))
+                continue
+            chain.pop()
+            if not chain:
+                os.close(fd)
+                fd = -1
+                os.rmdir(name, dir_fd=parent_fd)
+                return
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != chain[-1][1]:
+                raise OSError(errno.ESTALE, "a folder was moved away while it was being removed", str(path))
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.close(parent_fd)

@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import string
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,6 +122,30 @@ def encodable_name(name: str) -> bool:
 def shown_name(name: str) -> str:
     """``name`` as text for logs and status.json, also when it is not valid UTF-8."""
     return os.fsencode(name).decode("utf-8", "replace")
+
+
+_BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` as one line that is safe to print on a terminal: every control character (escape sequences,
+    newlines, carriage returns, tabs, BEL, DEL, the C1 range), every bidirectional override (which would show a
+    name reordered) and every byte of a name that is not UTF-8 written as a Python escape (``\\x1b``, ``\\n``,
+    ``\\u202e``, ``\\xe9``); everything else as it is. Every table the CLI prints passes its values through here:
+    names come from whoever can write to the share."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cs") or unicodedata.bidirectional(ch) in _BIDI_CONTROLS:
+            out.append(_SHORT_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------- media kinds

@@ -75,9 +75,9 @@ class IntakeSettings(Section):
     incomplete_timeout: float = Field(
         1800.0,
         ge=0,
-        description="A settled job whose audio or presenter files still look incomplete (0 bytes, "
-        "zero-filled, an MP4/MOV without its index, open for writing) is taken anyway after this long unchanged, "
-        "and those files fail with their errors. 0 takes them at once.",
+        description="A settled job (without .ready) whose audio or presenter files still look incomplete (0 "
+        "bytes, zero-filled, an MP4/MOV without its index, unreadable by ffprobe, open for writing) is taken anyway "
+        "after this long unchanged, and those files fail with their errors. 0 takes them at once.",
     )
     max_job_toml_kb: int = Field(
         64,

@@ -1,5 +1,6 @@
 """What ``heygemd status`` prints: a table of the jobs in the outbox (from their status.json files) and of the
-jobs still waiting in the inbox (and for which file), or one job in detail.
+jobs still waiting in the inbox (and for which file), or one job in detail. Every value is printed through
+``names.printable``: a name with an escape sequence or a newline cannot reach the terminal or break a table.
 
 No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from heygemd.daemon.status import JobStatus, read_status, utc_now
 from heygemd.daemon.waiting import read_waiting
 from heygemd.errors import JobNotFound
+from heygemd.names import printable
 
 
 def _width(text: str) -> int:
@@ -26,6 +28,7 @@ def _pad(text: str, width: int) -> str:
 
 
 def _render(rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines) + "\n"
@@ -94,7 +97,7 @@ def format_status_detail(status: JobStatus) -> str:
         head.append(f"error     [{status.error.code}] {status.error.message}")
         if status.error.hint:
             head.append(f"          hint: {status.error.hint}")
-    out = "\n".join(head) + "\n"
+    out = "\n".join(printable(line) for line in head) + "\n"
     if status.videos:
         rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "OUTPUT"]]
         notes: list[str] = []
@@ -111,7 +114,7 @@ def format_status_detail(status: JobStatus) -> str:
                     notes.append(f"    hint: {warning.hint}")
         out += "\n" + _render(rows)
         if notes:
-            out += "\n" + "\n".join(notes) + "\n"
+            out += "\n" + "\n".join(printable(note) for note in notes) + "\n"
     return out
 
 
@@ -132,12 +135,12 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
         path = Path(outbox) / job_id / "status.json"
         if not path.is_file():
             if job_id in waiting:
-                return f"{job_id}/ is still in the inbox, waiting for: {'; '.join(waiting[job_id])}\n"
+                return printable(f"{job_id}/ is still in the inbox, waiting for: {'; '.join(waiting[job_id])}") + "\n"
             raise JobNotFound(f"no job {job_id!r} in the outbox {outbox} nor waiting in the inbox")
         try:
             return format_status_detail(read_status(path))
         except ValueError as exc:
-            return f"{path}: not a heygemd status file ({str(exc).splitlines()[0]})\n"
+            return printable(f"{path}: not a heygemd status file ({str(exc).splitlines()[0]})") + "\n"
     statuses = []
     for path in sorted(Path(outbox).glob("*/status.json")):
         try:

@@ -44,3 +44,33 @@ def latentsync_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bench.latentsync_weights import build_folder
 
     return build_folder(tmp_path_factory.mktemp("models") / "latentsync")
+
+
+@pytest.fixture
+def nested():
+    """``nested(top, levels, name="d")``: ``top`` with a chain of ``levels`` folders nested below it (and a file at
+    the bottom), made through descriptors, so any depth and path length work. Removed again at teardown with
+    heygemd's own remover: pytest's cleanup (shutil.rmtree) fails on a tree nested ~1000 deep."""
+    from heygemd.fsutil import remove_tree
+
+    made: list[Path] = []
+
+    def make(top: Path, levels: int, name: str = "d") -> Path:
+        top.mkdir(parents=True)
+        made.append(top)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(levels):
+                os.mkdir(name, dir_fd=fd)
+                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            os.close(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+        finally:
+            os.close(fd)
+        return top
+
+    yield make
+    for top in made:
+        if os.path.lexists(top):
+            remove_tree(top)

@@ -6,8 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
+from heygemd.batch import VideoOutcome, summary
 from heygemd.daemon.status import AudioStatus, ErrorStatus, JobStatus, VideoStatus, write_status
+from heygemd.daemon.waiting import write_waiting
 from heygemd.demo import presenter_video
+from heygemd.errors import ErrorInfo
 
 
 def run(heygemd_bin: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
@@ -165,6 +168,55 @@ def test_help_names_the_configuration_file_in_use(tmp_path: Path, heygemd_bin: P
     config.write_text("[video]\ncrf = 20\n")
     proc = run(heygemd_bin, "--help", env={"HEYGEMD_CONFIG": str(config), "COLUMNS": "1000"})  # no line wrapping
     assert proc.returncode == 0 and f"now: {config})" in proc.stdout
+
+
+ESC = "\x1b"
+
+
+def test_status_escapes_control_characters_in_every_field(tmp_path: Path, heygemd_bin: Path) -> None:
+    outbox, state = tmp_path / "outbox", tmp_path / "inbox" / ".heygemd"
+    job = f"les{ESC}]0;owned{chr(7)}son"  # a folder name may hold any byte but / and NUL
+    status = JobStatus(
+        job_id=job,
+        job_name=job,
+        state="failed",
+        audio=AudioStatus(file=f"voice{ESC}[2J.wav"),
+        videos=[
+            VideoStatus(
+                input=f"bob\n{ESC}[31m.mp4",
+                state="failed",
+                error=ErrorStatus(code="NO_FACE", message=f"bob\r{ESC}[1A.mp4: no face", hint="tab\there"),
+            )
+        ],
+    )
+    (outbox / job).mkdir(parents=True)
+    write_status(outbox / job / "status.json", status)
+    write_waiting(state, {f"wait{ESC}[5m": [f"x{ESC}[8m.mp4: 0 bytes so far"]})
+    env = {"HEYGEMD_PATHS__OUTBOX": str(outbox), "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")}
+    table = run(heygemd_bin, "status", env=env)
+    detail = run(heygemd_bin, "status", job, env=env)
+    for proc in (table, detail):
+        assert proc.returncode == 0, proc.stderr
+        assert not any(ch in proc.stdout for ch in (ESC, "\r", "\t", chr(7))), repr(proc.stdout)
+    assert len([line for line in table.stdout.splitlines() if line]) == 4, table.stdout  # 2 headers, 2 rows
+    assert "les\\x1b]0;owned\\x07son" in table.stdout and "wait\\x1b[5m/" in table.stdout
+    assert "bob\\n\\x1b[31m.mp4" in detail.stdout and "bob\\r\\x1b[1A.mp4: no face" in detail.stdout
+    assert "tab\\there" in detail.stdout
+
+
+def test_batch_summary_and_check_escape_control_characters(tmp_path: Path, heygemd_bin: Path) -> None:
+    failed = VideoOutcome(
+        Path(f"a{ESC}[2J.mp4"), tmp_path / "a.mp4", None, ErrorInfo("NO_FACE", f"a\n{ESC}[2J.mp4: no face", "")
+    )
+    text = summary([failed])
+    assert ESC not in text and len(text.splitlines()) == 2 and "a\\x1b[2J.mp4: [NO_FACE] a\\n" in text
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / f"in{ESC}[31mbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+    }
+    check = run(heygemd_bin, "check", env=env)
+    assert ESC not in check.stdout and "in\\x1b[31mbox" in check.stdout, check.stdout
 
 
 def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heygemd_bin: Path) -> None:

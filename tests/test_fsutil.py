@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from heygemd import fsutil
+from heygemd.errors import ConfigError
 from heygemd.names import free_path, is_heygemd_temp, numbered, temp_name, unique_name
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.faces import FaceTrack
@@ -189,3 +190,58 @@ def test_temp_names_fit_in_255_bytes_and_are_still_recognised_as_heygemd_s(tmp_p
     with fsutil.atomic_writer(tmp_path / ("x" * 255)) as fh:  # every publisher's temporary fits
         fh.write(b"ok")
     assert (tmp_path / ("x" * 255)).read_bytes() == b"ok"
+
+
+# ---------------------------------------------------------------------------------------------- heygemd's own folders
+
+
+def test_own_dir_creates_each_level_and_refuses_a_link_at_any_of_them(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert fsutil.own_dir(state, "archive", "2026-05-01") == state / "archive" / "2026-05-01"
+    assert (state / "archive" / "2026-05-01").is_dir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (state / "kept").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match=f"kept: is a symbolic link to {elsewhere}"):
+        fsutil.own_dir(state, "kept", "job")
+    (state / "cache").write_bytes(b"not a folder")
+    with pytest.raises(ConfigError, match="cache: is not a folder"):
+        fsutil.own_dir(state, "cache")
+    linked_state = tmp_path / "linked-state"
+    linked_state.symlink_to(state)
+    with pytest.raises(ConfigError, match="linked-state: is a symbolic link"):
+        fsutil.own_dir(linked_state, "archive")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_own_subdirs_lists_real_folders_only_and_nothing_through_a_link(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "claimed" / "a").mkdir(parents=True)
+    (state / "claimed" / "b").mkdir()
+    (state / "claimed" / "file").write_bytes(b"")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "input").mkdir(parents=True)
+    (state / "claimed" / "planted").symlink_to(elsewhere)
+    assert fsutil.own_subdirs(state, "claimed") == [state / "claimed" / "a", state / "claimed" / "b"]
+    assert fsutil.own_subdirs(state, "missing") == []
+    (state / "archive").symlink_to(elsewhere)
+    assert fsutil.own_subdirs(state, "archive") == []
+
+
+def test_remove_tree_removes_any_depth_and_never_follows_a_link(tmp_path: Path, nested) -> None:
+    deep = nested(tmp_path / "job", 1100)
+    long_names = nested(tmp_path / "long", 40, name="n" * 250)  # 10 kB of path: more than PATH_MAX
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "keep.txt").write_text("keep")
+    (deep / "d" / "link").symlink_to(secret)
+    (deep / "file-link").symlink_to(secret / "keep.txt")
+    fsutil.remove_tree(deep)
+    fsutil.remove_tree(long_names)
+    assert not deep.exists() and not long_names.exists()
+    assert (secret / "keep.txt").read_text() == "keep"
+    link = tmp_path / "top-link"
+    link.symlink_to(secret)
+    fsutil.remove_tree(link)  # a link given as the tree: the link goes, never what it points to
+    assert not os.path.lexists(link) and (secret / "keep.txt").read_text() == "keep"
+    fsutil.remove_tree(tmp_path / "missing")  # nothing there: nothing to do

@@ -45,7 +45,7 @@ from heygemd.daemon.status import (
     write_status,
 )
 from heygemd.errors import AlreadyFinished, CancelRefused, HeygemdError, JobNotFound
-from heygemd.fsutil import atomic_write_bytes, remove_temps
+from heygemd.fsutil import atomic_write_bytes, read_regular, remove_temps
 from heygemd.logs import job_log
 from heygemd.names import plain_name
 from heygemd.settings import Settings
@@ -53,6 +53,8 @@ from heygemd.settings import Settings
 log = structlog.get_logger("heygemd.cancel")
 
 CANCEL_FILE = "cancel.json"
+REQUEST_MAX_BYTES = 64 * 1024
+"""A cancel request is a few hundred bytes; a larger file is not read (it still counts as a request)."""
 CHECK_INTERVAL_S = 0.25
 """Longest a running job goes without looking for its cancel request (a stat on the share, so not every frame)."""
 
@@ -68,15 +70,16 @@ def requested_by(via: str) -> str:
 
 def read_request(claim_path: Path) -> CancelStatus | None:
     """The job's cancel request, or None when there is none. A request file that cannot be parsed (cut short on a
-    share) still is a request: it is dated by its mtime."""
+    share; or not a plain file: it is never followed nor blocked on) still is a request: it is dated by its
+    mtime."""
     path = Path(claim_path) / CANCEL_FILE
     try:
-        return CancelStatus.model_validate_json(path.read_bytes())
+        return CancelStatus.model_validate_json(read_regular(path, max_bytes=REQUEST_MAX_BYTES))
     except FileNotFoundError:
         return None
-    except (ValidationError, ValueError):
+    except (ValidationError, ValueError, HeygemdError):
         try:
-            mtime = path.stat().st_mtime
+            mtime = path.lstat().st_mtime
         except FileNotFoundError:
             return None
         return CancelStatus(requested=datetime.fromtimestamp(mtime, timezone.utc), by="")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +22,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import utc_now
-from heygemd.errors import ConfigError
-from heygemd.fsutil import atomic_write_bytes, fsync_dir
+from heygemd.errors import ConfigError, HeygemdError
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, own_subdirs, read_regular, remove_tree
 from heygemd.names import numbered
 
 CLAIMED = "claimed"
 CLAIM_FILE = "claim.json"
 INPUT_DIR = "input"
+CLAIM_FILE_MAX_BYTES = 64 * 1024
+"""claim.json is a few hundred bytes; a larger one is not heygemd's and is not read (the claim is rebuilt)."""
 
 
 class ClaimRecord(BaseModel):
@@ -41,6 +43,9 @@ class ClaimRecord(BaseModel):
     claimed_at: AwareDatetime
     host: str
     pid: int
+    process: str | None = None
+    """The owner process beyond its pid (:func:`process_identity`), so a pid reused by another process after the
+    owner died does not hold the claim. Absent in claims written by older versions: then the pid alone decides."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class ClaimedJob:
     """A job taken out of the inbox.
 
     path: ``<state>/claimed/<job_id>`` (holds claim.json); folder: ``path/input``, the user's job folder
-    (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC.
+    (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC; host, pid and process: its
+    owner (see :class:`ClaimRecord`).
     """
 
     job_id: str
@@ -57,6 +63,7 @@ class ClaimedJob:
     claimed_at: datetime
     host: str
     pid: int
+    process: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -106,12 +113,9 @@ def claim(
     other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised as is,
     after releasing the reservation: the folder stays in the inbox and a later scan tries again.
     """
-    claimed_root = Path(state_dir) / CLAIMED
-    claimed_root.mkdir(parents=True, exist_ok=True)
+    claimed_root = own_dir(state_dir, CLAIMED)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
-    record = ClaimRecord(
-        job_id=job_id, name=candidate.name, claimed_at=now(), host=socket.gethostname(), pid=os.getpid()
-    )
+    record = _owned_by_me(job_id, candidate.name, now())
     try:
         atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
         os.rename(candidate.path, reservation / INPUT_DIR)
@@ -129,44 +133,48 @@ def claim(
         raise
     fsync_dir(claimed_root)
     fsync_dir(candidate.path.parent)
-    return ClaimedJob(job_id, candidate.name, reservation, record.claimed_at, record.host, record.pid)
+    return _claimed_job(record, reservation)
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def read_claim(path: Path) -> ClaimedJob | None:
-    """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/``:
-    a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json is rebuilt
-    from the folder name and its mtime, so a job is never lost over its bookkeeping."""
+    """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/`` folder, a
+    link being none: a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json
+    (a link, a FIFO, too large, not a claim) is rebuilt from the folder name and its mtime, so a job is never lost
+    over its bookkeeping."""
     path = Path(path)
-    if not (path / INPUT_DIR).is_dir():
+    if not _real_dir(path / INPUT_DIR):
         return None
     try:
-        rec = ClaimRecord.model_validate_json((path / CLAIM_FILE).read_bytes())
-    except (FileNotFoundError, ValidationError):
-        st = path.stat()
-        return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(st.st_mtime, timezone.utc), "", 0)
-    return ClaimedJob(rec.job_id, rec.name, path, rec.claimed_at, rec.host, rec.pid)
+        rec = ClaimRecord.model_validate_json(read_regular(path / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
+    except (FileNotFoundError, ValidationError, HeygemdError):
+        mtime = os.lstat(path).st_mtime
+        return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(mtime, timezone.utc), "", 0)
+    return _claimed_job(rec, path)
 
 
 def claimed_jobs(state_dir: Path) -> list[ClaimedJob]:
-    """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first."""
-    root = Path(state_dir) / CLAIMED
-    if not root.is_dir():
-        return []
-    jobs = [job for p in root.iterdir() if p.is_dir() and (job := read_claim(p)) is not None]
+    """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first. Links there are
+    never followed: only real folders are claims."""
+    jobs = [job for p in own_subdirs(state_dir, CLAIMED) if (job := read_claim(p)) is not None]
     return sorted(jobs, key=lambda j: (j.claimed_at, j.job_id))
 
 
 def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, now: float | None = None) -> list[Path]:
-    """Delete reservations (``claimed/<id>`` without ``input/``) older than ``older_than_s``: left by a crash
-    between reserving and renaming. Young ones are left alone, another process may be mid-claim."""
-    root = Path(state_dir) / CLAIMED
-    if not root.is_dir():
-        return []
+    """Delete reservations (``claimed/<id>`` without an ``input/`` folder) older than ``older_than_s``: left by a
+    crash between reserving and renaming. Young ones are left alone, another process may be mid-claim. Links in
+    ``claimed/`` are not heygemd's and are left alone, never followed."""
     now = time.time() if now is None else now
     removed: list[Path] = []
-    for p in root.iterdir():
-        if p.is_dir() and not (p / INPUT_DIR).exists() and now - p.stat().st_mtime >= older_than_s:
-            shutil.rmtree(p)
+    for p in own_subdirs(state_dir, CLAIMED):
+        if not _real_dir(p / INPUT_DIR) and now - os.lstat(p).st_mtime >= older_than_s:
+            remove_tree(p)
             removed.append(p)
     return removed
 
@@ -175,12 +183,44 @@ def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, 
 
 LEASE_SECONDS = 600.0
 """A claim held by a process on another machine is taken over only when its claim.json has not been touched
-(``renew_lease``) for this long: that daemon is gone. On this machine, whether its pid is alive decides."""
+(``renew_lease``) for this long: that daemon is gone. On this machine, whether its process is alive decides."""
 
 
 def renew_lease(claimed: ClaimedJob) -> None:
     """Touch claim.json: "the job is being worked on", for daemons on other machines sharing the inbox."""
     os.utime(claimed.path / CLAIM_FILE)
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of process ``pid`` on this machine (the start time in clock ticks since boot,
+    field 22 of ``/proc/<pid>/stat``): the same for as long as that process lives, another for whichever process
+    gets its pid next, also after a reboot. None when it cannot be read (no such process, no /proc)."""
+    try:
+        boot = BOOT_ID.read_text(encoding="ascii").strip()
+        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = stat_line.rpartition(")")[2].split()  # after the command name, which may hold spaces and ")"
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+def _owned_by_me(job_id: str, name: str, claimed_at: datetime) -> ClaimRecord:
+    pid = os.getpid()
+    return ClaimRecord(
+        job_id=job_id,
+        name=name,
+        claimed_at=claimed_at,
+        host=socket.gethostname(),
+        pid=pid,
+        process=process_identity(pid),
+    )
+
+
+def _claimed_job(record: ClaimRecord, path: Path) -> ClaimedJob:
+    return ClaimedJob(record.job_id, record.name, path, record.claimed_at, record.host, record.pid, record.process)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,27 +235,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
-    """Whether another live process (here or on another machine) is working on ``claimed`` right now."""
+def held_by(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> str | None:
+    """Why another live process (here or on another machine) is working on ``claimed`` right now, or None when
+    none is. On this machine: its pid is alive and, where the claim recorded it, is still the same process (a
+    pid reused by another process holds nothing). On another: claim.json was touched less than
+    ``lease_seconds`` ago."""
     if claimed.host == socket.gethostname():
-        return claimed.pid != os.getpid() and _pid_alive(claimed.pid)
+        if claimed.pid == os.getpid() or not _pid_alive(claimed.pid):
+            return None
+        if claimed.process is not None and process_identity(claimed.pid) != claimed.process:
+            return None  # the owner died and its pid now belongs to another process
+        return f"process {claimed.pid} on this host is alive"
     if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
-        return False
+        return None
     try:
         touched = (claimed.path / CLAIM_FILE).stat().st_mtime
     except FileNotFoundError:
-        return False
-    return (time.time() if now is None else now) - touched < lease_seconds
+        return None
+    age = (time.time() if now is None else now) - touched
+    if age >= lease_seconds:
+        return None
+    return f"{claimed.host} renewed its lease {age:.0f} s ago (it is taken over after {lease_seconds:.0f} s)"
+
+
+def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Whether another live process (here or on another machine) is working on ``claimed`` right now
+    (:func:`held_by` says why)."""
+    return held_by(claimed, now=now, lease_seconds=lease_seconds) is not None
 
 
 def take_over(claimed: ClaimedJob) -> ClaimedJob:
     """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
-    record = ClaimRecord(
-        job_id=claimed.job_id,
-        name=claimed.name,
-        claimed_at=claimed.claimed_at,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-    )
+    record = _owned_by_me(claimed.job_id, claimed.name, claimed.claimed_at)
     atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
-    return ClaimedJob(record.job_id, record.name, claimed.path, record.claimed_at, record.host, record.pid)
+    return _claimed_job(record, claimed.path)

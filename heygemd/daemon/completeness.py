@@ -4,15 +4,19 @@ A settle time alone is not enough: ``smbclient`` from a slow source keeps a file
 upload and then writes it at once; Windows clients set the final size first and fill it in (zeros until
 then); a client on a flaky VPN stalls for minutes. A media file counts as incomplete when:
 
-* it has 0 bytes, or its first bytes are all zeros (a preallocated file not filled in yet);
+* it has 0 bytes, or its first bytes are all zeros (a preallocated file not filled in yet) and ffprobe finds no
+  stream in it (an MP3 may well start with zero padding);
 * it is an MP4/MOV (ISO media: ``names.MP4_FAMILY_SUFFIXES``) that starts like one, and a top-level box runs
-  past the end of the file, its index (``moov``) is missing, or ffprobe cannot read its duration;
+  past the end of the file, its index (``moov``) is missing, or ffprobe cannot read its streams (a duration is
+  not asked for: a cover picture alone has none);
 * a local process holds it open for writing (Samba included, when heygemd runs on the file server): a
   ``fcntl(F_SETLEASE, F_RDLCK)`` read lease is refused with EAGAIN then. The lease works only on files this
   process owns (or with CAP_LEASE); EACCES/EINVAL/ENOTSUP mean "cannot tell" and the probe is skipped.
 
-The content checks (zeros, boxes, ffprobe) run once per unchanged file (path, size, mtime); the lease probe
-is cheap and runs every time, as "open for writing" changes without the file changing.
+A file that ffprobe reads completely is complete. The content checks (zeros, boxes, ffprobe) run once per
+unchanged file (path, size, mtime); the lease probe is cheap and runs every time, as "open for writing" changes
+without the file changing. None of this holds back a job with its ready marker: the uploader said it is complete
+(see ``readiness``).
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def content_problem(path: Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(ZERO_HEAD_BYTES)
     if not head.strip(b"\0"):
-        return "only zeros so far"
+        return None if _readable(path) else "only zeros so far"
     if not (is_mp4_family(path) and len(head) >= 8 and head[4:8] in MP4_FIRST_BOXES):
         return None  # not ISO media (or not an MP4 at all: it fails later as NOT_MEDIA)
     atoms = top_level_atoms(path)
@@ -76,25 +80,22 @@ def content_problem(path: Path) -> str | None:
             return f"its '{name}' box needs {offset + box_size} bytes, {size} so far"
     if not any(name == "moov" for name, _, _ in atoms):
         return "no index ('moov' box) yet"
-    return _duration_problem(path)
+    return None if _readable(path) else "its streams are not readable yet"
 
 
-def _duration_problem(path: Path) -> str | None:
+def _readable(path: Path) -> bool:
+    """Whether ffprobe opens ``path`` without an error and finds at least one stream in it (True when ffprobe is
+    missing: that cannot be told here; the job fails with TOOL_MISSING and its fix, and heygemd check says so)."""
     try:
         ffprobe = find_tool("ffprobe")
     except ToolMissing:
-        return None  # cannot tell; the job fails with TOOL_MISSING and its fix (heygemd check says so too)
-    argv = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", media_url(path)]
+        return True
+    argv = [ffprobe, "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", media_url(path)]
     try:
         result = run_probe(argv, path, timeout=60.0)
     except DecodeError:  # ffprobe hung (a stalled share): not readable yet
-        return "its duration is not readable yet"
-    text = result.stdout.decode("utf-8", "replace").strip()
-    try:
-        duration = float(text)
-    except ValueError:
-        return "its duration is not readable yet"
-    return None if result.returncode == 0 and duration > 0 else "its duration is not readable yet"
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
 
 
 class CompletenessCheck:

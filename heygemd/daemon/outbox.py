@@ -7,12 +7,13 @@ files of unknown origin, is never written into: the job gets ``<job-id>-2`` and 
 Once the outputs are safe, the claimed inputs (``<state>/claimed/<job-id>``) are archived to
 ``<state>/archive/<YYYY-MM-DD>/<job-id>`` (pruned after the retention time), deleted, or kept in
 ``<state>/kept/<job-id>`` (never pruned). Either way they leave ``claimed/``, so a restart does not resume them.
+Each of these state folders is checked to be a real folder before use (``fsutil.own_dir``), and links in them
+are never walked into: nothing is moved or deleted outside the state folder.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from heygemd.daemon.claims import ClaimedJob
 from heygemd.daemon.status import read_status, utc_now
-from heygemd.fsutil import fsync_dir
+from heygemd.fsutil import fsync_dir, own_dir, own_subdirs, remove_tree
 from heygemd.names import free_path, numbered
 from heygemd.settings import InputsAfter
 
@@ -68,26 +69,24 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
     """Move a finished job's claimed folder out of ``claimed/`` according to ``inputs_after``
     (``settings.outbox.inputs_after``). Call only once the outputs and status.json are written.
 
-    Returns where the inputs went (None when deleted). Moves are renames within the state dir.
+    Returns where the inputs went (None when deleted). Moves are renames within the state dir. A state folder that
+    is a link raises ConfigError (``fsutil.own_dir``) and the inputs stay claimed.
     """
     now = now or utc_now()
     if inputs_after == "delete":
         # Rename out of claimed/ first (atomic), then delete: a kill halfway through the delete must not leave a
         # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
-        trash = claimed.state_dir / TRASH
-        trash.mkdir(parents=True, exist_ok=True)
-        target = free_path(trash / claimed.job_id)
+        target = free_path(own_dir(claimed.state_dir, TRASH) / claimed.job_id)
         claimed.path.rename(target)
         fsync_dir(claimed.path.parent)
-        shutil.rmtree(target)
+        remove_tree(target)
         return None
     if inputs_after == "archive":
-        parent = claimed.state_dir / ARCHIVE / now.astimezone(timezone.utc).strftime("%Y-%m-%d")
+        parent = own_dir(claimed.state_dir, ARCHIVE, now.astimezone(timezone.utc).strftime("%Y-%m-%d"))
     elif inputs_after == "keep":
-        parent = claimed.state_dir / KEPT
+        parent = own_dir(claimed.state_dir, KEPT)
     else:
         raise ValueError(f"inputs_after must be archive, delete or keep, not {inputs_after!r}")
-    parent.mkdir(parents=True, exist_ok=True)
     target = free_path(parent / claimed.job_id)
     claimed.path.rename(target)
     fsync_dir(parent)
@@ -97,26 +96,24 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
 
 def empty_trash(state_dir: Path) -> None:
     """Finish deletes that a kill interrupted (see ``finish_inputs``)."""
-    trash = Path(state_dir) / TRASH
-    if trash.is_dir():
-        for folder in trash.iterdir():
-            shutil.rmtree(folder, ignore_errors=True)  # what a share holds open now goes at the next start
+    for folder in own_subdirs(state_dir, TRASH):
+        try:
+            remove_tree(folder)
+        except OSError:  # what a share holds open now goes at the next start
+            continue
 
 
 def prune_archive(state_dir: Path, retention_days: float, now: datetime | None = None) -> list[Path]:
     """Delete archive day folders whose whole day lies more than ``retention_days`` before ``now``.
 
-    ``retention_days`` 0 keeps everything. Only folders named YYYY-MM-DD are touched. Returns what was removed.
+    ``retention_days`` 0 keeps everything. Only real folders named YYYY-MM-DD are touched. Returns what was removed.
     """
     if retention_days <= 0:
         return []
-    root = Path(state_dir) / ARCHIVE
-    if not root.is_dir():
-        return []
     now = now or utc_now()
     removed: list[Path] = []
-    for day_dir in sorted(root.iterdir()):
-        if not (day_dir.is_dir() and _DATE_DIR.match(day_dir.name)):
+    for day_dir in own_subdirs(state_dir, ARCHIVE):
+        if not _DATE_DIR.match(day_dir.name):
             continue
         try:
             day = date.fromisoformat(day_dir.name)
@@ -124,6 +121,6 @@ def prune_archive(state_dir: Path, retention_days: float, now: datetime | None =
             continue
         day_end = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
         if now - day_end >= timedelta(days=retention_days):
-            shutil.rmtree(day_dir)
+            remove_tree(day_dir)
             removed.append(day_dir)
     return removed

@@ -1,12 +1,12 @@
 """Readiness: which inbox entries are jobs, and when a job folder is completely copied.
 
-A job is ready when its ``.ready`` marker exists (at once), or when nothing in it changed for
-``settle_seconds``; never while a file that means "copy in flight" is present, never when it holds no real
-file, and not while one of its audio or presenter files is still incomplete (:mod:`completeness`: empty,
-zero-filled, an MP4/MOV without its index or an unreadable duration, or open for writing by a local
-process) -- unless it stayed so, unchanged, for ``incomplete_timeout``: then it is taken and the broken file
-fails with its own clear error. :class:`ReadinessTracker` is the one place this rule lives; ``heygemd run``
-and ``heygemd once`` both use it.
+A job is ready when its ``.ready`` marker exists (at once: a file that is still broken then fails with its own
+error), or when nothing in it changed for ``settle_seconds`` and its audio and presenter files are complete
+(:mod:`completeness`: not empty, not zero-filled unless ffprobe reads them, an MP4/MOV with its index and
+streams ffprobe reads, not open for writing by a local process) -- or they stayed incomplete, unchanged, for
+``incomplete_timeout``: then it is taken and the broken file fails with its own clear error. Never while a file
+that means "copy in flight" is present, never when it holds no real file. :class:`ReadinessTracker` is the one
+place this rule lives; ``heygemd run`` and ``heygemd once`` both use it.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from heygemd.daemon.completeness import CompletenessCheck
-from heygemd.names import NameKind, classify_name, encodable_name, shown_name
-
-log = structlog.get_logger("heygemd.intake")
+from heygemd.names import NameKind, classify_name, encodable_name
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,16 @@ def _same_path(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
+def scan_inbox(
+    inbox: Path, state_dir: Path | None = None, *, on_bad_name: Callable[[str], None] | None = None
+) -> list[Candidate]:
     """The job folders directly under ``inbox``, sorted by name.
 
     Skipped: files, symlinks, the state directory, dot/junk folders, and folders whose own name says they
-    are still being uploaded (``JOB.partial``). A missing inbox raises FileNotFoundError (the share is not
-    mounted: the caller should pause, not conclude the inbox is empty).
+    are still being uploaded (``JOB.partial``). A folder whose name is not valid UTF-8 is skipped too, and
+    given to ``on_bad_name`` (the daemon says it once per name; the web pages scan several times a second and
+    say nothing). A missing inbox raises FileNotFoundError (the share is not mounted: the caller should pause,
+    not conclude the inbox is empty).
     """
     inbox = Path(inbox)
     found: list[Candidate] = []
@@ -57,11 +58,8 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
             if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:
                 continue
             if not encodable_name(entry.name):
-                log.warning(
-                    "inbox.bad_name",
-                    folder=shown_name(entry.name),
-                    hint="The folder name is not valid UTF-8; rename it to take it as a job.",
-                )
+                if on_bad_name is not None:
+                    on_bad_name(entry.name)
                 continue
             if state_dir is not None and _same_path(Path(entry.path), Path(state_dir)):
                 continue
@@ -74,7 +72,8 @@ def scan_inbox(inbox: Path, state_dir: Path | None = None) -> list[Candidate]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a job folder holds right now, recursively, junk excluded.
+    """What a job folder holds right now, to :data:`MAX_WALK_DEPTH` levels and :data:`MAX_WALK_ENTRIES` names, junk
+    excluded.
 
     entries: (relative path, size, mtime_ns) of every ordinary file and (relative path/, 0, 0) of every
     ordinary folder, sorted (symlinks are recorded as entries too, never followed). in_flight: relative paths
@@ -92,18 +91,47 @@ class Snapshot:
     Explorer or Finder keep old mtimes, but the ctime is when the file arrived)."""
 
 
-def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
-    """Walk ``folder`` and record names, sizes and mtimes (see :class:`Snapshot`)."""
+MAX_WALK_DEPTH = 16
+"""How many folder levels of a job the snapshot looks into. A job uses only the files directly in its folder; the
+levels below are walked only so that a copy still running there delays readiness. A folder nested thousands deep
+(anyone on the share can make one) costs no more than this."""
+
+MAX_WALK_ENTRIES = 10_000
+"""How many names of one job folder a snapshot records, level by level, each folder in name order, so the same
+content always gives the same snapshot. A job is one audio and a few presenters: a folder of millions of files
+must not make every scan slow and large."""
+
+
+def take_snapshot(
+    folder: Path,
+    ready_marker: str = ".ready",
+    *,
+    max_depth: int = MAX_WALK_DEPTH,
+    max_entries: int = MAX_WALK_ENTRIES,
+) -> Snapshot:
+    """Walk ``folder`` and record names, sizes and mtimes (see :class:`Snapshot`): breadth first, iteratively,
+    at most ``max_depth`` levels and ``max_entries`` names (:data:`MAX_WALK_DEPTH`, :data:`MAX_WALK_ENTRIES`)."""
     entries: list[tuple[str, int, int]] = []
     in_flight: list[str] = []
     has_marker = False
-    newest = 0
-
-    def walk(directory: str, prefix: str) -> None:
-        nonlocal has_marker, newest
-        with os.scandir(directory) as it:
-            children = list(it)
+    try:
+        top = os.stat(folder, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
+    newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
+    pending: deque[tuple[str, str, int]] = deque([(str(folder), "", 0)])  # (folder, its relative prefix, depth)
+    while pending and len(entries) < max_entries:
+        directory, prefix, depth = pending.popleft()
+        try:
+            with os.scandir(directory) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            if not prefix:
+                return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
+            continue  # a sub-folder renamed or removed since it was listed: the next snapshot differs anyway
         for entry in children:
+            if len(entries) >= max_entries:
+                break
             rel = prefix + entry.name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -116,26 +144,18 @@ def take_snapshot(folder: Path, ready_marker: str = ".ready") -> Snapshot:
                     continue
                 if kind is NameKind.JUNK:
                     continue
+                st = entry.stat(follow_symlinks=False)
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
                 if is_dir:
                     entries.append((rel + "/", 0, 0))
-                    st = entry.stat(follow_symlinks=False)
-                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-                    walk(entry.path, rel + "/")
+                    if depth + 1 < max_depth:
+                        pending.append((entry.path, rel + "/", depth + 1))
                 else:
-                    st = entry.stat(follow_symlinks=False)
                     entries.append((rel, st.st_size, st.st_mtime_ns))
-                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
             except FileNotFoundError:
                 # Deleted or renamed between listing and stat (a producer renaming x.part -> x):
                 # the next snapshot sees the new name; this one simply differs from it.
                 continue
-
-    try:
-        top = os.stat(folder, follow_symlinks=False)
-        newest = max(top.st_mtime_ns, top.st_ctime_ns)  # a folder moved into the inbox: its ctime is the arrival
-        walk(str(folder), "")
-    except (FileNotFoundError, NotADirectoryError):
-        return Snapshot(entries=(), in_flight=(), has_marker=False, has_files=False, gone=True)
     return Snapshot(
         entries=tuple(sorted(entries)),
         in_flight=tuple(sorted(in_flight)),
@@ -242,8 +262,10 @@ class ReadinessTracker:
             return Readiness(ReadyReason.IN_FLIGHT, in_flight=snap.in_flight)
         if not snap.has_files:
             return Readiness(ReadyReason.EMPTY)
+        if snap.has_marker:  # the uploader says the copy is complete: a file still broken fails with its own error
+            return Readiness(ReadyReason.MARKER)
         unchanged = now - seen.since
-        if not snap.has_marker and unchanged < self.settle_seconds:
+        if unchanged < self.settle_seconds:
             seen.deadline = seen.since + self.settle_seconds
             return Readiness(ReadyReason.SETTLING, wait_s=self.settle_seconds - unchanged)
         incomplete = self.completeness.incomplete(folder, snap.entries) if self.completeness and folder else ()
@@ -253,7 +275,7 @@ class ReadinessTracker:
                 left = float("inf") if seen.deadline is None else seen.deadline - now
                 return Readiness(ReadyReason.INCOMPLETE, incomplete=incomplete, wait_s=left)
             return Readiness(ReadyReason.TIMED_OUT, incomplete=incomplete)
-        return Readiness(ReadyReason.MARKER if snap.has_marker else ReadyReason.SETTLED)
+        return Readiness(ReadyReason.SETTLED)
 
     def forget(self, name: str) -> None:
         """Drop what is known about ``name`` (after claiming it)."""

@@ -19,7 +19,7 @@ from typing import Literal
 import structlog
 
 from heygemd.daemon.cancel import read_request
-from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_elsewhere, remove_stale_reservations, take_over
+from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
@@ -27,9 +27,10 @@ from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import report_failure
-from heygemd.fsutil import remove_temps
+from heygemd.errors import ConfigError, report_failure
+from heygemd.fsutil import own_dir, own_subdirs, remove_temps
 from heygemd.lipsync import LipSyncSession
+from heygemd.names import shown_name
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.service")
@@ -210,6 +211,14 @@ class Service:
         self.waiting: dict[str, tuple[str, ...]] = {}
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
         self._waiting_written: dict[str, tuple[str, ...]] | None = None
+        self._refused: dict[str, str] = {}
+        """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
+        self._inbox_problem: str | None = None
+        """The event last logged for an inbox that could not be scanned (None while it can)."""
+        self._bad_names: set[str] = set()
+        """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
+        self._held: dict[str, str] = {}
+        """Claimed jobs another live process holds, and why (each logged when it is first skipped)."""
 
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
@@ -245,16 +254,29 @@ class Service:
         except OSError as exc:  # a share refusing one write: the log still says it, the next change retries
             log.warning("waiting.write_failed", error=f"{exc.filename}: {exc.strerror}")
             return
+        except ConfigError as exc:  # the state folder became a link: never written through
+            log.warning("waiting.write_failed", error=exc.message, hint=exc.hint)
+            return
         self._waiting_written = current
 
     def _next_claimed(self, now: float) -> ClaimedJob | None:
         """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause (a
         paused job with a cancel request does not wait: it is only finished as cancelled), now owned by this
         process."""
-        for claimed in claimed_jobs(self.settings.paths.state_dir):
+        claims = claimed_jobs(self.settings.paths.state_dir)
+        for gone in set(self._held) - {c.job_id for c in claims}:
+            del self._held[gone]
+        for claimed in claims:
             pausing = self.retry_at.get(claimed.job_id, -float("inf")) > now and read_request(claimed.path) is None
-            if pausing or held_elsewhere(claimed):
+            if pausing:
                 continue
+            holder = held_by(claimed)
+            if holder is not None:
+                if claimed.job_id not in self._held:
+                    log.info("job.held_elsewhere", job_id=claimed.job_id, why=holder)
+                self._held[claimed.job_id] = holder
+                continue
+            self._held.pop(claimed.job_id, None)
             log.info(
                 "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",
                 job_id=claimed.job_id,
@@ -276,14 +298,29 @@ class Service:
         bytes.
         """
         paths = self.settings.paths
+        bad_names: list[str] = []
         try:
-            candidates = scan_inbox(paths.inbox, paths.state_dir)
-        except FileNotFoundError:
-            log.warning("inbox.missing", inbox=str(paths.inbox), hint="is the share mounted?")
+            candidates = scan_inbox(paths.inbox, paths.state_dir, on_bad_name=bad_names.append)
+        except OSError as exc:  # unmounted, stale or unreadable: said once, looked at again at the next scan
+            event = "inbox.missing" if isinstance(exc, FileNotFoundError) else "inbox.unreadable"
+            if self._inbox_problem != event:
+                self._inbox_problem = event
+                log.warning(event, inbox=str(paths.inbox), error=exc.strerror, hint="Is the share mounted?")
             return None
+        self._inbox_problem = None
+        for name in sorted(set(bad_names) - self._bad_names):
+            log.warning(
+                "inbox.bad_name",
+                folder=shown_name(name),
+                hint="The folder name is not valid UTF-8; rename it to take it as a job.",
+            )
+        self._bad_names = set(bad_names)
         self.tracker.retain(c.name for c in candidates)
-        for gone in set(self.waiting) - {c.name for c in candidates}:
+        present = {c.name for c in candidates}
+        for gone in set(self.waiting) - present:
             del self.waiting[gone]
+        for gone in set(self._refused) - present:
+            del self._refused[gone]
         ready = []
         for candidate in candidates:
             try:
@@ -298,14 +335,24 @@ class Service:
             try:
                 claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
             except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
-                log.warning("job.claim_refused", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
+                self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
                 continue
+            except ConfigError as exc:  # claimed/ is a link (fsutil.own_dir): never followed; the admin removes it
+                self._claim_refused(candidate.name, exc.message, hint=exc.hint)
+                continue
+            self._refused.pop(candidate.name, None)
             self.tracker.forget(candidate.name)
             self.waiting.pop(candidate.name, None)
             if claimed is not None:
                 log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
                 return claimed
         return None
+
+    def _claim_refused(self, name: str, error: str, *, hint: str = "") -> None:
+        """Log that ``name`` could not be claimed, once for as long as the same error repeats at every scan."""
+        if self._refused.get(name) != error:
+            self._refused[name] = error
+            log.warning("job.claim_refused", job_name=name, error=error, **({"hint": hint} if hint else {}))
 
     def _note_waiting(self, name: str, readiness: Readiness) -> None:
         waiting_for = () if readiness.ready else readiness.waiting_for
@@ -346,8 +393,9 @@ def _arrival(candidate: Candidate) -> tuple[float, str]:
 def run_service(settings: Settings, *, once: bool = False) -> int:
     """``heygemd run`` (once=False) and ``heygemd once``. Returns the process exit status."""
     paths = settings.paths
-    for folder in (paths.inbox, paths.outbox, paths.state_dir):
+    for folder in (paths.inbox, paths.outbox):
         folder.mkdir(parents=True, exist_ok=True)
+    own_dir(paths.state_dir)  # a link there is refused (ConfigError): heygemd writes only inside its own folders
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
@@ -542,6 +590,8 @@ def _set_aside(claimed: ClaimedJob) -> None:
         finish_inputs(claimed, "archive")
     except OSError as exc:
         log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
+    except ConfigError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=exc.message, hint=exc.hint)
 
 
 CACHE_TEMP_MIN_AGE_S = 3600.0
@@ -549,11 +599,7 @@ CACHE_TEMP_MIN_AGE_S = 3600.0
 
 
 def _remove_cache_temps(cache_dir: Path) -> None:
-    """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old."""
-    folders = (
-        [cache_dir, *(p for p in cache_dir.iterdir() if p.is_dir() and not p.is_symlink())]
-        if cache_dir.is_dir()
-        else []
-    )
-    for folder in folders:
+    """Temporary face-track files a killed heygemd left in the cache (and its sub-folders), once they are old. Links
+    are never followed (``remove_temps`` and ``own_subdirs`` skip them)."""
+    for folder in (cache_dir, *own_subdirs(cache_dir)):
         remove_temps(folder, min_age_s=CACHE_TEMP_MIN_AGE_S)

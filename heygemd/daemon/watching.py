@@ -1,12 +1,16 @@
 """Watching the inbox: inotify or polling (chosen from the mount table), turned into one "rescan" signal.
 
 The inbox is polled where it is an NFS/SMB/CIFS/FUSE mount (inotify misses changes other machines make) or
-when the mount table is unreadable, and watched with inotify elsewhere. The watcher carries no job
-knowledge: the caller rescans the whole inbox on every signal and at least every rescan interval.
+when the mount table is unreadable, and watched with inotify elsewhere. Either way only two levels are watched:
+the inbox itself and the top level of each folder in it (where a job's files and its ``.ready`` marker are), never
+the sub-trees below, whatever their depth or size; links are never followed. An observer that cannot start
+(the kernel's inotify limits, anything else) gives way to polling. The watcher carries no job knowledge: the
+caller rescans the whole inbox on every signal and at least every rescan interval.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -28,7 +32,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from heygemd.names import NameKind, classify_name
 
@@ -59,6 +63,10 @@ NETWORK_FSTYPES: frozenset[str] = frozenset(
 """Filesystems where inotify misses changes made by other machines (plus every ``fuse``/``fuse.*`` type)."""
 
 MOUNTINFO = Path("/proc/self/mountinfo")
+
+MAX_WATCHED_FOLDERS = 256
+"""With inotify, at most this many folders of the inbox get a watch of their own (each costs an observer thread
+and a kernel watch); a change in any others is seen by the rescan every ``intake.rescan_interval``."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +194,11 @@ class InboxWatcher:
     """Watches the inbox with watchdog and turns every change into one signal: "something changed: rescan".
 
     Holds the observer choice (``choice.kind``: inotify or polling, and why), the running watchdog observer,
-    and ``changed``, a threading.Event the caller waits on (:meth:`wait`). It carries no job knowledge: the
-    caller rescans the whole inbox on every signal and at least every rescan interval. Use as a context
-    manager, or call :meth:`start` and :meth:`stop`.
+    and ``changed``, a threading.Event the caller waits on (:meth:`wait`). Two levels are watched: the inbox and
+    the top level of each folder in it (with inotify, a non-recursive watch per folder, kept up to date as folders
+    come and go; with polling, a walk that lists no deeper). It carries no job knowledge: the caller rescans the
+    whole inbox on every signal and at least every rescan interval. Use as a context manager, or call
+    :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -204,9 +214,12 @@ class InboxWatcher:
         self.poll_interval = poll_interval
         self.choice = choose_observer(self.inbox, observer, mountinfo=mountinfo)
         self.changed = threading.Event()
+        self._root = os.path.realpath(self.inbox)
         self._state_dir = os.path.realpath(state_dir) if state_dir is not None else None
         self._observer: BaseObserver | None = None
-        self._auto = observer == "auto"
+        self._handler = _Signal(self.changed, self._state_dir)
+        self._folders: dict[str, ObservedWatch] = {}
+        """With inotify: the inbox's folders watched on their own (top level only), by path."""
 
     @property
     def kind(self) -> ObserverKind:
@@ -216,62 +229,102 @@ class InboxWatcher:
     def running(self) -> bool:
         return self._observer is not None and self._observer.is_alive()
 
+    def _folder_entries(self) -> list[os.DirEntry[str]]:
+        """The inbox's folders that may be jobs: not junk or dot folders, not the state dir, never links."""
+        return [entry for entry in self._scandir(self._root) if entry.is_dir(follow_symlinks=False)]
+
     def _scandir(self, path: str | None) -> Iterator[os.DirEntry[str]]:
-        """os.scandir minus junk/dot folders and the state dir, so polling never walks archives or caches."""
-        with os.scandir(path) as it:
-            entries = list(it)
+        """What polling lists: the inbox minus junk/dot folders and the state dir; in a folder of the inbox, its
+        files only (its sub-folders are never walked, whatever their depth); a folder that cannot be listed,
+        nothing (the rescan reports it)."""
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:
+            return
+        top = path == self._root
         for entry in entries:
             if entry.is_dir(follow_symlinks=False) and (
-                classify_name(entry.name, is_dir=True) is NameKind.JUNK
+                not top
+                or classify_name(entry.name, is_dir=True) is NameKind.JUNK
                 or (self._state_dir is not None and os.path.realpath(entry.path) == self._state_dir)
             ):
                 continue
             yield entry
 
-    def _make_observer(self, kind: ObserverKind) -> BaseObserver:
-        if kind == "polling":
-            from watchdog.observers.polling import PollingObserverVFS
-
-            return PollingObserverVFS(os.stat, self._scandir, polling_interval=self.poll_interval)
-        from watchdog.observers import Observer
-
-        return Observer()
-
     def start(self) -> "InboxWatcher":
-        """Start watching (recursively). With ``auto``, an inotify start failure (watch limit reached) falls back
-        to polling and says so in ``choice``. Raises FileNotFoundError when the inbox does not exist."""
+        """Start watching. When inotify cannot start (its watch limit reached, or anything else), polling takes
+        over and ``choice`` says why. Raises FileNotFoundError when the inbox does not exist."""
         if self._observer is not None:
             raise RuntimeError("InboxWatcher already started")
         if not self.inbox.is_dir():
             raise FileNotFoundError(errno.ENOENT, "inbox folder not found", str(self.inbox))
-        handler = _Signal(self.changed, self._state_dir)
-        try:
-            observer = self._start(self.choice.kind, handler)
-        except OSError as exc:
-            if not (self._auto and self.choice.kind == "inotify"):
-                raise
-            self.choice = ObserverChoice("polling", self.choice.fstype, f"inotify failed ({exc}): polling instead")
-            observer = self._start("polling", handler)
-        self._observer = observer
+        if self.choice.kind == "inotify":
+            try:
+                self._observer = self._start_inotify()
+                return self
+            except (OSError, RecursionError) as exc:
+                why = f"inotify failed ({type(exc).__name__}: {exc}): polling instead"
+                self.choice = ObserverChoice("polling", self.choice.fstype, why)
+        self._observer = self._start_polling()
         return self
 
-    def _start(self, kind: ObserverKind, handler: _Signal) -> BaseObserver:
-        observer = self._make_observer(kind)
-        observer.schedule(handler, os.path.realpath(self.inbox), recursive=True, event_filter=_WATCHED_EVENTS)
+    def _start_polling(self) -> BaseObserver:
+        from watchdog.observers.polling import PollingObserverVFS
+
+        # lstat: a link in the inbox is seen as the link it is, never walked into; "recursive" goes only as deep
+        # as _scandir lists folders: the inbox's own, not those inside a job
+        observer = PollingObserverVFS(os.lstat, self._scandir, polling_interval=self.poll_interval)
+        observer.schedule(self._handler, self._root, recursive=True, event_filter=_WATCHED_EVENTS)
         observer.start()
         return observer
+
+    def _start_inotify(self) -> BaseObserver:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+        try:
+            observer.schedule(self._handler, self._root, recursive=False, event_filter=_WATCHED_EVENTS)
+            observer.start()
+            self._follow_folders(observer)
+        except BaseException:
+            observer.stop()
+            self._folders.clear()
+            raise
+        return observer
+
+    def _follow_folders(self, observer: BaseObserver) -> None:
+        """With inotify: a watch (top level only) on each folder now in the inbox, none on folders gone."""
+        current = {entry.path for entry in self._folder_entries()}
+        for path in [p for p in self._folders if p not in current]:
+            with contextlib.suppress(KeyError):  # its watch already ended with the folder
+                observer.unschedule(self._folders.pop(path))
+        for path in sorted(current - self._folders.keys()):
+            if len(self._folders) >= MAX_WATCHED_FOLDERS:
+                break
+            try:
+                self._folders[path] = observer.schedule(
+                    self._handler, path, recursive=False, event_filter=_WATCHED_EVENTS
+                )
+            except OSError:  # gone meanwhile, or the kernel's watch limit: the rescan still sees it
+                continue
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the observer and wait up to ``timeout`` seconds for its threads. Safe to call twice."""
         observer, self._observer = self._observer, None
+        self._folders.clear()
         if observer is not None:
             observer.stop()
             observer.join(timeout)
 
     def wait(self, timeout: float | None) -> bool:
-        """Block until a change is signalled or ``timeout`` passes; returns whether a change came. Clears it."""
+        """Block until a change is signalled or ``timeout`` passes; returns whether a change came. Clears it.
+        With inotify, a change also brings the watches on the inbox's folders up to date (a new job folder is
+        watched from then on; the caller's rescan sees what it held already)."""
         signalled = self.changed.wait(timeout)
         self.changed.clear()
+        if signalled and self.choice.kind == "inotify" and self._observer is not None:
+            self._follow_folders(self._observer)
         return signalled
 
     def __enter__(self) -> "InboxWatcher":

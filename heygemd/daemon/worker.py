@@ -33,8 +33,8 @@ from heygemd.daemon.status import (
     utc_now,
     write_status,
 )
-from heygemd.errors import DiskFull, ErrorInfo, Interrupted, JobError, report_failure
-from heygemd.fsutil import remove_temps
+from heygemd.errors import ConfigError, DiskFull, ErrorInfo, Interrupted, JobError, OutboxUnavailable, report_failure
+from heygemd.fsutil import NO_SPACE_ERRNOS, remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.names import unique_output_name
@@ -76,7 +76,8 @@ class _StatusFile:
 
     def save(self, *, force: bool = True) -> None:
         """Write status.json (and renew the claim's lease). ``force=False``: a progress update, skipped when the
-        last write is recent, and best effort: a share refusing one progress write does not fail the video."""
+        last write is recent, and best effort: a share refusing one progress write does not fail the video. A
+        forced write the outbox refuses raises :class:`OutboxUnavailable` (DiskFull when full): the job pauses."""
         now = time.monotonic()
         if not force and now - self._last_write < PROGRESS_WRITE_INTERVAL:
             return
@@ -85,7 +86,7 @@ class _StatusFile:
             renew_lease(self.claimed)
         except OSError as exc:
             if force:
-                raise
+                raise outbox_refused(exc, self.path) from exc
             log.warning("status.write_failed", path=str(self.path), error=exc.strerror or str(exc))
         self._last_write = now
 
@@ -116,6 +117,14 @@ class JobResult:
     status: JobStatus | None = None
 
 
+def outbox_refused(exc: OSError, path: Path) -> DiskFull:
+    """The pause for an OSError writing ``path`` in the outbox: DiskFull when it is full, else OutboxUnavailable."""
+    what = f"cannot write {path.name}: {exc.strerror or exc}"
+    return (
+        DiskFull(what, path=path.parent) if exc.errno in NO_SPACE_ERRNOS else OutboxUnavailable(what, path=path.parent)
+    )
+
+
 def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
     """Run ``claimed`` and say how it ended (:class:`JobOutcome`). Finished and failed jobs leave claimed/;
     paused and interrupted ones stay claimed with their unfinished videos pending; cancelled ones are archived."""
@@ -125,9 +134,13 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
         log.error(
             "job.paused",
             job_id=claimed.job_id,
+            code=OutboxUnavailable.code,
             error=f"{exc.filename or outbox}: {exc.strerror}",
             hint="Check the outbox's share and free space; the job is tried again later.",
         )
+        return JobResult(JobOutcome.PAUSED)
+    except (DiskFull, ConfigError) as exc:  # the outbox refused status.json; a state folder is a link (the admin's)
+        log.error("job.paused", job_id=claimed.job_id, code=exc.code, error=exc.message, hint=exc.hint)
         return JobResult(JobOutcome.PAUSED)
 
 
@@ -174,7 +187,10 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             log.info("job.cancel_received", requested_by=request.by if request else "")
             status_file.update(state="cancelled", cancel=request, videos=cancelled_videos(status_file.status.videos))
         if outcome in (JobOutcome.INTERRUPTED, JobOutcome.PAUSED):
-            status_file.save()
+            try:
+                status_file.save()
+            except DiskFull as exc:  # the outbox still refuses: status.json says what it last could
+                log.warning("status.write_failed", code=exc.code, error=exc.message)
             log.warning("job.interrupted", progress=round(status_file.status.progress, 3))
             return JobResult(outcome, status_file.status)
         status_file.update(finished=utc_now())

@@ -32,6 +32,7 @@ import dlib
 import numpy as np
 
 from heygemd.errors import CheckpointError, ConfigError
+from heygemd.fsutil import own_dir
 
 DetectorKind = Literal["auto", "dlib", "s3fd"]
 
@@ -222,8 +223,7 @@ class S3FDDetector:
                 'or set faces.detector = "dlib", which needs no weights.',
             )
         fan_file = models_dir / FAN_WEIGHTS
-        checkpoints = cache_dir / "torch-home" / "hub" / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoints = own_dir(cache_dir, "torch-home", "hub", "checkpoints")
         _link_or_copy(s3fd_file, checkpoints / S3FD_WEIGHTS)
         use_fan = fan_file.is_file()
         if use_fan:

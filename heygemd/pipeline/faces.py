@@ -53,7 +53,8 @@ import cv2
 import numpy as np
 import structlog
 
-from heygemd.fsutil import atomic_writer
+from heygemd.errors import ConfigError
+from heygemd.fsutil import atomic_writer, own_dir
 from heygemd.pipeline import mouth
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
@@ -558,9 +559,15 @@ def cached_track(key: str, cache_dir: Path, fingerprint: str, compute: Callable[
     """The cached track for ``key``/``fingerprint``, or ``compute()`` saved to the cache.
 
     A corrupt cache file is logged and recomputed. A cache that cannot be written (read-only folder, disk
-    full) is logged and the computed track returned; the video does not fail for its cache.
+    full, a link where its folder should be: ``fsutil.own_dir``) is logged and the computed track returned; the
+    video does not fail for its cache.
     """
     path = cache_path(key, cache_dir, fingerprint)
+    try:
+        own_dir(cache_dir, path.parent.name)
+    except (OSError, ConfigError) as exc:
+        log.warning("face_cache_write_failed", path=str(path.parent), error=str(exc))
+        return compute()
     if path.is_file():
         try:
             return FaceTrack.load(path)

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from heygemd.errors import ConfigError
+from heygemd.fsutil import own_dir
+
 log = structlog.get_logger(__name__)
 
 FOLDER = "presenter"
@@ -61,6 +64,11 @@ def cached_preparation(
     ``out`` it is given. A cache file of another shape, or unreadable, is logged and recomputed.
     """
     path = cache_path(key, cache_dir, fp)
+    try:
+        own_dir(cache_dir, FOLDER)  # never a link: nothing is read or written outside the cache
+    except (OSError, ConfigError) as exc:
+        log.warning("presenter_cache_write_failed", path=str(path.parent), error=str(exc))
+        return Preparation(_uncached(shape, compute), cached=False)
     if path.is_file():
         try:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -71,7 +79,6 @@ def cached_preparation(
         except (OSError, ValueError, EOFError) as exc:
             log.warning("presenter_cache_corrupt", path=str(path), error=str(exc))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:

@@ -11,6 +11,7 @@ a retry copies its inputs or a delete moves it, the loser answers JOB_CHANGED an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -20,11 +21,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from heygemd.daemon.cancel import CancelAnswer, cancel_for
-from heygemd.daemon.claims import CLAIM_FILE, INPUT_DIR, ClaimRecord
+from heygemd.daemon.claims import CLAIM_FILE, CLAIM_FILE_MAX_BYTES, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
-from heygemd.fsutil import fsync_dir
+from heygemd.errors import HeygemdError
+from heygemd.fsutil import fsync_dir, own_subdirs, read_regular, remove_tree
 from heygemd.names import fit_name, plain_name
 from heygemd.settings import Settings
 from heygemd.web.catalog import TRASH_DIR, Catalog
@@ -38,29 +40,18 @@ RETRIED = frozenset({"failed", "cancelled"})
 def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
     """The folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is this job's claim."""
     state = settings.paths.state_dir
-    candidates: list[Path] = []
-    for day in _entries(state / ARCHIVE):
-        if day.is_dir() and not day.is_symlink():
-            candidates.extend(p for p in _entries(day) if p.name.startswith(status.job_id))
-    candidates.extend(p for p in _entries(state / KEPT) if p.name.startswith(status.job_id))
+    candidates = [p for day in own_subdirs(state, ARCHIVE) for p in own_subdirs(state, ARCHIVE, day.name)]
+    candidates += own_subdirs(state, KEPT)
     for folder in candidates:
-        if folder.is_symlink() or not folder.is_dir():
+        if not folder.name.startswith(status.job_id):
             continue
         try:
-            record = ClaimRecord.model_validate_json((folder / CLAIM_FILE).read_bytes())
-        except (OSError, ValidationError):
+            record = ClaimRecord.model_validate_json(read_regular(folder / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
+        except (OSError, ValidationError, HeygemdError):  # a link or a FIFO there is never followed nor waited on
             continue
         if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
             return folder
     return None
-
-
-def _entries(folder: Path) -> list[Path]:
-    """The entries of ``folder`` by name; none when it is missing or went away (a delete running meanwhile)."""
-    try:
-        return sorted(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _require_finished(status: JobStatus) -> None:
@@ -135,7 +126,7 @@ def _trash(folder: Path, trash: Path) -> None:
     target = own_dir(trash) / fit_name(folder.name, f".{secrets.token_hex(4)}")
     os.rename(folder, target)
     fsync_dir(folder.parent)
-    shutil.rmtree(target)
+    remove_tree(target)
 
 
 def delete(settings: Settings, catalog: Catalog, job_id: str) -> None:
@@ -158,6 +149,7 @@ def empty_outbox_trash(outbox: Path) -> None:
     if trash.is_dir() and not trash.is_symlink():
         for folder in trash.iterdir():
             if folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(folder)
             else:
                 folder.unlink(missing_ok=True)

@@ -5,24 +5,22 @@ staging folder, which is removed at once (or, after a crash, by ``clean_stale``)
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
 import secrets
-import shutil
 import time
 import unicodedata
 from pathlib import Path
 
 from heygemd.daemon.claims import CLAIMED
-from heygemd.errors import ConfigError, DiskFull
-from heygemd.fsutil import fsync_dir
+from heygemd.errors import DiskFull
+from heygemd.fsutil import NO_SPACE_ERRNOS, fsync_dir, own_dir, remove_tree
 from heygemd.names import NameKind, classify_name, make_windows_safe, numbered, plain_name
 from heygemd.web.problems import BadUpload
 
 UPLOADS = "uploads"
 STALE_SECONDS = 24 * 3600.0
 MAX_NAME_BYTES = 180
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def plain_basename(raw: str) -> str:
@@ -77,22 +75,10 @@ def disk_full(what: str) -> DiskFull:
     )
 
 
-def own_dir(path: Path) -> Path:
-    """``path`` as a real folder of heygemd's (created if missing); a symlink there is refused, never followed."""
-    path.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or not path.is_dir():
-        raise ConfigError(
-            f"{path.name} is a symlink or not a folder; heygemd writes only inside the inbox and outbox",
-            path=path,
-            hint="Remove the symlink; heygemd creates the folder itself.",
-        )
-    return path
-
-
 def new_staging(state_dir: Path) -> Path:
     """A fresh, empty staging folder under ``<state>/uploads``."""
     try:
-        root = own_dir(state_dir / UPLOADS)
+        root = own_dir(state_dir, UPLOADS)
         folder = root / secrets.token_hex(8)
         folder.mkdir()
     except OSError as exc:
@@ -104,7 +90,8 @@ def new_staging(state_dir: Path) -> Path:
 
 def discard(staging: Path) -> None:
     """Remove a staging folder and what it holds (never following symlinks)."""
-    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):  # what a share holds open goes with clean_stale later
+        remove_tree(staging)
 
 
 def clean_stale(state_dir: Path, older_than_s: float = STALE_SECONDS) -> None:

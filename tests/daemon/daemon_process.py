@@ -271,18 +271,22 @@ preset = "ultrafast"
     def claimed(self, job: str) -> bool:
         return (self.state / "claimed" / job / "input").is_dir()
 
-    def cancel(self, job: str) -> subprocess.CompletedProcess[str]:
-        """``heygemd cancel JOB`` as a user runs it, with this daemon's configuration."""
+    def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``heygemd ARGS...`` as a user runs it, with this daemon's configuration (JSON log lines)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
         env["HEYGEMD_LOGGING__FORMAT"] = "json"
         return subprocess.run(
-            [*_heygemd_argv(), "--config", str(self.config), "cancel", job],
+            [*_heygemd_argv(), "--config", str(self.config), *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             cwd=self.root,
             env=env,
         )
+
+    def cancel(self, job: str) -> subprocess.CompletedProcess[str]:
+        """``heygemd cancel JOB`` as a user runs it, with this daemon's configuration."""
+        return self.command("cancel", job)
 
     def cancelled(self, job: str) -> dict[str, Any] | None:
         """The job's status.json once it is cancelled and its inputs have left ``claimed/``."""

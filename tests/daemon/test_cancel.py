@@ -12,6 +12,7 @@ import pytest
 from heygemd import logs
 from heygemd.daemon import cancel, claims, readiness
 from heygemd.daemon.status import read_status
+from heygemd.daemon.waiting import WAITING_FILE, read_waiting
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import AlreadyFinished, Interrupted, JobNotFound
 from heygemd.pipeline.run import RenderResult
@@ -157,6 +158,14 @@ def test_a_request_file_cut_short_still_counts(tmp_path: Path) -> None:
     request = cancel.read_request(tmp_path)
     assert request is not None and request.by == ""
     assert cancel.read_request(tmp_path / "elsewhere") is None
+
+
+def test_a_request_or_waiting_file_that_is_a_fifo_is_never_blocked_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / cancel.CANCEL_FILE)
+    request = cancel.read_request(tmp_path)  # planted by someone who may cancel anyway: a request, by no one
+    assert request is not None and request.by == ""
+    os.mkfifo(tmp_path / WAITING_FILE)
+    assert read_waiting(tmp_path) == {}
 
 
 def test_a_request_for_a_claim_that_has_gone_is_file_not_found(tmp_path: Path) -> None:

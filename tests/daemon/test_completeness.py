@@ -12,7 +12,7 @@ import pytest
 from heygemd.daemon.completeness import CompletenessCheck, content_problem, open_for_writing
 from heygemd.daemon.readiness import Candidate, ReadinessTracker, ReadyReason
 from heygemd.pipeline.probe import top_level_atoms
-from tests.pipeline.media import lavfi_clip, requires_ffmpeg, sine
+from tests.pipeline.media import ffmpeg, lavfi_clip, requires_ffmpeg, sine
 
 pytestmark = requires_ffmpeg
 
@@ -133,11 +133,41 @@ def test_an_mp4_without_its_index_is_taken_after_the_timeout(clip: Path, tmp_pat
     job.path.mkdir()
     sine(job.path / "voice.wav", 0.5)
     moov_cut_off(clip, job.path / "anna.mp4")
-    (job.path / ".ready").touch()  # even the marker does not make an unindexed MP4 complete
+    assert tracker.observe(job).reason is ReadyReason.SETTLING
+    clock.t += 10
     verdict = tracker.observe(job)
     assert verdict.reason is ReadyReason.INCOMPLETE and verdict.incomplete == ("anna.mp4: no index ('moov' box) yet",)
-    clock.t += 119
+    clock.t += 109
     assert not tracker.observe(job).ready
     clock.t += 1
     verdict = tracker.observe(job)
     assert verdict.reason is ReadyReason.TIMED_OUT and verdict.ready  # taken: anna.mp4 fails with its own error
+
+
+def test_a_ready_job_is_taken_at_once_and_a_broken_file_then_fails_with_its_own_error(
+    clip: Path, tmp_path: Path
+) -> None:
+    tracker = _tracker(FakeClock(), timeout=1800)
+    job = Candidate("lesson-03", tmp_path / "lesson-03")
+    job.path.mkdir()
+    sine(job.path / "voice.wav", 0.5)
+    moov_cut_off(clip, job.path / "anna.mp4")
+    (job.path / "bob.mp4").touch()
+    (job.path / ".ready").touch()  # the uploader says the copy is complete: heygemd does not second-guess it
+    verdict = tracker.observe(job)
+    assert verdict.reason is ReadyReason.MARKER and verdict.ready
+
+
+def test_a_complete_file_that_ffprobe_reads_is_complete_whatever_it_starts_or_lasts(tmp_path: Path) -> None:
+    cover = tmp_path / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1", str(cover))
+    picture = tmp_path / "picture.mp4"  # its only stream is an attached picture: no duration at all
+    ffmpeg("-i", str(cover), "-map", "0", "-c:v", "mjpeg", "-disposition:v:0", "attached_pic", str(picture))
+    mp3 = sine(tmp_path / "plain.mp3", 1.0)
+    padded = tmp_path / "padded.mp3"  # leading zero padding, which MP3 decoders skip
+    padded.write_bytes(bytes(8192) + mp3.read_bytes())
+    assert content_problem(picture) is None
+    assert content_problem(padded) is None
+    zeros = tmp_path / "zeros.mp3"  # preallocated, not filled in yet: nothing ffprobe can read
+    zeros.write_bytes(bytes(padded.stat().st_size))
+    assert content_problem(zeros) == "only zeros so far"

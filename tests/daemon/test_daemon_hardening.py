@@ -4,6 +4,7 @@ target never read or touched. Synchronisation by polling the daemon's own files 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from heygemd.fsutil import remove_tree
 from heygemd.pipeline.probe import top_level_atoms
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, Daemon, Media, stop_daemon
+from tests.pipeline.media import ffmpeg
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,7 @@ def without_index(clip: Path, out: Path) -> Path:
 
 def test_a_presenter_at_zero_bytes_is_taken_only_once_complete(daemon: Daemon, media: Media) -> None:
     d, name = daemon, "zero bytes"
-    job = d.submit(name, {"voice.wav": media.speech, "bob.mp4": b""})  # .ready is there, bob.mp4 is not
+    job = d.submit(name, {"voice.wav": media.speech, "bob.mp4": b""}, marker=False)  # settles, bob.mp4 does not
     d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
     waiting = next(e for e in d.events() if e.get("event") == "job.waiting" and e.get("job_name") == name)
     assert waiting["incomplete"] == f"{name}/bob.mp4: 0 bytes so far", waiting
@@ -71,6 +74,7 @@ def test_an_mp4_without_its_index_is_claimed_after_the_timeout_and_fails_alone(
             "anna.mp4": media.face_a,
             "bob.mp4": without_index(media.face_b, tmp_path / "bob.mp4"),
         },
+        marker=False,
     )
     d.wait_for(lambda: d.has_event("job.waiting", job_name=name), 30, "job.waiting in the log")
     assert not d.claimed(name)
@@ -148,3 +152,53 @@ def test_long_names_fit_the_second_job_of_a_255_byte_name_and_a_244_byte_present
     assert len(second.encode()) <= 255 and second == "ä" * 126 + "-2", second
     status = d.wait_finished(second)
     assert status["state"] == "done" and status["job_name"] == name, status
+
+
+def test_a_job_nested_1100_deep_and_links_in_the_state_folder_stop_neither_once_nor_run(
+    daemon_factory, media: Media, nested
+) -> None:
+    d = daemon_factory("deep", settle_seconds=0.5, rescan_interval=0.5)
+    outside = d.root / "other-team"
+    (outside / "input").mkdir(parents=True)
+    (outside / "input" / "plan.txt").write_text("do not touch")
+    (d.state / "claimed").mkdir(parents=True)
+    (d.state / "claimed" / "planted").symlink_to(outside)  # looks like a claimed job with its input/
+    (d.state / "claimed" / "stale").symlink_to(outside / "input")  # looks like an old reservation
+    os.utime(d.state / "claimed" / "stale", (0, 0), follow_symlinks=False)
+    try:
+        for name in ("deep-once", "deep-run"):
+            job = d.submit(name, {"voice.wav": media.speech, "face.mp4": media.face_a}, marker=False)
+            nested(job / "sub", 1100)
+            (job / ".ready").touch()
+            if name == "deep-once":
+                once = d.command("once", timeout=JOB_TIMEOUT_S + 60)
+                assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
+                assert json.loads(d.status_path(name).read_bytes())["state"] == "done"
+                nested(d.state / "trash" / "half-deleted", 1100)  # for empty_trash at the next start
+        d.start().wait_ready()
+        assert d.wait_finished("deep-run")["state"] == "done"
+        assert not (d.state / "trash" / "half-deleted").exists()
+        assert (outside / "input" / "plan.txt").read_text() == "do not touch"
+        assert (d.state / "claimed" / "planted").is_symlink() and (d.state / "claimed" / "stale").is_symlink()
+    finally:
+        stop_daemon(d)
+        remove_tree(d.root)  # the archived jobs hold the deep folders; pytest's own cleanup cannot remove them
+
+
+def test_complete_files_that_only_look_unfinished_are_taken_once_settled(
+    daemon: Daemon, media: Media, tmp_path: Path
+) -> None:
+    d, name = daemon, "cover and padding"
+    cover = tmp_path / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x180", "-frames:v", "1", str(cover))
+    picture = tmp_path / "picture.mp4"  # its only stream is an attached picture: no duration
+    ffmpeg("-i", str(cover), "-map", "0", "-c:v", "mjpeg", "-disposition:v:0", "attached_pic", str(picture))
+    mp3 = tmp_path / "voice.mp3"
+    ffmpeg("-i", str(media.speech), str(mp3))
+    padded = bytes(8192) + mp3.read_bytes()  # leading zero padding
+    d.submit(name, {"voice.mp3": padded, "anna.mp4": media.face_a, "cover.mp4": picture}, marker=False)
+    status = d.wait_finished(name, timeout=JOB_TIMEOUT_S)
+    assert not d.has_event("job.waiting", job_name=name) and not d.has_event("job.incomplete_timeout", job_name=name)
+    videos = {v["input"]: v for v in status["videos"]}
+    assert videos["anna.mp4"]["state"] == "done", status
+    assert status["audio"]["duration_s"] > 2, status

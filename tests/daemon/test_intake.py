@@ -4,6 +4,8 @@ and observer choice (watching), claims and leases (claims)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
 import multiprocessing
 import os
 import shutil
@@ -14,14 +16,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from heygemd.daemon import watching
+from heygemd.daemon import readiness, watching
 from heygemd.daemon.claims import (
     ClaimedJob,
     claim,
     claimed_jobs,
+    held_by,
     held_elsewhere,
+    process_identity,
     read_claim,
     remove_stale_reservations,
     renew_lease,
@@ -376,6 +381,66 @@ def test_polling_walk_skips_state_and_junk_dirs(tmp_path: Path) -> None:
     assert sorted(e.name for e in w._scandir(str(tmp_path))) == ["job"]
 
 
+@pytest.mark.parametrize("kind", ["inotify", "polling"])
+def test_a_job_nested_1100_deep_is_watched_only_to_its_top_level(tmp_path: Path, kind: str, nested) -> None:
+    inbox = tmp_path / "inbox"
+    nested(inbox / "job" / "sub", 1100)
+    with InboxWatcher(inbox, observer=kind, poll_interval=0.05) as watcher:
+        assert watcher.kind == kind and watcher.running
+        watcher.changed.clear()
+        write(inbox / "job" / ".ready")
+        assert watcher.wait(WAIT), "no signal for a file in a job's folder"
+        write(inbox / "later" / "voice.wav")
+        assert watcher.wait(WAIT), "no signal for a new job"
+        write(inbox / "later" / ".ready")
+        assert watcher.wait(WAIT), "no signal for a file in a job that arrived while watching"
+    w = InboxWatcher(inbox, observer="polling")
+    assert [e.name for e in w._scandir(str(inbox / "job"))] == [".ready"]  # polling lists no folder below a job
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "inotify watch limit reached"), RecursionError()])
+def test_an_observer_that_fails_to_start_falls_back_to_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    from watchdog.observers.inotify import InotifyObserver
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(InotifyObserver, "schedule", refuse)  # what the kernel (or a deep tree) answers
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with InboxWatcher(inbox, observer="inotify", poll_interval=0.05) as watcher:
+        assert watcher.kind == "polling" and "polling instead" in watcher.choice.reason
+        write(inbox / "job" / "voice.wav")
+        assert watcher.wait(WAIT)
+
+
+def test_a_folder_nested_1100_deep_is_snapshotted_within_the_caps(tmp_path: Path, nested) -> None:
+    job = make_job(tmp_path / "inbox")
+    nested(job.path / "sub", 1100)
+    snap = take_snapshot(job.path)
+    assert not snap.gone and snap.has_files
+    assert max(rel.count("/") for rel, _, _ in snap.entries) <= readiness.MAX_WALK_DEPTH
+    for i in range(30):
+        write(job.path / "many" / f"f{i:02}.txt")
+    capped = take_snapshot(job.path, max_entries=20)
+    assert len(capped.entries) == 20 and {"a.mp4", "voice.wav"} <= {rel for rel, _, _ in capped.entries}
+    assert capped == take_snapshot(job.path, max_entries=20)  # the same names each time: the job can settle
+
+
+def test_an_unreadable_inbox_stops_no_step_and_is_logged_once(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    (tmp_path / "inbox").write_bytes(b"a file where the inbox should be")
+    service = Service(settings, lambda _c: pytest.fail("nothing to run"), completeness=None)
+    with structlog.testing.capture_logs() as logs:
+        assert [service.step(now).action for now in (0.0, 1.0)] == ["idle", "idle"]
+    assert [e["event"] for e in logs if e["event"].startswith("inbox.")] == ["inbox.unreadable"]
+
+
 # ------------------------------------------------------------------------------------------ claiming
 
 
@@ -540,12 +605,61 @@ def test_a_claim_of_a_live_process_on_this_host_is_held_elsewhere(tmp_path: Path
     assert not held_elsewhere(claimed)  # our own claim
     child = subprocess.Popen(["sleep", "30"])
     try:
-        other = dataclasses.replace(claimed, pid=child.pid)
+        other = dataclasses.replace(claimed, pid=child.pid, process=process_identity(child.pid))
         assert held_elsewhere(other)
     finally:
         child.kill()
         child.wait()
-    assert not held_elsewhere(dataclasses.replace(claimed, pid=child.pid))  # it died: free to resume
+    assert not held_elsewhere(other)  # it died: free to resume
+
+
+def _claimed_by(claimed: ClaimedJob, pid: int, process: str | None) -> ClaimedJob:
+    """``claimed`` as a claim.json written by process ``pid`` (``process``: its identity; None: an older heygemd
+    that did not record one) says it, read back as a restart reads it."""
+    record = json.loads((claimed.path / "claim.json").read_bytes())
+    record.update(pid=pid, host=socket.gethostname())
+    record.pop("process", None)
+    if process is not None:
+        record["process"] = process
+    (claimed.path / "claim.json").write_text(json.dumps(record))
+    again = read_claim(claimed.path)
+    assert again is not None
+    return again
+
+
+def test_a_pid_now_used_by_another_process_does_not_hold_the_claim(tmp_path: Path) -> None:
+    claimed = _claimed(tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        owner = process_identity(child.pid)
+        assert owner is not None
+        assert held_by(_claimed_by(claimed, child.pid, owner)) == f"process {child.pid} on this host is alive"
+        boot, started = owner.rsplit(":", 1)
+        reused = _claimed_by(claimed, child.pid, f"{boot}:{int(started) - 1}")  # the owner died, its pid went on
+        assert not held_elsewhere(reused) and held_by(reused) is None
+        assert held_elsewhere(_claimed_by(claimed, child.pid, None))  # an older claim.json: the pid decides
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_skipped_claim_is_logged_once_with_why(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    claimed = _claimed(tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        _claimed_by(claimed, child.pid, process_identity(child.pid))
+        service = Service(settings, lambda _c: pytest.fail("held by another process"), completeness=None)
+        with structlog.testing.capture_logs() as logs:
+            assert [service.step(now).action for now in (0.0, 1.0, 2.0)] == ["idle"] * 3
+    finally:
+        child.kill()
+        child.wait()
+    held = [e for e in logs if e["event"] == "job.held_elsewhere"]
+    assert [(e["job_id"], e["why"]) for e in held] == [("job", f"process {child.pid} on this host is alive")]
 
 
 def test_a_claim_from_another_host_is_held_while_its_lease_is_fresh(tmp_path: Path) -> None:
@@ -573,4 +687,78 @@ def test_a_folder_name_that_is_not_utf8_is_skipped(tmp_path: Path) -> None:
     inbox.mkdir()
     os.mkdir(os.path.join(os.fsencode(inbox), b"cl\xe9 lesson"))
     (inbox / "good").mkdir()
-    assert [c.name for c in scan_inbox(inbox)] == ["good"]
+    with structlog.testing.capture_logs() as logs:
+        assert [c.name for c in scan_inbox(inbox)] == ["good"]  # the web catalog scans 4 times a second
+    assert logs == []
+    found: list[str] = []
+    scan_inbox(inbox, on_bad_name=found.append)
+    assert found == [os.fsdecode(b"cl\xe9 lesson")]
+
+
+def test_the_daemon_logs_a_bad_folder_name_once_and_again_only_when_it_comes_back(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Service
+    from heygemd.settings import PathsSettings, Settings
+
+    settings = Settings(paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox"))
+    bad = os.path.join(os.fsencode(tmp_path / "inbox"), b"cl\xe9 lesson")
+    os.makedirs(bad)
+    service = Service(settings, lambda _c: pytest.fail("nothing to run"), completeness=None)
+    with structlog.testing.capture_logs() as logs:
+        for now in range(5):
+            service.step(float(now))
+        os.rmdir(bad)
+        service.step(5.0)
+        os.mkdir(bad)
+        service.step(6.0)
+    named = [e for e in logs if e["event"] == "inbox.bad_name"]
+    assert [e["folder"] for e in named] == ["cl\ufffd lesson", "cl\ufffd lesson"], named
+
+
+# ---------------------------------------------------------------------------------------------- a hostile state folder
+
+
+def test_links_planted_in_claimed_are_never_resumed_nor_removed_through(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    state = inbox / ".heygemd"
+    job = claim(make_job(inbox), state)
+    assert job is not None
+    outside = tmp_path / "outside"
+    write(outside / "job-like" / "input" / "voice.wav")  # would be "resumed" through a link
+    write(outside / "plain" / "keep.txt")  # would be a stale reservation through a link
+    os.utime(outside / "plain", (0, 0))
+    (state / "claimed" / "resumable").symlink_to(outside / "job-like")
+    (state / "claimed" / "stale").symlink_to(outside / "plain")
+    os.utime(state / "claimed" / "stale", (0, 0), follow_symlinks=False)
+    inner = state / "claimed" / "inner-link"  # a real claim folder whose input/ is a link
+    inner.mkdir()
+    (inner / "input").symlink_to(outside / "job-like" / "input")
+    os.utime(inner, (0, 0))
+
+    assert [j.job_id for j in claimed_jobs(state)] == ["job"]
+    assert remove_stale_reservations(state, older_than_s=60) == [inner]  # the reservation goes, its link only
+    assert (outside / "plain" / "keep.txt").is_file() and (outside / "job-like" / "input" / "voice.wav").is_file()
+    assert (state / "claimed" / "resumable").is_symlink() and (state / "claimed" / "stale").is_symlink()
+
+
+def test_a_claim_json_that_is_a_fifo_is_rebuilt_from_the_folder_without_blocking(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    job = claim(make_job(tmp_path / "inbox"), state)
+    assert job is not None
+    (job.path / "claim.json").unlink()
+    os.mkfifo(job.path / "claim.json")
+    again = claimed_jobs(state)
+    assert [(j.job_id, j.host, j.pid) for j in again] == [("job", "", 0)]
+
+
+def test_a_linked_claimed_folder_is_refused_and_the_job_stays_in_the_inbox(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    state = inbox / ".heygemd"
+    state.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (state / "claimed").symlink_to(outside)
+    cand = make_job(inbox)
+    with pytest.raises(ConfigError, match="claimed: is a symbolic link"):
+        claim(cand, state)
+    assert cand.path.is_dir() and list(outside.iterdir()) == []
+    assert claimed_jobs(state) == []

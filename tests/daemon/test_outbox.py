@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from heygemd.daemon import outbox
 from heygemd.daemon.claims import claim, claimed_jobs
 from heygemd.daemon.outbox import empty_trash, finish_inputs, outbox_dir_for, prune_archive
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus, write_status
+from heygemd.errors import ConfigError
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -72,15 +73,14 @@ def test_finish_inputs_delete_and_keep(tmp_path: Path) -> None:
 
 def test_a_delete_cut_short_never_leaves_a_half_job_in_claimed(tmp_path: Path, monkeypatch) -> None:
     job = claimed(tmp_path, "a")
-    real_rmtree = shutil.rmtree
 
-    def killed_halfway(path, *args, **kwargs):  # the process dies during the delete
+    def killed_halfway(path: Path) -> None:  # the process dies during the delete
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shutil, "rmtree", killed_halfway)
+    monkeypatch.setattr(outbox, "remove_tree", killed_halfway)
     with pytest.raises(KeyboardInterrupt):
         finish_inputs(job, "delete")
-    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    monkeypatch.undo()
     assert claimed_jobs(tmp_path / "state") == []  # nothing to "resume": it had left claimed/ first
     assert list((tmp_path / "state" / "trash").iterdir())
     empty_trash(tmp_path / "state")
@@ -98,3 +98,37 @@ def test_prune_archive(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["2026-04-01", "2026-04-29"]
     assert sorted(p.name for p in (state / "archive").iterdir()) == ["2026-04-30", "not-a-date"]
     assert prune_archive(tmp_path / "no-state", 2, now) == []
+
+
+@pytest.mark.parametrize(("inputs_after", "folder"), [("archive", "archive"), ("keep", "kept"), ("delete", "trash")])
+def test_inputs_never_go_through_a_linked_state_folder(tmp_path: Path, inputs_after: str, folder: str) -> None:
+    job = claimed(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "state" / folder).symlink_to(outside)
+    with pytest.raises(ConfigError, match=f"{folder}: is a symbolic link to {outside}"):
+        finish_inputs(job, inputs_after)  # type: ignore[arg-type]
+    assert list(outside.iterdir()) == [] and (job.folder / "voice.wav").is_file()
+
+
+def test_trash_and_archive_cleanup_never_delete_through_a_link(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "2026-01-01" / "someones-files").mkdir(parents=True)
+    (state / "trash").symlink_to(outside)
+    (state / "archive").symlink_to(outside)
+    empty_trash(state)
+    assert prune_archive(state, 1, datetime(2026, 5, 2, tzinfo=timezone.utc)) == []
+    assert (outside / "2026-01-01" / "someones-files").is_dir()
+
+
+def test_trash_and_archive_cleanup_remove_folders_of_any_depth(tmp_path: Path, nested) -> None:
+    state = tmp_path / "state"
+    nested(state / "trash" / "deleted-job", 1100)
+    nested(state / "archive" / "2026-01-01" / "old-job", 1100)
+    (state / "trash" / "link").symlink_to(tmp_path)
+    empty_trash(state)
+    assert prune_archive(state, 1, datetime(2026, 5, 2, tzinfo=timezone.utc)) == [state / "archive" / "2026-01-01"]
+    assert [p.name for p in (state / "trash").iterdir()] == ["link"]  # not heygemd's: left alone, never followed
+    assert list((state / "archive").iterdir()) == [] and (tmp_path / "state").is_dir()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs
 from heygemd.daemon.completeness import CompletenessCheck
@@ -172,15 +173,22 @@ def test_an_unsettled_job_waits_and_step_says_for_how_long(tmp_path: Path) -> No
 
 def test_a_stalled_upload_is_claimed_only_when_complete(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, incomplete_timeout=600.0)
-    job = make_job(settings, "lesson-01", files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})
+    job = make_job(settings, "lesson-01", marker=False, files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})
     runner = Runner()
     svc = service(settings, runner)
     for now in (0.0, 100.0, 599.0):
         assert svc.step(now).action == "idle"
     assert svc.waiting == {"lesson-01": ("bob.mp4: 0 bytes so far",)}
     assert svc.waiting_text() == "waiting for lesson-01/bob.mp4: 0 bytes so far"
-    (job / "bob.mp4").write_bytes(b"video-bytes")  # the upload lands (.ready is there: no settle)
-    assert svc.step(599.5).job_id == "lesson-01" and svc.waiting == {}
+    (job / "bob.mp4").write_bytes(b"video-bytes")  # the upload lands: settled once unchanged
+    assert svc.step(599.5).action == "idle"
+    assert svc.step(599.5 + SETTLE).job_id == "lesson-01" and svc.waiting == {}
+
+
+def test_a_ready_job_is_claimed_at_once_whatever_its_files_look_like(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, incomplete_timeout=600.0)
+    make_job(settings, "lesson-01", files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})  # with .ready
+    assert service(settings, Runner()).step(0.0).job_id == "lesson-01"  # bob.mp4 fails with its own error
 
 
 def test_a_stalled_upload_is_claimed_after_the_timeout(tmp_path: Path) -> None:
@@ -199,16 +207,17 @@ def test_status_shows_which_file_an_inbox_job_waits_for(tmp_path: Path) -> None:
     from heygemd.status_view import show_status
 
     settings = make_settings(tmp_path, incomplete_timeout=600.0)
-    job = make_job(settings, "lesson-01", files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})
+    job = make_job(settings, "lesson-01", marker=False, files={"voice.wav": b"RIFF-voice", "bob.mp4": b""})
     svc = service(settings, Runner())
-    assert svc.step(0.0).action == "idle"
+    assert svc.step(0.0).action == svc.step(SETTLE).action == "idle"
     text = show_status(settings.paths.outbox, None, settings.paths.state_dir)
     assert "lesson-01/" in text and "bob.mp4: 0 bytes so far" in text
     assert show_status(settings.paths.outbox, "lesson-01", settings.paths.state_dir) == (
         "lesson-01/ is still in the inbox, waiting for: bob.mp4: 0 bytes so far\n"
     )
     (job / "bob.mp4").write_bytes(b"video-bytes")
-    assert svc.step(1.0).job_id == "lesson-01"
+    assert svc.step(SETTLE + 1).action == "idle"
+    assert svc.step(2 * SETTLE + 1).job_id == "lesson-01"
     assert "bob.mp4" not in show_status(settings.paths.outbox, None, settings.paths.state_dir)
 
 
@@ -226,3 +235,20 @@ def test_a_paused_job_with_a_cancel_request_does_not_wait_out_its_pause(tmp_path
     cancelled = svc.step(2.0)
     assert (cancelled.job_id, cancelled.outcome) == ("disk-full", JobOutcome.CANCELLED)
     assert not svc.retry_at
+
+
+def test_a_linked_claim_folder_stops_no_step_and_is_logged_once(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    make_job(settings, "lesson")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    settings.paths.state_dir.mkdir(parents=True)
+    (settings.paths.state_dir / "claimed").symlink_to(outside)
+    runner = Runner()
+    svc = service(settings, runner)
+    with structlog.testing.capture_logs() as logs:
+        steps = [svc.step(now).action for now in (0.0, 1.0, 2.0)]
+    assert steps == ["idle", "idle", "idle"] and runner.ran == []
+    refused = [e for e in logs if e["event"] == "job.claim_refused"]
+    assert len(refused) == 1 and "claimed: is a symbolic link" in refused[0]["error"]
+    assert (settings.paths.inbox / "lesson").is_dir() and list(outside.iterdir()) == []

@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from heygemd.daemon import claims, readiness
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.names import is_heygemd_temp, temp_name
+from heygemd.pipeline.run import RenderResult
 from tests.daemon.test_jobs import unblocked
 from tests.daemon.test_worker import StandInSession
 
@@ -188,3 +190,51 @@ def test_output_names_of_long_presenter_names_are_cut_to_fit(tmp_path: Path) -> 
     outputs = [v.output for v in final.videos]
     assert outputs == ["ö" * 121 + "-lipsync.mp4", "ö" * 120 + "-lipsync-2.mp4"]  # 254 bytes each
     assert sorted(p.name for p in (tmp_path / "outbox" / "lesson-01").glob("*.mp4")) == sorted(outputs)
+
+
+def test_a_linked_archive_pauses_the_job_with_its_inputs_still_claimed(tmp_path: Path, secret: Path) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a"})
+    (tmp_path / "inbox" / ".heygemd" / "archive").symlink_to(secret.parent)
+    session = StandInSession()
+    context = JobContext(session_for=lambda _e: session, inputs_after="archive")  # type: ignore[arg-type, return-value]
+    result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.PAUSED
+    assert claimed.folder.is_dir() and sorted(p.name for p in secret.parent.iterdir()) == ["assets", "secret.mp4"]
+    assert untouched(secret)
+
+
+class OutboxOutage(StandInSession):
+    """Renders, then the outbox's share goes away (the job's folder vanishes) until the test brings it back."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder, self.away = folder, folder.with_name(folder.name + ".unmounted")
+        self.outages = 1
+
+    def render(self, video: Path, audio: object, output: Path, **kwargs: object) -> RenderResult:
+        result = super().render(video, audio, output, **kwargs)  # type: ignore[arg-type]
+        if self.outages:
+            self.outages -= 1
+            self.folder.rename(self.away)
+        return result
+
+    def back(self) -> None:
+        self.away.rename(self.folder)
+
+
+def test_an_outbox_that_refuses_writes_mid_job_pauses_it_and_never_fails_it(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a", "b.mp4": b"b"})
+    session = OutboxOutage(tmp_path / "outbox" / "lesson-01")
+    context = JobContext(session_for=lambda _e: session)  # type: ignore[arg-type, return-value]
+    with structlog.testing.capture_logs() as logs:
+        result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.PAUSED
+    assert not [e for e in logs if e["event"].endswith(".crashed") or e.get("code") == "INTERNAL"], logs
+    paused = [e for e in logs if e["event"] == "job.paused"]
+    assert paused and paused[0]["code"] == "OUTBOX_UNAVAILABLE", logs
+    assert claimed.folder.is_dir(), "the inputs stay claimed while the outbox is away"
+    session.back()  # the share is back: the job is tried again and ends as if nothing happened
+    again = process_job(claimed, tmp_path / "outbox", context)
+    final = again.status
+    assert again.outcome is JobOutcome.FINISHED and final is not None and final.state == "done", final
+    assert final.error is None and all(v.error is None for v in final.videos)

@@ -323,6 +323,18 @@ def test_cached_track_computes_once_and_recomputes_when_needed(tmp_path):
     np.testing.assert_array_equal(FaceTrack.load(tmp_path / "faces" / "abc-fp1.npz").boxes, repaired.boxes)
 
 
+def test_a_linked_face_cache_is_never_read_or_written_through(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = small_track(seed=9)
+    planted.save(elsewhere / "abc-fp1.npz")  # a track someone wants heygemd to use
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "faces").symlink_to(elsewhere)
+    computed = small_track(seed=1)
+    track = cached_track("abc", tmp_path / "cache", "fp1", lambda: computed)
+    assert track is computed and [p.name for p in elsewhere.iterdir()] == ["abc-fp1.npz"]
+
+
 def test_fingerprint_changes_with_every_setting():
     base = dict(detector_name="dlib-hog", pads=(0, 10, 0, 0), smooth_window=5, max_gap_frames=12, detect_max_side=640)
     reference = track_fingerprint(**base)

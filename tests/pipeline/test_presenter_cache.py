@@ -63,3 +63,14 @@ def test_unwritable_cache_still_prepares(tmp_path: Path) -> None:
     result = presenter_cache.cached_preparation("k", blocker, "fp", (2, 2), compute, 10**9)  # type: ignore[arg-type]
     assert result.cached is False and calls == [1]
     np.testing.assert_array_equal(result.data, np.full((2, 2), 3.0, np.float32))
+
+
+def test_a_linked_cache_folder_is_never_written_through(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / presenter_cache.FOLDER).symlink_to(elsewhere)
+    calls, compute = fill(4.0)
+    result = presenter_cache.cached_preparation("k", tmp_path / "cache", "fp", (2, 2), compute, 10**9)  # type: ignore[arg-type]
+    assert result.cached is False and calls == [1] and list(elsewhere.iterdir()) == []
+    np.testing.assert_array_equal(result.data, np.full((2, 2), 4.0, np.float32))
