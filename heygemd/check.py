@@ -161,7 +161,7 @@ def _journald() -> Check:
 
 def _broker(settings: Settings) -> Check:
     """The farm's Redis (only when ``queue.broker`` is set): the intake claims nothing while it is unreachable."""
-    from heygemd.queue.broker import Broker, shown_url
+    from heygemd.farm.broker import Broker, shown_url
 
     shown = shown_url(settings.queue.broker)
     problem = Broker(settings.queue.broker).problem()

@@ -6,11 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heygemd import __version__
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings, find_config, load_settings
+
+if TYPE_CHECKING:
+    from heygemd.control import Control
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,15 +131,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(summary(outcomes))
         return 0 if all(o.ok for o in outcomes) else 1
     if args.command in ("run", "once"):
-        from heygemd.daemon.service import run_service
-
         if args.command == "run" and settings.web.enabled:
             from heygemd.web.server import start_in_thread
 
-            start_in_thread(settings)
+            start_in_thread(settings, control_for(settings))
+        if args.command == "run" and settings.queue.broker:
+            from heygemd.farm.intake import run_intake
+
+            return run_intake(settings)
+        from heygemd.daemon.service import run_service
+
         return run_service(settings, once=args.command == "once")
     if args.command == "worker":
-        from heygemd.queue.worker import run_worker
+        from heygemd.farm.worker import run_worker
 
         return run_worker(settings, name=args.name)
     if args.command == "status":
@@ -144,9 +152,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(show_status(settings.paths.outbox, args.job, settings.paths.state_dir))
         return 0
     if args.command == "cancel":
-        from heygemd.daemon.cancel import cancel_for, requested_by
+        from heygemd.daemon.cancel import requested_by
 
-        answer = cancel_for(settings, args.job, requested_by("cli"))
+        answer = control_for(settings).cancel(args.job, requested_by("cli"))
         if answer.state == "cancelled":
             print(f"{answer.job_id}: cancelled (it had not started); its inputs are archived for a retry")
         else:
@@ -161,7 +169,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "web":
         from heygemd.web.server import serve
 
-        return serve(settings)
+        return serve(settings, control_for(settings))
     if args.command == "demo":
         from heygemd.demo import make_demo_job
 
@@ -169,3 +177,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"demo job ready: {job}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def control_for(settings: Settings) -> Control:
+    """The job actions for ``settings``; in a farm (``[queue] broker``) with the farm's way to finish a job whose
+    task still waits in the broker at once."""
+    from heygemd.control import Control
+
+    if not settings.queue.broker:
+        return Control(settings)
+    from heygemd.farm.cancel import idle_finisher  # Celery and Redis: only in a farm
+
+    return Control(settings, finish_idle=idle_finisher(settings))

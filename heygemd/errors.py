@@ -2,7 +2,8 @@
 
 Raise the most specific subclass where the problem is known. Only two places catch broadly:
 per video (the video fails, the job goes on) and per job (the job fails, the daemon goes on);
-both record ``code``, ``message`` and ``hint`` in status.json.
+both record ``code``, ``message`` and ``hint`` in status.json. A stop (:class:`Interrupted`) is no error: it
+derives from BaseException, so these boundaries never catch it by accident.
 """
 
 from __future__ import annotations
@@ -167,11 +168,15 @@ class OutboxUnavailable(DiskFull):
     )
 
 
-class Interrupted(HeygemdError):
-    """The daemon is stopping; the current video will be redone on the next start."""
+class Interrupted(BaseException):
+    """A stop or a cancel request reached the work in progress: the current video is left (and redone on the next
+    start, or recorded as cancelled). Not an error of the job, so not an Exception: a failure boundary
+    (``except Exception``) never takes it for a failure; only the job worker, which acts on stops, catches it."""
 
-    code = "INTERRUPTED"
-    default_hint = "heygemd was stopped; the video is redone when it starts again."
+    def __init__(self, message: str, *, path: Path | str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.message = f"{self.path}: {message}" if self.path is not None else message
+        super().__init__(self.message)
 
 
 class OutOfMemory(HeygemdError):

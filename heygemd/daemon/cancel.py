@@ -11,8 +11,8 @@ queued, a claimed job resumed after a restart) finishes it as cancelled without 
 A job still in the inbox is cancelled at once by whoever asks: it is claimed (the same atomic rename as the
 intake's, so of the two exactly one wins) and finished as cancelled. So is a claimed job that provably nobody
 runs, where the caller can prove it (``finish_idle``: in a farm, by taking the job's lock in Redis, as a worker
-does; ``heygemd.queue.cancel``). Either way the inputs end in the archive, as a failed job's do, so the job can
-be retried.
+does; ``heygemd.farm.cancel``, handed in from above through ``heygemd.control``). Either way the inputs end in the
+archive, as a failed job's do, so the job can be retried.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from heygemd.errors import AlreadyFinished, CancelRefused, HeygemdError, JobNotF
 from heygemd.fsutil import atomic_write_bytes, read_regular, remove_temps
 from heygemd.logs import job_log
 from heygemd.names import plain_name
-from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.cancel")
 
@@ -237,27 +236,6 @@ def cancel_job(
             )
             return answer
     raise JobNotFound(f"job {job_id!r} moved while it was being cancelled; it is no longer anywhere to cancel")
-
-
-def cancel_for(settings: Settings, job_id: str, by: str) -> CancelAnswer:
-    """:func:`cancel_job` with ``settings``' folders; in a farm (``queue.broker``) a job whose task still waits in
-    Redis is finished at once, under its lock (``heygemd.queue.cancel``)."""
-    finish_idle: FinishIdle | None = None
-    if settings.queue.broker:
-        from heygemd.queue.cancel import idle_finisher  # Redis: only in a farm
-
-        finish_idle = idle_finisher(settings)
-    paths = settings.paths
-    return cancel_job(
-        job_id,
-        inbox=paths.inbox,
-        outbox=paths.outbox,
-        state_dir=paths.state_dir,
-        ready_marker=settings.intake.ready_marker,
-        by=by,
-        finish_idle=finish_idle,
-        max_toml_bytes=settings.intake.max_job_toml_bytes,
-    )
 
 
 def _cancel_once(

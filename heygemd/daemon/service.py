@@ -1,19 +1,19 @@
-"""The long-running process: resume claimed jobs, watch the inbox, claim ready jobs, run them one at a time.
+"""The long-running process on one host: resume claimed jobs, watch the inbox, claim ready jobs, run them one at a
+time (``heygemd run`` and ``heygemd once``). A farm's intake (:mod:`heygemd.farm.intake`) runs the same loop with
+a step that publishes instead of rendering.
 
-Signals only set flags: the first SIGTERM (or Ctrl-C) stops taking jobs and interrupts the current video at
-its next batch (it is redone on the next start); a second one stops at once. Either way every claimed job
-stays recoverable: the next start resumes it.
+Signals only set flags (:mod:`heygemd.daemon.lifecycle`): the first SIGTERM (or Ctrl-C) stops taking jobs and
+interrupts the current video at its next batch (it is redone on the next start); a second one stops at once.
+Either way every claimed job stays recoverable: the next start resumes it.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
 import structlog
@@ -21,22 +21,19 @@ import structlog
 from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
-from heygemd.daemon.outbox import empty_trash, finish_inputs, prune_archive
+from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, Stopping, until_stopped
+from heygemd.daemon.outbox import empty_trash, prune_archive
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import ConfigError, report_failure
+from heygemd.errors import ConfigError
 from heygemd.fsutil import own_dir, own_subdirs, remove_temps
-from heygemd.lipsync import LipSyncSession
 from heygemd.names import shown_name
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.service")
-
-STOP_POLL_SECONDS = 0.5
-"""Longest a wait goes without looking at the stop flag."""
 
 DEBOUNCE_SECONDS = 0.3
 DEBOUNCE_MAX_SECONDS = 2.0
@@ -46,109 +43,6 @@ rescanning."""
 PAUSED_RETRY_SECONDS = 300.0
 """A job that could not go on for a reason of the machine's (disk full, outbox unreachable) is tried again
 after this long; meanwhile other jobs run."""
-
-
-class StopNow(BaseException):
-    """Raised by the second stop signal: leave whatever is running (the claimed job resumes on restart)."""
-
-
-class StopFlag:
-    """Set by the first SIGTERM/SIGINT; the second one raises StopNow in the main thread.
-
-    The handler touches nothing but this flag: setting another thread's Event from a signal handler can
-    deadlock when the main thread holds that Event's lock. Waits poll the flag instead (``STOP_POLL_SECONDS``).
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set():
-            raise StopNow(signal.Signals(signum).name)
-        self.event.set()
-
-
-class Heartbeat:
-    """Pings the systemd watchdog from a thread, but only while the work loop keeps reporting progress.
-
-    A wedged GPU call or a hung ffmpeg stops the beats, the pings stop, and systemd restarts the service.
-    """
-
-    def __init__(self, notifier: Notifier, interval: float | None, *, idle: Callable[[], bool] = lambda: False):
-        """``idle``: True while no work runs (a farm worker waiting for a task): the pings go on without beats."""
-        self.notifier = notifier
-        self.interval = interval
-        self.idle = idle
-        self._last_beat = time.monotonic()
-        self._last_text = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def beat(self, text: str = "") -> None:
-        self._last_beat = time.monotonic()
-        if text and text != self._last_text:
-            self._last_text = text
-            self.notifier.status(text)
-
-    def __enter__(self) -> "Heartbeat":
-        if self.interval:
-            self._thread = threading.Thread(target=self._run, name="heygemd-watchdog", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        assert self.interval is not None
-        while not self._stop.wait(self.interval / 2):
-            if self.idle() or time.monotonic() - self._last_beat < self.interval:
-                self.notifier.watchdog()
-
-
-class Sessions:
-    """The warm engines: the configured one, plus any a job.toml asks for (loaded on demand)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.default = LipSyncSession(settings)
-        self._others: dict[str, LipSyncSession] = {}
-        self.last_used = time.monotonic()
-
-    def get(self, engine: str | None) -> LipSyncSession:
-        self.last_used = time.monotonic()
-        if engine in (None, "auto") or engine == self.default.engine_name:
-            return self.default
-        if engine not in self._others:
-            self._others[engine] = LipSyncSession(self.settings, engine)
-        return self._others[engine]
-
-    def after_job(self) -> None:
-        """Free accelerator memory; engines other than the default are unloaded. The idle time counts from here,
-        so a job longer than ``engine.idle_unload_seconds`` does not unload the engine the moment it ends."""
-        self.last_used = time.monotonic()
-        self.default.release()
-        for session in self._others.values():
-            session.unload()
-        self._others.clear()
-
-    def unload_if_idle(self) -> None:
-        idle = self.settings.engine.idle_unload_seconds
-        if idle and self.default.loaded and time.monotonic() - self.last_used > idle:
-            log.info("engine.unloaded", engine=self.default.engine_name, idle_s=round(idle))
-            self.default.unload()
 
 
 StepAction = Literal["ran", "idle"]
@@ -390,47 +284,31 @@ def _arrival(candidate: Candidate) -> tuple[float, str]:
         return float("inf"), candidate.name
 
 
-def run_service(settings: Settings, *, once: bool = False) -> int:
-    """``heygemd run`` (once=False) and ``heygemd once``. Returns the process exit status."""
+def serve_inbox(settings: Settings, serve: Callable[[Stopping, Notifier], None]) -> int:
+    """Run a process that serves the inbox (``heygemd run`` and ``once`` here, a farm's intake) until it is stopped:
+    its folders made (a state folder that is a link is refused: heygemd writes only inside its own folders), the
+    signals handled (:mod:`heygemd.daemon.lifecycle`). Returns the process exit status."""
     paths = settings.paths
     for folder in (paths.inbox, paths.outbox):
         folder.mkdir(parents=True, exist_ok=True)
-    own_dir(paths.state_dir)  # a link there is refused (ConfigError): heygemd writes only inside its own folders
+    own_dir(paths.state_dir)
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
-    try:
-        if settings.queue.broker and not once:
-            _serve_intake(settings, stop, notifier)
-        else:
-            _serve(settings, stop, notifier, once)
-    except StopNow as exc:
-        log.warning("daemon.stopped_now", signal=str(exc))
-        notifier.stopping("stopped at once; the current job resumes on the next start")
-        return 1
-    notifier.stopping("stopped")
-    log.info("daemon.stopped")
-    return 0
+
+    def run() -> int:
+        serve(Stopping(stop, notifier), notifier)
+        return 0
+
+    return until_stopped(run, notifier)
 
 
-class _Stopping:
-    """``should_stop`` for the loop and the worker: the stop flag, announcing ``STOPPING=1`` the first time it is
-    seen set (the signal handler itself only sets the flag)."""
-
-    def __init__(self, stop: StopFlag, notifier: Notifier) -> None:
-        self._stop = stop
-        self._notifier = notifier
-        self._announced = False
-
-    def __call__(self) -> bool:
-        if self._stop and not self._announced:
-            self._announced = True
-            self._notifier.stopping("stopping: the current video is redone on the next start")
-            log.info("daemon.stopping")
-        return bool(self._stop)
+def run_service(settings: Settings, *, once: bool = False) -> int:
+    """``heygemd run`` (once=False) and ``heygemd once`` on a single host. Returns the process exit status."""
+    return serve_inbox(settings, partial(_serve, settings, once=once))
 
 
-def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -> None:
+def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: bool) -> None:
     paths = settings.paths
     sessions = Sessions(settings)
     log.info(
@@ -441,51 +319,59 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
         mode="once" if once else "run",
     )
     sessions.default.warm_up()
-    stopping = _Stopping(stop, notifier)
 
     with Heartbeat(notifier, watchdog_interval()) as heartbeat:
-        context = JobContext(
-            session_for=sessions.get,
-            should_stop=stopping,
-            heartbeat=heartbeat.beat,
-            inputs_after=settings.outbox.inputs_after,
-            naming=settings.outbox.naming,
-            ready_marker=settings.intake.ready_marker,
-            max_job_toml_bytes=settings.intake.max_job_toml_bytes,
+        context = JobContext.from_settings(
+            settings, session_for=sessions.get, should_stop=stopping, heartbeat=heartbeat.beat
         )
 
         def run_job(claimed: ClaimedJob) -> JobOutcome:
             heartbeat.beat(f"job {claimed.job_id}")
-            try:
-                outcome = process_job(claimed, paths.outbox, context).outcome
-            except Exception as exc:  # per-job boundary around the worker's own: never take the daemon down
-                report_failure(log.bind(job_id=claimed.job_id), "job", exc)
-                _set_aside(claimed)
-                outcome = JobOutcome.FAILED
+            outcome = process_job(claimed, paths.outbox, context).outcome
             sessions.after_job()
-            heartbeat.beat("idle, watching the inbox")
+            heartbeat.beat(IDLE_TEXT)
             return outcome
 
-        remove_stale_reservations(paths.state_dir)
-        empty_trash(paths.state_dir)
+        tidy_state(paths.state_dir)
         _remove_cache_temps(paths.cache_dir)
-        remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)  # waiting.json's, from a killed process
         service = Service(settings, run_job, once=once)
         if once:
             while not stopping() and service.step(time.monotonic()).action == "ran":
                 pass
         else:
-            _watch(settings, service, stopping, notifier, heartbeat, sessions)
+            watch_inbox(
+                settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, idle=sessions.unload_if_idle
+            )
 
 
-def _watch(
+IDLE_TEXT = "idle, watching the inbox"
+
+
+def tidy_state(state_dir: Path) -> None:
+    """At start: what a killed process left in the state folder (reservations of claims cut short, deletes cut
+    short, temporary files such as waiting.json's) goes."""
+    remove_stale_reservations(state_dir)
+    empty_trash(state_dir)
+    remove_temps(state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
+
+
+def watch_inbox(
     settings: Settings,
     service: Service,
-    stopping: _Stopping,
+    stopping: Stopping,
     notifier: Notifier,
     heartbeat: Heartbeat,
-    sessions: Sessions,
+    *,
+    idle_text: str,
+    idle: Callable[[], None] = lambda: None,
+    each_round: Callable[[float], float] = lambda _now: float("inf"),
 ) -> None:
+    """Step ``service`` until a stop is requested, waiting for the inbox to change between idle steps.
+
+    Claimed jobs are resumed only after READY, as one can outlast systemd's start timeout. ``idle`` runs when a
+    step found nothing to do (unload an idle engine); ``each_round(now)`` before every step, returning the seconds
+    until it wants to run again (a farm's intake republishes lost tasks at each rescan).
+    """
     paths, intake_settings = settings.paths, settings.intake
     watcher = InboxWatcher(
         paths.inbox,
@@ -495,76 +381,25 @@ def _watch(
     )
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
-        notifier.ready("idle, watching the inbox")
-        # Claimed jobs are resumed only after READY, as one can outlast systemd's start timeout.
-        while not stopping():
-            heartbeat.beat()
-            step = service.step(time.monotonic())
-            if step.action == "ran":
-                continue
-            heartbeat.beat(service.waiting_text() or "idle, watching the inbox")
-            sessions.unload_if_idle()
-            try:
-                prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
-            except OSError as exc:  # a file held open on the share: pruning waits for a later round
-                log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
-            _wait_for_change(watcher, stopping, heartbeat, max(step.wait_s, 0.05))
-
-
-def _serve_intake(settings: Settings, stop: StopFlag, notifier: Notifier) -> None:
-    """The farm's intake (``[queue] broker`` set): watch, settle and claim as :func:`_serve` does, but publish
-    each claimed job to the broker instead of rendering it; republish claimed jobs whose task was lost. While
-    the broker is unreachable nothing is claimed."""
-    from heygemd.queue.publish import Publisher, PublishError  # Celery and Redis: only in a farm
-
-    paths, intake_settings = settings.paths, settings.intake
-    publisher = Publisher(settings)
-    stopping = _Stopping(stop, notifier)
-    log.info(
-        "daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), mode="intake", broker=publisher.shown_url
-    )
-
-    def publish(claimed: ClaimedJob) -> JobOutcome:
-        # not published: the job stays claimed, and the rescan below publishes it once the broker is back
-        return JobOutcome.FINISHED if publisher.publish(claimed) else JobOutcome.INTERRUPTED
-
-    remove_stale_reservations(paths.state_dir)
-    empty_trash(paths.state_dir)  # deletes a killed worker left unfinished
-    remove_temps(paths.state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
-    service = Service(settings, publish, resume_claimed=False, may_claim=publisher.reachable)
-    watcher = InboxWatcher(
-        paths.inbox,
-        state_dir=paths.state_dir,
-        observer=intake_settings.observer,
-        poll_interval=intake_settings.poll_interval,
-    )
-    with Heartbeat(notifier, watchdog_interval()) as heartbeat, watcher:
-        log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
-        notifier.ready("intake: watching the inbox")
-        next_rescan = 0.0
+        notifier.ready(idle_text)
         while not stopping():
             heartbeat.beat()
             now = time.monotonic()
-            if now >= next_rescan:
-                next_rescan = now + intake_settings.rescan_interval
-                try:
-                    if publisher.reachable():
-                        publisher.republish_lost(claimed_jobs(paths.state_dir))
-                except PublishError as exc:  # the broker went away between the ping and the rescan
-                    log.warning("queue.rescan_failed", error=str(exc))
+            due_in = each_round(now)
             step = service.step(now)
             if step.action == "ran":
                 continue
-            heartbeat.beat(service.waiting_text() or "intake: watching the inbox")
+            heartbeat.beat(service.waiting_text() or idle_text)
+            idle()
             try:
                 prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
             except OSError as exc:  # a file held open on the share: pruning waits for a later round
                 log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
-            wait = min(step.wait_s, max(0.0, next_rescan - time.monotonic()))
-            _wait_for_change(watcher, stopping, heartbeat, max(wait, 0.05))
+            wait = min(step.wait_s, max(0.0, now + due_in - time.monotonic()))
+            wait_for_change(watcher, stopping, heartbeat, max(wait, 0.05))
 
 
-def _wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: Heartbeat, seconds: float) -> None:
+def wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: Heartbeat, seconds: float) -> None:
     """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS).
 
     A change is followed by a short quiet spell (``DEBOUNCE_SECONDS``, at most ``DEBOUNCE_MAX_SECONDS``): a copy
@@ -582,16 +417,6 @@ def _wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat:
             while not stop() and time.monotonic() < settle_until and watcher.wait(DEBOUNCE_SECONDS):
                 pass
             return
-
-
-def _set_aside(claimed: ClaimedJob) -> None:
-    """Archive the inputs of a job that failed outside the worker's own boundary, so it is not resumed forever."""
-    try:
-        finish_inputs(claimed, "archive")
-    except OSError as exc:
-        log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
-    except ConfigError as exc:
-        log.error("job.set_aside_failed", job_id=claimed.job_id, error=exc.message, hint=exc.hint)
 
 
 CACHE_TEMP_MIN_AGE_S = 3600.0

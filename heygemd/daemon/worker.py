@@ -39,7 +39,7 @@ from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.names import unique_output_name
 from heygemd.pipeline.run import VideoProgress
-from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
+from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings, Settings
 
 log = structlog.get_logger("heygemd.worker")
 
@@ -63,6 +63,30 @@ class JobContext:
     worker: str | None = None
     """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
     device: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        session_for: Callable[[str | None], LipSyncSession],
+        should_stop: Callable[[], bool],
+        heartbeat: Callable[[str], None],
+        worker: str | None = None,
+        device: str | None = None,
+    ) -> "JobContext":
+        """The context of a process serving ``settings``' folders (a single host's daemon or a farm worker)."""
+        return cls(
+            session_for=session_for,
+            should_stop=should_stop,
+            heartbeat=heartbeat,
+            inputs_after=settings.outbox.inputs_after,
+            naming=settings.outbox.naming,
+            ready_marker=settings.intake.ready_marker,
+            max_job_toml_bytes=settings.intake.max_job_toml_bytes,
+            worker=worker,
+            device=device,
+        )
 
 
 @dataclass
@@ -127,7 +151,11 @@ def outbox_refused(exc: OSError, path: Path) -> DiskFull:
 
 def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:
     """Run ``claimed`` and say how it ended (:class:`JobOutcome`). Finished and failed jobs leave claimed/;
-    paused and interrupted ones stay claimed with their unfinished videos pending; cancelled ones are archived."""
+    paused and interrupted ones stay claimed with their unfinished videos pending; cancelled ones are archived.
+
+    Never raises an error: this is the per-job failure boundary of every process that runs jobs (the single
+    host's service loop and the farm's worker). Only a stop (:class:`~heygemd.daemon.lifecycle.StopNow`, not an
+    Exception) passes through, leaving the job claimed for the next start."""
     try:
         return _process(claimed, outbox, context)
     except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
@@ -142,6 +170,21 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
     except (DiskFull, ConfigError) as exc:  # the outbox refused status.json; a state folder is a link (the admin's)
         log.error("job.paused", job_id=claimed.job_id, code=exc.code, error=exc.message, hint=exc.hint)
         return JobResult(JobOutcome.PAUSED)
+    except Exception as exc:  # per-job boundary around the job's own: never take the process down
+        report_failure(log.bind(job_id=claimed.job_id), "job", exc)
+        _set_aside(claimed)
+        return JobResult(JobOutcome.FAILED)
+
+
+def _set_aside(claimed: ClaimedJob) -> None:
+    """Archive the inputs of a job that failed outside its own boundary, so it is not resumed (or, in a farm,
+    republished) forever."""
+    try:
+        finish_inputs(claimed, "archive")
+    except OSError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")
+    except ConfigError as exc:
+        log.error("job.set_aside_failed", job_id=claimed.job_id, error=exc.message, hint=exc.hint)
 
 
 def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResult:

@@ -1,7 +1,7 @@
-"""What the dashboard's buttons do besides reading: cancel a job, retry failed videos, delete a job.
+"""What the dashboard's buttons do besides reading and cancelling (``heygemd.control``): retry failed videos,
+delete a job.
 
-Cancel is the daemon's own (``heygemd.daemon.cancel``, as ``heygemd cancel``): a waiting job is cancelled at once,
-a rendering one stops at its next batch. Retry submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...)
+Retry submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...)
 holding the original audio, the presenters whose videos failed or were cancelled, and the original job.toml,
 copied from the archived inputs; the original job is left as it is. Delete removes the job's outbox folder and its
 archived inputs, each renamed into a trash folder first and then removed (symlinks are removed, never followed).
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.cancel import CancelAnswer, cancel_for
 from heygemd.daemon.claims import CLAIM_FILE, CLAIM_FILE_MAX_BYTES, INPUT_DIR, ClaimRecord
 from heygemd.daemon.jobs import JOB_TOML
 from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
@@ -114,11 +113,6 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
     except BaseException:
         discard(staging)
         raise
-
-
-def cancel(settings: Settings, job_id: str, by: str) -> CancelAnswer:
-    """Cancel ``job_id`` as ``heygemd cancel`` does (JobNotFound, AlreadyFinished when it cannot be)."""
-    return cancel_for(settings, job_id, by)
 
 
 def _trash(folder: Path, trash: Path) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from heygemd import __version__
+from heygemd.control import Control
 from heygemd.daemon.jobs import JOB_TOML, JobOptions
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import HeygemdError
@@ -130,7 +131,7 @@ def pages_of(total: int, page_size: int) -> int:
     return max(1, math.ceil(total / page_size))
 
 
-def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object]) -> APIRouter:
+def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Callable[..., object]) -> APIRouter:
     web = settings.web
     limits = Limits.from_settings(web)
     state = settings.paths.state_dir
@@ -236,7 +237,7 @@ def api_router(settings: Settings, catalog: Catalog, guard: Callable[..., object
         summary="Cancel a job: a waiting one never starts, a rendering one stops at its next batch",
     )
     def cancel(job_id: str, request: Request) -> Cancelled:
-        answer = actions.cancel(settings, job_id, by=f"web {client_address(request)}")
+        answer = control.cancel(job_id, by=f"web {client_address(request)}")
         log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heygemd import __version__
+from heygemd.control import Control
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
 from heygemd.web import actions
@@ -44,9 +45,12 @@ class LoginNeeded(Exception):
         self.next_url = next_url
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
-    """The application for ``settings`` (paths, web limits and token); ``clock``: the wall clock that sessions
-    and the throttle of wrong tokens go by."""
+def create_app(
+    settings: Settings, *, control: Control | None = None, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The application for ``settings`` (paths, web limits and token); ``control``: how it acts on jobs (default:
+    a single host's); ``clock``: the wall clock that sessions and the throttle of wrong tokens go by."""
+    control = control if control is not None else Control(settings)
     gate = Gate(settings.web, clock)
     catalog = Catalog(settings)
     clean_stale(settings.paths.state_dir)
@@ -128,7 +132,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     # -- routes
 
-    app.include_router(api_router(settings, catalog, api_guard))
+    app.include_router(api_router(settings, catalog, control, api_guard))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
     def openapi() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import threading
 import structlog
 import uvicorn
 
+from heygemd.control import Control
 from heygemd.errors import ConfigError
 from heygemd.settings import Settings
 from heygemd.web.auth import check_bind
@@ -37,31 +38,36 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def prepare(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
-    """Check the bind is allowed, bind it, and build the server (not yet running)."""
+def prepare(settings: Settings, control: Control) -> tuple[uvicorn.Server, socket.socket]:
+    """Check the bind is allowed, bind it, and build the server (not yet running) acting on jobs through
+    ``control``."""
     check_bind(settings.web)
     from heygemd.web.app import create_app
 
     sock = bind_socket(settings.web.host, settings.web.port)
     config = uvicorn.Config(
-        create_app(settings), log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        create_app(settings, control=control),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
     )
     host, port = sock.getsockname()[:2]
     log.info("web.ready", url=f"http://{host}:{port}/", host=host, port=port, token=settings.web.token is not None)
     return uvicorn.Server(config), sock
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, control: Control) -> int:
     """``heygemd web``: serve until SIGTERM/SIGINT."""
-    server, sock = prepare(settings)
+    server, sock = prepare(settings, control)
     server.run(sockets=[sock])
     return 0
 
 
-def start_in_thread(settings: Settings) -> threading.Thread:
+def start_in_thread(settings: Settings, control: Control) -> threading.Thread:
     """``[web] enabled = true`` in ``heygemd run``: serve from a daemon thread next to the worker, so the pages
     and the API answer while a job renders; it ends with the process."""
-    server, sock = prepare(settings)
+    server, sock = prepare(settings, control)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="heygemd-web", daemon=True)
     thread.start()
     return thread

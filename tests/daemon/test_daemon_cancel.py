@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from heygemd.daemon.cancel import cancel_for
+from heygemd.cli import control_for
 from heygemd.daemon.status import SCHEMA_PATH
 from heygemd.names import is_heygemd_temp
 from heygemd.settings import load_settings
@@ -57,7 +57,7 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
     assert d.proc is not None
     # what `heygemd cancel` runs, in this process: a CLI's start-up on a loaded machine could outlast b's render
     # (the CLI itself is run for the waiting job above and the errors below)
-    answer = cancel_for(load_settings(d.config), "long", "cli test")
+    answer = control_for(load_settings(d.config)).cancel("long", "cli test")
     assert answer.state == "cancelling"
     status = d.wait_for(lambda: d.cancelled("long"), 30, "the job to be cancelled")
     jsonschema.validate(status, SCHEMA)

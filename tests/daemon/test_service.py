@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from heygemd.daemon.service import Sessions
+from heygemd.daemon.lifecycle import Sessions
 from heygemd.settings import EngineSettings, PathsSettings, Settings
 
 
@@ -78,20 +78,74 @@ class _Beats:
 
 
 def test_a_burst_of_inbox_events_ends_in_one_wake_up() -> None:
-    from heygemd.daemon.service import StopFlag, _wait_for_change
+    from heygemd.daemon.lifecycle import StopFlag
+    from heygemd.daemon.service import wait_for_change
 
     storm = _EventStorm(storm=50)  # a copy: many events in a row
     beats = _Beats()
-    _wait_for_change(storm, StopFlag(), beats, seconds=30)  # type: ignore[arg-type]
+    wait_for_change(storm, StopFlag(), beats, seconds=30)  # type: ignore[arg-type]
     assert storm.calls == 51  # drained the burst, returned at the first quiet spell: one rescan for 50 events
     assert beats.count >= 1  # the watchdog is fed while waiting
 
 
 def test_a_stop_request_ends_the_wait() -> None:
-    from heygemd.daemon.service import StopFlag, _wait_for_change
+    from heygemd.daemon.lifecycle import StopFlag
+    from heygemd.daemon.service import wait_for_change
 
     stop = StopFlag()
     stop.event.set()
     quiet = _EventStorm(storm=0)
-    _wait_for_change(quiet, stop, _Beats(), seconds=3600)  # type: ignore[arg-type]
+    wait_for_change(quiet, stop, _Beats(), seconds=3600)  # type: ignore[arg-type]
     assert quiet.calls == 0
+
+
+STOP_SCRIPT = """
+import sys, time
+from pathlib import Path
+from heygemd.daemon.lifecycle import StopFlag, until_stopped
+from heygemd.daemon.systemd import Notifier
+
+stop = StopFlag()
+stop.install()
+seen = Path(sys.argv[1])
+
+def serve() -> int:
+    print("serving", flush=True)
+    while True:  # a job between two of its batches: it has not looked at the flag yet
+        if stop() and not seen.exists():
+            seen.write_text("the first signal is handled")
+        time.sleep(0.01)
+
+sys.exit(until_stopped(serve, Notifier("")))
+"""
+
+
+def test_the_second_stop_signal_stops_at_once_with_status_1(tmp_path: Path) -> None:
+    """One rule for every process (``heygemd run``, ``once``, the intake, ``heygemd worker``): the first signal sets
+    the flag, the second stops now (StopNow) and the process exits 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.daemon.daemon_process import wait_until
+
+    seen = tmp_path / "seen"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_SCRIPT, str(seen)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "serving\n"
+        proc.send_signal(signal.SIGTERM)
+        wait_until(seen.exists, 30, "the first signal to set the flag")
+        assert proc.poll() is None, "the first signal only sets the flag"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1
+        assert "daemon.stopped_now" in proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+import structlog.testing
+
 from heygemd.daemon import claims, readiness
+from heygemd.daemon.lifecycle import StopNow
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import DiskFull, NoFace
+from heygemd.errors import DiskFull, Interrupted, NoFace
 from heygemd.pipeline.run import RenderResult
 
 
@@ -27,7 +31,7 @@ class _Engine:
 class StandInSession:
     """Renders by writing a small file; ``failures`` maps a video name to the errors its next renders raise."""
 
-    failures: dict[str, list[Exception]] = field(default_factory=dict)
+    failures: dict[str, list[BaseException]] = field(default_factory=dict)
     rendered: list[str] = field(default_factory=list)
     engine_name: str = "stand-in"
     engine: _Engine = field(default_factory=_Engine)
@@ -86,6 +90,37 @@ def test_a_full_disk_pauses_the_job_and_a_retry_finishes_only_what_is_left(tmp_p
     assert session.rendered == ["a.mp4", "b.mp4"]  # a.mp4 was not redone
     assert final.videos[1].error is None
     assert not claimed.path.exists(), "inputs leave claimed/ once the job is done"
+
+
+def test_a_bug_outside_the_jobs_own_boundary_fails_the_job_and_sets_its_inputs_aside(tmp_path: Path) -> None:
+    """process_job never raises: the one per-job boundary of the single host and the farm alike."""
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4"])
+    session = StandInSession()
+    # a value no setting allows: moving the inputs after the job raises ValueError, outside the job's own boundary
+    context = JobContext(session_for=lambda _engine: session, inputs_after="shred")  # type: ignore[arg-type, return-value]
+    with structlog.testing.capture_logs() as logs:
+        result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.FAILED
+    assert [e["event"] for e in logs if e["event"].startswith("job.") and e["log_level"] == "error"] == ["job.crashed"]
+    assert not claimed.path.exists(), "set aside: never resumed (nor republished) for ever"
+    assert list((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson/input/voice.wav"))
+
+
+def test_stops_pass_every_failure_boundary(tmp_path: Path) -> None:
+    """A stop is no error: Interrupted ends the job as interrupted, StopNow (a second signal) leaves process_job
+    at once; neither is recorded as a failed video, and the job stays claimed for the next start."""
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
+    stops: dict[str, list[BaseException]] = {"a.mp4": [Interrupted("stopped")], "b.mp4": [StopNow("SIGTERM")]}
+    session = StandInSession(failures=stops)
+    context = JobContext(session_for=lambda _engine: session)  # type: ignore[arg-type, return-value]
+    result = process_job(claimed, tmp_path / "outbox", context)
+    assert result.outcome is JobOutcome.INTERRUPTED and result.status is not None
+    assert [v.state for v in result.status.videos] == ["pending", "pending"]
+    with pytest.raises(StopNow):
+        process_job(claimed, tmp_path / "outbox", context)
+    status = read_status(tmp_path / "outbox" / "lesson" / "status.json")
+    assert [v.state for v in status.videos] == ["done", "processing"] and status.error is None
+    assert claimed.folder.is_dir(), "the job stays claimed: the next start resumes it"
 
 
 def test_a_failing_video_fails_alone_and_the_job_is_partial(tmp_path: Path) -> None:

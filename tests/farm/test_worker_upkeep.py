@@ -11,7 +11,7 @@ import pytest
 
 from tests.daemon.daemon_process import Media
 from tests.daemon.test_daemon_notify import NotifySocket
-from tests.queue.farm import Farm
+from tests.farm.farm import Farm
 
 pytestmark = pytest.mark.slow
 

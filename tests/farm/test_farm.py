@@ -17,8 +17,8 @@ import pytest
 from kombu import Connection
 
 from tests.daemon.daemon_process import Media
+from tests.farm.farm import Farm, RedisServer
 from tests.pipeline.media import ffmpeg_children
-from tests.queue.farm import Farm, RedisServer
 
 pytestmark = pytest.mark.slow
 

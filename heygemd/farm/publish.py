@@ -9,12 +9,12 @@ from kombu.exceptions import OperationalError
 from heygemd.daemon.claims import ClaimedJob
 from heygemd.daemon.jobs import load_job
 from heygemd.errors import HeygemdError
-from heygemd.queue.app import TASK_NAME, make_app, queue_for, task_id
-from heygemd.queue.broker import Broker, BrokerError, shown_url
-from heygemd.queue.ownership import disown, owned_elsewhere
+from heygemd.farm.app import TASK_NAME, make_app, queue_for, task_id
+from heygemd.farm.broker import Broker, BrokerError, shown_url
+from heygemd.farm.ownership import disown, owned_elsewhere
 from heygemd.settings import Settings
 
-log = structlog.get_logger("heygemd.queue")
+log = structlog.get_logger("heygemd.farm")
 
 PublishError = (OperationalError, *BrokerError)
 

@@ -1,9 +1,10 @@
 """``heygemd worker``: a Celery worker (one process, one task at a time: one per GPU) that runs the farm's tasks
 with a warm engine. SIGTERM: the current video is interrupted at its next batch and the job goes back to the
-queue (its finished videos are kept); a second SIGTERM stops at once (the job is resumed elsewhere).
+queue (its finished videos are kept); a second SIGTERM stops at once, as the daemon's does
+(:mod:`heygemd.daemon.lifecycle`: the job is resumed by the next worker that takes its task).
 
 Under systemd it sends READY=1 once it consumes its queues, and WATCHDOG=1 (``WatchdogSec=``) from the daemon's
-:class:`~heygemd.daemon.service.Heartbeat` thread: always while it waits for a task (also while Redis is away),
+:class:`~heygemd.daemon.lifecycle.Heartbeat` thread: always while it waits for a task (also while Redis is away),
 and during a task only while the job reports progress, so a wedged GPU call or ffmpeg lets the watchdog fire.
 An engine idle for ``engine.idle_unload_seconds`` is unloaded by a timer of Celery's consumer event loop: with
 the solo pool that loop is the thread that runs the tasks, so the unload can never overlap a task. For the same
@@ -14,7 +15,6 @@ worker and its task while it renders.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -23,35 +23,22 @@ from typing import Any
 
 import structlog
 from celery import bootsteps, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, WorkerTerminate
+from celery.platforms import EX_FAILURE
 from celery.utils.sysinfo import load_average
 from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
 
-from heygemd.daemon.service import PAUSED_RETRY_SECONDS, STOP_POLL_SECONDS, Heartbeat, Sessions
+from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, StopNow, until_stopped
+from heygemd.daemon.service import PAUSED_RETRY_SECONDS
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
 from heygemd.errors import ConfigError
-from heygemd.queue.app import TASK_NAME, make_app, task_id, worker_queues
-from heygemd.queue.publish import PublishError
-from heygemd.queue.task import JobRunner
+from heygemd.farm.app import TASK_NAME, make_app, task_id, worker_queues
+from heygemd.farm.publish import PublishError
+from heygemd.farm.task import JobRunner
 from heygemd.settings import Settings
 
-log = structlog.get_logger("heygemd.queue")
-
-
-class ShutdownFlag:
-    """Set by Celery's warm shutdown (SIGTERM, Ctrl-C). Only a plain attribute is set in the signal handler."""
-
-    def __init__(self) -> None:
-        self.requested = 0
-
-    def __call__(self) -> bool:
-        return self.requested > 0
-
-    def on_shutting_down(self, **_kwargs: Any) -> None:
-        self.requested += 1
-        if self.requested > 1:  # the second stop signal: now (the job's lock expires; another worker resumes it)
-            os._exit(1)
+log = structlog.get_logger("heygemd.farm")
 
 
 def upkeep_seconds(idle_unload_seconds: float) -> float:
@@ -161,8 +148,14 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
     )
     sessions.default.warm_up()
 
-    stop = ShutdownFlag()
-    signals.worker_shutting_down.connect(stop.on_shutting_down, weak=False)
+    stop = StopFlag()
+
+    def shutting_down(sig: str = "", **_kwargs: Any) -> None:
+        """Celery's warm shutdown (SIGTERM, Ctrl-C), sent from its signal handler in the main thread: the first
+        stops taking tasks and interrupts the job at its next batch, the second raises StopNow there."""
+        stop.request(sig)
+
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
     delivery_tags: dict[str, str] = {}
 
     def remember_tag(request: Any = None, **_kwargs: Any) -> None:
@@ -215,9 +208,15 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             log.info("worker.resumed", worker=node)
             heartbeat.beat(f"{node}: idle")
 
+    stopped_now: list[StopNow] = []
+
     @app.task(name=TASK_NAME, bind=True)
     def render_job(task: Any, job_id: str, claim_path: str) -> str:
-        result = runner.run(job_id, claim_path, delivery_tags.pop(task.request.id, None))
+        try:
+            result = runner.run(job_id, claim_path, delivery_tags.pop(task.request.id, None))
+        except StopNow as exc:  # the second signal, during the job: Celery's own stop-now (a cold shutdown, which
+            stopped_now.append(exc)  # puts the task back in its queue); any other BaseException would crash it
+            raise WorkerTerminate(EX_FAILURE) from exc
         if result.outcome is JobOutcome.INTERRUPTED:
             raise Reject("stopped: the job goes back to its queue", requeue=True)
         if result.outcome is JobOutcome.PAUSED:
@@ -236,8 +235,16 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         quiet=True,
         loglevel=settings.logging.level.upper(),
     )
-    with heartbeat:
-        worker.start()
-    notifier.stopping("stopped")
-    log.info("worker.stopped", worker=node)
-    return int(worker.exitcode or 0)
+
+    def serve() -> int:
+        with heartbeat:
+            try:
+                worker.start()
+            except StopNow as exc:  # the second signal while the worker waited for a task
+                stopped_now.append(exc)
+                worker.terminate()
+        if stopped_now:
+            raise stopped_now[0]
+        return int(worker.exitcode or 0)
+
+    return until_stopped(serve, notifier, name="worker")

@@ -14,11 +14,11 @@ import structlog
 from heygemd.daemon.cancel import FinishIdle, finish_unstarted
 from heygemd.daemon.claims import ClaimedJob, read_claim, take_over
 from heygemd.daemon.status import CancelStatus, JobStatus
-from heygemd.queue.broker import Broker, BrokerError
-from heygemd.queue.ownership import MISSED_HEARTBEATS, owned_elsewhere
+from heygemd.farm.broker import Broker, BrokerError
+from heygemd.farm.ownership import MISSED_HEARTBEATS, owned_elsewhere
 from heygemd.settings import Settings
 
-log = structlog.get_logger("heygemd.queue")
+log = structlog.get_logger("heygemd.farm")
 
 
 def idle_finisher(settings: Settings) -> FinishIdle:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import structlog
 
-log = structlog.get_logger("heygemd.queue")
+log = structlog.get_logger("heygemd.farm")
 
 LOCK_PREFIX = "heygemd:lock:"
 UNACKED_INDEX = "unacked_index"  # kombu's Channel.unacked_index_key

@@ -18,15 +18,15 @@ from heygemd.daemon.jobs import load_options
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import JobError
-from heygemd.queue.app import queue_for, task_id, worker_queues
-from heygemd.queue.broker import Broker, shown_url
-from heygemd.queue.ownership import lease_seconds
-from heygemd.queue.publish import Publisher
-from heygemd.queue.task import map_path
+from heygemd.farm.app import queue_for, task_id, worker_queues
+from heygemd.farm.broker import Broker, shown_url
+from heygemd.farm.ownership import lease_seconds
+from heygemd.farm.publish import Publisher
+from heygemd.farm.task import map_path
 from heygemd.settings import QueueSettings, Settings
 from heygemd.status_view import format_status_detail, format_status_table
 from tests.daemon.daemon_process import _heygemd_argv
-from tests.queue.farm import RedisServer, free_port
+from tests.farm.farm import RedisServer, free_port
 
 
 def test_task_id_is_the_job_id_and_queues_follow_the_engine() -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from heygemd.daemon.cancel import cancel_for
-from heygemd.queue.ownership import disown
+from heygemd.cli import control_for
+from heygemd.farm.ownership import disown
 from heygemd.settings import load_settings
 from tests.daemon.daemon_process import Media
+from tests.farm.farm import Farm, RedisServer
 from tests.pipeline.media import ffmpeg_children
-from tests.queue.farm import Farm, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_a_worker_stops_the_job_it_renders_and_drops_a_cancelled_queued_task(
     assert (farm.status("long") or {}).get("state") == "processing", "w1 was still busy: the task was queued"
 
     # what `heygemd cancel` runs, in this process: a CLI's start-up on a loaded machine is slow
-    running = cancel_for(load_settings(farm.config), "long", "test")
+    running = control_for(load_settings(farm.config)).cancel("long", "test")
     assert running.state == "cancelling"
     long = farm.wait_for(lambda: farm.cancelled("long"), 60, "the rendering job to be cancelled")
     states = [v["state"] for v in long["videos"]]
@@ -81,7 +81,7 @@ def test_a_queued_job_whose_lock_a_worker_holds_is_left_to_that_worker(
     run the job, or runs it) the request file is the worker's to act on."""
     from heygemd.daemon import claims, readiness
     from heygemd.daemon.cancel import read_request
-    from heygemd.queue.broker import Broker
+    from heygemd.farm.broker import Broker
     from tests.web.webserver import write_config
 
     settings = load_settings(write_config(tmp_path, extra=f'[queue]\nbroker = "{redis_server.url}"\n'))
@@ -94,11 +94,11 @@ def test_a_queued_job_whose_lock_a_worker_holds_is_left_to_that_worker(
     broker = Broker(redis_server.url)
     assert broker.acquire("queued", "w9@elsewhere 1", 60)
 
-    answer = cancel_for(settings, "queued", "test")
+    answer = control_for(settings).cancel("queued", "test")
     assert answer.state == "cancelling" and read_request(claimed.path) is not None
     assert claimed.folder.is_dir() and broker.locked("queued")
 
     broker.release("queued", "w9@elsewhere 1")
-    again = cancel_for(settings, "queued", "test")
+    again = control_for(settings).cancel("queued", "test")
     assert again.state == "cancelled" and again.status is not None and again.status.state == "cancelled"
     assert not claimed.path.exists() and not broker.locked("queued"), "finished, its lock given back"

@@ -19,15 +19,13 @@ from pathlib import Path
 import structlog
 
 from heygemd.daemon.claims import ClaimedJob, read_claim, renew_lease, take_over
-from heygemd.daemon.outbox import finish_inputs
-from heygemd.daemon.service import Sessions
+from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import report_failure
-from heygemd.queue.broker import Broker, BrokerError
-from heygemd.queue.ownership import MISSED_HEARTBEATS, disown, owned_elsewhere
+from heygemd.farm.broker import Broker, BrokerError
+from heygemd.farm.ownership import MISSED_HEARTBEATS, disown, owned_elsewhere
 from heygemd.settings import Settings
 
-log = structlog.get_logger("heygemd.queue")
+log = structlog.get_logger("heygemd.farm")
 
 
 def map_path(path: str, path_map: dict[str, str]) -> Path:
@@ -125,14 +123,11 @@ class JobRunner:
         """Called when a job starts and at every heartbeat while it runs (from the heartbeat thread)."""
         self.busy = False
         """True while a task runs (the systemd watchdog then needs the job's progress beats)."""
-        self.context = JobContext(
+        self.context = JobContext.from_settings(
+            settings,
             session_for=sessions.get,
             should_stop=should_stop,
             heartbeat=heartbeat,
-            inputs_after=settings.outbox.inputs_after,
-            naming=settings.outbox.naming,
-            ready_marker=settings.intake.ready_marker,
-            max_job_toml_bytes=settings.intake.max_job_toml_bytes,
             worker=worker,
             device=device,
         )
@@ -171,20 +166,6 @@ class JobRunner:
             return TaskResult("ran", outcome)
 
     def _process(self, claimed: ClaimedJob) -> JobOutcome:
-        try:
-            outcome = process_job(claimed, self.settings.paths.outbox, self.context).outcome
-        except Exception as exc:  # per-job boundary around the worker's own: never take the worker down
-            report_failure(log.bind(job_id=claimed.job_id), "job", exc)
-            _set_aside(claimed)
-            outcome = JobOutcome.FAILED
+        outcome = process_job(claimed, self.settings.paths.outbox, self.context).outcome
         self.sessions.after_job()
         return outcome
-
-
-def _set_aside(claimed: ClaimedJob) -> None:
-    """Archive the inputs of a job that failed outside the worker's own boundary, so it is not republished forever
-    (as the single-host daemon does)."""
-    try:
-        finish_inputs(claimed, "archive")
-    except OSError as exc:
-        log.error("job.set_aside_failed", job_id=claimed.job_id, error=f"{exc.filename}: {exc.strerror}")

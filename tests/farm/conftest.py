@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.daemon.conftest import media, pytest_runtest_makereport  # noqa: F401 - shared fixtures and hook
-from tests.queue.farm import REDIS_SERVER, Farm, RedisServer
+from tests.farm.farm import REDIS_SERVER, Farm, RedisServer
 
 
 @pytest.fixture
