@@ -15,6 +15,7 @@ from pathlib import Path
 from heygemd.daemon.status import JobStatus, read_status, utc_now
 from heygemd.daemon.waiting import read_waiting
 from heygemd.errors import JobNotFound
+from heygemd.layout import STATUS_FILE, job_folder, status_file
 from heygemd.names import printable
 
 
@@ -132,7 +133,7 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
     wait for a file (read from ``state_dir``), or one job in detail."""
     waiting = read_waiting(state_dir) if state_dir is not None else {}
     if job_id is not None:
-        path = Path(outbox) / job_id / "status.json"
+        path = status_file(job_folder(outbox, job_id))
         if not path.is_file():
             if job_id in waiting:
                 return printable(f"{job_id}/ is still in the inbox, waiting for: {'; '.join(waiting[job_id])}") + "\n"
@@ -142,7 +143,7 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
         except ValueError as exc:
             return printable(f"{path}: not a heygemd status file ({str(exc).splitlines()[0]})") + "\n"
     statuses = []
-    for path in sorted(Path(outbox).glob("*/status.json")):
+    for path in sorted(Path(outbox).glob(f"*/{STATUS_FILE}")):
         try:
             statuses.append(read_status(path))
         except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview

@@ -30,9 +30,9 @@ from typing import Literal
 import structlog
 from pydantic import ValidationError
 
-from heygemd.daemon.claims import CLAIMED, ClaimedJob, claim, read_claim
+from heygemd.daemon.claims import ClaimedJob, claim, read_claim
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, load_job
-from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
+from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import (
     FINISHED_JOB_STATES,
@@ -46,12 +46,12 @@ from heygemd.daemon.status import (
 )
 from heygemd.errors import AlreadyFinished, CancelRefused, HeygemdError, JobNotFound
 from heygemd.fsutil import atomic_write_bytes, read_regular, remove_temps
+from heygemd.layout import cancel_file, claim_folder, job_folder, log_file, status_file
 from heygemd.logs import job_log
 from heygemd.names import plain_name
 
 log = structlog.get_logger("heygemd.cancel")
 
-CANCEL_FILE = "cancel.json"
 REQUEST_MAX_BYTES = 64 * 1024
 """A cancel request is a few hundred bytes; a larger file is not read (it still counts as a request)."""
 CHECK_INTERVAL_S = 0.25
@@ -71,7 +71,7 @@ def read_request(claim_path: Path) -> CancelStatus | None:
     """The job's cancel request, or None when there is none. A request file that cannot be parsed (cut short on a
     share; or not a plain file: it is never followed nor blocked on) still is a request: it is dated by its
     mtime."""
-    path = Path(claim_path) / CANCEL_FILE
+    path = cancel_file(claim_path)
     try:
         return CancelStatus.model_validate_json(read_regular(path, max_bytes=REQUEST_MAX_BYTES))
     except FileNotFoundError:
@@ -91,7 +91,7 @@ def write_request(claim_path: Path, by: str) -> CancelStatus:
     folder = Path(claim_path)
     if not folder.is_dir():
         raise FileNotFoundError(2, "the claim folder is gone", str(folder))
-    atomic_write_bytes(folder / CANCEL_FILE, request.model_dump_json(indent=2).encode("utf-8"))
+    atomic_write_bytes(cancel_file(folder), request.model_dump_json(indent=2).encode("utf-8"))
     return request
 
 
@@ -102,7 +102,7 @@ class CancelWatch:
     def __init__(
         self, claim_path: Path, *, interval: float = CHECK_INTERVAL_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.path = Path(claim_path) / CANCEL_FILE
+        self.path = cancel_file(claim_path)
         self.interval = interval
         self.clock = clock
         self.seen = False
@@ -147,7 +147,7 @@ def finish_unstarted(
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     remove_temps(out_dir)  # what a killed render left (a partial output under its temporary name), as a resume does
     remove_temps(claimed.path)
-    path = out_dir / STATUS_FILE
+    path = status_file(out_dir)
     previous = read_status(path) if path.is_file() else None
     status = previous or JobStatus(
         job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at
@@ -176,7 +176,7 @@ def finish_unstarted(
     status = status.model_copy(
         update={"videos": cancelled_videos(status.videos), "state": "cancelled", "finished": utc_now()}
     )
-    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
+    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(log_file(out_dir)):
         written = write_status(path, status.recomputed())
         done, _failed, total = written.counts()
         log.warning(
@@ -248,11 +248,11 @@ def _cancel_once(
     by: str,
     finish_idle: FinishIdle | None,
 ) -> CancelAnswer | None:
-    status = _outbox_status(outbox / job_id)
+    status = _outbox_status(job_folder(outbox, job_id))
     if status is not None and status.state in FINISHED_JOB_STATES:
         raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
     claim_id = status.job_id if status is not None else job_id
-    claim_path = state_dir / CLAIMED / claim_id
+    claim_path = claim_folder(state_dir, claim_id)
     claimed = read_claim(claim_path)
     if claimed is not None:
         try:
@@ -282,7 +282,7 @@ def _cancel_once(
 
 
 def _outbox_status(folder: Path) -> JobStatus | None:
-    path = folder / STATUS_FILE
+    path = status_file(folder)
     if folder.is_symlink() or not path.is_file():
         return None
     try:

@@ -23,12 +23,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import utc_now
 from heygemd.errors import ConfigError, HeygemdError
-from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, own_subdirs, read_regular, remove_tree
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, read_regular, remove_tree
+from heygemd.layout import claim_file, claim_folders, claims_root, inputs, job_folder, state_of
 from heygemd.names import numbered
 
-CLAIMED = "claimed"
-CLAIM_FILE = "claim.json"
-INPUT_DIR = "input"
 CLAIM_FILE_MAX_BYTES = 64 * 1024
 """claim.json is a few hundred bytes; a larger one is not heygemd's and is not read (the claim is rebuilt)."""
 
@@ -67,11 +65,11 @@ class ClaimedJob:
 
     @property
     def folder(self) -> Path:
-        return self.path / INPUT_DIR
+        return inputs(self.path)
 
     @property
     def state_dir(self) -> Path:
-        return self.path.parent.parent
+        return state_of(self.path)
 
 
 def _reserve(claimed_root: Path, name: str, outbox: Path | None) -> tuple[str, Path]:
@@ -84,7 +82,7 @@ def _reserve(claimed_root: Path, name: str, outbox: Path | None) -> tuple[str, P
     while True:
         n += 1
         job_id = numbered(name, n, keep_suffix=False)
-        if outbox is not None and (outbox / job_id).exists():
+        if outbox is not None and job_folder(outbox, job_id).exists():
             continue
         try:
             (claimed_root / job_id).mkdir()
@@ -94,7 +92,7 @@ def _reserve(claimed_root: Path, name: str, outbox: Path | None) -> tuple[str, P
 
 
 def _release(reservation: Path) -> None:
-    (reservation / CLAIM_FILE).unlink(missing_ok=True)
+    claim_file(reservation).unlink(missing_ok=True)
     reservation.rmdir()
 
 
@@ -113,12 +111,12 @@ def claim(
     other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised as is,
     after releasing the reservation: the folder stays in the inbox and a later scan tries again.
     """
-    claimed_root = own_dir(state_dir, CLAIMED)
+    claimed_root = claims_root(state_dir)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
     record = _owned_by_me(job_id, candidate.name, now())
     try:
-        atomic_write_bytes(reservation / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
-        os.rename(candidate.path, reservation / INPUT_DIR)
+        write_claim_record(reservation, record)
+        os.rename(candidate.path, inputs(reservation))
     except FileNotFoundError:
         _release(reservation)
         return None
@@ -143,16 +141,27 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
+def read_claim_record(claim: Path) -> ClaimRecord:
+    """The claim.json of the claim folder ``claim`` (also an archived one). FileNotFoundError, ValidationError, or
+    a HeygemdError for a file that is not heygemd's (a link, a FIFO, too large: never followed nor waited on)."""
+    return ClaimRecord.model_validate_json(read_regular(claim_file(claim), max_bytes=CLAIM_FILE_MAX_BYTES))
+
+
+def write_claim_record(claim: Path, record: ClaimRecord) -> None:
+    """Write the claim folder's claim.json (atomically)."""
+    atomic_write_bytes(claim_file(claim), record.model_dump_json(indent=2).encode("utf-8"))
+
+
 def read_claim(path: Path) -> ClaimedJob | None:
     """The claimed job at ``<state>/claimed/<id>``, or None when it is only a reservation (no ``input/`` folder, a
     link being none: a claim that lost its race or was cut short by a crash). A missing or unreadable claim.json
     (a link, a FIFO, too large, not a claim) is rebuilt from the folder name and its mtime, so a job is never lost
     over its bookkeeping."""
     path = Path(path)
-    if not _real_dir(path / INPUT_DIR):
+    if not _real_dir(inputs(path)):
         return None
     try:
-        rec = ClaimRecord.model_validate_json(read_regular(path / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
+        rec = read_claim_record(path)
     except (FileNotFoundError, ValidationError, HeygemdError):
         mtime = os.lstat(path).st_mtime
         return ClaimedJob(path.name, path.name, path, datetime.fromtimestamp(mtime, timezone.utc), "", 0)
@@ -162,7 +171,7 @@ def read_claim(path: Path) -> ClaimedJob | None:
 def claimed_jobs(state_dir: Path) -> list[ClaimedJob]:
     """Every job claimed but not yet finished (not moved out of ``claimed/``), oldest claim first. Links there are
     never followed: only real folders are claims."""
-    jobs = [job for p in own_subdirs(state_dir, CLAIMED) if (job := read_claim(p)) is not None]
+    jobs = [job for p in claim_folders(state_dir) if (job := read_claim(p)) is not None]
     return sorted(jobs, key=lambda j: (j.claimed_at, j.job_id))
 
 
@@ -172,8 +181,8 @@ def remove_stale_reservations(state_dir: Path, *, older_than_s: float = 3600.0, 
     ``claimed/`` are not heygemd's and are left alone, never followed."""
     now = time.time() if now is None else now
     removed: list[Path] = []
-    for p in own_subdirs(state_dir, CLAIMED):
-        if not _real_dir(p / INPUT_DIR) and now - os.lstat(p).st_mtime >= older_than_s:
+    for p in claim_folders(state_dir):
+        if not _real_dir(inputs(p)) and now - os.lstat(p).st_mtime >= older_than_s:
             remove_tree(p)
             removed.append(p)
     return removed
@@ -188,7 +197,7 @@ LEASE_SECONDS = 600.0
 
 def renew_lease(claimed: ClaimedJob) -> None:
     """Touch claim.json: "the job is being worked on", for daemons on other machines sharing the inbox."""
-    os.utime(claimed.path / CLAIM_FILE)
+    os.utime(claim_file(claimed.path))
 
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -249,7 +258,7 @@ def held_by(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: flo
     if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
         return None
     try:
-        touched = (claimed.path / CLAIM_FILE).stat().st_mtime
+        touched = claim_file(claimed.path).stat().st_mtime
     except FileNotFoundError:
         return None
     age = (time.time() if now is None else now) - touched
@@ -267,5 +276,5 @@ def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_secon
 def take_over(claimed: ClaimedJob) -> ClaimedJob:
     """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
     record = _owned_by_me(claimed.job_id, claimed.name, claimed.claimed_at)
-    atomic_write_bytes(claimed.path / CLAIM_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+    write_claim_record(claimed.path, record)
     return _claimed_job(record, claimed.path)

@@ -19,16 +19,22 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from heygemd.daemon.claims import ClaimedJob
-from heygemd.daemon.status import read_status, utc_now
-from heygemd.fsutil import fsync_dir, own_dir, own_subdirs, remove_tree
+from heygemd.daemon.claims import ClaimedJob, read_claim_record
+from heygemd.daemon.status import JobStatus, read_status, utc_now
+from heygemd.errors import HeygemdError
+from heygemd.fsutil import fsync_dir, remove_tree
+from heygemd.layout import (
+    archive_day,
+    archive_days,
+    finished_claims,
+    job_folder,
+    kept_root,
+    status_file,
+    trash_folders,
+    trash_root,
+)
 from heygemd.names import free_path, numbered
 from heygemd.settings import InputsAfter
-
-STATUS_FILE = "status.json"
-ARCHIVE = "archive"
-KEPT = "kept"
-TRASH = "trash"
 
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -38,7 +44,7 @@ def _belongs_to(folder: Path, job_id: str, claimed_at: datetime) -> bool:
     if not any(folder.iterdir()):
         return True
     try:
-        status = read_status(folder / STATUS_FILE)
+        status = read_status(status_file(folder))
     except (FileNotFoundError, ValidationError):
         return False
     return status.job_id == job_id and status.claimed is not None and status.claimed == claimed_at
@@ -56,7 +62,7 @@ def outbox_dir_for(outbox: Path, job_id: str, claimed_at: datetime) -> Path:
     n = 0
     while True:
         n += 1
-        folder = outbox / numbered(job_id, n, keep_suffix=False)
+        folder = job_folder(outbox, numbered(job_id, n, keep_suffix=False))
         try:
             folder.mkdir()
             return folder
@@ -76,15 +82,15 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
     if inputs_after == "delete":
         # Rename out of claimed/ first (atomic), then delete: a kill halfway through the delete must not leave a
         # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
-        target = free_path(own_dir(claimed.state_dir, TRASH) / claimed.job_id)
+        target = free_path(trash_root(claimed.state_dir) / claimed.job_id)
         claimed.path.rename(target)
         fsync_dir(claimed.path.parent)
         remove_tree(target)
         return None
     if inputs_after == "archive":
-        parent = own_dir(claimed.state_dir, ARCHIVE, now.astimezone(timezone.utc).strftime("%Y-%m-%d"))
+        parent = archive_day(claimed.state_dir, now.astimezone(timezone.utc).strftime("%Y-%m-%d"))
     elif inputs_after == "keep":
-        parent = own_dir(claimed.state_dir, KEPT)
+        parent = kept_root(claimed.state_dir)
     else:
         raise ValueError(f"inputs_after must be archive, delete or keep, not {inputs_after!r}")
     target = free_path(parent / claimed.job_id)
@@ -96,7 +102,7 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
 
 def empty_trash(state_dir: Path) -> None:
     """Finish deletes that a kill interrupted (see ``finish_inputs``)."""
-    for folder in own_subdirs(state_dir, TRASH):
+    for folder in trash_folders(state_dir):
         try:
             remove_tree(folder)
         except OSError:  # what a share holds open now goes at the next start
@@ -112,7 +118,7 @@ def prune_archive(state_dir: Path, retention_days: float, now: datetime | None =
         return []
     now = now or utc_now()
     removed: list[Path] = []
-    for day_dir in own_subdirs(state_dir, ARCHIVE):
+    for day_dir in archive_days(state_dir):
         if not _DATE_DIR.match(day_dir.name):
             continue
         try:
@@ -124,3 +130,16 @@ def prune_archive(state_dir: Path, retention_days: float, now: datetime | None =
             remove_tree(day_dir)
             removed.append(day_dir)
     return removed
+
+
+def archived_inputs(state_dir: Path, status: JobStatus) -> Path | None:
+    """The claim folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is the claim of the job
+    ``status`` describes (None when its inputs were deleted or pruned). Its ``input/`` holds the inputs."""
+    for folder in finished_claims(state_dir, status.job_id):
+        try:
+            record = read_claim_record(folder)
+        except (OSError, ValidationError, HeygemdError):  # a link or a FIFO there is never followed nor waited on
+            continue
+        if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
+            return folder
+    return None

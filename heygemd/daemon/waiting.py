@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from heygemd.errors import HeygemdError
 from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular
+from heygemd.layout import waiting_file
 
-WAITING_FILE = "waiting.json"
 WAITING_MAX_BYTES = 4 * 1024 * 1024
 """More than any list of waiting jobs heygemd writes; a larger waiting.json is not heygemd's and is not read."""
 
@@ -29,13 +29,13 @@ def write_waiting(state_dir: Path, waiting: Mapping[str, Sequence[str]]) -> None
     """Record what the inbox's jobs wait for (jobs waiting for nothing in particular are left out)."""
     own_dir(state_dir)
     model = WaitingJobs(jobs={name: list(files) for name, files in waiting.items() if files})
-    atomic_write_bytes(Path(state_dir) / WAITING_FILE, model.model_dump_json(indent=2).encode("utf-8") + b"\n")
+    atomic_write_bytes(waiting_file(state_dir), model.model_dump_json(indent=2).encode("utf-8") + b"\n")
 
 
 def read_waiting(state_dir: Path) -> dict[str, list[str]]:
     """What :func:`write_waiting` recorded last; empty when nothing was (or the file is being replaced)."""
     try:
-        data = read_regular(Path(state_dir) / WAITING_FILE, max_bytes=WAITING_MAX_BYTES)
+        data = read_regular(waiting_file(state_dir), max_bytes=WAITING_MAX_BYTES)
         return WaitingJobs.model_validate_json(data).jobs
     except (OSError, ValidationError, HeygemdError):  # a link, a FIFO: not heygemd's, never followed nor blocked on
         return {}

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import structlog
 
+from heygemd import layout
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, check_not_link, load_job
-from heygemd.daemon.outbox import STATUS_FILE, finish_inputs, outbox_dir_for
+from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
@@ -206,12 +207,12 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     status = _initial_status(claimed, out_dir)
     if context.worker is not None:
         status = status.model_copy(update={"worker": context.worker, "device": context.device})
-    status_file = _StatusFile(out_dir / STATUS_FILE, status, claimed)
+    status_file = _StatusFile(layout.status_file(out_dir), status, claimed)
     status_file.save()
     cancel = CancelWatch(claimed.path)
     stop = context.should_stop
     running = dataclasses.replace(context, should_stop=lambda: stop() or cancel())
-    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(out_dir / "job.log"):
+    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(layout.log_file(out_dir)):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
         outcome = JobOutcome.FINISHED
         try:
@@ -251,7 +252,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
 
 
 def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
-    path = out_dir / STATUS_FILE
+    path = layout.status_file(out_dir)
     if path.is_file():
         previous = read_status(path)
         # host/pid name the process running the job now (a restart resumes what a dead process left).

@@ -18,39 +18,19 @@ import shutil
 import stat
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from heygemd.daemon.claims import CLAIM_FILE, CLAIM_FILE_MAX_BYTES, INPUT_DIR, ClaimRecord
+from heygemd import layout
 from heygemd.daemon.jobs import JOB_TOML
-from heygemd.daemon.outbox import ARCHIVE, KEPT, TRASH
+from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.status import FINISHED_JOB_STATES, JobStatus
-from heygemd.errors import HeygemdError
-from heygemd.fsutil import fsync_dir, own_subdirs, read_regular, remove_tree
+from heygemd.fsutil import fsync_dir, own_dir, remove_tree
 from heygemd.names import fit_name, plain_name
 from heygemd.settings import Settings
-from heygemd.web.catalog import TRASH_DIR, Catalog
+from heygemd.web.catalog import Catalog
 from heygemd.web.problems import InputsGone, JobBusy, JobChanged, NothingToRetry
-from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, own_dir, publish
+from heygemd.web.staging import discard, disk_full, is_disk_full, mark_ready, new_staging, publish
 
 RETRIED = frozenset({"failed", "cancelled"})
 """The videos a retry submits again."""
-
-
-def archived_inputs(settings: Settings, status: JobStatus) -> Path | None:
-    """The folder ``<state>/archive/<day>/<id>`` (or ``kept/<id>``) whose claim.json is this job's claim."""
-    state = settings.paths.state_dir
-    candidates = [p for day in own_subdirs(state, ARCHIVE) for p in own_subdirs(state, ARCHIVE, day.name)]
-    candidates += own_subdirs(state, KEPT)
-    for folder in candidates:
-        if not folder.name.startswith(status.job_id):
-            continue
-        try:
-            record = ClaimRecord.model_validate_json(read_regular(folder / CLAIM_FILE, max_bytes=CLAIM_FILE_MAX_BYTES))
-        except (OSError, ValidationError, HeygemdError):  # a link or a FIFO there is never followed nor waited on
-            continue
-        if record.job_id == status.job_id and (status.claimed is None or record.claimed_at == status.claimed):
-            return folder
-    return None
 
 
 def _require_finished(status: JobStatus) -> None:
@@ -77,10 +57,10 @@ def retry(settings: Settings, catalog: Catalog, job_id: str) -> str:
     failed = [v.input for v in status.videos if v.state in RETRIED]
     if not failed:
         raise NothingToRetry(f"job {job_id!r} has no failed or cancelled video")
-    folder = archived_inputs(settings, status)
+    folder = archived_inputs(settings.paths.state_dir, status)
     if folder is None or status.audio is None:
         raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
-    inputs = folder / INPUT_DIR
+    inputs = layout.inputs(folder)
     if inputs.is_symlink():
         raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
     names = [status.audio.file, *failed] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
@@ -128,18 +108,18 @@ def delete(settings: Settings, catalog: Catalog, job_id: str) -> None:
     status = catalog.status(job_id)
     _require_finished(status)
     folder = catalog.job_dir(job_id)
-    inputs = archived_inputs(settings, status)
+    inputs = archived_inputs(settings.paths.state_dir, status)
     try:
         if inputs is not None:
-            _trash(inputs, settings.paths.state_dir / TRASH)
-        _trash(folder, settings.paths.outbox / TRASH_DIR)
+            _trash(inputs, layout.trash_root(settings.paths.state_dir))
+        _trash(folder, layout.outbox_trash(settings.paths.outbox))
     except FileNotFoundError:
         raise JobChanged(f"job {job_id!r} was deleted by another request meanwhile") from None
 
 
 def empty_outbox_trash(outbox: Path) -> None:
     """Finish deletes a crash interrupted."""
-    trash = outbox / TRASH_DIR
+    trash = layout.outbox_trash(outbox)
     if trash.is_dir() and not trash.is_symlink():
         for folder in trash.iterdir():
             if folder.is_dir() and not folder.is_symlink():

@@ -17,20 +17,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from heygemd.daemon.cancel import read_request
-from heygemd.daemon.claims import CLAIMED, ClaimedJob, claimed_jobs
+from heygemd.daemon.claims import ClaimedJob, claimed_jobs
 from heygemd.daemon.jobs import load_job
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
 from heygemd.engines import resolve_engine_name
 from heygemd.errors import HeygemdError
+from heygemd.layout import LOG_FILE, claim_folder, job_folder, status_file
 from heygemd.names import is_audio, is_presenter, plain_name
 from heygemd.settings import Settings
 from heygemd.web.problems import BadStatus, NotFound
-
-STATUS_FILE = "status.json"
-LOG_FILE = "job.log"
-TRASH_DIR = ".heygemd-trash"
-"""Where deleted outbox folders go for a moment (renamed, then removed) so a half-done delete is never a job."""
 
 
 def _real_dir(path: Path) -> bool:
@@ -80,7 +76,7 @@ class Catalog:
 
     def job_dir(self, job_id: str) -> Path:
         """The job's outbox folder (NotFound when the id is not a plain folder there)."""
-        folder = self.outbox / job_id
+        folder = job_folder(self.outbox, job_id)
         if not plain_name(job_id, is_dir=True) or not _real_dir(folder) or not contained(folder, self.outbox):
             raise NotFound(f"no job {job_id!r} in the outbox")
         return folder
@@ -89,8 +85,9 @@ class Catalog:
         """The job's status.json, or a ``queued`` status made from its folder while it waits in the inbox."""
         if not plain_name(job_id, is_dir=True):
             raise NotFound(f"no job {job_id!r}")
-        path = self.outbox / job_id / STATUS_FILE
-        if _real_dir(self.outbox / job_id) and _real_file(path):
+        folder = job_folder(self.outbox, job_id)
+        path = status_file(folder)
+        if _real_dir(folder) and _real_file(path):
             try:
                 return self._with_request(read_status(path))
             except (ValidationError, ValueError) as exc:
@@ -107,7 +104,7 @@ class Catalog:
         """A running job's status with the cancel request its worker has not acted on yet (pages show it)."""
         if status.cancel is not None or status.state not in ("queued", "processing"):
             return status
-        request = read_request(self.state / CLAIMED / status.job_id)
+        request = read_request(claim_folder(self.state, status.job_id))
         return status if request is None else status.model_copy(update={"cancel": request})
 
     def _queued(
@@ -180,8 +177,8 @@ class Catalog:
         except FileNotFoundError:
             entries = []
         for name in entries:
-            path = self.outbox / name / STATUS_FILE
-            if plain_name(name, is_dir=True) and _real_dir(self.outbox / name) and _real_file(path):
+            path = status_file(job_folder(self.outbox, name))
+            if plain_name(name, is_dir=True) and _real_dir(path.parent) and _real_file(path):
                 try:
                     found[name] = self._with_request(read_status(path))
                 except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
@@ -218,14 +215,14 @@ class Catalog:
         if job_id is not None:
             if not plain_name(job_id, is_dir=True):
                 return sigs
-            add(job_id, self.outbox / job_id / STATUS_FILE)
-            add(job_id, self.state / "claimed" / job_id)
+            add(job_id, status_file(job_folder(self.outbox, job_id)))
+            add(job_id, claim_folder(self.state, job_id))
             add(job_id, self.inbox / job_id)
             return sigs
         try:
             for name in os.listdir(self.outbox):
                 if plain_name(name, is_dir=True):
-                    add(name, self.outbox / name / STATUS_FILE)
+                    add(name, status_file(job_folder(self.outbox, name)))
         except FileNotFoundError:
             pass
         for job in claimed_jobs(self.state):

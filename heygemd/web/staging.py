@@ -12,13 +12,12 @@ import time
 import unicodedata
 from pathlib import Path
 
-from heygemd.daemon.claims import CLAIMED
 from heygemd.errors import DiskFull
-from heygemd.fsutil import NO_SPACE_ERRNOS, fsync_dir, own_dir, remove_tree
+from heygemd.fsutil import NO_SPACE_ERRNOS, fsync_dir, remove_tree
+from heygemd.layout import claim_folder, job_folder, uploads_root
 from heygemd.names import NameKind, classify_name, make_windows_safe, numbered, plain_name
 from heygemd.web.problems import BadUpload
 
-UPLOADS = "uploads"
 STALE_SECONDS = 24 * 3600.0
 MAX_NAME_BYTES = 180
 
@@ -78,7 +77,7 @@ def disk_full(what: str) -> DiskFull:
 def new_staging(state_dir: Path) -> Path:
     """A fresh, empty staging folder under ``<state>/uploads``."""
     try:
-        root = own_dir(state_dir, UPLOADS)
+        root = uploads_root(state_dir)
         folder = root / secrets.token_hex(8)
         folder.mkdir()
     except OSError as exc:
@@ -96,7 +95,7 @@ def discard(staging: Path) -> None:
 
 def clean_stale(state_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
     """Remove staging folders a crash left behind (only old ones: another server may be uploading now)."""
-    root = state_dir / UPLOADS
+    root = uploads_root(state_dir, create=False)
     if root.is_symlink() or not root.is_dir():
         return
     now = time.time()
@@ -120,7 +119,7 @@ def mark_ready(staging: Path, marker: str) -> None:
 
 
 def _taken(name: str, inbox: Path, outbox: Path, state_dir: Path) -> bool:
-    return any(os.path.lexists(p) for p in (inbox / name, outbox / name, state_dir / CLAIMED / name))
+    return any(os.path.lexists(p) for p in (inbox / name, job_folder(outbox, name), claim_folder(state_dir, name)))
 
 
 def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: Path, tail: str = "") -> str:

@@ -12,9 +12,10 @@ import pytest
 from heygemd import logs
 from heygemd.daemon import cancel, claims, readiness
 from heygemd.daemon.status import read_status
-from heygemd.daemon.waiting import WAITING_FILE, read_waiting
+from heygemd.daemon.waiting import read_waiting
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import AlreadyFinished, Interrupted, JobNotFound
+from heygemd.layout import CANCEL_FILE, WAITING_FILE
 from heygemd.pipeline.run import RenderResult
 from tests.daemon.test_jobs import unblocked
 from tests.daemon.test_worker import StandInSession, claim_job
@@ -154,14 +155,14 @@ def test_the_watch_looks_at_the_file_at_most_every_interval(tmp_path: Path) -> N
 
 
 def test_a_request_file_cut_short_still_counts(tmp_path: Path) -> None:
-    (tmp_path / cancel.CANCEL_FILE).write_bytes(b'{"requ')
+    (tmp_path / CANCEL_FILE).write_bytes(b'{"requ')
     request = cancel.read_request(tmp_path)
     assert request is not None and request.by == ""
     assert cancel.read_request(tmp_path / "elsewhere") is None
 
 
 def test_a_request_or_waiting_file_that_is_a_fifo_is_never_blocked_on(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / cancel.CANCEL_FILE)
+    os.mkfifo(tmp_path / CANCEL_FILE)
     request = cancel.read_request(tmp_path)  # planted by someone who may cancel anyway: a request, by no one
     assert request is not None and request.by == ""
     os.mkfifo(tmp_path / WAITING_FILE)

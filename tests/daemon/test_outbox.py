@@ -132,3 +132,34 @@ def test_trash_and_archive_cleanup_remove_folders_of_any_depth(tmp_path: Path, n
     assert prune_archive(state, 1, datetime(2026, 5, 2, tzinfo=timezone.utc)) == [state / "archive" / "2026-01-01"]
     assert [p.name for p in (state / "trash").iterdir()] == ["link"]  # not heygemd's: left alone, never followed
     assert list((state / "archive").iterdir()) == [] and (tmp_path / "state").is_dir()
+
+
+def test_archived_inputs_are_found_by_their_claim_never_through_a_link(tmp_path: Path) -> None:
+    """Two jobs claimed as ``job`` on the same day: the archive holds ``job`` and ``job-2``; each job's status
+    finds its own claim folder (by claim.json), a kept one too, and a planted link is never followed."""
+    first = claimed(tmp_path)
+    finish_inputs(first, "archive", now=T0)
+    second = claimed(tmp_path, when=T0 + timedelta(hours=1))
+    assert second.job_id == "job"  # free again once the first left claimed/
+    second_archive = finish_inputs(second, "archive", now=T0)
+    assert second_archive is not None and second_archive.name == "job-2"
+    state = tmp_path / "state"
+    elsewhere = tmp_path / "elsewhere" / "job-3"
+    (elsewhere / "input").mkdir(parents=True)
+    (elsewhere / "claim.json").write_text(
+        f'{{"job_id": "job", "name": "job", "claimed_at": "{(T0 + timedelta(hours=2)).isoformat()}", '
+        '"host": "h", "pid": 1}'
+    )
+    (second_archive.parent / "job-3").symlink_to(elsewhere)
+
+    def status(when: datetime) -> JobStatus:
+        return JobStatus(job_id="job", job_name="job", claimed=when)
+
+    assert outbox.archived_inputs(state, status(T0)) == second_archive.parent / "job"
+    assert outbox.archived_inputs(state, status(T0 + timedelta(hours=1))) == second_archive
+    assert outbox.archived_inputs(state, status(T0 + timedelta(hours=2))) is None, "the link is not followed"
+    kept = claimed(tmp_path, "other", when=T0)
+    assert outbox.archived_inputs(state, JobStatus(job_id="other", job_name="other", claimed=T0)) is None
+    assert finish_inputs(kept, "keep") == outbox.archived_inputs(
+        state, JobStatus(job_id="other", job_name="other", claimed=T0)
+    )

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from heygemd.check import run_checks
-from heygemd.daemon.claims import CLAIM_FILE, LEASE_SECONDS, ClaimRecord, claim, claimed_jobs, read_claim
+from heygemd.daemon.claims import LEASE_SECONDS, ClaimRecord, claim, claimed_jobs, read_claim
 from heygemd.daemon.jobs import load_options
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus
@@ -23,6 +23,7 @@ from heygemd.farm.broker import Broker, shown_url
 from heygemd.farm.ownership import lease_seconds
 from heygemd.farm.publish import Publisher
 from heygemd.farm.task import map_path
+from heygemd.layout import CLAIM_FILE
 from heygemd.settings import QueueSettings, Settings
 from heygemd.status_view import format_status_detail, format_status_table
 from tests.daemon.daemon_process import _heygemd_argv

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from heygemd.daemon.claims import CLAIM_FILE, CLAIMED, INPUT_DIR, ClaimRecord
+from heygemd.daemon.claims import ClaimRecord
 from heygemd.daemon.status import VideoStatus
+from heygemd.layout import CLAIM_FILE, CLAIMED, INPUT_DIR
 from tests.web.webserver import finished_job, tree
 
 WAV = b"RIFF....WAVEfmt fake audio bytes"
