@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
     cancel = commands.add_parser("cancel", help="cancel a job: waiting, it never starts; rendering, it stops soon")
     cancel.add_argument("job", help="the job's id (as `heygemd status` shows it, or its folder in the inbox)")
+    retry = commands.add_parser(
+        "retry", help="submit a finished job's failed or cancelled videos again, as a new job (<job>-retry)"
+    )
+    retry.add_argument("job", help="the job's id (as `heygemd status` shows it)")
+    delete = commands.add_parser("delete", help="delete a finished job: its outbox folder and its archived inputs")
+    delete.add_argument("job", help="the job's id (as `heygemd status` shows it)")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
     commands.add_parser("web", help="serve the web dashboard and HTTP API (web.host:web.port)")
     demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
@@ -159,6 +165,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{answer.job_id}: cancelled (it had not started); its inputs are archived for a retry")
         else:
             print(f"{answer.job_id}: cancel requested; it stops at its next batch (`heygemd status {answer.job_id}`)")
+        return 0
+    if args.command == "retry":
+        new_id = control_for(settings).retry(args.job)
+        print(f"{args.job}: its failed and cancelled videos are queued again as {new_id} (`heygemd status {new_id}`)")
+        return 0
+    if args.command == "delete":
+        control_for(settings).delete(args.job)
+        print(f"{args.job}: deleted (its outbox folder and archived inputs)")
         return 0
     if args.command == "check":
         from heygemd.check import all_required_ok, format_checks, run_checks

@@ -211,3 +211,43 @@ class CancelRefused(HeygemdError):
         "A file in the job folder is still open (a copy in progress?); cancel again once the copy has finished, "
         "or remove the folder from the inbox yourself."
     )
+
+
+class JobBusy(HeygemdError):
+    """A retry or a delete of a job that has not finished."""
+
+    code = "JOB_BUSY"
+    default_hint = (
+        "The job is queued or rendering; wait until it is done, partial, failed or cancelled (or cancel it first)."
+    )
+
+
+class JobChanged(HeygemdError):
+    """Another request deleted the job while a retry copied its inputs or a delete moved it: nothing was done."""
+
+    code = "JOB_CHANGED"
+    default_hint = "Another request deleted the job (or its archived inputs expired) meanwhile; look at the jobs again."
+
+
+class NothingToRetry(HeygemdError):
+    """A retry of a job none of whose videos failed or was cancelled."""
+
+    code = "NOTHING_TO_RETRY"
+    default_hint = "Only failed or cancelled videos are retried; this job has none."
+
+
+class InputsGone(HeygemdError):
+    """A retry of a job whose inputs are no longer in the archive."""
+
+    code = "INPUTS_GONE"
+    default_hint = (
+        'The job\'s inputs are no longer archived (outbox.inputs_after = "delete", or older than '
+        "outbox.archive_retention_days); submit the files again."
+    )
+
+
+class BadStatus(HeygemdError):
+    """A job's status.json that is not readable as heygemd's."""
+
+    code = "BAD_STATUS"
+    default_hint = "The job's status.json is not readable as a heygemd status file; look at it on the outbox share."

@@ -218,6 +218,28 @@ def fd_path(fd: int) -> str:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def is_real_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder itself, not a link to one (False when it cannot be looked at)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_real_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself, not a link to one (False when it cannot be looked at)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def contained(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to somewhere inside ``root``."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def _own(path: Path, *, parents: bool) -> Path:
     try:
         path.mkdir(parents=parents)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -325,3 +326,55 @@ def test_cancel_a_waiting_job_then_status_shows_it_cancelled(tmp_path: Path, hey
     assert "[ALREADY_DONE] job 'lesson-02' is already cancelled" in again.stderr and "what to do:" in again.stderr
     missing = run(heygemd_bin, "cancel", "lesson-99", env=env)
     assert missing.returncode == 1 and "[NO_SUCH_JOB]" in missing.stderr
+
+
+def test_retry_and_delete_a_finished_job(tmp_path: Path, heygemd_bin: Path) -> None:
+    """`heygemd retry` queues a failed job's videos again as <job>-retry from its archived inputs; `heygemd delete`
+    removes a finished job's outbox folder and archived inputs; neither touches a job that has not finished."""
+    import wave
+
+    import numpy as np
+
+    job = tmp_path / "inbox" / "lesson"
+    job.mkdir(parents=True)
+    tone = (np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000) * 8000).astype("<i2")
+    with wave.open(str(job / "lesson.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(tone.tobytes())
+    for name in ("anna.mp4", "bob.mp4"):
+        (job / name).write_bytes(b"not a video " + name.encode())
+    (job / ".ready").touch()
+    cfg = tmp_path / "heygemd.toml"
+    cfg.write_text(
+        '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n[engine]\nname = "mouthwarp"\n',
+        encoding="utf-8",
+    )
+    once = run(heygemd_bin, "--config", str(cfg), "once")
+    assert once.returncode == 0, once.stderr
+    status = json.loads((tmp_path / "outbox" / "lesson" / "status.json").read_text(encoding="utf-8"))
+    assert status["state"] == "failed" and [v["state"] for v in status["videos"]] == ["failed", "failed"]
+    archived = list((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson"))
+    assert len(archived) == 1
+
+    retried = run(heygemd_bin, "--config", str(cfg), "retry", "lesson")
+    assert retried.returncode == 0, retried.stderr
+    assert "lesson-retry" in retried.stdout
+    again = tmp_path / "inbox" / "lesson-retry"
+    assert sorted(p.name for p in again.iterdir()) == [".ready", "anna.mp4", "bob.mp4", "lesson.wav"]
+    assert (again / "bob.mp4").read_bytes() == b"not a video bob.mp4"
+    busy = run(heygemd_bin, "--config", str(cfg), "retry", "lesson-retry")
+    assert busy.returncode == 1 and "[JOB_BUSY] job 'lesson-retry' is queued" in busy.stderr, busy.stderr
+    assert "what to do:" in busy.stderr
+    assert run(heygemd_bin, "--config", str(cfg), "delete", "lesson-retry").returncode == 1
+    assert again.is_dir(), "a queued job is not deleted"
+
+    deleted = run(heygemd_bin, "--config", str(cfg), "delete", "lesson")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "lesson: deleted" in deleted.stdout
+    assert not (tmp_path / "outbox" / "lesson").exists() and not archived[0].exists()
+    assert [p.name for p in (tmp_path / "outbox").iterdir()] == [".heygemd-trash"]
+    for command in ("delete", "retry"):
+        gone = run(heygemd_bin, "--config", str(cfg), command, "lesson")
+        assert gone.returncode == 1 and "[NO_SUCH_JOB]" in gone.stderr, gone.stderr

@@ -23,6 +23,7 @@ message names the file (and the job.toml field) and whose hint says what to chan
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -90,6 +91,12 @@ class JobSpec(BaseModel):
     videos: list[Path]
     ignored: list[str] = Field(default_factory=list)
     options: JobOptions = JobOptions()
+
+
+def job_toml(options: JobOptions) -> str:
+    """job.toml text for the options that are set. JSON's scalars are TOML's: a string is written as a basic string
+    with every quote, backslash and control character escaped, so no value can add a line or another option."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.model_dump(exclude_none=True).items())
 
 
 def _toml_problem(exc: ValidationError) -> str:

@@ -1,8 +1,8 @@
 """The HTTP API under /api: submit, list, read, download, cancel, retry, delete, health, events.
 
-Routes only translate HTTP to the web layer's functions (``upload``/``staging`` to write the inbox, ``catalog``
-to read, ``actions`` for cancel, retry and delete) and back; errors are raised as typed errors and answered as JSON
-by the app.
+Routes only translate HTTP to the functions below (``upload`` to receive a job into a staging folder,
+``heygemd.control`` to submit, cancel, retry and delete, ``catalog`` to read) and back; errors are raised as typed
+errors and answered as JSON by the app.
 """
 
 from __future__ import annotations
@@ -21,26 +21,16 @@ from starlette.concurrency import run_in_threadpool
 
 from heygemd import __version__
 from heygemd.control import Control
-from heygemd.daemon.jobs import JOB_TOML, JobOptions
+from heygemd.daemon.jobs import JobOptions
 from heygemd.daemon.status import JobStatus
-from heygemd.errors import HeygemdError
+from heygemd.errors import HeygemdError, JobNotFound
 from heygemd.names import is_audio
 from heygemd.settings import Settings
-from heygemd.web import actions
 from heygemd.web.auth import client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
-from heygemd.web.problems import Problem, WebError
-from heygemd.web.staging import (
-    discard,
-    disk_full,
-    is_disk_full,
-    job_name,
-    mark_ready,
-    new_staging,
-    publish,
-)
-from heygemd.web.upload import Limits, MultipartJob, Received, job_toml, options_schema
+from heygemd.web.problems import NotFound, Problem, WebError
+from heygemd.web.upload import Limits, MultipartJob, Received, job_name, options_schema
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -134,7 +124,6 @@ def pages_of(total: int, page_size: int) -> int:
 def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Callable[..., object]) -> APIRouter:
     web = settings.web
     limits = Limits.from_settings(web)
-    state = settings.paths.state_dir
     api = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=ERROR_ANSWERS)
 
     @api.get("/health", summary="Is the server up; the active engine and whether the worker is busy")
@@ -159,7 +148,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_body_bytes:
             raise limits.too_large(int(length))
-        staging = await run_in_threadpool(new_staging, state)
+        staging = await run_in_threadpool(control.staging)
         receiver: MultipartJob | None = None
         try:
             receiver = MultipartJob(staging, limits, request.headers.get("content-type"))
@@ -177,7 +166,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         except BaseException as exc:
             if receiver is not None:
                 receiver.close()
-            await run_in_threadpool(discard, staging)
+            await run_in_threadpool(control.discard, staging)
             if isinstance(exc, HeygemdError):
                 log.warning("web.upload_refused", code=exc.code, error=exc.message)
             raise
@@ -185,21 +174,11 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         return Submitted.of(job_id)
 
     def complete(staging: Path, received: Received, options: JobOptions) -> str:
-        """job.toml, the ready marker last, then one rename into the inbox."""
+        """The job's name and options, then into the inbox (job.toml, the ready marker last, one rename)."""
         name = job_name(received.fields.get("name", ""), received.audio[0])
         if not is_audio(Path(received.audio[0])):  # a video given as the audio: job.toml names it (upload.py)
             options = options.model_copy(update={"audio": received.audio[0]})
-        try:
-            if text := job_toml(options):
-                (staging / JOB_TOML).write_text(text, encoding="utf-8")
-            mark_ready(staging, settings.intake.ready_marker)
-            return publish(
-                staging, name=name, inbox=settings.paths.inbox, outbox=settings.paths.outbox, state_dir=state
-            )
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise disk_full(f"job {name!r}") from None
-            raise
+        return control.submit(staging, name=name, options=options)
 
     @api.get("/jobs/{job_id}", summary="One job: its status.json document")
     def get_job(job_id: str) -> JobStatus:
@@ -247,13 +226,19 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         summary="Submit the job's failed or cancelled videos again, as a new job",
     )
     def retry(job_id: str) -> Submitted:
-        new_id = actions.retry(settings, catalog, job_id)
+        try:
+            new_id = control.retry(job_id)
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
         return Submitted.of(new_id)
 
     @api.delete("/jobs/{job_id}", summary="Delete a finished job: its outbox folder and archived inputs")
     def delete(job_id: str) -> Deleted:
-        actions.delete(settings, catalog, job_id)
+        try:
+            control.delete(job_id)
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
         log.info("web.job_deleted", job_id=job_id)
         return Deleted(deleted=job_id)
 

@@ -27,13 +27,11 @@ from heygemd import __version__
 from heygemd.control import Control
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings
-from heygemd.web import actions
 from heygemd.web.api import api_router
 from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
-from heygemd.web.staging import clean_stale
 
 STATIC = Path(__file__).with_name("static")
 
@@ -52,9 +50,8 @@ def create_app(
     a single host's); ``clock``: the wall clock that sessions and the throttle of wrong tokens go by."""
     control = control if control is not None else Control(settings)
     gate = Gate(settings.web, clock)
-    catalog = Catalog(settings)
-    clean_stale(settings.paths.state_dir)
-    actions.empty_outbox_trash(settings.paths.outbox)
+    catalog = Catalog(settings, control)
+    control.tidy()
 
     app = FastAPI(
         title="heygemd",

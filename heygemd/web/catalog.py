@@ -1,5 +1,5 @@
-"""Reading jobs for the pages and the API: status.json from the outbox, queued jobs from the inbox and the
-claim folder, one job's files, and what the machine is doing.
+"""Reading jobs for the pages and the API: every job (one is looked up by ``heygemd.control``), one job's files,
+and what the machine is doing.
 
 Every name that comes from a request is checked here: a job id is a plain folder name directly in the outbox
 (or inbox, or claim folder), a file name a plain regular file directly in that job's outbox folder; symlinks
@@ -9,48 +9,20 @@ are never followed, so nothing outside the inbox and outbox is ever read.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from heygemd.daemon.cancel import read_request
+from heygemd.control import Control
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs
-from heygemd.daemon.jobs import load_job
 from heygemd.daemon.readiness import scan_inbox
-from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, read_status
-from heygemd.engines import resolve_engine_name
-from heygemd.errors import HeygemdError
+from heygemd.daemon.status import JobStatus, read_status
+from heygemd.errors import JobNotFound
+from heygemd.fsutil import contained, is_real_dir, is_real_file
 from heygemd.layout import LOG_FILE, claim_folder, job_folder, status_file
-from heygemd.names import is_audio, is_presenter, plain_name
+from heygemd.names import plain_name
 from heygemd.settings import Settings
-from heygemd.web.problems import BadStatus, NotFound
-
-
-def _real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _real_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _mtime(path: Path) -> datetime:
-    return datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc)
-
-
-def contained(path: Path, root: Path) -> bool:
-    """Whether ``path`` resolves (symlinks followed) to somewhere inside ``root``."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+from heygemd.web.problems import NotFound
 
 
 @dataclass(frozen=True)
@@ -66,8 +38,9 @@ class Machine:
 class Catalog:
     """The jobs as the inbox, the claim folder and the outbox show them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, control: Control | None = None) -> None:
         self.settings = settings
+        self.control = control if control is not None else Control(settings)
         self.inbox = settings.paths.inbox
         self.outbox = settings.paths.outbox
         self.state = settings.paths.state_dir
@@ -76,84 +49,30 @@ class Catalog:
 
     def job_dir(self, job_id: str) -> Path:
         """The job's outbox folder (NotFound when the id is not a plain folder there)."""
-        folder = job_folder(self.outbox, job_id)
-        if not plain_name(job_id, is_dir=True) or not _real_dir(folder) or not contained(folder, self.outbox):
-            raise NotFound(f"no job {job_id!r} in the outbox")
-        return folder
+        try:
+            return self.control.job_dir(job_id)
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
 
     def status(self, job_id: str) -> JobStatus:
         """The job's status.json, or a ``queued`` status made from its folder while it waits in the inbox."""
-        if not plain_name(job_id, is_dir=True):
-            raise NotFound(f"no job {job_id!r}")
-        folder = job_folder(self.outbox, job_id)
-        path = status_file(folder)
-        if _real_dir(folder) and _real_file(path):
-            try:
-                return self._with_request(read_status(path))
-            except (ValidationError, ValueError) as exc:
-                raise BadStatus(f"status.json is not readable ({str(exc).splitlines()[0]})", path=job_id) from None
-        for job in claimed_jobs(self.state):
-            if job.job_id == job_id:
-                return self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
-        folder = self.inbox / job_id
-        if _real_dir(folder):
-            return self._queued(job_id, job_id, folder, _mtime(folder))
-        raise NotFound(f"no job {job_id!r}")
-
-    def _with_request(self, status: JobStatus) -> JobStatus:
-        """A running job's status with the cancel request its worker has not acted on yet (pages show it)."""
-        if status.cancel is not None or status.state not in ("queued", "processing"):
-            return status
-        request = read_request(claim_folder(self.state, status.job_id))
-        return status if request is None else status.model_copy(update={"cancel": request})
-
-    def _queued(
-        self, job_id: str, name: str, folder: Path, created: datetime, claim_path: Path | None = None
-    ) -> JobStatus:
-        """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
-        waits for the worker to take the job)."""
-        audio: str | None = None
-        videos: list[VideoStatus] = []
-        try:  # as the worker will read it (job.toml may name the audio)
-            spec = load_job(folder, job_id=job_id, name=name)
-            audio, videos = spec.audio.name, [VideoStatus(input=v.name) for v in spec.videos]
-        except (HeygemdError, OSError):  # not complete yet, or it will fail: what it holds so far
-            try:
-                names = sorted(os.listdir(folder))
-            except OSError:
-                names = []
-            for fname in names:
-                if not plain_name(fname) or not _real_file(folder / fname):
-                    continue
-                if is_audio(Path(fname)) and audio is None:
-                    audio = fname
-                elif is_presenter(Path(fname)):
-                    videos.append(VideoStatus(input=fname))
-        return JobStatus(
-            job_id=job_id,
-            job_name=name,
-            state="queued",
-            created=created,
-            updated=created,
-            host="",
-            pid=0,
-            audio=AudioStatus(file=audio) if audio else None,
-            videos=videos,
-            cancel=read_request(claim_path) if claim_path is not None else None,
-        )
+        try:
+            return self.control.lookup(job_id)
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
 
     def file(self, job_id: str, name: str) -> Path:
         """A file of the job's outbox folder, for download (NotFound unless a plain regular file there)."""
         folder = self.job_dir(job_id)
         path = folder / name
-        if not plain_name(name) or not _real_file(path) or not contained(path, folder):
+        if not plain_name(name) or not is_real_file(path) or not contained(path, folder):
             raise NotFound(f"no file {name!r} in job {job_id!r}")
         return path
 
     def files(self, job_id: str) -> list[Path]:
         """Every plain regular file of the job's outbox folder (outputs, posters, status.json, job.log), by name."""
         folder = self.job_dir(job_id)
-        return [folder / n for n in sorted(os.listdir(folder)) if plain_name(n) and _real_file(folder / n)]
+        return [folder / n for n in sorted(os.listdir(folder)) if plain_name(n) and is_real_file(folder / n)]
 
     def log_text(self, job_id: str, limit: int = 200_000) -> str:
         """The end of the job's job.log ('' when there is none yet)."""
@@ -178,21 +97,21 @@ class Catalog:
             entries = []
         for name in entries:
             path = status_file(job_folder(self.outbox, name))
-            if plain_name(name, is_dir=True) and _real_dir(path.parent) and _real_file(path):
+            if plain_name(name, is_dir=True) and is_real_dir(path.parent) and is_real_file(path):
                 try:
-                    found[name] = self._with_request(read_status(path))
+                    found[name] = self.control.with_request(read_status(path))
                 except (OSError, ValueError):  # being replaced on a share, or foreign: left out of the list
                     continue
         for job in claimed_jobs(self.state):
             if job.job_id not in found:
-                found[job.job_id] = self._queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
+                found[job.job_id] = self.control.queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         try:
             candidates = scan_inbox(self.inbox, self.state)
         except FileNotFoundError:
             candidates = []
         for cand in candidates:
             if cand.name not in found:
-                found[cand.name] = self._queued(cand.name, cand.name, cand.path, _mtime(cand.path))
+                found[cand.name] = self.control.queued(cand.name, cand.name, cand.path, _mtime(cand.path))
         return sorted(found.values(), key=sort_key, reverse=True)
 
     def page(self, page: int, page_size: int) -> tuple[list[JobStatus], int]:
@@ -241,11 +160,15 @@ class Catalog:
         except FileNotFoundError:
             queued = 0
         return Machine(
-            engine=resolve_engine_name(self.settings.engine, self.settings.paths.models),
+            engine=self.control.engine_name(),
             busy=bool(claimed),
             current=claimed[0].job_id if claimed else None,
             queued=queued,
         )
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(os.lstat(path).st_mtime, timezone.utc)
 
 
 def sort_key(status: JobStatus) -> tuple[datetime, str]:

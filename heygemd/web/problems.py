@@ -6,7 +6,17 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from heygemd.errors import AlreadyFinished, CancelRefused, DiskFull, HeygemdError, JobNotFound
+from heygemd.errors import (
+    AlreadyFinished,
+    CancelRefused,
+    DiskFull,
+    HeygemdError,
+    InputsGone,
+    JobBusy,
+    JobChanged,
+    JobNotFound,
+    NothingToRetry,
+)
 
 
 class Problem(BaseModel):
@@ -87,52 +97,20 @@ class TooLarge(WebError):
     default_hint = "Upload fewer or smaller files, or raise web.max_file_mb / web.max_files / web.max_total_mb."
 
 
-class JobBusy(WebError):
-    code = "JOB_BUSY"
-    status = 409
-    default_hint = (
-        "The job is queued or rendering; wait until it is done, partial, failed or cancelled (or cancel it first)."
-    )
-
-
-class JobChanged(WebError):
-    code = "JOB_CHANGED"
-    status = 409
-    default_hint = "Another request deleted the job (or its archived inputs expired) meanwhile; reload the job list."
-
-
-class NothingToRetry(WebError):
-    code = "NOTHING_TO_RETRY"
-    status = 409
-    default_hint = "Only failed or cancelled videos are retried; this job has none."
-
-
-class InputsGone(WebError):
-    code = "INPUTS_GONE"
-    status = 410
-    default_hint = (
-        'The job\'s inputs are no longer archived (outbox.inputs_after = "delete", or older than '
-        "outbox.archive_retention_days); submit the files again."
-    )
-
-
-class BadStatus(WebError):
-    code = "BAD_STATUS"
-    status = 500
-    default_hint = "The job's status.json is not readable as a heygemd status file; look at it on the outbox share."
-
-
 def http_status(exc: HeygemdError) -> int:
     """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for a
-    cancel of a job that has already finished or cannot be taken out of the inbox yet, else 500."""
+    cancel of a job that has already finished or cannot be taken out of the inbox yet and for a retry or delete of a
+    job that is busy, changed meanwhile or has nothing to retry, 410 for a retry whose inputs are gone, else 500."""
     if isinstance(exc, WebError):
         return exc.status
     if isinstance(exc, DiskFull):
         return 507
     if isinstance(exc, JobNotFound):
         return 404
-    if isinstance(exc, (AlreadyFinished, CancelRefused)):
+    if isinstance(exc, (AlreadyFinished, CancelRefused, JobBusy, JobChanged, NothingToRetry)):
         return 409
+    if isinstance(exc, InputsGone):
+        return 410
     return 500
 
 

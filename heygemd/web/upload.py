@@ -14,8 +14,8 @@ presenter, and every message names the file the user gave.
 
 from __future__ import annotations
 
-import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,11 +25,20 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.staging import disk_full, is_disk_full
 from heygemd.engine_names import listed
-from heygemd.names import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, unique_name
+from heygemd.names import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    NameKind,
+    classify_name,
+    make_windows_safe,
+    plain_name,
+    unique_name,
+)
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
-from heygemd.web.staging import disk_full, is_disk_full, safe_basename
 
 MiB = 1024 * 1024
 FILE_FIELDS = frozenset({"audio", "videos"})
@@ -38,6 +47,7 @@ UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in (
 audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
 TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
+MAX_NAME_BYTES = 180
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
@@ -289,7 +299,42 @@ def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {**value, **described}
 
 
-def job_toml(options: JobOptions) -> str:
-    """job.toml text for the options that are set. JSON's scalars are TOML's: a string is written as a basic string
-    with every quote, backslash and control character escaped, so no value can add a line or another option."""
-    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.model_dump(exclude_none=True).items())
+def plain_basename(raw: str) -> str:
+    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
+    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes, one a Windows client can open
+    (``names.make_windows_safe``). '' when nothing is left."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
+    name = name.strip().lstrip(".").strip()
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or len(suffix) > 10:
+            stem, suffix = name, ""
+        keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
+        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
+        name = f"{stem}.{suffix}" if suffix else stem
+    return make_windows_safe(name)
+
+
+def safe_basename(raw: str) -> str:
+    """An uploaded file's name as it is stored (``plain_basename``); BadUpload for the names of files still
+    being copied or of system clutter, which are never part of a job."""
+    name = plain_basename(raw)
+    if name and classify_name(name) is not NameKind.NORMAL:
+        raise BadUpload(
+            f"the name {raw!r} is reserved for files still being copied or for system clutter",
+            hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).",
+        )
+    return name
+
+
+def job_name(requested: str, audio: str) -> str:
+    """An uploaded job's folder name: the requested name, else the audio file's stem, else ``job``, each reduced
+    by ``plain_basename``. A name the intake would pass over (``__MACOSX``, ``lost+found``, ``#recycle``,
+    ``*.part``, ...: ``names.plain_name``) is never used: such a job would wait in the inbox for ever."""
+    for raw in (requested, Path(audio).stem):
+        name = plain_basename(raw)
+        if plain_name(name, is_dir=True):
+            return name
+    return "job"

@@ -17,8 +17,6 @@ from heygemd.cli import control_for
 from heygemd.daemon.status import SCHEMA_PATH
 from heygemd.names import is_heygemd_temp
 from heygemd.settings import load_settings
-from heygemd.web import actions
-from heygemd.web.catalog import Catalog
 from tests.daemon.daemon_process import JOB_TIMEOUT_S, Media, ffprobe, stop_daemon
 from tests.pipeline.media import ffmpeg_children
 
@@ -86,9 +84,9 @@ def test_cancel_waiting_and_running_jobs_then_retry(daemon_factory, media: Media
     assert unknown.returncode == 1 and "[NO_SUCH_JOB]" in unknown.stderr
 
     # -- retried like a failed job: the video not done is rendered again, as a new job
-    settings = load_settings(d.config)
-    retry_id = actions.retry(settings, Catalog(settings), "long")
-    assert retry_id == "long-retry"
+    retried = d.command("retry", "long")
+    assert retried.returncode == 0 and "long-retry" in retried.stdout, retried.stderr
+    retry_id = "long-retry"
     retried = d.wait_finished(retry_id)
     assert retried["state"] == "done" and [v["input"] for v in retried["videos"]] == ["b.mp4"]
     assert (d.outbox / retry_id / "b.mp4").is_file()

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from heygemd import control
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import VideoStatus
 from heygemd.names import make_windows_safe, windows_safe
-from heygemd.web import actions
-from heygemd.web.catalog import Catalog
 from tests.web.test_api import MP4, WAV, _archive_inputs, assert_problem, upload
 from tests.web.webserver import finished_job
 
@@ -176,16 +175,16 @@ def _failed_job_with_archived_inputs(settings) -> None:
 def test_a_delete_landing_while_a_retry_copies_is_a_409_and_leaves_no_half_job(make_client, monkeypatch) -> None:
     client, settings = make_client()
     _failed_job_with_archived_inputs(settings)
-    copy = actions._copy_regular
+    copy = control._copy_regular
     copied: list[str] = []
 
     def copy_then_delete(src: Path, dst: Path) -> None:
         copy(src, dst)
         copied.append(src.name)
         if len(copied) == 1:  # the job is deleted after the retry copied its first file
-            actions.delete(settings, Catalog(settings), "lesson")
+            control.Control(settings).delete("lesson")
 
-    monkeypatch.setattr(actions, "_copy_regular", copy_then_delete)
+    monkeypatch.setattr(control, "_copy_regular", copy_then_delete)
     problem = assert_problem(client.post("/api/jobs/lesson/retry"), 409, "JOB_CHANGED")
     assert "'lesson'" in problem["message"] and "nothing was queued" in problem["message"]
     assert copied == ["lesson.wav"]
@@ -196,16 +195,16 @@ def test_a_delete_landing_while_a_retry_copies_is_a_409_and_leaves_no_half_job(m
 def test_two_deletes_of_one_job_at_once_one_deletes_the_other_is_a_409(make_client, monkeypatch) -> None:
     client, settings = make_client()
     _failed_job_with_archived_inputs(settings)
-    trash = actions._trash
+    trash = control._trash
     inner: list[None] = []
 
     def trash_after_another_delete(folder: Path, into: Path) -> None:
         if not inner:  # a second delete of the same job runs to its end first
             inner.append(None)
-            actions.delete(settings, Catalog(settings), "lesson")
+            control.Control(settings).delete("lesson")
         trash(folder, into)
 
-    monkeypatch.setattr(actions, "_trash", trash_after_another_delete)
+    monkeypatch.setattr(control, "_trash", trash_after_another_delete)
     assert_problem(client.delete("/api/jobs/lesson"), 409, "JOB_CHANGED")
     assert not (settings.paths.outbox / "lesson").exists()
     assert list((settings.paths.outbox / ".heygemd-trash").iterdir()) == []
@@ -215,8 +214,7 @@ def test_job_toml_written_for_an_upload_cannot_be_given_another_option() -> None
     """The upload writes job.toml itself; a value with quotes, backslashes or a line break stays one value."""
     import tomllib
 
-    from heygemd.daemon.jobs import JobOptions
-    from heygemd.web.upload import job_toml
+    from heygemd.daemon.jobs import JobOptions, job_toml
 
     hostile = 'talk".mp4\\\nengine = "wav2lip'
     options = JobOptions(audio=hostile, crf=20, engine="mouthwarp")

@@ -1,7 +1,8 @@
-"""Putting a job into the inbox the way a careful NAS user does: build it in a staging folder the intake never
-looks at (``<state>/uploads/<random>/``, inside the inbox's hidden state folder, so on the inbox's filesystem),
-create the ready marker last, then one rename into ``inbox/<job>/``. A failed upload only ever leaves its
-staging folder, which is removed at once (or, after a crash, by ``clean_stale``)."""
+"""Putting a job into the inbox the way a careful NAS user does, for whoever submits through ``heygemd.control``
+(the web upload, a retry): build it in a staging folder the intake never looks at (``<state>/uploads/<random>/``,
+inside the inbox's hidden state folder, so on the inbox's filesystem), create the ready marker last, then one
+rename into ``inbox/<job>/``. A failed upload only ever leaves its staging folder, which is removed at once (or,
+after a crash, by ``clean_stale``)."""
 
 from __future__ import annotations
 
@@ -9,58 +10,14 @@ import contextlib
 import os
 import secrets
 import time
-import unicodedata
 from pathlib import Path
 
 from heygemd.errors import DiskFull
 from heygemd.fsutil import NO_SPACE_ERRNOS, fsync_dir, remove_tree
 from heygemd.layout import claim_folder, job_folder, uploads_root
-from heygemd.names import NameKind, classify_name, make_windows_safe, numbered, plain_name
-from heygemd.web.problems import BadUpload
+from heygemd.names import numbered
 
 STALE_SECONDS = 24 * 3600.0
-MAX_NAME_BYTES = 180
-
-
-def plain_basename(raw: str) -> str:
-    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
-    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes, one a Windows client can open
-    (``names.make_windows_safe``). '' when nothing is left."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = unicodedata.normalize("NFC", name)
-    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
-    name = name.strip().lstrip(".").strip()
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or len(suffix) > 10:
-            stem, suffix = name, ""
-        keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
-        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
-        name = f"{stem}.{suffix}" if suffix else stem
-    return make_windows_safe(name)
-
-
-def safe_basename(raw: str) -> str:
-    """An uploaded file's name as it is stored (``plain_basename``); BadUpload for the names of files still
-    being copied or of system clutter, which are never part of a job."""
-    name = plain_basename(raw)
-    if name and classify_name(name) is not NameKind.NORMAL:
-        raise BadUpload(
-            f"the name {raw!r} is reserved for files still being copied or for system clutter",
-            hint="Rename the file (names like *.part, *.tmp, ~$*, Thumbs.db are never part of a job).",
-        )
-    return name
-
-
-def job_name(requested: str, audio: str) -> str:
-    """An uploaded job's folder name: the requested name, else the audio file's stem, else ``job``, each reduced
-    by ``plain_basename``. A name the intake would pass over (``__MACOSX``, ``lost+found``, ``#recycle``,
-    ``*.part``, ...: ``names.plain_name``) is never used: such a job would wait in the inbox for ever."""
-    for raw in (requested, Path(audio).stem):
-        name = plain_basename(raw)
-        if plain_name(name, is_dir=True):
-            return name
-    return "job"
 
 
 def is_disk_full(exc: OSError) -> bool:
