@@ -58,3 +58,25 @@ def test_an_interrupted_render_leaves_neither_video_nor_poster(tmp_path: Path) -
         )
     assert rendered and rendered[-1] > int(speech.loudness(25.0).argmax())  # the poster frame had been rendered
     assert list(out.parent.iterdir()) == []  # no video, no poster, no partial file
+
+
+def test_the_limits_of_the_settings_hold_for_every_render(tmp_path: Path) -> None:
+    import pytest
+
+    from heygemd.errors import AudioTooLong, PictureTooLarge
+    from heygemd.settings import VideoSettings
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+        video=VideoSettings(max_presenter_pixels=320 * 180 - 1, max_audio_seconds=0.5),
+    )
+    session = LipSyncSession(settings)
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=1.0, size=(320, 180))
+    speech = speech_wav(tmp_path / "one.wav", sentences=("One.",), pause_seconds=0.1, lead_seconds=0.1)
+    with pytest.raises(AudioTooLong, match="a job takes at most 0:00:00.5 of audio"):
+        session.audio(speech)
+    audio = LipSyncSession(settings.model_copy(update={"video": VideoSettings()})).audio(speech)
+    with pytest.raises(PictureTooLarge, match="the picture is 320x180, 57,600 pixels"):
+        session.render(presenter, audio, tmp_path / "out" / "anna.mp4")
+    assert not (tmp_path / "out").exists()
