@@ -137,6 +137,7 @@ def read_frames(
             "pipe:1",
         ]
         proc = ToolProcess(argv, stdout=True, pass_fds=media.pass_fds)
+        url = media.url
     delivered = 0
     last: np.ndarray | None = None
     try:
@@ -148,9 +149,7 @@ def read_frames(
                 break
             if got < target.nbytes:
                 proc.wait()
-                raise _decode_failure(
-                    proc, info, f"ffmpeg ended in the middle of frame {delivered}: {proc.stderr_tail()}"
-                )
+                raise _decode_failure(proc, info, url, f"ffmpeg ended in the middle of frame {delivered}")
             if yuv is not None:
                 assert info.yuv is not None
                 if yuv_sink is not None:
@@ -164,18 +163,16 @@ def read_frames(
         except subprocess.TimeoutExpired:
             raise DecodeError(f"ffmpeg did not exit after {delivered} frames", path=info.path) from None
         if code != 0:
-            raise _decode_failure(
-                proc, info, f"ffmpeg failed after {delivered} frames (exit {code}): {proc.stderr_tail()}"
-            )
+            raise _decode_failure(proc, info, url, f"ffmpeg failed after {delivered} frames (exit {code})")
         shortfall = info.frame_count - delivered
         if last is None:
-            raise _decode_failure(proc, info, f"no frame could be decoded: {proc.stderr_tail()}")
+            raise _decode_failure(proc, info, url, "no frame could be decoded")
         if shortfall > max(SHORTFALL_FRAMES, SHORTFALL_RATIO * info.frame_count):
             raise _decode_failure(
                 proc,
                 info,
-                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or "
-                f"truncated: {proc.stderr_tail()}",
+                url,
+                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or truncated",
             )
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
@@ -187,11 +184,13 @@ def read_frames(
         proc.kill()
 
 
-def _decode_failure(proc: ToolProcess, info: VideoInfo, message: str) -> Exception:
+def _decode_failure(proc: ToolProcess, info: VideoInfo, url: str, what: str) -> Exception:
     """PictureTooLarge when the decoder refused a picture larger than the limit (the frames it dropped are why
-    the decode failed), else DecodeError with ``message``."""
-    refused = refused_picture(proc.stderr_tail(), info.path, info.max_pixels)
-    return refused if refused is not None else DecodeError(message, path=info.path)
+    the decode failed), else DecodeError saying ``what`` happened, with ffmpeg's last words (the input it read
+    as ``url`` left out: the message names the file)."""
+    tail = proc.stderr_tail()
+    refused = refused_picture(tail, info.path, info.max_pixels)
+    return refused if refused is not None else DecodeError(f"{what}: {tail.replace(url + ': ', '')}", path=info.path)
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
