@@ -150,6 +150,21 @@ class FileTooLarge(HeygemdError):
     default_hint = "Replace the file with the one intended; this one is far larger than such a file can be."
 
 
+class PictureTooLarge(HeygemdError):
+    """A presenter whose picture is larger than ``video.max_presenter_pixels``: refused from its header (a small
+    PNG can declare gigabytes of pixels). The hint, made where the size is known, says what to scale it to."""
+
+    code = "PICTURE_TOO_LARGE"
+    default_hint = "Scale the video or photo down (e.g. to 3840 pixels wide), or raise video.max_presenter_pixels."
+
+
+class AudioTooLong(HeygemdError):
+    """An audio longer than ``video.max_audio_seconds``: refused from its header, or at that length while decoding."""
+
+    code = "AUDIO_TOO_LONG"
+    default_hint = "Split the audio into shorter parts, one job each, or raise video.max_audio_seconds."
+
+
 class DiskFull(HeygemdError):
     """Not the input's fault: the daemon keeps the job claimed and tries the video again later."""
 

@@ -187,6 +187,20 @@ class VideoSettings(Section):
         "H.264 of the decoded yuv420p, 7-14 % of the raw frames), ffv1 (lossless, 8-17 %, more CPU than x264), "
         "utvideo (lossless, 11-19 %, least CPU) or raw (no CPU, 100 %).",
     )
+    max_presenter_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=2**31 - 1,
+        description="Largest presenter picture, in pixels (width x height, 8K UHD is 33.2 million): a larger video "
+        "or photo fails with PICTURE_TOO_LARGE from its header, before any of it is decoded.",
+    )
+    max_audio_seconds: float = Field(
+        7200.0,
+        gt=0,
+        description="Longest audio a job may have, in seconds (every output is as long as its audio): a longer one "
+        "fails the job with AUDIO_TOO_LONG, from its header before decoding, or at this length while decoding "
+        "when its header understates it.",
+    )
 
 
 class OutboxSettings(Section):

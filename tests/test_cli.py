@@ -325,3 +325,22 @@ def test_cancel_a_waiting_job_then_status_shows_it_cancelled(tmp_path: Path, hey
     assert "[ALREADY_DONE] job 'lesson-02' is already cancelled" in again.stderr and "what to do:" in again.stderr
     missing = run(heygemd_bin, "cancel", "lesson-99", env=env)
     assert missing.returncode == 1 and "[NO_SUCH_JOB]" in missing.stderr
+
+
+def test_single_follows_links_named_on_the_command_line(tmp_path: Path, heygemd_bin: Path) -> None:
+    """Links in a job folder are refused (a job's files come from anyone on the share); the files an administrator
+    names on the command line may be links."""
+    from heygemd.demo import speech_wav
+
+    presenter = presenter_video(tmp_path / "media" / "anna.mp4", seconds=0.5, size=(320, 180))
+    audio = speech_wav(tmp_path / "media" / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
+    (tmp_path / "video.mp4").symlink_to(presenter)
+    (tmp_path / "voice.wav").symlink_to(audio)
+    proc = run(
+        heygemd_bin,
+        *("single", "--audio", str(tmp_path / "voice.wav"), "--video", str(tmp_path / "video.mp4")),
+        *("--out", str(tmp_path / "out.mp4"), "--engine", "mouthwarp"),
+        env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "out.mp4").is_file()

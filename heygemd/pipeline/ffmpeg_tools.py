@@ -14,12 +14,14 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
-from heygemd.errors import DecodeError, DiskFull, EncodeError, ToolMissing
+from heygemd.errors import DecodeError, DiskFull, EncodeError, NotMedia, ToolMissing
+from heygemd.fsutil import InputFile
 
 TAIL_LINES = 25
 """How many of ffmpeg's last stderr lines an error message quotes."""
@@ -44,6 +46,39 @@ def media_url(path: Path) -> str:
     A name like ``-x.mp4`` or ``a:b.mp4`` would otherwise be read as an option or a URL scheme.
     """
     return "file:" + os.fspath(Path(path).absolute())
+
+
+@contextmanager
+def open_input(source: Path | InputFile) -> Iterator[InputFile]:
+    """``source`` as an open input: an :class:`InputFile` as it is (its owner closes it), a path opened now
+    (``InputFile.open``: never through a link, never a FIFO or device) for this use and closed after it.
+
+    A child started meanwhile with ``pass_fds=input.pass_fds`` keeps reading the file however long it runs.
+    A missing file is NotMedia naming it.
+    """
+    if isinstance(source, InputFile):
+        yield source
+        return
+    try:
+        opened = InputFile.open(Path(source))
+    except FileNotFoundError:
+        raise NotMedia(
+            "no such file",
+            path=source,
+            hint="Check the file's name and folder: there is no file (or no longer one) under that name.",
+        ) from None
+    with opened:
+        yield opened
+
+
+def max_pixels_args(max_pixels: int) -> list[str]:
+    """Input options (before its ``-i``) with which ffmpeg's and ffprobe's decoders refuse a picture of more than
+    ``max_pixels`` pixels instead of allocating it ("Picture size WxH exceeds specified max pixel count")."""
+    return ["-max_pixels", str(int(max_pixels))]
+
+
+AUDIO_INPUT_MAX_PIXELS = 4096 * 4096
+"""Largest picture ffmpeg decodes in an audio input: its cover art, never used, is skipped when larger."""
 
 
 def rate_arg(fps: float) -> str:
@@ -169,15 +204,23 @@ class ToolProcess:
         return self._tail.text()
 
 
-def run_probe(argv: Sequence[str], path: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+def run_probe(
+    argv: Sequence[str], path: Path, timeout: float = 120.0, *, pass_fds: Sequence[int] = ()
+) -> subprocess.CompletedProcess[bytes]:
     """Run a short-lived tool (ffprobe, ``ffmpeg -filters``) to completion in its own session.
 
     Raises DecodeError naming ``path`` when it does not finish within ``timeout`` seconds (a hung
-    network mount, say); the child is killed and reaped in that case.
+    network mount, say); the child is killed and reaped in that case. ``pass_fds``: descriptors the child
+    inherits (an :class:`InputFile` it reads).
     """
     try:
         return subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, start_new_session=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except subprocess.TimeoutExpired:
         raise DecodeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s", path=path) from None

@@ -27,9 +27,9 @@ import structlog
 
 from heygemd.errors import DecodeError
 from heygemd.pipeline.colour import yuv420p_bytes, yuv420p_to_bgr
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, max_pixels_args, open_input, rate_arg, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
-from heygemd.pipeline.probe import VideoInfo
+from heygemd.pipeline.probe import VideoInfo, decoder_max_pixels, refused_picture
 from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
 
@@ -80,8 +80,9 @@ def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
 
 
 def input_args(info: VideoInfo) -> list[str]:
-    """Input options: stills are rotated by our own filter (ffmpeg 5.1 ignores EXIF, newer ones may not)."""
-    return ["-noautorotate"] if info.is_still else []
+    """Input options: stills are rotated by our own filter (ffmpeg 5.1 ignores EXIF, newer ones may not); the
+    decoder refuses pictures far larger than the probe allowed (a stream may grow midway)."""
+    return [*(["-noautorotate"] if info.is_still else []), *max_pixels_args(decoder_max_pixels(info.max_pixels))]
 
 
 def read_frames(
@@ -97,6 +98,9 @@ def read_frames(
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
+    ffmpeg reads ``info.source`` (an open ``InputFile``: through its descriptor); its decoder refuses pictures
+    far larger than ``info.max_pixels`` (``probe.decoder_max_pixels``), and a stream that needed one fails with
+    PictureTooLarge.
 
     With ``info.yuv`` set, ffmpeg delivers the decoder's own 4:2:0 frames and they are converted to BGR here
     (``colour.yuv420p_to_bgr``, in the calling thread: OpenCV releases the GIL); otherwise ffmpeg converts.
@@ -112,26 +116,28 @@ def read_frames(
     else:
         out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info, ffmpeg)
         yuv = np.empty(yuv420p_bytes(info.width, info.height), dtype=np.uint8)
-    argv = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-v",
-        "error",
-        *input_args(info),
-        *(decoder_args(decoder) if not info.is_still else []),
-        "-i",
-        media_url(info.path),
-        *["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain],
-        "-frames:v",
-        str(info.frame_count),
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        out_pix_fmt,
-        "pipe:1",
-    ]
-    proc = ToolProcess(argv, stdout=True)
+    with open_input(info.source) as media:
+        argv = [
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            *input_args(info),
+            *(decoder_args(decoder) if not info.is_still else []),
+            "-i",
+            media.url,
+            *["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain],
+            "-frames:v",
+            str(info.frame_count),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            out_pix_fmt,
+            "pipe:1",
+        ]
+        proc = ToolProcess(argv, stdout=True, pass_fds=media.pass_fds)
+        url = media.url
     delivered = 0
     last: np.ndarray | None = None
     try:
@@ -143,9 +149,7 @@ def read_frames(
                 break
             if got < target.nbytes:
                 proc.wait()
-                raise DecodeError(
-                    f"ffmpeg ended in the middle of frame {delivered}: {proc.stderr_tail()}", path=info.path
-                )
+                raise _decode_failure(proc, info, url, f"ffmpeg ended in the middle of frame {delivered}")
             if yuv is not None:
                 assert info.yuv is not None
                 if yuv_sink is not None:
@@ -159,17 +163,16 @@ def read_frames(
         except subprocess.TimeoutExpired:
             raise DecodeError(f"ffmpeg did not exit after {delivered} frames", path=info.path) from None
         if code != 0:
-            raise DecodeError(
-                f"ffmpeg failed after {delivered} frames (exit {code}): {proc.stderr_tail()}", path=info.path
-            )
+            raise _decode_failure(proc, info, url, f"ffmpeg failed after {delivered} frames (exit {code})")
         shortfall = info.frame_count - delivered
         if last is None:
-            raise DecodeError(f"no frame could be decoded: {proc.stderr_tail()}", path=info.path)
+            raise _decode_failure(proc, info, url, "no frame could be decoded")
         if shortfall > max(SHORTFALL_FRAMES, SHORTFALL_RATIO * info.frame_count):
-            raise DecodeError(
-                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or "
-                f"truncated: {proc.stderr_tail()}",
-                path=info.path,
+            raise _decode_failure(
+                proc,
+                info,
+                url,
+                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or truncated",
             )
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
@@ -179,6 +182,15 @@ def read_frames(
             yield last.copy()
     finally:
         proc.kill()
+
+
+def _decode_failure(proc: ToolProcess, info: VideoInfo, url: str, what: str) -> Exception:
+    """PictureTooLarge when the decoder refused a picture larger than the limit (the frames it dropped are why
+    the decode failed), else DecodeError saying ``what`` happened, with ffmpeg's last words (the input it read
+    as ``url`` left out: the message names the file)."""
+    tail = proc.stderr_tail()
+    refused = refused_picture(tail, info.path, info.max_pixels)
+    return refused if refused is not None else DecodeError(f"{what}: {tail.replace(url + ': ', '')}", path=info.path)
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
