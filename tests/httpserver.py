@@ -25,6 +25,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     hold: threading.Event | None = None
     """Wait for this event before answering (a receiver that hangs); nothing is answered when it is set."""
+    declare_length: bool = True
+    """False: no Content-Length; the body ends when the connection closes."""
 
 
 Script = Callable[[Seen], Answer]
@@ -51,7 +53,9 @@ class Receiver:
                     reply.hold.wait()
                     return
                 self.send_response(reply.status)
-                headers = {"Content-Length": str(len(reply.body)), **reply.headers}
+                length = {"Content-Length": str(len(reply.body))} if reply.declare_length else {"Connection": "close"}
+                headers = {**length, **reply.headers}
+                self.close_connection = not reply.declare_length
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()

@@ -72,7 +72,7 @@ def first_error(status: JobStatus) -> str | None:
     return None if found is None else f"{found.code}: {found.message}"
 
 
-def job_message(status: JobStatus, public_url: str = "") -> Message:
+def job_message(status: JobStatus, public_url: str) -> Message:
     """The message about a job that ended: its name and state, the videos done and failed, the first error, and a
     link to its page when ``public_url`` (``web.public_url``) is set."""
     done, failed, total = status.counts()
@@ -103,7 +103,7 @@ class Alerts:
         self,
         notify: NotifySettings,
         *,
-        public_url: str = "",
+        public_url: str,
         clock: Callable[[], float] = time.monotonic,
         queue_size: int = QUEUE_SIZE,
     ) -> None:

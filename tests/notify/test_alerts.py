@@ -33,6 +33,7 @@ def job(state: str = "partial") -> JobStatus:
 
 
 def alerts(port: int, *events: str, public_url: str = "", clock: Callable[[], float] = time.monotonic) -> Alerts:
+    """Alerts to the JSON webhook on ``port``, for ``events`` (default: the setting's default)."""
     url = SecretStr(f"json://127.0.0.1:{port}/heygemd")
     notify = NotifySettings(urls=(url,), events=events) if events else NotifySettings(urls=(url,))
     return Alerts(notify, public_url=public_url, clock=clock)
@@ -87,29 +88,30 @@ def test_events_choose_what_is_told() -> None:
 
 
 def test_a_done_job_without_public_url_has_no_link_and_no_error() -> None:
-    message = job_message(job("done"))
+    message = job_message(job("done"), "")
     assert message.body == "3 of 3 videos done." and message.kind == "success"
 
 
 def test_a_receiver_that_fails_is_logged_once_and_not_retried(capsys: pytest.CaptureFixture[str]) -> None:
     with receiver(lambda _: Answer(500)) as server:
         sender = alerts(server.port)
-        assert not sender.send(job_message(job("failed")))
+        assert not sender.send(job_message(job("failed"), ""))
     assert len(server.seen) == 1
     assert "notify.alert_failed" in capsys.readouterr().out
 
 
 def test_a_full_queue_drops_the_message_instead_of_waiting() -> None:
-    sender = Alerts(NotifySettings(urls=(SecretStr("json://127.0.0.1:9/x"),)), queue_size=1)  # no thread: never sent
+    unsent = NotifySettings(urls=(SecretStr("json://127.0.0.1:9/x"),))  # no thread is started: nothing is sent
+    sender = Alerts(unsent, public_url="", queue_size=1)
     assert sender.job_ended(job())
     assert not sender.job_ended(job()), "the queue is full: dropped at once"
 
 
 def test_no_urls_sends_nothing_and_a_bad_url_is_a_config_error() -> None:
-    quiet = Alerts(NotifySettings())
+    quiet = Alerts(NotifySettings(), public_url="")
     assert not quiet.enabled and not quiet.job_ended(job()) and not quiet.trouble("disk_full", "x")
     with pytest.raises(ConfigError, match=r"notify.urls\[0\]") as caught:
-        Alerts(NotifySettings(urls=(SecretStr("nosuchscheme://token-abc@host"),)))
+        Alerts(NotifySettings(urls=(SecretStr("nosuchscheme://token-abc@host"),)), public_url="")
     assert "token-abc" not in caught.value.message
 
 
