@@ -170,7 +170,11 @@ class Alerts:
         """Stop the thread once the messages already queued are sent (waiting ``timeout`` seconds at most)."""
         if self._thread is None:
             return
-        self._queue.put(None, timeout=timeout)
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("notify.alerts_not_stopped", reason=f"messages still queued after {timeout:g} s")
+            return
         self._thread.join(timeout)
         self._thread = None
 

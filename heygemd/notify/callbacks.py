@@ -213,6 +213,8 @@ class CallbackQueue:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreadable: set[str] = set()
+        self._next_at: dict[str, tuple[tuple[int, int, int], float]] = {}
+        """Pending file name -> ((inode, mtime, size) when read, its next attempt time)."""
 
     # -- the folder
 
@@ -268,8 +270,31 @@ class CallbackQueue:
 
     def pending(self) -> list[Delivery]:
         """The deliveries waiting in the folder (not those being sent right now), soonest first."""
-        found = (self._read(p) for p in sorted(self._folder(PENDING).glob("[!.]*.json")))
-        return sorted((d for d in found if d is not None), key=lambda d: d.next_at)
+        found = (self._read(self._folder(PENDING) / f"{name}.json") for _, name in self._schedule())
+        return [d for d in found if d is not None]
+
+    def _schedule(self) -> list[tuple[float, str]]:
+        """(next attempt time, delivery id) of every pending delivery, soonest first. A file is read only when it is
+        new or changed since the last look (a receiver that is down for hours leaves many bodies waiting)."""
+        folder = self._folder(PENDING)
+        with os.scandir(folder) as it:
+            entries = [e for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
+        known: dict[str, tuple[tuple[int, int, int], float]] = {}
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # claimed by another process meanwhile
+                continue
+            version = (info.st_ino, info.st_mtime_ns, info.st_size)
+            cached = self._next_at.get(entry.name)
+            if cached is None or cached[0] != version:
+                delivery = self._read(folder / entry.name)
+                if delivery is None:
+                    continue
+                cached = (version, delivery.next_at)
+            known[entry.name] = cached
+        self._next_at = known
+        return sorted((next_at, name.removesuffix(".json")) for name, (_, next_at) in known.items())
 
     # -- sending
 
@@ -279,10 +304,10 @@ class CallbackQueue:
         now = self.clock() if now is None else now
         self._recover(now)
         done = []
-        for delivery in self.pending():
-            if delivery.next_at > now:
+        for next_at, delivery_id in self._schedule():
+            if next_at > now:
                 break
-            claimed = self._claim(delivery.id, now)
+            claimed = self._claim(delivery_id, now)
             if claimed is not None:
                 done.append(self._attempt(claimed[0], claimed[1], now))
         return done

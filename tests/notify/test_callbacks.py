@@ -168,6 +168,17 @@ def test_a_claim_held_by_another_sender_waits_for_its_lease(tmp_path: Path) -> N
     assert done.state == "delivered" and not held.exists()
 
 
+def test_two_senders_on_one_folder_attempt_a_delivery_once(tmp_path: Path) -> None:
+    with receiver(answers(500)) as server:
+        first, second = make_queue(tmp_path, "127.0.0.1"), make_queue(tmp_path, "127.0.0.1")
+        first.enqueue("lesson-01", server.url("/hook"), BODY)
+        assert [d.next_at for d in first.pending()] == [T0]  # what the first sender has seen
+        (record,) = second.step(T0)  # 500: due again in 30 s
+        assert first.step(T0 + 1) == [], "the first sender sees it is not due any more"
+        (again,) = first.step(T0 + BACKOFF_S[0])
+    assert record.state == "pending" and again.state == "delivered" and len(server.seen) == 2
+
+
 KILLED_SENDER = """
 import sys
 from pathlib import Path
