@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from heygemd.errors import BadIdempotencyKey, FileTooLarge, IdempotencyBusy, IdempotencyMismatch
+from heygemd.errors import BadIdempotencyKey, HeygemdError, IdempotencyBusy, IdempotencyMismatch
 from heygemd.fsutil import atomic_write_bytes, own_dir, own_subdirs, read_regular, remove_tree
 
 IDEMPOTENCY = "idempotency"
@@ -106,7 +106,7 @@ class IdempotencyStore:
         try:
             data = read_regular(folder / f"{newest}.json", max_bytes=MAX_RECORD_BYTES)
             return newest, KeyRecord.model_validate_json(data)
-        except (FileNotFoundError, FileTooLarge, ValidationError):
+        except (FileNotFoundError, HeygemdError, ValidationError):  # gone, not a plain file, not (yet) a record
             return newest, None
 
     def begin(self, key: str, request: str) -> Claim | Replay:

@@ -22,8 +22,8 @@ state folder never send the same attempt twice); then it removes it (delivered, 
 back to ``pending/``. ``<state>/callbacks`` is made private to heygemd's user (mode 0700) where the filesystem
 allows: the files hold the URLs, which may carry tokens.
 
-What status.json shows of a delivery is a :class:`CallbackRecord` (the host, never the URL), handed to
-``on_change`` after every attempt.
+What status.json shows of a delivery is a :class:`heygemd.notify.record.CallbackRecord` (the host, never the URL),
+handed to ``on_change`` when it is queued and after every attempt.
 """
 
 from __future__ import annotations
@@ -36,16 +36,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 import structlog
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from heygemd.errors import CallbackNotAllowed, FileTooLarge
+from heygemd.errors import CallbackNotAllowed, HeygemdError
 from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular, remove_temps
 from heygemd.hosts import AllowList, Resolver, system_resolver
+from heygemd.notify.record import CallbackRecord, CallbackState, utc
 from heygemd.outgoing import REDIRECTS, Outgoing, SendFailed, host_of, parse_url
 from heygemd.settings import NotifySettings
 
@@ -66,27 +65,6 @@ them)."""
 CALLBACKS, PENDING, SENDING = "callbacks", "pending", "sending"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """A delivery file is the status document and a few fields; a larger one is not heygemd's and is not read."""
-
-CallbackState = Literal["pending", "delivered", "failed"]
-
-
-def _utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, timezone.utc)
-
-
-class CallbackRecord(BaseModel):
-    """What status.json says of a callback delivery."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    delivery: str = Field(description="The Heygemd-Delivery id: the same on every attempt.")
-    event: str = Field(description="The Heygemd-Event: job.finished.")
-    host: str = Field(description="The callback URL's host (never the whole URL: it may carry a token).")
-    state: CallbackState = Field(description="pending (an attempt is due), delivered (a 2xx answer), failed.")
-    attempts: int = Field(0, ge=0, description="Attempts made so far.")
-    last_error: str | None = Field(None, description="Why the last attempt failed, e.g. 'answered 500'.")
-    next_attempt: AwareDatetime | None = Field(None, description="When the next attempt is due, while pending.")
-    finished: AwareDatetime | None = Field(None, description="When it was delivered or given up.")
 
 
 class Delivery(BaseModel):
@@ -119,8 +97,8 @@ class Delivery(BaseModel):
             state=state,
             attempts=self.attempts,
             last_error=self.last_error,
-            next_attempt=_utc(self.next_at) if state == "pending" else None,
-            finished=_utc(finished) if finished is not None else None,
+            next_attempt=utc(self.next_at) if state == "pending" else None,
+            finished=utc(finished) if finished is not None else None,
         )
 
 
@@ -235,7 +213,7 @@ class CallbackQueue:
             return Delivery.model_validate_json(read_regular(path, max_bytes=MAX_FILE_BYTES))
         except FileNotFoundError:
             return None
-        except (ValidationError, FileTooLarge, OSError) as exc:
+        except (ValidationError, HeygemdError, OSError) as exc:  # not heygemd's: a link, a FIFO, another format
             if path.name not in self._unreadable:
                 self._unreadable.add(path.name)
                 log.error("notify.callback_unreadable", file=str(path), error=str(exc))
@@ -246,7 +224,7 @@ class CallbackQueue:
             return
         try:
             self.on_change(job_id, record)
-        except Exception:  # a status that cannot be written must not stop the deliveries (the job's own boundary)
+        except Exception:  # a status.json that cannot be written must not hold up the deliveries: logged, traceback
             log.exception("notify.callback_record_failed", job_id=job_id, delivery=record.delivery)
 
     # -- queueing

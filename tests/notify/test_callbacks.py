@@ -26,10 +26,10 @@ from heygemd.notify.callbacks import (
     PENDING,
     SENDING,
     CallbackQueue,
-    CallbackRecord,
     CallbackSender,
     check_callback_url,
 )
+from heygemd.notify.record import CallbackRecord
 from heygemd.settings import NotifySettings
 from tests.daemon.daemon_process import wait_until
 from tests.httpserver import Answer, Receiver, answers, receiver
@@ -177,6 +177,18 @@ def test_two_senders_on_one_folder_attempt_a_delivery_once(tmp_path: Path) -> No
         assert first.step(T0 + 1) == [], "the first sender sees it is not due any more"
         (again,) = first.step(T0 + BACKOFF_S[0])
     assert record.state == "pending" and again.state == "delivered" and len(server.seen) == 2
+
+
+def test_a_foreign_file_in_the_queue_is_skipped_not_followed(tmp_path: Path) -> None:
+    with receiver() as server:
+        queue = make_queue(tmp_path, "127.0.0.1")
+        record = queue.enqueue("lesson-01", server.url("/hook"), BODY)
+        secret = tmp_path / "secret.json"
+        secret.write_text("{}", encoding="utf-8")
+        (tmp_path / CALLBACKS / PENDING / f"{'0' * 32}.json").symlink_to(secret)
+        (tmp_path / CALLBACKS / PENDING / f"{'1' * 32}.json").write_text("not json", encoding="utf-8")
+        (done,) = queue.step(T0)
+    assert done.delivery == record.delivery and done.state == "delivered"
 
 
 KILLED_SENDER = """
