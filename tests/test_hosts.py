@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 
 from heygemd.errors import CallbackNotAllowed, ConfigError, FetchNotAllowed
-from heygemd.hosts import AllowList, parse_entry
+from heygemd.hosts import AllowList, Resolver, parse_entry
 from heygemd.outgoing import Outgoing, SendFailed
 from heygemd.settings import load_settings
-from tests.httpserver import Answer, receiver
+from tests.httpserver import Answer, Seen, receiver
 
 
 def allow(*entries: str) -> AllowList:
     return AllowList.of(entries, setting="notify.callback_hosts", refusal=CallbackNotAllowed)
 
 
-def resolving(table: dict[str, Sequence[str]]):  # type: ignore[no-untyped-def]
+def resolving(table: dict[str, Sequence[str]]) -> Resolver:
+    """A resolver that knows the names of ``table`` only."""
+
     def resolve(host: str, port: int) -> Sequence[str]:
         if host not in table:
             raise OSError(f"{host} is not known")
@@ -117,7 +119,7 @@ def test_a_name_repointed_to_a_refused_address_is_not_connected_to() -> None:
 
 
 def test_redirects_are_checked_like_the_first_url() -> None:
-    def script(seen):  # type: ignore[no-untyped-def]
+    def script(seen: Seen) -> Answer:
         if seen.path == "/a":
             return Answer(302, headers={"Location": "/b"})
         if seen.path == "/b":

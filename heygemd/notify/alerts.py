@@ -89,7 +89,9 @@ def trouble_message(kind: Trouble, detail: str, host: str) -> Message:
 
 
 def _scheme(url: str) -> str:
-    return url.partition("://")[0] or "(none)"
+    """The scheme of an Apprise URL, to name it without its tokens."""
+    scheme, found, _ = url.partition("://")
+    return scheme[:20] if found and scheme.isalnum() else "(no scheme)"
 
 
 class Alerts:
@@ -115,7 +117,7 @@ class Alerts:
         for i, url in enumerate(notify.urls):
             if not self._apprise.add(url.get_secret_value()):
                 raise ConfigError(
-                    f"invalid setting: notify.urls[{i}] (a {_scheme(url.get_secret_value())}:// URL) is not an Apprise "
+                    f"invalid setting: notify.urls[{i}] (scheme {_scheme(url.get_secret_value())}) is not an Apprise "
                     "URL this heygemd can send to",
                     hint="Check the URL against https://github.com/caronc/apprise/wiki (the scheme, its tokens).",
                 )

@@ -110,9 +110,10 @@ def test_a_full_queue_drops_the_message_instead_of_waiting() -> None:
 def test_no_urls_sends_nothing_and_a_bad_url_is_a_config_error() -> None:
     quiet = Alerts(NotifySettings(), public_url="")
     assert not quiet.enabled and not quiet.job_ended(job()) and not quiet.trouble("disk_full", "x")
-    with pytest.raises(ConfigError, match=r"notify.urls\[0\]") as caught:
-        Alerts(NotifySettings(urls=(SecretStr("nosuchscheme://token-abc@host"),)), public_url="")
-    assert "token-abc" not in caught.value.message
+    for url in ("nosuchscheme://token-abc@host", "token-abc"):
+        with pytest.raises(ConfigError, match=r"notify.urls\[0\]") as caught:
+            Alerts(NotifySettings(urls=(SecretStr(url),)), public_url="")
+        assert "token-abc" not in caught.value.message
 
 
 def test_an_outage_is_told_once_after_its_grace() -> None:
