@@ -41,7 +41,7 @@ from pathlib import Path
 from heygemd.fsutil import InputFile
 from heygemd.pipeline.ffmpeg_tools import find_tool
 
-GLOBAL_OPTIONS = ("-hide_banner", "-v", "error")
+_GLOBAL_OPTIONS = ("-hide_banner", "-v", "error")
 """Both tools' global options: no banner, errors only."""
 
 AUDIO_INPUT_MAX_PIXELS = 4096 * 4096
@@ -61,7 +61,7 @@ def ffmpeg_command(
 ) -> list[str]:
     """ffmpeg with the global options (``-y`` too when ``overwrite``, then ``global_options``), ``inputs`` in order
     (input 0 first), each after its own options, then ``output``: the output's options and its URL, last."""
-    argv = [find_tool("ffmpeg"), "-nostdin", *GLOBAL_OPTIONS, *(["-y"] if overwrite else []), *global_options]
+    argv = [find_tool("ffmpeg"), "-nostdin", *_GLOBAL_OPTIONS, *(["-y"] if overwrite else []), *global_options]
     for item in inputs:
         argv += [*item.options, "-i", item.url]
     return [*argv, *output]
@@ -70,14 +70,14 @@ def ffmpeg_command(
 def ffprobe_command(url: str, options: Sequence[str], *, max_pixels: int | None = None) -> list[str]:
     """ffprobe with the global options and ``options`` on ``url``; its decoders refuse a picture of more than
     ``max_pixels`` pixels when given."""
-    limit = [] if max_pixels is None else max_pixels_args(max_pixels)
-    return [find_tool("ffprobe"), *GLOBAL_OPTIONS, *limit, *options, url]
+    limit = [] if max_pixels is None else _max_pixels_args(max_pixels)
+    return [find_tool("ffprobe"), *_GLOBAL_OPTIONS, *limit, *options, url]
 
 
 def file_input(media: InputFile, max_pixels: int, options: Sequence[str] = ()) -> Input:
     """``media`` read through its descriptor (start the child with ``pass_fds=media.pass_fds``), after
     ``options``, its decoders held to ``max_pixels``."""
-    return Input(media.url, [*options, *max_pixels_args(max_pixels)])
+    return Input(media.url, [*options, *_max_pixels_args(max_pixels)])
 
 
 def audio_input(media: InputFile) -> Input:
@@ -97,7 +97,7 @@ def raw_output(pix_fmt: str) -> list[str]:
     return ["-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
 
 
-def max_pixels_args(max_pixels: int) -> list[str]:
+def _max_pixels_args(max_pixels: int) -> list[str]:
     """Input options (before its ``-i``) with which ffmpeg's and ffprobe's decoders refuse a picture of more than
     ``max_pixels`` pixels instead of allocating it ("Picture size WxH exceeds specified max pixel count")."""
     return ["-max_pixels", str(int(max_pixels))]
