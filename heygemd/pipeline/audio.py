@@ -33,15 +33,8 @@ import numpy as np
 from heygemd.errors import AudioTooLong, DecodeError, Interrupted, NoAudioStream, NotMedia, SilentAudio
 from heygemd.fsutil import InputFile, input_path
 from heygemd.pipeline.engine_contract import FrameFeatures
-from heygemd.pipeline.ffmpeg_tools import (
-    AUDIO_INPUT_MAX_PIXELS,
-    ToolProcess,
-    find_tool,
-    max_pixels_args,
-    open_input,
-    run_probe,
-    stderr_text,
-)
+from heygemd.pipeline.ffmpeg_argv import AUDIO_INPUT_MAX_PIXELS, audio_input, ffmpeg_command, ffprobe_command
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, open_input, run_probe, stderr_text
 from heygemd.settings import VideoSettings
 
 SAMPLE_RATE = 16000
@@ -102,17 +95,11 @@ def _probe_audio(media: InputFile) -> _AudioStream:
             path=path,
             hint="The file may still be copying, or the export failed; copy it again.",
         )
-    cmd = [
-        find_tool("ffprobe"),
-        "-v",
-        "error",
-        *max_pixels_args(AUDIO_INPUT_MAX_PIXELS),
-        "-show_entries",
-        "stream=codec_type,channels,duration:format=duration",
-        "-of",
-        "json",
+    cmd = ffprobe_command(
         media.url,
-    ]
+        ["-show_entries", "stream=codec_type,channels,duration:format=duration", "-of", "json"],
+        max_pixels=AUDIO_INPUT_MAX_PIXELS,
+    )
     proc = run_probe(cmd, path, pass_fds=media.pass_fds)
     if proc.returncode != 0:
         reason = _last_line(proc.stderr).replace(media.url + ": ", "")
@@ -190,22 +177,7 @@ def decode_audio(
         stream = _probe_audio(media)
         if stream.duration is not None and stream.duration > max_seconds:
             raise _too_long(media.path, stream.duration, max_seconds)
-        cmd = [
-            find_tool("ffmpeg"),
-            "-nostdin",
-            "-v",
-            "error",
-            *max_pixels_args(AUDIO_INPUT_MAX_PIXELS),
-            "-i",
-            media.url,
-            "-map",
-            "0:a:0",
-            "-ar",
-            str(rate),
-            "-f",
-            "f32le",
-            "pipe:1",
-        ]
+        cmd = ffmpeg_command([audio_input(media)], ["-map", "0:a:0", "-ar", str(rate), "-f", "f32le", "pipe:1"])
         proc = ToolProcess(cmd, stdout=True, pass_fds=media.pass_fds)
     path = media.path
     try:

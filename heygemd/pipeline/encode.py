@@ -21,18 +21,9 @@ from heygemd.errors import DiskFull, EncodeError, NoAudioStream
 from heygemd.fsutil import InputFile, atomic_writer, input_path, publish_written
 from heygemd.names import temp_path
 from heygemd.pipeline.colour import BT709_TV, bgr_to_yuv420p, yuv420p_bytes
-from heygemd.pipeline.ffmpeg_tools import (
-    AUDIO_INPUT_MAX_PIXELS,
-    ToolProcess,
-    disk_error,
-    find_tool,
-    is_disk_full,
-    max_pixels_args,
-    media_url,
-    open_input,
-    rate_arg,
-)
-from heygemd.pipeline.frames import decode_filters, input_args
+from heygemd.pipeline.ffmpeg_argv import audio_input, ffmpeg_command, media_url, rate_arg, raw_input
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, is_disk_full, open_input
+from heygemd.pipeline.frames import decode_filters, video_input
 from heygemd.pipeline.hw_codecs import Encoder, encoder_args
 from heygemd.pipeline.probe import VideoInfo
 from heygemd.settings import VideoSettings
@@ -142,36 +133,17 @@ class VideoWriter:
         """Start ffmpeg (done by ``with``)."""
         if self._proc is not None:
             raise RuntimeError("VideoWriter is already open")
-        ffmpeg = find_tool("ffmpeg")
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         with open_input(self.audio) as audio:
-            argv = [
-                ffmpeg,
-                "-nostdin",
-                "-hide_banner",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "yuv420p",
-                "-s",
-                f"{self.width}x{self.height}",
-                "-r",
-                rate_arg(self.fps),
-                "-i",
-                "pipe:0",
-                *max_pixels_args(AUDIO_INPUT_MAX_PIXELS),
-                "-i",
-                audio.url,
-                "-map",
-                "0:v:0",
-                "-map",
-                "1:a:0",
-                *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
-                media_url(self.temp_path),
-            ]
+            argv = ffmpeg_command(
+                [raw_input("yuv420p", self.width, self.height, rate_arg(self.fps)), audio_input(audio)],
+                [
+                    *["-map", "0:v:0", "-map", "1:a:0"],
+                    *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
+                    media_url(self.temp_path),
+                ],
+                overwrite=True,
+            )
             self._proc = ToolProcess(argv, stdin=True, pass_fds=audio.pass_fds)
 
     def write(self, frame_bgr: np.ndarray) -> None:
@@ -241,35 +213,21 @@ def plain_transcode(
     Same decode filters (CFR, upright, even crop) and the same encoder settings as
     ``read_frames`` + ``VideoWriter``; the benchmark's baseline. Atomic like VideoWriter.
     """
-    ffmpeg = find_tool("ffmpeg")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(out_path)
     loop = ["-loop", "1", "-framerate", rate_arg(info.fps)] if info.is_still else ["-stream_loop", "-1"]
     with open_input(info.source) as video, open_input(audio) as sound:
-        argv = [
-            ffmpeg,
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            *input_args(info),
-            *loop,
-            "-i",
-            video.url,
-            *max_pixels_args(AUDIO_INPUT_MAX_PIXELS),
-            "-i",
-            sound.url,
-            "-map",
-            f"0:{info.stream_index}",
-            "-map",
-            "1:a:0",
-            "-vf",
-            decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
-            *_encode_args(crf, preset, audio_bitrate, duration, encoder),
-            media_url(temp),
-        ]
+        argv = ffmpeg_command(
+            [video_input(info, video, loop), audio_input(sound)],
+            [
+                *["-map", f"0:{info.stream_index}", "-map", "1:a:0"],
+                *["-vf", decode_filters(info) + "," + _ENCODE_FILTER],
+                *_encode_args(crf, preset, audio_bitrate, duration, encoder),
+                media_url(temp),
+            ],
+            overwrite=True,
+        )
         proc = ToolProcess(argv, pass_fds=(video.fd, sound.fd))
         audio_path = sound.path
     try:

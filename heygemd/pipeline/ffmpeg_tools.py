@@ -1,4 +1,4 @@
-"""Finding ffmpeg/ffprobe and running them as well-behaved child processes.
+"""Finding ffmpeg/ffprobe and running them as well-behaved child processes (their command lines: ``ffmpeg_argv``).
 
 Every child is started with an argv list (never a shell string) in its own session
 (``start_new_session=True``), so a Ctrl-C or SIGTERM sent to the daemon's process group does not
@@ -16,7 +16,6 @@ import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
@@ -40,14 +39,6 @@ def find_tool(name: str) -> str:
     return found
 
 
-def media_url(path: Path) -> str:
-    """``path`` as an ffmpeg input/output argument that cannot be mistaken for an option or a protocol.
-
-    A name like ``-x.mp4`` or ``a:b.mp4`` would otherwise be read as an option or a URL scheme.
-    """
-    return "file:" + os.fspath(Path(path).absolute())
-
-
 @contextmanager
 def open_input(source: Path | InputFile) -> Iterator[InputFile]:
     """``source`` as an open input: an :class:`InputFile` as it is (its owner closes it), a path opened now
@@ -69,22 +60,6 @@ def open_input(source: Path | InputFile) -> Iterator[InputFile]:
         ) from None
     with opened:
         yield opened
-
-
-def max_pixels_args(max_pixels: int) -> list[str]:
-    """Input options (before its ``-i``) with which ffmpeg's and ffprobe's decoders refuse a picture of more than
-    ``max_pixels`` pixels instead of allocating it ("Picture size WxH exceeds specified max pixel count")."""
-    return ["-max_pixels", str(int(max_pixels))]
-
-
-AUDIO_INPUT_MAX_PIXELS = 4096 * 4096
-"""Largest picture ffmpeg decodes in an audio input: its cover art, never used, is skipped when larger."""
-
-
-def rate_arg(fps: float) -> str:
-    """An exact ffmpeg rate for ``fps`` (29.97002997 -> '30000/1001')."""
-    rate = Fraction(fps).limit_denominator(1001)
-    return f"{rate.numerator}/{rate.denominator}"
 
 
 def stderr_text(lines: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ import functools
 import itertools
 import re
 import subprocess
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -26,8 +26,10 @@ import numpy as np
 import structlog
 
 from heygemd.errors import DecodeError
+from heygemd.fsutil import InputFile
 from heygemd.pipeline.colour import yuv420p_bytes, yuv420p_to_bgr
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, max_pixels_args, open_input, rate_arg, run_probe
+from heygemd.pipeline.ffmpeg_argv import Input, ffmpeg_command, file_input, rate_arg, raw_output
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, open_input, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
 from heygemd.pipeline.probe import VideoInfo, decoder_max_pixels, refused_picture
 from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
@@ -50,25 +52,25 @@ pixels, stills): accurate_rnd removes a ~2 level darkening that swscale's fast p
 # Reading frames
 
 
-def _has_filter(ffmpeg: str, name: str) -> bool:
-    return name in _filters(ffmpeg)
+def _has_filter(name: str) -> bool:
+    return name in _filters(tuple(ffmpeg_command([], ["-filters"])))
 
 
 @functools.lru_cache(maxsize=4)
-def _filters(ffmpeg: str) -> frozenset[str]:
-    """The filter names this ffmpeg binary has (asked once per binary and process)."""
-    result = run_probe([ffmpeg, "-hide_banner", "-filters"], Path(ffmpeg), timeout=30.0)
+def _filters(argv: tuple[str, ...]) -> frozenset[str]:
+    """The filter names ``argv`` (``ffmpeg -filters``) lists (asked once per ffmpeg binary and process)."""
+    result = run_probe(argv, Path(argv[0]), timeout=30.0)
     return frozenset(re.findall(r"^\s*\S+\s+(\S+)\s", result.stdout.decode(errors="replace"), re.M))
 
 
-def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
+def decode_filters(info: VideoInfo) -> str:
     """The -vf chain: (still rotation) -> (square pixels) -> (HDR tone-map) -> fps -> even crop."""
     parts: list[str] = []
     if info.is_still and info.rotation in _TRANSPOSE:
         parts.append(_TRANSPOSE[info.rotation])
     if info.square_size is not None:
         parts.append(f"scale={info.square_size[0]}:{info.square_size[1]},setsar=1")
-    if info.hdr and _has_filter(ffmpeg, "zscale"):
+    if info.hdr and _has_filter("zscale"):
         parts.append(
             "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=hable:desat=0,"
             "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
@@ -79,10 +81,12 @@ def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
     return ",".join(parts)
 
 
-def input_args(info: VideoInfo) -> list[str]:
-    """Input options: stills are rotated by our own filter (ffmpeg 5.1 ignores EXIF, newer ones may not); the
-    decoder refuses pictures far larger than the probe allowed (a stream may grow midway)."""
-    return [*(["-noautorotate"] if info.is_still else []), *max_pixels_args(decoder_max_pixels(info.max_pixels))]
+def video_input(info: VideoInfo, media: InputFile, options: Sequence[str] = ()) -> Input:
+    """``media`` (``info``'s file, open) as an input, after ``options``: stills are rotated by our own filter
+    (ffmpeg 5.1 ignores EXIF, newer ones may not); the decoder refuses pictures far larger than the probe allowed
+    (a stream may grow midway)."""
+    still = ["-noautorotate"] if info.is_still else []
+    return file_input(media, decoder_max_pixels(info.max_pixels), [*still, *options])
 
 
 def read_frames(
@@ -109,33 +113,19 @@ def read_frames(
     """
     if yuv_sink is not None and info.yuv is None:
         raise ValueError("yuv_sink needs a video whose frames are converted here (info.yuv)")
-    ffmpeg = find_tool("ffmpeg")
     if info.yuv is None:
-        out_pix_fmt, chain = "bgr24", decode_filters(info, ffmpeg) + "," + _DECODE_TO_BGR
+        out_pix_fmt, chain = "bgr24", decode_filters(info) + "," + _DECODE_TO_BGR
         yuv = None
     else:
-        out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info, ffmpeg)
+        out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info)
         yuv = np.empty(yuv420p_bytes(info.width, info.height), dtype=np.uint8)
     with open_input(info.source) as media:
-        argv = [
-            ffmpeg,
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            *input_args(info),
-            *(decoder_args(decoder) if not info.is_still else []),
-            "-i",
-            media.url,
-            *["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain],
-            "-frames:v",
-            str(info.frame_count),
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            out_pix_fmt,
-            "pipe:1",
-        ]
+        decoder_options = decoder_args(decoder) if not info.is_still else []
+        argv = ffmpeg_command(
+            [video_input(info, media, decoder_options)],
+            ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain, "-frames:v", str(info.frame_count)]
+            + raw_output(out_pix_fmt),
+        )
         proc = ToolProcess(argv, stdout=True, pass_fds=media.pass_fds)
         url = media.url
     delivered = 0

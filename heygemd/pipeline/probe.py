@@ -25,7 +25,8 @@ from typing import Literal, TypedDict
 from heygemd.errors import DecodeError, NotMedia, NoVideoStream, PictureTooLarge
 from heygemd.fsutil import InputFile, input_path
 from heygemd.pipeline.colour import YuvMatrix
-from heygemd.pipeline.ffmpeg_tools import find_tool, max_pixels_args, open_input, run_probe
+from heygemd.pipeline.ffmpeg_argv import ffprobe_command
+from heygemd.pipeline.ffmpeg_tools import open_input, run_probe
 from heygemd.settings import VideoSettings
 
 MAX_PIXELS: int = VideoSettings.model_fields["max_presenter_pixels"].default
@@ -150,8 +151,7 @@ def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pix
     path = media.path
     if media.size() == 0:
         raise NotMedia("the file is empty", path=path)
-    ffprobe = find_tool("ffprobe")
-    result = _run_ffprobe([ffprobe, "-hide_banner", "-show_format", "-show_streams", "-of", "json"], media, max_pixels)
+    result = _run_ffprobe(["-show_format", "-show_streams", "-of", "json"], media, max_pixels)
     stderr = result.stderr.decode("utf-8", errors="replace").strip()
     refused = refused_picture(stderr, path, max_pixels)  # a picture in the file its decoder did not allocate
     if result.returncode != 0:
@@ -186,7 +186,7 @@ def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pix
         raise picture_too_large(path, max(raw_w, round(raw_w * sar)), raw_h, max_pixels)
     is_still = bool(STILL_FORMATS.match(format_name))
     if is_still:
-        rotation = _still_rotation(ffprobe, media, max_pixels)
+        rotation = _still_rotation(media, max_pixels)
     else:
         rotation = _stream_rotation(video)
     if sar != 1:  # non-square pixels (anamorphic, DV): delivered stretched to square pixels, as players show them
@@ -248,7 +248,7 @@ def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pix
         else:
             raise DecodeError("the video stream holds no frames", path=path)
     converted_here = not common["hdr"] and sar == 1 and pix_fmt in _DECODED_YUV_FORMATS
-    yuv = _decoded_yuv(ffprobe, video, media, max_pixels) if converted_here else None
+    yuv = _decoded_yuv(video, media, max_pixels) if converted_here else None
     return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
 
 
@@ -257,11 +257,11 @@ def decoder_max_pixels(max_pixels: int) -> int:
     return min(2**31 - 1, DECODER_HEADROOM * max_pixels)
 
 
-def _run_ffprobe(argv: list[str], media: InputFile, max_pixels: int) -> subprocess.CompletedProcess[bytes]:
-    """ffprobe ``argv`` (its options) on ``media``, read through its descriptor, its decoders held to the
-    ceiling of ``max_pixels``."""
-    args = [*argv[:1], "-v", "error", *max_pixels_args(decoder_max_pixels(max_pixels)), *argv[1:], media.url]
-    return run_probe(args, media.path, pass_fds=media.pass_fds)
+def _run_ffprobe(options: list[str], media: InputFile, max_pixels: int) -> subprocess.CompletedProcess[bytes]:
+    """ffprobe with ``options`` on ``media``, read through its descriptor, its decoders held to the ceiling of
+    ``max_pixels``."""
+    argv = ffprobe_command(media.url, options, max_pixels=decoder_max_pixels(max_pixels))
+    return run_probe(argv, media.path, pass_fds=media.pass_fds)
 
 
 _REFUSED_PICTURE = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
@@ -290,12 +290,11 @@ def picture_too_large(path: Path, width: int, height: int, max_pixels: int, *, e
     )
 
 
-def _decoded_yuv(ffprobe: str, stream: dict, media: InputFile, max_pixels: int) -> DecodedYuv | None:
+def _decoded_yuv(stream: dict, media: InputFile, max_pixels: int) -> DecodedYuv | None:
     """The first decoded frame's pixel format and colour tags (the stream's may differ from the frames'), or None
     when that frame is not 8-bit 4:2:0 or its colour space is one ffmpeg should convert (ycgco, bt2020c)."""
     result = _run_ffprobe(
         [
-            ffprobe,
             "-select_streams",
             str(stream.get("index", 0)),
             "-read_intervals",
@@ -381,12 +380,11 @@ def _stream_rotation(stream: dict) -> int:
     return 0
 
 
-def _still_rotation(ffprobe: str, media: InputFile, max_pixels: int) -> int:
+def _still_rotation(media: InputFile, max_pixels: int) -> int:
     """Clockwise degrees to make an image upright, from the decoded frame's EXIF display matrix."""
     path = media.path
     result = _run_ffprobe(
         [
-            ffprobe,
             "-select_streams",
             "v:0",
             "-read_intervals",

@@ -563,7 +563,7 @@ def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path)
     backward frames must still be the forward frames of that same decode, bit for bit."""
     from heygemd.pipeline import hw_codecs
 
-    if not hw_codecs.nvdec_works(FFMPEG):
+    if not hw_codecs.nvdec_works():
         pytest.skip("needs NVDEC")
     info = probe_video(grainy_clip(media / "grainy nvdec.mp4", size=(1280, 720), frames=12))
     with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec="x264", decoder="nvdec") as frames:
