@@ -1,6 +1,7 @@
 """``heygemd single`` and ``heygemd batch``: one audio, one or many videos, rendered one after another.
 
-A failing video is reported and skipped; the others go on. The audio is decoded once for all of them.
+A failing video is reported and skipped; the others go on. The audio is decoded once for all of them. The files
+are the administrator's choice, so a symbolic link among them is followed (a job folder's never are).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def render_many(
     progress_bar: bool | None = None,
 ) -> list[VideoOutcome]:
     """Render every (video, output) pair with ``audio_path``; one failure does not stop the rest."""
-    audio = session.audio(audio_path)
+    audio = session.audio(_followed(audio_path))
     log.info("audio.ready", audio=str(audio_path), duration_s=round(audio.duration, 3))
     show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
     outcomes: list[VideoOutcome] = []
@@ -59,7 +60,7 @@ def render_many(
         bar = _ProgressBar(label) if show_bar else None
         try:
             _make_folder(output.parent)
-            result = session.render(video, audio, output, on_progress=bar.update if bar else None)
+            result = session.render(_followed(video), audio, output, on_progress=bar.update if bar else None)
         except Exception as exc:  # per-video boundary: the video fails, the batch goes on
             outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))
         else:
@@ -75,6 +76,11 @@ def render_many(
             if bar:
                 bar.close()
     return outcomes
+
+
+def _followed(path: Path) -> Path:
+    """Where a symbolic link named on the command line points (errors then name that file); any other path as is."""
+    return path.resolve() if path.is_symlink() else path
 
 
 def _make_folder(folder: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from heygemd.errors import ToolMissing
+from heygemd.pipeline.ffmpeg_argv import ffmpeg_command, media_url, raw_input
 
 DEMO_SENTENCES = (
     "Welcome to the lesson. Today we learn how one recording can speak through many presenters.",
@@ -104,29 +105,9 @@ def encode_frames(
     frames: Iterable[np.ndarray], out: Path, fps: float, size: tuple[int, int], codec: Sequence[str] = H264_ARGS
 ) -> Path:
     """Pipe BGR ``frames`` of ``size`` (width, height) into ffmpeg, encoded with ``codec`` arguments to ``out``."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise ToolMissing("ffmpeg not found")
     width, height = size
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        ffmpeg,
-        "-v",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "bgr24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
-        *codec,
-        str(out),
-    ]
+    cmd = ffmpeg_command([raw_input("bgr24", width, height, str(fps))], [*codec, media_url(out)], overwrite=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     assert proc.stdin is not None
     for frame in frames:

@@ -151,6 +151,21 @@ class FileTooLarge(HeygemdError):
     default_hint = "Replace the file with the one intended; this one is far larger than such a file can be."
 
 
+class PictureTooLarge(HeygemdError):
+    """A presenter whose picture is larger than ``video.max_presenter_pixels``: refused from its header (a small
+    PNG can declare gigabytes of pixels). The hint, made where the size is known, says what to scale it to."""
+
+    code = "PICTURE_TOO_LARGE"
+    default_hint = "Scale the video or photo down (e.g. to 3840 pixels wide), or raise video.max_presenter_pixels."
+
+
+class AudioTooLong(HeygemdError):
+    """An audio longer than ``video.max_audio_seconds``: refused from its header, or at that length while decoding."""
+
+    code = "AUDIO_TOO_LONG"
+    default_hint = "Split the audio into shorter parts, one job each, or raise video.max_audio_seconds."
+
+
 class DiskFull(HeygemdError):
     """Not the input's fault: the daemon keeps the job claimed and tries the video again later."""
 
@@ -251,3 +266,55 @@ class BadStatus(HeygemdError):
 
     code = "BAD_STATUS"
     default_hint = "The job's status.json is not readable as a heygemd status file; look at it on the outbox share."
+
+
+class OutgoingRefused(HeygemdError):
+    """A request heygemd would make to another server (a callback, a URL input) to a host or address the operator
+    has not allowed (:mod:`heygemd.hosts`); the subclasses name the setting that allows it."""
+
+    code = "NOT_ALLOWED"
+
+
+class CallbackNotAllowed(OutgoingRefused):
+    code = "CALLBACK_NOT_ALLOWED"
+    default_hint = (
+        "Use a callback URL on a host the server's [notify] callback_hosts lists, or ask its operator to add the "
+        "host (or its network, e.g. 10.0.0.0/8) there; poll the job's status instead meanwhile."
+    )
+
+
+class FetchNotAllowed(OutgoingRefused):
+    code = "FETCH_NOT_ALLOWED"
+    default_hint = (
+        "Give URLs on a host the server's [web] fetch_hosts lists, or ask its operator to add the host (or its "
+        "network) there; or upload the file itself."
+    )
+
+
+class FetchFailed(HeygemdError):
+    """A URL input that could not be downloaded (unreachable, an error answer, too many redirects)."""
+
+    code = "FETCH_FAILED"
+    default_hint = "Check that the URL works (it may have expired) and submit the job again; or upload the file itself."
+
+
+class IdempotencyMismatch(HeygemdError):
+    """An ``Idempotency-Key`` used again within its lifetime for a different request."""
+
+    code = "IDEMPOTENCY_MISMATCH"
+    default_hint = (
+        "An Idempotency-Key stands for one request: send the same request again with it, or use a new key for a "
+        "new request."
+    )
+
+
+class IdempotencyBusy(HeygemdError):
+    """The request that first used an ``Idempotency-Key`` is still being handled."""
+
+    code = "IDEMPOTENCY_BUSY"
+    default_hint = "Send the same request again in a minute: it then answers what the first one did."
+
+
+class BadIdempotencyKey(HeygemdError):
+    code = "BAD_IDEMPOTENCY_KEY"
+    default_hint = "An Idempotency-Key is 1 to 255 printable ASCII characters, e.g. a UUID."

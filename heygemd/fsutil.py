@@ -370,3 +370,68 @@ def remove_tree(path: Path) -> None:
         if fd >= 0:
             os.close(fd)
         os.close(parent_fd)
+
+
+class InputFile:
+    """A file a job supplies, opened once (:func:`open_regular`) and from then on read only through that descriptor.
+
+    ``path`` names it as the user knows it (errors name it); ``url`` is what a child process started with
+    ``pass_fds=input.pass_fds`` opens to read this very file (ffmpeg's ``-i``, ffprobe); ``read_at`` and ``size``
+    read it here. Whatever is put at ``path`` after the open (another file, a link to one outside the job) is never
+    read. Use it as a context manager, or ``close`` it.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = Path(path)
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path) -> "InputFile":
+        """Open ``path`` with :func:`open_regular` (a link, FIFO, device, socket or folder is refused)."""
+        return cls(Path(path), open_regular(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def url(self) -> str:
+        return fd_path(self.fd)
+
+    @property
+    def pass_fds(self) -> tuple[int]:
+        return (self.fd,)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset``, fewer only where the file ends."""
+        parts: list[bytes] = []
+        got = 0
+        while got < size:
+            part = os.pread(self.fd, size - got, offset + got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "InputFile":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"InputFile({str(self.path)!r}, fd={self.fd})"
+
+
+def input_path(source: Path | InputFile) -> Path:
+    """The file as the user knows it, whether it is given opened or by its path (errors name it)."""
+    return source.path if isinstance(source, InputFile) else Path(source)

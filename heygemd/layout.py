@@ -14,6 +14,8 @@ by one rename)::
     trash/<job-id>/             inputs being deleted (renamed here first, so a kill never leaves half a job claimed)
     uploads/<random>/           a job being put together before its one rename into the inbox (daemon.staging)
     waiting.json                what the inbox's unready jobs wait for (daemon.waiting)
+    callbacks/pending/, callbacks/sending/   callback deliveries not yet done (notify.callbacks)
+    idempotency/<hash>/         the answer to a request made with an Idempotency-Key (idempotency)
 
 (``paths.cache``, the face-track and presenter cache, is by default ``<state>/cache``: a setting, see settings.py.)
 
@@ -45,6 +47,10 @@ KEPT = "kept"
 TRASH = "trash"
 UPLOADS = "uploads"
 WAITING_FILE = "waiting.json"
+CALLBACKS = "callbacks"
+CALLBACKS_PENDING = "pending"
+CALLBACKS_SENDING = "sending"
+IDEMPOTENCY = "idempotency"
 
 STATUS_FILE = "status.json"
 LOG_FILE = "job.log"

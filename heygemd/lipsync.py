@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from heygemd.engines import resolve, torch_device_name
+from heygemd.fsutil import InputFile
 from heygemd.pipeline import faces
 from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
 from heygemd.pipeline.engine_contract import Engine, PromptEngine
+from heygemd.pipeline.ffmpeg_tools import open_input
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
 from heygemd.settings import Settings
 
@@ -63,12 +65,14 @@ class LipSyncSession:
         _ = self.engine, self.detector
         wav2lip_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))
 
-    def audio(self, path: Path) -> AudioFeatures:
-        """Decode ``path`` once and compute the features every video of a job shares: the Wav2Lip mel, and
-        the engine's own features (MuseTalk: Whisper prompts) when it needs them."""
-        path = Path(path)
-        wav = decode_audio(path, SAMPLE_RATE)
-        features = features_from_samples(path, wav)
+    def audio(self, source: Path | InputFile, *, should_stop: Callable[[], bool] | None = None) -> AudioFeatures:
+        """Decode ``source`` once and compute the features every video of a job shares: the Wav2Lip mel, and
+        the engine's own features (MuseTalk: Whisper prompts) when it needs them. An open ``InputFile`` stays
+        the features' source: each video's sound is muxed from its descriptor. At most
+        ``video.max_audio_seconds`` are decoded; ``should_stop`` is polled while decoding (Interrupted)."""
+        limit = self.settings.video.max_audio_seconds
+        wav = decode_audio(source, SAMPLE_RATE, max_seconds=limit, should_stop=should_stop)
+        features = features_from_samples(source, wav)
         if self.spec.needs().audio == "mel":
             return features  # the engine is loaded by the first render, not here
         engine = self.engine
@@ -78,7 +82,7 @@ class LipSyncSession:
 
     def render(
         self,
-        video: Path,
+        video: Path | InputFile,
         audio: AudioFeatures,
         output: Path,
         *,
@@ -95,19 +99,21 @@ class LipSyncSession:
             batch_size=self.settings.engine.batch_size,
             presenter_cache_gb=self.settings.engine.presenter_cache_gb,
         )
-        # the ping-pong spool is an anonymous file there: nothing is left behind, even after SIGKILL
-        return render_video(
-            video,
-            audio,
-            output,
-            self.engine,
-            self.detector,
-            options=options,
-            cache_dir=self.settings.paths.cache_dir,
-            work_dir=Path(tempfile.gettempdir()),
-            on_progress=on_progress,
-            should_stop=should_stop,
-        )
+        # a path is opened once here, for every step of the render; the ping-pong spool is an anonymous file in
+        # the temp folder: nothing is left behind, even after SIGKILL
+        with open_input(video) as source:
+            return render_video(
+                source,
+                audio,
+                output,
+                self.engine,
+                self.detector,
+                options=options,
+                cache_dir=self.settings.paths.cache_dir,
+                work_dir=Path(tempfile.gettempdir()),
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
 
     def release(self) -> None:
         """Free cached accelerator memory (between jobs); the model stays loaded."""

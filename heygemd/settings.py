@@ -9,6 +9,7 @@ time: ``--config PATH``, else ``$HEYGEMD_CONFIG``, else ``/etc/heygemd/heygemd.t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from pydantic_settings import (
 
 from heygemd.engine_names import EngineName
 from heygemd.errors import ConfigError
+from heygemd.hosts import parse_entries
 from heygemd.names import output_name, plain_name
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
@@ -187,6 +189,20 @@ class VideoSettings(Section):
         "H.264 of the decoded yuv420p, 7-14 % of the raw frames), ffv1 (lossless, 8-17 %, more CPU than x264), "
         "utvideo (lossless, 11-19 %, least CPU) or raw (no CPU, 100 %).",
     )
+    max_presenter_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=2**31 - 1,
+        description="Largest presenter picture, in pixels (width x height, 8K UHD is 33.2 million): a larger video "
+        "or photo fails with PICTURE_TOO_LARGE from its header, before any of it is decoded.",
+    )
+    max_audio_seconds: float = Field(
+        7200.0,
+        gt=0,
+        description="Longest audio a job may have, in seconds (every output is as long as its audio): a longer one "
+        "fails the job with AUDIO_TOO_LONG, from its header before decoding, or at this length while decoding "
+        "when its header understates it.",
+    )
 
 
 class OutboxSettings(Section):
@@ -240,6 +256,32 @@ class WebSettings(Section):
     max_files: int = Field(50, ge=2, description="Most files in one uploaded job (the audio included).")
     max_total_mb: float = Field(16384.0, gt=0, description="Largest upload of one job, all files together, in MiB.")
     page_size: int = Field(20, ge=1, le=500, description="Jobs per page in the job list (pages and API).")
+    public_url: str = Field(
+        "",
+        description="The dashboard's address as people reach it (e.g. https://lipsync.example.com), for links in "
+        "notifications; empty: messages carry no link.",
+    )
+    fetch_hosts: tuple[str, ...] = Field(
+        (),
+        description="Hosts a job's input URLs may be downloaded from: names (cdn.example.com, *.example.com) or "
+        "networks in CIDR form (10.0.0.0/8); empty: no URL inputs.",
+    )
+    fetch_timeout: float = Field(
+        30.0, gt=0, description="Seconds a URL input's server may take to connect and between pieces of data."
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
+            raise ValueError("must be an http:// or https:// address (no query), e.g. https://lipsync.example.com")
+        return value
+
+    @field_validator("fetch_hosts")
+    @classmethod
+    def _fetch_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_entries(value)
 
 
 GPU_CLASS_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -288,6 +330,48 @@ class QueueSettings(Section):
     )
 
 
+NotifyEvent = Literal["job.finished", "job.failed", "server.trouble"]
+"""What people are told about (``[notify] events``): every job that ends; jobs that end failed or partial;
+trouble of the server (a full disk, an engine that fails to load, the broker unreachable for over a minute)."""
+
+
+class NotifySettings(Section):
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="Key of the callbacks' HMAC-SHA256 signature (Heygemd-Signature), at least 16 bytes; set it "
+        "with HEYGEMD_NOTIFY__SIGNING_SECRET rather than in the file. Without it no callback is accepted.",
+    )
+    callback_hosts: tuple[str, ...] = Field(
+        (),
+        description="Hosts a job's callback_url may name: names (hooks.example.com, *.example.com) or networks in "
+        "CIDR form (10.0.0.0/8). A name reaching a loopback or private address needs that network listed too; "
+        "link-local and cloud metadata addresses are always refused. Empty: no callbacks.",
+    )
+    urls: tuple[SecretStr, ...] = Field(
+        (),
+        description="Apprise URLs people are told on (slack://..., ntfys://..., mailtos://..., json://...); empty: "
+        "nobody is told.",
+    )
+    events: tuple[NotifyEvent, ...] = Field(
+        ("job.finished", "job.failed", "server.trouble"),
+        description="What the urls are told about: job.finished (every job that ends), job.failed (jobs that end "
+        "failed or partial), server.trouble (full disk, engine that fails to load, broker unreachable over a "
+        "minute). A job that matches two is told once.",
+    )
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < 16:
+            raise ValueError("must be at least 16 bytes long (e.g. from: openssl rand -hex 32)")
+        return value
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _callback_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_entries(value)
+
+
 class Settings(BaseSettings):
     """Every setting of heygemd. See config/heygemd.toml for the commented defaults."""
 
@@ -308,6 +392,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
     queue: QueueSettings = QueueSettings()
+    notify: NotifySettings = NotifySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -378,3 +378,22 @@ def test_retry_and_delete_a_finished_job(tmp_path: Path, heygemd_bin: Path) -> N
     for command in ("delete", "retry"):
         gone = run(heygemd_bin, "--config", str(cfg), command, "lesson")
         assert gone.returncode == 1 and "[NO_SUCH_JOB]" in gone.stderr, gone.stderr
+
+
+def test_single_follows_links_named_on_the_command_line(tmp_path: Path, heygemd_bin: Path) -> None:
+    """Links in a job folder are refused (a job's files come from anyone on the share); the files an administrator
+    names on the command line may be links."""
+    from heygemd.demo import speech_wav
+
+    presenter = presenter_video(tmp_path / "media" / "anna.mp4", seconds=0.5, size=(320, 180))
+    audio = speech_wav(tmp_path / "media" / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
+    (tmp_path / "video.mp4").symlink_to(presenter)
+    (tmp_path / "voice.wav").symlink_to(audio)
+    proc = run(
+        heygemd_bin,
+        *("single", "--audio", str(tmp_path / "voice.wav"), "--video", str(tmp_path / "video.mp4")),
+        *("--out", str(tmp_path / "out.mp4"), "--engine", "mouthwarp"),
+        env={"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "out.mp4").is_file()

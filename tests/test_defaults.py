@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 
+from heygemd.pipeline.audio import decode_audio
 from heygemd.pipeline.encode import VideoWriter, plain_transcode
 from heygemd.pipeline.faces import track_faces
+from heygemd.pipeline.probe import VideoInfo, probe_video
 from heygemd.pipeline.run import RenderOptions
 from heygemd.settings import EngineSettings, FacesSettings, VideoSettings
 
@@ -27,3 +29,6 @@ def test_pipeline_defaults_are_the_settings_defaults() -> None:
     for fn in (VideoWriter, plain_transcode):
         for name in ("crf", "preset", "audio_bitrate"):
             assert defaults(fn)[name] == getattr(video, name), (fn, name)
+    assert defaults(probe_video)["max_pixels"] == video.max_presenter_pixels
+    assert VideoInfo.__dataclass_fields__["max_pixels"].default == video.max_presenter_pixels
+    assert defaults(decode_audio)["max_seconds"] == video.max_audio_seconds

@@ -83,3 +83,25 @@ def test_no_face_says_photo_for_a_photo_and_video_for_a_video(tmp_path: Path) ->
     with pytest.raises(NoFace) as on_video:
         session.render(video, speech, tmp_path / "out" / "video.mp4")
     assert "of the frames" in on_video.value.message and on_video.value.hint.startswith("Use a video where")
+
+
+def test_the_limits_of_the_settings_hold_for_every_render(tmp_path: Path) -> None:
+    import pytest
+
+    from heygemd.errors import AudioTooLong, PictureTooLarge
+    from heygemd.settings import VideoSettings
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+        video=VideoSettings(max_presenter_pixels=320 * 180 - 1, max_audio_seconds=0.5),
+    )
+    session = LipSyncSession(settings)
+    presenter = presenter_video(tmp_path / "anna.mp4", seconds=1.0, size=(320, 180))
+    speech = speech_wav(tmp_path / "one.wav", sentences=("One.",), pause_seconds=0.1, lead_seconds=0.1)
+    with pytest.raises(AudioTooLong, match="a job takes at most 0:00:00.5 of audio"):
+        session.audio(speech)
+    audio = LipSyncSession(settings.model_copy(update={"video": VideoSettings()})).audio(speech)
+    with pytest.raises(PictureTooLarge, match="the picture is 320x180, 57,600 pixels"):
+        session.render(presenter, audio, tmp_path / "out" / "anna.mp4")
+    assert not (tmp_path / "out").exists()

@@ -57,6 +57,10 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ("", {"HEYGEMD_OUTBOX__NAMING": "sub/{stem}.mp4"}, "outbox.naming"),
         ("", {"HEYGEMD_INTAKE__OBSERVER": "carrier-pigeon"}, "intake.observer"),
         ("", {"HEYGEMD_INTAKE__SETTLE_SECONDS": "soon"}, "intake.settle_seconds"),
+        ('[notify]\nsigning_secret = "too-short"\n', {}, "notify.signing_secret"),
+        ("", {"HEYGEMD_NOTIFY__CALLBACK_HOSTS": '["http://hooks.example.com"]'}, "notify.callback_hosts"),
+        ('[notify]\nevents = ["job.done"]\n', {}, "notify.events"),
+        ('[web]\npublic_url = "lipsync.example.com"\n', {}, "web.public_url"),
     ],
 )
 def test_invalid_values_name_the_setting(

@@ -19,7 +19,7 @@ export PYTHONPATH=/tmp/site:$PWD:$PWD/.devmedia/site PATH=$PWD/.ffmpeg/bin:$PATH
   nproc
   python3 -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__)'
   command -v ffmpeg && ffmpeg -hide_banner -version | head -1
-  python3 -c 'from heygemd.pipeline.hw_codecs import nvdec_works, nvenc_works; from heygemd.pipeline.ffmpeg_tools import find_tool; f = find_tool("ffmpeg"); print("nvenc works:", nvenc_works(f), "nvdec works:", nvdec_works(f))'
+  python3 -c 'from heygemd.pipeline.hw_codecs import nvdec_works, nvenc_works; print("nvenc works:", nvenc_works(), "nvdec works:", nvdec_works())'
 } 2>&1 | tee "$OUT/gpu.txt"
 
 for h in 720 1080; do

@@ -21,8 +21,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   "${platforms[@]}" -d .whl \
   diffusers==0.42.1 transformers==5.24.0 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 \
   python-dotenv==1.2.4 typing-inspection==0.4.5 annotated-types==0.8.0 structlog==26.1.0 librosa==0.11.0 \
-  soxr==1.1.0 audioread==3.1.0 pooch==1.9.0 soundfile==0.14.0 decorator==5.3.1 dlib-bin==20.0.1.post1 \
-  ffmpeg-python==0.2.0 future==1.0.0
+  soxr==1.1.0 audioread==3.1.0 pooch==1.9.0 soundfile==0.14.0 decorator==5.3.1 dlib-bin==20.0.1.post1
 du -sh .whl
 
 # Media, made with heygemd's own demo code, and their face tracks in the cache layout (detector dlib-hog).

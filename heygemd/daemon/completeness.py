@@ -29,7 +29,8 @@ from pathlib import Path
 
 from heygemd.errors import DecodeError, ToolMissing
 from heygemd.names import is_audio, is_mp4_family, is_presenter
-from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
+from heygemd.pipeline.ffmpeg_argv import ffprobe_command, media_url
+from heygemd.pipeline.ffmpeg_tools import run_probe
 from heygemd.pipeline.probe import MP4_FIRST_BOXES, top_level_atoms
 
 ZERO_HEAD_BYTES = 4096
@@ -87,10 +88,9 @@ def _readable(path: Path) -> bool:
     """Whether ffprobe opens ``path`` without an error and finds at least one stream in it (True when ffprobe is
     missing: that cannot be told here; the job fails with TOOL_MISSING and its fix, and heygemd check says so)."""
     try:
-        ffprobe = find_tool("ffprobe")
+        argv = ffprobe_command(media_url(path), ["-show_entries", "stream=codec_type", "-of", "csv=p=0"])
     except ToolMissing:
         return True
-    argv = [ffprobe, "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", media_url(path)]
     try:
         result = run_probe(argv, path, timeout=60.0)
     except DecodeError:  # ffprobe hung (a stalled share): not readable yet

@@ -4,6 +4,10 @@ Failure boundaries (the only broad catches): per video (the video fails, the job
 (the job fails, the daemon goes on). A stop request interrupts the current video; the job stays claimed
 and the next start redoes only the videos that are not done. A cancel request (``heygemd.daemon.cancel``) stops
 the current video the same way, but the job ends ``cancelled``: its done videos kept, its inputs archived.
+
+The claimed files stay writable by the share's users while the job runs, so each input is opened once (the audio
+at the start of the job, each video at the start of its render) and read only through that descriptor: a name
+swapped meanwhile for another file, or for a link to one, is never read.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import structlog
 from heygemd import layout
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
-from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, check_not_link, load_job
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, load_job
 from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
@@ -35,10 +39,11 @@ from heygemd.daemon.status import (
     write_status,
 )
 from heygemd.errors import ConfigError, DiskFull, ErrorInfo, Interrupted, JobError, OutboxUnavailable, report_failure
-from heygemd.fsutil import NO_SPACE_ERRNOS, remove_temps
+from heygemd.fsutil import NO_SPACE_ERRNOS, InputFile, remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.names import unique_output_name
+from heygemd.pipeline.ffmpeg_tools import open_input
 from heygemd.pipeline.run import VideoProgress
 from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings, Settings
 
@@ -283,6 +288,19 @@ def _run(
         ready_marker=context.ready_marker,
         max_toml_bytes=context.max_job_toml_bytes,
     )
+    with open_input(spec.audio) as audio_file:  # decoded, then muxed into every output, from this descriptor
+        _run_videos(spec, audio_file, claimed, out_dir, status_file, context, cancel)
+
+
+def _run_videos(
+    spec: JobSpec,
+    audio_file: InputFile,
+    claimed: ClaimedJob,
+    out_dir: Path,
+    status_file: _StatusFile,
+    context: JobContext,
+    cancel: CancelWatch,
+) -> None:
     session = context.session_for(spec.options.engine)
     status_file.update(
         state="processing",
@@ -294,7 +312,7 @@ def _run(
     )
     status_file.save()
     context.heartbeat(f"{claimed.job_id}: decoding audio")
-    audio = session.audio(spec.audio)
+    audio = session.audio(audio_file, should_stop=context.should_stop)
     status_file.update(
         audio=AudioStatus(file=spec.audio.name, duration_s=round(audio.duration, 3)),
         engine_identity=session.engine.identity,
@@ -326,16 +344,16 @@ def _run(
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
-                check_not_link(video, claimed.folder)
-                result = session.render(
-                    video,
-                    audio,
-                    output,
-                    loop_mode=spec.options.loop_mode,
-                    crf=spec.options.crf,
-                    on_progress=on_progress,
-                    should_stop=context.should_stop,
-                )
+                with open_input(video) as video_file:  # a link, FIFO or device is refused here, naming what it is
+                    result = session.render(
+                        video_file,
+                        audio,
+                        output,
+                        loop_mode=spec.options.loop_mode,
+                        crf=spec.options.crf,
+                        on_progress=on_progress,
+                        should_stop=context.should_stop,
+                    )
             except Interrupted:
                 if cancel.seen:
                     status_file.update_video(index, state="cancelled", finished=utc_now(), output=None)

@@ -5,6 +5,10 @@ reproduce the official Wav2Lip ``audio.melspectrogram`` and the ``inference.py``
 ``AudioFeatures`` is what the pipeline uses: the mel of the whole audio (padded with silence at the tail)
 and exactly one 16-column mel window per output video frame, so the output is as long as the audio.
 
+The audio is read through one descriptor (``ffmpeg_tools.open_input``), refused from its header when longer than
+``video.max_audio_seconds`` (``AudioTooLong``), and streamed from ffmpeg into one buffer sized from that header,
+never past the limit, with the stop flag polled while it decodes.
+
 No torch here: the engines are the only modules that import it. The mel bank and the window are librosa's,
 stored as it computes them (``MEL_TABLES``); the STFT is numpy's rfft over strided frames, in pieces, which is
 how ``librosa.stft`` computes them (``tests/pipeline/test_audio.py`` checks both against librosa, to a few units in
@@ -16,14 +20,22 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import select
+import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from heygemd.errors import DecodeError, NoAudioStream, NotMedia, SilentAudio
+from heygemd.errors import AudioTooLong, DecodeError, Interrupted, NoAudioStream, NotMedia, SilentAudio
+from heygemd.fsutil import InputFile, input_path
 from heygemd.pipeline.engine_contract import FrameFeatures
-from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe, stderr_text
+from heygemd.pipeline.ffmpeg_argv import AUDIO_INPUT_MAX_PIXELS, audio_input, ffmpeg_command, ffprobe_command
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, open_input, run_probe, stderr_text
+from heygemd.settings import VideoSettings
 
 SAMPLE_RATE = 16000
 """Sample rate of every Wav2Lip feature (hparams.sample_rate)."""
@@ -47,6 +59,16 @@ STFT_BLOCK_FRAMES = 4800
 DECODE_TIMEOUT_S = 1800.0
 """Longest an audio decode may take (hours of audio decode in well under a minute; a hung share does not)."""
 
+MAX_SECONDS: float = VideoSettings.model_fields["max_audio_seconds"].default
+"""The default limit (``video.max_audio_seconds``)."""
+
+BUFFER_MARGIN = 1.02
+"""The decoded samples are given room for the probed duration times this, plus a second (a header's duration is
+an estimate for some formats); a longer stream gets more room, never past the limit."""
+
+POLL_SECONDS = 0.25
+"""Longest a read waits for ffmpeg before looking at the stop flag again."""
+
 TAIL_PAD_SECONDS = 0.5
 """Silence appended before computing the mel, so every frame of the audio gets its own full window.
 
@@ -55,82 +77,181 @@ columns after it; 0.19 s of padding covers that at any frame rate, 0.5 s leaves 
 """
 
 
-def _probe_audio(path: Path) -> int:
-    """Channel count of the first audio stream of ``path``; NotMedia / NoAudioStream when there is none."""
-    if not path.is_file():
-        raise NotMedia("no such file", path=path, hint="The file disappeared or is not a regular file.")
-    if path.stat().st_size == 0:
+@dataclass(frozen=True)
+class _AudioStream:
+    """What ffprobe says of the first audio stream."""
+
+    channels: int
+    duration: float | None
+    """Seconds, from the stream or else the container; None when neither states it."""
+
+
+def _probe_audio(media: InputFile) -> _AudioStream:
+    """The first audio stream of ``media``; NotMedia / NoAudioStream when there is none."""
+    path = media.path
+    if media.size() == 0:
         raise NotMedia(
             "the file is empty (0 bytes)",
             path=path,
             hint="The file may still be copying, or the export failed; copy it again.",
         )
-    cmd = [
-        find_tool("ffprobe"),
-        "-v",
-        "error",
-        "-show_entries",
-        "stream=codec_type,channels",
-        "-of",
-        "json",
-        media_url(path),
-    ]
-    proc = run_probe(cmd, path)
+    cmd = ffprobe_command(
+        media.url,
+        ["-show_entries", "stream=codec_type,channels,duration:format=duration", "-of", "json"],
+        max_pixels=AUDIO_INPUT_MAX_PIXELS,
+    )
+    proc = run_probe(cmd, path, pass_fds=media.pass_fds)
     if proc.returncode != 0:
-        reason = _last_line(proc.stderr)
+        reason = _last_line(proc.stderr).replace(media.url + ": ", "")
         raise NotMedia(f"not a readable media file ({reason})", path=path)
     try:
-        streams = json.loads(proc.stdout or b"{}").get("streams", [])
+        data = json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError as exc:
         raise NotMedia(f"ffprobe gave unreadable output ({exc})", path=path) from None
+    streams = data.get("streams", [])
     types = [str(s.get("codec_type", "")) for s in streams]
     if not types:
         raise NotMedia("the file holds no audio or video streams", path=path)
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     if not audio:
         raise NoAudioStream(f"the file has no audio stream (streams: {', '.join(sorted(set(types)))})", path=path)
-    return max(1, int(audio[0].get("channels") or 1))
+    duration = _seconds(audio[0].get("duration")) or _seconds((data.get("format") or {}).get("duration"))
+    return _AudioStream(channels=max(1, int(audio[0].get("channels") or 1)), duration=duration)
+
+
+def _seconds(text: object) -> float | None:
+    try:
+        value = float(str(text))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _last_line(stderr: bytes) -> str:
     return stderr_text(stderr.decode("utf-8", "replace").splitlines()[-1:])
 
 
-def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to float32 mono samples at ``sample_rate``.
+def _too_long(path: Path, duration: float | None, max_seconds: float) -> AudioTooLong:
+    """AudioTooLong for an audio of ``duration`` seconds (None: longer than the limit, by decoding it)."""
+
+    def clock(seconds: float) -> str:  # 2:00:00.0
+        hours, tenths = divmod(round(seconds * 10), 36000)
+        minutes, tenths = divmod(tenths, 600)
+        return f"{hours}:{minutes:02d}:{tenths / 10:04.1f}"
+
+    lasts = clock(duration) if duration is not None else f"more than {clock(max_seconds)}"
+    return AudioTooLong(
+        f"the audio lasts {lasts}; a job takes at most {clock(max_seconds)} of audio",
+        path=path,
+        hint=f"Split it into parts of at most {clock(max_seconds)}, one job each (e.g. ffmpeg -i {path.name} "
+        f"-f segment -segment_time {int(max_seconds)} -c copy {path.stem}-%02d{path.suffix}), "
+        "or raise video.max_audio_seconds.",
+    )
+
+
+def decode_audio(
+    source: Path | InputFile,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    max_seconds: float = MAX_SECONDS,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Decode the first audio stream of ``source`` to float32 mono samples at ``sample_rate``.
 
     Works for any file ffmpeg reads: WAV, MP3, M4A/AAC, FLAC, OGG/Opus, or the sound track of a video. The first
     audio stream is the one the output is muxed with, so mouth and sound come from the same track. Channels are
     averaged, as the reference's librosa.load does (ffmpeg's own down-mix is louder by 3 dB for stereo).
-    NaN/Inf samples become 0. Raises NotMedia (not a media file), NoAudioStream (media without sound),
-    SilentAudio (zero samples), DecodeError (ffmpeg failed mid-way), ToolMissing (no ffmpeg/ffprobe).
+    NaN/Inf samples become 0. An open ``InputFile`` is read through its descriptor.
+
+    An audio whose header says it lasts more than ``max_seconds`` is refused before decoding; one whose header
+    understates it stops decoding at ``max_seconds``. The samples stream from ffmpeg into one buffer sized from
+    the header (never larger than the limit allows), one second at a time, and ``should_stop`` is polled between
+    them (Interrupted: ffmpeg is ended).
+
+    Raises NotMedia (not a media file), NotRegularFile / UnsafePath (a path that is not a regular file),
+    NoAudioStream (media without sound), AudioTooLong, SilentAudio (zero samples), DecodeError (ffmpeg failed
+    mid-way), Interrupted, ToolMissing (no ffmpeg/ffprobe).
     """
-    path = Path(path)
-    channels = _probe_audio(path)
-    cmd = [
-        find_tool("ffmpeg"),
-        "-nostdin",
-        "-v",
-        "error",
-        "-i",
-        media_url(path),
-        "-map",
-        "0:a:0",
-        "-ar",
-        str(int(sample_rate)),
-        "-f",
-        "f32le",
-        "-",
-    ]
-    proc = run_probe(cmd, path, timeout=DECODE_TIMEOUT_S)
-    if proc.returncode != 0:
-        reason = _last_line(proc.stderr)
+    rate = int(sample_rate)
+    with open_input(source) as media:
+        stream = _probe_audio(media)
+        if stream.duration is not None and stream.duration > max_seconds:
+            raise _too_long(media.path, stream.duration, max_seconds)
+        cmd = ffmpeg_command([audio_input(media)], ["-map", "0:a:0", "-ar", str(rate), "-f", "f32le", "pipe:1"])
+        proc = ToolProcess(cmd, stdout=True, pass_fds=media.pass_fds)
+    path = media.path
+    try:
+        samples = _stream_samples(proc, path, stream, rate, max_seconds, should_stop or (lambda: False))
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise DecodeError("ffmpeg did not exit after the audio ended", path=path) from None
+    finally:
+        proc.kill()
+    if code != 0:
+        reason = proc.stderr_tail().splitlines()[-1].replace(media.url + ": ", "")
         raise DecodeError(f"could not decode the audio ({reason})", path=path)
-    usable = len(proc.stdout) - len(proc.stdout) % (4 * channels)
-    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
     if samples.size == 0:
         raise SilentAudio("the audio stream holds no samples", path=path)
-    return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _stream_samples(
+    proc: ToolProcess,
+    path: Path,
+    stream: _AudioStream,
+    rate: int,
+    max_seconds: float,
+    stop: Callable[[], bool],
+) -> np.ndarray:
+    """ffmpeg's interleaved float32 output, one second at a time, averaged over the channels into one buffer."""
+    channels = stream.channels
+    limit = int(max_seconds * rate)
+    if stream.duration is None:
+        samples = np.empty(min(limit, 60 * rate), np.float32)  # grown as it fills
+    else:
+        samples = np.empty(min(limit, int(stream.duration * BUFFER_MARGIN * rate) + rate), np.float32)
+    second = np.empty(rate * channels, dtype="<f4")
+    view = second.data.cast("B")
+    frame_bytes = 4 * channels
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + DECODE_TIMEOUT_S
+    count = filled = 0
+    ended = False
+    while not ended:
+        if time.monotonic() > deadline:
+            raise DecodeError(f"ffmpeg did not finish decoding the audio within {DECODE_TIMEOUT_S:.0f} s", path=path)
+        if not select.select([fd], [], [], POLL_SECONDS)[0]:
+            if stop():
+                raise Interrupted("stopped while decoding the audio", path=path)
+            continue
+        got = os.readv(fd, [view[filled:]])
+        filled += got
+        ended = got == 0
+        if filled < len(view) and not ended:
+            continue
+        frames = filled // frame_bytes  # at the end, a partial last frame is dropped
+        if count + frames > limit:
+            raise _too_long(path, None, max_seconds)
+        if count + frames > samples.size:
+            samples = _grown(samples, count, count + frames, limit)
+        interleaved = second[: frames * channels]
+        if channels == 1:
+            samples[count : count + frames] = interleaved
+        else:
+            samples[count : count + frames] = interleaved.reshape(frames, channels).mean(axis=1, dtype=np.float32)
+        count += frames
+        filled = 0
+        if stop():
+            raise Interrupted("stopped while decoding the audio", path=path)
+    return samples[:count]
+
+
+def _grown(samples: np.ndarray, count: int, needed: int, limit: int) -> np.ndarray:
+    """A larger buffer holding ``samples[:count]``: twice the size, at least ``needed``, at most ``limit``."""
+    larger = np.empty(min(limit, max(needed, 2 * samples.size)), np.float32)
+    larger[:count] = samples[:count]
+    return larger
 
 
 MEL_TABLES = Path(__file__).with_name("wav2lip_mel.npz")
@@ -269,16 +390,22 @@ def window_starts(fps: float, start: int, stop: int) -> np.ndarray:
 class AudioFeatures:
     """The speech audio of a job, ready for any frame rate.
 
-    ``duration`` is the length of the decoded audio in seconds (before padding); ``mel`` is the read-only
-    float32 (80, T) Wav2Lip mel of that audio followed by ``TAIL_PAD_SECONDS`` of silence.
+    ``source`` is the file as it was decoded: an open ``InputFile`` (the encoder muxes the output's sound from
+    its descriptor) or a path. ``duration`` is the length of the decoded audio in seconds (before padding);
+    ``mel`` is the read-only float32 (80, T) Wav2Lip mel of that audio followed by ``TAIL_PAD_SECONDS`` of silence.
     """
 
-    path: Path
+    source: Path | InputFile
     duration: float
     mel: np.ndarray
     prompts: FrameFeatures | None = None
     """Engine-specific per-frame features (e.g. MuseTalk's Whisper prompts), computed once per job by the engine
     that needs them (``LipSyncSession.audio``); None for engines that read the mel only."""
+
+    @property
+    def path(self) -> Path:
+        """The file as the user knows it (errors name it)."""
+        return input_path(self.source)
 
     def frame_count(self, fps: float) -> int:
         """Video frames that cover the whole audio at ``fps``: ``max(1, ceil(duration * fps))``.
@@ -324,18 +451,18 @@ class AudioFeatures:
         return np.clip((level + MAX_ABS_VALUE) / (2 * MAX_ABS_VALUE), 0.0, 1.0).astype(np.float32)
 
 
-def features_from_samples(path: Path, wav: np.ndarray) -> AudioFeatures:
-    """AudioFeatures of already decoded 16 kHz mono ``wav`` (``path`` only names where it came from)."""
+def features_from_samples(source: Path | InputFile, wav: np.ndarray) -> AudioFeatures:
+    """AudioFeatures of already decoded 16 kHz mono ``wav`` (``source`` is where it came from)."""
+    source = source if isinstance(source, InputFile) else Path(source)  # kept: a video's sound is muxed from it
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if wav.size == 0:
-        raise SilentAudio("the audio holds no samples", path=path)
+        raise SilentAudio("the audio holds no samples", path=input_path(source))
     padded = np.concatenate([wav, np.zeros(int(round(TAIL_PAD_SECONDS * SAMPLE_RATE)), dtype=np.float32)])
     mel = wav2lip_mel(padded)
     mel.setflags(write=False)
-    return AudioFeatures(path=Path(path), duration=wav.size / SAMPLE_RATE, mel=mel)
+    return AudioFeatures(source=source, duration=wav.size / SAMPLE_RATE, mel=mel)
 
 
-def load_audio_features(path: Path) -> AudioFeatures:
-    """Decode ``path`` once (see ``decode_audio`` for the errors) and compute its padded Wav2Lip mel."""
-    path = Path(path)
-    return features_from_samples(path, decode_audio(path, SAMPLE_RATE))
+def load_audio_features(source: Path | InputFile) -> AudioFeatures:
+    """Decode ``source`` once (see ``decode_audio`` for the errors) and compute its padded Wav2Lip mel."""
+    return features_from_samples(source, decode_audio(source, SAMPLE_RATE))

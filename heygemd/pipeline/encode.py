@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 
 from heygemd.errors import DiskFull, EncodeError, NoAudioStream
-from heygemd.fsutil import atomic_writer, publish_written
+from heygemd.fsutil import InputFile, atomic_writer, input_path, publish_written
 from heygemd.names import temp_path
 from heygemd.pipeline.colour import BT709_TV, bgr_to_yuv420p, yuv420p_bytes
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool, is_disk_full, media_url, rate_arg
-from heygemd.pipeline.frames import decode_filters, input_args
+from heygemd.pipeline.ffmpeg_argv import audio_input, ffmpeg_command, media_url, rate_arg, raw_input
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, is_disk_full, open_input
+from heygemd.pipeline.frames import decode_filters, video_input
 from heygemd.pipeline.hw_codecs import Encoder, encoder_args
 from heygemd.pipeline.probe import VideoInfo
 from heygemd.settings import VideoSettings
@@ -77,9 +78,9 @@ class VideoWriter:
 
     Frames are given as BGR of ``width`` x ``height`` (both even) and go to ffmpeg's stdin as rawvideo yuv420p
     (``colour.bgr_to_yuv420p``, BT.709 limited range) at ``fps``;
-    ``audio_path`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track) is the second
-    input and is re-encoded to AAC. The output lasts ``duration`` seconds (write
-    ``AudioFeatures.frame_count(fps)`` frames to cover it). It is written to
+    ``audio`` (any file ffmpeg reads: WAV, MP3, M4A, a video's sound track; an open ``InputFile`` is read through
+    its descriptor, a path is opened when ffmpeg starts) is the second input and is re-encoded to AAC. The output
+    lasts ``duration`` seconds (write ``AudioFeatures.frame_count(fps)`` frames to cover it). It is written to
     a temporary name next to ``out_path`` (``names.temp_path``), fsynced and renamed into place when ffmpeg
     exits 0. An exception in the with-block kills ffmpeg, deletes the partial file and propagates.
     Raises EncodeError (stderr tail), DiskFull, or NoAudioStream (audio file without sound).
@@ -91,7 +92,7 @@ class VideoWriter:
         width: int,
         height: int,
         fps: float,
-        audio_path: Path,
+        audio: Path | InputFile,
         duration: float,
         *,
         crf: int = _VIDEO["crf"].default,
@@ -105,7 +106,8 @@ class VideoWriter:
             raise ValueError(f"duration must be positive, got {duration}")
         self.out_path = Path(out_path)
         self.width, self.height, self.fps = int(width), int(height), float(fps)
-        self.audio_path = Path(audio_path)
+        self.audio = audio
+        self.audio_path = input_path(audio)
         self.duration = float(duration)
         self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
         self.encoder: Encoder = encoder
@@ -131,35 +133,18 @@ class VideoWriter:
         """Start ffmpeg (done by ``with``)."""
         if self._proc is not None:
             raise RuntimeError("VideoWriter is already open")
-        ffmpeg = find_tool("ffmpeg")
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            ffmpeg,
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "yuv420p",
-            "-s",
-            f"{self.width}x{self.height}",
-            "-r",
-            rate_arg(self.fps),
-            "-i",
-            "pipe:0",
-            "-i",
-            media_url(self.audio_path),
-            "-map",
-            "0:v:0",
-            "-map",
-            "1:a:0",
-            *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
-            media_url(self.temp_path),
-        ]
-        self._proc = ToolProcess(argv, stdin=True)
+        with open_input(self.audio) as audio:
+            argv = ffmpeg_command(
+                [raw_input("yuv420p", self.width, self.height, rate_arg(self.fps)), audio_input(audio)],
+                [
+                    *["-map", "0:v:0", "-map", "1:a:0"],
+                    *_encode_args(self.crf, self.preset, self.audio_bitrate, self.duration, self.encoder),
+                    media_url(self.temp_path),
+                ],
+                overwrite=True,
+            )
+            self._proc = ToolProcess(argv, stdin=True, pass_fds=audio.pass_fds)
 
     def write(self, frame_bgr: np.ndarray) -> None:
         """Append one frame: uint8 array of shape (height, width, 3), BGR."""
@@ -215,7 +200,7 @@ class VideoWriter:
 def plain_transcode(
     info: VideoInfo,
     out_path: Path,
-    audio_path: Path,
+    audio: Path | InputFile,
     duration: float,
     *,
     crf: int = _VIDEO["crf"].default,
@@ -223,46 +208,35 @@ def plain_transcode(
     audio_bitrate: str = _VIDEO["audio_bitrate"].default,
     encoder: Encoder = "libx264",
 ) -> Path:
-    """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio_path``.
+    """A plain ffmpeg decode + encode of ``info``'s video (looped to ``duration``) with ``audio``.
 
     Same decode filters (CFR, upright, even crop) and the same encoder settings as
     ``read_frames`` + ``VideoWriter``; the benchmark's baseline. Atomic like VideoWriter.
     """
-    ffmpeg = find_tool("ffmpeg")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(out_path)
     loop = ["-loop", "1", "-framerate", rate_arg(info.fps)] if info.is_still else ["-stream_loop", "-1"]
-    argv = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-v",
-        "error",
-        "-y",
-        *input_args(info),
-        *loop,
-        "-i",
-        media_url(info.path),
-        "-i",
-        media_url(Path(audio_path)),
-        "-map",
-        f"0:{info.stream_index}",
-        "-map",
-        "1:a:0",
-        "-vf",
-        decode_filters(info, ffmpeg) + "," + _ENCODE_FILTER,
-        *_encode_args(crf, preset, audio_bitrate, duration, encoder),
-        media_url(temp),
-    ]
-    proc = ToolProcess(argv)
+    with open_input(info.source) as video, open_input(audio) as sound:
+        argv = ffmpeg_command(
+            [video_input(info, video, loop), audio_input(sound)],
+            [
+                *["-map", f"0:{info.stream_index}", "-map", "1:a:0"],
+                *["-vf", decode_filters(info) + "," + _ENCODE_FILTER],
+                *_encode_args(crf, preset, audio_bitrate, duration, encoder),
+                media_url(temp),
+            ],
+            overwrite=True,
+        )
+        proc = ToolProcess(argv, pass_fds=(video.fd, sound.fd))
+        audio_path = sound.path
     try:
         code = proc.wait()
     finally:
         proc.kill()
     if code != 0:
         temp.unlink(missing_ok=True)
-        raise _encode_failure(f"ffmpeg exited with status {code}: {proc.stderr_tail()}", out_path, Path(audio_path))
+        raise _encode_failure(f"ffmpeg exited with status {code}: {proc.stderr_tail()}", out_path, audio_path)
     _publish(temp, out_path)
     return out_path
 

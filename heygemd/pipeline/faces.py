@@ -54,7 +54,7 @@ import numpy as np
 import structlog
 
 from heygemd.errors import ConfigError
-from heygemd.fsutil import atomic_writer, own_dir
+from heygemd.fsutil import InputFile, atomic_writer, own_dir
 from heygemd.pipeline import mouth
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
@@ -64,6 +64,7 @@ from heygemd.pipeline.face_detectors import (
     make_detector,
     shape_predictor_path,
 )
+from heygemd.pipeline.ffmpeg_tools import open_input
 from heygemd.settings import FacesSettings
 
 __all__ = [
@@ -505,22 +506,22 @@ def _pad_and_clamp(
 KEY_CHUNK = 4 * 1024 * 1024
 
 
-def video_content_key(path: Path) -> str:
+def video_content_key(source: Path | InputFile) -> str:
     """Content key of a video: sha256 of its size and its first, middle and last 4 MiB (whole file if smaller).
 
     Cheap on multi-GB files and stable across renames and copies, so a presenter video reused with a new
-    audio finds its cached track. Returns 32 hex characters. Raises OSError when the file cannot be read.
+    audio finds its cached track. Returns 32 hex characters. An open ``InputFile`` is read through its
+    descriptor. Raises OSError when the file cannot be read.
     """
     digest = hashlib.sha256()
-    size = path.stat().st_size
-    digest.update(b"heygemd-video-key-v1:" + str(size).encode() + b":")
-    with path.open("rb") as f:
+    with open_input(source) as media:
+        size = media.size()
+        digest.update(b"heygemd-video-key-v1:" + str(size).encode() + b":")
         if size <= 3 * KEY_CHUNK:
-            digest.update(f.read())
+            digest.update(media.read_at(0, size))
         else:
             for offset in (0, (size - KEY_CHUNK) // 2, size - KEY_CHUNK):
-                f.seek(offset)
-                digest.update(f.read(KEY_CHUNK))
+                digest.update(media.read_at(offset, KEY_CHUNK))
     return digest.hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""Finding ffmpeg/ffprobe and running them as well-behaved child processes.
+"""Finding ffmpeg/ffprobe and running them as well-behaved child processes (their command lines: ``ffmpeg_argv``).
 
 Every child is started with an argv list (never a shell string) in its own session
 (``start_new_session=True``), so a Ctrl-C or SIGTERM sent to the daemon's process group does not
@@ -14,12 +14,13 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
-from fractions import Fraction
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from heygemd.errors import DecodeError, DiskFull, EncodeError, ToolMissing
+from heygemd.errors import DecodeError, DiskFull, EncodeError, NotMedia, ToolMissing
+from heygemd.fsutil import InputFile
 
 TAIL_LINES = 25
 """How many of ffmpeg's last stderr lines an error message quotes."""
@@ -38,18 +39,27 @@ def find_tool(name: str) -> str:
     return found
 
 
-def media_url(path: Path) -> str:
-    """``path`` as an ffmpeg input/output argument that cannot be mistaken for an option or a protocol.
+@contextmanager
+def open_input(source: Path | InputFile) -> Iterator[InputFile]:
+    """``source`` as an open input: an :class:`InputFile` as it is (its owner closes it), a path opened now
+    (``InputFile.open``: never through a link, never a FIFO or device) for this use and closed after it.
 
-    A name like ``-x.mp4`` or ``a:b.mp4`` would otherwise be read as an option or a URL scheme.
+    A child started meanwhile with ``pass_fds=input.pass_fds`` keeps reading the file however long it runs.
+    A missing file is NotMedia naming it.
     """
-    return "file:" + os.fspath(Path(path).absolute())
-
-
-def rate_arg(fps: float) -> str:
-    """An exact ffmpeg rate for ``fps`` (29.97002997 -> '30000/1001')."""
-    rate = Fraction(fps).limit_denominator(1001)
-    return f"{rate.numerator}/{rate.denominator}"
+    if isinstance(source, InputFile):
+        yield source
+        return
+    try:
+        opened = InputFile.open(Path(source))
+    except FileNotFoundError:
+        raise NotMedia(
+            "no such file",
+            path=source,
+            hint="Check the file's name and folder: there is no file (or no longer one) under that name.",
+        ) from None
+    with opened:
+        yield opened
 
 
 def stderr_text(lines: Sequence[str]) -> str:
@@ -169,15 +179,23 @@ class ToolProcess:
         return self._tail.text()
 
 
-def run_probe(argv: Sequence[str], path: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+def run_probe(
+    argv: Sequence[str], path: Path, timeout: float = 120.0, *, pass_fds: Sequence[int] = ()
+) -> subprocess.CompletedProcess[bytes]:
     """Run a short-lived tool (ffprobe, ``ffmpeg -filters``) to completion in its own session.
 
     Raises DecodeError naming ``path`` when it does not finish within ``timeout`` seconds (a hung
-    network mount, say); the child is killed and reaped in that case.
+    network mount, say); the child is killed and reaped in that case. ``pass_fds``: descriptors the child
+    inherits (an :class:`InputFile` it reads).
     """
     try:
         return subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, start_new_session=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except subprocess.TimeoutExpired:
         raise DecodeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s", path=path) from None

@@ -17,7 +17,7 @@ import functools
 import itertools
 import re
 import subprocess
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -26,10 +26,12 @@ import numpy as np
 import structlog
 
 from heygemd.errors import DecodeError
+from heygemd.fsutil import InputFile
 from heygemd.pipeline.colour import yuv420p_bytes, yuv420p_to_bgr
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, find_tool, media_url, rate_arg, run_probe
+from heygemd.pipeline.ffmpeg_argv import Input, ffmpeg_command, file_input, rate_arg, raw_output
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, open_input, run_probe
 from heygemd.pipeline.hw_codecs import Decoder, decoder_args
-from heygemd.pipeline.probe import VideoInfo
+from heygemd.pipeline.probe import VideoInfo, decoder_max_pixels, refused_picture
 from heygemd.pipeline.spool import CODECS, FrameSpool, SpoolCodec
 from heygemd.settings import LoopMode
 
@@ -50,25 +52,25 @@ pixels, stills): accurate_rnd removes a ~2 level darkening that swscale's fast p
 # Reading frames
 
 
-def _has_filter(ffmpeg: str, name: str) -> bool:
-    return name in _filters(ffmpeg)
+def _has_filter(name: str) -> bool:
+    return name in _filters(tuple(ffmpeg_command([], ["-filters"])))
 
 
 @functools.lru_cache(maxsize=4)
-def _filters(ffmpeg: str) -> frozenset[str]:
-    """The filter names this ffmpeg binary has (asked once per binary and process)."""
-    result = run_probe([ffmpeg, "-hide_banner", "-filters"], Path(ffmpeg), timeout=30.0)
+def _filters(argv: tuple[str, ...]) -> frozenset[str]:
+    """The filter names ``argv`` (``ffmpeg -filters``) lists (asked once per ffmpeg binary and process)."""
+    result = run_probe(argv, Path(argv[0]), timeout=30.0)
     return frozenset(re.findall(r"^\s*\S+\s+(\S+)\s", result.stdout.decode(errors="replace"), re.M))
 
 
-def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
+def decode_filters(info: VideoInfo) -> str:
     """The -vf chain: (still rotation) -> (square pixels) -> (HDR tone-map) -> fps -> even crop."""
     parts: list[str] = []
     if info.is_still and info.rotation in _TRANSPOSE:
         parts.append(_TRANSPOSE[info.rotation])
     if info.square_size is not None:
         parts.append(f"scale={info.square_size[0]}:{info.square_size[1]},setsar=1")
-    if info.hdr and _has_filter(ffmpeg, "zscale"):
+    if info.hdr and _has_filter("zscale"):
         parts.append(
             "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=hable:desat=0,"
             "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
@@ -79,9 +81,12 @@ def decode_filters(info: VideoInfo, ffmpeg: str) -> str:
     return ",".join(parts)
 
 
-def input_args(info: VideoInfo) -> list[str]:
-    """Input options: stills are rotated by our own filter (ffmpeg 5.1 ignores EXIF, newer ones may not)."""
-    return ["-noautorotate"] if info.is_still else []
+def video_input(info: VideoInfo, media: InputFile, options: Sequence[str] = ()) -> Input:
+    """``media`` (``info``'s file, open) as an input, after ``options``: stills are rotated by our own filter
+    (ffmpeg 5.1 ignores EXIF, newer ones may not); the decoder refuses pictures far larger than the probe allowed
+    (a stream may grow midway)."""
+    still = ["-noautorotate"] if info.is_still else []
+    return file_input(media, decoder_max_pixels(info.max_pixels), [*still, *options])
 
 
 def read_frames(
@@ -97,6 +102,9 @@ def read_frames(
     delivers far fewer, fails, or delivers none, DecodeError quotes ffmpeg's stderr. Closing the
     generator early kills and reaps ffmpeg. ``decoder="nvdec"`` decodes on the GPU (``hw_codecs``); the frames
     come back to system memory for the same filters, so they are the same up to the decoder's rounding.
+    ffmpeg reads ``info.source`` (an open ``InputFile``: through its descriptor); its decoder refuses pictures
+    far larger than ``info.max_pixels`` (``probe.decoder_max_pixels``), and a stream that needed one fails with
+    PictureTooLarge.
 
     With ``info.yuv`` set, ffmpeg delivers the decoder's own 4:2:0 frames and they are converted to BGR here
     (``colour.yuv420p_to_bgr``, in the calling thread: OpenCV releases the GIL); otherwise ffmpeg converts.
@@ -105,33 +113,21 @@ def read_frames(
     """
     if yuv_sink is not None and info.yuv is None:
         raise ValueError("yuv_sink needs a video whose frames are converted here (info.yuv)")
-    ffmpeg = find_tool("ffmpeg")
     if info.yuv is None:
-        out_pix_fmt, chain = "bgr24", decode_filters(info, ffmpeg) + "," + _DECODE_TO_BGR
+        out_pix_fmt, chain = "bgr24", decode_filters(info) + "," + _DECODE_TO_BGR
         yuv = None
     else:
-        out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info, ffmpeg)
+        out_pix_fmt, chain = info.yuv.pix_fmt, decode_filters(info)
         yuv = np.empty(yuv420p_bytes(info.width, info.height), dtype=np.uint8)
-    argv = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-v",
-        "error",
-        *input_args(info),
-        *(decoder_args(decoder) if not info.is_still else []),
-        "-i",
-        media_url(info.path),
-        *["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain],
-        "-frames:v",
-        str(info.frame_count),
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        out_pix_fmt,
-        "pipe:1",
-    ]
-    proc = ToolProcess(argv, stdout=True)
+    with open_input(info.source) as media:
+        decoder_options = decoder_args(decoder) if not info.is_still else []
+        argv = ffmpeg_command(
+            [video_input(info, media, decoder_options)],
+            ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn", "-vf", chain, "-frames:v", str(info.frame_count)]
+            + raw_output(out_pix_fmt),
+        )
+        proc = ToolProcess(argv, stdout=True, pass_fds=media.pass_fds)
+        url = media.url
     delivered = 0
     last: np.ndarray | None = None
     try:
@@ -143,9 +139,7 @@ def read_frames(
                 break
             if got < target.nbytes:
                 proc.wait()
-                raise DecodeError(
-                    f"ffmpeg ended in the middle of frame {delivered}: {proc.stderr_tail()}", path=info.path
-                )
+                raise _decode_failure(proc, info, url, f"ffmpeg ended in the middle of frame {delivered}")
             if yuv is not None:
                 assert info.yuv is not None
                 if yuv_sink is not None:
@@ -159,17 +153,16 @@ def read_frames(
         except subprocess.TimeoutExpired:
             raise DecodeError(f"ffmpeg did not exit after {delivered} frames", path=info.path) from None
         if code != 0:
-            raise DecodeError(
-                f"ffmpeg failed after {delivered} frames (exit {code}): {proc.stderr_tail()}", path=info.path
-            )
+            raise _decode_failure(proc, info, url, f"ffmpeg failed after {delivered} frames (exit {code})")
         shortfall = info.frame_count - delivered
         if last is None:
-            raise DecodeError(f"no frame could be decoded: {proc.stderr_tail()}", path=info.path)
+            raise _decode_failure(proc, info, url, "no frame could be decoded")
         if shortfall > max(SHORTFALL_FRAMES, SHORTFALL_RATIO * info.frame_count):
-            raise DecodeError(
-                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or "
-                f"truncated: {proc.stderr_tail()}",
-                path=info.path,
+            raise _decode_failure(
+                proc,
+                info,
+                url,
+                f"only {delivered} of {info.frame_count} frames could be decoded; the file is damaged or truncated",
             )
         if shortfall > 0:
             log.debug("padding frame(s) by repeating the last", path=str(info.path), frames=shortfall)
@@ -179,6 +172,15 @@ def read_frames(
             yield last.copy()
     finally:
         proc.kill()
+
+
+def _decode_failure(proc: ToolProcess, info: VideoInfo, url: str, what: str) -> Exception:
+    """PictureTooLarge when the decoder refused a picture larger than the limit (the frames it dropped are why
+    the decode failed), else DecodeError saying ``what`` happened, with ffmpeg's last words (the input it read
+    as ``url`` left out: the message names the file)."""
+    tail = proc.stderr_tail()
+    refused = refused_picture(tail, info.path, info.max_pixels)
+    return refused if refused is not None else DecodeError(f"{what}: {tail.replace(url + ': ', '')}", path=info.path)
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:

@@ -12,7 +12,7 @@ import functools
 import subprocess
 from typing import Literal
 
-from heygemd.pipeline.ffmpeg_tools import find_tool
+from heygemd.pipeline.ffmpeg_argv import Input, ffmpeg_command
 
 DecoderSetting = Literal["auto", "cpu", "nvdec"]
 EncoderSetting = Literal["auto", "libx264", "nvenc"]
@@ -24,13 +24,13 @@ _TRIAL_SECONDS = 30.0
 
 def choose_decoder(setting: DecoderSetting) -> Decoder:
     if setting == "auto":
-        return "nvdec" if nvdec_works(find_tool("ffmpeg")) else "cpu"
+        return "nvdec" if nvdec_works() else "cpu"
     return setting
 
 
 def choose_encoder(setting: EncoderSetting) -> Encoder:
     if setting == "auto":
-        return "h264_nvenc" if nvenc_works(find_tool("ffmpeg")) else "libx264"
+        return "h264_nvenc" if nvenc_works() else "libx264"
     return "h264_nvenc" if setting == "nvenc" else "libx264"
 
 
@@ -48,57 +48,22 @@ def encoder_args(encoder: Encoder, crf: int, preset: str) -> list[str]:
     return ["-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf))]
 
 
-@functools.lru_cache(maxsize=4)
-def nvenc_works(ffmpeg: str) -> bool:
-    """Whether ``ffmpeg`` can encode one frame with h264_nvenc here (asked once per binary and process)."""
-    return _trial(
-        [
-            ffmpeg,
-            "-hide_banner",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=gray:s=256x256:d=0.04",
-            "-frames:v",
-            "1",
-            "-c:v",
-            "h264_nvenc",
-            "-f",
-            "null",
-            "-",
-        ]
-    )
+def nvenc_works() -> bool:
+    """Whether ffmpeg can encode one frame with h264_nvenc here (asked once per ffmpeg binary and process)."""
+    gray = Input("color=c=gray:s=256x256:d=0.04", ["-f", "lavfi"])
+    return _works(tuple(ffmpeg_command([gray], ["-frames:v", "1", "-c:v", "h264_nvenc", "-f", "null", "-"])))
 
 
-@functools.lru_cache(maxsize=4)
-def nvdec_works(ffmpeg: str) -> bool:
-    """Whether ``ffmpeg`` can open a CUDA device for decoding here (asked once per binary and process)."""
-    return _trial(
-        [
-            ffmpeg,
-            "-hide_banner",
-            "-v",
-            "error",
-            "-init_hw_device",
-            "cuda=gpu",
-            "-filter_hw_device",
-            "gpu",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=gray:s=64x64:d=0.04",
-            "-frames:v",
-            "1",
-            "-f",
-            "null",
-            "-",
-        ]
-    )
+def nvdec_works() -> bool:
+    """Whether ffmpeg can open a CUDA device for decoding here (asked once per ffmpeg binary and process)."""
+    gray = Input("color=c=gray:s=64x64:d=0.04", ["-f", "lavfi"])
+    cuda = ["-init_hw_device", "cuda=gpu", "-filter_hw_device", "gpu"]
+    return _works(tuple(ffmpeg_command([gray], ["-frames:v", "1", "-f", "null", "-"], global_options=cuda)))
 
 
-def _trial(argv: list[str]) -> bool:
+@functools.lru_cache(maxsize=8)
+def _works(argv: tuple[str, ...]) -> bool:
+    """Whether ``argv`` exits 0 within ``_TRIAL_SECONDS``."""
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_TRIAL_SECONDS, start_new_session=True

@@ -1,5 +1,9 @@
 """Video probe with ffprobe: what a presenter video or still image is (``VideoInfo``, ``probe_video``, MP4 boxes).
 
+The file is read through one descriptor (``ffmpeg_tools.open_input``) and no picture larger than the limit
+(``video.max_presenter_pixels``) is ever decoded, not even by ffprobe: its decoders refuse it (``-max_pixels``)
+and the probe says so (``PictureTooLarge``), before ``read_frames`` would decode it.
+
 Conventions
 -----------
 * ``VideoInfo.rotation`` is the clockwise rotation, in degrees (0/90/180/270), that turns the stored
@@ -10,17 +14,28 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
+import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, TypedDict
 
-from heygemd.errors import DecodeError, NotMedia, NoVideoStream
+from heygemd.errors import DecodeError, NotMedia, NoVideoStream, PictureTooLarge
+from heygemd.fsutil import InputFile, input_path
 from heygemd.pipeline.colour import YuvMatrix
-from heygemd.pipeline.ffmpeg_tools import find_tool, media_url, run_probe
+from heygemd.pipeline.ffmpeg_argv import ffprobe_command
+from heygemd.pipeline.ffmpeg_tools import open_input, run_probe
+from heygemd.settings import VideoSettings
+
+MAX_PIXELS: int = VideoSettings.model_fields["max_presenter_pixels"].default
+"""The default limit (``video.max_presenter_pixels``)."""
+
+DECODER_HEADROOM = 2
+"""ffmpeg's decoders are held to this many times the limit (``decoder_max_pixels``): they check the buffer of a
+picture, its width rounded up to 64, so a picture within the limit must never reach their ceiling. The exact check
+is the probe's, from the stream's size."""
 
 MIN_FPS = 1.0
 MAX_FPS = 60.0
@@ -57,6 +72,9 @@ class DecodedYuv:
 class VideoInfo:
     """What ``read_frames`` will deliver for one presenter file, from ffprobe.
 
+    ``source`` is the file as ``probe_video`` was given it: an open ``InputFile`` (read through its descriptor by
+    every later step) or a path (opened again by each). ``path`` names it in messages.
+
     ``width``/``height`` are those of the delivered frames (upright, even). ``fps`` is the constant
     rate frames are delivered at: the nominal rate of a CFR stream, the average rate rounded to an
     integer for VFR, ``still_fps`` for stills; always within [1, 60]. ``frame_count`` is exactly how
@@ -66,7 +84,7 @@ class VideoInfo:
     and other attached pictures are skipped); ``hdr`` is true for PQ/HLG transfer.
     """
 
-    path: Path
+    source: Path | InputFile
     width: int
     height: int
     fps: float
@@ -85,6 +103,13 @@ class VideoInfo:
     """(w, h) the upright frames are scaled to first when the source has non-square pixels (None: square)."""
     yuv: DecodedYuv | None = None
     """Set when ``read_frames`` takes the decoder's own frames and converts them itself (None: ffmpeg does)."""
+    max_pixels: int = MAX_PIXELS
+    """The limit the probe checked; the decoder of ``read_frames`` refuses any larger picture too."""
+
+    @property
+    def path(self) -> Path:
+        """The file as the user knows it (errors name it)."""
+        return input_path(self.source)
 
     @property
     def frame_bytes(self) -> int:
@@ -95,7 +120,7 @@ class VideoInfo:
 class _CommonFields(TypedDict):
     """The ``VideoInfo`` fields that a still and a video fill in alike."""
 
-    path: Path
+    source: Path | InputFile
     width: int
     height: int
     is_still: bool
@@ -107,28 +132,32 @@ class _CommonFields(TypedDict):
     stream_index: int
     hdr: bool
     square_size: tuple[int, int] | None
+    max_pixels: int
 
 
-def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
+def probe_video(source: Path | InputFile, still_fps: float = 25.0, max_pixels: int = MAX_PIXELS) -> VideoInfo:
     """Probe a presenter video or still image with ffprobe.
 
-    Raises NotMedia (missing, empty, not an audio/video/image file), NoVideoStream (audio only,
-    e.g. an MP3 even with cover art), DecodeError (truncated MP4, no frames, unusable size).
-    Every message names ``path``.
+    Raises NotMedia (missing, empty, not an audio/video/image file), NotRegularFile (a FIFO, device, socket or
+    folder), UnsafePath (a symbolic link), PictureTooLarge (more than ``max_pixels`` pixels, from the header: the
+    picture is not decoded), NoVideoStream (audio only, e.g. an MP3 even with cover art), DecodeError (truncated
+    MP4, no frames, unusable size). Every message names the file (``source.path``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NotMedia("no such file", path=path)
-    if path.stat().st_size == 0:
+    with open_input(source) as media:
+        return _probe(media, source, still_fps, max_pixels)
+
+
+def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pixels: int) -> VideoInfo:
+    path = media.path
+    if media.size() == 0:
         raise NotMedia("the file is empty", path=path)
-    ffprobe = find_tool("ffprobe")
-    result = run_probe(
-        [ffprobe, "-v", "error", "-hide_banner", "-show_format", "-show_streams", "-of", "json", media_url(path)],
-        path,
-    )
+    result = _run_ffprobe(["-show_format", "-show_streams", "-of", "json"], media, max_pixels)
     stderr = result.stderr.decode("utf-8", errors="replace").strip()
+    refused = refused_picture(stderr, path, max_pixels)  # a picture in the file its decoder did not allocate
     if result.returncode != 0:
-        _raise_probe_failure(path, stderr)
+        if refused is not None:
+            raise refused
+        _raise_probe_failure(media, stderr)
     try:
         data = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}")
     except json.JSONDecodeError as exc:
@@ -147,15 +176,19 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
         raise NotMedia(f"no audio or video streams (format '{format_name or 'unknown'}')", path=path)
 
     if "mp4" in format_name or "mov" in format_name:
-        _check_mp4_complete(path)
+        _check_mp4_complete(media)
 
+    raw_w, raw_h = int(video.get("width") or 0), int(video.get("height") or 0)
+    if refused is not None and not (raw_w and raw_h):  # the presenter's own picture (not, say, its cover art)
+        raise refused
+    sar = _sample_aspect(video.get("sample_aspect_ratio"))
+    if max(raw_w * raw_h, round(raw_w * sar) * raw_h) > max_pixels:  # stored, or as delivered (square pixels)
+        raise picture_too_large(path, max(raw_w, round(raw_w * sar)), raw_h, max_pixels)
     is_still = bool(STILL_FORMATS.match(format_name))
     if is_still:
-        rotation = _still_rotation(ffprobe, path)
+        rotation = _still_rotation(media, max_pixels)
     else:
         rotation = _stream_rotation(video)
-    raw_w, raw_h = int(video.get("width") or 0), int(video.get("height") or 0)
-    sar = _sample_aspect(video.get("sample_aspect_ratio"))
     if sar != 1:  # non-square pixels (anamorphic, DV): delivered stretched to square pixels, as players show them
         raw_w = max(2, round(raw_w * sar))
     if rotation in (90, 270):
@@ -167,7 +200,7 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
     codec = str(video.get("codec_name", "unknown"))
     pix_fmt = str(video.get("pix_fmt", ""))
     common = _CommonFields(
-        path=path,
+        source=source,
         width=width,
         height=height,
         is_still=is_still,
@@ -179,6 +212,7 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
         stream_index=int(video.get("index", 0)),
         hdr=video.get("color_transfer") in HDR_TRANSFERS,
         square_size=(raw_w, raw_h) if sar != 1 else None,
+        max_pixels=max_pixels,
     )
     if is_still:
         fps = _clamp_fps(still_fps)
@@ -214,18 +248,53 @@ def probe_video(path: Path, still_fps: float = 25.0) -> VideoInfo:
         else:
             raise DecodeError("the video stream holds no frames", path=path)
     converted_here = not common["hdr"] and sar == 1 and pix_fmt in _DECODED_YUV_FORMATS
-    yuv = _decoded_yuv(ffprobe, video, path) if converted_here else None
+    yuv = _decoded_yuv(video, media, max_pixels) if converted_here else None
     return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
 
 
-def _decoded_yuv(ffprobe: str, stream: dict, path: Path) -> DecodedYuv | None:
+def decoder_max_pixels(max_pixels: int) -> int:
+    """The ceiling ffmpeg's decoders are held to for a limit of ``max_pixels`` (see ``DECODER_HEADROOM``)."""
+    return min(2**31 - 1, DECODER_HEADROOM * max_pixels)
+
+
+def _run_ffprobe(options: list[str], media: InputFile, max_pixels: int) -> subprocess.CompletedProcess[bytes]:
+    """ffprobe with ``options`` on ``media``, read through its descriptor, its decoders held to the ceiling of
+    ``max_pixels``."""
+    argv = ffprobe_command(media.url, options, max_pixels=decoder_max_pixels(max_pixels))
+    return run_probe(argv, media.path, pass_fds=media.pass_fds)
+
+
+_REFUSED_PICTURE = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
+
+
+def refused_picture(stderr: str, path: Path, max_pixels: int) -> PictureTooLarge | None:
+    """The error for a picture an ffmpeg decoder refused to allocate (its size as the decoder says it, the width
+    maybe rounded up), from its stderr; None when it refused none."""
+    match = _REFUSED_PICTURE.search(stderr)
+    if match is None:
+        return None
+    return picture_too_large(path, int(match[1]), int(match[2]), max_pixels, exact=False)
+
+
+def picture_too_large(path: Path, width: int, height: int, max_pixels: int, *, exact: bool = True) -> PictureTooLarge:
+    """PictureTooLarge for a ``width`` x ``height`` presenter (``exact=False``: about that size), its hint the
+    largest size within ``max_pixels`` at the same shape, with the ffmpeg command that scales it so."""
+    scale = math.sqrt(max_pixels / (width * height))
+    fit_w, fit_h = max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    size = f"{width}x{height}, {width * height:,} pixels" if exact else f"about {width}x{height}"
+    return PictureTooLarge(
+        f"the picture is {size}; presenters of at most {max_pixels:,} pixels are taken",
+        path=path,
+        hint=f"Scale it down to at most {fit_w}x{fit_h}, e.g. ffmpeg -i {path.name} -vf scale={fit_w}:-2 "
+        f"{path.stem}-smaller{path.suffix} (or raise video.max_presenter_pixels).",
+    )
+
+
+def _decoded_yuv(stream: dict, media: InputFile, max_pixels: int) -> DecodedYuv | None:
     """The first decoded frame's pixel format and colour tags (the stream's may differ from the frames'), or None
     when that frame is not 8-bit 4:2:0 or its colour space is one ffmpeg should convert (ycgco, bt2020c)."""
-    result = run_probe(
+    result = _run_ffprobe(
         [
-            ffprobe,
-            "-v",
-            "error",
             "-select_streams",
             str(stream.get("index", 0)),
             "-read_intervals",
@@ -234,9 +303,9 @@ def _decoded_yuv(ffprobe: str, stream: dict, path: Path) -> DecodedYuv | None:
             "frame=pix_fmt,color_space,color_range",
             "-of",
             "json",
-            media_url(path),
         ],
-        path,
+        media,
+        max_pixels,
     )
     try:
         frames = json.loads(result.stdout.decode("utf-8", errors="replace") or "{}").get("frames") or []
@@ -255,11 +324,12 @@ def _decoded_yuv(ffprobe: str, stream: dict, path: Path) -> DecodedYuv | None:
     return None if matrix is None else DecodedYuv(pix_fmt, matrix)
 
 
-def _raise_probe_failure(path: Path, stderr: str) -> None:
+def _raise_probe_failure(media: InputFile, stderr: str) -> None:
     """Map a failed ffprobe run to the error a user can act on."""
-    reason = _last_line(stderr.replace(media_url(path) + ": ", ""))
+    path = media.path
+    reason = _last_line(stderr.replace(media.url + ": ", ""))
     lowered = stderr.lower()
-    if "moov atom not found" in lowered and _starts_like_mp4(path):
+    if "moov atom not found" in lowered and _starts_like_mp4(media):
         raise DecodeError(
             "incomplete MP4/MOV (no 'moov' index; the copy is truncated or the recording was not finished)",
             path=path,
@@ -274,10 +344,9 @@ def _raise_probe_failure(path: Path, stderr: str) -> None:
 MP4_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
 
 
-def _starts_like_mp4(path: Path) -> bool:
+def _starts_like_mp4(media: InputFile) -> bool:
     """Whether the file begins with an MP4/MOV box header (so a missing 'moov' means truncation)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
+    head = media.read_at(0, 8)
     return len(head) == 8 and head[4:8] in MP4_FIRST_BOXES
 
 
@@ -311,13 +380,11 @@ def _stream_rotation(stream: dict) -> int:
     return 0
 
 
-def _still_rotation(ffprobe: str, path: Path) -> int:
+def _still_rotation(media: InputFile, max_pixels: int) -> int:
     """Clockwise degrees to make an image upright, from the decoded frame's EXIF display matrix."""
-    result = run_probe(
+    path = media.path
+    result = _run_ffprobe(
         [
-            ffprobe,
-            "-v",
-            "error",
             "-select_streams",
             "v:0",
             "-read_intervals",
@@ -327,9 +394,9 @@ def _still_rotation(ffprobe: str, path: Path) -> int:
             "frame_side_data",
             "-of",
             "json",
-            media_url(path),
         ],
-        path,
+        media,
+        max_pixels,
     )
     if result.returncode != 0:
         raise DecodeError(
@@ -405,21 +472,21 @@ def _duration(stream: dict, fmt: dict) -> float | None:
     return _float_or_none(fmt.get("duration"))
 
 
-def top_level_atoms(path: Path) -> list[tuple[str, int, int]]:
+def top_level_atoms(source: Path | InputFile) -> list[tuple[str, int, int]]:
     """The top-level boxes of an MP4/MOV file as (type, offset, size); a box running to EOF has its real size.
 
     Reads only the box headers. A box whose declared size reaches past the end of the file is
     listed with that declared size, so callers can detect truncation.
     """
     atoms: list[tuple[str, int, int]] = []
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open_input(source) as media:
+        file_size = media.size()
         offset = 0
         while offset + 8 <= file_size:
-            f.seek(offset)
-            size, kind = struct.unpack(">I4s", f.read(8))
-            if size == 1:
-                size = struct.unpack(">Q", f.read(8))[0]
+            head = media.read_at(offset, 16)
+            size, kind = struct.unpack(">I4s", head[:8])
+            if size == 1:  # a 64-bit size follows; where the file ends before it, the box needs its 16 bytes at least
+                size = struct.unpack(">Q", head[8:16])[0] if len(head) == 16 else 16
             elif size == 0:
                 size = file_size - offset
             name = kind.decode("latin-1")
@@ -431,10 +498,11 @@ def top_level_atoms(path: Path) -> list[tuple[str, int, int]]:
     return atoms
 
 
-def _check_mp4_complete(path: Path) -> None:
+def _check_mp4_complete(media: InputFile) -> None:
     """DecodeError when a top-level MP4 box runs past the end of the file (an interrupted copy)."""
-    file_size = os.path.getsize(path)
-    for name, offset, size in top_level_atoms(path):
+    path = media.path
+    file_size = media.size()
+    for name, offset, size in top_level_atoms(media):
         if size < 8 or offset + size > file_size:
             raise DecodeError(
                 f"the file is truncated: its '{name}' box needs {offset + size} bytes but the file has {file_size}",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from heygemd.errors import ErrorInfo, Interrupted, NoFace
+from heygemd.fsutil import InputFile
 from heygemd.names import POSTER_SUFFIX
 from heygemd.pipeline import faces, footage, presenter_cache, render
 from heygemd.pipeline.audio import AudioFeatures
@@ -92,7 +93,7 @@ def poster_path_for(output: Path) -> Path:
 
 
 def render_video(
-    video_path: Path,
+    video: Path | InputFile,
     audio: AudioFeatures,
     output: Path,
     engine: Engine,
@@ -104,8 +105,10 @@ def render_video(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RenderResult:
-    """Lip-sync ``video_path`` to ``audio`` into ``output`` (written under a temporary name, renamed when complete).
+    """Lip-sync ``video`` to ``audio`` into ``output`` (written under a temporary name, renamed when complete).
 
+    ``video`` and ``audio.source``, when open ``InputFile``s, are read through their descriptors only (probe,
+    detection, decoding, muxing), whatever their names point to meanwhile; paths are opened at each step.
     Raises a HeygemdError subclass naming the file for every known input problem, and Interrupted when
     ``should_stop`` turns true (the partial output is removed).
     """
@@ -114,29 +117,32 @@ def render_video(
     report = on_progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
 
-    info = probe_video(video_path, still_fps=options.video.still_fps)
+    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
     n_out = audio.frame_count(info.fps)
+    content_key = faces.video_content_key(info.source)
     track_fp = _track_fingerprint(info, detector, options.faces)
-    track, cached = _face_track(info, detector, options.faces, cache_dir, track_fp, timer, report, stop)
+    track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
     if track.face_ratio < options.faces.min_face_ratio:
         if info.is_still:
-            raise NoFace("no face was found in the photo", path=video_path, hint=NoFace.photo_hint)
+            raise NoFace("no face was found in the photo", path=info.path, hint=NoFace.photo_hint)
         raise NoFace(
             f"a face was found in {track.face_ratio:.0%} of the frames "
             f"(at least {options.faces.min_face_ratio:.0%} needed)",
-            path=video_path,
+            path=info.path,
         )
     boxes = _crop_boxes(engine, track)
     prep: presenter_cache.Preparation | None = None
     if engine.needs.presenter_prep and isinstance(engine, PresenterEngine):
-        prep = _presenter_preparation(info, track, boxes, engine, options, cache_dir, track_fp, timer, stop)
+        prep = _presenter_preparation(
+            info, track, boxes, engine, options, cache_dir, content_key, track_fp, timer, stop
+        )
     prompts = audio.prompts if engine.needs.audio != "mel" else None
     if engine.needs.audio != "mel" and prompts is None:
         raise ValueError(
             f"engine {engine.name} needs {engine.needs.audio} features; compute them with LipSyncSession.audio"
         )
 
-    warnings = footage.footage_warnings(track, video_path) if engine.needs.footage_warnings else []
+    warnings = footage.footage_warnings(track, info.path) if engine.needs.footage_warnings else []
     engine.prepare(audio.mel)
     poster_index = int(np.argmax(audio.loudness(info.fps))) if options.video.poster else -1
     poster = poster_path_for(output) if options.video.poster else None
@@ -158,7 +164,7 @@ def render_video(
                 info.width,
                 info.height,
                 info.fps,
-                audio.path,
+                audio.source,
                 audio.duration,
                 crf=crf,
                 preset=video_opts.preset,
@@ -188,7 +194,7 @@ def render_video(
         def encode(batch: _Batch) -> None:
             nonlocal poster_frame
             if stop():
-                raise Interrupted("stopped while rendering", path=video_path)
+                raise Interrupted("stopped while rendering", path=info.path)
             with timer.stage("encode"):
                 for offset, frame in enumerate(batch.frames):
                     writer.write(frame)
@@ -238,6 +244,7 @@ def _face_track(
     detector: faces.FaceDetector,
     settings: FacesSettings,
     cache_dir: Path,
+    content_key: str,
     fingerprint: str,
     timer: StageTimer,
     report: ProgressCallback,
@@ -266,7 +273,7 @@ def _face_track(
                 progress=progress,
             )
 
-    track = faces.cached_track(faces.video_content_key(info.path), cache_dir, fingerprint, compute)
+    track = faces.cached_track(content_key, cache_dir, fingerprint, compute)
     if computed:
         # detection time includes the decode pass it pulled frames from; keep the stages disjoint
         timer.seconds["detect"] -= timer.seconds["decode"]
@@ -313,6 +320,7 @@ def _presenter_preparation(
     engine: PresenterEngine,
     options: RenderOptions,
     cache_dir: Path,
+    content_key: str,
     track_fp: str,
     timer: StageTimer,
     stop: Callable[[], bool],
@@ -342,7 +350,7 @@ def _presenter_preparation(
 
     shape = (len(track), *engine.prep_shape())
     limit = int(options.presenter_cache_gb * 1e9)
-    return presenter_cache.cached_preparation(faces.video_content_key(info.path), cache_dir, fp, shape, compute, limit)
+    return presenter_cache.cached_preparation(content_key, cache_dir, fp, shape, compute, limit)
 
 
 @dataclass

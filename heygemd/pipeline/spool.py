@@ -42,7 +42,8 @@ import structlog
 
 from heygemd.errors import DecodeError, DiskFull, EncodeError
 from heygemd.pipeline.colour import YuvMatrix, yuv420p_bytes, yuv420p_to_bgr
-from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error, find_tool
+from heygemd.pipeline.ffmpeg_argv import Input, ffmpeg_command, raw_input, raw_output
+from heygemd.pipeline.ffmpeg_tools import ToolProcess, disk_error
 
 log = structlog.get_logger(__name__)
 
@@ -227,27 +228,11 @@ class FrameSpool:
     # ---------------------------------------------------------------- codec segments
 
     def _start_encoder(self) -> ToolProcess:
-        argv = [
-            find_tool("ffmpeg"),
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            self.layout,  # yuvj420p as yuv420p: the same bytes, passed on unconverted (``yuv`` knows the range)
-            "-s",
-            f"{self.width}x{self.height}",
-            "-r",
-            self.fps_arg,
-            "-i",
-            "pipe:0",
-            *(_CODEC_ARGS[self.codec, self.layout] if self.qp == 0 else [*_X264_YUV, "-qp", str(self.qp)]),
-            "-f",
-            "nut",
-            "pipe:1",
-        ]
+        # the layout: yuvj420p frames go in as yuv420p, the same bytes, unconverted (``yuv`` knows the range)
+        codec = _CODEC_ARGS[self.codec, self.layout] if self.qp == 0 else [*_X264_YUV, "-qp", str(self.qp)]
+        argv = ffmpeg_command(
+            [raw_input(self.layout, self.width, self.height, self.fps_arg)], [*codec, "-f", "nut", "pipe:1"]
+        )
         # stdout is the spool file itself: the segment is appended at its end (the shared file offset).
         os.lseek(self._file.fileno(), 0, os.SEEK_END)
         return ToolProcess(argv, stdin=True, stdout_fd=self._file.fileno())
@@ -289,22 +274,8 @@ class FrameSpool:
         if len(self._cache) < self.segment:
             self._cache = np.empty((self.segment, self.frame_bytes), dtype=np.uint8)
         fd = self._file.fileno()
-        argv = [
-            find_tool("ffmpeg"),
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-f",
-            "nut",
-            "-i",
-            f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            self.layout,
-            "pipe:1",
-        ]
+        segment_url = f"subfile,,start,{start},end,{end},,:/proc/self/fd/{fd}"
+        argv = ffmpeg_command([Input(segment_url, ["-f", "nut"])], raw_output(self.layout))
         self._cached_segment = -1
         proc = ToolProcess(argv, stdout=True, pass_fds=(fd,))
         stream = cast(io.BufferedIOBase, proc.stdout)

@@ -8,14 +8,19 @@ from pydantic import BaseModel
 
 from heygemd.errors import (
     AlreadyFinished,
+    BadIdempotencyKey,
     CancelRefused,
     DiskFull,
+    FetchFailed,
     HeygemdError,
+    IdempotencyBusy,
+    IdempotencyMismatch,
     InputsGone,
     JobBusy,
     JobChanged,
     JobNotFound,
     NothingToRetry,
+    OutgoingRefused,
 )
 
 
@@ -100,9 +105,17 @@ class TooLarge(WebError):
 def http_status(exc: HeygemdError) -> int:
     """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for a
     cancel of a job that has already finished or cannot be taken out of the inbox yet and for a retry or delete of a
-    job that is busy, changed meanwhile or has nothing to retry, 410 for a retry whose inputs are gone, else 500."""
+    job that is busy, changed meanwhile or has nothing to retry, 410 for a retry whose inputs are gone, 400 for a
+    callback or input URL not allowed and a malformed Idempotency-Key, 502 for an input URL that could not be
+    fetched, 409 for an Idempotency-Key used for another request or still in progress, else 500."""
     if isinstance(exc, WebError):
         return exc.status
+    if isinstance(exc, (OutgoingRefused, BadIdempotencyKey)):
+        return 400
+    if isinstance(exc, FetchFailed):
+        return 502
+    if isinstance(exc, (IdempotencyMismatch, IdempotencyBusy)):
+        return 409
     if isinstance(exc, DiskFull):
         return 507
     if isinstance(exc, JobNotFound):

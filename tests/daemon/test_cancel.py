@@ -15,6 +15,7 @@ from heygemd.daemon.status import read_status
 from heygemd.daemon.waiting import read_waiting
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import AlreadyFinished, Interrupted, JobNotFound
+from heygemd.fsutil import InputFile
 from heygemd.layout import CANCEL_FILE, WAITING_FILE
 from heygemd.pipeline.run import RenderResult
 from tests.daemon.test_jobs import unblocked
@@ -111,7 +112,7 @@ class CancelledDuring(StandInSession):
         super().__init__()
         self.claim_path = claim_path
 
-    def render(self, video: Path, audio: object, output: Path, **kwargs: object) -> RenderResult:
+    def render(self, video: InputFile, audio: object, output: Path, **kwargs: object) -> RenderResult:
         if video.name != "b.mp4":
             return super().render(video, audio, output, **kwargs)  # type: ignore[arg-type]
         should_stop = kwargs["should_stop"]
@@ -119,7 +120,7 @@ class CancelledDuring(StandInSession):
         cancel.write_request(self.claim_path, "test")
         for _batch in range(10_000_000):  # the render's batches: it looks at should_stop before each one
             if should_stop():
-                raise Interrupted("stopped while rendering", path=video)
+                raise Interrupted("stopped while rendering", path=video.path)
         raise AssertionError("the cancel request was never seen")
 
 

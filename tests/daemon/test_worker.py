@@ -14,6 +14,7 @@ from heygemd.daemon.lifecycle import StopNow
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import DiskFull, Interrupted, NoFace
+from heygemd.fsutil import InputFile
 from heygemd.pipeline.run import RenderResult
 
 
@@ -36,10 +37,10 @@ class StandInSession:
     engine_name: str = "stand-in"
     engine: _Engine = field(default_factory=_Engine)
 
-    def audio(self, path: Path) -> _Audio:
+    def audio(self, path: Path, **_: object) -> _Audio:
         return _Audio()
 
-    def render(self, video: Path, audio: _Audio, output: Path, **_: object) -> RenderResult:
+    def render(self, video: InputFile, audio: _Audio, output: Path, **_: object) -> RenderResult:
         pending = self.failures.get(video.name)
         if pending:
             raise pending.pop(0)
@@ -159,9 +160,9 @@ def test_render_warnings_reach_status_json_naming_files_inside_the_job(tmp_path:
     claimed = claim_job(tmp_path, ["voice.wav", "a.mp4"])
 
     class WarningSession(StandInSession):
-        def render(self, video: Path, audio: _Audio, output: Path, **kwargs: object) -> RenderResult:
+        def render(self, video: InputFile, audio: _Audio, output: Path, **kwargs: object) -> RenderResult:
             result = super().render(video, audio, output, **kwargs)
-            warning = ErrorInfo("PROFILE_VIEW", f"{video}: the face is turned to the side", "use wav2lip")
+            warning = ErrorInfo("PROFILE_VIEW", f"{video.path}: the face is turned to the side", "use wav2lip")
             return RenderResult(**{**result.__dict__, "warnings": (warning,)})
 
     session = WarningSession()

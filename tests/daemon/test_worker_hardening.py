@@ -1,23 +1,35 @@
 """The worker against a hostile job folder: symbolic links (refused, never followed, targets untouched by archive
-and delete), job-level errors naming the folder as the user dropped it, and heygemd's own temporary files that a
-SIGKILL left behind (removed on resume and at the end, and nothing else). Stand-in renderer, real folders."""
+and delete), inputs swapped for links while the job runs (the files opened at the start are what is read), names
+that are not files, job-level errors naming the folder as the user dropped it, and heygemd's own temporary files
+that a SIGKILL left behind (removed on resume and at the end, and nothing else). Stand-in renderer, real folders;
+the real renderer (mouthwarp) where what is read matters."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import structlog.testing
 
 from heygemd.daemon import claims, readiness
 from heygemd.daemon.status import read_status
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
+from heygemd.fsutil import InputFile
+from heygemd.lipsync import LipSyncSession
 from heygemd.names import is_heygemd_temp, temp_name
+from heygemd.pipeline.audio import AudioFeatures, decode_audio
+from heygemd.pipeline.frames import read_frames
+from heygemd.pipeline.probe import probe_video
 from heygemd.pipeline.run import RenderResult
+from heygemd.settings import EngineSettings, PathsSettings, Settings
+from tests.daemon.daemon_process import Media
 from tests.daemon.test_jobs import unblocked
 from tests.daemon.test_worker import StandInSession
+from tests.pipeline.media import ffmpeg, mad
 
 
 def claim_job(tmp_path: Path, files: dict[str, bytes | Path]) -> claims.ClaimedJob:
@@ -238,3 +250,87 @@ def test_an_outbox_that_refuses_writes_mid_job_pauses_it_and_never_fails_it(tmp_
     final = again.status
     assert again.outcome is JobOutcome.FINISHED and final is not None and final.state == "done", final
     assert final.error is None and all(v.error is None for v in final.videos)
+
+
+def mouthwarp(tmp_path: Path) -> Settings:
+    return Settings(
+        paths=PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+    )
+
+
+class SwappingSession(LipSyncSession):
+    """The real renderer, but the job's files are replaced by links to files outside the inbox once the job has
+    started: the audio as its decoding starts, each video as its render starts."""
+
+    def __init__(self, settings: Settings, outside: dict[str, Path]):
+        super().__init__(settings)
+        self.outside = outside
+
+    def audio(self, source: InputFile, **options: Any) -> AudioFeatures:  # type: ignore[override]
+        self._swap(source)
+        return super().audio(source, **options)
+
+    def render(self, video: InputFile, audio: AudioFeatures, output: Path, **options: Any) -> RenderResult:  # type: ignore[override]
+        self._swap(video)
+        return super().render(video, audio, output, **options)
+
+    def _swap(self, source: InputFile) -> None:
+        path = Path(getattr(source, "path", source))  # a Path where the worker passed one
+        path.unlink()
+        path.symlink_to(self.outside[path.name])
+
+
+def envelope(samples: np.ndarray) -> np.ndarray:
+    """RMS of each 20 ms of 16 kHz samples."""
+    usable = samples[: samples.size - samples.size % 320]
+    return np.sqrt(np.mean(usable.reshape(-1, 320) ** 2, axis=1))
+
+
+def test_inputs_swapped_for_links_mid_job_are_read_as_they_were_when_opened(tmp_path: Path, media: Media) -> None:
+    outside = tmp_path / "other-team"
+    outside.mkdir()
+    tone = outside / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=1000:duration=4", str(tone))
+    red = outside / "red.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=160x90:duration=1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(red))
+    claimed = claim_job(tmp_path, {"voice.wav": media.speech.read_bytes(), "talk.mp4": media.face_a.read_bytes()})
+    session = SwappingSession(mouthwarp(tmp_path), {"voice.wav": tone, "talk.mp4": red})
+
+    result = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _e: session))
+    assert result.outcome is JobOutcome.FINISHED and result.status is not None
+    assert result.status.state == "done", result.status.videos[0].error
+    archived = next((tmp_path / "inbox" / ".heygemd" / "archive").glob("*/lesson-01/input"))
+    assert (archived / "voice.wav").is_symlink() and (archived / "talk.mp4").is_symlink()  # the swap happened
+
+    output = tmp_path / "outbox" / "lesson-01" / "talk.mp4"
+    info = probe_video(output)
+    assert (info.width, info.height) == (320, 180)  # the presenter's frames, not the red 160x90 ones
+    first = next(read_frames(info))
+    assert mad(first, next(read_frames(probe_video(media.face_a)))) < 6
+    speech, heard = decode_audio(media.speech), decode_audio(output)
+    assert heard.size == pytest.approx(speech.size, abs=800)  # as long as the speech, not the 4 s tone
+    n = min(speech.size, heard.size)
+    assert np.corrcoef(envelope(speech[:n]), envelope(heard[:n]))[0, 1] > 0.9  # the speech muxed, not the tone
+    assert tone.is_file() and red.is_file()
+
+
+def test_a_presenter_that_is_not_a_file_fails_naming_what_it_is(tmp_path: Path) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": b"v", "a.mp4": b"a"})
+    os.mkfifo(claimed.folder / "talk.mp4")
+    session = StandInSession()
+    result = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _e: session))  # type: ignore[arg-type, return-value]
+    assert result.status is not None and result.status.state == "partial" and session.rendered == ["a.mp4"]
+    talk = next(v for v in result.status.videos if v.input == "talk.mp4")
+    assert talk.error is not None and talk.error.code == "NOT_A_FILE"
+    assert talk.error.message == "lesson-01/talk.mp4: is a named pipe (FIFO), not a regular file"
+
+
+def test_a_stop_during_the_audio_decode_interrupts_the_job_before_any_video(tmp_path: Path, media: Media) -> None:
+    claimed = claim_job(tmp_path, {"voice.wav": media.long_speech.read_bytes(), "talk.mp4": media.face_a.read_bytes()})
+    session = LipSyncSession(mouthwarp(tmp_path))
+    stopped = JobContext(session_for=lambda _e: session, should_stop=lambda: True)
+    result = process_job(claimed, tmp_path / "outbox", stopped)
+    assert result.outcome is JobOutcome.INTERRUPTED and result.status is not None
+    assert result.status.audio is not None and result.status.audio.duration_s is None  # never finished decoding
+    assert [v.state for v in result.status.videos] == ["pending"] and claimed.folder.is_dir()

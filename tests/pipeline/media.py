@@ -132,3 +132,49 @@ def grainy_clip(
 
     codec = ("-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p")
     return encode_frames(drifting(), out, FPS, size, (*codec, *tags))
+
+
+def png_bomb(out: Path, width: int, height: int) -> Path:
+    """A black RGB PNG of ``width`` x ``height``: about 3000 times smaller than the picture it decodes to
+    (16000x16000: 0.7 MB on disk, 768 MB decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    rows = (b"\0" * (1 + 3 * width)) * 250  # each row: filter byte 0, then black pixels
+    data = b"".join(packer.compress(rows) for _ in range(height // 250))
+    data += packer.compress(rows[: (1 + 3 * width) * (height % 250)]) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    out.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return out
+
+
+def children_peak_rss_mb(code: str, *args: str) -> float:
+    """Run ``code`` (Python, ``sys.argv[1:]`` = ``args``) in a fresh interpreter and return the peak resident memory
+    of the largest process it started (ffprobe, ffmpeg), in MB; the interpreter's own memory is not counted."""
+    import sys
+
+    report = "\nimport resource\nprint(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code + report, *args], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def not_regular_files(folder: Path) -> Iterator[tuple[Path, str]]:
+    """Names a user can drop that are not files, each with what ``open_regular`` says it is: a FIFO, a socket,
+    a folder and a character device."""
+    import socket
+
+    fifo = folder / "pipe.mp4"
+    os.mkfifo(fifo)
+    yield fifo, "is a named pipe (FIFO), not a regular file"
+    sock = folder / "socket.mp4"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(sock))
+        yield sock, "is a socket, not a regular file"
+    folder_named_like_a_video = folder / "folder.mp4"
+    folder_named_like_a_video.mkdir()
+    yield folder_named_like_a_video, "is a folder, not a regular file"
+    yield Path("/dev/zero"), "is a character device, not a regular file"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from heygemd.demo import speech_wav
-from heygemd.errors import NoAudioStream, NotMedia, SilentAudio, ToolMissing
+from heygemd.errors import AudioTooLong, Interrupted, NoAudioStream, NotMedia, NotRegularFile, SilentAudio, ToolMissing
 from heygemd.pipeline.audio import (
     AudioFeatures,
     decode_audio,
@@ -22,6 +22,7 @@ from heygemd.pipeline.audio import (
     normalize_mel,
     wav2lip_mel,
 )
+from tests.pipeline.media import ffmpeg_children, not_regular_files
 
 SR = 16000
 FFMPEG = shutil.which("ffmpeg")
@@ -525,3 +526,114 @@ def test_mel_db_inverts_the_normalisation() -> None:
     amplitude = 10.0 ** ((levels_db + 20.0) / 20.0)
     np.testing.assert_allclose(mel_db(normalize_mel(amplitude)), levels_db, atol=1e-4)
     assert mel_db(np.array([-9.0, 9.0])).tolist() == [-100.0, 0.0]  # clipped like the features
+
+
+# ---------------------------------------------------------------- hostile audio
+
+
+def _programs_started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the programs every child process started from now on runs (ffprobe, ffmpeg)."""
+    started: list[str] = []
+    real_init = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen, args: object, *rest: object, **options: object) -> None:
+        started.append(Path(str(args[0] if isinstance(args, list | tuple) else args)).name)
+        real_init(self, args, *rest, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    return started
+
+
+def test_an_audio_longer_than_the_limit_is_refused_from_its_header_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "lecture.opus"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "3", "-c:a", "libopus", str(path))
+    started = _programs_started(monkeypatch)
+    with pytest.raises(AudioTooLong) as err:
+        decode_audio(path, max_seconds=2.0)
+    assert started == ["ffprobe"], "only probed, never decoded"
+    assert err.value.code == "AUDIO_TOO_LONG"
+    assert err.value.message == f"{path}: the audio lasts 0:00:03.0; a job takes at most 0:00:02.0 of audio"
+    assert err.value.hint == (
+        "Split it into parts of at most 0:00:02.0, one job each (e.g. ffmpeg -i lecture.opus -f segment "
+        "-segment_time 2 -c copy lecture-%02d.opus), or raise video.max_audio_seconds."
+    )
+    assert decode_audio(path, max_seconds=3.1).size == pytest.approx(3 * SR, abs=SR // 50)
+
+
+def test_an_audio_whose_header_understates_its_length_stops_at_the_limit(tmp_path: Path) -> None:
+    """An MP3 without a Xing header is timed by its first frames' bitrate: 1 s at 320k then 20 s at 32k probes
+    as 3.8 s. The decode stops at the limit: the buffer never grows past it."""
+    loud = tmp_path / "loud.mp3"
+    mp3 = "-ar 44100 -ac 2 -write_xing 0 -id3v2_version 0".split()
+    _ffmpeg("-f", "lavfi", "-i", "anoisesrc=d=1:a=0.5", *mp3, "-b:a", "320k", str(loud))
+    quiet = tmp_path / "quiet.mp3"
+    _ffmpeg("-f", "lavfi", "-i", "sine=f=300:d=20", *mp3, "-b:a", "32k", str(quiet))
+    path = tmp_path / "talk.mp3"
+    path.write_bytes(loud.read_bytes() + quiet.read_bytes())
+    with pytest.raises(AudioTooLong) as err:
+        decode_audio(path, max_seconds=10.0)
+    assert err.value.message == f"{path}: the audio lasts more than 0:00:10.0; a job takes at most 0:00:10.0 of audio"
+    assert decode_audio(path, max_seconds=30.0).size == pytest.approx(21 * SR, abs=SR // 10)
+
+
+def test_a_stop_is_seen_while_the_audio_decodes_and_ffmpeg_is_ended(tmp_path: Path) -> None:
+    path = tmp_path / "long talk.opus"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=60", "-c:a", "libopus", str(path))
+    polls = 0
+
+    def stop() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 3
+
+    with pytest.raises(Interrupted) as err:
+        decode_audio(path, should_stop=stop)
+    assert err.value.message == f"{path}: stopped while decoding the audio"
+    assert polls == 4 and ffmpeg_children() == []
+
+
+def test_the_streamed_decode_gives_the_samples_of_a_whole_decode(tmp_path: Path) -> None:
+    """Streaming into a preallocated buffer changes nothing: each sample is the mean of its channels, as when the
+    whole output of ffmpeg was averaged at once."""
+    path = tmp_path / "stereo.m4a"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=7.3"),
+        *("-f", "lavfi", "-i", "anoisesrc=sample_rate=44100:duration=7.3:amplitude=0.3"),
+        *("-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]", "-c:a", "aac", str(path)),
+    )
+    assert FFMPEG is not None
+    whole = subprocess.run(
+        [FFMPEG, "-v", "error", "-i", str(path), "-map", "0:a:0", "-ar", str(SR), "-f", "f32le", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    expected = np.frombuffer(whole, dtype="<f4").reshape(-1, 2).mean(axis=1, dtype=np.float32)
+    assert np.array_equal(decode_audio(path), expected)
+
+
+def test_decoding_holds_the_mono_samples_once_not_ffmpegs_whole_output(tmp_path: Path) -> None:
+    """Ten minutes of stereo: 38 MB of mono samples. Reading ffmpeg's whole stereo output first, then averaging it,
+    took 150 MB more than that."""
+    path = tmp_path / "ten minutes.opus"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "600", "-c:a", "libopus", str(path))
+    code = (
+        "import resource, sys\n"
+        "from heygemd.pipeline.audio import decode_audio\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "samples = decode_audio(sys.argv[1])\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(samples.nbytes / 2**20, grown / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    samples_mb, grown_mb = map(float, out.stdout.split())
+    assert samples_mb == pytest.approx(600 * SR * 4 / 2**20, rel=0.01)
+    assert grown_mb < samples_mb * 1.1 + 16
+
+
+def test_an_audio_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    for path, what in not_regular_files(tmp_path):
+        with pytest.raises(NotRegularFile) as err:
+            decode_audio(path)
+        assert err.value.message == f"{path}: {what}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from heygemd.demo import presenter_video
-from heygemd.errors import DiskFull
+from heygemd.errors import DiskFull, PictureTooLarge
 from heygemd.pipeline.colour import BT709_TV, YuvMatrix, yuv420p_bytes, yuv420p_to_bgr
 from heygemd.pipeline.frames import ScheduledFrames, frame_schedule, read_frames
 from heygemd.pipeline.probe import DecodedYuv, probe_video
@@ -236,6 +236,26 @@ def test_padding_frames_reach_the_yuv_sink_too(h264):
         yuv420p_to_bgr(yuv, info.width, info.height, info.yuv.matrix, converted)
         assert np.array_equal(converted, frame)
     assert np.array_equal(handed[-1], handed[-3])
+
+
+def test_a_stream_that_grows_past_the_pixel_limit_midway_is_not_decoded_at_its_new_size(media, tmp_path):
+    """The header says 160x120; halfway the stream switches to 640x480. The decoder keeps the probe's limit."""
+    joined = tmp_path / "joined.h264"
+    with joined.open("wb") as out:
+        for size in (f"{W}x{H}", f"{4 * W}x{4 * H}"):
+            part = tmp_path / f"{size}.h264"
+            ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:duration=0.4", "-c:v", "libx264", "-bf", "0", str(part))
+            out.write(part.read_bytes())
+    clip = media / "grows.mp4"
+    ffmpeg("-r", str(FPS), "-i", str(joined), "-c", "copy", str(clip))
+    info = probe_video(clip, max_pixels=2 * W * H)
+    assert (info.width, info.height, info.frame_count) == (W, H, 20)
+    with pytest.raises(PictureTooLarge) as err:
+        list(read_frames(info))
+    assert err.value.message == (
+        f"{clip}: the picture is about {4 * W}x{4 * H}; presenters of at most {2 * W * H:,} pixels are taken"
+    )
+    assert ffmpeg_children() == []
 
 
 def test_abandoned_reader_kills_and_reaps_ffmpeg(media):
@@ -543,7 +563,7 @@ def test_nvdec_decoded_spool_replays_its_forward_frames_exactly(media, tmp_path)
     backward frames must still be the forward frames of that same decode, bit for bit."""
     from heygemd.pipeline import hw_codecs
 
-    if not hw_codecs.nvdec_works(FFMPEG):
+    if not hw_codecs.nvdec_works():
         pytest.skip("needs NVDEC")
     info = probe_video(grainy_clip(media / "grainy nvdec.mp4", size=(1280, 720), frames=12))
     with ScheduledFrames(info, 2 * info.frame_count, "pingpong", tmp_path, codec="x264", decoder="nvdec") as frames:

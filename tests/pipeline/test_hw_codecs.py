@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -13,8 +11,7 @@ from heygemd.pipeline.frames import read_frames
 from heygemd.pipeline.probe import probe_video
 from tests.pipeline.media import ffprobe_json, mad, sine
 
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
-has_gpu_codecs = hw_codecs.nvenc_works(FFMPEG) and hw_codecs.nvdec_works(FFMPEG)
+has_gpu_codecs = hw_codecs.nvenc_works() and hw_codecs.nvdec_works()
 
 
 @pytest.mark.skipif(has_gpu_codecs, reason="needs a machine without a usable NVENC/NVDEC")

@@ -9,11 +9,25 @@ import cv2
 import numpy as np
 import pytest
 
-from heygemd.errors import DecodeError, NotMedia, NoVideoStream, ToolMissing
+from heygemd.errors import DecodeError, NotMedia, NotRegularFile, NoVideoStream, PictureTooLarge, ToolMissing
 from heygemd.pipeline.ffmpeg_tools import find_tool
 from heygemd.pipeline.frames import read_frames
 from heygemd.pipeline.probe import probe_video
-from tests.pipeline.media import FFMPEG, FPS, H, W, ffmpeg, has_encoder, lavfi_clip, mad, requires_ffmpeg, sine
+from tests.pipeline.media import (
+    FFMPEG,
+    FPS,
+    H,
+    W,
+    children_peak_rss_mb,
+    ffmpeg,
+    has_encoder,
+    lavfi_clip,
+    mad,
+    not_regular_files,
+    png_bomb,
+    requires_ffmpeg,
+    sine,
+)
 
 pytestmark = requires_ffmpeg
 
@@ -169,3 +183,46 @@ def test_trimmed_copy_with_edit_list_counts_shown_frames(media):
     info = probe_video(trimmed)
     assert info.frame_count == pytest.approx(2.5 * FPS, abs=1)
     assert len(list(read_frames(info))) == info.frame_count
+
+
+# --- hostile presenters ----------------------------------------------------------------------------
+
+
+def test_a_picture_bomb_is_refused_from_its_header_without_being_decoded(media):
+    bomb = png_bomb(media / "bob.png", 16000, 16000)  # 0.7 MB declaring 256 megapixels (768 MB decoded)
+    with pytest.raises(PictureTooLarge) as err:
+        probe_video(bomb)
+    assert err.value.code == "PICTURE_TOO_LARGE"
+    assert err.value.message == (
+        f"{bomb}: the picture is about 16000x16000; presenters of at most 40,000,000 pixels are taken"
+    )
+    assert err.value.hint == (
+        "Scale it down to at most 6324x6324, e.g. ffmpeg -i bob.png -vf scale=6324:-2 bob-smaller.png "
+        "(or raise video.max_presenter_pixels)."
+    )
+    probe = "import sys, contextlib\nfrom heygemd.pipeline.probe import probe_video\n"
+    probe += "with contextlib.suppress(Exception):\n    probe_video(sys.argv[1])"
+    assert children_peak_rss_mb(probe, str(bomb)) < 200  # decoded, it took 800 MB in ffprobe alone
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "png", "jpg"])
+def test_a_presenter_over_the_pixel_limit_is_refused_and_one_at_the_limit_taken(media, suffix):
+    clip = media / f"limit.{suffix}"
+    encode = (
+        ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p") if suffix == "mp4" else ("-frames:v", "1")
+    )
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:duration=1", *encode, str(clip))
+    with pytest.raises(PictureTooLarge) as err:
+        probe_video(clip, max_pixels=W * H - 1)
+    assert err.value.message == (
+        f"{clip}: the picture is {W}x{H}, {W * H:,} pixels; presenters of at most {W * H - 1:,} pixels are taken"
+    )
+    assert probe_video(clip, max_pixels=W * H).width == W
+
+
+def test_a_presenter_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    for path, what in not_regular_files(tmp_path):
+        with pytest.raises(NotRegularFile) as err:
+            probe_video(path)
+        assert err.value.code == "NOT_A_FILE"
+        assert err.value.message == f"{path}: {what}"

@@ -1,0 +1,6 @@
+"""Telling others that a job ended: signed callbacks to the URL a job names (``callbacks``, for workflow tools) and
+short messages for people on the channels of ``[notify] urls`` (``alerts``, through Apprise).
+
+Both read what the worker records (a job's status document) and never hold up rendering: each sends from a
+thread of its own; the callbacks' pending deliveries live in the state folder, like claims.
+"""
