@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from heygemd.errors import ConfigError
 from heygemd.metrics.gpu import GpuCollector
 from heygemd.metrics.jobs import JobsCollector
-from heygemd.metrics.process import NOTIFICATIONS, LoadedEngine, watch_engines
+from heygemd.metrics.process import NOTIFICATIONS, LoadedEngine, watch_engines, watch_sessions
 from heygemd.settings import PathsSettings
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "LoadedEngine",
     "serve_worker_metrics",
     "watch_engines",
+    "watch_sessions",
     "web_registry",
     "worker_registry",
 ]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from heygemd.notify.record import CallbackRecord
+from heygemd.settings import Settings
 
 
 class LoadedEngine(NamedTuple):
@@ -26,6 +27,26 @@ class LoadedEngine(NamedTuple):
 
 
 EngineSource = Callable[[], Iterable[LoadedEngine]]
+
+
+class WarmSession(Protocol):
+    """What is read of a :class:`heygemd.lipsync.LipSyncSession`."""
+
+    @property
+    def engine_name(self) -> str: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+
+class WarmSessions(Protocol):
+    """What is read of the daemon's warm engines (``Sessions``: the configured engine, kept warm between jobs)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def default(self) -> WarmSession: ...
 
 
 class EngineCollector(Collector):
@@ -95,3 +116,10 @@ for _collector in (ENGINES, NOTIFICATIONS.sent, NOTIFICATIONS.failed):
 def watch_engines(source: EngineSource) -> None:
     """Export the engines ``source`` lists (called at each scrape) as this process's ``heygemd_engine_loaded``."""
     ENGINES.watch(source)
+
+
+def watch_sessions(sessions: WarmSessions) -> None:
+    """Export the configured engine of a rendering process's ``Sessions`` (``heygemd run``, ``heygemd worker``), on
+    its ``engine.device``. (An engine a job.toml asks for is loaded for that job only and unloaded after it.)"""
+    device = sessions.settings.engine.device
+    watch_engines(lambda: [LoadedEngine(sessions.default.engine_name, device, sessions.default.loaded)])

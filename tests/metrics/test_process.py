@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import SecretStr
 
 from heygemd.errors import ConfigError
-from heygemd.metrics import NOTIFICATIONS, LoadedEngine, serve_worker_metrics, watch_engines
+from heygemd.metrics import NOTIFICATIONS, LoadedEngine, serve_worker_metrics, watch_engines, watch_sessions
 from heygemd.metrics.process import EngineCollector
 from heygemd.notify.alerts import Alerts, Message
 from heygemd.notify.callbacks import BACKOFF_S, CallbackQueue, CallbackSender
@@ -87,3 +87,21 @@ def test_a_worker_serves_its_own_metrics_on_its_port() -> None:
         thread.join(10)
     with pytest.raises(httpx.ConnectError):  # stopped: nothing answers there any more
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
+
+def test_the_daemons_warm_engine_is_reported_loaded_and_unloaded(tmp_path: Path) -> None:
+    from heygemd.daemon.service import Sessions
+    from heygemd.settings import EngineSettings, PathsSettings, Settings
+
+    settings = Settings(
+        paths=PathsSettings(inbox=tmp_path / "in", outbox=tmp_path / "out", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp", device="cpu:7"),  # a device label no other test uses
+    )
+    sessions = Sessions(settings)
+    watch_sessions(sessions)
+    labels = {"engine": "mouthwarp", "device": "cpu:7"}
+    assert REGISTRY.get_sample_value("heygemd_engine_loaded", labels) == 0
+    sessions.default.warm_up()
+    assert REGISTRY.get_sample_value("heygemd_engine_loaded", labels) == 1
+    sessions.default.unload()
+    assert REGISTRY.get_sample_value("heygemd_engine_loaded", labels) == 0
