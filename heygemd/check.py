@@ -33,6 +33,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _writable("outbox", settings.paths.outbox),
         _journald(),
         *([_broker(settings)] if settings.queue.broker else []),
+        _gpu_metrics(),
     ]
 
 
@@ -174,3 +175,20 @@ def _broker(settings: Settings) -> Check:
             "(host, port, password); jobs wait in the inbox meanwhile",
         )
     return Check("broker", True, f"{shown} answers")
+
+
+def _gpu_metrics() -> Check:
+    """Whether /metrics (and a farm worker's metrics port) export this machine's NVIDIA GPUs, and why not."""
+    from heygemd.metrics.gpu import describe_gpus
+
+    exported, detail = describe_gpus()
+    if not exported:
+        return Check(
+            "GPU metrics",
+            False,
+            f"not exported: {detail}",
+            "on a server with NVIDIA GPUs install the driver (it brings libnvidia-ml.so.1; nvidia-smi must work); "
+            "a server without one needs nothing",
+            required=False,
+        )
+    return Check("GPU metrics", True, detail)

@@ -240,6 +240,10 @@ class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
 
 
+MIN_SECRET_BYTES = 16
+"""Shortest token or signing secret accepted (``openssl rand -hex 32`` makes 64 bytes)."""
+
+
 class WebSettings(Section):
     enabled: bool = Field(False, description="Serve the web dashboard and HTTP API inside `heygemd run`.")
     host: str = Field("127.0.0.1", description="Address the web server binds; any non-loopback address needs a token.")
@@ -248,6 +252,12 @@ class WebSettings(Section):
         None,
         description="Access token: a bearer header for the API, a login form for the pages. Set it with "
         "HEYGEMD_WEB__TOKEN rather than in the file. Required for a non-loopback host, and then at least 16 bytes.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="A second token, for a Prometheus scraper: it opens GET /metrics and nothing else (web.token "
+        "opens /metrics too). At least 16 bytes; set it with HEYGEMD_WEB__METRICS_TOKEN. Used only with web.token "
+        "set (without one the server answers loopback names only, /metrics included, without a token).",
     )
     session_hours: float = Field(
         12.0, gt=0, description="A login to the pages lasts this long; logging out (or a restart) ends it at once."
@@ -282,6 +292,13 @@ class WebSettings(Section):
     @classmethod
     def _fetch_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return parse_entries(value)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long (e.g. from: openssl rand -hex 32)")
+        return value
 
 
 GPU_CLASS_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -362,8 +379,8 @@ class NotifySettings(Section):
     @field_validator("signing_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode("utf-8")) < 16:
-            raise ValueError("must be at least 16 bytes long (e.g. from: openssl rand -hex 32)")
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long (e.g. from: openssl rand -hex 32)")
         return value
 
     @field_validator("callback_hosts")

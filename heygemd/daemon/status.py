@@ -99,6 +99,11 @@ class VideoStatus(_Model):
         description="Seconds per stage, free-form: decode, detect, infer, blend, encode, total.",
     )
     encoder: str | None = Field(None, description="Video encoder of the output: libx264 or h264_nvenc.")
+    cached: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Per cache this render looked in, whether it held the presenter's preparation: faces (the face "
+        "track), presenter (the engine's per-presenter preparation, for engines that have one).",
+    )
     error: ErrorStatus | None = None
     warnings: list[ErrorStatus] = Field(
         default_factory=list,
@@ -121,6 +126,11 @@ class JobStatus(_Model):
     created: AwareDatetime | None = Field(None, description="When the job folder was found ready in the inbox.")
     claimed: AwareDatetime | None = Field(None, description="When heygemd took the job out of the inbox.")
     started: AwareDatetime | None = Field(None, description="When processing (last) started.")
+    first_frame: AwareDatetime | None = Field(
+        None,
+        description="When the job's first frame was rendered (after the claim: the wait for a worker, the engine's "
+        "load, the audio's decoding and the first face track).",
+    )
     finished: AwareDatetime | None = Field(None, description="When the job reached done, partial, failed or cancelled.")
     updated: AwareDatetime | None = Field(None, description="When this file was last written.")
     host: str = Field(default_factory=socket.gethostname, description="Machine that runs the job.")

@@ -334,6 +334,8 @@ def _run_videos(
             log.info("video.started", output=output.name)
 
             def on_progress(p: VideoProgress, index: int = index, video: Path = video) -> None:
+                if p.stage == "render" and status_file.status.first_frame is None:
+                    status_file.update(first_frame=utc_now())
                 status_file.update_video(
                     index,
                     progress=round(p.fraction, 4),
@@ -386,6 +388,7 @@ def _run_videos(
                     timings={k: round(v, 3) for k, v in result.timings.items()},
                     warnings=[_for_user(warning, claimed) for warning in result.warnings],
                     encoder=result.encoder,
+                    cached=result.caches,
                 )
                 log.info(
                     "video.done",

@@ -108,8 +108,11 @@ class Alerts:
         public_url: str,
         clock: Callable[[], float] = time.monotonic,
         queue_size: int = QUEUE_SIZE,
+        on_sent: Callable[[bool], None] | None = None,
     ) -> None:
         self.events = notify.events
+        self.on_sent = on_sent
+        """Told after every message whether it was sent (the metrics count them)."""
         self.public_url = public_url
         self.clock = clock
         self.host = socket.gethostname()
@@ -162,6 +165,8 @@ class Alerts:
         result = self._apprise.notify(body=message.body, title=message.title, notify_type=message.kind)
         if not result:
             log.warning("notify.alert_failed", title=message.title)
+        if self.on_sent is not None:
+            self.on_sent(bool(result))
         return bool(result)
 
     def start(self) -> None:

@@ -84,6 +84,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+FOLDER = "faces"
+"""Sub-folder of the cache directory holding the face tracks (the engines' preparations live in ``presenter/``)."""
+
 TRACKER_VERSION = 3
 """Bumped when the tracking algorithm changes, so cached tracks of older versions are recomputed."""
 CACHE_FORMAT = 2
@@ -553,7 +556,7 @@ def track_fingerprint(
 
 def cache_path(key: str, cache_dir: Path, fingerprint: str) -> Path:
     """Where ``cached_track`` keeps the track of video ``key`` made with ``fingerprint``."""
-    return cache_dir / "faces" / f"{key}-{fingerprint}.npz"
+    return cache_dir / FOLDER / f"{key}-{fingerprint}.npz"
 
 
 def cached_track(key: str, cache_dir: Path, fingerprint: str, compute: Callable[[], FaceTrack]) -> FaceTrack:

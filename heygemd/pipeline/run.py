@@ -84,6 +84,15 @@ class RenderResult:
     decoder: str = "cpu"
     """The video decoder used for rendering: cpu or nvdec (``video.decoder``)."""
 
+    @property
+    def caches(self) -> dict[str, bool]:
+        """Per cache this render looked in (the folder's name), whether it held the preparation: the face track
+        always, the engine's per-presenter preparation for engines that have one."""
+        found = {faces.FOLDER: self.cached_faces}
+        if self.cached_presenter is not None:
+            found[presenter_cache.FOLDER] = self.cached_presenter
+        return found
+
 
 ProgressCallback = Callable[[VideoProgress], None]
 

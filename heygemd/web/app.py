@@ -30,6 +30,8 @@ from heygemd.settings import Settings
 from heygemd.web.api import api_router
 from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
 from heygemd.web.catalog import Catalog
+from heygemd.web.metrics import PATH as METRICS_PATH
+from heygemd.web.metrics import metrics_router
 from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 
@@ -96,7 +98,7 @@ def create_app(
     # -- error answers
 
     def wants_json(request: Request) -> bool:
-        return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+        return request.url.path.startswith("/api/") or request.url.path in ("/openapi.json", METRICS_PATH)
 
     @app.exception_handler(HeygemdError)
     async def on_error(request: Request, exc: HeygemdError) -> Response:
@@ -130,6 +132,7 @@ def create_app(
     # -- routes
 
     app.include_router(api_router(settings, catalog, control, api_guard))
+    app.include_router(metrics_router(settings, gate))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
     def openapi() -> dict[str, Any]:

@@ -8,6 +8,8 @@
   session value that expires after web.session_hours and that logging out ends (``sessions``), never the token.
   Off loopback the token must be at least MIN_TOKEN_BYTES long (``check_bind``). Wrong tokens are throttled
   per client address (``throttle``).
+- ``web.metrics_token`` (optional, with a token configured) opens ``GET /metrics`` and nothing else: a scraper
+  holding it can read the metrics, never a job; elsewhere it is a wrong token like any other.
 - State-changing requests (POST, PUT, PATCH, DELETE) not made with the bearer header must come from the
   dashboard's own origin (scheme, name and port): an ``Origin`` (or, without it, ``Referer``) naming another site
   is refused. A browser always sends ``Origin`` on a cross-site POST; with a cookie session one of the two
@@ -27,14 +29,14 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from heygemd.errors import ConfigError
-from heygemd.settings import WebSettings
+from heygemd.settings import MIN_SECRET_BYTES, WebSettings
 from heygemd.web.problems import CrossSite, Unauthorized, WrongHost
 from heygemd.web.sessions import Sessions
 from heygemd.web.throttle import FailureThrottle
 
 COOKIE = "heygemd_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-MIN_TOKEN_BYTES = 16
+MIN_TOKEN_BYTES = MIN_SECRET_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -95,6 +97,7 @@ class Via(enum.Enum):
     OPEN = "open"  # no token configured (loopback only)
     BEARER = "bearer"
     COOKIE = "cookie"
+    SCRAPER = "scraper"  # web.metrics_token: GET /metrics only
 
 
 class Gate:
@@ -103,6 +106,7 @@ class Gate:
 
     def __init__(self, web: WebSettings, clock: Callable[[], float] = time.time) -> None:
         self._token = token_value(web.token)
+        self._metrics_token = token_value(web.metrics_token)
         self.sessions = Sessions(web.session_hours * 3600, clock)
         self._throttle = FailureThrottle(clock)
 
@@ -110,29 +114,35 @@ class Gate:
     def required(self) -> bool:
         return bool(self._token)
 
-    def _try_token(self, candidate: str, client: str) -> bool:
-        """Whether ``candidate`` is the token; a wrong one counts against ``client`` (TooManyFailures while
-        ``client`` has too many, and then the candidate is not even looked at)."""
+    def _try_token(self, candidate: str, client: str, *, scraper: bool = False) -> Via | None:
+        """Which token ``candidate`` is (the metrics token counts only for a ``scraper``), None for a wrong one,
+        which counts against ``client`` (TooManyFailures while ``client`` has too many, and then the candidate is
+        not even looked at)."""
         self._throttle.check(client)
-        if hmac.compare_digest(candidate.encode("utf-8"), self._token.encode("utf-8")):
-            return True
+        given = candidate.encode("utf-8")
+        if hmac.compare_digest(given, self._token.encode("utf-8")):
+            return Via.BEARER
+        if scraper and self._metrics_token and hmac.compare_digest(given, self._metrics_token.encode("utf-8")):
+            return Via.SCRAPER
         self._throttle.failed(client)
-        return False
+        return None
 
     def login(self, candidate: str, client: str) -> str | None:
         """A new session value for the right token, None for a wrong one (TooManyFailures when throttled)."""
-        return self.sessions.issue() if self._token and self._try_token(candidate, client) else None
+        return self.sessions.issue() if self._token and self._try_token(candidate, client) is not None else None
 
-    def admit(self, authorization: str | None, cookie: str | None, client: str) -> Via:
+    def admit(self, authorization: str | None, cookie: str | None, client: str, *, scraper: bool = False) -> Via:
         """How the request from address ``client`` is let in; Unauthorized when it carries no valid token or
-        session, TooManyFailures when ``client`` guessed wrong too often."""
+        session, TooManyFailures when ``client`` guessed wrong too often. ``scraper``: the request is for
+        /metrics, which web.metrics_token opens too."""
         if not self._token:
             return Via.OPEN
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            if scheme.casefold() == "bearer" and self._try_token(value.strip(), client):
-                return Via.BEARER
-            raise Unauthorized("the bearer token is wrong")
+            via = self._try_token(value.strip(), client, scraper=scraper) if scheme.casefold() == "bearer" else None
+            if via is None:
+                raise Unauthorized("the bearer token is wrong")
+            return via
         if cookie:
             if self.sessions.valid(cookie):
                 return Via.COOKIE

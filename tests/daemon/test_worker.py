@@ -173,3 +173,29 @@ def test_render_warnings_reach_status_json_naming_files_inside_the_job(tmp_path:
     assert warning.message == "lesson/a.mp4: the face is turned to the side"
     on_disk = read_status(tmp_path / "outbox" / final.job_id / "status.json")
     assert on_disk.videos[0].warnings == final.videos[0].warnings
+
+
+def test_the_first_frame_and_the_caches_found_are_recorded_for_the_metrics(tmp_path: Path) -> None:
+    from heygemd.daemon.status import utc_now
+    from heygemd.pipeline.run import VideoProgress
+
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
+    moments: list[object] = []
+
+    class ProgressSession(StandInSession):
+        def render(self, video: InputFile, audio: _Audio, output: Path, **kwargs: object) -> RenderResult:
+            report = kwargs["on_progress"]
+            report(VideoProgress("detect", 10, 50, 0.1))  # type: ignore[operator]
+            moments.append(utc_now())
+            report(VideoProgress("render", 8, 50, 0.3))  # type: ignore[operator]
+            result = super().render(video, audio, output, **kwargs)
+            return RenderResult(**{**result.__dict__, "cached_faces": video.name == "b.mp4", "cached_presenter": False})
+
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: ProgressSession())).status  # type: ignore[arg-type, return-value]
+    assert final is not None and final.state == "done"
+    assert final.first_frame is not None and final.claimed is not None
+    assert final.claimed <= moments[0] <= final.first_frame <= moments[1], "the first frame of the job, not the last"
+    assert [v.cached for v in final.videos] == [
+        {"faces": False, "presenter": False},
+        {"faces": True, "presenter": False},
+    ]
