@@ -404,6 +404,7 @@ def _serve(settings: Settings, stop: StopFlag, notifier: Notifier, once: bool) -
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
             max_job_toml_bytes=settings.intake.max_job_toml_bytes,
+            quality=settings.quality,
         )
 
         def run_job(claimed: ClaimedJob) -> JobOutcome:

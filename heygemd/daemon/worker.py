@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, check_not_link, load_job
@@ -28,6 +29,7 @@ from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
     JobStatus,
+    RetryStatus,
     VideoStatus,
     read_status,
     utc_now,
@@ -38,8 +40,9 @@ from heygemd.fsutil import remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.names import unique_output_name
-from heygemd.pipeline.run import VideoProgress
-from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings
+from heygemd.pipeline.audio import AudioFeatures
+from heygemd.pipeline.run import RenderResult, VideoProgress
+from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings, QualitySettings
 
 log = structlog.get_logger("heygemd.worker")
 
@@ -63,6 +66,8 @@ class JobContext:
     worker: str | None = None
     """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
     device: str | None = None
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    """The check of every output (``heygemd.quality``) and what a video to review gets."""
 
 
 @dataclass
@@ -318,8 +323,75 @@ def _run(
                 )
                 for warning in status_file.status.videos[index].warnings:
                     log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
+                if context.quality.enabled:
+                    status_file.save()  # done now; the check only adds to it
+                    _check(index, video, audio, result, spec, session, status_file, context, claimed, out_dir)
             status_file.save()
     session.release()
+
+
+def _check(
+    index: int,
+    video: Path,
+    audio: AudioFeatures,
+    result: RenderResult,
+    spec: JobSpec,
+    session: LipSyncSession,
+    status_file: _StatusFile,
+    context: JobContext,
+    claimed: ClaimedJob,
+    out_dir: Path,
+) -> None:
+    """Check the video just rendered (``review``) and record what the check says; with ``on_review = "retry"``, a
+    video to review is rendered once more with another installed engine. The video stays done whatever happens."""
+
+    def progress(done: int, total: int) -> None:
+        if context.should_stop():
+            raise Interrupted("stopped while the output was checked", path=result.output)
+        context.heartbeat(f"{claimed.job_id}: {video.name} check {done / max(total, 1):.0%}")
+
+    def shown(text: str) -> str:  # the output as the outbox names it: <job>/<file>
+        return for_user(text, claimed).replace(str(out_dir) + os.sep, out_dir.name + "/")
+
+    checked = review.check_output(video, audio, result, context.quality, progress=progress, shown=shown)
+    status_file.update_video(index, quality=checked.report, quality_error=_error_status(checked.error))
+    if not (checked.report and checked.report.review and context.quality.on_review == "retry"):
+        return
+    status_file.save()
+    options = {
+        "loop_mode": spec.options.loop_mode,
+        "crf": spec.options.crf,
+        "should_stop": context.should_stop,
+        "on_progress": lambda p: context.heartbeat(f"{claimed.job_id}: {video.name} retry {p.fraction:.0%}"),
+    }
+    retried = review.retry(
+        video,
+        spec.audio,
+        result.output,
+        session,
+        context.session_for,
+        context.quality,
+        render_options=options,
+        progress=progress,
+        shown=shown,
+    )
+    if retried is None:
+        return
+    second = retried.checked
+    status_file.update_video(
+        index,
+        retry=RetryStatus(
+            engine=retried.engine,
+            kept=retried.kept,
+            quality=second.report if second else None,
+            error=_error_status(retried.error or (second.error if second else None)),
+        ),
+        **({"quality": second.report} if retried.kept and second else {}),
+    )
+
+
+def _error_status(info: ErrorInfo | None) -> ErrorStatus | None:
+    return ErrorStatus.from_info(info) if info is not None else None
 
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:

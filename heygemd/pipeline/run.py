@@ -82,6 +82,10 @@ class RenderResult:
     """The video encoder used: libx264 or h264_nvenc (``video.encoder``)."""
     decoder: str = "cpu"
     """The video decoder used for rendering: cpu or nvdec (``video.decoder``)."""
+    track: faces.FaceTrack | None = None
+    """The presenter's face track the render used (its frames, not the output's; the quality check reuses it)."""
+    loop_mode: LoopMode = "pingpong"
+    """How the presenter's frames were scheduled to the output's length (``frames.frame_schedule``)."""
 
 
 ProgressCallback = Callable[[VideoProgress], None]
@@ -221,6 +225,8 @@ def render_video(
         warnings=tuple(warnings),
         encoder=encoder,
         decoder=decoder,
+        track=track,
+        loop_mode=loop_mode,
     )
 
 

@@ -133,6 +133,7 @@ class JobRunner:
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
             max_job_toml_bytes=settings.intake.max_job_toml_bytes,
+            quality=settings.quality,
             worker=worker,
             device=device,
         )
