@@ -244,7 +244,7 @@ class QualitySettings(Section):
     )
     max_lag_ms: float = Field(60.0, ge=0, description="Most the mouth may trail the sound (AV offset, ms).")
     min_sync: float = Field(
-        0.4,
+        0.3,
         ge=-1,
         le=1,
         description="Least correlation of the mouth opening with the speech loudness at the best offset.",
@@ -262,7 +262,7 @@ class QualitySettings(Section):
         2.0, ge=0, description="Most frame-to-frame shake of the mouth's landmarks (% of the eye distance)."
     )
     max_seam: float = Field(
-        6.0, ge=0, description="Largest colour step across the blend mask's edge beyond the source's (Lab units)."
+        7.0, ge=0, description="Largest colour step across the blend mask's edge beyond the source's (Lab units)."
     )
 
 

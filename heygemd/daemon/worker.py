@@ -323,8 +323,7 @@ def _run(
                 )
                 for warning in status_file.status.videos[index].warnings:
                     log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
-                if context.quality.enabled:
-                    status_file.save()  # done now; the check only adds to it
+                if context.quality.enabled:  # saved with the video's done state, so a page shows both at once
                     _check(index, video, audio, result, spec, session, status_file, context, claimed, out_dir)
             status_file.save()
     session.release()

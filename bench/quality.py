@@ -1,0 +1,178 @@
+"""``python -m bench.quality``: the quality check's calibration set, made here and measured.
+
+Each case is made with the real engine, dlib and ffmpeg (``tests/quality/media.py``) and checked as the daemon
+does (``check_render``: a render with its track and the job's speech) or as ``heygemd score`` does (any file,
+with its own sound; with ``--source`` for the seam). The thresholds of ``[quality]`` were chosen from this table
+(bench/README.md, "Quality check"). The check's cost is measured by ``python -m bench --quality``.
+
+    python -m bench.quality [--size 1280x720] [--json] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.inputs import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+SHIFTS_S = (0.2, 0.4, 1.0, -0.2, -0.4, -1.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    expected: str
+    """What the verdict should say: "ok" or the reason codes that must be among its reasons."""
+    run: Callable[[], object]
+
+
+def cases(work: Path, size: tuple[int, int]) -> list[Case]:
+    from heygemd.pipeline.face_detectors import DlibDetector
+    from heygemd.quality.check import Rendering, check_render, score_file
+    from heygemd.settings import QualitySettings
+    from tests.engines import talking
+    from tests.quality import media
+
+    detector = DlibDetector()
+    thresholds = QualitySettings()
+    voice = media.speech(work / "speech.wav")
+    presenter = media.presenter(work / "presenter.mp4", size=size)
+    good = media.render(presenter, voice, work / "good.mp4", detector, work)
+    voice_a = talking.speech(work / "a.wav", talking.SCRIPT_A)
+    voice_b = talking.speech(work / "b.wav", talking.SCRIPT_B)
+    source_a = media.talking_source(work / "talking-a.mp4", voice_a, detector)
+
+    def checked(render: media.Render) -> Callable[[], object]:
+        rendering = Rendering(render.source, render.result.track, render.result.loop_mode)
+        return lambda: check_render(render.output, render.audio, rendering, thresholds)
+
+    def scored(make: Callable[[], Path], source: Path | None = None) -> Callable[[], object]:
+        return lambda: score_file(make(), thresholds, source=source)
+
+    out: list[Case] = [
+        Case("good render (daemon check)", "ok", checked(good)),
+        Case("good render (score)", "ok", scored(lambda: good.output)),
+        Case("good render (score --source)", "ok", scored(lambda: good.output, presenter)),
+    ]
+    for shift in SHIFTS_S:
+        expected = "AV_OFFSET" if abs(shift) < 0.5 else "WEAK_SYNC"
+
+        def shifted(shift: float = shift) -> Path:
+            return media.mux(good.output, voice.path, work / f"shift{shift:+.1f}.mp4", shift_s=shift)
+
+        out.append(Case(f"good render, sound {shift:+.1f} s", expected, scored(shifted)))
+    out += [
+        Case(
+            "still presenter + speech (frozen)",
+            "FROZEN_MOUTH",
+            scored(lambda: media.mux(presenter, voice.path, work / "frozen.mp4", loop_video=True)),
+        ),
+        Case(
+            "talking source, its own speech",
+            "ok",
+            scored(lambda: media.mux(source_a, voice_a.wav, work / "talking-own.mp4")),
+        ),
+        Case(
+            "talking source, foreign speech",
+            "WEAK_SYNC",
+            scored(lambda: media.mux(source_a, voice_b.wav, work / "foreign.mp4")),
+        ),
+        Case(
+            "talking source re-driven (daemon check)",
+            "ok",
+            checked(media.render(source_a, voice_b.features, work / "redriven.mp4", detector, work)),
+        ),
+    ]
+    for shake in (0.02, 0.04):
+        out.append(
+            Case(
+                f"good render, lower face shaken {shake:.0%}",
+                "JITTER" if shake >= 0.04 else "ok",
+                scored(lambda shake=shake: media.jittered(good, work / f"jitter{shake}.mp4", shake=shake), presenter),
+            )
+        )
+    for step in (4.0, 8.0, 12.0):
+        out.append(
+            Case(
+                f"good render, lower face +{step:.0f} levels",
+                "SEAM" if step >= 8 else "ok",
+                scored(lambda step=step: media.seamed(good, work / f"seam{step:.0f}.mp4", step=step), presenter),
+            )
+        )
+    return out
+
+
+def calibrate(work: Path, size: tuple[int, int]) -> list[dict]:
+    rows = []
+    for case in cases(work, size):
+        started = time.perf_counter()
+        report = case.run()
+        seconds = time.perf_counter() - started
+        values = report.model_dump()  # type: ignore[attr-defined]
+        codes = [reason["code"] for reason in values.pop("reasons")]
+        met = (not values["review"]) if case.expected == "ok" else case.expected in codes
+        rows.append({"case": case.name, "expected": case.expected, "met": met, **values, "reasons": codes})
+        rows[-1]["seconds"] = round(seconds, 1)
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+COLUMNS = (
+    ("av_offset_ms", "offset ms", "{:.0f}"),
+    ("av_offset_frames", "frames", "{:.2f}"),
+    ("sync", "sync", "{:.2f}"),
+    ("silence_motion", "silence", "{:.2f}"),
+    ("frozen", "frozen", "{:.2f}"),
+    ("face_coverage", "face", "{:.2f}"),
+    ("jitter", "jitter", "{:.2f}"),
+    ("seam", "seam", "{:.1f}"),
+)
+
+
+def _row(row: dict) -> str:
+    cells = [f"{row['case']:42}"]
+    for key, _title, fmt in COLUMNS:
+        value = row[key]
+        cells.append(f"{'-' if value is None else fmt.format(value):>9}")
+    verdict = ",".join(row["reasons"]) or "ok"
+    cells.append(f"  {verdict} {'' if row['met'] else '(expected ' + row['expected'] + ')'}")
+    return "".join(cells)
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'case':42}" + "".join(f"{title:>9}" for _key, title, _fmt in COLUMNS) + "  verdict"
+    return "\n".join([head, *(_row(row) for row in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.cli import _size
+
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=_size, default=(640, 360), help="presenter size (default 640x360)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the made files (their folder is printed)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="heygemd-quality-"))
+    try:
+        rows = calibrate(work, args.size)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    return 0 if all(row["met"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
