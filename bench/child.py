@@ -120,8 +120,7 @@ def _check(args: argparse.Namespace, settings, audio, result) -> dict[str, objec
 
     shape_predictor()._model()
     cpu_before, started = _cpu_s(), time.perf_counter()
-    rendering = Rendering(Path(args.video), result.track, result.loop_mode)
-    report = check_render(result.output, audio, rendering, settings.quality)
+    report = check_render(result.output, audio, Rendering.of(result), settings.quality)
     return {
         "check_s": time.perf_counter() - started,
         "check_cpu_s": _cpu_s() - cpu_before,

@@ -39,7 +39,6 @@ class Checked:
 
 
 def check_output(
-    video: Path,
     audio: AudioFeatures,
     result: RenderResult,
     thresholds: QualitySettings,
@@ -47,10 +46,9 @@ def check_output(
     progress: Progress | None = None,
     shown: Shown | None = None,
 ) -> Checked:
-    """Check ``result.output``, rendered from ``video``; never raises (the check's own failure boundary)."""
-    rendering = Rendering(source=video, track=result.track, loop_mode=result.loop_mode)
+    """Check ``result.output`` against ``audio``; never raises (the check's own failure boundary)."""
     try:
-        report = check_render(result.output, audio, rendering, thresholds, progress=progress)
+        report = check_render(result.output, audio, Rendering.of(result), thresholds, progress=progress)
     except Exception as exc:  # the check's boundary: it never fails the video nor stops the job
         return Checked(None, report_failure(log, "check", exc, shown=shown))
     level = log.warning if report.review else log.info
@@ -103,7 +101,7 @@ def retry(
         other = session_for(engine)
         features = other.audio(audio_file)
         result = other.render(video, features, trial, **render_options)  # type: ignore[arg-type]
-        checked = check_output(video, features, result, thresholds, progress=progress, shown=shown)
+        checked = check_output(features, result, thresholds, progress=progress, shown=shown)
         kept = checked.report is not None and not checked.report.review
         if kept:
             publish(trial, output)

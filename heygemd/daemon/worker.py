@@ -352,7 +352,7 @@ def _check(
     def shown(text: str) -> str:  # the output as the outbox names it: <job>/<file>
         return for_user(text, claimed).replace(str(out_dir) + os.sep, out_dir.name + "/")
 
-    checked = review.check_output(video, audio, result, context.quality, progress=progress, shown=shown)
+    checked = review.check_output(audio, result, context.quality, progress=progress, shown=shown)
     status_file.update_video(index, quality=checked.report, quality_error=_error_status(checked.error))
     if not (checked.report and checked.report.review and context.quality.on_review == "retry"):
         return

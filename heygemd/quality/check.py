@@ -18,6 +18,7 @@ from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.faces import FaceTrack
 from heygemd.pipeline.frames import frame_schedule
 from heygemd.pipeline.probe import VideoInfo, probe_video
+from heygemd.pipeline.run import RenderResult
 from heygemd.quality import observe
 from heygemd.quality.measures import measure, speech_of
 from heygemd.quality.report import QualityReport
@@ -31,12 +32,17 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Rendering:
-    """What a render made an output from: the presenter file, its face track and how its frames were scheduled."""
+    """What a render made an output from: the presenter video, its face track and how its frames were scheduled
+    (``RenderResult.source``, ``track``, ``loop_mode``)."""
 
-    source: Path
+    source: VideoInfo | None
     track: FaceTrack | None
-    """None: not known (the output is then tracked itself, and no seam is measured)."""
+    """None (or no ``source``): not known; the output is then tracked itself, and no seam is measured."""
     loop_mode: LoopMode
+
+    @classmethod
+    def of(cls, result: RenderResult) -> Rendering:
+        return cls(source=result.source, track=result.track, loop_mode=result.loop_mode)
 
 
 def check_render(
@@ -50,12 +56,12 @@ def check_render(
     """The report of ``output``, rendered from ``rendering`` to ``audio``. Raises HeygemdError (or any error of a
     bug) when the output cannot be checked; the caller records that and keeps the video."""
     info = probe_video(output)
-    if rendering.track is None:
+    if rendering.track is None or rendering.source is None:
         return _report(info, audio, observe.references_of(observe.track(info)), None, thresholds, progress)
-    source = probe_video(rendering.source, still_fps=info.fps)
     schedule = _schedule(len(rendering.track), info.frame_count, rendering.loop_mode)
     references = observe.references_of(rendering.track, schedule)
-    return _report(info, audio, references, observe.SourceFrames(source, schedule), thresholds, progress)
+    source = observe.SourceFrames(rendering.source, schedule)
+    return _report(info, audio, references, source, thresholds, progress)
 
 
 def score_file(

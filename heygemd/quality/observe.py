@@ -14,9 +14,11 @@ in the source frame it was made from: a few frames, spread over the first second
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import cv2
 import numpy as np
@@ -39,15 +41,18 @@ REGION_MARGIN = 0.25
 (the blend mask reaches past the box at the jaw)."""
 FULL_FRAME_SHARE = 0.6
 """When the region would cover more than this share of the frame, whole frames are read."""
-SEAM_SAMPLES = 8
+SEAM_SAMPLES = 6
 """Frames the seam is measured on ..."""
-SEAM_SPAN_S = 4.0
-"""... spread over the first this many seconds with a face (the source is decoded only that far)."""
+SEAM_SPAN_S = 1.0
+"""... spread over the first second with a face (the source is decoded only that far): the seam is the
+presenter's and the engine's, it hardly changes along a video."""
 SEAM_BAND = (1.0, 2.0)
 """The inside band: pixels between 1 and 2 feather widths deep in the mask's region (the blend is full there) ..."""
 SEAM_OUTSIDE = 0.5
 """... the outside band: pixels outside the region, at most this many feather widths from it."""
 MIN_BAND_PIXELS = 20
+READ_AHEAD_BYTES = 1 << 20
+"""The pipe from the decoding ffmpeg holds up to this (two regions at least, within Linux's default limit)."""
 PROGRESS_EVERY = 25
 """``observe`` reports progress every this many frames."""
 TRACK_DETECT_EVERY = 5
@@ -115,7 +120,7 @@ def face_region(references: np.ndarray, frame_size: tuple[int, int]) -> Region:
     return region
 
 
-def read_region(info: VideoInfo, region: Region) -> Iterator[np.ndarray]:
+def read_region(info: VideoInfo, region: Region) -> Generator[np.ndarray, None, None]:
     """The ``region`` of each of ``info.frame_count`` frames, BGR uint8, as ``frames.read_frames`` would cut it from
     the whole frame (the same decode filters, then ffmpeg's crop). Fewer frames than expected end the iteration
     (a shortfall is the caller's to judge); a failing ffmpeg raises DecodeError."""
@@ -136,7 +141,7 @@ def read_region(info: VideoInfo, region: Region) -> Iterator[np.ndarray]:
     size = region.width * region.height * 3
     proc = ToolProcess(argv, stdout=True)
     try:
-        assert proc.stdout is not None
+        _widen(proc.stdout, min(READ_AHEAD_BYTES, max(2 * size, 1 << 16)))
         for _ in range(info.frame_count):
             data = proc.stdout.read(size)
             if len(data) < size:
@@ -146,6 +151,16 @@ def read_region(info: VideoInfo, region: Region) -> Iterator[np.ndarray]:
             raise DecodeError(f"ffmpeg failed while the video was checked: {proc.stderr_tail()}", path=info.path)
     finally:
         proc.kill()
+
+
+def _widen(pipe: IO[bytes], size: int) -> None:
+    """Let ffmpeg decode ahead while the landmarks of the frame before are fitted: a pipe of ``size`` bytes (Linux
+    gives 64 KiB, less than one region of a 720p face). Where the system refuses (``fs.pipe-max-size``), the pipe
+    stays as it is: the check is then only slower."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -227,22 +242,20 @@ def seam_samples(has_face: np.ndarray, fps: float) -> list[int]:
 
 
 def _source_windows(source: SourceFrames, samples: Sequence[int], region: Region) -> dict[int, np.ndarray]:
-    """The ``region`` of the source frame of each sampled output frame, keyed by the output frame."""
+    """The ``region`` of the source frame of each sampled output frame, keyed by the output frame (the source is
+    read as the output is, ``read_region``, and only as far as the last frame needed)."""
     wanted: dict[int, list[int]] = {}
     for i in samples:
         if i < len(source.schedule):
             wanted.setdefault(int(source.schedule[i]), []).append(i)
-    if not wanted:
-        return {}
     windows: dict[int, np.ndarray] = {}
-    last = max(wanted)
-    with contextlib.closing(read_frames(source.info)) as frames:
-        for index, frame in enumerate(frames):
-            if frame.shape[:2] != (source.info.height, source.info.width) or index > last:
-                break
+    if not wanted:
+        return windows
+    with contextlib.closing(read_region(source.info, region)) as frames:
+        for index, crop in enumerate(frames):
             for i in wanted.get(index, []):
-                windows[i] = region.cut(frame).copy()
-            if index == last:
+                windows[i] = crop
+            if index >= max(wanted):
                 break
     return windows
 

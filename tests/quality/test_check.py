@@ -22,8 +22,7 @@ FPS = 25.0
 
 def checked(render: media.Render, output: Path | None = None) -> QualityReport:
     """The daemon's check of ``output`` (default: the render's own), made from ``render``'s presenter and track."""
-    rendering = Rendering(render.source, render.result.track, render.result.loop_mode)
-    return check_render(output or render.output, render.audio, rendering, THRESHOLDS)
+    return check_render(output or render.output, render.audio, Rendering.of(render.result), THRESHOLDS)
 
 
 @pytest.fixture(scope="module")
