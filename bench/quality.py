@@ -5,7 +5,10 @@ does (``check_render``: a render with its track and the job's speech) or as ``he
 with its own sound; with ``--source`` for the seam). The thresholds of ``[quality]`` were chosen from this table
 (bench/README.md, "Quality check"). The check's cost is measured by ``python -m bench --quality``.
 
-    python -m bench.quality [--size 1280x720] [--json] [--keep]
+    python -m bench.quality [--size 1280x720] [--footage DIR] [--json] [--keep]
+
+``--footage DIR``: also every video with sound in DIR (real talking heads you have), each with its own sound,
+shifted by +-0.2 and +-0.4 s, and with the next video's sound (foreign).
 """
 
 from __future__ import annotations
@@ -112,9 +115,36 @@ def cases(work: Path, size: tuple[int, int]) -> list[Case]:
     return out
 
 
-def calibrate(work: Path, size: tuple[int, int]) -> list[dict]:
+def footage_cases(work: Path, folder: Path) -> list[Case]:
+    from heygemd.quality.check import score_file
+    from heygemd.settings import QualitySettings
+    from tests.quality import media
+
+    thresholds = QualitySettings()
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"))
+    out: list[Case] = []
+    for n, video in enumerate(videos):
+        out.append(Case(f"{video.stem[:30]}, own sound", "ok", lambda video=video: score_file(video, thresholds)))
+        for shift in (0.2, 0.4, -0.2, -0.4):
+
+            def shifted(video: Path = video, shift: float = shift) -> object:
+                made = media.mux(video, video, work / f"{video.stem}{shift:+.1f}.mp4", shift_s=shift)
+                return score_file(made, thresholds)
+
+            out.append(Case(f"{video.stem[:30]}, sound {shift:+.1f} s", "AV_OFFSET", shifted))
+        if len(videos) > 1:
+            other = videos[(n + 1) % len(videos)]
+
+            def foreign(video: Path = video, other: Path = other) -> object:
+                return score_file(media.mux(video, other, work / f"{video.stem}-foreign.mp4"), thresholds)
+
+            out.append(Case(f"{video.stem[:30]}, {other.stem[:12]}'s sound", "WEAK_SYNC", foreign))
+    return out
+
+
+def calibrate(work: Path, size: tuple[int, int], footage: Path | None = None) -> list[dict]:
     rows = []
-    for case in cases(work, size):
+    for case in cases(work, size) + (footage_cases(work, footage) if footage else []):
         started = time.perf_counter()
         report = case.run()
         seconds = time.perf_counter() - started
@@ -159,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=_size, default=(640, 360), help="presenter size (default 640x360)")
+    parser.add_argument("--footage", type=Path, help="a folder of real talking-head videos with sound to add")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the made files (their folder is printed)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="heygemd-quality-"))
     try:
-        rows = calibrate(work, args.size)
+        rows = calibrate(work, args.size, args.footage)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)

@@ -240,7 +240,8 @@ class QualitySettings(Section):
     max_lead_ms: float = Field(
         200.0,
         ge=0,
-        description="Most the mouth may lead the sound (AV offset, ms; speech itself leads by about 40-100 ms).",
+        description="Most the mouth may lead the sound (AV offset, ms; speech itself leads: mouthwarp by 60 ms, "
+        "natural speech by up to about 140 ms).",
     )
     max_lag_ms: float = Field(60.0, ge=0, description="Most the mouth may trail the sound (AV offset, ms).")
     min_sync: float = Field(
@@ -262,7 +263,7 @@ class QualitySettings(Section):
         2.0, ge=0, description="Most frame-to-frame shake of the mouth's landmarks (% of the eye distance)."
     )
     max_seam: float = Field(
-        7.0, ge=0, description="Largest colour step across the blend mask's edge beyond the source's (Lab units)."
+        6.0, ge=0, description="Largest colour step across the blend mask's edge beyond the source's (Lab units)."
     )
 
 

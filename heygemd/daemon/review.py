@@ -4,6 +4,10 @@
 The check never fails a video: a check that raises is logged and recorded as no report with the reason. A retry
 never fails it either: its output replaces the first only when its own check passes; otherwise, or when it fails,
 the first output stays as it was.
+
+What others read of the check: status.json's per-video ``quality`` (and ``quality_error``, ``retry``), the job's
+``videos_to_review``, and the ``video.checked`` log event. Notifications (callbacks, Apprise) and metrics, once they
+exist, take it from there as they take the rest of a video's outcome.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.faces import FaceTrack
@@ -24,7 +25,9 @@ from heygemd.quality.measures import measure, speech_of
 from heygemd.quality.report import QualityReport
 from heygemd.quality.soundtrack import speech_features
 from heygemd.quality.verdict import verdict
-from heygemd.settings import LoopMode, QualitySettings
+from heygemd.settings import LoopMode, QualitySettings, VideoSettings
+
+log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called with (frames checked, frames in all) as the check goes; what it raises stops the check."""
@@ -70,18 +73,25 @@ def score_file(
     *,
     audio: Path | None = None,
     source: Path | None = None,
-    loop_mode: LoopMode = "pingpong",
+    loop_mode: LoopMode = VideoSettings.model_fields["loop_mode"].default,
 ) -> QualityReport:
     """The report of any ``video``: against its own sound, or ``audio``. The face is tracked on the file itself.
-    The seam is measured only against a ``source`` (the presenter video it was made from, its frames scheduled as a
-    render with ``loop_mode`` schedules them)."""
+    The seam is measured only against a ``source`` of the same size (the presenter video it was made from, its
+    frames scheduled as a render with ``loop_mode`` schedules them)."""
     info = probe_video(video)
     speech = speech_features(info, audio)
     track = observe.track(info)
     frames = None
     if source is not None:
         source_info = probe_video(source, still_fps=info.fps)
-        frames = observe.SourceFrames(source_info, _schedule(source_info.frame_count, info.frame_count, loop_mode))
+        if (source_info.width, source_info.height) == (info.width, info.height):
+            schedule = _schedule(source_info.frame_count, info.frame_count, loop_mode)
+            frames = observe.SourceFrames(source_info, schedule)
+        else:
+            log.warning(
+                "score.seam_skipped",
+                reason=f"the source is {source_info.width}x{source_info.height}, the video {info.width}x{info.height}",
+            )
     return _report(info, speech, observe.references_of(track), frames, thresholds)
 
 
