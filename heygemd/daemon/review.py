@@ -75,6 +75,8 @@ class Retry:
     """Its output replaced the first (its check passed)."""
     checked: Checked | None
     """Its check (None when the render itself failed)."""
+    result: RenderResult | None = None
+    """Its render (None when it failed)."""
     error: ErrorInfo | None = None
     """Why the second render failed (the first output stays)."""
 
@@ -117,7 +119,7 @@ def retry(
     if not kept:
         _remove(trial)
     log.info("video.retried", engine=engine, kept=kept)
-    return Retry(engine, kept=kept, checked=checked)
+    return Retry(engine, kept=kept, checked=checked, result=result)
 
 
 def _remove(trial: Path) -> None:

@@ -342,7 +342,8 @@ def _check(
     out_dir: Path,
 ) -> None:
     """Check the video just rendered (``review``) and record what the check says; with ``on_review = "retry"``, a
-    video to review is rendered once more with another installed engine. The video stays done whatever happens."""
+    video to review is rendered once more with another installed engine (the video is saved done once that is
+    settled: its output may still change). The video stays done whatever happens."""
 
     def progress(done: int, total: int) -> None:
         if context.should_stop():
@@ -356,7 +357,6 @@ def _check(
     status_file.update_video(index, quality=checked.report, quality_error=_error_status(checked.error))
     if not (checked.report and checked.report.review and context.quality.on_review == "retry"):
         return
-    status_file.save()
     options = {
         "loop_mode": spec.options.loop_mode,
         "crf": spec.options.crf,
@@ -385,8 +385,14 @@ def _check(
             quality=second.report if second else None,
             error=_error_status(retried.error or (second.error if second else None)),
         ),
-        **({"quality": second.report} if retried.kept and second else {}),
     )
+    if retried.kept and second is not None and retried.result is not None:  # the output is the second render now
+        status_file.update_video(
+            index,
+            quality=second.report,
+            warnings=[_for_user(warning, claimed) for warning in retried.result.warnings],
+            encoder=retried.result.encoder,
+        )
 
 
 def _error_status(info: ErrorInfo | None) -> ErrorStatus | None:

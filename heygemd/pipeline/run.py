@@ -86,7 +86,7 @@ class RenderResult:
     """The presenter video as the render read it."""
     track: faces.FaceTrack | None = None
     """The presenter's face track the render used (its frames, not the output's; the quality check reuses it)."""
-    loop_mode: LoopMode = "pingpong"
+    loop_mode: LoopMode = VideoSettings.model_fields["loop_mode"].default
     """How the presenter's frames were scheduled to the output's length (``frames.frame_schedule``)."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heygemd.pipeline.audio import MEL_FRAMES_PER_SECOND, mel_band_hz, mel_db
+from heygemd.pipeline.faces import _runs, _savgol_weights
 from heygemd.pipeline.mouth import face_frame, measure_track
 
 SPEECH_BAND_HZ = (250.0, 3000.0)
@@ -50,14 +51,14 @@ hardly moves while speaking is ``frozen``'s finding, not a mouth that moves in s
 FROZEN_WINDOW_S = 0.5
 """``frozen`` looks at the gap's spread within windows of this length around each speech frame ..."""
 FROZEN_SPREAD = 0.03
-"""... and counts the frame as frozen when that spread is below this (eye distances; landmark noise on a still
-closed mouth is about 0.005, a speaking mouth moves 0.1-0.4 within half a second)."""
+"""... and counts the frame as frozen when that spread is below this (eye distances: a still presenter's landmark
+noise stays below it in every window, a mouth that speaks opens by several times it within half a second)."""
 JITTER_POINTS = np.array([48, 49, 50, 51, 52, 53, 54, 60, 61, 62, 63, 64])
 """The upper lip and the mouth corners: they follow the head and the mouth's shape, and barely the opening (the
 lower lip and the jaw carry that), so their fast motion in the face's own frame is shake, not speech."""
 JITTER_WINDOW = 5
-"""Frames of the quadratic (Savitzky-Golay) fit whose residual is the shake: at 25 fps it keeps 93 % of a 4 Hz
-syllable rhythm (7 % leaks into the residual) and passes frame-to-frame alternation almost whole."""
+"""Frames of the quadratic (Savitzky-Golay) fit whose residual is the shake: at 25 fps the fit keeps 93 % of a 4 Hz
+syllable rhythm (7 % leaks into the residual), and a frame-to-frame alternation stays whole in the residual."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def jitter(landmarks: np.ndarray) -> float | None:
         axes = np.stack([frame.across, frame.down], axis=1)
         local[i] = (points[i, JITTER_POINTS] - frame.eyes) @ axes / frame.scale
     residuals: list[np.ndarray] = []
-    weights = _quadratic_centre_weights(JITTER_WINDOW // 2)
+    weights = _savgol_weights(JITTER_WINDOW // 2)
     for start, stop in _runs(has):
         if stop - start < JITTER_WINDOW:
             continue
@@ -226,19 +227,6 @@ def jitter(landmarks: np.ndarray) -> float | None:
     if not residuals:
         return None
     return 100.0 * math.sqrt(float(np.mean(np.concatenate(residuals) ** 2)))
-
-
-def _quadratic_centre_weights(half: int) -> np.ndarray:
-    """(2*half+1,) weights of the centre value of a least-squares quadratic through 2*half+1 points."""
-    k = np.arange(-half, half + 1, dtype=np.float64)
-    return np.linalg.pinv(np.stack([np.ones_like(k), k, k * k], axis=1))[0]
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ``(start, stop)`` runs where ``mask`` is True."""
-    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
-    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2], strict=True)]
 
 
 def measure(

@@ -195,14 +195,13 @@ def observe(
     references: np.ndarray,
     *,
     source: SourceFrames | None = None,
-    predictor: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Observation:
     """Fit the landmarks of every frame of ``info`` that has a face in ``references`` (N, 68, 2; rows past the
     file's frames are ignored, frames past the rows have no face), and measure the seam against ``source`` when
     given. ``progress(frames_done, frames_total)`` is called every ``PROGRESS_EVERY`` frames; what it raises stops
     the check (and its ffmpeg)."""
-    fit = predictor or shape_predictor()
+    fit = shape_predictor()
     n = info.frame_count
     references = np.asarray(references, dtype=np.float64)
     if len(references) < n:  # a file a frame or two longer than what its reference knows: no face there
@@ -216,17 +215,18 @@ def observe(
 
     landmarks = np.full((n, 68, 2), np.nan)
     steps: list[float] = []
-    for i, crop in enumerate(read_region(info, region)):
-        if progress is not None and i % PROGRESS_EVERY == 0:
-            progress(i, n)
-        if not has_face[i]:
-            continue
-        box = detector_box(references[i]) - np.tile(offset, 2)
-        landmarks[i] = np.asarray(fit(crop, box), dtype=np.float64) + offset
-        if source is not None and i in source_windows:
-            step = seam_step(crop, source_windows[i], references[i] - offset)
-            if step is not None:
-                steps.append(step)
+    with contextlib.closing(read_region(info, region)) as crops:  # an error or a stop kills the decoder at once
+        for i, crop in enumerate(crops):
+            if progress is not None and i % PROGRESS_EVERY == 0:
+                progress(i, n)
+            if not has_face[i]:
+                continue
+            box = detector_box(references[i]) - np.tile(offset, 2)
+            landmarks[i] = np.asarray(fit(crop, box), dtype=np.float64) + offset
+            if i in source_windows:
+                step = seam_step(crop, source_windows[i], references[i] - offset)
+                if step is not None:
+                    steps.append(step)
     coverage = float(has_face.mean()) if n else 0.0
     return Observation(landmarks=landmarks, face_coverage=coverage, seam=float(np.median(steps)) if steps else None)
 
