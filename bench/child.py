@@ -104,14 +104,14 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
         "video_decoder": result.decoder,
     }
     if args.quality:
-        out.update(_check(args, settings, audio, result), render_cpu_s=render_cpu_s)
+        out.update(_check(settings, audio, result), render_cpu_s=render_cpu_s)
     torch = sys.modules.get("torch")
     if torch is not None and device.startswith("cuda"):
         out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
-def _check(args: argparse.Namespace, settings, audio, result) -> dict[str, object]:
+def _check(settings, audio, result) -> dict[str, object]:
     """The quality check of the render's output, timed as the daemon's worker runs it (after the render, with the
     job's speech and the render's face track). The landmark model is read before the clock starts: a warm daemon
     holds it from its first check on."""
