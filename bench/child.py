@@ -60,6 +60,12 @@ def _settings(args: argparse.Namespace):
     return settings.model_copy(update=updates)
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its reaped children (the ffmpeg processes) so far."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_render(args: argparse.Namespace) -> dict[str, object]:
     from heygemd.lipsync import LipSyncSession
 
@@ -71,7 +77,9 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     audio = session.audio(Path(args.audio))
     audio_s = time.perf_counter() - started
+    cpu_before = _cpu_s()
     result = session.render(Path(args.video), audio, Path(args.out))
+    render_cpu_s = _cpu_s() - cpu_before
     engine = session.engine
     device = str(getattr(engine, "device", "cpu"))
     out: dict[str, object] = {
@@ -95,10 +103,30 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
         "video_encoder": result.encoder,
         "video_decoder": result.decoder,
     }
+    if args.quality:
+        out.update(_check(settings, audio, result), render_cpu_s=render_cpu_s)
     torch = sys.modules.get("torch")
     if torch is not None and device.startswith("cuda"):
         out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def _check(settings, audio, result) -> dict[str, object]:
+    """The quality check of the render's output, timed as the daemon's worker runs it (after the render, with the
+    job's speech and the render's face track). The landmark model is read before the clock starts: a warm daemon
+    holds it from its first check on."""
+    from heygemd.quality.check import Rendering, check_render
+    from heygemd.quality.observe import shape_predictor
+
+    shape_predictor()._model()
+    cpu_before, started = _cpu_s(), time.perf_counter()
+    report = check_render(result.output, audio, Rendering.of(result), settings.quality)
+    return {
+        "check_s": time.perf_counter() - started,
+        "check_cpu_s": _cpu_s() - cpu_before,
+        "check_review": report.review,
+        "check_reasons": report.codes(),
+    }
 
 
 def run_plain(args: argparse.Namespace) -> dict[str, object]:
@@ -204,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--models")
             p.add_argument("--device")
             p.add_argument("--cache-dir")
+            p.add_argument("--quality", action="store_true", help="time the quality check after the render")
     args = parser.parse_args(argv)
     if args.kind in ("render", "plain"):
         result = run_render(args) if args.kind == "render" else run_plain(args)

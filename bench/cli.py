@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Farm throughput: N heygemd workers (Redis, intake, mouthwarp on CPU) vs one worker.",
     )
     run.add_argument("--jobs", type=int, help="Jobs per --scale-out round (default 3 x N).")
+    run.add_argument(
+        "--quality",
+        action="store_true",
+        help="Also run the quality check on each render's output (in the render's child, right after it, as the "
+        "daemon's worker does) and report its wall and CPU time as a share of the render's.",
+    )
     run.add_argument("--keep", action="store_true", help="Keep the temp dir (inputs and outputs).")
     run.add_argument("--json", action="store_true", help="Print one JSON object instead of the text report.")
     return p
@@ -155,6 +161,8 @@ def run_child(
             argv += ["--device", args.device]
         if cache_dir is not None:
             argv += ["--cache-dir", str(cache_dir)]
+        if args.quality:
+            argv += ["--quality"]
     _progress(args, f"  {kind}: {out.name} ...")
     started = time.perf_counter()
     result = _child(argv)
@@ -236,6 +244,22 @@ def summarise_render(runs: list[dict]) -> dict:
         "frames": first["frames"],
         "output_frames": first["output_frames"],
         **({"gpu_peak_mib": max(r["gpu_peak_mib"] for r in runs)} if "gpu_peak_mib" in first else {}),
+        **(summarise_check(runs) if "check_s" in first else {}),
+    }
+
+
+def summarise_check(runs: list[dict]) -> dict:
+    """The quality check's cost (``--quality``): medians of its wall and CPU seconds, and of their shares of the
+    render's (CPU: user + system of the child and its ffmpeg processes, less sensitive to a shared machine's load)."""
+    return {
+        "check": {
+            "wall_s": round(statistics.median(r["check_s"] for r in runs), 3),
+            "cpu_s": round(statistics.median(r["check_cpu_s"] for r in runs), 3),
+            "render_cpu_s": round(statistics.median(r["render_cpu_s"] for r in runs), 3),
+            "share_of_render_wall": round(statistics.median(r["check_s"] / r["total_s"] for r in runs), 4),
+            "share_of_render_cpu": round(statistics.median(r["check_cpu_s"] / r["render_cpu_s"] for r in runs), 4),
+            "review": [r["check_review"] for r in runs],
+        }
     }
 
 
@@ -457,6 +481,13 @@ def _fmt_single(r: dict) -> str:
     ]
     if "gpu_peak_mib" in rd:
         lines.append(f"GPU peak allocated: {rd['gpu_peak_mib']:.0f} MiB")
+    if "check" in rd:
+        c = rd["check"]
+        lines.append(
+            f"quality check: {c['wall_s']:.2f} s = {c['share_of_render_wall']:.1%} of the render's wall time; "
+            f"CPU {c['cpu_s']:.2f} s = {c['share_of_render_cpu']:.1%} of the render's {c['render_cpu_s']:.2f} s"
+            f" (review: {c['review']})"
+        )
     return "\n".join(lines)
 
 

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", help="delete a finished job: its outbox folder and its archived inputs")
     delete.add_argument("job", help="the job's id (as `heygemd status` shows it)")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
+    score = commands.add_parser(
+        "score", help="check any video's lip sync and look (the check the daemon runs on every output)"
+    )
+    score.add_argument("video", type=Path, help="the video to check (with its own sound unless --audio)")
+    score.add_argument("--audio", type=Path, help="the speech it should say (default: the video's own sound)")
+    score.add_argument("--source", type=Path, help="the presenter video it was made from (to measure the seam)")
+    score.add_argument("--json", action="store_true", help="print status.json's `quality` object instead of a table")
     commands.add_parser("web", help="serve the web dashboard and HTTP API (web.host:web.port)")
     demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
     demo.add_argument("--name", default="demo-lesson", help="job folder name")
@@ -180,6 +187,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         checks = run_checks(settings)
         print(format_checks(checks))
         return 0 if all_required_ok(checks) else 1
+    if args.command == "score":
+        from heygemd.score import format_report, score
+
+        report = score(settings, args.video, audio=args.audio, source=args.source)
+        if args.json:
+            print(report.model_dump_json(indent=2))
+        else:
+            against = args.audio.name if args.audio else "its own sound"
+            print(format_report(report, settings.quality, video=args.video.name, against=against), end="")
+        return 0
     if args.command == "web":
         from heygemd.web.server import serve
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines import resolve, torch_device_name
+from heygemd.engines import available_names, resolve, torch_device_name
 from heygemd.fsutil import InputFile
 from heygemd.pipeline import faces
 from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
@@ -51,6 +51,11 @@ class LipSyncSession:
                 resolve_device=torch_device_name,
             )
         return self._detector
+
+    def alternatives(self) -> tuple[str, ...]:
+        """The other engines installed here (their files are there), in ``auto``'s order: what a retry may use."""
+        names = available_names(self.settings.engine, self.settings.paths.models)
+        return tuple(name for name in names if name != self.engine_name)
 
     @property
     def loaded(self) -> bool:

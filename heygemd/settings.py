@@ -301,6 +301,51 @@ class WebSettings(Section):
         return value
 
 
+OnReview = Literal["flag", "retry"]
+
+
+class QualitySettings(Section):
+    """The check of every rendered video (``heygemd.quality``) and the thresholds of its verdict.
+
+    Values measured on the calibration set of bench/README.md ("Quality check"). A video beyond any threshold is
+    marked for review; it stays ``done``."""
+
+    enabled: bool = Field(True, description="Check every rendered video after encoding (status.json `quality`).")
+    on_review: OnReview = Field(
+        "flag",
+        description="What a video to review gets: flag (marked in status.json and on the dashboard) or retry "
+        "(rendered once more with another installed engine, kept when that one passes).",
+    )
+    max_lead_ms: float = Field(
+        200.0,
+        ge=0,
+        description="Most the mouth may lead the sound (AV offset, ms; speech itself leads: mouthwarp by 60 ms, "
+        "natural speech by up to about 140 ms).",
+    )
+    max_lag_ms: float = Field(60.0, ge=0, description="Most the mouth may trail the sound (AV offset, ms).")
+    min_sync: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="Least correlation of the mouth opening with the speech loudness at the best offset.",
+    )
+    max_silence_motion: float = Field(
+        0.5,
+        ge=0,
+        description="Most mouth movement in the audio's silences, as a share of its movement while speaking.",
+    )
+    max_frozen: float = Field(0.3, ge=0, le=1, description="Largest share of speech in which the mouth stands still.")
+    min_face_coverage: float = Field(
+        0.9, ge=0, le=1, description="Least share of frames with the face found and rendered."
+    )
+    max_jitter: float = Field(
+        2.0, ge=0, description="Most frame-to-frame shake of the mouth's landmarks (% of the eye distance)."
+    )
+    max_seam: float = Field(
+        6.0, ge=0, description="Largest colour step across the blend mask's edge beyond the source's (Lab units)."
+    )
+
+
 GPU_CLASS_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 """A GPU class (``[queue] gpu_class``, job.toml ``gpu_class``): part of a queue name, e.g. ``a100``, ``l4``."""
 
@@ -410,6 +455,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     queue: QueueSettings = QueueSettings()
     notify: NotifySettings = NotifySettings()
+    quality: QualitySettings = QualitySettings()
 
     @classmethod
     def settings_customise_sources(

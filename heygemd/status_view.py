@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from heygemd.daemon.status import JobStatus, read_status, utc_now
+from heygemd.daemon.status import JobStatus, VideoStatus, read_status, utc_now
 from heygemd.daemon.waiting import read_waiting
 from heygemd.errors import JobNotFound
 from heygemd.layout import STATUS_FILE, job_folder, status_file
@@ -44,11 +44,12 @@ def _percent(fraction: float) -> str:
 
 
 def format_status_table(statuses: Iterable[JobStatus]) -> str:
-    """One row per job: id, state, progress %, videos done/failed/total, last update (UTC)."""
+    """One row per job: id, state, progress %, videos done/failed/total, done videos to review (their quality check
+    asks for a look), last update (UTC)."""
     statuses = list(statuses)
     farm = any(s.worker for s in statuses)  # a farm's jobs also say which worker (host, GPU) runs them
     rows: list[list[str]] = [
-        ["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "UPDATED", *(["WORKER"] if farm else [])]
+        ["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "REVIEW", "UPDATED", *(["WORKER"] if farm else [])]
     ]
     for s in statuses:
         done, failed, total = s.counts()
@@ -58,6 +59,7 @@ def format_status_table(statuses: Iterable[JobStatus]) -> str:
                 s.state,
                 _percent(s.progress),
                 f"{done}/{failed}/{total}",
+                str(s.videos_to_review) if s.videos_to_review else "-",
                 _when(s.updated),
                 *([_runner(s)] if farm else []),
             ]
@@ -79,7 +81,8 @@ def format_status_detail(status: JobStatus) -> str:
     done, failed, total = status.counts()
     head = [
         f"job       {status.job_id}" + (f"  ({status.job_name})" if status.job_name != status.job_id else ""),
-        f"state     {status.state}  {_percent(status.progress)}  videos {done} done, {failed} failed, {total} total",
+        f"state     {status.state}  {_percent(status.progress)}  videos {done} done, {failed} failed, {total} total"
+        + (f", {status.videos_to_review} to review" if status.videos_to_review else ""),
         f"audio     {status.audio.file if status.audio else '-'}"
         + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
         f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
@@ -100,11 +103,12 @@ def format_status_detail(status: JobStatus) -> str:
             head.append(f"          hint: {status.error.hint}")
     out = "\n".join(printable(line) for line in head) + "\n"
     if status.videos:
-        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "OUTPUT"]]
+        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "CHECK", "OUTPUT"]]
         notes: list[str] = []
         for v in status.videos:
             frames = f"{v.frames_done}/{v.frames_total}" if v.frames_total is not None else str(v.frames_done)
-            rows.append([v.input, v.state, _percent(1.0 if v.state == "done" else v.progress), frames, v.output or "-"])
+            progress = _percent(1.0 if v.state == "done" else v.progress)
+            rows.append([v.input, v.state, progress, frames, _check(v), v.output or "-"])
             if v.error is not None:
                 notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
                 if v.error.hint:
@@ -113,10 +117,31 @@ def format_status_detail(status: JobStatus) -> str:
                 notes.append(f"{v.input}: warning [{warning.code}] {warning.message}")
                 if warning.hint:
                     notes.append(f"    hint: {warning.hint}")
+            notes += _check_notes(v)
         out += "\n" + _render(rows)
         if notes:
             out += "\n" + "\n".join(printable(note) for note in notes) + "\n"
     return out
+
+
+def _check(video: VideoStatus) -> str:
+    """The CHECK cell: ``ok`` or ``review`` with the AV offset, ``error`` (the check failed), ``-`` (not checked)."""
+    if video.quality is None:
+        return "error" if video.quality_error is not None else "-"
+    offset = f" {video.quality.av_offset_ms:+.0f}ms" if video.quality.av_offset_ms is not None else ""
+    return ("review" if video.quality.review else "ok") + offset
+
+
+def _check_notes(video: VideoStatus) -> list[str]:
+    notes = []
+    if video.quality is not None:
+        notes += [f"{video.input}: check [{r.code}] {r.explanation}" for r in video.quality.reasons]
+    if video.quality_error is not None:
+        notes.append(f"{video.input}: check failed [{video.quality_error.code}] {video.quality_error.message}")
+    if video.retry is not None:
+        kept = "kept" if video.retry.kept else "not kept (the first render stays)"
+        notes.append(f"{video.input}: rendered again with {video.retry.engine}: {kept}")
+    return notes
 
 
 def format_waiting(waiting: dict[str, list[str]]) -> str:

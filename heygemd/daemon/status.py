@@ -28,6 +28,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from heygemd.errors import ErrorInfo
 from heygemd.fsutil import ReplaceFn, atomic_write_bytes
+from heygemd.quality.report import QualityReport
 
 SCHEMA_VERSION = 2
 """Only ever increases; fields are added, never renamed."""
@@ -81,6 +82,15 @@ class AudioStatus(_Model):
     duration_s: float | None = Field(None, ge=0, description="Length in seconds, once decoded.")
 
 
+class RetryStatus(_Model):
+    """A second render of a video to review, with another installed engine (``[quality] on_review = "retry"``)."""
+
+    engine: str = Field(description="The engine of the second render.")
+    kept: bool = Field(False, description="Its check passed and its output replaced the first.")
+    quality: QualityReport | None = Field(None, description="The check of the second render.")
+    error: ErrorStatus | None = Field(None, description="Why the second render or its check failed (the first stays).")
+
+
 class VideoStatus(_Model):
     """One presenter video (or still image) of the job and what became of it."""
 
@@ -108,6 +118,15 @@ class VideoStatus(_Model):
     warnings: list[ErrorStatus] = Field(
         default_factory=list,
         description="Problems that did not fail the video, e.g. MOUTH_COVERED, PROFILE_VIEW, FACE_TOO_SMALL.",
+    )
+    quality: QualityReport | None = Field(
+        None, description="The check of the output after encoding (sync, mouth, face, seam); null: not checked."
+    )
+    quality_error: ErrorStatus | None = Field(
+        None, description="Why the output could not be checked (the video itself is fine: it stays done)."
+    )
+    retry: RetryStatus | None = Field(
+        None, description="The second render of a video to review; `quality` is the check of the output kept."
     )
 
     @property
@@ -147,6 +166,9 @@ class JobStatus(_Model):
     progress: float = Field(0.0, ge=0, le=1, description="Overall fraction done, 0..1.")
     error: ErrorStatus | None = Field(None, description="Job-level failure (the job could not run at all).")
     cancel: CancelStatus | None = Field(None, description="The user's cancel request, once the worker has seen one.")
+    videos_to_review: int = Field(
+        0, ge=0, description="Done videos whose quality check asks for a look (quality.review); they stay done."
+    )
 
     def counts(self) -> tuple[int, int, int]:
         """(videos done, videos failed, videos in total)."""
@@ -155,12 +177,16 @@ class JobStatus(_Model):
         return done, failed, len(self.videos)
 
     def recomputed(self) -> "JobStatus":
-        """A copy whose ``progress`` (and, once every video has finished, ``state``) follow from the videos.
+        """A copy whose ``progress``, ``videos_to_review`` (and, once every video has finished, ``state``) follow
+        from the videos.
 
         A job-level ``error`` keeps the job ``failed`` whatever the videos say. A cancelled job's progress stays
         what was done (its cancelled videos count for what they had rendered when it stopped).
         """
-        update: dict[str, object] = {"progress": overall_progress(self.videos)}
+        update: dict[str, object] = {
+            "progress": overall_progress(self.videos),
+            "videos_to_review": sum(1 for v in self.videos if v.state == "done" and v.quality and v.quality.review),
+        }
         if self.error is not None:
             update["state"] = "failed"
         elif self.videos and all(v.finished_state for v in self.videos):

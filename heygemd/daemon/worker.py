@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from heygemd import layout
+from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, load_job
@@ -33,6 +35,7 @@ from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
     JobStatus,
+    RetryStatus,
     VideoStatus,
     read_status,
     utc_now,
@@ -43,9 +46,10 @@ from heygemd.fsutil import NO_SPACE_ERRNOS, InputFile, remove_temps
 from heygemd.lipsync import LipSyncSession
 from heygemd.logs import job_log
 from heygemd.names import unique_output_name
+from heygemd.pipeline.audio import AudioFeatures
 from heygemd.pipeline.ffmpeg_tools import open_input
-from heygemd.pipeline.run import VideoProgress
-from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings, Settings
+from heygemd.pipeline.run import RenderResult, VideoProgress
+from heygemd.settings import InputsAfter, IntakeSettings, OutboxSettings, QualitySettings, Settings
 
 log = structlog.get_logger("heygemd.worker")
 
@@ -69,6 +73,8 @@ class JobContext:
     worker: str | None = None
     """The farm worker running the job (its Celery node name) and its device, for status.json; None on one host."""
     device: str | None = None
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    """The check of every output (``heygemd.quality``) and what a video to review gets."""
 
     @classmethod
     def from_settings(
@@ -90,6 +96,7 @@ class JobContext:
             naming=settings.outbox.naming,
             ready_marker=settings.intake.ready_marker,
             max_job_toml_bytes=settings.intake.max_job_toml_bytes,
+            quality=settings.quality,
             worker=worker,
             device=device,
         )
@@ -330,7 +337,7 @@ def _run_videos(
         status_file.update_video(index, state="processing", started=utc_now(), progress=0.0, frames_done=0, error=None)
         status_file.save()
         bound = structlog.contextvars.bound_contextvars(video=video.name)
-        with bound:
+        with bound, ExitStack() as held:
             log.info("video.started", output=output.name)
 
             def on_progress(p: VideoProgress, index: int = index, video: Path = video) -> None:
@@ -346,16 +353,18 @@ def _run_videos(
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
-                with open_input(video) as video_file:  # a link, FIFO or device is refused here, naming what it is
-                    result = session.render(
-                        video_file,
-                        audio,
-                        output,
-                        loop_mode=spec.options.loop_mode,
-                        crf=spec.options.crf,
-                        on_progress=on_progress,
-                        should_stop=context.should_stop,
-                    )
+                # a link, FIFO or device is refused here, naming what it is; the render, the check of its output
+                # and a second render all read the video through this one descriptor
+                video_file = held.enter_context(open_input(video))
+                result = session.render(
+                    video_file,
+                    audio,
+                    output,
+                    loop_mode=spec.options.loop_mode,
+                    crf=spec.options.crf,
+                    on_progress=on_progress,
+                    should_stop=context.should_stop,
+                )
             except Interrupted:
                 if cancel.seen:
                     status_file.update_video(index, state="cancelled", finished=utc_now(), output=None)
@@ -399,8 +408,93 @@ def _run_videos(
                 )
                 for warning in status_file.status.videos[index].warnings:
                     log.warning("video.warning", code=warning.code, warning=warning.message, hint=warning.hint)
+                if context.quality.enabled:  # saved with the video's done state, so a page shows both at once
+                    _check(
+                        index,
+                        video_file,
+                        audio_file,
+                        audio,
+                        result,
+                        spec,
+                        session,
+                        status_file,
+                        context,
+                        claimed,
+                        out_dir,
+                    )
             status_file.save()
     session.release()
+
+
+def _check(
+    index: int,
+    video: InputFile,
+    audio_file: InputFile,
+    audio: AudioFeatures,
+    result: RenderResult,
+    spec: JobSpec,
+    session: LipSyncSession,
+    status_file: _StatusFile,
+    context: JobContext,
+    claimed: ClaimedJob,
+    out_dir: Path,
+) -> None:
+    """Check the video just rendered (``review``) and record what the check says; with ``on_review = "retry"``, a
+    video to review is rendered once more with another installed engine (the video is saved done once that is
+    settled: its output may still change). The video stays done whatever happens."""
+
+    def progress(done: int, total: int) -> None:
+        if context.should_stop():
+            raise Interrupted("stopped while the output was checked", path=result.output)
+        context.heartbeat(f"{claimed.job_id}: {video.name} check {done / max(total, 1):.0%}")
+
+    def shown(text: str) -> str:  # the output as the outbox names it: <job>/<file>
+        return for_user(text, claimed).replace(str(out_dir) + os.sep, out_dir.name + "/")
+
+    checked = review.check_output(audio, result, context.quality, progress=progress, shown=shown)
+    status_file.update_video(index, quality=checked.report, quality_error=_error_status(checked.error))
+    if not (checked.report and checked.report.review and context.quality.on_review == "retry"):
+        return
+    options = {
+        "loop_mode": spec.options.loop_mode,
+        "crf": spec.options.crf,
+        "should_stop": context.should_stop,
+        "on_progress": lambda p: context.heartbeat(f"{claimed.job_id}: {video.name} retry {p.fraction:.0%}"),
+    }
+    retried = review.retry(
+        video,
+        audio_file,
+        result.output,
+        session,
+        context.session_for,
+        context.quality,
+        render_options=options,
+        progress=progress,
+        shown=shown,
+    )
+    if retried is None:
+        return
+    second = retried.checked
+    status_file.update_video(
+        index,
+        retry=RetryStatus(
+            engine=retried.engine,
+            kept=retried.kept,
+            quality=second.report if second else None,
+            error=_error_status(retried.error or (second.error if second else None)),
+        ),
+    )
+    if retried.kept and second is not None and retried.result is not None:  # the output is the second render now
+        status_file.update_video(
+            index,
+            quality=second.report,
+            warnings=[_for_user(warning, claimed) for warning in retried.result.warnings],
+            encoder=retried.result.encoder,
+        )
+
+
+def _error_status(info: ErrorInfo | None) -> ErrorStatus | None:
+    return ErrorStatus.from_info(info) if info is not None else None
 
 
 def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:

@@ -283,6 +283,11 @@ def resolve(settings: EngineSettings, models_dir: Path, requested: str | None = 
     raise ConfigError(f'engine = "{AUTO}" found no engine it may choose', hint=f"Name one: engine = {listed(ENGINES)}.")
 
 
+def available_names(settings: EngineSettings, models_dir: Path) -> tuple[str, ...]:
+    """The engines ``auto`` may choose now (their files are there), in its order."""
+    return tuple(spec.name for spec in SPECS if spec.available is not None and spec.available(settings, models_dir))
+
+
 def resolve_engine_name(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> str:
     """``resolve``'s engine name (what status.json and the dashboard show)."""
     return resolve(settings, models_dir, requested).name

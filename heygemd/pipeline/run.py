@@ -83,6 +83,12 @@ class RenderResult:
     """The video encoder used: libx264 or h264_nvenc (``video.encoder``)."""
     decoder: str = "cpu"
     """The video decoder used for rendering: cpu or nvdec (``video.decoder``)."""
+    source: VideoInfo | None = None
+    """The presenter video as the render read it."""
+    track: faces.FaceTrack | None = None
+    """The presenter's face track the render used (its frames, not the output's; the quality check reuses it)."""
+    loop_mode: LoopMode = VideoSettings.model_fields["loop_mode"].default
+    """How the presenter's frames were scheduled to the output's length (``frames.frame_schedule``)."""
 
     @property
     def caches(self) -> dict[str, bool]:
@@ -238,6 +244,9 @@ def render_video(
         warnings=tuple(warnings),
         encoder=encoder,
         decoder=decoder,
+        source=info,
+        track=track,
+        loop_mode=loop_mode,
     )
 
 
