@@ -16,7 +16,7 @@ set -euo pipefail
 tag=${1:-localhost/heygemd-base:bookworm}
 mirror=${MIRROR:-http://deb.debian.org/debian}
 security=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-podman=(${PODMAN:-podman})
+read -r -a podman <<<"${PODMAN:-podman}"
 
 tar=${BASE_TAR:-}
 if [[ -z "$tar" ]]; then
