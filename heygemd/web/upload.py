@@ -275,7 +275,8 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
         raise BadUpload(
             f"invalid job options: {problems}",
             hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
-            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
+            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class); "
+            "latentsync_steps: 1 or more; latentsync_guidance: a number, 0 or more.",
         ) from None
 
 
@@ -293,8 +294,9 @@ def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_toml(options: JobOptions) -> str:
-    """job.toml text for the options that are set (values are validated literals and integers)."""
+    """job.toml text for the options that are set (values are validated literals, integers and finite floats,
+    which ``repr`` writes as TOML reads them: ``1.5``, ``2.0``, ``1e-05``)."""
     lines = []
     for key, value in options.model_dump(exclude_none=True).items():
-        lines.append(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"')
+        lines.append(f"{key} = {value!r}" if isinstance(value, int | float) else f'{key} = "{value}"')
     return "".join(line + "\n" for line in lines)
