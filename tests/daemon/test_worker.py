@@ -35,6 +35,9 @@ class StandInSession:
     def audio(self, path: Path) -> _Audio:
         return _Audio()
 
+    def configure(self, overrides: object = None) -> dict[str, int | float | bool]:
+        return {}
+
     def render(self, video: Path, audio: _Audio, output: Path, **_: object) -> RenderResult:
         pending = self.failures.get(video.name)
         if pending:
