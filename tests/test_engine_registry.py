@@ -158,6 +158,15 @@ def test_auto_never_takes_latentsync_even_with_its_files(tmp_path: Path, latents
     assert resolve(EngineSettings(), models).name == "mouthwarp"
     assert resolve(EngineSettings(name="latentsync"), models).name == "latentsync"
 
+    from heygemd.check import run_checks
+    from heygemd.settings import Settings
+
+    settings = Settings.model_validate(
+        {"paths": {"inbox": tmp_path / "in", "outbox": tmp_path / "out", "models": models}, "engine": {"device": "cpu"}}
+    )
+    row = {row.name: row for row in run_checks(settings)}["latentsync files"]
+    assert row.ok and not row.required and "all 6 files found" in row.detail  # unet_config.yaml: the tiny model's
+
 
 def test_the_pipeline_imports_no_engine() -> None:
     pipeline = Path(heygemd.__file__).parent / "pipeline"
