@@ -373,12 +373,6 @@ class Sampling:
     seed: int
     deepcache: bool
 
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"engine.latentsync_steps must be at least 1, got {self.steps}")
-        if not 0 <= self.guidance < float("inf"):
-            raise ConfigError(f"engine.latentsync_guidance must be a finite number >= 0, got {self.guidance}")
-
 
 class LatentSyncEngine:
     """The LatentSync engine (``Engine``, ``PromptEngine``, ``PresenterEngine``); the model stays loaded until
