@@ -79,7 +79,8 @@ class FaceBatch:
     """Per-crop rows of the presenter preparation (``PresenterEngine.prepare_presenter``) when there is one."""
     windows: tuple[int, ...] | None = None
     """Lengths of the consecutive windows the crops make, in order (they sum to ``len(crops)``; each at most
-    ``EngineNeeds.window``); None: every crop stands alone."""
+    ``EngineNeeds.window``; the pipeline always gives them); None: not given, an engine with windows takes the
+    crops in runs of its window."""
     mouth_rest: MouthState | None = None
     """The presenter's closed mouth (``pipeline.mouth.rest_state`` of the whole face track) when the caller knows
     it. An engine that sets the mouth (rather than adding to what the crop shows) first takes each crop's mouth
