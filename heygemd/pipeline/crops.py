@@ -72,19 +72,31 @@ class Crops:
             return bool(np.isfinite(self._matrices[source]).all())
         return self._box(source) is not None
 
-    def cut(self, frame: np.ndarray, source: int) -> Cut | None:
-        """The crop of ``frame`` (source frame ``source``), or None when it passes through."""
+    def crop(self, frame: np.ndarray, source: int) -> np.ndarray | None:
+        """Only the crop of ``frame`` (source frame ``source``), or None when it passes through (what a
+        presenter's preparation is made of)."""
         if not self.usable(source):
+            return None
+        if self._matrices is not None:
+            return align.align_face(frame, self._matrices[source])
+        box = self._box(source)
+        assert box is not None  # usable
+        return render.cut(frame, box)
+
+    def cut(self, frame: np.ndarray, source: int) -> Cut | None:
+        """The crop of ``frame`` (source frame ``source``) with its landmarks and paste mask, or None when it
+        passes through."""
+        crop = self.crop(frame, source)
+        if crop is None:
             return None
         marks = self.track.landmarks[source]
         if self._matrices is not None:
             matrix = self._matrices[source]
             in_template = marks.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
             scale = np.array([align.CROP_SIZE / align.TEMPLATE_SIZE[0], align.CROP_SIZE / align.TEMPLATE_SIZE[1]])
-            return Cut(align.align_face(frame, matrix), (in_template * scale).astype(np.float32), None, None)
+            return Cut(crop, (in_template * scale).astype(np.float32), None, None)
         box = self._box(source)
         assert box is not None  # usable
-        crop = render.cut(frame, box)
         landmarks = marks - np.array(box[:2], dtype=np.float32)
         return Cut(crop, landmarks, render.mouth_mask(landmarks, crop.shape[:2]), box)
 

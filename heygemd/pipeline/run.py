@@ -317,9 +317,9 @@ def _presenter_preparation(
             for i, frame in enumerate(timer.timed("decode", source)):
                 if stop():
                     raise Interrupted("stopped while preparing the presenter", path=info.path)
-                cut = crops.cut(frame, i)
-                if cut is not None:
-                    pending.append((i, cut.crop))
+                crop = crops.crop(frame, i)
+                if crop is not None:
+                    pending.append((i, crop))
                 if len(pending) >= pass_size:
                     flush()
         flush()
