@@ -4,6 +4,8 @@ options from an optional ``job.toml``.
 A job folder holds one speech audio, one or more videos or still images, and optionally ``job.toml``::
 
     engine = "mouthwarp"        # auto, or an engine of heygemd.engine_names
+    latentsync_steps = 10       # engine latentsync: denoising steps (engine.latentsync_steps)
+    latentsync_guidance = 2.0   # engine latentsync: guidance scale (engine.latentsync_guidance)
     naming = "{stem}_synced.mp4"
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
@@ -45,7 +47,7 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
-from heygemd.settings import GPU_CLASS_PATTERN, IntakeSettings, LoopMode, check_naming
+from heygemd.settings import GPU_CLASS_PATTERN, EngineSettings, IntakeSettings, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
@@ -71,11 +73,27 @@ class JobOptions(BaseModel):
     gpu_class: str | None = Field(
         None, pattern=GPU_CLASS_PATTERN, description="A farm: only workers of this [queue] gpu_class take the job."
     )
+    # Options named as an [engine] setting override it for the job (engine_settings); same bounds as the setting.
+    latentsync_steps: int | None = Field(
+        None, ge=1, description="LatentSync: denoising steps per window (more: finer, slower; the reference's 20)."
+    )
+    latentsync_guidance: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="LatentSync: guidance scale (above 1 each step runs twice; higher follows the audio more "
+        "closely and may distort; the reference's 1.5).",
+    )
 
     @field_validator("naming")
     @classmethod
     def _naming(cls, value: str | None) -> str | None:
         return None if value is None else check_naming(value)
+
+    def engine_settings(self) -> dict[str, object]:
+        """The options set here that override an ``[engine]`` setting of the same name, for this job."""
+        chosen = {name: getattr(self, name) for name in type(self).model_fields if name in EngineSettings.model_fields}
+        return {name: value for name, value in chosen.items() if value is not None}
 
 
 class JobSpec(BaseModel):

@@ -158,8 +158,13 @@ class JobStatus(_Model):
         None, description="Farm worker that runs the job (Celery node name, e.g. gpu0@host); none on a single host."
     )
     device: str | None = Field(None, description="Device of the farm worker that runs the job (e.g. cuda:0).")
-    engine: str | None = Field(None, description="Lip-sync engine used: wav2lip or mouthwarp.")
+    engine: str | None = Field(None, description="Lip-sync engine used: musetalk, wav2lip, mouthwarp or latentsync.")
     engine_identity: str | None = Field(None, description="Identity of the engine's weights (checkpoint hash).")
+    engine_parameters: dict[str, int | float | bool] = Field(
+        default_factory=dict,
+        description="What shaped the engine's pictures besides its weights (latentsync: steps, guidance, seed, "
+        "deepcache); empty for an engine without any.",
+    )
     audio: AudioStatus | None = None
     videos: list[VideoStatus] = Field(default_factory=list)
     ignored: list[str] = Field(default_factory=list, description="Files in the job folder that were not used.")

@@ -323,6 +323,7 @@ def _run_videos(
     status_file.update(
         audio=AudioStatus(file=spec.audio.name, duration_s=round(audio.duration, 3)),
         engine_identity=session.engine.identity,
+        engine_parameters=session.configure(spec.options.engine_settings()),
     )
     status_file.save()
     log.info("audio.decoded", audio=spec.audio.name, duration_s=round(audio.duration, 3))

@@ -282,7 +282,8 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
         raise BadUpload(
             f"invalid job options: {problems}",
             hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
-            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
+            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class); "
+            "latentsync_steps: 1 or more; latentsync_guidance: a number, 0 or more.",
         ) from None
 
 
