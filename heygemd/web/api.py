@@ -105,12 +105,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request's body, at most ``limit`` bytes (TooLarge beyond, once the rest has been read: the client then
     sees the answer)."""
     body = bytearray()
+    over = False
     async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            async for _ in request.stream():
-                pass
-            raise TooLarge(f"the request body is larger than {limit // 1024} KiB", hint=URL_HINT)
-        body += chunk
+        over = over or len(body) + len(chunk) > limit
+        if not over:
+            body += chunk
+    if over:
+        raise TooLarge(f"the request body is larger than {limit // 1024} KiB", hint=URL_HINT)
     return bytes(body)
 
 
