@@ -189,8 +189,11 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             raise
         answer = Submitted.of(job_id)
         if claim is not None:
-            await run_in_threadpool(keys.finish, claim, answer.model_dump())
-            await run_in_threadpool(prune_keys)
+            try:
+                await run_in_threadpool(keys.finish, claim, answer.model_dump())
+                await run_in_threadpool(prune_keys)
+            except OSError as exc:  # the job is queued: answered; its key stays busy until its lease ends (1 h)
+                log.error("web.idempotency_not_recorded", job_id=job_id, error=f"{exc.filename}: {exc.strerror}")
         log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
         return answer
 

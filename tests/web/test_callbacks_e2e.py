@@ -1,7 +1,8 @@
 """Workflow tools against the real daemon process (`heygemd run`, mouthwarp on tiny clips) and real servers on
 127.0.0.1: a job submitted through the API from URLs renders and calls its callback_url back exactly once, signed
-(people hear of it, and the process's metrics count it with its warm engine); a NAS job's callback that is still pending when the daemon is SIGKILLed is delivered after
-the restart, with the same delivery id."""
+(people hear of it, and the process's metrics count it with its warm engine); a NAS job's callback that is still
+pending when the daemon is SIGKILLed is delivered after the restart, with the same delivery id; an engine that fails
+to load is told to people."""
 
 from __future__ import annotations
 
