@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from heygemd.daemon.status import SCHEMA_VERSION
 from heygemd.idempotency import MAX_KEY_LENGTH
 from heygemd.web.problems import Problem
 from heygemd.web.submission import FORM, JSON
@@ -20,7 +21,7 @@ BEARER = "bearerAuth"
 
 SUBMITTED = {"job_id": "lesson-01", "status_url": "/api/jobs/lesson-01"}
 JOB_DONE: dict[str, Any] = {
-    "schema_version": 2,
+    "schema_version": SCHEMA_VERSION,
     "job_id": "lesson-01",
     "job_name": "lesson-01",
     "state": "done",
