@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import quote
 
 import apprise
 import structlog
 
+from heygemd.daemon.hooks import Trouble
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import ConfigError
 from heygemd.settings import NotifyEvent, NotifySettings
@@ -37,7 +37,6 @@ STOP_WAIT_S = 30.0
 BROKER_GRACE_S = 60.0
 """The broker is told about once it has been unreachable for this long (:class:`Outage`)."""
 
-Trouble = Literal["disk_full", "engine_failed", "broker_unreachable"]
 TROUBLE_TITLES: dict[Trouble, str] = {
     "disk_full": "disk full",
     "engine_failed": "an engine failed to load",
