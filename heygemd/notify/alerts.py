@@ -76,6 +76,8 @@ def job_message(status: JobStatus, public_url: str) -> Message:
     link to its page when ``public_url`` (``web.public_url``) is set."""
     done, failed, total = status.counts()
     lines = [f"{done} of {total} videos done" + (f", {failed} failed" if failed else "") + "."]
+    if status.videos_to_review:
+        lines.append(f"{status.videos_to_review} to review: the quality check flagged them (see the job's page).")
     if error := first_error(status):
         lines.append(f"First error: {error}")
     if public_url:
