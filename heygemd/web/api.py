@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from heygemd import __version__
 from heygemd.control import Control
 from heygemd.daemon.jobs import JobOptions
 from heygemd.daemon.status import JobStatus
+from heygemd.engine_names import EngineName
 from heygemd.errors import HeygemdError, JobNotFound
 from heygemd.names import is_audio
 from heygemd.settings import Settings
@@ -89,12 +90,20 @@ class JobPage(BaseModel):
 
 
 class Health(BaseModel):
+    """The server is up; what the machine does (the page header says the same)."""
+
     status: str
     version: str
-    engine: str
-    busy: bool
+    engine: str = Field(description="The engine of a job that names none.")
+    busy: bool = Field(description="A job is claimed (rendering, or waiting for its renderer to come back).")
     current: str | None
-    queued: int
+    queued: int = Field(description="Jobs waiting in the inbox.")
+    workers: int = Field(
+        description="Live renderers (`heygemd run` or `once`, a farm's `heygemd worker`): 0 means submitted jobs wait "
+        "until one starts."
+    )
+    engines: list[str] = Field(description="The engines a job may name now (a renderer has their files).")
+    ignored: list[str] = Field(description="Files directly in the inbox: no job takes them (put them in a job folder).")
 
 
 class Deleted(BaseModel):
@@ -126,11 +135,19 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
     limits = Limits.from_settings(web)
     api = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=ERROR_ANSWERS)
 
-    @api.get("/health", summary="Is the server up; the active engine and whether the worker is busy")
+    @api.get("/health", summary="Is the server up; the active engine, whether the worker is busy, live renderers")
     def health() -> Health:
         m = catalog.machine()
         return Health(
-            status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current, queued=m.queued
+            status="ok",
+            version=__version__,
+            engine=m.engine,
+            busy=m.busy,
+            current=m.current,
+            queued=m.queued,
+            workers=m.workers,
+            engines=[choice.name for choice in control.engine_choices() if choice.why_not is None],
+            ignored=list(m.ignored),
         )
 
     @api.get("/jobs", summary="Every job, newest first, one page at a time")
@@ -223,11 +240,12 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
     @api.post(
         "/jobs/{job_id}/retry",
         status_code=201,
-        summary="Submit the job's failed or cancelled videos again, as a new job",
+        summary="Submit the job's failed or cancelled videos again, as a new job (a job that failed as a whole: all "
+        "its archived files)",
     )
-    def retry(job_id: str) -> Submitted:
+    def retry(job_id: str, engine: Annotated[EngineName | None, Query()] = None) -> Submitted:
         try:
-            new_id = control.retry(job_id)
+            new_id = control.retry(job_id, engine=engine)
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
