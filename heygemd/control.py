@@ -20,7 +20,12 @@ while a retry copies its inputs or a delete moves it, the loser raises JobChange
 
 A farm is wired in from above: the front door that knows it runs a farm (the CLI, from ``[queue] broker``) hands
 in ``finish_idle``, the farm's way to finish at once a job whose task still waits in the broker
-(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request.
+(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request. So is
+``job_ended``, told of a job a cancel finishes at once (its callback and its message for people, as a worker tells
+of the jobs it finishes).
+
+A submission naming a ``callback_url`` is refused before anything is queued when the server would not call it
+(:meth:`Control.check`: CALLBACK_NOT_ALLOWED naming ``[notify] callback_hosts``, or no signing secret).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from heygemd import layout
 from heygemd.daemon import staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
 from heygemd.daemon.claims import claimed_jobs
+from heygemd.daemon.hooks import JobEnded, no_job_ended
 from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, listed_inputs, load_job, load_options
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.presence import Renderer, live_renderers
@@ -62,6 +68,7 @@ from heygemd.errors import (
 )
 from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
 from heygemd.names import fit_name, plain_name
+from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
 
 RETRIED = frozenset({"failed", "cancelled", "not_started"})
@@ -84,10 +91,16 @@ class Control:
     """The job actions on ``settings``' inbox, outbox and state folder."""
 
     def __init__(
-        self, settings: Settings, *, finish_idle: FinishIdle | None = None, renderers: Renderers | None = None
+        self,
+        settings: Settings,
+        *,
+        finish_idle: FinishIdle | None = None,
+        job_ended: JobEnded = no_job_ended,
+        renderers: Renderers | None = None,
     ) -> None:
         self.settings = settings
         self.finish_idle = finish_idle
+        self.job_ended = job_ended
         paths = settings.paths
         self.inbox, self.outbox, self.state = paths.inbox, paths.outbox, paths.state_dir
         self.renderers: Renderers = renderers if renderers is not None else partial(live_renderers, self.state)
@@ -107,12 +120,22 @@ class Control:
         """Give up a staging folder (and what it holds)."""
         staging.discard(folder)
 
+    def check(self, options: JobOptions) -> None:
+        """What the ``options`` of a submission must pass before anything is received or queued: a ``callback_url``
+        on a host ``[notify] callback_hosts`` allows, on a server with a signing secret (CallbackNotAllowed); an
+        engine a live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
+        if options.callback_url is not None:
+            check_callback_url(options.callback_url, self.settings.notify)
+        self.check_engine(options.engine)
+
     def submit(self, folder: Path, *, name: str, options: JobOptions | None = None, tail: str = "") -> str:
-        """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set),
-        the ready marker last, then one rename to the first free name among name<tail>, name<tail>-2, ... Returns
-        the job's id. The staging folder is discarded on failure, and so is a job naming an engine that no live
-        renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
+        """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set,
+        checked by :meth:`check`), the ready marker last, then one rename to the first free name among name<tail>,
+        name<tail>-2, ... Returns the job's id. The staging folder is discarded on failure, and so is a job whose
+        job.toml names an engine that no live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
         try:
+            if options is not None:
+                self.check(options)
             if options is not None and (text := job_toml(options)):
                 (folder / JOB_TOML).write_text(text, encoding="utf-8")
             self.check_engine(self._engine_asked(folder))
@@ -262,6 +285,7 @@ class Control:
             by=by,
             finish_idle=self.finish_idle,
             max_toml_bytes=intake.max_job_toml_bytes,
+            job_ended=self.job_ended,
         )
 
     def retry(self, job_id: str, *, engine: str | None = None) -> str:

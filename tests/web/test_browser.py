@@ -327,7 +327,14 @@ def test_on_a_phone_failures_read_as_failures_and_the_form_checks_before_it_uplo
     assert warning.is_displayed() and "jobs wait until heygemd run starts" in warning.text, warning.text
     engines = driver.find_elements(By.CSS_SELECTOR, "#engine option")  # type: ignore[attr-defined]
     offered = {e.get_attribute("value"): e.get_attribute("disabled") is None for e in engines}
-    assert offered == {"": True, "auto": True, "musetalk": False, "wav2lip": False, "mouthwarp": True}, offered
+    assert offered == {
+        "": True,
+        "auto": True,
+        "musetalk": False,
+        "wav2lip": False,
+        "mouthwarp": True,
+        "latentsync": False,
+    }, offered
     assert "models/musetalk/ lacks" in driver.find_element(By.ID, "not-installed").text  # type: ignore[attr-defined]
     error = driver.find_element(By.ID, "upload-error")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
