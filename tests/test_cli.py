@@ -333,7 +333,9 @@ def test_once_waits_for_a_settling_job_then_takes_it(tmp_path: Path, heygemd_bin
     cfg = tmp_path / "heygemd.toml"
     cfg.write_text(
         '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
-        '[intake]\nsettle_seconds = 3\n[engine]\nname = "mouthwarp"\n',
+        # longer than `once` takes to start and warm its engine on a busy machine (about 5 s), or the job has
+        # settled before the first look and is taken at once
+        '[intake]\nsettle_seconds = 15\n[engine]\nname = "mouthwarp"\n',
         encoding="utf-8",
     )
     once = run(heygemd_bin, "--config", str(cfg), "once")
