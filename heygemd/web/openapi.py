@@ -242,8 +242,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 "The new job is queued.", {"job_id": "lesson-01-retry", "status_url": "/api/jobs/lesson-01-retry"}
             ),
             400: _problem(
-                "ENGINE_NOT_INSTALLED: no live renderer has the files of the engine the job names. Nothing was "
-                "queued.",
+                "ENGINE_NOT_INSTALLED: no live renderer has the files of the engine the job names. Nothing was queued.",
                 {
                     "code": "ENGINE_NOT_INSTALLED",
                     "message": "engine 'musetalk' is not installed: models/musetalk/ lacks musetalkV15/unet.pth",
