@@ -66,9 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a job: waiting, it never starts; rendering, it stops soon")
     cancel.add_argument("job", help="the job's id (as `heygemd status` shows it, or its folder in the inbox)")
     retry = commands.add_parser(
-        "retry", help="submit a finished job's failed or cancelled videos again, as a new job (<job>-retry)"
+        "retry",
+        help="submit a finished job's failed or cancelled videos again, as a new job (<job>-retry); a job that "
+        "failed as a whole: every file of its archived inputs (fix them there first, the error's hint says where)",
     )
     retry.add_argument("job", help="the job's id (as `heygemd status` shows it)")
+    retry.add_argument(
+        "--engine",
+        dest="retry_engine",
+        choices=CHOICES,
+        help="render the new job with this engine (otherwise the one its job.toml names)",
+    )
     delete = commands.add_parser("delete", help="delete a finished job: its outbox folder and its archived inputs")
     delete.add_argument("job", help="the job's id (as `heygemd status` shows it)")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
@@ -176,7 +184,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "status":
         from heygemd.status_view import show_status
 
-        print(show_status(settings.paths.outbox, args.job, settings.paths.state_dir))
+        paths = settings.paths
+        renderers = control_for(settings).renderers()
+        farm = bool(settings.queue.broker)
+        print(show_status(paths.outbox, args.job, paths.state_dir, inbox=paths.inbox, renderers=renderers, farm=farm))
         return 0
     if args.command == "cancel":
         from heygemd.daemon.cancel import requested_by
@@ -189,8 +200,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{answer.job_id}: cancel requested; it stops at its next batch (`heygemd status {answer.job_id}`)")
         return 0
     if args.command == "retry":
-        new_id = control_for(settings).retry(args.job)
-        print(f"{args.job}: its failed and cancelled videos are queued again as {new_id} (`heygemd status {new_id}`)")
+        new_id = control_for(settings).retry(args.job, engine=args.retry_engine)
+        print(f"{args.job}: queued again as {new_id} (`heygemd status {new_id}`)")
         return 0
     if args.command == "delete":
         control_for(settings).delete(args.job)
@@ -228,7 +239,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def control_for(settings: Settings, notices: Notices | None = None) -> Control:
     """The job actions for ``settings``, telling ``notices`` of a job a cancel finishes at once; in a farm
-    (``[queue] broker``) with the farm's way to finish a job whose task still waits in the broker at once."""
+    (``[queue] broker``) with the farm's way to finish a job whose task still waits in the broker at once, and its
+    workers' heartbeat records (who renders, with which engines)."""
     from heygemd.control import Control
     from heygemd.daemon.hooks import no_job_ended
 
@@ -236,8 +248,14 @@ def control_for(settings: Settings, notices: Notices | None = None) -> Control:
     if not settings.queue.broker:
         return Control(settings, job_ended=job_ended)
     from heygemd.farm.cancel import idle_finisher  # Celery and Redis: only in a farm
+    from heygemd.farm.presence import farm_renderers
 
-    return Control(settings, finish_idle=idle_finisher(settings, job_ended), job_ended=job_ended)
+    return Control(
+        settings,
+        finish_idle=idle_finisher(settings, job_ended),
+        job_ended=job_ended,
+        renderers=farm_renderers(settings),
+    )
 
 
 def notices_for(settings: Settings) -> Notices:

@@ -6,9 +6,12 @@ look up, in one module between them and the daemon, so a job is treated the same
   one step (:mod:`heygemd.daemon.staging`): the intake sees nothing, or the whole job.
 - **Cancel** is the daemon's (:mod:`heygemd.daemon.cancel`): a waiting job is cancelled at once, a rendering one
   stops at its next batch.
+- **Submit** refuses a job naming an engine that no live renderer can run (EngineNotInstalled, naming the files it
+  lacks): the renderers' heartbeat records say which engines they have (``heygemd.daemon.presence``).
 - **Retry** submits a NEW inbox job (named ``<job>-retry``, or -retry-2 ...) holding the original audio, the
   presenters whose videos failed or were cancelled, and the original job.toml, copied from the archived inputs;
-  the original job is left as it is.
+  a job that failed as a whole is submitted with every file of its archived inputs (where the user may have fixed
+  them). The original job is left as it is.
 - **Delete** removes the job's outbox folder and its archived inputs, each renamed into a trash folder first and
   then removed (symlinks are removed, never followed).
 
@@ -32,7 +35,10 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -42,39 +48,62 @@ from heygemd.daemon import staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
 from heygemd.daemon.claims import claimed_jobs
 from heygemd.daemon.hooks import JobEnded, no_job_ended
-from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, load_job
+from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, listed_inputs, load_job, load_options
 from heygemd.daemon.outbox import archived_inputs
-from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status
-from heygemd.engines import resolve_engine_name
+from heygemd.daemon.presence import Renderer, live_renderers
+from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status, utc_now
+from heygemd.daemon.waiting import WaitingJobs, read_waiting_jobs, waiting_text
+from heygemd.engine_names import AUTO, ENGINES
+from heygemd.engines import check_installed, resolve_engine_name
 from heygemd.errors import (
     BadStatus,
+    EngineNotInstalled,
     HeygemdError,
     InputsGone,
     JobBusy,
     JobChanged,
+    JobError,
     JobNotFound,
     NothingToRetry,
 )
 from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
-from heygemd.names import fit_name, is_audio, is_presenter, plain_name
+from heygemd.names import fit_name, plain_name
 from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
 
-RETRIED = frozenset({"failed", "cancelled"})
+RETRIED = frozenset({"failed", "cancelled", "not_started"})
 """The videos a retry submits again."""
+
+Renderers = Callable[[], list[Renderer]]
+"""The live renderers (``heygemd.daemon.presence``): a single host's from the state folder; a farm's front
+doors are handed one that also reads the workers' records in Redis."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """An engine a job may name, and why it cannot be chosen now (None: it can)."""
+
+    name: str
+    why_not: str | None = None
 
 
 class Control:
     """The job actions on ``settings``' inbox, outbox and state folder."""
 
     def __init__(
-        self, settings: Settings, *, finish_idle: FinishIdle | None = None, job_ended: JobEnded = no_job_ended
+        self,
+        settings: Settings,
+        *,
+        finish_idle: FinishIdle | None = None,
+        job_ended: JobEnded = no_job_ended,
+        renderers: Renderers | None = None,
     ) -> None:
         self.settings = settings
         self.finish_idle = finish_idle
         self.job_ended = job_ended
         paths = settings.paths
         self.inbox, self.outbox, self.state = paths.inbox, paths.outbox, paths.state_dir
+        self.renderers: Renderers = renderers if renderers is not None else partial(live_renderers, self.state)
 
     def tidy(self) -> None:
         """What a crash left of earlier submits and deletes: old staging folders, the outbox's trash."""
@@ -93,19 +122,23 @@ class Control:
 
     def check(self, options: JobOptions) -> None:
         """What the ``options`` of a submission must pass before anything is received or queued: a ``callback_url``
-        on a host ``[notify] callback_hosts`` allows, on a server with a signing secret (CallbackNotAllowed)."""
+        on a host ``[notify] callback_hosts`` allows, on a server with a signing secret (CallbackNotAllowed); an
+        engine a live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
         if options.callback_url is not None:
             check_callback_url(options.callback_url, self.settings.notify)
+        self.check_engine(options.engine)
 
     def submit(self, folder: Path, *, name: str, options: JobOptions | None = None, tail: str = "") -> str:
         """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set,
         checked by :meth:`check`), the ready marker last, then one rename to the first free name among name<tail>,
-        name<tail>-2, ... Returns the job's id. The staging folder is discarded on failure."""
+        name<tail>-2, ... Returns the job's id. The staging folder is discarded on failure, and so is a job whose
+        job.toml names an engine that no live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
         try:
             if options is not None:
                 self.check(options)
             if options is not None and (text := job_toml(options)):
                 (folder / JOB_TOML).write_text(text, encoding="utf-8")
+            self.check_engine(self._engine_asked(folder))
             staging.mark_ready(folder, self.settings.intake.ready_marker)
             return staging.publish(
                 folder, name=name, tail=tail, inbox=self.inbox, outbox=self.outbox, state_dir=self.state
@@ -118,6 +151,49 @@ class Control:
         except BaseException:
             staging.discard(folder)
             raise
+
+    def _engine_asked(self, folder: Path) -> str | None:
+        """The engine the job.toml of the job built in ``folder`` names, as the worker will read it (None when it
+        names none, or cannot be read: then the job fails with its own error, as from the share)."""
+        path = folder / JOB_TOML
+        if not is_real_file(path):
+            return None
+        try:
+            return load_options(path, max_bytes=self.settings.intake.max_job_toml_bytes).engine
+        except HeygemdError:
+            return None
+
+    # -- engines
+
+    def check_engine(self, engine: str | None, renderers: list[Renderer] | None = None) -> None:
+        """EngineNotInstalled when no live renderer can run ``engine`` (None or ``auto``: any can), naming the files
+        it lacks and where they go. With no renderer running, the models folder as this process sees it decides."""
+        if engine is None or engine == AUTO:
+            return
+        renderers = self.renderers() if renderers is None else renderers
+        if renderers and any(engine in r.engines for r in renderers):
+            return
+        check_installed(engine, self.settings.engine, self.settings.paths.models)  # the files' own message
+        if renderers:
+            raise EngineNotInstalled(
+                f"engine {engine!r} is not installed on any running renderer: "
+                + "; ".join(r.described() for r in renderers),
+                hint="Put its files into the models folder of a renderer (`heygemd check` there lists them) and "
+                "restart it, or choose an engine a renderer has.",
+            )
+
+    def engine_choices(self) -> list[EngineChoice]:
+        """Every engine, and why a job cannot name it now (:meth:`check_engine`): what the new-job form offers."""
+        renderers = self.renderers()
+        choices = []
+        for name in ENGINES:
+            try:
+                self.check_engine(name, renderers)
+            except EngineNotInstalled as exc:
+                choices.append(EngineChoice(name, exc.message))
+            else:
+                choices.append(EngineChoice(name))
+        return choices
 
     # -- look up
 
@@ -146,7 +222,7 @@ class Control:
                 return self.queued(job.job_id, job.name, job.folder, job.claimed_at, job.path)
         folder = self.inbox / job_id
         if is_real_dir(folder):
-            return self.queued(job_id, job_id, folder, _mtime(folder))
+            return self.queued(job_id, job_id, folder, _mtime(folder), waiting=read_waiting_jobs(self.state))
         raise JobNotFound(f"no job {job_id!r}")
 
     def with_request(self, status: JobStatus) -> JobStatus:
@@ -157,27 +233,25 @@ class Control:
         return status if request is None else status.model_copy(update={"cancel": request})
 
     def queued(
-        self, job_id: str, name: str, folder: Path, created: datetime, claim_path: Path | None = None
+        self,
+        job_id: str,
+        name: str,
+        folder: Path,
+        created: datetime,
+        claim_path: Path | None = None,
+        *,
+        waiting: WaitingJobs | None = None,
     ) -> JobStatus:
         """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
-        waits for the worker to take the job)."""
+        waits for the worker to take the job; ``waiting``: what the inbox's jobs wait for, for one still there)."""
         audio: str | None = None
         videos: list[VideoStatus] = []
         try:  # as the worker will read it (job.toml may name the audio)
             spec = load_job(folder, job_id=job_id, name=name)
             audio, videos = spec.audio.name, [VideoStatus(input=v.name) for v in spec.videos]
         except (HeygemdError, OSError):  # not complete yet, or it will fail: what it holds so far
-            try:
-                names = sorted(os.listdir(folder))
-            except OSError:
-                names = []
-            for fname in names:
-                if not plain_name(fname) or not is_real_file(folder / fname):
-                    continue
-                if is_audio(Path(fname)) and audio is None:
-                    audio = fname
-                elif is_presenter(Path(fname)):
-                    videos.append(VideoStatus(input=fname))
+            audio, presenters = listed_inputs(folder)
+            videos = [VideoStatus(input=name) for name in presenters]
         return JobStatus(
             job_id=job_id,
             job_name=name,
@@ -189,6 +263,7 @@ class Control:
             audio=AudioStatus(file=audio) if audio else None,
             videos=videos,
             cancel=read_request(claim_path) if claim_path is not None else None,
+            waiting=waiting_text(job_id, waiting, utc_now()) if waiting is not None else None,
         )
 
     def engine_name(self) -> str:
@@ -213,23 +288,41 @@ class Control:
             job_ended=self.job_ended,
         )
 
-    def retry(self, job_id: str) -> str:
-        """Submit the failed (or cancelled) videos of ``job_id`` again as a new job; returns the new job's id."""
+    def retry(self, job_id: str, *, engine: str | None = None) -> str:
+        """Submit ``job_id`` again as a new job; returns the new job's id. A job that failed as a whole (its own
+        ``error``: a bad job.toml, no audio, an engine not installed) is submitted with every file of its archived
+        inputs (but the presenters already done), as the user may have fixed them there; else its failed, cancelled
+        and not started videos with its audio and job.toml. ``engine``: the new job's engine instead of the one
+        its job.toml names."""
         status = self.lookup(job_id)
         _require_finished(status)
-        failed = [v.input for v in status.videos if v.state in RETRIED]
-        if not failed:
+        whole = status.error is not None
+        again = [v.input for v in status.videos if v.state in RETRIED]
+        if not whole and not again:
             raise NothingToRetry(f"job {job_id!r} has no failed or cancelled video")
         folder = archived_inputs(self.state, status)
-        if folder is None or status.audio is None:
+        if folder is None:
             raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
         inputs = layout.inputs(folder)
         if inputs.is_symlink():
             raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
-        names = [status.audio.file, *failed] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
-        missing = [n for n in names if not plain_name(n) or not (inputs / n).is_file()]
-        if missing:
-            raise InputsGone(f"archived inputs of job {job_id!r} lack {', '.join(missing)}")
+        if whole:
+            done = {v.input for v in status.videos if v.state == "done"}
+            try:
+                names = [name for name in _plain_files(inputs) if name not in done]
+            except FileNotFoundError:
+                raise JobChanged(
+                    f"the archived inputs of job {job_id!r} went away meanwhile; nothing was queued"
+                ) from None
+            if not names:
+                raise InputsGone(f"the archived inputs of job {job_id!r} hold no file")
+        else:
+            if status.audio is None:
+                raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
+            names = [status.audio.file, *again] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
+            missing = [n for n in names if not plain_name(n) or not (inputs / n).is_file()]
+            if missing:
+                raise InputsGone(f"archived inputs of job {job_id!r} lack {', '.join(missing)}")
         target = self.staging()
         try:
             for name in names:
@@ -244,10 +337,24 @@ class Control:
                     if staging.is_disk_full(exc):
                         raise staging.disk_full(f"{job_id}/{name}") from None
                     raise
+            if engine is not None:
+                self._set_engine(target, engine, shown=f"{status.job_name}/{JOB_TOML}")
         except BaseException:
             staging.discard(target)
             raise
         return self.submit(target, name=status.job_name, tail="-retry")
+
+    def _set_engine(self, folder: Path, engine: str, *, shown: str) -> None:
+        """Make the job.toml of the job built in ``folder`` name ``engine`` (its other options kept)."""
+        path = folder / JOB_TOML
+        try:
+            options = load_options(path, max_bytes=self.settings.intake.max_job_toml_bytes) if path.exists() else None
+        except JobError as exc:
+            raise JobError(
+                exc.message.replace(str(path), shown), hint=f"{exc.hint} Retry without an engine to keep it as it is."
+            ) from None
+        options = (options or JobOptions()).model_copy(update={"engine": engine})
+        path.write_text(job_toml(options), encoding="utf-8")
 
     def delete(self, job_id: str) -> None:
         """Remove a finished job: its outbox folder and its archived inputs."""
@@ -266,6 +373,11 @@ class Control:
 def _require_finished(status: JobStatus) -> None:
     if status.state not in FINISHED_JOB_STATES:
         raise JobBusy(f"job {status.job_id!r} is {status.state}")
+
+
+def _plain_files(folder: Path) -> list[str]:
+    """The plain regular files directly in ``folder`` (links, folders and hidden names left out), by name."""
+    return sorted(name for name in os.listdir(folder) if plain_name(name) and is_real_file(folder / name))
 
 
 def _mtime(path: Path) -> datetime:

@@ -115,6 +115,16 @@ class CheckpointError(HeygemdError):
     )
 
 
+class EngineNotInstalled(HeygemdError):
+    """A job asks for an engine whose model files are not where the renderers look for them (refused when it is
+    submitted, or the job fails with it when it came in through the share)."""
+
+    code = "ENGINE_NOT_INSTALLED"
+    default_hint = (
+        'Put the engine\'s files into the models folder (heygemd check lists them), or choose engine = "auto".'
+    )
+
+
 class EncodeError(HeygemdError):
     code = "ENCODE_FAILED"
     default_hint = "ffmpeg could not write the output; check free disk space and write permission on the outbox."

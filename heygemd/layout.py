@@ -14,6 +14,7 @@ by one rename)::
     trash/<job-id>/             inputs being deleted (renamed here first, so a kill never leaves half a job claimed)
     uploads/<random>/           a job being put together before its one rename into the inbox (daemon.staging)
     waiting.json                what the inbox's unready jobs wait for (daemon.waiting)
+    renderers/<host>-<pid>.json the heartbeat of each process that renders here (daemon.presence)
     callbacks/pending/, callbacks/sending/   callback deliveries not yet done (notify.callbacks)
     idempotency/<hash>/         the answer to a request made with an Idempotency-Key (idempotency)
 
@@ -34,6 +35,7 @@ there is refused, never followed) and listed without walking into links (``fsuti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from heygemd.fsutil import own_dir, own_subdirs
@@ -47,6 +49,7 @@ KEPT = "kept"
 TRASH = "trash"
 UPLOADS = "uploads"
 WAITING_FILE = "waiting.json"
+RENDERERS = "renderers"
 CALLBACKS = "callbacks"
 CALLBACKS_PENDING = "pending"
 CALLBACKS_SENDING = "sending"
@@ -145,6 +148,40 @@ def uploads_root(state_dir: Path, *, create: bool = True) -> Path:
 def waiting_file(state_dir: Path) -> Path:
     """``<state>/waiting.json``."""
     return Path(state_dir) / WAITING_FILE
+
+
+def renderers_root(state_dir: Path) -> Path:
+    """``<state>/renderers``, made if missing (a link: ConfigError)."""
+    return own_dir(state_dir, RENDERERS)
+
+
+def renderer_file(state_dir: Path, host: str, pid: int) -> Path:
+    """``<state>/renderers/<host>-<pid>.json``: the heartbeat of process ``pid`` on ``host``."""
+    return Path(state_dir) / RENDERERS / f"{host.replace('/', '_')}-{pid}.json"
+
+
+def renderer_files(state_dir: Path) -> list[Path]:
+    """The heartbeat files in ``<state>/renderers`` (none while it is missing; a link there is never followed)."""
+    folder = Path(state_dir) / RENDERERS
+    if folder.is_symlink():
+        return []
+    try:
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [folder / name for name in sorted(names)]
+
+
+def shown_path(folder: Path, inbox: Path) -> str:
+    """A folder of the state as the inbox's users see it on their share, e.g.
+    ``inbox/.heygemd/archive/2026-12-06/lesson-01/input/`` (the default state folder is inside the inbox); a
+    folder elsewhere by its full path."""
+    try:
+        inside = Path(folder).relative_to(inbox)
+    except ValueError:
+        return f"{folder}/"
+    return f"{Path(inbox).name}/{inside.as_posix()}/"
 
 
 # ---------------------------------------------------------------------------------------------- the outbox

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.engines import available_names, resolve, torch_device_name
+from heygemd.engines import available_names, check_installed, resolve, torch_device_name
 from heygemd.engines.registry import EngineParameters
 from heygemd.fsutil import InputFile
 from heygemd.pipeline import faces
@@ -29,7 +29,11 @@ class LipSyncSession:
     """Holds the engine and detector warm between videos and jobs; load lazily, release between jobs."""
 
     def __init__(self, settings: Settings, engine_name: str | None = None):
+        """``engine_name``: an engine a job asks for (EngineNotInstalled when its files are missing); None or
+        ``auto``: the settings' engine."""
         self.settings = settings
+        if engine_name not in (None, "auto"):
+            check_installed(engine_name, settings.engine, settings.paths.models)
         self.spec = resolve(settings.engine, settings.paths.models, engine_name)
         self.engine_name = self.spec.name
         self._engine: Engine | None = None

@@ -1,5 +1,6 @@
-"""What ``heygemd status`` prints: a table of the jobs in the outbox (from their status.json files) and of the
-jobs still waiting in the inbox (and for which file), or one job in detail. Every value is printed through
+"""What ``heygemd status`` prints: a table of the jobs in the outbox (from their status.json files), the jobs still
+in the inbox and what they wait for (a file, or settling), the files in the inbox that no job takes, and who
+renders; or one job in detail. Every value is printed through
 ``names.printable``: a name with an escape sequence or a newline cannot reach the terminal or break a table.
 
 No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
@@ -12,8 +13,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from heygemd.daemon.presence import Renderer
+from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import JobStatus, VideoStatus, read_status, utc_now
-from heygemd.daemon.waiting import read_waiting
+from heygemd.daemon.waiting import WaitingJobs, read_waiting_jobs, waiting_text
 from heygemd.errors import JobNotFound
 from heygemd.layout import STATUS_FILE, job_folder, status_file
 from heygemd.names import printable
@@ -146,24 +149,67 @@ def _check_notes(video: VideoStatus) -> list[str]:
     return notes
 
 
-def format_waiting(waiting: dict[str, list[str]]) -> str:
-    """The inbox jobs not taken yet because of a file, one line each: ``lesson-01/  waiting for bob.mp4: ...``."""
-    if not waiting:
-        return ""
-    rows = [["WAITING IN THE INBOX", "FOR"]]
-    rows += [[f"{name}/", "; ".join(files)] for name, files in sorted(waiting.items())]
-    return _render(rows)
+def format_inbox(waits: dict[str, str], loose: Sequence[str]) -> str:
+    """The inbox jobs not taken yet, with why (``lesson-01/  settling: taken in 52 s, or at once with .ready``), and
+    the files directly in the inbox, which no job takes."""
+    out = ""
+    if waits:
+        out += _render([["WAITING IN THE INBOX", "FOR"], *([f"{name}/", why] for name, why in sorted(waits.items()))])
+    if loose:
+        rows = [["IGNORED IN THE INBOX", "WHY"]]
+        rows += [[name, "not in a job folder: put it in one of its own (inbox/<job>/)"] for name in sorted(loose)]
+        out += ("\n" if out else "") + _render(rows)
+    return out
 
 
-def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None = None) -> str:
-    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox`` followed by the inbox jobs that
-    wait for a file (read from ``state_dir``), or one job in detail."""
-    waiting = read_waiting(state_dir) if state_dir is not None else {}
+def format_renderers(renderers: Sequence[Renderer], *, farm: bool) -> str:
+    """Who renders (``heygemd run on gpu-1 (musetalk, mouthwarp)``), or that nothing does and what jobs wait for."""
+    if renderers:
+        return "".join(printable(f"rendering: {r.described()}") + "\n" for r in renderers)
+    if farm:
+        return (
+            "No farm worker is running: jobs wait until a `heygemd worker` starts "
+            "(on a GPU host: sudo systemctl start heygemd-worker@0).\n"
+        )
+    return (
+        "Nothing is rendering: jobs wait until `heygemd run` starts "
+        "(sudo systemctl start heygemd, or heygemd run in a terminal).\n"
+    )
+
+
+def show_status(
+    outbox: Path,
+    job_id: str | None = None,
+    state_dir: Path | None = None,
+    *,
+    inbox: Path | None = None,
+    renderers: Sequence[Renderer] | None = None,
+    farm: bool = False,
+) -> str:
+    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox``, the inbox's jobs that are not
+    taken yet and why (read from ``state_dir``: what the daemon said they wait for), the files ``inbox`` holds
+    outside any job folder, and who renders (``renderers``, when given); or one job in detail (of a job still in
+    the inbox, also that nothing renders, when nothing does)."""
+    waiting = read_waiting_jobs(state_dir) if state_dir is not None else WaitingJobs()
+    loose: list[str] = []
+    in_inbox: set[str] | None = None
+    if inbox is not None:
+        try:
+            in_inbox = {c.name for c in scan_inbox(inbox, state_dir, on_loose=loose.append)}
+        except FileNotFoundError:
+            in_inbox = set()
+    now = utc_now()
+    waits = {
+        name: text
+        for name in {*waiting.jobs, *waiting.settling}
+        if (in_inbox is None or name in in_inbox) and (text := waiting_text(name, waiting, now)) is not None
+    }
     if job_id is not None:
         path = status_file(job_folder(outbox, job_id))
         if not path.is_file():
-            if job_id in waiting:
-                return printable(f"{job_id}/ is still in the inbox, waiting for: {'; '.join(waiting[job_id])}") + "\n"
+            if job_id in waits or (in_inbox is not None and job_id in in_inbox):
+                idle = format_renderers(renderers, farm=farm) if renderers is not None and not renderers else ""
+                return printable(f"{job_id}/ is still in the inbox, {waits.get(job_id, 'not taken yet')}") + "\n" + idle
             raise JobNotFound(f"no job {job_id!r} in the outbox {outbox} nor waiting in the inbox")
         try:
             return format_status_detail(read_status(path))
@@ -175,5 +221,9 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
             statuses.append(read_status(path))
         except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
             continue
-    table = format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or utc_now(), s.job_id)))
-    return table + ("\n" + format_waiting(waiting) if waiting else "")
+    out = format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or now, s.job_id)))
+    if waits or loose:
+        out += "\n" + format_inbox(waits, loose)
+    if renderers is not None:
+        out += "\n" + format_renderers(renderers, farm=farm)
+    return out

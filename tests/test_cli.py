@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from heygemd.daemon.status import AudioStatus, ErrorStatus, JobStatus, VideoStat
 from heygemd.daemon.waiting import write_waiting
 from heygemd.demo import presenter_video
 from heygemd.errors import ErrorInfo
+from tests.daemon.conftest import media  # noqa: F401  (the tiny generated media, shared)
+from tests.daemon.daemon_process import Media
 
 
 def run(heygemd_bin: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
@@ -199,14 +202,18 @@ def test_status_escapes_control_characters_in_every_field(tmp_path: Path, heygem
     (outbox / job).mkdir(parents=True)
     write_status(outbox / job / "status.json", status)
     write_waiting(state, {f"wait{ESC}[5m": [f"x{ESC}[8m.mp4: 0 bytes so far"]})
+    (tmp_path / "inbox" / f"wait{ESC}[5m").mkdir(parents=True)
+    (tmp_path / "inbox" / f"loose{ESC}[1m.txt").write_text("a file outside any job folder")
     env = {"HEYGEMD_PATHS__OUTBOX": str(outbox), "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox")}
     table = run(heygemd_bin, "status", env=env)
     detail = run(heygemd_bin, "status", job, env=env)
     for proc in (table, detail):
         assert proc.returncode == 0, proc.stderr
         assert not any(ch in proc.stdout for ch in (ESC, "\r", "\t", chr(7))), repr(proc.stdout)
-    assert len([line for line in table.stdout.splitlines() if line]) == 4, table.stdout  # 2 headers, 2 rows
+    lines = [line for line in table.stdout.splitlines() if line]
+    assert len(lines) == 7, table.stdout  # 3 headers, 3 rows, who renders
     assert "les\\x1b]0;owned\\x07son" in table.stdout and "wait\\x1b[5m/" in table.stdout
+    assert "loose\\x1b[1m.txt" in table.stdout
     assert "bob\\n\\x1b[31m.mp4" in detail.stdout and "bob\\r\\x1b[1A.mp4: no face" in detail.stdout
     assert "tab\\there" in detail.stdout
 
@@ -245,8 +252,34 @@ def test_single_with_a_silent_video_as_audio_names_the_file(tmp_path: Path, heyg
     assert not (tmp_path / "out.mp4").exists()
 
 
+def _once_in_background(heygemd_bin: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [str(heygemd_bin), "--config", str(cfg), "once"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json"},
+        )
+
+
+def _events(log: Path) -> list[dict]:
+    found = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
 def test_once_does_not_take_a_fresh_copy_that_kept_old_mtimes(tmp_path: Path, heygemd_bin: Path) -> None:
-    """`cp -p`, rsync -a, Explorer and Finder keep the source's mtimes: only the ctime says the copy is new."""
+    """`cp -p`, rsync -a, Explorer and Finder keep the source's mtimes: only the ctime says the copy is new. `once`
+    says the job settles and when it is taken, and waits for it (here, stopped meanwhile: nothing was taken)."""
+    import signal
+
+    from tests.daemon.daemon_process import wait_until
+
     job = tmp_path / "inbox" / "copied with old dates"
     job.mkdir(parents=True)
     for name in ("voice.wav", "a.mp4"):
@@ -258,10 +291,64 @@ def test_once_does_not_take_a_fresh_copy_that_kept_old_mtimes(tmp_path: Path, he
         '[intake]\nsettle_seconds = 600\n[engine]\nname = "mouthwarp"\n',
         encoding="utf-8",
     )
-    proc = run(heygemd_bin, "--config", str(cfg), "once")
-    assert proc.returncode == 0, proc.stderr
+    log = tmp_path / "once.log"
+    proc = _once_in_background(heygemd_bin, cfg, log)
+    try:
+        settling = wait_until(
+            lambda: next((e for e in _events(log) if e.get("event") == "job.settling"), None), 120, "job.settling"
+        )
+        assert settling["job_name"] == "copied with old dates" and 590 <= settling["taken_in_s"] <= 600, settling
+        assert "create copied with old dates/.ready to have it taken at once" in settling["hint"]
+        state = tmp_path / "inbox" / ".heygemd"
+        waiting = json.loads((state / "waiting.json").read_text(encoding="utf-8"))
+        assert list(waiting["settling"]) == ["copied with old dates"]
+        listed = run(heygemd_bin, "--config", str(cfg), "status")
+        row = next(line for line in listed.stdout.splitlines() if line.startswith("copied with old dates/"))
+        assert re.search(r"settling: taken in (59\d|600) s, or at once with \.ready$", row), row
+        assert "rendering: heygemd once on " in listed.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert (job / "a.mp4").is_file(), "a job copied a moment ago was taken before settle_seconds passed"
     assert not (tmp_path / "outbox" / "copied with old dates").exists()
+    assert not list((state / "renderers").iterdir()), "a renderer's record goes with it"
+    assert (
+        "Nothing is rendering: jobs wait until `heygemd run` starts"
+        in run(heygemd_bin, "--config", str(cfg), "status").stdout
+    )
+    detail = run(heygemd_bin, "--config", str(cfg), "status", "copied with old dates").stdout
+    assert detail.startswith("copied with old dates/ is still in the inbox, settling: taken in ")
+    assert "Nothing is rendering" in detail
+
+
+def test_once_waits_for_a_settling_job_then_takes_it(tmp_path: Path, heygemd_bin: Path) -> None:
+    job = tmp_path / "inbox" / "lesson"
+    job.mkdir(parents=True)
+    for name in ("voice.wav", "a.mp4"):
+        (job / name).write_bytes(b"not media at all")
+    (tmp_path / "inbox" / "notes.txt").write_text("dropped next to the job folders")
+    cfg = tmp_path / "heygemd.toml"
+    cfg.write_text(
+        '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n'
+        # longer than `once` takes to start and warm its engine on a busy machine (about 5 s), or the job has
+        # settled before the first look and is taken at once
+        '[intake]\nsettle_seconds = 15\n[engine]\nname = "mouthwarp"\n',
+        encoding="utf-8",
+    )
+    once = run(heygemd_bin, "--config", str(cfg), "once")
+    assert once.returncode == 0, once.stderr[-3000:]
+    events = [json.loads(line) for line in once.stderr.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names.index("job.settling") < names.index("job.claimed"), names
+    loose = [e for e in events if e["event"] == "inbox.loose_file"]
+    assert len(loose) == 1 and loose[0]["file"] == "notes.txt" and "put it in a job folder" in loose[0]["hint"]
+    status = json.loads((tmp_path / "outbox" / "lesson" / "status.json").read_text(encoding="utf-8"))
+    assert status["state"] == "failed"  # taken once settled: its files fail with their own errors
+    listed = run(heygemd_bin, "--config", str(cfg), "status").stdout
+    assert re.search(r"^notes\.txt +not in a job folder: put it in one of its own \(inbox/<job>/\)$", listed, re.M)
 
 
 def test_batch_gives_inputs_with_the_same_stem_distinct_outputs(tmp_path: Path, heygemd_bin: Path) -> None:
@@ -403,3 +490,52 @@ def test_single_follows_links_named_on_the_command_line(tmp_path: Path, heygemd_
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out.mp4").is_file()
+
+
+def test_a_job_with_a_bad_job_toml_is_retried_from_the_cli_once_it_is_fixed(
+    tmp_path: Path,
+    heygemd_bin: Path,
+    media: Media,  # noqa: F811
+) -> None:
+    """A bad job.toml fails the job as a whole: its video is not started, status names the archive folder where
+    its files are kept; `heygemd retry` with the file fixed there renders it (with --engine over a still broken
+    job.toml it refuses, naming the file as the user knows it, and queues nothing)."""
+    import re
+    import shutil
+
+    job = tmp_path / "inbox" / "lesson"
+    job.mkdir(parents=True)
+    shutil.copy(media.speech, job / "voice.wav")
+    shutil.copy(media.face_a, job / "anna.mp4")
+    (job / "job.toml").write_text("crf = 99\n")
+    (job / ".ready").touch()
+    cfg = tmp_path / "heygemd.toml"
+    cfg.write_text(
+        '[paths]\ninbox = "inbox"\noutbox = "outbox"\nmodels = "models"\n[engine]\nname = "mouthwarp"\n',
+        encoding="utf-8",
+    )
+    once = run(heygemd_bin, "--config", str(cfg), "once", timeout=180)
+    assert once.returncode == 0, once.stderr[-3000:]
+    status = json.loads((tmp_path / "outbox" / "lesson" / "status.json").read_text(encoding="utf-8"))
+    assert status["state"] == "failed" and status["error"]["code"] == "BAD_JOB"
+    assert status["error"]["message"].startswith("lesson/job.toml: field 'crf': ")
+    assert [(v["input"], v["state"]) for v in status["videos"]] == [("anna.mp4", "not_started")]
+    detail = run(heygemd_bin, "--config", str(cfg), "status", "lesson").stdout
+    assert "anna.mp4  not_started" in detail
+    kept = re.search(r"kept in (inbox/\.heygemd/archive/[0-9-]+/lesson/input/)", detail)
+    assert kept, detail
+    archived = tmp_path / kept.group(1)
+    assert (archived / "job.toml").read_text() == "crf = 99\n"
+
+    refused = run(heygemd_bin, "--config", str(cfg), "retry", "lesson", "--engine", "mouthwarp")
+    assert refused.returncode == 1 and "[BAD_JOB] lesson/job.toml: field 'crf'" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == [".heygemd"]
+
+    (archived / "job.toml").write_text("crf = 30\n")
+    retried = run(heygemd_bin, "--config", str(cfg), "retry", "lesson")
+    assert retried.returncode == 0, retried.stderr
+    assert "lesson: queued again as lesson-retry" in retried.stdout
+    once = run(heygemd_bin, "--config", str(cfg), "once", timeout=180)
+    assert once.returncode == 0, once.stderr[-3000:]
+    done = json.loads((tmp_path / "outbox" / "lesson-retry" / "status.json").read_text(encoding="utf-8"))
+    assert done["state"] == "done" and [v["state"] for v in done["videos"]] == ["done"], done

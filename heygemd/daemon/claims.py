@@ -244,16 +244,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def alive_here(pid: int, process: str | None) -> bool:
+    """Whether process ``pid`` of this machine is alive and, where its :func:`process_identity` was recorded
+    (``process``), still that process: a pid another process got after the first one died is not it."""
+    if not _pid_alive(pid):
+        return False
+    return process is None or process_identity(pid) == process
+
+
 def held_by(claimed: ClaimedJob, *, now: float | None = None, lease_seconds: float = LEASE_SECONDS) -> str | None:
     """Why another live process (here or on another machine) is working on ``claimed`` right now, or None when
     none is. On this machine: its pid is alive and, where the claim recorded it, is still the same process (a
     pid reused by another process holds nothing). On another: claim.json was touched less than
     ``lease_seconds`` ago."""
     if claimed.host == socket.gethostname():
-        if claimed.pid == os.getpid() or not _pid_alive(claimed.pid):
+        if claimed.pid == os.getpid() or not alive_here(claimed.pid, claimed.process):
             return None
-        if claimed.process is not None and process_identity(claimed.pid) != claimed.process:
-            return None  # the owner died and its pid now belongs to another process
         return f"process {claimed.pid} on this host is alive"
     if not claimed.host:  # claim.json was lost: nobody can be identified as its owner
         return None

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from heygemd.engine_names import EngineName, listed
 from heygemd.errors import JobError, UnsafePath
-from heygemd.fsutil import read_regular
+from heygemd.fsutil import is_real_file, read_regular
 from heygemd.names import (
     AUDIO_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -46,6 +46,7 @@ from heygemd.names import (
     encodable_name,
     is_audio,
     is_presenter,
+    plain_name,
     shown_name,
 )
 from heygemd.outgoing import parse_url
@@ -270,3 +271,23 @@ def _pick_audio(
             hint=f'Keep one, or say which to use in {JOB_TOML}: audio = "{audios[0].name}"',
         )
     return audios[0]
+
+
+def listed_inputs(folder: Path) -> tuple[str | None, list[str]]:
+    """What a job folder holds by the names alone, for a job that is not complete yet or cannot be read as a job
+    (:func:`load_job` failed): its first audio file (None when there is none) and its presenters, in the order
+    the job would take them. Only plain regular files count; an unreadable folder holds nothing."""
+    try:
+        names = sorted(os.listdir(folder), key=natural_key)
+    except OSError:
+        return None, []
+    audio: str | None = None
+    presenters: list[str] = []
+    for name in names:
+        if not plain_name(name) or not is_real_file(Path(folder) / name):
+            continue
+        if is_audio(Path(name)) and audio is None:
+            audio = name
+        elif is_presenter(Path(name)):
+            presenters.append(name)
+    return audio, presenters

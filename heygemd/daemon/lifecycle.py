@@ -1,6 +1,6 @@
 """What every long-running heygemd process shares, whatever loop it runs (``heygemd run``, ``once``, the farm's
-intake and ``heygemd worker``): the stop flag and its one second-signal rule, the systemd heartbeat, the warm
-engines, and the hooks handed in from above (:class:`Hooks`).
+intake and ``heygemd worker``): the stop flag and its one second-signal rule, the heartbeat (systemd's watchdog, and
+a renderer's presence record), the warm engines, and the hooks handed in from above (:class:`Hooks`).
 
 Signals only set flags. The first SIGTERM (or Ctrl-C) stops taking work and interrupts the current video at its
 next batch; the loop ends, its job stays claimed with the video pending, and the process exits 0. A second one
@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import Protocol
 
 import structlog
 
 from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_trouble
+from heygemd.daemon.presence import BEAT_SECONDS
 from heygemd.daemon.systemd import Notifier
 from heygemd.errors import ErrorInfo
 from heygemd.lipsync import LipSyncSession
@@ -100,17 +102,37 @@ def until_stopped(serve: Callable[[], int], notifier: Notifier, *, name: str = "
     return status
 
 
+class Presence(Protocol):
+    """A renderer's heartbeat record (:mod:`heygemd.daemon.presence`; a farm's in Redis)."""
+
+    def announce(self) -> None:
+        """Write the record, beating now (never raises: a refused write is logged)."""
+
+    def withdraw(self) -> None:
+        """Remove it: the process ends."""
+
+
 class Heartbeat:
-    """Pings the systemd watchdog from a thread, but only while the work loop keeps reporting progress.
+    """From a thread: pings the systemd watchdog, but only while the work loop keeps reporting progress; and
+    rewrites the process's ``presence`` record every ``BEAT_SECONDS`` (written at the start, removed at the end),
+    whatever the work does: it says the renderer is there.
 
     A wedged GPU call or a hung ffmpeg stops the beats, the pings stop, and systemd restarts the service.
     """
 
-    def __init__(self, notifier: Notifier, interval: float | None, *, idle: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        notifier: Notifier,
+        interval: float | None,
+        *,
+        idle: Callable[[], bool] = lambda: False,
+        presence: Presence | None = None,
+    ):
         """``idle``: True while no work runs (a farm worker waiting for a task): the pings go on without beats."""
         self.notifier = notifier
         self.interval = interval
         self.idle = idle
+        self.presence = presence
         self._last_beat = time.monotonic()
         self._last_text = ""
         self._stop = threading.Event()
@@ -123,7 +145,9 @@ class Heartbeat:
             self.notifier.status(text)
 
     def __enter__(self) -> "Heartbeat":
-        if self.interval:
+        if self.presence is not None:
+            self.presence.announce()
+        if self.interval or self.presence is not None:
             self._thread = threading.Thread(target=self._run, name="heygemd-watchdog", daemon=True)
             self._thread.start()
         return self
@@ -132,12 +156,18 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.presence is not None:
+            self.presence.withdraw()
 
     def _run(self) -> None:
-        assert self.interval is not None
-        while not self._stop.wait(self.interval / 2):
-            if self.idle() or time.monotonic() - self._last_beat < self.interval:
+        tick = min(self.interval / 2, BEAT_SECONDS) if self.interval else BEAT_SECONDS
+        announce_at = time.monotonic() + BEAT_SECONDS
+        while not self._stop.wait(tick):
+            if self.interval and (self.idle() or time.monotonic() - self._last_beat < self.interval):
                 self.notifier.watchdog()
+            if self.presence is not None and time.monotonic() >= announce_at:
+                self.presence.announce()
+                announce_at = time.monotonic() + BEAT_SECONDS
 
 
 class Sessions:

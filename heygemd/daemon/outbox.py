@@ -71,21 +71,12 @@ def outbox_dir_for(outbox: Path, job_id: str, claimed_at: datetime) -> Path:
                 return folder
 
 
-def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: datetime | None = None) -> Path | None:
-    """Move a finished job's claimed folder out of ``claimed/`` according to ``inputs_after``
-    (``settings.outbox.inputs_after``). Call only once the outputs and status.json are written.
-
-    Returns where the inputs went (None when deleted). Moves are renames within the state dir. A state folder that
-    is a link raises ConfigError (``fsutil.own_dir``) and the inputs stay claimed.
-    """
+def inputs_destination(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: datetime | None = None) -> Path | None:
+    """Where :func:`finish_inputs` moves ``claimed``'s folder: ``<state>/archive/<day>/<id>`` or ``<state>/kept/<id>``
+    (the first free name; the day folder is made), None when the inputs are deleted. A worker asks before it moves
+    them, so that status.json can say where a failed job's files are kept."""
     now = now or utc_now()
     if inputs_after == "delete":
-        # Rename out of claimed/ first (atomic), then delete: a kill halfway through the delete must not leave a
-        # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
-        target = free_path(trash_root(claimed.state_dir) / claimed.job_id)
-        claimed.path.rename(target)
-        fsync_dir(claimed.path.parent)
-        remove_tree(target)
         return None
     if inputs_after == "archive":
         parent = archive_day(claimed.state_dir, now.astimezone(timezone.utc).strftime("%Y-%m-%d"))
@@ -93,9 +84,31 @@ def finish_inputs(claimed: ClaimedJob, inputs_after: InputsAfter, *, now: dateti
         parent = kept_root(claimed.state_dir)
     else:
         raise ValueError(f"inputs_after must be archive, delete or keep, not {inputs_after!r}")
-    target = free_path(parent / claimed.job_id)
+    return free_path(parent / claimed.job_id)
+
+
+def finish_inputs(
+    claimed: ClaimedJob, inputs_after: InputsAfter, *, now: datetime | None = None, target: Path | None = None
+) -> Path | None:
+    """Move a finished job's claimed folder out of ``claimed/`` according to ``inputs_after``
+    (``settings.outbox.inputs_after``). Call only once the outputs and status.json are written.
+
+    Returns where the inputs went (None when deleted): ``target`` when given (what :func:`inputs_destination`
+    said), else its answer now. Moves are renames within the state dir. A state folder that is a link raises
+    ConfigError (``fsutil.own_dir``) and the inputs stay claimed.
+    """
+    if inputs_after == "delete":
+        # Rename out of claimed/ first (atomic), then delete: a kill halfway through the delete must not leave a
+        # half-emptied job in claimed/ for the next start to "resume". empty_trash() finishes such a delete.
+        trashed = free_path(trash_root(claimed.state_dir) / claimed.job_id)
+        claimed.path.rename(trashed)
+        fsync_dir(claimed.path.parent)
+        remove_tree(trashed)
+        return None
+    target = target if target is not None else inputs_destination(claimed, inputs_after, now=now)
+    assert target is not None
     claimed.path.rename(target)
-    fsync_dir(parent)
+    fsync_dir(target.parent)
     fsync_dir(claimed.path.parent)
     return target
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -31,11 +32,14 @@ from heygemd.daemon.lifecycle import (
     warm_sessions,
 )
 from heygemd.daemon.outbox import empty_trash, prune_archive
+from heygemd.daemon.presence import PresenceFile, remove_dead_records, this_process
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
+from heygemd.daemon.status import utc_now
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
+from heygemd.engines import installed_names
 from heygemd.errors import ConfigError
 from heygemd.fsutil import own_dir, own_subdirs, remove_temps
 from heygemd.names import shown_name
@@ -90,6 +94,7 @@ class Service:
         paused_retry_s: float = PAUSED_RETRY_SECONDS,
         completeness: CompletenessCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         resume_claimed: bool = True,
         may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -98,6 +103,7 @@ class Service:
         self.resume_claimed = resume_claimed  # False in a farm's intake: the workers resume claimed jobs
         self.may_claim = may_claim  # a farm's intake claims only while the broker can take the job
         self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
+        self._wall_clock = wall_clock  # waiting.json says when a settling job is taken, in UTC
         self.paused_retry_s = float("inf") if once else paused_retry_s
         intake_settings = settings.intake
         self._now = 0.0
@@ -112,7 +118,13 @@ class Service:
         self.retry_at: dict[str, float] = {}
         self.waiting: dict[str, tuple[str, ...]] = {}
         """Per inbox job not yet ready: what it waits for (in-flight or incomplete files), for logs and STATUS=."""
-        self._waiting_written: dict[str, tuple[str, ...]] | None = None
+        self.settling: dict[str, float] = {}
+        """Per inbox job settling now: when (``now``'s clock) it is taken if nothing in it changes meanwhile."""
+        self._settling_at: dict[str, datetime] = {}
+        """The same in UTC, as waiting.json says it (moved only when it moves by more than a second)."""
+        self._waiting_written: tuple[dict[str, tuple[str, ...]], dict[str, datetime]] | None = None
+        self._loose: set[str] = set()
+        """Files directly in the inbox, as of the last scan: each is logged when it first appears."""
         self._refused: dict[str, str] = {}
         """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
         self._inbox_problem: str | None = None
@@ -146,20 +158,29 @@ class Service:
         parts = [f"{name}/{', '.join(files)}" for name, files in sorted(self.waiting.items()) if files]
         return "waiting for " + "; ".join(parts) if parts else ""
 
+    def settling_for(self) -> float | None:
+        """Seconds until the first settling job may be taken (None when none settles): ``heygemd once`` waits."""
+        return max(0.0, min(self.settling.values()) - self._now) if self.settling else None
+
     def _publish_waiting(self) -> None:
-        """Write ``waiting.json`` for ``heygemd status`` when what the inbox waits for changed."""
+        """Write ``waiting.json`` for ``heygemd status`` and the web pages when what the inbox waits for changed."""
         current = {name: files for name, files in self.waiting.items() if files}
-        if current == self._waiting_written:
+        if (current, self._settling_at) == self._waiting_written:
             return
         try:
-            write_waiting(self.settings.paths.state_dir, current)
+            write_waiting(
+                self.settings.paths.state_dir,
+                current,
+                self._settling_at,
+                ready_marker=self.settings.intake.ready_marker,
+            )
         except OSError as exc:  # a share refusing one write: the log still says it, the next change retries
             log.warning("waiting.write_failed", error=f"{exc.filename}: {exc.strerror}")
             return
         except ConfigError as exc:  # the state folder became a link: never written through
             log.warning("waiting.write_failed", error=exc.message, hint=exc.hint)
             return
-        self._waiting_written = current
+        self._waiting_written = (current, dict(self._settling_at))
 
     def _next_claimed(self, now: float) -> ClaimedJob | None:
         """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause (a
@@ -201,8 +222,9 @@ class Service:
         """
         paths = self.settings.paths
         bad_names: list[str] = []
+        loose: list[str] = []
         try:
-            candidates = scan_inbox(paths.inbox, paths.state_dir, on_bad_name=bad_names.append)
+            candidates = scan_inbox(paths.inbox, paths.state_dir, on_bad_name=bad_names.append, on_loose=loose.append)
         except OSError as exc:  # unmounted, stale or unreadable: said once, looked at again at the next scan
             event = "inbox.missing" if isinstance(exc, FileNotFoundError) else "inbox.unreadable"
             if self._inbox_problem != event:
@@ -217,10 +239,18 @@ class Service:
                 hint="The folder name is not valid UTF-8; rename it to take it as a job.",
             )
         self._bad_names = set(bad_names)
+        for name in sorted(set(loose) - self._loose):
+            log.warning(
+                "inbox.loose_file",
+                file=shown_name(name),
+                hint="A file directly in the inbox is ignored: put it in a job folder of its own (inbox/<job>/, "
+                "with the audio and the presenters).",
+            )
+        self._loose = set(loose)
         self.tracker.retain(c.name for c in candidates)
         present = {c.name for c in candidates}
-        for gone in set(self.waiting) - present:
-            del self.waiting[gone]
+        for gone in (set(self.waiting) | set(self.settling)) - present:
+            self._forget(gone)
         for gone in set(self._refused) - present:
             del self._refused[gone]
         ready = []
@@ -244,7 +274,7 @@ class Service:
                 continue
             self._refused.pop(candidate.name, None)
             self.tracker.forget(candidate.name)
-            self.waiting.pop(candidate.name, None)
+            self._forget(candidate.name)
             if claimed is not None:
                 log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
                 return claimed
@@ -256,7 +286,35 @@ class Service:
             self._refused[name] = error
             log.warning("job.claim_refused", job_name=name, error=error, **({"hint": hint} if hint else {}))
 
+    def _forget(self, name: str) -> None:
+        """``name`` left the inbox (claimed, removed): it waits for nothing any more."""
+        self.waiting.pop(name, None)
+        self.settling.pop(name, None)
+        self._settling_at.pop(name, None)
+
+    def _note_settling(self, name: str, readiness: Readiness) -> None:
+        """Remember when a settling job is taken, and say it the first time it settles."""
+        if readiness.reason is not ReadyReason.SETTLING:
+            self.settling.pop(name, None)
+            self._settling_at.pop(name, None)
+            return
+        intake = self.settings.intake
+        if name not in self.settling:
+            log.info(
+                "job.settling",
+                job_name=name,
+                taken_in_s=round(readiness.wait_s),
+                hint=f"A job is taken once nothing in it changed for intake.settle_seconds ({intake.settle_seconds:g} "
+                f"s); create {name}/{intake.ready_marker} to have it taken at once.",
+            )
+        self.settling[name] = self._now + readiness.wait_s
+        at = datetime.fromtimestamp(self._wall_clock() + readiness.wait_s, timezone.utc)
+        before = self._settling_at.get(name)
+        if before is None or abs((at - before).total_seconds()) > 1.0:
+            self._settling_at[name] = at
+
     def _note_waiting(self, name: str, readiness: Readiness) -> None:
+        self._note_settling(name, readiness)
         waiting_for = () if readiness.ready else readiness.waiting_for
         if waiting_for and self.waiting.get(name) != waiting_for:
             if readiness.in_flight:
@@ -319,6 +377,7 @@ def run_service(settings: Settings, *, once: bool = False, hooks: Hooks = Hooks(
 
 def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: bool, hooks: Hooks) -> None:
     paths = settings.paths
+    started = utc_now()
     log.info(
         "daemon.starting",
         inbox=str(paths.inbox),
@@ -327,8 +386,13 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
         mode="once" if once else "run",
     )
     sessions = warm_sessions(settings, hooks)
+    name = "heygemd once" if once else "heygemd run"
+    presence = PresenceFile(
+        paths.state_dir,
+        lambda: this_process("daemon", name, installed_names(settings.engine, paths.models), started),
+    )
 
-    with Heartbeat(notifier, watchdog_interval()) as heartbeat:
+    with Heartbeat(notifier, watchdog_interval(), presence=presence) as heartbeat:
         context = JobContext.from_settings(
             settings,
             session_for=sessions.get,
@@ -349,8 +413,7 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
         _remove_cache_temps(paths.cache_dir)
         service = Service(settings, run_job, once=once)
         if once:
-            while not stopping() and service.step(time.monotonic()).action == "ran":
-                pass
+            serve_once(service, stopping, heartbeat)
         else:
             watch_inbox(
                 settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, idle=sessions.unload_if_idle
@@ -360,10 +423,28 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
 IDLE_TEXT = "idle, watching the inbox"
 
 
+def serve_once(service: Service, stopping: Callable[[], bool], heartbeat: Heartbeat) -> None:
+    """``heygemd once``: every ready job, and every job that settles meanwhile (each said once in the log, with
+    when it is taken); then return. Jobs waiting for a file that is still being copied are left (the log says
+    which file): they may never complete."""
+    while not stopping():
+        if service.step(time.monotonic()).action == "ran":
+            continue
+        wait = service.settling_for()
+        if wait is None:
+            return
+        heartbeat.beat(f"waiting {wait:.0f} s for settling jobs: {', '.join(sorted(service.settling))}")
+        end = time.monotonic() + wait
+        while not stopping() and (left := end - time.monotonic()) > 0:
+            heartbeat.beat()
+            time.sleep(min(left, STOP_POLL_SECONDS))
+
+
 def tidy_state(state_dir: Path) -> None:
     """At start: what a killed process left in the state folder (reservations of claims cut short, deletes cut
-    short, temporary files such as waiting.json's) goes."""
+    short, heartbeat records of renderers that are gone, temporary files such as waiting.json's) goes."""
     remove_stale_reservations(state_dir)
+    remove_dead_records(state_dir)
     empty_trash(state_dir)
     remove_temps(state_dir, min_age_s=CACHE_TEMP_MIN_AGE_S)
 

@@ -6,9 +6,9 @@ against ``status.schema.json``, shipped next to this module and generated from :
 (regenerate with ``python -m heygemd.daemon.status``).
 
 States: a job is ``queued -> processing -> done | partial | failed | cancelled``; a video is
-``pending -> processing -> done | failed | cancelled``. ``partial`` means at least one video done and at least one
-failed; ``cancelled`` that a user cancelled the job (``heygemd.daemon.cancel``): the videos done before it stay
-done, the others are ``cancelled``.
+``pending -> processing -> done | failed | cancelled``, or ``not_started`` when the job failed as a whole before
+the video ran. ``partial`` means at least one video done and at least one failed; ``cancelled`` that a user
+cancelled the job (``heygemd.daemon.cancel``): the videos done before it stay done, the others are ``cancelled``.
 
 No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 """
@@ -30,15 +30,16 @@ from heygemd.errors import ErrorInfo
 from heygemd.fsutil import ReplaceFn, atomic_write_bytes
 from heygemd.quality.report import QualityReport
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Only ever increases; fields are added, never renamed."""
 
 SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
 
 JobState = Literal["queued", "processing", "done", "partial", "failed", "cancelled"]
-VideoState = Literal["pending", "processing", "done", "failed", "cancelled"]
+VideoState = Literal["pending", "processing", "done", "failed", "cancelled", "not_started"]
+"""``not_started``: the job failed as a whole (its ``error``) before this video ran (schema version 3)."""
 
-FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+FINISHED_VIDEO_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "not_started"})
 FINISHED_JOB_STATES: frozenset[str] = frozenset({"done", "partial", "failed", "cancelled"})
 
 
@@ -195,6 +196,11 @@ class JobStatus(_Model):
         description="The deliveries of the job's callback_url once the job ended (host, state, attempts, last "
         "error), updated after every attempt.",
     )
+    waiting: str | None = Field(
+        None,
+        description="A job still in the inbox, as the API and the pages show it (null in status.json, which is "
+        "written once the job is taken): what it waits for, e.g. 'settling: taken in 52 s, or at once with .ready'.",
+    )
 
     def counts(self) -> tuple[int, int, int]:
         """(videos done, videos failed, videos in total)."""
@@ -240,13 +246,14 @@ def job_state_from_videos(videos: Sequence[VideoStatus]) -> JobState:
 
 
 def overall_progress(videos: Sequence[VideoStatus]) -> float:
-    """Mean progress over the videos; a done or failed video counts as 1 (a cancelled one as far as it got).
+    """Mean progress over the videos; a done, failed or not started video counts as 1 (a cancelled one as far as
+    it got).
 
     Every output is as long as the one audio, so videos weigh the same.
     """
     if not videos:
         return 0.0
-    total = sum(1.0 if v.state in ("done", "failed") else v.progress for v in videos)
+    total = sum(1.0 if v.state in ("done", "failed", "not_started") else v.progress for v in videos)
     return min(1.0, total / len(videos))
 
 

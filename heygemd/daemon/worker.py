@@ -30,8 +30,8 @@ from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
 from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_job_ended, tell_trouble
-from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, load_job
-from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, listed_inputs, load_job
+from heygemd.daemon.outbox import finish_inputs, inputs_destination, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
@@ -76,6 +76,9 @@ class JobContext:
     device: str | None = None
     quality: QualitySettings = field(default_factory=QualitySettings)
     """The check of every output (``heygemd.quality``) and what a video to review gets."""
+    inbox: Path | None = None
+    """The inbox as this process mounts it, to name the archive folder of a failed job as the share's users see
+    it; None: the state folder's parent (the default state folder is ``<inbox>/.heygemd``)."""
     job_ended: JobEnded = no_job_ended
     """Told when a job ends, after its status.json is final and its inputs left the claim (callbacks, alerts)."""
     trouble: TroubleSeen = no_trouble
@@ -106,6 +109,7 @@ class JobContext:
             quality=settings.quality,
             worker=worker,
             device=device,
+            inbox=settings.paths.inbox,
             job_ended=job_ended,
             trouble=trouble,
         )
@@ -255,7 +259,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             outcome = JobOutcome.PAUSED
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
             info = report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed))
-            status_file.update(error=_for_user(info, claimed))
+            status_file.update(error=_for_user(info, claimed), videos=_not_started(status_file.status, claimed))
             outcome = JobOutcome.FAILED
         if outcome is JobOutcome.CANCELLED:
             request = read_request(claimed.path)
@@ -268,19 +272,50 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
                 log.warning("status.write_failed", code=exc.code, error=exc.message)
             log.warning("job.interrupted", progress=round(status_file.status.progress, 3))
             return JobResult(outcome, status_file.status)
-        status_file.update(finished=utc_now())
+        finished = utc_now()
+        # A job whose outputs are not all there keeps its inputs (archived, never deleted), so the user can fix and
+        # resubmit them: a job that failed as a whole says where they are kept.
+        inputs_after = context.inputs_after if status_file.status.recomputed().state == "done" else "archive"
+        kept_in: Path | None = None
+        if status_file.status.error is not None:
+            try:
+                kept_in = inputs_destination(claimed, inputs_after, now=finished)
+            except (OSError, ConfigError):  # the archive refuses: finish_inputs below says so, and the job pauses
+                kept_in = None
+            else:
+                status_file.update(error=_kept_in(status_file.status.error, claimed, kept_in, context.inbox))
+        status_file.update(finished=finished)
         status_file.save()
         final = status_file.status
         done, failed, total = final.counts()
         level = log.info if final.state == "done" else log.warning
         level(f"job.{final.state}", videos_done=done, videos_failed=failed, videos=total)
-    # Inputs leave claimed/ only now that status.json and every output are safely written. A job whose outputs
-    # are not all there keeps its inputs (archived, never deleted), so the user can fix and resubmit.
-    inputs_after = context.inputs_after if final.state == "done" else "archive"
+    # Inputs leave claimed/ only now that status.json and every output are safely written.
     remove_leftovers(claimed, out_dir)
-    finish_inputs(claimed, inputs_after)
+    finish_inputs(claimed, inputs_after, target=kept_in)
     tell_job_ended(context.job_ended, final, options)
     return JobResult(outcome, final)
+
+
+def _not_started(status: JobStatus, claimed: ClaimedJob) -> list[VideoStatus]:
+    """The videos of a job that failed as a whole: those that had not finished are ``not_started``; a job that
+    failed before its videos were known (a bad job.toml, no audio) lists the presenters its folder holds."""
+    if not status.videos:
+        return [VideoStatus(input=name, state="not_started") for name in listed_inputs(claimed.folder)[1]]
+    reset = {"state": "not_started", "progress": 0.0, "frames_done": 0, "started": None, "output": None}
+    return [v if v.finished_state else v.model_copy(update=reset) for v in status.videos]
+
+
+def _kept_in(error: ErrorStatus, claimed: ClaimedJob, kept: Path | None, inbox: Path | None) -> ErrorStatus:
+    """A whole job's error, its hint saying where its files are kept and how to run them again."""
+    if kept is None:
+        return error
+    where = layout.shown_path(layout.inputs(kept), inbox if inbox is not None else claimed.state_dir.parent)
+    more = (
+        f"The job's files are kept in {where} (fix them there if they are the cause); then `heygemd retry "
+        f"{claimed.job_id}` or the Retry button of its page runs them again."
+    )
+    return error.model_copy(update={"hint": f"{error.hint} {more}".strip()})
 
 
 def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:

@@ -6,13 +6,24 @@ Importing this package does not import torch: the torch engines are imported onl
 
 from __future__ import annotations
 
-from heygemd.engines.registry import SPECS, EngineSpec, ModelFiles, available_names, resolve, resolve_engine_name
+from heygemd.engines.registry import (
+    SPECS,
+    EngineSpec,
+    ModelFiles,
+    available_names,
+    check_installed,
+    installed_names,
+    resolve,
+    resolve_engine_name,
+)
 
 __all__ = [
     "SPECS",
     "EngineSpec",
     "ModelFiles",
     "available_names",
+    "check_installed",
+    "installed_names",
     "resolve",
     "resolve_engine_name",
     "torch_device_name",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from heygemd.engine_names import AUTO, CHOICES, ENGINES, listed
 from heygemd.engines import latentsync_layout, musetalk_layout
-from heygemd.errors import CheckpointError, ConfigError
+from heygemd.errors import CheckpointError, ConfigError, EngineNotInstalled
 from heygemd.pipeline.engine_contract import Engine, EngineNeeds
 from heygemd.settings import EngineSettings
 
@@ -367,6 +367,28 @@ def resolve(settings: EngineSettings, models_dir: Path, requested: str | None = 
 def available_names(settings: EngineSettings, models_dir: Path) -> tuple[str, ...]:
     """The engines ``auto`` may choose now (their files are there), in its order."""
     return tuple(spec.name for spec in SPECS if spec.available is not None and spec.available(settings, models_dir))
+
+
+def installed_names(settings: EngineSettings, models_dir: Path) -> tuple[str, ...]:
+    """The engines a process with these settings can run: those whose files are all in ``paths.models`` (one that
+    needs none always), in ``auto``'s order."""
+    return tuple(spec.name for spec in SPECS if spec.files is None or spec.files(settings, models_dir).complete)
+
+
+def check_installed(name: str, settings: EngineSettings, models_dir: Path) -> None:
+    """EngineNotInstalled, naming the files missing and where they go, when engine ``name`` lacks any."""
+    spec = spec_named(name)
+    files = spec.files(settings, models_dir) if spec.files is not None else None
+    if files is None or files.complete:
+        return
+    try:
+        where = f"{files.folder.relative_to(models_dir.parent).as_posix()}/"  # models/musetalk/, as the admin knows it
+    except ValueError:
+        where = f"{files.folder}/"
+    raise EngineNotInstalled(
+        f"engine {name!r} is not installed: {where} lacks {', '.join(files.missing)}",
+        hint=f"{files.hint} `heygemd check` lists what is there.",
+    )
 
 
 def resolve_engine_name(settings: EngineSettings, models_dir: Path, requested: str | None = None) -> str:

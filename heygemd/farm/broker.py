@@ -1,5 +1,6 @@
-"""What heygemd asks Redis directly, besides Celery: is it reachable, which tasks wait in a queue, and the job
-locks that make sure one worker at a time runs a job (a duplicate task finds the lock taken and is dropped).
+"""What heygemd asks Redis directly, besides Celery: is it reachable, which tasks wait in a queue, the job
+locks that make sure one worker at a time runs a job (a duplicate task finds the lock taken and is dropped), and
+the workers' heartbeat records (one key each, expiring when the worker stops beating).
 
 Queued tasks are read from kombu's Redis layout: a queue is a list named after it, each entry a JSON message
 whose ``headers.id`` is the task id; a delivered, unacknowledged message sits in the ``unacked`` hash with its
@@ -20,6 +21,7 @@ import structlog
 log = structlog.get_logger("heygemd.farm")
 
 LOCK_PREFIX = "heygemd:lock:"
+RENDERER_PREFIX = "heygemd:renderer:"
 UNACKED_INDEX = "unacked_index"  # kombu's Channel.unacked_index_key
 
 BrokerError = (redis.exceptions.RedisError, OSError)
@@ -114,3 +116,17 @@ class Broker:
         """Mark a delivered task as delivered now, so Redis does not hand it to another worker while this one
         is alive (only if it is still unacknowledged)."""
         self.client.zadd(UNACKED_INDEX, {delivery_tag: time.time()}, xx=True)
+
+    # -- the workers' heartbeat records (heygemd.farm.presence): one key per worker, gone when it stops beating
+
+    def set_renderer(self, name: str, record: bytes, ttl_s: float) -> None:
+        self.client.set(RENDERER_PREFIX + name, record, px=int(ttl_s * 1000))
+
+    def drop_renderer(self, name: str) -> None:
+        self.client.delete(RENDERER_PREFIX + name)
+
+    def renderer_records(self) -> list[bytes]:
+        """Every worker's record that has not expired."""
+        keys = list(self.client.scan_iter(match=RENDERER_PREFIX + "*", count=100))
+        values = self.client.mget(keys) if keys else []
+        return [value for value in values if isinstance(value, bytes)]

@@ -3,9 +3,11 @@ with a warm engine. SIGTERM: the current video is interrupted at its next batch 
 queue (its finished videos are kept); a second SIGTERM stops at once, as the daemon's does
 (:mod:`heygemd.daemon.lifecycle`: the job is resumed by the next worker that takes its task).
 
-Under systemd it sends READY=1 once it consumes its queues, and WATCHDOG=1 (``WatchdogSec=``) from the daemon's
-:class:`~heygemd.daemon.lifecycle.Heartbeat` thread: always while it waits for a task (also while Redis is away),
-and during a task only while the job reports progress, so a wedged GPU call or ffmpeg lets the watchdog fire.
+Its heartbeat record (``heygemd.farm.presence``: its engines, in Redis) says to the web server and ``heygemd status``
+that it renders. Under systemd it sends READY=1 once it consumes its queues, and WATCHDOG=1 (``WatchdogSec=``) from
+the daemon's :class:`~heygemd.daemon.lifecycle.Heartbeat` thread: always while it waits for a task (also while Redis
+is away), and during a task only while the job reports progress, so a wedged GPU call or ffmpeg lets the watchdog
+fire.
 An engine idle for ``engine.idle_unload_seconds`` is unloaded by a timer of Celery's consumer event loop: with
 the solo pool that loop is the thread that runs the tasks, so the unload can never overlap a task. For the same
 reason that loop neither flushes the task's events nor sends the worker's heartbeat events during a job;
@@ -38,11 +40,16 @@ from heygemd.daemon.lifecycle import (
     until_stopped,
     warm_sessions,
 )
+from heygemd.daemon.presence import this_process
 from heygemd.daemon.service import PAUSED_RETRY_SECONDS
+from heygemd.daemon.status import utc_now
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
+from heygemd.engines import installed_names
 from heygemd.errors import ConfigError
 from heygemd.farm.app import TASK_NAME, make_app, task_id, worker_queues
+from heygemd.farm.broker import Broker
+from heygemd.farm.presence import BrokerPresence
 from heygemd.farm.publish import PublishError
 from heygemd.farm.task import JobRunner
 from heygemd.settings import Settings
@@ -166,7 +173,19 @@ def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Ho
     signals.task_received.connect(remember_tag, weak=False)
     notifier = Notifier()
     runner: JobRunner
-    heartbeat = Heartbeat(notifier, watchdog_interval(), idle=lambda: not runner.busy)
+    started = utc_now()
+    consumed = {engine for engine in settings.queue.engines or [sessions.default.engine_name] if engine != "auto"}
+    record = BrokerPresence(
+        Broker(settings.queue.broker),
+        node,
+        lambda: this_process(
+            "worker",
+            node,
+            [engine for engine in installed_names(settings.engine, settings.paths.models) if engine in consumed],
+            started,
+        ),
+    )
+    heartbeat = Heartbeat(notifier, watchdog_interval(), idle=lambda: not runner.busy, presence=record)
 
     def ready(**_kwargs: Any) -> None:
         log.info("worker.ready", worker=node, queues=", ".join(queues))

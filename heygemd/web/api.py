@@ -17,13 +17,14 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from heygemd import __version__
 from heygemd.control import Control
 from heygemd.daemon.jobs import JobOptions
 from heygemd.daemon.status import JobStatus
+from heygemd.engine_names import EngineName
 from heygemd.errors import HeygemdError, JobNotFound
 from heygemd.idempotency import Claim, IdempotencyStore, Replay, check_key
 from heygemd.names import is_audio
@@ -69,12 +70,20 @@ class JobPage(BaseModel):
 
 
 class Health(BaseModel):
+    """The server is up; what the machine does (the page header says the same)."""
+
     status: str
     version: str
-    engine: str
-    busy: bool
+    engine: str = Field(description="The engine of a job that names none.")
+    busy: bool = Field(description="A job is claimed (rendering, or waiting for its renderer to come back).")
     current: str | None
-    queued: int
+    queued: int = Field(description="Jobs waiting in the inbox.")
+    workers: int = Field(
+        description="Live renderers (`heygemd run` or `once`, a farm's `heygemd worker`): 0 means submitted jobs wait "
+        "until one starts."
+    )
+    engines: list[str] = Field(description="The engines a job may name now (a renderer has their files).")
+    ignored: list[str] = Field(description="Files directly in the inbox: no job takes them (put them in a job folder).")
 
 
 class Deleted(BaseModel):
@@ -125,7 +134,15 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
     def health() -> Health:
         m = catalog.machine()
         return Health(
-            status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current, queued=m.queued
+            status="ok",
+            version=__version__,
+            engine=m.engine,
+            busy=m.busy,
+            current=m.current,
+            queued=m.queued,
+            workers=m.workers,
+            engines=[choice.name for choice in control.engine_choices() if choice.why_not is None],
+            ignored=list(m.ignored),
         )
 
     @api.get("/jobs", **operation("listJobs"))
@@ -255,9 +272,9 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 
     @api.post("/jobs/{job_id}/retry", status_code=201, **operation("retryJob"))
-    def retry(job_id: str) -> Submitted:
+    def retry(job_id: str, engine: Annotated[EngineName | None, Query()] = None) -> Submitted:
         try:
-            new_id = control.retry(job_id)
+            new_id = control.retry(job_id, engine=engine)
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)

@@ -17,6 +17,7 @@ from heygemd.control import Control
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import JobStatus, read_status
+from heygemd.daemon.waiting import read_waiting_jobs
 from heygemd.errors import JobNotFound
 from heygemd.fsutil import contained, is_real_dir, is_real_file
 from heygemd.layout import LOG_FILE, claim_folder, job_folder, status_file
@@ -27,12 +28,17 @@ from heygemd.web.problems import NotFound
 
 @dataclass(frozen=True)
 class Machine:
-    """What the header of every page says: the active engine, and whether the worker has a job."""
+    """What the header of every page says: the active engine, whether the worker has a job, how many renderers are
+    running (none: jobs wait until one starts) and the files ignored in the inbox."""
 
     engine: str
     busy: bool
     current: str | None
     queued: int
+    workers: int
+    farm: bool
+    ignored: tuple[str, ...] = ()
+    """Files directly in the inbox: no job takes them (they belong in a job folder)."""
 
 
 class Catalog:
@@ -109,9 +115,12 @@ class Catalog:
             candidates = scan_inbox(self.inbox, self.state)
         except FileNotFoundError:
             candidates = []
+        waiting = read_waiting_jobs(self.state)
         for cand in candidates:
             if cand.name not in found:
-                found[cand.name] = self.control.queued(cand.name, cand.name, cand.path, _mtime(cand.path))
+                found[cand.name] = self.control.queued(
+                    cand.name, cand.name, cand.path, _mtime(cand.path), waiting=waiting
+                )
         return sorted(found.values(), key=sort_key, reverse=True)
 
     def page(self, page: int, page_size: int) -> tuple[list[JobStatus], int]:
@@ -155,8 +164,9 @@ class Catalog:
 
     def machine(self) -> Machine:
         claimed: list[ClaimedJob] = claimed_jobs(self.state)
+        loose: list[str] = []
         try:
-            queued = len(scan_inbox(self.inbox, self.state))
+            queued = len(scan_inbox(self.inbox, self.state, on_loose=loose.append))
         except FileNotFoundError:
             queued = 0
         return Machine(
@@ -164,6 +174,9 @@ class Catalog:
             busy=bool(claimed),
             current=claimed[0].job_id if claimed else None,
             queued=queued,
+            workers=len(self.control.renderers()),
+            farm=bool(self.settings.queue.broker),
+            ignored=tuple(sorted(loose)),
         )
 
 

@@ -123,9 +123,12 @@ def _problem(description: str, example: dict[str, str]) -> dict[str, Any]:
 
 OPERATIONS: dict[str, dict[str, Any]] = {
     "getHealth": {
-        "summary": "Check the server: up, its engine, whether it is rendering",
+        "summary": "Check the server: up, its engine, whether it is rendering, whether anything renders at all",
         "description": "Answers at once. Use it to check the connection and the token before submitting, or to see "
-        "whether the worker is busy (busy, current: the job rendering) and how many jobs wait (queued).",
+        "whether the worker is busy (busy, current: the job rendering) and how many jobs wait (queued). 'workers' "
+        "counts the live renderers (heygemd run, or a farm's heygemd worker): 0 means a submitted job waits until "
+        "one starts. 'engines' lists the engines a job may name now (a renderer has their files); 'ignored' the "
+        "files lying directly in the inbox, which no job takes.",
         "responses": {
             200: _answer(
                 "The server is up.",
@@ -136,6 +139,9 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                     "busy": True,
                     "current": "lesson-01",
                     "queued": 2,
+                    "workers": 1,
+                    "engines": ["mouthwarp"],
+                    "ignored": [],
                 },
             )
         },
@@ -159,7 +165,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             200: _answer("The same Idempotency-Key and request as before: the first answer again.", SUBMITTED),
             400: _problem(
                 "Refused: BAD_UPLOAD, CALLBACK_NOT_ALLOWED, FETCH_NOT_ALLOWED (a URL's host is not allowed), "
-                "BAD_IDEMPOTENCY_KEY. Nothing was queued.",
+                "ENGINE_NOT_INSTALLED (no live renderer has the files of the engine named: see getHealth's "
+                "'engines'), BAD_IDEMPOTENCY_KEY. Nothing was queued.",
                 {
                     "code": "CALLBACK_NOT_ALLOWED",
                     "message": "hooks.example.org is not among the hosts notify.callback_hosts allows",
@@ -224,13 +231,24 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
     },
     "retryJob": {
-        "summary": "Render a finished job's failed or cancelled videos again, as a new job",
+        "summary": "Render a finished job again, as a new job: its failed, cancelled or not started videos",
         "description": "Submits a new job (<job>-retry) with the original audio and the presenters whose videos "
-        "failed or were cancelled; the original job stays as it is. Poll the new job_id with getJob.",
+        "failed, were cancelled or did not start; the original job stays as it is. A job that failed as a whole "
+        "(its own 'error', e.g. BAD_JOB for a bad job.toml) is submitted with every file of its archived inputs, "
+        "the folder its error's hint names: fix the cause there first. ?engine= renders the new job with another "
+        "engine. Poll the new job_id with getJob.",
         "responses": {
             201: _answer(
                 "The new job is queued.", {"job_id": "lesson-01-retry", "status_url": "/api/jobs/lesson-01-retry"}
-            )
+            ),
+            400: _problem(
+                "ENGINE_NOT_INSTALLED: no live renderer has the files of the engine the job names. Nothing was queued.",
+                {
+                    "code": "ENGINE_NOT_INSTALLED",
+                    "message": "engine 'musetalk' is not installed: models/musetalk/ lacks musetalkV15/unet.pth",
+                    "hint": "Download MuseTalk's files into models/musetalk/ ... `heygemd check` lists what is there.",
+                },
+            ),
         },
     },
     "deleteJob": {

@@ -15,7 +15,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
-from heygemd.engine_names import CHOICES
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
 from heygemd.web.auth import COOKIE, Gate, Via, client_address
@@ -116,7 +115,7 @@ def pages_router(
             limits=web,
             upload_limits=Limits.from_settings(web),
             farm=bool(settings.queue.broker),
-            engines=CHOICES,
+            engines=catalog.control.engine_choices(),
             audio_suffixes=sorted(AUDIO_UPLOADS),
             presenter_suffixes=sorted(PRESENTER_UPLOADS),
         )
@@ -139,6 +138,8 @@ def video_progress(video: VideoStatus) -> tuple[float, str]:
         return 1.0, ""
     if video.state == "pending":
         return 0.0, "waiting"
+    if video.state == "not_started":
+        return 0.0, "not started: the job failed"
     if video.state != "processing":
         return video.progress, ""
     stage = "finding the face" if video.frames_total is None else "lip-syncing"

@@ -11,6 +11,7 @@ from heygemd.errors import (
     BadIdempotencyKey,
     CancelRefused,
     DiskFull,
+    EngineNotInstalled,
     FetchFailed,
     HeygemdError,
     IdempotencyBusy,
@@ -18,6 +19,7 @@ from heygemd.errors import (
     InputsGone,
     JobBusy,
     JobChanged,
+    JobError,
     JobNotFound,
     NothingToRetry,
     OutgoingRefused,
@@ -107,11 +109,12 @@ def http_status(exc: HeygemdError) -> int:
     """The HTTP status for an error: the WebError's own, 507 for a full disk, 404 for an unknown job, 409 for a
     cancel of a job that has already finished or cannot be taken out of the inbox yet and for a retry or delete of a
     job that is busy, changed meanwhile or has nothing to retry, 410 for a retry whose inputs are gone, 400 for a
-    callback or input URL not allowed and a malformed Idempotency-Key, 502 for an input URL that could not be
-    fetched, 409 for an Idempotency-Key used for another request or still in progress, else 500."""
+    callback or input URL not allowed, a malformed Idempotency-Key and an engine no renderer can run, 502 for an
+    input URL that could not be fetched, 409 for an Idempotency-Key used for another request or still in progress
+    and for a retry whose archived job.toml cannot be read, else 500."""
     if isinstance(exc, WebError):
         return exc.status
-    if isinstance(exc, (OutgoingRefused, BadIdempotencyKey)):
+    if isinstance(exc, (OutgoingRefused, BadIdempotencyKey, EngineNotInstalled)):
         return 400
     if isinstance(exc, FetchFailed):
         return 502
@@ -121,7 +124,7 @@ def http_status(exc: HeygemdError) -> int:
         return 507
     if isinstance(exc, JobNotFound):
         return 404
-    if isinstance(exc, (AlreadyFinished, CancelRefused, JobBusy, JobChanged, NothingToRetry)):
+    if isinstance(exc, (AlreadyFinished, CancelRefused, JobBusy, JobChanged, NothingToRetry, JobError)):
         return 409
     if isinstance(exc, InputsGone):
         return 410

@@ -239,7 +239,7 @@ def test_bad_jobs_fail_clearly_and_the_daemon_keeps_serving(shared: Daemon, medi
         assert status["state"] == "failed", status
         assert status["error"]["code"] == "BAD_JOB", status
         assert status["error"]["hint"].strip()
-        assert status["videos"] == []
+        assert [(v["input"], v["state"]) for v in status["videos"]] == [("a.mp4", "not_started")], status
     assert no_audio["error"]["message"] == "no audio/: no audio file in the job folder", no_audio
     assert two_audios["error"]["message"].startswith("two audios/: several audio files"), two_audios
     assert not any(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from heygemd.daemon.lifecycle import Sessions
+from heygemd.errors import EngineNotInstalled
 from heygemd.settings import EngineSettings, PathsSettings, Settings
 
 
@@ -50,6 +53,9 @@ def test_a_job_toml_engine_gets_its_own_session_dropped_after_the_job(tmp_path: 
     sessions = Sessions(settings(tmp_path, idle=60))
     assert sessions.get("mouthwarp") is sessions.default  # the same engine: no second model
     (tmp_path / "models").mkdir()
+    with pytest.raises(EngineNotInstalled, match=r"engine 'wav2lip' is not installed: models/ lacks wav2lip_gan.pth"):
+        sessions.get("wav2lip")
+    (tmp_path / "models" / "wav2lip_gan.pth").write_bytes(b"loaded only by the first render")
     other = sessions.get("wav2lip")
     assert other is not sessions.default and other.engine_name == "wav2lip"
     assert sessions.get("wav2lip") is other

@@ -252,3 +252,50 @@ def test_a_linked_claim_folder_stops_no_step_and_is_logged_once(tmp_path: Path) 
     refused = [e for e in logs if e["event"] == "job.claim_refused"]
     assert len(refused) == 1 and "claimed: is a symbolic link" in refused[0]["error"]
     assert (settings.paths.inbox / "lesson").is_dir() and list(outside.iterdir()) == []
+
+
+def test_a_settling_job_is_said_once_with_when_it_is_taken_and_recorded_for_status(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from heygemd.daemon.waiting import read_waiting_jobs
+
+    settings = make_settings(tmp_path)
+    job = make_job(settings, "lesson-02", marker=False)
+    wall = Clock()
+    wall.t = 1_000_000.0
+    svc = service(settings, Runner(), wall_clock=wall)
+    with structlog.testing.capture_logs() as logs:
+        assert svc.step(0.0).action == "idle"
+        wall.t += 4.0
+        assert svc.step(4.0).action == "idle"
+    settling = [e for e in logs if e["event"] == "job.settling"]
+    assert len(settling) == 1 and settling[0]["job_name"] == "lesson-02" and settling[0]["taken_in_s"] == SETTLE
+    assert "create lesson-02/.ready to have it taken at once" in settling[0]["hint"]
+    assert svc.settling_for() == pytest.approx(SETTLE - 4.0)
+    recorded = read_waiting_jobs(settings.paths.state_dir)
+    assert recorded.settling == {"lesson-02": datetime.fromtimestamp(1_000_000.0 + SETTLE, timezone.utc)}
+    assert recorded.jobs == {} and recorded.ready_marker == ".ready"
+
+    (job / "more.mp4").write_bytes(b"a file copied later: the timer starts again")
+    wall.t += 2.0
+    assert svc.step(6.0).action == "idle"
+    assert read_waiting_jobs(settings.paths.state_dir).settling["lesson-02"] == datetime.fromtimestamp(
+        1_000_006.0 + SETTLE, timezone.utc
+    )
+    assert svc.step(6.0 + SETTLE).job_id == "lesson-02"
+    assert svc.settling_for() is None and read_waiting_jobs(settings.paths.state_dir).settling == {}
+
+
+def test_a_file_in_the_inbox_root_is_said_once_and_never_taken(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings.paths.inbox.mkdir(parents=True)
+    (settings.paths.inbox / "lesson.mp3").write_bytes(b"speech dropped outside any job folder")
+    (settings.paths.inbox / ".DS_Store").write_bytes(b"junk: never said")
+    runner = Runner()
+    svc = service(settings, runner)
+    with structlog.testing.capture_logs() as logs:
+        steps = [svc.step(now).action for now in (0.0, 1.0, 2.0)]
+    assert steps == ["idle"] * 3 and runner.ran == []
+    loose = [e for e in logs if e["event"] == "inbox.loose_file"]
+    assert len(loose) == 1 and loose[0]["file"] == "lesson.mp3"
+    assert "put it in a job folder of its own" in loose[0]["hint"]

@@ -70,7 +70,7 @@ def test_round_trip(tmp_path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert raw["claimed"] in ("2026-05-01T12:00:00Z", "2026-05-01T12:00:00+00:00")
     assert raw["videos"][1]["error"]["code"] == "NO_FACE" and raw["videos"][1]["error"]["hint"]
-    assert raw["schema_version"] == SCHEMA_VERSION == 2 and raw["pid"] == os.getpid()
+    assert raw["schema_version"] == SCHEMA_VERSION == 3 and raw["waiting"] is None and raw["pid"] == os.getpid()
 
 
 def test_reader_ignores_fields_from_newer_versions(tmp_path: Path) -> None:

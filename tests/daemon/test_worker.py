@@ -202,3 +202,61 @@ def test_the_first_frame_and_the_caches_found_are_recorded_for_the_metrics(tmp_p
         {"faces": False, "presenter": False},
         {"faces": True, "presenter": False},
     ]
+
+
+def test_a_job_naming_an_engine_not_installed_fails_as_a_whole_with_the_message_of_the_submission(
+    tmp_path: Path,
+) -> None:
+    """A job from the share names musetalk, whose files are not there: it fails as a whole with the message a
+    submission through the API or the form gets, its videos not started, its hint naming where its files are kept."""
+    from heygemd.control import Control
+    from heygemd.daemon.lifecycle import Sessions
+    from heygemd.errors import EngineNotInstalled
+    from heygemd.settings import EngineSettings, PathsSettings, Settings
+
+    claimed = claim_job(tmp_path, ["voice.wav", "anna.mp4", "bob.mp4"])
+    (claimed.folder / "job.toml").write_text('engine = "musetalk"\n')
+    inbox = tmp_path / "inbox"
+    settings = Settings(
+        paths=PathsSettings(inbox=inbox, outbox=tmp_path / "outbox", models=tmp_path / "models"),
+        engine=EngineSettings(name="mouthwarp"),
+    )
+    context = JobContext.from_settings(
+        settings, session_for=Sessions(settings).get, should_stop=lambda: False, heartbeat=lambda _text: None
+    )
+    result = process_job(claimed, tmp_path / "outbox", context)
+    final = result.status
+    assert result.outcome is JobOutcome.FAILED and final is not None and final.error is not None
+    with pytest.raises(EngineNotInstalled) as submitted:
+        Control(settings).check_engine("musetalk")
+    assert final.error.code == "ENGINE_NOT_INSTALLED" and final.error.message == submitted.value.message
+    assert final.error.message.startswith("engine 'musetalk' is not installed: models/musetalk/ lacks ")
+    assert [(v.input, v.state) for v in final.videos] == [("anna.mp4", "not_started"), ("bob.mp4", "not_started")]
+    assert final.state == "failed" and final.progress == 1.0
+    (archived,) = (inbox / ".heygemd" / "archive").glob("*/lesson")
+    assert f"The job's files are kept in inbox/.heygemd/archive/{archived.parent.name}/lesson/input/ " in (
+        final.error.hint
+    )
+    assert final.error.hint.startswith("Copy MuseTalk's model folders into models/musetalk/")
+    assert (archived / "input" / "job.toml").is_file() and read_status(
+        tmp_path / "outbox" / "lesson" / "status.json"
+    ) == final
+
+
+def test_a_whole_job_failure_after_its_videos_were_listed_leaves_none_pending(tmp_path: Path) -> None:
+    """The audio cannot be decoded (a job-level error once the videos are listed): no video stays pending under the
+    failed job, each is not started."""
+    from heygemd.errors import DecodeError
+
+    claimed = claim_job(tmp_path, ["voice.wav", "a.mp4", "b.mp4"])
+    session = StandInSession()
+
+    def broken_audio(_audio: InputFile, **_: object) -> _Audio:
+        raise DecodeError("the audio cannot be decoded", path=claimed.folder / "voice.wav")
+
+    session.audio = broken_audio  # type: ignore[method-assign]
+    final = process_job(claimed, tmp_path / "outbox", JobContext(session_for=lambda _engine: session)).status  # type: ignore[arg-type, return-value]
+    assert final is not None and final.error is not None and final.error.code == "DECODE_FAILED"
+    assert final.error.message.startswith("lesson/voice.wav: ")
+    assert [v.state for v in final.videos] == ["not_started", "not_started"]
+    assert "The job's files are kept in inbox/.heygemd/archive/" in final.error.hint

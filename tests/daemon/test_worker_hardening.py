@@ -129,7 +129,8 @@ def test_job_level_errors_name_the_job_folder_as_the_user_dropped_it(
     assert result.outcome is JobOutcome.FAILED and result.status is not None and result.status.error is not None
     assert result.status.error.message.startswith(message), result.status.error.message
     text = (tmp_path / "outbox" / "lesson-01" / "status.json").read_text(encoding="utf-8")
-    assert ".heygemd" not in text and "claimed" not in json.loads(text)["error"]["message"]
+    assert ".heygemd/claimed" not in text and "claimed" not in json.loads(text)["error"]["message"]
+    assert "The job's files are kept in inbox/.heygemd/archive/" in json.loads(text)["error"]["hint"]  # for a retry
 
 
 def test_stale_temporaries_are_removed_on_resume_and_nothing_else(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from heygemd.farm.presence import farm_renderers
+from heygemd.settings import load_settings
 from tests.daemon.daemon_process import Media
 from tests.farm.farm import Farm, RedisServer
 from tests.pipeline.media import ffmpeg_children
@@ -38,6 +40,8 @@ def test_two_workers_share_six_jobs_each_rendered_once(farm_factory: Callable[..
     farm.start_worker("w2")
     farm.start().wait_ready()
     farm.wait_workers_ready()
+    renderers = farm_renderers(load_settings(farm.config))()  # what the web server and `heygemd status` read
+    assert [(r.name, r.engines) for r in renderers] == [("w1@test", ("mouthwarp",)), ("w2@test", ("mouthwarp",))]
     names = submit_jobs(farm, media, 6)
     for name in names:
         status = farm.wait_finished(name, FARM_JOB_TIMEOUT_S)

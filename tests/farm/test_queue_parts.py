@@ -188,3 +188,47 @@ def test_a_job_asking_for_an_engine_or_a_gpu_class_goes_to_that_queue(
     assert publisher.broker.queued_task_ids([queue]) == {"heygemd-job:lesson"}
     assert publisher.broker.queued_task_ids(elsewhere) == set()
     assert publisher.republish_lost(claimed_jobs(settings.paths.state_dir)) == [], "its task is seen where it is"
+
+
+def test_a_workers_heartbeat_record_lives_in_redis_and_expires_with_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A farm worker's record (its engines) is read with the state folder's by the front doors; it is gone once the
+    worker ends, or by itself when the worker stops beating (its key's time to live); Redis away: none, no error."""
+    from heygemd.control import Control
+    from heygemd.daemon.presence import BEAT_SECONDS, MISSED_BEATS, this_process
+    from heygemd.daemon.status import utc_now
+    from heygemd.errors import EngineNotInstalled
+    from heygemd.farm.presence import BrokerPresence, farm_renderers
+
+    settings = Settings(
+        paths={"inbox": tmp_path / "in", "outbox": tmp_path / "out", "models": tmp_path / "models"},
+        queue=QueueSettings(broker=redis_server.url),
+    )
+    started = utc_now()
+    record = BrokerPresence(
+        Broker(redis_server.url), "cuda-0@gpu-2", lambda: this_process("worker", "cuda-0@gpu-2", ["musetalk"], started)
+    )
+    clock = [0.0]
+    renderers = farm_renderers(settings, clock=lambda: clock[0])
+    assert renderers() == []
+    record.announce()
+    assert renderers() == [], "read at most once a second"
+    clock[0] += 1.0
+    (worker,) = renderers()
+    assert (worker.kind, worker.name, worker.engines) == ("worker", "cuda-0@gpu-2", ("musetalk",))
+    ttl_ms = redis_server.client().pttl("heygemd:renderer:cuda-0@gpu-2")
+    assert 0 < ttl_ms <= BEAT_SECONDS * MISSED_BEATS * 1000
+    control = Control(settings, renderers=renderers)
+    control.check_engine("musetalk")  # the worker has it, though this host's models folder is empty
+    with pytest.raises(EngineNotInstalled, match="models/ lacks wav2lip_gan.pth"):
+        control.check_engine("wav2lip")
+    record.withdraw()
+    clock[0] += 1.0
+    assert renderers() == []
+
+    away = settings.model_copy(update={"queue": QueueSettings(broker=f"redis://127.0.0.1:{free_port()}/0")})
+    assert farm_renderers(away)() == []
+    BrokerPresence(
+        Broker(away.queue.broker, timeout_s=0.5), "w", lambda: this_process("worker", "w", [], started)
+    ).announce()

@@ -12,9 +12,9 @@ import pytest
 
 from heygemd.daemon.claims import ClaimRecord
 from heygemd.daemon.jobs import load_options
-from heygemd.daemon.status import VideoStatus
+from heygemd.daemon.status import VideoStatus, utc_now
 from heygemd.layout import CLAIM_FILE, CLAIMED, INPUT_DIR
-from tests.web.webserver import finished_job, tree
+from tests.web.webserver import finished_job, renderer_here, tree
 
 WAV = b"RIFF....WAVEfmt fake audio bytes"
 MP4 = b"\x00\x00\x00\x18ftypmp42 fake video bytes" * 10
@@ -52,6 +52,7 @@ def test_submit_writes_a_complete_job_folder_into_the_inbox(make_client) -> None
 
 def test_submit_writes_the_engine_settings_of_the_form_as_job_toml_reads_them(make_client) -> None:
     client, settings = make_client()
+    renderer_here(settings.paths.state_dir, ("latentsync", "mouthwarp"))  # a GPU host with LatentSync's files
     response = upload(client, engine="latentsync", latentsync_steps="8", latentsync_guidance="2")
     assert response.status_code == 201, response.text
     job = settings.paths.inbox / response.json()["job_id"]
@@ -342,12 +343,79 @@ def test_health_says_which_engine_and_whether_busy(make_client) -> None:
         "busy": False,
         "current": None,
         "queued": 0,
+        "workers": 0,
+        "engines": ["mouthwarp"],
+        "ignored": [],
     }
     upload(client, name="waiting")
     claim = settings.paths.state_dir / CLAIMED / "running"
     (claim / INPUT_DIR).mkdir(parents=True)
     health = client.get("/api/health").json()
     assert (health["busy"], health["current"], health["queued"]) == (True, "running", 1)
+
+
+def test_health_counts_the_live_renderers_from_their_heartbeats(make_client, tmp_path: Path) -> None:
+    """A renderer's record counts while its process lives and beats; a killed one's, or a silent host's, does not."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from heygemd.daemon.presence import MISSED_BEATS, Renderer
+
+    client, settings = make_client()
+    state = settings.paths.state_dir
+    assert client.get("/api/health").json()["workers"] == 0
+    renderer_here(state, ("musetalk", "mouthwarp"))
+    health = client.get("/api/health").json()
+    assert health["workers"] == 1 and health["engines"] == ["musetalk", "mouthwarp"]  # the renderer's engines
+
+    script = (
+        "import sys\nfrom heygemd.daemon.presence import PresenceFile, this_process\n"
+        "from heygemd.daemon.status import utc_now\nfrom pathlib import Path\n"
+        "PresenceFile(Path(sys.argv[1]), lambda: this_process('daemon', 'heygemd run', ['wav2lip'], utc_now()))"
+        ".announce()\nprint('written', flush=True)\nsys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "written\n"
+        assert client.get("/api/health").json()["workers"] == 2
+    finally:
+        child.kill()
+        child.wait()
+    assert client.get("/api/health").json()["workers"] == 1, "a killed renderer's record does not count"
+
+    silent = Renderer.model_validate_json(next((state / "renderers").glob("*.json")).read_bytes()).model_copy(
+        update={"host": "gpu-elsewhere", "pid": 1}
+    )
+    silent = silent.model_copy(update={"beat": silent.beat - timedelta(seconds=silent.interval_s * MISSED_BEATS + 1)})
+    (state / "renderers" / "gpu-elsewhere-1.json").write_text(silent.model_dump_json())
+    assert client.get("/api/health").json()["workers"] == 1, "a host that missed its beats is not counted"
+    (state / "renderers" / "gpu-elsewhere-1.json").write_text(
+        silent.model_copy(update={"beat": utc_now()}).model_dump_json()
+    )
+    assert client.get("/api/health").json()["workers"] == 2, "one that beats, on another host, is"
+
+
+def test_an_engine_without_its_files_is_refused_at_submission(make_client) -> None:
+    client, settings = make_client()
+    body = assert_problem(upload(client, name="lesson", engine="musetalk"), 400, "ENGINE_NOT_INSTALLED")
+    assert body["message"].startswith("engine 'musetalk' is not installed: models/musetalk/ lacks ")
+    assert "musetalkV15/unet.pth" in body["message"] and "huggingface.co/TMElyralab/MuseTalk" in body["hint"]
+    body = assert_problem(upload(client, name="lesson", engine="wav2lip"), 400, "ENGINE_NOT_INSTALLED")
+    assert body["message"] == "engine 'wav2lip' is not installed: models/ lacks wav2lip_gan.pth or wav2lip.pth"
+    assert sorted(p.name for p in settings.paths.inbox.iterdir()) == [".heygemd"]  # nothing queued, nothing left
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []
+    assert upload(client, name="lesson", engine="auto").status_code == 201  # auto takes what is there
+
+    # a live renderer's engines decide, not the web server's own models folder
+    (settings.paths.models / "wav2lip_gan.pth").write_bytes(b"weights on the web server's host only")
+    renderer_here(settings.paths.state_dir, ("musetalk", "mouthwarp"))
+    assert upload(client, name="gpu", engine="musetalk").status_code == 201
+    body = assert_problem(upload(client, name="lesson", engine="wav2lip"), 400, "ENGINE_NOT_INSTALLED")
+    assert body["message"].startswith("engine 'wav2lip' is not installed on any running renderer: heygemd run on ")
+    assert body["message"].endswith("(musetalk, mouthwarp)")
 
 
 def test_openapi_description_lists_every_endpoint(make_client) -> None:
@@ -515,3 +583,57 @@ def test_upload_errors_say_what_to_do_in_plain_words(make_client) -> None:
     assert "crf" in crf["message"] and "80" in crf["message"] and "multipart" not in crf["hint"]
     protocol = assert_problem(client.post("/api/jobs", json={"audio": "a.wav"}), 400, "BAD_UPLOAD")
     assert "multipart/form-data" in protocol["hint"]  # only a request no form sends gets the API's wording
+
+
+def test_a_job_that_failed_as_a_whole_is_retried_once_its_cause_is_fixed(
+    make_client, heygemd_bin: Path, media, tmp_path: Path
+) -> None:
+    """Two audios and no job.toml saying which: the job fails as a whole (BAD_JOB), its video not started and its
+    hint naming the archive folder of its files; fixed there, the retry takes every file and renders."""
+    import re
+    import shutil
+    import subprocess
+
+    client, settings = make_client()
+    job = settings.paths.inbox / "lesson"
+    job.mkdir()
+    shutil.copy(media.speech, job / "take-1.wav")
+    shutil.copy(media.speech, job / "take-2.wav")
+    shutil.copy(media.face_a, job / "anna.mp4")
+    (job / ".ready").touch()
+
+    def once() -> None:
+        proc = subprocess.run(
+            [str(heygemd_bin), "--config", str(tmp_path / "heygemd.toml"), "once"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "HEYGEMD_LOGGING__FORMAT": "json"},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    once()
+    failed = client.get("/api/jobs/lesson").json()
+    assert failed["state"] == "failed" and failed["error"]["code"] == "BAD_JOB"
+    assert failed["error"]["message"] == 'lesson/: several audio files in the job folder: "take-1.wav", "take-2.wav"'
+    assert [(v["input"], v["state"]) for v in failed["videos"]] == [("anna.mp4", "not_started")]
+    kept = re.search(
+        r"The job's files are kept in (inbox/\.heygemd/archive/[0-9-]+/lesson/input/)", failed["error"]["hint"]
+    )
+    assert kept, failed["error"]["hint"]
+    archived = tmp_path / kept.group(1)
+    assert sorted(p.name for p in archived.iterdir()) == [".ready", "anna.mp4", "take-1.wav", "take-2.wav"]
+    page = client.get("/jobs/lesson").text
+    assert "Retry the job" in page and "not_started" in page and "not started: the job failed" in page
+
+    (archived / "job.toml").write_text('audio = "take-2.wav"\n')  # the fix, where the hint says
+    response = client.post("/api/jobs/lesson/retry")
+    assert response.status_code == 201, response.text
+    assert response.json()["job_id"] == "lesson-retry"
+    again = settings.paths.inbox / "lesson-retry"
+    assert sorted(p.name for p in again.iterdir()) == [".ready", "anna.mp4", "job.toml", "take-1.wav", "take-2.wav"]
+    once()
+    done = client.get("/api/jobs/lesson-retry").json()
+    assert done["state"] == "done" and done["audio"]["file"] == "take-2.wav", done
+    assert [(v["input"], v["state"]) for v in done["videos"]] == [("anna.mp4", "done")]
+    assert client.get("/api/jobs/lesson").json()["state"] == "failed", "the original job stays as it was"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.daemon_process import Daemon, Media, wait_until
+from tests.daemon.daemon_process import Daemon, Media, stop_daemon, wait_until
 from tests.web.test_e2e import start_with_web
-from tests.web.webserver import TOKEN
+from tests.web.webserver import TOKEN, WebProcess
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +188,7 @@ def test_upload_through_the_page_watch_progress_and_play_the_result(
 def test_cancel_buttons_in_the_list_and_on_the_job_page(
     browser: object, daemon_factory: Callable[..., Daemon], media: Media
 ) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
@@ -221,8 +221,8 @@ def test_cancel_buttons_in_the_list_and_on_the_job_page(
         rows = driver.find_elements(By.CSS_SELECTOR, 'tr[data-job="waiting"] .badge')  # type: ignore[attr-defined]
         try:
             return rows[0].text if rows else None
-        except StaleElementReferenceException:  # the row was replaced by the reload between find and read
-            return None
+        except WebDriverException:  # the row was replaced by the reload between find and read (stale, or a node
+            return None  # that no longer belongs to the document)
 
     wait_until(lambda: waiting_row_state() == "cancelled", 30, "the waiting job's row to say cancelled")
     assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-job="waiting"] [data-action="cancel"]')  # type: ignore[attr-defined]
@@ -262,8 +262,16 @@ def test_cancel_buttons_in_the_list_and_on_the_job_page(
 
 @requires_chromium
 def test_on_a_phone_failures_read_as_failures_and_the_form_checks_before_it_uploads(
-    browser: object, daemon_factory: Callable[..., Daemon], media: Media, faceless: Path, tmp_path: Path
+    browser: object,
+    daemon_factory: Callable[..., Daemon],
+    web_process: Callable[..., WebProcess],
+    media: Media,
+    faceless: Path,
+    tmp_path: Path,
 ) -> None:
+    """...and once the daemon has stopped, `heygemd web` alone says in its header that nothing renders, and the
+    form offers only the engines installed (the others greyed, with why)."""
+    import httpx
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -303,9 +311,31 @@ def test_on_a_phone_failures_read_as_failures_and_the_form_checks_before_it_uplo
     assert "Download all (ZIP)" in text and "NO_FACE" in text
     assert overflow(driver) == 0
     screenshot(driver, tmp_path, "screenshot-job-420.png", whole_page=True)
+    assert not driver.find_element(By.ID, "no-renderer").is_displayed()  # type: ignore[attr-defined]
+
+    # the daemon stops; `heygemd web` alone serves the pages: its header says that nothing renders, and how to start it
+    stop_daemon(daemon)
+    web = web_process(daemon.config, env={"HEYGEMD_WEB__TOKEN": TOKEN}).wait_ready()
+    url = web.url
+    health = httpx.get(url + "/api/health", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+    assert health["workers"] == 0 and health["engines"] == ["mouthwarp"], health
+    log_in(driver, url)  # a new server: sessions do not outlive it
 
     # the form: what the server would refuse is said in the page, in its words, and nothing is uploaded
     driver.get(url + "/new")  # type: ignore[attr-defined]
+    warning = driver.find_element(By.ID, "no-renderer")  # type: ignore[attr-defined]
+    assert warning.is_displayed() and "jobs wait until heygemd run starts" in warning.text, warning.text
+    engines = driver.find_elements(By.CSS_SELECTOR, "#engine option")  # type: ignore[attr-defined]
+    offered = {e.get_attribute("value"): e.get_attribute("disabled") is None for e in engines}
+    assert offered == {
+        "": True,
+        "auto": True,
+        "musetalk": False,
+        "wav2lip": False,
+        "mouthwarp": True,
+        "latentsync": False,
+    }, offered
+    assert "models/musetalk/ lacks" in driver.find_element(By.ID, "not-installed").text  # type: ignore[attr-defined]
     error = driver.find_element(By.ID, "upload-error")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
     assert error.text.startswith("Choose the audio: the speech the presenters will say.")
@@ -324,4 +354,4 @@ def test_on_a_phone_failures_read_as_failures_and_the_form_checks_before_it_uplo
     assert overflow(driver) == 0
     screenshot(driver, tmp_path, "screenshot-new-420.png", whole_page=True)
     assert sorted(p.name for p in daemon.inbox.iterdir() if p.name != ".heygemd") == []
-    assert not daemon.has_event("web.upload_refused") and not daemon.has_event("web.job_submitted")
+    assert not web.has_event("web.upload_refused") and not web.has_event("web.job_submitted")

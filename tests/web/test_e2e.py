@@ -81,6 +81,7 @@ def test_submit_render_follow_download_retry_delete(
 
         seen = sse_events(client, f"/api/events?job={job}", finished)
         assert while_busy and while_busy[0]["status"] == "ok" and while_busy[0]["current"] in (job, None)
+        assert while_busy[0]["workers"] == 1, "the web server in `heygemd run` sees its own renderer's heartbeat"
         states = [s["state"] for s in seen]
         assert "processing" in states and states[-1] == "partial", states
         progress = [s["progress"] for s in seen]

@@ -115,3 +115,20 @@ def test_the_n8n_example_is_a_workflow_as_n8n_exports_it() -> None:
     received, options = parse_url_job(JSON, filled.encode())
     assert options.callback_url == "https://n8n.example.com/webhook-waiting/7", "the callback is the Wait node's URL"
     assert received.fields["name"] == "lesson-01" and received.audio_url and received.video_urls
+
+
+def test_health_and_the_refusals_of_an_engine_are_described_for_a_tool(make_client) -> None:
+    from heygemd.web.api import Health
+
+    document = openapi(make_client)
+    ops = operations(document)
+    health = ops["GET /api/health"]
+    example = health["responses"]["200"]["content"]["application/json"]["example"]
+    assert Health.model_validate(example).workers == 1, "the example is a health answer"
+    schema = document["components"]["schemas"]["Health"]
+    assert {"workers", "engines", "ignored"} <= set(schema["required"])
+    assert "0 means" in schema["properties"]["workers"]["description"] and "'workers'" in health["description"]
+    assert "ENGINE_NOT_INSTALLED" in ops["POST /api/jobs"]["responses"]["400"]["description"]
+    retry = ops["POST /api/jobs/{job_id}/retry"]
+    assert retry["responses"]["400"]["content"]["application/json"]["example"]["code"] == "ENGINE_NOT_INSTALLED"
+    assert "failed as a whole" in retry["description"] and "engine" in {p["name"] for p in retry["parameters"]}

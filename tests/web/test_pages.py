@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -10,7 +11,7 @@ from heygemd.daemon.status import ErrorStatus, VideoStatus, write_status
 from heygemd.settings import load_settings
 from heygemd.web.app import create_app
 from tests.web.test_api import upload
-from tests.web.webserver import ORIGIN, finished_job, write_config
+from tests.web.webserver import ORIGIN, finished_job, renderer_here, write_config
 
 
 def test_jobs_page_lists_jobs_with_state_progress_counts_and_pages(make_client) -> None:
@@ -71,7 +72,12 @@ def test_queued_job_page_and_new_job_form(make_client) -> None:
     form = client.get("/new").text
     assert 'name="audio"' in form and 'name="videos"' in form and "multiple" in form
     assert 'name="engine"' in form and 'name="loop_mode"' in form and 'name="crf"' in form
-    assert "<option>musetalk</option>" in form
+    assert '<option value="mouthwarp">mouthwarp</option>' in form and "<option>auto</option>" in form
+    assert (
+        '<option value="musetalk" disabled title="engine &#39;musetalk&#39; is not installed: models/musetalk/' in form
+    )
+    assert "musetalk (not installed)</option>" in form and "wav2lip (not installed)</option>" in form
+    assert "engine &#39;wav2lip&#39; is not installed: models/ lacks wav2lip_gan.pth or wav2lip.pth</li>" in form
     assert 'name="gpu_class"' not in form  # one host: no GPU classes to choose from
 
 
@@ -168,7 +174,17 @@ def test_before_login_the_pages_show_nothing_of_the_machine(make_client) -> None
     from tests.web.webserver import TOKEN
 
     client, settings = make_client(f'token = "{TOKEN}"\n')
-    machine = ("Engine", "mouthwarp", "Idle", "waiting in the inbox", "Log out", 'id="machine"', "/new", "/docs")
+    machine = (
+        "Engine",
+        "mouthwarp",
+        "Idle",
+        "waiting in the inbox",
+        "Log out",
+        'id="machine"',
+        "/new",
+        "/docs",
+        "Nothing is rendering",
+    )
     shown = client.get("/login").text
     assert not [word for word in machine if word in shown], shown
     wrong = client.post("/login", data={"token": "wrong"}, headers={"Origin": ORIGIN})
@@ -235,3 +251,36 @@ def test_the_favicon_is_served_without_a_login(make_client) -> None:
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     assert icon.content.startswith(b"<svg") and b"</svg>" in icon.content
     assert '<link rel="icon" href="/favicon.ico" type="image/svg+xml">' in client.get("/login").text
+
+
+def test_the_header_says_when_nothing_renders_and_how_to_start_it(make_client) -> None:
+    client, settings = make_client()
+    warning = '<p class="no-renderer" id="no-renderer" role="status">'
+    html = client.get("/").text
+    assert warning in html and "jobs wait until <code>heygemd run</code> starts" in html
+    renderer_here(settings.paths.state_dir)
+    assert '<p class="no-renderer" id="no-renderer" role="status" hidden>' in client.get("/").text
+
+
+def test_the_job_list_says_which_job_settles_and_which_files_the_inbox_ignores(make_client) -> None:
+    from datetime import timedelta
+
+    from heygemd.daemon.status import utc_now
+    from heygemd.daemon.waiting import write_waiting
+
+    client, settings = make_client()
+    inbox, state = settings.paths.inbox, settings.paths.state_dir
+    (inbox / "lesson-02").mkdir()
+    (inbox / "lesson-02" / "voice.wav").write_bytes(b"RIFF")
+    (inbox / "notes.txt").write_text("next to the job folders")
+    write_waiting(state, {}, {"lesson-02": utc_now() + timedelta(seconds=52.4)})
+    html = client.get("/").text
+    shown = re.search(
+        r'<p class="waiting" data-field="waiting">settling: taken in (\d+) s, or at once with .ready</p>', html
+    )
+    assert shown and 40 <= int(shown.group(1)) <= 53, html
+    assert "<strong>Ignored in the inbox:</strong> notes.txt" in html and "put it in a job folder" in html
+    job = client.get("/api/jobs/lesson-02").json()
+    assert job["state"] == "queued" and job["waiting"].startswith("settling: taken in ")
+    assert "settling: taken in " in client.get("/jobs/lesson-02").text
+    assert client.get("/api/health").json()["ignored"] == ["notes.txt"]

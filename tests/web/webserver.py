@@ -78,6 +78,15 @@ def finished_job(
     return write_status(folder / "status.json", status)
 
 
+def renderer_here(state_dir: Path, engines: tuple[str, ...] = ("mouthwarp",)) -> Path:
+    """A renderer's heartbeat record, as `heygemd run` writes it, for this (live) test process; returns its file."""
+    from heygemd.daemon.presence import PresenceFile, this_process
+
+    presence = PresenceFile(state_dir, lambda: this_process("daemon", "heygemd run", engines, utc_now()))
+    presence.announce()
+    return presence.path
+
+
 def tree(root: Path) -> list[str]:
     """Every path under ``root``, relative, sorted (the cache of face tracks left out)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "cache" not in p.parts)

@@ -18,6 +18,7 @@ function setBar(container, fraction, state) {
 function videoProgress(v) {
   if (v.state === "done") return [1, ""];
   if (v.state === "pending") return [0, "waiting"];
+  if (v.state === "not_started") return [0, "not started: the job failed"];
   if (v.state !== "processing") return [v.progress, ""];
   const stage = v.frames_total === null ? "finding the face" : "lip-syncing";
   return [v.progress, Math.round(v.progress * 100) + "% · " + stage];
@@ -46,6 +47,8 @@ function updateMachine(m) {
   busy.className = "state " + (m.busy ? "busy" : "idle");
   busy.textContent = m.busy ? "Busy: rendering " + m.current : "Idle";
   field(root, "queued").textContent = m.queued + " waiting in the inbox";
+  const warning = document.getElementById("no-renderer");
+  if (warning) warning.hidden = m.workers > 0;
 }
 
 function listen(url, onJob, onRemoved) {
