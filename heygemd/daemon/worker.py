@@ -28,9 +28,10 @@ import structlog
 from heygemd import layout
 from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
-from heygemd.daemon.claims import ClaimedJob, renew_lease
+from heygemd.daemon.claims import ClaimedJob, first_status, renew_lease
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, load_job
 from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
+from heygemd.daemon.priority import effective
 from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
@@ -224,7 +225,8 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     cancel = CancelWatch(claimed.path)
     stop = context.should_stop
     running = dataclasses.replace(context, should_stop=lambda: stop() or cancel())
-    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(layout.log_file(out_dir)):
+    bound = structlog.contextvars.bound_contextvars(job_id=claimed.job_id, submitted_by=claimed.submitted_by or "")
+    with bound, job_log(layout.log_file(out_dir)):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
         outcome = JobOutcome.FINISHED
         try:
@@ -278,9 +280,7 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
                 "pid": os.getpid(),
             }
         )
-    return JobStatus(
-        job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at
-    )
+    return first_status(claimed)
 
 
 def _run(
@@ -314,6 +314,7 @@ def _run_videos(
         started=utc_now(),
         engine=session.engine_name,
         ignored=spec.ignored,
+        priority=effective(claimed.priority, spec.options.priority),
         audio=AudioStatus(file=spec.audio.name),
         videos=_video_entries(spec, out_dir, status_file.status, spec.options.naming or context.naming),
     )
