@@ -15,9 +15,18 @@ look up, in one module between them and the daemon, so a job is treated the same
 Neither retry nor delete acts on a job that is queued or rendering (JobBusy). When another request deletes the job
 while a retry copies its inputs or a delete moves it, the loser raises JobChanged and leaves nothing behind.
 
+- **Priority**: a job waiting in the inbox gets its new priority in a note in the state folder
+  (:mod:`heygemd.daemon.notes`), which its claim takes over; in a farm, a job whose task waits in the broker is
+  queued again with it (``requeue``). A job that has started keeps its place: it is never pre-empted.
+- **Pause and resume** the intake (:mod:`heygemd.daemon.schedule`): no job starts while paused, across restarts.
+
+Every action says who asked (``by``: ``web anna from 10.0.0.7``, ``cli anna@gpu-2``), in its log event and, for a
+submit or a retry, in the new job's ``submitted_by``; a cancel also in the job's status.json.
+
 A farm is wired in from above: the front door that knows it runs a farm (the CLI, from ``[queue] broker``) hands
 in ``finish_idle``, the farm's way to finish at once a job whose task still waits in the broker
-(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request.
+(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request; and
+``requeue``, the farm's way to give a queued task a new priority (:func:`heygemd.farm.priority.requeuer`).
 """
 
 from __future__ import annotations
@@ -27,20 +36,27 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 
 from heygemd import layout
 from heygemd.daemon import staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
-from heygemd.daemon.claims import claimed_jobs
-from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, load_job
+from heygemd.daemon.claims import ClaimedJob, claimed_jobs, read_claim
+from heygemd.daemon.jobs import JOB_TOML, JobOptions, asked_priority, job_toml, load_job
+from heygemd.daemon.notes import nas_submitter, read_note, write_note
 from heygemd.daemon.outbox import archived_inputs
+from heygemd.daemon.priority import effective
+from heygemd.daemon.schedule import IntakeState, Schedule, pause, resume
 from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status
+from heygemd.daemon.waiting import read_waiting
 from heygemd.engines import resolve_engine_name
 from heygemd.errors import (
+    AlreadyFinished,
     BadStatus,
     HeygemdError,
     InputsGone,
@@ -53,18 +69,33 @@ from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_
 from heygemd.names import fit_name, is_audio, is_presenter, plain_name
 from heygemd.settings import Settings
 
+log = structlog.get_logger("heygemd.control")
+
 RETRIED = frozenset({"failed", "cancelled"})
 """The videos a retry submits again."""
+
+Requeue = Callable[[ClaimedJob, int], str | None]
+"""A farm's way to put a claimed job's waiting task back in the broker with a new priority: None when done, else
+why not (a worker has taken the job, the broker is unreachable)."""
 
 
 class Control:
     """The job actions on ``settings``' inbox, outbox and state folder."""
 
-    def __init__(self, settings: Settings, *, finish_idle: FinishIdle | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        finish_idle: FinishIdle | None = None,
+        requeue: Requeue | None = None,
+        schedule: Schedule | None = None,
+    ) -> None:
         self.settings = settings
         self.finish_idle = finish_idle
+        self.requeue = requeue
         paths = settings.paths
         self.inbox, self.outbox, self.state = paths.inbox, paths.outbox, paths.state_dir
+        self.schedule = schedule if schedule is not None else Schedule(self.state, settings.intake.hours)
 
     def tidy(self) -> None:
         """What a crash left of earlier submits and deletes: old staging folders, the outbox's trash."""
@@ -81,16 +112,36 @@ class Control:
         """Give up a staging folder (and what it holds)."""
         staging.discard(folder)
 
-    def submit(self, folder: Path, *, name: str, options: JobOptions | None = None, tail: str = "") -> str:
+    def submit(
+        self,
+        folder: Path,
+        *,
+        name: str,
+        options: JobOptions | None = None,
+        tail: str = "",
+        submitted_by: str | None = None,
+    ) -> str:
         """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set),
         the ready marker last, then one rename to the first free name among name<tail>, name<tail>-2, ... Returns
-        the job's id. The staging folder is discarded on failure."""
+        the job's id. ``submitted_by`` (who asks) is noted in the state folder before the job can be seen. The
+        staging folder is discarded on failure."""
+
+        def note(job_id: str) -> None:
+            if submitted_by:
+                write_note(self.state, job_id, folder, submitted_by=submitted_by)
+
         try:
             if options is not None and (text := job_toml(options)):
                 (folder / JOB_TOML).write_text(text, encoding="utf-8")
             staging.mark_ready(folder, self.settings.intake.ready_marker)
-            return staging.publish(
-                folder, name=name, tail=tail, inbox=self.inbox, outbox=self.outbox, state_dir=self.state
+            job_id = staging.publish(
+                folder,
+                name=name,
+                tail=tail,
+                inbox=self.inbox,
+                outbox=self.outbox,
+                state_dir=self.state,
+                before_rename=note,
             )
         except OSError as exc:
             staging.discard(folder)
@@ -100,6 +151,8 @@ class Control:
         except BaseException:
             staging.discard(folder)
             raise
+        log.info("job.submitted", job_id=job_id, submitted_by=submitted_by or "")
+        return job_id
 
     # -- look up
 
@@ -143,6 +196,18 @@ class Control:
     ) -> JobStatus:
         """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
         waits for the worker to take the job)."""
+        waits: str | None = None
+        if claim_path is not None:
+            record = read_claim(claim_path)
+            submitted_by = record.submitted_by if record is not None else None
+            changed = record.priority if record is not None else None
+            if not self.settings.queue.broker:  # a farm's claimed job waits for a worker, not for the intake
+                waits = self.schedule.now().waits_for
+        else:
+            note = read_note(self.state, job_id, folder)
+            submitted_by = note.submitted_by if note is not None and note.submitted_by else nas_submitter(folder)
+            changed = note.priority if note is not None else None
+            waits = self.schedule.now().waits_for or "; ".join(read_waiting(self.state).get(job_id, [])) or None
         audio: str | None = None
         videos: list[VideoStatus] = []
         try:  # as the worker will read it (job.toml may name the audio)
@@ -171,6 +236,9 @@ class Control:
             audio=AudioStatus(file=audio) if audio else None,
             videos=videos,
             cancel=read_request(claim_path) if claim_path is not None else None,
+            submitted_by=submitted_by,
+            priority=effective(changed, asked_priority(folder, max_toml_bytes=self.settings.intake.max_job_toml_bytes)),
+            waiting=waits,
         )
 
     def engine_name(self) -> str:
@@ -194,8 +262,9 @@ class Control:
             max_toml_bytes=intake.max_job_toml_bytes,
         )
 
-    def retry(self, job_id: str) -> str:
-        """Submit the failed (or cancelled) videos of ``job_id`` again as a new job; returns the new job's id."""
+    def retry(self, job_id: str, *, by: str | None = None) -> str:
+        """Submit the failed (or cancelled) videos of ``job_id`` again as a new job; returns the new job's id. ``by``:
+        who asks (the new job's ``submitted_by``)."""
         status = self.lookup(job_id)
         _require_finished(status)
         failed = [v.input for v in status.videos if v.state in RETRIED]
@@ -228,10 +297,12 @@ class Control:
         except BaseException:
             staging.discard(target)
             raise
-        return self.submit(target, name=status.job_name, tail="-retry")
+        new_id = self.submit(target, name=status.job_name, tail="-retry", submitted_by=by)
+        log.info("job.retried", job_id=job_id, new_job_id=new_id, by=by or "")
+        return new_id
 
-    def delete(self, job_id: str) -> None:
-        """Remove a finished job: its outbox folder and its archived inputs."""
+    def delete(self, job_id: str, *, by: str | None = None) -> None:
+        """Remove a finished job: its outbox folder and its archived inputs (``by``: who asks, logged)."""
         status = self.lookup(job_id)
         _require_finished(status)
         folder = self.job_dir(job_id)
@@ -242,6 +313,55 @@ class Control:
             _trash(folder, layout.outbox_trash(self.outbox))
         except FileNotFoundError:
             raise JobChanged(f"job {job_id!r} was deleted by another request meanwhile") from None
+        log.info("job.deleted", job_id=job_id, by=by or "")
+
+    # -- priority
+
+    def set_priority(self, job_id: str, priority: int, *, by: str | None = None) -> JobStatus:
+        """Give a job that has not started the ``priority`` (0-9); returns its status. JobBusy for a job that has
+        started (it is never pre-empted), AlreadyFinished for one that has finished, JobNotFound."""
+        if not plain_name(job_id, is_dir=True):
+            raise JobNotFound(f"no job {job_id!r}")
+        folder = self.inbox / job_id
+        if is_real_dir(folder):
+            with contextlib.suppress(FileNotFoundError):  # taken out of the inbox meanwhile: claimed, below
+                write_note(self.state, job_id, folder, priority=priority)
+            if read_note(self.state, job_id, folder) is not None:  # still in the inbox: the intake will see it
+                log.info("job.priority_changed", job_id=job_id, priority=priority, by=by or "")
+                return self.lookup(job_id)
+        status = self.lookup(job_id)  # claimed meanwhile, or before
+        if status.state in FINISHED_JOB_STATES:
+            raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
+        claimed = read_claim(layout.claim_folder(self.state, job_id))
+        if status.state != "queued" or claimed is None or self.requeue is None:
+            why: str | None = "it has started, and a job that has started keeps its place"
+        else:
+            why = self.requeue(claimed, priority)
+        if why is not None:
+            raise JobBusy(
+                f"the priority of job {job_id!r} cannot change: {why}",
+                hint="A priority orders the jobs that wait; this one is rendering, or next to render.",
+            )
+        log.info("job.priority_changed", job_id=job_id, priority=priority, by=by or "")
+        return self.lookup(job_id)
+
+    # -- the intake: hours and pause
+
+    def intake(self) -> IntakeState:
+        """Whether the intake takes jobs now (the rendering hours, the pause)."""
+        return self.schedule.now()
+
+    def pause(self, *, by: str) -> IntakeState:
+        """Stop taking jobs (kept across restarts; a job in progress finishes)."""
+        record = pause(self.state, by)
+        log.info("intake.paused", by=record.by)
+        return self.intake()
+
+    def resume(self, *, by: str) -> IntakeState:
+        """Take jobs again."""
+        if resume(self.state):
+            log.info("intake.resumed", by=by)
+        return self.intake()
 
 
 def _require_finished(status: JobStatus) -> None:
