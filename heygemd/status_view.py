@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from heygemd.daemon.priority import shown as shown_priority
+from heygemd.daemon.schedule import IntakeState, Schedule
 from heygemd.daemon.status import JobStatus, VideoStatus, read_status, utc_now
 from heygemd.daemon.waiting import read_waiting
 from heygemd.errors import JobNotFound
@@ -45,11 +47,21 @@ def _percent(fraction: float) -> str:
 
 def format_status_table(statuses: Iterable[JobStatus]) -> str:
     """One row per job: id, state, progress %, videos done/failed/total, done videos to review (their quality check
-    asks for a look), last update (UTC)."""
+    asks for a look), priority, who submitted it, last update (UTC)."""
     statuses = list(statuses)
     farm = any(s.worker for s in statuses)  # a farm's jobs also say which worker (host, GPU) runs them
     rows: list[list[str]] = [
-        ["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "REVIEW", "UPDATED", *(["WORKER"] if farm else [])]
+        [
+            "JOB",
+            "STATE",
+            "PROGRESS",
+            "DONE/FAILED/TOTAL",
+            "REVIEW",
+            "PRIORITY",
+            "SUBMITTED BY",
+            "UPDATED",
+            *(["WORKER"] if farm else []),
+        ]
     ]
     for s in statuses:
         done, failed, total = s.counts()
@@ -60,6 +72,8 @@ def format_status_table(statuses: Iterable[JobStatus]) -> str:
                 _percent(s.progress),
                 f"{done}/{failed}/{total}",
                 str(s.videos_to_review) if s.videos_to_review else "-",
+                shown_priority(s.priority),
+                s.submitted_by or "-",
                 _when(s.updated),
                 *([_runner(s)] if farm else []),
             ]
@@ -86,6 +100,7 @@ def format_status_detail(status: JobStatus) -> str:
         f"audio     {status.audio.file if status.audio else '-'}"
         + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
         f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
+        f"submitted by {status.submitted_by or '-'}  priority {shown_priority(status.priority)}",
         f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
         *([f"worker    {status.worker}  device {status.device or '-'}"] if status.worker else []),
         f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
@@ -153,9 +168,25 @@ def format_waiting(waiting: dict[str, list[str]]) -> str:
     return _render(rows)
 
 
-def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None = None) -> str:
-    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox`` followed by the inbox jobs that
-    wait for a file (read from ``state_dir``), or one job in detail."""
+def format_intake(state: IntakeState) -> str:
+    """One line on whether the intake takes jobs: ``intake: taking jobs (hours: always)``, ``intake: paused by cli
+    anna@gpu-2 since ... (heygemd resume)``, ``intake: outside the rendering hours (20:00-07:00): waits for
+    20:00``."""
+    hours = f"hours: {state.hours}"
+    if state.paused is not None:
+        line = f"intake: paused{f' by {state.paused.by}' if state.paused.by else ''} since {_when(state.paused.since)}"
+        return printable(f"{line}, {hours} (`heygemd resume` to take jobs again)") + "\n"
+    if state.opens_at is not None:
+        return printable(f"intake: outside the rendering hours ({state.hours}): jobs {state.waits_for}") + "\n"
+    return f"intake: taking jobs ({hours})\n"
+
+
+def show_status(
+    outbox: Path, job_id: str | None = None, state_dir: Path | None = None, *, hours: Sequence[str] = ()
+) -> str:
+    """What ``heygemd status [JOB]`` prints: whether the intake takes jobs (``hours``: ``[intake] hours``, and the
+    pause in ``state_dir``; said when there are hours or a pause), the table of every job in ``outbox`` followed by
+    the inbox jobs that wait (for a file, the hours, a resume; read from ``state_dir``), or one job in detail."""
     waiting = read_waiting(state_dir) if state_dir is not None else {}
     if job_id is not None:
         path = status_file(job_folder(outbox, job_id))
@@ -174,4 +205,6 @@ def show_status(outbox: Path, job_id: str | None = None, state_dir: Path | None 
         except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
             continue
     table = format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or utc_now(), s.job_id)))
-    return table + ("\n" + format_waiting(waiting) if waiting else "")
+    state = Schedule(state_dir, tuple(hours)).now() if state_dir is not None else None
+    intake = format_intake(state) if state is not None and not (state.taking and state.hours.always) else ""
+    return intake + table + ("\n" + format_waiting(waiting) if waiting else "")

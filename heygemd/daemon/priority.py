@@ -33,6 +33,14 @@ def parse_priority(value: Any) -> Any:
     return value
 
 
+def priority_from(text: str) -> int:
+    """A priority as a person writes it (ValueError saying what is allowed)."""
+    value = parse_priority(text)
+    if not isinstance(value, int) or not LOWEST <= value <= HIGHEST:
+        raise ValueError(f"{text!r} is not a priority: use high, normal, low or a number from {LOWEST} to {HIGHEST}")
+    return value
+
+
 Priority = Annotated[
     int,
     BeforeValidator(parse_priority),

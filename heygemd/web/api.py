@@ -10,26 +10,30 @@ from __future__ import annotations
 import math
 import urllib.parse
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from heygemd import __version__
 from heygemd.control import Control
 from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.priority import Priority
+from heygemd.daemon.schedule import IntakeState
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import HeygemdError, JobNotFound
 from heygemd.names import is_audio
 from heygemd.settings import Settings
-from heygemd.web.auth import client_address
+from heygemd.web.auth import Principal, client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.problems import NotFound, Problem, WebError
+from heygemd.web.roles import ADMIN, EDITOR
 from heygemd.web.upload import Limits, MultipartJob, Received, job_name, options_schema
 from heygemd.web.zipstream import stream_zip
 
@@ -95,6 +99,39 @@ class Health(BaseModel):
     busy: bool
     current: str | None
     queued: int
+    taking_jobs: bool = Field(description="Whether a waiting job may start now (within the hours, not paused).")
+    paused: bool = Field(description="Whether the intake is paused (heygemd pause; POST /api/pause).")
+    paused_by: str | None = Field(None, description="Who paused it.")
+    hours: list[str] = Field(description="The rendering hours, [intake] hours (empty: always).")
+    waits_for: str | None = Field(None, description="What waiting jobs wait for: 'paused by ...', 'waits for 20:00'.")
+
+
+class Intake(BaseModel):
+    """Whether the intake takes jobs: the pause and the rendering hours."""
+
+    taking_jobs: bool
+    paused: bool
+    paused_by: str | None = None
+    paused_since: datetime | None = None
+    hours: list[str]
+    waits_for: str | None = None
+
+    @classmethod
+    def of(cls, state: IntakeState) -> "Intake":
+        return cls(
+            taking_jobs=state.taking,
+            paused=state.paused is not None,
+            paused_by=state.paused.by if state.paused is not None else None,
+            paused_since=state.paused.since if state.paused is not None else None,
+            hours=list(state.hours.entries),
+            waits_for=state.waits_for,
+        )
+
+
+class NewPriority(BaseModel):
+    """A waiting job's new priority."""
+
+    priority: Priority
 
 
 class Deleted(BaseModel):
@@ -126,12 +163,31 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
     limits = Limits.from_settings(web)
     api = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=ERROR_ANSWERS)
 
-    @api.get("/health", summary="Is the server up; the active engine and whether the worker is busy")
+    @api.get("/health", summary="Is the server up; the active engine, whether the worker is busy, the intake")
     def health() -> Health:
         m = catalog.machine()
+        intake = Intake.of(control.intake())
         return Health(
-            status="ok", version=__version__, engine=m.engine, busy=m.busy, current=m.current, queued=m.queued
+            status="ok",
+            version=__version__,
+            engine=m.engine,
+            busy=m.busy,
+            current=m.current,
+            queued=m.queued,
+            taking_jobs=intake.taking_jobs,
+            paused=intake.paused,
+            paused_by=intake.paused_by,
+            hours=intake.hours,
+            waits_for=intake.waits_for,
         )
+
+    @api.post("/pause", summary="Pause the intake: no job starts until resumed (admin)")
+    def pause(request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Intake:
+        return Intake.of(control.pause(by=principal.asking(client_address(request))))
+
+    @api.post("/resume", summary="Resume the intake: waiting jobs start again (admin)")
+    def resume(request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Intake:
+        return Intake.of(control.resume(by=principal.asking(client_address(request))))
 
     @api.get("/jobs", summary="Every job, newest first, one page at a time")
     def list_jobs(page: Annotated[int, Query(ge=1)] = 1) -> JobPage:
@@ -144,7 +200,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         summary="Submit a job: one audio, one or more videos, options",
         openapi_extra=UPLOAD_BODY,
     )
-    async def submit(request: Request) -> Submitted:
+    async def submit(request: Request, principal: Annotated[Principal, Depends(EDITOR)]) -> Submitted:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_body_bytes:
             raise limits.too_large(int(length))
@@ -162,7 +218,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
                     pass
                 raise
             received, options = receiver.finish()
-            job_id = await run_in_threadpool(complete, staging, received, options)
+            job_id = await run_in_threadpool(complete, staging, received, options, principal.submitter)
         except BaseException as exc:
             if receiver is not None:
                 receiver.close()
@@ -170,15 +226,21 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             if isinstance(exc, HeygemdError):
                 log.warning("web.upload_refused", code=exc.code, error=exc.message)
             raise
-        log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
+        log.info(
+            "web.job_submitted",
+            job_id=job_id,
+            audio=received.audio[0],
+            videos=received.videos,
+            submitted_by=principal.submitter,
+        )
         return Submitted.of(job_id)
 
-    def complete(staging: Path, received: Received, options: JobOptions) -> str:
+    def complete(staging: Path, received: Received, options: JobOptions, submitted_by: str) -> str:
         """The job's name and options, then into the inbox (job.toml, the ready marker last, one rename)."""
         name = job_name(received.fields.get("name", ""), received.audio[0])
         if not is_audio(Path(received.audio[0])):  # a video given as the audio: job.toml names it (upload.py)
             options = options.model_copy(update={"audio": received.audio[0]})
-        return control.submit(staging, name=name, options=options)
+        return control.submit(staging, name=name, options=options, submitted_by=submitted_by)
 
     @api.get("/jobs/{job_id}", summary="One job: its status.json document")
     def get_job(job_id: str) -> JobStatus:
@@ -215,8 +277,8 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         status_code=202,
         summary="Cancel a job: a waiting one never starts, a rendering one stops at its next batch",
     )
-    def cancel(job_id: str, request: Request) -> Cancelled:
-        answer = control.cancel(job_id, by=f"web {client_address(request)}")
+    def cancel(job_id: str, request: Request, principal: Annotated[Principal, Depends(EDITOR)]) -> Cancelled:
+        answer = control.cancel(job_id, by=principal.asking(client_address(request)))
         log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 
@@ -225,18 +287,33 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         status_code=201,
         summary="Submit the job's failed or cancelled videos again, as a new job",
     )
-    def retry(job_id: str) -> Submitted:
+    def retry(job_id: str, principal: Annotated[Principal, Depends(EDITOR)]) -> Submitted:
         try:
-            new_id = control.retry(job_id)
+            new_id = control.retry(job_id, by=principal.submitter)
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
         return Submitted.of(new_id)
 
-    @api.delete("/jobs/{job_id}", summary="Delete a finished job: its outbox folder and archived inputs")
-    def delete(job_id: str) -> Deleted:
+    @api.put(
+        "/jobs/{job_id}/priority",
+        summary='Change the priority of a job that has not started (JSON body: {"priority": "high"})',
+    )
+    def set_priority(
+        job_id: str, body: NewPriority, request: Request, principal: Annotated[Principal, Depends(EDITOR)]
+    ) -> JobStatus:
         try:
-            control.delete(job_id)
+            return control.set_priority(job_id, body.priority, by=principal.asking(client_address(request)))
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
+
+    @api.delete(
+        "/jobs/{job_id}",
+        summary="Delete a finished job: its outbox folder and archived inputs",
+    )
+    def delete(job_id: str, request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Deleted:
+        try:
+            control.delete(job_id, by=principal.asking(client_address(request)))
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_deleted", job_id=job_id)

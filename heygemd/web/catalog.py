@@ -27,12 +27,16 @@ from heygemd.web.problems import NotFound
 
 @dataclass(frozen=True)
 class Machine:
-    """What the header of every page says: the active engine, and whether the worker has a job."""
+    """What the header of every page says: the active engine, whether the worker has a job, and whether the intake
+    takes jobs (``waits_for``: ``paused by ...``, ``waits for 20:00``; None while it does)."""
 
     engine: str
     busy: bool
     current: str | None
     queued: int
+    paused: bool = False
+    waits_for: str | None = None
+    hours: str = "always"
 
 
 class Catalog:
@@ -159,11 +163,15 @@ class Catalog:
             queued = len(scan_inbox(self.inbox, self.state))
         except FileNotFoundError:
             queued = 0
+        intake = self.control.intake()
         return Machine(
             engine=self.control.engine_name(),
             busy=bool(claimed),
             current=claimed[0].job_id if claimed else None,
             queued=queued,
+            paused=intake.paused is not None,
+            waits_for=intake.waits_for,
+            hours=str(intake.hours),
         )
 
 
