@@ -52,7 +52,9 @@ class Require:
 
     def __call__(self, principal: Principal = Depends(authenticated)) -> Principal:
         if not allows(principal.role, self.role):
-            raise ForbiddenRole(f"{principal.name} is a {principal.role}; this needs the {self.role} role (or above)")
+            raise ForbiddenRole(
+                f"{principal.name} has the {principal.role} role; this needs the {self.role} role (or above)"
+            )
         return principal
 
     def __repr__(self) -> str:
