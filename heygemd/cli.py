@@ -228,11 +228,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{answer.job_id}: cancel requested; it stops at its next batch (`heygemd status {answer.job_id}`)")
         return 0
     if args.command == "retry":
-        new_id = control_for(settings).retry(args.job)
+        from heygemd.daemon.cancel import requested_by
+
+        new_id = control_for(settings).retry(args.job, by=requested_by("cli"))
         print(f"{args.job}: its failed and cancelled videos are queued again as {new_id} (`heygemd status {new_id}`)")
         return 0
     if args.command == "delete":
-        control_for(settings).delete(args.job)
+        from heygemd.daemon.cancel import requested_by
+
+        control_for(settings).delete(args.job, by=requested_by("cli"))
         print(f"{args.job}: deleted (its outbox folder and archived inputs)")
         return 0
     if args.command == "check":

@@ -258,7 +258,13 @@ class Service:
             self.tracker.forget(candidate.name)
             self.waiting.pop(candidate.name, None)
             if claimed is not None:
-                log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
+                log.info(
+                    "job.claimed",
+                    job_id=claimed.job_id,
+                    job_name=candidate.name,
+                    submitted_by=claimed.submitted_by or "",
+                    priority=effective(claimed.priority, asked_priority(claimed.folder)),
+                )
                 return claimed
         return None
 

@@ -62,7 +62,8 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
-        "download the results. Authenticate with 'Authorization: Bearer <web.token>'.",
+        "download the results. Authenticate with 'Authorization: Bearer <key>': an account's API key (heygemd users "
+        "key) or web.token. What a key may do depends on its account's role (viewer, editor, admin).",
     )
     app.state.gate = gate
     render = Renderer(catalog, gate)
