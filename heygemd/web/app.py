@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from heygemd import __version__
 from heygemd.accounts import Accounts
 from heygemd.control import Control
-from heygemd.errors import HeygemdError
+from heygemd.errors import ConfigError, HeygemdError
 from heygemd.settings import Settings
 from heygemd.web.api import api_router
 from heygemd.web.auth import Gate, Via, check_host, check_same_origin
@@ -66,7 +66,7 @@ def create_app(
         "key) or web.token. What a key may do depends on its account's role (viewer, editor, admin).",
     )
     app.state.gate = gate
-    render = Renderer(catalog, gate)
+    render = Renderer(catalog)
 
     def same_origin(request: Request, via: Via) -> None:
         check_same_origin(
@@ -127,7 +127,13 @@ def create_app(
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    app.add_middleware(LoopbackOnly, open_server=lambda: not gate.required)
+    def open_server() -> bool:
+        try:
+            return not gate.required
+        except ConfigError:  # users.json refused: not open; every route then answers why (BAD_CONFIG)
+            return False
+
+    app.add_middleware(LoopbackOnly, open_server=open_server)
     return app
 
 

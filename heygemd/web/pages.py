@@ -33,9 +33,8 @@ class Renderer:
     nothing of the machine. Pages show only the buttons the visitor's role may use (``can_edit``, ``can_admin``;
     the API refuses the others anyway)."""
 
-    def __init__(self, catalog: Catalog, gate: Gate) -> None:
+    def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.gate = gate
         self.env = Environment(loader=PackageLoader("heygemd.web", "templates"), autoescape=select_autoescape())
         self.env.filters["percent"] = lambda f: f"{(f or 0) * 100:.0f}%"
         self.env.filters["age"] = age
@@ -55,7 +54,7 @@ class Renderer:
             can_edit=principal is not None and allows(principal.role, "editor"),
             can_admin=principal is not None and allows(principal.role, "admin"),
             machine=self.catalog.machine() if principal is not None else None,
-            token_required=self.gate.required,
+            token_required=principal is not None and principal.via is not Via.OPEN,  # logged in: who, log out
             **context,
         )
         return HTMLResponse(html, status_code=status_code)

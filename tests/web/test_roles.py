@@ -5,6 +5,7 @@ real folders, the accounts file written as `heygemd users` writes it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -306,3 +307,13 @@ def test_the_submitter_is_in_status_json_the_log_and_the_page(
         assert login(client, "vera", PASSWORDS["vera"], origin=url).status_code == 303
         page = client.get("/").text
         assert "Submitted by" in page and "web ed" in page
+
+
+def test_an_accounts_file_others_may_write_shuts_the_server_rather_than_opening_it(make_client) -> None:
+    client, settings = make_client()
+    people(settings.paths.state_dir)
+    os.chmod(settings.paths.state_dir / "users.json", 0o666)
+    refused = client.get("/api/jobs")
+    assert refused.status_code == 500 and refused.json()["code"] == "BAD_CONFIG", refused.text
+    assert "make himself admin" in refused.json()["message"]
+    assert client.get("/").status_code == 500
