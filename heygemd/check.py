@@ -31,7 +31,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _device(settings),
         _writable("inbox", settings.paths.inbox),
         _writable("outbox", settings.paths.outbox),
-        _journald(),
+        _journald(settings.logging.format),
         *([_broker(settings)] if settings.queue.broker else []),
         _gpu_metrics(),
     ]
@@ -145,9 +145,11 @@ def _writable(label: str, folder: Path) -> Check:
     return Check(label, True, f"{folder} is writable")
 
 
-def _journald() -> Check:
+def _journald(log_format: str) -> Check:
     from heygemd.logs import journal_problem
 
+    if log_format in ("json", "console"):  # chosen on purpose (a container logs JSON lines): nothing to warn about
+        return Check("journald", True, f"not used: logging.format = {log_format!r}")
     problem = journal_problem()
     if problem is not None:
         return Check(

@@ -33,6 +33,7 @@ from heygemd.web.auth import Gate, Via, check_host, check_same_origin
 from heygemd.web.catalog import Catalog
 from heygemd.web.metrics import PATH as METRICS_PATH
 from heygemd.web.metrics import metrics_router
+from heygemd.web.openapi import document
 from heygemd.web.pages import Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 from heygemd.web.roles import VIEWER
@@ -61,9 +62,12 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
-        "download the results. Authenticate with 'Authorization: Bearer <key>': an account's API key (heygemd users "
-        "key) or web.token. What a key may do depends on its account's role (viewer, editor, admin).",
+        description="Lip-sync videos: give one speech audio and one or more presenter videos (as URLs or "
+        "uploads); heygemd renders every presenter speaking the audio. Submit a job (submitJob), poll its status "
+        "(getJob) or receive a signed callback when it ends, then download the results (getJobOutputsZip). "
+        "Authenticate with 'Authorization: Bearer <key>': an account's API key (heygemd users key) or web.token. "
+        "What a key may do depends on its account's role: viewer (read), editor (also submit, cancel, retry, "
+        "change priorities), admin (also delete, pause and resume); a lower role is answered 403 FORBIDDEN_ROLE.",
     )
     app.state.gate = gate
     render = Renderer(catalog)
@@ -117,8 +121,8 @@ def create_app(
     app.include_router(metrics_router(settings, gate))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(VIEWER)])
-    def openapi() -> dict[str, Any]:
-        return app.openapi()
+    def openapi(request: Request) -> dict[str, Any]:
+        return document(app.openapi(), settings.web.public_url or str(request.base_url).rstrip("/"))
 
     app.include_router(pages_router(settings, catalog, gate, render, app, VIEWER, same_origin))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
