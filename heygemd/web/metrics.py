@@ -17,7 +17,7 @@ PATH = "/metrics"
 
 
 def metrics_router(settings: Settings, gate: Gate) -> APIRouter:
-    registry = web_registry(settings.paths)
+    registry = web_registry(settings.paths, tuple(settings.intake.hours))
     router = APIRouter()
 
     def scraper(request: Request) -> Principal:  # any role, or the scraper's token
