@@ -1,7 +1,7 @@
 """The web server's accounts: named people with a role, and API keys for their scripts.
 
 Roles, each allowed what the one before is: ``viewer`` (reads everything: jobs, outputs, logs, metrics),
-``editor`` (also submits, cancels and retries jobs, anyone's, changes priorities, manages presenters), ``admin``
+``editor`` (also submits, cancels and retries jobs, anyone's, changes priorities), ``admin``
 (also deletes jobs and pauses or resumes the intake; accounts are managed with ``heygemd users``). The web server's
 ``web.token`` is an admin key of its own, besides any account.
 
