@@ -228,7 +228,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
                 received, options = receiver.finish()
             control.check(options)
             if key is not None:
-                began = await run_in_threadpool(keys.begin, key, fingerprint(received, options))
+                began = await run_in_threadpool(keys.begin, key, fingerprint(received, options, principal.submitter))
                 if isinstance(began, Replay):
                     await run_in_threadpool(control.discard, staging)
                     log.info("web.job_replayed", job_id=began.answer.get("job_id"))

@@ -317,3 +317,21 @@ def test_an_accounts_file_others_may_write_shuts_the_server_rather_than_opening_
     assert refused.status_code == 500 and refused.json()["code"] == "BAD_CONFIG", refused.text
     assert "make himself admin" in refused.json()["message"]
     assert client.get("/").status_code == 500
+
+
+def test_an_idempotency_key_answers_only_the_account_that_used_it(site) -> None:
+    as_, settings, _clock, at = site
+    add_ada = Accounts(settings.paths.state_dir, hasher=FAST)
+    key = {"Idempotency-Key": "nightly-0042"}
+    ed = as_("ed")
+    first = ed.post("/api/jobs", files=FILES, data={"name": "nightly"}, headers={**SAME_SITE, **key})
+    assert first.status_code == 201, first.text
+    again = ed.post("/api/jobs", files=FILES, data={"name": "nightly"}, headers={**SAME_SITE, **key})
+    assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
+    ada_key = add_ada.add_key("ada", "script")[1]
+    other = at("10.0.0.9").post(
+        "/api/jobs", files=FILES, data={"name": "nightly"}, headers={"Authorization": f"Bearer {ada_key}", **key}
+    )
+    assert_problem(other, 409, "IDEMPOTENCY_MISMATCH")
+    jobs = sorted(p.name for p in settings.paths.inbox.iterdir() if p.name != ".heygemd")
+    assert jobs == ["nightly"], "one job, answered only to the account that submitted it"
