@@ -50,12 +50,12 @@ def read_pause(state_dir: Path) -> Pause | None:
     path = pause_file(state_dir)
     try:
         return Pause.model_validate_json(read_regular(path, max_bytes=PAUSE_MAX_BYTES))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no pause, or no state folder (a file where the inbox is)
         return None
     except (OSError, ValidationError, ValueError, HeygemdError):
         try:
             mtime = path.lstat().st_mtime
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return Pause(since=datetime.fromtimestamp(mtime, timezone.utc))
 
