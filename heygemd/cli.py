@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heygemd import __version__
+from heygemd.accounts import ROLES
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
 from heygemd.settings import Settings, find_config, load_settings
@@ -79,6 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete = commands.add_parser("delete", help="delete a finished job: its outbox folder and its archived inputs")
     delete.add_argument("job", help="the job's id (as `heygemd status` shows it)")
+    priority = commands.add_parser("priority", help="change the priority of a job that has not started")
+    priority.add_argument("job", help="the job's id (as `heygemd status` shows it, or its folder in the inbox)")
+    priority.add_argument(
+        "priority", type=_priority, help="high, normal, low, or a number from 0 to 9 (higher runs first)"
+    )
+    commands.add_parser("pause", help="stop taking jobs (a job in progress finishes); kept across restarts")
+    commands.add_parser("resume", help="take jobs again after `heygemd pause`")
+    users = commands.add_parser("users", help="the web server's accounts and their API keys")
+    users_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    add = users_commands.add_parser("add", help="a new account (its password typed twice, or one line on stdin)")
+    add.add_argument("name", help="1-32 lower-case letters, digits, '.', '_', '-'")
+    add.add_argument("--role", choices=ROLES, required=True, help="viewer, editor (submits, cancels) or admin")
+    add.add_argument("--no-password", action="store_true", help="an account for scripts: API keys only")
+    users_commands.add_parser("list", help="the accounts, their roles and API keys (never a secret)")
+    remove = users_commands.add_parser("remove", help="remove an account: its keys and sessions stop working")
+    remove.add_argument("name")
+    key = users_commands.add_parser("key", help="a new API key for a script (printed once), or --revoke one")
+    key.add_argument("name", help="the account")
+    key.add_argument("key_name", help="the key's name, e.g. the script's")
+    key.add_argument("--revoke", action="store_true", help="revoke the key of that name (or id)")
+    role = users_commands.add_parser("role", help="change an account's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    password = users_commands.add_parser("password", help="change an account's password")
+    password.add_argument("name")
+    password.add_argument("--none", action="store_true", help="remove it: API keys only")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
     score = commands.add_parser(
         "score", help="check any video's lip sync and look (the check the daemon runs on every output)"
@@ -91,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="put a generated demo job (speech + 2 presenters) into the inbox")
     demo.add_argument("--name", default="demo-lesson", help="job folder name")
     return parser
+
+
+def _priority(text: str) -> int:
+    from heygemd.daemon.priority import priority_from
+
+    try:
+        return priority_from(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,8 +223,36 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         paths = settings.paths
         renderers = control_for(settings).renderers()
         farm = bool(settings.queue.broker)
-        print(show_status(paths.outbox, args.job, paths.state_dir, inbox=paths.inbox, renderers=renderers, farm=farm))
+        print(
+            show_status(
+                paths.outbox,
+                args.job,
+                paths.state_dir,
+                inbox=paths.inbox,
+                renderers=renderers,
+                farm=farm,
+                hours=settings.intake.hours,
+            )
+        )
         return 0
+    if args.command == "priority":
+        from heygemd.daemon.cancel import requested_by
+        from heygemd.daemon.priority import shown
+
+        status = control_for(settings).set_priority(args.job, args.priority, by=requested_by("cli"))
+        print(f"{status.job_id}: priority {shown(status.priority)}")
+        return 0
+    if args.command in ("pause", "resume"):
+        from heygemd.daemon.cancel import requested_by
+        from heygemd.status_view import format_intake
+
+        control = control_for(settings)
+        who = requested_by("cli")
+        state = control.pause(by=who) if args.command == "pause" else control.resume(by=who)
+        print(format_intake(state), end="")
+        return 0
+    if args.command == "users":
+        return _users(args, settings)
     if args.command == "cancel":
         from heygemd.daemon.cancel import requested_by
 
@@ -200,11 +264,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{answer.job_id}: cancel requested; it stops at its next batch (`heygemd status {answer.job_id}`)")
         return 0
     if args.command == "retry":
-        new_id = control_for(settings).retry(args.job, engine=args.retry_engine)
+        from heygemd.daemon.cancel import requested_by
+
+        new_id = control_for(settings).retry(args.job, engine=args.retry_engine, by=requested_by("cli"))
         print(f"{args.job}: queued again as {new_id} (`heygemd status {new_id}`)")
         return 0
     if args.command == "delete":
-        control_for(settings).delete(args.job)
+        from heygemd.daemon.cancel import requested_by
+
+        control_for(settings).delete(args.job, by=requested_by("cli"))
         print(f"{args.job}: deleted (its outbox folder and archived inputs)")
         return 0
     if args.command == "check":
@@ -237,10 +305,39 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _users(args: argparse.Namespace, settings: Settings) -> int:
+    from heygemd.accounts import Accounts
+    from heygemd.users_view import format_accounts, read_password
+
+    accounts = Accounts(settings.paths.state_dir)
+    action = args.users_command
+    if action == "list":
+        print(format_accounts(accounts.all()), end="")
+    elif action == "add":
+        account = accounts.add(args.name, args.role, None if args.no_password else read_password())
+        print(f"{account.name}: added as {account.role}")
+    elif action == "remove":
+        accounts.remove(args.name)
+        print(f"{args.name}: removed; its API keys and sessions no longer work")
+    elif action == "key" and args.revoke:
+        revoked = accounts.revoke_key(args.name, args.key_name)
+        print(f"{args.name}: key {revoked.name} ({revoked.id}) revoked")
+    elif action == "key":
+        key, secret = accounts.add_key(args.name, args.key_name)
+        print(f"{args.name}: new API key {key.name} ({key.id}); it is shown this once, store it now:\n{secret}")
+    elif action == "role":
+        print(f"{args.name}: now {accounts.set_role(args.name, args.role).role}")
+    elif action == "password":
+        accounts.set_password(args.name, None if args.none else read_password())
+        print(f"{args.name}: password {'removed' if args.none else 'changed'}")
+    return 0
+
+
 def control_for(settings: Settings, notices: Notices | None = None) -> Control:
     """The job actions for ``settings``, telling ``notices`` of a job a cancel finishes at once; in a farm
-    (``[queue] broker``) with the farm's way to finish a job whose task still waits in the broker at once, and its
-    workers' heartbeat records (who renders, with which engines)."""
+    (``[queue] broker``) with the farm's ways to finish a job whose task still waits in the broker at once and to
+    queue such a task again with a new priority, and its workers' heartbeat records (who renders, with which
+    engines)."""
     from heygemd.control import Control
     from heygemd.daemon.hooks import no_job_ended
 
@@ -249,10 +346,12 @@ def control_for(settings: Settings, notices: Notices | None = None) -> Control:
         return Control(settings, job_ended=job_ended)
     from heygemd.farm.cancel import idle_finisher  # Celery and Redis: only in a farm
     from heygemd.farm.presence import farm_renderers
+    from heygemd.farm.priority import requeuer
 
     return Control(
         settings,
         finish_idle=idle_finisher(settings, job_ended),
+        requeue=requeuer(settings),
         job_ended=job_ended,
         renderers=farm_renderers(settings),
     )

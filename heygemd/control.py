@@ -18,9 +18,18 @@ look up, in one module between them and the daemon, so a job is treated the same
 Neither retry nor delete acts on a job that is queued or rendering (JobBusy). When another request deletes the job
 while a retry copies its inputs or a delete moves it, the loser raises JobChanged and leaves nothing behind.
 
+- **Priority**: a job waiting in the inbox gets its new priority in a note in the state folder
+  (:mod:`heygemd.daemon.notes`), which its claim takes over; in a farm, a job whose task waits in the broker is
+  queued again with it (``requeue``). A job that has started keeps its place: it is never pre-empted.
+- **Pause and resume** the intake (:mod:`heygemd.daemon.schedule`): no job starts while paused, across restarts.
+
+Every action says who asked (``by``: ``web anna from 10.0.0.7``, ``cli anna@gpu-2``), in its log event and, for a
+submit or a retry, in the new job's ``submitted_by``; a cancel also in the job's status.json.
+
 A farm is wired in from above: the front door that knows it runs a farm (the CLI, from ``[queue] broker``) hands
 in ``finish_idle``, the farm's way to finish at once a job whose task still waits in the broker
-(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request. So is
+(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request;
+``requeue``, the farm's way to give a queued task a new priority (:func:`heygemd.farm.priority.requeuer`). So is
 ``job_ended``, told of a job a cancel finishes at once (its callback and its message for people, as a worker tells
 of the jobs it finishes).
 
@@ -41,21 +50,34 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 
 from heygemd import layout
 from heygemd.daemon import staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
-from heygemd.daemon.claims import claimed_jobs
+from heygemd.daemon.claims import ClaimedJob, claimed_jobs, read_claim
 from heygemd.daemon.hooks import JobEnded, no_job_ended
-from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, listed_inputs, load_job, load_options
+from heygemd.daemon.jobs import (
+    JOB_TOML,
+    JobOptions,
+    asked_priority,
+    job_toml,
+    listed_inputs,
+    load_job,
+    load_options,
+)
+from heygemd.daemon.notes import nas_submitter, read_note, write_note
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.presence import Renderer, live_renderers
+from heygemd.daemon.priority import effective
+from heygemd.daemon.schedule import IntakeState, Schedule, pause, resume
 from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status, utc_now
 from heygemd.daemon.waiting import WaitingJobs, read_waiting_jobs, waiting_text
 from heygemd.engine_names import AUTO, ENGINES
 from heygemd.engines import check_installed, resolve_engine_name
 from heygemd.errors import (
+    AlreadyFinished,
     BadStatus,
     EngineNotInstalled,
     HeygemdError,
@@ -71,12 +93,18 @@ from heygemd.names import fit_name, plain_name
 from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
 
+log = structlog.get_logger("heygemd.control")
+
 RETRIED = frozenset({"failed", "cancelled", "not_started"})
 """The videos a retry submits again."""
 
 Renderers = Callable[[], list[Renderer]]
 """The live renderers (``heygemd.daemon.presence``): a single host's from the state folder; a farm's front
 doors are handed one that also reads the workers' records in Redis."""
+
+Requeue = Callable[[ClaimedJob, int], str | None]
+"""A farm's way to put a claimed job's waiting task back in the broker with a new priority: None when done, else
+why not (a worker has taken the job, the broker is unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +123,19 @@ class Control:
         settings: Settings,
         *,
         finish_idle: FinishIdle | None = None,
+        requeue: Requeue | None = None,
+        schedule: Schedule | None = None,
         job_ended: JobEnded = no_job_ended,
         renderers: Renderers | None = None,
     ) -> None:
         self.settings = settings
         self.finish_idle = finish_idle
+        self.requeue = requeue
         self.job_ended = job_ended
         paths = settings.paths
         self.inbox, self.outbox, self.state = paths.inbox, paths.outbox, paths.state_dir
         self.renderers: Renderers = renderers if renderers is not None else partial(live_renderers, self.state)
+        self.schedule = schedule if schedule is not None else Schedule(self.state, settings.intake.hours)
 
     def tidy(self) -> None:
         """What a crash left of earlier submits and deletes: old staging folders, the outbox's trash."""
@@ -128,11 +160,24 @@ class Control:
             check_callback_url(options.callback_url, self.settings.notify)
         self.check_engine(options.engine)
 
-    def submit(self, folder: Path, *, name: str, options: JobOptions | None = None, tail: str = "") -> str:
+    def submit(
+        self,
+        folder: Path,
+        *,
+        name: str,
+        options: JobOptions | None = None,
+        tail: str = "",
+        submitted_by: str | None = None,
+    ) -> str:
         """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set,
         checked by :meth:`check`), the ready marker last, then one rename to the first free name among name<tail>,
-        name<tail>-2, ... Returns the job's id. The staging folder is discarded on failure, and so is a job whose
-        job.toml names an engine that no live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
+        name<tail>-2, ... Returns the job's id. ``submitted_by`` (who asks) is noted in the state folder before the
+        job can be seen. The staging folder is discarded on failure, and so is a job whose job.toml names an engine
+        that no live renderer can run (EngineNotInstalled: :meth:`check_engine`)."""
+
+        def note(job_id: str) -> None:
+            if submitted_by:
+                write_note(self.state, job_id, folder, submitted_by=submitted_by)
         try:
             if options is not None:
                 self.check(options)
@@ -140,8 +185,14 @@ class Control:
                 (folder / JOB_TOML).write_text(text, encoding="utf-8")
             self.check_engine(self._engine_asked(folder))
             staging.mark_ready(folder, self.settings.intake.ready_marker)
-            return staging.publish(
-                folder, name=name, tail=tail, inbox=self.inbox, outbox=self.outbox, state_dir=self.state
+            job_id = staging.publish(
+                folder,
+                name=name,
+                tail=tail,
+                inbox=self.inbox,
+                outbox=self.outbox,
+                state_dir=self.state,
+                before_rename=note,
             )
         except OSError as exc:
             staging.discard(folder)
@@ -151,6 +202,8 @@ class Control:
         except BaseException:
             staging.discard(folder)
             raise
+        log.info("job.submitted", job_id=job_id, submitted_by=submitted_by or "")
+        return job_id
 
     def _engine_asked(self, folder: Path) -> str | None:
         """The engine the job.toml of the job built in ``folder`` names, as the worker will read it (None when it
@@ -244,6 +297,20 @@ class Control:
     ) -> JobStatus:
         """A ``queued`` status for a job not started yet (``claim_path``: its claim folder, where a cancel request
         waits for the worker to take the job; ``waiting``: what the inbox's jobs wait for, for one still there)."""
+        waits: str | None = None
+        if claim_path is not None:
+            record = read_claim(claim_path)
+            submitted_by = record.submitted_by if record is not None else None
+            changed = record.priority if record is not None else None
+            if not self.settings.queue.broker:  # a farm's claimed job waits for a worker, not for the intake
+                waits = self.schedule.now().waits_for
+        else:
+            note = read_note(self.state, job_id, folder)
+            submitted_by = note.submitted_by if note is not None and note.submitted_by else nas_submitter(folder)
+            changed = note.priority if note is not None else None
+            waits = self.schedule.now().waits_for or (
+                waiting_text(job_id, waiting, utc_now()) if waiting is not None else None
+            )
         audio: str | None = None
         videos: list[VideoStatus] = []
         try:  # as the worker will read it (job.toml may name the audio)
@@ -263,7 +330,9 @@ class Control:
             audio=AudioStatus(file=audio) if audio else None,
             videos=videos,
             cancel=read_request(claim_path) if claim_path is not None else None,
-            waiting=waiting_text(job_id, waiting, utc_now()) if waiting is not None else None,
+            submitted_by=submitted_by,
+            priority=effective(changed, asked_priority(folder, max_toml_bytes=self.settings.intake.max_job_toml_bytes)),
+            waiting=waits,
         )
 
     def engine_name(self) -> str:
@@ -288,12 +357,12 @@ class Control:
             job_ended=self.job_ended,
         )
 
-    def retry(self, job_id: str, *, engine: str | None = None) -> str:
+    def retry(self, job_id: str, *, engine: str | None = None, by: str | None = None) -> str:
         """Submit ``job_id`` again as a new job; returns the new job's id. A job that failed as a whole (its own
         ``error``: a bad job.toml, no audio, an engine not installed) is submitted with every file of its archived
         inputs (but the presenters already done), as the user may have fixed them there; else its failed, cancelled
         and not started videos with its audio and job.toml. ``engine``: the new job's engine instead of the one
-        its job.toml names."""
+        its job.toml names. ``by``: who asks (the new job's ``submitted_by``)."""
         status = self.lookup(job_id)
         _require_finished(status)
         whole = status.error is not None
@@ -342,7 +411,9 @@ class Control:
         except BaseException:
             staging.discard(target)
             raise
-        return self.submit(target, name=status.job_name, tail="-retry")
+        new_id = self.submit(target, name=status.job_name, tail="-retry", submitted_by=by)
+        log.info("job.retried", job_id=job_id, new_job_id=new_id, by=by or "")
+        return new_id
 
     def _set_engine(self, folder: Path, engine: str, *, shown: str) -> None:
         """Make the job.toml of the job built in ``folder`` name ``engine`` (its other options kept)."""
@@ -356,8 +427,8 @@ class Control:
         options = (options or JobOptions()).model_copy(update={"engine": engine})
         path.write_text(job_toml(options), encoding="utf-8")
 
-    def delete(self, job_id: str) -> None:
-        """Remove a finished job: its outbox folder and its archived inputs."""
+    def delete(self, job_id: str, *, by: str | None = None) -> None:
+        """Remove a finished job: its outbox folder and its archived inputs (``by``: who asks, logged)."""
         status = self.lookup(job_id)
         _require_finished(status)
         folder = self.job_dir(job_id)
@@ -368,6 +439,55 @@ class Control:
             _trash(folder, layout.outbox_trash(self.outbox))
         except FileNotFoundError:
             raise JobChanged(f"job {job_id!r} was deleted by another request meanwhile") from None
+        log.info("job.deleted", job_id=job_id, by=by or "")
+
+    # -- priority
+
+    def set_priority(self, job_id: str, priority: int, *, by: str | None = None) -> JobStatus:
+        """Give a job that has not started the ``priority`` (0-9); returns its status. JobBusy for a job that has
+        started (it is never pre-empted), AlreadyFinished for one that has finished, JobNotFound."""
+        if not plain_name(job_id, is_dir=True):
+            raise JobNotFound(f"no job {job_id!r}")
+        folder = self.inbox / job_id
+        if is_real_dir(folder):
+            with contextlib.suppress(FileNotFoundError):  # taken out of the inbox meanwhile: claimed, below
+                write_note(self.state, job_id, folder, priority=priority)
+            if read_note(self.state, job_id, folder) is not None:  # still in the inbox: the intake will see it
+                log.info("job.priority_changed", job_id=job_id, priority=priority, by=by or "")
+                return self.lookup(job_id)
+        status = self.lookup(job_id)  # claimed meanwhile, or before
+        if status.state in FINISHED_JOB_STATES:
+            raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
+        claimed = read_claim(layout.claim_folder(self.state, job_id))
+        if status.state != "queued" or claimed is None or self.requeue is None:
+            why: str | None = "it has started, and a job that has started keeps its place"
+        else:
+            why = self.requeue(claimed, priority)
+        if why is not None:
+            raise JobBusy(
+                f"the priority of job {job_id!r} cannot change: {why}",
+                hint="A priority orders the jobs that wait; this one is rendering, or next to render.",
+            )
+        log.info("job.priority_changed", job_id=job_id, priority=priority, by=by or "")
+        return self.lookup(job_id)
+
+    # -- the intake: hours and pause
+
+    def intake(self) -> IntakeState:
+        """Whether the intake takes jobs now (the rendering hours, the pause)."""
+        return self.schedule.now()
+
+    def pause(self, *, by: str) -> IntakeState:
+        """Stop taking jobs (kept across restarts; a job in progress finishes)."""
+        record = pause(self.state, by)
+        log.info("intake.paused", by=record.by)
+        return self.intake()
+
+    def resume(self, *, by: str) -> IntakeState:
+        """Take jobs again."""
+        if resume(self.state):
+            log.info("intake.resumed", by=by)
+        return self.intake()
 
 
 def _require_finished(status: JobStatus) -> None:

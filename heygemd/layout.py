@@ -17,6 +17,11 @@ by one rename)::
     renderers/<host>-<pid>.json the heartbeat of each process that renders here (daemon.presence)
     callbacks/pending/, callbacks/sending/   callback deliveries not yet done (notify.callbacks)
     idempotency/<hash>/         the answer to a request made with an Idempotency-Key (idempotency)
+    paused.json                 the intake is paused (`heygemd pause`; daemon.schedule): who paused it, since when
+    notes/<job-name>            what is known of an inbox job beyond its folder (daemon.notes): who submitted it,
+                                its priority when changed; moved into the job's claim.json when it is claimed
+    users.json                  the accounts of the web server and their API keys, as hashes only (accounts);
+    users.json.lock             taken while users.json is rewritten
 
 (``paths.cache``, the face-track and presenter cache, is by default ``<state>/cache``: a setting, see settings.py.)
 
@@ -54,6 +59,10 @@ CALLBACKS = "callbacks"
 CALLBACKS_PENDING = "pending"
 CALLBACKS_SENDING = "sending"
 IDEMPOTENCY = "idempotency"
+PAUSE_FILE = "paused.json"
+NOTES = "notes"
+USERS_FILE = "users.json"
+USERS_LOCK = "users.json.lock"
 
 STATUS_FILE = "status.json"
 LOG_FILE = "job.log"
@@ -182,6 +191,24 @@ def shown_path(folder: Path, inbox: Path) -> str:
     except ValueError:
         return f"{folder}/"
     return f"{Path(inbox).name}/{inside.as_posix()}/"
+def pause_file(state_dir: Path) -> Path:
+    """``<state>/paused.json``: present while the intake is paused."""
+    return Path(state_dir) / PAUSE_FILE
+
+
+def notes_root(state_dir: Path, *, create: bool = True) -> Path:
+    """``<state>/notes``, where the notes of inbox jobs are (made if missing unless ``create`` is False)."""
+    return own_dir(state_dir, NOTES) if create else Path(state_dir) / NOTES
+
+
+def users_file(state_dir: Path) -> Path:
+    """``<state>/users.json``: the web server's accounts (hashes only)."""
+    return Path(state_dir) / USERS_FILE
+
+
+def users_lock(state_dir: Path) -> Path:
+    """``<state>/users.json.lock``: held while users.json is read, changed and written again."""
+    return Path(state_dir) / USERS_LOCK
 
 
 # ---------------------------------------------------------------------------------------------- the outbox

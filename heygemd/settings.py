@@ -24,6 +24,7 @@ from pydantic_settings import (
 from heygemd.engine_names import EngineName
 from heygemd.errors import ConfigError
 from heygemd.hosts import parse_entries
+from heygemd.hours import parse_hours
 from heygemd.names import output_name, plain_name
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
@@ -89,9 +90,20 @@ class IntakeSettings(Section):
         "a job.toml that is not a regular file (a FIFO, a device: NOT_A_FILE).",
     )
 
+    hours: tuple[str, ...] = Field(
+        (),
+        description='Rendering hours, local time: ranges "HH:MM-HH:MM" (one ending before it starts runs past '
+        'midnight, e.g. "20:00-07:00"); outside them no job starts (one in progress finishes). Empty: always.',
+    )
+
     @property
     def max_job_toml_bytes(self) -> int:
         return self.max_job_toml_kb * 1024
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_hours(value)
 
 
 class EngineSettings(Section):

@@ -14,7 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from heygemd.daemon.presence import Renderer
+from heygemd.daemon.priority import shown as shown_priority
 from heygemd.daemon.readiness import scan_inbox
+from heygemd.daemon.schedule import IntakeState, Schedule
 from heygemd.daemon.status import JobStatus, VideoStatus, read_status, utc_now
 from heygemd.daemon.waiting import WaitingJobs, read_waiting_jobs, waiting_text
 from heygemd.errors import JobNotFound
@@ -48,11 +50,21 @@ def _percent(fraction: float) -> str:
 
 def format_status_table(statuses: Iterable[JobStatus]) -> str:
     """One row per job: id, state, progress %, videos done/failed/total, done videos to review (their quality check
-    asks for a look), last update (UTC)."""
+    asks for a look), priority, who submitted it, last update (UTC)."""
     statuses = list(statuses)
     farm = any(s.worker for s in statuses)  # a farm's jobs also say which worker (host, GPU) runs them
     rows: list[list[str]] = [
-        ["JOB", "STATE", "PROGRESS", "DONE/FAILED/TOTAL", "REVIEW", "UPDATED", *(["WORKER"] if farm else [])]
+        [
+            "JOB",
+            "STATE",
+            "PROGRESS",
+            "DONE/FAILED/TOTAL",
+            "REVIEW",
+            "PRIORITY",
+            "SUBMITTED BY",
+            "UPDATED",
+            *(["WORKER"] if farm else []),
+        ]
     ]
     for s in statuses:
         done, failed, total = s.counts()
@@ -63,6 +75,8 @@ def format_status_table(statuses: Iterable[JobStatus]) -> str:
                 _percent(s.progress),
                 f"{done}/{failed}/{total}",
                 str(s.videos_to_review) if s.videos_to_review else "-",
+                shown_priority(s.priority),
+                s.submitted_by or "-",
                 _when(s.updated),
                 *([_runner(s)] if farm else []),
             ]
@@ -91,6 +105,7 @@ def format_status_detail(status: JobStatus) -> str:
         f"engine    {status.engine or '-'}"
         + (f"  ({status.engine_identity})" if status.engine_identity else "")
         + "".join(f"  {name} {value}" for name, value in status.engine_parameters.items()),
+        f"submitted by {status.submitted_by or '-'}  priority {shown_priority(status.priority)}",
         f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
         *([f"worker    {status.worker}  device {status.device or '-'}"] if status.worker else []),
         f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",
@@ -177,6 +192,19 @@ def format_renderers(renderers: Sequence[Renderer], *, farm: bool) -> str:
     )
 
 
+def format_intake(state: IntakeState) -> str:
+    """One line on whether the intake takes jobs: ``intake: taking jobs (hours: always)``, ``intake: paused by cli
+    anna@gpu-2 since ... (heygemd resume)``, ``intake: outside the rendering hours (20:00-07:00): waits for
+    20:00``."""
+    hours = f"hours: {state.hours}"
+    if state.paused is not None:
+        line = f"intake: paused{f' by {state.paused.by}' if state.paused.by else ''} since {_when(state.paused.since)}"
+        return printable(f"{line}, {hours} (`heygemd resume` to take jobs again)") + "\n"
+    if state.opens_at is not None:
+        return printable(f"intake: outside the rendering hours ({state.hours}): jobs {state.waits_for}") + "\n"
+    return f"intake: taking jobs ({hours})\n"
+
+
 def show_status(
     outbox: Path,
     job_id: str | None = None,
@@ -185,11 +213,13 @@ def show_status(
     inbox: Path | None = None,
     renderers: Sequence[Renderer] | None = None,
     farm: bool = False,
+    hours: Sequence[str] = (),
 ) -> str:
-    """What ``heygemd status [JOB]`` prints: the table of every job in ``outbox``, the inbox's jobs that are not
-    taken yet and why (read from ``state_dir``: what the daemon said they wait for), the files ``inbox`` holds
-    outside any job folder, and who renders (``renderers``, when given); or one job in detail (of a job still in
-    the inbox, also that nothing renders, when nothing does)."""
+    """What ``heygemd status [JOB]`` prints: whether the intake takes jobs (``hours``: ``[intake] hours``, and the
+    pause in ``state_dir``; said when there are hours or a pause), the table of every job in ``outbox``, the inbox's
+    jobs that are not taken yet and why (read from ``state_dir``: what the daemon said they wait for), the files
+    ``inbox`` holds outside any job folder, and who renders (``renderers``, when given); or one job in detail (of a
+    job still in the inbox, also that nothing renders, when nothing does)."""
     waiting = read_waiting_jobs(state_dir) if state_dir is not None else WaitingJobs()
     loose: list[str] = []
     in_inbox: set[str] | None = None
@@ -222,6 +252,9 @@ def show_status(
         except (OSError, ValueError):  # a file being replaced on a share, or foreign: skip it in the overview
             continue
     out = format_status_table(sorted(statuses, key=lambda s: (s.claimed or s.updated or now, s.job_id)))
+    state = Schedule(state_dir, tuple(hours)).now() if state_dir is not None else None
+    if state is not None and not (state.taking and state.hours.always):
+        out = format_intake(state) + out
     if waits or loose:
         out += "\n" + format_inbox(waits, loose)
     if renderers is not None:

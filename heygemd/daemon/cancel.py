@@ -30,7 +30,7 @@ from typing import Literal
 import structlog
 from pydantic import ValidationError
 
-from heygemd.daemon.claims import ClaimedJob, claim, read_claim
+from heygemd.daemon.claims import ClaimedJob, claim, first_status, read_claim
 from heygemd.daemon.hooks import JobEnded, no_job_ended, tell_job_ended
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, load_job
 from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
@@ -152,9 +152,7 @@ def finish_unstarted(
     remove_temps(claimed.path)
     path = status_file(out_dir)
     previous = read_status(path) if path.is_file() else None
-    status = previous or JobStatus(
-        job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at
-    )
+    status = previous or first_status(claimed)
     update: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid(), "error": None, "cancel": request}
     if worker is not None:
         update.update(worker=worker, device=device)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
+from heygemd.daemon.notes import drop_note, nas_submitter, read_note
 from heygemd.daemon.readiness import Candidate
-from heygemd.daemon.status import utc_now
+from heygemd.daemon.status import JobStatus, utc_now
 from heygemd.errors import ConfigError, HeygemdError
 from heygemd.fsutil import atomic_write_bytes, fsync_dir, read_regular, remove_tree
 from heygemd.layout import claim_file, claim_folders, claims_root, inputs, job_folder, state_of
@@ -44,6 +45,11 @@ class ClaimRecord(BaseModel):
     process: str | None = None
     """The owner process beyond its pid (:func:`process_identity`), so a pid reused by another process after the
     owner died does not hold the claim. Absent in claims written by older versions: then the pid alone decides."""
+    submitted_by: str | None = None
+    """Who submitted the job (:mod:`heygemd.daemon.notes`): an account (``web alice``), the CLI, or ``nas
+    <owner>`` for a folder copied into the inbox. Absent in claims written by older versions."""
+    priority: int | None = None
+    """The job's priority when an editor changed it (None: job.toml's, else normal)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class ClaimedJob:
 
     path: ``<state>/claimed/<job_id>`` (holds claim.json); folder: ``path/input``, the user's job folder
     (pass it to ``load_job``); name: the folder's original name; claimed_at: UTC; host, pid and process: its
-    owner (see :class:`ClaimRecord`).
+    owner; submitted_by and priority: who submitted it, its changed priority (see :class:`ClaimRecord`).
     """
 
     job_id: str
@@ -62,6 +68,8 @@ class ClaimedJob:
     host: str
     pid: int
     process: str | None = None
+    submitted_by: str | None = None
+    priority: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -112,8 +120,12 @@ def claim(
     after releasing the reservation: the folder stays in the inbox and a later scan tries again.
     """
     claimed_root = claims_root(state_dir)
+    note = read_note(state_dir, candidate.name, candidate.path)
+    submitted_by = note.submitted_by if note is not None and note.submitted_by else nas_submitter(candidate.path)
     job_id, reservation = _reserve(claimed_root, candidate.name, Path(outbox) if outbox is not None else None)
-    record = _owned_by_me(job_id, candidate.name, now())
+    record = _owned_by_me(job_id, candidate.name, now()).model_copy(
+        update={"submitted_by": submitted_by, "priority": note.priority if note is not None else None}
+    )
     try:
         write_claim_record(reservation, record)
         os.rename(candidate.path, inputs(reservation))
@@ -131,7 +143,19 @@ def claim(
         raise
     fsync_dir(claimed_root)
     fsync_dir(candidate.path.parent)
+    drop_note(state_dir, candidate.name)
     return _claimed_job(record, reservation)
+
+
+def first_status(claimed: ClaimedJob) -> JobStatus:
+    """The status.json of a claimed job before it runs: its identity, when it was claimed, who submitted it."""
+    return JobStatus(
+        job_id=claimed.job_id,
+        job_name=claimed.name,
+        claimed=claimed.claimed_at,
+        created=claimed.claimed_at,
+        submitted_by=claimed.submitted_by,
+    )
 
 
 def _real_dir(path: Path) -> bool:
@@ -229,7 +253,17 @@ def _owned_by_me(job_id: str, name: str, claimed_at: datetime) -> ClaimRecord:
 
 
 def _claimed_job(record: ClaimRecord, path: Path) -> ClaimedJob:
-    return ClaimedJob(record.job_id, record.name, path, record.claimed_at, record.host, record.pid, record.process)
+    return ClaimedJob(
+        record.job_id,
+        record.name,
+        path,
+        record.claimed_at,
+        record.host,
+        record.pid,
+        record.process,
+        record.submitted_by,
+        record.priority,
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -280,7 +314,23 @@ def held_elsewhere(claimed: ClaimedJob, *, now: float | None = None, lease_secon
 
 
 def take_over(claimed: ClaimedJob) -> ClaimedJob:
-    """Record this process as the owner of ``claimed`` (same id, name and claim time) before resuming it."""
-    record = _owned_by_me(claimed.job_id, claimed.name, claimed.claimed_at)
+    """Record this process as the owner of ``claimed`` (same id, name, claim time, submitter and priority) before
+    resuming it."""
+    record = _owned_by_me(claimed.job_id, claimed.name, claimed.claimed_at).model_copy(
+        update={"submitted_by": claimed.submitted_by, "priority": claimed.priority}
+    )
     write_claim_record(claimed.path, record)
     return _claimed_job(record, claimed.path)
+
+
+def unowned_record(claimed: ClaimedJob) -> ClaimRecord:
+    """``claimed``'s claim.json with no owner (a farm's queued job): its identity, submitter and priority."""
+    return ClaimRecord(
+        job_id=claimed.job_id,
+        name=claimed.name,
+        claimed_at=claimed.claimed_at,
+        host="",
+        pid=0,
+        submitted_by=claimed.submitted_by,
+        priority=claimed.priority,
+    )

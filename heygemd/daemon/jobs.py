@@ -11,6 +11,7 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     crf = 20                    # 0..51, lower is better
     audio = "voice take 2.wav"  # required when the folder holds several audio files; may name a video (its sound)
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
+    priority = "high"           # high | normal | low | 0..9: the intake takes the highest first
     callback_url = "https://n8n.example.com/webhook-waiting/123"  # POSTed status.json when the job ends
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
@@ -34,8 +35,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from heygemd.daemon.priority import Priority
 from heygemd.engine_names import EngineName, listed
-from heygemd.errors import JobError, UnsafePath
+from heygemd.errors import HeygemdError, JobError, UnsafePath
 from heygemd.fsutil import is_real_file, read_regular
 from heygemd.names import (
     AUDIO_SUFFIXES,
@@ -77,6 +79,9 @@ class JobOptions(BaseModel):
     audio: str | None = Field(None, description="File name of the audio, when the folder holds several.")
     gpu_class: str | None = Field(
         None, pattern=GPU_CLASS_PATTERN, description="A farm: only workers of this [queue] gpu_class take the job."
+    )
+    priority: Priority | None = Field(
+        None, description="high, normal (the default), low or 0..9: waiting jobs start highest first, then oldest."
     )
     # Options named as an [engine] setting override it for the job (engine_settings); same bounds as the setting.
     latentsync_steps: int | None = Field(
@@ -173,6 +178,16 @@ def load_options(path: Path, *, max_bytes: int = MAX_JOB_TOML_BYTES) -> JobOptio
         return JobOptions.model_validate(data)
     except ValidationError as exc:
         raise JobError(_toml_problem(exc), path=path, hint=hint) from None
+
+
+def asked_priority(folder: Path, *, max_toml_bytes: int = MAX_JOB_TOML_BYTES) -> int | None:
+    """The ``priority`` of the job folder's job.toml, for ordering waiting jobs; None when it sets none, or it
+    cannot be read (the job then fails with that error when it runs, not here)."""
+    try:
+        names = [name for name in os.listdir(folder) if name.casefold() == JOB_TOML]
+        return load_options(Path(folder) / names[0], max_bytes=max_toml_bytes).priority if names else None
+    except (OSError, HeygemdError):
+        return None
 
 
 def load_job(

@@ -22,6 +22,7 @@ import structlog
 from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
+from heygemd.daemon.jobs import asked_priority
 from heygemd.daemon.lifecycle import (
     STOP_POLL_SECONDS,
     Heartbeat,
@@ -31,9 +32,12 @@ from heygemd.daemon.lifecycle import (
     until_stopped,
     warm_sessions,
 )
+from heygemd.daemon.notes import read_note, tidy_notes
 from heygemd.daemon.outbox import empty_trash, prune_archive
 from heygemd.daemon.presence import PresenceFile, remove_dead_records, this_process
+from heygemd.daemon.priority import effective, order_key
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
+from heygemd.daemon.schedule import IntakeState, Schedule
 from heygemd.daemon.status import utc_now
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
@@ -97,9 +101,14 @@ class Service:
         wall_clock: Callable[[], float] = time.time,
         resume_claimed: bool = True,
         may_claim: Callable[[], bool] = lambda: True,
+        schedule: Schedule | None = None,
     ) -> None:
         self.settings = settings
         self.run_job = run_job
+        self.schedule = schedule if schedule is not None else Schedule(settings.paths.state_dir, settings.intake.hours)
+        """The rendering hours and the pause: outside the hours or while paused no job starts."""
+        self.intake_state: IntakeState | None = None
+        """Whether the last step could take jobs (and if not, why)."""
         self.resume_claimed = resume_claimed  # False in a farm's intake: the workers resume claimed jobs
         self.may_claim = may_claim  # a farm's intake claims only while the broker can take the job
         self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
@@ -137,12 +146,14 @@ class Service:
     def step(self, now: float) -> Step:
         """Run the next job, if any (see the class docstring), and say what was done."""
         self._now = now
-        claimed = (self._next_claimed(now) if self.resume_claimed else None) or (
-            self._claim_next_ready() if self.may_claim() else None
+        state = self.intake_state = self.schedule.now()
+        claimed = (self._next_claimed(now, taking=state.taking) if self.resume_claimed else None) or (
+            self._claim_next_ready(state) if self.may_claim() else None
         )
         self._publish_waiting()
         if claimed is None:
-            deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now)) if d is not None]
+            opens = self.schedule.seconds_until_open(state)
+            deadlines = [d for d in (self.tracker.next_deadline(), self._next_retry(now), opens) if d is not None]
             # a deadline of 0.0 (settled just now) must not mean "no deadline"
             return Step("idle", wait_s=max(0.0, min([self.settings.intake.rescan_interval, *deadlines])))
         outcome = self.run_job(claimed)
@@ -155,6 +166,9 @@ class Service:
 
     def waiting_text(self) -> str:
         """One line on what the inbox's unready jobs wait for, e.g. for STATUS= ("" when none waits)."""
+        state = self.intake_state
+        if state is not None and not state.taking:
+            return f"not taking jobs: {state.waits_for} ({len(self.waiting)} in the inbox)"
         parts = [f"{name}/{', '.join(files)}" for name, files in sorted(self.waiting.items()) if files]
         return "waiting for " + "; ".join(parts) if parts else ""
 
@@ -182,16 +196,17 @@ class Service:
             return
         self._waiting_written = (current, dict(self._settling_at))
 
-    def _next_claimed(self, now: float) -> ClaimedJob | None:
+    def _next_claimed(self, now: float, *, taking: bool = True) -> ClaimedJob | None:
         """The oldest claimed job that no other live daemon is working on and that is not waiting out a pause (a
         paused job with a cancel request does not wait: it is only finished as cancelled), now owned by this
-        process."""
+        process. While the intake takes no job (outside the rendering hours, paused: ``taking`` False), only a job
+        with a cancel request, which is finished without rendering."""
         claims = claimed_jobs(self.settings.paths.state_dir)
         for gone in set(self._held) - {c.job_id for c in claims}:
             del self._held[gone]
         for claimed in claims:
-            pausing = self.retry_at.get(claimed.job_id, -float("inf")) > now and read_request(claimed.path) is None
-            if pausing:
+            waiting = not taking or self.retry_at.get(claimed.job_id, -float("inf")) > now
+            if waiting and read_request(claimed.path) is None:
                 continue
             holder = held_by(claimed)
             if holder is not None:
@@ -213,8 +228,9 @@ class Service:
         pending = [t for t in self.retry_at.values() if t != float("inf")]
         return max(0.0, min(pending) - now) if pending else None
 
-    def _claim_next_ready(self) -> ClaimedJob | None:
-        """Scan the inbox, and claim the earliest-arrived ready job (None if none is ready).
+    def _claim_next_ready(self, state: IntakeState | None = None) -> ClaimedJob | None:
+        """Scan the inbox, and claim the ready job of the highest priority, the earliest-arrived of those (None if
+        none is ready, or the intake takes no job now: ``state``; then the ready jobs wait for it).
 
         ``waiting`` remembers what each job was last seen waiting for, so the log says once (not at every scan)
         that a job waits, e.g. for a stale ``clip.mp4.part`` that someone must remove, or a presenter still at 0
@@ -263,7 +279,11 @@ class Service:
             self._note_waiting(candidate.name, readiness)
             if readiness.ready:
                 ready.append(candidate)
-        for candidate in sorted(ready, key=_arrival):
+        if state is not None and not state.taking:
+            for candidate in ready:
+                self.waiting[candidate.name] = (str(state.waits_for),)
+            return None
+        for candidate in sorted(ready, key=self._order):
             try:
                 claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
             except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
@@ -276,7 +296,13 @@ class Service:
             self.tracker.forget(candidate.name)
             self._forget(candidate.name)
             if claimed is not None:
-                log.info("job.claimed", job_id=claimed.job_id, job_name=candidate.name)
+                log.info(
+                    "job.claimed",
+                    job_id=claimed.job_id,
+                    job_name=candidate.name,
+                    submitted_by=claimed.submitted_by or "",
+                    priority=effective(claimed.priority, asked_priority(claimed.folder)),
+                )
                 return claimed
         return None
 
@@ -342,12 +368,19 @@ class Service:
             )
         self.waiting[name] = waiting_for
 
+    def _order(self, candidate: Candidate) -> tuple[int, float, str]:
+        """Which ready job goes first: the highest priority (as changed by an editor, else its job.toml's), then
+        the earliest arrived."""
+        note = read_note(self.settings.paths.state_dir, candidate.name, candidate.path)
+        asked = asked_priority(candidate.path, max_toml_bytes=self.settings.intake.max_job_toml_bytes)
+        return order_key(effective(note.priority if note else None, asked), _arrival(candidate), candidate.name)
 
-def _arrival(candidate: Candidate) -> tuple[float, str]:
+
+def _arrival(candidate: Candidate) -> float:
     try:
-        return candidate.path.stat().st_mtime, candidate.name
+        return candidate.path.stat().st_mtime
     except FileNotFoundError:
-        return float("inf"), candidate.name
+        return float("inf")
 
 
 def serve_inbox(settings: Settings, serve: Callable[[Stopping, Notifier], None]) -> int:
@@ -489,12 +522,21 @@ def watch_inbox(
                 prune_archive(paths.state_dir, settings.outbox.archive_retention_days)
             except OSError as exc:  # a file held open on the share: pruning waits for a later round
                 log.warning("archive.prune_failed", error=f"{exc.filename}: {exc.strerror}")
+            tidy_notes(paths.state_dir, paths.inbox)
             wait = min(step.wait_s, max(0.0, now + due_in - time.monotonic()))
-            wait_for_change(watcher, stopping, heartbeat, max(wait, 0.05))
+            wait_for_change(watcher, stopping, heartbeat, max(wait, 0.05), wake=service.schedule.changed())
 
 
-def wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: Heartbeat, seconds: float) -> None:
-    """Until the inbox changes, ``seconds`` pass, or a stop is requested (checked every STOP_POLL_SECONDS).
+def wait_for_change(
+    watcher: InboxWatcher,
+    stop: Callable[[], bool],
+    heartbeat: Heartbeat,
+    seconds: float,
+    *,
+    wake: Callable[[], bool] = lambda: False,
+) -> None:
+    """Until the inbox changes, ``seconds`` pass, a stop is requested or ``wake()`` is true (the intake was paused
+    or resumed; both checked every STOP_POLL_SECONDS).
 
     A change is followed by a short quiet spell (``DEBOUNCE_SECONDS``, at most ``DEBOUNCE_MAX_SECONDS``): a copy
     makes thousands of events, and the caller rescans once for all of them. Waiting is alive and well: the
@@ -504,7 +546,7 @@ def wait_for_change(watcher: InboxWatcher, stop: Callable[[], bool], heartbeat: 
     while not stop():
         heartbeat.beat()
         left = end - time.monotonic()
-        if left <= 0:
+        if left <= 0 or wake():
             return
         if watcher.wait(min(left, STOP_POLL_SECONDS)):
             settle_until = time.monotonic() + DEBOUNCE_MAX_SECONDS

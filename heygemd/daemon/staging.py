@@ -10,6 +10,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from heygemd.errors import DiskFull
@@ -79,13 +80,23 @@ def _taken(name: str, inbox: Path, outbox: Path, state_dir: Path) -> bool:
     return any(os.path.lexists(p) for p in (inbox / name, job_folder(outbox, name), claim_folder(state_dir, name)))
 
 
-def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: Path, tail: str = "") -> str:
+def publish(
+    staging: Path,
+    *,
+    name: str,
+    inbox: Path,
+    outbox: Path,
+    state_dir: Path,
+    tail: str = "",
+    before_rename: Callable[[str], None] = lambda _job_id: None,
+) -> str:
     """Rename ``staging`` into the inbox as the first free job name among name<tail>, name<tail>-2, ... (``name``
     cut to fit, :func:`heygemd.names.numbered`; free in the inbox, the claim folder and the outbox, so the daemon
     gives the job this very id). Returns the job id.
 
-    The name is reserved with mkdir (an empty folder is never a job), then the staging folder is renamed over
-    it in one step: the intake sees nothing, or the whole job with its ready marker.
+    The name is reserved with mkdir (an empty folder is never a job), ``before_rename(job_id)`` is called (to note
+    who submitted the job before the intake can see it), then the staging folder is renamed over it in one step:
+    the intake sees nothing, or the whole job with its ready marker.
     """
     inbox.mkdir(parents=True, exist_ok=True)
     n = 1
@@ -100,8 +111,9 @@ def publish(staging: Path, *, name: str, inbox: Path, outbox: Path, state_dir: P
         except FileExistsError:
             continue
         try:
+            before_rename(job_id)
             os.rename(staging, target)
-        except OSError:
+        except BaseException:
             target.rmdir()
             raise
         fsync_dir(inbox)

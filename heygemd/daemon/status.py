@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from heygemd.daemon.priority import HIGHEST, LOWEST, NORMAL
 from heygemd.errors import ErrorInfo
 from heygemd.fsutil import ReplaceFn, atomic_write_bytes
 from heygemd.quality.report import QualityReport
@@ -191,15 +192,25 @@ class JobStatus(_Model):
     videos_to_review: int = Field(
         0, ge=0, description="Done videos whose quality check asks for a look (quality.review); they stay done."
     )
+    submitted_by: str | None = Field(
+        None,
+        description="Who submitted the job: 'web <account>' (the dashboard or the API; 'web token' for web.token, "
+        "'web local' on a loopback server without one), 'cli <user>@<host>' (a retry from the command line), or "
+        "'nas <owner>' for a folder copied into the inbox (the owner of the folder).",
+    )
+    priority: int = Field(
+        NORMAL, ge=LOWEST, le=HIGHEST, description="0-9, higher first: low 2, normal 5, high 8 (job.toml, the API)."
+    )
+    waiting: str | None = Field(
+        None,
+        description="Why a queued job has not started yet, e.g. 'settling: taken in 52 s, or at once with .ready', "
+        "'waits for 20:00' (rendering hours), 'paused', 'bob.mp4: 0 bytes so far' (a file not completely copied); "
+        "given by the job list and the API for jobs still in the inbox, null in a status.json the worker writes.",
+    )
     callbacks: list[CallbackRecord] = Field(
         default_factory=list,
         description="The deliveries of the job's callback_url once the job ended (host, state, attempts, last "
         "error), updated after every attempt.",
-    )
-    waiting: str | None = Field(
-        None,
-        description="A job still in the inbox, as the API and the pages show it (null in status.json, which is "
-        "written once the job is taken): what it waits for, e.g. 'settling: taken in 52 s, or at once with .ready'.",
     )
 
     def counts(self) -> tuple[int, int, int]:

@@ -28,10 +28,11 @@ import structlog
 from heygemd import layout
 from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
-from heygemd.daemon.claims import ClaimedJob, renew_lease
+from heygemd.daemon.claims import ClaimedJob, first_status, renew_lease
 from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_job_ended, tell_trouble
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, listed_inputs, load_job
 from heygemd.daemon.outbox import finish_inputs, inputs_destination, outbox_dir_for
+from heygemd.daemon.priority import effective
 from heygemd.daemon.status import (
     AudioStatus,
     ErrorStatus,
@@ -242,7 +243,8 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     cancel = CancelWatch(claimed.path)
     stop = context.should_stop
     running = dataclasses.replace(context, should_stop=lambda: stop() or cancel())
-    with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(layout.log_file(out_dir)):
+    bound = structlog.contextvars.bound_contextvars(job_id=claimed.job_id, submitted_by=claimed.submitted_by or "")
+    with bound, job_log(layout.log_file(out_dir)):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
         outcome = JobOutcome.FINISHED
         options = JobOptions()  # job.toml's, once read: the job's callback_url when it ends
@@ -333,9 +335,7 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
                 "pid": os.getpid(),
             }
         )
-    return JobStatus(
-        job_id=claimed.job_id, job_name=claimed.name, claimed=claimed.claimed_at, created=claimed.claimed_at
-    )
+    return first_status(claimed)
 
 
 def _load(claimed: ClaimedJob, context: JobContext) -> JobSpec:
@@ -377,6 +377,7 @@ def _run_videos(
         started=utc_now(),
         engine=session.engine_name,
         ignored=spec.ignored,
+        priority=effective(claimed.priority, spec.options.priority),
         audio=AudioStatus(file=spec.audio.name),
         videos=_video_entries(spec, out_dir, status_file.status, spec.options.naming or context.naming),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from heygemd.farm.broker import BROKER_LEVELS
 from heygemd.settings import QueueSettings
 
 TASK_NAME = "heygemd.render_job"
@@ -43,7 +44,7 @@ def make_app(settings: QueueSettings) -> Celery:
         task_default_queue=settings.queue,
         task_serializer="json",
         accept_content=["json"],
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout, "priority_steps": BROKER_LEVELS},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker waits for Redis to come back, however long
         broker_connection_timeout=5.0,

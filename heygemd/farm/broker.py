@@ -2,9 +2,10 @@
 locks that make sure one worker at a time runs a job (a duplicate task finds the lock taken and is dropped), and
 the workers' heartbeat records (one key each, expiring when the worker stops beating).
 
-Queued tasks are read from kombu's Redis layout: a queue is a list named after it, each entry a JSON message
-whose ``headers.id`` is the task id; a delivered, unacknowledged message sits in the ``unacked`` hash with its
-delivery time in the ``unacked_index`` sorted set (restored to its queue after ``visibility_timeout``).
+Queued tasks are read from kombu's Redis layout: a queue is one list per priority level (:func:`level_lists`: the
+first named after the queue, the others ``<queue>\\x06\\x16<level>``), each entry a JSON message whose
+``headers.id`` is the task id; a delivered, unacknowledged message sits in the ``unacked`` hash with its delivery
+time in the ``unacked_index`` sorted set (restored to its queue after ``visibility_timeout``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,30 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import structlog
 
+from heygemd.daemon.priority import HIGHEST, LOWEST
+
 log = structlog.get_logger("heygemd.farm")
 
 LOCK_PREFIX = "heygemd:lock:"
 RENDERER_PREFIX = "heygemd:renderer:"
 UNACKED_INDEX = "unacked_index"  # kombu's Channel.unacked_index_key
+
+BROKER_LEVELS = list(range(HIGHEST - LOWEST + 1))
+"""kombu's Redis transport keeps one list per priority level (``priority_steps``); all ten, so every job priority
+has its own and the order of jobs holds across workers."""
+PRIORITY_SEPARATOR = "\x06\x16"
+"""Between a queue's name and its level in the name of a level's list (kombu's ``Channel.sep``)."""
+
+
+def broker_priority(priority: int) -> int:
+    """A job priority (0-9, higher first) as the broker's (0-9, where 0 is taken first)."""
+    return HIGHEST - priority
+
+
+def level_lists(queue: str) -> list[str]:
+    """The Redis lists of ``queue``, the one taken first first: the level 0 list is named as the queue itself."""
+    return [queue if level == 0 else f"{queue}{PRIORITY_SEPARATOR}{level}" for level in BROKER_LEVELS]
+
 
 BrokerError = (redis.exceptions.RedisError, OSError)
 """What a call to an unreachable or failing Redis raises."""
@@ -68,18 +88,33 @@ class Broker:
             return f"{type(exc).__name__}: {exc}"
         return None
 
+    def _queued(self, queues: Iterable[str]) -> Iterator[tuple[str, bytes | str, str]]:
+        """(list, raw message, task id) of every task waiting in ``queues``, the one taken first first."""
+        for queue in dict.fromkeys(queues):
+            for key in level_lists(queue):
+                for raw in reversed(self.client.lrange(key, 0, -1)):  # LPUSH in, RPOP out: the oldest is last
+                    try:
+                        task = json.loads(raw).get("headers", {}).get("id")
+                    except (ValueError, AttributeError):  # not a kombu message: not ours to read
+                        continue
+                    if isinstance(task, str):
+                        yield key, raw, task
+
     def queued_task_ids(self, queues: Iterable[str]) -> set[str]:
         """Ids of the tasks waiting in ``queues`` (not yet delivered to a worker)."""
-        ids: set[str] = set()
-        for queue in set(queues):
-            for raw in self.client.lrange(queue, 0, -1):
-                try:
-                    task = json.loads(raw).get("headers", {}).get("id")
-                except (ValueError, AttributeError):  # not a kombu message: not ours to read
-                    continue
-                if isinstance(task, str):
-                    ids.add(task)
-        return ids
+        return {task for _key, _raw, task in self._queued(queues)}
+
+    def queued_in_order(self, queue: str) -> list[str]:
+        """Ids of the tasks waiting in ``queue``, in the order a worker takes them (priority, then age)."""
+        return [task for _key, _raw, task in self._queued([queue])]
+
+    def remove_task(self, queue: str, task: str) -> int:
+        """Take the waiting task ``task`` out of ``queue`` (every copy of it); how many were removed."""
+        removed = 0
+        for key, raw, queued in list(self._queued([queue])):
+            if queued == task:
+                removed += int(self.client.lrem(key, 0, raw))  # type: ignore[arg-type]  # redis-py takes bytes too
+        return removed
 
     # -- job locks: held by the worker running the job, renewed by its heartbeat, expiring when it dies
 

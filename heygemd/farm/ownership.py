@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from heygemd.daemon.claims import ClaimedJob, ClaimRecord, held_elsewhere, write_claim_record
+from heygemd.daemon.claims import ClaimedJob, held_elsewhere, unowned_record, write_claim_record
 from heygemd.settings import QueueSettings
 
 MISSED_HEARTBEATS = 3
@@ -27,5 +27,4 @@ def owned_elsewhere(claimed: ClaimedJob, settings: QueueSettings) -> bool:
 def disown(claimed: ClaimedJob) -> None:
     """Leave the claim to whichever worker takes its task next: claim.json keeps the job's identity with no owner
     (the worker records itself with ``claims.take_over`` when it starts the job)."""
-    record = ClaimRecord(job_id=claimed.job_id, name=claimed.name, claimed_at=claimed.claimed_at, host="", pid=0)
-    write_claim_record(claimed.path, record)
+    write_claim_record(claimed.path, unowned_record(claimed))

@@ -10,10 +10,11 @@ import structlog
 from kombu.exceptions import OperationalError
 
 from heygemd.daemon.claims import ClaimedJob
-from heygemd.daemon.jobs import load_job
+from heygemd.daemon.jobs import JobOptions, load_job
+from heygemd.daemon.priority import effective
 from heygemd.errors import HeygemdError
 from heygemd.farm.app import TASK_NAME, make_app, queue_for, task_id
-from heygemd.farm.broker import Broker, BrokerError, shown_url
+from heygemd.farm.broker import Broker, BrokerError, broker_priority, shown_url
 from heygemd.farm.ownership import disown, owned_elsewhere
 from heygemd.settings import Settings
 
@@ -55,11 +56,10 @@ class Publisher:
             self.on_look(None if problem is None else f"{self.shown_url}: {problem}", time.monotonic())
         return problem is None
 
-    def queue_of(self, claimed: ClaimedJob) -> str:
-        """The job's queue: by the engine and GPU class its job.toml asks for (a job that cannot be read goes to
-        the common queue, and the worker records why it fails)."""
+    def _options(self, claimed: ClaimedJob) -> JobOptions:
+        """The job's job.toml options (none for a job that cannot be read: the worker records why it fails)."""
         try:
-            options = load_job(
+            return load_job(
                 claimed.folder,
                 job_id=claimed.job_id,
                 name=claimed.name,
@@ -67,8 +67,17 @@ class Publisher:
                 max_toml_bytes=self.settings.intake.max_job_toml_bytes,
             ).options
         except (HeygemdError, OSError):
-            return queue_for(self.settings.queue, None)
+            return JobOptions()
+
+    def queue_of(self, claimed: ClaimedJob) -> str:
+        """The job's queue: by the engine and GPU class its job.toml asks for (a job that cannot be read goes to
+        the common queue, and the worker records why it fails)."""
+        options = self._options(claimed)
         return queue_for(self.settings.queue, options.engine, options.gpu_class)
+
+    def priority_of(self, claimed: ClaimedJob) -> int:
+        """The job's priority: as an editor changed it, else its job.toml's, else normal."""
+        return effective(claimed.priority, self._options(claimed).priority)
 
     def publish(self, claimed: ClaimedJob) -> bool:
         """Hand ``claimed`` to the workers. False (logged) when the broker refused: the job stays claimed and
@@ -84,12 +93,14 @@ class Publisher:
             )
             return False
         queue = self.queue_of(claimed)
+        priority = self.priority_of(claimed)
         try:
             self.app.send_task(
                 TASK_NAME,
                 kwargs={"job_id": claimed.job_id, "claim_path": str(claimed.path)},
                 task_id=task_id(claimed.job_id),
                 queue=queue,
+                priority=broker_priority(priority),
                 retry=False,
             )
         except PublishError as exc:
@@ -101,7 +112,9 @@ class Publisher:
                 hint="The job stays claimed and is published when the broker is back.",
             )
             return False
-        log.info("job.published", job_id=claimed.job_id, queue=queue, task_id=task_id(claimed.job_id))
+        log.info(
+            "job.published", job_id=claimed.job_id, queue=queue, task_id=task_id(claimed.job_id), priority=priority
+        )
         return True
 
     def republish_lost(self, claimed: list[ClaimedJob]) -> list[str]:

@@ -207,13 +207,17 @@ def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Ho
     app = make_app(settings.queue)
     app.steps["consumer"].add(consumer_step(sessions, presence))
 
-    def retry_paused(job_id: str, claim_path: str, queue: str) -> None:
+    def retry_paused(job_id: str, claim_path: str, queue: str, priority: int | None) -> None:
         """A job paused by a full disk (or an unreachable outbox): queue it again at once for any worker with
         room, and let this worker take nothing for PAUSED_RETRY_SECONDS (its disk stays full a while), as a single
         host tries a paused job again after that long. Not queued (Redis away): the intake's rescan republishes it."""
         try:
             app.send_task(
-                TASK_NAME, kwargs={"job_id": job_id, "claim_path": claim_path}, task_id=task_id(job_id), queue=queue
+                TASK_NAME,
+                kwargs={"job_id": job_id, "claim_path": claim_path},
+                task_id=task_id(job_id),
+                queue=queue,
+                priority=priority,  # the job keeps its place among the others
             )
         except PublishError as exc:
             log.warning("job.requeue_failed", job_id=job_id, error=str(exc), hint="The intake publishes it again.")
@@ -243,7 +247,10 @@ def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Ho
         if result.outcome is JobOutcome.INTERRUPTED:
             raise Reject("stopped: the job goes back to its queue", requeue=True)
         if result.outcome is JobOutcome.PAUSED:
-            retry_paused(job_id, claim_path, task.request.delivery_info.get("routing_key") or settings.queue.queue)
+            delivery = task.request.delivery_info or {}
+            retry_paused(
+                job_id, claim_path, delivery.get("routing_key") or settings.queue.queue, delivery.get("priority")
+            )
         return result.action if result.outcome is None else result.outcome.value
 
     worker = app.Worker(

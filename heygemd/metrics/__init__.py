@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from heygemd.daemon.schedule import Schedule
 from heygemd.errors import ConfigError
 from heygemd.metrics.gpu import GpuCollector
 from heygemd.metrics.jobs import JobsCollector
@@ -35,10 +36,11 @@ __all__ = [
 ]
 
 
-def web_registry(paths: PathsSettings) -> CollectorRegistry:
-    """What ``GET /metrics`` serves: the jobs of ``paths``, this machine's GPUs, this process's own series."""
+def web_registry(paths: PathsSettings, hours: tuple[str, ...] = ()) -> CollectorRegistry:
+    """What ``GET /metrics`` serves: the jobs of ``paths`` and the intake (its rendering ``hours``, the pause), this
+    machine's GPUs, this process's own series."""
     registry = CollectorRegistry()
-    registry.register(JobsCollector(paths))
+    registry.register(JobsCollector(paths, schedule=Schedule(paths.state_dir, hours)))
     registry.register(GpuCollector())
     registry.register(REGISTRY)
     return registry

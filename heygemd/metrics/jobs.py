@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from heygemd.daemon.claims import claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
+from heygemd.daemon.schedule import Schedule
 from heygemd.daemon.status import JobState, JobStatus
 from heygemd.daemon.waiting import read_waiting
 from heygemd.errors import HeygemdError
@@ -152,17 +153,27 @@ class Look:
     inbox_settling: int
     claimed: int
     cache_bytes: dict[str, int]
+    paused: bool
+    taking_jobs: bool
     unreadable: int
     seconds: float
 
 
 class JobsCollector(Collector):
-    """The jobs' metrics of the folders in ``paths``; ``clock``: monotonic seconds (a look is kept ``max_age_s``)."""
+    """The jobs' metrics of the folders in ``paths``, and whether the intake takes jobs (``schedule``: the rendering
+    hours and the pause; default: always, unless paused); ``clock``: monotonic seconds (a look is kept
+    ``max_age_s``)."""
 
     def __init__(
-        self, paths: PathsSettings, *, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.monotonic
+        self,
+        paths: PathsSettings,
+        *,
+        schedule: Schedule | None = None,
+        max_age_s: float = MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.paths = paths
+        self.schedule = schedule if schedule is not None else Schedule(paths.state_dir, ())
         self.max_age_s = max_age_s
         self.clock = clock
         self.totals = Totals()
@@ -199,12 +210,15 @@ class JobsCollector(Collector):
         waiting = read_waiting(state_dir)
         inbox_waiting = sum(1 for candidate in candidates if candidate.name in waiting)
         states["queued"] += len(candidates)
+        intake = self.schedule.now()
         return Look(
             jobs=states,
             inbox_waiting=inbox_waiting,
             inbox_settling=len(candidates) - inbox_waiting,
             claimed=len(claims),
             cache_bytes={cache: _folder_bytes(self.paths.cache_dir / cache) for cache in CACHES},
+            paused=intake.paused is not None,
+            taking_jobs=intake.taking,
             unreadable=unreadable,
             seconds=time.perf_counter() - started,
         )
@@ -287,6 +301,14 @@ def _families(look: Look, totals: Totals) -> Iterator[Metric]:
     yield inbox
     yield GaugeMetricFamily(
         "heygemd_claimed_jobs", "Jobs claimed and not finished (rendering, or waiting for a worker).", look.claimed
+    )
+    yield GaugeMetricFamily(
+        "heygemd_intake_paused", "1 while the intake is paused (heygemd pause, an admin's Pause), else 0.", look.paused
+    )
+    yield GaugeMetricFamily(
+        "heygemd_intake_taking_jobs",
+        "1 while a waiting job may start (not paused, within [intake] hours), else 0.",
+        look.taking_jobs,
     )
     cache_bytes = GaugeMetricFamily("heygemd_cache_bytes", "Bytes in each cache folder.", labels=["cache"])
     for cache, size in look.cache_bytes.items():

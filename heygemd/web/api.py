@@ -11,6 +11,7 @@ import math
 import time
 import urllib.parse
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,18 +24,21 @@ from starlette.concurrency import run_in_threadpool
 from heygemd import __version__
 from heygemd.control import Control
 from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.priority import Priority
+from heygemd.daemon.schedule import IntakeState
 from heygemd.daemon.status import JobStatus
 from heygemd.engine_names import EngineName
 from heygemd.errors import HeygemdError, JobNotFound
 from heygemd.idempotency import Claim, IdempotencyStore, Replay, check_key
 from heygemd.names import is_audio
 from heygemd.settings import Settings
-from heygemd.web.auth import client_address
+from heygemd.web.auth import Principal, client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.fetch import UrlInputs
 from heygemd.web.openapi import IDEMPOTENCY_KEY, SUBMIT_BODY, operation
 from heygemd.web.problems import NotFound, Problem, TooLarge, WebError
+from heygemd.web.roles import ADMIN, EDITOR
 from heygemd.web.submission import MAX_BODY_BYTES, URL_BODIES, URL_HINT, fingerprint, parse_url_job
 from heygemd.web.upload import Limits, MultipartJob, Received, job_name
 from heygemd.web.zipstream import stream_zip
@@ -84,6 +88,39 @@ class Health(BaseModel):
     )
     engines: list[str] = Field(description="The engines a job may name now (a renderer has their files).")
     ignored: list[str] = Field(description="Files directly in the inbox: no job takes them (put them in a job folder).")
+    taking_jobs: bool = Field(description="Whether a waiting job may start now (within the hours, not paused).")
+    paused: bool = Field(description="Whether the intake is paused (heygemd pause; POST /api/pause).")
+    paused_by: str | None = Field(None, description="Who paused it.")
+    hours: list[str] = Field(description="The rendering hours, [intake] hours (empty: always).")
+    waits_for: str | None = Field(None, description="What waiting jobs wait for: 'paused by ...', 'waits for 20:00'.")
+
+
+class Intake(BaseModel):
+    """Whether the intake takes jobs: the pause and the rendering hours."""
+
+    taking_jobs: bool
+    paused: bool
+    paused_by: str | None = None
+    paused_since: datetime | None = None
+    hours: list[str]
+    waits_for: str | None = None
+
+    @classmethod
+    def of(cls, state: IntakeState) -> "Intake":
+        return cls(
+            taking_jobs=state.taking,
+            paused=state.paused is not None,
+            paused_by=state.paused.by if state.paused is not None else None,
+            paused_since=state.paused.since if state.paused is not None else None,
+            hours=list(state.hours.entries),
+            waits_for=state.waits_for,
+        )
+
+
+class NewPriority(BaseModel):
+    """A waiting job's new priority."""
+
+    priority: Priority
 
 
 class Deleted(BaseModel):
@@ -133,6 +170,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
     @api.get("/health", **operation("getHealth"))
     def health() -> Health:
         m = catalog.machine()
+        intake = Intake.of(control.intake())
         return Health(
             status="ok",
             version=__version__,
@@ -143,7 +181,20 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             workers=m.workers,
             engines=[choice.name for choice in control.engine_choices() if choice.why_not is None],
             ignored=list(m.ignored),
+            taking_jobs=intake.taking_jobs,
+            paused=intake.paused,
+            paused_by=intake.paused_by,
+            hours=intake.hours,
+            waits_for=intake.waits_for,
         )
+
+    @api.post("/pause", **operation("pauseIntake"))
+    def pause(request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Intake:
+        return Intake.of(control.pause(by=principal.asking(client_address(request))))
+
+    @api.post("/resume", **operation("resumeIntake"))
+    def resume(request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Intake:
+        return Intake.of(control.resume(by=principal.asking(client_address(request))))
 
     @api.get("/jobs", **operation("listJobs"))
     def list_jobs(page: Annotated[int, Query(ge=1)] = 1) -> JobPage:
@@ -158,7 +209,9 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         **operation("submitJob"),
     )
     async def submit(
-        request: Request, idempotency_key: Annotated[str, Header(alias="Idempotency-Key", **IDEMPOTENCY_KEY)] = ""
+        request: Request,
+        principal: Annotated[Principal, Depends(EDITOR)],
+        idempotency_key: Annotated[str, Header(alias="Idempotency-Key", **IDEMPOTENCY_KEY)] = "",
     ) -> Any:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -187,14 +240,14 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
                 received, options = receiver.finish()
             control.check(options)
             if key is not None:
-                began = await run_in_threadpool(keys.begin, key, fingerprint(received, options))
+                began = await run_in_threadpool(keys.begin, key, fingerprint(received, options, principal.submitter))
                 if isinstance(began, Replay):
                     await run_in_threadpool(control.discard, staging)
                     log.info("web.job_replayed", job_id=began.answer.get("job_id"))
                     return JSONResponse(began.answer, status_code=200)
                 claim = began
             await run_in_threadpool(fetch_urls, staging, received)
-            job_id = await run_in_threadpool(complete, staging, received, options)
+            job_id = await run_in_threadpool(complete, staging, received, options, principal.submitter)
         except BaseException as exc:
             if receiver is not None:
                 receiver.close()
@@ -211,7 +264,13 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
                 await run_in_threadpool(prune_keys)
             except OSError as exc:  # the job is queued: answered; its key stays busy until its lease ends (1 h)
                 log.error("web.idempotency_not_recorded", job_id=job_id, error=f"{exc.filename}: {exc.strerror}")
-        log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
+        log.info(
+            "web.job_submitted",
+            job_id=job_id,
+            audio=received.audio[0],
+            videos=received.videos,
+            submitted_by=principal.submitter,
+        )
         return answer
 
     def fetch_urls(staging: Path, received: Received) -> None:
@@ -237,12 +296,12 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             next_prune[0] = time.monotonic() + PRUNE_KEYS_S
             keys.prune()
 
-    def complete(staging: Path, received: Received, options: JobOptions) -> str:
+    def complete(staging: Path, received: Received, options: JobOptions, submitted_by: str) -> str:
         """The job's name and options, then into the inbox (job.toml, the ready marker last, one rename)."""
         name = job_name(received.fields.get("name", ""), received.audio[0])
         if not is_audio(Path(received.audio[0])):  # a video given as the audio: job.toml names it (upload.py)
             options = options.model_copy(update={"audio": received.audio[0]})
-        return control.submit(staging, name=name, options=options)
+        return control.submit(staging, name=name, options=options, submitted_by=submitted_by)
 
     @api.get("/jobs/{job_id}", **operation("getJob"))
     def get_job(job_id: str) -> JobStatus:
@@ -266,24 +325,37 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         )
 
     @api.post("/jobs/{job_id}/cancel", status_code=202, **operation("cancelJob"))
-    def cancel(job_id: str, request: Request) -> Cancelled:
-        answer = control.cancel(job_id, by=f"web {client_address(request)}")
+    def cancel(job_id: str, request: Request, principal: Annotated[Principal, Depends(EDITOR)]) -> Cancelled:
+        answer = control.cancel(job_id, by=principal.asking(client_address(request)))
         log.info("web.job_cancelled", job_id=answer.job_id, state=answer.state)
         return Cancelled(job_id=answer.job_id, state=answer.state, status_url=Submitted.of(answer.job_id).status_url)
 
     @api.post("/jobs/{job_id}/retry", status_code=201, **operation("retryJob"))
-    def retry(job_id: str, engine: Annotated[EngineName | None, Query()] = None) -> Submitted:
+    def retry(
+        job_id: str,
+        principal: Annotated[Principal, Depends(EDITOR)],
+        engine: Annotated[EngineName | None, Query()] = None,
+    ) -> Submitted:
         try:
-            new_id = control.retry(job_id, engine=engine)
+            new_id = control.retry(job_id, engine=engine, by=principal.submitter)
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_retried", job_id=job_id, new_job_id=new_id)
         return Submitted.of(new_id)
 
-    @api.delete("/jobs/{job_id}", **operation("deleteJob"))
-    def delete(job_id: str) -> Deleted:
+    @api.put("/jobs/{job_id}/priority", **operation("setJobPriority"))
+    def set_priority(
+        job_id: str, body: NewPriority, request: Request, principal: Annotated[Principal, Depends(EDITOR)]
+    ) -> JobStatus:
         try:
-            control.delete(job_id)
+            return control.set_priority(job_id, body.priority, by=principal.asking(client_address(request)))
+        except JobNotFound as exc:
+            raise NotFound(exc.message) from None
+
+    @api.delete("/jobs/{job_id}", **operation("deleteJob"))
+    def delete(job_id: str, request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> Deleted:
+        try:
+            control.delete(job_id, by=principal.asking(client_address(request)))
         except JobNotFound as exc:
             raise NotFound(exc.message) from None
         log.info("web.job_deleted", job_id=job_id)

@@ -1,10 +1,10 @@
 """The FastAPI application: the HTTP API under /api (``api``), the pages (``pages``), static files from the
 package.
 
-Every request except the static files, the favicon and the login form passes the token gate (``auth``);
-state-changing ones also the same-origin check. A server without a token answers only requests addressed to a
-loopback name (``LoopbackOnly``). Errors are answered as JSON ``{code, message, hint}`` (the API) or an error
-page (the pages).
+Every request except the static files, the favicon and the login form passes the gate (``auth``) and the check of
+its role (``roles``); state-changing ones also the same-origin check. A server without a token or accounts answers
+only requests addressed to a loopback name (``LoopbackOnly``). Errors are answered as JSON ``{code, message, hint}``
+(the API) or an error page (the pages; a page asked for without a login sends to the login form).
 """
 
 from __future__ import annotations
@@ -24,35 +24,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heygemd import __version__
+from heygemd.accounts import Accounts
 from heygemd.control import Control
-from heygemd.errors import HeygemdError
+from heygemd.errors import ConfigError, HeygemdError
 from heygemd.settings import Settings
 from heygemd.web.api import api_router
-from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, client_address
+from heygemd.web.auth import Gate, Via, check_host, check_same_origin
 from heygemd.web.catalog import Catalog
 from heygemd.web.metrics import PATH as METRICS_PATH
 from heygemd.web.metrics import metrics_router
 from heygemd.web.openapi import document
-from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
+from heygemd.web.pages import Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
+from heygemd.web.roles import VIEWER
 
 STATIC = Path(__file__).with_name("static")
 
 
-class LoginNeeded(Exception):
-    """A page was asked for without a session: answered with a redirect to the login form."""
-
-    def __init__(self, next_url: str) -> None:
-        self.next_url = next_url
-
-
 def create_app(
-    settings: Settings, *, control: Control | None = None, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    control: Control | None = None,
+    clock: Callable[[], float] = time.time,
+    accounts: Accounts | None = None,
 ) -> FastAPI:
     """The application for ``settings`` (paths, web limits and token); ``control``: how it acts on jobs (default:
-    a single host's); ``clock``: the wall clock that sessions and the throttle of wrong tokens go by."""
+    a single host's); ``clock``: the wall clock that sessions and the throttle of wrong secrets go by;
+    ``accounts``: the accounts (default: the state folder's users.json)."""
     control = control if control is not None else Control(settings)
-    gate = Gate(settings.web, clock)
+    gate = Gate(settings.web, accounts if accounts is not None else Accounts(settings.paths.state_dir), clock)
     catalog = Catalog(settings, control)
     control.tidy()
 
@@ -65,14 +65,12 @@ def create_app(
         description="Lip-sync videos: give one speech audio and one or more presenter videos (as URLs or "
         "uploads); heygemd renders every presenter speaking the audio. Submit a job (submitJob), poll its status "
         "(getJob) or receive a signed callback when it ends, then download the results (getJobOutputsZip). "
-        "Authenticate with 'Authorization: Bearer <web.token>'.",
+        "Authenticate with 'Authorization: Bearer <key>': an account's API key (heygemd users key) or web.token. "
+        "What a key may do depends on its account's role: viewer (read), editor (also submit, cancel, retry, "
+        "change priorities), admin (also delete, pause and resume); a lower role is answered 403 FORBIDDEN_ROLE.",
     )
-    render = Renderer(catalog, gate)
-
-    # -- guards
-
-    def admit(request: Request) -> Via:
-        return gate.admit(request.headers.get("authorization"), request.cookies.get(COOKIE), client_address(request))
+    app.state.gate = gate
+    render = Renderer(catalog)
 
     def same_origin(request: Request, via: Via) -> None:
         check_same_origin(
@@ -84,20 +82,6 @@ def create_app(
             request.headers.get("referer"),
         )
 
-    def api_guard(request: Request) -> Via:
-        via = admit(request)
-        same_origin(request, via)
-        return via
-
-    def page_guard(request: Request) -> Via:
-        try:
-            via = admit(request)
-        except Unauthorized:
-            raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else "")) from None
-        same_origin(request, via)
-        setattr(request.state, SIGNED_IN, True)
-        return via
-
     # -- error answers
 
     def wants_json(request: Request) -> bool:
@@ -105,6 +89,9 @@ def create_app(
 
     @app.exception_handler(HeygemdError)
     async def on_error(request: Request, exc: HeygemdError) -> Response:
+        if isinstance(exc, Unauthorized) and not wants_json(request) and request.method in ("GET", "HEAD"):
+            next_url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={urllib.parse.quote(next_url, safe='')}", status_code=303)
         status = http_status(exc)
         headers = exc.headers if isinstance(exc, WebError) else {}
         if wants_json(request):
@@ -112,10 +99,6 @@ def create_app(
         page = render(request, "error.html", status_code=status, error=problem(exc))
         page.headers.update(headers)
         return page
-
-    @app.exception_handler(LoginNeeded)
-    async def on_login_needed(request: Request, exc: LoginNeeded) -> Response:
-        return RedirectResponse(f"/login?next={urllib.parse.quote(exc.next_url, safe='')}", status_code=303)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -134,34 +117,41 @@ def create_app(
 
     # -- routes
 
-    app.include_router(api_router(settings, catalog, control, api_guard))
+    app.include_router(api_router(settings, catalog, control, VIEWER))
     app.include_router(metrics_router(settings, gate))
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(VIEWER)])
     def openapi(request: Request) -> dict[str, Any]:
         return document(app.openapi(), settings.web.public_url or str(request.base_url).rstrip("/"))
 
-    app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
+    app.include_router(pages_router(settings, catalog, gate, render, app, VIEWER, same_origin))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    if not gate.required:
-        app.add_middleware(LoopbackOnly)
+    def open_server() -> bool:
+        try:
+            return not gate.required
+        except ConfigError:  # users.json refused: not open; every route then answers why (BAD_CONFIG)
+            return False
+
+    app.add_middleware(LoopbackOnly, open_server=open_server)
     return app
 
 
 class LoopbackOnly:
-    """ASGI middleware of a server without a token: every request, static files included, must be addressed to a
-    loopback name (``auth.check_host``), else it is answered 421 WRONG_HOST before any route sees it."""
+    """ASGI middleware: while the server has no token and no account (``open_server()``), every request, static
+    files included, must be addressed to a loopback name (``auth.check_host``), else it is answered 421 WRONG_HOST
+    before any route sees it."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, open_server: Callable[[], bool]) -> None:
         self.app = app
+        self.open_server = open_server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] in ("http", "websocket") and self.open_server():
             try:
                 check_host(Headers(scope=scope).get("host"))
             except WrongHost as exc:

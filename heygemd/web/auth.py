@@ -1,13 +1,16 @@
-"""Who may talk to the web server, and from where.
+"""Who may talk to the web server, and from where; who each request is (a :class:`Principal`, with a role).
 
-- No token configured: only a loopback bind is allowed (``check_bind``), and only requests addressed to a
-  loopback name (``Host: localhost``, ``127.0.0.0/8``, ``[::1]``, any port) are answered (``check_host``): a web
-  page whose own name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets nothing. Every such request is let in.
-- A token configured: every request must carry it, as ``Authorization: Bearer <token>`` (the API) or as the
-  session cookie the login form sets (the pages: HttpOnly, SameSite=Strict). The cookie holds a dated, signed
-  session value that expires after web.session_hours and that logging out ends (``sessions``), never the token.
-  Off loopback the token must be at least MIN_TOKEN_BYTES long (``check_bind``). Wrong tokens are throttled
-  per client address (``throttle``).
+- No token configured and no account (``heygemd users``): only a loopback bind is allowed (``check_bind``), and
+  only requests addressed to a loopback name (``Host: localhost``, ``127.0.0.0/8``, ``[::1]``, any port) are
+  answered (``check_host``): a web page whose own name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets
+  nothing. Every such request is let in, as ``local``, an admin.
+- A token or accounts configured: every request must carry a secret: ``Authorization: Bearer <secret>`` (the API:
+  web.token, an admin key of its own; or an account's API key, ``hgd_...``), or the session cookie the login form
+  sets (the pages: HttpOnly, SameSite=Strict; logged in with an account's name and password, or with web.token).
+  The cookie holds a dated, signed session value of the account that expires after web.session_hours and that
+  logging out, or removing the account, ends (``sessions``), never a secret. Off loopback the token must be set and
+  at least MIN_TOKEN_BYTES long (``check_bind``). Wrong secrets are throttled per client address and per account
+  (``throttle``), and logged.
 - ``web.metrics_token`` (optional, with a token configured) opens ``GET /metrics`` and nothing else: a scraper
   holding it can read the metrics, never a job; elsewhere it is a wrong token like any other.
 - State-changing requests (POST, PUT, PATCH, DELETE) not made with the bearer header must come from the
@@ -23,16 +26,22 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import SecretStr
 from starlette.requests import Request
 
+from heygemd.accounts import KEY_PREFIX, Accounts, Role
 from heygemd.errors import ConfigError
 from heygemd.settings import MIN_SECRET_BYTES, WebSettings
+from heygemd.web import throttle
 from heygemd.web.problems import CrossSite, Unauthorized, WrongHost
 from heygemd.web.sessions import Sessions
 from heygemd.web.throttle import FailureThrottle
+
+log = structlog.get_logger("heygemd.web")
 
 COOKIE = "heygemd_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -51,7 +60,7 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(web: WebSettings) -> None:
     """Refuse to serve on a non-loopback address without a token, or with one shorter than MIN_TOKEN_BYTES
-    (raises ConfigError)."""
+    (raises ConfigError). Accounts do not replace it: removing the last one would open the server."""
     if is_loopback(web.host):
         return
     token = token_value(web.token)
@@ -94,59 +103,114 @@ def token_value(token: SecretStr | None) -> str:
 class Via(enum.Enum):
     """How a request was let in."""
 
-    OPEN = "open"  # no token configured (loopback only)
+    OPEN = "open"  # no token and no account configured (loopback only)
     BEARER = "bearer"
     COOKIE = "cookie"
     SCRAPER = "scraper"  # web.metrics_token: GET /metrics only
 
 
-class Gate:
-    """Checks requests against the configured token, issues and ends login sessions, throttles wrong tokens
-    per client address; ``clock`` is the wall clock (Unix seconds)."""
+TOKEN = "token"
+"""The name of whoever uses web.token (an admin key of its own), and its sessions' subject."""
+LOCAL = "local"
+"""The name of whoever uses a loopback server without a token or accounts (an admin)."""
 
-    def __init__(self, web: WebSettings, clock: Callable[[], float] = time.time) -> None:
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: an account's ``name`` (or ``token``, ``local``, ``metrics``), its ``role``, how it was
+    let in (``via``)."""
+
+    name: str
+    role: Role
+    via: Via
+
+    @property
+    def submitter(self) -> str:
+        """What jobs it submits record as ``submitted_by``: ``web anna``."""
+        return f"web {self.name}"
+
+    def asking(self, client: str) -> str:
+        """Who asks, for a cancel request and the logs: ``web anna from 10.0.0.7``."""
+        return f"web {self.name} from {client}"
+
+
+class Gate:
+    """Checks requests against web.token and the accounts, issues and ends login sessions, throttles wrong
+    secrets per client address and per account; ``clock`` is the wall clock (Unix seconds)."""
+
+    def __init__(self, web: WebSettings, accounts: Accounts, clock: Callable[[], float] = time.time) -> None:
         self._token = token_value(web.token)
         self._metrics_token = token_value(web.metrics_token)
+        self.accounts = accounts
         self.sessions = Sessions(web.session_hours * 3600, clock)
         self._throttle = FailureThrottle(clock)
 
     @property
     def required(self) -> bool:
-        return bool(self._token)
+        """Whether requests must carry a secret: a token or an account is configured (an account made while the
+        server runs counts from then on)."""
+        return bool(self._token) or self.accounts.any()
 
-    def _try_token(self, candidate: str, client: str, *, scraper: bool = False) -> Via | None:
-        """Which token ``candidate`` is (the metrics token counts only for a ``scraper``), None for a wrong one,
-        which counts against ``client`` (TooManyFailures while ``client`` has too many, and then the candidate is
-        not even looked at)."""
-        self._throttle.check(client)
+    def _failed(self, client: str, name: str | None, why: str) -> None:
+        subjects = [throttle.address(client), *([throttle.account(name)] if name else [])]
+        self._throttle.failed(*subjects)
+        log.warning("web.login_failed", client=client, account=name or "", why=why)
+
+    def _check_bearer(self, candidate: str, client: str, *, scraper: bool) -> Principal:
+        """Who the bearer secret ``candidate`` is: web.token, an account's API key, or (for a ``scraper``) the
+        metrics token. Unauthorized when it is none, which counts against ``client`` and the account a key names;
+        TooManyFailures while either has too many (and then the candidate is not even looked at)."""
+        claimed = self.accounts.key_account(candidate) if candidate.startswith(KEY_PREFIX) else None
+        self._throttle.check(throttle.address(client), *([throttle.account(claimed)] if claimed else []))
         given = candidate.encode("utf-8")
-        if hmac.compare_digest(given, self._token.encode("utf-8")):
-            return Via.BEARER
+        if self._token and hmac.compare_digest(given, self._token.encode("utf-8")):
+            return Principal(TOKEN, "admin", Via.BEARER)
         if scraper and self._metrics_token and hmac.compare_digest(given, self._metrics_token.encode("utf-8")):
-            return Via.SCRAPER
-        self._throttle.failed(client)
-        return None
+            return Principal("metrics", "viewer", Via.SCRAPER)
+        found = self.accounts.check_key(candidate) if claimed else None
+        if found is not None:
+            return Principal(found[0].name, found[0].role, Via.BEARER)
+        self._failed(client, claimed, "wrong bearer token" if claimed is None else "wrong or revoked API key")
+        raise Unauthorized("the bearer token is wrong")
 
-    def login(self, candidate: str, client: str) -> str | None:
-        """A new session value for the right token, None for a wrong one (TooManyFailures when throttled)."""
-        return self.sessions.issue() if self._token and self._try_token(candidate, client) is not None else None
+    def login(self, user: str, secret: str, client: str) -> str | None:
+        """A new session value for an account's right password (``user`` given) or the right web.token (``user``
+        empty), None for a wrong one; TooManyFailures when ``client`` or the account failed too often."""
+        name = user.strip()
+        self._throttle.check(throttle.address(client), *([throttle.account(name)] if name else []))
+        if not name:
+            if self._token and hmac.compare_digest(secret.encode("utf-8"), self._token.encode("utf-8")):
+                return self.sessions.issue(TOKEN)
+            self._failed(client, None, "wrong token")
+            return None
+        account = self.accounts.check_password(name, secret)
+        if account is None:
+            self._failed(client, name, "wrong name or password")
+            return None
+        log.info("web.logged_in", client=client, account=account.name)
+        return self.sessions.issue(account.id)
 
-    def admit(self, authorization: str | None, cookie: str | None, client: str, *, scraper: bool = False) -> Via:
-        """How the request from address ``client`` is let in; Unauthorized when it carries no valid token or
-        session, TooManyFailures when ``client`` guessed wrong too often. ``scraper``: the request is for
-        /metrics, which web.metrics_token opens too."""
-        if not self._token:
-            return Via.OPEN
+    def admit(self, authorization: str | None, cookie: str | None, client: str, *, scraper: bool = False) -> Principal:
+        """Who the request from address ``client`` is; Unauthorized when it carries no valid secret or session,
+        TooManyFailures when ``client`` (or the account a key names) guessed wrong too often. ``scraper``: the
+        request is for /metrics, which web.metrics_token opens too."""
+        if not self.required:
+            return Principal(LOCAL, "admin", Via.OPEN)
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            via = self._try_token(value.strip(), client, scraper=scraper) if scheme.casefold() == "bearer" else None
-            if via is None:
+            if scheme.casefold() != "bearer":
                 raise Unauthorized("the bearer token is wrong")
-            return via
+            return self._check_bearer(value.strip(), client, scraper=scraper)
         if cookie:
-            if self.sessions.valid(cookie):
-                return Via.COOKIE
-            raise Unauthorized("the session is over (it expired, or it was logged out); log in again")
+            subject = self.sessions.subject(cookie)
+            if subject == TOKEN and self._token:
+                return Principal(TOKEN, "admin", Via.COOKIE)
+            account = self.accounts.by_id(subject) if subject is not None else None
+            if account is not None:
+                return Principal(account.name, account.role, Via.COOKIE)
+            raise Unauthorized(
+                "the session is over (it expired, it was logged out, or its account removed); log in again"
+            )
         raise Unauthorized("this server needs a token and the request carries none")
 
 

@@ -29,7 +29,8 @@ from heygemd.web.problems import NotFound
 @dataclass(frozen=True)
 class Machine:
     """What the header of every page says: the active engine, whether the worker has a job, how many renderers are
-    running (none: jobs wait until one starts) and the files ignored in the inbox."""
+    running (none: jobs wait until one starts), the files ignored in the inbox, and whether the intake takes jobs
+    (``waits_for``: ``paused by ...``, ``waits for 20:00``; None while it does)."""
 
     engine: str
     busy: bool
@@ -39,6 +40,9 @@ class Machine:
     farm: bool
     ignored: tuple[str, ...] = ()
     """Files directly in the inbox: no job takes them (they belong in a job folder)."""
+    paused: bool = False
+    waits_for: str | None = None
+    hours: str = "always"
 
 
 class Catalog:
@@ -169,6 +173,7 @@ class Catalog:
             queued = len(scan_inbox(self.inbox, self.state, on_loose=loose.append))
         except FileNotFoundError:
             queued = 0
+        intake = self.control.intake()
         return Machine(
             engine=self.control.engine_name(),
             busy=bool(claimed),
@@ -177,6 +182,9 @@ class Catalog:
             workers=len(self.control.renderers()),
             farm=bool(self.settings.queue.broker),
             ignored=tuple(sorted(loose)),
+            paused=intake.paused is not None,
+            waits_for=intake.waits_for,
+            hours=str(intake.hours),
         )
 
 

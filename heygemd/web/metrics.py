@@ -11,16 +11,16 @@ from prometheus_client.exposition import choose_encoder
 
 from heygemd.metrics import web_registry
 from heygemd.settings import Settings
-from heygemd.web.auth import COOKIE, Gate, Via, client_address
+from heygemd.web.auth import COOKIE, Gate, Principal, client_address
 
 PATH = "/metrics"
 
 
 def metrics_router(settings: Settings, gate: Gate) -> APIRouter:
-    registry = web_registry(settings.paths)
+    registry = web_registry(settings.paths, tuple(settings.intake.hours))
     router = APIRouter()
 
-    def scraper(request: Request) -> Via:
+    def scraper(request: Request) -> Principal:  # any role, or the scraper's token
         return gate.admit(
             request.headers.get("authorization"), request.cookies.get(COOKIE), client_address(request), scraper=True
         )

@@ -121,14 +121,41 @@ def _problem(description: str, example: dict[str, str]) -> dict[str, Any]:
     return {"model": Problem, **_answer(description, example)}
 
 
+def _forbidden(role: str) -> dict[int, dict[str, Any]]:
+    """The answer of an operation that needs ``role`` to a key whose account has a lower one."""
+    return {
+        403: _problem(
+            f"FORBIDDEN_ROLE: the key's account has a role below {role} (viewer < editor < admin). CROSS_SITE: a "
+            "browser request from another site.",
+            {
+                "code": "FORBIDDEN_ROLE",
+                "message": f"vera has the viewer role; this needs the {role} role (or above)",
+                "hint": "Ask an admin for an account with that role (heygemd users role NAME ROLE), or use one "
+                "that has it.",
+            },
+        )
+    }
+
+
+INTAKE = {
+    "taking_jobs": False,
+    "paused": False,
+    "paused_by": None,
+    "hours": ["20:00-07:00"],
+    "waits_for": "waits for 20:00",
+}
+
+
 OPERATIONS: dict[str, dict[str, Any]] = {
     "getHealth": {
-        "summary": "Check the server: up, its engine, whether it is rendering, whether anything renders at all",
+        "summary": "Check the server: up, its engine, whether it renders, whether anything renders at all, whether it "
+        "takes jobs",
         "description": "Answers at once. Use it to check the connection and the token before submitting, or to see "
         "whether the worker is busy (busy, current: the job rendering) and how many jobs wait (queued). 'workers' "
         "counts the live renderers (heygemd run, or a farm's heygemd worker): 0 means a submitted job waits until "
         "one starts. 'engines' lists the engines a job may name now (a renderer has their files); 'ignored' the "
-        "files lying directly in the inbox, which no job takes.",
+        "files lying directly in the inbox, which no job takes. 'taking_jobs' says whether a waiting job may start "
+        "now (else waits_for says why: paused by an admin, or outside the rendering hours).",
         "responses": {
             200: _answer(
                 "The server is up.",
@@ -142,8 +169,31 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                     "workers": 1,
                     "engines": ["mouthwarp"],
                     "ignored": [],
+                    **INTAKE,
                 },
             )
+        },
+    },
+    "pauseIntake": {
+        "summary": "Pause the intake: no waiting job starts until resumed (admin)",
+        "description": "Stops the server from starting jobs: a job rendering now finishes, waiting jobs wait "
+        "(their status says 'paused by ...'), new jobs are still accepted. The pause holds across restarts until "
+        "resumeIntake. Needs an admin key.",
+        "responses": {
+            200: _answer(
+                "Paused.",
+                {**INTAKE, "paused": True, "paused_by": "web anna from 10.0.0.7", "waits_for": "paused by anna"},
+            ),
+            **_forbidden("admin"),
+        },
+    },
+    "resumeIntake": {
+        "summary": "Resume the intake: waiting jobs start again (admin)",
+        "description": "Ends a pause (pauseIntake): waiting jobs start again, highest priority first, within the "
+        "rendering hours. Needs an admin key.",
+        "responses": {
+            200: _answer("Resumed.", {**INTAKE, "taking_jobs": True, "hours": [], "waits_for": None}),
+            **_forbidden("admin"),
         },
     },
     "listJobs": {
@@ -159,8 +209,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "render takes minutes. Then either poll getJob every few seconds until 'state' is done, partial, failed or "
         "cancelled, or give callback_url: heygemd POSTs the final status document there, signed, when the job "
         "ends. Download the results with getJobOutputsZip. Send an Idempotency-Key header to make a retry safe: the "
-        "same key and request answer the first job again (200) instead of making a second one.",
+        "same key and request answer the first job again (200) instead of making a second one. 'priority' (high, "
+        "normal, low or 0-9) puts it before or after other waiting jobs. Needs an editor key.",
         "responses": {
+            **_forbidden("editor"),
             201: _answer("The job is queued.", SUBMITTED),
             200: _answer("The same Idempotency-Key and request as before: the first answer again.", SUBMITTED),
             400: _problem(
@@ -222,12 +274,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "Cancel a job",
         "description": "A job still waiting never starts ('cancelled' at once); a rendering one stops at its next "
         "batch of frames ('cancelling'; getJob then says cancelled). Videos finished before stay. A finished job "
-        "answers 409 ALREADY_DONE.",
+        "answers 409 ALREADY_DONE. Needs an editor key.",
         "responses": {
+            **_forbidden("editor"),
             202: _answer(
                 "Cancelled, or being cancelled.",
                 {"job_id": "lesson-01", "state": "cancelling", "status_url": "/api/jobs/lesson-01"},
-            )
+            ),
         },
     },
     "retryJob": {
@@ -236,8 +289,9 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "failed, were cancelled or did not start; the original job stays as it is. A job that failed as a whole "
         "(its own 'error', e.g. BAD_JOB for a bad job.toml) is submitted with every file of its archived inputs, "
         "the folder its error's hint names: fix the cause there first. ?engine= renders the new job with another "
-        "engine. Poll the new job_id with getJob.",
+        "engine. Poll the new job_id with getJob. Needs an editor key.",
         "responses": {
+            **_forbidden("editor"),
             201: _answer(
                 "The new job is queued.", {"job_id": "lesson-01-retry", "status_url": "/api/jobs/lesson-01-retry"}
             ),
@@ -251,11 +305,19 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             ),
         },
     },
+    "setJobPriority": {
+        "summary": "Change the priority of a job that has not started",
+        "description": 'JSON body {"priority": "high"} (high, normal, low or a number 0-9, higher first). Waiting '
+        "jobs start highest priority first, then oldest first; a job rendering is never interrupted, so a job that "
+        "has started answers 409 JOB_BUSY (a finished one 409 ALREADY_DONE). Answers the job's status document "
+        "with its new priority. Needs an editor key.",
+        "responses": {**_forbidden("editor")},
+    },
     "deleteJob": {
         "summary": "Delete a finished job and its files",
         "description": "Removes the job's results and its archived inputs. A job still waiting or rendering "
-        "answers 409 JOB_BUSY: cancel it first.",
-        "responses": {200: _answer("Deleted.", {"deleted": "lesson-01"})},
+        "answers 409 JOB_BUSY: cancel it first. Needs an admin key.",
+        "responses": {200: _answer("Deleted.", {"deleted": "lesson-01"}), **_forbidden("admin")},
     },
     "streamEvents": {
         "summary": "Follow jobs live (Server-Sent Events)",
@@ -288,8 +350,11 @@ def document(schema: dict[str, Any], server_url: str) -> dict[str, Any]:
         BEARER: {
             "type": "http",
             "scheme": "bearer",
-            "description": "The server's web.token (HEYGEMD_WEB__TOKEN), sent as 'Authorization: Bearer <token>'. "
-            "A server without a token answers only on this machine's loopback names.",
+            "description": "An account's API key (heygemd users key NAME KEY-NAME) or the server's web.token "
+            "(HEYGEMD_WEB__TOKEN, an admin key), sent as 'Authorization: Bearer <key>'. What a key may do depends "
+            "on its account's role: viewer (read), editor (also submit, cancel, retry, change priorities), admin "
+            "(also delete, pause and resume); a lower role is answered 403 FORBIDDEN_ROLE. A server without a "
+            "token or accounts answers only on this machine's loopback names.",
         }
     }
     schemas = {

@@ -14,24 +14,26 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from heygemd.accounts import allows
+from heygemd.daemon.priority import LEVELS
+from heygemd.daemon.priority import shown as shown_priority
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
 from heygemd.settings import Settings
 from heygemd.web.api import pages_of
 from heygemd.web.auth import COOKIE, Gate, Via, client_address
 from heygemd.web.catalog import Catalog
+from heygemd.web.roles import EDITOR, principal_of
 from heygemd.web.upload import AUDIO_UPLOADS, PRESENTER_UPLOADS, Limits
-
-SIGNED_IN = "signed_in"
-"""The request-state flag the page guard sets: only then does a page show the machine's state."""
 
 
 class Renderer:
-    """Renders a template with what every page shows in its header: once the visitor is let in (the page guard
-    passed: ``signed_in``), the engine, busy or idle and the queue; before that nothing of the machine."""
+    """Renders a template with what every page shows in its header: once the visitor is let in (a role dependency
+    passed), who they are, the engine, busy or idle, the queue and whether the intake takes jobs; before that
+    nothing of the machine. Pages show only the buttons the visitor's role may use (``can_edit``, ``can_admin``;
+    the API refuses the others anyway)."""
 
-    def __init__(self, catalog: Catalog, gate: Gate) -> None:
+    def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.gate = gate
         self.env = Environment(loader=PackageLoader("heygemd.web", "templates"), autoescape=select_autoescape())
         self.env.filters["percent"] = lambda f: f"{(f or 0) * 100:.0f}%"
         self.env.filters["age"] = age
@@ -39,14 +41,19 @@ class Renderer:
         self.env.filters["quote"] = lambda s: urllib.parse.quote(s, safe="")
         self.env.filters["first_error"] = first_error
         self.env.filters["video_progress"] = video_progress
+        self.env.filters["priority"] = shown_priority
+        self.env.globals["priority_levels"] = LEVELS
 
     def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        signed_in = bool(getattr(request.state, SIGNED_IN, False))
+        principal = principal_of(request)
         html = self.env.get_template(template).render(
             request=request,
-            signed_in=signed_in,
-            machine=self.catalog.machine() if signed_in else None,
-            token_required=self.gate.required,
+            signed_in=principal is not None,
+            principal=principal,
+            can_edit=principal is not None and allows(principal.role, "editor"),
+            can_admin=principal is not None and allows(principal.role, "admin"),
+            machine=self.catalog.machine() if principal is not None else None,
+            token_required=principal is not None and principal.via is not Via.OPEN,  # logged in: who, log out
             **context,
         )
         return HTMLResponse(html, status_code=status_code)
@@ -66,16 +73,21 @@ def pages_router(
 
     @pages.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return render(request, "login.html", next=local(next), failed=False)
+        return render(request, "login.html", next=local(next), failed=False, user="")
 
     @pages.post("/login")
-    def login(request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/") -> Response:
+    def login(
+        request: Request,
+        token: Annotated[str, Form()] = "",
+        user: Annotated[str, Form()] = "",
+        next: Annotated[str, Form()] = "/",
+    ) -> Response:
         same_origin(request, Via.OPEN)
         if not gate.required:
             return RedirectResponse(local(next), status_code=303)
-        session = gate.login(token, client_address(request))
+        session = gate.login(user, token, client_address(request))
         if session is None:
-            return render(request, "login.html", status_code=401, next=local(next), failed=True)
+            return render(request, "login.html", status_code=401, next=local(next), failed=True, user=user)
         response = RedirectResponse(local(next), status_code=303)
         response.set_cookie(
             COOKIE,
@@ -107,7 +119,7 @@ def pages_router(
     def job_page(request: Request, job_id: str) -> HTMLResponse:
         return render(request, "job.html", job=catalog.status(job_id), log=catalog.log_text(job_id), now=now())
 
-    @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard)])
+    @pages.get("/new", response_class=HTMLResponse, dependencies=[Depends(guard), Depends(EDITOR)])
     def new_page(request: Request) -> HTMLResponse:
         return render(
             request,

@@ -74,6 +74,14 @@ class CrossSite(WebError):
     default_hint = "State-changing requests must come from the dashboard's own pages, or carry the bearer token."
 
 
+class ForbiddenRole(WebError):
+    """A request its account's role does not allow."""
+
+    code = "FORBIDDEN_ROLE"
+    status = 403
+    default_hint = "Ask an admin for an account with that role (heygemd users role NAME ROLE), or use one that has it."
+
+
 class WrongHost(WebError):
     code = "WRONG_HOST"
     status = 421

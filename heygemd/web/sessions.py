@@ -1,9 +1,11 @@
 """The login sessions of the pages: a dated, signed cookie value that expires and that logging out ends.
 
-A value is ``<issued>.<nonce>.<signature>``: the Unix second it was issued, 16 random bytes (hex), and an
-HMAC-SHA256 of both under a key drawn at random when the server starts. It holds nothing of the token. It is
-valid until ``issued + lifetime``; logging out puts its nonce on a revocation list kept until then. A restart
-draws a new key, so it ends every session (log in again).
+A value is ``<issued>.<nonce>.<subject>.<signature>``: the Unix second it was issued, 16 random bytes (hex), whose
+session it is (an account's id, or ``token`` for a login with web.token), and an HMAC-SHA256 of the three under a
+key drawn at random when the server starts. It holds no secret. It is valid until ``issued + lifetime``; logging
+out puts its nonce on a revocation list kept until then. A restart draws a new key, so it ends every session (log
+in again). Whether its account still exists, and its role, are looked up at every request (``auth``): removing the
+account ends its sessions.
 """
 
 from __future__ import annotations
@@ -26,33 +28,42 @@ class Sessions:
         self._key = secrets.token_bytes(32)
         self._revoked: dict[str, float] = {}  # nonce -> when its value expires anyway
 
-    def _sign(self, issued: int, nonce: str) -> str:
-        return hmac.new(self._key, f"{issued}.{nonce}".encode("ascii"), hashlib.sha256).hexdigest()
+    def _sign(self, issued: int, nonce: str, subject: str) -> str:
+        return hmac.new(self._key, f"{issued}.{nonce}.{subject}".encode("ascii"), hashlib.sha256).hexdigest()
 
-    def issue(self) -> str:
-        """A new session value, valid for ``lifetime_s`` from now."""
+    def issue(self, subject: str) -> str:
+        """A new session of ``subject`` (letters and digits), valid for ``lifetime_s`` from now."""
+        if not subject.isascii() or not subject.isalnum():
+            raise ValueError(f"{subject!r} cannot be a session's subject")
         issued, nonce = int(self._clock()), secrets.token_hex(16)
-        return f"{issued}.{nonce}.{self._sign(issued, nonce)}"
+        return f"{issued}.{nonce}.{subject}.{self._sign(issued, nonce, subject)}"
 
-    def _parse(self, value: str) -> tuple[int, str] | None:
-        """The issue time and nonce of a value this server signed, else None."""
-        issued_text, _, rest = value.partition(".")
-        nonce, _, signature = rest.partition(".")
-        if not (issued_text + nonce).isascii() or not issued_text.isdigit() or not nonce.isalnum():
+    def _parse(self, value: str) -> tuple[int, str, str] | None:
+        """The issue time, nonce and subject of a value this server signed, else None."""
+        parts = value.split(".")
+        if len(parts) != 4:
+            return None
+        issued_text, nonce, subject, signature = parts
+        if not (issued_text + nonce + subject).isascii() or not issued_text.isdigit():
+            return None
+        if not nonce.isalnum() or not subject.isalnum():
             return None
         issued = int(issued_text)
-        if not hmac.compare_digest(signature.encode("ascii", "replace"), self._sign(issued, nonce).encode("ascii")):
+        expected = self._sign(issued, nonce, subject).encode("ascii")
+        if not hmac.compare_digest(signature.encode("ascii", "replace"), expected):
             return None
-        return issued, nonce
+        return issued, nonce, subject
 
-    def valid(self, value: str) -> bool:
-        """Whether ``value`` is a session this server issued, not expired and not logged out."""
+    def subject(self, value: str) -> str | None:
+        """Whose session ``value`` is, when this server issued it and it has not expired nor been logged out."""
         parsed = self._parse(value)
         if parsed is None:
-            return False
-        issued, nonce = parsed
+            return None
+        issued, nonce, subject = parsed
         now = self._clock()
-        return issued - CLOCK_SKEW_S <= now < issued + self.lifetime_s and nonce not in self._revoked
+        if issued - CLOCK_SKEW_S <= now < issued + self.lifetime_s and nonce not in self._revoked:
+            return subject
+        return None
 
     def revoke(self, value: str) -> None:
         """End the session ``value`` (logging out); the list forgets it once it would have expired anyway."""
@@ -60,5 +71,5 @@ class Sessions:
         self._revoked = {n: until for n, until in self._revoked.items() if until > now}
         parsed = self._parse(value)
         if parsed is not None:
-            issued, nonce = parsed
+            issued, nonce, _subject = parsed
             self._revoked[nonce] = issued + self.lifetime_s

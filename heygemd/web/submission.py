@@ -111,15 +111,17 @@ def _form_fields(body: bytes) -> dict[str, Any]:
     return fields
 
 
-def fingerprint(received: Received, options: JobOptions) -> str:
-    """What an Idempotency-Key stands for: the job's name, options and inputs (URLs; uploaded files by name and
-    SHA-256, so ``received`` must come from a reader that hashed them)."""
+def fingerprint(received: Received, options: JobOptions, submitter: str = "") -> str:
+    """What an Idempotency-Key stands for: who submits (``submitter``: one account's key never answers another's
+    job), the job's name, options and inputs (URLs; uploaded files by name and SHA-256, so ``received`` must come
+    from a reader that hashed them)."""
 
     def inputs(files: list[str], urls: list[str]) -> list[Mapping[str, str]]:
         uploaded = [{"file": name, "sha256": received.digests.get(name, "")} for name in files]
         return [*uploaded, *({"url": url} for url in urls)]
 
     request = {
+        "by": submitter,
         "name": received.fields.get("name", ""),
         "options": options.model_dump(mode="json", exclude_none=True),
         "audio": inputs(received.audio, [received.audio_url] if received.audio_url else []),

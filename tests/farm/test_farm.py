@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from heygemd.farm.broker import Broker, level_lists
 from heygemd.farm.presence import farm_renderers
 from heygemd.settings import load_settings
 from tests.daemon.daemon_process import Media
@@ -139,10 +139,10 @@ def test_job_whose_task_was_dropped_is_republished(
     client = redis_server.client()
 
     def queued_ids() -> list[str]:
-        return [json.loads(raw)["headers"]["id"] for raw in client.lrange("heygemd", 0, -1)]
+        return Broker(redis_server.url).queued_in_order("heygemd")
 
     assert queued_ids() == ["heygemd-job:dropped"]
-    client.delete("heygemd")  # the task is lost; claimed/ still holds the job
+    client.delete(*level_lists("heygemd"))  # the task is lost; claimed/ still holds the job
     farm.wait_for(lambda: farm.has_event("job.task_lost", job_id="dropped"), 60, "the intake to notice")
 
     def published() -> int:  # job.task_lost is logged just before the task is sent again
@@ -179,7 +179,7 @@ def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(
     assert interrupted is not None and [v["state"] for v in interrupted["videos"]] == ["done", "pending"]
     assert farm.worker_has("w1", "job.interrupted")
 
-    queued = [json.loads(raw)["headers"]["id"] for raw in redis_server.client().lrange("heygemd", 0, -1)]
+    queued = Broker(redis_server.url).queued_in_order("heygemd")
     assert queued == ["heygemd-job:long"], "the worker put the task back itself (rejected, requeued)"
     farm.start_worker("w2")  # takes the requeued task and resumes the job
     status = farm.wait_finished("long", FARM_JOB_TIMEOUT_S)
@@ -285,7 +285,7 @@ def test_a_job_paused_by_a_full_disk_is_retried_by_another_worker_not_in_a_loop(
     paused = farm.status("pp")
     assert paused is not None and paused["videos"][0]["state"] == "pending", paused
     assert paused["videos"][0]["error"]["code"] == "DISK_FULL", paused
-    queued = [json.loads(raw)["headers"]["id"] for raw in redis_server.client().lrange("heygemd", 0, -1)]
+    queued = Broker(redis_server.url).queued_in_order("heygemd")
     assert queued == ["heygemd-job:pp"], "queued again at once, for any worker"
 
     farm.start_worker("roomy")

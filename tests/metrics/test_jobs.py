@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from heygemd.daemon.claims import claim
 from heygemd.daemon.readiness import Candidate
+from heygemd.daemon.schedule import Schedule, pause, resume
 from heygemd.daemon.status import AudioStatus, ErrorStatus, JobStatus, VideoStatus, write_status
 from heygemd.daemon.waiting import write_waiting
 from heygemd.layout import STATUS_FILE
@@ -234,3 +235,27 @@ def test_missing_folders_give_zeros(tmp_path: Path) -> None:
     assert registry.get_sample_value("heygemd_jobs", {"state": "queued"}) == 0
     assert registry.get_sample_value("heygemd_claimed_jobs") == 0
     assert registry.get_sample_value("heygemd_cache_bytes", {"cache": "faces"}) == 0
+
+
+def test_the_intake_paused_or_outside_its_hours_is_exported(tmp_path: Path) -> None:
+    paths = PathsSettings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox")
+    local = [datetime(2026, 3, 1, 12, 0).astimezone()]  # noon, local time
+    monotonic = [0.0]
+    schedule = Schedule(paths.state_dir, ("20:00-07:00",), clock=lambda: local[0])
+    registry = CollectorRegistry()
+    registry.register(JobsCollector(paths, schedule=schedule, clock=lambda: monotonic[0]))
+
+    def intake() -> tuple[float | None, float | None]:
+        monotonic[0] += MAX_AGE_S
+        return (
+            registry.get_sample_value("heygemd_intake_paused"),
+            registry.get_sample_value("heygemd_intake_taking_jobs"),
+        )
+
+    assert intake() == (0, 0), "outside the hours: not paused, not taking jobs"
+    local[0] = local[0].replace(hour=21)
+    assert intake() == (0, 1)
+    pause(paths.state_dir, "cli anna@gpu-2")
+    assert intake() == (1, 0)
+    resume(paths.state_dir)
+    assert intake() == (0, 1)

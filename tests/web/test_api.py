@@ -346,6 +346,11 @@ def test_health_says_which_engine_and_whether_busy(make_client) -> None:
         "workers": 0,
         "engines": ["mouthwarp"],
         "ignored": [],
+        "taking_jobs": True,
+        "paused": False,
+        "paused_by": None,
+        "hours": [],
+        "waits_for": None,
     }
     upload(client, name="waiting")
     claim = settings.paths.state_dir / CLAIMED / "running"
@@ -474,7 +479,7 @@ def test_cancel_a_waiting_job_at_once_then_retry_it(make_client) -> None:
     assert response.json() == {"job_id": "waiting", "state": "cancelled", "status_url": "/api/jobs/waiting"}
     assert not (settings.paths.inbox / "waiting").exists(), "a cancelled waiting job never starts"
     status = client.get("/api/jobs/waiting").json()
-    assert status["state"] == "cancelled" and status["cancel"]["by"] == "web testclient"
+    assert status["state"] == "cancelled" and status["cancel"]["by"] == "web local from testclient"
     assert [(v["input"], v["state"]) for v in status["videos"]] == [("anna.mp4", "cancelled"), ("bob.mov", "cancelled")]
     assert [j["state"] for j in client.get("/api/jobs").json()["jobs"]] == ["cancelled"]
 
@@ -498,7 +503,7 @@ def test_cancel_a_rendering_job_asks_its_worker(make_client) -> None:
     assert response.status_code == 202, response.text
     assert response.json()["state"] == "cancelling"
     request = read_request(claimed.path)
-    assert request is not None and request.by == "web testclient"
+    assert request is not None and request.by == "web local from testclient"
     assert client.get("/api/jobs/running").json()["state"] == "processing", "the worker writes the outcome"
 
 

@@ -132,3 +132,28 @@ def test_health_and_the_refusals_of_an_engine_are_described_for_a_tool(make_clie
     retry = ops["POST /api/jobs/{job_id}/retry"]
     assert retry["responses"]["400"]["content"]["application/json"]["example"]["code"] == "ENGINE_NOT_INSTALLED"
     assert "failed as a whole" in retry["description"] and "engine" in {p["name"] for p in retry["parameters"]}
+
+
+def test_each_operation_says_the_role_it_needs_and_the_intake_is_described(make_client) -> None:
+    ops = operations(openapi(make_client))
+    needs = {
+        "POST /api/jobs": "editor",
+        "POST /api/jobs/{job_id}/cancel": "editor",
+        "POST /api/jobs/{job_id}/retry": "editor",
+        "PUT /api/jobs/{job_id}/priority": "editor",
+        "DELETE /api/jobs/{job_id}": "admin",
+        "POST /api/pause": "admin",
+        "POST /api/resume": "admin",
+    }
+    for name, role in needs.items():
+        forbidden = ops[name]["responses"]["403"]
+        assert "FORBIDDEN_ROLE" in forbidden["description"], name
+        assert forbidden["content"]["application/json"]["example"]["code"] == "FORBIDDEN_ROLE", name
+        assert f"Needs an {role} key" in ops[name]["description"], name
+    priority = ops["PUT /api/jobs/{job_id}/priority"]["requestBody"]["content"]["application/json"]["schema"]
+    assert priority["$ref"].endswith("/NewPriority")
+    for kind, body in ops["POST /api/jobs"]["requestBody"]["content"].items():
+        assert {"string", "integer"} <= {b["type"] for b in body["schema"]["properties"]["priority"]["anyOf"]}, kind
+    health = ops["GET /api/health"]["responses"]["200"]["content"]["application/json"]["example"]
+    assert {"taking_jobs", "paused", "hours", "waits_for"} <= set(health)
+    assert "FORBIDDEN_ROLE" in openapi(make_client)["components"]["securitySchemes"]["bearerAuth"]["description"]

@@ -115,7 +115,7 @@ def test_cancel_buttons_on_waiting_and_running_jobs_retry_and_delete_on_cancelle
     assert '<span class="badge cancelled">cancelled</span>' in page
     assert 'data-action="cancel"' not in page
     assert "Retry cancelled videos" in page and 'data-action="delete"' in page
-    assert "by web testclient" in page
+    assert "by web local from testclient" in page
     assert 'data-url="/api/jobs/waiting/cancel"' not in client.get("/").text
 
 
@@ -128,7 +128,12 @@ def test_a_rendering_jobs_page_says_cancelling_once_asked(make_client) -> None:
     finished_job(settings.paths.outbox, "running", state="processing")
     assert client.post("/api/jobs/running/cancel").json()["state"] == "cancelling"
     page = client.get("/jobs/running").text
-    assert "Cancelling..." in page and "disabled" in page and "Cancel requested" in page and "by web testclient" in page
+    assert (
+        "Cancelling..." in page
+        and "disabled" in page
+        and "Cancel requested" in page
+        and "by web local from testclient" in page
+    )
     assert 'data-url="/api/jobs/running/cancel"' not in client.get("/").text.split("<tbody>")[1]
 
 

@@ -49,6 +49,35 @@ function updateMachine(m) {
   field(root, "queued").textContent = m.queued + " waiting in the inbox";
   const warning = document.getElementById("no-renderer");
   if (warning) warning.hidden = m.workers > 0;
+  const intake = field(root, "intake");
+  intake.className = "intake" + (m.waits_for ? " held" : "");
+  intake.textContent = m.waits_for ? "Not taking jobs: " + m.waits_for : "Taking jobs";
+  const toggle = root.querySelector("[data-intake]");
+  if (toggle && toggle.dataset.intake !== (m.paused ? "resume" : "pause")) location.reload();
+}
+
+// An admin's Pause / Resume of the intake (header), an editor's priority of a waiting job (job page).
+function machineButtons() {
+  const toggle = document.querySelector("[data-intake]");
+  if (toggle) toggle.addEventListener("click", async () => {
+    toggle.disabled = true;
+    const response = await fetch(toggle.dataset.url, {method: "POST", credentials: "same-origin"});
+    if (response.ok) location.reload();
+    else { toggle.disabled = false; alert((await problemOf(response)).message); }
+  });
+  const priority = document.getElementById("priority");
+  if (priority && priority.dataset.url) priority.addEventListener("change", async () => {
+    priority.disabled = true;
+    const response = await fetch(priority.dataset.url, {
+      method: "PUT", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({priority: Number(priority.value)}),
+    });
+    priority.disabled = false;
+    const message = document.getElementById("action-message");
+    message.hidden = false;
+    if (response.ok) { message.className = "message"; message.textContent = "Priority changed."; }
+    else { message.className = "message error"; showProblem(message, await problemOf(response)); }
+  });
 }
 
 function listen(url, onJob, onRemoved) {
@@ -78,6 +107,7 @@ function liveList(table) {
       cell.append(review);
     }
     field(row, "engine").textContent = job.engine || "-";
+    if (row.dataset.state === "queued" && job.state !== "queued") reload();  // its waiting reason goes
   }, id => {
     const row = [...table.querySelectorAll("tr[data-job]")].find(r => r.dataset.job === id);
     if (row) row.remove();
@@ -313,4 +343,5 @@ document.addEventListener("DOMContentLoaded", () => {
     listen("/api/events?job=", () => {});
   }
   if (form) uploadForm(form);
+  machineButtons();
 });
