@@ -178,6 +178,7 @@ class Control:
         def note(job_id: str) -> None:
             if submitted_by:
                 write_note(self.state, job_id, folder, submitted_by=submitted_by)
+
         try:
             if options is not None:
                 self.check(options)

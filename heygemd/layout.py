@@ -191,6 +191,8 @@ def shown_path(folder: Path, inbox: Path) -> str:
     except ValueError:
         return f"{folder}/"
     return f"{Path(inbox).name}/{inside.as_posix()}/"
+
+
 def pause_file(state_dir: Path) -> Path:
     """``<state>/paused.json``: present while the intake is paused."""
     return Path(state_dir) / PAUSE_FILE
