@@ -9,6 +9,8 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     crf = 20                    # 0..51, lower is better
     audio = "voice take 2.wav"  # required when the folder holds several audio files; may name a video (its sound)
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
+    presenters = ["anna", "bob"]  # presenters of the library (daemon.library), or "all"; the folder may then hold
+                                # only its audio
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
@@ -28,6 +30,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -50,6 +53,8 @@ from heygemd.settings import GPU_CLASS_PATTERN, IntakeSettings, LoopMode, check_
 JOB_TOML = "job.toml"
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
 """``[intake] max_job_toml_kb``'s default, for callers without settings."""
+MAX_PRESENTERS = 1000
+"""Most presenters one job.toml may name."""
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -71,6 +76,16 @@ class JobOptions(BaseModel):
     gpu_class: str | None = Field(
         None, pattern=GPU_CLASS_PATTERN, description="A farm: only workers of this [queue] gpu_class take the job."
     )
+    presenters: list[Annotated[str, Field(min_length=1, max_length=255)]] | Literal["all"] | None = Field(
+        None,
+        max_length=MAX_PRESENTERS,
+        description='Presenters of the library to render besides the folder\'s own videos: their names, or "all".',
+    )
+
+    @field_validator("presenters", mode="before")
+    @classmethod
+    def _one_presenter(cls, value: object) -> object:
+        return [value] if isinstance(value, str) and value != "all" else value
 
     @field_validator("naming")
     @classmethod
@@ -178,7 +193,7 @@ def load_job(
     check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)
     videos = [v for v in videos if v != audio]  # a video named as the audio gives its sound track, not a presenter
-    if not videos:
+    if not videos and not options.presenters:  # presenters of the library are linked in when the job is claimed
         raise JobError(
             "no presenter video or image in the job folder",
             path=folder,
@@ -186,7 +201,7 @@ def load_job(
             + ", ".join(sorted(e[1:] for e in VIDEO_SUFFIXES))
             + ") or images ("
             + ", ".join(sorted(e[1:] for e in IMAGE_SUFFIXES))
-            + ").",
+            + f'), or name presenters of the library in {JOB_TOML}: presenters = ["anna", "bob"].',
         )
     return JobSpec(
         job_id=job_id,

@@ -23,6 +23,8 @@ from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remo
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, Stopping, until_stopped
 from heygemd.daemon.outbox import empty_trash, prune_archive
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
+from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.waiting import write_waiting
@@ -84,11 +86,15 @@ class Service:
         clock: Callable[[], float] = time.monotonic,
         resume_claimed: bool = True,
         may_claim: Callable[[], bool] = lambda: True,
+        presenters: Linker | None = None,
+        waits_for: Callable[[Candidate], tuple[str, ...]] = lambda _candidate: (),
     ) -> None:
         self.settings = settings
         self.run_job = run_job
         self.resume_claimed = resume_claimed  # False in a farm's intake: the workers resume claimed jobs
         self.may_claim = may_claim  # a farm's intake claims only while the broker can take the job
+        self.presenters = presenters  # links the library presenters a job names into it at its claim
+        self.waits_for = waits_for  # what a ready job still waits for in the presenter library (a copy running)
         self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
         self.paused_retry_s = float("inf") if once else paused_retry_s
         intake_settings = settings.intake
@@ -223,11 +229,11 @@ class Service:
                 log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
                 continue
             self._note_waiting(candidate.name, readiness)
-            if readiness.ready:
+            if readiness.ready and not self._holds_presenters(candidate):
                 ready.append(candidate)
         for candidate in sorted(ready, key=_arrival):
             try:
-                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
+                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox, presenters=self.presenters)
             except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
                 self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
                 continue
@@ -247,6 +253,21 @@ class Service:
         if self._refused.get(name) != error:
             self._refused[name] = error
             log.warning("job.claim_refused", job_name=name, error=error, **({"hint": hint} if hint else {}))
+
+    def _holds_presenters(self, candidate: Candidate) -> bool:
+        """Whether the ready job ``candidate`` names a library presenter still being copied (logged when that
+        changes; ``waiting`` says it): it is claimed once the copy is complete."""
+        held = self.waits_for(candidate)
+        if held and self.waiting.get(candidate.name) != held:
+            log.info(
+                "job.waiting",
+                job_name=candidate.name,
+                presenters=", ".join(held),
+                hint="The job is taken once these presenters are completely copied into the library.",
+            )
+        if held:
+            self.waiting[candidate.name] = held
+        return bool(held)
 
     def _note_waiting(self, name: str, readiness: Readiness) -> None:
         waiting_for = () if readiness.ready else readiness.waiting_for
@@ -334,13 +355,33 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
 
         tidy_state(paths.state_dir)
         _remove_cache_temps(paths.cache_dir)
-        service = Service(settings, run_job, once=once)
+        # the presenter library: prepared here between jobs (``once`` only watches it for the jobs naming it)
+        preparer = None if once else Preparer(settings, sessions)
+        keeper = LibraryKeeper(settings, preparer, trust_file_times=once, heartbeat=heartbeat.beat)
+        service = Service(
+            settings, run_job, once=once, presenters=Linker.from_settings(settings), waits_for=keeper.waits_for
+        )
         if once:
-            while not stopping() and service.step(time.monotonic()).action == "ran":
-                pass
+            while not stopping():
+                keeper.scan()
+                if service.step(time.monotonic()).action != "ran":
+                    break
         else:
+
+            def between_jobs() -> None:
+                if keeper.prepare_next(stopping):
+                    heartbeat.beat(IDLE_TEXT)
+                sessions.unload_if_idle()
+
             watch_inbox(
-                settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, idle=sessions.unload_if_idle
+                settings,
+                service,
+                stopping,
+                notifier,
+                heartbeat,
+                idle_text=IDLE_TEXT,
+                idle=between_jobs,
+                each_round=keeper.scan,
             )
 
 

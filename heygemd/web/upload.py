@@ -15,7 +15,6 @@ presenter, and every message names the file the user gave.
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,7 +32,7 @@ from heygemd.names import (
     VIDEO_SUFFIXES,
     NameKind,
     classify_name,
-    make_windows_safe,
+    plain_basename,
     plain_name,
     unique_name,
 )
@@ -47,7 +46,6 @@ UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in (
 audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
 TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
-MAX_NAME_BYTES = 180
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
@@ -297,24 +295,6 @@ def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
     (value,) = [branch for branch in schema.get("anyOf", [schema]) if branch.get("type") != "null"]
     described = {"description": schema["description"]} if "description" in schema else {}
     return {**value, **described}
-
-
-def plain_basename(raw: str) -> str:
-    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
-    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes, one a Windows client can open
-    (``names.make_windows_safe``). '' when nothing is left."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = unicodedata.normalize("NFC", name)
-    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
-    name = name.strip().lstrip(".").strip()
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or len(suffix) > 10:
-            stem, suffix = name, ""
-        keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
-        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
-        name = f"{stem}.{suffix}" if suffix else stem
-    return make_windows_safe(name)
 
 
 def safe_basename(raw: str) -> str:
