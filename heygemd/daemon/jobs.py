@@ -108,9 +108,10 @@ class JobSpec(BaseModel):
     options: JobOptions = JobOptions()
 
 
-def job_toml(options: JobOptions) -> str:
-    """job.toml text for the options that are set. JSON's scalars are TOML's: a string is written as a basic string
-    with every quote, backslash and control character escaped, so no value can add a line or another option."""
+def job_toml(options: BaseModel) -> str:
+    """job.toml text (or a library presenter's toml) for the options that are set. JSON's scalars and arrays are
+    TOML's: a string is written as a basic string with every quote, backslash and control character escaped, so no
+    value can add a line or another option."""
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.model_dump(exclude_none=True).items())
 
 

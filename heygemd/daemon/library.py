@@ -19,7 +19,10 @@ pages and the API. No torch/cv2 here: ``heygemd presenters`` and the web server 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import stat
 import tomllib
 from collections import defaultdict
@@ -30,7 +33,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from heygemd import layout
-from heygemd.daemon.jobs import natural_key
+from heygemd.daemon.jobs import job_toml, natural_key
 from heygemd.daemon.status import ErrorStatus, utc_now
 from heygemd.engine_names import EngineName
 from heygemd.errors import (
@@ -38,11 +41,21 @@ from heygemd.errors import (
     BadPresenterOptions,
     ErrorInfo,
     HeygemdError,
+    NoSuchPresenter,
     NotRegularFile,
+    PresenterExists,
     UnsafePath,
 )
-from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular
-from heygemd.names import NameKind, classify_name, encodable_name, is_presenter, plain_basename, plain_name
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, read_regular
+from heygemd.names import (
+    NameKind,
+    classify_name,
+    encodable_name,
+    is_presenter,
+    plain_basename,
+    plain_name,
+    temp_path,
+)
 from heygemd.settings import FaceChoice, LoopMode, Settings
 
 OPTIONS_SUFFIX = ".toml"
@@ -168,11 +181,15 @@ class LibraryFile:
         return self.marker_ns is not None and self.marker_ns >= self.mtime_ns
 
 
-def presenter_name(file_name: str) -> str | None:
-    """The presenter a library file makes: its stem, made safe as an uploaded job's name is (``plain_basename``);
-    None when nothing usable is left."""
-    name = plain_basename(Path(file_name).stem)
+def safe_name(raw: str) -> str | None:
+    """``raw`` made safe as an uploaded job's name is (``plain_basename``); None when nothing usable is left."""
+    name = plain_basename(raw)
     return name if plain_name(name, is_dir=True) else None
+
+
+def presenter_name(file_name: str) -> str | None:
+    """The presenter a library file makes: its stem, made safe (:func:`safe_name`)."""
+    return safe_name(Path(file_name).stem)
 
 
 def shown(folder: Path, file: str) -> Path:
@@ -308,6 +325,22 @@ def find(files: list[LibraryFile], name: str) -> LibraryFile | None:
     return exact[0] if exact else loose[0] if loose else None
 
 
+LISTED_NAMES = 40
+"""NO_SUCH_PRESENTER lists at most this many of the presenters there are."""
+
+
+def unknown_presenter(name: str, files: list[LibraryFile], folder: Path | None) -> NoSuchPresenter:
+    """The error of a presenter ``name`` the library (``files``, in ``folder``) does not have, listing those it has."""
+    if not files:
+        there = "the presenter library is empty"
+    else:
+        names = [f.name for f in files]
+        more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
+        there = "the presenters there: " + ", ".join(names[:LISTED_NAMES]) + more
+    where = f" {folder.name}/" if folder is not None else ""
+    return NoSuchPresenter(f"no presenter {name!r} in the library{where} ({there})")
+
+
 def named(files: list[LibraryFile], wanted: list[str] | str) -> list[tuple[str, LibraryFile | None]]:
     """What a job's ``presenters`` names: each name with its file (None: no such presenter), in the job's order,
     each once; ``"all"``: every presenter of the library."""
@@ -322,6 +355,70 @@ def named(files: list[LibraryFile], wanted: list[str] | str) -> list[tuple[str, 
             seen.add(key)
             result.append((found.name if found is not None else name, found))
     return result
+
+
+# ---------------------------------------------------------------------------------------------- presenters.json
+
+
+# ---------------------------------------------------------------------------------------------- adding, removing
+
+
+def add_to_library(
+    folder: Path,
+    source: Path,
+    *,
+    name: str,
+    options: PresenterOptions,
+    ready_marker: str,
+    existing: list[LibraryFile],
+    move: bool = False,
+) -> str:
+    """Put the video or photo ``source`` into the library ``folder`` as the presenter ``name``: its ``<name>.toml``
+    (the options set, if any) first, then the file as ``<name><suffix>``, never over another (PresenterExists), and
+    its ready marker last, so the daemon prepares it at once. ``move``: ``source`` is heygemd's own (an upload's
+    staging copy): linked into place where it is on the library's file system, else copied (a copy is written under
+    a hidden temporary name, then linked into place). Returns the file's name. ``existing``: the library as scanned
+    just before (a name taken there is refused before anything is written)."""
+    taken = find(existing, name)
+    if taken is not None:
+        raise PresenterExists(f"the library already has a presenter {taken.name!r} ({taken.file}); {name!r} is taken")
+    folder.mkdir(parents=True, exist_ok=True)
+    file = f"{name}{source.suffix.casefold()}"
+    final = folder / file
+    if text := job_toml(options):
+        atomic_write_bytes(folder / f"{name}{OPTIONS_SUFFIX}", text.encode("utf-8"))
+    temp = temp_path(final)  # hidden: the daemon never takes it for a presenter
+    try:
+        try:
+            if not move:
+                raise OSError(errno.EXDEV, "copied, not moved")
+            os.link(source, temp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+                raise
+            with open(source, "rb") as data, open(temp, "xb") as out:
+                shutil.copyfileobj(data, out, 4 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        try:
+            os.link(temp, final)  # never replaces a file another request put there meanwhile
+        except FileExistsError:
+            raise PresenterExists(f"the library already has a file {file!r}") from None
+    finally:
+        temp.unlink(missing_ok=True)
+    (folder / f"{file}{ready_marker}").touch()
+    fsync_dir(folder)
+    return file
+
+
+def remove_from_library(folder: Path, found: LibraryFile, *, ready_marker: str) -> None:
+    """Remove a presenter's file, then its toml and ready marker (links are removed, never followed)."""
+    os.unlink(folder / found.file)
+    for extra in (found.options_file, f"{found.file}{ready_marker}"):
+        if extra:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / extra)
+    fsync_dir(folder)
 
 
 # ---------------------------------------------------------------------------------------------- presenters.json
@@ -345,22 +442,18 @@ def write_library_status(state_dir: Path, status: LibraryStatus) -> LibraryStatu
 
 
 def unseen(found: LibraryFile, folder: Path) -> PresenterStatus:
-    """The state of a presenter the daemon has not looked at yet (or not since it changed)."""
-    if found.problem is not None:
-        return PresenterStatus(
-            name=found.name,
-            file=found.file,
-            state="failed",
-            stage=None,
-            identity=found.identity,
-            error=ErrorStatus.from_info(found.problem),
-        )
-    return PresenterStatus(
-        name=found.name,
-        file=found.file,
-        identity=found.identity,
-        waiting_for="the daemon has not looked at it yet",
-    )
+    """The state of a presenter the daemon has not looked at yet (or not since it changed): its options, and what
+    the folder alone says of it (a link, a bad toml)."""
+    entry = PresenterStatus(name=found.name, file=found.file, identity=found.identity)
+    try:
+        if found.problem is not None:
+            raise HeygemdError(found.problem.message)
+        options = load_presenter_options(folder, found)
+    except HeygemdError as exc:
+        error = ErrorStatus.from_info(found.problem or exc.info())
+        return entry.model_copy(update={"state": "failed", "stage": None, "error": error})
+    described = {"display_name": options.display_name, "notes": options.notes, "options": options}
+    return entry.model_copy(update={**described, "waiting_for": "the daemon has not looked at it yet"})
 
 
 def view(settings: Settings) -> list[PresenterStatus]:

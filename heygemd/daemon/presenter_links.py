@@ -35,6 +35,7 @@ from heygemd.daemon.library import (
     read_library_status,
     scan_library,
     shown,
+    unknown_presenter,
 )
 from heygemd.daemon.status import ErrorStatus
 from heygemd.errors import DiskFull, HeygemdError, NoSuchPresenter
@@ -54,8 +55,6 @@ from heygemd.settings import Settings
 log = structlog.get_logger("heygemd.library")
 
 MAX_LINKS_BYTES = 16 << 20
-LISTED_NAMES = 40
-"""NO_SUCH_PRESENTER lists at most this many of the presenters there are."""
 
 
 class LinkedPresenter(BaseModel):
@@ -145,7 +144,7 @@ def link_presenters(
     for name, found in named(files, wanted):
         if found is None:
             linked.append(
-                LinkedPresenter(name=name, error=ErrorStatus.from_info(_unknown(name, files, library).info()))
+                LinkedPresenter(name=name, error=ErrorStatus.from_info(unknown_presenter(name, files, library).info()))
             )
             continue
         assert library is not None  # found in it
@@ -157,17 +156,6 @@ def link_presenters(
         if entry.error is not None:
             log.warning("job.presenter_failed", claim=claim.name, presenter=entry.name, code=entry.error.code)
     return record
-
-
-def _unknown(name: str, files: list[LibraryFile], library: Path | None) -> NoSuchPresenter:
-    if library is None or not files:
-        there = "the presenter library is empty"
-    else:
-        names = [f.name for f in files]
-        more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
-        there = "the presenters there: " + ", ".join(names[:LISTED_NAMES]) + more
-    folder = f" {library.name}/" if library is not None else ""
-    return NoSuchPresenter(f"no presenter {name!r} in the library{folder} ({there})")
 
 
 def _link_one(

@@ -23,14 +23,14 @@ from heygemd import __version__
 from heygemd.control import Control
 from heygemd.daemon.jobs import JobOptions
 from heygemd.daemon.status import JobStatus
-from heygemd.errors import HeygemdError, JobNotFound
+from heygemd.errors import HeygemdError, JobNotFound, NoSuchPresenter
 from heygemd.names import is_audio
 from heygemd.settings import Settings
 from heygemd.web.auth import client_address
 from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
-from heygemd.web.problems import NotFound, Problem, WebError
-from heygemd.web.upload import Limits, MultipartJob, Received, job_name, options_schema
+from heygemd.web.problems import NotFound, Problem, UnknownPresenter
+from heygemd.web.upload import Limits, MultipartJob, Received, feed_body, job_name, options_schema
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -42,7 +42,7 @@ UPLOAD_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["audio", "videos"],
+                    "required": ["audio"],
                     "properties": {
                         "audio": {
                             "type": "string",
@@ -53,6 +53,12 @@ UPLOAD_BODY: dict[str, Any] = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                             "description": "Presenter videos or still photos; repeat the field for each file.",
+                        },
+                        "presenters": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Presenters of the library (GET /api/presenters) to render, besides or "
+                            "instead of videos; repeat the field for each, or give 'all'.",
                         },
                         "name": {"type": "string", "description": "Job name (default: the audio's name)."},
                         **options_schema(),
@@ -152,15 +158,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
         receiver: MultipartJob | None = None
         try:
             receiver = MultipartJob(staging, limits, request.headers.get("content-type"))
-            stream = request.stream()
-            try:
-                async for chunk in stream:
-                    if chunk:
-                        await run_in_threadpool(receiver.feed, chunk)
-            except WebError:
-                async for _ in stream:  # read the rest so the client sees the answer, store nothing
-                    pass
-                raise
+            await feed_body(request, receiver)
             received, options = receiver.finish()
             job_id = await run_in_threadpool(complete, staging, received, options)
         except BaseException as exc:
@@ -170,11 +168,22 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             if isinstance(exc, HeygemdError):
                 log.warning("web.upload_refused", code=exc.code, error=exc.message)
             raise
-        log.info("web.job_submitted", job_id=job_id, audio=received.audio[0], videos=received.videos)
+        log.info(
+            "web.job_submitted",
+            job_id=job_id,
+            audio=received.audio[0],
+            videos=received.videos,
+            presenters=received.presenters,
+        )
         return Submitted.of(job_id)
 
     def complete(staging: Path, received: Received, options: JobOptions) -> str:
         """The job's name and options, then into the inbox (job.toml, the ready marker last, one rename)."""
+        if isinstance(options.presenters, list):  # each must be in the library now (it may leave before the claim)
+            try:
+                control.require_presenters(options.presenters)
+            except NoSuchPresenter as exc:
+                raise UnknownPresenter(exc.message) from None
         name = job_name(received.fields.get("name", ""), received.audio[0])
         if not is_audio(Path(received.audio[0])):  # a video given as the audio: job.toml names it (upload.py)
             options = options.model_copy(update={"audio": received.audio[0]})

@@ -33,6 +33,7 @@ from heygemd.web.catalog import Catalog
 from heygemd.web.metrics import PATH as METRICS_PATH
 from heygemd.web.metrics import metrics_router
 from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
+from heygemd.web.presenters import presenters_api, presenters_page
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 
 STATIC = Path(__file__).with_name("static")
@@ -132,6 +133,7 @@ def create_app(
     # -- routes
 
     app.include_router(api_router(settings, catalog, control, api_guard))
+    app.include_router(presenters_api(settings, control, api_guard))
     app.include_router(metrics_router(settings, gate))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
@@ -139,6 +141,7 @@ def create_app(
         return app.openapi()
 
     app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
+    app.include_router(presenters_page(settings, render, control, page_guard))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/favicon.ico", include_in_schema=False)

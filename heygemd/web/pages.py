@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from heygemd.daemon.library import PresenterStatus
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
 from heygemd.engine_names import CHOICES
 from heygemd.settings import Settings
@@ -40,6 +41,7 @@ class Renderer:
         self.env.filters["quote"] = lambda s: urllib.parse.quote(s, safe="")
         self.env.filters["first_error"] = first_error
         self.env.filters["video_progress"] = video_progress
+        self.env.filters["presenter_stage"] = presenter_stage
 
     def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         signed_in = bool(getattr(request.state, SIGNED_IN, False))
@@ -119,6 +121,7 @@ def pages_router(
             engines=CHOICES,
             audio_suffixes=sorted(AUDIO_UPLOADS),
             presenter_suffixes=sorted(PRESENTER_UPLOADS),
+            library=[p for p in catalog.control.presenters() if p.state != "failed"],
         )
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
@@ -143,6 +146,23 @@ def video_progress(video: VideoStatus) -> tuple[float, str]:
         return video.progress, ""
     stage = "finding the face" if video.frames_total is None else "lip-syncing"
     return video.progress, f"{video.progress * 100:.0f}% · {stage}"
+
+
+PRESENTER_STAGES = {
+    "waiting": "waiting",
+    "queued": "queued: prepared when no job is rendering",
+    "detecting": "finding the face",
+    "preparing": "preparing the engines",
+    "poster": "making the poster",
+}
+
+
+def presenter_stage(presenter: PresenterStatus) -> str:
+    """The words under a preparing presenter's bar (static/app.js: presenterStage)."""
+    words = PRESENTER_STAGES.get(presenter.stage or "", "")
+    if presenter.stage in ("detecting", "preparing", "poster"):
+        words = f"{presenter.progress * 100:.0f}% · {words}"
+    return f"{words}: {presenter.waiting_for}" if presenter.waiting_for else words
 
 
 def local(url: str) -> str:

@@ -3,9 +3,11 @@ checked as the bytes arrive (nothing is spooled anywhere else, nothing is held w
 the body counts: files against web.max_file_mb, and the whole body (files, form fields, part headers) against
 web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its length.
 
-Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (one or more files:
-videos or still photos), and the optional text fields ``name`` (the job's name) and the job options of
-``UPLOAD_OPTIONS`` (written to job.toml).
+Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (files: videos or still
+photos), ``presenters`` (text, repeated: presenters of the library, or ``all``; videos, presenters or both, at least
+one), and the optional text fields ``name`` (the job's name) and the job options of ``UPLOAD_OPTIONS`` (written to
+job.toml). A presenter for the library (``POST /api/presenters``) comes the same way (:class:`MultipartPresenter`):
+one ``video``, optional ``name`` and the options of its toml.
 
 A video given as the audio keeps its name, and job.toml names it as the audio (``audio = "talk.mp4"``), as a
 NAS user would: the intake then takes its sound track (as the CLI's ``--audio talk.mp4`` does) and not it as a
@@ -19,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fastapi import Request
 from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.library import PresenterOptions
 from heygemd.daemon.staging import disk_full, is_disk_full
 from heygemd.engine_names import listed
 from heygemd.names import (
@@ -37,14 +42,16 @@ from heygemd.names import (
     unique_name,
 )
 from heygemd.settings import WebSettings
-from heygemd.web.problems import BadUpload, TooLarge
+from heygemd.web.problems import BadUpload, TooLarge, WebError
 
 MiB = 1024 * 1024
 FILE_FIELDS = frozenset({"audio", "videos"})
-UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming"))
+UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming", "presenters"))
 """The job.toml options an upload sets as text fields: every ``JobOptions`` field but ``audio`` (the uploaded
-audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
-TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
+audio is the job's only one), ``naming`` (uploads keep the daemon's output names) and ``presenters`` (a repeated
+field of its own)."""
+PRESENTERS_FIELD = "presenters"
+TEXT_FIELDS = frozenset({"name", PRESENTERS_FIELD, *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
@@ -94,6 +101,8 @@ class Received:
     audio: list[str] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    presenters: list[str] = field(default_factory=list)
+    """The ``presenters`` fields, in order (the library's presenters the job names)."""
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -110,6 +119,9 @@ def _decode(value: bytes) -> str:
 
 class MultipartJob:
     """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder."""
+
+    file_fields: frozenset[str] = FILE_FIELDS
+    text_fields: frozenset[str] = TEXT_FIELDS
 
     def __init__(self, staging: Path, limits: Limits, content_type: str | None) -> None:
         self.staging = staging
@@ -158,27 +170,20 @@ class MultipartJob:
         name = _decode(params.get(b"name", b""))
         if b"filename" in params:
             self._open_file(name, _decode(params[b"filename"]))
-        elif name in TEXT_FIELDS:
+        elif name in self.text_fields:
             self._text_name = name
             self._text.clear()
         else:
             raise BadUpload(f"unknown form field {name!r}")
 
     def _open_file(self, field_name: str, filename: str) -> None:
-        if field_name not in FILE_FIELDS:
+        if field_name not in self.file_fields:
             raise BadUpload(f"unknown file field {field_name!r} (file {filename!r})")
         self._files += 1
         if self._files > self.limits.max_files:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         base = safe_basename(filename)
-        if field_name == "audio":
-            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
-                raise BadUpload(
-                    f"{filename!r} is not an audio file or a video (by its name)",
-                    hint=f"The audio is the speech: {AUDIO_KINDS}.",
-                )
-        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
-            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
+        self._check_file(field_name, filename, base)
         stored = unique_name(base, self._used)
         try:
             fd = os.open(self.staging / stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
@@ -190,6 +195,17 @@ class MultipartJob:
         self._file_name = stored
         self._file_bytes = 0
         (self.received.audio if field_name == "audio" else self.received.videos).append(stored)
+
+    def _check_file(self, field_name: str, filename: str, base: str) -> None:
+        """BadUpload unless ``filename`` (stored as ``base``) is what ``field_name`` takes, by its name."""
+        if field_name == "audio":
+            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
+                raise BadUpload(
+                    f"{filename!r} is not an audio file or a video (by its name)",
+                    hint=f"The audio is the speech: {AUDIO_KINDS}.",
+                )
+        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
+            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
@@ -225,7 +241,11 @@ class MultipartJob:
             finally:
                 self._file = None
         elif self._text_name is not None:
-            self.received.fields[self._text_name] = _decode(bytes(self._text)).strip()
+            value = _decode(bytes(self._text)).strip()
+            if self._text_name == PRESENTERS_FIELD:
+                self.received.presenters += [value] if value else []
+            else:
+                self.received.fields[self._text_name] = value
             self._text_name = None
 
     def _end(self) -> None:
@@ -249,22 +269,91 @@ class MultipartJob:
             self._file.close()
             self._file = None
 
-    def finish(self) -> tuple[Received, JobOptions]:
-        """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
+    def _complete(self) -> Received:
+        """What the body held, once it is complete (BadUpload when it was cut off)."""
         self.close()
         if not self._ended:
             raise BadUpload(
                 "the request body ended before its last part", hint="The upload was cut off; send it again."
             )
-        got = self.received
+        return self.received
+
+    def finish(self) -> tuple[Received, JobOptions]:
+        """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
+        got = self._complete()
         if len(got.audio) != 1:
             raise BadUpload(
                 f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}",
                 hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
             )
-        if not got.videos:
-            raise BadUpload("a job needs at least one presenter in 'videos', this upload has none", hint=PRESENTER_HINT)
-        return got, parse_options(got.fields)
+        if not got.videos and not got.presenters:
+            raise BadUpload(
+                "a job needs at least one presenter: a file in 'videos' or a library presenter in 'presenters'; "
+                "this upload has none",
+                hint=PRESENTER_HINT + " Or name presenters of the library: presenters=anna (repeat the field).",
+            )
+        options = parse_options(got.fields)
+        if got.presenters:
+            options = options.model_copy(update={"presenters": "all" if "all" in got.presenters else got.presenters})
+        return got, options
+
+
+PRESENTER_FILE_FIELD = "video"
+PRESENTER_TEXT_FIELDS = frozenset({"name", *PresenterOptions.model_fields})
+
+
+class MultipartPresenter(MultipartJob):
+    """A presenter for the library (``POST /api/presenters``): one ``video`` (a video or a photo), optional ``name``
+    and the options of its toml (display_name, face, loop_mode, engine, notes)."""
+
+    file_fields = frozenset({PRESENTER_FILE_FIELD})
+    text_fields = PRESENTER_TEXT_FIELDS
+
+    def _check_file(self, field_name: str, filename: str, base: str) -> None:
+        if not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
+            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
+
+    def finish_presenter(self) -> tuple[str, str, PresenterOptions]:
+        """The stored file, the name asked for ('' for the file's) and the options, once the body is complete."""
+        got = self._complete()
+        if len(got.videos) != 1:
+            raise BadUpload(
+                f"a presenter is one file in '{PRESENTER_FILE_FIELD}', this upload has {len(got.videos)}",
+                hint=PRESENTER_HINT,
+            )
+        values = {k: v for k, v in got.fields.items() if k in PresenterOptions.model_fields and v}
+        try:
+            options = PresenterOptions.model_validate(values)
+        except ValidationError as exc:
+            raise BadUpload(f"invalid presenter options: {_problems(exc)}", hint=PRESENTER_OPTIONS_HINT) from None
+        return got.videos[0], got.fields.get("name", ""), options
+
+
+PRESENTER_OPTIONS_HINT = (
+    f"display_name and notes: text; face: largest, left, right or centre; loop_mode: pingpong or loop; engine: "
+    f"{listed()}."
+)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+        for e in exc.errors()
+    )
+
+
+async def feed_body(request: Request, receiver: MultipartJob) -> None:
+    """Feed the request's body to ``receiver`` as it arrives; on a refusal (too large, malformed) the rest is read
+    and dropped, so the client sees the answer, and the refusal raised."""
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            if chunk:
+                await run_in_threadpool(receiver.feed, chunk)
+    except WebError:
+        async for _ in stream:  # store nothing more
+            pass
+        raise
 
 
 def parse_options(fields: dict[str, str]) -> JobOptions:
@@ -273,12 +362,8 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
-            for e in exc.errors()
-        )
         raise BadUpload(
-            f"invalid job options: {problems}",
+            f"invalid job options: {_problems(exc)}",
             hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
             "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
         ) from None
@@ -287,10 +372,10 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
 def options_schema() -> dict[str, dict[str, Any]]:
     """The OpenAPI schema of the option fields, from ``JobOptions`` (a form field holds a value or is left out)."""
     properties = JobOptions.model_json_schema()["properties"]
-    return {name: _value_schema(properties[name]) for name in UPLOAD_OPTIONS}
+    return {name: value_schema(properties[name]) for name in UPLOAD_OPTIONS}
 
 
-def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def value_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema of an optional field's value: its ``anyOf`` branch other than null, with its description."""
     (value,) = [branch for branch in schema.get("anyOf", [schema]) if branch.get("type") != "null"]
     described = {"description": schema["description"]} if "description" in schema else {}
