@@ -31,7 +31,7 @@ from heygemd.daemon.waiting import write_waiting
 from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.errors import ConfigError
-from heygemd.fsutil import own_dir, own_subdirs, remove_temps
+from heygemd.fsutil import contained, own_dir, own_subdirs, remove_temps
 from heygemd.names import shown_name
 from heygemd.settings import Settings
 
@@ -313,6 +313,15 @@ def serve_inbox(settings: Settings, serve: Callable[[Stopping, Notifier], None])
     for folder in (paths.inbox, paths.outbox):
         folder.mkdir(parents=True, exist_ok=True)
     own_dir(paths.state_dir)
+    if contained(paths.presenters_dir, paths.inbox):
+        raise ConfigError(
+            f"the presenter library {paths.presenters_dir} is inside the inbox {paths.inbox}",
+            hint="Set paths.presenters to a folder outside the inbox (a folder there would be taken for a job).",
+        )
+    try:
+        paths.presenters_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only models folder: the library stays empty until the folder is made
+        log.warning("library.missing", folder=str(paths.presenters_dir), error=exc.strerror or str(exc))
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
@@ -419,6 +428,7 @@ def watch_inbox(
         state_dir=paths.state_dir,
         observer=intake_settings.observer,
         poll_interval=intake_settings.poll_interval,
+        also=(paths.presenters_dir,),  # a presenter copied in is seen at once, not at the next rescan
     )
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")
