@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import Protocol
 
 import structlog
 
@@ -75,6 +76,19 @@ MACHINE_PROBLEMS: tuple[type[HeygemdError], ...] = (DiskFull, ConfigError, Check
 Progress = Callable[[PresenterStage, float], None]
 Prepare = Callable[[LibraryFile, Progress, Callable[[], bool]], PresenterStatus]
 """Prepare one presenter (with progress reports and a stop check) and say what it became: ready or failed."""
+
+
+class HandOff(Protocol):
+    """Where a farm's intake sends a presenter to prepare (a task for the workers), instead of preparing it."""
+
+    def publish(self, found: LibraryFile) -> bool:
+        """Send ``found`` to be prepared; False when it could not be sent (tried again at a later round)."""
+        ...
+
+    def in_flight(self, name: str) -> bool:
+        """Whether the presenter ``name`` is being prepared, or its task waits to be."""
+        ...
+
 
 _STAGES: dict[str, PresenterStage] = {"detect": "detecting", "prepare": "preparing", "poster": "poster"}
 
@@ -173,16 +187,18 @@ class Preparer:
 
 class LibraryKeeper:
     """The library's upkeep for one process (see the module docstring). ``prepare``: how a presenter is prepared
-    (:class:`Preparer` on a single host; a farm's intake publishes a task instead); None: never here (``heygemd
-    once`` only watches the library for the jobs that name it). ``trust_file_times``: a file unchanged for
-    ``settle_seconds`` before this process started counts as settled (``heygemd once``). ``lock``: held around every
-    read-modify-write of presenters.json (a farm's broker lock; nothing on one host)."""
+    here (:class:`Preparer`); None: never here (``heygemd once`` only watches the library for the jobs that name it).
+    ``hand_off``: a farm's intake sends each presenter to the workers instead (:meth:`prepare_one` there);
+    ``trust_file_times``: a file unchanged for ``settle_seconds`` before this process started counts as settled
+    (``heygemd once``). ``lock``: held around every read-modify-write of presenters.json (a farm's broker lock;
+    nothing on one host)."""
 
     def __init__(
         self,
         settings: Settings,
         prepare: Prepare | None,
         *,
+        hand_off: HandOff | None = None,
         trust_file_times: bool = False,
         clock: Callable[[], float] = time.monotonic,
         lock: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
@@ -192,6 +208,7 @@ class LibraryKeeper:
         self.folder = settings.paths.presenters_dir
         self.state_dir = settings.paths.state_dir
         self.prepare = prepare
+        self.hand_off = hand_off
         self.trust_file_times = trust_file_times
         self.clock = clock
         self.lock = lock
@@ -201,6 +218,8 @@ class LibraryKeeper:
         """Per library file (its name in the folder): whether its copy is complete."""
         self.busy: set[str] = set()
         """Presenters being prepared now (here, or by a task this process published)."""
+        self._lost: set[str] = set()
+        """Presenters handed off whose task was not seen at the last scan (published again at the next)."""
         self._trackers: dict[str, ReadinessTracker] = {}
         self._retry_at: dict[str, float] = {}
         self._pins: frozenset[str] | None = None
@@ -222,6 +241,7 @@ class LibraryKeeper:
             return float("inf")
         self._say_once(None, "")
         self._judge_files()
+        self._forget_lost_tasks()
         try:
             with self.lock():
                 known = read_library_status(self.state_dir)
@@ -238,6 +258,19 @@ class LibraryKeeper:
         deadlines = [d for t in self._trackers.values() if (d := t.next_deadline()) is not None]
         retries = [max(0.0, t - self.clock()) for t in self._retry_at.values()]
         return min([*deadlines, *retries], default=float("inf"))
+
+    def _forget_lost_tasks(self) -> None:
+        """Presenters handed off whose task is gone (a worker stopped, the broker flushed) at two scans in a row are
+        prepared again: handed off at the next round."""
+        if self.hand_off is None or not self.busy:
+            return
+        known = read_library_status(self.state_dir)
+        self.busy &= {p.name for p in known.presenters if p.state == "preparing"}  # the others are done
+        gone = {name for name in self.busy if not self.hand_off.in_flight(name)}
+        for name in gone & self._lost:
+            log.warning("presenter.task_lost", presenter=name, hint="Its task is gone: it is sent again.")
+            self.busy.discard(name)
+        self._lost = gone - self._lost
 
     def _make_folder(self) -> None:
         if self._made_folder:
@@ -376,14 +409,42 @@ class LibraryKeeper:
     # -- preparing
 
     def prepare_next(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Prepare the first queued presenter (library order); False when there is none (or nothing prepares here)."""
-        if self.prepare is None:
+        """Prepare the first queued presenter (library order), or hand it off (a farm's intake); False when there is
+        none (or nothing prepares here)."""
+        if self.prepare is None and self.hand_off is None:
             return False
         known = read_library_status(self.state_dir)
         entry = next((p for p in known.presenters if self._preparable(p)), None)
         found = next((f for f in self.files if entry is not None and f.name == entry.name), None)
         if entry is None or found is None or found.identity != entry.identity:
             return False
+        if self.hand_off is not None:
+            if not self.hand_off.publish(found):
+                return False
+            self.busy.add(found.name)
+            self._update(found.name, waiting_for="sent to the workers")
+            return True
+        return self._prepare(found, should_stop)
+
+    def prepare_one(self, name: str, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Prepare the presenter ``name`` if presenters.json still says it is to be prepared, for the file as it is
+        now (a farm worker's task: the intake decided, and a task for a presenter since changed, prepared or removed
+        is dropped). Returns whether it prepared."""
+        if self.prepare is None:
+            return False
+        try:
+            self.files = scan_library(self.folder, ready_marker=self.settings.intake.ready_marker)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        entry = read_library_status(self.state_dir).entry(name)
+        found = next((f for f in self.files if f.name == name), None)
+        if entry is None or found is None or entry.state != "preparing" or entry.identity != found.identity:
+            log.info("presenter.task_dropped", presenter=name, why="it is not to be prepared (any more)")
+            return False
+        return self._prepare(found, should_stop)
+
+    def _prepare(self, found: LibraryFile, should_stop: Callable[[], bool]) -> bool:
+        assert self.prepare is not None
         self.busy.add(found.name)
         try:
             with self._progress(found) as progress:

@@ -29,11 +29,13 @@ from celery.utils.sysinfo import load_average
 from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
 
 from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, StopNow, until_stopped
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.service import PAUSED_RETRY_SECONDS
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
 from heygemd.errors import ConfigError
 from heygemd.farm.app import TASK_NAME, make_app, task_id, worker_queues
+from heygemd.farm.library import PREPARE_TASK, FarmLibrary
 from heygemd.farm.publish import PublishError
 from heygemd.farm.task import JobRunner
 from heygemd.settings import Settings
@@ -206,6 +208,19 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         back_off(PAUSED_RETRY_SECONDS, stop, presence.beat, presence.freq_s)
         if not stop():
             log.info("worker.resumed", worker=node)
+            heartbeat.beat(f"{node}: idle")
+
+    library = FarmLibrary(settings, runner.broker, app, owner=runner.owner)
+    keeper = LibraryKeeper(
+        settings, Preparer(settings, sessions, prepared_by=node), lock=library.status_lock, heartbeat=heartbeat.beat
+    )
+
+    @app.task(name=PREPARE_TASK)
+    def prepare_presenter(name: str) -> str:
+        heartbeat.beat(f"{node}: preparing presenter {name}")
+        try:
+            return library.prepare(keeper, name, stop)
+        finally:
             heartbeat.beat(f"{node}: idle")
 
     stopped_now: list[StopNow] = []
