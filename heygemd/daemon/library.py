@@ -132,6 +132,9 @@ class PresenterStatus(BaseModel):
     prepared: AwareDatetime | None = Field(None, description="When it became ready or failed.")
     prepared_by: str | None = Field(None, description="The host (and farm worker) that prepared it.")
     seconds: float | None = Field(None, ge=0, description="How long its preparation took.")
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per stage of its preparation: decode, detect, prepare, poster, total"
+    )
 
     @property
     def shown_name(self) -> str:

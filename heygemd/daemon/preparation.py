@@ -181,6 +181,7 @@ class Preparer:
                 "face_track": "cached" if prep.cached_faces else "computed",
                 "cache_files": sorted(p.path.name for p in prep.preparations.values() if p.path is not None),
                 "poster": poster.name,
+                "timings": {k: round(v, 3) for k, v in prep.timings.items()},
             }
         )
 

@@ -342,7 +342,6 @@ def _run_videos(
         if context.should_stop():
             raise Interrupted("stopped before the next video")
         linked = links.of_file(video.name)
-        session, audio = engines.for_video(linked)
         output = out_dir / entry.output  # type: ignore[operator]
         status_file.update_video(index, state="processing", started=utc_now(), progress=0.0, frames_done=0, error=None)
         status_file.save()
@@ -363,6 +362,9 @@ def _run_videos(
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
+                # the engine of the video (a library presenter's own, where the job names none): an engine that
+                # cannot load fails this video only
+                session, audio = engines.for_video(linked)
                 # a link, FIFO or device is refused here, naming what it is; the render, the check of its output
                 # and a second render all read the video through this one descriptor
                 video_file = held.enter_context(open_input(video))

@@ -256,6 +256,8 @@ class PresenterPrep:
     warnings: tuple[ErrorInfo, ...]
     """What ``footage.footage_warnings`` finds in the track (a covered mouth, a profile view, a small face)."""
     poster: Path | None
+    timings: dict[str, float]
+    """Seconds per stage (decode, detect, prepare, poster) and ``total``."""
 
 
 def prepare_presenter(
@@ -275,6 +277,7 @@ def prepare_presenter(
     face, from early in the video). The same errors as a render: NoFace, PictureTooLarge, DecodeError, ...;
     Interrupted when ``should_stop`` turns true. Progress goes 0..DETECT_SHARE while the face is tracked, then in
     equal steps per preparation."""
+    started = time.perf_counter()
     timer = StageTimer()
     report = on_progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
@@ -295,7 +298,10 @@ def prepare_presenter(
         )
     if poster is not None:
         report(VideoProgress("poster", steps - 1, steps, DETECT_SHARE + (1 - DETECT_SHARE) * (steps - 1) / steps))
-        write_poster(_poster_frame(info, track, stop), poster)
+        with timer.stage("poster"):
+            write_poster(_poster_frame(info, track, stop), poster)
+    timings = dict(timer.seconds)
+    timings["total"] = time.perf_counter() - started
     return PresenterPrep(
         info=info,
         track=track,
@@ -303,6 +309,7 @@ def prepare_presenter(
         preparations=preparations,
         warnings=tuple(footage.footage_warnings(track, info.path)),
         poster=poster,
+        timings=timings,
     )
 
 
