@@ -32,12 +32,29 @@ def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -
     }
     proc = run(heygemd_bin, "check", env=env)
     lines = proc.stdout.splitlines()
-    for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "journald"):
+    for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "presenters", "journald"):
         assert any(f"  {name}:" in line for line in lines), f"no line for {name}: {proc.stdout}"
     assert any(line.startswith("ok    inbox:") for line in lines)
     outbox_line = next(i for i, line in enumerate(lines) if "  outbox:" in line)
     assert lines[outbox_line].startswith("FAIL") and lines[outbox_line + 1].strip().startswith("fix:")
+    library_line = next(line for line in lines if "  presenters:" in line)  # no library yet: a warning only
+    assert library_line.startswith("warn") and f"{tmp_path / 'models' / 'presenters'} does not exist" in library_line
     assert proc.returncode == 1  # a required check failed
+
+
+def test_check_counts_the_presenters_of_the_library_by_state(tmp_path: Path, heygemd_bin: Path) -> None:
+    library = tmp_path / "models" / "presenters"
+    library.mkdir(parents=True)
+    (library / "anna.mp4").write_bytes(b"not looked at yet")
+    (library / "bob.mp4").symlink_to(library / "anna.mp4")  # never followed: failed
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+    }
+    proc = run(heygemd_bin, "check", env=env)
+    line = next(line for line in proc.stdout.splitlines() if "  presenters:" in line)
+    assert line == f"ok    presenters: {library}: 2 presenter(s) (1 preparing, 1 failed)", proc.stdout
 
 
 def test_check_reads_the_landmark_model_and_names_a_damaged_one(tmp_path: Path, heygemd_bin: Path) -> None:
