@@ -49,6 +49,8 @@ def _settings(args: argparse.Namespace):
         engine_updates["checkpoint"] = Path(args.checkpoint).resolve()
     if getattr(args, "device", None):
         engine_updates["device"] = args.device
+    if getattr(args, "latentsync_steps", None) is not None:
+        engine_updates["latentsync_steps"] = args.latentsync_steps
     updates: dict[str, object] = {"engine": settings.engine.model_copy(update=engine_updates)}
     path_updates: dict[str, object] = {}
     if getattr(args, "cache_dir", None):
@@ -74,6 +76,7 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     session.warm_up()
     load_s = time.perf_counter() - started
+    parameters = session.configure()
     started = time.perf_counter()
     audio = session.audio(Path(args.audio))
     audio_s = time.perf_counter() - started
@@ -98,6 +101,7 @@ def run_render(args: argparse.Namespace) -> dict[str, object]:
         "timings": {k: v for k, v in result.timings.items() if k != "total"},
         "batch_size": settings.engine.batch_size,
         "identity": session.engine.identity,
+        "parameters": parameters,
         "crf": settings.video.crf,
         "preset": settings.video.preset,
         "video_encoder": result.encoder,
@@ -193,6 +197,11 @@ def run_prepare(args: argparse.Namespace) -> dict[str, object]:
         from bench.musetalk_weights import FULL, TINY, build_folder
 
         build_folder(out, TINY if args.size == "tiny" else FULL)
+    elif args.kind == "latentsync-weights":
+        from bench import latentsync_weights
+
+        configs = latentsync_weights.TINY if args.size == "tiny" else latentsync_weights.FULL
+        latentsync_weights.build_folder(out, configs)
     else:
         inputs.random_checkpoint(out)
     return {"kind": args.kind, "path": str(out)}
@@ -215,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=25.0)
     p = sub.add_parser("checkpoint", help="make a random Wav2Lip checkpoint")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("musetalk-weights", help="make random MuseTalk 1.5 weights (official layout)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", choices=("full", "tiny"), default="full")
+    for engine, what in (("musetalk", "MuseTalk 1.5"), ("latentsync", "LatentSync 1.6")):
+        p = sub.add_parser(f"{engine}-weights", help=f"make random {what} weights (official layout)")
+        p.add_argument("--out", required=True)
+        p.add_argument("--size", choices=("full", "tiny"), default="full")
     for name in ("render", "plain"):
         p = sub.add_parser(name)
         p.add_argument("--video", required=True)
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--device")
             p.add_argument("--cache-dir")
             p.add_argument("--quality", action="store_true", help="time the quality check after the render")
+            p.add_argument("--latentsync-steps", type=int)
     args = parser.parse_args(argv)
     if args.kind in ("render", "plain"):
         result = run_render(args) if args.kind == "render" else run_plain(args)

@@ -29,6 +29,8 @@ RENDER_STAGES = ("decode", "faces", "infer", "blend", "encode")
 """The stages that run concurrently while rendering (``pipeline/stages.py``); detect and prepare run before."""
 MEMORY_RATIO_TARGET = 1.2
 """Product target: the peak RSS of a 60 s output within 1.2x of a 10 s one."""
+WEIGHT_FOLDERS = {"musetalk": "MuseTalk 1.5 (~4 GB)", "latentsync": "LatentSync 1.6 (~5.5 GB)"}
+"""The engines whose weights are a folder of ``models/`` (``--models``, ``--random-weights``)."""
 
 
 class ChildFailed(RuntimeError):
@@ -74,12 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="full",
         choices=("full", "tiny"),
-        help="engine musetalk: build random MuseTalk 1.5 weights in the official layout in the temp dir and load "
-        "them through the engine's loader: full (the default; ~4 GB, the real configs) or tiny (the tests' "
-        "scaled-down model: MuseTalk's code path, audio features and batches at a small, constant weight size).",
+        help="engines musetalk, latentsync: build random weights in the engine's official layout in the temp dir "
+        "and load them through the engine's loader: full (the default; the real configs: MuseTalk 1.5 ~4 GB, "
+        "LatentSync 1.6 ~5.5 GB) or tiny (the tests' scaled-down model: the engine's code path, audio features "
+        "and batches at a small, constant weight size).",
     )
-    ck.add_argument("--models", type=Path, help="engine musetalk: a models/ folder holding musetalk/.")
+    ck.add_argument(
+        "--models", type=Path, help="engines musetalk, latentsync: a models/ folder holding musetalk/ or latentsync/."
+    )
     eng.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the settings').")
+    eng.add_argument(
+        "--latentsync-steps", type=int, help="engine latentsync: denoising steps (default: the settings', 20)."
+    )
     eng.add_argument("--config", type=Path, help="heygemd TOML (default: the usual search).")
 
     inp = p.add_argument_group("input (given files, or generated with heygemd.demo)")
@@ -162,9 +170,11 @@ def run_child(
     if kind == "render":
         argv += ["--engine", args.engine]
         if checkpoint is not None:
-            argv += ["--models" if args.engine == "musetalk" else "--checkpoint", str(checkpoint)]
+            argv += ["--models" if args.engine in WEIGHT_FOLDERS else "--checkpoint", str(checkpoint)]
         if args.device:
             argv += ["--device", args.device]
+        if args.latentsync_steps is not None:
+            argv += ["--latentsync-steps", str(args.latentsync_steps)]
         if cache_dir is not None:
             argv += ["--cache-dir", str(cache_dir)]
         if args.quality:
@@ -287,13 +297,15 @@ def summarise_plain(runs: list[dict]) -> dict:
 
 
 def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path | None:
-    """The Wav2Lip checkpoint, or for musetalk the models/ folder holding musetalk/ (None: the settings')."""
-    if args.engine == "musetalk":
+    """The Wav2Lip checkpoint, or for musetalk and latentsync the models/ folder holding their folder (None: the
+    settings')."""
+    if args.engine in WEIGHT_FOLDERS:
         if args.random_weights:
-            what = "full-size (~4 GB)" if args.random_weights == "full" else "tiny"
-            _progress(args, f"  building {what} random MuseTalk 1.5 weights ...")
+            full = args.random_weights == "full"
+            what = f"full-size {WEIGHT_FOLDERS[args.engine]}" if full else f"tiny {args.engine}"
+            _progress(args, f"  building {what} random weights ...")
             models = work / "models"
-            _child(["musetalk-weights", "--out", str(models / "musetalk"), "--size", args.random_weights])
+            _child([f"{args.engine}-weights", "--out", str(models / args.engine), "--size", args.random_weights])
             return models
         return args.models.resolve() if args.models else None
     if args.engine != "wav2lip":
@@ -378,6 +390,7 @@ def single(args: argparse.Namespace, work: Path) -> dict:
     return {
         "mode": "single",
         "engine": first["engine"],
+        "parameters": first["parameters"],
         "device": first["device"],
         "detector": first["detector"],
         "cached_faces": first["cached_faces"],
@@ -441,6 +454,7 @@ def memory_scaling(args: argparse.Namespace, work: Path) -> dict:
     return {
         "mode": "memory-scaling",
         "engine": first["engine"],
+        "parameters": first["parameters"],
         "device": first["device"],
         "detector": first["detector"],
         "input": {"video": str(video), **input_info(video)},
@@ -462,7 +476,7 @@ def _fmt_single(r: dict) -> str:
     secs = "  ".join(f"{k} {v:.2f}" for k, v in rd["timings"].items())
     cached = f" (cached track in {r['cached_runs']} of {r['repeat']} runs)" if r["cached_runs"] else ""
     lines = [
-        f"engine {r['engine']} on {r['device']}, detector {r['detector']}{cached}; "
+        f"engine {r['engine']}{_parameters(r)} on {r['device']}, detector {r['detector']}{cached}; "
         f"{r['encoder']['video_encoder']} crf {r['encoder']['crf']} preset {r['encoder']['preset']}, "
         f"decoder {r['encoder']['video_decoder']}",
         f"input  {i['width']}x{i['height']} @ {i['fps']:g} fps, video {i['video_seconds']:g} s "
@@ -497,6 +511,12 @@ def _fmt_single(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _parameters(r: dict) -> str:
+    """`` (steps 2, guidance 1.5, ...)``: what shaped the engine's pictures besides its weights, if anything."""
+    shown = ", ".join(f"{name} {value}" for name, value in r["parameters"].items())
+    return f" ({shown})" if shown else ""
+
+
 def _ffmpeg_rss(plain: dict) -> str:
     """ffmpeg's peak; only an upper bound ("<=") when it stayed below the Python process that started it."""
     kids, own = plain["children_peak_rss_mib"], plain["peak_rss_mib"]
@@ -506,7 +526,7 @@ def _ffmpeg_rss(plain: dict) -> str:
 def _fmt_scaling(r: dict) -> str:
     i = r["input"]
     lines = [
-        f"memory scaling: engine {r['engine']} on {r['device']}, detector {r['detector']}; presenter "
+        f"memory scaling: engine {r['engine']}{_parameters(r)} on {r['device']}, detector {r['detector']}; presenter "
         f"{i['width']}x{i['height']} @ {i['fps']:g} fps, {i['video_seconds']:g} s, looped",
         "",
         f"{'output s':>9}{'frames':>8}{'total s':>9}{'s per out s':>13}{'peak RSS MiB':>14}",

@@ -14,6 +14,8 @@ demo=0
 apt_packages=(ffmpeg espeak-ng libsystemd-dev pkg-config python3-venv python3-dev gcc systemd python3-seccomp)
 apt_packages+=(redis-server)  # the farm's broker; the tests start their own on a free localhost port
 apt_packages+=(prometheus)  # the metrics test scrapes /metrics with it (its own binary, temp config; the service unused)
+# The container image's test: mmdebstrap makes the base from the Debian mirror, buildah builds, podman runs (with runc).
+apt_packages+=(buildah podman mmdebstrap runc)
 missing=()
 # chromium + chromium-driver: the web dashboard's browser test drives Debian's headless chromium (never downloaded).
 for pkg in "${apt_packages[@]}" chromium chromium-driver; do

@@ -33,7 +33,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _writable("inbox", settings.paths.inbox),
         _writable("outbox", settings.paths.outbox),
         _library(settings),
-        _journald(),
+        _journald(settings.logging.format),
         *([_broker(settings)] if settings.queue.broker else []),
         _gpu_metrics(),
     ]
@@ -173,9 +173,11 @@ def _library(settings: Settings) -> Check:
     return Check("presenters", True, f"{folder}: {len(states)} presenter(s)" + (f" ({counts})" if counts else ""))
 
 
-def _journald() -> Check:
+def _journald(log_format: str) -> Check:
     from heygemd.logs import journal_problem
 
+    if log_format in ("json", "console"):  # chosen on purpose (a container logs JSON lines): nothing to warn about
+        return Check("journald", True, f"not used: logging.format = {log_format!r}")
     problem = journal_problem()
     if problem is not None:
         return Check(

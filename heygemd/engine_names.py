@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, get_args
 
-EngineId = Literal["musetalk", "wav2lip", "mouthwarp"]
+EngineId = Literal["musetalk", "wav2lip", "mouthwarp", "latentsync"]
 """Every engine, as settings, job.toml, status.json and the CLI spell it."""
 EngineName = Literal["auto", EngineId]
 """What a setting or a job may name: an engine, or ``auto`` (the first of the registry's ``auto`` order whose
@@ -23,6 +23,6 @@ CHOICES: tuple[str, ...] = get_args(EngineName)
 
 
 def listed(names: Iterable[str] = CHOICES) -> str:
-    """The names as a hint spells them: ``"auto", "musetalk", "wav2lip" or "mouthwarp"``."""
+    """The names as a hint spells them: ``"auto", "musetalk", "wav2lip", "mouthwarp" or "latentsync"``."""
     *rest, last = [f'"{name}"' for name in names]
     return f"{', '.join(rest)} or {last}" if rest else last

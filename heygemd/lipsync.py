@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from heygemd.engines import available_names, resolve, torch_device_name
+from heygemd.engines.registry import EngineParameters
 from heygemd.fsutil import InputFile
 from heygemd.pipeline import faces
 from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, features_from_samples, wav2lip_mel
 from heygemd.pipeline.engine_contract import Engine, PromptEngine
 from heygemd.pipeline.ffmpeg_tools import open_input
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
-from heygemd.settings import FaceChoice, Settings
+from heygemd.settings import EngineSettings, FaceChoice, Settings
 
 
 class LipSyncSession:
@@ -73,6 +74,15 @@ class LipSyncSession:
         """
         _ = self.engine, self.detector
         wav2lip_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))
+
+    def configure(self, overrides: Mapping[str, object] | None = None) -> EngineParameters:
+        """Set the engine settings a job changes (``JobOptions.engine_settings``; none: the daemon's own) on the
+        engine for the renders that follow, and return the parameters that shape its pictures besides the
+        weights, for status.json (empty for an engine without any; such an engine is not loaded here)."""
+        if self.spec.configure is None:
+            return {}
+        settings = EngineSettings.model_validate({**self.settings.engine.model_dump(), **(overrides or {})})
+        return self.spec.configure(self.engine, settings)
 
     def audio(self, source: Path | InputFile, *, should_stop: Callable[[], bool] | None = None) -> AudioFeatures:
         """Decode ``source`` once and compute the features every video of a job shares: the Wav2Lip mel, and

@@ -41,6 +41,7 @@ import sys
 import threading
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -103,9 +104,25 @@ def configure_logging(settings: LoggingSettings, *, stream: TextIO | None = None
         context_class=dict,
         cache_logger_on_first_use=False,
     )
+    warnings.showwarning = _log_warning  # a library's warning is one event like ours, never a plain-text line
     if problem is not None:
         structlog.get_logger().warning("logging.journald_unavailable", reason=problem, fallback="json")
     return sink
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` while heygemd logs: the warning (shown once per place, as Python's default filter
+    says) becomes a ``python.warning`` event in the configured sink, so the journal and JSON lines stay parseable."""
+    structlog.get_logger("heygemd").warning(
+        "python.warning", category=category.__name__, warning=str(message), where=f"{filename}:{lineno}"
+    )
 
 
 def select_sink(requested: str, stream: TextIO, environ: Mapping[str, str] | None = None) -> SinkName:

@@ -45,7 +45,8 @@ class PathsSettings(Section):
         Path("../outbox"), description="Results: one folder per job with videos, posters, status.json, job.log."
     )
     models: Path = Field(
-        Path("../models"), description="Model weights (musetalk/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded."
+        Path("../models"),
+        description="Model weights (musetalk/, latentsync/, wav2lip_gan.pth, S3FD, 2DFAN4); never downloaded.",
     )
     state: Path | None = Field(
         None,
@@ -109,7 +110,7 @@ class EngineSettings(Section):
     name: EngineName = Field(
         "auto",
         description="auto: musetalk when models/musetalk/ is complete, else wav2lip when a checkpoint is in "
-        "models/, else mouthwarp.",
+        "models/, else mouthwarp; latentsync only when named.",
     )
     checkpoint: Path | None = Field(
         None, description="Wav2Lip checkpoint; default: models/wav2lip_gan.pth, then models/wav2lip.pth."
@@ -136,8 +137,8 @@ class EngineSettings(Section):
     presenter_cache_gb: float = Field(
         20.0,
         gt=0,
-        description="Size limit of the per-presenter preparation cache (MuseTalk's VAE latents of "
-        "every source frame, about 32 kB per frame); the least recently used presenters are evicted.",
+        description="Size limit of the per-presenter preparation cache (VAE latents of every source frame: MuseTalk "
+        "about 32 kB per frame, LatentSync 128 kB); the least recently used presenters are evicted.",
     )
     latentsync_steps: int = Field(
         20, ge=1, description="LatentSync: DDIM denoising steps per 16-frame window (the reference's 20)."
@@ -145,6 +146,7 @@ class EngineSettings(Section):
     latentsync_guidance: float = Field(
         1.5,
         ge=0,
+        allow_inf_nan=False,
         description="LatentSync: classifier-free guidance scale (the reference's 1.5); above 1 each step also runs the "
         "UNet without audio (twice the work); higher follows the audio more closely and may distort or jitter.",
     )

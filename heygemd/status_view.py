@@ -86,7 +86,9 @@ def format_status_detail(status: JobStatus) -> str:
         + (f", {status.videos_to_review} to review" if status.videos_to_review else ""),
         f"audio     {status.audio.file if status.audio else '-'}"
         + (f"  {status.audio.duration_s:.1f}s" if status.audio and status.audio.duration_s is not None else ""),
-        f"engine    {status.engine or '-'}" + (f"  ({status.engine_identity})" if status.engine_identity else ""),
+        f"engine    {status.engine or '-'}"
+        + (f"  ({status.engine_identity})" if status.engine_identity else "")
+        + "".join(f"  {name} {value}" for name, value in status.engine_parameters.items()),
         f"host      {status.host}  pid {status.pid}  attempt {status.attempt}",
         *([f"worker    {status.worker}  device {status.device or '-'}"] if status.worker else []),
         f"claimed   {_when(status.claimed)}  started {_when(status.started)}  finished {_when(status.finished)}",

@@ -135,3 +135,18 @@ def test_random_weights_full_by_default_tiny_on_request(tmp_path: Path) -> None:
     unet = json.loads((out / "musetalkV15" / "musetalk.json").read_text())
     assert unet["block_out_channels"] == TINY.unet["block_out_channels"]
     assert (out / "musetalkV15" / "unet.pth").stat().st_size < 20e6  # the full one is 3.4 GB
+
+
+def test_latentsync_random_weights_are_built_by_the_child_in_the_official_layout(tmp_path: Path) -> None:
+    """``--engine latentsync --random-weights tiny``: the child writes the folder the engine's loader reads."""
+    from bench import child
+    from bench.cli import build_parser
+    from heygemd.engines.latentsync import load_model
+
+    args = build_parser().parse_args(["--engine", "latentsync", "--random-weights", "tiny", "--latentsync-steps", "2"])
+    assert (args.engine, args.random_weights, args.latentsync_steps) == ("latentsync", "tiny", 2)
+    out = tmp_path / "latentsync"
+    assert child.main(["latentsync-weights", "--out", str(out), "--size", "tiny"]) == 0
+    model = load_model(out)
+    assert model.resolution == 64 and model.num_frames == 16
+    assert (out / "latentsync_unet.pt").stat().st_size < 20e6  # the full one is about 5 GB

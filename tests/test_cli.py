@@ -57,6 +57,12 @@ def test_check_counts_the_presenters_of_the_library_by_state(tmp_path: Path, hey
     assert line == f"ok    presenters: {library}: 2 presenter(s) (1 preparing, 1 failed)", proc.stdout
 
 
+def test_check_does_not_warn_about_journald_when_json_logs_are_chosen(tmp_path: Path, heygemd_bin: Path) -> None:
+    env = {"HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"), "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox")}
+    line = next(x for x in run(heygemd_bin, "check", env=env).stdout.splitlines() if "  journald:" in x)
+    assert line.startswith("ok") and "not used: logging.format = 'json'" in line, line
+
+
 def test_check_reads_the_landmark_model_and_names_a_damaged_one(tmp_path: Path, heygemd_bin: Path) -> None:
     # A render reads dlib's landmark model only at its first face; the check must read it now. A damaged copy is
     # put first on the path as a package of the same name.

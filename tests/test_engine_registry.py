@@ -21,7 +21,7 @@ from heygemd.errors import ConfigError, JobError
 from heygemd.pipeline.engine_contract import Engine
 from heygemd.settings import EngineSettings, load_settings
 from heygemd.web.app import create_app
-from heygemd.web.upload import UPLOAD_OPTIONS
+from heygemd.web.upload import TEXT_FIELDS, UPLOAD_OPTIONS
 from tests.web.webserver import ORIGIN, settings_for
 
 REGISTRY = [AUTO, *(spec.name for spec in SPECS)]
@@ -107,7 +107,7 @@ def test_the_api_enums_are_the_registry_and_the_upload_takes_every_job_option(cl
     assert enums and all(enum == REGISTRY for enum in enums)
     form = spec["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["engine"]["enum"] == REGISTRY
-    assert set(form["properties"]) == {"audio", "videos", "name", *UPLOAD_OPTIONS}
+    assert set(form["properties"]) == {"audio", "videos", *TEXT_FIELDS}
     assert {"engine", "loop_mode", "crf", "gpu_class"} <= set(UPLOAD_OPTIONS)
     assert form["properties"]["gpu_class"]["pattern"] and form["properties"]["crf"]["maximum"] == 51
 
@@ -142,9 +142,30 @@ def test_settings_and_job_toml_refuse_an_unknown_engine_naming_the_registry(tmp_
 def test_auto_takes_the_registry_order_and_the_weights_free_engine_loads(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    assert resolve(EngineSettings(), models).name == ENGINES[-1] == "mouthwarp"
+    choosable = [spec.name for spec in SPECS if spec.available is not None]
+    assert choosable == ["musetalk", "wav2lip", "mouthwarp"]  # latentsync is only ever chosen by name
+    assert resolve(EngineSettings(), models).name == choosable[-1] == "mouthwarp"
     engine = resolve(EngineSettings(), models).load(EngineSettings(), models)
     assert isinstance(engine, Engine) and engine.name == "mouthwarp" and engine.batch_size >= 1
+
+
+def test_auto_never_takes_latentsync_even_with_its_files(tmp_path: Path, latentsync_folder: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "latentsync").symlink_to(latentsync_folder, target_is_directory=True)
+    files = spec_named("latentsync").files
+    assert files is not None and files(EngineSettings(), models).complete
+    assert resolve(EngineSettings(), models).name == "mouthwarp"
+    assert resolve(EngineSettings(name="latentsync"), models).name == "latentsync"
+
+    from heygemd.check import run_checks
+    from heygemd.settings import Settings
+
+    settings = Settings.model_validate(
+        {"paths": {"inbox": tmp_path / "in", "outbox": tmp_path / "out", "models": models}, "engine": {"device": "cpu"}}
+    )
+    row = {row.name: row for row in run_checks(settings)}["latentsync files"]
+    assert row.ok and not row.required and "all 6 files found" in row.detail  # unet_config.yaml: the tiny model's
 
 
 def test_the_pipeline_imports_no_engine() -> None:

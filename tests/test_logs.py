@@ -266,6 +266,22 @@ def test_stream_without_file_descriptor_is_not_the_journal() -> None:
 # --- JSON and console sinks ---------------------------------------------------------------------------------
 
 
+def test_a_librarys_warning_is_a_json_event_not_a_plain_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchdog, apprise and others warn through Python's warnings: in the journal or the JSON lines that must be
+    one more event, or a reader that parses every line breaks."""
+    import warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    stream = _configure("json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("Callback with id 'x' already exists", RuntimeWarning, stacklevel=1)
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["level"], event["category"]) == ("python.warning", "warning", "RuntimeWarning")
+    assert event["warning"] == "Callback with id 'x' already exists" and "test_logs.py:" in event["where"]
+
+
 def test_json_sink_writes_parseable_lines_with_bound_keys() -> None:
     """Each event is one JSON object with the bound and the call's keys, level and an ISO timestamp."""
     stream = _configure("json")

@@ -4,6 +4,8 @@ options from an optional ``job.toml``.
 A job folder holds one speech audio, one or more videos or still images, and optionally ``job.toml``::
 
     engine = "mouthwarp"        # auto, or an engine of heygemd.engine_names
+    latentsync_steps = 10       # engine latentsync: denoising steps (engine.latentsync_steps)
+    latentsync_guidance = 2.0   # engine latentsync: guidance scale (engine.latentsync_guidance)
     naming = "{stem}_synced.mp4"
     loop_mode = "loop"          # pingpong | loop
     crf = 20                    # 0..51, lower is better
@@ -11,6 +13,7 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
     presenters = ["anna", "bob"]  # presenters of the library (daemon.library), or "all"; the folder may then hold
                                 # only its audio
+    callback_url = "https://n8n.example.com/webhook-waiting/123"  # POSTed status.json when the job ends
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
@@ -48,9 +51,12 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
-from heygemd.settings import GPU_CLASS_PATTERN, IntakeSettings, LoopMode, check_naming
+from heygemd.outgoing import parse_url
+from heygemd.settings import GPU_CLASS_PATTERN, EngineSettings, IntakeSettings, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
+MAX_URL_LENGTH = 2048
+"""Longest URL a job names (``callback_url``; the web's URL inputs too)."""
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
 """``[intake] max_job_toml_kb``'s default, for callers without settings."""
 MAX_PRESENTERS = 1000
@@ -76,6 +82,23 @@ class JobOptions(BaseModel):
     gpu_class: str | None = Field(
         None, pattern=GPU_CLASS_PATTERN, description="A farm: only workers of this [queue] gpu_class take the job."
     )
+    # Options named as an [engine] setting override it for the job (engine_settings); same bounds as the setting.
+    latentsync_steps: int | None = Field(
+        None, ge=1, description="LatentSync: denoising steps per window (more: finer, slower; the reference's 20)."
+    )
+    latentsync_guidance: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="LatentSync: guidance scale (above 1 each step runs twice; higher follows the audio more "
+        "closely and may distort; the reference's 1.5).",
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description="An http(s) URL the job's status.json is POSTed to, signed, when the job ends (done, partial, "
+        "failed or cancelled); its host must be among the server's [notify] callback_hosts.",
+    )
     presenters: list[Annotated[str, Field(min_length=1, max_length=255)]] | Literal["all"] | None = Field(
         None,
         max_length=MAX_PRESENTERS,
@@ -91,6 +114,21 @@ class JobOptions(BaseModel):
     @classmethod
     def _naming(cls, value: str | None) -> str | None:
         return None if value is None else check_naming(value)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"the URL {exc}") from None
+        return value
+
+    def engine_settings(self) -> dict[str, object]:
+        """The options set here that override an ``[engine]`` setting of the same name, for this job."""
+        chosen = {name: getattr(self, name) for name in type(self).model_fields if name in EngineSettings.model_fields}
+        return {name: value for name, value in chosen.items() if value is not None}
 
 
 class JobSpec(BaseModel):

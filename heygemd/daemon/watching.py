@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from heygemd.names import NameKind, classify_name
+
+# watchdog's inotify observer warns "Callback with id ... already exists for watch ..., it will be overwritten" when
+# an emitter registers its callback on a watch that still holds one under the same id (ids are id() of emitters;
+# seen when a watched job folder is claimed). What it keeps is the callback of the emitter registering now, the live
+# one: nothing is lost, so it is no warning for an operator.
+warnings.filterwarnings("ignore", message=r"Callback with id .* already exists", category=RuntimeWarning)
 
 ObserverKind = Literal["inotify", "polling"]
 

@@ -23,10 +23,16 @@ Public contract (scripts outside the package use it):
 * ``initial_noise(seed, resolution)``: the shared noise of a render, from a seed.
 
 fp16 on CUDA where the reference uses it (compute capability 8 and newer), fp32 elsewhere.
+
+``LatentSyncEngine`` is the ``Engine`` (``PromptEngine``, ``PresenterEngine``): the faces aligned by
+``pipeline.align`` (crop rule ``latentsync_affine``), 16-frame windows (``EngineNeeds.window``) batched on CUDA and
+halved on out-of-memory, the presenter's latents (masked and whole faces) prepared once per video and cached, so
+a new audio runs only Whisper, the UNet and the decoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,8 +57,10 @@ from heygemd.engines.latentsync_load import (
 from heygemd.engines.latentsync_unet import FeatureCache
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
+from heygemd.errors import ConfigError, SilentAudio
+from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
 
-__all__ = ["LatentSyncModel", "audio_features", "initial_noise", "load_model"]
+__all__ = ["LatentSyncEngine", "LatentSyncModel", "Sampling", "audio_features", "initial_noise", "load_model"]
 
 DEEPCACHE_INTERVAL = 3
 """With ``deepcache``, steps 0, 3, 6, ... of a window run the whole UNet, the others reuse their deep features
@@ -102,6 +110,15 @@ class LatentSyncModel:
             what=f"a single {self.config.num_frames}-frame window",
             path=self.files["unet"],
         )
+
+    @property
+    def batch_windows(self) -> int:
+        """Windows per UNet batch now (halved on CUDA out-of-memory)."""
+        return self._batches.size
+
+    @batch_windows.setter
+    def batch_windows(self, windows: int) -> None:
+        self._batches.size = max(1, windows)
 
     @property
     def resolution(self) -> int:
@@ -344,3 +361,164 @@ def load_model(
 
     Raises CheckpointError naming the file when one is missing, truncated, or does not match its config."""
     return LatentSyncModel(folder, device, fp16, batch_windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """What shapes LatentSync's pictures besides its weights: the settings ``engine.latentsync_steps``,
+    ``latentsync_guidance`` (both also in job.toml), ``latentsync_seed`` and ``latentsync_deepcache``."""
+
+    steps: int
+    guidance: float
+    seed: int
+    deepcache: bool
+
+
+class LatentSyncEngine:
+    """The LatentSync engine (``Engine``, ``PromptEngine``, ``PresenterEngine``); the model stays loaded until
+    ``close()``. A render batch is whole windows (``EngineNeeds.window``, the config's ``num_frames``); on CUDA
+    ``batch_size // window`` windows share a UNet batch (halved on out-of-memory), on the CPU one window."""
+
+    name = "latentsync"
+    needs = EngineNeeds(audio="whisper", crop="latentsync_affine", presenter_prep=True, window=16)
+
+    def __init__(
+        self,
+        folder: Path,
+        device: str = "auto",
+        batch_size: int = 64,
+        fp16: bool = True,
+        *,
+        sampling: Sampling,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"engine.batch_size must be at least 1, got {batch_size}")
+        self.folder = Path(folder)
+        self._model: LatentSyncModel | None = load_model(self.folder, device, fp16)
+        model = self._model
+        self.device = model.device
+        self.needs = dataclasses.replace(type(self).needs, window=model.num_frames)
+        if self.device.type != "cpu":
+            self.batch_size = batch_size
+        self.identity = model.identity()
+        dtype = str(model.dtype).removeprefix("torch.")
+        self.prep_version = f"latentsync-{self.identity}-{dtype}-{model.resolution}"
+        self.sampling = sampling
+        self.encoder_calls = 0
+        """Faces VAE-encoded so far (a reused presenter's cached preparation adds none)."""
+
+    @property
+    def model(self) -> LatentSyncModel:
+        if self._model is None:
+            raise RuntimeError("LatentSyncEngine used after close()")
+        return self._model
+
+    @property
+    def sampling(self) -> Sampling:
+        """Steps, guidance, seed and DeepCache of the renders from now on (a job.toml may change them)."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, sampling: Sampling) -> None:
+        self._sampling = sampling
+        self._noise = initial_noise(sampling.seed, self.model.resolution)
+
+    @property
+    def batch_size(self) -> int:
+        return self.model.batch_windows * self.model.num_frames
+
+    @batch_size.setter
+    def batch_size(self, size: int) -> None:
+        self.model.batch_windows = size // self.model.num_frames
+
+    def prepare(self, mel: np.ndarray) -> None:
+        """LatentSync reads each frame's Whisper window; nothing to adapt per recording."""
+
+    def encode_audio(self, wav: np.ndarray) -> WhisperStates:
+        try:
+            return self.model.encode_audio(wav)
+        except ValueError as exc:  # shorter than 20 ms
+            raise SilentAudio(str(exc), hint="Use a recording of the speech at least a few seconds long.") from None
+
+    def prep_shape(self) -> tuple[int, ...]:
+        side = self.model.resolution // 8
+        return (2 * LATENT_CHANNELS, side, side)
+
+    def prepare_presenter(self, crops: list[np.ndarray]) -> np.ndarray:
+        """float32 (B, 8, R/8, R/8): latents of the masked and of the whole aligned faces."""
+        faces = self._faces(crops)
+        latents = self.model.encode_faces(faces) if len(faces) else np.zeros((0, *self.prep_shape()), np.float32)
+        self.encoder_calls += len(faces)
+        return latents
+
+    def generate(self, batch: FaceBatch) -> list[np.ndarray]:
+        """Lip-synced aligned faces (uint8 BGR, each the size of its crop), one per crop of ``batch``; each of
+        ``batch.windows`` is denoised as one window (consecutive full windows share a UNet batch)."""
+        count = len(batch)
+        if batch.prompts is None or len(batch.prompts) != count:
+            raise ValueError("LatentSync needs one (50, 384) audio window per crop in FaceBatch.prompts")
+        if count == 0:
+            return []
+        length = self.model.num_frames
+        windows = batch.windows or tuple(min(length, count - a) for a in range(0, count, length))
+        if sum(windows) != count or max(windows) > length:
+            raise ValueError(f"windows {windows} do not cover the {count} crops in runs of at most {length}")
+        faces = self._faces(batch.crops)
+        if batch.prepared is not None:
+            latents = np.asarray(batch.prepared, dtype=np.float32)
+        else:
+            latents = self.prepare_presenter(batch.crops)
+        audio = np.asarray(batch.prompts, dtype=np.float32)
+        out = np.empty_like(faces)
+        for a, b in _runs_of_full_windows(windows, length):
+            out[a:b] = self.model.generate_from_latents(
+                faces[a:b],
+                latents[a:b],
+                audio[a:b],
+                self._noise,
+                self.sampling.steps,
+                self.sampling.guidance,
+                deepcache=self.sampling.deepcache,
+            )
+        return [_resized(face, crop.shape[:2]) for face, crop in zip(out, batch.crops, strict=True)]
+
+    def _faces(self, crops: list[np.ndarray]) -> np.ndarray:
+        """uint8 BGR (B, R, R, 3): the crops at the model's resolution (the aligned crops are 512: 1.6's own)."""
+        side = self.model.resolution
+        if not crops:
+            return np.zeros((0, side, side, 3), np.uint8)
+        return np.stack([_resized(crop, (side, side)) for crop in crops])
+
+    def release(self) -> None:
+        """Return cached GPU memory to the driver between jobs; the model stays loaded."""
+        if self._model is not None:
+            self._model.release()
+
+    def close(self) -> None:
+        """Drop the models (and their GPU memory); the engine is unusable afterwards."""
+        if self._model is not None:
+            self._model.close()
+        self._model = None
+
+
+def _runs_of_full_windows(windows: tuple[int, ...], length: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` crop ranges for ``generate_from_latents``: consecutive full windows together, each shorter
+    window alone (that method cuts a range into full windows and at most one shorter last one)."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for size in windows:
+        if runs and size == length and (runs[-1][1] - runs[-1][0]) % length == 0:
+            runs[-1] = (runs[-1][0], start + size)
+        else:
+            runs.append((start, start + size))
+        start += size
+    return runs
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (height, width): unchanged when it has it; else area-averaged down, bicubic up."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height < image.shape[0]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)

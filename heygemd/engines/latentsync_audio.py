@@ -16,23 +16,21 @@ whisper/audio.py ``log_mel_spectrogram`` and whisper/transcribe.py):
 
 Deliberate difference: ``fps`` is the presenter's true frame rate (the reference resamples every video to 25 fps).
 Memory: the log-mel's peak is found in a first pass over the segments, then each segment's log-mel is made again
-and encoded; one segment is in memory at a time, and its states go to an unlinked temporary file from which each
-batch of frames reads back only the steps its windows need.
+and encoded; one segment is in memory at a time, and its states go to a ``feature_store.StepStore`` (an unlinked
+temporary file) from which each batch of frames reads back only the steps its windows need.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from functools import lru_cache
-from typing import IO
 
 import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heygemd.engines.feature_store import StepStore
 from heygemd.engines.latentsync_config import AUDIO_FEAT_LENGTH
 from heygemd.engines.latentsync_whisper import WhisperEncoder
 
@@ -53,7 +51,6 @@ HIDDEN_STATES = 5
 WIDTH = 384
 """Width of one state (whisper tiny's ``n_audio_state``), the UNet's ``cross_attention_dim``."""
 TOKENS = WINDOW_STEPS * HIDDEN_STATES
-STEP_BYTES = HIDDEN_STATES * WIDTH * 4
 
 
 @lru_cache(maxsize=1)
@@ -90,9 +87,7 @@ class WhisperStates:
         self.samples = int(wav.size)
         segments = [(a, min(a + SEGMENT_FRAMES, frames)) for a in range(0, frames, SEGMENT_FRAMES)]
         peak = torch.stack([log_mel(wav, a, b).max() for a, b in segments]).max()
-        self._file: IO[bytes] | None = tempfile.TemporaryFile(prefix="heygemd-latentsync-whisper-")
-        self.steps = 0
-        """T: encoder steps stored, 50 per second of audio."""
+        self._store = StepStore((HIDDEN_STATES, WIDTH), prefix="heygemd-latentsync-whisper-")
         for a, b in segments:
             spec = (torch.maximum(log_mel(wav, a, b), peak - 8.0) + 4.0) / 4.0
             spec = F.pad(spec, (0, SEGMENT_FRAMES - (b - a)))  # the reference's pad_or_trim: 0.0 in the log-mel
@@ -100,9 +95,12 @@ class WhisperStates:
                 states = encoder(spec[None].to(device, dtype))[0]  # (5, 1500, 384)
                 keep = (b - a) // 2
                 rows = states[:, :keep].transpose(0, 1).float().cpu().numpy()
-            self._file.write(np.ascontiguousarray(rows).data)
-            self.steps += keep
-        self._file.flush()
+            self._store.append(rows)
+
+    @property
+    def steps(self) -> int:
+        """T: encoder steps stored, 50 per second of audio."""
+        return self._store.rows
 
     def frame_count(self, fps: float) -> int:
         """How many frames the reference's ``feature2chunks`` makes at ``fps``: about 2 more than the audio lasts."""
@@ -111,16 +109,6 @@ class WhisperStates:
         while int(i * multiplier) <= self.steps:
             i += 1
         return i + 1
-
-    def _read_steps(self, first: int, stop: int) -> np.ndarray:
-        """float32 (stop - first, 5, 384): the stored states of steps ``first..stop-1``."""
-        if self._file is None:
-            raise RuntimeError("WhisperStates used after close()")
-        size = (stop - first) * STEP_BYTES
-        data = os.pread(self._file.fileno(), size, first * STEP_BYTES)
-        if len(data) != size:
-            raise RuntimeError(f"Whisper states file: read {len(data)} of {size} bytes")
-        return np.frombuffer(data, dtype=np.float32).reshape(stop - first, HIDDEN_STATES, WIDTH)
 
     def windows(self, fps: float, start: int, stop: int) -> np.ndarray:
         """float32 (stop - start, 50, 384): the audio tokens of frames ``start..stop-1`` at ``fps``."""
@@ -132,13 +120,11 @@ class WhisperStates:
         if steps.size == 0:
             return np.zeros((0, TOKENS, WIDTH), dtype=np.float32)
         first = int(steps.min())
-        rows = self._read_steps(first, int(steps.max()) + 1)[steps - first]  # (n, 10, 5, 384)
+        rows = self._store.read(first, int(steps.max()) + 1)[steps - first]  # (n, 10, 5, 384)
         return rows.reshape(len(centres), TOKENS, WIDTH)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._store.close()
 
     def __enter__(self) -> WhisperStates:
         return self

@@ -9,8 +9,6 @@ in code from the reference's configs/scheduler_config.json. Nothing is downloade
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,14 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from pydantic import ValidationError
-from safetensors import SafetensorError
 
 from heygemd.engines import latentsync_layout as layout
+from heygemd.engines import pretrained
 from heygemd.engines.latentsync_audio import HIDDEN_STATES, N_MELS, WIDTH
 from heygemd.engines.latentsync_config import LatentSyncConfig, read_config
 from heygemd.engines.latentsync_unet import LatentSyncUNet, sinusoid_table
 from heygemd.engines.latentsync_whisper import WhisperDims, WhisperEncoder, decoder_shapes
+from heygemd.engines.pretrained import READ_ERRORS, detail
 from heygemd.engines.torch_util import check_container, listing, read_state_dict
 from heygemd.errors import CheckpointError
 
@@ -54,28 +53,9 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 """LatentSync's configs/scheduler_config.json for diffusers' DDIMScheduler."""
 
-_READ_ERRORS = (
-    OSError,
-    RuntimeError,
-    ValueError,
-    EOFError,
-    KeyError,
-    TypeError,
-    IndexError,
-    AttributeError,
-    pickle.UnpicklingError,
-    SafetensorError,
-)
-"""What torch.load and diffusers raise on a truncated or foreign file."""
-
 
 def _fail(message: str, path: Path) -> CheckpointError:
     return CheckpointError(message, path=path, hint=layout.HINT)
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return text or type(exc).__name__
 
 
 def require_files(folder: Path) -> layout.LatentSyncFiles:
@@ -160,8 +140,8 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     is_zip = check_container(path, layout.HINT)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except _READ_ERRORS as exc:
-        raise _fail(f"cannot read the checkpoint, it may be truncated or corrupted ({_detail(exc)})", path) from None
+    except READ_ERRORS as exc:
+        raise _fail(f"cannot read the checkpoint, it may be truncated or corrupted ({detail(exc)})", path) from None
     if not isinstance(obj, Mapping):
         raise _fail(f"holds a {type(obj).__name__}, not OpenAI's {{'dims', 'model_state_dict'}}", path)
     return obj
@@ -176,7 +156,7 @@ def load_whisper(path: Path) -> WhisperEncoder:
     try:
         dims = WhisperDims.model_validate(checkpoint["dims"])
     except ValidationError as exc:
-        raise _fail(f"'dims' are not Whisper's ModelDimensions ({_detail(exc)})", path) from None
+        raise _fail(f"'dims' are not Whisper's ModelDimensions ({detail(exc)})", path) from None
     layers = dims.n_audio_layer + 1
     if (dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, layers) != (N_MELS, WHISPER_CTX, WIDTH, HIDDEN_STATES):
         raise _fail(
@@ -199,38 +179,9 @@ def load_whisper(path: Path) -> WhisperEncoder:
     return encoder.eval()
 
 
-def _loading_problems(info: dict[str, Any]) -> list[str]:
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        items = [str(item) for item in info.get(kind) or []]
-        if items:
-            problems.append(f"{kind.replace('_', ' ')}: {listing(items)}")
-    return problems
-
-
 def load_vae(files: layout.LatentSyncFiles) -> AutoencoderKL:
     """sd-vae-ft-mse, fp32 on the CPU in eval mode, from its folder only (diffusers converts the 2022 names)."""
-    weights, config = files["vae"], files["vae_config"]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            vae, info = AutoencoderKL.from_pretrained(
-                config.parent,
-                local_files_only=True,
-                output_loading_info=True,
-                use_safetensors=weights.suffix == ".safetensors",
-                low_cpu_mem_usage=False,
-            )
-    except _READ_ERRORS as exc:
-        raise _fail(
-            f"cannot load the VAE, the file may be truncated or not sd-vae-ft-mse ({_detail(exc)})", weights
-        ) from None
-    problems = _loading_problems(info)
-    if problems:
-        raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
-    if vae.config.latent_channels != LATENT_CHANNELS:
-        raise _fail(f"latent_channels {vae.config.latent_channels}, LatentSync needs 4", config)
-    return vae.eval()
+    return pretrained.load_vae(files["vae_config"], files["vae"], engine="LatentSync", hint=layout.HINT)
 
 
 def load_mask(path: Path) -> np.ndarray:

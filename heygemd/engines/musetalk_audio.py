@@ -11,24 +11,21 @@ The reference (musetalk/utils/audio_processor.py ``get_audio_feature`` + ``get_w
 
 Deliberate differences: ``fps`` is the video's true rate (the reference truncates 29.97 to 29, and its lips drift
 1 s ahead after 30 s); windows reaching past the zero padding read more zeros instead of stopping the program.
-Memory: one 30 s segment is encoded at a time and its states are appended to an unlinked temporary file; each
-batch of frames reads back only the steps its windows need (``os.pread``), so a long lesson costs disk and page
-cache, not the process's memory (a memory map of the file counted every page written into it in the RSS: 23 MB
-per minute of audio).
+Memory: one 30 s segment is encoded at a time and its states go to a ``feature_store.StepStore`` (an unlinked
+temporary file); each batch of frames reads back only the steps its windows need, so a long lesson costs disk and
+page cache, not the process's memory.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from typing import IO
 
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from heygemd.engines.feature_store import StepStore
 from heygemd.engines.musetalk_load import HIDDEN_STATES, PROMPT_WIDTH
 
 SAMPLE_RATE = 16000
@@ -41,8 +38,6 @@ LEFT_CONTEXT = RIGHT_CONTEXT = 2
 WINDOW_STEPS = 2 * (LEFT_CONTEXT + RIGHT_CONTEXT + 1)
 """Encoder steps per frame window (10); times 5 hidden states = 50 tokens."""
 TOKENS = WINDOW_STEPS * HIDDEN_STATES
-STEP_BYTES = HIDDEN_STATES * PROMPT_WIDTH * 4
-"""One encoder step of the stored states: 5 float32 hidden states of 384."""
 
 
 def frames_in(samples: int, fps: float) -> int:
@@ -77,36 +72,23 @@ class WhisperFeatures:
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
         self.samples = int(wav.size)
         self.steps = math.floor(self.samples / SAMPLE_RATE * STEPS_PER_SECOND)
-        self._file: IO[bytes] | None = tempfile.TemporaryFile(prefix="heygemd-whisper-")
-        done = 0
+        self._store = StepStore((HIDDEN_STATES, PROMPT_WIDTH), prefix="heygemd-whisper-")
         for first in range(0, self.samples, SEGMENT_SAMPLES):
-            if done >= self.steps:
+            if self._store.rows >= self.steps:
                 break
             segment = wav[first : first + SEGMENT_SAMPLES]
             mel = extractor(segment, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
             with torch.inference_mode():
                 hidden = encoder(torch.from_numpy(mel).to(device, dtype), output_hidden_states=True).hidden_states
                 stacked = torch.stack(hidden, dim=2)[0].float().cpu().numpy()  # (1500, 5, 384)
-            take = min(stacked.shape[0], self.steps - done)
-            self._file.write(np.ascontiguousarray(stacked[:take]).data)
-            done += take
-        self._file.flush()
-        self.steps = done  # the segments' states always cover the audio; never more than was written
-
-    def _read_steps(self, first: int, stop: int) -> np.ndarray:
-        """float32 (stop - first, 5, 384): the stored states of steps ``first..stop-1`` (all written)."""
-        assert self._file is not None
-        size = (stop - first) * STEP_BYTES
-        data = os.pread(self._file.fileno(), size, first * STEP_BYTES)
-        if len(data) != size:
-            raise RuntimeError(f"Whisper states file: read {len(data)} of {size} bytes")
-        return np.frombuffer(data, dtype=np.float32).reshape(stop - first, HIDDEN_STATES, PROMPT_WIDTH)
+            self._store.append(stacked[: self.steps - self._store.rows])
+        self.steps = self._store.rows  # the segments' states always cover the audio; never more than was written
 
     def windows(self, fps: float, start: int, stop: int) -> np.ndarray:
         """float32 (stop - start, 50, 384) prompts of frames ``start..stop-1`` at ``fps`` (before the PE)."""
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        if self._file is None:
+        if self._store.closed:
             raise RuntimeError("WhisperFeatures used after close()")
         multiplier = STEPS_PER_SECOND / fps
         left_pad = math.ceil(multiplier) * LEFT_CONTEXT
@@ -118,13 +100,11 @@ class WhisperFeatures:
         if valid.any():
             wanted = steps[valid]
             first = int(wanted.min())
-            out[valid] = self._read_steps(first, int(wanted.max()) + 1)[wanted - first]
+            out[valid] = self._store.read(first, int(wanted.max()) + 1)[wanted - first]
         return out.reshape(len(frames), TOKENS, PROMPT_WIDTH)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._store.close()
 
     def __enter__(self) -> WhisperFeatures:
         return self

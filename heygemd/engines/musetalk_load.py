@@ -11,7 +11,6 @@ or whose tensors do not have the shapes its config promises, is a CheckpointErro
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -19,12 +18,13 @@ from typing import Any, cast
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-from safetensors import SafetensorError
 from transformers import WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging as transformers_logging
 
 from heygemd.engines import musetalk_layout as layout
+from heygemd.engines import pretrained
+from heygemd.engines.pretrained import READ_ERRORS, detail, loading_problems
 from heygemd.engines.torch_util import listing, read_state_dict
 from heygemd.errors import CheckpointError
 
@@ -33,18 +33,6 @@ PROMPT_WIDTH = 384
 HIDDEN_STATES = 5
 """Whisper hidden states stacked per 20 ms step: the embedding output plus 4 encoder layers (whisper-tiny)."""
 LATENT_CHANNELS = 4
-
-_READ_ERRORS = (
-    OSError,
-    RuntimeError,
-    ValueError,
-    EOFError,
-    KeyError,
-    TypeError,
-    pickle.UnpicklingError,
-    SafetensorError,
-)
-"""What diffusers / transformers raise on a truncated or foreign weights file."""
 
 
 def _fail(message: str, path: Path) -> CheckpointError:
@@ -73,11 +61,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _detail(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return text or type(exc).__name__
-
-
 def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
     """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config."""
     config_path, weights_path = files["unet_config"], files["unet"]
@@ -85,7 +68,7 @@ def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
     try:
         unet = UNet2DConditionModel(**config)
     except (TypeError, ValueError) as exc:
-        raise _fail(f"not a UNet2DConditionModel config ({_detail(exc)})", config_path) from None
+        raise _fail(f"not a UNet2DConditionModel config ({detail(exc)})", config_path) from None
     if unet.config.in_channels != 2 * LATENT_CHANNELS or unet.config.cross_attention_dim != PROMPT_WIDTH:
         raise _fail(
             f"in_channels {unet.config.in_channels} / cross_attention_dim {unet.config.cross_attention_dim}: "
@@ -115,39 +98,9 @@ def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
     return unet.eval()
 
 
-def _loading_problems(info: dict[str, Any]) -> list[str]:
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        items = [str(item) for item in info.get(kind) or []]
-        if items:
-            problems.append(f"{kind.replace('_', ' ')}: {listing(items)}")
-    return problems
-
-
 def load_vae(files: layout.MuseTalkFiles) -> AutoencoderKL:
     """sd-vae-ft-mse, fp32 on the CPU in eval mode (diffusers converts the 2022 attention names)."""
-    _read_json(files["vae_config"])
-    weights = files["vae"]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            vae, info = AutoencoderKL.from_pretrained(
-                files["vae_config"].parent,
-                local_files_only=True,
-                output_loading_info=True,
-                use_safetensors=weights.suffix == ".safetensors",
-                low_cpu_mem_usage=False,
-            )
-    except _READ_ERRORS as exc:
-        raise _fail(
-            f"cannot load the VAE, the file may be truncated or not sd-vae-ft-mse ({_detail(exc)})", weights
-        ) from None
-    problems = _loading_problems(info)
-    if problems:
-        raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
-    if vae.config.latent_channels != LATENT_CHANNELS:
-        raise _fail(f"latent_channels {vae.config.latent_channels}, MuseTalk needs 4", files["vae_config"])
-    return vae.eval()
+    return pretrained.load_vae(files["vae_config"], files["vae"], engine="MuseTalk", hint=layout.HINT)
 
 
 def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
@@ -171,8 +124,8 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
         raise _fail(f"d_model {d_model}, encoder_layers {layers}: MuseTalk 1.5 uses whisper-tiny (384, 4)", config_path)
     try:
         extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir, local_files_only=True)
-    except _READ_ERRORS as exc:
-        raise _fail(f"not a Whisper feature extractor config ({_detail(exc)})", preprocessor) from None
+    except READ_ERRORS as exc:
+        raise _fail(f"not a Whisper feature extractor config ({detail(exc)})", preprocessor) from None
     transformers_logging.disable_progress_bar()  # no progress bars in the daemon's log
     try:
         with warnings.catch_warnings():
@@ -183,13 +136,13 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
                 output_loading_info=True,
                 use_safetensors=weights.suffix == ".safetensors",
             )
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise _fail(
-            f"cannot load Whisper, the file may be truncated or not whisper-tiny ({_detail(exc)})", weights
+            f"cannot load Whisper, the file may be truncated or not whisper-tiny ({detail(exc)})", weights
         ) from None
     # transformers annotates from_pretrained as returning the model; output_loading_info=True returns (model, info)
     model, info = cast(tuple[WhisperModel, dict[str, Any]], loaded)
-    problems = _loading_problems(info)
+    problems = loading_problems(info)
     if problems:
         raise _fail("the weights do not fit config.json: " + "; ".join(problems), weights)
     encoder = model.get_encoder()

@@ -13,6 +13,8 @@ Each :class:`EngineSpec` says, for one engine:
 - ``load``: the engine built from the settings (its module is imported only then: torch only for the engine in
   use);
 - ``verify``, ``on_device``, ``licence``: the ``engine``, ``device`` and ``licence`` rows of ``heygemd check``;
+- ``configure``: the settings that may change per job (job.toml) set on the loaded engine, and the parameters
+  that shape its pictures besides the weights, as status.json records them;
 - ``engine_class``: its class, whose ``needs`` (``pipeline.engine_contract.EngineNeeds``) declare the audio
   features, the crop rule, the colour match, the presenter preparation and the footage warnings.
 
@@ -28,15 +30,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heygemd.engine_names import AUTO, CHOICES, ENGINES, listed
-from heygemd.engines import musetalk_layout
+from heygemd.engines import latentsync_layout, musetalk_layout
 from heygemd.errors import CheckpointError, ConfigError
 from heygemd.pipeline.engine_contract import Engine, EngineNeeds
 from heygemd.settings import EngineSettings
 
 if TYPE_CHECKING:
+    from heygemd.engines.latentsync import LatentSyncEngine, Sampling
     from heygemd.engines.mouthwarp import MouthWarpEngine
     from heygemd.engines.musetalk import MuseTalkEngine
     from heygemd.engines.wav2lip import Wav2LipEngine
+
+
+EngineParameters = dict[str, int | float | bool]
+"""What shapes an engine's pictures besides its weights (LatentSync: steps, guidance, seed, deepcache)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,10 @@ class EngineSpec:
     purpose)."""
     on_device: bool = True
     """It runs on ``engine.device`` (a torch engine); False: on the CPU whatever the setting."""
+    configure: Callable[[Engine, EngineSettings], EngineParameters] | None = None
+    """Sets the settings a job may change (job.toml's ``latentsync_steps``, ...) on the loaded engine, and returns
+    the parameters that shape its pictures besides the weights, by the names status.json records them
+    (``engine_parameters``); None: it has none."""
 
     def needs(self) -> EngineNeeds:
         """What it needs of the pipeline, read from its class without loading any weights."""
@@ -224,6 +235,63 @@ def _always(settings: EngineSettings, models_dir: Path) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ latentsync
+
+
+def _latentsync_class() -> type[LatentSyncEngine]:
+    from heygemd.engines.latentsync import LatentSyncEngine  # torch, diffusers: only when LatentSync is in use
+
+    return LatentSyncEngine
+
+
+def _latentsync_files(settings: EngineSettings, models_dir: Path) -> ModelFiles:
+    files = latentsync_layout.find_files(latentsync_layout.latentsync_folder(models_dir))
+    found = tuple(str(path.relative_to(files.folder)) for path in files.found.values())
+    return ModelFiles(files.folder, found, tuple(files.missing), latentsync_layout.HINT)
+
+
+def _latentsync_sampling(settings: EngineSettings) -> Sampling:
+    from heygemd.engines.latentsync import Sampling
+
+    return Sampling(
+        steps=settings.latentsync_steps,
+        guidance=settings.latentsync_guidance,
+        seed=settings.latentsync_seed,
+        deepcache=settings.latentsync_deepcache,
+    )
+
+
+def _load_latentsync(settings: EngineSettings, models_dir: Path) -> LatentSyncEngine:
+    return _latentsync_class()(
+        latentsync_layout.latentsync_folder(models_dir),
+        device=settings.device,
+        batch_size=settings.batch_size,
+        fp16=settings.fp16,
+        sampling=_latentsync_sampling(settings),
+    )
+
+
+def _verify_latentsync(settings: EngineSettings, models_dir: Path) -> str:
+    folder = latentsync_layout.latentsync_folder(models_dir)
+    from heygemd.engines.latentsync import load_model  # torch, diffusers: only when LatentSync is in use
+
+    model = load_model(folder, device="cpu")  # every file opened, every tensor checked, as at start
+    size_gb = sum(p.stat().st_size for p in model.files.weights) / 1e9
+    model.close()
+    return f"latentsync, {folder} ({size_gb:.1f} GB of weights) loads"
+
+
+def _configure_latentsync(engine: Engine, settings: EngineSettings) -> EngineParameters:
+    sampling = _latentsync_sampling(settings)
+    engine.sampling = sampling  # type: ignore[attr-defined]  # a LatentSyncEngine: this spec loaded it
+    return {
+        "steps": sampling.steps,
+        "guidance": sampling.guidance,
+        "seed": sampling.seed,
+        "deepcache": sampling.deepcache,
+    }
+
+
 # ------------------------------------------------------------------ the table
 
 SPECS: tuple[EngineSpec, ...] = (
@@ -255,8 +323,21 @@ SPECS: tuple[EngineSpec, ...] = (
         available=_always,
         on_device=False,
     ),
+    EngineSpec(
+        name="latentsync",
+        licence="heygemd's code Apache-2.0 (mask.png: LatentSync's file, Apache-2.0, keep its attribution); "
+        "LatentSync 1.6 UNet weights OpenRAIL: commercial use allowed, its use restrictions must be passed on to "
+        "your users (check the model card of the copy you download); whisper tiny MIT; sd-vae-ft-mse MIT; no "
+        "InsightFace or other non-commercial model",
+        engine_class=_latentsync_class,
+        load=_load_latentsync,
+        verify=_verify_latentsync,
+        files=_latentsync_files,
+        configure=_configure_latentsync,
+    ),
 )
-"""Every engine, in the order ``auto`` tries them (those with ``available``)."""
+"""Every engine, in the order ``auto`` tries them (those with ``available``; LatentSync, slower and sharper, is only
+ever chosen by name)."""
 
 if tuple(spec.name for spec in SPECS) != ENGINES:
     raise RuntimeError(f"the engine registry lists {[s.name for s in SPECS]}, engine_names.ENGINES {list(ENGINES)}")

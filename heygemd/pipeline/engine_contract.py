@@ -6,7 +6,8 @@ handed one (``run.render_video``) and reads only the attributes below, never an 
 An engine gets a batch of face crops (cut from each frame by the engine's crop rule, any size), the 68 facial
 landmarks of each crop in crop coordinates, and the audio features it asked for for each frame. It returns one
 image per crop, the same size as the crop, with the mouth re-rendered for that audio window.
-Pasting the result back into the frame (with a feathered mouth mask) is ``pipeline.render``'s job.
+Pasting the result back into the frame (with a feathered mouth mask, or the aligned face's feathered rectangle) is
+the crop rule's job (``pipeline.crops``).
 
 What an engine needs is declared in its ``needs`` (``EngineNeeds``): which audio features (the Wav2Lip mel,
 which every job computes, or Whisper prompts, which a ``PromptEngine`` computes once per job), which crop
@@ -25,7 +26,7 @@ import numpy as np
 from heygemd.pipeline.mouth import MouthState
 
 AudioNeed = Literal["mel", "whisper"]
-CropRule = Literal["track", "musetalk_v15"]
+CropRule = Literal["track", "musetalk_v15", "latentsync_affine"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class EngineNeeds:
     audio: AudioNeed = "mel"
     """``mel``: the Wav2Lip mel windows only; ``whisper``: also per-frame prompts from ``PromptEngine.encode_audio``."""
     crop: CropRule = "track"
-    """``track``: the tracked (padded, smoothed) face box; ``musetalk_v15``: MuseTalk 1.5's landmark box."""
+    """``track``: the tracked (padded, smoothed) face box; ``musetalk_v15``: MuseTalk 1.5's landmark box;
+    ``latentsync_affine``: the 512x512 face aligned by a similarity transform (``pipeline.align``), pasted back as
+    a whole feathered rectangle (the engine keeps what it does not redraw itself). See ``pipeline.crops``."""
     colour_match: bool = False
     """Match the generated crop's colours to the frame inside the mask before pasting."""
     presenter_prep: bool = False
@@ -41,6 +44,10 @@ class EngineNeeds:
     footage_warnings: bool = False
     """The engine moves the mouth it sees (it draws none): ``footage.footage_warnings`` reports footage where it
     cannot make a credible one (a covered mouth, a profile view, a tiny face)."""
+    window: int = 1
+    """Consecutive output frames the engine must receive together (LatentSync: 16, for its temporal layers).
+    Windows start at the first frame, every ``window`` frames with a face, and again after each frame without
+    one; a render batch holds whole windows, and ``FaceBatch.windows`` says where they are."""
 
 
 class FrameFeatures(Protocol):
@@ -70,6 +77,10 @@ class FaceBatch:
     """Per-crop rows of the job's ``FrameFeatures`` when the engine needs more than the mel (e.g. (B, 50, 384))."""
     prepared: np.ndarray | None = None
     """Per-crop rows of the presenter preparation (``PresenterEngine.prepare_presenter``) when there is one."""
+    windows: tuple[int, ...] | None = None
+    """Lengths of the consecutive windows the crops make, in order (they sum to ``len(crops)``; each at most
+    ``EngineNeeds.window``; the pipeline always gives them); None: not given, an engine with windows takes the
+    crops in runs of its window."""
     mouth_rest: MouthState | None = None
     """The presenter's closed mouth (``pipeline.mouth.rest_state`` of the whole face track) when the caller knows
     it. An engine that sets the mouth (rather than adding to what the crop shows) first takes each crop's mouth

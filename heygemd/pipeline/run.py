@@ -17,8 +17,9 @@ import numpy as np
 from heygemd.errors import DecodeError, ErrorInfo, Interrupted, NoFace
 from heygemd.fsutil import InputFile
 from heygemd.names import POSTER_SUFFIX
-from heygemd.pipeline import faces, footage, presenter_cache, render
+from heygemd.pipeline import faces, footage, presenter_cache
 from heygemd.pipeline.audio import AudioFeatures
+from heygemd.pipeline.crops import Crops, Cut
 from heygemd.pipeline.encode import VideoWriter, write_poster
 from heygemd.pipeline.engine_contract import Engine, FaceBatch, PresenterEngine
 from heygemd.pipeline.frames import ScheduledFrames, read_frames
@@ -138,12 +139,10 @@ def render_video(
     track_fp = _track_fingerprint(info, detector, options.faces)
     track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
     _require_face(track, info, options.faces)
-    boxes = _crop_boxes(engine, track)
+    crops = Crops(engine.needs, track)
     prep: presenter_cache.Preparation | None = None
     if engine.needs.presenter_prep and isinstance(engine, PresenterEngine):
-        prep = _presenter_preparation(
-            info, track, boxes, engine, options, cache_dir, content_key, track_fp, timer, stop
-        )
+        prep = _presenter_preparation(info, crops, engine, options, cache_dir, content_key, track_fp, timer, stop)
     prompts = audio.prompts if engine.needs.audio != "mel" else None
     if engine.needs.audio != "mel" and prompts is None:
         raise ValueError(
@@ -186,7 +185,7 @@ def render_video(
             with timer.stage("faces"):
                 mels = audio.windows(info.fps, batch.start, batch.stop)  # per batch: flat memory for long audio
                 rows = prompts.windows(info.fps, batch.start, batch.stop) if prompts is not None else None
-                return _cut_faces(batch, track, boxes, mels, rows, prep)
+                return _cut_faces(batch, track, crops, mels, rows, prep)
 
         def infer(batch: _Batch) -> _Batch:
             if batch.faces is not None:
@@ -196,7 +195,7 @@ def render_video(
 
         def blend(batch: _Batch) -> _Batch:
             with timer.stage("blend"):
-                _paste_mouths(batch, engine)
+                _paste_mouths(batch, crops)
             return batch
 
         def encode(batch: _Batch) -> None:
@@ -214,7 +213,7 @@ def render_video(
         # and interruption) in this one. An error in any stops all of them before the with-block closes the
         # decoder and removes the partial output.
         run_stages(
-            _batches(timer.timed("decode", scheduled), frames_per_batch),
+            _batches(timer.timed("decode", scheduled), frames_per_batch, engine.needs.window, crops.usable),
             [Stage("faces", cut), Stage("infer", infer), Stage("blend", blend)],
             encode,
             depth=QUEUE_DEPTH,
@@ -292,9 +291,8 @@ def prepare_presenter(
     for done, engine in enumerate(preparing):
         report(VideoProgress("prepare", done, steps, DETECT_SHARE + (1 - DETECT_SHARE) * done / steps))
         assert isinstance(engine, PresenterEngine)
-        boxes = _crop_boxes(engine, track)
         preparations[engine.name] = _presenter_preparation(
-            info, track, boxes, engine, options, cache_dir, content_key, track_fp, timer, stop
+            info, Crops(engine.needs, track), engine, options, cache_dir, content_key, track_fp, timer, stop
         )
     if poster is not None:
         report(VideoProgress("poster", steps - 1, steps, DETECT_SHARE + (1 - DETECT_SHARE) * (steps - 1) / steps))
@@ -343,8 +341,11 @@ def _require_face(track: faces.FaceTrack, info: VideoInfo, settings: FacesSettin
 def batch_frames(engine: Engine, batch_size: int, frame_bytes: int) -> int:
     """Frames per render batch: ``engine.batch_size`` (the setting) at most, no more than the engine takes in one
     pass (``Engine.batch_size``; Wav2Lip on the CPU: ``wav2lip.CPU_SUB_BATCH``; more frames per batch would only
-    wait in memory, not go faster), and no more than ``BATCH_BYTES`` of frames; at least one."""
-    return max(1, min(batch_size, engine.batch_size, BATCH_BYTES // max(1, frame_bytes)))
+    wait in memory, not go faster), and no more than ``BATCH_BYTES`` of frames; at least one. For an engine with
+    windows (``EngineNeeds.window``): whole windows, at least one, even past ``BATCH_BYTES``."""
+    frames = max(1, min(batch_size, engine.batch_size, BATCH_BYTES // max(1, frame_bytes)))
+    window = engine.needs.window
+    return max(window, frames // window * window)
 
 
 def _face_track(
@@ -403,31 +404,9 @@ def _track_fingerprint(info: VideoInfo, detector: faces.FaceDetector, settings: 
     )
 
 
-def _crop_boxes(engine: Engine, track: faces.FaceTrack) -> np.ndarray:
-    """(N, 4) float boxes the engine's crops are cut with (NaN rows where the track has no face)."""
-    if engine.needs.crop == "track":
-        return track.boxes
-    width, height = track.frame_size
-    boxes = np.full_like(track.boxes, np.nan)
-    for i in np.flatnonzero(track.face_mask):
-        if np.isfinite(track.landmarks[i]).all():
-            boxes[i] = render.musetalk_box(track.landmarks[i], (height, width))
-    return boxes
-
-
-def _usable_box(frame: np.ndarray, box: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The integer crop box, or None when there is no box or it is too small to render (the frame passes through)."""
-    if not np.isfinite(box).all():
-        return None
-    ibox = render.crop_box(frame.shape, box)
-    x1, y1, x2, y2 = ibox
-    return ibox if x2 - x1 >= 8 and y2 - y1 >= 8 else None
-
-
 def _presenter_preparation(
     info: VideoInfo,
-    track: faces.FaceTrack,
-    boxes: np.ndarray,
+    crops: Crops,
     engine: PresenterEngine,
     options: RenderOptions,
     cache_dir: Path,
@@ -437,7 +416,9 @@ def _presenter_preparation(
     stop: Callable[[], bool],
 ) -> presenter_cache.Preparation:
     """The engine's preparation of every source frame (zeros where there is no face), cached per video content."""
-    fp = presenter_cache.fingerprint(engine=engine.prep_version, crop=engine.needs.crop, track=track_fp)
+    fp = presenter_cache.fingerprint(engine=engine.prep_version, crop=crops.version, track=track_fp)
+
+    pass_size = max(1, min(options.batch_size, engine.batch_size))
 
     def compute(out: np.ndarray) -> None:
         pending: list[tuple[int, np.ndarray]] = []
@@ -452,14 +433,14 @@ def _presenter_preparation(
             for i, frame in enumerate(timer.timed("decode", source)):
                 if stop():
                     raise Interrupted("stopped while preparing the presenter", path=info.path)
-                ibox = _usable_box(frame, boxes[i]) if track.has_face(i) else None
-                if ibox is not None:
-                    pending.append((i, render.cut(frame, ibox)))
-                if len(pending) >= options.batch_size:
+                crop = crops.crop(frame, i)
+                if crop is not None:
+                    pending.append((i, crop))
+                if len(pending) >= pass_size:
                     flush()
         flush()
 
-    shape = (len(track), *engine.prep_shape())
+    shape = (len(crops.track), *engine.prep_shape())
     limit = int(options.presenter_cache_gb * 1e9)
     return presenter_cache.cached_preparation(content_key, cache_dir, fp, shape, compute, limit)
 
@@ -473,8 +454,10 @@ class _Batch:
     frames: list[np.ndarray]
     sources: list[int]
     """Source frame index of each frame."""
-    jobs: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)
-    """(offset in ``frames``, crop box) of each frame with a usable face."""
+    windows: list[int] = field(default_factory=list)
+    """Lengths of the engine's windows (``EngineNeeds.window``) over the frames with a face, in order."""
+    jobs: list[tuple[int, Cut]] = field(default_factory=list)
+    """(offset in ``frames``, its crop) of each frame with a usable face."""
     faces: FaceBatch | None = None
     """The engine's input, None when no frame has a face."""
     mouths: list[np.ndarray] | None = None
@@ -485,25 +468,46 @@ class _Batch:
         return self.start + len(self.frames)
 
 
-def _batches(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[_Batch]:
+def _batches(
+    items: Iterator[tuple[int, np.ndarray]], size: int, window: int = 1, usable: Callable[[int], bool] | None = None
+) -> Iterator[_Batch]:
+    """Consecutive output frames ``(source index, frame)`` in batches of ``size`` frames.
+
+    With windows (``window`` > 1): a window is up to ``window`` consecutive frames that are ``usable`` (have a
+    face), and a frame without one ends it, so the engine's temporal layers never span a gap. A batch starts only
+    where a window starts or at a frame without a face: it holds whole windows, at least ``size`` frames where the
+    video goes on, at most ``size + window - 1``."""
     start = 0
     frames: list[np.ndarray] = []
     sources: list[int] = []
+    windows: list[int] = []
+    filled = 0
+    """Frames in the window now open (0: none is open)."""
     for source_index, frame in items:
+        face = usable is None or usable(source_index)
+        opens = face and (filled == 0 or filled == window)
+        if len(frames) >= size and (opens or not face):
+            yield _Batch(start, frames, sources, windows)
+            start += len(frames)
+            frames, sources, windows = [], [], []
         frames.append(frame)
         sources.append(source_index)
-        if len(frames) == size:
-            yield _Batch(start, frames, sources)
-            start += len(frames)
-            frames, sources = [], []
+        if not face:
+            filled = 0
+        elif opens:
+            windows.append(1)
+            filled = 1
+        else:
+            windows[-1] += 1
+            filled += 1
     if frames:
-        yield _Batch(start, frames, sources)
+        yield _Batch(start, frames, sources, windows)
 
 
 def _cut_faces(
     batch: _Batch,
     track: faces.FaceTrack,
-    boxes: np.ndarray,
+    crops: Crops,
     mels: np.ndarray,
     prompts: np.ndarray | None,
     prep: presenter_cache.Preparation | None,
@@ -511,42 +515,33 @@ def _cut_faces(
     """Fill ``batch.jobs`` and ``batch.faces``: the crops, landmarks, masks and audio of the frames with a face.
 
     ``mels`` (and ``prompts``, for engines that need them) hold the audio window of each output frame of the
-    batch, in order; ``boxes`` the crop box of each source frame; ``prep`` the presenter's preparation.
+    batch, in order; ``crops`` cuts each frame by the engine's crop rule; ``prep`` is the presenter's preparation.
     """
-    crops: list[np.ndarray] = []
-    landmarks: list[np.ndarray] = []
     for offset, (source_index, frame) in enumerate(zip(batch.sources, batch.frames, strict=True)):
-        if not track.has_face(source_index):
-            continue
-        ibox = _usable_box(frame, boxes[source_index])
-        if ibox is None:
-            continue
-        x1, y1 = ibox[:2]
-        landmarks.append(track.landmarks[source_index] - np.array([x1, y1], dtype=np.float32))
-        batch.jobs.append((offset, ibox))
-        crops.append(render.cut(frame, ibox))
+        cut = crops.cut(frame, source_index)
+        if cut is not None:
+            batch.jobs.append((offset, cut))
     if not batch.jobs:
         return batch
     offsets = [offset for offset, _ in batch.jobs]
+    cuts = [cut for _, cut in batch.jobs]
+    masks = [cut.mask for cut in cuts if cut.mask is not None]
     batch.faces = FaceBatch(
-        crops=crops,
-        landmarks=landmarks,
+        crops=[cut.crop for cut in cuts],
+        landmarks=[cut.landmarks for cut in cuts],
         mels=np.stack([mels[offset] for offset in offsets]),
-        masks=[render.mouth_mask(marks, crop.shape[:2]) for marks, crop in zip(landmarks, crops, strict=True)],
+        masks=masks if len(masks) == len(cuts) else None,
         prompts=np.stack([prompts[offset] for offset in offsets]) if prompts is not None else None,
         prepared=np.stack([prep.data[batch.sources[offset]] for offset in offsets]) if prep is not None else None,
+        windows=tuple(batch.windows),
         mouth_rest=track.mouth_rest,
     )
     return batch
 
 
-def _paste_mouths(batch: _Batch, engine: Engine) -> None:
-    """Paste the engine's mouths into ``batch.frames`` (frames without a face pass through)."""
-    if batch.faces is None or batch.mouths is None or batch.faces.masks is None:
+def _paste_mouths(batch: _Batch, crops: Crops) -> None:
+    """Paste the engine's results into ``batch.frames`` (frames without a face pass through)."""
+    if batch.mouths is None:
         return
-    for (offset, ibox), mouth, mask, crop in zip(
-        batch.jobs, batch.mouths, batch.faces.masks, batch.faces.crops, strict=True
-    ):
-        if engine.needs.colour_match:
-            mouth = render.match_colour(mouth, crop, mask)
-        render.paste(batch.frames[offset], ibox, mouth, mask)
+    for (offset, cut), mouth in zip(batch.jobs, batch.mouths, strict=True):
+        crops.paste(batch.frames[offset], batch.sources[offset], cut, mouth)

@@ -96,7 +96,8 @@ class BadUpload(WebError):
     status = 400
     default_hint = (
         "Send multipart/form-data with one 'audio' file (wav, mp3, m4a, flac, ogg, ...) and one or more "
-        "'videos' files (mp4, mov, mkv, webm, ... or jpg/png photos); optional fields: name, engine, loop_mode, crf."
+        "'videos' files (mp4, mov, mkv, webm, ... or jpg/png photos); optional fields: name, engine, loop_mode, crf, "
+        "latentsync_steps, latentsync_guidance."
     )
 
 

@@ -6,8 +6,10 @@ web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its le
 Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (files: videos or still
 photos), ``presenters`` (text, repeated: presenters of the library, or ``all``; videos, presenters or both, at least
 one), and the optional text fields ``name`` (the job's name) and the job options of ``UPLOAD_OPTIONS`` (written to
-job.toml). A presenter for the library (``POST /api/presenters``) comes the same way (:class:`MultipartPresenter`):
-one ``video``, optional ``name`` and the options of its toml.
+job.toml). Instead of a file, the audio may be given as a URL (``audio_url``) and presenter videos as URLs
+(``video_urls``, repeated), which the caller downloads (:mod:`heygemd.web.fetch`). A presenter for the library
+(``POST /api/presenters``) comes the same way (:class:`MultipartPresenter`): one ``video``, optional ``name`` and
+the options of its toml.
 
 A video given as the audio keeps its name, and job.toml names it as the audio (``audio = "talk.mp4"``), as a
 NAS user would: the intake then takes its sound track (as the CLI's ``--audio talk.mp4`` does) and not it as a
@@ -16,7 +18,9 @@ presenter, and every message names the file the user gave.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +31,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.jobs import MAX_PRESENTERS, MAX_URL_LENGTH, JobOptions
 from heygemd.daemon.library import PresenterOptions
 from heygemd.daemon.staging import disk_full, is_disk_full
 from heygemd.engine_names import listed
@@ -51,8 +55,12 @@ UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in (
 audio is the job's only one), ``naming`` (uploads keep the daemon's output names) and ``presenters`` (a repeated
 field of its own)."""
 PRESENTERS_FIELD = "presenters"
-TEXT_FIELDS = frozenset({"name", PRESENTERS_FIELD, *UPLOAD_OPTIONS})
+URL_FIELDS = ("audio_url", "video_urls")
+"""Inputs given by URL instead of as files: the audio, presenter videos (repeated)."""
+TEXT_FIELDS = frozenset({"name", PRESENTERS_FIELD, *URL_FIELDS, *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
+LONG_TEXT_FIELDS = frozenset({*URL_FIELDS, "callback_url"})
+"""Text fields that hold a URL: up to MAX_URL_LENGTH bytes."""
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
@@ -96,13 +104,18 @@ class Limits:
 
 @dataclass
 class Received:
-    """What the body held once it is complete: stored file names, the text fields."""
+    """What the body held once it is complete: stored file names, the text fields, the inputs given by URL (not
+    fetched yet), and with ``digests`` asked for, each stored file's SHA-256."""
 
     audio: list[str] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
     presenters: list[str] = field(default_factory=list)
     """The ``presenters`` fields, in order (the library's presenters the job names)."""
+    audio_url: str | None = None
+    video_urls: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    stored_bytes: int = 0
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -118,14 +131,17 @@ def _decode(value: bytes) -> str:
 
 
 class MultipartJob:
-    """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder."""
+    """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder.
+    ``digests``: hash every file as it arrives (for an Idempotency-Key's fingerprint)."""
 
     file_fields: frozenset[str] = FILE_FIELDS
     text_fields: frozenset[str] = TEXT_FIELDS
 
-    def __init__(self, staging: Path, limits: Limits, content_type: str | None) -> None:
+    def __init__(self, staging: Path, limits: Limits, content_type: str | None, *, digests: bool = False) -> None:
         self.staging = staging
         self.limits = limits
+        self.digests = digests
+        self._hash: hashlib._Hash | None = None
         self.received = Received()
         self._used: set[str] = set()
         self._total = 0
@@ -194,6 +210,7 @@ class MultipartJob:
         self._file = os.fdopen(fd, "wb")
         self._file_name = stored
         self._file_bytes = 0
+        self._hash = hashlib.sha256() if self.digests else None
         (self.received.audio if field_name == "audio" else self.received.videos).append(stored)
 
     def _check_file(self, field_name: str, filename: str, base: str) -> None:
@@ -210,8 +227,9 @@ class MultipartJob:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
         if self._file is None:
-            if len(self._text) + size > MAX_TEXT_BYTES:
-                raise BadUpload(f"the field {self._text_name!r} is longer than {MAX_TEXT_BYTES} bytes")
+            longest = MAX_URL_LENGTH if self._text_name in LONG_TEXT_FIELDS else MAX_TEXT_BYTES
+            if len(self._text) + size > longest:
+                raise BadUpload(f"the field {self._text_name!r} is longer than {longest} bytes")
             self._text.extend(data[start:end])
             return
         self._file_bytes += size
@@ -221,6 +239,8 @@ class MultipartJob:
             raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {limit:g} MiB")
         if self._total > self.limits.max_total_bytes:
             raise self.limits.too_large()
+        if self._hash is not None:
+            self._hash.update(data[start:end])
         try:
             self._file.write(data[start:end])
         except OSError as exc:
@@ -240,10 +260,17 @@ class MultipartJob:
                 raise
             finally:
                 self._file = None
+            if self._hash is not None:
+                self.received.digests[self._file_name] = self._hash.hexdigest()
         elif self._text_name is not None:
             value = _decode(bytes(self._text)).strip()
             if self._text_name == PRESENTERS_FIELD:
                 self.received.presenters += [value] if value else []
+            elif self._text_name == "video_urls":
+                if value:
+                    self.received.video_urls.append(value)
+            elif self._text_name == "audio_url":
+                self.received.audio_url = value or None
             else:
                 self.received.fields[self._text_name] = value
             self._text_name = None
@@ -281,21 +308,10 @@ class MultipartJob:
     def finish(self) -> tuple[Received, JobOptions]:
         """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
         got = self._complete()
-        if len(got.audio) != 1:
-            raise BadUpload(
-                f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}",
-                hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
-            )
-        if not got.videos and not got.presenters:
-            raise BadUpload(
-                "a job needs at least one presenter: a file in 'videos' or a library presenter in 'presenters'; "
-                "this upload has none",
-                hint=PRESENTER_HINT + " Or name presenters of the library: presenters=anna (repeat the field).",
-            )
-        options = parse_options(got.fields)
-        if got.presenters:
-            options = options.model_copy(update={"presenters": "all" if "all" in got.presenters else got.presenters})
-        return got, options
+        got.stored_bytes = self._total
+        presenters = len(got.videos) + len(got.video_urls) + len(got.presenters)
+        check_inputs(len(got.audio) + (got.audio_url is not None), presenters)
+        return got, with_presenters(parse_options(got.fields), got.presenters)
 
 
 PRESENTER_FILE_FIELD = "video"
@@ -325,7 +341,7 @@ class MultipartPresenter(MultipartJob):
         try:
             options = PresenterOptions.model_validate(values)
         except ValidationError as exc:
-            raise BadUpload(f"invalid presenter options: {_problems(exc)}", hint=PRESENTER_OPTIONS_HINT) from None
+            raise BadUpload(f"invalid presenter options: {field_problems(exc)}", hint=PRESENTER_OPTIONS_HINT) from None
         return got.videos[0], got.fields.get("name", ""), options
 
 
@@ -333,13 +349,6 @@ PRESENTER_OPTIONS_HINT = (
     f"display_name and notes: text; face: largest, left, right or centre; loop_mode: pingpong or loop; engine: "
     f"{listed()}."
 )
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
-        for e in exc.errors()
-    )
 
 
 async def feed_body(request: Request, receiver: MultipartJob) -> None:
@@ -356,17 +365,60 @@ async def feed_body(request: Request, receiver: MultipartJob) -> None:
         raise
 
 
-def parse_options(fields: dict[str, str]) -> JobOptions:
-    """The job.toml options from the form's text fields (empty means "the daemon's setting")."""
-    values = {k: v for k, v in fields.items() if k in UPLOAD_OPTIONS and v}
+def check_inputs(audio: int, presenters: int) -> None:
+    """A job has exactly one audio and at least one presenter, whether uploaded or given by URL (BadUpload)."""
+    if audio != 1:
+        raise BadUpload(
+            f"a job needs exactly one 'audio' (a file, or 'audio_url'), this request has {audio}",
+            hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
+        )
+    if not presenters:
+        raise BadUpload(
+            "a job needs at least one presenter ('videos' files, 'video_urls' or library 'presenters'), this request "
+            "has none",
+            hint=PRESENTER_HINT + " Or name presenters of the library: presenters=anna (repeat the field).",
+        )
+
+
+def with_presenters(options: JobOptions, names: list[str]) -> JobOptions:
+    """``options`` naming the library presenters ``names`` (``all`` among them: every one); unchanged for none.
+    BadUpload for names job.toml would not take (too many, too long)."""
+    if not names:
+        return options
+    if len(names) > MAX_PRESENTERS:
+        raise BadUpload(f"{len(names)} presenters named, at most {MAX_PRESENTERS} in one job", hint=PRESENTER_HINT)
+    values = {**options.model_dump(exclude_unset=True), "presenters": "all" if "all" in names else names}
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
         raise BadUpload(
-            f"invalid job options: {_problems(exc)}",
-            hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
-            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class).",
+            f"invalid presenters: {field_problems(exc)}",
+            hint="Name presenters of the library (GET /api/presenters) by their names, or give 'all'.",
         ) from None
+
+
+def parse_options(fields: Mapping[str, object]) -> JobOptions:
+    """The job.toml options from the request's fields (form text, or JSON values; empty or null means "the daemon's
+    setting")."""
+    values = {k: v for k, v in fields.items() if k in UPLOAD_OPTIONS and v not in (None, "")}
+    try:
+        return JobOptions.model_validate(values)
+    except ValidationError as exc:
+        raise BadUpload(
+            f"invalid job options: {field_problems(exc)}",
+            hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
+            "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class); "
+            "latentsync_steps: 1 or more; latentsync_guidance: a number, 0 or more; callback_url: an http(s) "
+            "URL on a host the server's [notify] callback_hosts allows.",
+        ) from None
+
+
+def field_problems(exc: ValidationError) -> str:
+    """A validation error as one line: ``field = value: problem; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+        for e in exc.errors()
+    )
 
 
 def options_schema() -> dict[str, dict[str, Any]]:

@@ -102,6 +102,19 @@ def test_options_from_job_toml(tmp_path: Path) -> None:
     )
 
 
+def test_engine_settings_from_job_toml_override_the_daemons_for_the_job(tmp_path: Path) -> None:
+    folder = job(
+        tmp_path,
+        "v.wav",
+        "a.mp4",
+        toml='engine = "latentsync"\nlatentsync_steps = 8\nlatentsync_guidance = 2.5\ncrf = 20\n',
+    )
+    opts = load_job(folder).options
+    assert opts.engine == "latentsync"
+    assert opts.engine_settings() == {"latentsync_steps": 8, "latentsync_guidance": 2.5}  # not crf: not [engine]
+    assert load_job(job(tmp_path, "v.wav", "a.mp4", name="plain")).options.engine_settings() == {}
+
+
 def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:
     folder = job(tmp_path, "v.wav", "a.mp4")
     (folder / "JOB.TOML").write_bytes("\ufeffcrf = 30\n".encode())
@@ -121,6 +134,9 @@ def test_job_toml_case_insensitive_and_bom(tmp_path: Path) -> None:
         ('naming = "..{stem.translate.__doc__[223]}{stem}.mp4"\n', "naming", "attribute or index"),
         ('naming = "{stem:X>250000000}{stem}.mp4"\n', "naming", "format spec"),
         ("qualty = 3\n", "qualty", "unknown option"),
+        ("latentsync_steps = 0\n", "latentsync_steps", "greater than or equal to 1"),
+        ("latentsync_guidance = -1.0\n", "latentsync_guidance", "greater than or equal to 0"),
+        ("latentsync_guidance = inf\n", "latentsync_guidance", "finite number"),
     ],
 )
 def test_bad_job_toml_names_field(tmp_path: Path, toml: str, field: str, words: str) -> None:

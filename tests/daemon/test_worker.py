@@ -40,6 +40,9 @@ class StandInSession:
     def audio(self, path: Path, **_: object) -> _Audio:
         return _Audio()
 
+    def configure(self, overrides: object = None) -> dict[str, int | float | bool]:
+        return {}
+
     def render(self, video: InputFile, audio: _Audio, output: Path, **_: object) -> RenderResult:
         pending = self.failures.get(video.name)
         if pending:

@@ -102,9 +102,15 @@ class Farm(Daemon):
         self.worker_logs: dict[str, list[Path]] = {}
 
     def start_worker(
-        self, name: str, extra_env: dict[str, str] | None = None, *, wrapper: list[str] | None = None
+        self,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        *,
+        wrapper: list[str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
-        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace)."""
+        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace);
+        ``args``: more arguments of ``heygemd worker``."""
         env = {
             k: v
             for k, v in os.environ.items()
@@ -117,7 +123,16 @@ class Farm(Daemon):
         logs.append(log)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*(wrapper or []), *_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
+                [
+                    *(wrapper or []),
+                    *_heygemd_argv(),
+                    "--config",
+                    str(self.config),
+                    "worker",
+                    "--name",
+                    f"{name}@test",
+                    *args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from heygemd.daemon.status import CallbackRecord
 from heygemd.errors import CallbackNotAllowed
 from heygemd.notify.callbacks import (
     BACKOFF_S,
@@ -29,7 +30,6 @@ from heygemd.notify.callbacks import (
     CallbackSender,
     check_callback_url,
 )
-from heygemd.notify.record import CallbackRecord
 from heygemd.settings import NotifySettings
 from tests.daemon.daemon_process import wait_until
 from tests.httpserver import Answer, Receiver, answers, receiver

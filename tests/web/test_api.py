@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from heygemd.daemon.claims import ClaimRecord
+from heygemd.daemon.jobs import load_options
 from heygemd.daemon.status import VideoStatus
 from heygemd.layout import CLAIM_FILE, CLAIMED, INPUT_DIR
 from tests.web.webserver import finished_job, tree
@@ -47,6 +48,21 @@ def test_submit_writes_a_complete_job_folder_into_the_inbox(make_client) -> None
     status = client.get("/api/jobs/lesson 01").json()
     assert status["state"] == "queued" and status["audio"]["file"] == "lesson.wav"
     assert [v["input"] for v in status["videos"]] == ["anna.mp4", "bob.mov"]
+
+
+def test_submit_writes_the_engine_settings_of_the_form_as_job_toml_reads_them(make_client) -> None:
+    client, settings = make_client()
+    response = upload(client, engine="latentsync", latentsync_steps="8", latentsync_guidance="2")
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / response.json()["job_id"]
+    text = (job / "job.toml").read_text()
+    assert text == 'engine = "latentsync"\nlatentsync_steps = 8\nlatentsync_guidance = 2.0\n'
+    options = load_options(job / "job.toml")
+    assert options.engine_settings() == {"latentsync_steps": 8, "latentsync_guidance": 2.0}
+
+    refused = upload(client, engine="latentsync", latentsync_guidance="nan")
+    body = assert_problem(refused, 400, "BAD_UPLOAD")
+    assert "latentsync_guidance" in body["message"] and "latentsync_guidance" in body["hint"]
 
 
 def test_submit_picks_a_name_free_in_inbox_claims_and_outbox(make_client) -> None:

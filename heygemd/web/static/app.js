@@ -65,7 +65,15 @@ function liveList(table) {
     if (FINISHED.includes(job.state) && !FINISHED.includes(row.dataset.state)) { reload(); return; }  // with its reason
     setBadge(field(row, "state"), job.state);
     setBar(field(row, "progress"), job.progress, job.state);
-    field(row, "counts").textContent = counts(job).join(" / ");
+    const cell = field(row, "counts");
+    cell.textContent = counts(job).join(" / ");
+    if (job.videos_to_review) {
+      const review = document.createElement("span");
+      review.className = "review";
+      review.title = "the quality check flagged these videos for a look";
+      review.textContent = " " + job.videos_to_review + " to review";
+      cell.append(review);
+    }
     field(row, "engine").textContent = job.engine || "-";
   }, id => {
     const row = [...table.querySelectorAll("tr[data-job]")].find(r => r.dataset.job === id);
@@ -182,6 +190,18 @@ function formProblem(form, audioFile, videoFiles) {
   if (crf.validity.badInput || (value && !(/^[0-9]+$/.test(value) && Number(value) <= 51))) {
     return {message: "Quality (CRF) must be a whole number from 0 to 51" + (value ? ", not " + value : "") + ".",
             hint: "Lower means better quality and larger files; leave it empty for the daemon's setting."};
+  }
+  const steps = document.getElementById("latentsync_steps");
+  const stepsValue = steps.value.trim();
+  if (steps.validity.badInput || (stepsValue && !(/^[0-9]+$/.test(stepsValue) && Number(stepsValue) >= 1))) {
+    return {message: "LatentSync steps must be a whole number, 1 or more" + (stepsValue ? ", not " + stepsValue : "") + ".",
+            hint: "More steps give finer pictures and take longer; leave it empty for the daemon's setting."};
+  }
+  const guidance = document.getElementById("latentsync_guidance");
+  const guidanceValue = guidance.value.trim();
+  if (guidance.validity.badInput || (guidanceValue && !(Number.isFinite(Number(guidanceValue)) && Number(guidanceValue) >= 0))) {
+    return {message: "LatentSync guidance must be a number, 0 or more" + (guidanceValue ? ", not " + guidanceValue : "") + ".",
+            hint: "Above 1 the audio is followed more closely (1.5 is LatentSync's own); leave it empty for the daemon's setting."};
   }
   const gpu = document.getElementById("gpu_class");
   if (gpu && gpu.value && !/^[a-z0-9][a-z0-9_-]*$/.test(gpu.value)) {
