@@ -22,21 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from heygemd import layout
 from heygemd.control import Control
-from heygemd.daemon.library import PresenterOptions, PresenterStatus
+from heygemd.daemon.library import PresenterStatus
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
 from heygemd.fsutil import contained, is_real_file
 from heygemd.settings import Settings
+from heygemd.web.openapi import PRESENTER_BODY, operation
 from heygemd.web.pages import Renderer
 from heygemd.web.problems import NotFound, Problem
-from heygemd.web.upload import (
-    PRESENTER_FILE_FIELD,
-    PRESENTER_UPLOADS,
-    Limits,
-    MultipartPresenter,
-    feed_body,
-    value_schema,
-)
+from heygemd.web.upload import PRESENTER_UPLOADS, Limits, MultipartPresenter, feed_body
 
 log = structlog.get_logger("heygemd.web")
 
@@ -66,36 +60,6 @@ class Removed(BaseModel):
     deleted: str
 
 
-def presenter_body() -> dict[str, Any]:
-    """The OpenAPI request body of ``POST /api/presenters``."""
-    options = PresenterOptions.model_json_schema()["properties"]
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [PRESENTER_FILE_FIELD],
-                        "properties": {
-                            PRESENTER_FILE_FIELD: {
-                                "type": "string",
-                                "format": "binary",
-                                "description": "The presenter: a video (mp4, mov, ...) or a photo (jpg, png, ...).",
-                            },
-                            "name": {
-                                "type": "string",
-                                "description": "What jobs call it (default: the file's name without its suffix).",
-                            },
-                            **{name: value_schema(schema) for name, schema in options.items()},
-                        },
-                    }
-                }
-            },
-        }
-    }
-
-
 ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413)}
 
 
@@ -103,16 +67,11 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
     limits = Limits.from_settings(settings.web)
     api = APIRouter(prefix="/api/presenters", dependencies=[Depends(guard)], responses=ERROR_ANSWERS)
 
-    @api.get("", summary="Every presenter of the library: its state, what was found, its poster")
+    @api.get("", **operation("listPresenters"))
     def list_presenters() -> PresenterList:
         return PresenterList(presenters=[Presenter.of(p) for p in control.presenters()])
 
-    @api.post(
-        "",
-        status_code=201,
-        summary="Add a presenter to the library: one video or photo, optional name and options",
-        openapi_extra=presenter_body(),
-    )
+    @api.post("", status_code=201, openapi_extra={"requestBody": PRESENTER_BODY}, **operation("addPresenter"))
     async def add(request: Request) -> Presenter:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -136,18 +95,18 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
         log.info("web.presenter_added", presenter=added.name, file=added.file)
         return Presenter.of(added)
 
-    @api.get("/{name}", summary="One presenter of the library")
+    @api.get("/{name}", **operation("getPresenter"))
     def get_presenter(name: str) -> Presenter:
         return Presenter.of(control.presenter(name))
 
-    @api.delete("/{name}", summary="Remove a presenter from the library (refused while a job not finished names it)")
+    @api.delete("/{name}", **operation("deletePresenter"))
     def remove(name: str) -> Removed:
         control.remove_presenter(name)
         log.info("web.presenter_removed", presenter=name)
         return Removed(deleted=name)
 
-    @api.head("/{name}/poster", summary="The headers of GET on the poster, no body")
-    @api.get("/{name}/poster", summary="The presenter's poster (JPEG), once prepared", response_class=FileResponse)
+    @api.head("/{name}/poster", **operation("headPresenterPoster"))
+    @api.get("/{name}/poster", response_class=FileResponse, **operation("getPresenterPoster"))
     def poster(name: str) -> FileResponse:
         found = control.presenter(name)
         state = settings.paths.state_dir
@@ -156,8 +115,8 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
             raise NotFound(f"the presenter {found.name!r} has no poster yet")
         return FileResponse(path, media_type="image/jpeg")
 
-    @api.head("/{name}/preview", summary="The headers of GET on the preview, no body")
-    @api.get("/{name}/preview", summary="The presenter's own video or photo", response_class=FileResponse)
+    @api.head("/{name}/preview", **operation("headPresenterPreview"))
+    @api.get("/{name}/preview", response_class=FileResponse, **operation("getPresenterPreview"))
     def preview(name: str) -> FileResponse:
         found = control.presenter(name)
         folder = settings.paths.presenters_dir
