@@ -205,7 +205,7 @@ def library_bench(
 
 def format_library(r: dict) -> str:
     first = r["rounds"][0]
-    stages = ", ".join(f"{k} {v:.2f} s" for k, v in first["preparation_timings"].items() if k != "total")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in first["preparation_timings"].items() if k != "total" and v > 0)
     lines = [
         f"presenter library: engine {r['engine']}, {r['repeat']} round(s), medians",
         f"  claim -> first frame: uploaded {r['uploaded_claim_to_first_frame_s']:.2f} s, "
