@@ -11,7 +11,7 @@ import httpx
 from tests.daemon.daemon_process import Media
 from tests.farm.farm import Farm, free_port
 from tests.httpserver import receiver
-from tests.notify.test_callbacks import readme_verifier
+from tests.notify.test_callbacks import documented_verifier
 
 SECRET = "callback-secret-0123456789"
 ENV = {"HEYGEMD_NOTIFY__SIGNING_SECRET": SECRET}
@@ -41,7 +41,7 @@ def test_a_workers_job_is_called_back_once_and_its_metrics_port_shows_its_engine
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
 
     (hook,) = [seen for seen in server.seen if seen.path == "/hook"]
-    assert readme_verifier()(SECRET.encode(), hook.body, hook.headers["Heygemd-Signature"])
+    assert documented_verifier()(SECRET.encode(), hook.body, hook.headers["Heygemd-Signature"])
     assert json.loads(hook.body)["worker"] == "w1@test"
     assert 'heygemd_engine_loaded{device="cpu",engine="mouthwarp"} 1.0' in metrics.splitlines()
     assert "heygemd_notifications_sent_total" in metrics and "heygemd_jobs" not in metrics

@@ -17,7 +17,7 @@ import pytest
 
 from tests.daemon.daemon_process import Daemon, Media
 from tests.httpserver import Answer, Receiver, Seen, receiver
-from tests.notify.test_callbacks import readme_verifier
+from tests.notify.test_callbacks import documented_verifier
 from tests.web.webserver import TOKEN
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_a_job_from_urls_renders_and_is_called_back_once_signed(
     assert record["host"] == "127.0.0.1" and record["attempts"] == 1 and "s3cret" not in json.dumps(status)
     assert hook.method == "POST" and hook.path == "/hook?token=s3cret"
     assert hook.headers["Heygemd-Event"] == "job.finished" and hook.headers["Heygemd-Delivery"] == record["delivery"]
-    assert readme_verifier()(SECRET.encode(), hook.body, hook.headers["Heygemd-Signature"])
+    assert documented_verifier()(SECRET.encode(), hook.body, hook.headers["Heygemd-Signature"])
     sent = json.loads(hook.body)
     assert sent["job_id"] == "lesson-01" and sent["state"] == "done" and sent["videos"][0]["state"] == "done"
     assert list((daemon.state / "callbacks" / "pending").glob("*.json")) == [], "nothing left to send"
@@ -130,7 +130,7 @@ def test_a_pending_delivery_survives_a_sigkill_and_is_sent_after_the_restart(
     first, second = hooks(server)
     assert first.headers["Heygemd-Delivery"] == second.headers["Heygemd-Delivery"] == pending["delivery"]
     assert first.body == second.body, "every attempt sends the same document"
-    assert readme_verifier()(SECRET.encode(), second.body, second.headers["Heygemd-Signature"])
+    assert documented_verifier()(SECRET.encode(), second.body, second.headers["Heygemd-Signature"])
     assert delivered[0]["attempts"] == 2 and delivered[0]["delivery"] == pending["delivery"]
     assert json.loads(second.body)["state"] == "done"
 
