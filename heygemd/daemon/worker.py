@@ -490,6 +490,7 @@ class _EnginesOfJob:
             return self.features[self.default.engine_name]
         session = self.context.session_for(wanted)
         if session.engine_name not in self.features:
+            session.configure(self.spec.options.engine_settings())  # this job's settings, not the last job's
             log.info("audio.decoding_for_engine", engine=session.engine_name)
             features = session.audio(self.audio_file, should_stop=self.context.should_stop)
             self.features[session.engine_name] = (session, features)

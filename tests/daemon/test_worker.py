@@ -218,7 +218,7 @@ def test_a_library_presenter_renders_with_its_own_engine_face_and_loop_mode_unle
     folder.mkdir(parents=True)
     (folder / "voice.wav").write_bytes(b"x")
     (folder / "own.mp4").write_bytes(b"x")
-    (folder / "job.toml").write_text('presenters = ["anna", "bob"]\n')
+    (folder / "job.toml").write_text('presenters = ["anna", "bob"]\nlatentsync_steps = 7\n')
     claimed = claims.claim(
         readiness.Candidate("lesson", folder), tmp_path / "inbox" / ".heygemd", presenters=Linker(library)
     )
@@ -227,6 +227,10 @@ def test_a_library_presenter_renders_with_its_own_engine_face_and_loop_mode_unle
     calls: list[tuple[str, str, dict[str, object]]] = []
 
     class Recording(StandInSession):
+        def configure(self, overrides: object = None) -> dict[str, int | float | bool]:
+            calls.append((self.engine_name, "configure", dict(overrides or {})))  # type: ignore[call-overload]
+            return {}
+
         def audio(self, path: Path, **_: object) -> _Audio:
             calls.append((self.engine_name, "audio", {}))
             return _Audio()
@@ -240,6 +244,8 @@ def test_a_library_presenter_renders_with_its_own_engine_face_and_loop_mode_unle
     assert process_job(claimed, tmp_path / "outbox", context).outcome is JobOutcome.FINISHED
     assert calls == [
         ("mouthwarp", "audio", {}),
+        ("mouthwarp", "configure", {"latentsync_steps": 7}),
+        ("wav2lip", "configure", {"latentsync_steps": 7}),  # the job's settings on the presenter's engine too
         ("wav2lip", "audio", {}),  # the job's audio once more, for the presenter's engine
         ("wav2lip", "anna.mp4", {"face": "left", "loop_mode": "loop"}),
         ("mouthwarp", "bob.mp4", {"face": None, "loop_mode": None}),
@@ -263,4 +269,8 @@ def test_a_library_presenter_renders_with_its_own_engine_face_and_loop_mode_unle
     assert claimed is not None
     sessions["mouthwarp"] = sessions[None]
     assert process_job(claimed, tmp_path / "outbox", context).outcome is JobOutcome.FINISHED
-    assert calls == [("mouthwarp", "audio", {}), ("mouthwarp", "anna.mp4", {"face": "left", "loop_mode": "pingpong"})]
+    assert calls == [
+        ("mouthwarp", "audio", {}),
+        ("mouthwarp", "configure", {}),  # the job names no engine setting: the daemon's own
+        ("mouthwarp", "anna.mp4", {"face": "left", "loop_mode": "pingpong"}),
+    ]
