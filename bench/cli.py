@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--jobs", type=int, help="Jobs per --scale-out round (default 3 x N).")
     run.add_argument(
+        "--library",
+        action="store_true",
+        help="Claim to first frame of a presenter of the library against the same video uploaded with the job "
+        "(a real `heygemd run`; --repeat rounds).",
+    )
+    run.add_argument(
         "--quality",
         action="store_true",
         help="Also run the quality check on each render's output (in the render's child, right after it, as the "
@@ -546,6 +552,18 @@ def _scale_out(args: argparse.Namespace, work: Path) -> dict:
     return scale_out(args, work, video, audio)
 
 
+def _library(args: argparse.Namespace, work: Path) -> dict:
+    from bench.library import library_bench
+
+    args.size = args.size or (640, 360)
+    video = args.video.resolve() if args.video else make_presenter(args, work, args.size)
+    audio = args.audio.resolve() if args.audio else make_speech(args, work, args.audio_seconds)
+    warm_up = work / "warm-up.mp4"  # another presenter (another length: other content), for the daemon's first job
+    size = f"{args.size[0]}x{args.size[1]}"
+    _child(["presenter", "--out", str(warm_up), "--seconds", repr(args.video_seconds + 0.4), "--size", size])
+    return library_bench(args, work, video, audio, warm_up, prepare_checkpoint(args, work))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
@@ -560,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.scale_out:
             result = _scale_out(args, work)
+        elif args.library:
+            result = _library(args, work)
         else:
             result = memory_scaling(args, work) if args.memory_scaling else single(args, work)
     except ChildFailed as exc:
@@ -578,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.scaleout import format_scale_out
 
             print(format_scale_out(result))
+        elif args.library:
+            from bench.library import format_library
+
+            print(format_library(result))
         else:
             print(_fmt_scaling(result) if args.memory_scaling else _fmt_single(result))
         print(f"(bench wall time {result['bench_wall_s']:.0f} s)")

@@ -1,22 +1,32 @@
 """``heygemd single`` and ``heygemd batch``: one audio, one or many videos, rendered one after another.
 
 A failing video is reported and skipped; the others go on. The audio is decoded once for all of them. The files
-are the administrator's choice, so a symbolic link among them is followed (a job folder's never are).
+are the administrator's choice, so a symbolic link among them is followed (a job folder's never are, nor a
+presenter library's: ``batch --presenters`` renders library presenters as a job naming them would, each with its
+toml's face and loop mode).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from heygemd.errors import EncodeError, ErrorInfo, JobError, report_failure
+from heygemd.daemon.library import (
+    PresenterOptions,
+    library_files,
+    load_presenter_options,
+    named,
+    unknown_presenter,
+)
+from heygemd.errors import EncodeError, ErrorInfo, HeygemdError, JobError, report_failure
 from heygemd.lipsync import LipSyncSession
 from heygemd.names import is_presenter, printable
 from heygemd.pipeline.run import RenderResult, VideoProgress
+from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.batch")
 
@@ -43,14 +53,45 @@ def videos_in(folder: Path) -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class LibraryVideos:
+    """What ``batch --presenters`` names in the presenter library: the presenters' files (with their options), and
+    those that cannot be rendered (unknown, a link, a bad toml), each with its error."""
+
+    videos: list[tuple[str, Path, PresenterOptions]]
+    failed: list[tuple[str, ErrorInfo]]
+
+
+def library_videos(settings: Settings, wanted: list[str] | str) -> LibraryVideos:
+    """The presenters ``wanted`` (names, or ``"all"``) of ``settings``' library."""
+    folder = settings.paths.presenters_dir
+    files = library_files(settings)
+    videos: list[tuple[str, Path, PresenterOptions]] = []
+    failed: list[tuple[str, ErrorInfo]] = []
+    for name, found in named(files, wanted):
+        if found is None:
+            failed.append((name, unknown_presenter(name, files, folder).info()))
+            continue
+        if found.problem is not None:
+            failed.append((name, found.problem))
+            continue
+        try:
+            videos.append((found.name, folder / found.file, load_presenter_options(folder, found)))
+        except HeygemdError as exc:
+            failed.append((name, exc.info()))
+    return LibraryVideos(videos, failed)
+
+
 def render_many(
     session: LipSyncSession,
     audio_path: Path,
     jobs: Sequence[tuple[Path, Path]],
     *,
     progress_bar: bool | None = None,
+    options: Mapping[Path, PresenterOptions] | None = None,
 ) -> list[VideoOutcome]:
-    """Render every (video, output) pair with ``audio_path``; one failure does not stop the rest."""
+    """Render every (video, output) pair with ``audio_path``; one failure does not stop the rest. ``options``: the
+    face and loop mode of some videos (library presenters)."""
     audio = session.audio(_followed(audio_path))
     log.info("audio.ready", audio=str(audio_path), duration_s=round(audio.duration, 3))
     show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -60,7 +101,15 @@ def render_many(
         bar = _ProgressBar(label) if show_bar else None
         try:
             _make_folder(output.parent)
-            result = session.render(_followed(video), audio, output, on_progress=bar.update if bar else None)
+            own = (options or {}).get(video, PresenterOptions())
+            result = session.render(
+                _followed(video),
+                audio,
+                output,
+                loop_mode=own.loop_mode,
+                face=own.face,
+                on_progress=bar.update if bar else None,
+            )
         except Exception as exc:  # per-video boundary: the video fails, the batch goes on
             outcomes.append(VideoOutcome(video, output, None, report_failure(log.bind(video=str(video)), "video", exc)))
         else:

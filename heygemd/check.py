@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from heygemd.daemon.library import view
 from heygemd.engines import SPECS, ModelFiles, resolve, torch_device_name
 from heygemd.errors import ConfigError, HeygemdError
 from heygemd.names import printable
@@ -31,6 +32,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _device(settings),
         _writable("inbox", settings.paths.inbox),
         _writable("outbox", settings.paths.outbox),
+        _library(settings),
         _journald(settings.logging.format),
         *([_broker(settings)] if settings.queue.broker else []),
         _gpu_metrics(),
@@ -143,6 +145,32 @@ def _writable(label: str, folder: Path) -> Check:
             f"create {folder} and give the heygemd user write access (chown/chmod, or the share's ACL)",
         )
     return Check(label, True, f"{folder} is writable")
+
+
+def _library(settings: Settings) -> Check:
+    """The presenter library: where it is, how many presenters it holds and in what state (not required: a daemon
+    without one renders the jobs' own videos)."""
+    folder = settings.paths.presenters_dir
+    if not folder.is_dir():
+        return Check(
+            "presenters",
+            False,
+            f"{folder} does not exist",
+            "the daemon makes it at start; or make it, or set [paths] presenters",
+            required=False,
+        )
+    try:
+        states = [p.state for p in view(settings)]
+    except OSError as exc:
+        return Check(
+            "presenters",
+            False,
+            f"{folder}: {exc.strerror or exc}",
+            f"give the heygemd user read and write access to {folder} (chown/chmod, or the share's ACL)",
+            required=False,
+        )
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("ready", "preparing", "failed") if states.count(s))
+    return Check("presenters", True, f"{folder}: {len(states)} presenter(s)" + (f" ({counts})" if counts else ""))
 
 
 def _journald(log_format: str) -> Check:

@@ -6,13 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from heygemd import __version__
 from heygemd.accounts import ROLES
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
-from heygemd.settings import Settings, find_config, load_settings
+from heygemd.settings import FaceChoice, LoopMode, Settings, find_config, load_settings
 
 if TYPE_CHECKING:
     from heygemd.control import Control
@@ -43,9 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     single.add_argument("--out", type=Path, required=True, help="output .mp4")
     engine_options(single)
 
-    batch = commands.add_parser("batch", help="lip-sync every video in a folder to one audio")
+    batch = commands.add_parser(
+        "batch", help="lip-sync every video in a folder (and presenters of the library) to one audio"
+    )
     batch.add_argument("--audio", type=Path, required=True)
-    batch.add_argument("--videos", type=Path, required=True, help="folder of videos and still images")
+    batch.add_argument("--videos", type=Path, help="folder of videos and still images")
+    batch.add_argument(
+        "--presenters", help="presenters of the library, comma-separated (anna,bob), or all; with or without --videos"
+    )
     batch.add_argument("--out", type=Path, required=True, help="output folder")
     engine_options(batch)
 
@@ -106,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     password = users_commands.add_parser("password", help="change an account's password")
     password.add_argument("name")
     password.add_argument("--none", action="store_true", help="remove it: API keys only")
+    presenters = commands.add_parser(
+        "presenters", help="the presenter library: list it (a table), add a presenter, remove one"
+    )
+    library = presenters.add_subparsers(dest="action", metavar="ACTION")
+    add = library.add_parser("add", help="copy a video or photo into the library as a presenter")
+    add.add_argument("file", type=Path, help="the presenter's video or photo")
+    add.add_argument("--name", default="", help="what jobs call it (default: the file's name without its suffix)")
+    add.add_argument("--display-name", help="the name people see")
+    add.add_argument("--face", choices=get_args(FaceChoice), help="which face to follow when several are in view")
+    add.add_argument("--loop-mode", choices=get_args(LoopMode), help="when the audio is longer than the video")
+    add.add_argument("--presenter-engine", choices=CHOICES, help="the engine that renders it when a job names none")
+    add.add_argument("--notes", help="free text")
+    remove = library.add_parser("remove", help="remove a presenter (refused while a job not finished names it)")
+    remove.add_argument("name")
     commands.add_parser("check", help="check ffmpeg, models, device, folders and journald")
     score = commands.add_parser(
         "score", help="check any video's lip sync and look (the check the daemon runs on every output)"
@@ -180,21 +199,34 @@ def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("single", "batch"):
-        from heygemd.batch import render_many, summary, videos_in
+        from heygemd.batch import VideoOutcome, library_videos, render_many, summary, videos_in
         from heygemd.lipsync import LipSyncSession
         from heygemd.names import unique_output_name
 
+        failed: list[VideoOutcome] = []
+        options = {}
         if args.command == "single":
             pairs = [(args.video, args.out)]
         else:
+            if args.videos is None and not args.presenters:
+                print("heygemd: batch needs --videos DIR, --presenters NAMES, or both", file=sys.stderr)
+                return 2
             used: set[str] = set()
+            naming = settings.outbox.naming
             pairs = [
-                (video, args.out / unique_output_name(settings.outbox.naming, video.stem, used))
-                for video in videos_in(args.videos)
+                (video, args.out / unique_output_name(naming, video.stem, used))
+                for video in (videos_in(args.videos) if args.videos is not None else [])
             ]
-        outcomes = render_many(LipSyncSession(settings), args.audio, pairs)
-        print(summary(outcomes))
-        return 0 if all(o.ok for o in outcomes) else 1
+            if args.presenters:
+                wanted = args.presenters if args.presenters == "all" else [n for n in args.presenters.split(",") if n]
+                found = library_videos(settings, wanted)
+                for name, video, own in found.videos:
+                    pairs.append((video, args.out / unique_output_name(naming, name, used)))
+                    options[video] = own
+                failed = [VideoOutcome(Path(name), args.out, None, error) for name, error in found.failed]
+        outcomes = render_many(LipSyncSession(settings), args.audio, pairs, options=options) if pairs else []
+        print(summary([*outcomes, *failed]))
+        return 0 if all(o.ok for o in [*outcomes, *failed]) else 1
     if args.command in ("run", "once"):
         with notices_for(settings).start(callbacks=True) as notices:
             if args.command == "run" and settings.web.enabled:
@@ -275,6 +307,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         control_for(settings).delete(args.job, by=requested_by("cli"))
         print(f"{args.job}: deleted (its outbox folder and archived inputs)")
         return 0
+    if args.command == "presenters":
+        return _presenters(args, settings)
     if args.command == "check":
         from heygemd.check import all_required_ok, format_checks, run_checks
 
@@ -330,6 +364,34 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
     elif action == "password":
         accounts.set_password(args.name, None if args.none else read_password())
         print(f"{args.name}: password {'removed' if args.none else 'changed'}")
+    return 0
+
+
+def _presenters(args: argparse.Namespace, settings: Settings) -> int:
+    """``heygemd presenters [add FILE | remove NAME]``."""
+    from heygemd.daemon.library import PresenterOptions
+    from heygemd.status_view import format_presenters_table
+
+    control = control_for(settings)
+    if args.action == "add":
+        options = PresenterOptions(
+            display_name=args.display_name,
+            face=args.face,
+            loop_mode=args.loop_mode,
+            engine=args.presenter_engine,
+            notes=args.notes,
+        )
+        if not args.file.is_file():
+            print(f"heygemd: {args.file}: no such file", file=sys.stderr)
+            return 1
+        added = control.add_presenter(args.file, name=args.name, options=options)
+        print(f"{added.name}: added to the library ({added.file}); the daemon prepares it (`heygemd presenters`)")
+        return 0
+    if args.action == "remove":
+        control.remove_presenter(args.name)
+        print(f"{args.name}: removed from the library")
+        return 0
+    print(format_presenters_table(control.presenters()), end="")
     return 0
 
 

@@ -54,7 +54,7 @@ import structlog
 from pydantic import ValidationError
 
 from heygemd import layout
-from heygemd.daemon import staging
+from heygemd.daemon import library, staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs, read_claim
 from heygemd.daemon.hooks import JobEnded, no_job_ended
@@ -67,10 +67,13 @@ from heygemd.daemon.jobs import (
     load_job,
     load_options,
 )
+from heygemd.daemon.library import PresenterOptions, PresenterStatus
 from heygemd.daemon.notes import nas_submitter, read_note, write_note
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.presence import Renderer, live_renderers
+from heygemd.daemon.presenter_links import named_presenters
 from heygemd.daemon.priority import effective
+from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.schedule import IntakeState, Schedule, pause, resume
 from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status, utc_now
 from heygemd.daemon.waiting import WaitingJobs, read_waiting_jobs, waiting_text
@@ -86,10 +89,13 @@ from heygemd.errors import (
     JobChanged,
     JobError,
     JobNotFound,
+    NoSuchPresenter,
     NothingToRetry,
+    NoVideoStream,
+    PresenterBusy,
 )
 from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
-from heygemd.names import fit_name, plain_name
+from heygemd.names import fit_name, is_presenter, plain_name
 from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
 
@@ -367,8 +373,8 @@ class Control:
         status = self.lookup(job_id)
         _require_finished(status)
         whole = status.error is not None
-        again = [v.input for v in status.videos if v.state in RETRIED]
-        if not whole and not again:
+        retried = [v for v in status.videos if v.state in RETRIED]
+        if not whole and not retried:
             raise NothingToRetry(f"job {job_id!r} has no failed or cancelled video")
         folder = archived_inputs(self.state, status)
         if folder is None:
@@ -376,6 +382,7 @@ class Control:
         inputs = layout.inputs(folder)
         if inputs.is_symlink():
             raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
+        options: JobOptions | None = None
         if whole:
             done = {v.input for v in status.videos if v.state == "done"}
             try:
@@ -389,7 +396,16 @@ class Control:
         else:
             if status.audio is None:
                 raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
-            names = [status.audio.file, *again] + ([JOB_TOML] if (inputs / JOB_TOML).is_file() else [])
+            # a library presenter that never reached the job (unknown, failed to prepare) is named again; the files
+            # rendered (the job's own, and the presenters linked into it) are copied from the archive
+            named_again = [v.presenter for v in retried if v.presenter and not is_real_file(inputs / v.input)]
+            failed = [v.input for v in retried if v.presenter is None or v.presenter not in named_again]
+            toml = [JOB_TOML] if (inputs / JOB_TOML).is_file() else []
+            if toml and (original := load_options(inputs / JOB_TOML)).presenters:
+                options, toml = original.model_copy(update={"presenters": named_again or None}), []
+                if engine is not None:
+                    options, engine = options.model_copy(update={"engine": engine}), None
+            names = [status.audio.file, *failed, *toml]
             missing = [n for n in names if not plain_name(n) or not (inputs / n).is_file()]
             if missing:
                 raise InputsGone(f"archived inputs of job {job_id!r} lack {', '.join(missing)}")
@@ -412,7 +428,7 @@ class Control:
         except BaseException:
             staging.discard(target)
             raise
-        new_id = self.submit(target, name=status.job_name, tail="-retry", submitted_by=by)
+        new_id = self.submit(target, name=status.job_name, options=options, tail="-retry", submitted_by=by)
         log.info("job.retried", job_id=job_id, new_job_id=new_id, by=by or "")
         return new_id
 
@@ -489,6 +505,78 @@ class Control:
         if resume(self.state):
             log.info("intake.resumed", by=by)
         return self.intake()
+
+    # -- the presenter library
+
+    def presenters(self) -> list[PresenterStatus]:
+        """Every presenter of the library, with its state (:func:`heygemd.daemon.library.view`)."""
+        return library.view(self.settings)
+
+    def presenter(self, name: str) -> PresenterStatus:
+        """One presenter (its name, or its name in another case); NoSuchPresenter when there is none."""
+        shown = self.presenters()
+        found = next((p for p in shown if p.name == name), None) or next(
+            (p for p in shown if p.name.casefold() == name.casefold()), None
+        )
+        if found is None:
+            raise NoSuchPresenter(f"no presenter {name!r} in the library")
+        return found
+
+    def add_presenter(
+        self, source: Path, *, name: str = "", options: PresenterOptions | None = None, move: bool = False
+    ) -> PresenterStatus:
+        """Add the video or photo ``source`` to the library as the presenter ``name`` (default: the file's stem),
+        made safe as an uploaded job's name is, with its options in ``<name>.toml``; the daemon prepares it at once.
+        ``move``: ``source`` is an upload's staging copy (moved where it can be, else copied); otherwise it is copied.
+        PresenterExists when the name is taken; NoVideoStream when the file is no video or photo by its name."""
+        if not is_presenter(source):
+            raise NoVideoStream(f"{source.name!r} is not a video or a photo (by its name)")
+        wanted = library.safe_name(name) or library.presenter_name(source.name) or "presenter"
+        library.add_to_library(
+            self.settings.paths.presenters_dir,
+            source,
+            name=wanted,
+            options=options or PresenterOptions(),
+            ready_marker=self.settings.intake.ready_marker,
+            existing=library.library_files(self.settings),
+            move=move,
+        )
+        return self.presenter(wanted)
+
+    def require_presenters(self, names: list[str]) -> None:
+        """NoSuchPresenter naming the first of ``names`` the library does not have (and the presenters it has)."""
+        files = library.library_files(self.settings)
+        unknown = [name for name, found in library.named(files, names) if found is None]
+        if unknown:
+            raise library.unknown_presenter(unknown[0], files, self.settings.paths.presenters_dir)
+
+    def remove_presenter(self, name: str) -> None:
+        """Remove a presenter from the library (its file, toml and ready marker). PresenterBusy while a job waiting in
+        the inbox or claimed and not finished names it (job.toml presenters); NoSuchPresenter when there is none."""
+        found = library.find(library.library_files(self.settings), name)
+        if found is None:
+            raise NoSuchPresenter(f"no presenter {name!r} in the library")
+        busy = self.jobs_naming(found.name)
+        if busy:
+            raise PresenterBusy(f"the presenter {found.name!r} is named by jobs not finished yet: {', '.join(busy)}")
+        library.remove_from_library(
+            self.settings.paths.presenters_dir, found, ready_marker=self.settings.intake.ready_marker
+        )
+
+    def jobs_naming(self, name: str) -> list[str]:
+        """The jobs queued (in the inbox, or claimed) or running whose job.toml names the presenter ``name``."""
+        folders = [(job.job_id, job.folder) for job in claimed_jobs(self.state)]
+        try:
+            folders += [(c.name, c.path) for c in scan_inbox(self.inbox, self.state)]
+        except FileNotFoundError:
+            pass
+        max_bytes = self.settings.intake.max_job_toml_bytes
+        naming = []
+        for job_id, folder in folders:
+            wanted = named_presenters(folder, max_toml_bytes=max_bytes)
+            if wanted == "all" or (wanted and name.casefold() in {n.casefold() for n in wanted}):
+                naming.append(job_id)
+        return sorted(set(naming))
 
 
 def _require_finished(status: JobStatus) -> None:

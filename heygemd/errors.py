@@ -328,3 +328,44 @@ class IdempotencyBusy(HeygemdError):
 class BadIdempotencyKey(HeygemdError):
     code = "BAD_IDEMPOTENCY_KEY"
     default_hint = "An Idempotency-Key is 1 to 255 printable ASCII characters, e.g. a UUID."
+
+
+class NoSuchPresenter(HeygemdError):
+    """A presenter named (job.toml ``presenters``, the API, the CLI) that is not in the presenter library."""
+
+    code = "NO_SUCH_PRESENTER"
+    default_hint = (
+        "Name a presenter of the library (`heygemd presenters` or the Presenters page lists them), or copy its "
+        "video into the library first (`heygemd presenters add FILE`)."
+    )
+
+
+class PresenterBusy(HeygemdError):
+    """A presenter removed while a queued or running job names it."""
+
+    code = "PRESENTER_BUSY"
+    default_hint = "Wait until the jobs that name it have finished (or cancel them), then remove it."
+
+
+class PresenterExists(HeygemdError):
+    """A presenter added under a name the library already has."""
+
+    code = "PRESENTER_EXISTS"
+    default_hint = "Choose another name, or remove the presenter of that name first."
+
+
+class AmbiguousPresenter(HeygemdError):
+    """Two files of the library make the same presenter name (anna.mp4 and anna.mov)."""
+
+    code = "PRESENTER_AMBIGUOUS"
+    default_hint = "Keep one file per presenter name in the library: remove or rename the others."
+
+
+class BadPresenterOptions(HeygemdError):
+    """A library presenter's ``<name>.toml`` that cannot be read as its options."""
+
+    code = "BAD_PRESENTER_TOML"
+    default_hint = (
+        'A presenter\'s toml holds display_name, face ("largest", "left", "right", "centre"), loop_mode, engine and '
+        "notes, each optional; fix or remove it."
+    )

@@ -8,6 +8,8 @@ by one rename)::
         claim.json              who took it when (and who runs it now)
         input/                  the user's job folder, renamed here whole
         cancel.json             a cancel request (daemon.cancel), if any
+        library.json            the library presenters its job.toml names and the files linked for them
+                                (daemon.presenter_links); linking/ while they are being linked
     archive/<YYYY-MM-DD>/<job-id>/   a finished job's claim folder, kept for a retry (pruned after
                                      ``outbox.archive_retention_days``)
     kept/<job-id>/              the same, never pruned (``outbox.inputs_after = "keep"``)
@@ -22,6 +24,9 @@ by one rename)::
                                 its priority when changed; moved into the job's claim.json when it is claimed
     users.json                  the accounts of the web server and their API keys, as hashes only (accounts);
     users.json.lock             taken while users.json is rewritten
+    presenters.json             the presenter library's state: each presenter preparing, ready or failed
+                                (daemon.library)
+    posters/<name>.jpg          each library presenter's poster
 
 (``paths.cache``, the face-track and presenter cache, is by default ``<state>/cache``: a setting, see settings.py.)
 
@@ -63,6 +68,11 @@ PAUSE_FILE = "paused.json"
 NOTES = "notes"
 USERS_FILE = "users.json"
 USERS_LOCK = "users.json.lock"
+PRESENTERS_FILE = "presenters.json"
+POSTERS = "posters"
+POSTER_EXTENSION = ".jpg"
+LINKS_FILE = "library.json"
+LINKING_DIR = "linking"
 
 STATUS_FILE = "status.json"
 LOG_FILE = "job.log"
@@ -101,6 +111,16 @@ def inputs(claim: Path) -> Path:
 def cancel_file(claim: Path) -> Path:
     """A claim folder's ``cancel.json``."""
     return Path(claim) / CANCEL_FILE
+
+
+def links_file(claim: Path) -> Path:
+    """A claim folder's ``library.json``: the library presenters linked into its ``input/``."""
+    return Path(claim) / LINKS_FILE
+
+
+def linking_dir(claim: Path) -> Path:
+    """A claim folder's ``linking/``, where presenter files are linked before they move into ``input/``."""
+    return Path(claim) / LINKING_DIR
 
 
 def state_of(claim: Path) -> Path:
@@ -211,6 +231,24 @@ def users_file(state_dir: Path) -> Path:
 def users_lock(state_dir: Path) -> Path:
     """``<state>/users.json.lock``: held while users.json is read, changed and written again."""
     return Path(state_dir) / USERS_LOCK
+
+
+# ---------------------------------------------------------------------------------------------- the presenter library
+
+
+def presenters_file(state_dir: Path) -> Path:
+    """``<state>/presenters.json``: the state of every library presenter."""
+    return Path(state_dir) / PRESENTERS_FILE
+
+
+def posters_root(state_dir: Path) -> Path:
+    """``<state>/posters``, made if missing (a link: ConfigError)."""
+    return own_dir(state_dir, POSTERS)
+
+
+def poster_file(state_dir: Path, name: str) -> Path:
+    """``<state>/posters/<name>.jpg``: the poster of the library presenter ``name`` (a plain name)."""
+    return Path(state_dir) / POSTERS / f"{name}{POSTER_EXTENSION}"
 
 
 # ---------------------------------------------------------------------------------------------- the outbox

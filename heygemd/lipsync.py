@@ -22,7 +22,7 @@ from heygemd.pipeline.audio import SAMPLE_RATE, AudioFeatures, decode_audio, fea
 from heygemd.pipeline.engine_contract import Engine, PromptEngine
 from heygemd.pipeline.ffmpeg_tools import open_input
 from heygemd.pipeline.run import ProgressCallback, RenderOptions, RenderResult, render_video
-from heygemd.settings import EngineSettings, Settings
+from heygemd.settings import EngineSettings, FaceChoice, Settings
 
 
 class LipSyncSession:
@@ -57,10 +57,14 @@ class LipSyncSession:
             )
         return self._detector
 
+    def installed(self) -> tuple[str, ...]:
+        """The engines installed here (their files are there), in ``auto``'s order, this session's own included."""
+        names = available_names(self.settings.engine, self.settings.paths.models)
+        return names if self.engine_name in names else (self.engine_name, *names)
+
     def alternatives(self) -> tuple[str, ...]:
         """The other engines installed here (their files are there), in ``auto``'s order: what a retry may use."""
-        names = available_names(self.settings.engine, self.settings.paths.models)
-        return tuple(name for name in names if name != self.engine_name)
+        return tuple(name for name in self.installed() if name != self.engine_name)
 
     @property
     def loaded(self) -> bool:
@@ -107,17 +111,13 @@ class LipSyncSession:
         *,
         loop_mode: str | None = None,
         crf: int | None = None,
+        face: FaceChoice | None = None,
         on_progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> RenderResult:
-        options = RenderOptions(
-            video=self.settings.video,
-            faces=self.settings.faces,
-            loop_mode=loop_mode,  # type: ignore[arg-type]
-            crf=crf,
-            batch_size=self.settings.engine.batch_size,
-            presenter_cache_gb=self.settings.engine.presenter_cache_gb,
-        )
+        """Render ``video`` with ``audio`` into ``output``; ``loop_mode``, ``crf`` and ``face`` (which face to follow)
+        override the settings."""
+        options = self.options(loop_mode=loop_mode, crf=crf, face=face)
         # a path is opened once here, for every step of the render; the ping-pong spool is an anonymous file in
         # the temp folder: nothing is left behind, even after SIGKILL
         with open_input(video) as source:
@@ -133,6 +133,23 @@ class LipSyncSession:
                 on_progress=on_progress,
                 should_stop=should_stop,
             )
+
+    def options(
+        self, *, loop_mode: str | None = None, crf: int | None = None, face: FaceChoice | None = None
+    ) -> RenderOptions:
+        """What shapes a render (and a presenter's preparation) here: the settings, with a job's or a presenter's
+        own loop mode, quality and face."""
+        faces_settings = self.settings.faces
+        if face is not None:
+            faces_settings = faces_settings.model_copy(update={"select": face})
+        return RenderOptions(
+            video=self.settings.video,
+            faces=faces_settings,
+            loop_mode=loop_mode,  # type: ignore[arg-type]
+            crf=crf,
+            batch_size=self.settings.engine.batch_size,
+            presenter_cache_gb=self.settings.engine.presenter_cache_gb,
+        )
 
     def release(self) -> None:
         """Free cached accelerator memory (between jobs); the model stays loaded."""

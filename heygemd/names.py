@@ -110,6 +110,29 @@ def make_windows_safe(name: str) -> str:
     return f"_{name}" if _WINDOWS_RESERVED.fullmatch(name) else name
 
 
+SAFE_NAME_BYTES = 180
+"""The longest name :func:`plain_basename` keeps (room left for ``-2``, ``-retry``, suffixes and temporary names)."""
+
+
+def plain_basename(raw: str) -> str:
+    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
+    dots (a hidden name is never part of a job), at most SAFE_NAME_BYTES bytes, one a Windows client can open
+    (:func:`make_windows_safe`). '' when nothing is left. Uploaded files, job names and library presenter names
+    are made safe by it."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
+    name = name.strip().lstrip(".").strip()
+    if len(name.encode("utf-8")) > SAFE_NAME_BYTES:
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or len(suffix) > 10:
+            stem, suffix = name, ""
+        keep = SAFE_NAME_BYTES - len(suffix.encode("utf-8")) - 1
+        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
+        name = f"{stem}.{suffix}" if suffix else stem
+    return make_windows_safe(name)
+
+
 def encodable_name(name: str) -> bool:
     """Whether ``name`` is valid UTF-8 (a name from an old system in another encoding is not)."""
     try:

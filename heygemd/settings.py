@@ -31,6 +31,8 @@ REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "heygemd.toml"
 SYSTEM_CONFIG = Path("/etc/heygemd/heygemd.toml")
 
 LoopMode = Literal["pingpong", "loop"]
+FaceChoice = Literal["largest", "left", "right", "centre"]
+"""Which face a track follows when several are in view (``[faces] select``, a presenter's ``face``)."""
 InputsAfter = Literal["archive", "delete", "keep"]
 
 
@@ -53,6 +55,12 @@ class PathsSettings(Section):
         "rename. Default: <inbox>/.heygemd",
     )
     cache: Path | None = Field(None, description="Face-track cache, keyed by video content. Default: <state>/cache")
+    presenters: Path | None = Field(
+        None,
+        description="The presenter library: one video or photo per presenter (anna.mp4, with an optional anna.toml), "
+        "prepared once and named by jobs (job.toml presenters). On the inbox's filesystem, a claim hard-links the "
+        "named files into the job; elsewhere it copies them. Default: <models>/presenters",
+    )
 
     @property
     def state_dir(self) -> Path:
@@ -61,6 +69,10 @@ class PathsSettings(Section):
     @property
     def cache_dir(self) -> Path:
         return self.cache if self.cache is not None else self.state_dir / "cache"
+
+    @property
+    def presenters_dir(self) -> Path:
+        return self.presenters if self.presenters is not None else self.models / "presenters"
 
 
 class IntakeSettings(Section):
@@ -178,6 +190,12 @@ class FacesSettings(Section):
         0.05, ge=0, le=1, description="Fail the video (NO_FACE) when fewer frames than this have a face."
     )
     detect_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longest side for detection.")
+    select: FaceChoice = Field(
+        "largest",
+        description="Which face to follow when several are in view: largest (faces within 80 % of the largest tie, "
+        "the one nearest the centre wins), left, right or centre (among faces at least a quarter of the largest's "
+        'size). A library presenter\'s toml may choose its own (face = "left").',
+    )
 
 
 class VideoSettings(Section):

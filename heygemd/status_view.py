@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from heygemd.daemon.library import PresenterStatus
 from heygemd.daemon.presence import Renderer
 from heygemd.daemon.priority import shown as shown_priority
 from heygemd.daemon.readiness import scan_inbox
@@ -123,12 +124,17 @@ def format_status_detail(status: JobStatus) -> str:
             head.append(f"          hint: {status.error.hint}")
     out = "\n".join(printable(line) for line in head) + "\n"
     if status.videos:
-        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "CHECK", "OUTPUT"]]
+        library = any(v.presenter for v in status.videos)  # library presenters: which, and what was found cached
+        extra = ["PRESENTER", "CACHED"] if library else []
+        rows = [["VIDEO", "STATE", "PROGRESS", "FRAMES", "CHECK", "OUTPUT", *extra]]
         notes: list[str] = []
         for v in status.videos:
             frames = f"{v.frames_done}/{v.frames_total}" if v.frames_total is not None else str(v.frames_done)
             progress = _percent(1.0 if v.state == "done" else v.progress)
-            rows.append([v.input, v.state, progress, frames, _check(v), v.output or "-"])
+            found = (("face", v.face_track), ("prep", v.engine_prep))
+            cached = ",".join(name for name, hit in found if hit == "cached")
+            own = [v.presenter or "-", cached or "-"] if library else []
+            rows.append([v.input, v.state, progress, frames, _check(v), v.output or "-", *own])
             if v.error is not None:
                 notes.append(f"{v.input}: [{v.error.code}] {v.error.message}")
                 if v.error.hint:
@@ -260,3 +266,35 @@ def show_status(
     if renderers is not None:
         out += "\n" + format_renderers(renderers, farm=farm)
     return out
+
+
+def format_presenters_table(presenters: Sequence[PresenterStatus]) -> str:
+    """``heygemd presenters``: one row per library presenter: name, state, duration, size, face found, the engines
+    it is ready for, and what to know: the warnings of a ready one, where a preparing one is, why one failed."""
+    if not presenters:
+        return "the presenter library is empty: `heygemd presenters add FILE`, or copy videos into it\n"
+    rows: list[list[str]] = [["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]]
+    for p in presenters:
+        if p.state == "failed" and p.error is not None:
+            note = f"[{p.error.code}] {p.error.message}"
+        elif p.state == "preparing":
+            note = p.stage or ""
+            if p.stage in ("detecting", "preparing", "poster"):
+                note += f" {_percent(p.progress)}"
+            if p.waiting_for:
+                note += f": {p.waiting_for}"
+        else:
+            note = ", ".join(w.code for w in p.warnings)
+        duration = "photo" if p.still else (f"{p.duration_s:.1f} s" if p.duration_s is not None else "-")
+        rows.append(
+            [
+                p.name,
+                p.state,
+                duration,
+                f"{p.width}x{p.height}" if p.width and p.height else "-",
+                _percent(p.face_ratio) if p.face_ratio is not None else "-",
+                ",".join(p.engines) or "-",
+                note,
+            ]
+        )
+    return _render(rows)

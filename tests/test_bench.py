@@ -67,6 +67,22 @@ def test_bench_json_on_a_tiny_input():
     assert result["parent_rss_at_spawn_mib"] < 100
 
 
+def test_bench_library_measures_a_library_presenter_against_the_same_video_uploaded(tmp_path: Path) -> None:
+    args = ("--library", "--size", "320x180", "--video-seconds", "1", "--audio-seconds", "1")
+    result = run_bench(*args, env={"TMPDIR": str(tmp_path)}, timeout=420)
+    assert (result["mode"], result["engine"], result["repeat"]) == ("library", "mouthwarp", 1)
+    (round_,) = result["rounds"]
+    uploaded, library = round_["uploaded"], round_["library"]
+    assert (uploaded["face_track"], library["face_track"]) == ("computed", "cached")
+    assert uploaded["detect_s"] > 0 and library["detect_s"] == 0  # prepared between jobs: no detection after the claim
+    assert round_["engines"] == ["mouthwarp"] and round_["preparation_s"] > 0
+    assert round_["preparation_timings"]["detect"] > 0
+    assert result["library_claim_to_first_frame_s"] == library["claim_to_first_frame_s"] > 0
+    assert result["saved_s"] == pytest.approx(
+        uploaded["claim_to_first_frame_s"] - library["claim_to_first_frame_s"], abs=0.002
+    )
+
+
 def test_bench_musetalk_through_the_engine_loader(musetalk_folder: Path, tmp_path: Path) -> None:
     """``--engine musetalk --models DIR``: the same loader as ``--random-weights`` (full size), tiny files here."""
     models = tmp_path / "models"

@@ -35,12 +35,29 @@ def test_check_reports_each_part_with_a_fix(tmp_path: Path, heygemd_bin: Path) -
     }
     proc = run(heygemd_bin, "check", env=env)
     lines = proc.stdout.splitlines()
-    for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "journald"):
+    for name in ("ffmpeg", "ffprobe", "engine", "face detector", "device", "inbox", "outbox", "presenters", "journald"):
         assert any(f"  {name}:" in line for line in lines), f"no line for {name}: {proc.stdout}"
     assert any(line.startswith("ok    inbox:") for line in lines)
     outbox_line = next(i for i, line in enumerate(lines) if "  outbox:" in line)
     assert lines[outbox_line].startswith("FAIL") and lines[outbox_line + 1].strip().startswith("fix:")
+    library_line = next(line for line in lines if "  presenters:" in line)  # no library yet: a warning only
+    assert library_line.startswith("warn") and f"{tmp_path / 'models' / 'presenters'} does not exist" in library_line
     assert proc.returncode == 1  # a required check failed
+
+
+def test_check_counts_the_presenters_of_the_library_by_state(tmp_path: Path, heygemd_bin: Path) -> None:
+    library = tmp_path / "models" / "presenters"
+    library.mkdir(parents=True)
+    (library / "anna.mp4").write_bytes(b"not looked at yet")
+    (library / "bob.mp4").symlink_to(library / "anna.mp4")  # never followed: failed
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "HEYGEMD_PATHS__MODELS": str(tmp_path / "models"),
+    }
+    proc = run(heygemd_bin, "check", env=env)
+    line = next(line for line in proc.stdout.splitlines() if "  presenters:" in line)
+    assert line == f"ok    presenters: {library}: 2 presenter(s) (1 preparing, 1 failed)", proc.stdout
 
 
 def test_check_does_not_warn_about_journald_when_json_logs_are_chosen(tmp_path: Path, heygemd_bin: Path) -> None:
@@ -539,3 +556,69 @@ def test_a_job_with_a_bad_job_toml_is_retried_from_the_cli_once_it_is_fixed(
     assert once.returncode == 0, once.stderr[-3000:]
     done = json.loads((tmp_path / "outbox" / "lesson-retry" / "status.json").read_text(encoding="utf-8"))
     assert done["state"] == "done" and [v["state"] for v in done["videos"]] == ["done"], done
+
+
+def test_presenters_add_list_remove_and_batch_renders_them(tmp_path: Path, heygemd_bin: Path) -> None:
+    from heygemd.demo import speech_wav
+
+    env = {
+        "HEYGEMD_PATHS__INBOX": str(tmp_path / "inbox"),
+        "HEYGEMD_PATHS__PRESENTERS": str(tmp_path / "presenters"),
+        "HEYGEMD_ENGINE__NAME": "mouthwarp",
+        "HEYGEMD_VIDEO__PRESET": "ultrafast",
+    }
+    proc = run(heygemd_bin, "presenters", env=env)
+    assert proc.returncode == 0 and "the presenter library is empty" in proc.stdout
+    video = presenter_video(tmp_path / "take 3.mp4", seconds=0.6, size=(320, 180))
+    proc = run(heygemd_bin, "presenters", "add", str(video), "--name", "anna", "--face", "left", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "anna: added to the library (anna.mp4)" in proc.stdout
+    assert (tmp_path / "presenters" / "anna.toml").read_text() == 'face = "left"\n'
+    assert video.is_file()  # copied, never moved
+    proc = run(heygemd_bin, "presenters", "add", str(video), "--name", "ANNA", env=env)
+    assert proc.returncode == 1 and "[PRESENTER_EXISTS]" in proc.stderr and "what to do:" in proc.stderr
+    (tmp_path / "presenters" / "bob.mp4").symlink_to(video)
+
+    table = run(heygemd_bin, "presenters", env=env).stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]
+    assert table[1].split()[:2] == ["anna", "preparing"] and "the daemon has not looked at it yet" in table[1]
+    assert table[2].split()[:2] == ["bob", "failed"] and "[UNSAFE_PATH] presenters/bob.mp4" in table[2]
+
+    audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
+    batch = ["batch", "--audio", str(audio), "--presenters", "anna,bob,zoe", "--out", str(tmp_path / "out")]
+    proc = run(heygemd_bin, *batch, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # two of three fail, each with its reason
+    assert "ok      anna.mp4 -> " in proc.stdout and "[UNSAFE_PATH]" in proc.stdout
+    assert "FAILED  zoe: [NO_SUCH_PRESENTER] no presenter 'zoe' in the library presenters/" in proc.stdout
+    assert "1 of 3 videos done, 2 failed" in proc.stdout
+    assert [p.name for p in (tmp_path / "out").glob("*.mp4")] == ["anna.mp4"]
+    assert run(heygemd_bin, "batch", "--audio", str(audio), "--out", str(tmp_path / "x"), env=env).returncode == 2
+
+    proc = run(heygemd_bin, "presenters", "remove", "anna", env=env)
+    assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "presenters")) == ["bob.mp4"]
+    proc = run(heygemd_bin, "presenters", "remove", "anna", env=env)
+    assert proc.returncode == 1 and "[NO_SUCH_PRESENTER]" in proc.stderr
+
+
+def test_status_of_a_job_says_which_videos_are_library_presenters_and_what_was_cached() -> None:
+    from heygemd.status_view import format_status_detail
+
+    status = JobStatus(
+        job_id="lesson",
+        job_name="lesson",
+        state="done",
+        videos=[
+            VideoStatus(input="anna.mp4", state="done", presenter="anna", cached={"faces": True, "presenter": True}),
+            VideoStatus(input="own.mp4", state="done", cached={"faces": False}),
+        ],
+    )
+    rows = format_status_detail(status).splitlines()
+    header = next(line for line in rows if line.startswith("VIDEO"))
+    assert header.split()[-2:] == ["PRESENTER", "CACHED"]
+    assert next(line for line in rows if line.startswith("anna.mp4")).split()[-2:] == ["anna", "face,prep"]
+    assert next(line for line in rows if line.startswith("own.mp4")).split()[-2:] == ["-", "-"]
+    document = json.loads(status.model_dump_json())
+    assert [(v["face_track"], v["engine_prep"]) for v in document["videos"]] == [
+        ("cached", "cached"),
+        ("computed", None),
+    ]

@@ -23,7 +23,7 @@ def defaults(fn: object) -> dict[str, object]:
 def test_pipeline_defaults_are_the_settings_defaults() -> None:
     assert RenderOptions().batch_size == EngineSettings().batch_size
     faces = FacesSettings()
-    for name in ("pads", "smooth_window", "max_gap_frames", "detect_max_side"):
+    for name in ("pads", "smooth_window", "max_gap_frames", "detect_max_side", "select"):
         assert defaults(track_faces)[name] == getattr(faces, name), name
     video = VideoSettings()
     for fn in (VideoWriter, plain_transcode):

@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from heygemd.daemon.notes import drop_note, nas_submitter, read_note
+from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import JobStatus, utc_now
 from heygemd.errors import ConfigError, HeygemdError
 from heygemd.fsutil import atomic_write_bytes, fsync_dir, read_regular, remove_tree
 from heygemd.layout import claim_file, claim_folders, claims_root, inputs, job_folder, state_of
 from heygemd.names import numbered
+
+log = structlog.get_logger("heygemd.claims")
 
 CLAIM_FILE_MAX_BYTES = 64 * 1024
 """claim.json is a few hundred bytes; a larger one is not heygemd's and is not read (the claim is rebuilt)."""
@@ -110,14 +114,17 @@ def claim(
     *,
     outbox: Path | None = None,
     now: Callable[[], datetime] = utc_now,
+    presenters: Linker | None = None,
 ) -> ClaimedJob | None:
     """Take ``candidate`` out of the inbox by renaming it to ``<state>/claimed/<job-id>/input``.
 
     Steps: reserve a unique job id (mkdir), write claim.json there (atomic), rename the folder (atomic,
-    never a copy). Returns None when the folder is gone, i.e. another process claimed it first; of several
-    racers exactly one wins. Raises ConfigError when the state dir is on another filesystem (EXDEV); any
-    other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised as is,
-    after releasing the reservation: the folder stays in the inbox and a later scan tries again.
+    never a copy), then, with ``presenters``, link the library presenters its job.toml names into it
+    (:mod:`heygemd.daemon.presenter_links`; a failure there is logged and the worker tries again when the job
+    starts: the job is claimed either way). Returns None when the folder is gone, i.e. another process claimed it
+    first; of several racers exactly one wins. Raises ConfigError when the state dir is on another filesystem
+    (EXDEV); any other rename error (e.g. EACCES on SMB while a client holds a file in the folder open) is raised
+    as is, after releasing the reservation: the folder stays in the inbox and a later scan tries again.
     """
     claimed_root = claims_root(state_dir)
     note = read_note(state_dir, candidate.name, candidate.path)
@@ -144,7 +151,18 @@ def claim(
     fsync_dir(claimed_root)
     fsync_dir(candidate.path.parent)
     drop_note(state_dir, candidate.name)
-    return _claimed_job(record, reservation)
+    claimed = _claimed_job(record, reservation)
+    if presenters is not None:
+        try:
+            presenters(claimed.path)
+        except (OSError, HeygemdError) as exc:
+            log.warning(
+                "job.presenters_not_linked",
+                job_id=claimed.job_id,
+                error=str(exc),
+                hint="Linked when the job starts.",
+            )
+    return claimed
 
 
 def first_status(claimed: ClaimedJob) -> JobStatus:

@@ -12,6 +12,8 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     audio = "voice take 2.wav"  # required when the folder holds several audio files; may name a video (its sound)
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
     priority = "high"           # high | normal | low | 0..9: the intake takes the highest first
+    presenters = ["anna", "bob"]  # presenters of the library (daemon.library), or "all"; the folder may then hold
+                                # only its audio
     callback_url = "https://n8n.example.com/webhook-waiting/123"  # POSTed status.json when the job ends
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
@@ -32,6 +34,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -59,6 +62,8 @@ MAX_URL_LENGTH = 2048
 """Longest URL a job names (``callback_url``; the web's URL inputs too)."""
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
 """``[intake] max_job_toml_kb``'s default, for callers without settings."""
+MAX_PRESENTERS = 1000
+"""Most presenters one job.toml may name."""
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -100,6 +105,16 @@ class JobOptions(BaseModel):
         description="An http(s) URL the job's status.json is POSTed to, signed, when the job ends (done, partial, "
         "failed or cancelled); its host must be among the server's [notify] callback_hosts.",
     )
+    presenters: list[Annotated[str, Field(min_length=1, max_length=255)]] | Literal["all"] | None = Field(
+        None,
+        max_length=MAX_PRESENTERS,
+        description='Presenters of the library to render besides the folder\'s own videos: their names, or "all".',
+    )
+
+    @field_validator("presenters", mode="before")
+    @classmethod
+    def _one_presenter(cls, value: object) -> object:
+        return [value] if isinstance(value, str) and value != "all" else value
 
     @field_validator("naming")
     @classmethod
@@ -137,9 +152,10 @@ class JobSpec(BaseModel):
     options: JobOptions = JobOptions()
 
 
-def job_toml(options: JobOptions) -> str:
-    """job.toml text for the options that are set. JSON's scalars are TOML's: a string is written as a basic string
-    with every quote, backslash and control character escaped, so no value can add a line or another option."""
+def job_toml(options: BaseModel) -> str:
+    """job.toml text (or a library presenter's toml) for the options that are set. JSON's scalars and arrays are
+    TOML's: a string is written as a basic string with every quote, backslash and control character escaped, so no
+    value can add a line or another option."""
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.model_dump(exclude_none=True).items())
 
 
@@ -232,7 +248,7 @@ def load_job(
     check_not_link(audio, folder)
     ignored.extend(a.name for a in audios if a != audio)
     videos = [v for v in videos if v != audio]  # a video named as the audio gives its sound track, not a presenter
-    if not videos:
+    if not videos and not options.presenters:  # presenters of the library are linked in when the job is claimed
         raise JobError(
             "no presenter video or image in the job folder",
             path=folder,
@@ -240,7 +256,7 @@ def load_job(
             + ", ".join(sorted(e[1:] for e in VIDEO_SUFFIXES))
             + ") or images ("
             + ", ".join(sorted(e[1:] for e in IMAGE_SUFFIXES))
-            + ").",
+            + f'), or name presenters of the library in {JOB_TOML}: presenters = ["anna", "bob"].',
         )
     return JobSpec(
         job_id=job_id,

@@ -34,7 +34,9 @@ from heygemd.daemon.lifecycle import (
 )
 from heygemd.daemon.notes import read_note, tidy_notes
 from heygemd.daemon.outbox import empty_trash, prune_archive
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presence import PresenceFile, remove_dead_records, this_process
+from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.priority import effective, order_key
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.schedule import IntakeState, Schedule
@@ -45,7 +47,7 @@ from heygemd.daemon.watching import InboxWatcher
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.engines import installed_names
 from heygemd.errors import ConfigError
-from heygemd.fsutil import own_dir, own_subdirs, remove_temps
+from heygemd.fsutil import contained, own_dir, own_subdirs, remove_temps
 from heygemd.names import shown_name
 from heygemd.settings import Settings
 
@@ -102,6 +104,8 @@ class Service:
         resume_claimed: bool = True,
         may_claim: Callable[[], bool] = lambda: True,
         schedule: Schedule | None = None,
+        presenters: Linker | None = None,
+        waits_for: Callable[[Candidate], tuple[str, ...]] = lambda _candidate: (),
     ) -> None:
         self.settings = settings
         self.run_job = run_job
@@ -111,6 +115,8 @@ class Service:
         """Whether the last step could take jobs (and if not, why)."""
         self.resume_claimed = resume_claimed  # False in a farm's intake: the workers resume claimed jobs
         self.may_claim = may_claim  # a farm's intake claims only while the broker can take the job
+        self.presenters = presenters  # links the library presenters a job names into it at its claim
+        self.waits_for = waits_for  # what a ready job still waits for in the presenter library (a copy running)
         self._clock = clock  # when a job ended (a pause is counted from then); decisions use step's ``now``
         self._wall_clock = wall_clock  # waiting.json says when a settling job is taken, in UTC
         self.paused_retry_s = float("inf") if once else paused_retry_s
@@ -277,7 +283,7 @@ class Service:
                 log.warning("job.unreadable", job_name=candidate.name, error=f"{exc.filename}: {exc.strerror}")
                 continue
             self._note_waiting(candidate.name, readiness)
-            if readiness.ready:
+            if readiness.ready and not self._holds_presenters(candidate):
                 ready.append(candidate)
         if state is not None and not state.taking:
             for candidate in ready:
@@ -285,7 +291,7 @@ class Service:
             return None
         for candidate in sorted(ready, key=self._order):
             try:
-                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox)
+                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox, presenters=self.presenters)
             except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
                 self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
                 continue
@@ -339,6 +345,21 @@ class Service:
         if before is None or abs((at - before).total_seconds()) > 1.0:
             self._settling_at[name] = at
 
+    def _holds_presenters(self, candidate: Candidate) -> bool:
+        """Whether the ready job ``candidate`` names a library presenter still being copied (logged when that
+        changes; ``waiting`` says it): it is claimed once the copy is complete."""
+        held = self.waits_for(candidate)
+        if held and self.waiting.get(candidate.name) != held:
+            log.info(
+                "job.waiting",
+                job_name=candidate.name,
+                presenters=", ".join(held),
+                hint="The job is taken once these presenters are completely copied into the library.",
+            )
+        if held:
+            self.waiting[candidate.name] = held
+        return bool(held)
+
     def _note_waiting(self, name: str, readiness: Readiness) -> None:
         self._note_settling(name, readiness)
         waiting_for = () if readiness.ready else readiness.waiting_for
@@ -391,6 +412,15 @@ def serve_inbox(settings: Settings, serve: Callable[[Stopping, Notifier], None])
     for folder in (paths.inbox, paths.outbox):
         folder.mkdir(parents=True, exist_ok=True)
     own_dir(paths.state_dir)
+    if contained(paths.presenters_dir, paths.inbox):
+        raise ConfigError(
+            f"the presenter library {paths.presenters_dir} is inside the inbox {paths.inbox}",
+            hint="Set paths.presenters to a folder outside the inbox (a folder there would be taken for a job).",
+        )
+    try:
+        paths.presenters_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only models folder: the library stays empty until the folder is made
+        log.warning("library.missing", folder=str(paths.presenters_dir), error=exc.strerror or str(exc))
     stop = StopFlag()
     stop.install()
     notifier = Notifier()
@@ -444,23 +474,48 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
 
         tidy_state(paths.state_dir)
         _remove_cache_temps(paths.cache_dir)
-        service = Service(settings, run_job, once=once)
+        # the presenter library: prepared here between jobs (``once`` only watches it for the jobs naming it)
+        preparer = None if once else Preparer(settings, sessions)
+        keeper = LibraryKeeper(settings, preparer, trust_file_times=once, heartbeat=heartbeat.beat)
+        service = Service(
+            settings, run_job, once=once, presenters=Linker.from_settings(settings), waits_for=keeper.waits_for
+        )
         if once:
-            serve_once(service, stopping, heartbeat)
+            serve_once(service, stopping, heartbeat, each_step=keeper.scan)
         else:
+
+            def between_jobs() -> None:
+                if keeper.prepare_next(stopping):
+                    heartbeat.beat(IDLE_TEXT)
+                sessions.unload_if_idle()
+
             watch_inbox(
-                settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, idle=sessions.unload_if_idle
+                settings,
+                service,
+                stopping,
+                notifier,
+                heartbeat,
+                idle_text=IDLE_TEXT,
+                idle=between_jobs,
+                each_round=keeper.scan,
             )
 
 
 IDLE_TEXT = "idle, watching the inbox"
 
 
-def serve_once(service: Service, stopping: Callable[[], bool], heartbeat: Heartbeat) -> None:
+def serve_once(
+    service: Service,
+    stopping: Callable[[], bool],
+    heartbeat: Heartbeat,
+    *,
+    each_step: Callable[[], object] = lambda: None,
+) -> None:
     """``heygemd once``: every ready job, and every job that settles meanwhile (each said once in the log, with
     when it is taken); then return. Jobs waiting for a file that is still being copied are left (the log says
-    which file): they may never complete."""
+    which file): they may never complete. ``each_step`` runs before every step (the presenter library's scan)."""
     while not stopping():
+        each_step()
         if service.step(time.monotonic()).action == "ran":
             continue
         wait = service.settling_for()
@@ -505,6 +560,7 @@ def watch_inbox(
         state_dir=paths.state_dir,
         observer=intake_settings.observer,
         poll_interval=intake_settings.poll_interval,
+        also=(paths.presenters_dir,),  # a presenter copied in is seen at once, not at the next rescan
     )
     with watcher:
         log.info("daemon.ready", observer=watcher.kind, why=watcher.choice.reason if watcher.choice else "")

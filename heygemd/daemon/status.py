@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from heygemd.daemon.priority import HIGHEST, LOWEST, NORMAL
 from heygemd.errors import ErrorInfo
@@ -114,7 +114,14 @@ class VideoStatus(_Model):
     cached: dict[str, bool] = Field(
         default_factory=dict,
         description="Per cache this render looked in, whether it held the presenter's preparation: faces (the face "
-        "track), presenter (the engine's per-presenter preparation, for engines that have one).",
+        "track), presenter (the engine's per-presenter preparation, for engines that have one). Also written as "
+        "face_track and engine_prep: cached or computed (null: not rendered yet, or an engine without one).",
+    )
+    presenter: str | None = Field(
+        None, description="The library presenter this video is (job.toml presenters); null for the job's own files."
+    )
+    engine: str | None = Field(
+        None, description="The engine that rendered this video when it is not the job's: its presenter's own engine."
     )
     error: ErrorStatus | None = None
     warnings: list[ErrorStatus] = Field(
@@ -134,6 +141,27 @@ class VideoStatus(_Model):
     @property
     def finished_state(self) -> bool:
         return self.state in FINISHED_VIDEO_STATES
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def face_track(self) -> Literal["cached", "computed"] | None:
+        """Whether the render found the presenter's face track cached (from ``cached``)."""
+        return _cache_word(self.cached.get(FACES_CACHE))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def engine_prep(self) -> Literal["cached", "computed"] | None:
+        """Whether the render found the engine's per-presenter preparation cached (from ``cached``)."""
+        return _cache_word(self.cached.get(PRESENTER_CACHE))
+
+
+FACES_CACHE = "faces"
+PRESENTER_CACHE = "presenter"
+"""The names ``cached`` records (the cache folders: ``pipeline.faces.FOLDER``, ``pipeline.presenter_cache.FOLDER``)."""
+
+
+def _cache_word(hit: bool | None) -> Literal["cached", "computed"] | None:
+    return None if hit is None else "cached" if hit else "computed"
 
 
 CallbackState = Literal["pending", "delivered", "failed"]

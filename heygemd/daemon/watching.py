@@ -216,8 +216,12 @@ class InboxWatcher:
         observer: Literal["auto", "inotify", "polling"] = "auto",
         poll_interval: float = 10.0,
         mountinfo: str | None = None,
+        also: tuple[Path, ...] = (),
     ) -> None:
+        """``also``: folders whose own files are watched too, with the inbox's observer (the presenter library); one
+        missing when watching starts is left to the rescan."""
         self.inbox = Path(inbox)
+        self.also = tuple(os.path.realpath(folder) for folder in also)
         self.poll_interval = poll_interval
         self.choice = choose_observer(self.inbox, observer, mountinfo=mountinfo)
         self.changed = threading.Event()
@@ -283,6 +287,7 @@ class InboxWatcher:
         # as _scandir lists folders: the inbox's own, not those inside a job
         observer = PollingObserverVFS(os.lstat, self._scandir, polling_interval=self.poll_interval)
         observer.schedule(self._handler, self._root, recursive=True, event_filter=_WATCHED_EVENTS)
+        self._watch_also(observer, recursive=True)  # _scandir lists only the files of a folder other than the inbox
         observer.start()
         return observer
 
@@ -292,6 +297,7 @@ class InboxWatcher:
         observer = Observer()
         try:
             observer.schedule(self._handler, self._root, recursive=False, event_filter=_WATCHED_EVENTS)
+            self._watch_also(observer, recursive=False)
             observer.start()
             self._follow_folders(observer)
         except BaseException:
@@ -299,6 +305,11 @@ class InboxWatcher:
             self._folders.clear()
             raise
         return observer
+
+    def _watch_also(self, observer: BaseObserver, *, recursive: bool) -> None:
+        for folder in self.also:
+            if os.path.isdir(folder) and folder != self._root:
+                observer.schedule(self._handler, folder, recursive=recursive, event_filter=_WATCHED_EVENTS)
 
     def _follow_folders(self, observer: BaseObserver) -> None:
         """With inotify: a watch (top level only) on each folder now in the inbox, none on folders gone."""

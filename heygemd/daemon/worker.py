@@ -17,7 +17,7 @@ import enum
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +32,7 @@ from heygemd.daemon.claims import ClaimedJob, first_status, renew_lease
 from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_job_ended, tell_trouble
 from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, listed_inputs, load_job
 from heygemd.daemon.outbox import finish_inputs, inputs_destination, outbox_dir_for
+from heygemd.daemon.presenter_links import LinkedPresenter, Linker, PresenterLinks, read_links
 from heygemd.daemon.priority import effective
 from heygemd.daemon.status import (
     AudioStatus,
@@ -84,6 +85,8 @@ class JobContext:
     """Told when a job ends, after its status.json is final and its inputs left the claim (callbacks, alerts)."""
     trouble: TroubleSeen = no_trouble
     """Told when a full disk pauses a job."""
+    presenters: Linker | None = None
+    """Puts the library presenters a job names into it (done at the claim; again here when a kill cut that short)."""
 
     @classmethod
     def from_settings(
@@ -108,6 +111,7 @@ class JobContext:
             ready_marker=settings.intake.ready_marker,
             max_job_toml_bytes=settings.intake.max_job_toml_bytes,
             quality=settings.quality,
+            presenters=Linker.from_settings(settings),
             worker=worker,
             device=device,
             inbox=settings.paths.inbox,
@@ -249,9 +253,9 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
         outcome = JobOutcome.FINISHED
         options = JobOptions()  # job.toml's, once read: the job's callback_url when it ends
         try:
-            spec = _load(claimed, context)
+            spec, links = _load(claimed, context)
             options = spec.options
-            _run(spec, claimed, out_dir, status_file, running, cancel)
+            _run(spec, links, claimed, out_dir, status_file, running, cancel)
         except Interrupted:
             outcome = JobOutcome.CANCELLED if cancel.check_now() else JobOutcome.INTERRUPTED
         except DiskFull as exc:  # the machine's problem, not the job's: pause and try again later
@@ -338,18 +342,23 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
     return first_status(claimed)
 
 
-def _load(claimed: ClaimedJob, context: JobContext) -> JobSpec:
-    return load_job(
+def _load(claimed: ClaimedJob, context: JobContext) -> tuple[JobSpec, PresenterLinks]:
+    """The job's folder and options, the library presenters it names linked into it first (done at the claim; again
+    here when a kill cut that short)."""
+    links = context.presenters(claimed.path) if context.presenters else read_links(claimed.path) or PresenterLinks()
+    spec = load_job(
         claimed.folder,
         job_id=claimed.job_id,
         name=claimed.name,
         ready_marker=context.ready_marker,
         max_toml_bytes=context.max_job_toml_bytes,
     )
+    return spec, links
 
 
 def _run(
     spec: JobSpec,
+    links: PresenterLinks,
     claimed: ClaimedJob,
     out_dir: Path,
     status_file: _StatusFile,
@@ -359,7 +368,7 @@ def _run(
     """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
     cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
     with open_input(spec.audio) as audio_file:  # decoded, then muxed into every output, from this descriptor
-        _run_videos(spec, audio_file, claimed, out_dir, status_file, context, cancel)
+        _run_videos(spec, audio_file, claimed, out_dir, status_file, context, cancel, links)
 
 
 def _run_videos(
@@ -370,6 +379,7 @@ def _run_videos(
     status_file: _StatusFile,
     context: JobContext,
     cancel: CancelWatch,
+    links: PresenterLinks,
 ) -> None:
     session = context.session_for(spec.options.engine)
     status_file.update(
@@ -379,7 +389,7 @@ def _run_videos(
         ignored=spec.ignored,
         priority=effective(claimed.priority, spec.options.priority),
         audio=AudioStatus(file=spec.audio.name),
-        videos=_video_entries(spec, out_dir, status_file.status, spec.options.naming or context.naming),
+        videos=_video_entries(spec, out_dir, status_file.status, spec.options.naming or context.naming, links),
     )
     status_file.save()
     context.heartbeat(f"{claimed.job_id}: decoding audio")
@@ -391,6 +401,8 @@ def _run_videos(
     )
     status_file.save()
     log.info("audio.decoded", audio=spec.audio.name, duration_s=round(audio.duration, 3))
+    engines = _EnginesOfJob(context, spec, audio_file, session, audio)
+    shown = partial(for_user, claimed=claimed, files=links.shown_files())
 
     for index, video in enumerate(spec.videos):
         entry = status_file.status.videos[index]
@@ -398,6 +410,7 @@ def _run_videos(
             continue
         if context.should_stop():
             raise Interrupted("stopped before the next video")
+        linked = links.of_file(video.name)
         output = out_dir / entry.output  # type: ignore[operator]
         status_file.update_video(index, state="processing", started=utc_now(), progress=0.0, frames_done=0, error=None)
         status_file.save()
@@ -418,6 +431,9 @@ def _run_videos(
                 context.heartbeat(f"{claimed.job_id}: {video.name} {p.stage} {p.fraction:.0%}")
 
             try:
+                # the engine of the video (a library presenter's own, where the job names none): an engine that
+                # cannot load fails this video only
+                session, audio = engines.for_video(linked)
                 # a link, FIFO or device is refused here, naming what it is; the render, the check of its output
                 # and a second render all read the video through this one descriptor
                 video_file = held.enter_context(open_input(video))
@@ -425,8 +441,9 @@ def _run_videos(
                     video_file,
                     audio,
                     output,
-                    loop_mode=spec.options.loop_mode,
+                    loop_mode=spec.options.loop_mode or (linked.options.loop_mode if linked else None),
                     crf=spec.options.crf,
+                    face=linked.options.face if linked else None,
                     on_progress=on_progress,
                     should_stop=context.should_stop,
                 )
@@ -447,8 +464,8 @@ def _run_videos(
                 )
                 raise
             except Exception as exc:  # per-video boundary: the video fails, the job goes on
-                info = report_failure(log, "video", exc, shown=partial(for_user, claimed=claimed))
-                status_file.update_video(index, state="failed", finished=utc_now(), error=_for_user(info, claimed))
+                info = report_failure(log, "video", exc, shown=shown)
+                status_file.update_video(index, state="failed", finished=utc_now(), error=_error_status(info))
             else:
                 status_file.update_video(
                     index,
@@ -460,9 +477,10 @@ def _run_videos(
                     face_ratio=round(result.face_ratio, 4),
                     poster=result.poster.name if result.poster and result.poster.is_file() else None,
                     timings={k: round(v, 3) for k, v in result.timings.items()},
-                    warnings=[_for_user(warning, claimed) for warning in result.warnings],
+                    warnings=[_shown_status(warning, shown) for warning in result.warnings],
                     encoder=result.encoder,
                     cached=result.caches,
+                    engine=session.engine_name if session.engine_name != status_file.status.engine else None,
                 )
                 log.info(
                     "video.done",
@@ -488,7 +506,35 @@ def _run_videos(
                         out_dir,
                     )
             status_file.save()
-    session.release()
+    engines.release()
+
+
+class _EnginesOfJob:
+    """The sessions a job's videos render with, each with the job's audio features for it: the job's engine, and
+    the engine a library presenter names for itself (its toml) where the job names none."""
+
+    def __init__(
+        self, context: JobContext, spec: JobSpec, audio_file: InputFile, session: LipSyncSession, audio: AudioFeatures
+    ) -> None:
+        self.context, self.spec, self.audio_file = context, spec, audio_file
+        self.default = session
+        self.features: dict[str, tuple[LipSyncSession, AudioFeatures]] = {session.engine_name: (session, audio)}
+
+    def for_video(self, linked: LinkedPresenter | None) -> tuple[LipSyncSession, AudioFeatures]:
+        wanted = self.spec.options.engine or (linked.options.engine if linked else None)
+        if wanted is None:
+            return self.features[self.default.engine_name]
+        session = self.context.session_for(wanted)
+        if session.engine_name not in self.features:
+            session.configure(self.spec.options.engine_settings())  # this job's settings, not the last job's
+            log.info("audio.decoding_for_engine", engine=session.engine_name)
+            features = session.audio(self.audio_file, should_stop=self.context.should_stop)
+            self.features[session.engine_name] = (session, features)
+        return self.features[session.engine_name]
+
+    def release(self) -> None:
+        for session, _ in self.features.values():
+            session.release()
 
 
 def _check(
@@ -558,14 +604,23 @@ def _check(
         )
 
 
+def _shown_status(info: ErrorInfo, shown: Callable[[str], str]) -> ErrorStatus:
+    """An error or warning as status.json shows it, its files named by ``shown`` (:func:`for_user`)."""
+    return ErrorStatus(code=info.code, message=shown(info.message), hint=shown(info.hint))
+
+
 def _error_status(info: ErrorInfo | None) -> ErrorStatus | None:
     return ErrorStatus.from_info(info) if info is not None else None
 
 
-def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str) -> list[VideoStatus]:
-    """One entry per input. A video that finished in an earlier attempt keeps its result: done (when its output
-    is still there) or failed (its input is the same, so it would fail the same way). Output names come from
-    ``naming``, checked again here: each a plain name in ``out_dir`` that fits in 255 bytes, or the job fails."""
+def _video_entries(
+    spec: JobSpec, out_dir: Path, previous: JobStatus, naming: str, links: PresenterLinks
+) -> list[VideoStatus]:
+    """One entry per input (a library presenter's file among them, named by its ``presenter``), then one, failed,
+    per library presenter that could not be put into the job (:class:`PresenterLinks`). A video that finished in an
+    earlier attempt keeps its result: done (when its output is still there) or failed (its input is the same, so it
+    would fail the same way). Output names come from ``naming``, checked again here: each a plain name in
+    ``out_dir`` that fits in 255 bytes, or the job fails."""
     earlier = {v.input: v for v in previous.videos}
     used: set[str] = set()
     entries = []
@@ -587,13 +642,29 @@ def _video_entries(spec: JobSpec, out_dir: Path, previous: JobStatus, naming: st
             entries.append(before)
             used.add((before.output or output).casefold())
             continue
-        entries.append(VideoStatus(input=video.name, output=output))
+        linked = links.of_file(video.name)
+        entries.append(VideoStatus(input=video.name, output=output, presenter=linked.name if linked else None))
+    for failed in links.failed:
+        assert failed.error is not None
+        before = earlier.get(failed.name)
+        entries.append(
+            VideoStatus(
+                input=failed.name,
+                presenter=failed.name,
+                state="failed",
+                finished=before.finished if before and before.finished else utc_now(),
+                error=failed.error,
+            )
+        )
     return entries
 
 
-def for_user(text: str, claimed: ClaimedJob) -> str:
+def for_user(text: str, claimed: ClaimedJob, files: Mapping[str, str] | None = None) -> str:
     """``text`` with heygemd's internal claim paths replaced by the job folder as the user dropped it:
-    ``<state>/claimed/<id>/input/bob.mp4`` -> ``lesson-01/bob.mp4``, the folder itself -> ``lesson-01/``."""
+    ``<state>/claimed/<id>/input/bob.mp4`` -> ``lesson-01/bob.mp4``, the folder itself -> ``lesson-01/``; ``files``
+    names some files of the folder otherwise (a library presenter's: ``anna.mp4`` -> ``presenters/anna.mp4``)."""
+    for file, name in (files or {}).items():
+        text = text.replace(str(claimed.folder / file), name)
     shown = claimed.name + "/"
     for internal in (str(claimed.folder), str(claimed.path)):
         text = text.replace(internal + os.sep, shown).replace(internal, shown)

@@ -5,15 +5,20 @@ is claimed."""
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import partial
 
 import structlog
 
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs
 from heygemd.daemon.lifecycle import Heartbeat, Hooks, Stopping
+from heygemd.daemon.preparation import LibraryKeeper
+from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.service import Service, serve_inbox, tidy_state, watch_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
+from heygemd.farm.library import FarmLibrary
 from heygemd.farm.publish import Publisher, PublishError
 from heygemd.settings import Settings
 
@@ -41,9 +46,30 @@ def _serve_intake(settings: Settings, stopping: Stopping, notifier: Notifier, *,
 
     rescan = _Rescan(settings, publisher)
     tidy_state(paths.state_dir)  # also deletes a killed worker left unfinished
-    service = Service(settings, publish, resume_claimed=False, may_claim=publisher.reachable)
+    # the presenter library: its state kept here, each presenter prepared by a worker (farm.library)
+    owner = f"intake {socket.gethostname()}:{os.getpid()}"
+    library = FarmLibrary(settings, publisher.broker, publisher.app, owner=owner)
+    keeper = LibraryKeeper(settings, None, hand_off=library, lock=library.status_lock)
+    service = Service(
+        settings,
+        publish,
+        resume_claimed=False,
+        may_claim=publisher.reachable,
+        presenters=Linker.from_settings(settings),
+        waits_for=keeper.waits_for,
+    )
+
+    def each_round(now: float) -> float:
+        return min(rescan(now), keeper.scan())
+
+    def idle() -> None:
+        if publisher.reachable():
+            keeper.prepare_next()
+
     with Heartbeat(notifier, watchdog_interval()) as heartbeat:
-        watch_inbox(settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, each_round=rescan)
+        watch_inbox(
+            settings, service, stopping, notifier, heartbeat, idle_text=IDLE_TEXT, idle=idle, each_round=each_round
+        )
 
 
 class _Rescan:

@@ -40,6 +40,7 @@ from heygemd.daemon.lifecycle import (
     until_stopped,
     warm_sessions,
 )
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presence import this_process
 from heygemd.daemon.service import PAUSED_RETRY_SECONDS
 from heygemd.daemon.status import utc_now
@@ -49,6 +50,7 @@ from heygemd.engines import installed_names
 from heygemd.errors import ConfigError
 from heygemd.farm.app import TASK_NAME, make_app, task_id, worker_queues
 from heygemd.farm.broker import Broker
+from heygemd.farm.library import PREPARE_TASK, FarmLibrary
 from heygemd.farm.presence import BrokerPresence
 from heygemd.farm.publish import PublishError
 from heygemd.farm.task import JobRunner
@@ -233,6 +235,19 @@ def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Ho
         back_off(PAUSED_RETRY_SECONDS, stop, presence.beat, presence.freq_s)
         if not stop():
             log.info("worker.resumed", worker=node)
+            heartbeat.beat(f"{node}: idle")
+
+    library = FarmLibrary(settings, runner.broker, app, owner=runner.owner)
+    keeper = LibraryKeeper(
+        settings, Preparer(settings, sessions, prepared_by=node), lock=library.status_lock, heartbeat=heartbeat.beat
+    )
+
+    @app.task(name=PREPARE_TASK)
+    def prepare_presenter(name: str) -> str:
+        heartbeat.beat(f"{node}: preparing presenter {name}")
+        try:
+            return library.prepare(keeper, name, stop)
+        finally:
             heartbeat.beat(f"{node}: idle")
 
     stopped_now: list[StopNow] = []

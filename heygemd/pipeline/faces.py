@@ -8,7 +8,8 @@
    the landmarks are fitted. If a detection then finds the target gone, the predicted frames since the last
    detection count as missing too.
 2. **Select, then track one target.** At the first frame with faces the target is the largest face (faces
-   within 80 % of the largest area tie; the one nearest the frame centre wins). After that each detection
+   within 80 % of the largest area tie; the one nearest the frame centre wins), or with ``select`` the leftmost,
+   rightmost or most central face among those at least a quarter of the largest's area. After that each detection
    frame takes the face overlapping the last target box most (IoU), or else the nearest one if it is close
    (within about one face size, growing with the frames since the target was seen) and of similar size;
    other faces are ignored, so a face that is only far away means "no target". After more than
@@ -65,7 +66,7 @@ from heygemd.pipeline.face_detectors import (
     shape_predictor_path,
 )
 from heygemd.pipeline.ffmpeg_tools import open_input
-from heygemd.settings import FacesSettings
+from heygemd.settings import FaceChoice, FacesSettings
 
 __all__ = [
     "DetectorKind",
@@ -227,6 +228,7 @@ def track_faces(
     detect_max_side: int = FacesSettings.model_fields["detect_max_side"].default,
     detect_every: int = 2,
     pad_reference_height: float | None = None,
+    select: FaceChoice = FacesSettings.model_fields["select"].default,
     progress: Callable[[int], None] | None = None,
 ) -> FaceTrack:
     """Track the presenter's face through ``frames`` (BGR uint8, all the same size); see the module doc.
@@ -261,7 +263,7 @@ def track_faces(
             state.target is None or state.missing > 0 or last_detection is None or i - last_detection >= detect_every
         )
         if must_detect:
-            chosen = _choose(_detect_scaled(detector, frame, scale), state, frame_size, max_gap_frames)
+            chosen = _choose(_detect_scaled(detector, frame, scale), state, frame_size, max_gap_frames, select)
             if chosen is None:
                 for j in state.predicted:  # the face may have left before this frame: don't trust predictions
                     kinds[j], boxes[j], marks[j], contrast[j] = _MISSING, nan_box, nan_marks, np.nan
@@ -344,25 +346,39 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _select_initial(faces: list[np.ndarray], frame_size: tuple[int, int], min_area: float) -> np.ndarray | None:
-    """The largest face (faces within 80 % of the largest area tie; nearest the frame centre wins)."""
+def _select_initial(
+    faces: list[np.ndarray], frame_size: tuple[int, int], min_area: float, select: FaceChoice = "largest"
+) -> np.ndarray | None:
+    """The face to follow: the largest (faces within 80 % of the largest area tie; nearest the frame centre wins),
+    or the leftmost, rightmost or most central among the faces at least a quarter of the largest's area."""
     faces = [f for f in faces if _area(f) >= min_area and _area(f) > 0]
     if not faces:
         return None
     largest = max(_area(f) for f in faces)
     centre = np.array(frame_size, dtype=np.float64) / 2
-    tied = [f for f in faces if _area(f) >= 0.8 * largest]
-    return min(tied, key=lambda f: float(np.linalg.norm(_centre(f) - centre)))
+    if select == "largest":
+        tied = [f for f in faces if _area(f) >= 0.8 * largest]
+        return min(tied, key=lambda f: float(np.linalg.norm(_centre(f) - centre)))
+    candidates = [f for f in faces if _area(f) >= 0.25 * largest]
+    if select == "left":
+        return min(candidates, key=lambda f: float(_centre(f)[0]))
+    if select == "right":
+        return max(candidates, key=lambda f: float(_centre(f)[0]))
+    return min(candidates, key=lambda f: float(np.linalg.norm(_centre(f) - centre)))
 
 
 def _choose(
-    faces: list[np.ndarray], state: _TrackerState, frame_size: tuple[int, int], max_gap_frames: int
+    faces: list[np.ndarray],
+    state: _TrackerState,
+    frame_size: tuple[int, int],
+    max_gap_frames: int,
+    select: FaceChoice = "largest",
 ) -> np.ndarray | None:
     """The target among this frame's faces, or None when it is not there."""
     if state.target is None:
-        return _select_initial(faces, frame_size, 0.0)
+        return _select_initial(faces, frame_size, 0.0, select)
     if state.missing > max_gap_frames:
-        return _select_initial(faces, frame_size, 0.25 * state.target_area)
+        return _select_initial(faces, frame_size, 0.25 * state.target_area, select)
     if not faces:
         return None
     ref = state.target

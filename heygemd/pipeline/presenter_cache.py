@@ -5,7 +5,8 @@ VAE latents of every source frame), stored next to the face-track cache and keye
 One ``.npy`` file per presenter under ``<cache>/presenter/``, written under a temporary name and renamed when
 complete, read back memory-mapped (a long video's latents never sit in RAM at once). The folder is kept under a
 size limit: after each write the least recently used files (by modification time, refreshed on every hit) are
-removed until the total fits. A cache that cannot be written does not fail the video: the preparation is kept
+removed until the total fits; files a caller pins (:func:`pin`: the presenter library's) go only when the others are
+not enough. A cache that cannot be written does not fail the video: the preparation is kept
 in an anonymous temporary file for this render only.
 """
 
@@ -15,20 +16,23 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from heygemd.errors import ConfigError
-from heygemd.fsutil import own_dir
+from heygemd.errors import ConfigError, HeygemdError
+from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular
 
 log = structlog.get_logger(__name__)
 
 FOLDER = "presenter"
 """Sub-folder of the cache directory (the face tracks live in ``faces/``)."""
+PINS_FILE = "pinned.txt"
+"""In ``presenter/``: the names of the files evicted only when the others are not enough (one per line)."""
+MAX_PINS_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +42,8 @@ class Preparation:
     data: np.ndarray
     cached: bool
     """True when it came from the cache (nothing was computed)."""
+    path: Path | None = None
+    """Its file in the cache (None when the cache could not be written: an anonymous file for this render only)."""
 
 
 def fingerprint(**spec: object) -> str:
@@ -74,7 +80,7 @@ def cached_preparation(
             data = np.load(path, mmap_mode="r", allow_pickle=False)
             if data.shape == shape and data.dtype == np.float32:
                 os.utime(path)  # most recently used
-                return Preparation(data, cached=True)
+                return Preparation(data, cached=True, path=path)
             log.warning("presenter_cache_mismatch", path=str(path), shape=list(data.shape), expected=list(shape))
         except (OSError, ValueError, EOFError) as exc:
             log.warning("presenter_cache_corrupt", path=str(path), error=str(exc))
@@ -99,7 +105,7 @@ def cached_preparation(
         if os.path.exists(tmp):
             os.unlink(tmp)
     evict(cache_dir, limit_bytes, keep=path)
-    return Preparation(np.load(path, mmap_mode="r", allow_pickle=False), cached=False)
+    return Preparation(np.load(path, mmap_mode="r", allow_pickle=False), cached=False, path=path)
 
 
 def _uncached(shape: tuple[int, ...], compute: Callable[[np.ndarray], None]) -> np.ndarray:
@@ -109,22 +115,41 @@ def _uncached(shape: tuple[int, ...], compute: Callable[[np.ndarray], None]) -> 
     return out
 
 
+def pin(cache_dir: Path, names: Iterable[str]) -> None:
+    """Pin the preparations named ``names`` (file names in ``presenter/``, as ``Preparation.path.name``): from now
+    on :func:`evict` removes them only when the unpinned ones are not enough; a name left out is unpinned."""
+    folder = own_dir(cache_dir, FOLDER)
+    text = "".join(f"{name}\n" for name in sorted(set(names)) if name and "/" not in name and "\n" not in name)
+    atomic_write_bytes(folder / PINS_FILE, text.encode("utf-8"))
+
+
+def pinned(cache_dir: Path) -> frozenset[str]:
+    """The names :func:`pin` pinned (none when the list is missing or unreadable: nothing is pinned then)."""
+    try:
+        text = read_regular(cache_dir / FOLDER / PINS_FILE, max_bytes=MAX_PINS_BYTES).decode("utf-8", "replace")
+    except (OSError, HeygemdError):
+        return frozenset()
+    return frozenset(line for line in text.splitlines() if line)
+
+
 def evict(cache_dir: Path, limit_bytes: int, keep: Path | None = None) -> list[Path]:
-    """Remove the least recently used preparations until the folder holds at most ``limit_bytes``.
+    """Remove the least recently used preparations until the folder holds at most ``limit_bytes``: the unpinned
+    ones first (:func:`pin`), then, when those are not enough, the pinned ones.
 
     ``keep`` (the one just written) is never removed. Returns the removed files.
     """
     folder = cache_dir / FOLDER
-    entries: list[tuple[float, int, Path]] = []
+    keep_too = pinned(cache_dir)
+    entries: list[tuple[bool, float, int, Path]] = []
     for path in folder.glob("*.npy"):
         try:
             stat = path.stat()
         except FileNotFoundError:  # another process evicted it
             continue
-        entries.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in entries)
+        entries.append((path.name in keep_too, stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, _, size, _ in entries)
     removed: list[Path] = []
-    for _, size, path in sorted(entries):
+    for _, _, size, path in sorted(entries):
         if total <= limit_bytes:
             break
         if keep is not None and path == keep:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heygemd.errors import ErrorInfo, Interrupted, NoFace
+from heygemd.errors import DecodeError, ErrorInfo, Interrupted, NoFace
 from heygemd.fsutil import InputFile
 from heygemd.names import POSTER_SUFFIX
 from heygemd.pipeline import faces, footage, presenter_cache
@@ -58,7 +58,7 @@ class RenderOptions:
 @dataclass(frozen=True)
 class VideoProgress:
     stage: str
-    """``detect`` or ``render``."""
+    """``detect`` or ``render`` (``prepare`` and ``poster`` in :func:`prepare_presenter`)."""
     frames_done: int
     frames_total: int
     fraction: float
@@ -138,14 +138,7 @@ def render_video(
     content_key = faces.video_content_key(info.source)
     track_fp = _track_fingerprint(info, detector, options.faces)
     track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
-    if track.face_ratio < options.faces.min_face_ratio:
-        if info.is_still:
-            raise NoFace("no face was found in the photo", path=info.path, hint=NoFace.photo_hint)
-        raise NoFace(
-            f"a face was found in {track.face_ratio:.0%} of the frames "
-            f"(at least {options.faces.min_face_ratio:.0%} needed)",
-            path=info.path,
-        )
+    _require_face(track, info, options.faces)
     crops = Crops(engine.needs, track)
     prep: presenter_cache.Preparation | None = None
     if engine.needs.presenter_prep and isinstance(engine, PresenterEngine):
@@ -249,6 +242,102 @@ def render_video(
     )
 
 
+@dataclass(frozen=True)
+class PresenterPrep:
+    """What :func:`prepare_presenter` made of a presenter: everything a render derives from the video alone."""
+
+    info: VideoInfo
+    track: faces.FaceTrack
+    cached_faces: bool
+    """The face track came from the cache (no detection ran)."""
+    preparations: dict[str, presenter_cache.Preparation]
+    """Per engine with a per-presenter preparation (its name), that preparation."""
+    warnings: tuple[ErrorInfo, ...]
+    """What ``footage.footage_warnings`` finds in the track (a covered mouth, a profile view, a small face)."""
+    poster: Path | None
+    timings: dict[str, float]
+    """Seconds per stage (decode, detect, prepare, poster) and ``total``."""
+
+
+def prepare_presenter(
+    video: InputFile,
+    engines: list[Engine],
+    detector: faces.FaceDetector,
+    *,
+    options: RenderOptions,
+    cache_dir: Path,
+    poster: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PresenterPrep:
+    """Do once, ahead of any audio, what a render of ``video`` would derive from the presenter alone: probe it,
+    track its face (cached as a render caches it), each of ``engines``' per-presenter preparations (cached the
+    same way, so a render with any audio finds them), and, with ``poster``, a poster JPEG there (a frame with the
+    face, from early in the video). The same errors as a render: NoFace, PictureTooLarge, DecodeError, ...;
+    Interrupted when ``should_stop`` turns true. Progress goes 0..DETECT_SHARE while the face is tracked, then in
+    equal steps per preparation."""
+    started = time.perf_counter()
+    timer = StageTimer()
+    report = on_progress or (lambda _p: None)
+    stop = should_stop or (lambda: False)
+    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
+    content_key = faces.video_content_key(info.source)
+    track_fp = _track_fingerprint(info, detector, options.faces)
+    track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
+    _require_face(track, info, options.faces)
+    preparing = [e for e in engines if e.needs.presenter_prep and isinstance(e, PresenterEngine)]
+    steps = len(preparing) + (poster is not None)
+    preparations: dict[str, presenter_cache.Preparation] = {}
+    for done, engine in enumerate(preparing):
+        report(VideoProgress("prepare", done, steps, DETECT_SHARE + (1 - DETECT_SHARE) * done / steps))
+        assert isinstance(engine, PresenterEngine)
+        preparations[engine.name] = _presenter_preparation(
+            info, Crops(engine.needs, track), engine, options, cache_dir, content_key, track_fp, timer, stop
+        )
+    if poster is not None:
+        report(VideoProgress("poster", steps - 1, steps, DETECT_SHARE + (1 - DETECT_SHARE) * (steps - 1) / steps))
+        with timer.stage("poster"):
+            write_poster(_poster_frame(info, track, stop), poster)
+    timings = dict(timer.seconds)
+    timings["total"] = time.perf_counter() - started
+    return PresenterPrep(
+        info=info,
+        track=track,
+        cached_faces=cached,
+        preparations=preparations,
+        warnings=tuple(footage.footage_warnings(track, info.path)),
+        poster=poster,
+        timings=timings,
+    )
+
+
+def _poster_frame(info: VideoInfo, track: faces.FaceTrack, stop: Callable[[], bool]) -> np.ndarray:
+    """A frame of the presenter with the face: the first one with a face from a tenth into the video (at most two
+    seconds in: little is decoded for it), else the first with a face."""
+    with_face = np.flatnonzero(track.face_mask)
+    start = min(len(track) // 10, round(2 * info.fps))
+    later = with_face[with_face >= start]
+    wanted = int(later[0]) if later.size else int(with_face[0]) if with_face.size else 0
+    with contextlib.closing(read_frames(info)) as source:
+        for i, frame in enumerate(source):
+            if stop():
+                raise Interrupted("stopped while making the poster", path=info.path)
+            if i == wanted:
+                return frame
+    raise DecodeError(f"frame {wanted} could not be decoded for the poster", path=info.path)
+
+
+def _require_face(track: faces.FaceTrack, info: VideoInfo, settings: FacesSettings) -> None:
+    """NoFace when the face was found in fewer frames than ``faces.min_face_ratio`` (a photo: none at all)."""
+    if track.face_ratio < settings.min_face_ratio:
+        if info.is_still:
+            raise NoFace("no face was found in the photo", path=info.path, hint=NoFace.photo_hint)
+        raise NoFace(
+            f"a face was found in {track.face_ratio:.0%} of the frames (at least {settings.min_face_ratio:.0%} needed)",
+            path=info.path,
+        )
+
+
 def batch_frames(engine: Engine, batch_size: int, frame_bytes: int) -> int:
     """Frames per render batch: ``engine.batch_size`` (the setting) at most, no more than the engine takes in one
     pass (``Engine.batch_size``; Wav2Lip on the CPU: ``wav2lip.CPU_SUB_BATCH``; more frames per batch would only
@@ -290,6 +379,7 @@ def _face_track(
                 smooth_window=settings.smooth_window,
                 max_gap_frames=settings.max_gap_frames,
                 detect_max_side=settings.detect_max_side,
+                select=settings.select,
                 progress=progress,
             )
 
@@ -309,6 +399,8 @@ def _track_fingerprint(info: VideoInfo, detector: faces.FaceDetector, settings: 
         settings.detect_max_side,
         # the frames the track indexes: a different decode (size, rate, count) must not reuse it
         frames=[info.width, info.height, round(info.fps, 3), info.frame_count],
+        # the face followed, named only when it is not the default: tracks cached before the choice stay valid
+        **({"select": settings.select} if settings.select != "largest" else {}),
     )
 
 

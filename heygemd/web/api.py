@@ -28,7 +28,7 @@ from heygemd.daemon.priority import Priority
 from heygemd.daemon.schedule import IntakeState
 from heygemd.daemon.status import JobStatus
 from heygemd.engine_names import EngineName
-from heygemd.errors import HeygemdError, JobNotFound
+from heygemd.errors import HeygemdError, JobNotFound, NoSuchPresenter
 from heygemd.idempotency import Claim, IdempotencyStore, Replay, check_key
 from heygemd.names import is_audio
 from heygemd.settings import Settings
@@ -37,10 +37,10 @@ from heygemd.web.catalog import Catalog
 from heygemd.web.events import event_stream
 from heygemd.web.fetch import UrlInputs
 from heygemd.web.openapi import IDEMPOTENCY_KEY, SUBMIT_BODY, operation
-from heygemd.web.problems import NotFound, Problem, TooLarge, WebError
+from heygemd.web.problems import NotFound, Problem, TooLarge, UnknownPresenter
 from heygemd.web.roles import ADMIN, EDITOR
 from heygemd.web.submission import MAX_BODY_BYTES, URL_BODIES, URL_HINT, fingerprint, parse_url_job
-from heygemd.web.upload import Limits, MultipartJob, Received, job_name
+from heygemd.web.upload import Limits, MultipartJob, Received, feed_body, job_name
 from heygemd.web.zipstream import stream_zip
 
 log = structlog.get_logger("heygemd.web")
@@ -228,17 +228,10 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
                 received, options = parse_url_job(kind, await read_body(request, MAX_BODY_BYTES))
             else:
                 receiver = MultipartJob(staging, limits, request.headers.get("content-type"), digests=key is not None)
-                stream = request.stream()
-                try:
-                    async for chunk in stream:
-                        if chunk:
-                            await run_in_threadpool(receiver.feed, chunk)
-                except WebError:
-                    async for _ in stream:  # read the rest so the client sees the answer, store nothing
-                        pass
-                    raise
+                await feed_body(request, receiver)
                 received, options = receiver.finish()
             control.check(options)
+            await run_in_threadpool(require_presenters, options)
             if key is not None:
                 began = await run_in_threadpool(keys.begin, key, fingerprint(received, options, principal.submitter))
                 if isinstance(began, Replay):
@@ -270,6 +263,7 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             audio=received.audio[0],
             videos=received.videos,
             submitted_by=principal.submitter,
+            presenters=received.presenters,
         )
         return answer
 
@@ -287,6 +281,15 @@ def api_router(settings: Settings, catalog: Catalog, control: Control, guard: Ca
             received.audio.append(fetcher.fetch(url, "audio", field))
         for field, url in videos:
             received.videos.append(fetcher.fetch(url, "presenter", field))
+
+    def require_presenters(options: JobOptions) -> None:
+        """Each library presenter the job names is in the library now (it may still leave before the claim: the
+        job's video then fails alone); UnknownPresenter, before anything is downloaded or queued."""
+        if isinstance(options.presenters, list):
+            try:
+                control.require_presenters(options.presenters)
+            except NoSuchPresenter as exc:
+                raise UnknownPresenter(exc.message) from None
 
     next_prune = [0.0]
 

@@ -35,6 +35,7 @@ from heygemd.web.metrics import PATH as METRICS_PATH
 from heygemd.web.metrics import metrics_router
 from heygemd.web.openapi import document
 from heygemd.web.pages import Renderer, pages_router
+from heygemd.web.presenters import presenters_api, presenters_page
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 from heygemd.web.roles import VIEWER
 
@@ -118,6 +119,7 @@ def create_app(
     # -- routes
 
     app.include_router(api_router(settings, catalog, control, VIEWER))
+    app.include_router(presenters_api(settings, control, VIEWER))
     app.include_router(metrics_router(settings, gate))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(VIEWER)])
@@ -125,6 +127,7 @@ def create_app(
         return document(app.openapi(), settings.web.public_url or str(request.base_url).rstrip("/"))
 
     app.include_router(pages_router(settings, catalog, gate, render, app, VIEWER, same_origin))
+    app.include_router(presenters_page(settings, render, control, VIEWER))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/favicon.ico", include_in_schema=False)

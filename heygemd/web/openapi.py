@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from heygemd.daemon.library import PresenterOptions
 from heygemd.daemon.status import SCHEMA_VERSION
 from heygemd.idempotency import MAX_KEY_LENGTH
 from heygemd.web.problems import Problem
 from heygemd.web.submission import FORM, JSON
-from heygemd.web.upload import options_schema
+from heygemd.web.upload import PRESENTER_FILE_FIELD, PRESENTERS_FIELD, options_schema, value_schema
 
 BEARER = "bearerAuth"
 
@@ -66,8 +67,15 @@ def _inputs_schema(*, urls_only: bool) -> dict[str, Any]:
         "video_urls": {
             "type": "array",
             "items": {"type": "string", "format": "uri"},
-            "minItems": 1,
-            "description": "URLs of the presenter videos or still photos, one output video each.",
+            "description": "URLs of the presenter videos or still photos, one output video each (at least one "
+            "presenter: here, in 'presenters' or both).",
+        },
+        PRESENTERS_FIELD: {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Presenters of the library by name (listPresenters), one output video each, besides or "
+            "instead of presenter videos; ['all'] for every one. Nothing is uploaded or downloaded for them, and a "
+            "prepared one starts rendering at once.",
         },
     }
     files: dict[str, Any] = {
@@ -90,7 +98,7 @@ def _inputs_schema(*, urls_only: bool) -> dict[str, Any]:
     }
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if urls_only:
-        schema["required"] = ["audio_url", "video_urls"]
+        schema["required"] = ["audio_url"]
     return schema
 
 
@@ -101,6 +109,49 @@ URL_JOB_EXAMPLE = {
     "engine": "mouthwarp",
     "callback_url": "https://n8n.example.com/webhook-waiting/1234",
 }
+
+PRESENTER_READY: dict[str, Any] = {
+    "name": "anna",
+    "file": "anna.mp4",
+    "state": "ready",
+    "stage": None,
+    "progress": 1.0,
+    "display_name": "Anna S.",
+    "duration_s": 12.0,
+    "width": 1280,
+    "height": 720,
+    "fps": 25.0,
+    "still": False,
+    "face_ratio": 0.98,
+    "warnings": [],
+    "error": None,
+    "engines": ["mouthwarp", "musetalk"],
+    "poster_url": "/api/presenters/anna/poster?v=1767603600000000000",
+    "preview_url": "/api/presenters/anna/preview",
+}
+
+
+def _presenter_body() -> dict[str, Any]:
+    """The multipart body of ``POST /api/presenters``: the file, its name, the options of its toml."""
+    options = PresenterOptions.model_json_schema()["properties"]
+    properties: dict[str, Any] = {
+        PRESENTER_FILE_FIELD: {
+            "type": "string",
+            "format": "binary",
+            "description": "The presenter: a video (mp4, mov, ...) or a photo (jpg, png, ...) of the face.",
+        },
+        "name": {
+            "type": "string",
+            "description": "What jobs call it (default: the file's name without its suffix), made safe as job "
+            "names are.",
+        },
+        **{name: value_schema(schema) for name, schema in options.items()},
+    }
+    schema = {"type": "object", "required": [PRESENTER_FILE_FIELD], "properties": properties}
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+PRESENTER_BODY = _presenter_body()
 
 SUBMIT_BODY: dict[str, Any] = {
     # Dify sends the first content type and offers the fields of the last one: both are the job by URLs.
@@ -205,12 +256,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "Submit a lip-sync job: one speech audio and one or more presenter videos",
         "description": "Creates a job that renders every presenter video (or photo) speaking the one audio, one "
         "output video each. Give the files as URLs (application/json: audio_url and video_urls; heygemd downloads "
-        "them) or upload them (multipart/form-data: audio and videos). It answers at once with the job_id; the "
-        "render takes minutes. Then either poll getJob every few seconds until 'state' is done, partial, failed or "
-        "cancelled, or give callback_url: heygemd POSTs the final status document there, signed, when the job "
-        "ends. Download the results with getJobOutputsZip. Send an Idempotency-Key header to make a retry safe: the "
-        "same key and request answer the first job again (200) instead of making a second one. 'priority' (high, "
-        "normal, low or 0-9) puts it before or after other waiting jobs. Needs an editor key.",
+        "them) or upload them (multipart/form-data: audio and videos); name presenters of the library "
+        "(listPresenters) in 'presenters' instead of, or besides, sending their videos. It answers at once with the "
+        "job_id; the render takes minutes. Then either poll getJob every few seconds until 'state' is done, "
+        "partial, failed or cancelled, or give callback_url: heygemd POSTs the final status document there, signed, "
+        "when the job ends. Download the results with getJobOutputsZip. Send an Idempotency-Key header to make a "
+        "retry safe: the same key and request answer the first job again (200) instead of making a second one. "
+        "'priority' (high, normal, low or 0-9) puts it before or after other waiting jobs. Needs an editor key.",
         "responses": {
             **_forbidden("editor"),
             201: _answer("The job is queued.", SUBMITTED),
@@ -218,7 +270,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             400: _problem(
                 "Refused: BAD_UPLOAD, CALLBACK_NOT_ALLOWED, FETCH_NOT_ALLOWED (a URL's host is not allowed), "
                 "ENGINE_NOT_INSTALLED (no live renderer has the files of the engine named: see getHealth's "
-                "'engines'), BAD_IDEMPOTENCY_KEY. Nothing was queued.",
+                "'engines'), BAD_IDEMPOTENCY_KEY, NO_SUCH_PRESENTER (a name in 'presenters' is not in the library). "
+                "Nothing was queued.",
                 {
                     "code": "CALLBACK_NOT_ALLOWED",
                     "message": "hooks.example.org is not among the hosts notify.callback_hosts allows",
@@ -318,6 +371,77 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "description": "Removes the job's results and its archived inputs. A job still waiting or rendering "
         "answers 409 JOB_BUSY: cancel it first. Needs an admin key.",
         "responses": {200: _answer("Deleted.", {"deleted": "lesson-01"}), **_forbidden("admin")},
+    },
+    "listPresenters": {
+        "summary": "List the presenter library: each presenter's name, state, poster and engines",
+        "description": "Every presenter of the library (registered once, then named by jobs in 'presenters' "
+        "instead of uploading its video each time), in name order: 'state' is preparing (with 'stage' and "
+        "'progress'), ready or failed (with 'error': code, message, hint); 'engines' are those it is prepared for; "
+        "'poster_url' is a picture of it once prepared.",
+        "responses": {200: _answer("The library.", {"presenters": [PRESENTER_READY]})},
+    },
+    "addPresenter": {
+        "summary": "Add a presenter to the library: one video or photo of the face",
+        "description": "Uploads one presenter (multipart/form-data: 'video', optional 'name' and the options of "
+        "its toml) into the library; the server prepares it (face track, engine preparations, poster) between "
+        "jobs. Poll getPresenter until 'state' is ready or failed; name it in submitJob's 'presenters' from then on. "
+        "A name already taken answers 409 PRESENTER_EXISTS.",
+        "responses": {
+            201: _answer(
+                "Added; being prepared.",
+                {**PRESENTER_READY, "state": "preparing", "stage": "waiting", "progress": 0.0, "engines": []},
+            ),
+            409: _problem(
+                "PRESENTER_EXISTS: the library has a presenter of that name.",
+                {
+                    "code": "PRESENTER_EXISTS",
+                    "message": "the library already has a presenter 'anna' (anna.mp4); 'anna' is taken",
+                    "hint": "Choose another name, or remove the presenter of that name first.",
+                },
+            ),
+        },
+    },
+    "getPresenter": {
+        "summary": "Get one presenter of the library: its state, what was found, its poster",
+        "description": "One presenter, as listPresenters gives each. Poll it after addPresenter until 'state' is "
+        "ready (the 'engines' it is prepared for) or failed ('error' says why: no face, a profile view, a broken "
+        "file, ...). An unknown name answers 404 NO_SUCH_PRESENTER.",
+        "responses": {200: _answer("The presenter.", PRESENTER_READY)},
+    },
+    "deletePresenter": {
+        "summary": "Remove a presenter from the library",
+        "description": "Removes the presenter's file, its toml and its poster; jobs already rendering it keep "
+        "their own copy. Refused with 409 PRESENTER_BUSY while a job waiting or rendering names it: try again once "
+        "that job has finished.",
+        "responses": {
+            200: _answer("Removed.", {"deleted": "anna"}),
+            409: _problem(
+                "PRESENTER_BUSY: a job not finished names it.",
+                {
+                    "code": "PRESENTER_BUSY",
+                    "message": "the presenter 'anna' is named by jobs not finished yet: lesson-01",
+                    "hint": "Wait until the jobs that name it have finished (or cancel them), then remove it.",
+                },
+            ),
+        },
+    },
+    "getPresenterPoster": {
+        "summary": "Download a presenter's poster (JPEG)",
+        "description": "A picture of the presenter with the face, made when it was prepared; 404 until then. The "
+        "poster_url of listPresenters and getPresenter points here.",
+    },
+    "headPresenterPoster": {
+        "summary": "The headers of getPresenterPoster, no body",
+        "description": "Check that a presenter's poster has been made, and its size, without downloading it.",
+    },
+    "getPresenterPreview": {
+        "summary": "Download a presenter's own video or photo",
+        "description": "The file of the presenter as it is in the library, to watch it before naming it in a job. "
+        "The preview_url of listPresenters and getPresenter points here.",
+    },
+    "headPresenterPreview": {
+        "summary": "The headers of getPresenterPreview, no body",
+        "description": "Check a presenter's own file (its size, its type) without downloading it.",
     },
     "streamEvents": {
         "summary": "Follow jobs live (Server-Sent Events)",

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from heygemd.accounts import allows
+from heygemd.daemon.library import PresenterStatus
 from heygemd.daemon.priority import LEVELS
 from heygemd.daemon.priority import shown as shown_priority
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus
@@ -43,6 +44,7 @@ class Renderer:
         self.env.filters["video_progress"] = video_progress
         self.env.filters["priority"] = shown_priority
         self.env.globals["priority_levels"] = LEVELS
+        self.env.filters["presenter_stage"] = presenter_stage
 
     def __call__(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         principal = principal_of(request)
@@ -130,6 +132,7 @@ def pages_router(
             engines=catalog.control.engine_choices(),
             audio_suffixes=sorted(AUDIO_UPLOADS),
             presenter_suffixes=sorted(PRESENTER_UPLOADS),
+            library=[p for p in catalog.control.presenters() if p.state != "failed"],
         )
 
     @pages.get("/docs", response_class=HTMLResponse, dependencies=[Depends(guard)])
@@ -156,6 +159,23 @@ def video_progress(video: VideoStatus) -> tuple[float, str]:
         return video.progress, ""
     stage = "finding the face" if video.frames_total is None else "lip-syncing"
     return video.progress, f"{video.progress * 100:.0f}% · {stage}"
+
+
+PRESENTER_STAGES = {
+    "waiting": "waiting",
+    "queued": "queued: prepared when no job is rendering",
+    "detecting": "finding the face",
+    "preparing": "preparing the engines",
+    "poster": "making the poster",
+}
+
+
+def presenter_stage(presenter: PresenterStatus) -> str:
+    """The words under a preparing presenter's bar (static/app.js: presenterStage)."""
+    words = PRESENTER_STAGES.get(presenter.stage or "", "")
+    if presenter.stage in ("detecting", "preparing", "poster"):
+        words = f"{presenter.progress * 100:.0f}% · {words}"
+    return f"{words}: {presenter.waiting_for}" if presenter.waiting_for else words
 
 
 def local(url: str) -> str:

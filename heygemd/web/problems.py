@@ -21,8 +21,12 @@ from heygemd.errors import (
     JobChanged,
     JobError,
     JobNotFound,
+    NoSuchPresenter,
     NothingToRetry,
+    NoVideoStream,
     OutgoingRefused,
+    PresenterBusy,
+    PresenterExists,
 )
 
 
@@ -107,6 +111,15 @@ class BadUpload(WebError):
     )
 
 
+class UnknownPresenter(WebError):
+    """A job submitted naming a presenter the library does not have (``NoSuchPresenter``, answered 400 here: the
+    request is what is wrong, not the address)."""
+
+    code = "NO_SUCH_PRESENTER"
+    status = 400
+    default_hint = NoSuchPresenter.default_hint
+
+
 class TooLarge(WebError):
     code = "UPLOAD_TOO_LARGE"
     status = 413
@@ -119,7 +132,8 @@ def http_status(exc: HeygemdError) -> int:
     job that is busy, changed meanwhile or has nothing to retry, 410 for a retry whose inputs are gone, 400 for a
     callback or input URL not allowed, a malformed Idempotency-Key and an engine no renderer can run, 502 for an
     input URL that could not be fetched, 409 for an Idempotency-Key used for another request or still in progress
-    and for a retry whose archived job.toml cannot be read, else 500."""
+    and for a retry whose archived job.toml cannot be read, 404 for an unknown library presenter, 409 for one
+    removed while a job names it or added under a name taken, 400 for a file that is no video or photo, else 500."""
     if isinstance(exc, WebError):
         return exc.status
     if isinstance(exc, (OutgoingRefused, BadIdempotencyKey, EngineNotInstalled)):
@@ -130,10 +144,14 @@ def http_status(exc: HeygemdError) -> int:
         return 409
     if isinstance(exc, DiskFull):
         return 507
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, (JobNotFound, NoSuchPresenter)):
         return 404
     if isinstance(exc, (AlreadyFinished, CancelRefused, JobBusy, JobChanged, NothingToRetry, JobError)):
         return 409
+    if isinstance(exc, (PresenterBusy, PresenterExists)):
+        return 409
+    if isinstance(exc, NoVideoStream):
+        return 400
     if isinstance(exc, InputsGone):
         return 410
     return 500

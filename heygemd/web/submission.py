@@ -3,10 +3,12 @@
 - A job given by URLs, as JSON (``application/json``) or as a form (``application/x-www-form-urlencoded``)::
 
       {"name": "lesson-01", "audio_url": "https://...", "video_urls": ["https://...", ...],
-       "engine": "mouthwarp", "loop_mode": "loop", "crf": 20, "gpu_class": "a100", "callback_url": "https://..."}
+       "presenters": ["anna", "bob"], "engine": "mouthwarp", "loop_mode": "loop", "crf": 20, "gpu_class": "a100",
+       "callback_url": "https://..."}
 
-  ``video_urls`` is a list (a form repeats the field; a single URL may be given as a string); the options are
-  those of an upload (``upload.UPLOAD_OPTIONS``). :func:`parse_url_job` reads it as the multipart reader reads an
+  ``video_urls`` and ``presenters`` (the library's, or ``all``) are lists (a form repeats the field; a single value
+  may be given as a string), at least one entry in either; the options are those of an upload
+  (``upload.UPLOAD_OPTIONS``). :func:`parse_url_job` reads it as the multipart reader reads an
   upload (:class:`heygemd.web.upload.Received`), so both go on the same way: the URLs fetched into the staging
   folder (:mod:`heygemd.web.fetch`), then the same completion as an upload.
 - :func:`fingerprint`: what an ``Idempotency-Key`` stands for (:mod:`heygemd.idempotency`): the job's name, its
@@ -26,7 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from heygemd.daemon.jobs import MAX_URL_LENGTH, JobOptions
 from heygemd.idempotency import fingerprint as hashed
 from heygemd.web.problems import BadUpload
-from heygemd.web.upload import MAX_TEXT_BYTES, UPLOAD_OPTIONS, Received, check_inputs, field_problems, parse_options
+from heygemd.web.upload import (
+    MAX_TEXT_BYTES,
+    PRESENTERS_FIELD,
+    UPLOAD_OPTIONS,
+    Received,
+    check_inputs,
+    field_problems,
+    parse_options,
+    with_presenters,
+)
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -34,8 +45,9 @@ URL_BODIES = frozenset({JSON, FORM})
 MAX_BODY_BYTES = 256 * 1024
 """The largest JSON or form body: URLs and options, no files."""
 URL_HINT = (
-    'Send {"audio_url": "https://...", "video_urls": ["https://...", ...]} and optionally name, engine, loop_mode, '
-    "crf, gpu_class, callback_url; or upload the files as multipart/form-data ('audio', 'videos')."
+    'Send {"audio_url": "https://...", "video_urls": ["https://...", ...]} (or "presenters": ["anna", ...] of the '
+    "library, or both) and optionally name, engine, loop_mode, crf, gpu_class, callback_url; or upload the files as "
+    "multipart/form-data ('audio', 'videos')."
 )
 
 
@@ -47,13 +59,14 @@ class UrlInputsBody(BaseModel):
     name: str = Field("", max_length=MAX_TEXT_BYTES)
     audio_url: str | None = Field(None, max_length=MAX_URL_LENGTH)
     video_urls: list[str] = Field(default_factory=list)
+    presenters: list[str] = Field(default_factory=list)
 
     @field_validator("audio_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("video_urls", mode="before")
+    @field_validator("video_urls", "presenters", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         if isinstance(value, str):
@@ -68,6 +81,11 @@ class UrlInputsBody(BaseModel):
                 raise ValueError(f"a URL longer than {MAX_URL_LENGTH} characters")
         return [url for url in value if url]
 
+    @field_validator("presenters")
+    @classmethod
+    def _each_name(cls, value: list[str]) -> list[str]:
+        return [name.strip() for name in value if name.strip()]
+
 
 def parse_url_job(kind: str, body: bytes) -> tuple[Received, JobOptions]:
     """The job a JSON (``kind`` JSON) or urlencoded form (FORM) body gives: its inputs (as URLs, in ``Received``)
@@ -80,9 +98,14 @@ def parse_url_job(kind: str, body: bytes) -> tuple[Received, JobOptions]:
         inputs = UrlInputsBody.model_validate({k: v for k, v in fields.items() if k in UrlInputsBody.model_fields})
     except ValidationError as exc:
         raise BadUpload(f"invalid job inputs: {field_problems(exc)}", hint=URL_HINT) from None
-    check_inputs(int(inputs.audio_url is not None), len(inputs.video_urls))
-    received = Received(fields={"name": inputs.name}, audio_url=inputs.audio_url, video_urls=inputs.video_urls)
-    return received, parse_options(fields)
+    check_inputs(int(inputs.audio_url is not None), len(inputs.video_urls) + len(inputs.presenters))
+    received = Received(
+        fields={"name": inputs.name},
+        audio_url=inputs.audio_url,
+        video_urls=inputs.video_urls,
+        presenters=inputs.presenters,
+    )
+    return received, with_presenters(parse_options(fields), inputs.presenters)
 
 
 def _json_fields(body: bytes) -> dict[str, Any]:
@@ -102,7 +125,7 @@ def _form_fields(body: bytes) -> dict[str, Any]:
         raise BadUpload(f"the request body is not a valid urlencoded form ({exc})", hint=URL_HINT) from None
     fields: dict[str, Any] = {}
     for name, value in pairs:
-        if name == "video_urls":
+        if name in ("video_urls", PRESENTERS_FIELD):
             fields.setdefault(name, []).append(value)
         elif name in fields:
             raise BadUpload(f"the field {name!r} is given more than once", hint=URL_HINT)

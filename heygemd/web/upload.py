@@ -3,10 +3,13 @@ checked as the bytes arrive (nothing is spooled anywhere else, nothing is held w
 the body counts: files against web.max_file_mb, and the whole body (files, form fields, part headers) against
 web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its length.
 
-Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (one or more files:
-videos or still photos), and the optional text fields ``name`` (the job's name) and the job options of
-``UPLOAD_OPTIONS`` (written to job.toml). Instead of a file, the audio may be given as a URL (``audio_url``) and
-presenters as URLs (``video_urls``, repeated), which the caller downloads (:mod:`heygemd.web.fetch`).
+Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (files: videos or still
+photos), ``presenters`` (text, repeated: presenters of the library, or ``all``; videos, presenters or both, at least
+one), and the optional text fields ``name`` (the job's name) and the job options of ``UPLOAD_OPTIONS`` (written to
+job.toml). Instead of a file, the audio may be given as a URL (``audio_url``) and presenter videos as URLs
+(``video_urls``, repeated), which the caller downloads (:mod:`heygemd.web.fetch`). A presenter for the library
+(``POST /api/presenters``) comes the same way (:class:`MultipartPresenter`): one ``video``, optional ``name`` and
+the options of its toml.
 
 A video given as the audio keeps its name, and job.toml names it as the audio (``audio = "talk.mp4"``), as a
 NAS user would: the intake then takes its sound track (as the CLI's ``--audio talk.mp4`` does) and not it as a
@@ -17,17 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fastapi import Request
 from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
-from heygemd.daemon.jobs import MAX_URL_LENGTH, JobOptions
+from heygemd.daemon.jobs import MAX_PRESENTERS, MAX_URL_LENGTH, JobOptions
+from heygemd.daemon.library import PresenterOptions
 from heygemd.daemon.staging import disk_full, is_disk_full
 from heygemd.engine_names import listed
 from heygemd.names import (
@@ -36,25 +41,26 @@ from heygemd.names import (
     VIDEO_SUFFIXES,
     NameKind,
     classify_name,
-    make_windows_safe,
+    plain_basename,
     plain_name,
     unique_name,
 )
 from heygemd.settings import WebSettings
-from heygemd.web.problems import BadUpload, TooLarge
+from heygemd.web.problems import BadUpload, TooLarge, WebError
 
 MiB = 1024 * 1024
 FILE_FIELDS = frozenset({"audio", "videos"})
-UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming"))
+UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming", "presenters"))
 """The job.toml options an upload sets as text fields: every ``JobOptions`` field but ``audio`` (the uploaded
-audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
+audio is the job's only one), ``naming`` (uploads keep the daemon's output names) and ``presenters`` (a repeated
+field of its own)."""
+PRESENTERS_FIELD = "presenters"
 URL_FIELDS = ("audio_url", "video_urls")
-"""Inputs given by URL instead of as files: the audio, presenters (repeated)."""
-TEXT_FIELDS = frozenset({"name", *URL_FIELDS, *UPLOAD_OPTIONS})
+"""Inputs given by URL instead of as files: the audio, presenter videos (repeated)."""
+TEXT_FIELDS = frozenset({"name", PRESENTERS_FIELD, *URL_FIELDS, *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
 LONG_TEXT_FIELDS = frozenset({*URL_FIELDS, "callback_url"})
 """Text fields that hold a URL: up to MAX_URL_LENGTH bytes."""
-MAX_NAME_BYTES = 180
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
 AUDIO_UPLOADS = AUDIO_SUFFIXES | VIDEO_SUFFIXES
@@ -104,6 +110,8 @@ class Received:
     audio: list[str] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    presenters: list[str] = field(default_factory=list)
+    """The ``presenters`` fields, in order (the library's presenters the job names)."""
     audio_url: str | None = None
     video_urls: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
@@ -125,6 +133,9 @@ def _decode(value: bytes) -> str:
 class MultipartJob:
     """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder.
     ``digests``: hash every file as it arrives (for an Idempotency-Key's fingerprint)."""
+
+    file_fields: frozenset[str] = FILE_FIELDS
+    text_fields: frozenset[str] = TEXT_FIELDS
 
     def __init__(self, staging: Path, limits: Limits, content_type: str | None, *, digests: bool = False) -> None:
         self.staging = staging
@@ -175,27 +186,20 @@ class MultipartJob:
         name = _decode(params.get(b"name", b""))
         if b"filename" in params:
             self._open_file(name, _decode(params[b"filename"]))
-        elif name in TEXT_FIELDS:
+        elif name in self.text_fields:
             self._text_name = name
             self._text.clear()
         else:
             raise BadUpload(f"unknown form field {name!r}")
 
     def _open_file(self, field_name: str, filename: str) -> None:
-        if field_name not in FILE_FIELDS:
+        if field_name not in self.file_fields:
             raise BadUpload(f"unknown file field {field_name!r} (file {filename!r})")
         self._files += 1
         if self._files > self.limits.max_files:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         base = safe_basename(filename)
-        if field_name == "audio":
-            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
-                raise BadUpload(
-                    f"{filename!r} is not an audio file or a video (by its name)",
-                    hint=f"The audio is the speech: {AUDIO_KINDS}.",
-                )
-        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
-            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
+        self._check_file(field_name, filename, base)
         stored = unique_name(base, self._used)
         try:
             fd = os.open(self.staging / stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
@@ -208,6 +212,17 @@ class MultipartJob:
         self._file_bytes = 0
         self._hash = hashlib.sha256() if self.digests else None
         (self.received.audio if field_name == "audio" else self.received.videos).append(stored)
+
+    def _check_file(self, field_name: str, filename: str, base: str) -> None:
+        """BadUpload unless ``filename`` (stored as ``base``) is what ``field_name`` takes, by its name."""
+        if field_name == "audio":
+            if not base or Path(base).suffix.casefold() not in AUDIO_UPLOADS:
+                raise BadUpload(
+                    f"{filename!r} is not an audio file or a video (by its name)",
+                    hint=f"The audio is the speech: {AUDIO_KINDS}.",
+                )
+        elif not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
+            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
@@ -249,7 +264,9 @@ class MultipartJob:
                 self.received.digests[self._file_name] = self._hash.hexdigest()
         elif self._text_name is not None:
             value = _decode(bytes(self._text)).strip()
-            if self._text_name == "video_urls":
+            if self._text_name == PRESENTERS_FIELD:
+                self.received.presenters += [value] if value else []
+            elif self._text_name == "video_urls":
                 if value:
                     self.received.video_urls.append(value)
             elif self._text_name == "audio_url":
@@ -279,17 +296,73 @@ class MultipartJob:
             self._file.close()
             self._file = None
 
-    def finish(self) -> tuple[Received, JobOptions]:
-        """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
+    def _complete(self) -> Received:
+        """What the body held, once it is complete (BadUpload when it was cut off)."""
         self.close()
         if not self._ended:
             raise BadUpload(
                 "the request body ended before its last part", hint="The upload was cut off; send it again."
             )
-        got = self.received
+        return self.received
+
+    def finish(self) -> tuple[Received, JobOptions]:
+        """Check the body was complete and makes a job: one audio, at least one presenter, valid options."""
+        got = self._complete()
         got.stored_bytes = self._total
-        check_inputs(len(got.audio) + (got.audio_url is not None), len(got.videos) + len(got.video_urls))
-        return got, parse_options(got.fields)
+        presenters = len(got.videos) + len(got.video_urls) + len(got.presenters)
+        check_inputs(len(got.audio) + (got.audio_url is not None), presenters)
+        return got, with_presenters(parse_options(got.fields), got.presenters)
+
+
+PRESENTER_FILE_FIELD = "video"
+PRESENTER_TEXT_FIELDS = frozenset({"name", *PresenterOptions.model_fields})
+
+
+class MultipartPresenter(MultipartJob):
+    """A presenter for the library (``POST /api/presenters``): one ``video`` (a video or a photo), optional ``name``
+    and the options of its toml (display_name, face, loop_mode, engine, notes)."""
+
+    file_fields = frozenset({PRESENTER_FILE_FIELD})
+    text_fields = PRESENTER_TEXT_FIELDS
+
+    def _check_file(self, field_name: str, filename: str, base: str) -> None:
+        if not base or Path(base).suffix.casefold() not in PRESENTER_UPLOADS:
+            raise BadUpload(f"{filename!r} is not a video or a still photo (by its name)", hint=PRESENTER_HINT)
+
+    def finish_presenter(self) -> tuple[str, str, PresenterOptions]:
+        """The stored file, the name asked for ('' for the file's) and the options, once the body is complete."""
+        got = self._complete()
+        if len(got.videos) != 1:
+            raise BadUpload(
+                f"a presenter is one file in '{PRESENTER_FILE_FIELD}', this upload has {len(got.videos)}",
+                hint=PRESENTER_HINT,
+            )
+        values = {k: v for k, v in got.fields.items() if k in PresenterOptions.model_fields and v}
+        try:
+            options = PresenterOptions.model_validate(values)
+        except ValidationError as exc:
+            raise BadUpload(f"invalid presenter options: {field_problems(exc)}", hint=PRESENTER_OPTIONS_HINT) from None
+        return got.videos[0], got.fields.get("name", ""), options
+
+
+PRESENTER_OPTIONS_HINT = (
+    f"display_name and notes: text; face: largest, left, right or centre; loop_mode: pingpong or loop; engine: "
+    f"{listed()}."
+)
+
+
+async def feed_body(request: Request, receiver: MultipartJob) -> None:
+    """Feed the request's body to ``receiver`` as it arrives; on a refusal (too large, malformed) the rest is read
+    and dropped, so the client sees the answer, and the refusal raised."""
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            if chunk:
+                await run_in_threadpool(receiver.feed, chunk)
+    except WebError:
+        async for _ in stream:  # store nothing more
+            pass
+        raise
 
 
 def check_inputs(audio: int, presenters: int) -> None:
@@ -301,9 +374,27 @@ def check_inputs(audio: int, presenters: int) -> None:
         )
     if not presenters:
         raise BadUpload(
-            "a job needs at least one presenter ('videos' files or 'video_urls'), this request has none",
-            hint=PRESENTER_HINT,
+            "a job needs at least one presenter ('videos' files, 'video_urls' or library 'presenters'), this request "
+            "has none",
+            hint=PRESENTER_HINT + " Or name presenters of the library: presenters=anna (repeat the field).",
         )
+
+
+def with_presenters(options: JobOptions, names: list[str]) -> JobOptions:
+    """``options`` naming the library presenters ``names`` (``all`` among them: every one); unchanged for none.
+    BadUpload for names job.toml would not take (too many, too long)."""
+    if not names:
+        return options
+    if len(names) > MAX_PRESENTERS:
+        raise BadUpload(f"{len(names)} presenters named, at most {MAX_PRESENTERS} in one job", hint=PRESENTER_HINT)
+    values = {**options.model_dump(exclude_unset=True), "presenters": "all" if "all" in names else names}
+    try:
+        return JobOptions.model_validate(values)
+    except ValidationError as exc:
+        raise BadUpload(
+            f"invalid presenters: {field_problems(exc)}",
+            hint="Name presenters of the library (GET /api/presenters) by their names, or give 'all'.",
+        ) from None
 
 
 def parse_options(fields: Mapping[str, object]) -> JobOptions:
@@ -333,32 +424,14 @@ def field_problems(exc: ValidationError) -> str:
 def options_schema() -> dict[str, dict[str, Any]]:
     """The OpenAPI schema of the option fields, from ``JobOptions`` (a form field holds a value or is left out)."""
     properties = JobOptions.model_json_schema()["properties"]
-    return {name: _value_schema(properties[name]) for name in UPLOAD_OPTIONS}
+    return {name: value_schema(properties[name]) for name in UPLOAD_OPTIONS}
 
 
-def _value_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def value_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema of an optional field's value: its ``anyOf`` branch other than null, with its description."""
     (value,) = [branch for branch in schema.get("anyOf", [schema]) if branch.get("type") != "null"]
     described = {"description": schema["description"]} if "description" in schema else {}
     return {**value, **described}
-
-
-def plain_basename(raw: str) -> str:
-    """``raw`` reduced to a plain file name: the last path component, NFC, no control characters, no leading
-    dots (a hidden name is never part of a job), at most MAX_NAME_BYTES bytes, one a Windows client can open
-    (``names.make_windows_safe``). '' when nothing is left."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = unicodedata.normalize("NFC", name)
-    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
-    name = name.strip().lstrip(".").strip()
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or len(suffix) > 10:
-            stem, suffix = name, ""
-        keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
-        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
-        name = f"{stem}.{suffix}" if suffix else stem
-    return make_windows_safe(name)
 
 
 def safe_basename(raw: str) -> str:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -343,6 +344,22 @@ def test_watcher_signals_new_job_and_file(tmp_path: Path, kind: str) -> None:
         write(inbox / "existing" / "clip.mp4")  # a file deep in an existing job also signals
         assert watcher.wait(WAIT), "no signal for a file inside a job"
     assert not watcher.running
+
+
+@pytest.mark.parametrize("kind", ["inotify", "polling"])
+def test_watcher_signals_a_presenter_copied_into_the_library_but_nothing_below(tmp_path: Path, kind: str) -> None:
+    inbox, library = tmp_path / "inbox", tmp_path / "presenters"
+    inbox.mkdir()
+    (library / "sub").mkdir(parents=True)
+    with InboxWatcher(inbox, observer=kind, poll_interval=0.05, also=(library,)) as watcher:
+        watcher.changed.clear()
+        write(library / "anna.mp4")
+        assert watcher.wait(WAIT), "no signal for a presenter copied into the library"
+        deadline = time.monotonic() + WAIT
+        while watcher.wait(0.5):  # the copy's last events (modified, closed)
+            assert time.monotonic() < deadline, "the signals never stopped"
+        write(library / "sub" / "deep.mp4")  # a sub-folder of the library is no presenter: not watched
+        assert not watcher.wait(0.5)
 
 
 def test_watcher_observer_types(tmp_path: Path) -> None:

@@ -260,3 +260,75 @@ def test_a_whole_job_failure_after_its_videos_were_listed_leaves_none_pending(tm
     assert final.error.message.startswith("lesson/voice.wav: ")
     assert [v.state for v in final.videos] == ["not_started", "not_started"]
     assert "The job's files are kept in inbox/.heygemd/archive/" in final.error.hint
+
+
+def test_a_library_presenter_renders_with_its_own_engine_face_and_loop_mode_unless_the_job_names_them(
+    tmp_path: Path,
+) -> None:
+    from heygemd.daemon.presenter_links import Linker
+
+    library = tmp_path / "presenters"
+    library.mkdir()
+    (library / "anna.mp4").write_bytes(b"anna")
+    (library / "anna.toml").write_text('engine = "wav2lip"\nface = "left"\nloop_mode = "loop"\n')
+    (library / "bob.mp4").write_bytes(b"bob")
+    folder = tmp_path / "inbox" / "lesson"
+    folder.mkdir(parents=True)
+    (folder / "voice.wav").write_bytes(b"x")
+    (folder / "own.mp4").write_bytes(b"x")
+    (folder / "job.toml").write_text('presenters = ["anna", "bob"]\nlatentsync_steps = 7\n')
+    claimed = claims.claim(
+        readiness.Candidate("lesson", folder), tmp_path / "inbox" / ".heygemd", presenters=Linker(library)
+    )
+    assert claimed is not None
+
+    calls: list[tuple[str, str, dict[str, object]]] = []
+
+    class Recording(StandInSession):
+        def configure(self, overrides: object = None) -> dict[str, int | float | bool]:
+            calls.append((self.engine_name, "configure", dict(overrides or {})))  # type: ignore[call-overload]
+            return {}
+
+        def audio(self, path: Path, **_: object) -> _Audio:
+            calls.append((self.engine_name, "audio", {}))
+            return _Audio()
+
+        def render(self, video: InputFile, audio: _Audio, output: Path, **kwargs: object) -> RenderResult:
+            calls.append((self.engine_name, video.name, {k: kwargs[k] for k in ("face", "loop_mode")}))
+            return super().render(video, audio, output)
+
+    sessions = {None: Recording(engine_name="mouthwarp"), "wav2lip": Recording(engine_name="wav2lip")}
+    context = JobContext(session_for=lambda engine: sessions[engine])  # type: ignore[arg-type,index]
+    assert process_job(claimed, tmp_path / "outbox", context).outcome is JobOutcome.FINISHED
+    assert calls == [
+        ("mouthwarp", "audio", {}),
+        ("mouthwarp", "configure", {"latentsync_steps": 7}),
+        ("wav2lip", "configure", {"latentsync_steps": 7}),  # the job's settings on the presenter's engine too
+        ("wav2lip", "audio", {}),  # the job's audio once more, for the presenter's engine
+        ("wav2lip", "anna.mp4", {"face": "left", "loop_mode": "loop"}),
+        ("mouthwarp", "bob.mp4", {"face": None, "loop_mode": None}),
+        ("mouthwarp", "own.mp4", {"face": None, "loop_mode": None}),
+    ]
+    status = read_status(tmp_path / "outbox" / "lesson" / "status.json")
+    assert [(v.input, v.presenter, v.engine) for v in status.videos] == [
+        ("anna.mp4", "anna", "wav2lip"),
+        ("bob.mp4", "bob", None),
+        ("own.mp4", None, None),
+    ]
+
+    calls.clear()
+    folder = tmp_path / "inbox" / "lesson-2"
+    folder.mkdir()
+    (folder / "voice.wav").write_bytes(b"x")
+    (folder / "job.toml").write_text('presenters = ["anna"]\nengine = "mouthwarp"\nloop_mode = "pingpong"\n')
+    claimed = claims.claim(
+        readiness.Candidate("lesson-2", folder), tmp_path / "inbox" / ".heygemd", presenters=Linker(library)
+    )
+    assert claimed is not None
+    sessions["mouthwarp"] = sessions[None]
+    assert process_job(claimed, tmp_path / "outbox", context).outcome is JobOutcome.FINISHED
+    assert calls == [
+        ("mouthwarp", "audio", {}),
+        ("mouthwarp", "configure", {}),  # the job names no engine setting: the daemon's own
+        ("mouthwarp", "anna.mp4", {"face": "left", "loop_mode": "pingpong"}),
+    ]

@@ -222,6 +222,19 @@ def test_equal_faces_tie_break_to_the_frame_centre(detector):
     assert 300 <= (track.boxes[0, 0] + track.boxes[0, 2]) / 2 <= 470
 
 
+def test_select_follows_the_face_asked_for_among_those_of_a_fair_size(detector):
+    frame = two_presenters(220, 150)  # the larger on the left, a smaller (but not tiny) one on the right
+    centre_x = {}
+    for select in ("largest", "left", "right", "centre"):
+        track = track_faces(iter([frame]), detector, select=select)
+        centre_x[select] = (track.boxes[0, 0] + track.boxes[0, 2]) / 2
+    assert centre_x["largest"] < 320 and centre_x["left"] < 320 and centre_x["right"] > 320
+    assert centre_x["centre"] > 320  # the right face (x 350..500) is nearer the centre (320) than the left (20..240)
+    tiny = two_presenters(220, 90)  # a face under a quarter of the largest's area is never chosen
+    track = track_faces(iter([tiny]), detector, select="right")
+    assert (track.boxes[0, 0] + track.boxes[0, 2]) / 2 < 320
+
+
 def test_a_far_away_other_face_is_not_taken_for_the_target(detector):
     # The big presenter on the left leaves the picture; only the small face on the right remains.
     with_both = two_presenters(220, 120)

@@ -56,6 +56,30 @@ def test_size_limit_evicts_the_least_recently_used(tmp_path: Path) -> None:
     assert left == ["a", "c"]  # b was the least recently used
 
 
+def test_pinned_preparations_go_only_when_the_others_are_not_enough(tmp_path: Path) -> None:
+    _, compute = fill(0.0)
+    shape = (256, 64)
+    made = {
+        name: presenter_cache.cached_preparation(name, tmp_path, "fp", shape, compute, 10**9)  # type: ignore[arg-type]
+        for name in ("library", "old", "new")
+    }
+    size = presenter_cache.cache_path("old", tmp_path, "fp").stat().st_size
+    for age, name in ((300, "library"), (200, "old"), (100, "new")):
+        stamp = presenter_cache.cache_path(name, tmp_path, "fp").stat().st_mtime - age
+        os.utime(presenter_cache.cache_path(name, tmp_path, "fp"), (stamp, stamp))
+    pinned_path = made["library"].path
+    assert pinned_path == presenter_cache.cache_path("library", tmp_path, "fp")
+    presenter_cache.pin(tmp_path, [pinned_path.name])
+    assert presenter_cache.pinned(tmp_path) == {pinned_path.name}
+
+    presenter_cache.evict(tmp_path, 2 * size)  # the least recently used is pinned: the next one goes
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "presenter").glob("*.npy")) == ["library", "new"]
+    presenter_cache.evict(tmp_path, size // 2)  # the limit holds whatever is pinned
+    assert list((tmp_path / "presenter").glob("*.npy")) == []
+    presenter_cache.pin(tmp_path, [])
+    assert presenter_cache.pinned(tmp_path) == frozenset()
+
+
 def test_unwritable_cache_still_prepares(tmp_path: Path) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the folder should be")

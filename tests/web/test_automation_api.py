@@ -135,6 +135,30 @@ def test_a_job_given_by_urls_as_json_lands_in_the_inbox_like_an_upload(client_fo
     assert status["state"] == "queued" and status["audio"]["file"] == "speech.wav"
 
 
+def test_a_job_by_json_names_library_presenters_and_an_unknown_one_is_refused_first(
+    client_for, media: Receiver
+) -> None:
+    client, settings = client_for()
+    settings.paths.presenters_dir.mkdir(parents=True)
+    (settings.paths.presenters_dir / "anna.mp4").write_bytes(MP4)
+    unknown = {"audio_url": media.url("/speech.wav"), "presenters": ["anna", "zoe"]}
+    message = problem(client.post("/api/jobs", json=unknown), 400, "NO_SUCH_PRESENTER")
+    assert "'zoe'" in message and "the presenters there: anna" in message
+    assert media.seen == [], "refused before anything was downloaded"
+    nothing_queued(settings)
+
+    body = {"name": "lesson-02", "audio_url": media.url("/speech.wav"), "presenters": ["anna"]}
+    response = client.post("/api/jobs", json=body, headers={"Idempotency-Key": "run-1"})
+    assert response.status_code == 201, response.text
+    files = job_files(settings, "lesson-02")
+    assert sorted(files) == [".ready", "job.toml", "speech.wav"], "the presenter is linked in at the claim"
+    assert files["job.toml"] == b'presenters = ["anna"]\n'
+    both = {**body, "video_urls": [media.url("/bob.mp4")]}  # another request: the key is not the same job
+    assert client.post("/api/jobs", json=both, headers={"Idempotency-Key": "run-1"}).status_code == 409
+    response = client.post("/api/jobs", json={**both, "name": "lesson-03"})
+    assert sorted(job_files(settings, response.json()["job_id"])) == [".ready", "bob.mp4", "job.toml", "speech.wav"]
+
+
 def test_a_form_and_url_fields_next_to_uploads_are_taken_too(client_for, media: Receiver) -> None:
     client, settings = client_for()
     form = [("audio_url", media.url("/speech.wav")), ("video_urls", media.url("/anna.mp4")), ("name", "by-form")]

@@ -9,13 +9,16 @@ import re
 from pathlib import Path
 from typing import Any, get_args
 
+import pytest
 from openapi_spec_validator import validate
 
 from heygemd.daemon.status import JobStatus
 from heygemd.engine_names import AUTO
 from heygemd.engines.registry import SPECS
-from heygemd.settings import LoopMode
-from heygemd.web.openapi import JOB_DONE, OPERATIONS, URL_JOB_EXAMPLE
+from heygemd.settings import FaceChoice, LoopMode
+from heygemd.web.openapi import JOB_DONE, OPERATIONS, PRESENTER_READY, URL_JOB_EXAMPLE
+from heygemd.web.presenters import Presenter
+from heygemd.web.problems import BadUpload
 from heygemd.web.submission import FORM, JSON, parse_url_job
 from tests.web.webserver import TOKEN
 
@@ -61,9 +64,11 @@ def test_the_submission_carries_the_codes_own_lists_and_its_examples(make_client
         properties = body["schema"]["properties"]
         assert properties["engine"]["enum"] == engines, kind
         assert properties["loop_mode"]["enum"] == list(get_args(LoopMode)), kind
-        assert {"gpu_class", "callback_url", "audio_url", "video_urls", "name", "crf"} <= set(properties), kind
+        assert {"gpu_class", "callback_url", "audio_url", "video_urls", "presenters", "name", "crf"} <= set(
+            properties
+        ), kind
     assert {"audio", "videos"} <= set(content["multipart/form-data"]["schema"]["properties"])
-    assert content[JSON]["schema"]["required"] == ["audio_url", "video_urls"]
+    assert content[JSON]["schema"]["required"] == ["audio_url"], "presenters may stand for video_urls"
     (key,) = [p for p in submit["parameters"] if p["in"] == "header"]
     assert key["name"] == "Idempotency-Key" and not key["required"] and "IDEMPOTENCY_MISMATCH" in key["description"]
     assert content[JSON]["example"] == URL_JOB_EXAMPLE
@@ -72,6 +77,47 @@ def test_the_submission_carries_the_codes_own_lists_and_its_examples(make_client
     assert JobStatus.model_validate(JOB_DONE).state == "done", "the status example is a status document"
     for code in ("201", "200", "400", "409", "502"):
         assert submit["responses"][code]["content"]["application/json"]["example"], code
+
+
+def test_the_presenter_library_is_documented_with_what_it_answers(make_client) -> None:
+    document = openapi(make_client)
+    validate(document)
+    ops = operations(document)
+    assert {name: op["operationId"] for name, op in ops.items() if "/api/presenters" in name} == {
+        "GET /api/presenters": "listPresenters",
+        "POST /api/presenters": "addPresenter",
+        "GET /api/presenters/{name}": "getPresenter",
+        "DELETE /api/presenters/{name}": "deletePresenter",
+        "GET /api/presenters/{name}/poster": "getPresenterPoster",
+        "HEAD /api/presenters/{name}/poster": "headPresenterPoster",
+        "GET /api/presenters/{name}/preview": "getPresenterPreview",
+        "HEAD /api/presenters/{name}/preview": "headPresenterPreview",
+    }
+    add = ops["POST /api/presenters"]["requestBody"]["content"]
+    assert list(add) == ["multipart/form-data"]
+    schema = add["multipart/form-data"]["schema"]
+    assert schema["required"] == ["video"] and schema["properties"]["video"]["format"] == "binary"
+    assert schema["properties"]["face"]["enum"] == list(get_args(FaceChoice))
+    assert schema["properties"]["engine"]["enum"] == [AUTO, *(spec.name for spec in SPECS)]
+    assert {"name", "display_name", "loop_mode", "notes"} <= set(schema["properties"])
+    assert (
+        ops["DELETE /api/presenters/{name}"]["responses"]["409"]["content"]["application/json"]["example"]["code"]
+        == "PRESENTER_BUSY"
+    )
+    listed = ops["GET /api/presenters"]["responses"]["200"]["content"]["application/json"]["example"]
+    assert Presenter.model_validate(listed["presenters"][0]).state == "ready", "the example is what the API answers"
+    assert Presenter.model_validate(PRESENTER_READY).poster_url
+
+    # a job by JSON names library presenters instead of (or besides) video URLs
+    audio = "https://files.example.com/lesson.mp3"
+    received, options = parse_url_job(JSON, json.dumps({"audio_url": audio, "presenters": ["anna", "bob"]}).encode())
+    assert (received.video_urls, received.presenters, options.presenters) == ([], ["anna", "bob"], ["anna", "bob"])
+    _, options = parse_url_job(JSON, json.dumps({"audio_url": audio, "presenters": "all"}).encode())
+    assert options.presenters == "all"
+    received, options = parse_url_job(FORM, f"audio_url={audio}&presenters=anna&presenters=bob".encode())
+    assert options.presenters == ["anna", "bob"]
+    with pytest.raises(BadUpload, match="at least one presenter"):
+        parse_url_job(JSON, json.dumps({"audio_url": audio, "presenters": []}).encode())
 
 
 def test_the_n8n_example_is_a_workflow_as_n8n_exports_it() -> None:

@@ -188,6 +188,10 @@ function jobButtons(onList) {
 
 function mib(bytes) { return (bytes / 1048576).toFixed(1) + " MiB"; }
 
+function tickedPresenters(form) {
+  return [...form.querySelectorAll('#library input[name="presenters"]:checked')].map(box => box.value);
+}
+
 // What is wrong with the chosen files and options, in the words of the form (null: ready to upload). The server
 // checks the same again; its lists and limits come with the page (new.html), so they are written once.
 function formProblem(form, audioFile, videoFiles) {
@@ -198,7 +202,10 @@ function formProblem(form, audioFile, videoFiles) {
                           hint: "An audio file (" + audioTypes.join(" ") + "); a video's sound track works too."};
   if (!audioTypes.includes(ext(audioFile.name))) return {message: "“" + audioFile.name + "” is not an audio file or a video.",
                           hint: "Choose a file ending in " + audioTypes.join(" ") + "."};
-  if (!videoFiles.length) return {message: "Choose at least one presenter: a video or a photo of the face."};
+  if (!videoFiles.length && !tickedPresenters(form).length) {
+    return {message: "Choose at least one presenter: a video or a photo of the face"
+      + (form.querySelector("#library") ? ", or tick one from the library." : ".")};
+  }
   const odd = videoFiles.find(f => !presenterTypes.includes(ext(f.name)));
   if (odd) return {message: "“" + odd.name + "” is not a video or a photo.",
                    hint: "Presenters are files ending in " + presenterTypes.join(" ") + "."};
@@ -300,6 +307,7 @@ function uploadForm(form) {
     const data = new FormData();
     data.append("audio", audioFile, audioFile.name);
     for (const f of videoFiles) data.append("videos", f, f.name);
+    for (const name of tickedPresenters(form)) data.append("presenters", name);
     for (const input of form.querySelectorAll(".options [name]")) {
       const value = input.value.trim();
       if (value) data.append(input.name, value);
@@ -333,10 +341,133 @@ function uploadForm(form) {
   });
 }
 
+// The presenter library (presenters.html): the words under a preparing presenter's bar (pages.py: presenter_stage).
+const PRESENTER_STAGES = {waiting: "waiting", queued: "queued: prepared when no job is rendering",
+  detecting: "finding the face", preparing: "preparing the engines", poster: "making the poster"};
+
+function presenterStage(p) {
+  let words = PRESENTER_STAGES[p.stage] || "";
+  if (["detecting", "preparing", "poster"].includes(p.stage)) words = Math.round(p.progress * 100) + "% · " + words;
+  return p.waiting_for ? words + ": " + p.waiting_for : words;
+}
+
+// Follow the library: a preparing presenter's bar and words move; a presenter added, removed or changing state
+// brings the page again (with its poster, its facts or its error).
+function livePresenters(root) {
+  const cards = () => [...root.querySelectorAll("article[data-presenter]")];
+  async function look() {
+    let body = null;
+    try { const r = await fetch("/api/presenters", {credentials: "same-origin"}); if (r.ok) body = await r.json(); } catch (e) { body = null; }
+    if (body) {
+      const shown = cards().map(c => c.dataset.presenter + ":" + c.dataset.state).sort().join(",");
+      const now = body.presenters.map(p => p.name + ":" + p.state).sort().join(",");
+      if (shown !== now) { location.reload(); return; }
+      for (const p of body.presenters) {
+        const card = cards().find(c => c.dataset.presenter === p.name);
+        if (!card || p.state !== "preparing") continue;
+        setBar(field(card, "progress"), p.progress, "processing");
+        field(card, "stage").textContent = presenterStage(p);
+      }
+    }
+    setTimeout(look, 1000);
+  }
+  setTimeout(look, 1000);
+  for (const figure of root.querySelectorAll("figure[data-preview]")) {
+    figure.addEventListener("click", () => {
+      if (figure.querySelector("video") || !figure.querySelector("img")) return;
+      const still = figure.dataset.still === "true";
+      const media = document.createElement(still ? "img" : "video");
+      media.src = figure.dataset.preview;
+      if (!still) { media.controls = true; media.autoplay = true; media.muted = true; media.loop = true; }
+      figure.textContent = "";
+      figure.append(media);
+    });
+  }
+  const message = document.getElementById("action-message");
+  for (const button of root.querySelectorAll('[data-action="delete-presenter"]')) {
+    button.addEventListener("click", async () => {
+      if (!confirm("Remove this presenter from the library? Jobs already rendered keep their videos.")) return;
+      button.disabled = true;
+      const response = await fetch(button.dataset.url, {method: "DELETE", credentials: "same-origin"});
+      if (response.ok) { location.reload(); return; }
+      button.disabled = false;
+      message.className = "message error";
+      showProblem(message, await problemOf(response));
+    });
+  }
+}
+
+function presenterForm(form) {
+  const input = document.getElementById("presenter-file");
+  const drop = document.getElementById("presenter-drop");
+  const chosen = document.getElementById("presenter-chosen");
+  const errorBox = document.getElementById("presenter-error");
+  const types = form.dataset.suffixes.split(" ");
+  let file = null;
+  function pick(f) {
+    file = f || null;
+    chosen.textContent = file ? file.name + " (" + mib(file.size) + ")" : "";
+    const name = document.getElementById("presenter-name");
+    if (file && !name.value) name.placeholder = file.name.replace(/\.[^.]*$/, "");
+  }
+  input.addEventListener("change", () => pick(input.files[0]));
+  for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, e => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files[0]); });
+  form.addEventListener("submit", e => {
+    e.preventDefault();
+    errorBox.hidden = true;
+    if (!file) { showFormProblem(errorBox, {message: "Choose the presenter's video or photo."}); return; }
+    if (!types.includes(ext(file.name))) {
+      showFormProblem(errorBox, {message: "“" + file.name + "” is not a video or a photo.", hint: "Choose a file ending in " + types.join(" ") + "."});
+      return;
+    }
+    if (file.size > Number(form.dataset.maxFileBytes)) {
+      showFormProblem(errorBox, {message: "“" + file.name + "” is " + mib(file.size) + "; this server takes at most "
+        + mib(Number(form.dataset.maxFileBytes)) + " per file.", hint: "Export it smaller, or ask whoever runs heygemd to raise the limit."});
+      return;
+    }
+    const data = new FormData();
+    data.append("video", file, file.name);
+    for (const field of form.querySelectorAll(".options [name]")) {
+      const value = field.value.trim();
+      if (value) data.append(field.name, value);
+    }
+    const progress = document.getElementById("presenter-progress");
+    const text = document.getElementById("presenter-progress-text");
+    const submit = document.getElementById("presenter-submit");
+    progress.hidden = false;
+    submit.disabled = true;
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/presenters");
+    xhr.upload.addEventListener("progress", ev => {
+      if (!ev.lengthComputable) return;
+      setBar(progress, ev.loaded / ev.total);
+      text.textContent = "Uploading: " + mib(ev.loaded) + " of " + mib(ev.total);
+    });
+    xhr.addEventListener("load", () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+      if (xhr.status === 201) { location.reload(); return; }
+      submit.disabled = false;
+      progress.hidden = true;
+      showFormProblem(errorBox, uploadProblem(xhr.status, body));
+    });
+    xhr.addEventListener("error", () => {
+      submit.disabled = false;
+      progress.hidden = true;
+      showFormProblem(errorBox, {message: "The upload was interrupted.", hint: "Check the connection and try again."});
+    });
+    xhr.send(data);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const list = document.querySelector("[data-live-list]");
   const job = document.querySelector("[data-live-job]");
   const form = document.getElementById("upload");
+  const library = document.querySelector("[data-live-presenters]");
+  const addPresenter = document.getElementById("add-presenter");
   if (list) { liveList(list); jobButtons(true); }
   else if (job) { liveJob(job); jobButtons(false); }
   else if (document.querySelector("[data-live-machine]") && !document.querySelector("form.login")) {
@@ -344,4 +475,6 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   if (form) uploadForm(form);
   machineButtons();
+  if (library) livePresenters(library);
+  if (addPresenter) presenterForm(addPresenter);
 });

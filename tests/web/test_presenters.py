@@ -1,0 +1,189 @@
+"""The presenter library over HTTP with the real app over real folders: a presenter added as a job is uploaded
+(staging, limits, the file moved into the library with its toml and its ready marker), listed with its state, its
+poster and preview served from heygemd's own folders only, refused when the name is taken or the file is no video,
+removed unless a job not finished names it (PRESENTER_BUSY); jobs submitted by naming presenters, an unknown one
+refused; a retry names again the presenters that never reached the job; the pages show the library."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from heygemd.daemon.claims import ClaimRecord
+from heygemd.daemon.lifecycle import Sessions
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
+from heygemd.daemon.status import VideoStatus
+from heygemd.layout import CLAIM_FILE, INPUT_DIR
+from tests.daemon.daemon_process import Media
+from tests.web.test_api import WAV, assert_problem, upload
+from tests.web.webserver import TOKEN, finished_job
+
+
+def add(client, path: Path | None = None, data: bytes = b"", filename: str = "anna.mp4", **fields):
+    content = path.read_bytes() if path is not None else data
+    return client.post("/api/presenters", files=[("video", (filename, content))], data=fields)
+
+
+def test_a_presenter_is_added_listed_and_removed(make_client, media: Media) -> None:
+    client, settings = make_client()
+    assert client.get("/api/presenters").json() == {"presenters": []}
+    response = add(client, media.face_a, name="Anna", display_name="Anna S.", face="left", loop_mode="loop")
+    assert response.status_code == 201, response.text
+    anna = response.json()
+    got = (anna["name"], anna["file"], anna["state"], anna["display_name"])
+    assert got == ("Anna", "Anna.mp4", "preparing", "Anna S.")
+    assert anna["stage"] == "waiting" and anna["waiting_for"] == "the daemon has not looked at it yet"
+    assert anna["preview_url"] == "/api/presenters/Anna/preview" and anna["poster_url"] is None
+    library = settings.paths.presenters_dir
+    assert sorted(os.listdir(library)) == ["Anna.mp4", "Anna.mp4.ready", "Anna.toml"]
+    assert (library / "Anna.mp4").read_bytes() == media.face_a.read_bytes()
+    assert (library / "Anna.toml").read_text() == 'display_name = "Anna S."\nface = "left"\nloop_mode = "loop"\n'
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []  # the staging folder is gone
+
+    assert client.get("/api/presenters/anna").json()["name"] == "Anna"  # found ignoring case
+    preview = client.get("/api/presenters/Anna/preview")
+    assert preview.status_code == 200 and preview.content == media.face_a.read_bytes()
+    assert_problem(client.get("/api/presenters/Anna/poster"), 404, "NOT_FOUND")  # not prepared yet
+    body = assert_problem(client.get("/api/presenters/zoe"), 404, "NO_SUCH_PRESENTER")
+    assert "zoe" in body["message"]
+
+    assert client.delete("/api/presenters/Anna").json() == {"deleted": "Anna"}
+    assert os.listdir(library) == []
+    assert_problem(client.delete("/api/presenters/Anna"), 404, "NO_SUCH_PRESENTER")
+
+
+def test_bad_presenter_uploads_are_refused_and_leave_nothing(make_client, media: Media) -> None:
+    client, settings = make_client("max_file_mb = 0.01\n")
+    library = settings.paths.presenters_dir
+    body = assert_problem(add(client, data=b"%PDF", filename="slides.pdf"), 400, "BAD_UPLOAD")
+    assert "not a video or a still photo" in body["message"]
+    body = assert_problem(add(client, data=b"x", face="middle"), 400, "BAD_UPLOAD")
+    assert "face" in body["message"] and "largest, left, right or centre" in body["hint"]
+    assert_problem(client.post("/api/presenters", data={"name": "anna"}), 400, "BAD_UPLOAD")  # no video
+    assert_problem(add(client, data=b"x" * 20_000), 413, "UPLOAD_TOO_LARGE")
+    assert not library.exists() or os.listdir(library) == []
+    assert list((settings.paths.state_dir / "uploads").iterdir()) == []
+
+    assert add(client, data=b"video", name="../../anna").status_code == 201  # the name made safe: "anna"
+    assert sorted(os.listdir(library)) == ["anna.mp4", "anna.mp4.ready"]
+    body = assert_problem(add(client, data=b"other", filename="ANNA.mov"), 409, "PRESENTER_EXISTS")
+    assert "anna" in body["message"]
+    assert sorted(os.listdir(library)) == ["anna.mp4", "anna.mp4.ready"]
+
+
+def test_a_presenter_named_by_a_job_not_finished_is_busy(make_client) -> None:
+    client, settings = make_client()
+    assert add(client, data=b"a", name="anna").status_code == 201
+    assert add(client, data=b"b", name="bob").status_code == 201
+    response = client.post("/api/jobs", files=[("audio", ("lesson.wav", WAV))], data={"presenters": ["anna"]})
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / response.json()["job_id"]
+    assert (job / "job.toml").read_text() == 'presenters = ["anna"]\n'
+    assert sorted(os.listdir(job)) == [".ready", "job.toml", "lesson.wav"]
+
+    body = assert_problem(client.delete("/api/presenters/anna"), 409, "PRESENTER_BUSY")
+    assert "lesson" in body["message"]
+    assert client.delete("/api/presenters/bob").status_code == 200  # named by no job
+    claimed = settings.paths.state_dir / "claimed" / "lesson"
+    claimed.mkdir(parents=True)
+    job.rename(claimed / INPUT_DIR)  # claimed now (still not finished)
+    assert_problem(client.delete("/api/presenters/anna"), 409, "PRESENTER_BUSY")
+    (claimed / INPUT_DIR / "job.toml").write_text('presenters = "all"\n')
+    assert_problem(client.delete("/api/presenters/anna"), 409, "PRESENTER_BUSY")
+    shutil.rmtree(claimed)
+    assert client.delete("/api/presenters/anna").status_code == 200
+
+
+def test_jobs_name_presenters_instead_of_or_besides_videos(make_client) -> None:
+    client, settings = make_client()
+    assert add(client, data=b"a", name="anna").status_code == 201
+    response = upload(client, videos=(("own.mp4", b"own"),), presenters=["anna", "ANNA"])
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / response.json()["job_id"]
+    assert (job / "job.toml").read_text() == 'presenters = ["anna", "ANNA"]\n'  # found ignoring case, each once
+    assert "own.mp4" in os.listdir(job)
+    response = client.post("/api/jobs", files=[("audio", ("b.wav", WAV))], data={"presenters": "all"})
+    assert (settings.paths.inbox / response.json()["job_id"] / "job.toml").read_text() == 'presenters = "all"\n'
+
+    body = assert_problem(upload(client, videos=(), presenters=["anna", "zoe"]), 400, "NO_SUCH_PRESENTER")
+    assert "'zoe'" in body["message"] and "the presenters there: anna" in body["message"]
+    body = assert_problem(upload(client, videos=()), 400, "BAD_UPLOAD")
+    assert "'presenters'" in body["message"]
+
+
+def test_posters_and_previews_are_served_from_heygemds_folders_only(make_client, media: Media, tmp_path: Path) -> None:
+    client, settings = make_client()
+    assert add(client, media.face_a, name="anna").status_code == 201
+    keeper = LibraryKeeper(settings, Preparer(settings, Sessions(settings)))
+    keeper.scan()
+    assert keeper.prepare_next()
+    anna = client.get("/api/presenters/anna").json()
+    assert anna["state"] == "ready" and anna["poster_url"].startswith("/api/presenters/anna/poster?v=")
+    poster = client.get(anna["poster_url"])
+    assert poster.status_code == 200 and poster.headers["content-type"] == "image/jpeg"
+    assert poster.content[:2] == b"\xff\xd8"
+    assert client.head("/api/presenters/anna/preview").headers["content-length"] == str(media.face_a.stat().st_size)
+
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 not for the web")
+    posters = settings.paths.state_dir / "posters"
+    (posters / "anna.jpg").unlink()
+    (posters / "anna.jpg").symlink_to(secret)  # planted: never served
+    assert_problem(client.get("/api/presenters/anna/poster"), 404, "NOT_FOUND")
+    library = settings.paths.presenters_dir
+    (library / "anna.mp4").unlink()
+    (library / "anna.mp4").symlink_to(media.face_b)  # the presenter is now a link: it fails, nothing is served
+    assert client.get("/api/presenters/anna").json()["error"]["code"] == "UNSAFE_PATH"
+    assert_problem(client.get("/api/presenters/anna/preview"), 404, "NOT_FOUND")
+
+
+def test_the_library_needs_the_token_like_every_api(make_client) -> None:
+    client, _ = make_client(f'token = "{TOKEN}"\n')
+    assert_problem(client.get("/api/presenters"), 401, "UNAUTHORIZED")
+    assert_problem(add(client, data=b"x"), 401, "UNAUTHORIZED")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/presenters", headers=headers).status_code == 200
+    crossing = client.delete("/api/presenters/anna", headers={"Origin": "https://evil.example"})
+    assert crossing.status_code in (401, 403)
+
+
+def test_a_retry_names_again_the_presenters_that_never_reached_the_job(make_client) -> None:
+    client, settings = make_client()
+    videos = [
+        VideoStatus(input="anna.mp4", state="done", progress=1.0, output="anna.mp4", presenter="anna"),
+        VideoStatus(input="bob.mp4", state="failed", presenter="bob"),  # linked, then failed in the render
+        VideoStatus(input="zoe", state="failed", presenter="zoe"),  # never in the library
+        VideoStatus(input="own.mp4", state="failed"),
+    ]
+    status = finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
+    folder = settings.paths.state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / "lesson"  # type: ignore[union-attr]
+    (folder / INPUT_DIR).mkdir(parents=True)
+    record = ClaimRecord(job_id="lesson", name="lesson", claimed_at=status.claimed, host="h", pid=1)  # type: ignore[arg-type]
+    (folder / CLAIM_FILE).write_text(record.model_dump_json())
+    for name, data in {
+        "lesson.wav": WAV,
+        "anna.mp4": b"a",
+        "bob.mp4": b"b",
+        "own.mp4": b"o",
+        "job.toml": b'crf = 20\npresenters = ["anna", "bob", "zoe"]\n',
+    }.items():
+        (folder / INPUT_DIR / name).write_bytes(data)
+
+    response = client.post("/api/jobs/lesson/retry")
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / "lesson-retry"
+    assert sorted(os.listdir(job)) == [".ready", "bob.mp4", "job.toml", "lesson.wav", "own.mp4"]
+    assert (job / "job.toml").read_text() == 'crf = 20\npresenters = ["zoe"]\n'
+
+
+def test_the_pages_show_the_library_and_offer_it_in_the_new_job_form(make_client) -> None:
+    client, settings = make_client()
+    page = client.get("/presenters")
+    assert page.status_code == 200 and "The library is empty" in page.text
+    assert add(client, data=b"a", name="anna", display_name="Anna S.").status_code == 201
+    page = client.get("/presenters")
+    assert 'data-presenter="anna"' in page.text and "Anna S." in page.text and "the daemon has not looked" in page.text
+    form = client.get("/new")
+    assert 'name="presenters" value="anna"' in form.text
+    assert '<a href="/presenters">Presenters</a>' in form.text
