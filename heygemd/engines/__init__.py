@@ -6,7 +6,8 @@ Importing this package does not import torch: the torch engines are imported onl
 
 from __future__ import annotations
 
-from heygemd.engines.registry import SPECS, EngineSpec, ModelFiles, available_names, resolve, resolve_engine_name
+from heygemd.engines.model_files import ModelFiles
+from heygemd.engines.registry import SPECS, EngineSpec, available_names, resolve, resolve_engine_name
 
 __all__ = [
     "SPECS",
