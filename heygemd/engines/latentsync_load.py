@@ -81,19 +81,22 @@ def load_config(files: ModelFiles) -> LatentSyncConfig:
 def load_unet(files: ModelFiles, config: LatentSyncConfig, device: torch.device, dtype: torch.dtype) -> LatentSyncUNet:
     """The UNet of ``latentsync_unet.pt`` on ``device`` in ``dtype``, eval mode, every tensor checked first.
 
-    The motion modules' position tables (``pos_encoder.pe``) are fixed sinusoids: a checkpoint without them gets
-    them computed, as the reference's lenient loader would leave its initial ones."""
+    One copy of the weights in memory at a time: the module is built on the meta device (no storage), the
+    checkpoint read into memory (not mapped: the mapped file's pages would count beside the model's copy) and its
+    tensors become the module's own (``assign=True``); those that must change device or dtype are converted one by
+    one, each read tensor dropped once converted. The motion modules' position tables (``pos_encoder.pe``) are
+    fixed sinusoids: a checkpoint without them gets them computed, as the reference's lenient loader would leave
+    its initial ones."""
     path = files["unet"]
     with torch.device("meta"):
         unet = LatentSyncUNet(config.unet)
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    state = read_state_dict(path, hint=layout.HINT)
+    state = read_state_dict(path, hint=layout.HINT, mmap=False)
     for key, shape in expected.items():
         if key.endswith(".pos_encoder.pe") and key not in state:
             state[key] = sinusoid_table(shape[2], shape[1])
     check_state_dict(state, expected, path, what="LatentSync's UNet for this config", hint=layout.HINT)
-    placed = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in state.items()}
-    del state
+    placed = {key: state.pop(key).to(device=device, dtype=dtype) for key in list(state)}
     unet.load_state_dict(placed, strict=True, assign=True)
     return unet.eval()
 

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from transformers import WhisperFeatureExtractor, WhisperModel
@@ -39,11 +40,15 @@ def _fail(message: str, path: Path) -> CheckpointError:
 
 
 def load_unet(files: ModelFiles) -> UNet2DConditionModel:
-    """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config."""
+    """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config.
+
+    One copy of the weights in memory: the module is built on the meta device and takes the tensors read from
+    the file (read, not mapped, so the file's pages do not count beside them) as its own (``assign=True``)."""
     config_path, weights_path = files["unet_config"], files["unet"]
     config = {k: v for k, v in read_json(config_path, layout.HINT).items() if not k.startswith("_")}
     try:
-        unet = UNet2DConditionModel(**config)
+        with torch.device("meta"):  # no storage: the checkpoint's tensors become the module's own
+            unet = UNet2DConditionModel(**config)
     except (TypeError, ValueError) as exc:
         raise _fail(f"not a UNet2DConditionModel config ({detail(exc)})", config_path) from None
     if unet.config.in_channels != 2 * LATENT_CHANNELS or unet.config.cross_attention_dim != PROMPT_WIDTH:
@@ -53,9 +58,10 @@ def load_unet(files: ModelFiles) -> UNet2DConditionModel:
             config_path,
         )
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    state = read_state_dict(weights_path, hint=layout.HINT)
+    state = read_state_dict(weights_path, hint=layout.HINT, mmap=False)
     check_state_dict(state, expected, weights_path, what="the UNet of musetalk.json", hint=layout.HINT)
-    unet.load_state_dict(state, strict=True)
+    # as a copying load would: the model in fp32 whatever the file's dtype (each read tensor dropped once converted)
+    unet.load_state_dict({key: state.pop(key).float() for key in list(state)}, strict=True, assign=True)
     return unet.eval()
 
 
