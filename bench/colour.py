@@ -1,5 +1,5 @@
 """CPU time per frame of the colour conversions around the engine: swscale (what ffmpeg does) against
-``heygemd.pipeline.colour`` (what a render does since session 6), side by side in one run.
+``heygemd.pipeline.colour`` (what a render does now), side by side in one run.
 
     .venv/bin/python -m bench.colour [--size 1280x720 ...] [--video talk.mp4 ...] [--frames 50] [--repeat 3]
 

@@ -15,6 +15,8 @@ from heygemd.settings import Settings, find_config, load_settings
 
 if TYPE_CHECKING:
     from heygemd.control import Control
+    from heygemd.daemon.lifecycle import Hooks
+    from heygemd.notify.notices import Notices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--device", help="cpu, cuda or cuda:N (default from config)")
     worker.add_argument("--name", help="Celery node name (default: <device>@<host>)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve this worker's Prometheus metrics (its engine, its machine's GPUs, the process) on port N",
+    )
     status = commands.add_parser("status", help="show jobs from the outbox's status files")
     status.add_argument("job", nargs="?", help="one job's id for its per-video detail")
     cancel = commands.add_parser("cancel", help="cancel a job: waiting, it never starts; rendering, it stops soon")
@@ -144,21 +152,27 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(summary(outcomes))
         return 0 if all(o.ok for o in outcomes) else 1
     if args.command in ("run", "once"):
-        if args.command == "run" and settings.web.enabled:
-            from heygemd.web.server import start_in_thread
+        with notices_for(settings).start(callbacks=True) as notices:
+            if args.command == "run" and settings.web.enabled:
+                from heygemd.web.server import start_in_thread
 
-            start_in_thread(settings, control_for(settings))
-        if args.command == "run" and settings.queue.broker:
-            from heygemd.farm.intake import run_intake
+                start_in_thread(settings, control_for(settings, notices))
+            if args.command == "run" and settings.queue.broker:
+                from heygemd.farm.intake import run_intake
 
-            return run_intake(settings)
-        from heygemd.daemon.service import run_service
+                return run_intake(settings, hooks=hooks_for(notices))
+            from heygemd.daemon.service import run_service
 
-        return run_service(settings, once=args.command == "once")
+            return run_service(settings, once=args.command == "once", hooks=hooks_for(notices))
     if args.command == "worker":
         from heygemd.farm.worker import run_worker
 
-        return run_worker(settings, name=args.name)
+        if args.metrics_port is not None:
+            from heygemd.metrics import serve_worker_metrics
+
+            serve_worker_metrics(args.metrics_port)
+        with notices_for(settings).start(callbacks=True) as notices:
+            return run_worker(settings, name=args.name, hooks=hooks_for(notices))
     if args.command == "status":
         from heygemd.status_view import show_status
 
@@ -167,7 +181,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "cancel":
         from heygemd.daemon.cancel import requested_by
 
-        answer = control_for(settings).cancel(args.job, requested_by("cli"))
+        with notices_for(settings).start(callbacks=False) as notices:  # a job cancelled at once is told
+            answer = control_for(settings, notices).cancel(args.job, requested_by("cli"))
         if answer.state == "cancelled":
             print(f"{answer.job_id}: cancelled (it had not started); its inputs are archived for a retry")
         else:
@@ -200,7 +215,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "web":
         from heygemd.web.server import serve
 
-        return serve(settings, control_for(settings))
+        with notices_for(settings).start(callbacks=False) as notices:
+            return serve(settings, control_for(settings, notices))
     if args.command == "demo":
         from heygemd.demo import make_demo_job
 
@@ -210,13 +226,32 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def control_for(settings: Settings) -> Control:
-    """The job actions for ``settings``; in a farm (``[queue] broker``) with the farm's way to finish a job whose
-    task still waits in the broker at once."""
+def control_for(settings: Settings, notices: Notices | None = None) -> Control:
+    """The job actions for ``settings``, telling ``notices`` of a job a cancel finishes at once; in a farm
+    (``[queue] broker``) with the farm's way to finish a job whose task still waits in the broker at once."""
     from heygemd.control import Control
+    from heygemd.daemon.hooks import no_job_ended
 
+    job_ended = notices.job_ended if notices is not None else no_job_ended
     if not settings.queue.broker:
-        return Control(settings)
+        return Control(settings, job_ended=job_ended)
     from heygemd.farm.cancel import idle_finisher  # Celery and Redis: only in a farm
 
-    return Control(settings, finish_idle=idle_finisher(settings))
+    return Control(settings, finish_idle=idle_finisher(settings, job_ended), job_ended=job_ended)
+
+
+def notices_for(settings: Settings) -> Notices:
+    """What the process tells others (signed callbacks, messages for people), counted by its metrics."""
+    from heygemd.metrics import NOTIFICATIONS
+    from heygemd.notify.notices import Notices
+
+    return Notices(settings, on_callback=NOTIFICATIONS.callback_changed, on_alert=NOTIFICATIONS.alert_sent)
+
+
+def hooks_for(notices: Notices) -> Hooks:
+    """The hooks of a process that runs the inbox or renders: ``notices`` told of jobs that end and of trouble, its
+    warm engines watched by its metrics (heygemd_engine_loaded)."""
+    from heygemd.daemon.lifecycle import Hooks
+    from heygemd.metrics import watch_sessions
+
+    return Hooks(job_ended=notices.job_ended, trouble=notices.trouble, broker=notices.broker, sessions=watch_sessions)

@@ -17,7 +17,12 @@ while a retry copies its inputs or a delete moves it, the loser raises JobChange
 
 A farm is wired in from above: the front door that knows it runs a farm (the CLI, from ``[queue] broker``) hands
 in ``finish_idle``, the farm's way to finish at once a job whose task still waits in the broker
-(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request.
+(:func:`heygemd.farm.cancel.idle_finisher`); without it the worker that takes the job acts on the request. So is
+``job_ended``, told of a job a cancel finishes at once (its callback and its message for people, as a worker tells
+of the jobs it finishes).
+
+A submission naming a ``callback_url`` is refused before anything is queued when the server would not call it
+(:meth:`Control.check`: CALLBACK_NOT_ALLOWED naming ``[notify] callback_hosts``, or no signing secret).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from heygemd import layout
 from heygemd.daemon import staging
 from heygemd.daemon.cancel import CancelAnswer, FinishIdle, cancel_job, read_request
 from heygemd.daemon.claims import claimed_jobs
+from heygemd.daemon.hooks import JobEnded, no_job_ended
 from heygemd.daemon.jobs import JOB_TOML, JobOptions, job_toml, load_job
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.status import FINISHED_JOB_STATES, AudioStatus, JobStatus, VideoStatus, read_status
@@ -51,6 +57,7 @@ from heygemd.errors import (
 )
 from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
 from heygemd.names import fit_name, is_audio, is_presenter, plain_name
+from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
 
 RETRIED = frozenset({"failed", "cancelled"})
@@ -60,9 +67,12 @@ RETRIED = frozenset({"failed", "cancelled"})
 class Control:
     """The job actions on ``settings``' inbox, outbox and state folder."""
 
-    def __init__(self, settings: Settings, *, finish_idle: FinishIdle | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, finish_idle: FinishIdle | None = None, job_ended: JobEnded = no_job_ended
+    ) -> None:
         self.settings = settings
         self.finish_idle = finish_idle
+        self.job_ended = job_ended
         paths = settings.paths
         self.inbox, self.outbox, self.state = paths.inbox, paths.outbox, paths.state_dir
 
@@ -81,11 +91,19 @@ class Control:
         """Give up a staging folder (and what it holds)."""
         staging.discard(folder)
 
+    def check(self, options: JobOptions) -> None:
+        """What the ``options`` of a submission must pass before anything is received or queued: a ``callback_url``
+        on a host ``[notify] callback_hosts`` allows, on a server with a signing secret (CallbackNotAllowed)."""
+        if options.callback_url is not None:
+            check_callback_url(options.callback_url, self.settings.notify)
+
     def submit(self, folder: Path, *, name: str, options: JobOptions | None = None, tail: str = "") -> str:
-        """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set),
-        the ready marker last, then one rename to the first free name among name<tail>, name<tail>-2, ... Returns
-        the job's id. The staging folder is discarded on failure."""
+        """Put the job built in the staging ``folder`` into the inbox: its job.toml (the ``options`` that are set,
+        checked by :meth:`check`), the ready marker last, then one rename to the first free name among name<tail>,
+        name<tail>-2, ... Returns the job's id. The staging folder is discarded on failure."""
         try:
+            if options is not None:
+                self.check(options)
             if options is not None and (text := job_toml(options)):
                 (folder / JOB_TOML).write_text(text, encoding="utf-8")
             staging.mark_ready(folder, self.settings.intake.ready_marker)
@@ -192,6 +210,7 @@ class Control:
             by=by,
             finish_idle=self.finish_idle,
             max_toml_bytes=intake.max_job_toml_bytes,
+            job_ended=self.job_ended,
         )
 
     def retry(self, job_id: str) -> str:

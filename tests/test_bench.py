@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,32 +22,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_bench_json_on_a_tiny_input():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+def run_bench(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> dict[str, Any]:
+    """``python -m bench ARGS... --json`` from the repository, as a user runs it; its JSON result."""
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--engine",
-            "mouthwarp",
-            "--size",
-            "320x180",
-            "--video-seconds",
-            "1",
-            "--audio-seconds",
-            "1",
-            "--json",
-        ],
+        [sys.executable, "-m", "bench", *args, "--json"],
         cwd=REPO_ROOT,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_bench_json_on_a_tiny_input():
+    result = run_bench("--engine", "mouthwarp", "--size", "320x180", "--video-seconds", "1", "--audio-seconds", "1")
 
     assert result["mode"] == "single"
     assert result["engine"] == "mouthwarp"
@@ -79,36 +72,22 @@ def test_bench_musetalk_through_the_engine_loader(musetalk_folder: Path, tmp_pat
     models = tmp_path / "models"
     models.mkdir()
     (models / "musetalk").symlink_to(musetalk_folder, target_is_directory=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["HEYGEMD_ENGINE__BATCH_SIZE"] = "8"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--engine",
-            "musetalk",
-            "--models",
-            str(models),
-            "--device",
-            "cpu",
-            "--size",
-            "320x180",
-            "--video-seconds",
-            "1",
-            "--audio-seconds",
-            "1",
-            "--json",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_bench(
+        "--engine",
+        "musetalk",
+        "--models",
+        str(models),
+        "--device",
+        "cpu",
+        "--size",
+        "320x180",
+        "--video-seconds",
+        "1",
+        "--audio-seconds",
+        "1",
+        env={"HEYGEMD_ENGINE__BATCH_SIZE": "8"},
         timeout=400,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
     assert result["engine"] == "musetalk"
     render = result["render"]
     assert render["frames"] == 25 and render["output_frames"] == 25

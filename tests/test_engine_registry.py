@@ -21,7 +21,7 @@ from heygemd.errors import ConfigError, JobError
 from heygemd.pipeline.engine_contract import Engine
 from heygemd.settings import EngineSettings, load_settings
 from heygemd.web.app import create_app
-from heygemd.web.upload import UPLOAD_OPTIONS
+from heygemd.web.upload import TEXT_FIELDS, UPLOAD_OPTIONS
 from tests.web.webserver import ORIGIN, settings_for
 
 REGISTRY = [AUTO, *(spec.name for spec in SPECS)]
@@ -107,7 +107,7 @@ def test_the_api_enums_are_the_registry_and_the_upload_takes_every_job_option(cl
     assert enums and all(enum == REGISTRY for enum in enums)
     form = spec["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["engine"]["enum"] == REGISTRY
-    assert set(form["properties"]) == {"audio", "videos", "name", *UPLOAD_OPTIONS}
+    assert set(form["properties"]) == {"audio", "videos", *TEXT_FIELDS}
     assert {"engine", "loop_mode", "crf", "gpu_class"} <= set(UPLOAD_OPTIONS)
     assert form["properties"]["gpu_class"]["pattern"] and form["properties"]["crf"]["maximum"] == 51
 

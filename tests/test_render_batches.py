@@ -12,6 +12,7 @@ from heygemd.engines import mouthwarp
 from heygemd.engines.mouthwarp import MouthWarpEngine
 from heygemd.engines.wav2lip import CPU_SUB_BATCH, Wav2LipEngine
 from heygemd.lipsync import LipSyncSession
+from heygemd.pipeline.engine_contract import EngineNeeds
 from heygemd.pipeline.run import BATCH_BYTES, batch_frames
 from heygemd.settings import EngineSettings, PathsSettings, Settings
 from tests.engines.checkpoints import make_random_checkpoint
@@ -28,6 +29,7 @@ class _WholeBatches:
     """An engine whose one pass takes any batch whole."""
 
     batch_size = 1 << 20
+    needs = EngineNeeds()
 
 
 def test_an_engine_with_large_passes_is_bounded_by_the_setting_and_by_bytes() -> None:

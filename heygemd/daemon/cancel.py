@@ -31,7 +31,8 @@ import structlog
 from pydantic import ValidationError
 
 from heygemd.daemon.claims import ClaimedJob, claim, read_claim
-from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, load_job
+from heygemd.daemon.hooks import JobEnded, no_job_ended, tell_job_ended
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, load_job
 from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.status import (
@@ -140,10 +141,12 @@ def finish_unstarted(
     max_toml_bytes: int = MAX_JOB_TOML_BYTES,
     worker: str | None = None,
     device: str | None = None,
+    job_ended: JobEnded = no_job_ended,
 ) -> JobStatus:
     """Finish a claimed job that is not running as cancelled: status.json (its videos cancelled, those done in an
-    earlier attempt kept), a job.log line, the inputs archived. Called by whoever holds the claim: the canceller for
-    a job it took from the inbox, the worker for a job whose request came before it started."""
+    earlier attempt kept), a job.log line, the inputs archived; then ``job_ended`` is told. Called by whoever holds
+    the claim: the canceller for a job it took from the inbox, the worker for a job whose request came before it
+    started."""
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
     remove_temps(out_dir)  # what a killed render left (a partial output under its temporary name), as a resume does
     remove_temps(claimed.path)
@@ -155,23 +158,22 @@ def finish_unstarted(
     update: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid(), "error": None, "cancel": request}
     if worker is not None:
         update.update(worker=worker, device=device)
-    if not status.videos:
-        try:
-            spec = load_job(
-                claimed.folder,
-                job_id=claimed.job_id,
-                name=claimed.name,
-                ready_marker=ready_marker,
-                max_toml_bytes=max_toml_bytes,
-            )
-        except HeygemdError:  # a job that could not have run: it is cancelled with no video to list
-            pass
-        else:
-            update.update(
-                audio=AudioStatus(file=spec.audio.name),
-                videos=[VideoStatus(input=v.name) for v in spec.videos],
-                ignored=spec.ignored,
-            )
+    try:
+        spec: JobSpec | None = load_job(
+            claimed.folder,
+            job_id=claimed.job_id,
+            name=claimed.name,
+            ready_marker=ready_marker,
+            max_toml_bytes=max_toml_bytes,
+        )
+    except HeygemdError:  # a job that could not have run: it is cancelled with no video to list
+        spec = None
+    if spec is not None and not status.videos:
+        update.update(
+            audio=AudioStatus(file=spec.audio.name),
+            videos=[VideoStatus(input=v.name) for v in spec.videos],
+            ignored=spec.ignored,
+        )
     status = status.model_copy(update=update)
     status = status.model_copy(
         update={"videos": cancelled_videos(status.videos), "state": "cancelled", "finished": utc_now()}
@@ -187,6 +189,7 @@ def finish_unstarted(
             requested_by=request.by,
         )
     finish_inputs(claimed, "archive")
+    tell_job_ended(job_ended, written, spec.options if spec is not None else JobOptions())
     return written
 
 
@@ -218,14 +221,16 @@ def cancel_job(
     by: str,
     finish_idle: FinishIdle | None = None,
     max_toml_bytes: int = MAX_JOB_TOML_BYTES,
+    job_ended: JobEnded = no_job_ended,
 ) -> CancelAnswer:
     """Cancel ``job_id`` (the id `heygemd status` and the dashboard show; for a job still in the inbox, its folder's
-    name). Raises JobNotFound when there is no such job, AlreadyFinished when it has finished."""
+    name). Raises JobNotFound when there is no such job, AlreadyFinished when it has finished. ``job_ended`` is told
+    of a job cancelled at once."""
     if not plain_name(job_id, is_dir=True):  # a job id names one ordinary folder
         raise JobNotFound(f"there is no job {job_id!r}")
     for _attempt in range(3):  # the job may move on between two looks (inbox -> claimed -> finished)
         answer = _cancel_once(
-            job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, max_toml_bytes, by, finish_idle
+            job_id, Path(inbox), Path(outbox), Path(state_dir), ready_marker, max_toml_bytes, by, finish_idle, job_ended
         )
         if answer is not None:
             log.info(
@@ -247,6 +252,7 @@ def _cancel_once(
     max_toml_bytes: int,
     by: str,
     finish_idle: FinishIdle | None,
+    job_ended: JobEnded,
 ) -> CancelAnswer | None:
     status = _outbox_status(job_folder(outbox, job_id))
     if status is not None and status.state in FINISHED_JOB_STATES:
@@ -277,7 +283,9 @@ def _cancel_once(
     if claimed is None:  # the intake took it first: it is claimed now
         return None
     request = write_request(claimed.path, by)
-    final = finish_unstarted(claimed, outbox, request, ready_marker=ready_marker, max_toml_bytes=max_toml_bytes)
+    final = finish_unstarted(
+        claimed, outbox, request, ready_marker=ready_marker, max_toml_bytes=max_toml_bytes, job_ended=job_ended
+    )
     return CancelAnswer(claimed.job_id, "cancelled", final)
 
 

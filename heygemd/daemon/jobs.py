@@ -11,6 +11,7 @@ A job folder holds one speech audio, one or more videos or still images, and opt
     crf = 20                    # 0..51, lower is better
     audio = "voice take 2.wav"  # required when the folder holds several audio files; may name a video (its sound)
     gpu_class = "a100"          # a farm: only workers with [queue] gpu_class = "a100" take it
+    callback_url = "https://n8n.example.com/webhook-waiting/123"  # POSTed status.json when the job ends
 
 Every option left out means "use the daemon's setting". Only the folder's own files are used; junk and
 in-flight names (see :func:`heygemd.names.classify_name`) and the ready marker are skipped
@@ -47,9 +48,12 @@ from heygemd.names import (
     is_presenter,
     shown_name,
 )
+from heygemd.outgoing import parse_url
 from heygemd.settings import GPU_CLASS_PATTERN, EngineSettings, IntakeSettings, LoopMode, check_naming
 
 JOB_TOML = "job.toml"
+MAX_URL_LENGTH = 2048
+"""Longest URL a job names (``callback_url``; the web's URL inputs too)."""
 MAX_JOB_TOML_BYTES = IntakeSettings().max_job_toml_bytes
 """``[intake] max_job_toml_kb``'s default, for callers without settings."""
 
@@ -84,11 +88,27 @@ class JobOptions(BaseModel):
         description="LatentSync: guidance scale (above 1 each step runs twice; higher follows the audio more "
         "closely and may distort; the reference's 1.5).",
     )
+    callback_url: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description="An http(s) URL the job's status.json is POSTed to, signed, when the job ends (done, partial, "
+        "failed or cancelled); its host must be among the server's [notify] callback_hosts.",
+    )
 
     @field_validator("naming")
     @classmethod
     def _naming(cls, value: str | None) -> str | None:
         return None if value is None else check_naming(value)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"the URL {exc}") from None
+        return value
 
     def engine_settings(self) -> dict[str, object]:
         """The options set here that override an ``[engine]`` setting of the same name, for this job."""

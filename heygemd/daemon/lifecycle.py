@@ -1,6 +1,6 @@
 """What every long-running heygemd process shares, whatever loop it runs (``heygemd run``, ``once``, the farm's
-intake and ``heygemd worker``): the stop flag and its one second-signal rule, the systemd heartbeat, and the warm
-engines.
+intake and ``heygemd worker``): the stop flag and its one second-signal rule, the systemd heartbeat, the warm
+engines, and the hooks handed in from above (:class:`Hooks`).
 
 Signals only set flags. The first SIGTERM (or Ctrl-C) stops taking work and interrupts the current video at its
 next batch; the loop ends, its job stays claimed with the video pending, and the process exits 0. A second one
@@ -14,11 +14,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 import structlog
 
+from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_trouble
 from heygemd.daemon.systemd import Notifier
+from heygemd.errors import ErrorInfo
 from heygemd.lipsync import LipSyncSession
 from heygemd.settings import Settings
 
@@ -168,3 +171,39 @@ class Sessions:
         if idle and self.default.loaded and time.monotonic() - self.last_used > idle:
             log.info("engine.unloaded", engine=self.default.engine_name, idle_s=round(idle))
             self.default.unload()
+
+
+def _ignore(*_args: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a process is told to do besides its loop, handed in from above (the CLI: the notify package's callbacks
+    and alerts, the metrics); the defaults do nothing."""
+
+    job_ended: JobEnded = no_job_ended
+    """A job ended (:mod:`heygemd.daemon.hooks`)."""
+    trouble: TroubleSeen = no_trouble
+    """The machine is in trouble: a full disk pauses a job, the engine fails to load, the broker stays away."""
+    broker: Callable[[str | None, float], None] = _ignore
+    """A farm's intake, at every look at the broker: what is wrong with it (None: it answered), and when (monotonic
+    seconds)."""
+    sessions: Callable[[Sessions], None] = _ignore
+    """The process's warm engines, once made (the metrics watch them)."""
+
+
+def warm_sessions(settings: Settings, hooks: Hooks) -> Sessions:
+    """The process's warm engines with the configured engine loaded, told to ``hooks.sessions`` first. An engine
+    that fails to load is told to ``hooks.trouble`` and raised (the process stops: it cannot render)."""
+    try:
+        sessions = Sessions(settings)
+        hooks.sessions(sessions)
+        log.info("engine.warming_up", engine=sessions.default.engine_name, device=settings.engine.device)
+        sessions.default.warm_up()
+    except Exception as exc:  # told, then raised as it is
+        info = ErrorInfo.from_exception(exc)
+        detail = f"engine {settings.engine.name} on {settings.engine.device}: [{info.code}] {info.message} {info.hint}"
+        tell_trouble(hooks.trouble, "engine_failed", detail.strip())
+        raise
+    return sessions

@@ -6,8 +6,8 @@ never fails it either: its output replaces the first only when its own check pas
 the first output stays as it was.
 
 What others read of the check: status.json's per-video ``quality`` (and ``quality_error``, ``retry``), the job's
-``videos_to_review``, and the ``video.checked`` log event. Notifications (callbacks, Apprise) and metrics, once they
-exist, take it from there as they take the rest of a video's outcome.
+``videos_to_review``, and the ``video.checked`` log event. Callbacks (the whole status.json), Apprise messages (the
+count to review) and the metrics (``heygemd_videos_to_review_total``) take it from there, as the rest of the outcome.
 """
 
 from __future__ import annotations

@@ -21,7 +21,15 @@ import structlog
 from heygemd.daemon.cancel import read_request
 from heygemd.daemon.claims import ClaimedJob, claim, claimed_jobs, held_by, remove_stale_reservations, take_over
 from heygemd.daemon.completeness import CompletenessCheck
-from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, Stopping, until_stopped
+from heygemd.daemon.lifecycle import (
+    STOP_POLL_SECONDS,
+    Heartbeat,
+    Hooks,
+    StopFlag,
+    Stopping,
+    until_stopped,
+    warm_sessions,
+)
 from heygemd.daemon.outbox import empty_trash, prune_archive
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, scan_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
@@ -303,26 +311,31 @@ def serve_inbox(settings: Settings, serve: Callable[[Stopping, Notifier], None])
     return until_stopped(run, notifier)
 
 
-def run_service(settings: Settings, *, once: bool = False) -> int:
-    """``heygemd run`` (once=False) and ``heygemd once`` on a single host. Returns the process exit status."""
-    return serve_inbox(settings, partial(_serve, settings, once=once))
+def run_service(settings: Settings, *, once: bool = False, hooks: Hooks = Hooks()) -> int:
+    """``heygemd run`` (once=False) and ``heygemd once`` on a single host, with the ``hooks`` handed in from above.
+    Returns the process exit status."""
+    return serve_inbox(settings, partial(_serve, settings, once=once, hooks=hooks))
 
 
-def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: bool) -> None:
+def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: bool, hooks: Hooks) -> None:
     paths = settings.paths
-    sessions = Sessions(settings)
     log.info(
         "daemon.starting",
         inbox=str(paths.inbox),
         outbox=str(paths.outbox),
-        engine=sessions.default.engine_name,
+        engine=settings.engine.name,
         mode="once" if once else "run",
     )
-    sessions.default.warm_up()
+    sessions = warm_sessions(settings, hooks)
 
     with Heartbeat(notifier, watchdog_interval()) as heartbeat:
         context = JobContext.from_settings(
-            settings, session_for=sessions.get, should_stop=stopping, heartbeat=heartbeat.beat
+            settings,
+            session_for=sessions.get,
+            should_stop=stopping,
+            heartbeat=heartbeat.beat,
+            job_ended=hooks.job_ended,
+            trouble=hooks.trouble,
         )
 
         def run_job(claimed: ClaimedJob) -> JobOutcome:

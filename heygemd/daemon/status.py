@@ -134,6 +134,22 @@ class VideoStatus(_Model):
         return self.state in FINISHED_VIDEO_STATES
 
 
+CallbackState = Literal["pending", "delivered", "failed"]
+
+
+class CallbackRecord(_Model):
+    """One delivery of the job's signed callback (``callback_url``, :mod:`heygemd.notify.callbacks`), as it goes."""
+
+    delivery: str = Field(description="The Heygemd-Delivery id: the same on every attempt.")
+    event: str = Field(description="The Heygemd-Event: job.finished.")
+    host: str = Field(description="The callback URL's host (never the whole URL: it may carry a token).")
+    state: CallbackState = Field(description="pending (an attempt is due), delivered (a 2xx answer), failed.")
+    attempts: int = Field(0, ge=0, description="Attempts made so far.")
+    last_error: str | None = Field(None, description="Why the last attempt failed, e.g. 'answered 500'.")
+    next_attempt: AwareDatetime | None = Field(None, description="When the next attempt is due, while pending.")
+    finished: AwareDatetime | None = Field(None, description="When it was delivered or given up.")
+
+
 class JobStatus(_Model):
     """Everything ``status.json`` says about one job (the schema shipped as ``status.schema.json``)."""
 
@@ -173,6 +189,11 @@ class JobStatus(_Model):
     cancel: CancelStatus | None = Field(None, description="The user's cancel request, once the worker has seen one.")
     videos_to_review: int = Field(
         0, ge=0, description="Done videos whose quality check asks for a look (quality.review); they stay done."
+    )
+    callbacks: list[CallbackRecord] = Field(
+        default_factory=list,
+        description="The deliveries of the job's callback_url once the job ended (host, state, attempts, last "
+        "error), updated after every attempt.",
     )
 
     def counts(self) -> tuple[int, int, int]:
@@ -246,6 +267,32 @@ def write_status(
     data = stamped.model_dump_json(indent=2).encode("utf-8") + b"\n"
     atomic_write_bytes(Path(path), data, replace=replace, sleep=sleep, attempts=attempts)
     return stamped
+
+
+def record_callback(path: Path, record: CallbackRecord) -> JobStatus | None:
+    """Put ``record`` into the callbacks of the finished job whose status.json is ``path``, in place of the same
+    delivery's earlier record unless that one is further on (more attempts, or settled): the records of one delivery
+    may arrive out of order from two processes sharing the state folder. None when the job's status.json is gone
+    (the job was deleted)."""
+    try:
+        status = read_status(path)
+    except FileNotFoundError:
+        return None
+    earlier = next((c for c in status.callbacks if c.delivery == record.delivery), None)
+    if earlier is None:
+        callbacks = [*status.callbacks, record]
+    elif _progress(record) >= _progress(earlier):
+        callbacks = [record if c.delivery == record.delivery else c for c in status.callbacks]
+    else:
+        return status
+    try:
+        return write_status(path, status.model_copy(update={"callbacks": callbacks}))
+    except FileNotFoundError:  # its folder was deleted meanwhile
+        return None
+
+
+def _progress(record: CallbackRecord) -> tuple[int, bool]:
+    return record.attempts, record.state != "pending"
 
 
 def read_status(path: Path) -> JobStatus:

@@ -29,7 +29,8 @@ from heygemd import layout
 from heygemd.daemon import review
 from heygemd.daemon.cancel import CancelWatch, cancelled_videos, finish_unstarted, read_request
 from heygemd.daemon.claims import ClaimedJob, renew_lease
-from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobSpec, load_job
+from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble, tell_job_ended, tell_trouble
+from heygemd.daemon.jobs import MAX_JOB_TOML_BYTES, JobOptions, JobSpec, load_job
 from heygemd.daemon.outbox import finish_inputs, outbox_dir_for
 from heygemd.daemon.status import (
     AudioStatus,
@@ -75,6 +76,10 @@ class JobContext:
     device: str | None = None
     quality: QualitySettings = field(default_factory=QualitySettings)
     """The check of every output (``heygemd.quality``) and what a video to review gets."""
+    job_ended: JobEnded = no_job_ended
+    """Told when a job ends, after its status.json is final and its inputs left the claim (callbacks, alerts)."""
+    trouble: TroubleSeen = no_trouble
+    """Told when a full disk pauses a job."""
 
     @classmethod
     def from_settings(
@@ -86,6 +91,8 @@ class JobContext:
         heartbeat: Callable[[str], None],
         worker: str | None = None,
         device: str | None = None,
+        job_ended: JobEnded = no_job_ended,
+        trouble: TroubleSeen = no_trouble,
     ) -> "JobContext":
         """The context of a process serving ``settings``' folders (a single host's daemon or a farm worker)."""
         return cls(
@@ -99,6 +106,8 @@ class JobContext:
             quality=settings.quality,
             worker=worker,
             device=device,
+            job_ended=job_ended,
+            trouble=trouble,
         )
 
 
@@ -172,21 +181,25 @@ def process_job(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobRe
     try:
         return _process(claimed, outbox, context)
     except OSError as exc:  # the outbox itself fails (full, share gone): the job stays claimed for later
-        log.error(
-            "job.paused",
-            job_id=claimed.job_id,
-            code=OutboxUnavailable.code,
-            error=f"{exc.filename or outbox}: {exc.strerror}",
-            hint="Check the outbox's share and free space; the job is tried again later.",
-        )
+        error = f"{exc.filename or outbox}: {exc.strerror}"
+        hint = "Check the outbox's share and free space; the job is tried again later."
+        log.error("job.paused", job_id=claimed.job_id, code=OutboxUnavailable.code, error=error, hint=hint)
+        if exc.errno in NO_SPACE_ERRNOS:
+            _disk_full(context, claimed, f"{error}. {hint}")
         return JobResult(JobOutcome.PAUSED)
     except (DiskFull, ConfigError) as exc:  # the outbox refused status.json; a state folder is a link (the admin's)
         log.error("job.paused", job_id=claimed.job_id, code=exc.code, error=exc.message, hint=exc.hint)
+        if isinstance(exc, DiskFull):
+            _disk_full(context, claimed, f"{exc.message}. {exc.hint}")
         return JobResult(JobOutcome.PAUSED)
     except Exception as exc:  # per-job boundary around the job's own: never take the process down
         report_failure(log.bind(job_id=claimed.job_id), "job", exc)
         _set_aside(claimed)
         return JobResult(JobOutcome.FAILED)
+
+
+def _disk_full(context: JobContext, claimed: ClaimedJob, detail: str) -> None:
+    tell_trouble(context.trouble, "disk_full", f"job {claimed.job_id} is paused: {detail}")
 
 
 def _set_aside(claimed: ClaimedJob) -> None:
@@ -211,6 +224,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
             max_toml_bytes=context.max_job_toml_bytes,
             worker=context.worker,
             device=context.device,
+            job_ended=context.job_ended,
         )
         return JobResult(JobOutcome.CANCELLED, status)
     out_dir = outbox_dir_for(outbox, claimed.job_id, claimed.claimed_at)
@@ -227,12 +241,17 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     with structlog.contextvars.bound_contextvars(job_id=claimed.job_id), job_log(layout.log_file(out_dir)):
         log.info("job.started", job_name=claimed.name, outbox=str(out_dir), attempt=status_file.status.attempt)
         outcome = JobOutcome.FINISHED
+        options = JobOptions()  # job.toml's, once read: the job's callback_url when it ends
         try:
-            _run(claimed, out_dir, status_file, running, cancel)
+            spec = _load(claimed, context)
+            options = spec.options
+            _run(spec, claimed, out_dir, status_file, running, cancel)
         except Interrupted:
             outcome = JobOutcome.CANCELLED if cancel.check_now() else JobOutcome.INTERRUPTED
         except DiskFull as exc:  # the machine's problem, not the job's: pause and try again later
-            log.error("job.paused", code=exc.code, error=_for_user(exc.info(), claimed).message, hint=exc.hint)
+            message = _for_user(exc.info(), claimed).message
+            log.error("job.paused", code=exc.code, error=message, hint=exc.hint)
+            _disk_full(context, claimed, f"{message}. {exc.hint}")
             outcome = JobOutcome.PAUSED
         except Exception as exc:  # per-job boundary: the job fails, the daemon goes on
             info = report_failure(log, "job", exc, shown=partial(for_user, claimed=claimed))
@@ -260,6 +279,7 @@ def _process(claimed: ClaimedJob, outbox: Path, context: JobContext) -> JobResul
     inputs_after = context.inputs_after if final.state == "done" else "archive"
     remove_leftovers(claimed, out_dir)
     finish_inputs(claimed, inputs_after)
+    tell_job_ended(context.job_ended, final, options)
     return JobResult(outcome, final)
 
 
@@ -283,18 +303,26 @@ def _initial_status(claimed: ClaimedJob, out_dir: Path) -> JobStatus:
     )
 
 
-def _run(
-    claimed: ClaimedJob, out_dir: Path, status_file: _StatusFile, context: JobContext, cancel: CancelWatch
-) -> None:
-    """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
-    cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
-    spec = load_job(
+def _load(claimed: ClaimedJob, context: JobContext) -> JobSpec:
+    return load_job(
         claimed.folder,
         job_id=claimed.job_id,
         name=claimed.name,
         ready_marker=context.ready_marker,
         max_toml_bytes=context.max_job_toml_bytes,
     )
+
+
+def _run(
+    spec: JobSpec,
+    claimed: ClaimedJob,
+    out_dir: Path,
+    status_file: _StatusFile,
+    context: JobContext,
+    cancel: CancelWatch,
+) -> None:
+    """Process the job's videos until every one reached done or failed; raises Interrupted when stopped or
+    cancelled (``cancel.seen``: the interrupted video is ``cancelled``, its frames so far recorded)."""
     with open_input(spec.audio) as audio_file:  # decoded, then muxed into every output, from this descriptor
         _run_videos(spec, audio_file, claimed, out_dir, status_file, context, cancel)
 

@@ -4,8 +4,8 @@ back by range with ``os.pread``.
 The Whisper engines (MuseTalk, LatentSync) encode a recording once per job, 30 s at a time, and each render batch
 needs only the few steps its frames' windows cover. Held in memory the states of a long lesson would grow the
 process by ~23 MB per minute of audio; a memory map of the file counted every page written into it in the RSS
-(bench/README.md, "Memory, session 4"). Here they cost disk and page cache instead, and the file disappears with
-its last handle, even after SIGKILL.
+(bench/README.md, "Memory: MuseTalk's scaling"). Here they cost disk and page cache instead, and the file
+disappears with its last handle, even after SIGKILL.
 """
 
 from __future__ import annotations

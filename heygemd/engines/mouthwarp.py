@@ -65,7 +65,7 @@ engine works face by face, so larger batches are no faster and only hold more fr
 
 @dataclass(frozen=True)
 class MouthWarpParams:
-    """Every tunable of the engine; the defaults are what the README describes."""
+    """Every tunable of the engine; the defaults are what docs/engines.md describes."""
 
     centre_column: float = 5.0
     """Mel column (0..15) the frame listens to. In the pipeline's windows column 0 is the frame's own time

@@ -213,7 +213,7 @@ def cpu_threads(requested: int) -> int:
     """Intra-op threads for CPU inference: ``requested``, or for 0 the usable cores less a quarter, rounded down, so
     the decoding and encoding ffmpeg processes keep room (2 cores: 2, 4: 3, 16: 12). On the CPU the engine sets the
     pace and the other stages need a fraction of a core: on 2 cores, 2 threads rendered 720p in 0.8x the time of 1
-    (bench/README.md, "Colour conversions, session 6")."""
+    (bench/README.md, "Colour conversions")."""
     if requested > 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

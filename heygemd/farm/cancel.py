@@ -13,6 +13,7 @@ import structlog
 
 from heygemd.daemon.cancel import FinishIdle, finish_unstarted
 from heygemd.daemon.claims import ClaimedJob, read_claim, take_over
+from heygemd.daemon.hooks import JobEnded, no_job_ended
 from heygemd.daemon.status import CancelStatus, JobStatus
 from heygemd.farm.broker import Broker, BrokerError
 from heygemd.farm.ownership import MISSED_HEARTBEATS, owned_elsewhere
@@ -21,8 +22,9 @@ from heygemd.settings import Settings
 log = structlog.get_logger("heygemd.farm")
 
 
-def idle_finisher(settings: Settings) -> FinishIdle:
-    """A ``finish_idle`` for :func:`heygemd.daemon.cancel.cancel_job` on a farm's broker."""
+def idle_finisher(settings: Settings, job_ended: JobEnded = no_job_ended) -> FinishIdle:
+    """A ``finish_idle`` for :func:`heygemd.daemon.cancel.cancel_job` on a farm's broker; ``job_ended`` is told of
+    the job it finishes."""
     broker = Broker(settings.queue.broker)
     owner = f"cancel {socket.gethostname()}:{os.getpid()}"
     ttl = settings.queue.heartbeat_interval * MISSED_HEARTBEATS
@@ -45,6 +47,7 @@ def idle_finisher(settings: Settings) -> FinishIdle:
                 request,
                 ready_marker=settings.intake.ready_marker,
                 max_toml_bytes=settings.intake.max_job_toml_bytes,
+                job_ended=job_ended,
             )
 
     return finish

@@ -10,7 +10,7 @@ from functools import partial
 import structlog
 
 from heygemd.daemon.claims import ClaimedJob, claimed_jobs
-from heygemd.daemon.lifecycle import Heartbeat, Stopping
+from heygemd.daemon.lifecycle import Heartbeat, Hooks, Stopping
 from heygemd.daemon.service import Service, serve_inbox, tidy_state, watch_inbox
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
@@ -22,14 +22,15 @@ log = structlog.get_logger("heygemd.farm")
 IDLE_TEXT = "intake: watching the inbox"
 
 
-def run_intake(settings: Settings) -> int:
-    """``heygemd run`` in a farm. Returns the process exit status."""
-    return serve_inbox(settings, partial(_serve_intake, settings))
+def run_intake(settings: Settings, *, hooks: Hooks = Hooks()) -> int:
+    """``heygemd run`` in a farm, telling ``hooks.broker`` whether the broker answers at every look. Returns the
+    process exit status."""
+    return serve_inbox(settings, partial(_serve_intake, settings, hooks=hooks))
 
 
-def _serve_intake(settings: Settings, stopping: Stopping, notifier: Notifier) -> None:
+def _serve_intake(settings: Settings, stopping: Stopping, notifier: Notifier, *, hooks: Hooks) -> None:
     paths = settings.paths
-    publisher = Publisher(settings)
+    publisher = Publisher(settings, on_look=hooks.broker)
     log.info(
         "daemon.starting", inbox=str(paths.inbox), outbox=str(paths.outbox), mode="intake", broker=publisher.shown_url
     )

@@ -3,6 +3,9 @@ lost (Redis flushed or restarted without persistence): status.json and claimed/ 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import structlog
 from kombu.exceptions import OperationalError
 
@@ -20,10 +23,13 @@ PublishError = (OperationalError, *BrokerError)
 
 
 class Publisher:
-    """Publishes claimed jobs to the broker; says when the broker is unreachable (once per change)."""
+    """Publishes claimed jobs to the broker; says when the broker is unreachable (once per change), and tells
+    ``on_look`` at every look what is wrong with it (None: it answered) and when (monotonic seconds), for the alert
+    after a long outage."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, on_look: Callable[[str | None, float], None] | None = None) -> None:
         self.settings = settings
+        self.on_look = on_look
         self.app = make_app(settings.queue)
         self.broker = Broker(settings.queue.broker)
         self.shown_url = shown_url(settings.queue.broker)
@@ -45,6 +51,8 @@ class Publisher:
         elif problem is None and self._problem is not None:
             log.info("queue.reachable", broker=self.shown_url)
         self._problem = problem
+        if self.on_look is not None:
+            self.on_look(None if problem is None else f"{self.shown_url}: {problem}", time.monotonic())
         return problem is None
 
     def queue_of(self, claimed: ClaimedJob) -> str:

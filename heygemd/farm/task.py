@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from heygemd.daemon.claims import ClaimedJob, read_claim, renew_lease, take_over
+from heygemd.daemon.hooks import JobEnded, TroubleSeen, no_job_ended, no_trouble
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.farm.broker import Broker, BrokerError
@@ -113,6 +114,8 @@ class JobRunner:
         device: str,
         heartbeat: Callable[[str], None] = lambda _text: None,
         during_job: Callable[[], None] = lambda: None,
+        job_ended: JobEnded = no_job_ended,
+        trouble: TroubleSeen = no_trouble,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -130,6 +133,8 @@ class JobRunner:
             heartbeat=heartbeat,
             worker=worker,
             device=device,
+            job_ended=job_ended,
+            trouble=trouble,
         )
 
     def run(self, job_id: str, claim_path: str, delivery_tag: str | None = None) -> TaskResult:

@@ -28,7 +28,16 @@ from celery.platforms import EX_FAILURE
 from celery.utils.sysinfo import load_average
 from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
 
-from heygemd.daemon.lifecycle import STOP_POLL_SECONDS, Heartbeat, Sessions, StopFlag, StopNow, until_stopped
+from heygemd.daemon.lifecycle import (
+    STOP_POLL_SECONDS,
+    Heartbeat,
+    Hooks,
+    Sessions,
+    StopFlag,
+    StopNow,
+    until_stopped,
+    warm_sessions,
+)
 from heygemd.daemon.service import PAUSED_RETRY_SECONDS
 from heygemd.daemon.systemd import Notifier, watchdog_interval
 from heygemd.daemon.worker import JobOutcome
@@ -127,26 +136,19 @@ def default_node_name(device: str) -> str:
     return f"{device.replace(':', '-')}@{socket.gethostname()}"
 
 
-def run_worker(settings: Settings, *, name: str | None = None) -> int:
-    """Serve the farm's tasks until stopped. Returns the process exit status."""
+def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Hooks()) -> int:
+    """Serve the farm's tasks until stopped, with the ``hooks`` handed in from above. Returns the process exit
+    status."""
     if not settings.queue.broker:
         raise ConfigError(
             "queue.broker is not set: a worker needs the farm's Redis",
             hint='Set [queue] broker = "redis://:PASSWORD@HOST:6379/0" (or HEYGEMD_QUEUE__BROKER).',
         )
     settings.paths.outbox.mkdir(parents=True, exist_ok=True)
-    sessions = Sessions(settings)
     node = name or default_node_name(settings.engine.device)
+    log.info("worker.starting", worker=node, device=settings.engine.device, outbox=str(settings.paths.outbox))
+    sessions = warm_sessions(settings, hooks)
     queues = worker_queues(settings.queue, sessions.default.engine_name)
-    log.info(
-        "worker.starting",
-        worker=node,
-        engine=sessions.default.engine_name,
-        device=settings.engine.device,
-        queues=", ".join(queues),
-        outbox=str(settings.paths.outbox),
-    )
-    sessions.default.warm_up()
 
     stop = StopFlag()
 
@@ -180,6 +182,8 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         device=settings.engine.device,
         heartbeat=heartbeat.beat,
         during_job=presence.beat,
+        job_ended=hooks.job_ended,
+        trouble=hooks.trouble,
     )
     app = make_app(settings.queue)
     app.steps["consumer"].add(consumer_step(sessions, presence))

@@ -88,6 +88,7 @@ class Totals:
     """What the finished videos and jobs seen so far add up to (only ever grows)."""
 
     rendered: Counter[str] = field(default_factory=Counter)
+    to_review: Counter[str] = field(default_factory=Counter)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     job_errors: Counter[str] = field(default_factory=Counter)
     cache: Counter[tuple[str, bool]] = field(default_factory=Counter)
@@ -110,6 +111,8 @@ class Totals:
                 self.failed[engine, video.error.code if video.error is not None else UNKNOWN] += 1
                 continue
             self.rendered[engine] += 1
+            if video.quality is not None and video.quality.review:
+                self.to_review[engine] += 1
             if "total" in video.timings:
                 self.render_s.setdefault(engine, Histogram(RENDER_BUCKETS)).observe(video.timings["total"])
             if output_s is not None:
@@ -294,6 +297,14 @@ def _families(look: Look, totals: Totals) -> Iterator[Metric]:
     for engine, n in sorted(totals.rendered.items()):
         rendered.add_metric([engine], n)
     yield rendered
+    to_review = CounterMetricFamily(
+        "heygemd_videos_to_review",
+        "Videos rendered that the quality check flagged for a look (still done; status.json says why).",
+        labels=["engine"],
+    )
+    for engine, n in sorted(totals.to_review.items()):
+        to_review.add_metric([engine], n)
+    yield to_review
     failed = CounterMetricFamily(
         "heygemd_videos_failed", "Videos that failed, by error code.", labels=["engine", "code"]
     )

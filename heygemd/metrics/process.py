@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from heygemd.notify.record import CallbackRecord
+from heygemd.daemon.status import CallbackRecord
 from heygemd.settings import Settings
 
 

@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import quote
 
 import apprise
 import structlog
 
+from heygemd.daemon.hooks import Trouble
 from heygemd.daemon.status import JobStatus
 from heygemd.errors import ConfigError
 from heygemd.settings import NotifyEvent, NotifySettings
@@ -37,7 +37,6 @@ STOP_WAIT_S = 30.0
 BROKER_GRACE_S = 60.0
 """The broker is told about once it has been unreachable for this long (:class:`Outage`)."""
 
-Trouble = Literal["disk_full", "engine_failed", "broker_unreachable"]
 TROUBLE_TITLES: dict[Trouble, str] = {
     "disk_full": "disk full",
     "engine_failed": "an engine failed to load",
@@ -77,6 +76,8 @@ def job_message(status: JobStatus, public_url: str) -> Message:
     link to its page when ``public_url`` (``web.public_url``) is set."""
     done, failed, total = status.counts()
     lines = [f"{done} of {total} videos done" + (f", {failed} failed" if failed else "") + "."]
+    if status.videos_to_review:
+        lines.append(f"{status.videos_to_review} to review: the quality check flagged them (see the job's page).")
     if error := first_error(status):
         lines.append(f"First error: {error}")
     if public_url:

@@ -22,7 +22,7 @@ state folder never send the same attempt twice); then it removes it (delivered, 
 back to ``pending/``. ``<state>/callbacks`` is made private to heygemd's user (mode 0700) where the filesystem
 allows: the files hold the URLs, which may carry tokens.
 
-What status.json shows of a delivery is a :class:`heygemd.notify.record.CallbackRecord` (the host, never the URL),
+What status.json shows of a delivery is a :class:`heygemd.daemon.status.CallbackRecord` (the host, never the URL),
 handed to ``on_change`` when it is queued and after every attempt.
 """
 
@@ -36,18 +36,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from heygemd.daemon.status import CallbackRecord, CallbackState
 from heygemd.errors import CallbackNotAllowed, HeygemdError
 from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular, remove_temps
 from heygemd.hosts import AllowList, Resolver, system_resolver
 from heygemd.layout import CALLBACKS
 from heygemd.layout import CALLBACKS_PENDING as PENDING
 from heygemd.layout import CALLBACKS_SENDING as SENDING
-from heygemd.notify.record import CallbackRecord, CallbackState, utc
 from heygemd.outgoing import REDIRECTS, Outgoing, SendFailed, host_of, parse_url
 from heygemd.settings import NotifySettings
 
@@ -102,6 +103,11 @@ class Delivery(BaseModel):
             next_attempt=utc(self.next_at) if state == "pending" else None,
             finished=utc(finished) if finished is not None else None,
         )
+
+
+def utc(t: float) -> datetime:
+    """Unix time ``t`` as an aware UTC datetime."""
+    return datetime.fromtimestamp(t, timezone.utc)
 
 
 def signature(secret: bytes, body: bytes, t: int) -> str:

@@ -2,7 +2,7 @@
 
 OpenCV does the arithmetic (a resize of the chroma planes and one matrix per pixel) and releases the GIL, so
 the decode and encode stages convert in their own threads, for less CPU than swscale with ``accurate_rnd`` and
-outside ffmpeg's single filter thread (measured in bench/README.md, "Colour conversions, session 6").
+outside ffmpeg's single filter thread (measured in bench/README.md, "Colour conversions").
 
 Conventions
 -----------

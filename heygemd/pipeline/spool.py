@@ -16,7 +16,7 @@ frames are the forward ones bit for bit.
   frames). Reading a frame decodes its whole segment once (an ffmpeg reading that byte range of the file), so
   a backward pass costs one decode per frame and memory holds one segment. A BGR-fed ``x264`` spool (10-bit,
   4:4:4, HDR sources) is stored as ``ffv1`` would store it: lossless H.264 of BGR is larger than ffv1.
-  Measured (bench/README.md, "Spool size, session 3"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
+  Measured (bench/README.md, "Spool size"), as % of the raw BGR frames: ``x264`` of yuv420p 8-9 %
   on the demo presenter and 8-14 % on grainy camera-like H.264 footage at phone bitrates, at 0.4-0.7x the CPU
   of ``ffv1`` of BGR (the old default: 14-37 %); ``ffv1`` of yuv420p 8-17 %, ``utvideo`` 11-19 % at the least
   CPU to write. Extreme grain (sigma 8 kept by CRF 18) takes about 24 % losslessly with any codec: there the

@@ -32,6 +32,7 @@ from heygemd.web.auth import COOKIE, Gate, Via, check_host, check_same_origin, c
 from heygemd.web.catalog import Catalog
 from heygemd.web.metrics import PATH as METRICS_PATH
 from heygemd.web.metrics import metrics_router
+from heygemd.web.openapi import document
 from heygemd.web.pages import SIGNED_IN, Renderer, pages_router
 from heygemd.web.problems import Problem, Unauthorized, WebError, WrongHost, http_status, problem
 
@@ -61,8 +62,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description="Lip-sync jobs over HTTP: submit one audio and presenter videos, poll the status, "
-        "download the results. Authenticate with 'Authorization: Bearer <web.token>'.",
+        description="Lip-sync videos: give one speech audio and one or more presenter videos (as URLs or "
+        "uploads); heygemd renders every presenter speaking the audio. Submit a job (submitJob), poll its status "
+        "(getJob) or receive a signed callback when it ends, then download the results (getJobOutputsZip). "
+        "Authenticate with 'Authorization: Bearer <web.token>'.",
     )
     render = Renderer(catalog, gate)
 
@@ -135,8 +138,8 @@ def create_app(
     app.include_router(metrics_router(settings, gate))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_guard)])
-    def openapi() -> dict[str, Any]:
-        return app.openapi()
+    def openapi(request: Request) -> dict[str, Any]:
+        return document(app.openapi(), settings.web.public_url or str(request.base_url).rstrip("/"))
 
     app.include_router(pages_router(settings, catalog, gate, render, app, page_guard, same_origin))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

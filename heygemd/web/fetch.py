@@ -32,7 +32,16 @@ from heygemd.names import unique_name
 from heygemd.outgoing import Outgoing, SendFailed, host_of, parse_url
 from heygemd.settings import WebSettings
 from heygemd.web.problems import BadUpload, TooLarge
-from heygemd.web.upload import AUDIO_KINDS, AUDIO_UPLOADS, PRESENTER_HINT, PRESENTER_UPLOADS, Limits, MiB, safe_basename
+from heygemd.web.upload import (
+    AUDIO_KINDS,
+    AUDIO_UPLOADS,
+    PRESENTER_HINT,
+    PRESENTER_UPLOADS,
+    Limits,
+    MiB,
+    Received,
+    safe_basename,
+)
 
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1024 * 1024
@@ -80,16 +89,26 @@ def _disposition_name(value: str | None) -> str:
 
 
 class UrlInputs:
-    """Downloads one job's URL inputs into ``staging`` (count and total shared by all of them, as in one upload)."""
+    """Downloads one job's URL inputs into ``staging`` (count and total shared by all of them, as in one upload;
+    ``uploaded``: what an upload of the same job already stored there, its names taken and counted too)."""
 
-    def __init__(self, staging: Path, web: WebSettings, *, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        staging: Path,
+        web: WebSettings,
+        *,
+        resolver: Resolver = system_resolver,
+        uploaded: Received | None = None,
+    ) -> None:
         self.staging = staging
         self.limits = Limits.from_settings(web)
         allow = AllowList.of(web.fetch_hosts, setting="web.fetch_hosts", refusal=FetchNotAllowed)
         self.outgoing = Outgoing(allow, web.fetch_timeout, resolver)
         self.stored: list[str] = []
-        self._used: set[str] = set()
-        self._total = 0
+        files = [*uploaded.audio, *uploaded.videos] if uploaded is not None else []
+        self._uploaded = len(files)
+        self._used: set[str] = {name.casefold() for name in files}
+        self._total = uploaded.stored_bytes if uploaded is not None else 0
 
     def check(self, url: str, field: str) -> None:
         """Before anything is downloaded: ``url`` is an http(s) URL on an allowed host (no DNS yet)."""
@@ -102,7 +121,7 @@ class UrlInputs:
         """Download ``url`` (``field`` names it in messages: ``audio_url``, ``video_urls[2]``) into the staging
         folder as the audio or a presenter; returns the stored file name."""
         self.check(url, field)
-        if len(self.stored) + 1 > self.limits.max_files:
+        if self._uploaded + len(self.stored) + 1 > self.limits.max_files:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         host = host_of(parse_url(url))
         try:

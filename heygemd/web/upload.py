@@ -5,7 +5,8 @@ web.max_total_mb plus MULTIPART_OVERHEAD, whether or not the request says its le
 
 Fields: ``audio`` (one file: an audio, or a video whose sound track is used), ``videos`` (one or more files:
 videos or still photos), and the optional text fields ``name`` (the job's name) and the job options of
-``UPLOAD_OPTIONS`` (written to job.toml).
+``UPLOAD_OPTIONS`` (written to job.toml). Instead of a file, the audio may be given as a URL (``audio_url``) and
+presenters as URLs (``video_urls``, repeated), which the caller downloads (:mod:`heygemd.web.fetch`).
 
 A video given as the audio keeps its name, and job.toml names it as the audio (``audio = "talk.mp4"``), as a
 NAS user would: the intake then takes its sound track (as the CLI's ``--audio talk.mp4`` does) and not it as a
@@ -14,8 +15,10 @@ presenter, and every message names the file the user gave.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +27,7 @@ from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from heygemd.daemon.jobs import JobOptions
+from heygemd.daemon.jobs import MAX_URL_LENGTH, JobOptions
 from heygemd.daemon.staging import disk_full, is_disk_full
 from heygemd.engine_names import listed
 from heygemd.names import (
@@ -45,8 +48,12 @@ FILE_FIELDS = frozenset({"audio", "videos"})
 UPLOAD_OPTIONS = tuple(name for name in JobOptions.model_fields if name not in ("audio", "naming"))
 """The job.toml options an upload sets as text fields: every ``JobOptions`` field but ``audio`` (the uploaded
 audio is the job's only one) and ``naming`` (uploads keep the daemon's output names)."""
-TEXT_FIELDS = frozenset({"name", *UPLOAD_OPTIONS})
+URL_FIELDS = ("audio_url", "video_urls")
+"""Inputs given by URL instead of as files: the audio, presenters (repeated)."""
+TEXT_FIELDS = frozenset({"name", *URL_FIELDS, *UPLOAD_OPTIONS})
 MAX_TEXT_BYTES = 1024
+LONG_TEXT_FIELDS = frozenset({*URL_FIELDS, "callback_url"})
+"""Text fields that hold a URL: up to MAX_URL_LENGTH bytes."""
 MAX_NAME_BYTES = 180
 MULTIPART_OVERHEAD = 64 * 1024
 """Allowance for part headers, boundaries and text fields on top of web.max_total_mb, for the whole body."""
@@ -91,11 +98,16 @@ class Limits:
 
 @dataclass
 class Received:
-    """What the body held once it is complete: stored file names, the text fields."""
+    """What the body held once it is complete: stored file names, the text fields, the inputs given by URL (not
+    fetched yet), and with ``digests`` asked for, each stored file's SHA-256."""
 
     audio: list[str] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    audio_url: str | None = None
+    video_urls: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    stored_bytes: int = 0
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -111,11 +123,14 @@ def _decode(value: bytes) -> str:
 
 
 class MultipartJob:
-    """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder."""
+    """Feed it the body chunk by chunk (``feed``), then ``finish``; on any error call ``discard`` on the folder.
+    ``digests``: hash every file as it arrives (for an Idempotency-Key's fingerprint)."""
 
-    def __init__(self, staging: Path, limits: Limits, content_type: str | None) -> None:
+    def __init__(self, staging: Path, limits: Limits, content_type: str | None, *, digests: bool = False) -> None:
         self.staging = staging
         self.limits = limits
+        self.digests = digests
+        self._hash: hashlib._Hash | None = None
         self.received = Received()
         self._used: set[str] = set()
         self._total = 0
@@ -191,13 +206,15 @@ class MultipartJob:
         self._file = os.fdopen(fd, "wb")
         self._file_name = stored
         self._file_bytes = 0
+        self._hash = hashlib.sha256() if self.digests else None
         (self.received.audio if field_name == "audio" else self.received.videos).append(stored)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
         if self._file is None:
-            if len(self._text) + size > MAX_TEXT_BYTES:
-                raise BadUpload(f"the field {self._text_name!r} is longer than {MAX_TEXT_BYTES} bytes")
+            longest = MAX_URL_LENGTH if self._text_name in LONG_TEXT_FIELDS else MAX_TEXT_BYTES
+            if len(self._text) + size > longest:
+                raise BadUpload(f"the field {self._text_name!r} is longer than {longest} bytes")
             self._text.extend(data[start:end])
             return
         self._file_bytes += size
@@ -207,6 +224,8 @@ class MultipartJob:
             raise TooLarge(f"{self._file_name} is larger than web.max_file_mb = {limit:g} MiB")
         if self._total > self.limits.max_total_bytes:
             raise self.limits.too_large()
+        if self._hash is not None:
+            self._hash.update(data[start:end])
         try:
             self._file.write(data[start:end])
         except OSError as exc:
@@ -226,8 +245,17 @@ class MultipartJob:
                 raise
             finally:
                 self._file = None
+            if self._hash is not None:
+                self.received.digests[self._file_name] = self._hash.hexdigest()
         elif self._text_name is not None:
-            self.received.fields[self._text_name] = _decode(bytes(self._text)).strip()
+            value = _decode(bytes(self._text)).strip()
+            if self._text_name == "video_urls":
+                if value:
+                    self.received.video_urls.append(value)
+            elif self._text_name == "audio_url":
+                self.received.audio_url = value or None
+            else:
+                self.received.fields[self._text_name] = value
             self._text_name = None
 
     def _end(self) -> None:
@@ -259,32 +287,47 @@ class MultipartJob:
                 "the request body ended before its last part", hint="The upload was cut off; send it again."
             )
         got = self.received
-        if len(got.audio) != 1:
-            raise BadUpload(
-                f"a job needs exactly one 'audio' file, this upload has {len(got.audio)}",
-                hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
-            )
-        if not got.videos:
-            raise BadUpload("a job needs at least one presenter in 'videos', this upload has none", hint=PRESENTER_HINT)
+        got.stored_bytes = self._total
+        check_inputs(len(got.audio) + (got.audio_url is not None), len(got.videos) + len(got.video_urls))
         return got, parse_options(got.fields)
 
 
-def parse_options(fields: dict[str, str]) -> JobOptions:
-    """The job.toml options from the form's text fields (empty means "the daemon's setting")."""
-    values = {k: v for k, v in fields.items() if k in UPLOAD_OPTIONS and v}
+def check_inputs(audio: int, presenters: int) -> None:
+    """A job has exactly one audio and at least one presenter, whether uploaded or given by URL (BadUpload)."""
+    if audio != 1:
+        raise BadUpload(
+            f"a job needs exactly one 'audio' (a file, or 'audio_url'), this request has {audio}",
+            hint=f"Give one audio, the speech every presenter will say: {AUDIO_KINDS}.",
+        )
+    if not presenters:
+        raise BadUpload(
+            "a job needs at least one presenter ('videos' files or 'video_urls'), this request has none",
+            hint=PRESENTER_HINT,
+        )
+
+
+def parse_options(fields: Mapping[str, object]) -> JobOptions:
+    """The job.toml options from the request's fields (form text, or JSON values; empty or null means "the daemon's
+    setting")."""
+    values = {k: v for k, v in fields.items() if k in UPLOAD_OPTIONS and v not in (None, "")}
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
-            for e in exc.errors()
-        )
         raise BadUpload(
-            f"invalid job options: {problems}",
+            f"invalid job options: {field_problems(exc)}",
             hint=f"engine: {listed()}; loop_mode: pingpong or loop; crf: 0..51; "
             "gpu_class: lower-case letters, digits, - and _ (a farm's [queue] gpu_class); "
-            "latentsync_steps: 1 or more; latentsync_guidance: a number, 0 or more.",
+            "latentsync_steps: 1 or more; latentsync_guidance: a number, 0 or more; callback_url: an http(s) "
+            "URL on a host the server's [notify] callback_hosts allows.",
         ) from None
+
+
+def field_problems(exc: ValidationError) -> str:
+    """A validation error as one line: ``field = value: problem; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])} = {e['input']}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+        for e in exc.errors()
+    )
 
 
 def options_schema() -> dict[str, dict[str, Any]]:

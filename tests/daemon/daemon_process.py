@@ -5,38 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.processes import HeygemdProcess, clean_env, has_event, heygemd_argv, log_tail, read_events, wait_until
+
+__all__ = ["Daemon", "Media", "ffprobe", "heygemd_argv", "stop_daemon", "wait_until"]
+
 T = TypeVar("T")
 
-POLL_S = 0.05
 START_TIMEOUT_S = 90.0  # imports + engine/detector warm-up on a busy 2-core box
 JOB_TIMEOUT_S = 90.0
-
-
-# ---------------------------------------------------------------------------------------------- polling
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float, what: str, *, diagnostics: Callable[[], str] | None = None
-) -> T:
-    """Poll ``predicate`` every 50 ms until it returns something truthy (returned), or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
-        time.sleep(POLL_S)
 
 
 # ---------------------------------------------------------------------------------------------- media
@@ -72,11 +54,6 @@ def ffprobe(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- the daemon
 
 
-def _heygemd_argv() -> list[str]:
-    script = Path(sys.executable).parent / "heygemd"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "heygemd"]
-
-
 class Daemon:
     """One daemon's folders and config under ``root``; :meth:`start` runs ``heygemd --config CFG run``.
 
@@ -101,7 +78,7 @@ class Daemon:
         self.staging = root / "staging"
         self.config = root / "heygemd.toml"
         self.logs: list[Path] = []
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: HeygemdProcess | None = None
         (root / "models").mkdir(parents=True, exist_ok=True)  # empty: engine auto never finds weights
         self.config.write_text(
             f"""
@@ -131,27 +108,16 @@ preset = "ultrafast"
     # -- process
 
     def start(self, extra_env: Mapping[str, str] | None = None) -> "Daemon":
-        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
-        }
-        env["HEYGEMD_LOGGING__FORMAT"] = "json"
-        env.update(extra_env or {})
+        assert not self.running, "daemon already running"
         log = self.root / f"daemon-{len(self.logs) + 1}.log"
         self.logs.append(log)
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*_heygemd_argv(), "--config", str(self.config), "run"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                env=env,
-                start_new_session=True,
-            )
+        self.process = HeygemdProcess(self.config, ["run"], log, env=extra_env)
         return self
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The latest start's process."""
+        return self.process.proc if self.process is not None else None
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> "Daemon":
         self.wait_for(lambda: self.has_event("daemon.ready"), timeout, "daemon.ready in the log")
@@ -159,7 +125,7 @@ preset = "ultrafast"
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.running
 
     def send(self, sig: int) -> None:
         assert self.proc is not None
@@ -167,10 +133,8 @@ preset = "ultrafast"
 
     def kill(self) -> None:
         """SIGKILL (if still running) and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
+        if self.process is not None:
+            self.process.kill()
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -185,28 +149,16 @@ preset = "ultrafast"
 
     def events(self, run: int = -1) -> list[dict[str, Any]]:
         """The JSON log events of one start (default: the latest)."""
-        if not self.logs or not self.logs[run].is_file():
-            return []
-        events = []
-        for line in self.logs[run].read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+        return read_events(self.logs[run]) if self.logs else []
 
     def has_event(self, name: str, run: int = -1, **fields: Any) -> bool:
-        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items()) for e in self.events(run))
+        return has_event(self.events(run), name, **fields)
 
     def diagnostics(self) -> str:
         parts = []
         if self.proc is not None:
             parts.append(f"daemon pid {self.proc.pid} returncode {self.proc.poll()}")
-        for log in self.logs:
-            text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "(no log)"
-            parts.append(f"----- {log.name} (last 6000 chars) -----\n{text[-6000:]}")
+        parts += [log_tail(log) for log in self.logs]
         parts.append(
             "----- files -----\n"
             + "\n".join(str(p.relative_to(self.root)) for p in sorted(self.root.rglob("*")) if "cache" not in p.parts)
@@ -273,15 +225,13 @@ preset = "ultrafast"
 
     def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``heygemd ARGS...`` as a user runs it, with this daemon's configuration (JSON log lines)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
-        env["HEYGEMD_LOGGING__FORMAT"] = "json"
         return subprocess.run(
-            [*_heygemd_argv(), "--config", str(self.config), *args],
+            [*heygemd_argv(), "--config", str(self.config), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             cwd=self.root,
-            env=env,
+            env=clean_env(),
         )
 
     def cancel(self, job: str) -> subprocess.CompletedProcess[str]:
@@ -298,11 +248,5 @@ preset = "ultrafast"
 
 def stop_daemon(daemon: Daemon) -> None:
     """Teardown for long-lived daemons: SIGTERM, then SIGKILL if it lingers."""
-    if daemon.running:
-        daemon.send(signal.SIGTERM)
-        try:
-            assert daemon.proc is not None
-            daemon.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    daemon.kill()
+    if daemon.process is not None:
+        daemon.process.stop()

@@ -349,7 +349,7 @@ def test_masks_given_in_the_batch_give_the_same_mouth(face) -> None:
 @pytest.mark.parametrize("fps", [24.0, 25.0, 30.0, 50.0])
 @pytest.mark.parametrize("level", [0.3, 0.05])
 def test_the_mouth_leads_the_sound_by_at_most_80_ms_and_never_lags(fps: float, level: float) -> None:
-    """Accepted offset (README, "Timing"): the picture may lead the sound by up to 80 ms, never trail it.
+    """Accepted offset (docs/engines.md, "Timing"): the picture may lead the sound by up to 80 ms, never trail it.
 
     A voiced burst (150 Hz and its harmonics) starts and stops at times that fall between frames; the mouth's
     times are where its opening crosses half its peak, interpolated between frames. The lead at the start and

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 from collections import Counter
@@ -13,7 +11,8 @@ from pathlib import Path
 
 import redis
 
-from tests.daemon.daemon_process import Daemon, _heygemd_argv, wait_until
+from tests.daemon.daemon_process import Daemon
+from tests.processes import HeygemdProcess, has_event, log_tail, read_events, wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -99,34 +98,28 @@ class Farm(Daemon):
                 f"visibility_timeout = {visibility_timeout}\n"
             )
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self._worker_processes: dict[str, HeygemdProcess] = {}
         self.worker_logs: dict[str, list[Path]] = {}
 
     def start_worker(
-        self, name: str, extra_env: dict[str, str] | None = None, *, wrapper: list[str] | None = None
+        self,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        *,
+        wrapper: list[str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
-        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace)."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
-        }
-        env["HEYGEMD_LOGGING__FORMAT"] = "json"
-        env.update(extra_env or {})
+        """``wrapper``: a command line the worker's own is appended to (e.g. to run it in a mount namespace);
+        ``args``: more arguments of ``heygemd worker``."""
         logs = self.worker_logs.setdefault(name, [])
         log = self.root / f"worker-{name}-{len(logs) + 1}.log"
         logs.append(log)
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [*(wrapper or []), *_heygemd_argv(), "--config", str(self.config), "worker", "--name", f"{name}@test"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                env=env,
-                start_new_session=True,
-            )
-        self.workers[name] = proc
-        return proc
+        worker = HeygemdProcess(
+            self.config, ["worker", "--name", f"{name}@test", *args], log, env=extra_env, wrapper=wrapper or ()
+        )
+        self._worker_processes[name] = worker
+        self.workers[name] = worker.proc
+        return worker.proc
 
     def wait_workers_ready(self, timeout: float = 120.0) -> None:
         for name in self.workers:
@@ -135,18 +128,11 @@ class Farm(Daemon):
             )
 
     def worker_events(self, name: str) -> list[dict[str, object]]:
-        events: list[dict[str, object]] = []
-        saved = self.logs
-        for log in self.worker_logs.get(name, []):
-            self.logs = [log]
-            events += self.events()
-        self.logs = saved
-        return events
+        """The JSON log events of every start of worker ``name``, in order."""
+        return [event for log in self.worker_logs.get(name, []) for event in read_events(log)]
 
     def worker_has(self, name: str, event: str, **fields: object) -> bool:
-        return any(
-            e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in self.worker_events(name)
-        )
+        return has_event(self.worker_events(name), event, **fields)
 
     def renders(self) -> Counter[tuple[str, str]]:
         """(job id, video) of every ``video.done`` any worker logged: each must be 1."""
@@ -159,10 +145,7 @@ class Farm(Daemon):
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL the worker and its children (its ffmpeg), as a crash or the OOM killer would."""
-        proc = self.workers[name]
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        self._worker_processes[name].kill(group=True)
 
     def stop_all(self) -> None:
         for name in list(self.workers):
@@ -172,7 +155,5 @@ class Farm(Daemon):
     def diagnostics(self) -> str:
         parts = [super().diagnostics()]
         for logs in self.worker_logs.values():
-            for log in logs:
-                text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "(no log)"
-                parts.append(f"----- {log.name} (last 5000 chars) -----\n{text[-5000:]}")
+            parts += [log_tail(log, 5000) for log in logs]
         return "\n".join(parts)

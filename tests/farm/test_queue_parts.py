@@ -26,8 +26,8 @@ from heygemd.farm.task import map_path
 from heygemd.layout import CLAIM_FILE
 from heygemd.settings import QueueSettings, Settings
 from heygemd.status_view import format_status_detail, format_status_table
-from tests.daemon.daemon_process import _heygemd_argv
 from tests.farm.farm import RedisServer, free_port
+from tests.processes import heygemd_argv
 
 
 def test_task_id_is_the_job_id_and_queues_follow_the_engine() -> None:
@@ -164,7 +164,7 @@ def test_worker_without_a_broker_is_a_config_error(tmp_path: Path) -> None:
     config.write_text('[paths]\ninbox = "in"\noutbox = "out"\n[engine]\nname = "mouthwarp"\n', encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEMD_")}
     done = subprocess.run(
-        [*_heygemd_argv(), "--config", str(config), "worker"], capture_output=True, text=True, env=env, timeout=120
+        [*heygemd_argv(), "--config", str(config), "worker"], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 1
     assert "queue.broker is not set" in done.stderr and "HEYGEMD_QUEUE__BROKER" in done.stderr

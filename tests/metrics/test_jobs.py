@@ -169,6 +169,20 @@ def test_counts_only_grow_and_each_video_counts_once(scraper: Scraper) -> None:
     assert scraper.value("heygemd_videos_rendered_total", engine="mouthwarp") == 4
 
 
+def test_videos_the_check_flagged_are_counted_to_review(scraper: Scraper) -> None:
+    from heygemd.quality.report import QualityReason, QualityReport
+
+    flagged = QualityReport(review=True, reasons=[QualityReason(code="WEAK_SYNC", explanation="the mouth drifts")])
+    job(
+        scraper.paths.outbox,
+        "a",
+        "done",
+        [done("anna.mp4", 3.0, 10).model_copy(update={"quality": flagged}), done("bob.mp4", 3.0, 11)],
+    )
+    assert scraper.value("heygemd_videos_rendered_total", engine="mouthwarp") == 2
+    assert scraper.value("heygemd_videos_to_review_total", engine="mouthwarp") == 1
+
+
 def test_a_look_answers_scrapes_until_it_is_max_age_old(scraper: Scraper) -> None:
     outbox = scraper.paths.outbox
     assert scraper.value("heygemd_jobs", state="done") == 0

@@ -92,6 +92,11 @@ def test_a_done_job_without_public_url_has_no_link_and_no_error() -> None:
     assert message.body == "3 of 3 videos done." and message.kind == "success"
 
 
+def test_the_message_says_how_many_videos_the_check_flagged() -> None:
+    flagged = job("done").model_copy(update={"videos_to_review": 2})
+    assert "2 to review: the quality check flagged them" in job_message(flagged, "").body
+
+
 def test_a_receiver_that_fails_is_logged_once_and_not_retried(capsys: pytest.CaptureFixture[str]) -> None:
     with receiver(lambda _: Answer(500)) as server:
         sender = alerts(server.port)

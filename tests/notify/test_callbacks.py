@@ -1,7 +1,7 @@
 """Signed callbacks (heygemd.notify.callbacks) to a real receiver on 127.0.0.1: the signature verifies with the
-README's own verifier, retries keep the delivery id and follow the backoff (an injected clock: nothing sleeps
-through it), pending deliveries survive a restart and a SIGKILL in the middle of a send, and only allowed hosts and
-addresses are ever sent to."""
+verifier docs/notifications.md prints, retries keep the delivery id and follow the backoff (an injected clock:
+nothing sleeps through it), pending deliveries survive a restart and a SIGKILL in the middle of a send, and only
+allowed hosts and addresses are ever sent to."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from heygemd.daemon.status import CallbackRecord
 from heygemd.errors import CallbackNotAllowed
 from heygemd.notify.callbacks import (
     BACKOFF_S,
@@ -29,7 +30,6 @@ from heygemd.notify.callbacks import (
     CallbackSender,
     check_callback_url,
 )
-from heygemd.notify.record import CallbackRecord
 from heygemd.settings import NotifySettings
 from tests.daemon.daemon_process import wait_until
 from tests.httpserver import Answer, Receiver, answers, receiver
@@ -40,9 +40,9 @@ BODY = json.dumps({"job_id": "lesson-01", "state": "done", "note": "ünïcode"},
 T0 = 1_767_225_600.0
 
 
-def readme_verifier() -> Callable[..., bool]:
-    """The ``verify`` function exactly as the README prints it."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def documented_verifier() -> Callable[..., bool]:
+    """The ``verify`` function exactly as docs/notifications.md prints it."""
+    text = (REPO / "docs" / "notifications.md").read_text(encoding="utf-8")
     (code,) = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify(" in block]
     namespace: dict[str, object] = {}
     exec(code, namespace)
@@ -66,8 +66,8 @@ def make_queue(
     return CallbackQueue(state, sender, on_change=on_change, clock=clock)
 
 
-def test_a_delivery_is_signed_and_verifies_with_the_readme_code(tmp_path: Path) -> None:
-    verify = readme_verifier()
+def test_a_delivery_is_signed_and_verifies_with_the_documented_code(tmp_path: Path) -> None:
+    verify = documented_verifier()
     records: list[tuple[str, CallbackRecord]] = []
     with receiver() as server:
         queue = make_queue(tmp_path, "127.0.0.1", records=records)
@@ -238,7 +238,7 @@ def test_a_sigkill_in_the_middle_of_a_send_is_delivered_by_the_next_process(tmp_
     assert record.state == "delivered" and record.delivery == delivery
     assert first.headers["Heygemd-Delivery"] == second.headers["Heygemd-Delivery"] == delivery
     signed = second.headers["Heygemd-Signature"]
-    assert readme_verifier()(SECRET.encode(), second.body, signed, now=time.time() + LEASE_S)
+    assert documented_verifier()(SECRET.encode(), second.body, signed, now=time.time() + LEASE_S)
     assert queue.pending() == [] and list((tmp_path / CALLBACKS / SENDING).iterdir()) == []
 
 

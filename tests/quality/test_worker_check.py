@@ -55,6 +55,9 @@ class CopyingSession:
     def alternatives(self) -> tuple[str, ...]:
         return self.others
 
+    def configure(self, overrides: object = None) -> dict[str, object]:
+        return {}
+
     def release(self) -> None:
         pass
 

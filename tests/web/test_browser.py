@@ -1,7 +1,7 @@
 """The real pages in a real headless browser (Debian's chromium through its chromedriver, nothing downloaded):
 log in, upload a job through the page, watch the progress bar move while the real daemon renders, and play
 the result; the form's own checks; the pages on a 420 px wide phone. The pages are saved as screenshots (into
-the folder $WEB_TEST_SCREENSHOTS names, when set: heygemd/web/static/ holds the README's)."""
+the folder $WEB_TEST_SCREENSHOTS names, when set: heygemd/web/static/ holds the ones docs/web-api.md shows)."""
 
 from __future__ import annotations
 

@@ -148,13 +148,15 @@ def test_failed_and_partial_jobs_are_drawn_in_their_colour_with_the_first_errors
     status = finished_job(settings.paths.outbox, "broken", state="failed", videos=[VideoStatus(input="anna.mp4")])
     bad_job = ErrorStatus(code="BAD_JOB", message="broken/job.toml: field 'crf': 99 is too high", hint="Use 0..51.")
     write_status(settings.paths.outbox / "broken" / "status.json", status.model_copy(update={"error": bad_job}))
-    finished_job(settings.paths.outbox, "fine")
+    flagged = finished_job(settings.paths.outbox, "fine")
+    write_status(settings.paths.outbox / "fine" / "status.json", flagged.model_copy(update={"videos_to_review": 1}))
     html = client.get("/").text
 
     half, broken, fine = _row(html, "half"), _row(html, "broken"), _row(html, "fine")
     assert 'class="bar partial"' in half and "NO_FACE" in half and "a face was found in 0% of the frames" in half
     assert 'class="bar failed"' in broken and "BAD_JOB" in broken and "field &#39;crf&#39;: 99 is too high" in broken
     assert 'class="bar done"' in fine and "why" not in fine  # no reason line for a job without errors
+    assert ">1 to review</span>" in fine and "to review" not in half  # the quality check's count
     page = client.get("/jobs/broken").text
     assert '<div class="bar failed"' in page.split('class="summary"', 1)[1]
     css = client.get("/static/style.css").text

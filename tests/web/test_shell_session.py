@@ -1,5 +1,5 @@
-"""The README's curl session, run as it is printed, against a real server: it stops at the first error with the
-server's answer, and, with the real daemon rendering, ends with the outputs downloaded."""
+"""The curl session of docs/web-api.md, run as it is printed, against a real server: it stops at the first error
+with the server's answer, and, with the real daemon rendering, ends with the outputs downloaded."""
 
 from __future__ import annotations
 
@@ -16,27 +16,27 @@ from tests.daemon.daemon_process import Daemon, Media
 from tests.web.test_e2e import start_with_web
 from tests.web.webserver import TOKEN, clean_env, write_config
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+WEB_API_DOC = Path(__file__).resolve().parents[2] / "docs" / "web-api.md"
 requires_curl_and_jq = pytest.mark.skipif(
     not (shutil.which("curl") and shutil.which("jq") and shutil.which("bash")), reason="needs bash, curl and jq"
 )
 
 
-def readme_session() -> str:
-    """The bash block of the README that talks to the API."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+def documented_session() -> str:
+    """The bash block of docs/web-api.md that talks to the API."""
+    blocks = re.findall(r"```bash\n(.*?)```", WEB_API_DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
     return next(b for b in blocks if "$HEYGEMD/api/jobs" in b)
 
 
 def run_session(folder: Path, url: str, token: str) -> subprocess.CompletedProcess[str]:
     env = clean_env({"HEYGEMD": url, "HEYGEMD_WEB__TOKEN": token})
     return subprocess.run(
-        ["bash", "-c", readme_session()], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        ["bash", "-c", documented_session()], cwd=folder, env=env, capture_output=True, text=True, timeout=120
     )
 
 
 @requires_curl_and_jq
-def test_the_readme_session_stops_at_once_with_the_servers_answer(tmp_path: Path, web_process) -> None:
+def test_the_documented_session_stops_at_once_with_the_servers_answer(tmp_path: Path, web_process) -> None:
     server = web_process(write_config(tmp_path, "port = 0\n"), env={"HEYGEMD_WEB__TOKEN": TOKEN}).wait_ready()
     work = tmp_path / "work"
     work.mkdir()
@@ -56,7 +56,7 @@ def test_the_readme_session_stops_at_once_with_the_servers_answer(tmp_path: Path
 
 @pytest.mark.slow
 @requires_curl_and_jq
-def test_the_readme_session_renders_and_downloads(
+def test_the_documented_session_renders_and_downloads(
     daemon_factory: Callable[..., Daemon], media: Media, tmp_path: Path
 ) -> None:
     daemon, url = start_with_web(daemon_factory)

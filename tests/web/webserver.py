@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from heygemd.daemon.status import AudioStatus, JobStatus, VideoStatus, utc_now, write_status
 from heygemd.settings import Settings, load_settings
-from tests.daemon.daemon_process import wait_until
+from tests.processes import HeygemdProcess, clean_env, heygemd_argv, wait_until
+
+__all__ = [
+    "ORIGIN",
+    "TOKEN",
+    "WebProcess",
+    "clean_env",
+    "finished_job",
+    "heygemd_argv",
+    "settings_for",
+    "tree",
+    "write_config",
+]
 
 TOKEN = "test-token-0123456789"
 ORIGIN = "http://localhost"
@@ -76,67 +83,18 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "cache" not in p.parts)
 
 
-def heygemd_argv() -> list[str]:
-    script = Path(sys.executable).parent / "heygemd"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "heygemd"]
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("HEYGEMD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")
-    }
-    env["HEYGEMD_LOGGING__FORMAT"] = "json"
-    env.update(extra or {})
-    return env
-
-
-class WebProcess:
+class WebProcess(HeygemdProcess):
     """``heygemd --config CFG web`` (or ``run`` with the web enabled) as a real process; ``url`` once ready."""
 
     def __init__(self, config: Path, command: str = "web", env: Mapping[str, str] | None = None) -> None:
-        self.log = config.parent / f"{command}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*heygemd_argv(), "--config", str(config), command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=config.parent,
-                env=clean_env(env),
-                start_new_session=True,
-            )
+        super().__init__(config, [command], config.parent / f"{command}.log", env=env)
         self.url = ""
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                found.append(event)
-        return found
-
-    def has_event(self, name: str) -> bool:
-        return any(e.get("event") == name for e in self.events())
 
     def wait_ready(self, timeout: float = 90.0) -> "WebProcess":
         def ready() -> str | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"heygemd exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if not self.running:
+                raise AssertionError(f"heygemd exited with {self.proc.returncode}:\n{self.output()}")
             return next((e["url"] for e in self.events() if e.get("event") == "web.ready"), None)
 
         self.url = wait_until(ready, timeout, "web.ready in the log").rstrip("/")
         return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)

@@ -65,7 +65,15 @@ function liveList(table) {
     if (FINISHED.includes(job.state) && !FINISHED.includes(row.dataset.state)) { reload(); return; }  // with its reason
     setBadge(field(row, "state"), job.state);
     setBar(field(row, "progress"), job.progress, job.state);
-    field(row, "counts").textContent = counts(job).join(" / ");
+    const cell = field(row, "counts");
+    cell.textContent = counts(job).join(" / ");
+    if (job.videos_to_review) {
+      const review = document.createElement("span");
+      review.className = "review";
+      review.title = "the quality check flagged these videos for a look";
+      review.textContent = " " + job.videos_to_review + " to review";
+      cell.append(review);
+    }
     field(row, "engine").textContent = job.engine || "-";
   }, id => {
     const row = [...table.querySelectorAll("tr[data-job]")].find(r => r.dataset.job === id);
