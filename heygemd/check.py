@@ -87,9 +87,9 @@ def _engine(settings: Settings) -> list[Check]:
 def _files(engine: str, files: ModelFiles, *, required: bool) -> Check:
     name = f"{engine} files"
     if files.complete:
-        found = f"{files.found[0]} found" if len(files.found) == 1 else f"all {len(files.found)} files found"
+        found = f"{files.names[0]} found" if len(files.names) == 1 else f"all {len(files.names)} files found"
         return Check(name, True, f"{files.folder}: {found}", required=required)
-    found = ", ".join(files.found) or "none"
+    found = ", ".join(files.names) or "none"
     return Check(
         name,
         False,

@@ -6,10 +6,10 @@ Importing this package does not import torch: the torch engines are imported onl
 
 from __future__ import annotations
 
+from heygemd.engines.model_files import ModelFiles
 from heygemd.engines.registry import (
     SPECS,
     EngineSpec,
-    ModelFiles,
     available_names,
     check_installed,
     installed_names,

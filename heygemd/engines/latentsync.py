@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heygemd.engines import latentsync_layout
 from heygemd.engines.latentsync_audio import TOKENS, WIDTH, WhisperStates, audio_features_with
 from heygemd.engines.latentsync_load import (
     LATENT_CHANNELS,
@@ -52,7 +53,6 @@ from heygemd.engines.latentsync_load import (
     load_vae,
     load_whisper,
     make_scheduler,
-    require_files,
 )
 from heygemd.engines.latentsync_unet import FeatureCache
 from heygemd.engines.torch_device import resolve_device
@@ -95,7 +95,7 @@ class LatentSyncModel:
 
     def __init__(self, folder: Path, device: str | torch.device = "cpu", fp16: bool = True, batch_windows: int = 1):
         self.folder = Path(folder)
-        self.files = require_files(self.folder)
+        self.files = latentsync_layout.find_files(self.folder).require()
         self.config = load_config(self.files)
         self.device = resolve_device(device)
         self.dtype = torch.float16 if fp16 and _fp16_capable(self.device) else torch.float32

@@ -16,8 +16,9 @@ models/latentsync/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from heygemd.engines.model_files import ModelFiles, ModelLayout
 
 FOLDER = "latentsync"
 """The sub-folder of ``paths.models`` holding LatentSync's files."""
@@ -39,55 +40,25 @@ HINT = (
 """What to do about a missing or broken LatentSync file (the hint of its BAD_CHECKPOINT)."""
 
 
-@dataclass(frozen=True)
-class LatentSyncFiles:
-    """The files of one ``models/latentsync/`` folder: those found and those missing (relative names)."""
-
-    folder: Path
-    found: dict[str, Path]
-    """Role (``unet``, ``whisper``, ``vae_config``, ``vae``, ``mask``, and ``unet_config`` when present) -> the
-    file found for it."""
-    missing: list[str]
-    """Relative names of the required files not there (for alternatives: ``a.safetensors or a.bin``)."""
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    @property
-    def weights(self) -> list[Path]:
-        """Every file that shapes the output, in a fixed order (their hash is the engine's identity)."""
-        roles = ("unet", "unet_config", "vae", "vae_config", "whisper", "mask")
-        return [self.found[role] for role in roles if role in self.found]
-
-    def __getitem__(self, role: str) -> Path:
-        return self.found[role]
-
-
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "unet": (UNET_WEIGHTS,),
-    "whisper": (WHISPER_WEIGHTS,),
-    "vae_config": (VAE_CONFIG,),
-    "vae": VAE_WEIGHTS,
-    "mask": (MASK,),
-}
+LAYOUT = ModelLayout(
+    engine="LatentSync",
+    required={
+        "unet": (UNET_WEIGHTS,),
+        "whisper": (WHISPER_WEIGHTS,),
+        "vae_config": (VAE_CONFIG,),
+        "vae": VAE_WEIGHTS,
+        "mask": (MASK,),
+    },
+    optional={"unet_config": UNET_CONFIG},
+    weights=("unet", "unet_config", "vae", "vae_config", "whisper", "mask"),
+    hint=HINT,
+)
 
 
 def latentsync_folder(models_dir: Path) -> Path:
     return Path(models_dir) / FOLDER
 
 
-def find_files(folder: Path) -> LatentSyncFiles:
+def find_files(folder: Path) -> ModelFiles:
     """Which of the LatentSync files ``folder`` (``models/latentsync/``) holds; nothing is opened."""
-    folder = Path(folder)
-    found: dict[str, Path] = {}
-    missing: list[str] = []
-    for role, names in _REQUIRED.items():
-        present = [folder / name for name in names if (folder / name).is_file()]
-        if present:
-            found[role] = present[0]
-        else:
-            missing.append(" or ".join(names))
-    if (folder / UNET_CONFIG).is_file():
-        found["unet_config"] = folder / UNET_CONFIG
-    return LatentSyncFiles(folder=folder, found=found, missing=missing)
+    return LAYOUT.find(folder)

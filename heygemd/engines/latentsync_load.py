@@ -26,8 +26,9 @@ from heygemd.engines.latentsync_audio import HIDDEN_STATES, N_MELS, WIDTH
 from heygemd.engines.latentsync_config import LatentSyncConfig, read_config
 from heygemd.engines.latentsync_unet import LatentSyncUNet, sinusoid_table
 from heygemd.engines.latentsync_whisper import WhisperDims, WhisperEncoder, decoder_shapes
+from heygemd.engines.model_files import ModelFiles, listing
 from heygemd.engines.pretrained import READ_ERRORS, detail
-from heygemd.engines.torch_util import check_container, listing, read_state_dict
+from heygemd.engines.torch_util import check_container, check_state_dict, read_state_dict
 from heygemd.errors import CheckpointError
 
 LATENT_CHANNELS = 4
@@ -58,19 +59,7 @@ def _fail(message: str, path: Path) -> CheckpointError:
     return CheckpointError(message, path=path, hint=layout.HINT)
 
 
-def require_files(folder: Path) -> layout.LatentSyncFiles:
-    """The layout of ``folder``; CheckpointError naming the first missing file (and how many more)."""
-    files = layout.find_files(folder)
-    if files.missing:
-        more = ""
-        if len(files.missing) > 1:
-            more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})"
-        first = files.missing[0]
-        raise _fail(f"LatentSync file missing: {first}{more}", Path(folder) / first.split(" or ")[0])
-    return files
-
-
-def load_config(files: layout.LatentSyncFiles) -> LatentSyncConfig:
+def load_config(files: ModelFiles) -> LatentSyncConfig:
     """``unet_config.yaml`` when there is one, else the built-in 1.6 config; checked against the engine's needs."""
     path = files.found.get("unet_config")
     config = read_config(path, layout.HINT)
@@ -89,49 +78,25 @@ def load_config(files: layout.LatentSyncFiles) -> LatentSyncConfig:
     return config
 
 
-def _check_tensors(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path, what: str
-) -> None:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} key(s): {listing(missing)}"] if missing else []) + (
-            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else []
-        )
-        raise _fail("; ".join(parts) + f" (not {what}?)", path)
-    wrong = [
-        f"{k}: expected {expected[k]}, found {tuple(v.shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != expected[k]
-    ]
-    if wrong:
-        raise _fail(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)} (not {what}?)", path)
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise _fail(f"non-finite values (NaN/Inf) in {listing(broken)}", path)
-    if not all(v.is_floating_point() for v in state.values()):
-        integral = [k for k, v in state.items() if not v.is_floating_point()]
-        raise _fail(f"integer tensors where weights belong: {listing(integral)}", path)
-
-
-def load_unet(
-    files: layout.LatentSyncFiles, config: LatentSyncConfig, device: torch.device, dtype: torch.dtype
-) -> LatentSyncUNet:
+def load_unet(files: ModelFiles, config: LatentSyncConfig, device: torch.device, dtype: torch.dtype) -> LatentSyncUNet:
     """The UNet of ``latentsync_unet.pt`` on ``device`` in ``dtype``, eval mode, every tensor checked first.
 
-    The motion modules' position tables (``pos_encoder.pe``) are fixed sinusoids: a checkpoint without them gets
-    them computed, as the reference's lenient loader would leave its initial ones."""
+    One copy of the weights in memory at a time: the module is built on the meta device (no storage), the
+    checkpoint read into memory (not mapped: the mapped file's pages would count beside the model's copy) and its
+    tensors become the module's own (``assign=True``); those that must change device or dtype are converted one by
+    one, each read tensor dropped once converted. The motion modules' position tables (``pos_encoder.pe``) are
+    fixed sinusoids: a checkpoint without them gets them computed, as the reference's lenient loader would leave
+    its initial ones."""
     path = files["unet"]
     with torch.device("meta"):
         unet = LatentSyncUNet(config.unet)
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    state = dict(read_state_dict(path, hint=layout.HINT))
+    state = read_state_dict(path, hint=layout.HINT, mmap=False)
     for key, shape in expected.items():
         if key.endswith(".pos_encoder.pe") and key not in state:
             state[key] = sinusoid_table(shape[2], shape[1])
-    _check_tensors(state, expected, path, "LatentSync's UNet for this config")
-    placed = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in state.items()}
-    del state
+    check_state_dict(state, expected, path, what="LatentSync's UNet for this config", hint=layout.HINT)
+    placed = {key: state.pop(key).to(device=device, dtype=dtype) for key in list(state)}
     unet.load_state_dict(placed, strict=True, assign=True)
     return unet.eval()
 
@@ -172,14 +137,14 @@ def load_whisper(path: Path) -> WhisperEncoder:
     encoder = WhisperEncoder(dims)
     expected = {f"encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
     expected.update(decoder_shapes(dims))
-    _check_tensors(state, expected, path, "OpenAI's Whisper for these dims")
+    check_state_dict(state, expected, path, what="OpenAI's Whisper for these dims", hint=layout.HINT)
     encoder.load_state_dict(
         {k.removeprefix("encoder."): v.float() for k, v in state.items() if k.startswith("encoder.")}, strict=True
     )
     return encoder.eval()
 
 
-def load_vae(files: layout.LatentSyncFiles) -> AutoencoderKL:
+def load_vae(files: ModelFiles) -> AutoencoderKL:
     """sd-vae-ft-mse, fp32 on the CPU in eval mode, from its folder only (diffusers converts the 2022 names)."""
     return pretrained.load_vae(files["vae_config"], files["vae"], engine="LatentSync", hint=layout.HINT)
 

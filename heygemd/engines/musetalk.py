@@ -29,6 +29,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
+from heygemd.engines import musetalk_layout
 from heygemd.engines.cuda_batches import fitting_batch_size
 from heygemd.engines.musetalk_audio import TOKENS, WhisperFeatures, audio_prompts_with, positional_encoding
 from heygemd.engines.musetalk_load import (
@@ -37,7 +38,6 @@ from heygemd.engines.musetalk_load import (
     load_unet,
     load_vae,
     load_whisper,
-    require_files,
 )
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
@@ -71,7 +71,7 @@ class MuseTalkModel:
 
     def __init__(self, folder: Path, device: str | torch.device = "cpu", fp16: bool = False):
         self.folder = Path(folder)
-        self.files = require_files(self.folder)
+        self.files = musetalk_layout.find_files(self.folder).require()
         self.device = resolve_device(device)
         self.dtype = torch.float16 if fp16 and self.device.type == "cuda" else torch.float32
         self.unet: UNet2DConditionModel = _placed(load_unet(self.files), self.device, self.dtype)

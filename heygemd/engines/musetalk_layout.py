@@ -13,8 +13,9 @@ models/musetalk/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from heygemd.engines.model_files import ModelFiles, ModelLayout
 
 FOLDER = "musetalk"
 """The sub-folder of ``paths.models`` holding MuseTalk's files."""
@@ -37,54 +38,26 @@ HINT = (
 """What to do about a missing or broken MuseTalk file (the hint of its BAD_CHECKPOINT)."""
 
 
-@dataclass(frozen=True)
-class MuseTalkFiles:
-    """The files of one ``models/musetalk/`` folder: those found and those missing (relative names)."""
-
-    folder: Path
-    found: dict[str, Path]
-    """Role (``unet_config``, ``unet``, ``vae_config``, ``vae``, ``whisper_config``, ``whisper``,
-    ``whisper_preprocessor``) -> the file found for it."""
-    missing: list[str]
-    """Relative names of the files not there (for alternatives: ``a.safetensors or a.bin``)."""
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    @property
-    def weights(self) -> list[Path]:
-        """The three weight files, in a fixed order (their hash is the engine's identity)."""
-        return [self.found[role] for role in ("unet", "vae", "whisper") if role in self.found]
-
-    def __getitem__(self, role: str) -> Path:
-        return self.found[role]
-
-
-_ROLES: dict[str, tuple[str, ...]] = {
-    "unet_config": (UNET_CONFIG,),
-    "unet": (UNET_WEIGHTS,),
-    "vae_config": (VAE_CONFIG,),
-    "vae": VAE_WEIGHTS,
-    "whisper_config": (WHISPER_CONFIG,),
-    "whisper": WHISPER_WEIGHTS,
-    "whisper_preprocessor": (WHISPER_PREPROCESSOR,),
-}
+LAYOUT = ModelLayout(
+    engine="MuseTalk",
+    required={
+        "unet_config": (UNET_CONFIG,),
+        "unet": (UNET_WEIGHTS,),
+        "vae_config": (VAE_CONFIG,),
+        "vae": VAE_WEIGHTS,
+        "whisper_config": (WHISPER_CONFIG,),
+        "whisper": WHISPER_WEIGHTS,
+        "whisper_preprocessor": (WHISPER_PREPROCESSOR,),
+    },
+    weights=("unet", "vae", "whisper"),
+    hint=HINT,
+)
 
 
 def musetalk_folder(models_dir: Path) -> Path:
     return Path(models_dir) / FOLDER
 
 
-def find_files(folder: Path) -> MuseTalkFiles:
+def find_files(folder: Path) -> ModelFiles:
     """Which of the MuseTalk files ``folder`` (``models/musetalk/``) holds; nothing is opened."""
-    folder = Path(folder)
-    found: dict[str, Path] = {}
-    missing: list[str] = []
-    for role, names in _ROLES.items():
-        present = [folder / name for name in names if (folder / name).is_file()]
-        if present:
-            found[role] = present[0]
-        else:
-            missing.append(" or ".join(names))
-    return MuseTalkFiles(folder=folder, found=found, missing=missing)
+    return LAYOUT.find(folder)

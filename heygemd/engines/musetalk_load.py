@@ -10,7 +10,6 @@ or whose tensors do not have the shapes its config promises, is a CheckpointErro
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -24,8 +23,9 @@ from transformers.utils import logging as transformers_logging
 
 from heygemd.engines import musetalk_layout as layout
 from heygemd.engines import pretrained
-from heygemd.engines.pretrained import READ_ERRORS, detail, loading_problems
-from heygemd.engines.torch_util import listing, read_state_dict
+from heygemd.engines.model_files import ModelFiles
+from heygemd.engines.pretrained import READ_ERRORS, detail, loading_problems, read_json
+from heygemd.engines.torch_util import check_state_dict, read_state_dict
 from heygemd.errors import CheckpointError
 
 PROMPT_WIDTH = 384
@@ -39,34 +39,16 @@ def _fail(message: str, path: Path) -> CheckpointError:
     return CheckpointError(message, path=path, hint=layout.HINT)
 
 
-def require_files(folder: Path) -> layout.MuseTalkFiles:
-    """The layout of ``folder``; CheckpointError naming the first missing file (and how many more)."""
-    files = layout.find_files(folder)
-    if files.missing:
-        more = ""
-        if len(files.missing) > 1:
-            more = f" (and {len(files.missing) - 1} more missing: {listing(files.missing[1:])})"
-        first = files.missing[0]
-        raise _fail(f"MuseTalk file missing: {first}{more}", Path(folder) / first.split(" or ")[0])
-    return files
+def load_unet(files: ModelFiles) -> UNet2DConditionModel:
+    """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config.
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(f"not a readable JSON config ({exc})", path) from None
-    if not isinstance(value, dict):
-        raise _fail("the config is not a JSON object", path)
-    return value
-
-
-def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
-    """The v1.5 UNet, fp32 on the CPU in eval mode, every tensor of ``unet.pth`` checked against the config."""
+    One copy of the weights in memory: the module is built on the meta device and takes the tensors read from
+    the file (read, not mapped, so the file's pages do not count beside them) as its own (``assign=True``)."""
     config_path, weights_path = files["unet_config"], files["unet"]
-    config = {k: v for k, v in _read_json(config_path).items() if not k.startswith("_")}
+    config = {k: v for k, v in read_json(config_path, layout.HINT).items() if not k.startswith("_")}
     try:
-        unet = UNet2DConditionModel(**config)
+        with torch.device("meta"):  # no storage: the checkpoint's tensors become the module's own
+            unet = UNet2DConditionModel(**config)
     except (TypeError, ValueError) as exc:
         raise _fail(f"not a UNet2DConditionModel config ({detail(exc)})", config_path) from None
     if unet.config.in_channels != 2 * LATENT_CHANNELS or unet.config.cross_attention_dim != PROMPT_WIDTH:
@@ -75,30 +57,15 @@ def load_unet(files: layout.MuseTalkFiles) -> UNet2DConditionModel:
             f"MuseTalk 1.5 has 8 / 384 (is this the v1.5 musetalk.json?)",
             config_path,
         )
-    state = read_state_dict(weights_path, hint=layout.HINT)
-    expected = unet.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} key(s): {listing(missing)}"] if missing else []) + (
-            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else []
-        )
-        raise _fail("; ".join(parts) + " (not the UNet of musetalk.json?)", weights_path)
-    wrong = [
-        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise _fail(f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)}", weights_path)
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise _fail(f"non-finite values (NaN/Inf) in {listing(broken)}", weights_path)
-    unet.load_state_dict(state, strict=True)
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    state = read_state_dict(weights_path, hint=layout.HINT, mmap=False)
+    check_state_dict(state, expected, weights_path, what="the UNet of musetalk.json", hint=layout.HINT)
+    # as a copying load would: the model in fp32 whatever the file's dtype (each read tensor dropped once converted)
+    unet.load_state_dict({key: state.pop(key).float() for key in list(state)}, strict=True, assign=True)
     return unet.eval()
 
 
-def load_vae(files: layout.MuseTalkFiles) -> AutoencoderKL:
+def load_vae(files: ModelFiles) -> AutoencoderKL:
     """sd-vae-ft-mse, fp32 on the CPU in eval mode (diffusers converts the 2022 attention names)."""
     return pretrained.load_vae(files["vae_config"], files["vae"], engine="MuseTalk", hint=layout.HINT)
 
@@ -118,7 +85,7 @@ def load_whisper(whisper_dir: Path) -> tuple[WhisperEncoder, WhisperFeatureExtra
 
     config_path, preprocessor = needed(layout.WHISPER_CONFIG), needed(layout.WHISPER_PREPROCESSOR)
     weights = needed(*layout.WHISPER_WEIGHTS)
-    config = _read_json(config_path)
+    config = read_json(config_path, layout.HINT)
     d_model, layers = config.get("d_model"), config.get("encoder_layers")
     if d_model != PROMPT_WIDTH or layers != HIDDEN_STATES - 1:
         raise _fail(f"d_model {d_model}, encoder_layers {layers}: MuseTalk 1.5 uses whisper-tiny (384, 4)", config_path)

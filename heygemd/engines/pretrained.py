@@ -17,7 +17,7 @@ from typing import Any
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from safetensors import SafetensorError
 
-from heygemd.engines.torch_util import listing
+from heygemd.engines.model_files import listing
 from heygemd.errors import CheckpointError
 
 LATENT_CHANNELS = 4
@@ -53,6 +53,17 @@ def loading_problems(info: dict[str, Any]) -> list[str]:
     return problems
 
 
+def read_json(path: Path, hint: str) -> dict[str, Any]:
+    """The JSON object of a config file; CheckpointError naming it (with ``hint``) when it is not one."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not a readable JSON config ({exc})", path=path, hint=hint) from None
+    if not isinstance(document, dict):
+        raise CheckpointError("the config is not a JSON object", path=path, hint=hint)
+    return document
+
+
 def load_vae(config: Path, weights: Path, *, engine: str, hint: str) -> AutoencoderKL:
     """The VAE of ``config`` (``.../config.json``) and ``weights`` (``diffusion_pytorch_model.safetensors`` or
     ``.bin`` beside it), fp32 on the CPU in eval mode. ``engine`` names who needs its 4 latent channels in the
@@ -61,12 +72,7 @@ def load_vae(config: Path, weights: Path, *, engine: str, hint: str) -> Autoenco
     def fail(message: str, path: Path) -> CheckpointError:
         return CheckpointError(message, path=path, hint=hint)
 
-    try:
-        document = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(f"not a readable JSON config ({exc})", config) from None
-    if not isinstance(document, dict):
-        raise fail("the config is not a JSON object", config)
+    read_json(config, hint)  # a broken config.json named before diffusers reads it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

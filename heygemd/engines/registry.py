@@ -24,13 +24,14 @@ A new engine is its own module (a class implementing ``pipeline.engine_contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heygemd.engine_names import AUTO, CHOICES, ENGINES, listed
 from heygemd.engines import latentsync_layout, musetalk_layout
+from heygemd.engines.model_files import ModelFiles, ModelLayout
 from heygemd.errors import CheckpointError, ConfigError, EngineNotInstalled
 from heygemd.pipeline.engine_contract import Engine, EngineNeeds
 from heygemd.settings import EngineSettings
@@ -44,36 +45,6 @@ if TYPE_CHECKING:
 
 EngineParameters = dict[str, int | float | bool]
 """What shapes an engine's pictures besides its weights (LatentSync: steps, guidance, seed, deepcache)."""
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """The files an engine needs in ``paths.models``: those found, those missing, and what to do about it."""
-
-    folder: Path
-    found: tuple[str, ...]
-    """Names (relative to ``folder``) of the files found."""
-    missing: tuple[str, ...]
-    """Names of the files not there (for alternatives: ``a.safetensors or a.bin``)."""
-    hint: str
-    """What is missing and where it goes, as the user reads it."""
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    @classmethod
-    def look(cls, folder: Path, wanted: Sequence[tuple[str, ...]], hint: str) -> "ModelFiles":
-        """Which of ``wanted`` (each a tuple of alternative names) ``folder`` holds; nothing is opened."""
-        found: list[str] = []
-        missing: list[str] = []
-        for names in wanted:
-            present = [name for name in names if (folder / name).is_file()]
-            if present:
-                found.append(present[0])
-            else:
-                missing.append(" or ".join(names))
-        return cls(folder, tuple(found), tuple(missing), hint)
 
 
 @dataclass(frozen=True)
@@ -117,9 +88,7 @@ def _musetalk_class() -> type[MuseTalkEngine]:
 
 
 def _musetalk_files(settings: EngineSettings, models_dir: Path) -> ModelFiles:
-    files = musetalk_layout.find_files(musetalk_layout.musetalk_folder(models_dir))
-    found = tuple(str(path.relative_to(files.folder)) for path in files.found.values())
-    return ModelFiles(files.folder, found, tuple(files.missing), musetalk_layout.HINT)
+    return musetalk_layout.find_files(musetalk_layout.musetalk_folder(models_dir))
 
 
 def _musetalk_complete(settings: EngineSettings, models_dir: Path) -> bool:
@@ -170,12 +139,14 @@ def _wav2lip_class() -> type[Wav2LipEngine]:
 def _wav2lip_files(settings: EngineSettings, models_dir: Path) -> ModelFiles:
     if settings.checkpoint is not None:
         hint = f"Put the Wav2Lip checkpoint at {settings.checkpoint}, or correct engine.checkpoint."
-        return ModelFiles.look(settings.checkpoint.parent, [(settings.checkpoint.name,)], hint)
+        return ModelLayout("Wav2Lip", {"checkpoint": (settings.checkpoint.name,)}, hint).find(
+            settings.checkpoint.parent
+        )
     hint = (
         f"Put the official Wav2Lip checkpoint ({' or '.join(CHECKPOINT_NAMES)}, about 416 MB, from the "
         f"Rudrabha/Wav2Lip README) in {models_dir}."
     )
-    return ModelFiles.look(models_dir, [CHECKPOINT_NAMES], hint)
+    return ModelLayout("Wav2Lip", {"checkpoint": CHECKPOINT_NAMES}, hint).find(models_dir)
 
 
 def _wav2lip_found(settings: EngineSettings, models_dir: Path) -> bool:
@@ -245,9 +216,7 @@ def _latentsync_class() -> type[LatentSyncEngine]:
 
 
 def _latentsync_files(settings: EngineSettings, models_dir: Path) -> ModelFiles:
-    files = latentsync_layout.find_files(latentsync_layout.latentsync_folder(models_dir))
-    found = tuple(str(path.relative_to(files.folder)) for path in files.found.values())
-    return ModelFiles(files.folder, found, tuple(files.missing), latentsync_layout.HINT)
+    return latentsync_layout.find_files(latentsync_layout.latentsync_folder(models_dir))
 
 
 def _latentsync_sampling(settings: EngineSettings) -> Sampling:

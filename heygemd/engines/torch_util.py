@@ -15,16 +15,8 @@ import structlog
 import torch
 from torch import nn
 
+from heygemd.engines.model_files import listing
 from heygemd.errors import CheckpointError, OutOfMemory
-
-_MAX_LISTED = 5
-
-
-def listing(items: list[str]) -> str:
-    """The first few ``items`` joined, with "(and N more)" for the rest."""
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def check_container(path: Path, hint: str | None = None) -> bool:
@@ -101,6 +93,41 @@ def read_state_dict(path: Path, hint: str | None = None, *, mmap: bool = True) -
             raise CheckpointError(f"state_dict entry {key!r} is not a named tensor", path=path, hint=hint)
         tensors[key.removeprefix("module.")] = value
     return tensors
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    path: Path,
+    *,
+    what: str,
+    hint: str | None = None,
+) -> None:
+    """Refuse ``state`` unless it has exactly the keys of ``expected``, each of its shape, floating point and finite:
+    CheckpointError naming ``path`` (the file the tensors come from) and the first few keys at fault; ``what``
+    says what the file should hold (``"LatentSync's UNet for this config"``)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)} key(s): {listing(missing)}"] if missing else []) + (
+            [f"{len(unexpected)} unexpected key(s): {listing(unexpected)}"] if unexpected else []
+        )
+        raise CheckpointError("; ".join(parts) + f" (not {what}?)", path=path, hint=hint)
+    wrong = [
+        f"{k}: expected {expected[k]}, found {tuple(v.shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != expected[k]
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"wrong shape for {len(wrong)} tensor(s): {listing(wrong)} (not {what}?)", path=path, hint=hint
+        )
+    integral = [k for k, v in state.items() if not v.is_floating_point()]
+    if integral:
+        raise CheckpointError(f"integer tensors where weights belong: {listing(integral)}", path=path, hint=hint)
+    broken = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"non-finite values (NaN/Inf) in {listing(broken)}", path=path, hint=hint)
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from heygemd.engines.cuda_batches import CopyStreams, fitting_batch_size
+from heygemd.engines.model_files import listing
 from heygemd.engines.torch_device import resolve_device
 from heygemd.engines.torch_util import (
     HalvingBatches,
     cpu_threads,
     file_sha256,
     fold_batch_norm,
-    listing,
     read_state_dict,
 )
 from heygemd.errors import CheckpointError, ConfigError
