@@ -1,9 +1,9 @@
 """The web server's accounts: named people with a role, and API keys for their scripts.
 
 Roles, each allowed what the one before is: ``viewer`` (reads everything: jobs, outputs, logs, metrics),
-``editor`` (also submits, cancels and retries jobs, anyone's, changes priorities), ``admin``
-(also deletes jobs and pauses or resumes the intake; accounts are managed with ``heygemd users``). The web server's
-``web.token`` is an admin key of its own, besides any account.
+``editor`` (also submits, cancels and retries jobs, anyone's, changes priorities, manages the presenter library),
+``admin`` (also deletes jobs and pauses or resumes the intake; accounts are managed with ``heygemd users``). The web
+server's ``web.token`` is an admin key of its own, besides any account.
 
 Accounts live in ``<state>/users.json`` (:mod:`heygemd.layout`), readable and writable by heygemd's user only
 (mode 600; a file that others may write is refused: whoever can write it can make himself admin). Passwords and API

@@ -385,8 +385,9 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "description": "Uploads one presenter (multipart/form-data: 'video', optional 'name' and the options of "
         "its toml) into the library; the server prepares it (face track, engine preparations, poster) between "
         "jobs. Poll getPresenter until 'state' is ready or failed; name it in submitJob's 'presenters' from then on. "
-        "A name already taken answers 409 PRESENTER_EXISTS.",
+        "A name already taken answers 409 PRESENTER_EXISTS. Needs an editor key.",
         "responses": {
+            **_forbidden("editor"),
             201: _answer(
                 "Added; being prepared.",
                 {**PRESENTER_READY, "state": "preparing", "stage": "waiting", "progress": 0.0, "engines": []},
@@ -412,9 +413,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "Remove a presenter from the library",
         "description": "Removes the presenter's file, its toml and its poster; jobs already rendering it keep "
         "their own copy. Refused with 409 PRESENTER_BUSY while a job waiting or rendering names it: try again once "
-        "that job has finished.",
+        "that job has finished. Needs an editor key.",
         "responses": {
             200: _answer("Removed.", {"deleted": "anna"}),
+            **_forbidden("editor"),
             409: _problem(
                 "PRESENTER_BUSY: a job not finished names it.",
                 {

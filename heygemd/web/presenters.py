@@ -30,7 +30,7 @@ from heygemd.settings import Settings
 from heygemd.web.openapi import PRESENTER_BODY, operation
 from heygemd.web.pages import Renderer
 from heygemd.web.problems import NotFound, Problem
-from heygemd.web.roles import ADMIN, EDITOR
+from heygemd.web.roles import EDITOR
 from heygemd.web.upload import PRESENTER_UPLOADS, Limits, MultipartPresenter, feed_body
 
 log = structlog.get_logger("heygemd.web")
@@ -106,7 +106,7 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
     def get_presenter(name: str) -> Presenter:
         return Presenter.of(control.presenter(name))
 
-    @api.delete("/{name}", dependencies=[Depends(ADMIN)], **operation("deletePresenter"))
+    @api.delete("/{name}", dependencies=[Depends(EDITOR)], **operation("deletePresenter"))
     def remove(name: str) -> Removed:
         control.remove_presenter(name)
         log.info("web.presenter_removed", presenter=name)

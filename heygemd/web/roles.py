@@ -5,7 +5,8 @@ gate (``auth``: who it is; the same-origin check for a change) and refuses a rol
 routes without one; ``/metrics`` has its own, which also lets the scraper's token in.
 
 What each role may do: a viewer reads everything (jobs, files, logs, events, health, the API description); an
-editor also submits, cancels and retries jobs (anyone's) and changes the priority of a waiting job; an admin also
+editor also submits, cancels and retries jobs (anyone's), changes the priority of a waiting job and adds and
+removes library presenters; an admin also
 deletes jobs and pauses or resumes the intake.
 """
 

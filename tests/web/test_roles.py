@@ -335,3 +335,22 @@ def test_an_idempotency_key_answers_only_the_account_that_used_it(site) -> None:
     assert_problem(other, 409, "IDEMPOTENCY_MISMATCH")
     jobs = sorted(p.name for p in settings.paths.inbox.iterdir() if p.name != ".heygemd")
     assert jobs == ["nightly"], "one job, answered only to the account that submitted it"
+
+
+def test_editors_manage_the_presenter_library_and_viewers_only_look(site) -> None:
+    as_, settings, _clock, _ = site
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "anna.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really")
+    vera, ed = as_("vera"), as_("ed")
+    page = vera.get("/presenters")
+    assert page.status_code == 200 and "anna" in page.text
+    assert 'id="add-presenter"' not in page.text and 'data-action="delete-presenter"' not in page.text
+    body = assert_problem(vera.delete("/api/presenters/anna", headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
+    assert "needs the editor role" in body["message"]
+    assert_problem(vera.post("/api/presenters", files=FILES, headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
+    assert (library / "anna.mp4").is_file()
+    page = ed.get("/presenters").text
+    assert 'id="add-presenter"' in page and 'data-action="delete-presenter"' in page
+    assert ed.delete("/api/presenters/anna", headers=SAME_SITE).status_code == 200
+    assert not (library / "anna.mp4").exists()
