@@ -11,9 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.processes import HeygemdProcess, clean_env, has_event, heygemd_argv, log_tail, read_events, wait_until
+from tests.processes import (
+    POLL_S,
+    HeygemdProcess,
+    clean_env,
+    has_event,
+    heygemd_argv,
+    log_tail,
+    read_events,
+    wait_until,
+)
 
-__all__ = ["Daemon", "Media", "ffprobe", "heygemd_argv", "stop_daemon", "wait_until"]
+__all__ = ["POLL_S", "Daemon", "Media", "ffprobe", "heygemd_argv", "stop_daemon", "wait_until"]
 
 T = TypeVar("T")
 
