@@ -312,32 +312,11 @@ function uploadForm(form) {
       const value = input.value.trim();
       if (value) data.append(input.name, value);
     }
-    const progress = document.getElementById("upload-progress");
-    const text = document.getElementById("upload-text");
-    const submit = document.getElementById("submit");
-    progress.hidden = false;
-    submit.disabled = true;
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/jobs");
-    xhr.upload.addEventListener("progress", ev => {
-      if (!ev.lengthComputable) return;
-      setBar(progress, ev.loaded / ev.total);
-      text.textContent = "Uploading: " + mib(ev.loaded) + " of " + mib(ev.total);
-    });
-    xhr.addEventListener("load", () => {
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
-      if (xhr.status === 201 && body) { setBar(progress, 1); location.href = "/jobs/" + encodeURIComponent(body.job_id); return; }
-      submit.disabled = false;
-      progress.hidden = true;
-      showFormProblem(errorBox, uploadProblem(xhr.status, body));
-    });
-    xhr.addEventListener("error", () => {
-      submit.disabled = false;
-      progress.hidden = true;
-      showFormProblem(errorBox, {message: "The upload was interrupted.", hint: "Check the connection and try again."});
-    });
-    xhr.send(data);
+    upload("/api/jobs", data, errorBox, {
+      progress: document.getElementById("upload-progress"),
+      text: document.getElementById("upload-text"),
+      submit: document.getElementById("submit"),
+    }, body => { location.href = "/jobs/" + encodeURIComponent(body.job_id); });
   });
 }
 
@@ -433,33 +412,39 @@ function presenterForm(form) {
       const value = field.value.trim();
       if (value) data.append(field.name, value);
     }
-    const progress = document.getElementById("presenter-progress");
-    const text = document.getElementById("presenter-progress-text");
-    const submit = document.getElementById("presenter-submit");
-    progress.hidden = false;
-    submit.disabled = true;
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/presenters");
-    xhr.upload.addEventListener("progress", ev => {
-      if (!ev.lengthComputable) return;
-      setBar(progress, ev.loaded / ev.total);
-      text.textContent = "Uploading: " + mib(ev.loaded) + " of " + mib(ev.total);
-    });
-    xhr.addEventListener("load", () => {
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
-      if (xhr.status === 201) { location.reload(); return; }
-      submit.disabled = false;
-      progress.hidden = true;
-      showFormProblem(errorBox, uploadProblem(xhr.status, body));
-    });
-    xhr.addEventListener("error", () => {
-      submit.disabled = false;
-      progress.hidden = true;
-      showFormProblem(errorBox, {message: "The upload was interrupted.", hint: "Check the connection and try again."});
-    });
-    xhr.send(data);
+    upload("/api/presenters", data, errorBox, {
+      progress: document.getElementById("presenter-progress"),
+      text: document.getElementById("presenter-progress-text"),
+      submit: document.getElementById("presenter-submit"),
+    }, () => location.reload());
   });
+}
+
+// One upload with its progress bar (a new job, a new presenter): `done(body)` once the server answers 201,
+// else the server's problem (or the interruption) in `errorBox` and the form ready again.
+function upload(url, data, errorBox, {progress, text, submit}, done) {
+  progress.hidden = false;
+  submit.disabled = true;
+  const failed = problem => {
+    submit.disabled = false;
+    progress.hidden = true;
+    showFormProblem(errorBox, problem);
+  };
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", url);
+  xhr.upload.addEventListener("progress", ev => {
+    if (!ev.lengthComputable) return;
+    setBar(progress, ev.loaded / ev.total);
+    text.textContent = "Uploading: " + mib(ev.loaded) + " of " + mib(ev.total);
+  });
+  xhr.addEventListener("load", () => {
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+    if (xhr.status === 201 && body) { setBar(progress, 1); done(body); return; }
+    failed(uploadProblem(xhr.status, body));
+  });
+  xhr.addEventListener("error", () => failed({message: "The upload was interrupted.", hint: "Check the connection and try again."}));
+  xhr.send(data);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
