@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from heygemd.daemon.library import LibraryFile
 from heygemd.daemon.preparation import LibraryKeeper
 from heygemd.farm.broker import Broker, BrokerError
 from heygemd.farm.ownership import MISSED_HEARTBEATS
+from heygemd.farm.periodic import Periodic
 from heygemd.farm.publish import PublishError
 from heygemd.settings import Settings
 
@@ -134,26 +134,16 @@ class FarmLibrary:
         return "prepared" if done else "dropped"
 
 
-class _Renewing:
+class _Renewing(Periodic):
     """Renews a lock every ``interval`` s from a thread while a preparation runs (it may report no progress for
     long: an engine's pass over every frame)."""
 
     def __init__(self, broker: Broker, key: str, owner: str, interval: float, ttl: float) -> None:
-        self.broker, self.key, self.owner, self.interval, self.ttl = broker, key, owner, interval, ttl
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heygemd-presenter-lock", daemon=True)
+        super().__init__(interval, "heygemd-presenter-lock")
+        self.broker, self.key, self.owner, self.ttl = broker, key, owner, ttl
 
-    def __enter__(self) -> "_Renewing":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.broker.renew(self.key, self.owner, self.ttl)
-            except BrokerError as exc:
-                log.warning("presenter.lock_renew_failed", key=self.key, error=str(exc))
+    def tick(self) -> None:
+        try:
+            self.broker.renew(self.key, self.owner, self.ttl)
+        except BrokerError as exc:
+            log.warning("presenter.lock_renew_failed", key=self.key, error=str(exc))

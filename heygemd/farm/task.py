@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
 from heygemd.farm.broker import Broker, BrokerError
 from heygemd.farm.ownership import MISSED_HEARTBEATS, disown, owned_elsewhere
+from heygemd.farm.periodic import Periodic
 from heygemd.settings import Settings
 
 log = structlog.get_logger("heygemd.farm")
@@ -49,7 +49,7 @@ class TaskResult:
     outcome: JobOutcome | None = None
 
 
-class _Beats:
+class _Beats(Periodic):
     """While a job runs: renew its lock, its claim lease and its task's visibility every ``interval`` s, and call
     ``also`` (the worker's presence in Celery's events)."""
 
@@ -62,43 +62,33 @@ class _Beats:
         delivery_tag: str | None,
         also: Callable[[], None],
     ) -> None:
-        self.broker, self.claimed, self.owner, self.interval = broker, claimed, owner, interval
+        super().__init__(interval, "heygemd-job-heartbeat")
+        self.broker, self.claimed, self.owner = broker, claimed, owner
         self.delivery_tag = delivery_tag
         self.also = also
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heygemd-job-heartbeat", daemon=True)
         self._broker_ok = True
 
-    def __enter__(self) -> "_Beats":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.also()
-            try:
-                renew_lease(self.claimed)
-            except OSError as exc:  # the share refusing one touch: status writes renew it too
-                log.warning("job.lease_renew_failed", job_id=self.claimed.job_id, error=exc.strerror or str(exc))
-            try:
-                if not self.broker.renew(self.claimed.job_id, self.owner, self.interval * MISSED_HEARTBEATS):
-                    log.error(
-                        "job.lock_lost",
-                        job_id=self.claimed.job_id,
-                        hint="Another worker holds this job's lock; it stands back while claim.json names this worker.",
-                    )
-                if self.delivery_tag:
-                    self.broker.extend_visibility(self.delivery_tag)
-            except BrokerError as exc:  # Redis away: the job goes on, the lock is taken again when it is back
-                if self._broker_ok:
-                    log.warning("queue.heartbeat_failed", job_id=self.claimed.job_id, error=str(exc))
-                self._broker_ok = False
-            else:
-                self._broker_ok = True
+    def tick(self) -> None:
+        self.also()
+        try:
+            renew_lease(self.claimed)
+        except OSError as exc:  # the share refusing one touch: status writes renew it too
+            log.warning("job.lease_renew_failed", job_id=self.claimed.job_id, error=exc.strerror or str(exc))
+        try:
+            if not self.broker.renew(self.claimed.job_id, self.owner, self.interval * MISSED_HEARTBEATS):
+                log.error(
+                    "job.lock_lost",
+                    job_id=self.claimed.job_id,
+                    hint="Another worker holds this job's lock; it stands back while claim.json names this worker.",
+                )
+            if self.delivery_tag:
+                self.broker.extend_visibility(self.delivery_tag)
+        except BrokerError as exc:  # Redis away: the job goes on, the lock is taken again when it is back
+            if self._broker_ok:
+                log.warning("queue.heartbeat_failed", job_id=self.claimed.job_id, error=str(exc))
+            self._broker_ok = False
+        else:
+            self._broker_ok = True
 
 
 class JobRunner:
