@@ -105,7 +105,9 @@ def test_image_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv(key, value)
     settings = Settings()
     paths = settings.paths
-    assert {str(paths.inbox), str(paths.outbox), str(paths.models), str(paths.cache)} == image_volumes()
+    assert {str(paths.inbox), str(paths.outbox), str(paths.presenters_dir), str(paths.models), str(paths.cache)} == (
+        image_volumes()
+    )
     assert paths.state_dir.is_relative_to(paths.inbox)  # claiming is a rename: the state stays on the inbox's share
     assert settings.logging.format == "json"
     assert settings.web.enabled and settings.web.host == "0.0.0.0"
@@ -305,7 +307,12 @@ def test_image_serves_and_renders_the_demo(
     the demo job dropped into the inbox is rendered, the HEALTHCHECK passes, every log line is JSON, SIGTERM stops
     it cleanly, and the outputs belong to that user, group-writable."""
     env = image_env()
-    targets = {"inbox": "HEYGEMD_PATHS__INBOX", "outbox": "HEYGEMD_PATHS__OUTBOX", "cache": "HEYGEMD_PATHS__CACHE"}
+    targets = {
+        "inbox": "HEYGEMD_PATHS__INBOX",
+        "outbox": "HEYGEMD_PATHS__OUTBOX",
+        "presenters": "HEYGEMD_PATHS__PRESENTERS",
+        "cache": "HEYGEMD_PATHS__CACHE",
+    }
     folders = {name: tmp_path / name for name in targets}
     uid, gid = (int(part) for part in USER.split(":"))
     mounts = []
@@ -343,7 +350,9 @@ def test_image_serves_and_renders_the_demo(
     names = [event["event"] for event in events]
     for expected in ("web.ready", "job.done", "daemon.stopped"):
         assert expected in names, names
-    assert not [e for e in events if e["level"] in ("warning", "error", "critical")], lines
+    refusal = [e for e in events if e["event"] == "web.login_failed"]  # the healthcheck with the wrong token above
+    assert [(e["why"], e["client"]) for e in refusal] == [("wrong bearer token", "127.0.0.1")], refusal
+    assert not [e for e in events if e["level"] in ("warning", "error", "critical") and e not in refusal], lines
 
     outputs = sorted(p.name for p in (folders["outbox"] / "demo-lesson").glob("*.mp4"))
     assert outputs == ["presenter-1.mp4", "presenter-2.mp4"]
