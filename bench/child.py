@@ -1,5 +1,7 @@
 """One measurement in a fresh process: ``python -m bench.child {render,plain} ...``.
 
+``latentsync-deepcache``: one LatentSync window with and without DeepCache (``bench.latentsync_deepcache``).
+
 (Also ``info``, ``speech``, ``presenter``, ``checkpoint``: input preparation, run here rather than in
 the parent so the parent never imports heygemd or torch. That matters: on Linux a child's ru_maxrss
 starts at the RSS its parent had when it forked, so a big parent would inflate every measurement.)
@@ -228,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(f"{engine}-weights", help=f"make random {what} weights (official layout)")
         p.add_argument("--out", required=True)
         p.add_argument("--size", choices=("full", "tiny"), default="full")
+    p = sub.add_parser("latentsync-deepcache", help="one LatentSync window with and without DeepCache")
+    p.add_argument("--models")
+    p.add_argument("--config")
+    p.add_argument("--device")
+    p.add_argument("--latentsync-steps", type=int)
     for name in ("render", "plain"):
         p = sub.add_parser(name)
         p.add_argument("--video", required=True)
@@ -250,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         result.update(_rss())
     elif args.kind == "info":
         result = run_info(args)
+    elif args.kind == "latentsync-deepcache":
+        from bench.latentsync_deepcache import compare
+
+        result = compare(_settings(args))
+        result.update(_rss())
     else:
         result = run_prepare(args)
     sys.stdout.flush()

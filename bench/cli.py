@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also run the quality check on each render's output (in the render's child, right after it, as the "
         "daemon's worker does) and report its wall and CPU time as a share of the render's.",
     )
+    run.add_argument(
+        "--latentsync-deepcache",
+        action="store_true",
+        help="engine latentsync: one window generated with and without DeepCache (engine.latentsync_deepcache) in "
+        "one process, at --latentsync-steps: seconds, UNet passes and the frames' difference.",
+    )
     run.add_argument("--keep", action="store_true", help="Keep the temp dir (inputs and outputs).")
     run.add_argument("--json", action="store_true", help="Print one JSON object instead of the text report.")
     return p
@@ -564,10 +570,27 @@ def _library(args: argparse.Namespace, work: Path) -> dict:
     return library_bench(args, work, video, audio, warm_up, prepare_checkpoint(args, work))
 
 
+def _latentsync_deepcache(args: argparse.Namespace, work: Path) -> dict:
+    options = {
+        "--models": prepare_checkpoint(args, work),
+        "--config": args.config.resolve() if args.config else None,
+        "--device": args.device,
+        "--latentsync-steps": args.latentsync_steps,
+    }
+    argv = ["latentsync-deepcache"]
+    for option, value in options.items():
+        if value is not None:
+            argv += [option, str(value)]
+    _progress(args, "  latentsync: one window without, then with DeepCache ...")
+    return {"mode": "latentsync-deepcache", "engine": "latentsync", **_child(argv)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
         raise SystemExit("bench: --repeat must be >= 1")
+    if args.latentsync_deepcache and args.engine != "latentsync":
+        raise SystemExit("bench: --latentsync-deepcache needs --engine latentsync")
     if args.engine == "wav2lip" and not (args.checkpoint or args.random_checkpoint):
         _progress(args, "bench: wav2lip without --checkpoint: using the settings' (models/wav2lip_gan.pth)")
     for given in (args.video, args.audio, args.checkpoint):
@@ -576,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="heygemd-bench-"))
     started = time.perf_counter()
     try:
-        if args.scale_out:
+        if args.latentsync_deepcache:
+            result = _latentsync_deepcache(args, work)
+        elif args.scale_out:
             result = _scale_out(args, work)
         elif args.library:
             result = _library(args, work)
@@ -594,7 +619,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        if args.scale_out:
+        if args.latentsync_deepcache:
+            from bench.latentsync_deepcache import format_compare
+
+            print(format_compare(result))
+        elif args.scale_out:
             from bench.scaleout import format_scale_out
 
             print(format_scale_out(result))

@@ -145,3 +145,36 @@ def test_latentsync_random_weights_are_built_by_the_child_in_the_official_layout
     model = load_model(out)
     assert model.resolution == 64 and model.num_frames == 16
     assert (out / "latentsync_unet.pt").stat().st_size < 20e6  # the full one is about 5 GB
+
+
+def test_latentsync_deepcache_compares_one_window_with_and_without_reuse() -> None:
+    """``--latentsync-deepcache``: the same window generated twice in one child; DeepCache runs the whole UNet on
+    steps 0 and 3 of 4 only, and changes only the redrawn area's pixels."""
+    result = run_bench(
+        "--engine", "latentsync", "--random-weights", "tiny", "--latentsync-deepcache", "--latentsync-steps", "4",
+        "--device", "cpu",
+    )  # fmt: skip
+
+    assert (result["mode"], result["engine"], result["device"]) == ("latentsync-deepcache", "latentsync", "cpu")
+    assert (result["frames"], result["resolution"], result["steps"], result["guidance"]) == (16, 64, 4, 1.5)
+    full, cached = result["runs"]["full"], result["runs"]["deepcache"]
+    assert (full["unet_full_passes"], full["unet_reuse_passes"]) == (4, 0)
+    assert (cached["unet_full_passes"], cached["unet_reuse_passes"]) == (2, 2)
+    for run in (full, cached):
+        assert run["seconds"] > 0 and 0 < run["unet_s"] <= run["seconds"]
+    assert result["speedup"] == pytest.approx(full["seconds"] / cached["seconds"], rel=0.05)
+    assert result["encode_s"] > 0 and result["peak_rss_mib"] > 0
+
+    whole, redrawn = result["difference"], result["difference_redrawn"]
+    assert redrawn["mean_abs"] > 0 and redrawn["psnr_db"] is not None  # reused features: other pixels
+    assert 0 < result["redrawn_share"] < 1
+    # Outside the redrawn area both runs paste the input face back: all of the difference is inside it.
+    assert whole["mean_abs"] == pytest.approx(redrawn["mean_abs"] * result["redrawn_share"], rel=0.02)
+    assert whole["max_abs"] == redrawn["max_abs"]
+
+
+def test_latentsync_deepcache_needs_the_latentsync_engine() -> None:
+    from bench.cli import main
+
+    with pytest.raises(SystemExit, match="needs --engine latentsync"):
+        main(["--engine", "mouthwarp", "--latentsync-deepcache"])
