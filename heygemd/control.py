@@ -71,7 +71,7 @@ from heygemd.daemon.library import PresenterOptions, PresenterStatus
 from heygemd.daemon.notes import nas_submitter, read_note, write_note
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.presence import Renderer, live_renderers
-from heygemd.daemon.presenter_links import named_presenters
+from heygemd.daemon.presenter_links import named_presenters, read_links
 from heygemd.daemon.priority import effective
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.schedule import IntakeState, Schedule, pause, resume
@@ -384,9 +384,12 @@ class Control:
             raise InputsGone(f"the archived inputs of job {job_id!r} are a symlink; they are not followed")
         options: JobOptions | None = None
         if whole:
+            # the library presenters linked into it come again from the library, as its job.toml names them
+            links = read_links(folder)
+            linked = {p.file for p in links.presenters if p.file} if links is not None else set()
             done = {v.input for v in status.videos if v.state == "done"}
             try:
-                names = [name for name in _plain_files(inputs) if name not in done]
+                names = [name for name in _plain_files(inputs) if name not in done | linked]
             except FileNotFoundError:
                 raise JobChanged(
                     f"the archived inputs of job {job_id!r} went away meanwhile; nothing was queued"

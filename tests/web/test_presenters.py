@@ -10,10 +10,12 @@ import os
 import shutil
 from pathlib import Path
 
+from heygemd import layout
 from heygemd.daemon.claims import ClaimRecord
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
-from heygemd.daemon.status import VideoStatus
+from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
+from heygemd.daemon.status import ErrorStatus, VideoStatus, write_status
 from heygemd.layout import CLAIM_FILE, INPUT_DIR
 from tests.daemon.daemon_process import Media
 from tests.web.test_api import WAV, assert_problem, upload
@@ -187,3 +189,33 @@ def test_the_pages_show_the_library_and_offer_it_in_the_new_job_form(make_client
     form = client.get("/new")
     assert 'name="presenters" value="anna"' in form.text
     assert '<a href="/presenters">Presenters</a>' in form.text
+
+
+def test_a_job_failed_as_a_whole_is_retried_with_its_presenters_named_again_not_copied(make_client) -> None:
+    """Its job.toml names the presenters again: the files linked from the library are not sent as its own videos."""
+    client, settings = make_client()
+    videos = [VideoStatus(input="anna.mp4", state="not_started", presenter="anna"), VideoStatus(input="own.mp4")]
+    status = finished_job(settings.paths.outbox, "lesson", state="failed", videos=videos)
+    status = status.model_copy(update={"error": ErrorStatus(code="BAD_JOB", message="lesson/: two audio files")})
+    write_status(settings.paths.outbox / "lesson" / "status.json", status)
+    folder = settings.paths.state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / "lesson"  # type: ignore[union-attr]
+    (folder / INPUT_DIR).mkdir(parents=True)
+    record = ClaimRecord(job_id="lesson", name="lesson", claimed_at=status.claimed, host="h", pid=1)  # type: ignore[arg-type]
+    (folder / CLAIM_FILE).write_text(record.model_dump_json())
+    links = PresenterLinks(
+        presenters=[LinkedPresenter(name="anna", file="anna.mp4", library_file="presenters/anna.mp4")]
+    )
+    layout.links_file(folder).write_text(links.model_dump_json())
+    for name, data in {
+        "lesson.wav": WAV,
+        "anna.mp4": b"a",
+        "own.mp4": b"o",
+        "job.toml": b'presenters = ["anna"]\n',
+    }.items():
+        (folder / INPUT_DIR / name).write_bytes(data)
+
+    response = client.post("/api/jobs/lesson/retry")
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / "lesson-retry"
+    assert sorted(os.listdir(job)) == [".ready", "job.toml", "lesson.wav", "own.mp4"]
+    assert (job / "job.toml").read_text() == 'presenters = ["anna"]\n'
