@@ -453,7 +453,7 @@ class PeakOfWindows:
 
 def test_the_windows_per_batch_fit_the_probes_peaks(latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On CUDA (here its gauge and probe stood in for) the windows per batch are the most that fit in the free
-    memory by the peaks of one and two windows, at most the configured number; the halving stays behind it."""
+    memory by the peaks of one and two windows, at most the configured number."""
     gib = 1 << 30
     model = load_model(latentsync_folder, batch_windows=40)
     gauge = PeakOfWindows(fixed=4 * gib, per_window=gib, free=20 * gib)
