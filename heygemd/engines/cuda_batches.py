@@ -1,9 +1,10 @@
 """CUDA batching shared by the torch engines: the starting batch size from the GPU's free memory, and copy
 streams that overlap uploads, compute and downloads across the sub-batches of one call.
 
-* :func:`fitting_batch_size` measures what one more item costs (two probe batches, peak memory of each) and
-  returns the largest batch, up to the configured one, that fits in a share of the memory free now. The
-  out-of-memory halving of ``torch_util.HalvingBatches`` stays behind it (another process may take memory later).
+* :func:`fitting_batch_size` measures what one more item costs (two probe batches, peak memory of each, read
+  by a :class:`PeakGauge`) and returns the largest batch, up to the configured one, that fits in a share of the
+  memory free now. The out-of-memory halving of ``torch_util.HalvingBatches`` stays behind it (another process
+  may take memory later).
 * :class:`CopyStreams`: the host-to-device copy of sub-batch i+1 runs on an upload stream while sub-batch i
   computes on the current stream, and the device-to-host copy of sub-batch i on a download stream. The host only
   enqueues; :meth:`CopyStreams.wait` is the one synchronisation, before the host reads its output buffers. Host
@@ -12,7 +13,9 @@ streams that overlap uploads, compute and downloads across the sub-batches of on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -33,23 +36,57 @@ def batch_size_for(free_bytes: int, fixed_bytes: float, per_item_bytes: float, c
     return max(1, min(configured, int(room // per_item_bytes)))
 
 
-def fitting_batch_size(run: Callable[[int], None], device: torch.device, configured: int) -> int:
+class PeakGauge(Protocol):
+    """Measures what a probe takes on a device: the peak of the memory it allocated, and the memory free now."""
+
+    def peak(self, run: Callable[[], None]) -> int:
+        """Bytes allocated at the peak of ``run()`` beyond what was allocated before it."""
+        ...
+
+    def free(self) -> int:
+        """Bytes the process can still take, with the probes' cached blocks returned."""
+        ...
+
+
+class CudaGauge:
+    """``PeakGauge`` of a CUDA device, from the caching allocator's statistics."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def peak(self, run: Callable[[], None]) -> int:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        run()
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - before
+
+    def free(self) -> int:
+        torch.cuda.empty_cache()
+        return free_memory(self.device)
+
+
+def fitting_batch_size(
+    run: Callable[[int], None],
+    device: torch.device,
+    configured: int,
+    probes: tuple[int, int] = (2, 4),
+    gauge: PeakGauge | None = None,
+) -> int:
     """The batch size to start with on ``device``: ``run(n)`` processes a batch of ``n`` dummy items; it is
-    called with 2 and 4 items and the peak memory of each gives the fixed and the per-item cost."""
-    if device.type != "cuda" or configured <= 4:
+    called with the two ``probes`` counts and the peak memory of each gives the fixed and the per-item cost.
+    Off CUDA, or when ``configured`` is no more than the larger probe, ``configured`` unchanged, without probing.
+    ``gauge`` reads the memory (default: ``CudaGauge(device)``)."""
+    small, large = probes
+    if device.type != "cuda" or configured <= large:
         return configured
-    peaks: list[int] = []
-    for count in (2, 4):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        run(count)
-        torch.cuda.synchronize(device)
-        peaks.append(torch.cuda.max_memory_allocated(device) - before)
-    per_item = (peaks[1] - peaks[0]) / 2
-    fixed = peaks[0] - 2 * per_item
-    torch.cuda.empty_cache()
-    return batch_size_for(free_memory(device), fixed, per_item, configured)
+    if gauge is None:
+        gauge = CudaGauge(device)
+    peaks = [gauge.peak(functools.partial(run, count)) for count in (small, large)]
+    per_item = (peaks[1] - peaks[0]) / (large - small)
+    fixed = peaks[0] - small * per_item
+    return batch_size_for(gauge.free(), fixed, per_item, configured)
 
 
 def free_memory(device: torch.device) -> int:

@@ -25,9 +25,9 @@ Public contract (scripts outside the package use it):
 fp16 on CUDA where the reference uses it (compute capability 8 and newer), fp32 elsewhere.
 
 ``LatentSyncEngine`` is the ``Engine`` (``PromptEngine``, ``PresenterEngine``): the faces aligned by
-``pipeline.align`` (crop rule ``latentsync_affine``), 16-frame windows (``EngineNeeds.window``) batched on CUDA and
-halved on out-of-memory, the presenter's latents (masked and whole faces) prepared once per video and cached, so
-a new audio runs only Whisper, the UNet and the decoder.
+``pipeline.align`` (crop rule ``latentsync_affine``), 16-frame windows (``EngineNeeds.window``) batched on CUDA (as
+many as fit in the free GPU memory at load) and halved on out-of-memory, the presenter's latents (masked and whole
+faces) prepared once per video and cached, so a new audio runs only Whisper, the UNet and the decoder.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from heygemd.engines import latentsync_layout
+from heygemd.engines.cuda_batches import PeakGauge, fitting_batch_size
 from heygemd.engines.latentsync_audio import TOKENS, WIDTH, WhisperStates, audio_features_with
 from heygemd.engines.latentsync_load import (
     LATENT_CHANNELS,
@@ -119,6 +120,29 @@ class LatentSyncModel:
     @batch_windows.setter
     def batch_windows(self, windows: int) -> None:
         self._batches.size = max(1, windows)
+
+    def fit_batch_windows(self, guidance_scale: float, deepcache: bool, gauge: PeakGauge | None = None) -> int:
+        """On CUDA, ``batch_windows`` becomes the most windows (at most the current number) that fit in the free
+        GPU memory, from the peaks of one and of two blank windows denoised at one step with ``guidance_scale``
+        (guidance doubles the UNet's batch) (``cuda_batches.fitting_batch_size``; ``gauge`` reads the memory);
+        elsewhere it stays. Out-of-memory halving stays behind it. Returns the new ``batch_windows``."""
+        self._batches.size = fitting_batch_size(
+            lambda windows: self._probe(windows, guidance_scale, deepcache),
+            self.device,
+            self._batches.size,
+            probes=(1, 2),
+            gauge=gauge,
+        )
+        return self._batches.size
+
+    def _probe(self, windows: int, guidance_scale: float, deepcache: bool) -> None:
+        """``windows`` blank full windows through the denoising, decoding and paste-back at one step."""
+        frames, side = windows * self.num_frames, self.resolution
+        crops = np.zeros((frames, side, side, 3), np.uint8)
+        latents = np.zeros((frames, 2 * LATENT_CHANNELS, side // 8, side // 8), np.float32)
+        audio = np.zeros((frames, TOKENS, WIDTH), np.float32)
+        noise = np.zeros((LATENT_CHANNELS, side // 8, side // 8), np.float32)
+        self._windows(crops, latents, audio, noise, windows, 1, guidance_scale, deepcache)
 
     @property
     def resolution(self) -> int:
@@ -377,7 +401,9 @@ class Sampling:
 class LatentSyncEngine:
     """The LatentSync engine (``Engine``, ``PromptEngine``, ``PresenterEngine``); the model stays loaded until
     ``close()``. A render batch is whole windows (``EngineNeeds.window``, the config's ``num_frames``); on CUDA
-    ``batch_size // window`` windows share a UNet batch (halved on out-of-memory), on the CPU one window."""
+    ``batch_size // window`` windows at most share a UNet batch, starting at the most that fit in the free GPU
+    memory (``LatentSyncModel.fit_batch_windows``) and halved on out-of-memory; on the CPU one window.
+    ``batch_size`` is the frames of those windows."""
 
     name = "latentsync"
     needs = EngineNeeds(audio="whisper", crop="latentsync_affine", presenter_prep=True, window=16)
@@ -398,12 +424,13 @@ class LatentSyncEngine:
         model = self._model
         self.device = model.device
         self.needs = dataclasses.replace(type(self).needs, window=model.num_frames)
-        if self.device.type != "cpu":
-            self.batch_size = batch_size
         self.identity = model.identity()
         dtype = str(model.dtype).removeprefix("torch.")
         self.prep_version = f"latentsync-{self.identity}-{dtype}-{model.resolution}"
         self.sampling = sampling
+        if self.device.type != "cpu":
+            self.batch_size = batch_size
+            model.fit_batch_windows(sampling.guidance, sampling.deepcache)
         self.encoder_calls = 0
         """Faces VAE-encoded so far (a reused presenter's cached preparation adds none)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,39 @@ def test_the_cpu_keeps_the_configured_size_without_probing() -> None:
     calls: list[int] = []
     assert fitting_batch_size(calls.append, torch.device("cpu"), 64) == 64
     assert calls == []
+
+
+class FakeGauge:
+    """Peaks of a batch whose cost is ``fixed + n * per_item``, read by the probe's own count (``run`` records it),
+    and ``free`` bytes free."""
+
+    def __init__(self, fixed: int, per_item: int, free: int):
+        self.fixed, self.per_item, self.free_bytes = fixed, per_item, free
+        self.counts: list[int] = []
+
+    def peak(self, run: Callable[[], None]) -> int:
+        run()
+        return self.fixed + self.counts[-1] * self.per_item
+
+    def free(self) -> int:
+        return self.free_bytes
+
+
+@pytest.mark.parametrize("probes", [(2, 4), (1, 2)])
+def test_the_size_comes_from_the_probes_peaks(probes: tuple[int, int]) -> None:
+    gauge = FakeGauge(fixed=3 * GIB, per_item=700 << 20, free=20 * GIB)
+    size = fitting_batch_size(gauge.counts.append, torch.device("cuda"), 64, probes=probes, gauge=gauge)
+    assert gauge.counts == list(probes)
+    assert size == batch_size_for(20 * GIB, 3 * GIB, 700 << 20, 64) == 19  # (0.8 * 20 GiB - 3 GiB) // 700 MiB
+    roomy = FakeGauge(fixed=3 * GIB, per_item=700 << 20, free=200 * GIB)
+    assert fitting_batch_size(roomy.counts.append, torch.device("cuda"), 64, probes=probes, gauge=roomy) == 64
+
+
+def test_a_configured_size_within_the_probes_is_kept_without_probing() -> None:
+    gauge = FakeGauge(fixed=0, per_item=GIB, free=GIB)
+    assert fitting_batch_size(gauge.counts.append, torch.device("cuda"), 4, gauge=gauge) == 4
+    assert fitting_batch_size(gauge.counts.append, torch.device("cuda"), 2, probes=(1, 2), gauge=gauge) == 2
+    assert gauge.counts == []
 
 
 # ---------------------------------------------------------------- CUDA (pytest -m gpu on a GPU machine)

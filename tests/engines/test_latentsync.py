@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from heygemd.engines.latentsync import initial_noise, load_model
+from heygemd.engines.latentsync import LatentSyncEngine, LatentSyncModel, Sampling, initial_noise, load_model
 from heygemd.engines.latentsync_load import make_scheduler
 from heygemd.errors import CheckpointError
 from tests.engines import latentsync_reference as ref
@@ -418,6 +419,67 @@ def test_out_of_memory_halves_the_windows_per_batch(latentsync_folder: Path, mon
     model.close()
 
 
+def test_the_probe_is_one_step_over_blank_full_windows(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fitting's probe denoises its windows as one UNet batch (guidance doubles it) at a single step."""
+    real_unet = model._unet
+    calls: list[tuple[int, ...]] = []
+
+    def counting(sample: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(tuple(sample.shape))
+        return real_unet(sample, *args)
+
+    monkeypatch.setattr(model, "_unet", counting)
+    model._probe(2, 1.5, False)
+    assert calls == [(4, 13, 16, 8, 8)]  # 2 windows x 2 guidance branches, 16 frames of 64 / 8 latents
+    calls.clear()
+    model._probe(1, 1.0, False)
+    assert calls == [(1, 13, 16, 8, 8)]
+
+
+class PeakOfWindows:
+    """``cuda_batches.PeakGauge`` that runs the probe and reads its peak as ``fixed + windows * per_window``."""
+
+    def __init__(self, fixed: int, per_window: int, free: int):
+        self.fixed, self.per_window, self.free_bytes = fixed, per_window, free
+        self.probed: list[tuple[int, float, bool]] = []
+
+    def peak(self, run: Callable[[], None]) -> int:
+        run()
+        return self.fixed + self.probed[-1][0] * self.per_window
+
+    def free(self) -> int:
+        return self.free_bytes
+
+
+def test_the_windows_per_batch_fit_the_probes_peaks(latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA (here its gauge and probe stood in for) the windows per batch are the most that fit in the free
+    memory by the peaks of one and two windows, at most the configured number."""
+    gib = 1 << 30
+    model = load_model(latentsync_folder, batch_windows=40)
+    gauge = PeakOfWindows(fixed=4 * gib, per_window=gib, free=20 * gib)
+    monkeypatch.setattr(model, "device", torch.device("cuda"))
+    monkeypatch.setattr(model, "_probe", lambda *probe: gauge.probed.append(probe))
+    assert model.fit_batch_windows(1.5, True, gauge=gauge) == 12  # (0.8 * 20 GiB - 4 GiB) // 1 GiB
+    assert gauge.probed == [(1, 1.5, True), (2, 1.5, True)]
+    assert model.batch_windows == 12 and model._batches.size == 12
+    gauge.free_bytes = 200 * gib
+    assert model.fit_batch_windows(1.5, True, gauge=gauge) == 12  # never more than it had
+    model.close()
+
+
+def test_the_cpu_keeps_its_one_window_without_probing(latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_probe(*args: object) -> None:
+        raise AssertionError("probed on the CPU")
+
+    monkeypatch.setattr(LatentSyncModel, "_probe", no_probe)
+    engine = LatentSyncEngine(latentsync_folder, device="cpu", batch_size=64, sampling=Sampling(2, 1.5, 1, False))
+    assert engine.batch_size == 16 and engine.model.batch_windows == 1
+    engine.close()
+    model = load_model(latentsync_folder, batch_windows=4)
+    assert model.fit_batch_windows(1.5, False) == 4
+    model.close()
+
+
 def test_the_full_config_is_the_published_model() -> None:
     """stage2_512.yaml's UNet, built on the meta device: the 1,267,944,644 values (parameters and the motion
     modules' position tables) of LatentSync 1.6, in 1,246 tensors."""
@@ -459,3 +521,22 @@ def test_fp16_on_cuda_is_close_to_fp32(latentsync_folder: Path) -> None:
     assert diff.mean() < 2.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), diff.max())
     half.close()
     assert torch.cuda.memory_allocated() < 16 * 2**20
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("windows", [4, 100_000])
+def test_the_windows_per_batch_fit_the_gpu(latentsync_folder: Path, windows: int) -> None:
+    """At load on CUDA the windows per batch are fitted to the free memory: at least one, at most the configured
+    number (100,000 windows of 16 faces do not fit), and the engine's batch_size counts their frames."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    sampling = Sampling(steps=2, guidance=1.5, seed=1247, deepcache=False)
+    engine = LatentSyncEngine(latentsync_folder, device="cuda", batch_size=16 * windows, sampling=sampling)
+    try:
+        fitted = engine.model.batch_windows
+        assert 1 <= fitted <= windows
+        if windows == 100_000:
+            assert fitted < windows
+        assert engine.batch_size == 16 * fitted
+    finally:
+        engine.close()
