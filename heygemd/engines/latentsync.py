@@ -125,14 +125,19 @@ class LatentSyncModel:
         """On CUDA, ``batch_windows`` becomes the most windows (at most the current number) that fit in the free
         GPU memory, from the peaks of one and of two blank windows denoised at one step with ``guidance_scale``
         (guidance doubles the UNet's batch) (``cuda_batches.fitting_batch_size``; ``gauge`` reads the memory);
-        elsewhere it stays. Out-of-memory halving stays behind it. Returns the new ``batch_windows``."""
-        self._batches.size = fitting_batch_size(
-            lambda windows: self._probe(windows, guidance_scale, deepcache),
-            self.device,
-            self._batches.size,
-            probes=(1, 2),
-            gauge=gauge,
-        )
+        elsewhere it stays. Out-of-memory halving stays behind it. A probe that runs out of memory leaves one window
+        per batch (the model loads; the renders halve no further). Returns the new ``batch_windows``."""
+        try:
+            self._batches.size = fitting_batch_size(
+                lambda windows: self._probe(windows, guidance_scale, deepcache),
+                self.device,
+                self._batches.size,
+                probes=(1, 2),
+                gauge=gauge,
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            self._batches.size = 1
         return self._batches.size
 
     def _probe(self, windows: int, guidance_scale: float, deepcache: bool) -> None:

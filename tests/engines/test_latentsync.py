@@ -467,6 +467,25 @@ def test_the_windows_per_batch_fit_the_probes_peaks(latentsync_folder: Path, mon
     model.close()
 
 
+def test_a_probe_out_of_memory_leaves_one_window_per_batch(
+    latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two windows do not fit in the GPU's memory now: the model still loads, one window per batch."""
+    model = load_model(latentsync_folder, batch_windows=8)
+    gauge = PeakOfWindows(fixed=1 << 30, per_window=1 << 30, free=20 << 30)
+    monkeypatch.setattr(model, "device", torch.device("cuda"))
+
+    def probe(windows: int, guidance_scale: float, deepcache: bool) -> None:
+        if windows > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        gauge.probed.append((windows, guidance_scale, deepcache))
+
+    monkeypatch.setattr(model, "_probe", probe)
+    assert model.fit_batch_windows(1.5, False, gauge=gauge) == 1 and model.batch_windows == 1
+    assert gauge.probed == [(1, 1.5, False)]
+    model.close()
+
+
 def test_the_cpu_keeps_its_one_window_without_probing(latentsync_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_probe(*args: object) -> None:
         raise AssertionError("probed on the CPU")
