@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -133,12 +134,10 @@ def render_video(
     report = on_progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
 
-    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
+    info, content_key, track_fp, track, cached = _tracked_presenter(
+        video, detector, options, cache_dir, timer, report, stop
+    )
     n_out = audio.frame_count(info.fps)
-    content_key = faces.video_content_key(info.source)
-    track_fp = _track_fingerprint(info, detector, options.faces)
-    track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
-    _require_face(track, info, options.faces)
     crops = Crops(engine.needs, track)
     prep: presenter_cache.Preparation | None = None
     if engine.needs.presenter_prep and isinstance(engine, PresenterEngine):
@@ -280,11 +279,9 @@ def prepare_presenter(
     timer = StageTimer()
     report = on_progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
-    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
-    content_key = faces.video_content_key(info.source)
-    track_fp = _track_fingerprint(info, detector, options.faces)
-    track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
-    _require_face(track, info, options.faces)
+    info, content_key, track_fp, track, cached = _tracked_presenter(
+        video, detector, options, cache_dir, timer, report, stop
+    )
     preparing = [e for e in engines if e.needs.presenter_prep and isinstance(e, PresenterEngine)]
     steps = len(preparing) + (poster is not None)
     preparations: dict[str, presenter_cache.Preparation] = {}
@@ -325,6 +322,36 @@ def _poster_frame(info: VideoInfo, track: faces.FaceTrack, stop: Callable[[], bo
             if i == wanted:
                 return frame
     raise DecodeError(f"frame {wanted} could not be decoded for the poster", path=info.path)
+
+
+class _TrackedPresenter(NamedTuple):
+    info: VideoInfo
+    content_key: str
+    """The video's content key (``faces.video_content_key``): the caches' key."""
+    track_fp: str
+    """What the face track depends on besides the content (``_track_fingerprint``)."""
+    track: faces.FaceTrack
+    cached: bool
+    """Whether the face track came from the cache."""
+
+
+def _tracked_presenter(
+    video: Path | InputFile,
+    detector: faces.FaceDetector,
+    options: RenderOptions,
+    cache_dir: Path,
+    timer: StageTimer,
+    report: ProgressCallback,
+    stop: Callable[[], bool],
+) -> _TrackedPresenter:
+    """What a render and a presenter's preparation both start with: ``video`` probed, its face tracked (cached per
+    content) and found in enough of its frames (NoFace)."""
+    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
+    content_key = faces.video_content_key(info.source)
+    track_fp = _track_fingerprint(info, detector, options.faces)
+    track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)
+    _require_face(track, info, options.faces)
+    return _TrackedPresenter(info, content_key, track_fp, track, cached)
 
 
 def _require_face(track: faces.FaceTrack, info: VideoInfo, settings: FacesSettings) -> None:
