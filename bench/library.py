@@ -30,26 +30,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
+
+from bench.polling import seconds, wait_for
 
 START_TIMEOUT_S = 300.0
 JOB_TIMEOUT_S = 600.0
 PRESENTER = "presenter"
-
-
-def _when(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def _json(path: Path) -> dict | None:
@@ -77,7 +64,7 @@ def _finished(root: Path, name: str) -> dict:
         finished = status and status.get("finished") and status["state"] in ("done", "partial", "failed")
         return status if finished else None
 
-    status = _wait(done, JOB_TIMEOUT_S, f"job {name}")
+    status = wait_for(done, JOB_TIMEOUT_S, f"job {name}")
     if status["state"] != "done":
         raise RuntimeError(f"job {name} ended {status['state']}: {json.dumps(status['videos'])[:2000]}")
     return status
@@ -85,10 +72,10 @@ def _finished(root: Path, name: str) -> dict:
 
 def _measure(status: dict) -> dict:
     video = status["videos"][0]
-    claimed = _when(status["claimed"])
+    claimed = seconds(status["claimed"])
     return {
-        "claim_to_first_frame_s": round(_when(status["first_frame"]) - claimed, 3),
-        "claim_to_started_s": round(_when(status["started"]) - claimed, 3),
+        "claim_to_first_frame_s": round(seconds(status["first_frame"]) - claimed, 3),
+        "claim_to_started_s": round(seconds(status["started"]) - claimed, 3),
         "face_track": video.get("face_track"),
         "engine_prep": video.get("engine_prep"),
         "detect_s": round(video["timings"].get("detect", 0.0), 3),
@@ -136,7 +123,7 @@ name = "{args.engine}"
             start_new_session=True,
         )
     try:
-        _wait(lambda: b'"daemon.ready"' in log.read_bytes(), START_TIMEOUT_S, "the daemon to be ready")
+        wait_for(lambda: b'"daemon.ready"' in log.read_bytes(), START_TIMEOUT_S, "the daemon to be ready")
         _submit(root, "warm-up", {"speech.wav": audio, f"other{warm_up.suffix}": warm_up})
         _finished(root, "warm-up")
         shutil.rmtree(cache, ignore_errors=True)
@@ -152,7 +139,7 @@ name = "{args.engine}"
             entry = next((p for p in document["presenters"] if p["name"] == PRESENTER), None)
             return entry if entry and entry["state"] != "preparing" else None
 
-        entry = _wait(prepared, JOB_TIMEOUT_S, "the presenter prepared")
+        entry = wait_for(prepared, JOB_TIMEOUT_S, "the presenter prepared")
         if entry["state"] != "ready":
             raise RuntimeError(f"the presenter failed its preparation: {entry['error']}")
         _submit(root, "library", {"speech.wav": audio, "job.toml": f'presenters = ["{PRESENTER}"]\n'.encode()})

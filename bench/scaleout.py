@@ -28,8 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
+
+from bench.polling import seconds, wait_for
 
 EFFICIENCY_TARGET = 0.9
 """Goal of issue 10: N workers on N cores give at least 0.9 x N the throughput of one (less ffmpeg's cores)."""
@@ -56,38 +57,25 @@ def _events(log: Path) -> list[dict]:
     return events
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _when(text: str) -> float:
-    """Seconds since the epoch of an ISO timestamp (log ``timestamp``, status.json times; UTC)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def dispatch_overhead(intake_log: Path, worker_logs: list[Path], statuses: dict[str, dict], dropped: float) -> dict:
     """Per-job dispatch, finish and setup seconds (see the module docstring), their median and max, the medians
     as % of the median render time, and the intake's latency (``dropped``: when the batch was dropped, epoch s)."""
-    published = {e["job_id"]: _when(e["timestamp"]) for e in _events(intake_log) if e.get("event") == "job.published"}
+    published = {e["job_id"]: seconds(e["timestamp"]) for e in _events(intake_log) if e.get("event") == "job.published"}
     dispatch: list[float] = []
     finish: list[float] = []
     render: list[float] = []
     setup: list[float] = []
     for log in worker_logs:
         events = _events(log)
-        free_at = next((_when(e["timestamp"]) for e in events if e.get("event") == "worker.ready"), 0.0)
+        free_at = next((seconds(e["timestamp"]) for e in events if e.get("event") == "worker.ready"), 0.0)
         for taken in (e for e in events if e.get("event") == "job.taken"):
             status = statuses[taken["job_id"]]
-            dispatch.append(_when(taken["timestamp"]) - max(published[taken["job_id"]], free_at))
-            last_video = max(_when(v["finished"]) for v in status["videos"])
-            finish.append(_when(status["finished"]) - last_video)
-            render.append(last_video - _when(status["started"]))
-            setup.append(_when(status["started"]) - _when(taken["timestamp"]))
-            free_at = _when(status["finished"])
+            dispatch.append(seconds(taken["timestamp"]) - max(published[taken["job_id"]], free_at))
+            last_video = max(seconds(v["finished"]) for v in status["videos"])
+            finish.append(seconds(status["finished"]) - last_video)
+            render.append(last_video - seconds(status["started"]))
+            setup.append(seconds(status["started"]) - seconds(taken["timestamp"]))
+            free_at = seconds(status["finished"])
     render_s = statistics.median(render)
     return {
         "render_s_median": round(render_s, 3),
@@ -170,7 +158,7 @@ heartbeat_interval = 2.0
         logs = [root / f"worker-{i}.log" for i in range(workers)]
         for i, log in enumerate(logs):
             spawn([*heygemd, "worker", "--name", f"w{i}@bench"], log)
-        _wait(
+        wait_for(
             lambda: (
                 all(any(e.get("event") == "worker.ready" for e in _events(log)) for log in logs)
                 and any(e.get("event") == "daemon.ready" for e in _events(root / "intake.log"))
@@ -200,8 +188,8 @@ heartbeat_interval = 2.0
                     return False
             return True
 
-        _wait(all_finished, 60.0 * jobs, f"{jobs} jobs to finish")
-        seconds = time.perf_counter() - started
+        wait_for(all_finished, 60.0 * jobs, f"{jobs} jobs to finish")
+        elapsed = time.perf_counter() - started
         statuses = {n: json.loads((root / "outbox" / n / "status.json").read_bytes()) for n in names}
         states = [status["state"] for status in statuses.values()]
         ran_on = sorted({status["worker"] for status in statuses.values()})
@@ -219,8 +207,8 @@ heartbeat_interval = 2.0
     return {
         "workers": workers,
         "jobs": jobs,
-        "seconds": round(seconds, 2),
-        "jobs_per_min": round(60.0 * jobs / seconds, 2),
+        "seconds": round(elapsed, 2),
+        "jobs_per_min": round(60.0 * jobs / elapsed, 2),
         "states": sorted(set(states)),
         "ran_on": ran_on,
         "overhead": overhead,
