@@ -15,7 +15,7 @@ from heygemd.daemon.claims import ClaimRecord
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
-from heygemd.daemon.status import ErrorStatus, VideoStatus, write_status
+from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus, write_status
 from heygemd.layout import CLAIM_FILE, INPUT_DIR
 from tests.daemon.daemon_process import Media
 from tests.web.test_api import WAV, assert_problem, upload
@@ -150,6 +150,17 @@ def test_the_library_needs_the_token_like_every_api(make_client) -> None:
     assert crossing.status_code in (401, 403)
 
 
+def archive(state_dir: Path, status: JobStatus, inputs: dict[str, bytes]) -> Path:
+    """The archive folder a finished job ``status`` leaves (its claim record, ``inputs`` in input/); returned."""
+    folder = state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / status.job_id  # type: ignore[union-attr]
+    (folder / INPUT_DIR).mkdir(parents=True)
+    record = ClaimRecord(job_id=status.job_id, name=status.job_name, claimed_at=status.claimed, host="h", pid=1)  # type: ignore[arg-type]
+    (folder / CLAIM_FILE).write_text(record.model_dump_json())
+    for name, data in inputs.items():
+        (folder / INPUT_DIR / name).write_bytes(data)
+    return folder
+
+
 def test_a_retry_names_again_the_presenters_that_never_reached_the_job(make_client) -> None:
     client, settings = make_client()
     videos = [
@@ -159,18 +170,17 @@ def test_a_retry_names_again_the_presenters_that_never_reached_the_job(make_clie
         VideoStatus(input="own.mp4", state="failed"),
     ]
     status = finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
-    folder = settings.paths.state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / "lesson"  # type: ignore[union-attr]
-    (folder / INPUT_DIR).mkdir(parents=True)
-    record = ClaimRecord(job_id="lesson", name="lesson", claimed_at=status.claimed, host="h", pid=1)  # type: ignore[arg-type]
-    (folder / CLAIM_FILE).write_text(record.model_dump_json())
-    for name, data in {
-        "lesson.wav": WAV,
-        "anna.mp4": b"a",
-        "bob.mp4": b"b",
-        "own.mp4": b"o",
-        "job.toml": b'crf = 20\npresenters = ["anna", "bob", "zoe"]\n',
-    }.items():
-        (folder / INPUT_DIR / name).write_bytes(data)
+    archive(
+        settings.paths.state_dir,
+        status,
+        {
+            "lesson.wav": WAV,
+            "anna.mp4": b"a",
+            "bob.mp4": b"b",
+            "own.mp4": b"o",
+            "job.toml": b'crf = 20\npresenters = ["anna", "bob", "zoe"]\n',
+        },
+    )
 
     response = client.post("/api/jobs/lesson/retry")
     assert response.status_code == 201, response.text
@@ -198,21 +208,13 @@ def test_a_job_failed_as_a_whole_is_retried_with_its_presenters_named_again_not_
     status = finished_job(settings.paths.outbox, "lesson", state="failed", videos=videos)
     status = status.model_copy(update={"error": ErrorStatus(code="BAD_JOB", message="lesson/: two audio files")})
     write_status(settings.paths.outbox / "lesson" / "status.json", status)
-    folder = settings.paths.state_dir / "archive" / status.claimed.strftime("%Y-%m-%d") / "lesson"  # type: ignore[union-attr]
-    (folder / INPUT_DIR).mkdir(parents=True)
-    record = ClaimRecord(job_id="lesson", name="lesson", claimed_at=status.claimed, host="h", pid=1)  # type: ignore[arg-type]
-    (folder / CLAIM_FILE).write_text(record.model_dump_json())
-    links = PresenterLinks(
-        presenters=[LinkedPresenter(name="anna", file="anna.mp4", library_file="presenters/anna.mp4")]
+    folder = archive(
+        settings.paths.state_dir,
+        status,
+        {"lesson.wav": WAV, "anna.mp4": b"a", "own.mp4": b"o", "job.toml": b'presenters = ["anna"]\n'},
     )
-    layout.links_file(folder).write_text(links.model_dump_json())
-    for name, data in {
-        "lesson.wav": WAV,
-        "anna.mp4": b"a",
-        "own.mp4": b"o",
-        "job.toml": b'presenters = ["anna"]\n',
-    }.items():
-        (folder / INPUT_DIR / name).write_bytes(data)
+    anna = LinkedPresenter(name="anna", file="anna.mp4", library_file="presenters/anna.mp4")
+    layout.links_file(folder).write_text(PresenterLinks(presenters=[anna]).model_dump_json())
 
     response = client.post("/api/jobs/lesson/retry")
     assert response.status_code == 201, response.text
