@@ -136,3 +136,25 @@ class HeygemdProcess:
             else:
                 self.proc.kill()
         self.proc.wait(timeout=30)
+
+
+def run_on_full_disk(root: Path, folder: str, script: str) -> subprocess.CompletedProcess[str]:
+    """``python -c script root`` with a real full filesystem: a 1 MiB tmpfs mounted on ``root/folder`` in a private
+    mount namespace (``unshare -rm``); skips the test where no such namespace can be made. The repository is on
+    ``PYTHONPATH``; the environment is :func:`clean_env`'s."""
+    import pytest
+
+    (root / folder).mkdir()
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here (unshare -rm: {probe.stderr.decode().strip()})")
+    repo = Path(__file__).resolve().parents[1]
+    shell = f'mount -t tmpfs -o size=1m tmpfs "$1/{folder}" && exec "{sys.executable}" -c "$2" "$1"'
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell, "sh", str(root), script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=repo,
+        env=clean_env({"PYTHONPATH": str(repo)}),
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from heygemd.settings import WebSettings
 from heygemd.web.fetch import UrlInputs
 from heygemd.web.problems import BadUpload, TooLarge, http_status
 from tests.httpserver import Answer, Receiver, Seen, receiver
+from tests.processes import run_on_full_disk
 
 WAV = b"RIFF" + os.urandom(4000)
 MP4 = b"\x00\x00\x00\x18ftypmp42" + os.urandom(6000)
@@ -185,20 +184,7 @@ print("LEFT", sorted(p.name for p in staging.iterdir()))
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare is not installed")
 def test_a_full_disk_is_disk_full_and_leaves_nothing(tmp_path: Path) -> None:
     """A real full filesystem: a 1 MiB tmpfs mounted on the staging folder in a private mount namespace."""
-    (tmp_path / "staging").mkdir()
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a mount namespace here (unshare -rm: {probe.stderr.decode().strip()})")
-    repo = Path(__file__).resolve().parents[2]
-    shell = f'mount -t tmpfs -o size=1m tmpfs "$1/staging" && exec "{sys.executable}" -c "$2" "$1"'
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", shell, "sh", str(tmp_path), DISK_FULL_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
+    result = run_on_full_disk(tmp_path, "staging", DISK_FULL_SCRIPT)
     assert result.returncode == 0, result.stderr
     error_line, left_line = result.stdout.strip().splitlines()[-2:]
     assert error_line.startswith("ERROR DISK_FULL ") and "b.mp4" in error_line, result.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ from pydantic import SecretStr
 from heygemd.errors import ConfigError
 from heygemd.settings import WebSettings
 from heygemd.web.auth import COOKIE, check_bind, is_loopback
+from tests.processes import run_on_full_disk
 from tests.web.test_api import MP4, WAV, assert_problem
 from tests.web.webserver import ORIGIN, TOKEN, clean_env, finished_job, heygemd_argv, write_config
 
@@ -343,20 +343,7 @@ print("LEFT", [p for p in tree(root / "inbox") if p != ".heygemd" and p != ".hey
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare is not installed")
 def test_a_full_disk_is_a_clear_error_and_leaves_no_half_job(tmp_path: Path) -> None:
     """A real full filesystem: a 1 MiB tmpfs mounted on the inbox in a private mount namespace."""
-    (tmp_path / "inbox").mkdir()
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a mount namespace here (unshare -rm: {probe.stderr.decode().strip()})")
-    repo = Path(__file__).resolve().parents[2]
-    shell = f'mount -t tmpfs -o size=1m tmpfs "$1/inbox" && exec "{sys.executable}" -c "$2" "$1"'
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", shell, "sh", str(tmp_path), DISK_FULL_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=repo,
-        env=clean_env({"PYTHONPATH": str(repo)}),
-    )
+    result = run_on_full_disk(tmp_path, "inbox", DISK_FULL_SCRIPT)
     assert result.returncode == 0, result.stderr
     status_line, left_line = result.stdout.strip().splitlines()[-2:]
     assert status_line.startswith("507 "), result.stdout
