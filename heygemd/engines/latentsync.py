@@ -56,7 +56,7 @@ from heygemd.engines.latentsync_load import (
     make_scheduler,
 )
 from heygemd.engines.latentsync_unet import FeatureCache
-from heygemd.engines.torch_device import resolve_device
+from heygemd.engines.torch_device import compute_dtype, resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 from heygemd.errors import ConfigError, SilentAudio
 from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
@@ -99,7 +99,7 @@ class LatentSyncModel:
         self.files = latentsync_layout.find_files(self.folder).require()
         self.config = load_config(self.files)
         self.device = resolve_device(device)
-        self.dtype = torch.float16 if fp16 and _fp16_capable(self.device) else torch.float32
+        self.dtype = compute_dtype(self.device, fp16, min_capability=8)  # fp16 where the reference runs it: Ampere+
         self.mask_image = load_mask(self.files["mask"])
         self.encoder = load_whisper(self.files["whisper"]).to(self.device)
         self.vae = _placed(load_vae(self.files), self.device, self.dtype)
@@ -360,11 +360,6 @@ M = TypeVar("M", bound=torch.nn.Module)
 def _placed(model: M, device: torch.device, dtype: torch.dtype) -> M:
     model = model.to(device)
     return model.half() if dtype == torch.float16 else model
-
-
-def _fp16_capable(device: torch.device) -> bool:
-    """fp16 where the reference runs it: CUDA devices of compute capability 8 (Ampere) and newer."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] > 7
 
 
 def _check_crops(crops: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from heygemd.engines.musetalk_load import (
     load_vae,
     load_whisper,
 )
-from heygemd.engines.torch_device import resolve_device
+from heygemd.engines.torch_device import compute_dtype, resolve_device
 from heygemd.engines.torch_util import HalvingBatches, files_sha256
 from heygemd.errors import ConfigError
 from heygemd.pipeline.engine_contract import EngineNeeds, FaceBatch
@@ -73,7 +73,7 @@ class MuseTalkModel:
         self.folder = Path(folder)
         self.files = musetalk_layout.find_files(self.folder).require()
         self.device = resolve_device(device)
-        self.dtype = torch.float16 if fp16 and self.device.type == "cuda" else torch.float32
+        self.dtype = compute_dtype(self.device, fp16)
         self.unet: UNet2DConditionModel = _placed(load_unet(self.files), self.device, self.dtype)
         self.vae: AutoencoderKL = _placed(load_vae(self.files), self.device, self.dtype)
         encoder, self.extractor = load_whisper(self.files["whisper"].parent)

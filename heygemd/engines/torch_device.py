@@ -61,3 +61,11 @@ def describe_device(spec: str) -> str:
         f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB "
         f"(torch {torch.__version__}, CUDA {torch.version.cuda})"
     )
+
+
+def compute_dtype(device: torch.device, fp16: bool, min_capability: int = 0) -> torch.dtype:
+    """float16 when ``fp16`` is asked for and ``device`` is a CUDA GPU of compute capability ``min_capability`` or
+    newer; float32 otherwise (the CPU and MPS run fp32, as the engines' references do)."""
+    if fp16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= min_capability:
+        return torch.float16
+    return torch.float32

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from heygemd.engines import latentsync
 from heygemd.engines.latentsync import LatentSyncEngine, LatentSyncModel, Sampling, initial_noise, load_model
 from heygemd.engines.latentsync_load import make_scheduler
 from heygemd.errors import CheckpointError
@@ -520,6 +521,43 @@ def test_the_random_folder_has_the_official_file_formats(latentsync_folder: Path
 
     mask = cv2.imread(str(latentsync_folder / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 256, 3) and set(np.unique(mask)) == {0, 255}
+
+
+# ------------------------------------------------------------------ the fp16 path, on the CPU's float16 kernels
+
+
+@pytest.fixture(scope="module")
+def half_on_cpu(latentsync_folder: Path):
+    """The model as CUDA of compute capability 8+ loads it (VAE and UNet in float16), here on the CPU: every cast of
+    the fp16 path runs before a GPU is at hand; the GPU test below measures the same on CUDA's kernels."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latentsync, "compute_dtype", lambda device, fp16, min_capability=0: torch.float16)
+        loaded = load_model(latentsync_folder)
+    yield loaded
+    loaded.close()
+
+
+@pytest.mark.parametrize("deepcache", [False, True])
+def test_the_fp16_path_stays_close_to_fp32(half_on_cpu: LatentSyncModel, model, deepcache: bool) -> None:
+    assert half_on_cpu.dtype == torch.float16 and next(half_on_cpu.unet.parameters()).dtype == torch.float16
+    crops, audio = random_inputs(16, seed=13)
+    noise = initial_noise(1247, 64)
+    half = half_on_cpu.generate(crops, audio, noise, 4, 1.5, deepcache=deepcache)
+    full = model.generate(crops, audio, noise, 4, 1.5, deepcache=deepcache)
+    diff = np.abs(half.astype(int) - full.astype(int))
+    assert half.dtype == np.uint8 and diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), diff.max())
+    latents = half_on_cpu.encode_faces(crops)
+    assert latents.dtype == np.float32
+    np.testing.assert_allclose(latents, model.encode_faces(crops), atol=0.05)
+
+
+def test_the_fp16_audio_states_stay_close_to_fp32(half_on_cpu: LatentSyncModel, model) -> None:
+    """Whisper runs in the model's dtype (its weights cast per call, LayerNorms in fp32, as OpenAI's code does)."""
+    wav = np.random.default_rng(5).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    with half_on_cpu.encode_audio(wav) as half, model.encode_audio(wav) as full:
+        ours, expected = half.windows(25.0, 0, 50), full.windows(25.0, 0, 50)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, atol=5e-2, rtol=5e-2)
 
 
 # ------------------------------------------------------------------ CUDA (run with -m gpu on a GPU machine)

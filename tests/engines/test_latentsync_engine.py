@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from heygemd.engines import latentsync
 from heygemd.engines.latentsync import LatentSyncEngine, Sampling, initial_noise
 from heygemd.pipeline.engine_contract import FaceBatch, PresenterEngine, PromptEngine
 
@@ -76,6 +78,24 @@ def test_the_presenters_latents_replace_the_vae_encoding(engine: LatentSyncEngin
     assert engine.encoder_calls == calls  # nothing encoded
     np.testing.assert_array_equal(np.stack(prepared), np.stack(engine.generate(faces)))
     assert engine.encoder_calls == calls + 7  # without them each crop is encoded
+
+
+def test_fp16_keeps_its_own_presenter_cache(
+    latentsync_folder: Path, engine: LatentSyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine as CUDA loads it in fp16 (here on the CPU's float16 kernels): its presenter latents are cached
+    apart from fp32's (another prep_version), stored as float32, and stand in for the encoding as in fp32."""
+    monkeypatch.setattr(latentsync, "compute_dtype", lambda device, fp16, min_capability=0: torch.float16)
+    half = LatentSyncEngine(latentsync_folder, device="cpu", sampling=SAMPLING)
+    try:
+        assert half.model.dtype == torch.float16 and half.prep_version != engine.prep_version
+        faces = batch(7, (7,), seed=3)
+        latents = half.prepare_presenter(faces.crops)
+        assert latents.dtype == np.float32 and latents.shape == (7, *half.prep_shape())
+        prepared = half.generate(batch(7, (7,), seed=3, prepared=latents))
+        np.testing.assert_array_equal(np.stack(prepared), np.stack(half.generate(faces)))
+    finally:
+        half.close()
 
 
 def test_the_sampling_of_a_job_reaches_the_windows(engine: LatentSyncEngine) -> None:

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoFeatureExtractor, WhisperModel
 
+from heygemd.engines import musetalk
 from heygemd.engines.musetalk import CPU_SUB_BATCH, MuseTalkEngine, audio_prompts, load_model
 from heygemd.errors import CheckpointError
 from heygemd.pipeline.engine_contract import FaceBatch
@@ -230,6 +231,33 @@ def test_cpu_passes_are_small_and_give_the_pixels_of_one_large_pass(musetalk_fol
     difference = np.abs(np.stack(faces).astype(np.int16) - engine.model.generate_from_latents(one_pass, prompts))
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     engine.close()
+
+
+def test_the_fp16_path_stays_close_to_fp32(musetalk_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The models as CUDA loads them with fp16 (UNet, VAE and Whisper in float16), here on the CPU's float16
+    kernels: every cast of the fp16 path runs before a GPU is at hand (the GPU test below measures CUDA's)."""
+    full = MuseTalkEngine(musetalk_folder, device="cpu", batch_size=2)
+    monkeypatch.setattr(musetalk, "compute_dtype", lambda device, fp16, min_capability=0: torch.float16)
+    half = MuseTalkEngine(musetalk_folder, device="cpu", batch_size=2)
+    assert half.model.dtype == torch.float16 and half.prep_version != full.prep_version  # caches kept apart
+    rng = np.random.default_rng(7)
+    crops = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(3)]
+    prompts = rng.standard_normal((3, 50, 384)).astype(np.float32)
+    marks = [np.zeros((68, 2), np.float32)] * 3
+    prepared = half.prepare_presenter(crops)
+    assert prepared.dtype == np.float32
+    np.testing.assert_allclose(prepared, full.prepare_presenter(crops), atol=0.05)
+    faces = [
+        np.stack(engine.generate(FaceBatch(crops=crops, landmarks=marks, mels=np.zeros((3, 80, 16)), **fields)))
+        for engine, fields in ((half, {"prompts": prompts, "prepared": prepared}), (full, {"prompts": prompts}))
+    ]
+    diff = np.abs(faces[0].astype(int) - faces[1].astype(int))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), diff.max())
+    wav = speechlike(2.0)
+    with half.model.encode_audio(wav) as ours, full.model.encode_audio(wav) as expected:
+        np.testing.assert_allclose(ours.windows(25.0, 0, 50), expected.windows(25.0, 0, 50), atol=5e-2, rtol=5e-2)
+    half.close()
+    full.close()
 
 
 # ------------------------------------------------------------------ refusing broken files
