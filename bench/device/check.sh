@@ -10,26 +10,22 @@
 # In order of importance (issue 11's end-to-end target first), each under its own timeout: about 8 minutes in all,
 # leaving room in the 10-minute call.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-OUT=${OUT:-/tmp/heygemd-device-out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-# .devmedia/site: the empty stand-in for dlib's landmark model (kit.sh)
-export PYTHONPATH=/tmp/site:$PWD:$PWD/.devmedia/site PATH=$PWD/.ffmpeg/bin:$PATH
+source bench/device/env.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   nproc
-  python3 -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__)'
+  "$PYTHON" -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__)'
   command -v ffmpeg && ffmpeg -hide_banner -version | head -1
-  python3 -c 'from heygemd.pipeline.hw_codecs import nvdec_works, nvenc_works; print("nvenc works:", nvenc_works(), "nvdec works:", nvdec_works())'
+  "$PYTHON" -c 'from heygemd.pipeline.hw_codecs import nvdec_works, nvenc_works; print("nvenc works:", nvenc_works(), "nvdec works:", nvdec_works())'
 } 2>&1 | tee "$OUT/gpu.txt"
 
 for h in 720 1080; do
   # The face tracks were detected by kit.sh: every run is a cached-faces run (cached runs 3/3).
-  timeout 150 python3 -m bench --engine wav2lip --random-checkpoint --device cuda \
+  timeout 150 "$PYTHON" -m bench --engine wav2lip --random-checkpoint --device cuda \
     --video ".devmedia/presenter-${h}p.mp4" --audio .devmedia/speech-20s.wav \
     --face-cache .devmedia/cache --repeat 3 --json >"$OUT/e2e-${h}p.json" 2>"$OUT/e2e-${h}p.log"
   echo "e2e ${h}p: exit $?" | tee -a "$OUT/gpu.txt"
 done
-python3 - "$OUT" <<'EOF' 2>&1 | tee "$OUT/e2e.txt"
+"$PYTHON" - "$OUT" <<'EOF' 2>&1 | tee "$OUT/e2e.txt"
 import json, sys
 from pathlib import Path
 for h in (720, 1080):
@@ -46,8 +42,8 @@ for h in (720, 1080):
           f"GPU peak {rd.get('gpu_peak_mib')} MiB, RSS {rd['peak_rss_mib']} MiB, vs plain {r['ratio_to_plain']}x")
 EOF
 
-timeout 40 python3 -m bench.colour --video .devmedia/presenter-720p.mp4 --video .devmedia/presenter-1080p.mp4 \
+timeout 40 "$PYTHON" -m bench.colour --video .devmedia/presenter-720p.mp4 --video .devmedia/presenter-1080p.mp4 \
   --repeat 2 2>&1 | tee "$OUT/colour.txt"
-timeout 120 python3 -m bench.gpu_engines --json "$OUT/engines.json" 2>&1 | tee "$OUT/engines.txt"
-timeout 150 python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/engines tests/pipeline/test_hw_codecs.py \
+timeout 120 "$PYTHON" -m bench.gpu_engines --json "$OUT/engines.json" 2>&1 | tee "$OUT/engines.txt"
+timeout 150 "$PYTHON" -m pytest -m gpu -p no:cacheprovider -q -rA tests/engines tests/pipeline/test_hw_codecs.py \
   tests/pipeline/test_frames.py 2>&1 | tee "$OUT/pytest.txt"
