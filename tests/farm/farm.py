@@ -147,6 +147,15 @@ class Farm(Daemon):
         """SIGKILL the worker and its children (its ffmpeg), as a crash or the OOM killer would."""
         self._worker_processes[name].kill(group=True)
 
+    def start_all(self, *workers: str, env: dict[str, str] | None = None) -> "Farm":
+        """Start workers ``workers`` (after any started already), then the intake, each with ``env``; wait until
+        the intake and every worker are ready."""
+        for name in workers:
+            self.start_worker(name, env)
+        self.start(env).wait_ready()
+        self.wait_workers_ready()
+        return self
+
     def stop_all(self) -> None:
         for name in list(self.workers):
             self.kill_worker(name)

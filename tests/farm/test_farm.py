@@ -35,11 +35,7 @@ def submit_jobs(farm: Farm, media: Media, count: int) -> list[str]:
 
 
 def test_two_workers_share_six_jobs_each_rendered_once(farm_factory: Callable[..., Farm], media: Media) -> None:
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start_worker("w2")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1", "w2")
     renderers = farm_renderers(load_settings(farm.config))()  # what the web server and `heygemd status` read
     assert [(r.name, r.engines) for r in renderers] == [("w1@test", ("mouthwarp",)), ("w2@test", ("mouthwarp",))]
     names = submit_jobs(farm, media, 6)
@@ -57,11 +53,7 @@ def test_two_workers_share_six_jobs_each_rendered_once(farm_factory: Callable[..
 
 
 def test_sigkilled_worker_job_completes_on_the_other_once(farm_factory: Callable[..., Farm], media: Media) -> None:
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start_worker("w2")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1", "w2")
     farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
 
     def second_video_rendering() -> dict | None:
@@ -93,11 +85,7 @@ def test_sigkilled_worker_job_completes_on_the_other_once(farm_factory: Callable
 def test_redis_restarted_mid_run_every_job_completes_once(
     farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
 ) -> None:
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start_worker("w2")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1", "w2")
     names = submit_jobs(farm, media, 4)
     farm.wait_for(
         lambda: any((farm.status(n) or {}).get("state") == "processing" for n in names),
@@ -160,10 +148,8 @@ def test_job_whose_task_was_dropped_is_republished(
 def test_sigterm_on_a_worker_interrupts_the_video_and_requeues_the_job(
     farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
 ) -> None:
-    farm = farm_factory()
-    worker = farm.start_worker("w1")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1")
+    worker = farm.workers["w1"]
     farm.submit("long", {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b})
 
     def second_video_rendering() -> dict | None:
@@ -195,11 +181,7 @@ def test_a_running_jobs_task_is_not_redelivered_after_the_visibility_timeout(
     visibility timeout, when some consumer sweeps (a busy solo worker does not: its loop runs the task). The
     running worker's heartbeat marks its task as delivered now, so the sweep of the idle worker leaves it alone."""
     visibility = 5.0  # 10 heartbeats: a loaded machine may delay a few
-    farm = farm_factory(heartbeat_interval=0.5, visibility_timeout=visibility)
-    farm.start_worker("w1")
-    farm.start_worker("w2")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory(heartbeat_interval=0.5, visibility_timeout=visibility).start_all("w1", "w2")
     files = {"speech.wav": media.long_speech, "alice.mp4": media.face_a, "bob.mp4": media.face_b}
     farm.submit("long", files)
     client = redis_server.client()
@@ -249,9 +231,7 @@ def test_jobs_for_a_gpu_class_go_only_to_the_worker_of_that_class(
 ) -> None:
     farm = farm_factory()
     farm.start_worker("big", extra_env={"HEYGEMD_QUEUE__GPU_CLASS": "a100"})
-    farm.start_worker("small")  # no class: it stays idle while the class's second job waits for "big"
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm.start_all("small")  # no class: it stays idle while the class's second job waits for "big"
     names = ["a100-1", "a100-2"]
     for name in names:
         farm.submit(name, {"speech.wav": media.speech, "alice.mp4": media.face_a, "job.toml": b'gpu_class = "a100"\n'})
@@ -277,8 +257,7 @@ def test_a_job_paused_by_a_full_disk_is_retried_by_another_worker_not_in_a_loop(
         pytest.skip("needs `unshare -rm` (user and mount namespaces) to give a worker a full temp filesystem")
     farm = farm_factory()
     farm.start_worker("full", extra_env={"TMPDIR": str(full_tmp)}, wrapper=FULL_TMP_WRAPPER)
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm.start_all()
     # the audio is longer than the video: ping-pong spools frames to TMPDIR, which has no room
     farm.submit("pp", {"speech.wav": media.long_speech, "alice.mp4": media.face_a})
     farm.wait_for(lambda: farm.worker_has("full", "job.retry_later", job_id="pp"), FARM_JOB_TIMEOUT_S, "the pause")
@@ -303,10 +282,7 @@ def test_celery_events_see_the_worker_and_its_task_while_it_renders(
 ) -> None:
     """What Flower reads: `celery events --dump` against the farm's broker shows the task started and the
     worker's heartbeat (active=1) while the job renders, although the solo worker's event loop is busy running it."""
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1")
     dump = tmp_path / "events.txt"
     with open(dump, "wb") as out:
         events = subprocess.Popen(

@@ -24,10 +24,7 @@ FARM_JOB_TIMEOUT_S = 240.0
 def test_a_worker_stops_the_job_it_renders_and_drops_a_cancelled_queued_task(
     farm_factory: Callable[..., Farm], media: Media
 ) -> None:
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1")
     presenters = {
         "alice.mp4": media.face_a,
         "bob.mp4": media.face_b,

@@ -26,8 +26,7 @@ def test_a_workers_job_is_called_back_once_and_its_metrics_port_shows_its_engine
         with open(farm.config, "a", encoding="utf-8") as cfg:
             cfg.write('\n[notify]\ncallback_hosts = ["127.0.0.1"]\n')
         farm.start_worker("w1", ENV, args=("--metrics-port", str(port)))
-        farm.start(ENV).wait_ready()
-        farm.wait_workers_ready()
+        farm.start_all(env=ENV)
         job_toml = f'callback_url = "{server.url("/hook")}"\n'.encode()
         farm.submit("lesson", {"voice.wav": media.speech, "alice.mp4": media.face_a, "job.toml": job_toml})
         status = farm.wait_finished("lesson", 180)

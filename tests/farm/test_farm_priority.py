@@ -61,11 +61,7 @@ def test_tasks_wait_in_priority_order_and_a_waiting_one_can_be_moved(tmp_path: P
 def test_three_queued_jobs_run_high_first_on_two_workers(
     farm_factory: Callable[..., Farm], media: Media, redis_server: RedisServer
 ) -> None:
-    farm = farm_factory()
-    farm.start_worker("w1")
-    farm.start_worker("w2")
-    farm.start().wait_ready()
-    farm.wait_workers_ready()
+    farm = farm_factory().start_all("w1", "w2")
     for blocker in ("busy-1", "busy-2"):  # one long job for each worker, so the next three wait in Redis
         farm.submit(blocker, {"speech.wav": media.long_speech, "face.mp4": media.face_large})
     farm.wait_for(
