@@ -2,11 +2,14 @@
 are prepared between jobs (ready with a poster; a link, a faceless video, failed with their errors); a job folder
 holding only its audio and job.toml renders the presenters it names, each output as long as the audio, an unknown
 name failing only its video; the face track and the engine's preparation are found cached (no detection, no VAE
-encoding: MuseTalk's tiny random model); a job killed mid-render resumes after its presenters left the library."""
+encoding: MuseTalk's tiny random model); a job killed mid-render resumes after its presenters left the library; a
+job rendering while its presenters are deleted or replaced in the library (as a NAS user does, and refused through
+the API) renders them as they were when it was claimed, touching nothing outside the inbox, outbox and state."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from collections.abc import Callable
@@ -14,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from heygemd.pipeline.audio import decode_audio
 from heygemd.pipeline.probe import probe_video
+from heygemd.settings import load_settings
+from heygemd.web.app import create_app
 from tests.daemon.daemon_process import Daemon, Media, stop_daemon
 from tests.pipeline.media import lavfi_clip
 from tests.test_musetalk_e2e import models_with
@@ -118,6 +124,87 @@ def test_a_job_of_audio_only_renders_the_library_presenters_it_names(
         "lesson.wav",
         "own.mp4",
     ]  # what was rendered, kept for a retry
+
+
+def outside_heygemds_folders(daemon: Daemon) -> dict[str, tuple[int, int, int]]:
+    """Every path under the daemon's root but its inbox (with the state folder), outbox and logs: inode, size and
+    mtime, to see that nothing there was written, replaced or removed."""
+    mine = {daemon.inbox, daemon.outbox, *daemon.logs}
+    found: dict[str, tuple[int, int, int]] = {}
+    for folder, dirs, files in os.walk(daemon.root):
+        dirs[:] = [d for d in dirs if Path(folder, d) not in mine]
+        for name in [*dirs, *files]:
+            path = Path(folder, name)
+            if path not in mine:
+                info = path.lstat()
+                found[str(path.relative_to(daemon.root))] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def test_presenters_deleted_or_replaced_while_their_job_renders_are_rendered_as_claimed(
+    daemon_factory: Callable[..., Daemon], media: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = daemon_factory(settle_seconds=1.0)
+    library = daemon.root / "models" / "presenters"
+    library.mkdir()
+    for name, video in (("anna", media.face_a), ("bob", media.face_b)):
+        shutil.copyfile(video, library / f"{name}.mp4")
+        (library / f"{name}.mp4.ready").touch()  # the copy is complete: prepared at once
+    (library / "anna.toml").write_text('display_name = "Anna S."\n')
+    replacement = lavfi_clip(tmp_path / "other.mp4", size="640x360", seconds=1)  # no face, another size
+    for key in [k for k in os.environ if k.startswith("HEYGEMD_")]:
+        monkeypatch.delenv(key)
+    api = TestClient(create_app(load_settings(daemon.config)), base_url="http://localhost")
+    daemon.start().wait_ready()
+    ready = daemon.wait_for(settled(daemon, {"anna", "bob"}), 120, "the library prepared")
+    assert [p["state"] for p in ready.values()] == ["ready", "ready"], ready
+    anna_poster = daemon.state / "posters" / ready["anna"]["poster"]
+    assert anna_poster.is_file()
+
+    daemon.submit("lesson", {"lesson.wav": media.long_speech, "job.toml": b'presenters = ["anna", "bob"]\n'})
+    daemon.wait_for(
+        lambda: (s := daemon.status("lesson")) and s["videos"][0]["state"] == "processing",
+        120,
+        "anna's video rendering",
+    )
+    # the API refuses to remove a presenter a running job names, and removes nothing
+    busy = api.delete("/api/presenters/anna")
+    assert busy.status_code == 409 and busy.json()["code"] == "PRESENTER_BUSY", busy.text
+    assert "lesson" in busy.json()["message"]
+    assert sorted(os.listdir(library)) == ["anna.mp4", "anna.mp4.ready", "anna.toml", "bob.mp4", "bob.mp4.ready"]
+    # a NAS user removes anna and replaces bob by another file under the same name (copied, renamed over it)
+    for name in ("anna.mp4", "anna.toml", "anna.mp4.ready"):
+        (library / name).unlink()
+    shutil.copyfile(replacement, library / "bob.mp4.part")
+    os.replace(library / "bob.mp4.part", library / "bob.mp4")
+    status = daemon.status("lesson")
+    assert status is not None and status["state"] == "processing", status  # all this while the job renders
+    left = outside_heygemds_folders(daemon)
+
+    status = daemon.wait_finished("lesson", timeout=180)
+    assert status["state"] == "done", status
+    assert [(v["input"], v["presenter"], v["face_track"]) for v in status["videos"]] == [
+        ("anna.mp4", "anna", "cached"),
+        ("bob.mp4", "bob", "cached"),
+    ]  # the files prepared before: the face tracks of the claimed files, not the replacement's
+    for video in status["videos"]:
+        out = probe_video(daemon.outbox / "lesson" / video["output"])
+        assert (out.width, out.height) == (320, 180)
+        assert abs(out.duration - audio_seconds(media.long_speech)) <= 1 / out.fps + 0.03
+    archived = next((daemon.state / "archive").glob("*/lesson")) / "input"
+    assert (archived / "anna.mp4").read_bytes() == media.face_a.read_bytes()
+    assert (archived / "bob.mp4").read_bytes() == media.face_b.read_bytes()  # what was rendered, kept for a retry
+
+    # the library shows what is there now: anna gone (her poster too), bob the new file (a pattern: no face)
+    now = daemon.wait_for(settled(daemon, {"bob"}), 120, "anna forgotten, the new bob prepared")
+    assert now["bob"]["state"] == "failed" and now["bob"]["error"]["code"] == "NO_FACE", now
+    assert now["bob"]["identity"]["size"] == replacement.stat().st_size
+    assert not anna_poster.exists()
+    assert [p["name"] for p in api.get("/api/presenters").json()["presenters"]] == ["bob"]
+    assert outside_heygemds_folders(daemon) == left  # the library and models read, never written
+    # the job finished, nothing names bob any more: the API removes it
+    assert api.delete("/api/presenters/bob").status_code == 200
+    assert os.listdir(library) == []  # its file and its ready marker
 
 
 def test_musetalk_reuses_the_presenters_preparation(musetalk_folder: Path, media: Media, tmp_path: Path) -> None:
