@@ -64,6 +64,14 @@ log = structlog.get_logger("heygemd.library")
 MAX_LINKS_BYTES = 16 << 20
 
 
+MTIME_SLACK_NS = 1_000_000_000
+"""How far a linked file's modification time may differ from the record and still be the same: in a farm the claim
+records it through one host's mount of the NAS and a worker reads it through its own, where the protocol may keep
+less than nanoseconds (SMB 100 ns, SFTP whole seconds). What goes unseen is an overwrite keeping the size and
+writing (or setting) a time within a second of the old one: a presenter is linked once its copy settled, so a later
+write is later than that, and a copy that keeps its source's time and size is most likely the same file."""
+
+
 class LinkedPresenter(BaseModel):
     """One presenter a job named."""
 
@@ -81,10 +89,11 @@ class LinkedPresenter(BaseModel):
 
     def matches(self, info: os.stat_result) -> bool:
         """Whether ``info`` (of its file in the job) is the file as it was put there. A copy is the job's own: it
-        always is. A hard link is the library's file: one overwritten in place since has another size or time."""
+        always is. A hard link is the library's file: one overwritten in place since has another size or time.
+        Times are compared to within a second (:data:`MTIME_SLACK_NS`)."""
         if self.copied or self.identity is None:  # a record made before identities were kept: nothing to compare
             return True
-        return (info.st_size, info.st_mtime_ns) == (self.identity.size, self.identity.mtime_ns)
+        return info.st_size == self.identity.size and abs(info.st_mtime_ns - self.identity.mtime_ns) < MTIME_SLACK_NS
 
     def check(self, video: InputFile) -> None:
         """Raise PresenterChanged, naming the library file, when ``video`` (its file in the job, open) is no longer

@@ -35,7 +35,8 @@ from heygemd.daemon.service import Service
 from heygemd.daemon.status import ErrorStatus, read_status
 from heygemd.daemon.waiting import read_waiting
 from heygemd.daemon.worker import JobContext, JobOutcome, process_job
-from heygemd.errors import BadPresenterOptions, JobError
+from heygemd.errors import BadPresenterOptions, JobError, PresenterChanged
+from heygemd.fsutil import InputFile
 from heygemd.pipeline import presenter_cache
 from heygemd.settings import Settings
 from tests.daemon.daemon_process import Media
@@ -498,3 +499,30 @@ def test_a_presenter_copied_into_the_job_is_its_own_and_renders_whatever_the_lib
         assert [(v.presenter, v.state, v.error) for v in status.videos] == [("anna", "done", None)]
     finally:
         shutil.rmtree(shm)
+
+
+def test_a_linked_file_matches_its_record_until_its_size_or_time_changes(tmp_path: Path) -> None:
+    """The record is compared by size and by time to within a second (another host's mount of the NAS may keep
+    less than nanoseconds); a copy always matches."""
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    (folder / "anna.mp4").write_bytes(b"anna " * 100)
+    os.utime(folder / "anna.mp4", ns=(10**18, 10**18))
+    candidate = inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", "job.toml": b'presenters = ["anna"]\n'})
+    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
+    assert claimed is not None
+    record = read_links(claimed.path)
+    assert record is not None
+    anna = record.presenters[0]
+    assert anna.identity is not None and (anna.identity.size, anna.identity.mtime_ns) == (500, 10**18)
+    linked = claimed.folder / "anna.mp4"
+
+    os.utime(folder / "anna.mp4", ns=(10**18, 10**18 + 999_999_900))  # as a mount keeping 100 ns would show it
+    assert anna.matches(linked.stat())
+    overwrite_in_place(folder / "anna.mp4", b"ANNA " * 100)  # the same size, written now
+    assert not anna.matches(linked.stat())
+    with InputFile.open(linked) as video, pytest.raises(PresenterChanged) as raised:
+        anna.check(video)
+    assert str(raised.value.path) == "presenters/anna.mp4"
+    assert "500 bytes modified 2001-09-09 01:46:40 UTC then, 500 bytes modified" in raised.value.message
+    assert anna.model_copy(update={"copied": True}).matches(linked.stat())
