@@ -10,7 +10,8 @@ own (a link, a failed preparation, a bad toml).
 
 A hard link is the library's file itself: a library file overwritten in place (truncated and written again, as a
 copy "replacing" it over SMB does) changes the job's too. The worker compares the file it renders with the record
-(:meth:`LinkedPresenter.check`) before and after the render; a changed one fails its video with PRESENTER_CHANGED.
+(:meth:`LinkedPresenter.check`) before the render and before its output is put in place; a changed one fails its
+video with PRESENTER_CHANGED.
 
 The step is idempotent, so it can run at the claim and again when the job starts (a claim cut short by a kill):
 files are linked into ``linking/`` first, then the record is written, then they move into ``input/``; a record
