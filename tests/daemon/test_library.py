@@ -2,7 +2,8 @@
 for one name), a job naming presenters (job.toml), the files linked into a claimed job (hard links, a copy across
 file systems, unknown names, failed presenters, a claim cut short), and the keeper: a copy settling, a presenter
 prepared between jobs with the real pipeline (ready with its poster, or failed with the error a render would give),
-a changed file prepared again, a removed one forgotten and its cache entries unpinned, jobs waiting for a copy."""
+a changed file prepared again, a removed one forgotten and its cache entries unpinned, jobs waiting for a copy; a
+presenter overwritten in place after the claim (its video fails PRESENTER_CHANGED, a copied one renders)."""
 
 from __future__ import annotations
 
