@@ -71,7 +71,7 @@ from heygemd.daemon.library import PresenterOptions, PresenterStatus
 from heygemd.daemon.notes import nas_submitter, read_note, write_note
 from heygemd.daemon.outbox import archived_inputs
 from heygemd.daemon.presence import Renderer, live_renderers
-from heygemd.daemon.presenter_links import named_presenters, read_links
+from heygemd.daemon.presenter_links import PresenterLinks, named_presenters, read_links
 from heygemd.daemon.priority import effective
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.schedule import IntakeState, Schedule, pause, resume
@@ -399,9 +399,15 @@ class Control:
         else:
             if status.audio is None:
                 raise InputsGone(f"the inputs of job {job_id!r} are not in the archive")
-            # a library presenter that never reached the job (unknown, failed to prepare) is named again; the files
-            # rendered (the job's own, and the presenters linked into it) are copied from the archive
-            named_again = [v.presenter for v in retried if v.presenter and not is_real_file(inputs / v.input)]
+            # a library presenter that never reached the job (unknown, failed to prepare), or whose archived file
+            # is no longer the one linked (a library file overwritten in place: PRESENTER_CHANGED), is named again;
+            # the files rendered (the job's own, and the presenters linked into it) are copied from the archive
+            links = read_links(folder) or PresenterLinks()
+            named_again = [
+                v.presenter
+                for v in retried
+                if v.presenter and not (is_real_file(inputs / v.input) and _as_linked(links, inputs / v.input))
+            ]
             failed = [v.input for v in retried if v.presenter is None or v.presenter not in named_again]
             toml = [JOB_TOML] if (inputs / JOB_TOML).is_file() else []
             if toml and (original := load_options(inputs / JOB_TOML)).presenters:
@@ -585,6 +591,18 @@ class Control:
 def _require_finished(status: JobStatus) -> None:
     if status.state not in FINISHED_JOB_STATES:
         raise JobBusy(f"job {status.job_id!r} is {status.state}")
+
+
+def _as_linked(links: PresenterLinks, path: Path) -> bool:
+    """Whether the archived file ``path`` is as it was put into the job: a job's own file always is; a library
+    presenter's hard link is the library's file, which an overwrite in place changes (``LinkedPresenter.matches``)."""
+    linked = links.of_file(path.name)
+    if linked is None:
+        return True
+    try:
+        return linked.matches(path.stat(follow_symlinks=False))
+    except FileNotFoundError:  # gone meanwhile: taken from the library again
+        return False
 
 
 def _plain_files(folder: Path) -> list[str]:

@@ -340,6 +340,19 @@ class NoSuchPresenter(HeygemdError):
     )
 
 
+class PresenterChanged(HeygemdError):
+    """A library presenter's file overwritten in place (the same file truncated and written again) after a job took
+    it: the job's hard link to it changed too, so its video is not rendered from it."""
+
+    code = "PRESENTER_CHANGED"
+    default_hint = (
+        "Replace a presenter by copying the new file under another name and renaming it over the old one (or delete "
+        "the old one, then copy): a file overwritten in place also changes the jobs that already took it. Then retry "
+        "the job (`heygemd retry` with its id, or the Retry button of its page): the retry takes the presenter as "
+        "the library holds it then."
+    )
+
+
 class PresenterBusy(HeygemdError):
     """A presenter removed while a queued or running job names it."""
 

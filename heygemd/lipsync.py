@@ -114,9 +114,10 @@ class LipSyncSession:
         face: FaceChoice | None = None,
         on_progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        before_publish: Callable[[], None] | None = None,
     ) -> RenderResult:
         """Render ``video`` with ``audio`` into ``output``; ``loop_mode``, ``crf`` and ``face`` (which face to follow)
-        override the settings."""
+        override the settings; ``before_publish`` runs before the output is put in place (``render_video``)."""
         options = self.options(loop_mode=loop_mode, crf=crf, face=face)
         # a path is opened once here, for every step of the render; the ping-pong spool is an anonymous file in
         # the temp folder: nothing is left behind, even after SIGKILL
@@ -132,6 +133,7 @@ class LipSyncSession:
                 work_dir=Path(tempfile.gettempdir()),
                 on_progress=on_progress,
                 should_stop=should_stop,
+                before_publish=before_publish,
             )
 
     def options(

@@ -4,9 +4,14 @@ Each named presenter's file is hard-linked into the claimed job's ``input/`` (co
 file's permissions, refuse a link), so a presenter renamed, deleted or added to the library while the job waits or
 renders changes nothing, a restart after SIGKILL resumes with the same files, and the archive keeps what was
 rendered for a retry. What each name became is recorded in the claim folder's ``library.json``
-(:class:`PresenterLinks`): the file linked and the presenter's options as they were, or the error its video fails
-with: NO_SUCH_PRESENTER (listing the presenters there are), or the presenter's own (a link, a failed preparation,
-a bad toml).
+(:class:`PresenterLinks`): the file linked (its size and modification time too) and the presenter's options as they
+were, or the error its video fails with: NO_SUCH_PRESENTER (listing the presenters there are), or the presenter's
+own (a link, a failed preparation, a bad toml).
+
+A hard link is the library's file itself: a library file overwritten in place (truncated and written again, as a
+copy "replacing" it over SMB does) changes the job's too. The worker compares the file it renders with the record
+(:meth:`LinkedPresenter.check`) before the render and before its output is put in place; a changed one fails its
+video with PRESENTER_CHANGED.
 
 The step is idempotent, so it can run at the claim and again when the job starts (a claim cut short by a kill):
 files are linked into ``linking/`` first, then the record is written, then they move into ``input/``; a record
@@ -19,6 +24,7 @@ import errno
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -27,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from heygemd import layout
 from heygemd.daemon.jobs import JOB_TOML, MAX_JOB_TOML_BYTES, load_options
 from heygemd.daemon.library import (
+    FileIdentity,
     LibraryFile,
     PresenterOptions,
     PresenterStatus,
@@ -38,9 +45,10 @@ from heygemd.daemon.library import (
     unknown_presenter,
 )
 from heygemd.daemon.status import ErrorStatus
-from heygemd.errors import DiskFull, HeygemdError, NoSuchPresenter
+from heygemd.errors import DiskFull, HeygemdError, NoSuchPresenter, PresenterChanged
 from heygemd.fsutil import (
     NO_SPACE_ERRNOS,
+    InputFile,
     atomic_write_bytes,
     fd_path,
     fsync_dir,
@@ -57,6 +65,14 @@ log = structlog.get_logger("heygemd.library")
 MAX_LINKS_BYTES = 16 << 20
 
 
+MTIME_SLACK_NS = 1_000_000_000
+"""How far a linked file's modification time may differ from the record and still be the same: in a farm the claim
+records it through one host's mount of the NAS and a worker reads it through its own, where the protocol may keep
+less than nanoseconds (SMB 100 ns, SFTP whole seconds). What goes unseen is an overwrite keeping the size and
+writing (or setting) a time within a second of the old one: a presenter is linked once its copy settled, so a later
+write is later than that, and a copy that keeps its source's time and size is most likely the same file."""
+
+
 class LinkedPresenter(BaseModel):
     """One presenter a job named."""
 
@@ -66,8 +82,37 @@ class LinkedPresenter(BaseModel):
     file: str | None = Field(None, description="Its file in the job's input/ (None: it could not be put there).")
     library_file: str | None = Field(None, description="The library file it came from, as users know it.")
     copied: bool = Field(False, description="Copied, not hard-linked (another file system, or not allowed).")
+    identity: FileIdentity | None = Field(
+        None, description="The library file (and its toml) as it was linked: its size and modification time then."
+    )
     options: PresenterOptions = PresenterOptions()
     error: ErrorStatus | None = Field(None, description="What its video fails with.")
+
+    def matches(self, info: os.stat_result) -> bool:
+        """Whether ``info`` (of its file in the job) is the file as it was put there. A copy is the job's own: it
+        always is. A hard link is the library's file: one overwritten in place since has another size or time.
+        Times are compared to within a second (:data:`MTIME_SLACK_NS`)."""
+        if self.copied or self.identity is None:  # a record made before identities were kept: nothing to compare
+            return True
+        return info.st_size == self.identity.size and abs(info.st_mtime_ns - self.identity.mtime_ns) < MTIME_SLACK_NS
+
+    def check(self, video: InputFile) -> None:
+        """Raise PresenterChanged, naming the library file, when ``video`` (its file in the job, open) is no longer
+        the file linked at the claim (:meth:`matches`)."""
+        info = os.fstat(video.fd)
+        if self.matches(info):
+            return
+        assert self.identity is not None  # else it matches
+        raise PresenterChanged(
+            f"the presenter {self.name!r} was overwritten in the library after this job took it "
+            f"({self.identity.size:,} bytes modified {_utc(self.identity.mtime_ns)} then, {info.st_size:,} bytes "
+            f"modified {_utc(info.st_mtime_ns)} now); no video is made of a file that changed",
+            path=self.library_file or self.name,
+        )
+
+
+def _utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class PresenterLinks(BaseModel):
@@ -182,9 +227,13 @@ def _link_one(
     try:
         target = staging / unique_name(found.file, used)
         copied = _link_or_copy(fd, target, found.name)
+        info = os.fstat(fd)  # the file linked, as it is now (the scan saw it a moment before)
     finally:
         os.close(fd)
-    return LinkedPresenter(name=found.name, file=target.name, library_file=where, copied=copied, options=options)
+    identity = found.identity.model_copy(update={"size": info.st_size, "mtime_ns": info.st_mtime_ns})
+    return LinkedPresenter(
+        name=found.name, file=target.name, library_file=where, copied=copied, identity=identity, options=options
+    )
 
 
 LINK_REFUSALS = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP})

@@ -437,6 +437,11 @@ def _run_videos(
                 # a link, FIFO or device is refused here, naming what it is; the render, the check of its output
                 # and a second render all read the video through this one descriptor
                 video_file = held.enter_context(open_input(video))
+                # a library presenter's file is the library's own (a hard link): one overwritten in place since
+                # the claim fails its video, before the render and again before its output is put in place
+                unchanged = partial(linked.check, video_file) if linked else None
+                if unchanged is not None:
+                    unchanged()
                 result = session.render(
                     video_file,
                     audio,
@@ -446,6 +451,7 @@ def _run_videos(
                     face=linked.options.face if linked else None,
                     on_progress=on_progress,
                     should_stop=context.should_stop,
+                    before_publish=unchanged,
                 )
             except Interrupted:
                 if cancel.seen:
@@ -504,6 +510,7 @@ def _run_videos(
                         context,
                         claimed,
                         out_dir,
+                        unchanged,
                     )
             status_file.save()
     engines.release()
@@ -549,10 +556,12 @@ def _check(
     context: JobContext,
     claimed: ClaimedJob,
     out_dir: Path,
+    unchanged: Callable[[], None] | None,
 ) -> None:
     """Check the video just rendered (``review``) and record what the check says; with ``on_review = "retry"``, a
     video to review is rendered once more with another installed engine (the video is saved done once that is
-    settled: its output may still change). The video stays done whatever happens."""
+    settled: its output may still change; ``unchanged`` runs before the second output is kept, as before the
+    first). The video stays done whatever happens."""
 
     def progress(done: int, total: int) -> None:
         if context.should_stop():
@@ -571,6 +580,7 @@ def _check(
         "crf": spec.options.crf,
         "should_stop": context.should_stop,
         "on_progress": lambda p: context.heartbeat(f"{claimed.job_id}: {video.name} retry {p.fraction:.0%}"),
+        "before_publish": unchanged,
     }
     retried = review.retry(
         video,

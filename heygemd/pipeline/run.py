@@ -121,13 +121,16 @@ def render_video(
     work_dir: Path,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> RenderResult:
     """Lip-sync ``video`` to ``audio`` into ``output`` (written under a temporary name, renamed when complete).
 
     ``video`` and ``audio.source``, when open ``InputFile``s, are read through their descriptors only (probe,
     detection, decoding, muxing), whatever their names point to meanwhile; paths are opened at each step.
     Raises a HeygemdError subclass naming the file for every known input problem, and Interrupted when
-    ``should_stop`` turns true (the partial output is removed).
+    ``should_stop`` turns true (the partial output is removed). ``before_publish`` is called once every frame of
+    ``video`` was read and rendered, before the output is put in place: what it raises fails the render, and no
+    output appears.
     """
     started = time.perf_counter()
     timer = StageTimer()
@@ -218,6 +221,8 @@ def render_video(
             depth=QUEUE_DEPTH,
             source_name="decode",
         )
+        if before_publish is not None:
+            before_publish()
     if poster is not None and poster_frame is not None:  # only once the video itself is safely in place
         write_poster(poster_frame, poster)
     timings = dict(timer.seconds)

@@ -2,7 +2,8 @@
 for one name), a job naming presenters (job.toml), the files linked into a claimed job (hard links, a copy across
 file systems, unknown names, failed presenters, a claim cut short), and the keeper: a copy settling, a presenter
 prepared between jobs with the real pipeline (ready with its poster, or failed with the error a render would give),
-a changed file prepared again, a removed one forgotten and its cache entries unpinned, jobs waiting for a copy."""
+a changed file prepared again, a removed one forgotten and its cache entries unpinned, jobs waiting for a copy; a
+presenter overwritten in place after the claim (its video fails PRESENTER_CHANGED, a copied one renders)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import Linker, link_presenters, read_links
 from heygemd.daemon.readiness import Candidate
 from heygemd.daemon.service import Service
-from heygemd.daemon.status import ErrorStatus
+from heygemd.daemon.status import ErrorStatus, read_status
 from heygemd.daemon.waiting import read_waiting
-from heygemd.daemon.worker import JobOutcome
-from heygemd.errors import BadPresenterOptions, JobError
+from heygemd.daemon.worker import JobContext, JobOutcome, process_job
+from heygemd.errors import BadPresenterOptions, JobError, PresenterChanged
+from heygemd.fsutil import InputFile
 from heygemd.pipeline import presenter_cache
 from heygemd.settings import Settings
 from tests.daemon.daemon_process import Media
@@ -404,3 +406,124 @@ def test_a_job_naming_a_presenter_still_being_copied_waits_for_it(tmp_path: Path
     (folder / "anna.mp4.ready").touch()  # its copier says it is complete
     keeper.scan()
     assert service.step(clock()).job_id == "lesson"
+
+
+# ---------------------------------------------------------------------------------------------- a file overwritten
+
+
+def overwrite_in_place(path: Path, content: bytes) -> None:
+    """Write ``content`` into the very file at ``path`` (truncated, same inode), as a copy "replacing" it over SMB
+    does: not a new file renamed over it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def test_a_presenter_overwritten_in_place_fails_its_video_and_the_others_render(
+    tmp_path: Path, media: Media, faceless: Path
+) -> None:
+    """A presenter's file is hard-linked into the job at the claim; a library file overwritten in place (same inode)
+    changes that link too. Overwritten before its render (bob) or during it (anna), its video fails with
+    PRESENTER_CHANGED naming the library file; carla, untouched, renders; no output is made of a changed file."""
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    for name, video in (("anna", media.face_a), ("bob", media.face_b), ("carla", media.face_a)):
+        shutil.copyfile(video, folder / f"{name}.mp4")
+    candidate = inbox_job(
+        settings, "lesson", {"lesson.wav": media.speech, "job.toml": b'presenters = ["anna", "bob", "carla"]\n'}
+    )
+    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
+    assert claimed is not None
+    record = read_links(claimed.path)
+    assert record is not None and not any(p.copied for p in record.presenters)  # hard links: the same inodes
+    bob_before = (folder / "bob.mp4").stat()
+    overwrite_in_place(folder / "bob.mp4", faceless.read_bytes())  # after the claim, before its render
+    assert (folder / "bob.mp4").stat().st_ino == bob_before.st_ino
+
+    overwritten: list[str] = []
+
+    def heartbeat(text: str) -> None:  # anna's library file is overwritten while her video renders
+        if "anna.mp4 render" in text and not overwritten:
+            overwrite_in_place(folder / "anna.mp4", media.face_b.read_bytes())
+            overwritten.append(text)
+
+    sessions = Sessions(settings)
+    context = JobContext.from_settings(
+        settings, session_for=sessions.get, should_stop=lambda: False, heartbeat=heartbeat
+    )
+    result = process_job(claimed, settings.paths.outbox, context)
+    assert result.outcome is JobOutcome.FINISHED and overwritten
+    status = read_status(layout.status_file(settings.paths.outbox / "lesson"))
+    videos = {v.input: v for v in status.videos}
+    assert [(v.presenter, v.state) for v in status.videos] == [("anna", "failed"), ("bob", "failed"), ("carla", "done")]
+    for name in ("anna", "bob"):
+        error = videos[f"{name}.mp4"].error
+        assert error is not None and error.code == "PRESENTER_CHANGED", error
+        assert error.message.startswith(f"presenters/{name}.mp4: the presenter '{name}' was overwritten"), error
+        assert "renaming it over the old one" in error.hint and "heygemd retry" in error.hint, error
+        assert str(settings.paths.state_dir) not in error.message + error.hint
+    assert videos["bob.mp4"].progress == 0.0  # refused before its render began
+    outputs = sorted(os.listdir(settings.paths.outbox / "lesson"))
+    assert outputs == sorted(["carla.mp4", "carla.jpg", "status.json", "job.log"]), outputs  # nothing of anna or bob
+    # nothing is lost: the library holds the new files, the archive the job's (the same inodes), for a retry
+    assert (folder / "bob.mp4").read_bytes() == faceless.read_bytes()
+    assert (folder / "anna.mp4").read_bytes() == media.face_b.read_bytes()
+    archived = next((settings.paths.state_dir / "archive").glob("*/lesson")) / "input"
+    assert sorted(os.listdir(archived)) == ["anna.mp4", "bob.mp4", "carla.mp4", "job.toml", "lesson.wav"]
+
+
+def test_a_presenter_copied_into_the_job_is_its_own_and_renders_whatever_the_library_does(
+    tmp_path: Path, media: Media, faceless: Path
+) -> None:
+    """Where the library is on another file system the presenter is copied: an overwrite in the library changes
+    nothing in the job, and the copy (written at the claim, with its own times) is not taken for a changed file."""
+    settings = make_settings(tmp_path)
+    shm = Path("/dev/shm") / f"heygemd-test-{os.getpid()}"
+    shm.mkdir()
+    try:
+        shutil.copyfile(media.face_a, shm / "anna.mp4")
+        os.utime(shm / "anna.mp4", ns=(1, 1))  # a copy keeping an old time, as NAS clients do
+        candidate = inbox_job(settings, "lesson", {"lesson.wav": media.speech, "job.toml": b'presenters = ["anna"]\n'})
+        claimed = claim(candidate, settings.paths.state_dir, presenters=Linker(shm))
+        assert claimed is not None
+        record = read_links(claimed.path)
+        assert record is not None and record.presenters[0].copied
+        overwrite_in_place(shm / "anna.mp4", faceless.read_bytes())
+        sessions = Sessions(settings)
+        context = JobContext.from_settings(
+            settings, session_for=sessions.get, should_stop=lambda: False, heartbeat=lambda _text: None
+        )
+        assert process_job(claimed, settings.paths.outbox, context).outcome is JobOutcome.FINISHED
+        status = read_status(layout.status_file(settings.paths.outbox / "lesson"))
+        assert [(v.presenter, v.state, v.error) for v in status.videos] == [("anna", "done", None)]
+    finally:
+        shutil.rmtree(shm)
+
+
+def test_a_linked_file_matches_its_record_until_its_size_or_time_changes(tmp_path: Path) -> None:
+    """The record is compared by size and by time to within a second (another host's mount of the NAS may keep
+    less than nanoseconds); a copy always matches."""
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    (folder / "anna.mp4").write_bytes(b"anna " * 100)
+    os.utime(folder / "anna.mp4", ns=(10**18, 10**18))
+    candidate = inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", "job.toml": b'presenters = ["anna"]\n'})
+    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
+    assert claimed is not None
+    record = read_links(claimed.path)
+    assert record is not None
+    anna = record.presenters[0]
+    assert anna.identity is not None and (anna.identity.size, anna.identity.mtime_ns) == (500, 10**18)
+    linked = claimed.folder / "anna.mp4"
+
+    os.utime(folder / "anna.mp4", ns=(10**18, 10**18 + 999_999_900))  # as a mount keeping 100 ns would show it
+    assert anna.matches(linked.stat())
+    overwrite_in_place(folder / "anna.mp4", b"ANNA " * 100)  # the same size, written now
+    assert not anna.matches(linked.stat())
+    with InputFile.open(linked) as video, pytest.raises(PresenterChanged) as raised:
+        anna.check(video)
+    assert str(raised.value.path) == "presenters/anna.mp4"
+    assert "500 bytes modified 2001-09-09 01:46:40 UTC then, 500 bytes modified" in raised.value.message
+    assert anna.model_copy(update={"copied": True}).matches(linked.stat())

@@ -207,6 +207,47 @@ def test_presenters_deleted_or_replaced_while_their_job_renders_are_rendered_as_
     assert os.listdir(library) == []  # its file and its ready marker
 
 
+def test_a_presenter_overwritten_in_place_while_its_job_renders_fails_its_video_and_a_retry_takes_the_new_file(
+    daemon_factory: Callable[..., Daemon], media: Media
+) -> None:
+    """A NAS user "replaces" bob.mp4 by writing into it (the same file, as a copy over SMB does) while the job
+    renders anna: bob's video fails PRESENTER_CHANGED instead of rendering the new (or half-written) file; the job's
+    other video renders; `heygemd retry` renders bob as the library holds it now."""
+    daemon = daemon_factory(settle_seconds=1.0)
+    library = daemon.root / "models" / "presenters"
+    library.mkdir()
+    for name, video in (("anna", media.face_a), ("bob", media.face_b)):
+        shutil.copyfile(video, library / f"{name}.mp4")
+        (library / f"{name}.mp4.ready").touch()
+    daemon.start().wait_ready()
+    daemon.wait_for(settled(daemon, {"anna", "bob"}), 120, "the library prepared")
+
+    daemon.submit("lesson", {"lesson.wav": media.long_speech, "job.toml": b'presenters = ["anna", "bob"]\n'})
+    daemon.wait_for(
+        lambda: (s := daemon.status("lesson")) and s["videos"][0]["state"] == "processing",
+        120,
+        "anna's video rendering",
+    )
+    with open(library / "bob.mp4", "r+b") as bob:  # truncated and written again: the same inode
+        bob.truncate(0)
+        bob.write(media.face_large.read_bytes())
+    status = daemon.wait_finished("lesson", timeout=180)
+    assert status["state"] == "partial", status
+    anna, bob_video = status["videos"]
+    assert (anna["presenter"], anna["state"]) == ("anna", "done"), anna
+    assert (bob_video["presenter"], bob_video["state"]) == ("bob", "failed"), bob_video
+    assert bob_video["error"]["code"] == "PRESENTER_CHANGED", bob_video
+    assert bob_video["error"]["message"].startswith("presenters/bob.mp4: the presenter 'bob' was overwritten")
+    assert sorted(os.listdir(daemon.outbox / "lesson")) == sorted(["anna.mp4", "anna.jpg", "status.json", "job.log"])
+
+    retried = daemon.command("retry", "lesson")
+    assert retried.returncode == 0 and "lesson-retry" in retried.stdout, retried.stderr
+    again = daemon.wait_finished("lesson-retry", timeout=240)
+    assert [(v["presenter"], v["state"]) for v in again["videos"]] == [("bob", "done")], again
+    out = probe_video(daemon.outbox / "lesson-retry" / again["videos"][0]["output"])
+    assert (out.width, out.height) == (960, 540)  # the library's file now, not the archive's link
+
+
 def test_musetalk_reuses_the_presenters_preparation(musetalk_folder: Path, media: Media, tmp_path: Path) -> None:
     daemon = Daemon(tmp_path / "d", batch_size=8, settle_seconds=1.0)
     (daemon.root / "models").rmdir()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from heygemd import layout
 from heygemd.daemon.claims import ClaimRecord
+from heygemd.daemon.library import FileIdentity
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
@@ -187,6 +188,40 @@ def test_a_retry_names_again_the_presenters_that_never_reached_the_job(make_clie
     job = settings.paths.inbox / "lesson-retry"
     assert sorted(os.listdir(job)) == [".ready", "bob.mp4", "job.toml", "lesson.wav", "own.mp4"]
     assert (job / "job.toml").read_text() == 'crf = 20\npresenters = ["zoe"]\n'
+
+
+def test_a_retry_names_again_a_presenter_whose_archived_file_is_not_the_one_linked(make_client) -> None:
+    """A library file overwritten in place changed the job's hard link to it (its video failed PRESENTER_CHANGED, or
+    was cancelled): the retry takes the presenter from the library again, not the archive's changed file."""
+    client, settings = make_client()
+    changed = ErrorStatus(code="PRESENTER_CHANGED", message="presenters/anna.mp4: the presenter 'anna' was overwritten")
+    videos = [
+        VideoStatus(input="anna.mp4", state="failed", presenter="anna", error=changed),
+        VideoStatus(input="bob.mp4", state="cancelled", presenter="bob"),  # its archived file is as it was linked
+        VideoStatus(input="carla.mp4", state="cancelled", presenter="carla"),  # copied into the job: its own
+    ]
+    status = finished_job(settings.paths.outbox, "lesson", state="partial", videos=videos)
+    files = {"lesson.wav": WAV, "anna.mp4": b"new anna", "bob.mp4": b"b", "carla.mp4": b"c"}
+    folder = archive(
+        settings.paths.state_dir, status, {**files, "job.toml": b'presenters = ["anna", "bob", "carla"]\n'}
+    )
+    inputs = folder / INPUT_DIR
+
+    def linked(name: str, size: int, **fields: object) -> LinkedPresenter:
+        mtime = (inputs / f"{name}.mp4").stat().st_mtime_ns
+        identity = FileIdentity(file=f"{name}.mp4", size=size, mtime_ns=mtime)
+        return LinkedPresenter(
+            name=name, file=f"{name}.mp4", library_file=f"presenters/{name}.mp4", identity=identity, **fields
+        )
+
+    links = [linked("anna", 4), linked("bob", 1), linked("carla", 99, copied=True)]
+    layout.links_file(folder).write_text(PresenterLinks(presenters=links).model_dump_json())
+
+    response = client.post("/api/jobs/lesson/retry")
+    assert response.status_code == 201, response.text
+    job = settings.paths.inbox / "lesson-retry"
+    assert sorted(os.listdir(job)) == [".ready", "bob.mp4", "carla.mp4", "job.toml", "lesson.wav"]
+    assert (job / "job.toml").read_text() == 'presenters = ["anna"]\n'
 
 
 def test_the_pages_show_the_library_and_offer_it_in_the_new_job_form(make_client) -> None:
