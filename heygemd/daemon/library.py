@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from heygemd import layout
-from heygemd.daemon.jobs import job_toml, natural_key
+from heygemd.daemon.jobs import job_toml, natural_key, parse_toml
 from heygemd.daemon.status import ErrorStatus, utc_now
 from heygemd.engine_names import EngineName
 from heygemd.errors import (
@@ -303,7 +303,7 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
     path = Path(folder) / found.options_file
     where = shown(folder, found.options_file)
     try:
-        data = tomllib.loads(read_regular(path, max_bytes=MAX_OPTIONS_BYTES).decode("utf-8-sig"))
+        data = parse_toml(read_regular(path, max_bytes=MAX_OPTIONS_BYTES).decode("utf-8-sig"))
     except HeygemdError as exc:
         raise BadPresenterOptions(exc.message.replace(str(path), str(where))) from None
     except UnicodeDecodeError as exc:
