@@ -254,7 +254,7 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
             name = presenter_name(entry.name)
             if name is not None:
                 media[name.casefold()].append((entry.name, info))
-        elif path.suffix.casefold() == OPTIONS_SUFFIX and stat.S_ISREG(info.st_mode):
+        elif path.suffix.casefold() == OPTIONS_SUFFIX:  # a link or a FIFO too: its presenter fails, naming it
             options[path.stem.casefold()] = (entry.name, info)
         elif ready_marker and entry.name.endswith(ready_marker) and len(entry.name) > len(ready_marker):
             markers[entry.name[: -len(ready_marker)]] = info.st_mtime_ns

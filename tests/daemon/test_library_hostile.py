@@ -5,6 +5,7 @@ that presenter (or nothing), never as a crash of the daemon, a read outside the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from heygemd.daemon.library import read_library_status, view
@@ -44,3 +45,23 @@ def test_a_presenter_toml_nested_too_deeply_fails_that_presenter_only(tmp_path: 
     assert entries["bob"].state == "preparing"
     shown = {p.name: p for p in view(settings)}  # what the pages, the API and `heygemd presenters` show
     assert shown["anna"].state == "failed" and shown["bob"].state == "preparing"
+
+
+def test_a_presenter_toml_that_is_a_link_or_a_fifo_fails_its_presenter_unread(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('display_name = "read through a link"\n')
+    (folder / "anna.mp4").write_bytes(b"x")
+    (folder / "anna.toml").symlink_to(elsewhere)
+    (folder / "bob.mp4").write_bytes(b"x")
+    os.mkfifo(folder / "bob.toml")
+
+    LibraryKeeper(settings, None).scan()
+
+    entries = {p.name: p for p in read_library_status(settings.paths.state_dir).presenters}
+    for name, what in (("anna", "is a symbolic link to"), ("bob", "is a named pipe (FIFO), not a regular file")):
+        entry = entries[name]
+        assert entry.state == "failed" and entry.error is not None and entry.error.code == "BAD_PRESENTER_TOML"
+        assert entry.error.message.startswith(f"presenters/{name}.toml: {what}")
+        assert entry.display_name is None  # never read
