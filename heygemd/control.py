@@ -519,7 +519,7 @@ class Control:
         """One presenter (its name, or its name in another case); NoSuchPresenter when there is none."""
         shown = self.presenters()
         found = next((p for p in shown if p.name == name), None) or next(
-            (p for p in shown if p.name.casefold() == name.casefold()), None
+            (p for p in shown if library.name_key(p.name) == library.name_key(name)), None
         )
         if found is None:
             raise NoSuchPresenter(f"no presenter {name!r} in the library")
@@ -577,7 +577,7 @@ class Control:
         naming = []
         for job_id, folder in folders:
             wanted = named_presenters(folder, max_toml_bytes=max_bytes)
-            if wanted == "all" or (wanted and name.casefold() in {n.casefold() for n in wanted}):
+            if wanted == "all" or (wanted and library.name_key(name) in {library.name_key(n) for n in wanted}):
                 naming.append(job_id)
         return sorted(set(naming))
 

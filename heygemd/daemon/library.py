@@ -9,7 +9,8 @@
 Only regular files directly in the folder are presenters: a link is never followed (its presenter fails with
 UNSAFE_PATH), sub-folders, junk and files still being copied (``*.part``) are passed over, and a file is only ever
 read through :func:`heygemd.fsutil.open_regular`. Two files making one name (``anna.mp4`` and ``anna.mov``) fail that
-name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case.
+name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case (and, as a Mac writes them
+decomposed, Unicode normalisation: :func:`name_key`).
 
 Each presenter's state (``preparing``, ``ready`` or ``failed``, what was found, which engines it is ready for) lives
 in ``<state>/presenters.json`` (:class:`LibraryStatus`), written whole and atomically by the process that prepares
@@ -25,6 +26,7 @@ import os
 import shutil
 import stat
 import tomllib
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +192,12 @@ def safe_name(raw: str) -> str | None:
     return name if plain_name(name, is_dir=True) else None
 
 
+def name_key(name: str) -> str:
+    """What two presenter names that are the same to a person share: the name composed (NFC, as Windows and Linux
+    write it; a Mac writes ``ë`` as ``e`` and a combining mark) and case-folded."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
 def presenter_name(file_name: str) -> str | None:
     """The presenter a library file makes: its stem, made safe (:func:`safe_name`)."""
     return safe_name(Path(file_name).stem)
@@ -253,9 +261,9 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
         if is_presenter(path):
             name = presenter_name(entry.name)
             if name is not None:
-                media[name.casefold()].append((entry.name, info))
+                media[name_key(name)].append((entry.name, info))
         elif path.suffix.casefold() == OPTIONS_SUFFIX:  # a link or a FIFO too: its presenter fails, naming it
-            options[path.stem.casefold()] = (entry.name, info)
+            options[name_key(path.stem)] = (entry.name, info)
         elif ready_marker and entry.name.endswith(ready_marker) and len(entry.name) > len(ready_marker):
             markers[entry.name[: -len(ready_marker)]] = info.st_mtime_ns
     found: list[LibraryFile] = []
@@ -270,7 +278,7 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
                 f"the files {', '.join(f for f, _ in files)} all make the presenter {name!r}",
                 path=Path(folder.name),
             ).info()
-        toml = options.get(Path(file).stem.casefold())
+        toml = options.get(name_key(Path(file).stem))
         found.append(
             LibraryFile(
                 name=name,
@@ -322,9 +330,9 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
 
 
 def find(files: list[LibraryFile], name: str) -> LibraryFile | None:
-    """The presenter ``name`` (exactly, else ignoring case), or None."""
+    """The presenter ``name`` (exactly, else ignoring case and Unicode normalisation: :func:`name_key`), or None."""
     exact = [f for f in files if f.name == name]
-    loose = [f for f in files if f.name.casefold() == name.casefold()]
+    loose = [f for f in files if name_key(f.name) == name_key(name)]
     return exact[0] if exact else loose[0] if loose else None
 
 
@@ -353,7 +361,7 @@ def named(files: list[LibraryFile], wanted: list[str] | str) -> list[tuple[str, 
     seen: set[str] = set()
     for name in wanted:
         found = find(files, name)
-        key = found.name if found is not None else name.casefold()
+        key = found.name if found is not None else name_key(name)
         if key not in seen:
             seen.add(key)
             result.append((found.name if found is not None else name, found))

@@ -6,9 +6,10 @@ that presenter (or nothing), never as a crash of the daemon, a read outside the 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
-from heygemd.daemon.library import read_library_status, view
+from heygemd.daemon.library import load_presenter_options, named, read_library_status, scan_library, view
 from heygemd.daemon.preparation import LibraryKeeper
 from heygemd.settings import Settings
 
@@ -65,3 +66,27 @@ def test_a_presenter_toml_that_is_a_link_or_a_fifo_fails_its_presenter_unread(tm
         assert entry.state == "failed" and entry.error is not None and entry.error.code == "BAD_PRESENTER_TOML"
         assert entry.error.message.startswith(f"presenters/{name}.toml: {what}")
         assert entry.display_name is None  # never read
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def test_names_that_differ_only_in_unicode_normalisation_are_one_name(tmp_path: Path) -> None:
+    # a Mac writes names decomposed (NFD), Windows and Linux composed (NFC): the same name to a person
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    (folder / "Zoë.mp4").write_bytes(b"x")
+    (folder / nfd("Zoë.toml")).write_text('display_name = "Zoë B."\n')
+    (folder / "Renée.mp4").write_bytes(b"x")
+    (folder / nfd("renée.mov")).write_bytes(b"x")
+
+    files = scan_library(folder, ready_marker=".ready")
+    zoe = next(f for f in files if f.name == "Zoë")
+    assert zoe.options_file == nfd("Zoë.toml")
+    assert load_presenter_options(folder, zoe).display_name == "Zoë B."
+    assert [(n, f.file if f else None) for n, f in named(files, [nfd("Zoë"), nfd("zoë"), "ZOË"])] == [
+        ("Zoë", "Zoë.mp4")
+    ]
+    renee = [f for f in files if f.name.casefold() == "renée"]  # one name, two files: both fail, said why
+    assert len(renee) == 1 and renee[0].problem is not None and renee[0].problem.code == "PRESENTER_AMBIGUOUS"
