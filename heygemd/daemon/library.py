@@ -8,8 +8,9 @@
 
 Only regular files directly in the folder are presenters: a link is never followed (its presenter fails with
 UNSAFE_PATH), sub-folders, junk and files still being copied (``*.part``) are passed over, and a file is only ever
-read through :func:`heygemd.fsutil.open_regular`. Two files making one name (``anna.mp4`` and ``anna.mov``) fail that
-name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case (and, as a Mac writes them
+read through :func:`heygemd.fsutil.open_regular`, in the library folder opened itself (:func:`library_folder`: a
+library folder that is a link is not followed). Two files making one name (``anna.mp4`` and ``anna.mov``) fail
+that name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case (and, as a Mac writes them
 decomposed, Unicode normalisation: :func:`name_key`).
 
 Each presenter's state (``preparing``, ``ready`` or ``failed``, what was found, which engines it is ready for) lives
@@ -28,6 +29,7 @@ import stat
 import tomllib
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,7 +50,7 @@ from heygemd.errors import (
     PresenterExists,
     UnsafePath,
 )
-from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, read_regular
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, open_regular, own_dir, read_regular
 from heygemd.names import (
     NameKind,
     classify_name,
@@ -239,33 +241,80 @@ def _problem(folder: Path, file: str, mode: int) -> ErrorInfo | None:
     return None
 
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def library_folder(folder: Path) -> Iterator[int]:
+    """The library ``folder`` opened as a folder itself, never through a link (the folder on the share replaced by a
+    link to another: NotADirectoryError saying so); its files are opened in it (``dir_fd``), so a folder swapped for
+    a link after a scan is not read through either. FileNotFoundError passes through."""
+    try:
+        fd = os.open(folder, _FOLDER_FLAGS)
+    except NotADirectoryError:
+        if not os.path.islink(folder):
+            raise
+        message = f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library"
+        raise NotADirectoryError(errno.ENOTDIR, message, str(folder)) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _opened(folder: Path) -> Iterator[int]:
+    """:func:`library_folder` for opening a file in it: a library folder that is a link raises UnsafePath."""
+    try:
+        with library_folder(folder) as folder_fd:
+            yield folder_fd
+    except NotADirectoryError as exc:
+        raise UnsafePath(
+            exc.strerror or "is not a folder", path=Path(Path(folder).name), hint=LINKED_LIBRARY_HINT
+        ) from None
+
+
+def open_presenter_file(folder: Path, file: str) -> int:
+    """The library file ``file`` opened by :func:`heygemd.fsutil.open_regular` in :func:`library_folder`, errors
+    naming it as the user knows it (``presenters/anna.mp4``); a library folder that is a link: UnsafePath."""
+    with _opened(folder) as folder_fd:
+        return open_regular(shown(folder, file), dir_fd=folder_fd)
+
+
+LINKED_LIBRARY_HINT = (
+    "Make the library (paths.presenters) a folder itself, or set paths.presenters to the folder the link points to."
+)
+
+
 def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
     """The presenters of the library ``folder``, by name (natural order). A missing folder raises
-    FileNotFoundError (a share not mounted is not an empty library: the caller decides)."""
+    FileNotFoundError (a share not mounted is not an empty library: the caller decides), a link
+    NotADirectoryError (:func:`library_folder`)."""
     folder = Path(folder)
     media: dict[str, list[tuple[str, os.stat_result]]] = defaultdict(list)
     options: dict[str, tuple[str, os.stat_result]] = {}
     markers: dict[str, int] = {}
-    with os.scandir(folder) as it:
-        entries = list(it)
-    for entry in entries:
-        if not encodable_name(entry.name):
+    with library_folder(folder) as folder_fd, os.scandir(folder_fd) as it:
+        entries = []
+        for entry in it:
+            if not encodable_name(entry.name):
+                continue
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:  # gone since it was listed
+                continue
+    for file_name, info in entries:
+        if stat.S_ISDIR(info.st_mode) or classify_name(file_name) is not NameKind.NORMAL:
             continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:  # gone since it was listed
-            continue
-        if stat.S_ISDIR(info.st_mode) or classify_name(entry.name) is not NameKind.NORMAL:
-            continue
-        path = Path(entry.name)
+        path = Path(file_name)
         if is_presenter(path):
-            name = presenter_name(entry.name)
+            name = presenter_name(file_name)
             if name is not None:
-                media[name_key(name)].append((entry.name, info))
+                media[name_key(name)].append((file_name, info))
         elif path.suffix.casefold() == OPTIONS_SUFFIX:  # a link or a FIFO too: its presenter fails, naming it
-            options[name_key(path.stem)] = (entry.name, info)
-        elif ready_marker and entry.name.endswith(ready_marker) and len(entry.name) > len(ready_marker):
-            markers[entry.name[: -len(ready_marker)]] = info.st_mtime_ns
+            options[name_key(path.stem)] = (file_name, info)
+        elif ready_marker and file_name.endswith(ready_marker) and len(file_name) > len(ready_marker):
+            markers[file_name[: -len(ready_marker)]] = info.st_mtime_ns
     found: list[LibraryFile] = []
     for files in media.values():
         files.sort(key=lambda f: natural_key(f[0]))
@@ -308,12 +357,13 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
     and the problem; a link, a FIFO or a file over 64 KiB is refused unread, as a job.toml is."""
     if found.options_file is None:
         return PresenterOptions()
-    path = Path(folder) / found.options_file
     where = shown(folder, found.options_file)
     try:
-        data = parse_toml(read_regular(path, max_bytes=MAX_OPTIONS_BYTES).decode("utf-8-sig"))
+        with _opened(folder) as folder_fd:
+            raw = read_regular(where, max_bytes=MAX_OPTIONS_BYTES, dir_fd=folder_fd)
+        data = parse_toml(raw.decode("utf-8-sig"))
     except HeygemdError as exc:
-        raise BadPresenterOptions(exc.message.replace(str(path), str(where))) from None
+        raise BadPresenterOptions(exc.message, hint=exc.hint) from None
     except UnicodeDecodeError as exc:
         raise BadPresenterOptions(f"not UTF-8 text ({exc.reason})", path=where) from None
     except tomllib.TOMLDecodeError as exc:
@@ -394,6 +444,12 @@ def add_to_library(
     if taken is not None:
         raise PresenterExists(f"the library already has a presenter {taken.name!r} ({taken.file}); {name!r} is taken")
     folder.mkdir(parents=True, exist_ok=True)
+    if os.path.islink(folder):  # nothing is written through a link
+        raise UnsafePath(
+            f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library",
+            path=Path(folder.name),
+            hint=LINKED_LIBRARY_HINT,
+        )
     file = f"{name}{source.suffix.casefold()}"
     final = folder / file
     if text := job_toml(options):

@@ -37,6 +37,7 @@ from heygemd.daemon.library import (
     PresenterStatus,
     load_presenter_options,
     named,
+    open_presenter_file,
     read_library_status,
     scan_library,
     shown,
@@ -56,7 +57,7 @@ from heygemd.errors import (
     ToolMissing,
     report_failure,
 )
-from heygemd.fsutil import InputFile, open_regular, remove_temps
+from heygemd.fsutil import InputFile, remove_temps
 from heygemd.pipeline import presenter_cache
 from heygemd.pipeline.run import VideoProgress, prepare_presenter
 from heygemd.settings import Settings
@@ -148,7 +149,7 @@ class Preparer:
             progress(_STAGES.get(p.stage, "preparing"), p.fraction)
 
         # errors name the file as users know it (presenters/anna.mp4); it is read through this descriptor only
-        with InputFile(shown(folder, found.file), open_regular(folder / found.file)) as video:
+        with InputFile(shown(folder, found.file), open_presenter_file(folder, found.file)) as video:
             prep = prepare_presenter(
                 video,
                 engines,
@@ -234,10 +235,11 @@ class LibraryKeeper:
         change by time alone: 0 when a presenter waits to be prepared, else when the next copy may have settled."""
         try:
             self.files = scan_library(self.folder, ready_marker=self.settings.intake.ready_marker)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             self._make_folder()
             self.files = []
-        except OSError as exc:
+        except OSError as exc:  # a link (never followed), a file, a share that refuses: nothing is prepared
+            self.files = []
             self._say_once("library.unreadable", f"{exc.filename}: {exc.strerror}")
             return float("inf")
         self._say_once(None, "")

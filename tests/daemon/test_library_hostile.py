@@ -9,8 +9,19 @@ import os
 import unicodedata
 from pathlib import Path
 
-from heygemd.daemon.library import load_presenter_options, named, read_library_status, scan_library, view
+import pytest
+from structlog.testing import capture_logs
+
+from heygemd.control import Control
+from heygemd.daemon.library import (
+    load_presenter_options,
+    named,
+    read_library_status,
+    scan_library,
+    view,
+)
 from heygemd.daemon.preparation import LibraryKeeper
+from heygemd.errors import BadPresenterOptions, NoSuchPresenter, UnsafePath
 from heygemd.settings import Settings
 
 
@@ -90,3 +101,59 @@ def test_names_that_differ_only_in_unicode_normalisation_are_one_name(tmp_path: 
     ]
     renee = [f for f in files if f.name.casefold() == "renée"]  # one name, two files: both fail, said why
     assert len(renee) == 1 and renee[0].problem is not None and renee[0].problem.code == "PRESENTER_AMBIGUOUS"
+
+
+def a_library_replaced_by_a_link(tmp_path: Path, settings: Settings) -> Path:
+    """The library folder (on the share) replaced by a link to a folder outside it, holding a presenter."""
+    outside = tmp_path / "someone-elses"
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"not a presenter of this library")
+    (outside / "secret.toml").write_text('notes = "private"\n')
+    folder = settings.paths.presenters_dir
+    folder.rename(tmp_path / "old-library")
+    folder.symlink_to(outside)
+    return outside
+
+
+def test_a_library_folder_replaced_by_a_link_is_not_followed(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    (library(settings) / "anna.mp4").write_bytes(b"x")
+    keeper = LibraryKeeper(settings, None)
+    keeper.scan()
+    outside = a_library_replaced_by_a_link(tmp_path, settings)
+    before = sorted(p.name for p in outside.iterdir())
+
+    with capture_logs() as events:
+        for _ in range(3):
+            keeper.scan()
+    said = [e for e in events if e["log_level"] in ("warning", "error")]
+    assert [e["event"] for e in said] == ["library.unreadable"]  # once, not at every scan
+    assert "is a symbolic link to" in said[0]["error"] and str(outside) in said[0]["error"]
+    assert keeper.files == []
+    assert view(settings) == []  # the pages, the API, `heygemd presenters`
+    control = Control(settings)
+    with pytest.raises(NoSuchPresenter):
+        control.presenter("secret")
+    with pytest.raises(NoSuchPresenter):
+        control.remove_presenter("secret")
+    upload = tmp_path / "bob.mp4"
+    upload.write_bytes(b"x")
+    with pytest.raises(UnsafePath, match="presenters: is a symbolic link to"):
+        control.add_presenter(upload, name="bob")
+    assert sorted(p.name for p in outside.iterdir()) == before  # nothing written, nothing removed there
+
+
+def test_a_library_folder_swapped_for_a_link_after_the_scan_is_not_read_through(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    (folder / "secret.mp4").write_bytes(b"x")
+    (folder / "secret.toml").write_text("\n")
+    found = scan_library(folder, ready_marker=".ready")[0]
+    a_library_replaced_by_a_link(tmp_path, settings)  # between the scan and the preparation's reads
+
+    with pytest.raises(BadPresenterOptions, match="presenters: is a symbolic link to"):
+        load_presenter_options(folder, found)
+    from heygemd.daemon.library import open_presenter_file
+
+    with pytest.raises(UnsafePath, match="presenters: is a symbolic link to"):
+        open_presenter_file(folder, found.file)
