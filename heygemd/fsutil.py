@@ -222,6 +222,17 @@ def fd_path(fd: int) -> str:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@contextmanager
+def real_folder(path: Path) -> Iterator[int]:
+    """``path`` opened as a folder itself, never through a link (a link: NotADirectoryError), for opening files in
+    it (``dir_fd``): a folder swapped for a link once it is open is not read through."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def is_real_dir(path: Path) -> bool:
     """Whether ``path`` is a folder itself, not a link to one (False when it cannot be looked at)."""
     try:

@@ -50,7 +50,7 @@ from heygemd.errors import (
     PresenterExists,
     UnsafePath,
 )
-from heygemd.fsutil import atomic_write_bytes, fsync_dir, open_regular, own_dir, read_regular
+from heygemd.fsutil import atomic_write_bytes, fsync_dir, open_regular, own_dir, read_regular, real_folder
 from heygemd.names import (
     NameKind,
     classify_name,
@@ -241,25 +241,15 @@ def _problem(folder: Path, file: str, mode: int) -> ErrorInfo | None:
     return None
 
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@contextlib.contextmanager
-def library_folder(folder: Path) -> Iterator[int]:
-    """The library ``folder`` opened as a folder itself, never through a link (the folder on the share replaced by a
-    link to another: NotADirectoryError saying so); its files are opened in it (``dir_fd``), so a folder swapped for
-    a link after a scan is not read through either. FileNotFoundError passes through."""
-    try:
-        fd = os.open(folder, _FOLDER_FLAGS)
-    except NotADirectoryError:
-        if not os.path.islink(folder):
-            raise
+def library_folder(folder: Path) -> contextlib.AbstractContextManager[int]:
+    """The library ``folder`` opened as a folder itself (:func:`heygemd.fsutil.real_folder`), never through a link
+    (the folder on the share replaced by a link to another: NotADirectoryError saying so); its files are opened in
+    it (``dir_fd``), so a folder swapped for a link after a scan is not read through either. FileNotFoundError
+    passes through."""
+    if os.path.islink(folder):
         message = f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library"
-        raise NotADirectoryError(errno.ENOTDIR, message, str(folder)) from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+        raise NotADirectoryError(errno.ENOTDIR, message, str(folder))
+    return real_folder(folder)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
 
 from heygemd import layout
 from heygemd.daemon.claims import ClaimRecord
+from heygemd.daemon.library import LibraryStatus, PresenterStatus, scan_library, write_library_status
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
@@ -19,7 +24,7 @@ from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus, write_sta
 from heygemd.layout import CLAIM_FILE, INPUT_DIR
 from tests.daemon.daemon_process import Media
 from tests.web.test_api import WAV, assert_problem, upload
-from tests.web.webserver import TOKEN, finished_job
+from tests.web.webserver import ORIGIN, TOKEN, finished_job
 
 
 def add(client, path: Path | None = None, data: bytes = b"", filename: str = "anna.mp4", **fields):
@@ -221,3 +226,50 @@ def test_a_job_failed_as_a_whole_is_retried_with_its_presenters_named_again_not_
     job = settings.paths.inbox / "lesson-retry"
     assert sorted(os.listdir(job)) == [".ready", "job.toml", "lesson.wav", "own.mp4"]
     assert (job / "job.toml").read_text() == 'presenters = ["anna"]\n'
+
+
+def swapping_at_response_start(app: Any, swap: Callable[[], None]) -> Any:
+    """``app``, with ``swap`` run when a response starts: after the route looked at the file, before its body is
+    read (what someone on the share replacing the file at that moment does)."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def send_after_swap(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                swap()
+            await send(message)
+
+        await app(scope, receive, send_after_swap)
+
+    return wrapped
+
+
+def test_a_preview_or_poster_swapped_for_a_link_as_it_is_sent_serves_what_was_checked(
+    make_client, tmp_path: Path
+) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "anna.jpg").write_bytes(b"\xff\xd8 anna")
+    found = scan_library(library, ready_marker=".ready")[0]
+    posters = layout.posters_root(settings.paths.state_dir)
+    (posters / "anna.jpg").write_bytes(b"\xff\xd8 the poster")
+    ready = PresenterStatus(name="anna", file="anna.jpg", identity=found.identity, state="ready", poster="anna.jpg")
+    write_library_status(settings.paths.state_dir, LibraryStatus(presenters=[ready]))
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 someone else's")
+
+    for served, url, expected in (
+        (library / "anna.jpg", "/api/presenters/anna/preview", b"\xff\xd8 anna"),
+        (posters / "anna.jpg", "/api/presenters/anna/poster", b"\xff\xd8 the poster"),
+    ):
+
+        def swap(served: Path = served) -> None:
+            served.rename(served.with_name("kept.jpg"))
+            served.symlink_to(secret)
+
+        with TestClient(swapping_at_response_start(client.app, swap), base_url=ORIGIN) as swapping:
+            answer = swapping.get(url)
+        assert answer.status_code == 200 and answer.content == expected, url
+        assert answer.headers["content-type"] == "image/jpeg"
+        served.unlink()
+        served.with_name("kept.jpg").rename(served)
