@@ -29,7 +29,7 @@ import stat
 import tomllib
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -276,10 +276,13 @@ LINKED_LIBRARY_HINT = (
 )
 
 
-def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
+def scan_library(
+    folder: Path, *, ready_marker: str, on_bad_name: Callable[[str], object] = lambda _name: None
+) -> list[LibraryFile]:
     """The presenters of the library ``folder``, by name (natural order). A missing folder raises
     FileNotFoundError (a share not mounted is not an empty library: the caller decides), a link
-    NotADirectoryError (:func:`library_folder`)."""
+    NotADirectoryError (:func:`library_folder`). A video or photo whose name makes no presenter (not UTF-8, or
+    nothing left once made safe) is passed to ``on_bad_name``."""
     folder = Path(folder)
     media: dict[str, list[tuple[str, os.stat_result]]] = defaultdict(list)
     options: dict[str, tuple[str, os.stat_result]] = {}
@@ -288,6 +291,8 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
         entries = []
         for entry in it:
             if not encodable_name(entry.name):
+                if is_presenter(Path(entry.name)):
+                    on_bad_name(entry.name)
                 continue
             try:
                 entries.append((entry.name, entry.stat(follow_symlinks=False)))
@@ -299,7 +304,9 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
         path = Path(file_name)
         if is_presenter(path):
             name = presenter_name(file_name)
-            if name is not None:
+            if name is None:
+                on_bad_name(file_name)
+            else:
                 media[name_key(name)].append((file_name, info))
         elif path.suffix.casefold() == OPTIONS_SUFFIX:  # a link or a FIFO too: its presenter fails, naming it
             options[name_key(path.stem)] = (file_name, info)

@@ -58,6 +58,7 @@ from heygemd.errors import (
     report_failure,
 )
 from heygemd.fsutil import InputFile, remove_temps
+from heygemd.names import printable
 from heygemd.pipeline import presenter_cache
 from heygemd.pipeline.run import VideoProgress, prepare_presenter
 from heygemd.settings import Settings
@@ -227,14 +228,19 @@ class LibraryKeeper:
         self._pins: frozenset[str] | None = None
         self._problem: str | None = None
         self._made_folder = False
+        self._bad_names: set[str] = set()
+        """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
 
     # -- looking at the folder
 
     def scan(self, _now: float | None = None) -> float:
         """Look at the library folder and bring presenters.json up to date. Returns the seconds until something may
         change by time alone: 0 when a presenter waits to be prepared, else when the next copy may have settled."""
+        bad_names: list[str] = []
         try:
-            self.files = scan_library(self.folder, ready_marker=self.settings.intake.ready_marker)
+            self.files = scan_library(
+                self.folder, ready_marker=self.settings.intake.ready_marker, on_bad_name=bad_names.append
+            )
         except FileNotFoundError:
             self._make_folder()
             self.files = []
@@ -243,6 +249,14 @@ class LibraryKeeper:
             self._say_once("library.unreadable", f"{exc.filename}: {exc.strerror}")
             return float("inf")
         self._say_once(None, "")
+        for name in sorted(set(bad_names) - self._bad_names):
+            log.warning(
+                "library.bad_name",
+                file=printable(name),
+                hint="Nothing usable is left of this name (not UTF-8, or only control characters or dots): rename "
+                "the file to make it a presenter.",
+            )
+        self._bad_names = set(bad_names)
         self._judge_files()
         self._forget_lost_tasks()
         try:

@@ -157,3 +157,27 @@ def test_a_library_folder_swapped_for_a_link_after_the_scan_is_not_read_through(
 
     with pytest.raises(UnsafePath, match="presenters: is a symbolic link to"):
         open_presenter_file(folder, found.file)
+
+
+def test_a_library_file_whose_name_makes_no_presenter_is_logged_once_with_what_to_do(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    os.close(os.open(os.fsencode(folder) + b"/caf\xe9.mp4", os.O_CREAT | os.O_WRONLY))  # Latin-1, not UTF-8
+    (folder / "\x1b.mp4").write_bytes(b"x")  # nothing is left of the name once made safe
+    (folder / "anna.mp4").write_bytes(b"x")
+    keeper = LibraryKeeper(settings, None)
+
+    with capture_logs() as events:
+        for _ in range(3):  # the daemon's rounds
+            keeper.scan()
+    bad = [e for e in events if e["event"] == "library.bad_name"]
+    assert sorted(e["file"] for e in bad) == ["\\x1b.mp4", "caf\\xe9.mp4"]  # each once, escaped for the log
+    assert all(e["file"].isprintable() and "rename" in e["hint"].lower() for e in bad)
+    assert [p.name for p in read_library_status(settings.paths.state_dir).presenters] == ["anna"]
+
+    (folder / "\x1b.mp4").unlink()
+    with capture_logs() as events:
+        keeper.scan()
+        (folder / "\x1b.mp4").write_bytes(b"x")  # back again: said again
+        keeper.scan()
+    assert [e["file"] for e in events if e["event"] == "library.bad_name"] == ["\\x1b.mp4"]
