@@ -11,6 +11,7 @@ writing and renaming leaves a name that :func:`remove_temps` recognises and remo
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -220,6 +221,18 @@ def fd_path(fd: int) -> str:
 # ---------------------------------------------------------------------------------------------- heygemd's own folders
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (made if missing, never through a link) for the block: one holder at a time,
+    across processes (``flock``); released when the block ends, or the holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager

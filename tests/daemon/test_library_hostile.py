@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from structlog.testing import capture_logs
 
 from heygemd.control import Control
 from heygemd.daemon.library import (
+    PresenterOptions,
     load_presenter_options,
     named,
     read_library_status,
@@ -21,7 +23,7 @@ from heygemd.daemon.library import (
     view,
 )
 from heygemd.daemon.preparation import LibraryKeeper
-from heygemd.errors import BadPresenterOptions, NoSuchPresenter, UnsafePath
+from heygemd.errors import BadPresenterOptions, NoSuchPresenter, PresenterExists, UnsafePath
 from heygemd.settings import Settings
 
 
@@ -181,3 +183,42 @@ def test_a_library_file_whose_name_makes_no_presenter_is_logged_once_with_what_t
         (folder / "\x1b.mp4").write_bytes(b"x")  # back again: said again
         keeper.scan()
     assert [e["file"] for e in events if e["event"] == "library.bad_name"] == ["\\x1b.mp4"]
+
+
+def test_adds_and_removes_of_one_name_at_once_leave_one_presenter_with_its_own_options(tmp_path: Path) -> None:
+    # two web users (or the CLI and the web) add "anna" at the same moment, a third removes it
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    control = Control(settings)
+    sources = {}
+    for suffix in (".mp4", ".mov"):
+        sources[suffix] = tmp_path / f"upload{suffix}"
+        sources[suffix].write_bytes(os.urandom(1 << 20))  # a copy long enough to overlap
+
+    def add(suffix: str) -> str:
+        try:
+            control.add_presenter(sources[suffix], name="anna", options=PresenterOptions(display_name=suffix))
+        except PresenterExists:
+            return "exists"
+        return "added"
+
+    def remove() -> str:
+        try:
+            control.remove_presenter("anna")
+        except NoSuchPresenter:
+            return "none"
+        return "removed"
+
+    for _ in range(12):
+        with ThreadPoolExecutor(3) as pool:
+            results = [f.result() for f in [pool.submit(add, ".mp4"), pool.submit(add, ".mov"), pool.submit(remove)]]
+        media = sorted(n for n in os.listdir(folder) if n in ("anna.mp4", "anna.mov"))
+        assert len(media) <= 1, (results, media)  # never two files for one name
+        if media:
+            assert results[:2].count("added") >= 1
+            options = load_presenter_options(folder, scan_library(folder, ready_marker=".ready")[0])
+            assert media == [f"anna{options.display_name}"]  # the toml is the one added with this file
+        else:
+            assert "anna.toml" not in os.listdir(folder)  # nothing of a removed presenter is left
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
