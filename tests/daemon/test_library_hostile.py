@@ -6,6 +6,7 @@ that presenter (or nothing), never as a crash of the daemon, a read outside the 
 from __future__ import annotations
 
 import os
+import shutil
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from heygemd import layout
 from heygemd.control import Control
 from heygemd.daemon.library import (
     PresenterOptions,
@@ -22,17 +24,21 @@ from heygemd.daemon.library import (
     scan_library,
     view,
 )
-from heygemd.daemon.preparation import LibraryKeeper
+from heygemd.daemon.lifecycle import Sessions
+from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.errors import BadPresenterOptions, NoSuchPresenter, PresenterExists, UnsafePath
 from heygemd.settings import Settings
+from tests.daemon.daemon_process import Media
+from tests.pipeline.media import png_bomb
 
 
-def make_settings(tmp_path: Path) -> Settings:
+def make_settings(tmp_path: Path, **sections: object) -> Settings:
     return Settings.model_validate(
         {
             "paths": {"inbox": tmp_path / "inbox", "outbox": tmp_path / "outbox", "models": tmp_path / "models"},
             "intake": {"settle_seconds": 0.0},
             "engine": {"name": "mouthwarp", "device": "cpu"},
+            **sections,
         }
     )
 
@@ -222,3 +228,23 @@ def test_adds_and_removes_of_one_name_at_once_leave_one_presenter_with_its_own_o
             assert "anna.toml" not in os.listdir(folder)  # nothing of a removed presenter is left
         for name in os.listdir(folder):
             os.unlink(folder / name)
+
+
+def test_the_presenter_limits_hold_for_the_preparation(tmp_path: Path, media: Media) -> None:
+    # a picture bomb copied into the library, and a video larger than video.max_presenter_pixels
+    settings = make_settings(tmp_path, video={"max_presenter_pixels": 320 * 180 - 1})
+    folder = library(settings)
+    png_bomb(folder / "bomb.png", 16000, 16000)  # 0.7 MB declaring 256 megapixels
+    shutil.copyfile(media.face_a, folder / "anna.mp4")  # 320x180: one pixel over the limit
+    keeper = LibraryKeeper(settings, Preparer(settings, Sessions(settings)))
+    keeper.scan()
+    assert keeper.prepare_next() and keeper.prepare_next()
+
+    entries = {p.name: p for p in read_library_status(settings.paths.state_dir).presenters}
+    for name, file, size in (("bomb", "bomb.png", "about 16000x16000"), ("anna", "anna.mp4", "320x180, 57,600")):
+        error = entries[name].error
+        assert entries[name].state == "failed" and error is not None and error.code == "PICTURE_TOO_LARGE"
+        assert error.message.startswith(f"presenters/{file}: the picture is {size}")
+        assert error.message.endswith("presenters of at most 57,599 pixels are taken")
+        assert "video.max_presenter_pixels" in error.hint
+    assert list(layout.posters_root(settings.paths.state_dir).iterdir()) == []
