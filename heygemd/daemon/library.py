@@ -50,7 +50,15 @@ from heygemd.errors import (
     PresenterExists,
     UnsafePath,
 )
-from heygemd.fsutil import atomic_write_bytes, fsync_dir, open_regular, own_dir, read_regular, real_folder
+from heygemd.fsutil import (
+    atomic_write_bytes,
+    fsync_dir,
+    is_real_dir,
+    open_regular,
+    own_dir,
+    read_regular,
+    real_folder,
+)
 from heygemd.names import (
     NameKind,
     classify_name,
@@ -449,8 +457,14 @@ def add_to_library(
         )
     file = f"{name}{source.suffix.casefold()}"
     final = folder / file
+    toml = folder / f"{name}{OPTIONS_SUFFIX}"
+    if os.path.lexists(final) or is_real_dir(toml):  # a folder named so is passed over by the scan, but in the way
+        in_the_way = final.name if os.path.lexists(final) else toml.name
+        raise PresenterExists(f"the library already has a file or folder {in_the_way!r}")
     if text := job_toml(options):
-        atomic_write_bytes(folder / f"{name}{OPTIONS_SUFFIX}", text.encode("utf-8"))
+        atomic_write_bytes(toml, text.encode("utf-8"))
+    else:  # one left over from a presenter removed by hand holds not this presenter's options
+        toml.unlink(missing_ok=True)
     temp = temp_path(final)  # hidden: the daemon never takes it for a presenter
     try:
         try:

@@ -273,3 +273,17 @@ def test_a_preview_or_poster_swapped_for_a_link_as_it_is_sent_serves_what_was_ch
         assert answer.headers["content-type"] == "image/jpeg"
         served.unlink()
         served.with_name("kept.jpg").rename(served)
+
+
+def test_an_add_writes_no_options_for_a_name_it_refuses_and_keeps_none_left_over(make_client) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "zed.mp4").mkdir()  # a folder named like a presenter: passed over by the scan, and in the way
+    assert_problem(add(client, data=b"v", name="zed", face="left"), 409, "PRESENTER_EXISTS")
+    assert sorted(os.listdir(library)) == ["zed.mp4"]  # no zed.toml for a presenter that was not added
+
+    (library / "anna.toml").write_text('face = "left"\nnotes = "a presenter removed long ago"\n')  # left over
+    assert add(client, data=b"v", name="anna").status_code == 201
+    anna = client.get("/api/presenters/anna").json()
+    assert anna["options"]["face"] is None and anna["notes"] is None  # the options asked for: none
