@@ -71,6 +71,9 @@ from heygemd.names import (
 from heygemd.settings import FaceChoice, LoopMode, Settings
 
 OPTIONS_SUFFIX = ".toml"
+MAX_PRESENTERS = 2000
+"""The most presenters a library has (the first, in name order): a folder flooded with files (a one-byte file is
+a presenter until it is prepared) costs the daemon a bounded time at each round, and presenters.json stays small."""
 MAX_OPTIONS_BYTES = 64 * 1024
 MAX_STATUS_BYTES = 64 << 20
 """presenters.json is a few kB per presenter; a larger file is not heygemd's and is not read."""
@@ -164,6 +167,10 @@ class LibraryStatus(BaseModel):
 
     def entry(self, name: str) -> PresenterStatus | None:
         return next((p for p in self.presenters if p.name == name), None)
+
+    def by_name(self) -> dict[str, PresenterStatus]:
+        """Every entry by its name: for looking up many (:meth:`entry` looks through the list)."""
+        return {p.name: p for p in self.presenters}
 
 
 # ---------------------------------------------------------------------------------------------- the folder
@@ -285,12 +292,17 @@ LINKED_LIBRARY_HINT = (
 
 
 def scan_library(
-    folder: Path, *, ready_marker: str, on_bad_name: Callable[[str], object] = lambda _name: None
+    folder: Path,
+    *,
+    ready_marker: str,
+    on_bad_name: Callable[[str], object] = lambda _name: None,
+    on_too_many: Callable[[int], object] = lambda _count: None,
 ) -> list[LibraryFile]:
-    """The presenters of the library ``folder``, by name (natural order). A missing folder raises
-    FileNotFoundError (a share not mounted is not an empty library: the caller decides), a link
-    NotADirectoryError (:func:`library_folder`). A video or photo whose name makes no presenter (not UTF-8, or
-    nothing left once made safe) is passed to ``on_bad_name``."""
+    """The presenters of the library ``folder``, by name (natural order), at most MAX_PRESENTERS of them (how many
+    more there are is passed to ``on_too_many``). A missing folder raises FileNotFoundError (a share not mounted
+    is not an empty library: the caller decides), a link NotADirectoryError (:func:`library_folder`). A video or
+    photo whose name makes no presenter (not UTF-8, or nothing left once made safe) is passed to
+    ``on_bad_name``."""
     folder = Path(folder)
     media: dict[str, list[tuple[str, os.stat_result]]] = defaultdict(list)
     options: dict[str, tuple[str, os.stat_result]] = {}
@@ -320,13 +332,17 @@ def scan_library(
             options[name_key(path.stem)] = (file_name, info)
         elif ready_marker and file_name.endswith(ready_marker) and len(file_name) > len(ready_marker):
             markers[file_name[: -len(ready_marker)]] = info.st_mtime_ns
-    found: list[LibraryFile] = []
     for files in media.values():
         files.sort(key=lambda f: natural_key(f[0]))
+    named_files = sorted(
+        ((presenter_name(files[0][0]) or "", files) for files in media.values()), key=lambda n: natural_key(n[0])
+    )
+    if len(named_files) > MAX_PRESENTERS:
+        on_too_many(len(named_files) - MAX_PRESENTERS)
+    found: list[LibraryFile] = []
+    for name, files in named_files[:MAX_PRESENTERS]:
         file, info = files[0]
-        name = presenter_name(file)
-        assert name is not None
-        problem = _problem(folder, file, info.st_mode)
+        problem = None if stat.S_ISREG(info.st_mode) else _problem(folder, file, info.st_mode)
         if len(files) > 1:
             problem = AmbiguousPresenter(
                 f"the files {', '.join(f for f, _ in files)} all make the presenter {name!r}",
@@ -346,7 +362,7 @@ def scan_library(
                 problem=problem,
             )
         )
-    return sorted(found, key=lambda f: natural_key(f.name))
+    return found
 
 
 def library_files(settings: Settings) -> list[LibraryFile]:
@@ -539,10 +555,10 @@ def view(settings: Settings) -> list[PresenterStatus]:
     is now, else as not looked at yet (a file the daemon has not seen, or seen before it changed). A presenter whose
     file is gone is left out, whatever presenters.json says."""
     folder = settings.paths.presenters_dir
-    known = read_library_status(settings.paths.state_dir)
+    known = read_library_status(settings.paths.state_dir).by_name()
     shown_now: list[PresenterStatus] = []
     for found in library_files(settings):
-        entry = known.entry(found.name)
+        entry = known.get(found.name)
         if entry is not None and entry.identity == found.identity:
             shown_now.append(entry)
         else:

@@ -31,6 +31,7 @@ import structlog
 from heygemd import layout
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.library import (
+    MAX_PRESENTERS,
     LibraryFile,
     LibraryStatus,
     PresenterStage,
@@ -229,6 +230,7 @@ class LibraryKeeper:
         self._problem: str | None = None
         self._made_folder = False
         self._bad_names: set[str] = set()
+        self._too_many = False
         """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
 
     # -- looking at the folder
@@ -237,9 +239,13 @@ class LibraryKeeper:
         """Look at the library folder and bring presenters.json up to date. Returns the seconds until something may
         change by time alone: 0 when a presenter waits to be prepared, else when the next copy may have settled."""
         bad_names: list[str] = []
+        too_many: list[int] = []
         try:
             self.files = scan_library(
-                self.folder, ready_marker=self.settings.intake.ready_marker, on_bad_name=bad_names.append
+                self.folder,
+                ready_marker=self.settings.intake.ready_marker,
+                on_bad_name=bad_names.append,
+                on_too_many=too_many.append,
             )
         except FileNotFoundError:
             self._make_folder()
@@ -257,6 +263,15 @@ class LibraryKeeper:
                 "the file to make it a presenter.",
             )
         self._bad_names = set(bad_names)
+        if too_many and not self._too_many:
+            log.warning(
+                "library.too_many",
+                folder=str(self.folder),
+                passed_over=too_many[0],
+                hint=f"A library has at most {MAX_PRESENTERS:,} presenters (the first by name); the other files are "
+                "passed over: remove what is not a presenter.",
+            )
+        self._too_many = bool(too_many)
         self._judge_files()
         self._forget_lost_tasks()
         try:
@@ -336,7 +351,8 @@ class LibraryKeeper:
                 self.readiness[found.file] = Readiness(ReadyReason.SETTLING)
 
     def _reconciled(self, known: LibraryStatus) -> LibraryStatus:
-        return known.model_copy(update={"presenters": [self._entry(f, known.entry(f.name)) for f in self.files]})
+        entries = known.by_name()
+        return known.model_copy(update={"presenters": [self._entry(f, entries.get(f.name)) for f in self.files]})
 
     def _entry(self, found: LibraryFile, entry: PresenterStatus | None) -> PresenterStatus:
         """What presenters.json says of ``found`` now."""

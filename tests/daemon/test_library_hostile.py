@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from heygemd import layout
 from heygemd.control import Control
 from heygemd.daemon.library import (
+    MAX_PRESENTERS,
     PresenterOptions,
     load_presenter_options,
     named,
@@ -248,3 +249,22 @@ def test_the_presenter_limits_hold_for_the_preparation(tmp_path: Path, media: Me
         assert error.message.endswith("presenters of at most 57,599 pixels are taken")
         assert "video.max_presenter_pixels" in error.hint
     assert list(layout.posters_root(settings.paths.state_dir).iterdir()) == []
+
+
+def test_a_library_flooded_with_files_keeps_its_first_presenters_and_says_so_once(tmp_path: Path) -> None:
+    # anyone on the share can make 20,000 one-byte "videos" in a second: each round of the daemon scans them
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    for i in range(MAX_PRESENTERS + 3):
+        (folder / f"p{i:05d}.mp4").write_bytes(b"x")
+    keeper = LibraryKeeper(settings, None)
+
+    with capture_logs() as events:
+        for _ in range(2):
+            keeper.scan()
+    too_many = [e for e in events if e["event"] == "library.too_many"]
+    assert len(too_many) == 1 and too_many[0]["passed_over"] == 3
+    assert f"at most {MAX_PRESENTERS:,}" in too_many[0]["hint"]
+    names = [p.name for p in read_library_status(settings.paths.state_dir).presenters]
+    assert len(names) == MAX_PRESENTERS and names[-1] == f"p{MAX_PRESENTERS - 1:05d}"  # the first, in name order
+    assert len(view(settings)) == MAX_PRESENTERS
