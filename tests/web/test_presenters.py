@@ -15,6 +15,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from heygemd import layout
+from heygemd.control import Control
 from heygemd.daemon.claims import ClaimRecord
 from heygemd.daemon.library import LibraryStatus, PresenterStatus, scan_library, write_library_status
 from heygemd.daemon.lifecycle import Sessions
@@ -22,6 +23,7 @@ from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus, write_status
 from heygemd.layout import CLAIM_FILE, INPUT_DIR
+from heygemd.status_view import format_presenters_table
 from tests.daemon.daemon_process import Media
 from tests.web.test_api import WAV, assert_problem, upload
 from tests.web.webserver import ORIGIN, TOKEN, finished_job
@@ -287,3 +289,21 @@ def test_an_add_writes_no_options_for_a_name_it_refuses_and_keeps_none_left_over
     assert add(client, data=b"v", name="anna").status_code == 201
     anna = client.get("/api/presenters/anna").json()
     assert anna["options"]["face"] is None and anna["notes"] is None  # the options asked for: none
+
+
+def test_names_options_and_errors_from_the_share_are_escaped_on_the_page_and_in_the_table(make_client) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "anna.mp4").write_bytes(b"v")
+    (library / "anna.toml").write_text('display_name = "<script>alert(1)</script>"\nnotes = "\\u001b[2J<b>"\n')
+    (library / "bob.mp4").symlink_to('"><img src=x onerror=alert(2)>\x1b]0;owned\x07')
+
+    page = client.get("/presenters").text
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "[2J&lt;b&gt;" in page
+
+    table = format_presenters_table(Control(settings).presenters())
+    assert "\x1b" not in table and "\x07" not in table and len(table.splitlines()) == 3
+    assert "\\x1b]0;owned\\x07" in table
