@@ -307,3 +307,19 @@ def test_names_options_and_errors_from_the_share_are_escaped_on_the_page_and_in_
     table = format_presenters_table(Control(settings).presenters())
     assert "\x1b" not in table and "\x07" not in table and len(table.splitlines()) == 3
     assert "\\x1b]0;owned\\x07" in table
+
+
+def test_poster_and_preview_routes_serve_nothing_but_a_presenters_own_files(make_client, tmp_path: Path) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "anna.jpg").write_bytes(b"\xff\xd8 anna")
+    (library / "anna.toml").write_text("\n")
+    settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    (settings.paths.state_dir / "secret.jpg").write_bytes(b"\xff\xd8 state")
+    for name in ("..", "%2e%2e", "..%2F..%2Fstate%2Fsecret", "anna.toml", "anna.jpg", "anna%00", "%2Fetc%2Fpasswd"):
+        for kind in ("poster", "preview"):
+            answer = client.get(f"/api/presenters/{name}/{kind}")
+            assert answer.status_code == 404, (name, kind)
+            assert b"\xff\xd8" not in answer.content
+    assert client.get("/api/presenters/ANNA/preview").content == b"\xff\xd8 anna"  # its own name, in any case
