@@ -68,7 +68,7 @@ def test_a_presenter_toml_nested_too_deeply_fails_that_presenter_only(tmp_path: 
     assert shown["anna"].state == "failed" and shown["bob"].state == "preparing"
 
 
-def test_a_presenter_toml_that_is_a_link_or_a_fifo_fails_its_presenter_unread(tmp_path: Path) -> None:
+def test_a_presenter_toml_that_is_a_link_a_fifo_huge_or_not_utf8_fails_its_presenter_unread(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     folder = library(settings)
     elsewhere = tmp_path / "elsewhere.toml"
@@ -77,11 +77,21 @@ def test_a_presenter_toml_that_is_a_link_or_a_fifo_fails_its_presenter_unread(tm
     (folder / "anna.toml").symlink_to(elsewhere)
     (folder / "bob.mp4").write_bytes(b"x")
     os.mkfifo(folder / "bob.toml")
+    (folder / "carla.mp4").write_bytes(b"x")
+    with open(folder / "carla.toml", "wb") as sparse:
+        sparse.truncate(1 << 30)  # 1 GiB of nothing, on no disk
+    (folder / "dora.mp4").write_bytes(b"x")
+    (folder / "dora.toml").write_bytes('notes = "café"\n'.encode("latin-1"))
 
     LibraryKeeper(settings, None).scan()
 
     entries = {p.name: p for p in read_library_status(settings.paths.state_dir).presenters}
-    for name, what in (("anna", "is a symbolic link to"), ("bob", "is a named pipe (FIFO), not a regular file")):
+    for name, what in (
+        ("anna", "is a symbolic link to"),
+        ("bob", "is a named pipe (FIFO), not a regular file"),
+        ("carla", "is 1,073,741,824 bytes; at most 65,536 are read"),
+        ("dora", "not UTF-8 text"),
+    ):
         entry = entries[name]
         assert entry.state == "failed" and entry.error is not None and entry.error.code == "BAD_PRESENTER_TOML"
         assert entry.error.message.startswith(f"presenters/{name}.toml: {what}")
