@@ -262,9 +262,12 @@ def library_folder(folder: Path) -> contextlib.AbstractContextManager[int]:
     it (``dir_fd``), so a folder swapped for a link after a scan is not read through either. FileNotFoundError
     passes through."""
     if os.path.islink(folder):
-        message = f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library"
-        raise NotADirectoryError(errno.ENOTDIR, message, str(folder))
+        raise NotADirectoryError(errno.ENOTDIR, _not_followed(folder), str(folder))
     return real_folder(folder)
+
+
+def _not_followed(folder: Path) -> str:
+    return f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library"
 
 
 @contextlib.contextmanager
@@ -466,11 +469,7 @@ def add_to_library(
         raise PresenterExists(f"the library already has a presenter {taken.name!r} ({taken.file}); {name!r} is taken")
     folder.mkdir(parents=True, exist_ok=True)
     if os.path.islink(folder):  # nothing is written through a link
-        raise UnsafePath(
-            f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library",
-            path=Path(folder.name),
-            hint=LINKED_LIBRARY_HINT,
-        )
+        raise UnsafePath(_not_followed(folder), path=Path(folder.name), hint=LINKED_LIBRARY_HINT)
     file = f"{name}{source.suffix.casefold()}"
     final = folder / file
     toml = folder / f"{name}{OPTIONS_SUFFIX}"

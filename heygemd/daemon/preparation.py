@@ -230,8 +230,9 @@ class LibraryKeeper:
         self._problem: str | None = None
         self._made_folder = False
         self._bad_names: set[str] = set()
-        self._too_many = False
         """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
+        self._too_many = False
+        """Whether the last scan found more than MAX_PRESENTERS presenters (logged once, when it began)."""
 
     # -- looking at the folder
 

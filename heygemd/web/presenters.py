@@ -120,13 +120,15 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
     def poster(name: str) -> FileResponse:
         found = control.presenter(name)
         path = layout.poster_file(settings.paths.state_dir, found.name)
+        none_yet = f"the presenter {found.name!r} has no poster yet"
+        if found.poster is None:
+            raise NotFound(none_yet)
         try:
-            if found.poster is None:
-                raise FileNotFoundError(path)
             with real_folder(path.parent) as posters:
-                return OpenedFile(open_regular(path, dir_fd=posters), "image/jpeg")
+                fd = open_regular(path, dir_fd=posters)
         except (OSError, HeygemdError):
-            raise NotFound(f"the presenter {found.name!r} has no poster yet") from None
+            raise NotFound(none_yet) from None
+        return OpenedFile(fd, "image/jpeg")
 
     @api.head("/{name}/preview", **operation("headPresenterPreview"))
     @api.get("/{name}/preview", response_class=FileResponse, **operation("getPresenterPreview"))

@@ -309,7 +309,7 @@ def test_names_options_and_errors_from_the_share_are_escaped_on_the_page_and_in_
     assert "\\x1b]0;owned\\x07" in table
 
 
-def test_poster_and_preview_routes_serve_nothing_but_a_presenters_own_files(make_client, tmp_path: Path) -> None:
+def test_poster_and_preview_routes_serve_nothing_but_a_presenters_own_files(make_client) -> None:
     client, settings = make_client()
     library = settings.paths.presenters_dir
     library.mkdir(parents=True)
