@@ -516,11 +516,9 @@ class Control:
         return library.view(self.settings)
 
     def presenter(self, name: str) -> PresenterStatus:
-        """One presenter (its name, or its name in another case); NoSuchPresenter when there is none."""
-        shown = self.presenters()
-        found = next((p for p in shown if p.name == name), None) or next(
-            (p for p in shown if library.name_key(p.name) == library.name_key(name)), None
-        )
+        """One presenter (its name as :func:`heygemd.daemon.library.find` finds it); NoSuchPresenter when there is
+        none."""
+        found = library.find(self.presenters(), name)
         if found is None:
             raise NoSuchPresenter(f"no presenter {name!r} in the library")
         return found
@@ -589,7 +587,7 @@ class Control:
         naming = []
         for job_id, folder in folders:
             wanted = named_presenters(folder, max_toml_bytes=max_bytes)
-            if wanted == "all" or (wanted and library.name_key(name) in {library.name_key(n) for n in wanted}):
+            if wanted == "all" or (wanted and any(library.asks_for(asked, name) for asked in wanted)):
                 naming.append(job_id)
         return sorted(set(naming))
 

@@ -29,10 +29,10 @@ import stat
 import tomllib
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -403,10 +403,20 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
         raise BadPresenterOptions(problems, path=where) from None
 
 
-def find(files: list[LibraryFile], name: str) -> LibraryFile | None:
-    """The presenter ``name`` (exactly, else ignoring case and Unicode normalisation: :func:`name_key`), or None."""
-    exact = [f for f in files if f.name == name]
-    loose = [f for f in files if name_key(f.name) == name_key(name)]
+def asks_for(asked: str, name: str) -> bool:
+    """Whether asking for the presenter ``asked`` (a job.toml, a request, the CLI) means the presenter ``name``: the
+    same name ignoring case and Unicode normalisation (:func:`name_key`), also once ``asked`` is made safe as file
+    names are (``CON``, the file CON.mp4, is the presenter ``_CON``)."""
+    return name_key(name) in {name_key(asked), name_key(safe_name(asked) or asked)}
+
+
+Named = TypeVar("Named", LibraryFile, PresenterStatus)
+
+
+def find(items: Sequence[Named], name: str) -> Named | None:
+    """The presenter ``name`` of ``items`` (exactly, else as :func:`asks_for` says), or None."""
+    exact = [f for f in items if f.name == name]
+    loose = [f for f in items if asks_for(name, f.name)]
     return exact[0] if exact else loose[0] if loose else None
 
 

@@ -278,3 +278,16 @@ def test_a_library_flooded_with_files_keeps_its_first_presenters_and_says_so_onc
     names = [p.name for p in read_library_status(settings.paths.state_dir).presenters]
     assert len(names) == MAX_PRESENTERS and names[-1] == f"p{MAX_PRESENTERS - 1:05d}"  # the first, in name order
     assert len(view(settings)) == MAX_PRESENTERS
+
+
+def test_a_presenter_is_found_by_the_name_its_file_was_given_before_it_was_made_safe(tmp_path: Path) -> None:
+    # CON.mp4 (a Windows device name) is the presenter _CON; "a: b?.mp4" (copied from a Mac) is "a_ b_"
+    settings = make_settings(tmp_path)
+    folder = library(settings)
+    (folder / "CON.mp4").write_bytes(b"x")
+    (folder / "a: b?.mp4").write_bytes(b"x")
+    files = scan_library(folder, ready_marker=".ready")
+    assert [f.name for f in files] == ["_CON", "a_ b_"]
+    found = named(files, ["CON", "con", "a: b?", "_CON"])
+    assert [(name, f.file if f else None) for name, f in found] == [("_CON", "CON.mp4"), ("a_ b_", "a: b?.mp4")]
+    assert Control(settings).presenter("con").name == "_CON"  # GET /api/presenters/con, the CLI
