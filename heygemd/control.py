@@ -44,7 +44,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -94,7 +94,7 @@ from heygemd.errors import (
     NoVideoStream,
     PresenterBusy,
 )
-from heygemd.fsutil import contained, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
+from heygemd.fsutil import contained, exclusive_lock, fsync_dir, is_real_dir, is_real_file, own_dir, remove_tree
 from heygemd.names import fit_name, is_presenter, plain_name
 from heygemd.notify.callbacks import check_callback_url
 from heygemd.settings import Settings
@@ -522,11 +522,9 @@ class Control:
         return library.view(self.settings)
 
     def presenter(self, name: str) -> PresenterStatus:
-        """One presenter (its name, or its name in another case); NoSuchPresenter when there is none."""
-        shown = self.presenters()
-        found = next((p for p in shown if p.name == name), None) or next(
-            (p for p in shown if p.name.casefold() == name.casefold()), None
-        )
+        """One presenter (its name as :func:`heygemd.daemon.library.find` finds it); NoSuchPresenter when there is
+        none."""
+        found = library.find(self.presenters(), name)
         if found is None:
             raise NoSuchPresenter(f"no presenter {name!r} in the library")
         return found
@@ -541,16 +539,17 @@ class Control:
         if not is_presenter(source):
             raise NoVideoStream(f"{source.name!r} is not a video or a photo (by its name)")
         wanted = library.safe_name(name) or library.presenter_name(source.name) or "presenter"
-        library.add_to_library(
-            self.settings.paths.presenters_dir,
-            source,
-            name=wanted,
-            options=options or PresenterOptions(),
-            ready_marker=self.settings.intake.ready_marker,
-            existing=library.library_files(self.settings),
-            move=move,
-        )
-        return self.presenter(wanted)
+        with self._library_locked():
+            library.add_to_library(
+                self.settings.paths.presenters_dir,
+                source,
+                name=wanted,
+                options=options or PresenterOptions(),
+                ready_marker=self.settings.intake.ready_marker,
+                existing=library.library_files(self.settings),
+                move=move,
+            )
+            return self.presenter(wanted)
 
     def require_presenters(self, names: list[str]) -> None:
         """NoSuchPresenter naming the first of ``names`` the library does not have (and the presenters it has)."""
@@ -562,15 +561,26 @@ class Control:
     def remove_presenter(self, name: str) -> None:
         """Remove a presenter from the library (its file, toml and ready marker). PresenterBusy while a job waiting in
         the inbox or claimed and not finished names it (job.toml presenters); NoSuchPresenter when there is none."""
-        found = library.find(library.library_files(self.settings), name)
-        if found is None:
-            raise NoSuchPresenter(f"no presenter {name!r} in the library")
-        busy = self.jobs_naming(found.name)
-        if busy:
-            raise PresenterBusy(f"the presenter {found.name!r} is named by jobs not finished yet: {', '.join(busy)}")
-        library.remove_from_library(
-            self.settings.paths.presenters_dir, found, ready_marker=self.settings.intake.ready_marker
-        )
+        with self._library_locked():
+            found = library.find(library.library_files(self.settings), name)
+            if found is None:
+                raise NoSuchPresenter(f"no presenter {name!r} in the library")
+            busy = self.jobs_naming(found.name)
+            if busy:
+                raise PresenterBusy(
+                    f"the presenter {found.name!r} is named by jobs not finished yet: {', '.join(busy)}"
+                )
+            library.remove_from_library(
+                self.settings.paths.presenters_dir, found, ready_marker=self.settings.intake.ready_marker
+            )
+
+    @contextlib.contextmanager
+    def _library_locked(self) -> Iterator[None]:
+        """Held while a presenter is added or removed (web requests, the CLI): one at a time, so two adds of one
+        name never both write it (two files for one name, one's toml over the other's), nor a remove part of an
+        add."""
+        with exclusive_lock(layout.library_lock(own_dir(self.settings.paths.state_dir))):
+            yield
 
     def jobs_naming(self, name: str) -> list[str]:
         """The jobs queued (in the inbox, or claimed) or running whose job.toml names the presenter ``name``."""
@@ -583,7 +593,7 @@ class Control:
         naming = []
         for job_id, folder in folders:
             wanted = named_presenters(folder, max_toml_bytes=max_bytes)
-            if wanted == "all" or (wanted and name.casefold() in {n.casefold() for n in wanted}):
+            if wanted == "all" or (wanted and any(library.asks_for(asked, name) for asked in wanted)):
                 naming.append(job_id)
         return sorted(set(naming))
 

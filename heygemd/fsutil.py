@@ -11,6 +11,7 @@ writing and renaming leaves a name that :func:`remove_temps` recognises and remo
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -165,7 +166,7 @@ _FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
 )
 
 
-def open_regular(path: Path, *, max_bytes: int | None = None) -> int:
+def open_regular(path: Path, *, max_bytes: int | None = None, dir_fd: int | None = None) -> int:
     """Open a file that a job folder (or a request) supplies, once, and return the descriptor.
 
     Never through a symbolic link (``O_NOFOLLOW``: :class:`UnsafePath` naming where it points), never blocking on
@@ -173,12 +174,16 @@ def open_regular(path: Path, *, max_bytes: int | None = None) -> int:
     (:class:`NotRegularFile` naming what it is), at most ``max_bytes`` long (:class:`FileTooLarge`). The caller
     reads through the descriptor (a child process through :func:`fd_path`), so nothing swapped in under the
     same name afterwards is read. FileNotFoundError passes through. The caller closes the descriptor.
+    With ``dir_fd`` (a folder opened by the caller), the file ``path.name`` in that folder is opened, and ``path``
+    is only what errors call it.
     """
+    name = Path(path).name if dir_fd is not None else path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path) from None
+            target = os.readlink(name, dir_fd=dir_fd)
+            raise UnsafePath(f"is a symbolic link to {target}; it is not followed", path=path) from None
         if exc.errno == errno.ENXIO:  # a socket
             raise NotRegularFile("is a socket, not a regular file", path=path) from None
         raise
@@ -196,10 +201,10 @@ def open_regular(path: Path, *, max_bytes: int | None = None) -> int:
     return fd
 
 
-def read_regular(path: Path, *, max_bytes: int) -> bytes:
-    """The whole content of a small file a job supplies, opened by :func:`open_regular`; never more than
-    ``max_bytes`` are read, even from a file that grows while it is read."""
-    fd = open_regular(path, max_bytes=max_bytes)
+def read_regular(path: Path, *, max_bytes: int, dir_fd: int | None = None) -> bytes:
+    """The whole content of a small file a job supplies, opened by :func:`open_regular` (in the folder ``dir_fd``,
+    when given); never more than ``max_bytes`` are read, even from a file that grows while it is read."""
+    fd = open_regular(path, max_bytes=max_bytes, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -216,6 +221,29 @@ def fd_path(fd: int) -> str:
 # ---------------------------------------------------------------------------------------------- heygemd's own folders
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (made if missing, never through a link) for the block: one holder at a time,
+    across processes (``flock``); released when the block ends, or the holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def real_folder(path: Path) -> Iterator[int]:
+    """``path`` opened as a folder itself, never through a link (a link: NotADirectoryError), for opening files in
+    it (``dir_fd``): a folder swapped for a link once it is open is not read through."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def is_real_dir(path: Path) -> bool:

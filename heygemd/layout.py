@@ -26,6 +26,7 @@ by one rename)::
     users.json.lock             taken while users.json is rewritten
     presenters.json             the presenter library's state: each presenter preparing, ready or failed
                                 (daemon.library)
+    presenters.lock             taken while a presenter is added to or removed from the library
     posters/<name>.jpg          each library presenter's poster
 
 (``paths.cache``, the face-track and presenter cache, is by default ``<state>/cache``: a setting, see settings.py.)
@@ -69,6 +70,7 @@ NOTES = "notes"
 USERS_FILE = "users.json"
 USERS_LOCK = "users.json.lock"
 PRESENTERS_FILE = "presenters.json"
+LIBRARY_LOCK = "presenters.lock"
 POSTERS = "posters"
 POSTER_EXTENSION = ".jpg"
 LINKS_FILE = "library.json"
@@ -239,6 +241,11 @@ def users_lock(state_dir: Path) -> Path:
 def presenters_file(state_dir: Path) -> Path:
     """``<state>/presenters.json``: the state of every library presenter."""
     return Path(state_dir) / PRESENTERS_FILE
+
+
+def library_lock(state_dir: Path) -> Path:
+    """``<state>/presenters.lock``: held while a presenter is added to or removed from the library."""
+    return Path(state_dir) / LIBRARY_LOCK
 
 
 def posters_root(state_dir: Path) -> Path:

@@ -27,9 +27,10 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from heygemd.errors import DecodeError, ToolMissing
+from heygemd.errors import DecodeError, NotRegularFile, ToolMissing, UnsafePath
+from heygemd.fsutil import InputFile
 from heygemd.names import is_audio, is_mp4_family, is_presenter
-from heygemd.pipeline.ffmpeg_argv import ffprobe_command, media_url
+from heygemd.pipeline.ffmpeg_argv import ffprobe_command
 from heygemd.pipeline.ffmpeg_tools import run_probe
 from heygemd.pipeline.probe import MP4_FIRST_BOXES, top_level_atoms
 
@@ -65,34 +66,44 @@ def open_for_writing(path: Path) -> bool | None:
 
 
 def content_problem(path: Path) -> str | None:
-    """Why the content of ``path`` looks unfinished, or None (see the module docstring)."""
-    size = os.path.getsize(path)
+    """Why the content of ``path`` looks unfinished, or None (see the module docstring). It is read through one
+    descriptor (:meth:`InputFile.open`): a link, FIFO or device put there since the scan is never read or waited
+    for (None: not a copy in progress; the job, or the library, refuses it with its own error)."""
+    try:
+        opened = InputFile.open(path)
+    except (UnsafePath, NotRegularFile):
+        return None
+    with opened as media:
+        return _content_problem(media)
+
+
+def _content_problem(media: InputFile) -> str | None:
+    size = media.size()
     if size == 0:
         return "0 bytes so far"
-    with open(path, "rb") as fh:
-        head = fh.read(ZERO_HEAD_BYTES)
+    head = media.read_at(0, ZERO_HEAD_BYTES)
     if not head.strip(b"\0"):
-        return None if _readable(path) else "only zeros so far"
-    if not (is_mp4_family(path) and len(head) >= 8 and head[4:8] in MP4_FIRST_BOXES):
+        return None if _readable(media) else "only zeros so far"
+    if not (is_mp4_family(media.path) and len(head) >= 8 and head[4:8] in MP4_FIRST_BOXES):
         return None  # not ISO media (or not an MP4 at all: it fails later as NOT_MEDIA)
-    atoms = top_level_atoms(path)
+    atoms = top_level_atoms(media)
     for name, offset, box_size in atoms:
         if box_size < 8 or offset + box_size > size:
             return f"its '{name}' box needs {offset + box_size} bytes, {size} so far"
     if not any(name == "moov" for name, _, _ in atoms):
         return "no index ('moov' box) yet"
-    return None if _readable(path) else "its streams are not readable yet"
+    return None if _readable(media) else "its streams are not readable yet"
 
 
-def _readable(path: Path) -> bool:
-    """Whether ffprobe opens ``path`` without an error and finds at least one stream in it (True when ffprobe is
+def _readable(media: InputFile) -> bool:
+    """Whether ffprobe opens ``media`` without an error and finds at least one stream in it (True when ffprobe is
     missing: that cannot be told here; the job fails with TOOL_MISSING and its fix, and heygemd check says so)."""
     try:
-        argv = ffprobe_command(media_url(path), ["-show_entries", "stream=codec_type", "-of", "csv=p=0"])
+        argv = ffprobe_command(media.url, ["-show_entries", "stream=codec_type", "-of", "csv=p=0"])
     except ToolMissing:
         return True
     try:
-        result = run_probe(argv, path, timeout=60.0)
+        result = run_probe(argv, media.path, timeout=60.0, pass_fds=media.pass_fds)
     except DecodeError:  # ffprobe hung (a stalled share): not readable yet
         return False
     return result.returncode == 0 and bool(result.stdout.strip())

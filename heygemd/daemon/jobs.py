@@ -34,7 +34,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -176,6 +176,15 @@ def check_not_link(path: Path, folder: Path) -> None:
         raise UnsafePath(f"is a symbolic link to {os.readlink(path)}; it is not followed", path=path)
 
 
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads(text)``, with a document nested too deeply for Python's parser (which recurses once per
+    level: 20,000 ``[`` fit in a job.toml's 64 KiB) raised as invalid TOML, as any other bad document is."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply (arrays or tables inside each other)") from None
+
+
 def load_options(path: Path, *, max_bytes: int = MAX_JOB_TOML_BYTES) -> JobOptions:
     """Read and validate ``job.toml``; JobError names the file, the field and the problem. It is read by
     :func:`heygemd.fsutil.read_regular`: a link (UnsafePath), a FIFO or a device (NotRegularFile) is refused without
@@ -185,7 +194,7 @@ def load_options(path: Path, *, max_bytes: int = MAX_JOB_TOML_BYTES) -> JobOptio
         'values are TOML, e.g. crf = 20, engine = "mouthwarp". Leave an option out to use the daemon setting.'
     )
     try:
-        data = tomllib.loads(read_regular(path, max_bytes=max_bytes).decode("utf-8-sig"))
+        data = parse_toml(read_regular(path, max_bytes=max_bytes).decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise JobError(f"not UTF-8 text ({exc.reason})", path=path, hint=hint) from None
     except tomllib.TOMLDecodeError as exc:

@@ -8,8 +8,10 @@
 
 Only regular files directly in the folder are presenters: a link is never followed (its presenter fails with
 UNSAFE_PATH), sub-folders, junk and files still being copied (``*.part``) are passed over, and a file is only ever
-read through :func:`heygemd.fsutil.open_regular`. Two files making one name (``anna.mp4`` and ``anna.mov``) fail that
-name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case.
+read through :func:`heygemd.fsutil.open_regular`, in the library folder opened itself (:func:`library_folder`: a
+library folder that is a link is not followed). Two files making one name (``anna.mp4`` and ``anna.mov``) fail
+that name with PRESENTER_AMBIGUOUS. Names compare as a Windows share does, ignoring case (and, as a Mac writes them
+decomposed, Unicode normalisation: :func:`name_key`).
 
 Each presenter's state (``preparing``, ``ready`` or ``failed``, what was found, which engines it is ready for) lives
 in ``<state>/presenters.json`` (:class:`LibraryStatus`), written whole and atomically by the process that prepares
@@ -25,15 +27,17 @@ import os
 import shutil
 import stat
 import tomllib
+import unicodedata
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from heygemd import layout
-from heygemd.daemon.jobs import job_toml, natural_key
+from heygemd.daemon.jobs import job_toml, natural_key, parse_toml
 from heygemd.daemon.status import ErrorStatus, utc_now
 from heygemd.engine_names import EngineName
 from heygemd.errors import (
@@ -46,7 +50,15 @@ from heygemd.errors import (
     PresenterExists,
     UnsafePath,
 )
-from heygemd.fsutil import atomic_write_bytes, fsync_dir, own_dir, read_regular
+from heygemd.fsutil import (
+    atomic_write_bytes,
+    fsync_dir,
+    is_real_dir,
+    open_regular,
+    own_dir,
+    read_regular,
+    real_folder,
+)
 from heygemd.names import (
     NameKind,
     classify_name,
@@ -59,6 +71,9 @@ from heygemd.names import (
 from heygemd.settings import FaceChoice, LoopMode, Settings
 
 OPTIONS_SUFFIX = ".toml"
+MAX_PRESENTERS = 2000
+"""The most presenters a library has (the first, in name order): a folder flooded with files (a one-byte file is
+a presenter until it is prepared) costs the daemon a bounded time at each round, and presenters.json stays small."""
 MAX_OPTIONS_BYTES = 64 * 1024
 MAX_STATUS_BYTES = 64 << 20
 """presenters.json is a few kB per presenter; a larger file is not heygemd's and is not read."""
@@ -153,6 +168,10 @@ class LibraryStatus(BaseModel):
     def entry(self, name: str) -> PresenterStatus | None:
         return next((p for p in self.presenters if p.name == name), None)
 
+    def by_name(self) -> dict[str, PresenterStatus]:
+        """Every entry by its name: for looking up many (:meth:`entry` looks through the list)."""
+        return {p.name: p for p in self.presenters}
+
 
 # ---------------------------------------------------------------------------------------------- the folder
 
@@ -188,6 +207,12 @@ def safe_name(raw: str) -> str | None:
     """``raw`` made safe as an uploaded job's name is (``plain_basename``); None when nothing usable is left."""
     name = plain_basename(raw)
     return name if plain_name(name, is_dir=True) else None
+
+
+def name_key(name: str) -> str:
+    """What two presenter names that are the same to a person share: the name composed (NFC, as Windows and Linux
+    write it; a Mac writes ``ë`` as ``e`` and a combining mark) and case-folded."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
 def presenter_name(file_name: str) -> str | None:
@@ -231,46 +256,102 @@ def _problem(folder: Path, file: str, mode: int) -> ErrorInfo | None:
     return None
 
 
-def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
-    """The presenters of the library ``folder``, by name (natural order). A missing folder raises
-    FileNotFoundError (a share not mounted is not an empty library: the caller decides)."""
+def library_folder(folder: Path) -> contextlib.AbstractContextManager[int]:
+    """The library ``folder`` opened as a folder itself (:func:`heygemd.fsutil.real_folder`), never through a link
+    (the folder on the share replaced by a link to another: NotADirectoryError saying so); its files are opened in
+    it (``dir_fd``), so a folder swapped for a link after a scan is not read through either. FileNotFoundError
+    passes through."""
+    if os.path.islink(folder):
+        raise NotADirectoryError(errno.ENOTDIR, _not_followed(folder), str(folder))
+    return real_folder(folder)
+
+
+def _not_followed(folder: Path) -> str:
+    return f"is a symbolic link to {os.readlink(folder)}; heygemd does not follow a link as the library"
+
+
+@contextlib.contextmanager
+def _opened(folder: Path) -> Iterator[int]:
+    """:func:`library_folder` for opening a file in it: a library folder that is a link raises UnsafePath."""
+    try:
+        with library_folder(folder) as folder_fd:
+            yield folder_fd
+    except NotADirectoryError as exc:
+        raise UnsafePath(
+            exc.strerror or "is not a folder", path=Path(Path(folder).name), hint=LINKED_LIBRARY_HINT
+        ) from None
+
+
+def open_presenter_file(folder: Path, file: str) -> int:
+    """The library file ``file`` opened by :func:`heygemd.fsutil.open_regular` in :func:`library_folder`, errors
+    naming it as the user knows it (``presenters/anna.mp4``); a library folder that is a link: UnsafePath."""
+    with _opened(folder) as folder_fd:
+        return open_regular(shown(folder, file), dir_fd=folder_fd)
+
+
+LINKED_LIBRARY_HINT = (
+    "Make the library (paths.presenters) a folder itself, or set paths.presenters to the folder the link points to."
+)
+
+
+def scan_library(
+    folder: Path,
+    *,
+    ready_marker: str,
+    on_bad_name: Callable[[str], object] = lambda _name: None,
+    on_too_many: Callable[[int], object] = lambda _count: None,
+) -> list[LibraryFile]:
+    """The presenters of the library ``folder``, by name (natural order), at most MAX_PRESENTERS of them (how many
+    more there are is passed to ``on_too_many``). A missing folder raises FileNotFoundError (a share not mounted
+    is not an empty library: the caller decides), a link NotADirectoryError (:func:`library_folder`). A video or
+    photo whose name makes no presenter (not UTF-8, or nothing left once made safe) is passed to
+    ``on_bad_name``."""
     folder = Path(folder)
     media: dict[str, list[tuple[str, os.stat_result]]] = defaultdict(list)
     options: dict[str, tuple[str, os.stat_result]] = {}
     markers: dict[str, int] = {}
-    with os.scandir(folder) as it:
-        entries = list(it)
-    for entry in entries:
-        if not encodable_name(entry.name):
+    with library_folder(folder) as folder_fd, os.scandir(folder_fd) as it:
+        entries = []
+        for entry in it:
+            if not encodable_name(entry.name):
+                if is_presenter(Path(entry.name)):
+                    on_bad_name(entry.name)
+                continue
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:  # gone since it was listed
+                continue
+    for file_name, info in entries:
+        if stat.S_ISDIR(info.st_mode) or classify_name(file_name) is not NameKind.NORMAL:
             continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:  # gone since it was listed
-            continue
-        if stat.S_ISDIR(info.st_mode) or classify_name(entry.name) is not NameKind.NORMAL:
-            continue
-        path = Path(entry.name)
+        path = Path(file_name)
         if is_presenter(path):
-            name = presenter_name(entry.name)
-            if name is not None:
-                media[name.casefold()].append((entry.name, info))
-        elif path.suffix.casefold() == OPTIONS_SUFFIX and stat.S_ISREG(info.st_mode):
-            options[path.stem.casefold()] = (entry.name, info)
-        elif ready_marker and entry.name.endswith(ready_marker) and len(entry.name) > len(ready_marker):
-            markers[entry.name[: -len(ready_marker)]] = info.st_mtime_ns
-    found: list[LibraryFile] = []
+            name = presenter_name(file_name)
+            if name is None:
+                on_bad_name(file_name)
+            else:
+                media[name_key(name)].append((file_name, info))
+        elif path.suffix.casefold() == OPTIONS_SUFFIX:  # a link or a FIFO too: its presenter fails, naming it
+            options[name_key(path.stem)] = (file_name, info)
+        elif ready_marker and file_name.endswith(ready_marker) and len(file_name) > len(ready_marker):
+            markers[file_name[: -len(ready_marker)]] = info.st_mtime_ns
     for files in media.values():
         files.sort(key=lambda f: natural_key(f[0]))
+    named_files = sorted(
+        ((presenter_name(files[0][0]) or "", files) for files in media.values()), key=lambda n: natural_key(n[0])
+    )
+    if len(named_files) > MAX_PRESENTERS:
+        on_too_many(len(named_files) - MAX_PRESENTERS)
+    found: list[LibraryFile] = []
+    for name, files in named_files[:MAX_PRESENTERS]:
         file, info = files[0]
-        name = presenter_name(file)
-        assert name is not None
-        problem = _problem(folder, file, info.st_mode)
+        problem = None if stat.S_ISREG(info.st_mode) else _problem(folder, file, info.st_mode)
         if len(files) > 1:
             problem = AmbiguousPresenter(
                 f"the files {', '.join(f for f, _ in files)} all make the presenter {name!r}",
                 path=Path(folder.name),
             ).info()
-        toml = options.get(Path(file).stem.casefold())
+        toml = options.get(name_key(Path(file).stem))
         found.append(
             LibraryFile(
                 name=name,
@@ -284,7 +365,7 @@ def scan_library(folder: Path, *, ready_marker: str) -> list[LibraryFile]:
                 problem=problem,
             )
         )
-    return sorted(found, key=lambda f: natural_key(f.name))
+    return found
 
 
 def library_files(settings: Settings) -> list[LibraryFile]:
@@ -300,12 +381,13 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
     and the problem; a link, a FIFO or a file over 64 KiB is refused unread, as a job.toml is."""
     if found.options_file is None:
         return PresenterOptions()
-    path = Path(folder) / found.options_file
     where = shown(folder, found.options_file)
     try:
-        data = tomllib.loads(read_regular(path, max_bytes=MAX_OPTIONS_BYTES).decode("utf-8-sig"))
+        with _opened(folder) as folder_fd:
+            raw = read_regular(where, max_bytes=MAX_OPTIONS_BYTES, dir_fd=folder_fd)
+        data = parse_toml(raw.decode("utf-8-sig"))
     except HeygemdError as exc:
-        raise BadPresenterOptions(exc.message.replace(str(path), str(where))) from None
+        raise BadPresenterOptions(exc.message, hint=exc.hint) from None
     except UnicodeDecodeError as exc:
         raise BadPresenterOptions(f"not UTF-8 text ({exc.reason})", path=where) from None
     except tomllib.TOMLDecodeError as exc:
@@ -321,10 +403,20 @@ def load_presenter_options(folder: Path, found: LibraryFile) -> PresenterOptions
         raise BadPresenterOptions(problems, path=where) from None
 
 
-def find(files: list[LibraryFile], name: str) -> LibraryFile | None:
-    """The presenter ``name`` (exactly, else ignoring case), or None."""
-    exact = [f for f in files if f.name == name]
-    loose = [f for f in files if f.name.casefold() == name.casefold()]
+def asks_for(asked: str, name: str) -> bool:
+    """Whether asking for the presenter ``asked`` (a job.toml, a request, the CLI) means the presenter ``name``: the
+    same name ignoring case and Unicode normalisation (:func:`name_key`), also once ``asked`` is made safe as file
+    names are (``CON``, the file CON.mp4, is the presenter ``_CON``)."""
+    return name_key(name) in {name_key(asked), name_key(safe_name(asked) or asked)}
+
+
+Named = TypeVar("Named", LibraryFile, PresenterStatus)
+
+
+def find(items: Sequence[Named], name: str) -> Named | None:
+    """The presenter ``name`` of ``items`` (exactly, else as :func:`asks_for` says), or None."""
+    exact = [f for f in items if f.name == name]
+    loose = [f for f in items if asks_for(name, f.name)]
     return exact[0] if exact else loose[0] if loose else None
 
 
@@ -353,7 +445,7 @@ def named(files: list[LibraryFile], wanted: list[str] | str) -> list[tuple[str, 
     seen: set[str] = set()
     for name in wanted:
         found = find(files, name)
-        key = found.name if found is not None else name.casefold()
+        key = found.name if found is not None else name_key(name)
         if key not in seen:
             seen.add(key)
             result.append((found.name if found is not None else name, found))
@@ -386,10 +478,18 @@ def add_to_library(
     if taken is not None:
         raise PresenterExists(f"the library already has a presenter {taken.name!r} ({taken.file}); {name!r} is taken")
     folder.mkdir(parents=True, exist_ok=True)
+    if os.path.islink(folder):  # nothing is written through a link
+        raise UnsafePath(_not_followed(folder), path=Path(folder.name), hint=LINKED_LIBRARY_HINT)
     file = f"{name}{source.suffix.casefold()}"
     final = folder / file
+    toml = folder / f"{name}{OPTIONS_SUFFIX}"
+    if os.path.lexists(final) or is_real_dir(toml):  # a folder named so is passed over by the scan, but in the way
+        in_the_way = final.name if os.path.lexists(final) else toml.name
+        raise PresenterExists(f"the library already has a file or folder {in_the_way!r}")
     if text := job_toml(options):
-        atomic_write_bytes(folder / f"{name}{OPTIONS_SUFFIX}", text.encode("utf-8"))
+        atomic_write_bytes(toml, text.encode("utf-8"))
+    else:  # one left over from a presenter removed by hand holds not this presenter's options
+        toml.unlink(missing_ok=True)
     temp = temp_path(final)  # hidden: the daemon never takes it for a presenter
     try:
         try:
@@ -464,10 +564,10 @@ def view(settings: Settings) -> list[PresenterStatus]:
     is now, else as not looked at yet (a file the daemon has not seen, or seen before it changed). A presenter whose
     file is gone is left out, whatever presenters.json says."""
     folder = settings.paths.presenters_dir
-    known = read_library_status(settings.paths.state_dir)
+    known = read_library_status(settings.paths.state_dir).by_name()
     shown_now: list[PresenterStatus] = []
     for found in library_files(settings):
-        entry = known.entry(found.name)
+        entry = known.get(found.name)
         if entry is not None and entry.identity == found.identity:
             shown_now.append(entry)
         else:

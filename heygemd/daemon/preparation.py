@@ -31,12 +31,14 @@ import structlog
 from heygemd import layout
 from heygemd.daemon.completeness import CompletenessCheck
 from heygemd.daemon.library import (
+    MAX_PRESENTERS,
     LibraryFile,
     LibraryStatus,
     PresenterStage,
     PresenterStatus,
     load_presenter_options,
     named,
+    open_presenter_file,
     read_library_status,
     scan_library,
     shown,
@@ -56,7 +58,8 @@ from heygemd.errors import (
     ToolMissing,
     report_failure,
 )
-from heygemd.fsutil import InputFile, open_regular, remove_temps
+from heygemd.fsutil import InputFile, remove_temps
+from heygemd.names import printable
 from heygemd.pipeline import presenter_cache
 from heygemd.pipeline.run import VideoProgress, prepare_presenter
 from heygemd.settings import Settings
@@ -148,7 +151,7 @@ class Preparer:
             progress(_STAGES.get(p.stage, "preparing"), p.fraction)
 
         # errors name the file as users know it (presenters/anna.mp4); it is read through this descriptor only
-        with InputFile(shown(folder, found.file), open_regular(folder / found.file)) as video:
+        with InputFile(shown(folder, found.file), open_presenter_file(folder, found.file)) as video:
             prep = prepare_presenter(
                 video,
                 engines,
@@ -226,21 +229,50 @@ class LibraryKeeper:
         self._pins: frozenset[str] | None = None
         self._problem: str | None = None
         self._made_folder = False
+        self._bad_names: set[str] = set()
+        """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
+        self._too_many = False
+        """Whether the last scan found more than MAX_PRESENTERS presenters (logged once, when it began)."""
 
     # -- looking at the folder
 
     def scan(self, _now: float | None = None) -> float:
         """Look at the library folder and bring presenters.json up to date. Returns the seconds until something may
         change by time alone: 0 when a presenter waits to be prepared, else when the next copy may have settled."""
+        bad_names: list[str] = []
+        too_many: list[int] = []
         try:
-            self.files = scan_library(self.folder, ready_marker=self.settings.intake.ready_marker)
-        except (FileNotFoundError, NotADirectoryError):
+            self.files = scan_library(
+                self.folder,
+                ready_marker=self.settings.intake.ready_marker,
+                on_bad_name=bad_names.append,
+                on_too_many=too_many.append,
+            )
+        except FileNotFoundError:
             self._make_folder()
             self.files = []
-        except OSError as exc:
+        except OSError as exc:  # a link (never followed), a file, a share that refuses: nothing is prepared
+            self.files = []
             self._say_once("library.unreadable", f"{exc.filename}: {exc.strerror}")
             return float("inf")
         self._say_once(None, "")
+        for name in sorted(set(bad_names) - self._bad_names):
+            log.warning(
+                "library.bad_name",
+                file=printable(name),
+                hint="Nothing usable is left of this name (not UTF-8, or only control characters or dots): rename "
+                "the file to make it a presenter.",
+            )
+        self._bad_names = set(bad_names)
+        if too_many and not self._too_many:
+            log.warning(
+                "library.too_many",
+                folder=str(self.folder),
+                passed_over=too_many[0],
+                hint=f"A library has at most {MAX_PRESENTERS:,} presenters (the first by name); the other files are "
+                "passed over: remove what is not a presenter.",
+            )
+        self._too_many = bool(too_many)
         self._judge_files()
         self._forget_lost_tasks()
         try:
@@ -320,7 +352,8 @@ class LibraryKeeper:
                 self.readiness[found.file] = Readiness(ReadyReason.SETTLING)
 
     def _reconciled(self, known: LibraryStatus) -> LibraryStatus:
-        return known.model_copy(update={"presenters": [self._entry(f, known.entry(f.name)) for f in self.files]})
+        entries = known.by_name()
+        return known.model_copy(update={"presenters": [self._entry(f, entries.get(f.name)) for f in self.files]})
 
     def _entry(self, found: LibraryFile, entry: PresenterStatus | None) -> PresenterStatus:
         """What presenters.json says of ``found`` now."""

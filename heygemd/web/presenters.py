@@ -4,14 +4,16 @@ is received as a job upload is (``upload.MultipartPresenter`` into a staging fol
 into the library with its ready marker last, and the daemon prepares it.
 
 Files are served only from where heygemd keeps them: a poster from ``<state>/posters/``, a preview (the presenter's
-own file) from the library folder; each must be a plain regular file there, never reached through a link.
+own file) from the library folder; each must be a plain regular file there, never reached through a link, and is
+sent through the descriptor it was checked by (:class:`OpenedFile`).
 """
 
 from __future__ import annotations
 
+import mimetypes
+import os
 import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,13 +21,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from heygemd import layout
 from heygemd.control import Control
-from heygemd.daemon.library import PresenterStatus
+from heygemd.daemon.library import PresenterStatus, open_presenter_file
 from heygemd.engine_names import CHOICES
 from heygemd.errors import HeygemdError
-from heygemd.fsutil import contained, is_real_file
+from heygemd.fsutil import fd_path, open_regular, real_folder
 from heygemd.settings import Settings
 from heygemd.web.openapi import PRESENTER_BODY, operation
 from heygemd.web.pages import Renderer
@@ -116,28 +119,48 @@ def presenters_api(settings: Settings, control: Control, guard: Callable[..., ob
     @api.get("/{name}/poster", response_class=FileResponse, **operation("getPresenterPoster"))
     def poster(name: str) -> FileResponse:
         found = control.presenter(name)
-        state = settings.paths.state_dir
-        path = layout.poster_file(state, found.name)
-        if found.poster is None or not _served(path, path.parent):
-            raise NotFound(f"the presenter {found.name!r} has no poster yet")
-        return FileResponse(path, media_type="image/jpeg")
+        path = layout.poster_file(settings.paths.state_dir, found.name)
+        none_yet = f"the presenter {found.name!r} has no poster yet"
+        if found.poster is None:
+            raise NotFound(none_yet)
+        try:
+            with real_folder(path.parent) as posters:
+                fd = open_regular(path, dir_fd=posters)
+        except (OSError, HeygemdError):
+            raise NotFound(none_yet) from None
+        return OpenedFile(fd, "image/jpeg")
 
     @api.head("/{name}/preview", **operation("headPresenterPreview"))
     @api.get("/{name}/preview", response_class=FileResponse, **operation("getPresenterPreview"))
     def preview(name: str) -> FileResponse:
         found = control.presenter(name)
-        folder = settings.paths.presenters_dir
-        path = folder / found.file
-        if not _served(path, folder):
-            raise NotFound(f"the presenter {found.name!r} has no file to show")
-        return FileResponse(path)
+        try:
+            fd = open_presenter_file(settings.paths.presenters_dir, found.file)
+        except (OSError, HeygemdError):
+            raise NotFound(f"the presenter {found.name!r} has no file to show") from None
+        return OpenedFile(fd, mimetypes.guess_type(found.file)[0] or "application/octet-stream")
 
     return api
 
 
-def _served(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is a plain regular file directly in ``folder`` (not a link, nothing outside it)."""
-    return path.parent == folder and is_real_file(path) and contained(path, folder)
+class OpenedFile(FileResponse):
+    """A file served through the descriptor it was opened and checked by (:func:`heygemd.fsutil.open_regular`: a
+    regular file, not a link), so a file put under its name meanwhile (a link to another) is not what is sent. The
+    descriptor is closed once the answer is sent, or given up."""
+
+    def __init__(self, fd: int, media_type: str) -> None:
+        self.fd = fd
+        try:
+            super().__init__(fd_path(fd), media_type=media_type, stat_result=os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
 
 
 def presenters_page(settings: Settings, render: Renderer, control: Control, guard: Callable[..., object]) -> APIRouter:

@@ -3,8 +3,10 @@ writing) keep a settled job waiting, until intake.incomplete_timeout; real ffmpe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,20 @@ def test_a_complete_file_that_ffprobe_reads_is_complete_whatever_it_starts_or_la
     zeros = tmp_path / "zeros.mp3"  # preallocated, not filled in yet: nothing ffprobe can read
     zeros.write_bytes(bytes(padded.stat().st_size))
     assert content_problem(zeros) == "only zeros so far"
+
+
+def test_a_media_file_swapped_for_a_fifo_while_it_is_checked_never_blocks_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # someone on the share replaces a file by a FIFO right after the scan saw a regular file of 100 bytes there
+    fifo = tmp_path / "anna.mp4"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(os.path, "getsize", lambda _path: 100)
+    result: list[str | None] = []
+    checking = threading.Thread(target=lambda: result.append(content_problem(fifo)), daemon=True)
+    checking.start()
+    checking.join(10)
+    if checking.is_alive():  # blocked opening the FIFO: a writer lets it go
+        with open(fifo, "wb"):
+            pass
+    assert result == [None]  # not a copy in progress: the job (or the library) refuses it as NOT_A_FILE

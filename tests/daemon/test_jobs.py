@@ -266,3 +266,11 @@ def test_the_job_toml_size_cap_is_the_setting(tmp_path: Path) -> None:
     with pytest.raises(FileTooLarge, match="at most 65,536"):
         load_job(folder)
     assert load_job(folder, max_toml_bytes=IntakeSettings(max_job_toml_kb=128).max_job_toml_bytes).options.crf == 20
+
+
+@pytest.mark.parametrize("nested", ["[" * 20000 + "]" * 20000, "{a=" * 9000 + "1" + "}" * 9000])
+def test_a_job_toml_nested_too_deeply_is_bad_toml_not_a_crash(tmp_path: Path, nested: str) -> None:
+    # under the size cap, but Python's TOML parser recurses once per level
+    folder = job(tmp_path, "v.wav", "a.mp4", toml=f"crf = {nested}\n")
+    with pytest.raises(JobError, match=r"job\.toml: not valid TOML: nested too deeply"):
+        load_job(folder)

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
 
 from heygemd import layout
+from heygemd.control import Control
 from heygemd.daemon.claims import ClaimRecord
-from heygemd.daemon.library import FileIdentity
+from heygemd.daemon.library import FileIdentity, LibraryStatus, PresenterStatus, scan_library, write_library_status
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
 from heygemd.daemon.presenter_links import LinkedPresenter, PresenterLinks
 from heygemd.daemon.status import ErrorStatus, JobStatus, VideoStatus, write_status
 from heygemd.layout import CLAIM_FILE, INPUT_DIR
+from heygemd.status_view import format_presenters_table
 from tests.daemon.daemon_process import Media
 from tests.web.test_api import WAV, assert_problem, upload
-from tests.web.webserver import TOKEN, finished_job
+from tests.web.webserver import ORIGIN, TOKEN, finished_job
 
 
 def add(client, path: Path | None = None, data: bytes = b"", filename: str = "anna.mp4", **fields):
@@ -256,3 +262,98 @@ def test_a_job_failed_as_a_whole_is_retried_with_its_presenters_named_again_not_
     job = settings.paths.inbox / "lesson-retry"
     assert sorted(os.listdir(job)) == [".ready", "job.toml", "lesson.wav", "own.mp4"]
     assert (job / "job.toml").read_text() == 'presenters = ["anna"]\n'
+
+
+def swapping_at_response_start(app: Any, swap: Callable[[], None]) -> Any:
+    """``app``, with ``swap`` run when a response starts: after the route looked at the file, before its body is
+    read (what someone on the share replacing the file at that moment does)."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def send_after_swap(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                swap()
+            await send(message)
+
+        await app(scope, receive, send_after_swap)
+
+    return wrapped
+
+
+def test_a_preview_or_poster_swapped_for_a_link_as_it_is_sent_serves_what_was_checked(
+    make_client, tmp_path: Path
+) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "anna.jpg").write_bytes(b"\xff\xd8 anna")
+    found = scan_library(library, ready_marker=".ready")[0]
+    posters = layout.posters_root(settings.paths.state_dir)
+    (posters / "anna.jpg").write_bytes(b"\xff\xd8 the poster")
+    ready = PresenterStatus(name="anna", file="anna.jpg", identity=found.identity, state="ready", poster="anna.jpg")
+    write_library_status(settings.paths.state_dir, LibraryStatus(presenters=[ready]))
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 someone else's")
+
+    for served, url, expected in (
+        (library / "anna.jpg", "/api/presenters/anna/preview", b"\xff\xd8 anna"),
+        (posters / "anna.jpg", "/api/presenters/anna/poster", b"\xff\xd8 the poster"),
+    ):
+
+        def swap(served: Path = served) -> None:
+            served.rename(served.with_name("kept.jpg"))
+            served.symlink_to(secret)
+
+        with TestClient(swapping_at_response_start(client.app, swap), base_url=ORIGIN) as swapping:
+            answer = swapping.get(url)
+        assert answer.status_code == 200 and answer.content == expected, url
+        assert answer.headers["content-type"] == "image/jpeg"
+        served.unlink()
+        served.with_name("kept.jpg").rename(served)
+
+
+def test_an_add_writes_no_options_for_a_name_it_refuses_and_keeps_none_left_over(make_client) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "zed.mp4").mkdir()  # a folder named like a presenter: passed over by the scan, and in the way
+    assert_problem(add(client, data=b"v", name="zed", face="left"), 409, "PRESENTER_EXISTS")
+    assert sorted(os.listdir(library)) == ["zed.mp4"]  # no zed.toml for a presenter that was not added
+
+    (library / "anna.toml").write_text('face = "left"\nnotes = "a presenter removed long ago"\n')  # left over
+    assert add(client, data=b"v", name="anna").status_code == 201
+    anna = client.get("/api/presenters/anna").json()
+    assert anna["options"]["face"] is None and anna["notes"] is None  # the options asked for: none
+
+
+def test_names_options_and_errors_from_the_share_are_escaped_on_the_page_and_in_the_table(make_client) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "anna.mp4").write_bytes(b"v")
+    (library / "anna.toml").write_text('display_name = "<script>alert(1)</script>"\nnotes = "\\u001b[2J<b>"\n')
+    (library / "bob.mp4").symlink_to('"><img src=x onerror=alert(2)>\x1b]0;owned\x07')
+
+    page = client.get("/presenters").text
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "[2J&lt;b&gt;" in page
+
+    table = format_presenters_table(Control(settings).presenters())
+    assert "\x1b" not in table and "\x07" not in table and len(table.splitlines()) == 3
+    assert "\\x1b]0;owned\\x07" in table
+
+
+def test_poster_and_preview_routes_serve_nothing_but_a_presenters_own_files(make_client) -> None:
+    client, settings = make_client()
+    library = settings.paths.presenters_dir
+    library.mkdir(parents=True)
+    (library / "anna.jpg").write_bytes(b"\xff\xd8 anna")
+    (library / "anna.toml").write_text("\n")
+    settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    (settings.paths.state_dir / "secret.jpg").write_bytes(b"\xff\xd8 state")
+    for name in ("..", "%2e%2e", "..%2F..%2Fstate%2Fsecret", "anna.toml", "anna.jpg", "anna.jpg%00", "%2Fetc%2Fpasswd"):
+        for kind in ("poster", "preview"):
+            answer = client.get(f"/api/presenters/{name}/{kind}")
+            assert answer.status_code == 404, (name, kind)
+            assert b"\xff\xd8" not in answer.content
+    assert client.get("/api/presenters/ANNA/preview").content == b"\xff\xd8 anna"  # its own name, in any case
