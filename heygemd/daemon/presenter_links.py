@@ -39,6 +39,7 @@ from heygemd.daemon.library import (
     PresenterStatus,
     load_presenter_options,
     named,
+    open_presenter_file,
     read_library_status,
     scan_library,
     shown,
@@ -52,7 +53,6 @@ from heygemd.fsutil import (
     atomic_write_bytes,
     fd_path,
     fsync_dir,
-    open_regular,
     own_dir,
     read_regular,
     remove_tree,
@@ -215,12 +215,9 @@ def _link_one(
         return LinkedPresenter(name=found.name, library_file=where, error=known.error)
     try:
         options = load_presenter_options(library, found)
-        fd = open_regular(library / found.file)
+        fd = open_presenter_file(library, found.file)  # in the library folder itself, never through a link to it
     except HeygemdError as exc:
-        message = exc.message.replace(str(library / found.file), where)
-        return LinkedPresenter(
-            name=found.name, library_file=where, error=ErrorStatus(code=exc.code, message=message, hint=exc.hint)
-        )
+        return LinkedPresenter(name=found.name, library_file=where, error=ErrorStatus.from_info(exc.info()))
     except FileNotFoundError:  # removed since the scan
         gone = NoSuchPresenter(f"the presenter {found.name!r} was removed from the library", path=Path(library.name))
         return LinkedPresenter(name=found.name, error=ErrorStatus.from_info(gone.info()))
