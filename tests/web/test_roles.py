@@ -166,7 +166,10 @@ def test_api_keys_open_the_api_until_revoked(site) -> None:
     assert client.get("/api/jobs/scripted", headers=bearer).json()["submitted_by"] == "web ed"
     assert Accounts(settings.paths.state_dir).get("ed").keys[0].last_used is not None  # type: ignore[union-attr]
     cli.revoke_key("ed", "nightly")
-    assert_problem(client.get("/api/jobs", headers=bearer), 401, "UNAUTHORIZED")
+    revoked = assert_problem(client.get("/api/jobs", headers=bearer), 401, "UNAUTHORIZED")
+    assert "API key" in revoked["message"] and "heygemd users key" in revoked["hint"], revoked
+    none = assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")  # a token and accounts: either will do
+    assert "web.token" in none["hint"] and "heygemd users key" in none["hint"], none
     viewer_key = cli.add_key("vera", "dashboard")[1]
     assert_problem(
         client.post("/api/jobs", headers={"Authorization": f"Bearer {viewer_key}"}, files=FILES), 403, "FORBIDDEN_ROLE"
@@ -230,7 +233,10 @@ def test_accounts_without_a_token_still_require_a_login(make_client) -> None:
     client, settings = make_client()
     assert client.get("/api/jobs").status_code == 200  # no token, no account: open to this machine
     people(settings.paths.state_dir)
-    assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")
+    refused = assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")
+    # what this server takes: a login or an account's API key (it has no web.token to send)
+    assert "heygemd users key" in refused["hint"] and "log in" in refused["hint"], refused
+    assert "token" not in refused["message"] + refused["hint"], refused
     assert login(client, "vera", PASSWORDS["vera"]).status_code == 303
     assert client.get("/api/jobs").status_code == 200
 
