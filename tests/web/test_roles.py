@@ -352,11 +352,16 @@ def test_editors_manage_the_presenter_library_and_viewers_only_look(site) -> Non
     page = vera.get("/presenters")
     assert page.status_code == 200 and "anna" in page.text
     assert 'id="add-presenter"' not in page.text and 'data-action="delete-presenter"' not in page.text
+    assert 'href="/new"' not in page.text, "no way to a form a viewer may not use"
     body = assert_problem(vera.delete("/api/presenters/anna", headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
     assert "needs the editor role" in body["message"]
     assert_problem(vera.post("/api/presenters", files=FILES, headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
     assert (library / "anna.mp4").is_file()
     page = ed.get("/presenters").text
-    assert 'id="add-presenter"' in page and 'data-action="delete-presenter"' in page
+    assert (
+        'id="add-presenter"' in page
+        and 'data-action="delete-presenter"' in page
+        and 'class="button primary" href="/new"' in page
+    )
     assert ed.delete("/api/presenters/anna", headers=SAME_SITE).status_code == 200
     assert not (library / "anna.mp4").exists()
