@@ -151,6 +151,11 @@ class Gate:
         server runs counts from then on)."""
         return bool(self._token) or self.accounts.any()
 
+    @property
+    def takes_token(self) -> bool:
+        """Whether web.token is set (the login form then takes it too)."""
+        return bool(self._token)
+
     def _refused(self, message: str) -> Unauthorized:
         """Unauthorized with ``message``, its hint naming the secrets this server takes: web.token, an account's
         API key (with the command that makes one), a login."""

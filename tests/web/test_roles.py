@@ -234,6 +234,8 @@ def test_accounts_without_a_token_still_require_a_login(make_client) -> None:
     assert client.get("/api/jobs").status_code == 200  # no token, no account: open to this machine
     people(settings.paths.state_dir)
     refused = assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")
+    form = client.get("/login").text  # no access token to log in with: the form asks for the account's password
+    assert "access token" not in form.casefold() and 'name="user"' in form and ">Password <input" in form, form
     # what this server takes: a login or an account's API key (it has no web.token to send)
     assert "heygemd users key" in refused["hint"] and "log in" in refused["hint"], refused
     assert "token" not in refused["message"] + refused["hint"], refused
