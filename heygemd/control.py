@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import stat
 from collections.abc import Callable
@@ -437,7 +438,17 @@ class Control:
         except BaseException:
             staging.discard(target)
             raise
-        new_id = self.submit(target, name=status.job_name, options=options, tail="-retry", submitted_by=by)
+        try:
+            new_id = self.submit(target, name=status.job_name, options=options, tail="-retry", submitted_by=by)
+        except EngineNotInstalled as exc:  # the job names it: say how to retry with one that is there
+            there = [c.name for c in self.engine_choices() if c.why_not is None and c.name != AUTO]
+            if not there:
+                raise
+            raise EngineNotInstalled(
+                exc.message,
+                hint=f"{exc.hint} Or retry it with an engine that is installed ({', '.join(there)}): "
+                f"`heygemd retry {shlex.quote(job_id)} --engine {there[0]}`, or ?engine={there[0]} on the API's retry.",
+            ) from None
         log.info("job.retried", job_id=job_id, new_job_id=new_id, by=by or "")
         return new_id
 
