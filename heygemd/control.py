@@ -494,7 +494,11 @@ class Control:
                 return self.lookup(job_id)
         status = self.lookup(job_id)  # claimed meanwhile, or before
         if status.state in FINISHED_JOB_STATES:
-            raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
+            raise AlreadyFinished(
+                f"job {job_id!r} is already {status.state}: its priority no longer matters",
+                hint="A priority orders the jobs that wait. To render it again, retry it "
+                f"(`heygemd retry {shlex.quote(job_id)}`, or Retry on its page): the new job can have a priority.",
+            )
         claimed = read_claim(layout.claim_folder(self.state, job_id))
         if status.state != "queued" or claimed is None or self.requeue is None:
             why: str | None = "it has started, and a job that has started keeps its place"

@@ -523,6 +523,7 @@ def test_cancel_refuses_finished_and_unknown_jobs(make_client) -> None:
     finished_job(settings.paths.outbox, "lesson", state="partial")
     body = assert_problem(client.post("/api/jobs/lesson/cancel"), 409, "ALREADY_DONE")
     assert "'lesson' is already partial" in body["message"]
+    assert "heygemd delete lesson" in body["hint"] and "Delete" in body["hint"], body  # the CLI's way and the page's
     assert_problem(client.post("/api/jobs/nope/cancel"), 404, "NO_SUCH_JOB")
     assert client.post("/api/jobs/..%2Fetc/cancel").status_code == 404
 
