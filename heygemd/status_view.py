@@ -284,7 +284,8 @@ def show_status(
 
 def format_presenters_table(presenters: Sequence[PresenterStatus]) -> str:
     """``heygemd presenters``: one row per library presenter: name, state, duration, size, face found, the engines
-    it is ready for, and what to know: the warnings of a ready one, where a preparing one is, why one failed."""
+    it is ready for, and what to know: the warnings of a ready one, where a preparing one is, why one failed;
+    under the table, what to do about each one that failed (its error's hint)."""
     if not presenters:
         return "the presenter library is empty: `heygemd presenters add FILE`, or copy videos into it\n"
     rows: list[list[str]] = [["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]]
@@ -311,4 +312,5 @@ def format_presenters_table(presenters: Sequence[PresenterStatus]) -> str:
                 note,
             ]
         )
-    return _render(rows)
+    hints = [f"{p.name}: what to do: {p.error.hint}" for p in presenters if p.error is not None and p.error.hint]
+    return _render(rows) + "".join(f"{printable(line)}\n" for line in hints)

@@ -584,6 +584,7 @@ def test_presenters_add_list_remove_and_batch_renders_them(tmp_path: Path, heyge
     assert table[0].split() == ["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]
     assert table[1].split()[:2] == ["anna", "preparing"] and "the daemon has not looked at it yet" in table[1]
     assert table[2].split()[:2] == ["bob", "failed"] and "[UNSAFE_PATH] presenters/bob.mp4" in table[2]
+    assert any(line.startswith("bob: what to do: ") and len(line) > 30 for line in table), table  # the error's hint
     assert "Nothing is rendering" in table[-1], table  # anna waits for a daemon that is not there
 
     audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
