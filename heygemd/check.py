@@ -88,6 +88,8 @@ def _files(engine: str, files: ModelFiles, *, required: bool) -> Check:
     name = f"{engine} files"
     if files.complete:
         found = f"{files.names[0]} found" if len(files.names) == 1 else f"all {len(files.names)} files found"
+        if not required:  # only the engine in use is loaded above
+            found += f" (not loaded: HEYGEMD_ENGINE__NAME={engine} heygemd check loads them)"
         return Check(name, True, f"{files.folder}: {found}", required=required)
     found = ", ".join(files.names) or "none"
     return Check(

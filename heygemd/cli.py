@@ -370,9 +370,15 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
 def _presenters(args: argparse.Namespace, settings: Settings) -> int:
     """``heygemd presenters [add FILE | remove NAME]``."""
     from heygemd.daemon.library import PresenterOptions
-    from heygemd.status_view import format_presenters_table
+    from heygemd.status_view import format_presenters_table, format_renderers
 
     control = control_for(settings)
+
+    def idle() -> str:
+        """Presenters are prepared by a renderer: that none runs, as `heygemd status` says it, else nothing."""
+        renderers = control.renderers()
+        return "" if renderers else format_renderers(renderers, farm=bool(settings.queue.broker))
+
     if args.action == "add":
         options = PresenterOptions(
             display_name=args.display_name,
@@ -386,12 +392,16 @@ def _presenters(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         added = control.add_presenter(args.file, name=args.name, options=options)
         print(f"{added.name}: added to the library ({added.file}); the daemon prepares it (`heygemd presenters`)")
+        print(idle(), end="")
         return 0
     if args.action == "remove":
         control.remove_presenter(args.name)
         print(f"{args.name}: removed from the library")
         return 0
-    print(format_presenters_table(control.presenters()), end="")
+    presenters = control.presenters()
+    print(format_presenters_table(presenters), end="")
+    if any(p.state == "preparing" for p in presenters):
+        print(idle(), end="")
     return 0
 
 

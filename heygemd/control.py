@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -437,7 +438,17 @@ class Control:
         except BaseException:
             staging.discard(target)
             raise
-        new_id = self.submit(target, name=status.job_name, options=options, tail="-retry", submitted_by=by)
+        try:
+            new_id = self.submit(target, name=status.job_name, options=options, tail="-retry", submitted_by=by)
+        except EngineNotInstalled as exc:  # the job names it: say how to retry with one that is there
+            there = [c.name for c in self.engine_choices() if c.why_not is None and c.name != AUTO]
+            if not there:
+                raise
+            raise EngineNotInstalled(
+                exc.message,
+                hint=f"{exc.hint} Or retry it with an engine that is installed ({', '.join(there)}): "
+                f"`heygemd retry {shlex.quote(job_id)} --engine {there[0]}`, or ?engine={there[0]} on the API's retry.",
+            ) from None
         log.info("job.retried", job_id=job_id, new_job_id=new_id, by=by or "")
         return new_id
 
@@ -483,7 +494,11 @@ class Control:
                 return self.lookup(job_id)
         status = self.lookup(job_id)  # claimed meanwhile, or before
         if status.state in FINISHED_JOB_STATES:
-            raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
+            raise AlreadyFinished(
+                f"job {job_id!r} is already {status.state}: its priority no longer matters",
+                hint="A priority orders the jobs that wait. To render it again, retry it "
+                f"(`heygemd retry {shlex.quote(job_id)}`, or Retry on its page): the new job can have a priority.",
+            )
         claimed = read_claim(layout.claim_folder(self.state, job_id))
         if status.state != "queued" or claimed is None or self.requeue is None:
             why: str | None = "it has started, and a job that has started keeps its place"

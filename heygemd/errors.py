@@ -222,10 +222,10 @@ class JobNotFound(HeygemdError):
 
 
 class AlreadyFinished(HeygemdError):
-    """A cancel asked for a job that has already finished: nothing is left to stop."""
+    """A cancel (or a priority change) asked for a job that has already finished: nothing is left to stop."""
 
     code = "ALREADY_DONE"
-    default_hint = "Nothing is left to cancel; delete the job from the dashboard if its results are not wanted."
+    default_hint = "Nothing is left to do for it; delete the job if its results are not wanted."
 
 
 class CancelRefused(HeygemdError):

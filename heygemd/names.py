@@ -86,6 +86,12 @@ def plain_name(name: str, *, is_dir: bool = False) -> bool:
     )
 
 
+def is_readme(name: str) -> bool:
+    """A README (``README``, ``README.md``, ``readme.txt``, ...): a note that explains a folder to the people who
+    use it (the repository's own inbox/ has one), never a stray file of a job."""
+    return name.casefold().partition(".")[0] == "readme"
+
+
 WINDOWS_FORBIDDEN = frozenset('<>:"/\\|?*')
 _WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]) *(\..*)?", re.IGNORECASE)
 """Device names Windows reserves, with any extension (``CON``, ``nul.txt``, ``COM1.tar.gz``)."""

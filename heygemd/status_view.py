@@ -9,12 +9,15 @@ No torch/cv2 here: ``heygemd status`` imports this module and must start fast.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from heygemd.daemon.jobs import asked_priority
 from heygemd.daemon.library import PresenterStatus
+from heygemd.daemon.notes import read_note
 from heygemd.daemon.presence import Renderer
+from heygemd.daemon.priority import effective
 from heygemd.daemon.priority import shown as shown_priority
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.schedule import IntakeState, Schedule
@@ -170,11 +173,15 @@ def _check_notes(video: VideoStatus) -> list[str]:
     return notes
 
 
-def format_inbox(waits: dict[str, str], loose: Sequence[str]) -> str:
-    """The inbox jobs not taken yet, with why (``lesson-01/  settling: taken in 52 s, or at once with .ready``), and
-    the files directly in the inbox, which no job takes."""
+def format_inbox(waits: dict[str, str], loose: Sequence[str], priorities: Mapping[str, int] | None = None) -> str:
+    """The inbox jobs not taken yet, with their priority (when ``priorities`` has them) and why (``lesson-01/  high
+    settling: taken in 52 s, or at once with .ready``), and the files directly in the inbox, which no job takes."""
     out = ""
-    if waits:
+    if waits and priorities is not None:
+        rows = [["WAITING IN THE INBOX", "PRIORITY", "FOR"]]
+        rows += [[f"{name}/", shown_priority(priorities[name]), why] for name, why in sorted(waits.items())]
+        out += _render(rows)
+    elif waits:
         out += _render([["WAITING IN THE INBOX", "FOR"], *([f"{name}/", why] for name, why in sorted(waits.items()))])
     if loose:
         rows = [["IGNORED IN THE INBOX", "WHY"]]
@@ -209,6 +216,12 @@ def format_intake(state: IntakeState) -> str:
     if state.opens_at is not None:
         return printable(f"intake: outside the rendering hours ({state.hours}): jobs {state.waits_for}") + "\n"
     return f"intake: taking jobs ({hours})\n"
+
+
+def _waiting_priority(state_dir: Path | None, folder: Path) -> int:
+    """The priority of the inbox job in ``folder``: as `heygemd priority` changed it, else as its job.toml asks."""
+    note = read_note(state_dir, folder.name, folder) if state_dir is not None else None
+    return effective(note.priority if note is not None else None, asked_priority(folder))
 
 
 def show_status(
@@ -262,7 +275,8 @@ def show_status(
     if state is not None and not (state.taking and state.hours.always):
         out = format_intake(state) + out
     if waits or loose:
-        out += "\n" + format_inbox(waits, loose)
+        priorities = None if inbox is None else {name: _waiting_priority(state_dir, inbox / name) for name in waits}
+        out += "\n" + format_inbox(waits, loose, priorities)
     if renderers is not None:
         out += "\n" + format_renderers(renderers, farm=farm)
     return out
@@ -270,7 +284,8 @@ def show_status(
 
 def format_presenters_table(presenters: Sequence[PresenterStatus]) -> str:
     """``heygemd presenters``: one row per library presenter: name, state, duration, size, face found, the engines
-    it is ready for, and what to know: the warnings of a ready one, where a preparing one is, why one failed."""
+    it is ready for, and what to know: the warnings of a ready one, where a preparing one is, why one failed;
+    under the table, what to do about each one that failed (its error's hint)."""
     if not presenters:
         return "the presenter library is empty: `heygemd presenters add FILE`, or copy videos into it\n"
     rows: list[list[str]] = [["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]]
@@ -297,4 +312,5 @@ def format_presenters_table(presenters: Sequence[PresenterStatus]) -> str:
                 note,
             ]
         )
-    return _render(rows)
+    hints = [f"{p.name}: what to do: {p.error.hint}" for p in presenters if p.error is not None and p.error.hint]
+    return _render(rows) + "".join(f"{printable(line)}\n" for line in hints)

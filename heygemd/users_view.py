@@ -43,7 +43,15 @@ def read_password(stdin: TextIO | None = None) -> str:
         if getpass.getpass("again: ") != first:
             raise AccountError("the two passwords differ", hint="Type the same password twice.")
     else:
-        first = stdin.readline().rstrip("\r\n")
+        line = stdin.readline()
+        if not line:
+            raise AccountError(
+                "no password given: standard input is empty and not a terminal",
+                hint="Run it in a terminal to type the password, or give it as one line on standard input "
+                "(printf '%s\\n' \"$PASSWORD\" | heygemd users ...); an account for scripts needs none "
+                "(`heygemd users add NAME --role ROLE --no-password`, then `heygemd users key NAME KEYNAME`).",
+            )
+        first = line.rstrip("\r\n")
     if len(first) < 8:
         raise AccountError(
             "a password must be at least 8 characters long", hint="Choose a longer one (a passphrase of a few words)."

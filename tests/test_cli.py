@@ -573,6 +573,7 @@ def test_presenters_add_list_remove_and_batch_renders_them(tmp_path: Path, heyge
     proc = run(heygemd_bin, "presenters", "add", str(video), "--name", "anna", "--face", "left", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "anna: added to the library (anna.mp4)" in proc.stdout
+    assert "Nothing is rendering: jobs wait until `heygemd run` starts" in proc.stdout, "who would prepare it?"
     assert (tmp_path / "presenters" / "anna.toml").read_text() == 'face = "left"\n'
     assert video.is_file()  # copied, never moved
     proc = run(heygemd_bin, "presenters", "add", str(video), "--name", "ANNA", env=env)
@@ -583,6 +584,8 @@ def test_presenters_add_list_remove_and_batch_renders_them(tmp_path: Path, heyge
     assert table[0].split() == ["NAME", "STATE", "DURATION", "SIZE", "FACE", "ENGINES", "NOTE"]
     assert table[1].split()[:2] == ["anna", "preparing"] and "the daemon has not looked at it yet" in table[1]
     assert table[2].split()[:2] == ["bob", "failed"] and "[UNSAFE_PATH] presenters/bob.mp4" in table[2]
+    assert any(line.startswith("bob: what to do: ") and len(line) > 30 for line in table), table  # the error's hint
+    assert "Nothing is rendering" in table[-1], table  # anna waits for a daemon that is not there
 
     audio = speech_wav(tmp_path / "hi.wav", sentences=("Hi.",), pause_seconds=0.1, lead_seconds=0.1)
     batch = ["batch", "--audio", str(audio), "--presenters", "anna,bob,zoe", "--out", str(tmp_path / "out")]

@@ -166,6 +166,8 @@ def test_auto_never_takes_latentsync_even_with_its_files(tmp_path: Path, latents
     )
     row = {row.name: row for row in run_checks(settings)}["latentsync files"]
     assert row.ok and not row.required and "all 6 files found" in row.detail  # unet_config.yaml: the tiny model's
+    # found is not loaded: only the engine in use is, and the row says how to load these
+    assert "not loaded" in row.detail and "HEYGEMD_ENGINE__NAME=latentsync heygemd check" in row.detail, row.detail
 
 
 def test_the_pipeline_imports_no_engine() -> None:

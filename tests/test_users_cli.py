@@ -53,6 +53,10 @@ def test_users_refuses_what_is_wrong_with_its_code(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     short = users(config, "add", "anna", "--role", "admin", stdin="short\n")
     assert short.returncode == 1 and "[BAD_ACCOUNT]" in short.stderr and "8 characters" in short.stderr
+    nothing = users(config, "add", "anna", "--role", "admin")  # a script that forgot to pipe the password
+    assert nothing.returncode == 1 and "[BAD_ACCOUNT]" in nothing.stderr, nothing
+    assert "no password" in nothing.stderr and "--no-password" in nothing.stderr, nothing.stderr
+    assert "8 characters" not in nothing.stderr, "nothing was given: not a short password"
     assert users(config, "add", "anna", "--role", "admin", stdin="long enough pw\n").returncode == 0
     again = users(config, "add", "anna", "--role", "viewer", stdin="long enough pw\n")
     assert again.returncode == 1 and "[ACCOUNT_EXISTS]" in again.stderr

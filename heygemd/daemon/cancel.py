@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -254,7 +255,11 @@ def _cancel_once(
 ) -> CancelAnswer | None:
     status = _outbox_status(job_folder(outbox, job_id))
     if status is not None and status.state in FINISHED_JOB_STATES:
-        raise AlreadyFinished(f"job {job_id!r} is already {status.state}")
+        raise AlreadyFinished(
+            f"job {job_id!r} is already {status.state}",
+            hint="Nothing is left to cancel; delete the job (`heygemd delete "
+            f"{shlex.quote(job_id)}`, or Delete on its page) if its results are not wanted.",
+        )
     claim_id = status.job_id if status is not None else job_id
     claim_path = claim_folder(state_dir, claim_id)
     claimed = read_claim(claim_path)

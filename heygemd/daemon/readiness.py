@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heygemd.daemon.completeness import CompletenessCheck
-from heygemd.names import NameKind, classify_name, encodable_name, plain_name
+from heygemd.names import NameKind, classify_name, encodable_name, is_readme, plain_name
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,20 @@ def scan_inbox(
     are still being uploaded (``JOB.partial``). A folder whose name is not valid UTF-8 is skipped too, and
     given to ``on_bad_name`` (the daemon says it once per name; the web pages scan several times a second and
     say nothing). A file (or a link) directly in the inbox with an ordinary name is no job: it is given to
-    ``on_loose`` (it belongs in a job folder). A missing inbox raises FileNotFoundError (the share is not
-    mounted: the caller should pause, not conclude the inbox is empty).
+    ``on_loose`` (it belongs in a job folder), unless it is a README explaining the inbox. A missing inbox raises
+    FileNotFoundError (the share is not mounted: the caller should pause, not conclude the inbox is empty).
     """
     inbox = Path(inbox)
     found: list[Candidate] = []
     with os.scandir(inbox) as it:
         for entry in it:
             if not entry.is_dir(follow_symlinks=False):
-                if on_loose is not None and encodable_name(entry.name) and plain_name(entry.name):
+                if (
+                    on_loose is not None
+                    and encodable_name(entry.name)
+                    and plain_name(entry.name)
+                    and not is_readme(entry.name)
+                ):
                     on_loose(entry.name)
                 continue
             if classify_name(entry.name, is_dir=True) is not NameKind.NORMAL:

@@ -151,6 +151,23 @@ class Gate:
         server runs counts from then on)."""
         return bool(self._token) or self.accounts.any()
 
+    @property
+    def takes_token(self) -> bool:
+        """Whether web.token is set (the login form then takes it too)."""
+        return bool(self._token)
+
+    def _refused(self, message: str) -> Unauthorized:
+        """Unauthorized with ``message``, its hint naming the secrets this server takes: web.token, an account's
+        API key (with the command that makes one), a login."""
+        key = "an account's API key (`heygemd users key ACCOUNT KEYNAME` makes one)"
+        if not self.accounts.any():
+            return Unauthorized(message)
+        if not self._token:
+            return Unauthorized(message, hint=f"Send {key} as 'Authorization: Bearer <key>', or log in.")
+        return Unauthorized(
+            message, hint=f"Send web.token (HEYGEMD_WEB__TOKEN) or {key} as 'Authorization: Bearer ...', or log in."
+        )
+
     def _failed(self, client: str, name: str | None, why: str) -> None:
         subjects = [throttle.address(client), *([throttle.account(name)] if name else [])]
         self._throttle.failed(*subjects)
@@ -171,7 +188,8 @@ class Gate:
         if found is not None:
             return Principal(found[0].name, found[0].role, Via.BEARER)
         self._failed(client, claimed, "wrong bearer token" if claimed is None else "wrong or revoked API key")
-        raise Unauthorized("the bearer token is wrong")
+        is_key = candidate.startswith(KEY_PREFIX)
+        raise self._refused("the API key is wrong or revoked" if is_key else "the bearer token is wrong")
 
     def login(self, user: str, secret: str, client: str) -> str | None:
         """A new session value for an account's right password (``user`` given) or the right web.token (``user``
@@ -199,7 +217,7 @@ class Gate:
         if authorization:
             scheme, _, value = authorization.partition(" ")
             if scheme.casefold() != "bearer":
-                raise Unauthorized("the bearer token is wrong")
+                raise self._refused("the Authorization header is not 'Bearer <secret>'")
             return self._check_bearer(value.strip(), client, scraper=scraper)
         if cookie:
             subject = self.sessions.subject(cookie)
@@ -211,7 +229,9 @@ class Gate:
             raise Unauthorized(
                 "the session is over (it expired, it was logged out, or its account removed); log in again"
             )
-        raise Unauthorized("this server needs a token and the request carries none")
+        if not self._token:
+            raise self._refused("this server needs a login or an API key and the request carries neither")
+        raise self._refused("this server needs a token and the request carries none")
 
 
 def check_same_origin(

@@ -73,9 +73,13 @@ def pages_router(
     web = settings.web
     pages = APIRouter(include_in_schema=False)
 
+    def ways_in() -> dict[str, bool]:
+        """What the login form asks for: an account's name and password, web.token, or either."""
+        return {"accounts": gate.accounts.any() or not gate.takes_token, "token_login": gate.takes_token}
+
     @pages.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return render(request, "login.html", next=local(next), failed=False, user="")
+        return render(request, "login.html", next=local(next), failed=False, user="", **ways_in())
 
     @pages.post("/login")
     def login(
@@ -89,7 +93,7 @@ def pages_router(
             return RedirectResponse(local(next), status_code=303)
         session = gate.login(user, token, client_address(request))
         if session is None:
-            return render(request, "login.html", status_code=401, next=local(next), failed=True, user=user)
+            return render(request, "login.html", status_code=401, next=local(next), failed=True, user=user, **ways_in())
         response = RedirectResponse(local(next), status_code=303)
         response.set_cookie(
             COOKIE,

@@ -121,6 +121,16 @@ def test_scan_inbox_lists_job_folders_only(tmp_path: Path) -> None:
     assert "statedir" not in [c.name for c in scan_inbox(inbox, inbox / "statedir")]
 
 
+def test_scan_inbox_reports_loose_files_but_not_a_readme_explaining_the_inbox(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "lesson").mkdir(parents=True)
+    for name in ["notes.txt", "talk.mp4", "README.md", "readme.txt", "ReadMe", ".DS_Store"]:
+        write(inbox / name)
+    loose: list[str] = []
+    assert [c.name for c in scan_inbox(inbox, on_loose=loose.append)] == ["lesson"]
+    assert sorted(loose) == ["notes.txt", "talk.mp4"], "a README (the repository's inbox has one) is no stray file"
+
+
 def test_scan_missing_inbox_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         scan_inbox(tmp_path / "not-mounted")

@@ -221,6 +221,25 @@ def test_status_shows_which_file_an_inbox_job_waits_for(tmp_path: Path) -> None:
     assert "bob.mp4" not in show_status(settings.paths.outbox, None, settings.paths.state_dir)
 
 
+def test_status_shows_the_priority_of_the_jobs_waiting_in_the_inbox(tmp_path: Path) -> None:
+    """`heygemd priority JOB high` changes a job that waits: the table of waiting jobs says what it is now."""
+    from heygemd.daemon.notes import write_note
+    from heygemd.status_view import show_status
+
+    settings = make_settings(tmp_path, incomplete_timeout=600.0)
+    empty = {"voice.wav": b"RIFF-voice", "bob.mp4": b""}
+    make_job(settings, "asked-low", marker=False, files={**empty, "job.toml": b'priority = "low"\n'})
+    changed = make_job(settings, "changed-high", marker=False, files={**empty, "job.toml": b'priority = "low"\n'})
+    make_job(settings, "plain", marker=False, files=empty)
+    write_note(settings.paths.state_dir, "changed-high", changed, priority=8)  # what `heygemd priority` writes
+    svc = service(settings, Runner())
+    assert svc.step(0.0).action == svc.step(SETTLE).action == "idle"
+    text = show_status(settings.paths.outbox, None, settings.paths.state_dir, inbox=settings.paths.inbox)
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.endswith("0 bytes so far")}
+    assert rows == {"asked-low/": "low", "changed-high/": "high", "plain/": "normal"}, text
+    assert "WAITING IN THE INBOX  PRIORITY  FOR" in text, text
+
+
 def test_a_paused_job_with_a_cancel_request_does_not_wait_out_its_pause(tmp_path: Path) -> None:
     from heygemd.daemon.cancel import write_request
 

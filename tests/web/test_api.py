@@ -264,6 +264,17 @@ def test_retry_submits_the_failed_videos_again_as_a_new_job(make_client) -> None
     assert client.post("/api/jobs/lesson/retry").json()["job_id"] == "lesson-retry-2"
 
 
+def test_a_retry_whose_engine_is_not_installed_says_how_to_retry_with_one_that_is(make_client) -> None:
+    client, settings = make_client()
+    videos = [VideoStatus(input="bob.mov", state="failed", progress=0.3)]
+    status = finished_job(settings.paths.outbox, "lesson", state="failed", videos=videos)
+    _archive_inputs(settings, status, {"lesson.wav": WAV, "bob.mov": MP4, "job.toml": b'engine = "wav2lip"\n'})
+    body = assert_problem(client.post("/api/jobs/lesson/retry"), 400, "ENGINE_NOT_INSTALLED")
+    assert "wav2lip_gan.pth" in body["message"], body
+    assert "heygemd retry lesson --engine mouthwarp" in body["hint"] and "?engine=mouthwarp" in body["hint"], body
+    assert client.post("/api/jobs/lesson/retry?engine=mouthwarp").status_code == 201  # as the hint says
+
+
 def test_the_retry_of_a_job_with_a_long_name_gets_a_name_that_fits(make_client) -> None:
     client, settings = make_client()
     name = "ü" * 125  # 250 bytes: "<name>-retry" would be 256, one over what a file system takes
@@ -512,6 +523,7 @@ def test_cancel_refuses_finished_and_unknown_jobs(make_client) -> None:
     finished_job(settings.paths.outbox, "lesson", state="partial")
     body = assert_problem(client.post("/api/jobs/lesson/cancel"), 409, "ALREADY_DONE")
     assert "'lesson' is already partial" in body["message"]
+    assert "heygemd delete lesson" in body["hint"] and "Delete" in body["hint"], body  # the CLI's way and the page's
     assert_problem(client.post("/api/jobs/nope/cancel"), 404, "NO_SUCH_JOB")
     assert client.post("/api/jobs/..%2Fetc/cancel").status_code == 404
 

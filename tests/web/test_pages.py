@@ -192,6 +192,7 @@ def test_before_login_the_pages_show_nothing_of_the_machine(make_client) -> None
     )
     shown = client.get("/login").text
     assert not [word for word in machine if word in shown], shown
+    assert ">Access token <input" in shown and 'name="user"' not in shown, "no accounts: the token is the only way in"
     wrong = client.post("/login", data={"token": "wrong"}, headers={"Origin": ORIGIN})
     assert wrong.status_code == 401 and not [word for word in machine if word in wrong.text]
     assert client.post("/login", data={"token": TOKEN}, headers={"Origin": ORIGIN}).status_code == 303

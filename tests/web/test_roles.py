@@ -166,7 +166,10 @@ def test_api_keys_open_the_api_until_revoked(site) -> None:
     assert client.get("/api/jobs/scripted", headers=bearer).json()["submitted_by"] == "web ed"
     assert Accounts(settings.paths.state_dir).get("ed").keys[0].last_used is not None  # type: ignore[union-attr]
     cli.revoke_key("ed", "nightly")
-    assert_problem(client.get("/api/jobs", headers=bearer), 401, "UNAUTHORIZED")
+    revoked = assert_problem(client.get("/api/jobs", headers=bearer), 401, "UNAUTHORIZED")
+    assert "API key" in revoked["message"] and "heygemd users key" in revoked["hint"], revoked
+    none = assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")  # a token and accounts: either will do
+    assert "web.token" in none["hint"] and "heygemd users key" in none["hint"], none
     viewer_key = cli.add_key("vera", "dashboard")[1]
     assert_problem(
         client.post("/api/jobs", headers={"Authorization": f"Bearer {viewer_key}"}, files=FILES), 403, "FORBIDDEN_ROLE"
@@ -230,7 +233,12 @@ def test_accounts_without_a_token_still_require_a_login(make_client) -> None:
     client, settings = make_client()
     assert client.get("/api/jobs").status_code == 200  # no token, no account: open to this machine
     people(settings.paths.state_dir)
-    assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")
+    refused = assert_problem(client.get("/api/jobs"), 401, "UNAUTHORIZED")
+    form = client.get("/login").text  # no access token to log in with: the form asks for the account's password
+    assert "access token" not in form.casefold() and 'name="user"' in form and ">Password <input" in form, form
+    # what this server takes: a login or an account's API key (it has no web.token to send)
+    assert "heygemd users key" in refused["hint"] and "log in" in refused["hint"], refused
+    assert "token" not in refused["message"] + refused["hint"], refused
     assert login(client, "vera", PASSWORDS["vera"]).status_code == 303
     assert client.get("/api/jobs").status_code == 200
 
@@ -249,7 +257,8 @@ def test_an_editor_changes_the_priority_of_a_waiting_job_only(site) -> None:
     assert ed.get("/api/jobs/later").json()["priority"] == 8
     assert 'id="priority"' in ed.get("/jobs/later").text
     assert_problem(ed.put("/api/jobs/later/priority", json={"priority": 12}, headers=SAME_SITE), 400, "BAD_REQUEST")
-    assert_problem(ed.put("/api/jobs/done-job/priority", json={"priority": 9}, headers=SAME_SITE), 409, "ALREADY_DONE")
+    done = ed.put("/api/jobs/done-job/priority", json={"priority": 9}, headers=SAME_SITE)
+    assert "cancel" not in assert_problem(done, 409, "ALREADY_DONE")["hint"], "a priority change is no cancel"
     assert_problem(ed.put("/api/jobs/nothing/priority", json={"priority": 9}, headers=SAME_SITE), 404, "NOT_FOUND")
     vera = as_("vera")
     assert_problem(vera.put("/api/jobs/later/priority", json={"priority": 9}, headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
@@ -346,11 +355,16 @@ def test_editors_manage_the_presenter_library_and_viewers_only_look(site) -> Non
     page = vera.get("/presenters")
     assert page.status_code == 200 and "anna" in page.text
     assert 'id="add-presenter"' not in page.text and 'data-action="delete-presenter"' not in page.text
+    assert 'href="/new"' not in page.text, "no way to a form a viewer may not use"
     body = assert_problem(vera.delete("/api/presenters/anna", headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
     assert "needs the editor role" in body["message"]
     assert_problem(vera.post("/api/presenters", files=FILES, headers=SAME_SITE), 403, "FORBIDDEN_ROLE")
     assert (library / "anna.mp4").is_file()
     page = ed.get("/presenters").text
-    assert 'id="add-presenter"' in page and 'data-action="delete-presenter"' in page
+    assert (
+        'id="add-presenter"' in page
+        and 'data-action="delete-presenter"' in page
+        and 'class="button primary" href="/new"' in page
+    )
     assert ed.delete("/api/presenters/anna", headers=SAME_SITE).status_code == 200
     assert not (library / "anna.mp4").exists()
