@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,8 +55,8 @@ import cv2
 import numpy as np
 import structlog
 
-from heygemd.errors import ConfigError
-from heygemd.fsutil import InputFile, atomic_writer, own_dir
+from heygemd.errors import ConfigError, HeygemdError
+from heygemd.fsutil import InputFile, atomic_writer, open_regular, own_dir
 from heygemd.pipeline import mouth
 from heygemd.pipeline.face_detectors import (
     DetectorKind,
@@ -179,7 +180,8 @@ class FaceTrack:
     def load(cls, path: Path) -> FaceTrack:
         """Read a track written by ``save``. Raises TrackFileError when the file is unreadable or malformed."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            # opened once, never through a link (the cache folder may be on the share)
+            with os.fdopen(open_regular(path), "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 if int(data["version"]) != CACHE_FORMAT:
                     raise TrackFileError(f"{path}: face track version {int(data['version'])}, expected {CACHE_FORMAT}")
                 size = data["frame_size"]
@@ -190,7 +192,7 @@ class FaceTrack:
                     detector=str(data["detector"]),
                     lip_contrast=np.asarray(data["lip_contrast"], dtype=np.float32),
                 )
-        except (OSError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as exc:
+        except (OSError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile, HeygemdError) as exc:
             if isinstance(exc, TrackFileError):
                 raise
             raise TrackFileError(f"{path}: not a readable face track ({type(exc).__name__}: {exc})") from exc
@@ -588,7 +590,7 @@ def cached_track(key: str, cache_dir: Path, fingerprint: str, compute: Callable[
     except (OSError, ConfigError) as exc:
         log.warning("face_cache_write_failed", path=str(path.parent), error=str(exc))
         return compute()
-    if path.is_file():
+    if os.path.lexists(path):
         try:
             return FaceTrack.load(path)
         except TrackFileError as exc:

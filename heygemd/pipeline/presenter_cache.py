@@ -24,7 +24,7 @@ import numpy as np
 import structlog
 
 from heygemd.errors import ConfigError, HeygemdError
-from heygemd.fsutil import atomic_write_bytes, own_dir, read_regular
+from heygemd.fsutil import atomic_write_bytes, fd_path, open_regular, own_dir, read_regular
 
 log = structlog.get_logger(__name__)
 
@@ -75,14 +75,12 @@ def cached_preparation(
     except (OSError, ConfigError) as exc:
         log.warning("presenter_cache_write_failed", path=str(path.parent), error=str(exc))
         return Preparation(_uncached(shape, compute), cached=False)
-    if path.is_file():
+    if os.path.lexists(path):
         try:
-            data = np.load(path, mmap_mode="r", allow_pickle=False)
-            if data.shape == shape and data.dtype == np.float32:
-                os.utime(path)  # most recently used
+            data = _load(path, shape)
+            if data is not None:
                 return Preparation(data, cached=True, path=path)
-            log.warning("presenter_cache_mismatch", path=str(path), shape=list(data.shape), expected=list(shape))
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, HeygemdError) as exc:  # a link or FIFO planted there too
             log.warning("presenter_cache_corrupt", path=str(path), error=str(exc))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -105,7 +103,25 @@ def cached_preparation(
         if os.path.exists(tmp):
             os.unlink(tmp)
     evict(cache_dir, limit_bytes, keep=path)
-    return Preparation(np.load(path, mmap_mode="r", allow_pickle=False), cached=False, path=path)
+    written = _load(path, shape)
+    assert written is not None  # the file just written
+    return Preparation(written, cached=False, path=path)
+
+
+def _load(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cache file ``path`` mapped read-only, its time set to now (most recently used); None (logged) when it
+    is not float32 of ``shape``. Opened once, never through a link (``fsutil.open_regular``): the cache folder may
+    be on the share, where anyone may put a link where a file goes."""
+    fd = open_regular(path)
+    try:
+        data = np.load(fd_path(fd), mmap_mode="r", allow_pickle=False)  # maps the very file opened
+        if data.shape != shape or data.dtype != np.float32:
+            log.warning("presenter_cache_mismatch", path=str(path), shape=list(data.shape), expected=list(shape))
+            return None
+        os.utime(fd)
+        return data
+    finally:
+        os.close(fd)
 
 
 def _uncached(shape: tuple[int, ...], compute: Callable[[np.ndarray], None]) -> np.ndarray:

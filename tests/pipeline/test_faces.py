@@ -22,6 +22,7 @@ from heygemd.pipeline.faces import (
     DlibDetector,
     FaceTrack,
     TrackFileError,
+    cache_path,
     cached_track,
     make_detector,
     track_faces,
@@ -346,6 +347,20 @@ def test_a_linked_face_cache_is_never_read_or_written_through(tmp_path):
     computed = small_track(seed=1)
     track = cached_track("abc", tmp_path / "cache", "fp1", lambda: computed)
     assert track is computed and [p.name for p in elsewhere.iterdir()] == ["abc-fp1.npz"]
+
+
+def test_a_face_track_planted_as_a_link_in_the_cache_is_not_read_through(tmp_path):
+    """A link put where a video's cached track goes (the cache on the share), to a track elsewhere: not read as
+    the video's track; the computed one replaces the link, and the target stays as it was."""
+    elsewhere = tmp_path / "elsewhere.npz"
+    small_track(seed=9).save(elsewhere)
+    path = cache_path("abc", tmp_path / "cache", "fp1")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(elsewhere)
+    computed = small_track(seed=1)
+    track = cached_track("abc", tmp_path / "cache", "fp1", lambda: computed)
+    assert track is computed and not path.is_symlink()
+    np.testing.assert_array_equal(FaceTrack.load(elsewhere).boxes, small_track(seed=9).boxes)
 
 
 def test_fingerprint_changes_with_every_setting():

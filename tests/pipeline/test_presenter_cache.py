@@ -98,3 +98,19 @@ def test_a_linked_cache_folder_is_never_written_through(tmp_path: Path) -> None:
     result = presenter_cache.cached_preparation("k", tmp_path / "cache", "fp", (2, 2), compute, 10**9)  # type: ignore[arg-type]
     assert result.cached is False and calls == [1] and list(elsewhere.iterdir()) == []
     np.testing.assert_array_equal(result.data, np.full((2, 2), 4.0, np.float32))
+
+
+def test_a_cache_file_planted_as_a_link_is_neither_read_nor_touched_through(tmp_path: Path) -> None:
+    """A cache on the share: a link put where a preparation's file goes, to a file of the right shape elsewhere,
+    is not read as the presenter's preparation, and its target's time is not changed; the link is replaced."""
+    outside = tmp_path / "elsewhere.npy"
+    np.save(outside, np.full((2, 2), 9.0, np.float32))
+    os.utime(outside, ns=(10**18, 10**18))
+    path = presenter_cache.cache_path("k", tmp_path / "cache", "fp")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(outside)
+    calls, compute = fill(4.0)
+    result = presenter_cache.cached_preparation("k", tmp_path / "cache", "fp", (2, 2), compute, 10**9)  # type: ignore[arg-type]
+    assert result.cached is False and calls == [1]
+    np.testing.assert_array_equal(result.data, np.full((2, 2), 4.0, np.float32))
+    assert os.stat(outside).st_mtime_ns == 10**18 and not path.is_symlink()
