@@ -45,7 +45,7 @@ def _belongs_to(folder: Path, job_id: str, claimed_at: datetime) -> bool:
         return True
     try:
         status = read_status(status_file(folder))
-    except (FileNotFoundError, ValidationError):
+    except (FileNotFoundError, ValueError):  # gone, or not this job's status (a link, a FIFO, foreign)
         return False
     return status.job_id == job_id and status.claimed is not None and status.claimed == claimed_at
 

@@ -27,8 +27,8 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from heygemd.daemon.priority import HIGHEST, LOWEST, NORMAL
-from heygemd.errors import ErrorInfo
-from heygemd.fsutil import ReplaceFn, atomic_write_bytes
+from heygemd.errors import ErrorInfo, HeygemdError
+from heygemd.fsutil import ReplaceFn, atomic_write_bytes, read_regular
 from heygemd.quality.report import QualityReport
 
 SCHEMA_VERSION = 3
@@ -341,9 +341,19 @@ def _progress(record: CallbackRecord) -> tuple[int, bool]:
     return record.attempts, record.state != "pending"
 
 
+MAX_STATUS_BYTES = 64 << 20
+"""Larger than any status.json heygemd writes (a few KiB a video): a larger one is not heygemd's."""
+
+
 def read_status(path: Path) -> JobStatus:
-    """Read a ``status.json``. Raises FileNotFoundError, or pydantic.ValidationError when it is not a status file."""
-    return JobStatus.model_validate_json(Path(path).read_bytes())
+    """Read a ``status.json``, opened once and never through a link nor waiting on a FIFO (the outbox is on a
+    share: what is there may be anyone's). Raises FileNotFoundError, or ValueError (pydantic's ValidationError
+    among them) when it is not heygemd's status file: a link, not a regular file, too large, or not a status."""
+    try:
+        data = read_regular(Path(path), max_bytes=MAX_STATUS_BYTES)
+    except HeygemdError as exc:
+        raise ValueError(exc.message) from None
+    return JobStatus.model_validate_json(data)
 
 
 # ---------------------------------------------------------------------------------------------- JSON Schema

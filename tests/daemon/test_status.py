@@ -252,3 +252,24 @@ def test_detail_lists_videos_errors_and_hints() -> None:
     assert "hint: " + NoFace.default_hint in text
     c_line = next(line for line in text.splitlines() if line.startswith("c.png"))
     assert "50%" in c_line and "150/300" in c_line
+
+
+def test_a_status_planted_as_a_link_or_fifo_in_the_outbox_is_not_read_and_blocks_nothing(tmp_path: Path) -> None:
+    """The outbox is on a share: a link where a job's status.json goes is not followed (a file outside the
+    outbox is not read), a FIFO is not waited on, and `heygemd status` lists the other jobs."""
+    from heygemd.status_view import show_status
+
+    outbox = tmp_path / "outbox"
+    elsewhere = tmp_path / "elsewhere.json"
+    write_status(elsewhere, sample().model_copy(update={"job_id": "secret"}))
+    for name in ("good", "linked", "piped"):
+        (outbox / name).mkdir(parents=True)
+    write_status(outbox / "good" / "status.json", sample().model_copy(update={"job_id": "good"}))
+    (outbox / "linked" / "status.json").symlink_to(elsewhere)
+    os.mkfifo(outbox / "piped" / "status.json")
+
+    for planted in ("linked", "piped"):
+        with pytest.raises(ValueError, match="status.json"):
+            read_status(outbox / planted / "status.json")
+    text = show_status(outbox, None, None)
+    assert "good" in text and "secret" not in text
