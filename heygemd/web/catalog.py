@@ -18,8 +18,8 @@ from heygemd.daemon.claims import ClaimedJob, claimed_jobs
 from heygemd.daemon.readiness import scan_inbox
 from heygemd.daemon.status import JobStatus, read_status
 from heygemd.daemon.waiting import read_waiting_jobs
-from heygemd.errors import JobNotFound
-from heygemd.fsutil import contained, is_real_dir, is_real_file
+from heygemd.errors import HeygemdError, JobNotFound
+from heygemd.fsutil import contained, is_real_dir, is_real_file, open_regular
 from heygemd.layout import LOG_FILE, claim_folder, job_folder, status_file
 from heygemd.names import plain_name
 from heygemd.settings import Settings
@@ -88,9 +88,10 @@ class Catalog:
         """The end of the job's job.log ('' when there is none yet)."""
         try:
             path = self.file(job_id, LOG_FILE)
-        except NotFound:
+            fh = os.fdopen(open_regular(path), "rb")  # a link or FIFO swapped in since the check is not read
+        except (NotFound, FileNotFoundError, HeygemdError):
             return ""
-        with open(path, "rb") as fh:
+        with fh:
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - limit))
             return fh.read().decode("utf-8", "replace")

@@ -7,10 +7,14 @@ cannot seek; every unzip tool reads that.
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from heygemd.errors import HeygemdError
+from heygemd.fsutil import open_regular
 
 CHUNK = 1024 * 1024
 
@@ -39,8 +43,12 @@ def stream_zip(files: Iterable[Path]) -> Iterator[bytes]:
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path in files:
-            with open(path, "rb") as src:
-                st = path.stat()
+            try:  # listed as a regular file; opened once, so a link or FIFO swapped in since is left out
+                src = os.fdopen(open_regular(path), "rb")
+            except (FileNotFoundError, HeygemdError):
+                continue
+            with src:
+                st = os.fstat(src.fileno())
                 info = zipfile.ZipInfo(path.name, date_time=time.localtime(st.st_mtime)[:6])
                 info.compress_type = zipfile.ZIP_STORED
                 with zf.open(info, "w", force_zip64=st.st_size >= zipfile.ZIP64_LIMIT // 2) as dst:

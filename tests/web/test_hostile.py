@@ -219,3 +219,38 @@ def test_job_toml_written_for_an_upload_cannot_be_given_another_option() -> None
     hostile = 'talk".mp4\\\nengine = "wav2lip'
     options = JobOptions(audio=hostile, crf=20, engine="mouthwarp")
     assert tomllib.loads(job_toml(options)) == {"audio": hostile, "crf": 20, "engine": "mouthwarp"}
+
+
+def test_outbox_files_swapped_for_a_link_or_fifo_after_the_check_are_left_out_of_zips_and_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox is on a share: a file listed as regular and swapped for a link or a FIFO before it is read is
+    neither read through (a file outside the outbox in the ZIP) nor waited on (a download or a job page stuck)."""
+    import io
+    import os
+    import zipfile
+
+    from heygemd.settings import Settings
+    from heygemd.web import catalog as catalog_module
+    from heygemd.web.catalog import Catalog
+    from heygemd.web.zipstream import stream_zip
+
+    outbox = tmp_path / "outbox"
+    finished_job(outbox, "lesson")
+    folder = outbox / "lesson"
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside the outbox")
+    (folder / "anna.jpg").unlink()
+    (folder / "anna.jpg").symlink_to(secret)
+    os.mkfifo(folder / "fifo.mp4")
+    listed = [folder / "anna.mp4", folder / "anna.jpg", folder / "fifo.mp4", folder / "status.json"]
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(stream_zip(listed))))
+    assert archive.namelist() == ["anna.mp4", "status.json"]
+
+    settings = Settings.model_validate({"paths": {"inbox": tmp_path / "inbox", "outbox": outbox}})
+    pages = Catalog(settings)
+    assert "job.started" in pages.log_text("lesson")
+    (folder / "job.log").unlink()
+    os.mkfifo(folder / "job.log")
+    monkeypatch.setattr(catalog_module, "is_real_file", lambda path: True)  # swapped right after the check
+    assert pages.log_text("lesson") == ""
