@@ -61,7 +61,10 @@ class Unauthorized(WebError):
 class TooManyFailures(WebError):
     code = "TOO_MANY_FAILURES"
     status = 429
-    default_hint = "Wait the time the Retry-After header gives, then send the right token (web.token)."
+    default_hint = (
+        "Wait the time the Retry-After header gives, then send the right secret: an account's password or API key, or "
+        "web.token where the server has one."
+    )
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
