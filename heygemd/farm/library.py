@@ -1,6 +1,7 @@
 """The presenter library in a farm. The library and presenters.json are on the NAS like the inbox; the intake keeps
 the library's state (:class:`~heygemd.daemon.preparation.LibraryKeeper`, as a single host does) but sends each
-presenter to prepare as a task (``heygemd.prepare_presenter``, on the common queue) instead of preparing it; the
+presenter to prepare as a task (``heygemd.prepare_presenter``, on the common queue, at the lowest priority: a
+waiting job goes first) instead of preparing it; the
 worker that takes the task prepares it with its warm engines, holding the presenter's lock in Redis (the one jobs
 take: :meth:`Broker.holding`, ``heygemd:lock:library/<name>``), so a presenter is prepared by one worker at a time
 and a task sent twice is dropped. presenters.json is changed by the intake and the workers, each change under a
@@ -24,7 +25,8 @@ from celery import Celery
 
 from heygemd.daemon.library import LibraryFile
 from heygemd.daemon.preparation import LibraryKeeper
-from heygemd.farm.broker import Broker, BrokerError
+from heygemd.daemon.priority import LOWEST
+from heygemd.farm.broker import Broker, BrokerError, broker_priority
 from heygemd.farm.ownership import MISSED_HEARTBEATS
 from heygemd.farm.periodic import Periodic
 from heygemd.farm.publish import PublishError
@@ -98,6 +100,7 @@ class FarmLibrary:
                 kwargs={"name": found.name},
                 task_id=presenter_task_id(found.name),
                 queue=self.settings.queue.queue,
+                priority=broker_priority(LOWEST),  # jobs first: behind every waiting job but one of priority 0
                 retry=False,
             )
         except PublishError as exc:  # the presenter stays queued

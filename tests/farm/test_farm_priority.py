@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from heygemd.daemon.claims import claim, claimed_jobs, read_claim
+from heygemd.daemon.library import scan_library
 from heygemd.daemon.readiness import Candidate
+from heygemd.farm.app import make_app
 from heygemd.farm.broker import Broker, broker_priority, level_lists
+from heygemd.farm.library import FarmLibrary, presenter_task_id
 from heygemd.farm.priority import requeuer
 from heygemd.farm.publish import Publisher
 from heygemd.settings import QueueSettings, Settings
@@ -31,7 +34,8 @@ def claimed_settings(tmp_path: Path, broker: str, jobs: dict[str, str | None]) -
         if priority is not None:
             (inbox / name / "job.toml").write_text(f'priority = "{priority}"\n', encoding="utf-8")
         claim(Candidate(name=name, path=inbox / name), inbox / ".heygemd", now=lambda: datetime.now(timezone.utc))
-    return Settings(paths={"inbox": inbox, "outbox": tmp_path / "outbox"}, queue=QueueSettings(broker=broker))
+    paths = {"inbox": inbox, "outbox": tmp_path / "outbox", "models": tmp_path / "models"}
+    return Settings(paths=paths, queue=QueueSettings(broker=broker))
 
 
 def test_tasks_wait_in_priority_order_and_a_waiting_one_can_be_moved(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -55,6 +59,22 @@ def test_tasks_wait_in_priority_order_and_a_waiting_one_can_be_moved(tmp_path: P
     assert broker.acquire("normal", "a worker", 30)  # a worker holds the job: its place cannot change
     assert move(by_name["normal"], 9) == "a worker has taken it"
     assert broker.queued_in_order("heygemd")[-1] == "heygemd-job:normal"
+
+
+def test_a_presenter_to_prepare_waits_behind_every_job_of_a_named_priority(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    settings = claimed_settings(tmp_path, redis_server.url, {"low": "low"})
+    folder = settings.paths.presenters_dir
+    folder.mkdir(parents=True)
+    (folder / "anna.mp4").write_bytes(b"\0" * 64)
+    library = FarmLibrary(settings, Broker(redis_server.url), make_app(settings.queue))
+    assert library.publish(scan_library(folder, ready_marker=".ready")[0])  # sent first, a job after it
+    (job,) = claimed_jobs(settings.paths.state_dir)
+    assert Publisher(settings).publish(job)
+
+    # jobs first: a free worker takes the job, then prepares the presenter
+    assert Broker(redis_server.url).queued_in_order("heygemd") == ["heygemd-job:low", presenter_task_id("anna")]
 
 
 @pytest.mark.slow
