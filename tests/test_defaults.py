@@ -30,6 +30,5 @@ def test_pipeline_defaults_are_the_settings_defaults() -> None:
         for name in ("crf", "preset", "audio_bitrate"):
             assert defaults(fn)[name] == getattr(video, name), (fn, name)
     assert defaults(probe_video)["max_pixels"] == video.max_presenter_pixels
-    assert defaults(probe_video)["max_seconds"] == video.max_presenter_seconds
     assert VideoInfo.__dataclass_fields__["max_pixels"].default == video.max_presenter_pixels
     assert defaults(decode_audio)["max_seconds"] == video.max_audio_seconds

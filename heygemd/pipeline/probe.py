@@ -31,8 +31,6 @@ from heygemd.settings import VideoSettings
 
 MAX_PIXELS: int = VideoSettings.model_fields["max_presenter_pixels"].default
 """The default limit (``video.max_presenter_pixels``)."""
-MAX_SECONDS: float = VideoSettings.model_fields["max_presenter_seconds"].default
-"""The default limit (``video.max_presenter_seconds``)."""
 
 DECODER_HEADROOM = 2
 """ffmpeg's decoders are held to this many times the limit (``decoder_max_pixels``): they check the buffer of a
@@ -141,14 +139,15 @@ def probe_video(
     source: Path | InputFile,
     still_fps: float = 25.0,
     max_pixels: int = MAX_PIXELS,
-    max_seconds: float = MAX_SECONDS,
+    max_seconds: float = math.inf,
 ) -> VideoInfo:
     """Probe a presenter video or still image with ffprobe.
 
     Raises NotMedia (missing, empty, not an audio/video/image file), NotRegularFile (a FIFO, device, socket or
     folder), UnsafePath (a symbolic link), PictureTooLarge (more than ``max_pixels`` pixels, from the header: the
     picture is not decoded), PresenterTooLong (a video of more than ``max_seconds``, from the header: nothing is
-    decoded), NoVideoStream (audio only, e.g. an MP3 even with cover art), DecodeError (truncated MP4, no frames,
+    decoded; a render's presenter is held to ``video.max_presenter_seconds``, an output or a file scored is not
+    held to any), NoVideoStream (audio only, e.g. an MP3 even with cover art), DecodeError (truncated MP4, no frames,
     unusable size). Every message names the file (``source.path``).
     """
     with open_input(source) as media:
