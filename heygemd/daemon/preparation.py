@@ -83,6 +83,28 @@ Prepare = Callable[[LibraryFile, Progress, Callable[[], bool]], PresenterStatus]
 """Prepare one presenter (with progress reports and a stop check) and say what it became: ready or failed."""
 
 
+class JobsFirst:
+    """``yield_to`` of a preparation: the job that ``ready_job(now)`` says waits (the single host's
+    ``Service.ready_job``: the job a step would run; a farm worker's: a job task waiting in its queues). The
+    preparation polls it at every batch; ``ready_job`` is asked once per ``interval`` seconds at most (the intake's
+    ``poll_interval``), the first time ``interval`` after this was made (as a step had just found no job)."""
+
+    def __init__(
+        self, ready_job: Callable[[float], str | None], interval: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ready_job = ready_job
+        self.interval = interval
+        self.clock = clock
+        self._due = clock() + interval
+
+    def __call__(self) -> str | None:
+        now = self.clock()
+        if now < self._due:
+            return None
+        self._due = now + self.interval
+        return self.ready_job(now)
+
+
 class HandOff(Protocol):
     """Where a farm's intake sends a presenter to prepare (a task for the workers), instead of preparing it."""
 
@@ -472,10 +494,16 @@ class LibraryKeeper:
             return True
         return self._prepare(found, should_stop, yield_to)
 
-    def prepare_one(self, name: str, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def prepare_one(
+        self,
+        name: str,
+        should_stop: Callable[[], bool] = lambda: False,
+        *,
+        yield_to: Callable[[], str | None] = lambda: None,
+    ) -> bool:
         """Prepare the presenter ``name`` if presenters.json still says it is to be prepared, for the file as it is
         now (a farm worker's task: the intake decided, and a task for a presenter since changed, prepared or removed
-        is dropped). Returns whether it prepared."""
+        is dropped). Returns whether it prepared (False when interrupted: see :meth:`prepare_next`)."""
         if self.prepare is None:
             return False
         try:
@@ -487,7 +515,7 @@ class LibraryKeeper:
         if entry is None or found is None or entry.state != "preparing" or entry.identity != found.identity:
             log.info("presenter.task_dropped", presenter=name, why="it is not to be prepared (any more)")
             return False
-        return self._prepare(found, should_stop)
+        return self._prepare(found, should_stop, yield_to)
 
     def _prepare(
         self, found: LibraryFile, should_stop: Callable[[], bool], yield_to: Callable[[], str | None] = lambda: None

@@ -34,7 +34,7 @@ from heygemd.daemon.lifecycle import (
 )
 from heygemd.daemon.notes import read_note, tidy_notes
 from heygemd.daemon.outbox import empty_trash, prune_archive
-from heygemd.daemon.preparation import LibraryKeeper, Preparer
+from heygemd.daemon.preparation import JobsFirst, LibraryKeeper, Preparer
 from heygemd.daemon.presence import PresenceFile, remove_dead_records, this_process
 from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.priority import effective, order_key
@@ -534,26 +534,6 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
 IDLE_TEXT = "idle, watching the inbox"
 
 
-class JobsFirst:
-    """What a presenter's preparation makes way for (``yield_to`` of :meth:`LibraryKeeper.prepare_next`): the job
-    ``service`` would run now (:meth:`Service.ready_job`: the same decision as its step, never a claim). The
-    preparation polls it at every batch; the inbox is looked at once per ``interval`` seconds at most (the
-    intake's ``poll_interval``), the first time ``interval`` after this was made (as a step had found no job)."""
-
-    def __init__(self, service: Service, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.service = service
-        self.interval = interval
-        self.clock = clock
-        self._due = clock() + interval
-
-    def __call__(self) -> str | None:
-        now = self.clock()
-        if now < self._due:
-            return None
-        self._due = now + self.interval
-        return self.service.ready_job(now)
-
-
 def preparing_between_jobs(
     settings: Settings, keeper: LibraryKeeper, service: Service, stopping: Callable[[], bool]
 ) -> Callable[[], bool]:
@@ -562,7 +542,7 @@ def preparing_between_jobs(
     Returns whether a presenter was prepared."""
 
     def prepare() -> bool:
-        return keeper.prepare_next(stopping, yield_to=JobsFirst(service, settings.intake.poll_interval))
+        return keeper.prepare_next(stopping, yield_to=JobsFirst(service.ready_job, settings.intake.poll_interval))
 
     return prepare
 

@@ -14,8 +14,8 @@ from heygemd.daemon.claims import ClaimedJob
 from heygemd.daemon.library import LibraryFile, PresenterStage, PresenterStatus, read_library_status
 from heygemd.daemon.lifecycle import Heartbeat, Sessions, StopFlag, Stopping
 from heygemd.daemon.outbox import finish_inputs
-from heygemd.daemon.preparation import LibraryKeeper, Preparer, Progress
-from heygemd.daemon.service import JobsFirst, Service, preparing_between_jobs, watch_inbox
+from heygemd.daemon.preparation import JobsFirst, LibraryKeeper, Preparer, Progress
+from heygemd.daemon.service import Service, preparing_between_jobs, watch_inbox
 from heygemd.daemon.systemd import Notifier
 from heygemd.daemon.worker import JobOutcome
 from heygemd.settings import Settings
@@ -130,7 +130,7 @@ def test_the_inbox_is_looked_at_once_per_poll_interval_while_preparing(tmp_path:
     settings = make_settings(tmp_path, settle_seconds=0.0, poll_interval=10.0)
     clock = Clock()
     service = Service(settings, lambda _claimed: JobOutcome.FINISHED, clock=clock)
-    jobs_first = JobsFirst(service, settings.intake.poll_interval, clock=clock)
+    jobs_first = JobsFirst(service.ready_job, settings.intake.poll_interval, clock=clock)
     inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", ".ready": b""})
 
     assert jobs_first() is None  # not looked at: a step has just found no job
@@ -149,7 +149,7 @@ def test_a_job_only_settling_does_not_interrupt(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, poll_interval=1.0)  # settle_seconds 10: a job without marker settles
     clock = Clock()
     service = Service(settings, lambda _claimed: JobOutcome.FINISHED, clock=clock)
-    jobs_first = JobsFirst(service, settings.intake.poll_interval, clock=clock)
+    jobs_first = JobsFirst(service.ready_job, settings.intake.poll_interval, clock=clock)
     inbox_job(settings, "lesson", {"lesson.wav": b"RIFF"})
     clock.t = 1.0
     assert jobs_first() is None
