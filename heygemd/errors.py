@@ -169,6 +169,15 @@ class PictureTooLarge(HeygemdError):
     default_hint = "Scale the video or photo down (e.g. to 3840 pixels wide), or raise video.max_presenter_pixels."
 
 
+class PresenterTooLong(HeygemdError):
+    """A presenter video longer than ``video.max_presenter_seconds``: refused from its header, before any of it is
+    decoded (its face would be tracked in every frame). The hint, made where the length is known, says how to cut
+    it."""
+
+    code = "PRESENTER_TOO_LONG"
+    default_hint = "Cut the video to the part you need, or raise video.max_presenter_seconds."
+
+
 class AudioTooLong(HeygemdError):
     """An audio longer than ``video.max_audio_seconds``: refused from its header, or at that length while decoding."""
 

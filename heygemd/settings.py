@@ -228,6 +228,13 @@ class VideoSettings(Section):
         description="Largest presenter picture, in pixels (width x height, 8K UHD is 33.2 million): a larger video "
         "or photo fails with PICTURE_TOO_LARGE from its header, before any of it is decoded.",
     )
+    max_presenter_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest presenter video, in seconds: a longer one fails with PRESENTER_TOO_LONG from its header, "
+        "before any of it is decoded (its face is tracked in every frame, for a job's render as for the library's "
+        "preparation, whatever the audio's length).",
+    )
     max_audio_seconds: float = Field(
         7200.0,
         gt=0,

@@ -88,7 +88,7 @@ def test_no_face_says_photo_for_a_photo_and_video_for_a_video(tmp_path: Path) ->
 def test_the_limits_of_the_settings_hold_for_every_render(tmp_path: Path) -> None:
     import pytest
 
-    from heygemd.errors import AudioTooLong, PictureTooLarge
+    from heygemd.errors import AudioTooLong, PictureTooLarge, PresenterTooLong
     from heygemd.settings import VideoSettings
 
     settings = Settings(
@@ -104,4 +104,8 @@ def test_the_limits_of_the_settings_hold_for_every_render(tmp_path: Path) -> Non
     audio = LipSyncSession(settings.model_copy(update={"video": VideoSettings()})).audio(speech)
     with pytest.raises(PictureTooLarge, match="the picture is 320x180, 57,600 pixels"):
         session.render(presenter, audio, tmp_path / "out" / "anna.mp4")
+    # a job's own video is held to the presenter length too (its face is tracked in every frame), from its header
+    short = LipSyncSession(settings.model_copy(update={"video": VideoSettings(max_presenter_seconds=0.9)}))
+    with pytest.raises(PresenterTooLong, match="the video lasts 1 s; presenters of at most 0.9 s are taken"):
+        short.render(presenter, audio, tmp_path / "out" / "anna.mp4")
     assert not (tmp_path / "out").exists()

@@ -5,10 +5,12 @@ a new or changed file is ``preparing`` -- ``waiting`` while its copy settles (th
 unchanged for ``intake.settle_seconds`` and complete, or its ready marker made after it; ``intake.incomplete_timeout``
 ends the wait), then ``queued``; a removed one leaves presenters.json (its poster goes, its cache entries are no
 longer pinned: evictable like any other). When no job is ready, :meth:`prepare_next` prepares one queued presenter
-(about a video's work: a job arriving meanwhile waits for that one at most) with :class:`Preparer`: probe, face
-track, the preparation of every installed engine that has one, a poster; it ends ``ready`` or ``failed`` with the
-error a render of it would fail with. A machine's problem (a full disk, an engine that does not load) leaves it
-queued, tried again after ``RETRY_SECONDS``.
+with :class:`Preparer`: probe, face track, the preparation of every installed engine that has one, a poster; it
+ends ``ready`` or ``failed`` with the error a render of it would fail with. Jobs go first: a job that becomes ready
+meanwhile (``yield_to``) interrupts it; the presenter is queued again (``waiting_for`` says why) and prepared once
+no job is ready, reusing what was finished (the face track and each engine's preparation are cached once
+complete). A machine's problem (a full disk, an engine that does not load) leaves it queued, tried again after
+``RETRY_SECONDS``.
 
 :meth:`waits_for` tells the service loop which inbox jobs name a presenter whose copy is still running: such a
 job is not claimed until the copy is complete.
@@ -79,6 +81,28 @@ MACHINE_PROBLEMS: tuple[type[HeygemdError], ...] = (DiskFull, ConfigError, Check
 Progress = Callable[[PresenterStage, float], None]
 Prepare = Callable[[LibraryFile, Progress, Callable[[], bool]], PresenterStatus]
 """Prepare one presenter (with progress reports and a stop check) and say what it became: ready or failed."""
+
+
+class JobsFirst:
+    """``yield_to`` of a preparation: the job that ``ready_job(now)`` says waits (the single host's
+    ``Service.ready_job``: the job a step would run; a farm worker's: a job task waiting in its queues). The
+    preparation polls it at every batch; ``ready_job`` is asked once per ``interval`` seconds at most (the intake's
+    ``poll_interval``), the first time ``interval`` after this was made (as a step had just found no job)."""
+
+    def __init__(
+        self, ready_job: Callable[[float], str | None], interval: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ready_job = ready_job
+        self.interval = interval
+        self.clock = clock
+        self._due = clock() + interval
+
+    def __call__(self) -> str | None:
+        now = self.clock()
+        if now < self._due:
+            return None
+        self._due = now + self.interval
+        return self.ready_job(now)
 
 
 class HandOff(Protocol):
@@ -233,6 +257,8 @@ class LibraryKeeper:
         """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
         self._too_many = False
         """Whether the last scan found more than MAX_PRESENTERS presenters (logged once, when it began)."""
+        self._yielded: dict[str, str] = {}
+        """Presenters whose preparation made way for a job: why (until their preparation starts again)."""
 
     # -- looking at the folder
 
@@ -378,7 +404,7 @@ class LibraryKeeper:
                 return entry
         readiness = self.readiness.get(found.file, Readiness(ReadyReason.SETTLING))
         if readiness.ready:
-            waiting = self._retry_text(found.name)
+            waiting = self._queued_text(found.name)
             return entry.model_copy(update={"stage": "queued", "progress": 0.0, "waiting_for": waiting})
         return entry.model_copy(update={"stage": "waiting", "progress": 0.0, "waiting_for": _waiting_text(readiness)})
 
@@ -393,6 +419,10 @@ class LibraryKeeper:
         log.info("presenter.found", presenter=found.name, file=found.file)
         described = {"display_name": options.display_name, "notes": options.notes, "options": options}
         return entry.model_copy(update=described)
+
+    def _queued_text(self, name: str) -> str | None:
+        """What a queued presenter waits for (None: only for its turn)."""
+        return self._retry_text(name) or self._yielded.get(name)
 
     def _retry_text(self, name: str) -> str | None:
         at = self._retry_at.get(name)
@@ -415,6 +445,7 @@ class LibraryKeeper:
             if entry.name not in names:
                 log.info("presenter.removed", presenter=entry.name)
                 self._retry_at.pop(entry.name, None)
+                self._yielded.pop(entry.name, None)
                 with contextlib.suppress(OSError):
                     layout.poster_file(self.state_dir, entry.name).unlink(missing_ok=True)
 
@@ -442,9 +473,12 @@ class LibraryKeeper:
 
     # -- preparing
 
-    def prepare_next(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def prepare_next(
+        self, should_stop: Callable[[], bool] = lambda: False, *, yield_to: Callable[[], str | None] = lambda: None
+    ) -> bool:
         """Prepare the first queued presenter (library order), or hand it off (a farm's intake); False when there is
-        none (or nothing prepares here)."""
+        none (or nothing prepares here), or its preparation was interrupted: by ``should_stop``, or by the job
+        ``yield_to`` names (polled with ``should_stop``; None while no job is ready)."""
         if self.prepare is None and self.hand_off is None:
             return False
         known = read_library_status(self.state_dir)
@@ -458,12 +492,18 @@ class LibraryKeeper:
             self.busy.add(found.name)
             self._update(found.name, waiting_for="sent to the workers")
             return True
-        return self._prepare(found, should_stop)
+        return self._prepare(found, should_stop, yield_to)
 
-    def prepare_one(self, name: str, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def prepare_one(
+        self,
+        name: str,
+        should_stop: Callable[[], bool] = lambda: False,
+        *,
+        yield_to: Callable[[], str | None] = lambda: None,
+    ) -> bool:
         """Prepare the presenter ``name`` if presenters.json still says it is to be prepared, for the file as it is
         now (a farm worker's task: the intake decided, and a task for a presenter since changed, prepared or removed
-        is dropped). Returns whether it prepared."""
+        is dropped). Returns whether it prepared (False when interrupted: see :meth:`prepare_next`)."""
         if self.prepare is None:
             return False
         try:
@@ -475,17 +515,32 @@ class LibraryKeeper:
         if entry is None or found is None or entry.state != "preparing" or entry.identity != found.identity:
             log.info("presenter.task_dropped", presenter=name, why="it is not to be prepared (any more)")
             return False
-        return self._prepare(found, should_stop)
+        return self._prepare(found, should_stop, yield_to)
 
-    def _prepare(self, found: LibraryFile, should_stop: Callable[[], bool]) -> bool:
+    def _prepare(
+        self, found: LibraryFile, should_stop: Callable[[], bool], yield_to: Callable[[], str | None] = lambda: None
+    ) -> bool:
         assert self.prepare is not None
         self.busy.add(found.name)
+        self._yielded.pop(found.name, None)
+        ready: list[str] = []  # the job that interrupted the preparation
+
+        def stop() -> bool:
+            if should_stop():
+                return True
+            if not ready and (job := yield_to()) is not None:
+                ready.append(job)
+            return bool(ready)
+
         try:
             with self._progress(found) as progress:
-                prepared = self.prepare(found, progress, should_stop)
+                prepared = self.prepare(found, progress, stop)
         except Interrupted:
-            log.info("presenter.interrupted", presenter=found.name)
-            self._update(found.name, stage="queued", progress=0.0)
+            why = f"a job is ready: {ready[0]}" if ready else "a stop was requested"
+            log.info("presenter.interrupted", presenter=found.name, why=why)
+            if ready:
+                self._yielded[found.name] = f"jobs first ({why}); prepared once no job is ready"
+            self._update(found.name, stage="queued", progress=0.0, waiting_for=self._queued_text(found.name))
             return False
         except MACHINE_PROBLEMS as exc:
             log.error("presenter.paused", presenter=found.name, code=exc.code, error=exc.message, hint=exc.hint)

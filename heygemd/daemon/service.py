@@ -34,7 +34,7 @@ from heygemd.daemon.lifecycle import (
 )
 from heygemd.daemon.notes import read_note, tidy_notes
 from heygemd.daemon.outbox import empty_trash, prune_archive
-from heygemd.daemon.preparation import LibraryKeeper, Preparer
+from heygemd.daemon.preparation import JobsFirst, LibraryKeeper, Preparer
 from heygemd.daemon.presence import PresenceFile, remove_dead_records, this_process
 from heygemd.daemon.presenter_links import Linker
 from heygemd.daemon.priority import effective, order_key
@@ -182,6 +182,21 @@ class Service:
         """Seconds until the first settling job may be taken (None when none settles): ``heygemd once`` waits."""
         return max(0.0, min(self.settling.values()) - self._now) if self.settling else None
 
+    def ready_job(self, now: float) -> str | None:
+        """The job a step at ``now`` would run, without claiming it: a claimed job to resume (its id), else the
+        ready inbox job that goes first (its name); None when there is none, or the intake takes no job now (a job
+        still settling is not ready). A job whose claim was refused at its last try does not count (a presenter's
+        preparation would make way for it again and again)."""
+        self._now = now
+        state = self.schedule.now()
+        if self.resume_claimed and (claimed := self._resumable(now, taking=state.taking)) is not None:
+            return claimed.job_id
+        if not state.taking or not self.may_claim():
+            return None
+        ready = [c for c in self._ready_candidates() if c.name not in self._refused]
+        self._publish_waiting()
+        return min(ready, key=self._order).name if ready else None
+
     def _publish_waiting(self) -> None:
         """Write ``waiting.json`` for ``heygemd status`` and the web pages when what the inbox waits for changed."""
         current = {name: files for name, files in self.waiting.items() if files}
@@ -207,6 +222,18 @@ class Service:
         paused job with a cancel request does not wait: it is only finished as cancelled), now owned by this
         process. While the intake takes no job (outside the rendering hours, paused: ``taking`` False), only a job
         with a cancel request, which is finished without rendering."""
+        claimed = self._resumable(now, taking=taking)
+        if claimed is None:
+            return None
+        log.info(
+            "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",
+            job_id=claimed.job_id,
+            previous_owner=f"{claimed.host}:{claimed.pid}",
+        )
+        return take_over(claimed)
+
+    def _resumable(self, now: float, *, taking: bool) -> ClaimedJob | None:
+        """The claimed job :meth:`_next_claimed` takes over (see there), not taken over yet."""
         claims = claimed_jobs(self.settings.paths.state_dir)
         for gone in set(self._held) - {c.job_id for c in claims}:
             del self._held[gone]
@@ -221,12 +248,7 @@ class Service:
                 self._held[claimed.job_id] = holder
                 continue
             self._held.pop(claimed.job_id, None)
-            log.info(
-                "job.retrying" if claimed.job_id in self.retry_at else "job.resuming",
-                job_id=claimed.job_id,
-                previous_owner=f"{claimed.host}:{claimed.pid}",
-            )
-            return take_over(claimed)
+            return claimed
         return None
 
     def _next_retry(self, now: float) -> float | None:
@@ -242,6 +264,38 @@ class Service:
         that a job waits, e.g. for a stale ``clip.mp4.part`` that someone must remove, or a presenter still at 0
         bytes.
         """
+        ready = self._ready_candidates()
+        if state is not None and not state.taking:
+            for candidate in ready:
+                self.waiting[candidate.name] = (str(state.waits_for),)
+            return None
+        paths = self.settings.paths
+        for candidate in sorted(ready, key=self._order):
+            try:
+                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox, presenters=self.presenters)
+            except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
+                self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
+                continue
+            except ConfigError as exc:  # claimed/ is a link (fsutil.own_dir): never followed; the admin removes it
+                self._claim_refused(candidate.name, exc.message, hint=exc.hint)
+                continue
+            self._refused.pop(candidate.name, None)
+            self.tracker.forget(candidate.name)
+            self._forget(candidate.name)
+            if claimed is not None:
+                log.info(
+                    "job.claimed",
+                    job_id=claimed.job_id,
+                    job_name=candidate.name,
+                    submitted_by=claimed.submitted_by or "",
+                    priority=effective(claimed.priority, asked_priority(claimed.folder)),
+                )
+                return claimed
+        return None
+
+    def _ready_candidates(self) -> list[Candidate]:
+        """Scan the inbox and say which jobs are ready to be claimed (none when it cannot be scanned), noting what
+        the others wait for."""
         paths = self.settings.paths
         bad_names: list[str] = []
         loose: list[str] = []
@@ -252,7 +306,7 @@ class Service:
             if self._inbox_problem != event:
                 self._inbox_problem = event
                 log.warning(event, inbox=str(paths.inbox), error=exc.strerror, hint="Is the share mounted?")
-            return None
+            return []
         self._inbox_problem = None
         for name in sorted(set(bad_names) - self._bad_names):
             log.warning(
@@ -285,32 +339,7 @@ class Service:
             self._note_waiting(candidate.name, readiness)
             if readiness.ready and not self._holds_presenters(candidate):
                 ready.append(candidate)
-        if state is not None and not state.taking:
-            for candidate in ready:
-                self.waiting[candidate.name] = (str(state.waits_for),)
-            return None
-        for candidate in sorted(ready, key=self._order):
-            try:
-                claimed = claim(candidate, paths.state_dir, outbox=paths.outbox, presenters=self.presenters)
-            except OSError as exc:  # e.g. a client still holds a file open on the share (EACCES, EBUSY): retry later
-                self._claim_refused(candidate.name, f"{exc.filename}: {exc.strerror}")
-                continue
-            except ConfigError as exc:  # claimed/ is a link (fsutil.own_dir): never followed; the admin removes it
-                self._claim_refused(candidate.name, exc.message, hint=exc.hint)
-                continue
-            self._refused.pop(candidate.name, None)
-            self.tracker.forget(candidate.name)
-            self._forget(candidate.name)
-            if claimed is not None:
-                log.info(
-                    "job.claimed",
-                    job_id=claimed.job_id,
-                    job_name=candidate.name,
-                    submitted_by=claimed.submitted_by or "",
-                    priority=effective(claimed.priority, asked_priority(claimed.folder)),
-                )
-                return claimed
-        return None
+        return ready
 
     def _claim_refused(self, name: str, error: str, *, hint: str = "") -> None:
         """Log that ``name`` could not be claimed, once for as long as the same error repeats at every scan."""
@@ -483,9 +512,10 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
         if once:
             serve_once(service, stopping, heartbeat, each_step=keeper.scan)
         else:
+            prepare_presenter = preparing_between_jobs(settings, keeper, service, stopping)
 
             def between_jobs() -> None:
-                if keeper.prepare_next(stopping):
+                if prepare_presenter():
                     heartbeat.beat(IDLE_TEXT)
                 sessions.unload_if_idle()
 
@@ -502,6 +532,19 @@ def _serve(settings: Settings, stopping: Stopping, notifier: Notifier, *, once: 
 
 
 IDLE_TEXT = "idle, watching the inbox"
+
+
+def preparing_between_jobs(
+    settings: Settings, keeper: LibraryKeeper, service: Service, stopping: Callable[[], bool]
+) -> Callable[[], bool]:
+    """What the loop does when a step found no job: prepare the next queued presenter, interrupted by a stop or by
+    a job that becomes ready meanwhile (jobs first: the presenter is queued again and prepared after the job).
+    Returns whether a presenter was prepared."""
+
+    def prepare() -> bool:
+        return keeper.prepare_next(stopping, yield_to=JobsFirst(service.ready_job, settings.intake.poll_interval))
+
+    return prepare
 
 
 def serve_once(

@@ -10,9 +10,17 @@ from heygemd.settings import QueueSettings
 TASK_NAME = "heygemd.render_job"
 
 
+JOB_TASK_PREFIX = "heygemd-job:"
+
+
 def task_id(job_id: str) -> str:
     """The task id of a job: derived from the job id alone, so a job published twice is one task."""
-    return f"heygemd-job:{job_id}"
+    return JOB_TASK_PREFIX + job_id
+
+
+def job_of_task(task: str) -> str | None:
+    """The job id of a job's task id (None for another task: a presenter's preparation)."""
+    return task.removeprefix(JOB_TASK_PREFIX) if task.startswith(JOB_TASK_PREFIX) else None
 
 
 def queue_for(settings: QueueSettings, engine: str | None, gpu_class: str | None = None) -> str:

@@ -106,7 +106,11 @@ class Broker:
 
     def queued_in_order(self, queue: str) -> list[str]:
         """Ids of the tasks waiting in ``queue``, in the order a worker takes them (priority, then age)."""
-        return [task for _key, _raw, task in self._queued([queue])]
+        return self.queued_in_order_of([queue])
+
+    def queued_in_order_of(self, queues: Iterable[str]) -> list[str]:
+        """Ids of the tasks waiting in ``queues``, queue by queue, each in the order a worker takes them."""
+        return [task for _key, _raw, task in self._queued(queues)]
 
     def remove_task(self, queue: str, task: str) -> int:
         """Take the waiting task ``task`` out of ``queue`` (every copy of it); how many were removed."""

@@ -1,9 +1,12 @@
 """The presenter library in a farm. The library and presenters.json are on the NAS like the inbox; the intake keeps
 the library's state (:class:`~heygemd.daemon.preparation.LibraryKeeper`, as a single host does) but sends each
-presenter to prepare as a task (``heygemd.prepare_presenter``, on the common queue) instead of preparing it; the
+presenter to prepare as a task (``heygemd.prepare_presenter``, on the common queue, at the lowest priority: a
+waiting job goes first) instead of preparing it; the
 worker that takes the task prepares it with its warm engines, holding the presenter's lock in Redis (the one jobs
 take: :meth:`Broker.holding`, ``heygemd:lock:library/<name>``), so a presenter is prepared by one worker at a time
-and a task sent twice is dropped. presenters.json is changed by the intake and the workers, each change under a
+and a task sent twice is dropped. Jobs first, as on a single host: a job task that waits in the worker's queues
+(looked for at most once per ``intake.poll_interval``) interrupts the preparation; its task is sent again, behind
+the job. presenters.json is changed by the intake and the workers, each change under a
 lock of its own (``heygemd:lock:library/:status``; a presenter's name never holds ``/`` nor ``:``).
 
 The face tracks and the engines' preparations are written where ``paths.cache`` says: by default
@@ -23,8 +26,10 @@ import structlog
 from celery import Celery
 
 from heygemd.daemon.library import LibraryFile
-from heygemd.daemon.preparation import LibraryKeeper
-from heygemd.farm.broker import Broker, BrokerError
+from heygemd.daemon.preparation import JobsFirst, LibraryKeeper
+from heygemd.daemon.priority import LOWEST
+from heygemd.farm.app import job_of_task
+from heygemd.farm.broker import Broker, BrokerError, broker_priority
 from heygemd.farm.ownership import MISSED_HEARTBEATS
 from heygemd.farm.periodic import Periodic
 from heygemd.farm.publish import PublishError
@@ -92,18 +97,22 @@ class FarmLibrary:
 
     def publish(self, found: LibraryFile) -> bool:
         """Send ``found`` to the workers (False, logged, when the broker refuses: sent at a later round)."""
+        return self._send(found.name)
+
+    def _send(self, name: str) -> bool:
         try:
             self.app.send_task(
                 PREPARE_TASK,
-                kwargs={"name": found.name},
-                task_id=presenter_task_id(found.name),
+                kwargs={"name": name},
+                task_id=presenter_task_id(name),
                 queue=self.settings.queue.queue,
+                priority=broker_priority(LOWEST),  # jobs first: behind every waiting job but one of priority 0
                 retry=False,
             )
         except PublishError as exc:  # the presenter stays queued
-            log.warning("presenter.publish_failed", presenter=found.name, error=str(exc))
+            log.warning("presenter.publish_failed", presenter=name, error=str(exc))
             return False
-        log.info("presenter.published", presenter=found.name, queue=self.settings.queue.queue)
+        log.info("presenter.published", presenter=name, queue=self.settings.queue.queue)
         return True
 
     def in_flight(self, name: str) -> bool:
@@ -119,19 +128,43 @@ class FarmLibrary:
 
     # -- a worker
 
-    def prepare(self, keeper: LibraryKeeper, name: str, should_stop: Callable[[], bool]) -> str:
+    def prepare(self, keeper: LibraryKeeper, name: str, should_stop: Callable[[], bool], queues: list[str]) -> str:
         """The task: prepare ``name`` under its lock (renewed while it runs); ``duplicate`` when another worker holds
-        it, ``dropped`` when it is not to be prepared any more, else ``prepared``."""
+        it, ``yielded`` when a job task waiting in ``queues`` (the worker's) interrupted it (its task is sent again,
+        behind the job, once the lock is released), ``dropped`` when it is not to be prepared any more (or a stop
+        interrupted it), else ``prepared``."""
         interval = self.settings.queue.heartbeat_interval
         ttl = interval * MISSED_HEARTBEATS
         key = presenter_lock(name)
+        waiting: list[str] = []
+        first = JobsFirst(lambda _now: self._waiting_job(queues), self.settings.intake.poll_interval)
+
+        def yield_to() -> str | None:
+            job = first()
+            if job is not None:
+                waiting.append(job)
+            return job
+
         with self.broker.holding(key, self.owner, ttl) as held:
             if not held:
                 log.info("presenter.duplicate_task", presenter=name, why="another worker prepares it")
                 return "duplicate"
             with _Renewing(self.broker, key, self.owner, interval, ttl):
-                done = keeper.prepare_one(name, should_stop)
-        return "prepared" if done else "dropped"
+                done = keeper.prepare_one(name, should_stop, yield_to=yield_to)
+        if done:
+            return "prepared"
+        if waiting:  # sent again only now: a worker taking it while this one held the lock would drop it
+            self._send(name)  # refused: the intake sends it again once it sees no task of it
+            return "yielded"
+        return "dropped"
+
+    def _waiting_job(self, queues: list[str]) -> str | None:
+        """The first job whose task waits in ``queues`` (None when none, or Redis cannot say)."""
+        try:
+            tasks = self.broker.queued_in_order_of(queues)
+        except BrokerError:
+            return None
+        return next((job for task in tasks if (job := job_of_task(task)) is not None), None)
 
 
 class _Renewing(Periodic):

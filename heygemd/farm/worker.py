@@ -246,7 +246,7 @@ def run_worker(settings: Settings, *, name: str | None = None, hooks: Hooks = Ho
     def prepare_presenter(name: str) -> str:
         heartbeat.beat(f"{node}: preparing presenter {name}")
         try:
-            return library.prepare(keeper, name, stop)
+            return library.prepare(keeper, name, stop, queues)
         finally:
             heartbeat.beat(f"{node}: idle")
 

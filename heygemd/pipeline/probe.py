@@ -22,7 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal, TypedDict
 
-from heygemd.errors import DecodeError, NotMedia, NoVideoStream, PictureTooLarge
+from heygemd.errors import DecodeError, NotMedia, NoVideoStream, PictureTooLarge, PresenterTooLong
 from heygemd.fsutil import InputFile, input_path
 from heygemd.pipeline.colour import YuvMatrix
 from heygemd.pipeline.ffmpeg_argv import ffprobe_command
@@ -135,19 +135,28 @@ class _CommonFields(TypedDict):
     max_pixels: int
 
 
-def probe_video(source: Path | InputFile, still_fps: float = 25.0, max_pixels: int = MAX_PIXELS) -> VideoInfo:
+def probe_video(
+    source: Path | InputFile,
+    still_fps: float = 25.0,
+    max_pixels: int = MAX_PIXELS,
+    max_seconds: float = math.inf,
+) -> VideoInfo:
     """Probe a presenter video or still image with ffprobe.
 
     Raises NotMedia (missing, empty, not an audio/video/image file), NotRegularFile (a FIFO, device, socket or
     folder), UnsafePath (a symbolic link), PictureTooLarge (more than ``max_pixels`` pixels, from the header: the
-    picture is not decoded), NoVideoStream (audio only, e.g. an MP3 even with cover art), DecodeError (truncated
-    MP4, no frames, unusable size). Every message names the file (``source.path``).
+    picture is not decoded), PresenterTooLong (a video of more than ``max_seconds``, from the header: nothing is
+    decoded; a render's presenter is held to ``video.max_presenter_seconds``, an output or a file scored is not
+    held to any), NoVideoStream (audio only, e.g. an MP3 even with cover art), DecodeError (truncated MP4, no frames,
+    unusable size). Every message names the file (``source.path``).
     """
     with open_input(source) as media:
-        return _probe(media, source, still_fps, max_pixels)
+        return _probe(media, source, still_fps, max_pixels, max_seconds)
 
 
-def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pixels: int) -> VideoInfo:
+def _probe(
+    media: InputFile, source: Path | InputFile, still_fps: float, max_pixels: int, max_seconds: float
+) -> VideoInfo:
     path = media.path
     if media.size() == 0:
         raise NotMedia("the file is empty", path=path)
@@ -247,6 +256,8 @@ def _probe(media: InputFile, source: Path | InputFile, still_fps: float, max_pix
             frame_count = 1  # a single-frame animation (e.g. a GIF): deliver that frame
         else:
             raise DecodeError("the video stream holds no frames", path=path)
+    if max(duration, frame_count / fps) > max_seconds:
+        raise presenter_too_long(path, max(duration, frame_count / fps), max_seconds)
     converted_here = not common["hdr"] and sar == 1 and pix_fmt in _DECODED_YUV_FORMATS
     yuv = _decoded_yuv(video, media, max_pixels) if converted_here else None
     return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, is_vfr=is_vfr, yuv=yuv, **common)
@@ -288,6 +299,21 @@ def picture_too_large(path: Path, width: int, height: int, max_pixels: int, *, e
         hint=f"Scale it down to at most {fit_w}x{fit_h}, e.g. ffmpeg -i {path.name} -vf scale={fit_w}:-2 "
         f"{path.stem}-smaller{path.suffix} (or raise video.max_presenter_pixels).",
     )
+
+
+def presenter_too_long(path: Path, seconds: float, max_seconds: float) -> PresenterTooLong:
+    """PresenterTooLong for a presenter of ``seconds``, its hint the ffmpeg command that cuts it to the limit."""
+    return PresenterTooLong(
+        f"the video lasts {_seconds(seconds)} s; presenters of at most {_seconds(max_seconds)} s are taken",
+        path=path,
+        hint=f"Cut it to the part you need (e.g. ffmpeg -i {path.name} -t {max_seconds:g} -c copy "
+        f"{path.stem}-cut{path.suffix}), or raise video.max_presenter_seconds.",
+    )
+
+
+def _seconds(value: float) -> str:
+    """Seconds for people: 1.2, 3,600, 36,000.5."""
+    return f"{value:,.1f}".removesuffix(".0")
 
 
 def _decoded_yuv(stream: dict, media: InputFile, max_pixels: int) -> DecodedYuv | None:

@@ -351,7 +351,12 @@ def _tracked_presenter(
 ) -> _TrackedPresenter:
     """What a render and a presenter's preparation both start with: ``video`` probed, its face tracked (cached per
     content) and found in enough of its frames (NoFace)."""
-    info = probe_video(video, still_fps=options.video.still_fps, max_pixels=options.video.max_presenter_pixels)
+    info = probe_video(
+        video,
+        still_fps=options.video.still_fps,
+        max_pixels=options.video.max_presenter_pixels,
+        max_seconds=options.video.max_presenter_seconds,
+    )
     content_key = faces.video_content_key(info.source)
     track_fp = _track_fingerprint(info, detector, options.faces)
     track, cached = _face_track(info, detector, options.faces, cache_dir, content_key, track_fp, timer, report, stop)

@@ -316,6 +316,29 @@ def test_the_presenter_limits_hold_for_the_preparation(tmp_path: Path, media: Me
     assert list(layout.posters_root(settings.paths.state_dir).iterdir()) == []
 
 
+def test_a_presenter_longer_than_the_limit_fails_from_its_probe_and_a_shorter_one_prepares(
+    tmp_path: Path, media: Media
+) -> None:
+    # face_a lasts 1.0 s, face_b 1.2 s: a limit between them
+    settings = make_settings(tmp_path, video={"max_presenter_seconds": 1.1})
+    folder = library(settings)
+    shutil.copyfile(media.face_a, folder / "anna.mp4")
+    shutil.copyfile(media.face_b, folder / "bob.mp4")
+    keeper = LibraryKeeper(settings, Preparer(settings, Sessions(settings)))
+    keeper.scan()
+    assert keeper.prepare_next() and keeper.prepare_next()
+
+    entries = {p.name: p for p in read_library_status(settings.paths.state_dir).presenters}
+    assert entries["anna"].state == "ready"
+    error = entries["bob"].error
+    assert entries["bob"].state == "failed" and error is not None and error.code == "PRESENTER_TOO_LONG"
+    assert error.message == "presenters/bob.mp4: the video lasts 1.2 s; presenters of at most 1.1 s are taken"
+    assert "-t 1.1" in error.hint and "bob.mp4" in error.hint and "video.max_presenter_seconds" in error.hint
+    assert entries["bob"].poster is None
+    # refused from the probe: nothing of it was decoded, so no face track of it was made (only anna's)
+    assert len(list((settings.paths.cache_dir / "faces").rglob("*.npz"))) == 1
+
+
 def test_a_library_flooded_with_files_keeps_its_first_presenters_and_says_so_once(tmp_path: Path) -> None:
     # anyone on the share can make 20,000 one-byte "videos" in a second: each round of the daemon scans them
     settings = make_settings(tmp_path)

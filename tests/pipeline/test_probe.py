@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from heygemd.errors import DecodeError, NotMedia, NotRegularFile, NoVideoStream, PictureTooLarge, ToolMissing
+from heygemd.errors import (
+    DecodeError,
+    NotMedia,
+    NotRegularFile,
+    NoVideoStream,
+    PictureTooLarge,
+    PresenterTooLong,
+    ToolMissing,
+)
 from heygemd.pipeline.ffmpeg_tools import find_tool
 from heygemd.pipeline.frames import read_frames
 from heygemd.pipeline.probe import probe_video
@@ -186,6 +194,19 @@ def test_trimmed_copy_with_edit_list_counts_shown_frames(media):
 
 
 # --- hostile presenters ----------------------------------------------------------------------------
+
+
+def test_a_presenter_longer_than_the_limit_is_refused_from_its_header(media):
+    clip = lavfi_clip(media / "anna.mp4", seconds=2)
+    with pytest.raises(PresenterTooLong) as err:
+        probe_video(clip, max_seconds=1.5)
+    assert err.value.code == "PRESENTER_TOO_LONG"
+    assert err.value.message == f"{clip}: the video lasts 2 s; presenters of at most 1.5 s are taken"
+    assert err.value.hint == (
+        "Cut it to the part you need (e.g. ffmpeg -i anna.mp4 -t 1.5 -c copy anna-cut.mp4), "
+        "or raise video.max_presenter_seconds."
+    )
+    assert probe_video(clip, max_seconds=2.0).frame_count == 2 * FPS  # at the limit: taken
 
 
 def test_a_picture_bomb_is_refused_from_its_header_without_being_decoded(media):
