@@ -318,6 +318,11 @@ class WebSettings(Section):
     fetch_timeout: float = Field(
         30.0, gt=0, description="Seconds a URL input's server may take to connect and between pieces of data."
     )
+    fetch_deadline: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds the downloads of one job's URL inputs may take in all (the submission waits for them).",
+    )
 
     @field_validator("public_url")
     @classmethod

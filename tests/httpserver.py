@@ -27,6 +27,8 @@ class Answer:
     """Wait for this event before answering (a receiver that hangs); nothing is answered when it is set."""
     declare_length: bool = True
     """False: no Content-Length; the body ends when the connection closes."""
+    drip_s: float = 0.0
+    """Above 0: the body is sent one byte at a time, this many seconds apart (a server that trickles)."""
 
 
 Script = Callable[[Seen], Answer]
@@ -59,8 +61,16 @@ class Receiver:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if reply.drip_s <= 0:
                     self.wfile.write(reply.body)
+                    return
+                for i in range(len(reply.body)):
+                    if receiver.release.wait(reply.drip_s):  # the server is closing
+                        return
+                    self.wfile.write(reply.body[i : i + 1])
+                    self.wfile.flush()
 
             do_GET = do_POST = do_HEAD = _handle
 

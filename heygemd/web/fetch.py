@@ -3,10 +3,11 @@ staging folder under the rules of an upload (:mod:`heygemd.web.upload`: web.max_
 web.max_total_mb, the audio and presenter suffixes; DISK_FULL as :mod:`heygemd.daemon.staging` reports it), and
 only from the hosts of ``[web] fetch_hosts`` (:mod:`heygemd.hosts`: every address checked when connecting,
 link-local and cloud metadata addresses refused, each redirect checked like the first URL, MAX_REDIRECTS at most;
-each step within ``web.fetch_timeout``).
+each step within ``web.fetch_timeout``, and all the job's downloads together within ``web.fetch_deadline``: a
+server that sends a byte now and then holds the submission no longer than that).
 
 A URL that cannot be used fails the submission: FETCH_NOT_ALLOWED (a host or address not allowed), FETCH_FAILED (no
-answer, an error answer, too many redirects), UPLOAD_TOO_LARGE, BAD_UPLOAD (not an audio or presenter file, not an
+answer, an error answer, too many redirects, past the deadline), UPLOAD_TOO_LARGE, BAD_UPLOAD (not an audio or presenter file, not an
 http(s) URL), DISK_FULL; each names the field and the URL's host, never the whole URL (it may carry a token). A
 file begun is removed again, so the caller discards an empty staging folder, as after a failed upload.
 
@@ -18,6 +19,7 @@ suffix the field takes, the suffix of its Content-Type (CONTENT_TYPES) is put in
 from __future__ import annotations
 
 import os
+import time
 from email.message import Message
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -44,7 +46,6 @@ from heygemd.web.upload import (
 )
 
 MAX_REDIRECTS = 5
-CHUNK_BYTES = 1024 * 1024
 
 Role = Literal["audio", "presenter"]
 
@@ -104,6 +105,8 @@ class UrlInputs:
         self.limits = Limits.from_settings(web)
         allow = AllowList.of(web.fetch_hosts, setting="web.fetch_hosts", refusal=FetchNotAllowed)
         self.outgoing = Outgoing(allow, web.fetch_timeout, resolver)
+        self.deadline_s = web.fetch_deadline
+        self._deadline = time.monotonic() + web.fetch_deadline
         self.stored: list[str] = []
         files = [*uploaded.audio, *uploaded.videos] if uploaded is not None else []
         self._uploaded = len(files)
@@ -124,6 +127,7 @@ class UrlInputs:
         if self._uploaded + len(self.stored) + 1 > self.limits.max_files:
             raise TooLarge(f"more than {self.limits.max_files} files in one job (the audio included)")
         host = host_of(parse_url(url))
+        self._in_time(field, host)
         try:
             with self.outgoing.open("GET", url, max_redirects=MAX_REDIRECTS) as answer:
                 if not 200 <= answer.status_code < 300:
@@ -178,7 +182,8 @@ class UrlInputs:
     def _copy(self, answer: httpx.Response, out: BinaryIO, name: str, field: str, host: str) -> None:
         size = 0
         try:
-            for chunk in answer.iter_bytes(CHUNK_BYTES):
+            for chunk in answer.iter_bytes():
+                self._in_time(field, host)
                 size += len(chunk)
                 if size > self.limits.max_file_bytes:
                     raise self._too_large(field, host)
@@ -195,6 +200,15 @@ class UrlInputs:
                 raise disk_full(name) from None
             raise
         self._total += size
+
+    def _in_time(self, field: str, host: str) -> None:
+        """FetchFailed once the job's downloads have taken ``web.fetch_deadline``."""
+        if time.monotonic() > self._deadline:
+            raise FetchFailed(
+                f"{field} (from {host}): the job's downloads took longer than web.fetch_deadline = "
+                f"{self.deadline_s:g} s",
+                hint="Give URLs on a server that sends faster, or upload the files themselves.",
+            )
 
     def _too_large(self, field: str, host: str) -> TooLarge:
         return TooLarge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,6 +150,17 @@ def test_a_server_that_stalls_fails_after_the_timeout(tmp_path: Path) -> None:
         fetch = inputs(staging, "127.0.0.1", fetch_timeout=0.3)
         error = refused(staging, FetchFailed, lambda: fetch.fetch(stalled.url("/a.wav"), "audio", "audio_url"))
     assert "no answer within 0.3 s" in str(error)
+
+
+def test_a_server_that_trickles_fails_at_the_deadline_of_the_jobs_downloads(tmp_path: Path) -> None:
+    """A byte every 0.05 s never trips the timeout of a step: the deadline of all the job's downloads ends it."""
+    with receiver(lambda _: Answer(200, MP4, {"Content-Type": "video/mp4"}, drip_s=0.05)) as slow:
+        staging = tmp_path / "staging"
+        fetch = inputs(staging, "127.0.0.1", fetch_timeout=1.0, fetch_deadline=1.0)
+        began = time.monotonic()
+        error = refused(staging, FetchFailed, lambda: fetch.fetch(slow.url("/a.mp4"), "presenter", "video_urls[0]"))
+        assert time.monotonic() - began < 10, "not the 300 s the whole body would take"
+    assert "video_urls[0] (from 127.0.0.1)" in str(error) and "web.fetch_deadline = 1 s" in str(error)
 
 
 def test_too_many_files_and_bad_urls_are_refused(tmp_path: Path, server: Receiver) -> None:
