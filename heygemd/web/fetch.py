@@ -8,8 +8,9 @@ server that sends a byte now and then holds the submission no longer than that).
 
 A URL that cannot be used fails the submission: FETCH_NOT_ALLOWED (a host or address not allowed), FETCH_FAILED (no
 answer, an error answer, too many redirects, past the deadline), UPLOAD_TOO_LARGE, BAD_UPLOAD (not an audio or
-presenter file, not an http(s) URL), DISK_FULL; each names the field and the URL's host, never the whole URL (it may carry a token). A
-file begun is removed again, so the caller discards an empty staging folder, as after a failed upload.
+presenter file, not an http(s) URL), DISK_FULL; each names the field and the URL's host, never the whole URL (it
+may carry a token). A file begun is removed again, so the caller discards an empty staging folder, as after a failed
+upload.
 
 The stored name is the server's Content-Disposition file name, else the last part of the URL's path (the last
 redirect's), reduced as an uploaded name is (:func:`heygemd.web.upload.safe_basename`); when it does not end in a
