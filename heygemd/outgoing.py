@@ -12,9 +12,12 @@ Messages name the host only, never the whole URL: a URL may carry a token.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -51,6 +54,50 @@ def host_of(url: httpx.URL) -> str:
     return url.raw_host.decode("ascii")
 
 
+class _Deadline:
+    """Cuts one request's connections off once ``seconds`` have passed (their sockets shut down, so a read waiting
+    on them returns at once): a server that sends a byte now and then, each within the step timeout, cannot hold
+    the request longer. ``trace`` is the request's httpcore trace extension; it learns each socket as it connects."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        stream = info.get("return_value") if event == "connection.connect_tcp.complete" else None
+        if stream is None:
+            return
+        sock = stream.get_extra_info("socket")
+        with self._lock:
+            self._sockets.append(sock)
+            if self.passed:
+                self._shut(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed already: nothing left to cut
+            pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """Sends requests to the hosts ``allow`` allows; ``timeout`` bounds each step (connect, each read, each
@@ -76,17 +123,42 @@ class Outgoing:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         max_redirects: int = 0,
+        deadline: float | None = None,
     ) -> Iterator[httpx.Response]:
         """Send the request and yield the answer, its body not read yet (``iter_bytes``). Redirects up to
         ``max_redirects`` are followed (each URL checked like the first; a 303 turns into GET); beyond that a
         redirect answer is yielded as it is when ``max_redirects`` is 0, else SendFailed. The allow-list's error
         when a host or address is not allowed, SendFailed when there is no answer (also when reading the body in
-        the with-block times out or breaks off)."""
+        the with-block times out or breaks off). ``deadline`` (seconds), when given, bounds the whole request: from
+        the first connection to the answer's last header (and its body's end, when read in the with-block)."""
         target = self.check(url)
+        if deadline is None:
+            with self._open(method, target, content, headers or {}, max_redirects, None) as response:
+                yield response
+            return
+        with _Deadline(deadline) as cutter:
+            try:
+                with self._open(method, target, content, headers or {}, max_redirects, cutter) as response:
+                    yield response
+            except SendFailed as exc:
+                if not cutter.passed:
+                    raise
+                raise SendFailed(exc.host, f"no whole answer within {deadline:g} s") from None
+
+    @contextmanager
+    def _open(
+        self,
+        method: str,
+        target: httpx.URL,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        max_redirects: int,
+        deadline: _Deadline | None,
+    ) -> Iterator[httpx.Response]:
         hops = 0
         with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False) as client:
             while True:
-                response = self._send(client, method, target, content, headers or {})
+                response = self._send(client, method, target, content, headers, deadline)
                 location = response.headers.get("location")
                 if response.status_code not in REDIRECTS or location is None or max_redirects == 0:
                     break
@@ -110,7 +182,13 @@ class Outgoing:
                 response.close()
 
     def _send(
-        self, client: httpx.Client, method: str, url: httpx.URL, content: bytes | None, headers: Mapping[str, str]
+        self,
+        client: httpx.Client,
+        method: str,
+        url: httpx.URL,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        deadline: _Deadline | None,
     ) -> httpx.Response:
         host = host_of(url)
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -118,7 +196,9 @@ class Outgoing:
             addresses = self.allow.resolve(host, port, self.resolver)
         except OSError as exc:
             raise SendFailed(host, f"the name does not resolve ({exc.strerror or exc})") from None
-        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        extensions: dict[str, Any] = {"sni_hostname": host} if url.scheme == "https" else {}
+        if deadline is not None:
+            extensions["trace"] = deadline.trace
         failure = ""
         for address in addresses:
             request = client.build_request(

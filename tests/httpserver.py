@@ -28,7 +28,8 @@ class Answer:
     declare_length: bool = True
     """False: no Content-Length; the body ends when the connection closes."""
     drip_s: float = 0.0
-    """Above 0: the body is sent one byte at a time, this many seconds apart (a server that trickles)."""
+    """Above 0: the answer, status line and headers included, is sent one byte at a time, this many seconds apart
+    (a server that trickles)."""
 
 
 Script = Callable[[Seen], Answer]
@@ -54,22 +55,27 @@ class Receiver:
                 if reply.hold is not None:
                     reply.hold.wait()
                     return
-                self.send_response(reply.status)
                 length = {"Content-Length": str(len(reply.body))} if reply.declare_length else {"Connection": "close"}
                 headers = {**length, **reply.headers}
                 self.close_connection = not reply.declare_length
+                if reply.drip_s > 0:
+                    self._drip(reply, headers)
+                    return
+                self.send_response(reply.status)
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                if self.command == "HEAD":
-                    return
-                if reply.drip_s <= 0:
+                if self.command != "HEAD":
                     self.wfile.write(reply.body)
-                    return
-                for i in range(len(reply.body)):
+
+            def _drip(self, reply: Answer, headers: dict[str, str]) -> None:
+                lines = [f"HTTP/1.1 {reply.status} Slow", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+                data = "\r\n".join(lines).encode("latin-1") + (reply.body if self.command != "HEAD" else b"")
+                self.close_connection = True
+                for i in range(len(data)):
                     if receiver.release.wait(reply.drip_s):  # the server is closing
                         return
-                    self.wfile.write(reply.body[i : i + 1])
+                    self.wfile.write(data[i : i + 1])
                     self.wfile.flush()
 
             do_GET = do_POST = do_HEAD = _handle

@@ -10,7 +10,7 @@ duplicates. Its headers::
     Heygemd-Delivery: <id>
     Heygemd-Signature: t=<unix time of the attempt>,v1=<hex HMAC-SHA256 of "<t>.<body>" with [notify] signing_secret>
 
-A 2xx answer delivers it (each step of the request within TIMEOUT_S). Anything else (another status, a redirect:
+A 2xx answer delivers it (the whole answer within TIMEOUT_S). Anything else (another status, a redirect:
 never followed, no answer, a host or address not allowed) is tried again after the next of BACKOFF_S (30 s, 2 min,
 10 min, 1 h, 6 h), then given up and logged. The URL is checked against ``[notify] callback_hosts`` when the job
 is submitted (:func:`check_callback_url`) and its addresses again at every attempt (:mod:`heygemd.hosts`).
@@ -56,7 +56,7 @@ log = structlog.get_logger("heygemd.notify")
 
 EVENT = "job.finished"
 TIMEOUT_S = 10.0
-"""Seconds the receiver may take to accept the connection, and to answer."""
+"""Seconds the receiver may take, all in all, to accept the connection and send its answer's status and headers."""
 BACKOFF_S: tuple[float, ...] = (30.0, 120.0, 600.0, 3600.0, 21600.0)
 """Waits before the 2nd, 3rd, ... attempt; after the last one fails the delivery is given up."""
 LEASE_S = 300.0
@@ -155,7 +155,9 @@ class CallbackSender:
             "Heygemd-Signature": signature(self.secret.get_secret_value().encode("utf-8"), body, int(now)),
         }
         try:
-            with self.outgoing.open("POST", delivery.url, content=body, headers=headers) as answer:
+            with self.outgoing.open(
+                "POST", delivery.url, content=body, headers=headers, deadline=self.outgoing.timeout
+            ) as answer:
                 if 200 <= answer.status_code < 300:
                     return None
                 if answer.status_code in REDIRECTS:

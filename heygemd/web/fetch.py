@@ -130,12 +130,14 @@ class UrlInputs:
         host = host_of(parse_url(url))
         self._in_time(field, host)
         try:
-            with self.outgoing.open("GET", url, max_redirects=MAX_REDIRECTS) as answer:
+            left = self._deadline - time.monotonic()
+            with self.outgoing.open("GET", url, max_redirects=MAX_REDIRECTS, deadline=left) as answer:
                 if not 200 <= answer.status_code < 300:
                     raise FetchFailed(f"{field} (from {host}): answered {answer.status_code} {answer.reason_phrase}")
                 name = self._name(answer, role, field, host)
                 self._receive(answer, name, field, host)
         except SendFailed as exc:
+            self._in_time(field, host)
             where = host if exc.host == host else f"{host}, redirected to {exc.host}"
             raise FetchFailed(f"{field} (from {where}): {exc.reason}") from None
         self.stored.append(name)
@@ -194,6 +196,7 @@ class UrlInputs:
                         f"{self.limits.max_total_bytes / MiB:g} MiB"
                     )
                 out.write(chunk)
+            self._in_time(field, host)  # a body without a length that the deadline cut short ends like a whole one
             out.flush()
             os.fsync(out.fileno())
         except OSError as exc:

@@ -134,6 +134,18 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failure(tmp_path: Path) -> N
     assert [s.path for s in server.seen] == ["/hook"]
 
 
+def test_a_receiver_that_trickles_its_answer_fails_the_attempt_after_the_timeout(tmp_path: Path) -> None:
+    """A byte every 0.05 s never trips the timeout of one read: the answer as a whole must come within it."""
+    padding = {"X-Padding": "p" * 200}  # a status line and headers of ~270 bytes: 13 s at that pace
+    with receiver(lambda s: Answer(200, headers=padding, drip_s=0.05)) as server:
+        queue = CallbackQueue(tmp_path, CallbackSender(settings("127.0.0.1"), timeout=1.0), clock=lambda: T0)
+        queue.enqueue("lesson-01", server.url("/hook"), BODY)
+        began = time.monotonic()
+        (record,) = queue.step(T0)
+        assert time.monotonic() - began < 5, "the sender is free again soon after the timeout"
+    assert record.state == "pending" and record.last_error == "no whole answer within 1 s"
+
+
 def test_a_new_queue_on_the_same_folder_delivers_what_the_old_one_left(tmp_path: Path) -> None:
     with receiver(answers(500)) as server:
         make_queue(tmp_path, "127.0.0.1").enqueue("lesson-01", server.url("/hook"), BODY)
