@@ -60,7 +60,6 @@ class _Deadline:
     the request longer. ``trace`` is the request's httpcore trace extension; it learns each socket as it connects."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
         self.passed = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
