@@ -47,6 +47,7 @@ from heygemd.daemon.library import (
     write_library_status,
 )
 from heygemd.daemon.lifecycle import Sessions
+from heygemd.daemon.new_names import NewNames
 from heygemd.daemon.presenter_links import named_presenters
 from heygemd.daemon.readiness import Candidate, Readiness, ReadinessTracker, ReadyReason, Snapshot
 from heygemd.daemon.status import ErrorStatus, utc_now
@@ -253,7 +254,14 @@ class LibraryKeeper:
         self._pins: frozenset[str] | None = None
         self._problem: str | None = None
         self._made_folder = False
-        self._bad_names: set[str] = set()
+        self._bad_names = NewNames(
+            log,
+            "library.bad_name",
+            "file",
+            "Nothing usable is left of this name (not UTF-8, or only control characters or dots): rename the file to "
+            "make it a presenter.",
+            printable,
+        )
         """Library files whose names make no presenter, each logged once (again once it was gone a round)."""
         self._too_many = False
         """Whether the last scan found more than MAX_PRESENTERS presenters (logged once, when it began)."""
@@ -282,14 +290,7 @@ class LibraryKeeper:
             self._say_once("library.unreadable", f"{exc.filename}: {exc.strerror}")
             return float("inf")
         self._say_once(None, "")
-        for name in sorted(set(bad_names) - self._bad_names):
-            log.warning(
-                "library.bad_name",
-                file=printable(name),
-                hint="Nothing usable is left of this name (not UTF-8, or only control characters or dots): rename "
-                "the file to make it a presenter.",
-            )
-        self._bad_names = set(bad_names)
+        self._bad_names.scanned(bad_names)
         if too_many and not self._too_many:
             log.warning(
                 "library.too_many",

@@ -32,6 +32,7 @@ from heygemd.daemon.lifecycle import (
     until_stopped,
     warm_sessions,
 )
+from heygemd.daemon.new_names import NewNames
 from heygemd.daemon.notes import read_note, tidy_notes
 from heygemd.daemon.outbox import empty_trash, prune_archive
 from heygemd.daemon.preparation import JobsFirst, LibraryKeeper, Preparer
@@ -138,14 +139,27 @@ class Service:
         self._settling_at: dict[str, datetime] = {}
         """The same in UTC, as waiting.json says it (moved only when it moves by more than a second)."""
         self._waiting_written: tuple[dict[str, tuple[str, ...]], dict[str, datetime]] | None = None
-        self._loose: set[str] = set()
-        """Files directly in the inbox, as of the last scan: each is logged when it first appears."""
+        self._loose = NewNames(
+            log,
+            "inbox.loose_file",
+            "file",
+            "A file directly in the inbox is ignored: put it in a job folder of its own (inbox/<job>/, with the audio "
+            "and the presenters).",
+            shown_name,
+        )
+        """Files directly in the inbox: each is logged when it first appears."""
         self._refused: dict[str, str] = {}
         """Per inbox job whose claim was refused: the error last logged (logged again only when it changes)."""
         self._inbox_problem: str | None = None
         """The event last logged for an inbox that could not be scanned (None while it can)."""
-        self._bad_names: set[str] = set()
-        """Inbox folders whose names are not UTF-8, as of the last scan: each is logged when it first appears."""
+        self._bad_names = NewNames(
+            log,
+            "inbox.bad_name",
+            "folder",
+            "The folder name is not valid UTF-8; rename it to take it as a job.",
+            shown_name,
+        )
+        """Inbox folders whose names are not UTF-8: each is logged when it first appears."""
         self._held: dict[str, str] = {}
         """Claimed jobs another live process holds, and why (each logged when it is first skipped)."""
 
@@ -308,21 +322,8 @@ class Service:
                 log.warning(event, inbox=str(paths.inbox), error=exc.strerror, hint="Is the share mounted?")
             return []
         self._inbox_problem = None
-        for name in sorted(set(bad_names) - self._bad_names):
-            log.warning(
-                "inbox.bad_name",
-                folder=shown_name(name),
-                hint="The folder name is not valid UTF-8; rename it to take it as a job.",
-            )
-        self._bad_names = set(bad_names)
-        for name in sorted(set(loose) - self._loose):
-            log.warning(
-                "inbox.loose_file",
-                file=shown_name(name),
-                hint="A file directly in the inbox is ignored: put it in a job folder of its own (inbox/<job>/, "
-                "with the audio and the presenters).",
-            )
-        self._loose = set(loose)
+        self._bad_names.scanned(bad_names)
+        self._loose.scanned(loose)
         self.tracker.retain(c.name for c in candidates)
         present = {c.name for c in candidates}
         for gone in (set(self.waiting) | set(self.settling)) - present:
