@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import unicodedata
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from structlog.testing import capture_logs
 from heygemd import layout
 from heygemd.control import Control
 from heygemd.daemon import presenter_links
-from heygemd.daemon.claims import claim
+from heygemd.daemon.claims import ClaimedJob, claim
 from heygemd.daemon.library import (
     MAX_PRESENTERS,
     LibraryFile,
@@ -30,7 +31,7 @@ from heygemd.daemon.library import (
 )
 from heygemd.daemon.lifecycle import Sessions
 from heygemd.daemon.preparation import LibraryKeeper, Preparer
-from heygemd.daemon.presenter_links import Linker, read_links
+from heygemd.daemon.presenter_links import LinkedPresenter, Linker, read_links
 from heygemd.errors import BadPresenterOptions, NoSuchPresenter, PresenterExists, UnsafePath
 from heygemd.settings import Settings
 from tests.daemon.daemon_process import Media
@@ -183,27 +184,37 @@ def test_a_library_folder_swapped_for_a_link_after_the_scan_is_not_read_through(
         open_presenter_file(folder, found.file)
 
 
+def claimed_after(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, presenter: str, meanwhile: Callable[[], object]
+) -> tuple[ClaimedJob, LinkedPresenter]:
+    """A job naming ``presenter`` claimed, ``meanwhile`` run between the claim's scan of the library and its link;
+    the claim and what its record says of the presenter."""
+    scan = presenter_links.scan_library
+
+    def scan_then(*args: object, **kwargs: object) -> list[LibraryFile]:
+        found = scan(*args, **kwargs)  # type: ignore[arg-type]
+        meanwhile()
+        return found
+
+    monkeypatch.setattr(presenter_links, "scan_library", scan_then)
+    toml = f'presenters = ["{presenter}"]\n'.encode()
+    candidate = inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", "job.toml": toml})
+    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
+    assert claimed is not None
+    record = read_links(claimed.path)
+    assert record is not None
+    [linked] = record.presenters
+    return claimed, linked
+
+
 def test_a_claim_whose_library_is_swapped_for_a_link_after_its_scan_links_nothing_from_outside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path)
-    folder = library(settings)
-    (folder / "secret.mp4").write_bytes(b"the library's own video")
-    scan = presenter_links.scan_library
-
-    def scan_then_swap(*args: object, **kwargs: object) -> list[LibraryFile]:
-        found = scan(*args, **kwargs)  # type: ignore[arg-type]
-        a_library_replaced_by_a_link(tmp_path, settings)  # between the claim's scan and its open
-        return found
-
-    monkeypatch.setattr(presenter_links, "scan_library", scan_then_swap)
-    candidate = inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", "job.toml": b'presenters = ["secret"]\n'})
-    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
-    assert claimed is not None
-
-    record = read_links(claimed.path)
-    assert record is not None
-    [secret] = record.presenters
+    (library(settings) / "secret.mp4").write_bytes(b"the library's own video")
+    claimed, secret = claimed_after(
+        settings, monkeypatch, "secret", lambda: a_library_replaced_by_a_link(tmp_path, settings)
+    )
     assert secret.file is None and secret.error is not None and secret.error.code == "UNSAFE_PATH"
     assert "presenters: is a symbolic link to" in secret.error.message
     assert sorted(os.listdir(claimed.folder)) == ["job.toml", "lesson.wav"]  # nothing from outside came in
@@ -213,22 +224,9 @@ def test_a_presenter_removed_between_the_claims_scan_and_its_link_fails_its_vide
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path)
-    folder = library(settings)
-    (folder / "anna.mp4").write_bytes(b"anna's video")
-    scan = presenter_links.scan_library
-
-    def scan_then_remove(*args: object, **kwargs: object) -> list[LibraryFile]:
-        found = scan(*args, **kwargs)  # type: ignore[arg-type]
-        (folder / "anna.mp4").unlink()
-        return found
-
-    monkeypatch.setattr(presenter_links, "scan_library", scan_then_remove)
-    candidate = inbox_job(settings, "lesson", {"lesson.wav": b"RIFF", "job.toml": b'presenters = ["anna"]\n'})
-    claimed = claim(candidate, settings.paths.state_dir, presenters=Linker.from_settings(settings))
-    assert claimed is not None
-    record = read_links(claimed.path)
-    assert record is not None
-    [anna] = record.presenters
+    video = library(settings) / "anna.mp4"
+    video.write_bytes(b"anna's video")
+    _, anna = claimed_after(settings, monkeypatch, "anna", video.unlink)
     assert anna.file is None and anna.error is not None and anna.error.code == "NO_SUCH_PRESENTER"
     assert "'anna' was removed from the library" in anna.error.message
 
