@@ -18,7 +18,6 @@ server never undo each other's changes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -34,7 +33,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from heygemd.errors import ConfigError, HeygemdError
-from heygemd.fsutil import atomic_writer, open_regular, own_dir
+from heygemd.fsutil import atomic_writer, exclusive_lock, open_regular, own_dir
 from heygemd.layout import users_file, users_lock
 
 Role = Literal["viewer", "editor", "admin"]
@@ -267,12 +266,8 @@ class Accounts:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         own_dir(self.state_dir)
-        fd = os.open(users_lock(self.state_dir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(users_lock(self.state_dir)):
             yield
-        finally:
-            os.close(fd)
 
     def _change(self, change: Callable[[UsersFile], UsersFile], *, keep_verified: bool = False) -> UsersFile:
         """Apply ``change`` to users.json as it is now, under the lock, and write the result atomically (mode
